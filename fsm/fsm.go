@@ -1,0 +1,317 @@
+// Package fsm is the Raft state machine: the cluster state every agent holds
+// a copy of, the commands that change it, and its snapshots.
+//
+// Apply is deterministic: it reads no clock and no random source (time enters
+// as Command.time, set by the proposing leader). Records stored in the state
+// are never mutated after they are stored; a change stores a modified clone.
+// That makes a snapshot a copy of the maps, and lets readers hold records
+// without locks.
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// RequestRetention is how long a request id is remembered. A client that
+// retries later than this may apply a command twice; clients retry within
+// seconds.
+const RequestRetention = time.Hour
+
+// Code classifies a rule violation; it maps to a gRPC status at the API.
+// Values are stored in snapshots: append only.
+type Code uint32
+
+const (
+	CodeOK Code = iota
+	CodeInvalidArgument
+	CodeNotFound
+	CodeAlreadyExists
+	CodeFailedPrecondition
+)
+
+// Error is a command that was committed but refused by a business rule. It
+// changed nothing.
+type Error struct {
+	Code Code
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func errorf(c Code, format string, args ...any) *Error {
+	return &Error{Code: c, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Result is what Apply returns for every command.
+type Result struct {
+	// Index is the log index that applied the command; for a duplicate
+	// request, the index of its first application.
+	Index uint64
+	Err   *Error
+	// Duplicate is set when the request id was applied before.
+	Duplicate bool
+}
+
+// FSM implements raft.FSM.
+type FSM struct {
+	mu sync.RWMutex
+	st *state
+}
+
+type state struct {
+	index    uint64
+	nodes    map[string]*havenv1.Node
+	groups   map[string]*havenv1.Group
+	requests map[string]*havenv1.AppliedRequest
+	// order lists request ids by apply order, for pruning by age.
+	order []string
+}
+
+func newState() *state {
+	return &state{
+		nodes:    map[string]*havenv1.Node{},
+		groups:   map[string]*havenv1.Group{},
+		requests: map[string]*havenv1.AppliedRequest{},
+	}
+}
+
+func New() *FSM { return &FSM{st: newState()} }
+
+// Encode marshals a command for raft.Apply.
+func Encode(c *havenv1.Command) ([]byte, error) { return proto.Marshal(c) }
+
+// Apply applies one committed log entry and returns a *Result.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	var c havenv1.Command
+	if err := proto.Unmarshal(l.Data, &c); err != nil {
+		// The log is corrupt or written by an incompatible version;
+		// continuing would diverge from the other replicas.
+		panic(fmt.Sprintf("fsm: undecodable command at index %d: %v", l.Index, err))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st.apply(l.Index, &c)
+}
+
+func (s *state) apply(index uint64, c *havenv1.Command) *Result {
+	s.index = index
+	now := c.GetTime().AsTime()
+	s.prune(now)
+	if id := c.GetRequestId(); id != "" {
+		if prev, ok := s.requests[id]; ok {
+			r := &Result{Index: prev.GetIndex(), Duplicate: true}
+			if prev.GetErrorCode() != 0 {
+				r.Err = &Error{Code: Code(prev.GetErrorCode()), Msg: prev.GetErrorMessage()}
+			}
+			return r
+		}
+	}
+	var err *Error
+	switch cmd := c.Cmd.(type) {
+	case *havenv1.Command_UpsertNode:
+		err = s.upsertNode(index, cmd.UpsertNode, now)
+	case *havenv1.Command_SetNodeStatus:
+		err = s.setNodeStatus(index, cmd.SetNodeStatus, now)
+	case *havenv1.Command_CreateGroup:
+		err = s.createGroup(index, cmd.CreateGroup, now)
+	case *havenv1.Command_DeleteGroup:
+		err = s.deleteGroup(cmd.DeleteGroup)
+	default:
+		// A newer agent wrote a command this one does not know. Refusing
+		// it on every replica keeps them identical; the operator upgrades.
+		err = errorf(CodeFailedPrecondition, "unknown command type %T", c.Cmd)
+	}
+	if id := c.GetRequestId(); id != "" {
+		ar := &havenv1.AppliedRequest{RequestId: id, Index: index, Time: c.GetTime()}
+		if err != nil {
+			ar.ErrorCode, ar.ErrorMessage = uint32(err.Code), err.Msg
+		}
+		s.requests[id] = ar
+		s.order = append(s.order, id)
+	}
+	return &Result{Index: index, Err: err}
+}
+
+// prune forgets request ids older than RequestRetention. order is in apply
+// order; a leader whose clock is behind its predecessor's may leave a few
+// entries slightly out of time order, which only delays their pruning.
+func (s *state) prune(now time.Time) {
+	cutoff := now.Add(-RequestRetention)
+	n := 0
+	for n < len(s.order) {
+		ar := s.requests[s.order[n]]
+		if ar != nil && !ar.GetTime().AsTime().Before(cutoff) {
+			break
+		}
+		delete(s.requests, s.order[n])
+		n++
+	}
+	if n > 0 {
+		s.order = append([]string(nil), s.order[n:]...)
+	}
+}
+
+func (s *state) upsertNode(index uint64, c *havenv1.UpsertNodeCommand, now time.Time) *Error {
+	n := c.GetNode()
+	if n.GetName() == "" {
+		return errorf(CodeInvalidArgument, "node: name is empty")
+	}
+	n = proto.Clone(n).(*havenv1.Node)
+	if old, ok := s.nodes[n.GetName()]; ok {
+		n.CreateIndex = old.GetCreateIndex()
+		if old.GetStatus() == n.GetStatus() {
+			n.StatusTime = old.GetStatusTime()
+		} else {
+			n.StatusTime = timestamppb.New(now)
+		}
+	} else {
+		n.CreateIndex = index
+		n.StatusTime = timestamppb.New(now)
+	}
+	n.ModifyIndex = index
+	s.nodes[n.GetName()] = n
+	return nil
+}
+
+func (s *state) setNodeStatus(index uint64, c *havenv1.SetNodeStatusCommand, now time.Time) *Error {
+	old, ok := s.nodes[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "node %q not found", c.GetName())
+	}
+	if old.GetStatus() == c.GetStatus() {
+		return nil
+	}
+	n := proto.Clone(old).(*havenv1.Node)
+	n.Status = c.GetStatus()
+	n.StatusTime = timestamppb.New(now)
+	n.ModifyIndex = index
+	s.nodes[n.GetName()] = n
+	return nil
+}
+
+func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now time.Time) *Error {
+	name := c.GetSpec().GetName()
+	if name == "" {
+		return errorf(CodeInvalidArgument, "group: name is empty")
+	}
+	if _, ok := s.groups[name]; ok {
+		return errorf(CodeAlreadyExists, "group %q already exists", name)
+	}
+	s.groups[name] = &havenv1.Group{
+		Spec:        proto.Clone(c.GetSpec()).(*havenv1.GroupSpec),
+		State:       havenv1.GroupState_GROUP_STATE_OFFLINE,
+		CreateIndex: index,
+		ModifyIndex: index,
+		CreateTime:  timestamppb.New(now),
+	}
+	return nil
+}
+
+func (s *state) deleteGroup(c *havenv1.DeleteGroupCommand) *Error {
+	g, ok := s.groups[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "group %q not found", c.GetName())
+	}
+	if g.GetOwner() != "" && g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE {
+		return errorf(CodeFailedPrecondition, "group %q is %s on %s: stop it first", c.GetName(), g.GetState(), g.GetOwner())
+	}
+	delete(s.groups, c.GetName())
+	return nil
+}
+
+// Reads. Returned records are shared and must not be modified.
+
+func (f *FSM) Index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.index
+}
+
+func (f *FSM) Node(name string) *havenv1.Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.nodes[name]
+}
+
+// Nodes returns every node sorted by name.
+func (f *FSM) Nodes() []*havenv1.Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sorted(f.st.nodes, func(n *havenv1.Node) string { return n.GetName() })
+}
+
+func (f *FSM) Group(name string) *havenv1.Group {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.groups[name]
+}
+
+// Groups returns every group sorted by name.
+func (f *FSM) Groups() []*havenv1.Group {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return sorted(f.st.groups, func(g *havenv1.Group) string { return g.GetSpec().GetName() })
+}
+
+func sorted[T any](m map[string]T, key func(T) string) []T {
+	out := make([]T, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
+	return out
+}
+
+// Snapshot captures the maps; records are immutable, so Persist can encode
+// them while Apply goes on.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &snapshot{st: f.st.clone()}, nil
+}
+
+func (s *state) clone() *state {
+	c := &state{
+		index:    s.index,
+		nodes:    make(map[string]*havenv1.Node, len(s.nodes)),
+		groups:   make(map[string]*havenv1.Group, len(s.groups)),
+		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
+		order:    append([]string(nil), s.order...),
+	}
+	for k, v := range s.nodes {
+		c.nodes[k] = v
+	}
+	for k, v := range s.groups {
+		c.groups[k] = v
+	}
+	for k, v := range s.requests {
+		c.requests[k] = v
+	}
+	return c
+}
+
+// Restore replaces all state with the snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.st = st
+	f.mu.Unlock()
+	return nil
+}
