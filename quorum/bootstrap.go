@@ -1,0 +1,50 @@
+package quorum
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Peer is a node a fresh agent sees by gossip while deciding whether to
+// bootstrap. HasState comes from asking the peer, not from gossip metadata,
+// which can lag.
+type Peer struct {
+	ID       string
+	RaftAddr string
+	Expect   int
+	HasState bool
+}
+
+// Bootstrap decides whether a fresh agent may bootstrap the first Raft
+// configuration, in the manner of Nomad's maybeBootstrap: never when it has
+// Raft state already, only once expect nodes see each other, only if every
+// one of them was started with the same expect value (two nodes that
+// disagree on the cluster size must not form one), and never when any peer
+// already belongs to a cluster (a late joiner is added by that cluster's
+// leader instead). Peers started with expect 0 only join: they count, but
+// do not disagree. peers includes self. It returns the servers to bootstrap
+// with, or nil and why not; err is set when waiting will not help.
+func Bootstrap(self Peer, expect int, peers []Peer) (servers []Peer, why string, err error) {
+	switch {
+	case expect <= 0:
+		return nil, "bootstrap_expect is 0: joining only", nil
+	case self.HasState:
+		return nil, "this node already has Raft state", nil
+	}
+	for _, p := range peers {
+		if p.Expect != 0 && p.Expect != expect {
+			return nil, "", fmt.Errorf("node %s was started with bootstrap_expect %d and this node with %d: refusing to bootstrap until they agree", p.ID, p.Expect, expect)
+		}
+	}
+	if len(peers) < expect {
+		return nil, fmt.Sprintf("waiting for %d nodes, %d seen", expect, len(peers)), nil
+	}
+	for _, p := range peers {
+		if p.HasState {
+			return nil, fmt.Sprintf("node %s already belongs to a cluster: waiting to be added", p.ID), nil
+		}
+	}
+	out := append([]Peer(nil), peers...)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, "", nil
+}

@@ -1,0 +1,183 @@
+// Package quorum decides who votes: which nodes are Raft voters, when a dead
+// one is reaped, and whether a fresh node may bootstrap a cluster. Every
+// decision is a pure function of what the leader observed and the time it
+// passes in, so each rule is tested with tables and no Raft at all.
+package quorum
+
+import (
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Server is one node as the leader sees it.
+type Server struct {
+	ID      string
+	Site    string
+	Witness bool
+	// Alive is gossip's verdict. Since is when Alive last changed (or when
+	// the leader first saw the node), on the leader's clock.
+	Alive bool
+	Since time.Time
+	// InConfig and Voter describe the node in the Raft configuration.
+	InConfig bool
+	Voter    bool
+}
+
+type ChangeKind int
+
+const (
+	// Add puts a node into the configuration as a non-voter: it catches up
+	// on the log before it can count towards a majority.
+	Add ChangeKind = iota + 1
+	Promote
+	Demote
+	Remove
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case Add:
+		return "add"
+	case Promote:
+		return "promote"
+	case Demote:
+		return "demote"
+	case Remove:
+		return "remove"
+	}
+	return fmt.Sprintf("ChangeKind(%d)", int(k))
+}
+
+type Change struct {
+	Kind   ChangeKind
+	ID     string
+	Reason string
+}
+
+type Options struct {
+	// MaxVoters is odd.
+	MaxVoters int
+	// Stabilization: a node must be alive this long before it is promoted,
+	// and failed this long before it loses its vote.
+	Stabilization time.Duration
+	// ReapAfter: a node failed or gone this long leaves the configuration.
+	ReapAfter time.Duration
+}
+
+// Plan returns the configuration changes that move the cluster towards its
+// target, in the order to apply them: adds, promotions, demotions, removals.
+//
+// The target: every live node is in the configuration; the voters are all
+// live voters (a live voter is never demoted unless there are more than
+// MaxVoters, because a demotion costs a round of log replication and buys
+// nothing), topped up with stable live non-voters until there are
+// min(MaxVoters, live nodes) rounded down to odd; dead voters are demoted
+// once stable-dead, keeping one only when that makes the count odd. So a
+// voter that dies is replaced by a non-voter, and a cluster that loses
+// nodes one after another keeps a majority of the survivors (WSFC's dynamic
+// quorum). The leader is never demoted or removed.
+func Plan(servers []Server, leader string, opt Options, now time.Time) []Change {
+	srv := append([]Server(nil), servers...)
+	sort.Slice(srv, func(i, j int) bool { return srv[i].ID < srv[j].ID })
+	stable := func(s Server) bool { return !now.Before(s.Since.Add(opt.Stabilization)) }
+
+	var adds, promotes, demotes, removes []Change
+	var voters, candidates, dead []Server
+	live := 0
+	for _, s := range srv {
+		switch {
+		case s.Alive && !s.InConfig:
+			adds = append(adds, Change{Add, s.ID, "alive and not in the Raft configuration"})
+		case s.Alive && s.Voter:
+			voters = append(voters, s)
+		case s.Alive && stable(s):
+			candidates = append(candidates, s)
+		case !s.Alive && s.InConfig && s.ID != leader:
+			dead = append(dead, s)
+		}
+		if s.Alive && s.InConfig {
+			live++
+		}
+	}
+	// Reap first in the decision, last in the order: a reaped node drops
+	// out of every other rule. A voter dead for less than the stabilization
+	// time keeps its vote (gossip may be wrong); one dead for longer loses
+	// it unless keeping it makes the count odd.
+	var freshDead, staleDead []Server
+	for _, s := range dead {
+		switch {
+		case !now.Before(s.Since.Add(opt.ReapAfter)):
+			removes = append(removes, Change{Remove, s.ID, fmt.Sprintf("failed for more than %s", opt.ReapAfter)})
+		case s.Voter && stable(s):
+			staleDead = append(staleDead, s)
+		case s.Voter:
+			freshDead = append(freshDead, s)
+		}
+	}
+
+	target := min(opt.MaxVoters, live)
+	if target%2 == 0 {
+		target--
+	}
+	if len(voters) > opt.MaxVoters {
+		// Only after MaxVoters was lowered: shed the excess, never the leader.
+		sort.SliceStable(voters, func(i, j int) bool { return voters[i].ID == leader })
+		for _, s := range voters[opt.MaxVoters:] {
+			demotes = append(demotes, Change{Demote, s.ID, fmt.Sprintf("more than %d voters", opt.MaxVoters)})
+		}
+		voters = voters[:opt.MaxVoters]
+	}
+	// Promote only as many as fit beside the voters that keep their vote,
+	// and only as many as leave an odd count: with one candidate stable and
+	// another still stabilizing, 3 voters stay 3 rather than become 4.
+	k := min(target-len(voters), len(candidates), opt.MaxVoters-len(voters)-len(freshDead))
+	if k > 0 && (len(voters)+len(freshDead)+k)%2 == 0 {
+		k--
+	}
+	for ; k > 0; k-- {
+		i := pickSpread(voters, candidates)
+		c := candidates[i]
+		candidates = append(candidates[:i], candidates[i+1:]...)
+		voters = append(voters, c)
+		promotes = append(promotes, Change{Promote, c.ID, fmt.Sprintf("live voters below the target of %d", target)})
+	}
+	keep := 0
+	if n := len(voters) + len(freshDead); n%2 == 0 && len(staleDead) > 0 && n < opt.MaxVoters {
+		keep = 1
+	}
+	for _, s := range staleDead[keep:] {
+		demotes = append(demotes, Change{Demote, s.ID, "failed; its vote would count against the majority"})
+	}
+	out := append(adds, promotes...)
+	out = append(out, demotes...)
+	return append(out, removes...)
+}
+
+// pickSpread picks the candidate that best spreads voters over sites: from
+// the site with the fewest voters, a witness first (it has no workload to
+// lose), then by ID.
+func pickSpread(voters, candidates []Server) int {
+	perSite := map[string]int{}
+	for _, v := range voters {
+		perSite[v.Site]++
+	}
+	best := 0
+	for i := 1; i < len(candidates); i++ {
+		a, b := candidates[i], candidates[best]
+		switch {
+		case perSite[a.Site] != perSite[b.Site]:
+			if perSite[a.Site] < perSite[b.Site] {
+				best = i
+			}
+		case a.Witness != b.Witness:
+			if a.Witness {
+				best = i
+			}
+		}
+	}
+	return best
+}
+
+// QuorumSize is the number of votes a majority of n voters needs.
+func QuorumSize(voters int) int { return voters/2 + 1 }
