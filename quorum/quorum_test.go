@@ -51,9 +51,9 @@ func TestPlan(t *testing.T) {
 			"demote n4, demote n5"},
 		{"freshly dead voter keeps its vote", []Server{live("n1", true), live("n2", true), live("n3", true), deadFor("n4", true, time.Second), deadFor("n5", true, time.Minute), deadFor("n6", true, time.Minute)},
 			"demote n6"},
-		{"reaped after reap time", []Server{live("n1", true), live("n2", true), live("n3", true), deadFor("n4", false, 2 * time.Hour)}, "remove n4"},
-		{"dead voter reaped", []Server{live("n1", true), live("n2", true), deadFor("n3", true, 2 * time.Hour)}, "remove n3"},
-		{"leader never demoted or removed", []Server{deadFor("n1", true, 2 * time.Hour), live("n2", true), live("n3", true)}, ""},
+		{"reaped after reap time", []Server{live("n1", true), live("n2", true), live("n3", true), deadFor("n4", false, 2*time.Hour)}, "remove n4"},
+		{"dead voter reaped", []Server{live("n1", true), live("n2", true), deadFor("n3", true, 2*time.Hour)}, "remove n3"},
+		{"leader never demoted or removed", []Server{deadFor("n1", true, 2*time.Hour), live("n2", true), live("n3", true)}, ""},
 		{"excess voters shed, leader kept", []Server{live("n1", true), live("n2", true), live("n3", true), live("n4", true), live("n5", true), live("n6", true), live("n7", true)},
 			"demote n6, demote n7"},
 	}
@@ -197,7 +197,9 @@ func checkRound(t *testing.T, seed int64, servers []Server) ([]Server, bool) {
 }
 
 func TestBootstrap(t *testing.T) {
-	p := func(id string, expect int, hasState bool) Peer { return Peer{ID: id, RaftAddr: id + ":1", Expect: expect, HasState: hasState} }
+	p := func(id string, expect int, hasState bool) Peer {
+		return Peer{ID: id, RaftAddr: id + ":1", Expect: expect, HasState: hasState}
+	}
 	tests := []struct {
 		name    string
 		self    Peer
