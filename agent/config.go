@@ -1,0 +1,296 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is everything one agent needs. Precedence, lowest first: Default(),
+// the config file, HAVEN_* environment variables, command-line flags.
+type Config struct {
+	Name    string `yaml:"name"`
+	Site    string `yaml:"site"`
+	DataDir string `yaml:"data_dir"`
+	// BindAddr is the IP every listener binds; AdvertiseAddr is the IP other
+	// nodes dial (defaults to BindAddr, which then must not be unspecified).
+	BindAddr      string   `yaml:"bind_addr"`
+	AdvertiseAddr string   `yaml:"advertise_addr"`
+	Ports         Ports    `yaml:"ports"`
+	Join          []string `yaml:"join"`
+	// BootstrapExpect is the number of nodes that must see each other before
+	// the first Raft cluster forms. Zero: never bootstrap, only join.
+	BootstrapExpect int    `yaml:"bootstrap_expect"`
+	Driver          string `yaml:"driver"`
+	// Witness nodes vote in Raft but host no workload.
+	Witness  bool         `yaml:"witness"`
+	Capacity Capacity     `yaml:"capacity"`
+	Raft     RaftConfig   `yaml:"raft"`
+	Gossip   GossipConfig `yaml:"gossip"`
+	LogLevel string       `yaml:"log_level"`
+}
+
+type Ports struct {
+	Gossip    int `yaml:"gossip"`     // LAN pool: nodes of the same site
+	GossipWAN int `yaml:"gossip_wan"` // WAN pool: every node; -join addresses use this port
+	Raft      int `yaml:"raft"`
+	GRPC      int `yaml:"grpc"`
+}
+
+// Capacity is what the node offers to groups; zero means detect.
+type Capacity struct {
+	CPUMillis   int64 `yaml:"cpu_millis"`
+	MemoryBytes int64 `yaml:"memory_bytes"`
+}
+
+type RaftConfig struct {
+	// MaxVoters caps the voters; the rest are non-voters. Must be odd.
+	MaxVoters int `yaml:"max_voters"`
+	// ReapAfter removes a node from Raft once gossip has reported it failed
+	// or gone for this long.
+	ReapAfter time.Duration `yaml:"reap_after"`
+	// Stabilization is how long a non-voter must stay healthy before it is
+	// promoted, so a flapping node never becomes a voter.
+	Stabilization      time.Duration `yaml:"stabilization"`
+	HeartbeatTimeout   time.Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout    time.Duration `yaml:"election_timeout"`
+	LeaderLeaseTimeout time.Duration `yaml:"leader_lease_timeout"`
+	// ReconcileInterval is how often the leader reconciles membership even
+	// when no event arrives.
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	SnapshotThreshold uint64        `yaml:"snapshot_threshold"`
+	SnapshotInterval  time.Duration `yaml:"snapshot_interval"`
+}
+
+// Profile mirrors heartbeat.Profile in the config file.
+type Profile struct {
+	ProbeInterval  time.Duration `yaml:"probe_interval"`
+	ProbeTimeout   time.Duration `yaml:"probe_timeout"`
+	SuspicionMult  int           `yaml:"suspicion_mult"`
+	GossipInterval time.Duration `yaml:"gossip_interval"`
+}
+
+type GossipConfig struct {
+	SameSite  Profile `yaml:"same_site"`
+	CrossSite Profile `yaml:"cross_site"`
+}
+
+// Default is a configuration that works for one node on this host.
+func Default() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Name:     host,
+		Site:     "default",
+		DataDir:  "/var/lib/haven",
+		BindAddr: "0.0.0.0",
+		Ports:    Ports{Gossip: 7946, GossipWAN: 7947, Raft: 7948, GRPC: 7949},
+		Driver:   "sim",
+		Raft: RaftConfig{
+			MaxVoters:          5,
+			ReapAfter:          10 * time.Minute,
+			Stabilization:      5 * time.Second,
+			HeartbeatTimeout:   1000 * time.Millisecond,
+			ElectionTimeout:    1000 * time.Millisecond,
+			LeaderLeaseTimeout: 500 * time.Millisecond,
+			ReconcileInterval:  10 * time.Second,
+			SnapshotThreshold:  8192,
+			SnapshotInterval:   2 * time.Minute,
+		},
+		Gossip: GossipConfig{
+			// memberlist's LAN and WAN defaults: a failed neighbour in the
+			// same site is declared dead in a few seconds, a WAN with loss
+			// and 100 ms RTT does not flap.
+			SameSite:  Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond},
+			CrossSite: Profile{ProbeInterval: 5 * time.Second, ProbeTimeout: 3 * time.Second, SuspicionMult: 6, GossipInterval: 500 * time.Millisecond},
+		},
+		LogLevel: "info",
+	}
+}
+
+// Tightened returns c with the timings tests and the dev cluster use: fast
+// failure detection on a quiet loopback, at the price of false positives on
+// a loaded host.
+func (c Config) Tightened() Config {
+	c.Raft.HeartbeatTimeout = 500 * time.Millisecond
+	c.Raft.ElectionTimeout = 500 * time.Millisecond
+	c.Raft.LeaderLeaseTimeout = 250 * time.Millisecond
+	c.Raft.Stabilization = time.Second
+	c.Raft.ReconcileInterval = 2 * time.Second
+	c.Gossip.SameSite = Profile{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3, GossipInterval: 100 * time.Millisecond}
+	c.Gossip.CrossSite = Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond}
+	return c
+}
+
+// LoadFile overlays a YAML file on c. Unknown keys are errors: a typo in a
+// timing must not silently leave the default in place.
+func (c *Config) LoadFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadEnv overlays HAVEN_* variables.
+func (c *Config) LoadEnv(getenv func(string) string) error {
+	str := func(key string, dst *string) {
+		if v := getenv(key); v != "" {
+			*dst = v
+		}
+	}
+	var errs []error
+	num := func(key string, dst *int) {
+		if v := getenv(key); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a number", key, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	str("HAVEN_NAME", &c.Name)
+	str("HAVEN_SITE", &c.Site)
+	str("HAVEN_DATA_DIR", &c.DataDir)
+	str("HAVEN_BIND", &c.BindAddr)
+	str("HAVEN_ADVERTISE", &c.AdvertiseAddr)
+	str("HAVEN_DRIVER", &c.Driver)
+	str("HAVEN_LOG_LEVEL", &c.LogLevel)
+	num("HAVEN_GOSSIP_PORT", &c.Ports.Gossip)
+	num("HAVEN_GOSSIP_WAN_PORT", &c.Ports.GossipWAN)
+	num("HAVEN_RAFT_PORT", &c.Ports.Raft)
+	num("HAVEN_GRPC_PORT", &c.Ports.GRPC)
+	num("HAVEN_BOOTSTRAP_EXPECT", &c.BootstrapExpect)
+	if v := getenv("HAVEN_JOIN"); v != "" {
+		c.Join = strings.Split(v, ",")
+	}
+	if v := getenv("HAVEN_WITNESS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("HAVEN_WITNESS: %q is not a boolean", v))
+		}
+		c.Witness = b
+	}
+	return errors.Join(errs...)
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate names the first field that is wrong.
+func (c *Config) Validate() error {
+	if !nameRE.MatchString(c.Name) {
+		return fmt.Errorf("name: %q must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", c.Name)
+	}
+	if !nameRE.MatchString(c.Site) {
+		return fmt.Errorf("site: %q must be 1-63 lowercase letters, digits or '-'", c.Site)
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir: must be set")
+	}
+	bind := net.ParseIP(c.BindAddr)
+	if bind == nil {
+		return fmt.Errorf("bind_addr: %q is not an IP address", c.BindAddr)
+	}
+	if c.AdvertiseAddr != "" {
+		ip := net.ParseIP(c.AdvertiseAddr)
+		if ip == nil || ip.IsUnspecified() {
+			return fmt.Errorf("advertise_addr: %q is not a usable IP address", c.AdvertiseAddr)
+		}
+	}
+	ports := map[string]int{"ports.gossip": c.Ports.Gossip, "ports.gossip_wan": c.Ports.GossipWAN, "ports.raft": c.Ports.Raft, "ports.grpc": c.Ports.GRPC}
+	seen := map[int]string{}
+	for _, k := range []string{"ports.gossip", "ports.gossip_wan", "ports.raft", "ports.grpc"} {
+		p := ports[k]
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s: %d is not a port (1-65535)", k, p)
+		}
+		if other, dup := seen[p]; dup {
+			return fmt.Errorf("%s: port %d is already used by %s", k, p, other)
+		}
+		seen[p] = k
+	}
+	for i, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return fmt.Errorf("join[%d]: %q is not host:port: %v", i, j, err)
+		}
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 64 {
+		return fmt.Errorf("bootstrap_expect: %d must be between 0 and 64", c.BootstrapExpect)
+	}
+	if c.Driver != "sim" {
+		return fmt.Errorf("driver: %q is not a known driver (sim)", c.Driver)
+	}
+	if c.Capacity.CPUMillis < 0 || c.Capacity.MemoryBytes < 0 {
+		return errors.New("capacity: must not be negative")
+	}
+	r := c.Raft
+	switch {
+	case r.MaxVoters < 1 || r.MaxVoters%2 == 0 || r.MaxVoters > 9:
+		return fmt.Errorf("raft.max_voters: %d must be odd, between 1 and 9", r.MaxVoters)
+	case r.ReapAfter <= 0:
+		return fmt.Errorf("raft.reap_after: %s must be positive", r.ReapAfter)
+	case r.Stabilization < 0:
+		return fmt.Errorf("raft.stabilization: %s must not be negative", r.Stabilization)
+	case r.HeartbeatTimeout < 5*time.Millisecond:
+		return fmt.Errorf("raft.heartbeat_timeout: %s is below 5ms", r.HeartbeatTimeout)
+	case r.ElectionTimeout < r.HeartbeatTimeout:
+		return fmt.Errorf("raft.election_timeout: %s must be at least heartbeat_timeout (%s)", r.ElectionTimeout, r.HeartbeatTimeout)
+	case r.LeaderLeaseTimeout <= 0 || r.LeaderLeaseTimeout > r.HeartbeatTimeout:
+		return fmt.Errorf("raft.leader_lease_timeout: %s must be positive and at most heartbeat_timeout (%s)", r.LeaderLeaseTimeout, r.HeartbeatTimeout)
+	case r.ReconcileInterval <= 0:
+		return fmt.Errorf("raft.reconcile_interval: %s must be positive", r.ReconcileInterval)
+	case r.SnapshotInterval <= 0:
+		return fmt.Errorf("raft.snapshot_interval: %s must be positive", r.SnapshotInterval)
+	}
+	for name, p := range map[string]Profile{"gossip.same_site": c.Gossip.SameSite, "gossip.cross_site": c.Gossip.CrossSite} {
+		switch {
+		case p.ProbeInterval <= 0:
+			return fmt.Errorf("%s.probe_interval: must be positive", name)
+		case p.ProbeTimeout <= 0 || p.ProbeTimeout >= p.ProbeInterval:
+			return fmt.Errorf("%s.probe_timeout: %s must be positive and below probe_interval (%s)", name, p.ProbeTimeout, p.ProbeInterval)
+		case p.SuspicionMult < 1:
+			return fmt.Errorf("%s.suspicion_mult: %d must be at least 1", name, p.SuspicionMult)
+		case p.GossipInterval <= 0:
+			return fmt.Errorf("%s.gossip_interval: must be positive", name)
+		}
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	return nil
+}
+
+// advertise is the IP other nodes dial.
+func (c *Config) advertise() string {
+	if c.AdvertiseAddr != "" {
+		return c.AdvertiseAddr
+	}
+	return c.BindAddr
+}
+
+func (c *Config) capacity() Capacity {
+	cp := c.Capacity
+	if cp.CPUMillis == 0 {
+		cp.CPUMillis = int64(runtime.NumCPU()) * 1000
+	}
+	if cp.MemoryBytes == 0 {
+		cp.MemoryBytes = physicalMemory()
+	}
+	return cp
+}
