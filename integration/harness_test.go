@@ -1,0 +1,347 @@
+// Package integration starts real haven agent processes on loopback and
+// checks what the cluster does when they start, die and restart.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/haven-ha/haven/agent"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+var keepLogs = flag.Bool("keep-logs", false, "print every agent's log at the end of each test")
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binary builds haven (and grpcurl) once per test run.
+func binary(t testing.TB, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "haven-it-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"github.com/haven-ha/haven/cmd/haven", "github.com/fullstorydev/grpcurl/cmd/grpcurl"} {
+			out, err := exec.Command("go", "build", "-o", binDir, pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// subnet gives every cluster its own 127.x.y.0/24 so clusters of parallel
+// or leftover runs never share an address; every node of a cluster then
+// uses the default ports on its own address.
+var subnetSeq atomic.Int32
+
+func newSubnet() string {
+	r := rand.New(rand.NewSource(time.Now().UnixNano() + int64(os.Getpid())))
+	return fmt.Sprintf("127.%d.%d", 10+r.Intn(240), subnetSeq.Add(1)%250+1)
+}
+
+type cluster struct {
+	t      *testing.T
+	dir    string
+	subnet string
+	nodes  []*node
+	tune   func(*agent.Config)
+}
+
+type node struct {
+	c    *cluster
+	name string
+	cfg  agent.Config
+	path string // config file
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	conn *grpc.ClientConn
+}
+
+// option adjusts every node's configuration of a cluster.
+type option func(*agent.Config)
+
+func withDefaultTimings() option {
+	return func(c *agent.Config) {
+		d := agent.Default()
+		c.Raft, c.Gossip = d.Raft, d.Gossip
+	}
+}
+
+func withReapAfter(d time.Duration) option { return func(c *agent.Config) { c.Raft.ReapAfter = d } }
+
+func newCluster(t *testing.T, opts ...option) *cluster {
+	t.Helper()
+	c := &cluster{t: t, dir: t.TempDir(), subnet: newSubnet()}
+	c.tune = func(cfg *agent.Config) {
+		for _, o := range opts {
+			o(cfg)
+		}
+	}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			n.kill()
+		}
+		if t.Failed() || *keepLogs {
+			for _, n := range c.nodes {
+				c.dumpLog(n)
+			}
+		}
+	})
+	return c
+}
+
+func (c *cluster) dumpLog(n *node) {
+	data, err := os.ReadFile(n.log)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 80 && !*keepLogs {
+		lines = lines[len(lines)-80:]
+	}
+	c.t.Logf("---- %s log (%s) ----\n%s", n.name, n.log, strings.Join(lines, "\n"))
+}
+
+// add defines node i (1-based) with bootstrap-expect expect, joining the
+// first node; it does not start it.
+func (c *cluster) add(expect int) *node {
+	i := len(c.nodes) + 1
+	name := fmt.Sprintf("n%d", i)
+	ip := fmt.Sprintf("%s.%d", c.subnet, i)
+	cfg := agent.Default().Tightened()
+	cfg.Name = name
+	cfg.Site = "lab"
+	cfg.DataDir = filepath.Join(c.dir, name, "data")
+	cfg.BindAddr = ip
+	cfg.BootstrapExpect = expect
+	cfg.LogLevel = "debug"
+	for j := 1; j <= max(i, 3); j++ {
+		cfg.Join = append(cfg.Join, fmt.Sprintf("%s.%d:%d", c.subnet, j, cfg.Ports.GossipWAN))
+	}
+	c.tune(&cfg)
+	n := &node{c: c, name: name, cfg: cfg, path: filepath.Join(c.dir, name, "haven.yaml"), log: filepath.Join(c.dir, name, "agent.log")}
+	if err := os.MkdirAll(filepath.Dir(n.path), 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(n.path, data, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	c.nodes = append(c.nodes, n)
+	return n
+}
+
+// start launches n nodes that all expect n.
+func (c *cluster) startN(count int) {
+	for i := 0; i < count; i++ {
+		c.add(count).start()
+	}
+}
+
+func (n *node) grpcAddr() string {
+	return fmt.Sprintf("%s:%d", n.cfg.BindAddr, n.cfg.Ports.GRPC)
+}
+
+func (n *node) start() {
+	t := n.c.t
+	t.Helper()
+	logf, err := os.OpenFile(n.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(logf, "==== start %s ====\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(binary(t, "haven"), "agent", "--config", n.path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Die with the test binary even if it is killed before cleanup runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.cmd = cmd
+	n.done = make(chan struct{})
+	go func(done chan struct{}) {
+		_ = cmd.Wait()
+		logf.Close()
+		close(done)
+	}(n.done)
+	if n.conn == nil {
+		conn, err := grpc.NewClient(n.grpcAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.conn = conn
+		t.Cleanup(func() { conn.Close() })
+	}
+}
+
+func (n *node) running() bool {
+	if n.done == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (n *node) kill() { n.signal(syscall.SIGKILL) }
+
+// stop sends SIGTERM and waits for a clean exit.
+func (n *node) stop() { n.signal(syscall.SIGTERM) }
+
+func (n *node) signal(sig syscall.Signal) {
+	if !n.running() {
+		return
+	}
+	_ = n.cmd.Process.Signal(sig)
+	select {
+	case <-n.done:
+	case <-time.After(20 * time.Second):
+		n.c.t.Errorf("%s did not exit within 20s of %s; killing it", n.name, sig)
+		_ = n.cmd.Process.Kill()
+		<-n.done
+	}
+}
+
+func (n *node) api() havenv1.ClusterServiceClient { return havenv1.NewClusterServiceClient(n.conn) }
+
+func (n *node) status() (*havenv1.GetStatusResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return n.api().GetStatus(ctx, &havenv1.GetStatusRequest{})
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// waitFor polls cond until it returns nil or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// leader waits until every running node names the same leader, and
+// returns it.
+func (c *cluster) leader(timeout time.Duration) *node {
+	c.t.Helper()
+	var leader *node
+	waitFor(c.t, timeout, "one leader agreed by all running nodes", func() error {
+		leader = nil
+		name := ""
+		for _, n := range c.nodes {
+			if !n.running() {
+				continue
+			}
+			st, err := n.status()
+			if err != nil {
+				return fmt.Errorf("%s: %v", n.name, err)
+			}
+			if st.GetLeader() == "" {
+				return fmt.Errorf("%s sees no leader", n.name)
+			}
+			if name != "" && st.GetLeader() != name {
+				return fmt.Errorf("%s sees leader %s, others %s", n.name, st.GetLeader(), name)
+			}
+			name = st.GetLeader()
+		}
+		for _, n := range c.nodes {
+			if n.name == name {
+				leader = n
+			}
+		}
+		if leader == nil || !leader.running() {
+			return fmt.Errorf("leader %q is not a running node", name)
+		}
+		return nil
+	})
+	return leader
+}
+
+func (c *cluster) node(name string) *node {
+	for _, n := range c.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// raftRoles returns each node's Raft role as the given node reports it.
+func raftRoles(n *node) (map[string]havenv1.RaftRole, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := n.api().ListNodes(ctx, &havenv1.ListNodesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]havenv1.RaftRole{}
+	for _, ni := range resp.GetNodes() {
+		out[ni.GetNode().GetName()] = ni.GetRaftRole()
+	}
+	return out, nil
+}
+
+func logContains(n *node, s string) bool {
+	data, _ := os.ReadFile(n.log)
+	return bytes.Contains(data, []byte(s))
+}
+
+var errNotYet = errors.New("not yet")
