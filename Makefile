@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint fmt tidy-check proto-check unit integration
+.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario
 
 all: build
 
@@ -25,14 +25,16 @@ proto-check:
 	@test -z "$$(git status --porcelain -- proto | grep '^??')" || (echo "untracked generated files: run make proto and commit"; exit 1)
 
 tidy-check:
-	@cp go.mod /tmp/haven-go.mod.bak; cp go.sum /tmp/haven-go.sum.bak
-	@$(GO) mod tidy
-	@if ! git diff --quiet -- go.mod go.sum; then echo "go mod tidy changes go.mod/go.sum: run it and commit"; git diff -- go.mod go.sum | head -40; exit 1; fi
+	@$(GO) mod tidy -diff || (echo "go mod tidy would change go.mod/go.sum: run it and commit"; exit 1)
 
 unit:
-	$(GO) test -race ./fsm/... ./quorum/... ./heartbeat/... ./agent/... ./placement/... ./cmd/...
+	$(GO) test -race $$($(GO) list ./... | grep -v /integration)
 
 integration:
 	$(GO) test -count=1 -timeout 15m ./integration/...
+
+# Whole-cluster figures for the README's performance section (slow).
+scenario:
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
 
 test: check unit integration

@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	for name, c := range map[string]Config{"default": Default(), "tightened": Default().Tightened()} {
+		c.Name = "n1"
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s config invalid: %v", name, err)
+		}
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"bad name", func(c *Config) { c.Name = "Node_1" }, "name:"},
+		{"bad site", func(c *Config) { c.Site = "" }, "site:"},
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "data_dir:"},
+		{"bad bind", func(c *Config) { c.BindAddr = "localhost" }, "bind_addr:"},
+		{"wildcard advertise", func(c *Config) { c.AdvertiseAddr = "0.0.0.0" }, "advertise_addr:"},
+		{"port range", func(c *Config) { c.Ports.Raft = 70000 }, "ports.raft: 70000"},
+		{"port clash", func(c *Config) { c.Ports.GRPC = c.Ports.Gossip }, "ports.grpc: port 7946 is already used by ports.gossip"},
+		{"bad join", func(c *Config) { c.Join = []string{"10.0.0.1"} }, "join[0]:"},
+		{"negative expect", func(c *Config) { c.BootstrapExpect = -1 }, "bootstrap_expect:"},
+		{"unknown driver", func(c *Config) { c.Driver = "xen" }, `driver: "xen"`},
+		{"even voters", func(c *Config) { c.Raft.MaxVoters = 4 }, "raft.max_voters: 4 must be odd"},
+		{"lease above heartbeat", func(c *Config) { c.Raft.LeaderLeaseTimeout = 2 * time.Second }, "raft.leader_lease_timeout:"},
+		{"probe timeout above interval", func(c *Config) { c.Gossip.CrossSite.ProbeTimeout = 10 * time.Second }, "gossip.cross_site.probe_timeout:"},
+		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log_level:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			c.Name = "n1"
+			tt.mutate(&c)
+			err := c.Validate()
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want an error starting with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLayers(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "haven.yaml")
+	if err := os.WriteFile(path, []byte("name: from-file\nsite: a\nbootstrap_expect: 3\nraft:\n  reap_after: 1h\ngossip:\n  same_site:\n    probe_interval: 2s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"HAVEN_NAME": "from-env", "HAVEN_JOIN": "10.0.0.1:7947,10.0.0.2:7947"}
+	if err := c.LoadEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "from-env" || c.Site != "a" || c.BootstrapExpect != 3 || c.Raft.ReapAfter != time.Hour || len(c.Join) != 2 {
+		t.Fatalf("layered config: %+v", c)
+	}
+	// A key the file sets leaves its siblings at their defaults.
+	if c.Gossip.SameSite.ProbeInterval != 2*time.Second || c.Gossip.SameSite.ProbeTimeout != Default().Gossip.SameSite.ProbeTimeout {
+		t.Fatalf("partial profile: %+v", c.Gossip.SameSite)
+	}
+}
+
+func TestLoadFileRefusesTypos(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "haven.yaml")
+	if err := os.WriteFile(path, []byte("raft:\n  reap_afterr: 1h\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := c.LoadFile(path); err == nil || !strings.Contains(err.Error(), "reap_afterr") {
+		t.Fatalf("typo accepted: %v", err)
+	}
+}
+
+func TestLoadEnvRefusesGarbage(t *testing.T) {
+	c := Default()
+	err := c.LoadEnv(func(k string) string {
+		if k == "HAVEN_BOOTSTRAP_EXPECT" {
+			return "three"
+		}
+		return ""
+	})
+	if err == nil || !strings.Contains(err.Error(), "HAVEN_BOOTSTRAP_EXPECT") {
+		t.Fatalf("got %v", err)
+	}
+}

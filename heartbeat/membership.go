@@ -1,0 +1,434 @@
+package heartbeat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
+)
+
+// memberlist labels; a packet with another label is dropped, so the pools
+// never merge even if someone joins a LAN address to the WAN pool.
+const (
+	wanLabel        = "haven-wan"
+	siteLabelPrefix = "haven-site-"
+)
+
+// Membership is this agent's place in the two gossip pools.
+type Membership struct {
+	name, site string
+	log        hclog.Logger
+	sameSite   Profile
+	crossSite  Profile
+	lan, wan   *memberlist.Memberlist
+	lanAddr    string
+	wanAddr    string
+
+	meta atomic.Pointer[[]byte] // encoded, what NodeMeta advertises
+
+	mu    sync.Mutex // guards peers; taken inside memberlist callbacks
+	peers map[string]*peer
+
+	queue *eventQueue
+	kick  chan struct{} // wakes the LAN joiner
+	done  chan struct{} // closed by Shutdown
+	wg    sync.WaitGroup
+
+	// lifeMu orders UpdateMeta, Leave and Shutdown. Never taken in a
+	// memberlist callback, so it may be held while calling memberlist.
+	lifeMu sync.Mutex
+	local  Meta
+	left   atomic.Bool
+	shut   atomic.Bool
+}
+
+// New starts both pools. It does not contact anyone: call Join or RetryJoin.
+func New(cfg Config) (*Membership, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	m := &Membership{
+		name:      cfg.Name,
+		site:      cfg.Site,
+		log:       cfg.Logger,
+		sameSite:  cfg.SameSite,
+		crossSite: cfg.CrossSite,
+		peers:     make(map[string]*peer),
+		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	if cfg.Events != nil {
+		m.queue = newEventQueue(cfg.Logger)
+	}
+
+	// Both transports are opened before either pool exists: with port 0 the
+	// LAN port is only known once bound, and it must already be in the meta
+	// each pool advertises from its first message.
+	lanLog := stdLogger(cfg.Logger, "lan")
+	wanLog := stdLogger(cfg.Logger, "wan")
+	lanT, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.LANPort, Logger: lanLog})
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat: LAN transport: %w", err)
+	}
+	wanT, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{cfg.BindAddr}, BindPort: cfg.WANPort, Logger: wanLog})
+	if err != nil {
+		_ = lanT.Shutdown()
+		return nil, fmt.Errorf("heartbeat: WAN transport: %w", err)
+	}
+	m.lanAddr = net.JoinHostPort(cfg.AdvertiseAddr, strconv.Itoa(lanT.GetAutoBindPort()))
+	m.wanAddr = net.JoinHostPort(cfg.AdvertiseAddr, strconv.Itoa(wanT.GetAutoBindPort()))
+
+	meta := cfg.Meta
+	meta.LANAddr = m.lanAddr
+	if err := m.setMeta(meta); err != nil {
+		_, _ = lanT.Shutdown(), wanT.Shutdown()
+		return nil, err
+	}
+
+	lanConf := poolConfig(memberlist.DefaultLANConfig(), cfg, cfg.SameSite, lanT, siteLabelPrefix+cfg.Site, lanLog)
+	lanConf.Delegate, lanConf.Events = &poolDelegate{m, lanPool}, &poolDelegate{m, lanPool}
+	if m.lan, err = memberlist.Create(lanConf); err != nil {
+		_, _ = lanT.Shutdown(), wanT.Shutdown()
+		return nil, fmt.Errorf("heartbeat: LAN pool: %w", err)
+	}
+	wanConf := poolConfig(memberlist.DefaultWANConfig(), cfg, cfg.CrossSite, wanT, wanLabel, wanLog)
+	wanConf.Delegate, wanConf.Events = &poolDelegate{m, wanPool}, &poolDelegate{m, wanPool}
+	if m.wan, err = memberlist.Create(wanConf); err != nil {
+		_, _ = m.lan.Shutdown(), wanT.Shutdown()
+		return nil, fmt.Errorf("heartbeat: WAN pool: %w", err)
+	}
+
+	if m.queue != nil {
+		m.wg.Go(func() { m.queue.run(cfg.Events, m.done) })
+	}
+	m.wg.Go(m.joinLAN)
+	m.log.Info("gossip pools started", "lan", m.lanAddr, "wan", m.wanAddr, "site", m.site)
+	return m, nil
+}
+
+func (c *Config) setDefaults() error {
+	if c.Name == "" {
+		return errors.New("heartbeat: Config.Name is required")
+	}
+	if c.Site == "" {
+		return errors.New("heartbeat: Config.Site is required")
+	}
+	if len(siteLabelPrefix+c.Site) > memberlist.LabelMaxSize {
+		return fmt.Errorf("heartbeat: Config.Site is longer than %d bytes", memberlist.LabelMaxSize-len(siteLabelPrefix))
+	}
+	if net.ParseIP(c.BindAddr) == nil {
+		return fmt.Errorf("heartbeat: Config.BindAddr %q is not an IP address", c.BindAddr)
+	}
+	if c.AdvertiseAddr == "" {
+		c.AdvertiseAddr = c.BindAddr
+	}
+	if ip := net.ParseIP(c.AdvertiseAddr); ip == nil || ip.IsUnspecified() {
+		// Peers need a routable address, and it goes into the meta too.
+		return fmt.Errorf("heartbeat: Config.AdvertiseAddr %q must be a specific IP address", c.AdvertiseAddr)
+	}
+	if c.LANPort < 0 || c.LANPort > 65535 {
+		return fmt.Errorf("heartbeat: Config.LANPort %d is out of range", c.LANPort)
+	}
+	if c.WANPort < 0 || c.WANPort > 65535 {
+		return fmt.Errorf("heartbeat: Config.WANPort %d is out of range", c.WANPort)
+	}
+	if c.LANPort != 0 && c.LANPort == c.WANPort {
+		return fmt.Errorf("heartbeat: Config.LANPort and Config.WANPort are both %d", c.LANPort)
+	}
+	if c.SameSite == (Profile{}) {
+		c.SameSite = SameSiteDefaults()
+	}
+	if c.CrossSite == (Profile{}) {
+		c.CrossSite = CrossSiteDefaults()
+	}
+	if err := c.SameSite.validate(); err != nil {
+		return fmt.Errorf("heartbeat: Config.SameSite.%w", err)
+	}
+	if err := c.CrossSite.validate(); err != nil {
+		return fmt.Errorf("heartbeat: Config.CrossSite.%w", err)
+	}
+	if c.Meta.Site == "" {
+		c.Meta.Site = c.Site
+	}
+	if c.Meta.Site != c.Site {
+		return fmt.Errorf("heartbeat: Config.Meta.Site %q differs from Config.Site %q", c.Meta.Site, c.Site)
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return nil
+}
+
+func stdLogger(l hclog.Logger, pool string) *log.Logger {
+	// InferLevels maps memberlist's "[DEBUG]"-style prefixes to hclog levels.
+	return l.Named(pool).StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+}
+
+func poolConfig(c *memberlist.Config, cfg Config, p Profile, t *memberlist.NetTransport, label string, l *log.Logger) *memberlist.Config {
+	port := t.GetAutoBindPort()
+	c.Name = cfg.Name
+	c.Transport = t
+	c.BindAddr, c.BindPort = cfg.BindAddr, port
+	c.AdvertiseAddr, c.AdvertisePort = cfg.AdvertiseAddr, port
+	c.Label = label
+	c.ProbeInterval = p.ProbeInterval
+	c.ProbeTimeout = p.ProbeTimeout
+	c.SuspicionMult = p.SuspicionMult
+	c.GossipInterval = p.GossipInterval
+	c.Logger = l
+	return c
+}
+
+// setMeta stores meta as what both pools advertise. Called with lifeMu
+// held, or before the pools exist.
+func (m *Membership) setMeta(meta Meta) error {
+	// Leave re-encodes with the leaving flag, which must fit as well.
+	if _, err := encodeMeta(meta, true); err != nil {
+		return err
+	}
+	b, err := encodeMeta(meta, false)
+	if err != nil {
+		return err
+	}
+	m.local = meta
+	m.meta.Store(&b)
+	return nil
+}
+
+// Join contacts WAN gossip addresses (host:port) and returns how many
+// answered; it fails only if none did. Same-site nodes are then joined in
+// the LAN pool in the background.
+func (m *Membership) Join(addrs []string) (int, error) {
+	if err := m.usable(); err != nil {
+		return 0, err
+	}
+	n, err := m.wan.Join(addrs)
+	if err != nil {
+		return n, fmt.Errorf("heartbeat: join %v: %w", addrs, err)
+	}
+	return n, nil
+}
+
+// RetryJoin calls Join until it succeeds, ctx ends or the membership shuts
+// down, waiting interval (5s if not positive) between attempts, so agents
+// can start in any order.
+func (m *Membership) RetryJoin(ctx context.Context, addrs []string, interval time.Duration) {
+	if interval <= 0 {
+		interval = defaultRetryInterval
+	}
+	for attempt := 1; ; attempt++ {
+		n, err := m.Join(addrs)
+		if err == nil {
+			m.log.Info("joined cluster", "contacted", n, "attempt", attempt)
+			return
+		}
+		if errors.Is(err, ErrShutdown) || errors.Is(err, ErrLeft) {
+			return
+		}
+		m.log.Warn("join failed, will retry", "attempt", attempt, "retry_in", interval, "error", err)
+		t := time.NewTimer(interval)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-m.done:
+			t.Stop()
+			return
+		}
+	}
+}
+
+func (m *Membership) usable() error {
+	if m.shut.Load() {
+		return ErrShutdown
+	}
+	if m.left.Load() {
+		return ErrLeft
+	}
+	return nil
+}
+
+// joinLAN joins same-site nodes in the LAN pool once the WAN pool has them.
+// It runs beside memberlist because a join is network I/O, which must not
+// happen in a memberlist callback. The ticker retries joins that failed,
+// every few LAN probe intervals: soon enough for a LAN pool to form quickly,
+// rarely enough not to hammer a crashed node that the slower WAN pool still
+// counts as alive.
+func (m *Membership) joinLAN() {
+	t := time.NewTicker(5 * m.sameSite.ProbeInterval)
+	defer t.Stop()
+	failing := make(map[string]bool) // warn once per peer, not every retry
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-m.kick:
+		case <-t.C:
+		}
+		for name, addr := range m.lanJoinTargets() {
+			if m.shut.Load() || m.left.Load() {
+				return
+			}
+			if _, err := m.lan.Join([]string{addr}); err != nil {
+				level := hclog.Debug
+				if !failing[name] {
+					level = hclog.Warn
+				}
+				m.log.Log(level, "cannot join same-site node in LAN pool", "node", name, "lan_addr", addr, "error", err)
+				failing[name] = true
+				continue
+			}
+			delete(failing, name)
+		}
+	}
+}
+
+func (m *Membership) lanJoinTargets() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	targets := make(map[string]string)
+	for _, p := range m.peers {
+		if m.needsLANJoin(p) {
+			targets[p.name] = p.wan.meta.LANAddr
+		}
+	}
+	return targets
+}
+
+// Members returns every member known to this agent, itself included, with
+// the state rule of the package comment, sorted by name. Members that
+// failed or left stay in the list, so that the caller can still see them.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.peers))
+	for _, p := range m.peers {
+		out = append(out, p.member(m.site))
+	}
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// LocalMember returns this agent as the others should see it.
+func (m *Membership) LocalMember() Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// Both pools report their local node while starting, so this is set.
+	return m.peers[m.name].member(m.site)
+}
+
+// UpdateMeta re-advertises this node's meta in both pools. LANAddr is
+// filled in; Site may be empty but not different, since the LAN pool is
+// bound to the site. It waits up to one probe interval of each pool for
+// the update to be gossiped; if that runs out the update still spreads, so
+// it is not an error.
+func (m *Membership) UpdateMeta(meta Meta) error {
+	m.lifeMu.Lock()
+	defer m.lifeMu.Unlock()
+	if err := m.usable(); err != nil {
+		return err
+	}
+	if meta.Site == "" {
+		meta.Site = m.site
+	}
+	if meta.Site != m.site {
+		return fmt.Errorf("heartbeat: meta site %q differs from this node's site %q", meta.Site, m.site)
+	}
+	meta.LANAddr = m.lanAddr
+	if err := m.setMeta(meta); err != nil {
+		return err
+	}
+	_ = m.eachPool(func(ml *memberlist.Memberlist, p Profile) error {
+		if err := ml.UpdateNode(p.ProbeInterval); err != nil {
+			m.log.Debug("meta update still spreading", "error", err)
+		}
+		return nil
+	})
+	return nil
+}
+
+// Leave leaves both pools gracefully, so that peers report EventLeave
+// rather than EventFailed; timeout bounds the whole call (0: wait for the
+// broadcasts however long they take). Shutdown is still needed afterwards.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.lifeMu.Lock()
+	defer m.lifeMu.Unlock()
+	if m.shut.Load() {
+		return ErrShutdown
+	}
+	if m.left.Swap(true) {
+		return nil
+	}
+	// The leaving flag must reach peers before the dead message that
+	// memberlist.Leave sends, because a dead message about a node cancels
+	// any queued broadcast about it; UpdateNode waits until it is out.
+	b, err := encodeMeta(m.local, true)
+	if err != nil {
+		return err // setMeta made sure it fits
+	}
+	m.meta.Store(&b)
+	deadline := time.Now().Add(timeout)
+	remaining := func() time.Duration {
+		if timeout <= 0 {
+			return 0
+		}
+		// memberlist treats 0 as "no limit"; a spent budget is not that.
+		return max(time.Until(deadline), time.Millisecond)
+	}
+	return m.eachPool(func(ml *memberlist.Memberlist, _ Profile) error {
+		if err := ml.UpdateNode(remaining()); err != nil {
+			m.log.Warn("leave intent not fully gossiped; some peers may report this node failed", "error", err)
+		}
+		return ml.Leave(remaining())
+	})
+}
+
+// eachPool runs f on both pools at once, so a slow WAN does not hold up
+// the LAN, and joins the errors.
+func (m *Membership) eachPool(f func(*memberlist.Memberlist, Profile) error) error {
+	var lanErr, wanErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { lanErr = f(m.lan, m.sameSite) })
+	wg.Go(func() { wanErr = f(m.wan, m.crossSite) })
+	wg.Wait()
+	if lanErr != nil {
+		lanErr = fmt.Errorf("heartbeat: LAN pool: %w", lanErr)
+	}
+	if wanErr != nil {
+		wanErr = fmt.Errorf("heartbeat: WAN pool: %w", wanErr)
+	}
+	return errors.Join(lanErr, wanErr)
+}
+
+// Shutdown stops both pools without leaving, so peers will report this
+// node failed. It is idempotent. It may wait for a LAN join in progress,
+// which is bounded by memberlist's TCP timeout (10s).
+func (m *Membership) Shutdown() error {
+	m.lifeMu.Lock()
+	defer m.lifeMu.Unlock()
+	if m.shut.Swap(true) {
+		return nil
+	}
+	close(m.done)
+	m.wg.Wait()
+	return errors.Join(m.lan.Shutdown(), m.wan.Shutdown())
+}
+
+// WANAddr is the advertised host:port of the WAN pool, for other nodes' Join.
+func (m *Membership) WANAddr() string { return m.wanAddr }
+
+// LANAddr is the advertised host:port of the LAN pool.
+func (m *Membership) LANAddr() string { return m.lanAddr }
