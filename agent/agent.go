@@ -158,7 +158,7 @@ func (a *Agent) Stop() {
 			}
 		}
 		if a.gossip != nil {
-			if err := a.gossip.Leave(5 * time.Second); err != nil {
+			if err := a.gossip.Leave(2 * time.Second); err != nil {
 				a.log.Warn("gossip leave failed", "error", err)
 			}
 		}

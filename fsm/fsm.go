@@ -129,6 +129,10 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.createGroup(index, cmd.CreateGroup, now)
 	case *havenv1.Command_DeleteGroup:
 		err = s.deleteGroup(cmd.DeleteGroup)
+	case *havenv1.Command_AssignGroup:
+		err = s.assignGroup(index, cmd.AssignGroup)
+	case *havenv1.Command_SetGroupState:
+		err = s.setGroupState(index, cmd.SetGroupState)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -229,6 +233,45 @@ func (s *state) deleteGroup(c *havenv1.DeleteGroupCommand) *Error {
 		return errorf(CodeFailedPrecondition, "group %q is %s on %s: stop it first", c.GetName(), g.GetState(), g.GetOwner())
 	}
 	delete(s.groups, c.GetName())
+	return nil
+}
+
+func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand) *Error {
+	old, ok := s.groups[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "group %q not found", c.GetName())
+	}
+	if old.GetEpoch() != c.GetExpectEpoch() {
+		return errorf(CodeFailedPrecondition, "group %q is at epoch %d, not %d: decided on a stale view", c.GetName(), old.GetEpoch(), c.GetExpectEpoch())
+	}
+	g := proto.Clone(old).(*havenv1.Group)
+	// Every assignment, even to the same node or to none, takes a new
+	// epoch: whatever ran under the old one is fenced off.
+	g.Epoch++
+	g.Owner = c.GetOwner()
+	g.State = c.GetState()
+	g.StateReason = c.GetReason()
+	g.ModifyIndex = index
+	s.groups[g.GetSpec().GetName()] = g
+	return nil
+}
+
+func (s *state) setGroupState(index uint64, c *havenv1.SetGroupStateCommand) *Error {
+	old, ok := s.groups[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "group %q not found", c.GetName())
+	}
+	if old.GetEpoch() != c.GetEpoch() {
+		return errorf(CodeFailedPrecondition, "group %q is at epoch %d, the report is for epoch %d", c.GetName(), old.GetEpoch(), c.GetEpoch())
+	}
+	if old.GetState() == c.GetState() && old.GetStateReason() == c.GetReason() {
+		return nil
+	}
+	g := proto.Clone(old).(*havenv1.Group)
+	g.State = c.GetState()
+	g.StateReason = c.GetReason()
+	g.ModifyIndex = index
+	s.groups[g.GetSpec().GetName()] = g
 	return nil
 }
 

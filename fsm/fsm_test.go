@@ -257,3 +257,51 @@ func mustDelim(t *testing.T, m proto.Message) []byte {
 	b.Write(data)
 	return b.Bytes()
 }
+
+func TestAssignIsCompareAndSet(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(t0, createCmd("c", "web"))
+	assign := func(expect uint64, owner string) *Result {
+		return a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+			Name: "web", ExpectEpoch: expect, Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING}}})
+	}
+	if r := assign(0, "n1"); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if g := a.f.Group("web"); g.GetOwner() != "n1" || g.GetEpoch() != 1 || g.GetState() != havenv1.GroupState_GROUP_STATE_STARTING {
+		t.Fatalf("after assign: %v", g)
+	}
+	// Two leaders' decisions on the same view: only the first applies.
+	if r := assign(1, "n2"); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := assign(1, "n3"); r.Err == nil || r.Err.Code != CodeFailedPrecondition {
+		t.Fatalf("stale assign applied: %+v", r)
+	}
+	if g := a.f.Group("web"); g.GetOwner() != "n2" || g.GetEpoch() != 2 {
+		t.Fatalf("after stale assign: %v", g)
+	}
+}
+
+func TestStateReportNeedsCurrentEpoch(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(t0, createCmd("c", "web"))
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", ExpectEpoch: 1, Owner: "n2", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
+	report := func(epoch uint64) *Result {
+		return a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{Name: "web", Epoch: epoch, State: havenv1.GroupState_GROUP_STATE_ONLINE}}})
+	}
+	// The old owner's late report must not mark the new run online.
+	if r := report(1); r.Err == nil || r.Err.Code != CodeFailedPrecondition {
+		t.Fatalf("stale report applied: %+v", r)
+	}
+	if g := a.f.Group("web"); g.GetState() != havenv1.GroupState_GROUP_STATE_STARTING {
+		t.Fatalf("state after stale report: %v", g.GetState())
+	}
+	if r := report(2); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if g := a.f.Group("web"); g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE {
+		t.Fatalf("state: %v", g.GetState())
+	}
+}

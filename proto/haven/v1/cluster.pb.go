@@ -765,6 +765,207 @@ func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
+type StartGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: the node to start it on; it must be a possible owner.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartGroupRequest) Reset() {
+	*x = StartGroupRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartGroupRequest) ProtoMessage() {}
+
+func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartGroupRequest.ProtoReflect.Descriptor instead.
+func (*StartGroupRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StartGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StartGroupRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *StartGroupRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type StartGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartGroupResponse) Reset() {
+	*x = StartGroupResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartGroupResponse) ProtoMessage() {}
+
+func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartGroupResponse.ProtoReflect.Descriptor instead.
+func (*StartGroupResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartGroupResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type StopGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RequestId     string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopGroupRequest) Reset() {
+	*x = StopGroupRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopGroupRequest) ProtoMessage() {}
+
+func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopGroupRequest.ProtoReflect.Descriptor instead.
+func (*StopGroupRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *StopGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StopGroupRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type StopGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopGroupResponse) Reset() {
+	*x = StopGroupResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopGroupResponse) ProtoMessage() {}
+
+func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopGroupResponse.ProtoReflect.Descriptor instead.
+func (*StopGroupResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StopGroupResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
 var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
@@ -818,12 +1019,25 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"\x15\n" +
-	"\x13DeleteGroupResponse*f\n" +
+	"\x13DeleteGroupResponse\"Z\n" +
+	"\x11StartGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\";\n" +
+	"\x12StartGroupResponse\x12%\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"E\n" +
+	"\x10StopGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\":\n" +
+	"\x11StopGroupResponse\x12%\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group*f\n" +
 	"\bRaftRole\x12\x19\n" +
 	"\x15RAFT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eRAFT_ROLE_NONE\x10\x01\x12\x13\n" +
 	"\x0fRAFT_ROLE_VOTER\x10\x02\x12\x16\n" +
-	"\x12RAFT_ROLE_NONVOTER\x10\x032\xc0\x03\n" +
+	"\x12RAFT_ROLE_NONVOTER\x10\x032\xcf\x04\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -831,7 +1045,10 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\bGetGroup\x12\x19.haven.v1.GetGroupRequest\x1a\x1a.haven.v1.GetGroupResponse\x12G\n" +
 	"\n" +
 	"ListGroups\x12\x1b.haven.v1.ListGroupsRequest\x1a\x1c.haven.v1.ListGroupsResponse\x12J\n" +
-	"\vDeleteGroup\x12\x1c.haven.v1.DeleteGroupRequest\x1a\x1d.haven.v1.DeleteGroupResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\vDeleteGroup\x12\x1c.haven.v1.DeleteGroupRequest\x1a\x1d.haven.v1.DeleteGroupResponse\x12G\n" +
+	"\n" +
+	"StartGroup\x12\x1b.haven.v1.StartGroupRequest\x1a\x1c.haven.v1.StartGroupResponse\x12D\n" +
+	"\tStopGroup\x12\x1a.haven.v1.StopGroupRequest\x1a\x1b.haven.v1.StopGroupResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -846,7 +1063,7 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(RaftRole)(0),               // 0: haven.v1.RaftRole
 	(*GetStatusRequest)(nil),    // 1: haven.v1.GetStatusRequest
@@ -862,35 +1079,45 @@ var file_haven_v1_cluster_proto_goTypes = []any{
 	(*ListGroupsResponse)(nil),  // 11: haven.v1.ListGroupsResponse
 	(*DeleteGroupRequest)(nil),  // 12: haven.v1.DeleteGroupRequest
 	(*DeleteGroupResponse)(nil), // 13: haven.v1.DeleteGroupResponse
-	(*Node)(nil),                // 14: haven.v1.Node
-	(*GroupSpec)(nil),           // 15: haven.v1.GroupSpec
-	(*Group)(nil),               // 16: haven.v1.Group
+	(*StartGroupRequest)(nil),   // 14: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),  // 15: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),    // 16: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),   // 17: haven.v1.StopGroupResponse
+	(*Node)(nil),                // 18: haven.v1.Node
+	(*GroupSpec)(nil),           // 19: haven.v1.GroupSpec
+	(*Group)(nil),               // 20: haven.v1.Group
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	14, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	18, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
 	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
 	4,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	15, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	16, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	16, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	16, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	1,  // 7: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	3,  // 8: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	6,  // 9: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	8,  // 10: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	10, // 11: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	12, // 12: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	2,  // 13: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	5,  // 14: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	7,  // 15: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	9,  // 16: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	11, // 17: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	13, // 18: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	19, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	20, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	20, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	20, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	20, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	20, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	1,  // 9: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	3,  // 10: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	6,  // 11: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	8,  // 12: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	10, // 13: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	12, // 14: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	14, // 15: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	16, // 16: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	2,  // 17: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	5,  // 18: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	7,  // 19: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	9,  // 20: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	11, // 21: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	13, // 22: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	15, // 23: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	17, // 24: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -905,7 +1132,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

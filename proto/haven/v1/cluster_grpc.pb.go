@@ -25,6 +25,8 @@ const (
 	ClusterService_GetGroup_FullMethodName    = "/haven.v1.ClusterService/GetGroup"
 	ClusterService_ListGroups_FullMethodName  = "/haven.v1.ClusterService/ListGroups"
 	ClusterService_DeleteGroup_FullMethodName = "/haven.v1.ClusterService/DeleteGroup"
+	ClusterService_StartGroup_FullMethodName  = "/haven.v1.ClusterService/StartGroup"
+	ClusterService_StopGroup_FullMethodName   = "/haven.v1.ClusterService/StopGroup"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -40,6 +42,10 @@ type ClusterServiceClient interface {
 	GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*GetGroupResponse, error)
 	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
 	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
+	// StartGroup places an offline or failed group on a node and starts it.
+	StartGroup(ctx context.Context, in *StartGroupRequest, opts ...grpc.CallOption) (*StartGroupResponse, error)
+	// StopGroup stops a group on its owner; it stays offline until started.
+	StopGroup(ctx context.Context, in *StopGroupRequest, opts ...grpc.CallOption) (*StopGroupResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -110,6 +116,26 @@ func (c *clusterServiceClient) DeleteGroup(ctx context.Context, in *DeleteGroupR
 	return out, nil
 }
 
+func (c *clusterServiceClient) StartGroup(ctx context.Context, in *StartGroupRequest, opts ...grpc.CallOption) (*StartGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartGroupResponse)
+	err := c.cc.Invoke(ctx, ClusterService_StartGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) StopGroup(ctx context.Context, in *StopGroupRequest, opts ...grpc.CallOption) (*StopGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StopGroupResponse)
+	err := c.cc.Invoke(ctx, ClusterService_StopGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -123,6 +149,10 @@ type ClusterServiceServer interface {
 	GetGroup(context.Context, *GetGroupRequest) (*GetGroupResponse, error)
 	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
 	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
+	// StartGroup places an offline or failed group on a node and starts it.
+	StartGroup(context.Context, *StartGroupRequest) (*StartGroupResponse, error)
+	// StopGroup stops a group on its owner; it stays offline until started.
+	StopGroup(context.Context, *StopGroupRequest) (*StopGroupResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -150,6 +180,12 @@ func (UnimplementedClusterServiceServer) ListGroups(context.Context, *ListGroups
 }
 func (UnimplementedClusterServiceServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) StartGroup(context.Context, *StartGroupRequest) (*StartGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) StopGroup(context.Context, *StopGroupRequest) (*StopGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StopGroup not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -280,6 +316,42 @@ func _ClusterService_DeleteGroup_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_StartGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).StartGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_StartGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).StartGroup(ctx, req.(*StartGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_StopGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).StopGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_StopGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).StopGroup(ctx, req.(*StopGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -310,6 +382,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteGroup",
 			Handler:    _ClusterService_DeleteGroup_Handler,
+		},
+		{
+			MethodName: "StartGroup",
+			Handler:    _ClusterService_StartGroup_Handler,
+		},
+		{
+			MethodName: "StopGroup",
+			Handler:    _ClusterService_StopGroup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

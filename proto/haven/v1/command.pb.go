@@ -38,6 +38,8 @@ type Command struct {
 	//	*Command_SetNodeStatus
 	//	*Command_CreateGroup
 	//	*Command_DeleteGroup
+	//	*Command_AssignGroup
+	//	*Command_SetGroupState
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -130,6 +132,24 @@ func (x *Command) GetDeleteGroup() *DeleteGroupCommand {
 	return nil
 }
 
+func (x *Command) GetAssignGroup() *AssignGroupCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AssignGroup); ok {
+			return x.AssignGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetGroupState() *SetGroupStateCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetGroupState); ok {
+			return x.SetGroupState
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -150,6 +170,14 @@ type Command_DeleteGroup struct {
 	DeleteGroup *DeleteGroupCommand `protobuf:"bytes,13,opt,name=delete_group,json=deleteGroup,proto3,oneof"`
 }
 
+type Command_AssignGroup struct {
+	AssignGroup *AssignGroupCommand `protobuf:"bytes,14,opt,name=assign_group,json=assignGroup,proto3,oneof"`
+}
+
+type Command_SetGroupState struct {
+	SetGroupState *SetGroupStateCommand `protobuf:"bytes,15,opt,name=set_group_state,json=setGroupState,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -157,6 +185,10 @@ func (*Command_SetNodeStatus) isCommand_Cmd() {}
 func (*Command_CreateGroup) isCommand_Cmd() {}
 
 func (*Command_DeleteGroup) isCommand_Cmd() {}
+
+func (*Command_AssignGroup) isCommand_Cmd() {}
+
+func (*Command_SetGroupState) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -342,6 +374,156 @@ func (x *DeleteGroupCommand) GetName() string {
 	return ""
 }
 
+// AssignGroupCommand gives a group a new owner at the next epoch. It is a
+// compare-and-set: it applies only while the group is still at
+// expect_epoch, so a decision made on a stale view changes nothing.
+type AssignGroupCommand struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ExpectEpoch uint64                 `protobuf:"varint,2,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
+	// Empty: the group has no owner (it could not be placed).
+	Owner         string     `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	State         GroupState `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason        string     `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignGroupCommand) Reset() {
+	*x = AssignGroupCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignGroupCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignGroupCommand) ProtoMessage() {}
+
+func (x *AssignGroupCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignGroupCommand.ProtoReflect.Descriptor instead.
+func (*AssignGroupCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AssignGroupCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AssignGroupCommand) GetExpectEpoch() uint64 {
+	if x != nil {
+		return x.ExpectEpoch
+	}
+	return 0
+}
+
+func (x *AssignGroupCommand) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *AssignGroupCommand) GetState() GroupState {
+	if x != nil {
+		return x.State
+	}
+	return GroupState_GROUP_STATE_UNSPECIFIED
+}
+
+func (x *AssignGroupCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// SetGroupStateCommand records a state change at the current owner and
+// epoch; a report for an older epoch is refused.
+type SetGroupStateCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State         GroupState             `protobuf:"varint,3,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGroupStateCommand) Reset() {
+	*x = SetGroupStateCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGroupStateCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGroupStateCommand) ProtoMessage() {}
+
+func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
+func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetGroupStateCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetGroupStateCommand) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SetGroupStateCommand) GetState() GroupState {
+	if x != nil {
+		return x.State
+	}
+	return GroupState_GROUP_STATE_UNSPECIFIED
+}
+
+func (x *SetGroupStateCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -357,7 +539,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +551,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +564,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -431,7 +613,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +625,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +638,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -488,7 +670,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +682,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +695,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -576,7 +758,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xef\x02\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xfc\x03\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -586,7 +768,9 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"upsertNode\x12H\n" +
 	"\x0fset_node_status\x18\v \x01(\v2\x1e.haven.v1.SetNodeStatusCommandH\x00R\rsetNodeStatus\x12A\n" +
 	"\fcreate_group\x18\f \x01(\v2\x1c.haven.v1.CreateGroupCommandH\x00R\vcreateGroup\x12A\n" +
-	"\fdelete_group\x18\r \x01(\v2\x1c.haven.v1.DeleteGroupCommandH\x00R\vdeleteGroupB\x05\n" +
+	"\fdelete_group\x18\r \x01(\v2\x1c.haven.v1.DeleteGroupCommandH\x00R\vdeleteGroup\x12A\n" +
+	"\fassign_group\x18\x0e \x01(\v2\x1c.haven.v1.AssignGroupCommandH\x00R\vassignGroup\x12H\n" +
+	"\x0fset_group_state\x18\x0f \x01(\v2\x1e.haven.v1.SetGroupStateCommandH\x00R\rsetGroupStateB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -596,7 +780,18 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x12CreateGroupCommand\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\"(\n" +
 	"\x12DeleteGroupCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xb9\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xa5\x01\n" +
+	"\x12AssignGroupCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fexpect_epoch\x18\x02 \x01(\x04R\vexpectEpoch\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12*\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x84\x01\n" +
+	"\x14SetGroupStateCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xb9\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -626,40 +821,47 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 	return file_haven_v1_command_proto_rawDescData
 }
 
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_haven_v1_command_proto_goTypes = []any{
 	(*Command)(nil),               // 0: haven.v1.Command
 	(*UpsertNodeCommand)(nil),     // 1: haven.v1.UpsertNodeCommand
 	(*SetNodeStatusCommand)(nil),  // 2: haven.v1.SetNodeStatusCommand
 	(*CreateGroupCommand)(nil),    // 3: haven.v1.CreateGroupCommand
 	(*DeleteGroupCommand)(nil),    // 4: haven.v1.DeleteGroupCommand
-	(*AppliedRequest)(nil),        // 5: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 6: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 7: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*Node)(nil),                  // 9: haven.v1.Node
-	(NodeStatus)(0),               // 10: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 11: haven.v1.GroupSpec
-	(*Group)(nil),                 // 12: haven.v1.Group
+	(*AssignGroupCommand)(nil),    // 5: haven.v1.AssignGroupCommand
+	(*SetGroupStateCommand)(nil),  // 6: haven.v1.SetGroupStateCommand
+	(*AppliedRequest)(nil),        // 7: haven.v1.AppliedRequest
+	(*SnapshotHeader)(nil),        // 8: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 9: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Node)(nil),                  // 11: haven.v1.Node
+	(NodeStatus)(0),               // 12: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 13: haven.v1.GroupSpec
+	(GroupState)(0),               // 14: haven.v1.GroupState
+	(*Group)(nil),                 // 15: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	8,  // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	10, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	2,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	3,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
 	4,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
-	9,  // 5: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	10, // 6: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	11, // 7: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	8,  // 8: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	9,  // 9: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	12, // 10: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	5,  // 11: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
+	6,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	11, // 7: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	12, // 8: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	13, // 9: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	14, // 10: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	14, // 11: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	10, // 12: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	11, // 13: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	15, // 14: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	7,  // 15: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -673,8 +875,10 @@ func file_haven_v1_command_proto_init() {
 		(*Command_SetNodeStatus)(nil),
 		(*Command_CreateGroup)(nil),
 		(*Command_DeleteGroup)(nil),
+		(*Command_AssignGroup)(nil),
+		(*Command_SetGroupState)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[7].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[9].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -685,7 +889,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

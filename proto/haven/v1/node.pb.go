@@ -119,18 +119,308 @@ func (x *GetRaftStatusResponse) GetLeader() string {
 	return ""
 }
 
+type RenewLeaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseRequest) Reset() {
+	*x = RenewLeaseRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseRequest) ProtoMessage() {}
+
+func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RenewLeaseRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type GroupEpoch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupEpoch) Reset() {
+	*x = GroupEpoch{}
+	mi := &file_haven_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupEpoch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupEpoch) ProtoMessage() {}
+
+func (x *GroupEpoch) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupEpoch.ProtoReflect.Descriptor instead.
+func (*GroupEpoch) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GroupEpoch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GroupEpoch) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type RenewLeaseResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	LeaseMillis uint64                 `protobuf:"varint,1,opt,name=lease_millis,json=leaseMillis,proto3" json:"lease_millis,omitempty"`
+	// The groups the node may run. A group the node owns but that is missing
+	// here is being moved: the node must let it freeze.
+	Groups        []*GroupEpoch `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Term          uint64        `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewLeaseResponse) Reset() {
+	*x = RenewLeaseResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewLeaseResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewLeaseResponse) ProtoMessage() {}
+
+func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
+func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RenewLeaseResponse) GetLeaseMillis() uint64 {
+	if x != nil {
+		return x.LeaseMillis
+	}
+	return 0
+}
+
+func (x *RenewLeaseResponse) GetGroups() []*GroupEpoch {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *RenewLeaseResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+type ReportGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State         GroupState             `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportGroupRequest) Reset() {
+	*x = ReportGroupRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportGroupRequest) ProtoMessage() {}
+
+func (x *ReportGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportGroupRequest.ProtoReflect.Descriptor instead.
+func (*ReportGroupRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReportGroupRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportGroupRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReportGroupRequest) GetState() GroupState {
+	if x != nil {
+		return x.State
+	}
+	return GroupState_GROUP_STATE_UNSPECIFIED
+}
+
+func (x *ReportGroupRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ReportGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportGroupResponse) Reset() {
+	*x = ReportGroupResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportGroupResponse) ProtoMessage() {}
+
+func (x *ReportGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportGroupResponse.ProtoReflect.Descriptor instead.
+func (*ReportGroupResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{6}
+}
+
 var File_haven_v1_node_proto protoreflect.FileDescriptor
 
 const file_haven_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13haven/v1/node.proto\x12\bhaven.v1\"\x16\n" +
+	"\x13haven/v1/node.proto\x12\bhaven.v1\x1a\x14haven/v1/types.proto\"\x16\n" +
 	"\x14GetRaftStatusRequest\"b\n" +
 	"\x15GetRaftStatusResponse\x12\x1b\n" +
 	"\thas_state\x18\x01 \x01(\bR\bhasState\x12\x14\n" +
 	"\x05peers\x18\x02 \x01(\rR\x05peers\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader2_\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"'\n" +
+	"\x11RenewLeaseRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"6\n" +
+	"\n" +
+	"GroupEpoch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"y\n" +
+	"\x12RenewLeaseResponse\x12!\n" +
+	"\flease_millis\x18\x01 \x01(\x04R\vleaseMillis\x12,\n" +
+	"\x06groups\x18\x02 \x03(\v2\x14.haven.v1.GroupEpochR\x06groups\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\x96\x01\n" +
+	"\x12ReportGroupRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12*\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x15\n" +
+	"\x13ReportGroupResponse2\xf4\x01\n" +
 	"\vNodeService\x12P\n" +
-	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
+	"\n" +
+	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
+	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_node_proto_rawDescOnce sync.Once
@@ -144,19 +434,31 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_haven_v1_node_proto_goTypes = []any{
 	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
 	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
+	(*RenewLeaseRequest)(nil),     // 2: haven.v1.RenewLeaseRequest
+	(*GroupEpoch)(nil),            // 3: haven.v1.GroupEpoch
+	(*RenewLeaseResponse)(nil),    // 4: haven.v1.RenewLeaseResponse
+	(*ReportGroupRequest)(nil),    // 5: haven.v1.ReportGroupRequest
+	(*ReportGroupResponse)(nil),   // 6: haven.v1.ReportGroupResponse
+	(GroupState)(0),               // 7: haven.v1.GroupState
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
-	0, // 0: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	1, // 1: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	3, // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
+	7, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	0, // 2: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	2, // 3: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	5, // 4: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	1, // 5: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	4, // 6: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	6, // 7: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -164,13 +466,14 @@ func file_haven_v1_node_proto_init() {
 	if File_haven_v1_node_proto != nil {
 		return
 	}
+	file_haven_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,8 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	NodeService_GetRaftStatus_FullMethodName = "/haven.v1.NodeService/GetRaftStatus"
+	NodeService_RenewLease_FullMethodName    = "/haven.v1.NodeService/RenewLease"
+	NodeService_ReportGroup_FullMethodName   = "/haven.v1.NodeService/ReportGroup"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -31,6 +33,13 @@ type NodeServiceClient interface {
 	// GetRaftStatus tells a node deciding whether to bootstrap whether this
 	// agent already belongs to a Raft cluster.
 	GetRaftStatus(ctx context.Context, in *GetRaftStatusRequest, opts ...grpc.CallOption) (*GetRaftStatusResponse, error)
+	// RenewLease is sent by every node to the leader. A grant lets the node
+	// run the listed groups, at the listed epochs, until its own clock reaches
+	// the time it sent the request plus lease_millis.
+	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
+	// ReportGroup tells the leader what the owner's executor did with a
+	// group: online, offline after a stop, or failed.
+	ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -51,6 +60,26 @@ func (c *nodeServiceClient) GetRaftStatus(ctx context.Context, in *GetRaftStatus
 	return out, nil
 }
 
+func (c *nodeServiceClient) RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewLeaseResponse)
+	err := c.cc.Invoke(ctx, NodeService_RenewLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportGroupResponse)
+	err := c.cc.Invoke(ctx, NodeService_ReportGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -60,6 +89,13 @@ type NodeServiceServer interface {
 	// GetRaftStatus tells a node deciding whether to bootstrap whether this
 	// agent already belongs to a Raft cluster.
 	GetRaftStatus(context.Context, *GetRaftStatusRequest) (*GetRaftStatusResponse, error)
+	// RenewLease is sent by every node to the leader. A grant lets the node
+	// run the listed groups, at the listed epochs, until its own clock reaches
+	// the time it sent the request plus lease_millis.
+	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
+	// ReportGroup tells the leader what the owner's executor did with a
+	// group: online, offline after a stop, or failed.
+	ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -72,6 +108,12 @@ type UnimplementedNodeServiceServer struct{}
 
 func (UnimplementedNodeServiceServer) GetRaftStatus(context.Context, *GetRaftStatusRequest) (*GetRaftStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRaftStatus not implemented")
+}
+func (UnimplementedNodeServiceServer) RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewLease not implemented")
+}
+func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportGroup not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -112,6 +154,42 @@ func _NodeService_GetRaftStatus_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_RenewLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RenewLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RenewLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RenewLease(ctx, req.(*RenewLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ReportGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ReportGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ReportGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ReportGroup(ctx, req.(*ReportGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +200,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRaftStatus",
 			Handler:    _NodeService_GetRaftStatus_Handler,
+		},
+		{
+			MethodName: "RenewLease",
+			Handler:    _NodeService_RenewLease_Handler,
+		},
+		{
+			MethodName: "ReportGroup",
+			Handler:    _NodeService_ReportGroup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

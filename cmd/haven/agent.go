@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/haven-ha/haven/agent"
+)
+
+// newAgentCmd runs one agent until SIGINT or SIGTERM. Settings come from
+// defaults, then --config, then HAVEN_* variables, then flags.
+func newAgentCmd() *cobra.Command {
+	var (
+		file string
+		flg  agent.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the haven agent on this host",
+		Long: `Run the haven agent on this host.
+
+Settings are taken from the defaults, then the --config file (YAML), then
+HAVEN_* environment variables, then flags; a later source wins.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := agent.Default()
+			if file != "" {
+				if err := cfg.LoadFile(file); err != nil {
+					return err
+				}
+			}
+			if err := cfg.LoadEnv(os.Getenv); err != nil {
+				return err
+			}
+			overlayFlags(cmd.Flags(), &cfg, &flg)
+			if err := cfg.Validate(); err != nil {
+				return usagef(cmd, "invalid configuration: %v", err)
+			}
+			return runAgent(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&file, "config", "", "config file (YAML)")
+	f.StringVar(&flg.Name, "name", "", "node name, unique in the cluster (default: hostname)")
+	f.StringVar(&flg.Site, "site", "", "site (failure domain) of this node (default \"default\")")
+	f.StringVar(&flg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (default /var/lib/haven)")
+	f.StringVar(&flg.BindAddr, "bind", "", "IP address to listen on (default 0.0.0.0)")
+	f.StringVar(&flg.AdvertiseAddr, "advertise", "", "IP address other nodes use (default: bind address, or the first private IP)")
+	f.IntVar(&flg.Ports.Gossip, "gossip-port", 0, "same-site gossip port (default 7946)")
+	f.IntVar(&flg.Ports.GossipWAN, "gossip-wan-port", 0, "cluster-wide gossip port; -join addresses use it (default 7947)")
+	f.IntVar(&flg.Ports.Raft, "raft-port", 0, "Raft port (default 7948)")
+	f.IntVar(&flg.Ports.GRPC, "grpc-port", 0, "gRPC API port (default 7949)")
+	f.StringSliceVar(&flg.Join, "join", nil, "gossip address (host:port of the cluster-wide pool) of any node; repeatable")
+	f.IntVar(&flg.BootstrapExpect, "bootstrap-expect", 0, "form the first cluster once this many nodes see each other (0: only join)")
+	f.StringVar(&flg.Driver, "driver", "", "hypervisor driver (default sim)")
+	f.BoolVar(&flg.Witness, "witness", false, "vote in Raft but host no workload")
+	f.StringVar(&flg.LogLevel, "log-level", "", "trace, debug, info, warn or error (default info)")
+	return cmd
+}
+
+// overlayFlags copies the flags the user set; unset flags leave the lower
+// layers alone.
+func overlayFlags(fs *pflag.FlagSet, cfg, flg *agent.Config) {
+	set := func(name string, apply func()) {
+		if fs.Changed(name) {
+			apply()
+		}
+	}
+	set("name", func() { cfg.Name = flg.Name })
+	set("site", func() { cfg.Site = flg.Site })
+	set("data-dir", func() { cfg.DataDir = flg.DataDir })
+	set("bind", func() { cfg.BindAddr = flg.BindAddr })
+	set("advertise", func() { cfg.AdvertiseAddr = flg.AdvertiseAddr })
+	set("gossip-port", func() { cfg.Ports.Gossip = flg.Ports.Gossip })
+	set("gossip-wan-port", func() { cfg.Ports.GossipWAN = flg.Ports.GossipWAN })
+	set("raft-port", func() { cfg.Ports.Raft = flg.Ports.Raft })
+	set("grpc-port", func() { cfg.Ports.GRPC = flg.Ports.GRPC })
+	set("join", func() { cfg.Join = flg.Join })
+	set("bootstrap-expect", func() { cfg.BootstrapExpect = flg.BootstrapExpect })
+	set("driver", func() { cfg.Driver = flg.Driver })
+	set("witness", func() { cfg.Witness = flg.Witness })
+	set("log-level", func() { cfg.LogLevel = flg.LogLevel })
+}
+
+func runAgent(ctx context.Context, cfg agent.Config) error {
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:   cfg.Name,
+		Level:  hclog.LevelFromString(cfg.LogLevel),
+		Output: os.Stderr,
+	})
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := a.Start(ctx); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	a.Stop()
+	return nil
+}

@@ -1,0 +1,673 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/haven-ha/haven/agent"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// The dev cluster lives on loopback only: nothing outside this host is
+// ever contacted, and nothing outside can reach it.
+const devHost = "127.0.0.1"
+
+const (
+	devLeaderDeadline = 60 * time.Second
+	// devStopGrace is how long an agent gets to stop after SIGTERM before
+	// it is killed: long enough to freeze its VMs and leave the cluster.
+	devStopGrace = 10 * time.Second
+	// devSettle bounds the waits that only make the first tables look
+	// complete (all members listed, demo online); the cluster is usable
+	// without them.
+	devSettle     = 10 * time.Second
+	devDemoOnline = 5 * time.Second
+	devPoll       = 250 * time.Millisecond
+	devRPC        = 2 * time.Second
+	devLogTail    = 20
+)
+
+type devOptions struct {
+	dataDir  string
+	nodes    int
+	basePort int
+}
+
+func newDevCmd() *cobra.Command {
+	o := devOptions{}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Start a local cluster of agents with simulated VMs",
+		Long: `Start a local cluster on 127.0.0.1: --nodes agents of this same binary,
+named dev-1..dev-N in site "dev", with the sim driver and tightened timings.
+Node i listens on base+10*i (gossip), +1 (WAN gossip, the join port), +2 (Raft)
+and +3 (gRPC).
+
+Without --data the cluster lives in a temporary directory removed on exit.
+With --data DIR it is kept, and running 'haven dev --data DIR' again restarts
+the same cluster with its state. Ctrl-C stops every agent in order.`,
+		Args: argsExactly(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return usagef(cmd, "%v", err)
+			}
+			return runDev(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data", "", "directory for configs, logs and state; kept on exit (default: a temporary directory, removed)")
+	f.IntVar(&o.nodes, "nodes", 3, "number of agents")
+	f.IntVar(&o.basePort, "base-port", 17000, "node i uses ports base+10*i to base+10*i+3")
+	return cmd
+}
+
+func (o devOptions) validate() error {
+	if o.nodes < 1 || o.nodes > 64 {
+		return fmt.Errorf("--nodes %d: must be between 1 and 64", o.nodes)
+	}
+	if last := devPorts(o.basePort, o.nodes).GRPC; o.basePort < 1024 || last > 65535 {
+		return fmt.Errorf("--base-port %d: ports must lie in 1024-65535 (%d nodes need up to base+%d)", o.basePort, o.nodes, 10*o.nodes+3)
+	}
+	return nil
+}
+
+func devNodeName(i int) string { return "dev-" + strconv.Itoa(i) }
+
+func devPorts(base, i int) agent.Ports {
+	p := base + 10*i
+	return agent.Ports{Gossip: p, GossipWAN: p + 1, Raft: p + 2, GRPC: p + 3}
+}
+
+func devAddr(port int) string { return net.JoinHostPort(devHost, strconv.Itoa(port)) }
+
+// devConfig is node i's (1-based) config in a cluster of n under dir. Every
+// node joins every node's WAN gossip address, its own included, so that no
+// node is special and any subset that comes up first can find the rest.
+func devConfig(dir string, base, n, i int) agent.Config {
+	cfg := agent.Default().Tightened()
+	cfg.Name = devNodeName(i)
+	cfg.Site = "dev"
+	cfg.DataDir = filepath.Join(dir, cfg.Name, "data")
+	cfg.BindAddr = devHost
+	cfg.Ports = devPorts(base, i)
+	cfg.Join = make([]string, 0, n)
+	for j := 1; j <= n; j++ {
+		cfg.Join = append(cfg.Join, devAddr(devPorts(base, j).GossipWAN))
+	}
+	cfg.BootstrapExpect = n
+	cfg.LogLevel = "info"
+	return cfg
+}
+
+// devNode is one agent process of the dev cluster.
+type devNode struct {
+	name    string
+	dir     string
+	cfg     agent.Config
+	cfgPath string
+	logPath string
+
+	cmd     *exec.Cmd
+	done    chan struct{} // closed once the process has exited
+	waitErr error         // valid after done is closed
+	conn    *grpc.ClientConn
+	client  havenv1.ClusterServiceClient
+}
+
+func (n *devNode) grpcAddr() string { return devAddr(n.cfg.Ports.GRPC) }
+
+func (n *devNode) exited() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
+}
+
+type devCluster struct {
+	out   io.Writer
+	dir   string
+	keep  bool
+	nodes []*devNode
+	exits chan *devNode // every started node is sent here once it exits
+}
+
+func runDev(ctx context.Context, out io.Writer, o devOptions) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding the haven binary to run the agents: %w", err)
+	}
+
+	// Catch signals before anything starts, so a Ctrl-C at any moment
+	// below stops whatever has been started. The first signal cancels ctx;
+	// a second one, read by stop, kills the agents without further grace.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	c := &devCluster{out: out, keep: o.dataDir != "", exits: make(chan *devNode, o.nodes)}
+	if c.keep {
+		if c.dir, err = filepath.Abs(o.dataDir); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(c.dir, 0o755); err != nil {
+			return err
+		}
+	} else {
+		if c.dir, err = os.MkdirTemp("", "haven-dev-"); err != nil {
+			return err
+		}
+		// Registered before stop, so it runs after every agent has exited.
+		defer os.RemoveAll(c.dir)
+	}
+
+	for i := 1; i <= o.nodes; i++ {
+		n := &devNode{name: devNodeName(i), cfg: devConfig(c.dir, o.basePort, o.nodes, i)}
+		n.dir = filepath.Join(c.dir, n.name)
+		n.cfgPath = filepath.Join(n.dir, "haven.yaml")
+		n.logPath = filepath.Join(n.dir, "agent.log")
+		if err := n.cfg.Validate(); err != nil {
+			return fmt.Errorf("%s: config: %w", n.name, err)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	if err := checkPorts(c.nodes); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, devNodeName(o.nodes+1))); err == nil {
+		fmt.Fprintf(out, "note: %s holds nodes beyond dev-%d from an earlier run; they are not started\n", c.dir, o.nodes)
+	}
+	for _, n := range c.nodes {
+		if err := n.writeConfig(); err != nil {
+			return err
+		}
+	}
+
+	defer func() {
+		// Cancel first: the signal watcher then lets go of sigs, and every
+		// Ctrl-C from here on reaches stop as "kill now".
+		cancel()
+		c.closeConns()
+		c.stop(sigs)
+	}()
+	for _, n := range c.nodes {
+		if err := c.start(exe, n); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "started %d agents in %s; waiting for a leader\n", len(c.nodes), c.dir)
+
+	// A failure after the signal is the signal's doing: stop quietly.
+	fail := func(err error) error {
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.printLogTails()
+		return err
+	}
+	leader, err := c.waitForLeader(ctx, time.Now().Add(devLeaderDeadline))
+	if err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(out, "all %d agents agree: %s leads\n", len(c.nodes), leader)
+	demo := true
+	if err := c.createDemo(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// The demo group is a show-piece; the cluster works without it.
+		fmt.Fprintf(out, "warning: demo group not created: %s\n", describeError(err))
+		demo = false
+	}
+	c.show(ctx, demo)
+
+	running := len(c.nodes)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case n := <-c.exits:
+			c.reportExit(n)
+			if running--; running == 0 {
+				return errors.New("every agent has exited")
+			}
+		}
+	}
+}
+
+// checkPorts fails early, naming the port, rather than letting an agent die
+// on a bind error in a log file. Gossip ports need UDP as well as TCP.
+func checkPorts(nodes []*devNode) error {
+	for _, n := range nodes {
+		p := n.cfg.Ports
+		for _, c := range []struct {
+			what string
+			port int
+			udp  bool
+		}{{"gossip", p.Gossip, true}, {"gossip_wan", p.GossipWAN, true}, {"raft", p.Raft, false}, {"grpc", p.GRPC, false}} {
+			addr := devAddr(c.port)
+			err := probePort("tcp", addr)
+			if err == nil && c.udp {
+				err = probePort("udp", addr)
+			}
+			if err != nil {
+				return fmt.Errorf("port %d (%s of %s) is not free: %v\n"+
+					"Is another haven dev running? Choose other ports with --base-port (node i uses base+10*i to base+10*i+3)",
+					c.port, c.what, n.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func probePort(network, addr string) error {
+	if network == "udp" {
+		pc, err := net.ListenPacket(network, addr)
+		if err != nil {
+			return err
+		}
+		return pc.Close()
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	return l.Close()
+}
+
+func (n *devNode) writeConfig() error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
+		return err
+	}
+	b, err := yaml.Marshal(n.cfg)
+	if err != nil {
+		return fmt.Errorf("%s: encoding config: %w", n.name, err)
+	}
+	header := "# Written by haven dev; rewritten on every start.\n"
+	return os.WriteFile(n.cfgPath, append([]byte(header), b...), 0o644)
+}
+
+// devEnv drops HAVEN_* variables: the agent reads them over its config
+// file, and a HAVEN_NAME left in the shell would give every node one name.
+func devEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, e := range env {
+		if !strings.HasPrefix(e, "HAVEN_") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (c *devCluster) start(exe string, n *devNode) error {
+	logf, err := os.OpenFile(n.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	// The child has its own descriptor once started; ours is not needed.
+	defer logf.Close()
+	fmt.Fprintf(logf, "--- haven dev: starting %s at %s ---\n", n.name, time.Now().Format(time.RFC3339))
+	cmd := exec.Command(exe, "agent", "--config", n.cfgPath)
+	cmd.Dir = n.dir
+	cmd.Env = devEnv(os.Environ())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	setDevProcAttr(cmd)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", n.name, err)
+	}
+	n.cmd = cmd
+	n.done = make(chan struct{})
+	go func() {
+		n.waitErr = cmd.Wait()
+		close(n.done)
+		c.exits <- n
+	}()
+	if n.conn, err = dial(n.grpcAddr()); err != nil {
+		return err
+	}
+	n.client = havenv1.NewClusterServiceClient(n.conn)
+	return nil
+}
+
+func (c *devCluster) closeConns() {
+	for _, n := range c.nodes {
+		if n.conn != nil {
+			n.conn.Close()
+		}
+	}
+}
+
+// waitForLeader polls every node until all of them name the same leader.
+// Asking every node, not just one, proves that gossip and Raft have both
+// reached each of them.
+func (c *devCluster) waitForLeader(ctx context.Context, deadline time.Time) (string, error) {
+	last := make([]string, len(c.nodes))
+	tick := time.NewTicker(devPoll)
+	defer tick.Stop()
+	for {
+		leaders := map[string]bool{}
+		for i, n := range c.nodes {
+			cctx, cancel := context.WithTimeout(ctx, devRPC)
+			st, err := n.client.GetStatus(cctx, &havenv1.GetStatusRequest{})
+			cancel()
+			switch {
+			case err != nil:
+				last[i] = describeError(err)
+				leaders[""] = true
+			default:
+				last[i] = fmt.Sprintf("%s, leader %s", dash(st.GetRaftState()), dash(st.GetLeader()))
+				leaders[st.GetLeader()] = true
+			}
+		}
+		if len(leaders) == 1 && !leaders[""] {
+			for l := range leaders {
+				return l, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			fmt.Fprintf(&b, "the agents did not agree on a leader within %s:", devLeaderDeadline)
+			for i, n := range c.nodes {
+				fmt.Fprintf(&b, "\n  %s (%s): %s", n.name, n.grpcAddr(), last[i])
+			}
+			return "", errors.New(b.String())
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case n := <-c.exits:
+			where := "the end of its log is above"
+			if c.keep {
+				where = "its log is " + n.logPath
+			}
+			return "", fmt.Errorf("%s exited before the cluster formed (%s); %s", n.name, n.exitDescription(), where)
+		case <-tick.C:
+		}
+	}
+}
+
+// createDemo creates the demo group through dev-2 rather than dev-1 so that
+// the write is likely forwarded to the leader, which is the path operators
+// use. Unavailable right after an election is retried with the same request
+// id, so a retry of a create that did commit is applied once.
+func (c *devCluster) createDemo(ctx context.Context) error {
+	via := c.nodes[min(1, len(c.nodes)-1)]
+	req := &havenv1.CreateGroupRequest{
+		Spec:      standardGroupSpec("demo", defaultVMOptions()),
+		RequestId: uuid.NewString(),
+	}
+	deadline := time.Now().Add(devSettle)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, devRPC)
+		_, err := via.client.CreateGroup(cctx, req)
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+			fmt.Fprintf(c.out, "created group demo through %s\n", via.name)
+			return nil
+		case codes.AlreadyExists:
+			fmt.Fprintln(c.out, "group demo exists already")
+			return nil
+		case codes.Unavailable, codes.DeadlineExceeded:
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return err
+			}
+		default:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(devPoll):
+		}
+	}
+}
+
+// show prints the members and groups, after giving gossip a moment to list
+// every node and the demo group a moment to come online, then what to try.
+// The tables come from dev-1, a follower more often than not, whose copy of
+// the state may lag the write made through dev-2 by a heartbeat: hence
+// waiting for demo to be listed, not only for the call to succeed.
+func (c *devCluster) show(ctx context.Context, demo bool) {
+	first := c.nodes[0]
+	var nodes *havenv1.ListNodesResponse
+	var groups *havenv1.ListGroupsResponse
+	var nodesErr, groupsErr error
+	waitFor(ctx, devSettle, func(ctx context.Context) bool {
+		nodes, nodesErr = first.client.ListNodes(ctx, &havenv1.ListNodesRequest{})
+		alive := 0
+		for _, n := range nodes.GetNodes() {
+			if n.GetNode().GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE {
+				alive++
+			}
+		}
+		return alive >= len(c.nodes)
+	}, func() { fmt.Fprintf(c.out, "waiting up to %s for every member to be listed alive\n", devSettle) })
+	listGroups := func(ctx context.Context) *havenv1.Group {
+		groups, groupsErr = first.client.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+		for _, g := range groups.GetGroups() {
+			if g.GetSpec().GetName() == "demo" {
+				return g
+			}
+		}
+		return nil
+	}
+	waitFor(ctx, devSettle, func(ctx context.Context) bool {
+		return listGroups(ctx) != nil || (!demo && groupsErr == nil)
+	}, func() { fmt.Fprintf(c.out, "waiting up to %s for dev-1 to list group demo\n", devSettle) })
+	if demo {
+		// Shorter: until groups are placed on create, demo stays offline
+		// and this wait is the price of every start.
+		waitFor(ctx, devDemoOnline, func(ctx context.Context) bool {
+			switch listGroups(ctx).GetState() {
+			case havenv1.GroupState_GROUP_STATE_ONLINE, havenv1.GroupState_GROUP_STATE_FAILED:
+				return true
+			}
+			return false
+		}, func() { fmt.Fprintf(c.out, "waiting up to %s for group demo to come online\n", devDemoOnline) })
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	fmt.Fprintln(c.out)
+	if nodesErr != nil {
+		fmt.Fprintf(c.out, "members: %s\n", describeError(nodesErr))
+	} else {
+		writeNodesTable(c.out, nodes)
+	}
+	fmt.Fprintln(c.out)
+	if groupsErr != nil {
+		fmt.Fprintf(c.out, "groups: %s\n", describeError(groupsErr))
+	} else {
+		writeGroupsTable(c.out, groups.GetGroups())
+	}
+	fmt.Fprintln(c.out)
+	io.WriteString(c.out, c.hints())
+}
+
+// waitFor calls cond until it holds or limit passes; each call gets its own
+// short deadline so one hung RPC cannot eat the whole wait. waiting is
+// called once if the first try fails, so a pause is never silent.
+func waitFor(ctx context.Context, limit time.Duration, cond func(context.Context) bool, waiting func()) {
+	deadline := time.Now().Add(limit)
+	for first := true; ; first = false {
+		cctx, cancel := context.WithTimeout(ctx, devRPC)
+		ok := cond(cctx)
+		cancel()
+		if ok || time.Now().After(deadline) {
+			return
+		}
+		if first {
+			waiting()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(devPoll):
+		}
+	}
+}
+
+func (c *devCluster) hints() string {
+	a1 := c.nodes[0].grpcAddr()
+	a2 := c.nodes[min(1, len(c.nodes)-1)].grpcAddr()
+	var b strings.Builder
+	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group create web --vcpus 2 --memory 1G\n", a1)
+	fmt.Fprintf(&b, "  HAVEN_ADDR=%s go run ./cmd/haven status\n", a2)
+	fmt.Fprintf(&b, "  go tool grpcurl -plaintext %s list\n", a1)
+	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n\n", a1)
+	fmt.Fprintf(&b, "Configs and logs: %s/dev-<i>/{haven.yaml,agent.log}", c.dir)
+	if c.keep {
+		fmt.Fprintf(&b, " (kept; 'haven dev --data %s' restarts this cluster)\n", c.dir)
+	} else {
+		b.WriteString(" (removed on exit)\n")
+	}
+	b.WriteString("Press Ctrl-C to stop the cluster.\n")
+	return b.String()
+}
+
+// reportExit tells the operator an agent died while the cluster ran, with
+// the end of its log, which usually says why.
+func (c *devCluster) reportExit(n *devNode) {
+	fmt.Fprintf(c.out, "\n%s (pid %d) exited: %v\n", n.name, n.cmd.Process.Pid, n.exitDescription())
+	c.printLogTail(n)
+	fmt.Fprintf(c.out, "The other agents keep running. To restart it by hand: go run ./cmd/haven agent --config %s\n", n.cfgPath)
+}
+
+func (n *devNode) exitDescription() string {
+	if n.waitErr == nil {
+		return "exit status 0"
+	}
+	return n.waitErr.Error()
+}
+
+func (c *devCluster) printLogTails() {
+	for _, n := range c.nodes {
+		c.printLogTail(n)
+	}
+}
+
+func (c *devCluster) printLogTail(n *devNode) {
+	lines, err := tailLines(n.logPath, devLogTail)
+	if err != nil {
+		fmt.Fprintf(c.out, "(cannot read %s: %v)\n", n.logPath, err)
+		return
+	}
+	fmt.Fprintf(c.out, "last lines of %s:\n", n.logPath)
+	for _, l := range lines {
+		fmt.Fprintf(c.out, "  | %s\n", l)
+	}
+}
+
+// tailLines returns the last n lines of a file, reading at most its last
+// 64 KiB: agent logs grow without bound.
+func tailLines(path string, n int) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	const window = 64 << 10
+	off := max(fi.Size()-window, 0)
+	buf := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if off > 0 {
+		// The first line is probably cut; drop it.
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			buf = buf[i+1:]
+		}
+	}
+	buf = bytes.TrimRight(buf, "\n")
+	if len(buf) == 0 {
+		return nil, nil
+	}
+	lines := strings.Split(string(buf), "\n")
+	return lines[max(len(lines)-n, 0):], nil
+}
+
+// stop sends SIGTERM to every agent still running and waits for them,
+// killing those still there after devStopGrace, or at once on another
+// signal. Only the agent gets SIGTERM, so it can stop what it started
+// itself; a kill goes to its whole process group.
+func (c *devCluster) stop(sigs <-chan os.Signal) {
+	var alive []*devNode
+	for _, n := range c.nodes {
+		if n.cmd != nil && !n.exited() {
+			alive = append(alive, n)
+		}
+	}
+	if len(alive) == 0 {
+		return
+	}
+	fmt.Fprintf(c.out, "\nstopping %d agents (Ctrl-C again to kill them)\n", len(alive))
+	for _, n := range alive {
+		if err := terminateProcess(n.cmd.Process); err != nil && !n.exited() {
+			fmt.Fprintf(c.out, "%s: %v\n", n.name, err)
+		}
+	}
+	grace := time.NewTimer(devStopGrace)
+	defer grace.Stop()
+	killed := false
+	killAll := func(why string) {
+		if killed {
+			return
+		}
+		killed = true
+		for _, n := range alive {
+			if !n.exited() {
+				fmt.Fprintf(c.out, "killing %s: %s\n", n.name, why)
+				killProcessGroup(n.cmd.Process)
+			}
+		}
+	}
+	for _, n := range alive {
+		for !n.exited() {
+			select {
+			case <-n.done:
+			case <-grace.C:
+				killAll(fmt.Sprintf("still running %s after SIGTERM", devStopGrace))
+			case <-sigs:
+				killAll("asked twice")
+			}
+		}
+		fmt.Fprintf(c.out, "%s stopped (%s)\n", n.name, n.exitDescription())
+	}
+}

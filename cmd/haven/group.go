@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+func newGroupCmd(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "group",
+		Short: "Create, inspect and delete groups (the unit of failover)",
+		Args:  argsExactly(0, "a subcommand (create, get, list, delete)"),
+		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(newGroupCreateCmd(g), newGroupGetCmd(g), newGroupListCmd(g), newGroupDeleteCmd(g))
+	return cmd
+}
+
+// vmFlags are the flags that build the standard group; they make no sense
+// together with -f, which gives the whole spec.
+var vmFlags = []string{"vcpus", "memory", "disk-size", "priority", "preferred-owner", "possible-owner", "anti-affinity", "label"}
+
+func newGroupCreateCmd(g *globalOptions) *cobra.Command {
+	var (
+		file, requestID          string
+		vcpus                    int32
+		memory, diskSize, prio   string
+		preferred, possible, aac []string
+		labels                   []string
+	)
+	cmd := &cobra.Command{
+		Use:   "create (NAME [flags] | -f FILE [NAME])",
+		Short: "Create a group: a standard VM group from flags, or any group from a spec file",
+		Long: `Create a group.
+
+With NAME and flags, the group is the standard VM group: resources 'config',
+'disk0' (an image NAME/disk0.img on shared storage; --disk-size 0 leaves it
+out) and 'vm', which depends on both.
+
+With -f FILE (YAML or JSON, '-' for stdin), FILE is a haven.v1.GroupSpec with
+the API's field names, e.g.
+
+  name: web
+  priority: PRIORITY_HIGH
+  resources:
+    - {name: config, kind: RESOURCE_KIND_CONFIG}
+    - name: vm
+      kind: RESOURCE_KIND_VM
+      dependsOn: [config]
+      vm: {vcpus: 2, memoryBytes: 2147483648}
+
+Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
+		Example: `  haven group create web --vcpus 2 --memory 4G --priority high --label tier=web
+  haven group create -f web.yaml`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var spec *havenv1.GroupSpec
+			switch {
+			case file != "":
+				for _, f := range vmFlags {
+					if cmd.Flags().Changed(f) {
+						return usagef(cmd, "--%s cannot be combined with -f: put it in the spec file", f)
+					}
+				}
+				if len(args) > 1 {
+					return usagef(cmd, "with -f, NAME is optional and alone; got %d arguments", len(args))
+				}
+				var err error
+				if spec, err = readSpecFile(cmd.InOrStdin(), file); err != nil {
+					return err
+				}
+				if len(args) == 1 {
+					switch spec.GetName() {
+					case "":
+						spec.Name = args[0]
+					case args[0]:
+					default:
+						return usagef(cmd, "NAME %q differs from name %q in %s", args[0], spec.GetName(), file)
+					}
+				}
+			case len(args) != 1:
+				return usagef(cmd, "group create takes NAME (or -f FILE), got %d arguments", len(args))
+			default:
+				o := defaultVMOptions()
+				if vcpus < 1 {
+					return usagef(cmd, "--vcpus %d: must be at least 1", vcpus)
+				}
+				o.vcpus = vcpus
+				var err error
+				if o.memoryBytes, err = parseSize(memory); err != nil {
+					return usagef(cmd, "--memory: %v", err)
+				}
+				if o.diskBytes, err = parseSize(diskSize); err != nil {
+					return usagef(cmd, "--disk-size: %v", err)
+				}
+				if o.priority, err = parsePriority(prio); err != nil {
+					return usagef(cmd, "--priority: %v", err)
+				}
+				if o.labels, err = parseLabels(labels); err != nil {
+					return usagef(cmd, "--label: %v", err)
+				}
+				o.preferred, o.possible, o.antiAffinity = preferred, possible, aac
+				spec = standardGroupSpec(args[0], o)
+			}
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.CreateGroup(ctx, &havenv1.CreateGroupRequest{Spec: spec, RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error { return writeGroupDetail(w, resp.GetGroup()) })
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "file", "f", "", "group spec as YAML or JSON (haven.v1.GroupSpec); - reads stdin")
+	f.Int32Var(&vcpus, "vcpus", 1, "virtual CPUs of the VM")
+	f.StringVar(&memory, "memory", "512MiB", "memory of the VM (512M, 4G, 4GiB or bytes)")
+	f.StringVar(&diskSize, "disk-size", "1GiB", "size of disk0; 0 creates no disk")
+	f.StringVar(&prio, "priority", "medium", "high, medium, low or no-auto-start (restart order after a failure)")
+	f.StringArrayVar(&preferred, "preferred-owner", nil, "node the group should run on, in order of preference (repeatable)")
+	f.StringArrayVar(&possible, "possible-owner", nil, "node the group may run on; when given, no other (repeatable)")
+	f.StringArrayVar(&aac, "anti-affinity", nil, "anti-affinity class: groups sharing one are kept apart (repeatable)")
+	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
+	f.StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	return cmd
+}
+
+func readSpecFile(stdin io.Reader, path string) (*havenv1.GroupSpec, error) {
+	var (
+		data []byte
+		err  error
+		name = path
+	)
+	if path == "-" {
+		name = "stdin"
+		data, err = io.ReadAll(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading group spec: %w", err)
+	}
+	return parseSpecFile(name, data)
+}
+
+func newGroupGetCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show one group with its state, owner and resources",
+		Args:  argsExactly(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.GetGroup(ctx, &havenv1.GetGroupRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error { return writeGroupDetail(w, resp.GetGroup()) })
+			})
+		},
+	}
+}
+
+func newGroupListCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List groups with their state and owner",
+		Args:    argsExactly(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error { return writeGroupsTable(w, resp.GetGroups()) })
+			})
+		},
+	}
+}
+
+func newGroupDeleteCmd(g *globalOptions) *cobra.Command {
+	var requestID string
+	cmd := &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a group",
+		Args:    argsExactly(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.DeleteGroup(ctx, &havenv1.DeleteGroupRequest{Name: args[0], RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "deleted group %s\n", args[0])
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	return cmd
+}

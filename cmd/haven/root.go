@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+const defaultAddr = "127.0.0.1:7949"
+
+// Exit codes: 1 for anything that went wrong at run time (including every
+// gRPC error), 2 when the command line itself was wrong, as with Go's flag
+// package, so a script can tell "retry" from "fix the call".
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+func realMain() int {
+	root := newRootCmd(os.Getenv)
+	root.SetArgs(os.Args[1:])
+	err := root.ExecuteContext(context.Background())
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(os.Stderr, formatError(err))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", ue.cmdPath)
+		return exitUsage
+	}
+	return exitError
+}
+
+// usageError marks a mistake in the command line rather than in what the
+// cluster said.
+type usageError struct {
+	cmdPath string
+	err     error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(cmd *cobra.Command, format string, args ...any) error {
+	return &usageError{cmdPath: cmd.CommandPath(), err: fmt.Errorf(format, args...)}
+}
+
+// formatError gives every failure one shape on stderr. A gRPC status is
+// shown as its code and message exactly as the agent wrote them (an
+// Unavailable from a follower carries the leader's address), so that what
+// the operator reads is what the API said.
+func formatError(err error) string {
+	return "error: " + describeError(err)
+}
+
+// describeError is formatError without the "error: " prefix, for places
+// that report a failure and carry on.
+func describeError(err error) string {
+	if st, ok := status.FromError(err); ok && st != nil {
+		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	}
+	return err.Error()
+}
+
+// globalOptions are the root command's persistent flags.
+type globalOptions struct {
+	addr    string
+	output  string
+	timeout time.Duration
+}
+
+func newRootCmd(getenv func(string) string) *cobra.Command {
+	g := &globalOptions{}
+	addr := getenv("HAVEN_ADDR")
+	if addr == "" {
+		addr = defaultAddr
+	}
+	root := &cobra.Command{
+		Use:   "haven",
+		Short: "High-availability cluster agent for hypervisor hosts",
+		Long: `haven keeps virtual machines running when hypervisor hosts fail.
+
+Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
+(--addr, or HAVEN_ADDR). 'haven dev' starts a local cluster to try it out.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			switch g.output {
+			case "table", "json":
+			default:
+				return usagef(cmd, "--output %q: must be table or json", g.output)
+			}
+			if g.timeout <= 0 {
+				return usagef(cmd, "--timeout %s: must be positive", g.timeout)
+			}
+			return nil
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.addr, "addr", addr, "gRPC address of any agent (env HAVEN_ADDR)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for the agent to answer")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{cmdPath: cmd.CommandPath(), err: err}
+	})
+	root.CompletionOptions.HiddenDefaultCmd = true
+
+	root.AddCommand(
+		newAgentCmd(),
+		newDevCmd(),
+		newMembersCmd(g),
+		newStatusCmd(g),
+		newGroupCmd(g),
+	)
+	return root
+}
+
+// argsExactly is cobra.ExactArgs with the argument named in the message and
+// the mistake marked as a usage error.
+func argsExactly(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef(cmd, "%s takes %s, got %d argument(s)", cmd.CommandPath(), names, len(args))
+		}
+		return nil
+	}
+}
+
+// call dials the agent, runs fn with the --timeout deadline and closes the
+// connection. Dialing is lazy in gRPC, so an unreachable agent shows up as
+// the Unavailable status of fn's call, which names the address.
+func (g *globalOptions) call(ctx context.Context, fn func(context.Context, havenv1.ClusterServiceClient) error) error {
+	conn, err := dial(g.addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	return fn(ctx, havenv1.NewClusterServiceClient(conn))
+}
+
+// dial opens a plaintext connection: the API has no TLS yet.
+func dial(addr string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("agent address %q: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// render prints m as JSON with -o json, or through table otherwise.
+func (g *globalOptions) render(w io.Writer, m proto.Message, table func(io.Writer) error) error {
+	if g.output == "json" {
+		return writeJSON(w, m)
+	}
+	return table(w)
+}

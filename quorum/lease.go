@@ -1,0 +1,127 @@
+package quorum
+
+import (
+	"fmt"
+	"time"
+)
+
+// The lease protocol that keeps a group from running on two nodes. Every
+// time below is read from a monotonic clock by the caller and passed in.
+//
+//  1. A node sends a renewal at its own time t0 and, once granted, holds its
+//     lease until t0+Lease: measured from the send, so network delay only
+//     shortens it.
+//  2. The leader grants only after a VerifyLeader that started after the
+//     request arrived, and records the grant at its own time tg, taken after
+//     the verification. It treats the node as fenced from tg+Lease+Margin.
+//  3. A new leader answers no renewal until it has committed and applied a
+//     barrier of its own term (its FSM may not yet show epochs committed
+//     before it), and fences nobody until Lease+Margin after taking office:
+//     its predecessor may have granted a lease up to the moment it lost
+//     office.
+//  4. The node's hypervisor freezes every group at its lease end, and
+//     refuses a resume once local time has reached it (the driver's gate).
+//  5. A frozen group thaws only on a grant that confirms the same epoch;
+//     the leader leaves out of every grant a group whose move it has decided
+//     but not yet committed and applied.
+//  6. Every owner change bumps the group's epoch; drivers and shared disks
+//     refuse an older one.
+//
+// Timing assumption: clocks may run at rates that differ by at most
+// DriftBound, and the leader's scheduling delay between verifying and
+// recording a grant is covered by the margin. Margin must therefore be at
+// least DriftBound*(Lease+Margin) plus that delay; Validate checks the
+// first part and asks for MinScheduling on top.
+
+// DriftBound is the clock-rate difference the margin covers: 1 %, far above
+// what NTP-disciplined or even free-running quartz clocks show (~0.01 %).
+const DriftBound = 0.01
+
+// MinScheduling is the least margin left over for scheduling delay.
+const MinScheduling = 50 * time.Millisecond
+
+type LeaseConfig struct {
+	Lease  time.Duration
+	Margin time.Duration
+	// FailoverAfter is how long a node may go without a grant before the
+	// leader moves its groups. It is at least Lease+Margin (before that
+	// the node may still run them); longer lets a short network blip cost
+	// a pause instead of a restart.
+	FailoverAfter time.Duration
+}
+
+func (c LeaseConfig) Validate() error {
+	switch {
+	case c.Lease <= 0:
+		return fmt.Errorf("lease: %s must be positive", c.Lease)
+	case float64(c.Margin) < DriftBound*float64(c.Lease+c.Margin)+float64(MinScheduling):
+		return fmt.Errorf("lease_margin: %s must cover %.0f%% clock drift over lease+margin plus %s scheduling delay", c.Margin, DriftBound*100, MinScheduling)
+	case c.FailoverAfter < c.Lease+c.Margin:
+		return fmt.Errorf("failover_after: %s must be at least lease+margin (%s)", c.FailoverAfter, c.Lease+c.Margin)
+	}
+	return nil
+}
+
+// Grants is one leader's record of the leases it granted, for one term of
+// office. It is not safe for concurrent use.
+type Grants struct {
+	cfg   LeaseConfig
+	ready bool
+	last  map[string]time.Time
+	// floor is the earliest a node's silence can have started: taking
+	// office, or the end of the leader's own last stall.
+	floor time.Time
+}
+
+// NewGrants starts a term of office at the time the node learned it leads.
+func NewGrants(cfg LeaseConfig, office time.Time) *Grants {
+	return &Grants{cfg: cfg, floor: office, last: map[string]time.Time{}}
+}
+
+// Ready records that the leader's barrier is applied (step 3).
+func (g *Grants) Ready() { g.ready = true }
+
+// CanGrant reports whether renewals may be answered (step 3).
+func (g *Grants) CanGrant() bool { return g.ready }
+
+// Grant records a grant at tg, read after the VerifyLeader that covered
+// the request (step 2).
+func (g *Grants) Grant(node string, tg time.Time) {
+	if tg.After(g.last[node]) {
+		g.last[node] = tg
+	}
+}
+
+// since is the start of the node's silence as far as this leader can tell.
+func (g *Grants) since(node string) time.Time {
+	if t := g.last[node]; t.After(g.floor) {
+		return t
+	}
+	return g.floor
+}
+
+// FencedAt is when the node surely holds no lease from this leader or any
+// earlier one (steps 2 and 3).
+func (g *Grants) FencedAt(node string) time.Time {
+	return g.since(node).Add(g.cfg.Lease + g.cfg.Margin)
+}
+
+// FailoverAt is when the leader may move the node's groups: fenced, and
+// silent for FailoverAfter.
+func (g *Grants) FailoverAt(node string) time.Time {
+	f := g.since(node).Add(g.cfg.FailoverAfter)
+	if fe := g.FencedAt(node); fe.After(f) {
+		return fe
+	}
+	return f
+}
+
+// Stalled tells the table the leader itself could not act until to (its
+// process was paused, or starved): nodes could not renew with it meanwhile,
+// so every node's silence restarts at to. This only delays fencing, which
+// is always safe.
+func (g *Grants) Stalled(to time.Time) {
+	if to.After(g.floor) {
+		g.floor = to
+	}
+}

@@ -1,0 +1,86 @@
+package quorum
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var leaseCfg = LeaseConfig{Lease: 2 * time.Second, Margin: 300 * time.Millisecond, FailoverAfter: 3 * time.Second}
+
+func TestLeaseConfigValidate(t *testing.T) {
+	for _, tt := range []struct {
+		cfg  LeaseConfig
+		want string
+	}{
+		{leaseCfg, ""},
+		{LeaseConfig{Lease: 0, Margin: time.Second, FailoverAfter: time.Second}, "lease:"},
+		// 1 % of 10 s is 100 ms, plus 50 ms scheduling: 120 ms is short.
+		{LeaseConfig{Lease: 10 * time.Second, Margin: 120 * time.Millisecond, FailoverAfter: time.Minute}, "lease_margin:"},
+		{LeaseConfig{Lease: 2 * time.Second, Margin: 300 * time.Millisecond, FailoverAfter: 2 * time.Second}, "failover_after:"},
+	} {
+		err := tt.cfg.Validate()
+		if (tt.want == "") != (err == nil) || err != nil && !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("Validate(%+v) = %v, want %q", tt.cfg, err, tt.want)
+		}
+	}
+}
+
+// Step 2: the fence is measured from the grant, plus lease and margin. A
+// node's lease, measured from its send t0 <= tg, ends by tg+Lease, so the
+// margin is the slack for drift between the two clocks.
+func TestFencedFromGrantPlusLeaseAndMargin(t *testing.T) {
+	office := time.Unix(1000, 0)
+	g := NewGrants(leaseCfg, office)
+	g.Ready()
+	tg := office.Add(5 * time.Second)
+	g.Grant("n1", tg)
+	if got, want := g.FencedAt("n1"), tg.Add(2300*time.Millisecond); !got.Equal(want) {
+		t.Fatalf("FencedAt = %v, want %v", got, want)
+	}
+	// An older grant recorded late never moves the fence earlier.
+	g.Grant("n1", tg.Add(-time.Second))
+	if got := g.FencedAt("n1"); !got.Equal(tg.Add(2300 * time.Millisecond)) {
+		t.Fatalf("fence moved back to %v", got)
+	}
+	if got, want := g.FailoverAt("n1"), tg.Add(3*time.Second); !got.Equal(want) {
+		t.Fatalf("FailoverAt = %v, want %v", got, want)
+	}
+}
+
+// Step 3: a new leader answers nothing before its barrier, and fences no
+// node, not even one it never heard from, before Lease+Margin in office:
+// the previous leader may have granted that node a lease a moment before
+// this one took office.
+func TestNewLeaderWaitsFullLease(t *testing.T) {
+	office := time.Unix(1000, 0)
+	g := NewGrants(leaseCfg, office)
+	if g.CanGrant() {
+		t.Fatal("grants allowed before the barrier")
+	}
+	g.Ready()
+	if !g.CanGrant() {
+		t.Fatal("grants refused after the barrier")
+	}
+	if got, want := g.FencedAt("never-heard-of"), office.Add(2300*time.Millisecond); !got.Equal(want) {
+		t.Fatalf("unknown node fenced at %v, want %v", got, want)
+	}
+}
+
+// A leader that was paused could not take renewals: nobody is fenced for
+// silence during the pause.
+func TestStallRestartsSilence(t *testing.T) {
+	office := time.Unix(1000, 0)
+	g := NewGrants(leaseCfg, office)
+	g.Ready()
+	g.Grant("n1", office.Add(time.Second))
+	resume := office.Add(10 * time.Second)
+	g.Stalled(resume)
+	if got := g.FailoverAt("n1"); !got.Equal(resume.Add(3 * time.Second)) {
+		t.Fatalf("FailoverAt after stall = %v", got)
+	}
+	g.Stalled(office) // older stall: no effect
+	if got := g.FailoverAt("n1"); !got.Equal(resume.Add(3 * time.Second)) {
+		t.Fatalf("FailoverAt moved back to %v", got)
+	}
+}
