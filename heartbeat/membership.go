@@ -228,6 +228,9 @@ func (m *Membership) RetryJoin(ctx context.Context, addrs []string, interval tim
 	if interval <= 0 {
 		interval = defaultRetryInterval
 	}
+	// Agents of a new cluster start within moments of each other: retry
+	// fast at first, then back off to interval.
+	wait := min(100*time.Millisecond, interval)
 	for attempt := 1; ; attempt++ {
 		n, err := m.Join(addrs)
 		if err == nil {
@@ -237,8 +240,9 @@ func (m *Membership) RetryJoin(ctx context.Context, addrs []string, interval tim
 		if errors.Is(err, ErrShutdown) || errors.Is(err, ErrLeft) {
 			return
 		}
-		m.log.Warn("join failed, will retry", "attempt", attempt, "retry_in", interval, "error", err)
-		t := time.NewTimer(interval)
+		m.log.Warn("join failed, will retry", "attempt", attempt, "retry_in", wait, "error", err)
+		t := time.NewTimer(wait)
+		wait = min(2*wait, interval)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
