@@ -1,0 +1,129 @@
+package lab
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// pair is one direction of traffic between two host addresses.
+type pair struct{ src, dst string }
+
+// The lab keeps the set of blocked directions and, on every change, rewrites
+// the whole HAVEN_LAB chain in the router namespace with one iptables-restore
+// (a single nf_tables transaction, a few ms). Set semantics make every call
+// idempotent: partitioning twice adds no duplicate rule, healing what was
+// never cut is a no-op, and overlapping faults heal independently.
+//
+// How the rules cut traffic: the router namespace has
+// bridge-nf-call-iptables=1, so packets between hosts of one site (which only
+// cross that site's bridge) traverse FORWARD as well as routed cross-site
+// packets do; a DROP per direction matched on the two /32 host addresses
+// therefore works for same-site and cross-site pairs alike. No protocol is
+// named, so TCP, UDP and ICMP are all cut. Loopback inside a namespace never
+// reaches the router, so it keeps working. DROP rather than REJECT: a real
+// partition makes packets vanish and connections time out, it doesn't send
+// errors back. Established connections aren't closed; their packets just
+// stop until healed, as on a real network.
+
+// Partition drops all traffic between every host of a and every host of b,
+// in both directions. Hosts within a (or within b) can still talk.
+func (l *Lab) Partition(a, b []*Host) {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range a {
+		for _, y := range b {
+			if x != y {
+				l.blocked[pair{x.ip, y.ip}] = true
+				l.blocked[pair{y.ip, x.ip}] = true
+			}
+		}
+	}
+	l.apply()
+}
+
+// Heal undoes Partition(a, b), and any other cut between a host of a and a
+// host of b (an Isolate or IsolateAll included).
+func (l *Lab) Heal(a, b []*Host) {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range a {
+		for _, y := range b {
+			delete(l.blocked, pair{x.ip, y.ip})
+			delete(l.blocked, pair{y.ip, x.ip})
+		}
+	}
+	l.apply()
+}
+
+// Isolate cuts h off from every other host that exists now (hosts added
+// later are not cut from it).
+func (l *Lab) Isolate(h *Host) {
+	l.t.Helper()
+	l.Partition([]*Host{h}, l.Hosts())
+}
+
+// IsolateAll cuts every host that exists now off from every other one: the
+// "network blip everywhere" case.
+func (l *Lab) IsolateAll() {
+	l.t.Helper()
+	hosts := l.Hosts()
+	l.Partition(hosts, hosts)
+}
+
+// HealAll removes every fault.
+func (l *Lab) HealAll() {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.blocked)
+	l.apply()
+}
+
+// apply replaces the chain's content with the rules for l.blocked. Declaring
+// the chain in iptables-restore input flushes it, and --noflush leaves the
+// rest of the table (the FORWARD jump) alone. Called with l.mu held.
+func (l *Lab) apply() {
+	l.t.Helper()
+	l.restore(rulesFor(l.blocked))
+}
+
+// rulesFor renders the iptables-restore input for a set of blocked
+// directions, sorted so the same set always gives the same chain.
+func rulesFor(blocked map[pair]bool) string {
+	pairs := make([]pair, 0, len(blocked))
+	for p := range blocked {
+		pairs = append(pairs, p)
+	}
+	slices.SortFunc(pairs, func(x, y pair) int {
+		if c := strings.Compare(x.src, y.src); c != 0 {
+			return c
+		}
+		return strings.Compare(x.dst, y.dst)
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", chain)
+	for _, p := range pairs {
+		fmt.Fprintf(&b, "-A %s -s %s/32 -d %s/32 -j DROP\n", chain, p.src, p.dst)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// rules lists the rules now in the chain, as `iptables -S` prints them, for
+// tests and debugging.
+func (l *Lab) rules() ([]string, error) {
+	out, err := run(nil, l.tools.ip, "netns", "exec", l.router, l.tools.iptables, "-S", chain)
+	if err != nil {
+		return nil, err
+	}
+	var rules []string
+	for line := range strings.Lines(out) {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "-A ") {
+			rules = append(rules, line)
+		}
+	}
+	return rules, nil
+}
