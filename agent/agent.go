@@ -18,6 +18,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"google.golang.org/grpc"
 
+	"github.com/haven-ha/haven/driver/sim"
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 )
@@ -38,6 +39,9 @@ type Agent struct {
 	grpc   *grpc.Server
 	lis    net.Listener
 	fwd    *forwarder
+	drv    *sim.Driver
+	exec   *executor
+	leases *leases
 
 	leaderNotify chan bool
 	// reconcileCh wakes the leader loop on membership changes.
@@ -68,13 +72,22 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	return &Agent{
+	if err := os.MkdirAll(cfg.SharedDir, 0o755); err != nil {
+		return nil, fmt.Errorf("shared_dir: %w", err)
+	}
+	a := &Agent{
 		cfg:         cfg,
 		log:         log,
 		fsm:         fsm.New(),
 		events:      make(chan heartbeat.Event, 256),
 		reconcileCh: make(chan struct{}, 1),
-	}, nil
+		// Simulated VMs live in this process: they die with it, so none
+		// can outlive the lease of an agent that was killed.
+		drv: sim.New(sim.Config{Node: cfg.Name, SharedDir: cfg.SharedDir}),
+	}
+	a.exec = newExecutor(a, a.drv)
+	a.leases = newLeases(a)
+	return a, nil
 }
 
 func (a *Agent) addr(port int) string {
@@ -130,6 +143,8 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.goRun(func() { a.serveGRPC() })
 	a.goRun(func() { a.handleEvents(ctx) })
 	a.goRun(func() { a.monitorLeadership(ctx) })
+	a.goRun(func() { a.leaseLoop(ctx) })
+	a.goRun(func() { a.exec.run(ctx) })
 	if len(a.cfg.Join) > 0 {
 		a.goRun(func() { a.gossip.RetryJoin(ctx, a.cfg.Join, time.Second) })
 	}
@@ -178,6 +193,7 @@ func (a *Agent) Stop() {
 			_ = a.gossip.Shutdown()
 		}
 		a.shutdownRaft()
+		_ = a.drv.Close()
 		if a.fwd != nil {
 			a.fwd.close()
 		}

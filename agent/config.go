@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/haven-ha/haven/quorum"
 )
 
 // Config is everything one agent needs. Precedence, lowest first: Default(),
@@ -36,6 +38,31 @@ type Config struct {
 	Raft     RaftConfig   `yaml:"raft"`
 	Gossip   GossipConfig `yaml:"gossip"`
 	LogLevel string       `yaml:"log_level"`
+	// SharedDir is the root of the site's shared storage (NFS, CephFS; in
+	// tests one directory): group disks live under it.
+	SharedDir string      `yaml:"shared_dir"`
+	Lease     LeaseConfig `yaml:"lease"`
+	Sim       SimConfig   `yaml:"sim"`
+}
+
+// LeaseConfig is the self-fencing lease (see quorum/lease.go).
+type LeaseConfig struct {
+	// Duration is how long a grant lets a node run its groups, from the
+	// moment the node sent the renewal.
+	Duration time.Duration `yaml:"duration"`
+	// Margin covers clock drift (1 % of duration+margin) and scheduling
+	// delay on the leader.
+	Margin time.Duration `yaml:"margin"`
+	// FailoverAfter is how long a node may go without a grant before its
+	// groups restart elsewhere; a shorter outage costs a pause.
+	FailoverAfter time.Duration `yaml:"failover_after"`
+}
+
+// SimConfig sets how the simulated guests behave.
+type SimConfig struct {
+	Tick            time.Duration `yaml:"tick"`
+	DirtyRate       int64         `yaml:"dirty_rate_bytes_per_sec"`
+	WorkingSetBytes int64         `yaml:"working_set_bytes"`
 }
 
 type Ports struct {
@@ -111,7 +138,10 @@ func Default() Config {
 			SameSite:  Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond},
 			CrossSite: Profile{ProbeInterval: 5 * time.Second, ProbeTimeout: 3 * time.Second, SuspicionMult: 6, GossipInterval: 500 * time.Millisecond},
 		},
-		LogLevel: "info",
+		LogLevel:  "info",
+		SharedDir: "/var/lib/haven/shared",
+		Lease:     LeaseConfig{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second},
+		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20},
 	}
 }
 
@@ -125,6 +155,7 @@ func (c Config) Tightened() Config {
 	c.Raft.Stabilization = time.Second
 	c.Raft.ReconcileInterval = 2 * time.Second
 	c.Gossip.SameSite = Profile{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3, GossipInterval: 100 * time.Millisecond}
+	c.Lease = LeaseConfig{Duration: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
 	c.Gossip.CrossSite = Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond}
 	return c
 }
@@ -267,6 +298,16 @@ func (c *Config) Validate() error {
 		case p.GossipInterval <= 0:
 			return fmt.Errorf("%s.gossip_interval: must be positive", name)
 		}
+	}
+	if c.SharedDir == "" {
+		return errors.New("shared_dir: must be set")
+	}
+	lc := quorum.LeaseConfig{Lease: c.Lease.Duration, Margin: c.Lease.Margin, FailoverAfter: c.Lease.FailoverAfter}
+	if err := lc.Validate(); err != nil {
+		return fmt.Errorf("lease.%w", err)
+	}
+	if c.Sim.Tick < time.Millisecond || c.Sim.DirtyRate < 0 || c.Sim.WorkingSetBytes < 0 {
+		return errors.New("sim: tick must be at least 1ms, rates and sizes not negative")
 	}
 	switch c.LogLevel {
 	case "trace", "debug", "info", "warn", "error":

@@ -11,7 +11,6 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -71,6 +70,23 @@ func (s *nodeService) GetRaftStatus(context.Context, *havenv1.GetRaftStatusReque
 	_, id := s.a.raft.LeaderWithID()
 	resp.Leader = string(id)
 	return resp, nil
+}
+
+func (s *nodeService) RenewLease(ctx context.Context, req *havenv1.RenewLeaseRequest) (*havenv1.RenewLeaseResponse, error) {
+	if !fsm.ValidName(req.GetNode()) {
+		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not a valid node name", req.GetNode())
+	}
+	return s.a.leases.renew(ctx, req.GetNode())
+}
+
+func (s *nodeService) ReportGroup(ctx context.Context, req *havenv1.ReportGroupRequest) (*havenv1.ReportGroupResponse, error) {
+	if !s.a.isLeader() {
+		return nil, s.a.notLeader()
+	}
+	if err := s.a.handleReport(req); err != nil {
+		return nil, err
+	}
+	return &havenv1.ReportGroupResponse{}, nil
 }
 
 type clusterService struct {
@@ -247,12 +263,24 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := f.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, f.a.dialOptions()...)
 	if err != nil {
 		return nil, err
 	}
 	f.conns[addr] = c
 	return c, nil
+}
+
+// reset drops the connection to addr. After a partition heals, a fresh
+// connection is up within one connect attempt, while the old one waits for
+// TCP's retransmission backoff, which grows to seconds during an outage.
+func (f *forwarder) reset(addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.conns[addr]; ok {
+		_ = c.Close()
+		delete(f.conns, addr)
+	}
 }
 
 func (f *forwarder) close() {
@@ -282,4 +310,85 @@ func forward[T any](ctx context.Context, a *Agent, call func(context.Context, ha
 	}
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, a.cfg.Name)
 	return call(ctx, havenv1.NewClusterServiceClient(conn))
+}
+
+func (s *clusterService) StartGroup(ctx context.Context, req *havenv1.StartGroupRequest) (*havenv1.StartGroupResponse, error) {
+	if err := checkGroupName(req.GetName()); err != nil {
+		return nil, err
+	}
+	if req.GetNode() != "" && !fsm.ValidName(req.GetNode()) {
+		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not a valid node name", req.GetNode())
+	}
+	id, err := newRequestID(req.GetRequestId())
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if !s.a.isLeader() {
+		return forward(ctx, s.a, func(ctx context.Context, c havenv1.ClusterServiceClient) (*havenv1.StartGroupResponse, error) {
+			return c.StartGroup(ctx, req)
+		})
+	}
+	g := s.a.fsm.Group(req.GetName())
+	if g == nil {
+		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
+	}
+	switch g.GetState() {
+	case havenv1.GroupState_GROUP_STATE_STARTING, havenv1.GroupState_GROUP_STATE_ONLINE:
+		if req.GetNode() == "" || req.GetNode() == g.GetOwner() {
+			return &havenv1.StartGroupResponse{Group: g}, nil
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "group %q already runs on %s: moving it is MoveGroup's job", req.GetName(), g.GetOwner())
+	case havenv1.GroupState_GROUP_STATE_STOPPING:
+		return nil, status.Errorf(codes.FailedPrecondition, "group %q is stopping on %s: start it once it is offline", req.GetName(), g.GetOwner())
+	}
+	if req.GetNode() != "" && s.a.fsm.Node(req.GetNode()) == nil {
+		return nil, status.Errorf(codes.NotFound, "node %q not found", req.GetNode())
+	}
+	owner, err := s.a.place(g, s.a.load(), nil, req.GetNode())
+	if err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "group %q: %v", req.GetName(), err)
+	}
+	if err := s.a.commit(&havenv1.Command{RequestId: id, Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: req.GetName(), ExpectEpoch: g.GetEpoch(), Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "started on request",
+	}}}); err != nil {
+		return nil, err
+	}
+	return &havenv1.StartGroupResponse{Group: s.a.fsm.Group(req.GetName())}, nil
+}
+
+func (s *clusterService) StopGroup(ctx context.Context, req *havenv1.StopGroupRequest) (*havenv1.StopGroupResponse, error) {
+	if err := checkGroupName(req.GetName()); err != nil {
+		return nil, err
+	}
+	id, err := newRequestID(req.GetRequestId())
+	if err != nil {
+		return nil, err
+	}
+	req.RequestId = id
+	if !s.a.isLeader() {
+		return forward(ctx, s.a, func(ctx context.Context, c havenv1.ClusterServiceClient) (*havenv1.StopGroupResponse, error) {
+			return c.StopGroup(ctx, req)
+		})
+	}
+	g := s.a.fsm.Group(req.GetName())
+	if g == nil {
+		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
+	}
+	var c *havenv1.Command
+	switch {
+	case g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
+		return &havenv1.StopGroupResponse{Group: g}, nil
+	case g.GetOwner() == "":
+		// Failed and unplaced: nothing runs, it simply stops waiting.
+		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+			Name: req.GetName(), Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_OFFLINE, Reason: "stopped on request"}}}
+	default:
+		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+			Name: req.GetName(), Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_STOPPING, Reason: "stop requested"}}}
+	}
+	if err := s.a.commit(c); err != nil {
+		return nil, err
+	}
+	return &havenv1.StopGroupResponse{Group: s.a.fsm.Group(req.GetName())}, nil
 }

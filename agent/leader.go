@@ -27,6 +27,7 @@ func (a *Agent) monitorLeadership(ctx context.Context) {
 			close(stop)
 			wg.Wait()
 			stop = nil
+			a.leases.end()
 			a.log.Info("leadership revoked")
 		}
 	}
@@ -38,6 +39,9 @@ func (a *Agent) monitorLeadership(ctx context.Context) {
 		case isLeader := <-a.leaderNotify:
 			switch {
 			case isLeader && stop == nil:
+				// Office starts when this node learns it leads: later
+				// than the election, which only delays fencing.
+				a.leases.begin(time.Now(), a.raft.CurrentTerm())
 				stop = make(chan struct{})
 				wg.Add(1)
 				go func(stop chan struct{}) {
@@ -60,12 +64,20 @@ func (a *Agent) leaderLoop(ctx context.Context, stop chan struct{}) {
 	tick := time.NewTicker(a.cfg.Raft.ReconcileInterval)
 	defer tick.Stop()
 	established := false
+	var duties sync.WaitGroup
+	defer duties.Wait()
 	for {
 		if err := a.raft.Barrier(a.cfg.Raft.ElectionTimeout * 4).Error(); err != nil {
 			a.log.Warn("barrier failed", "error", err)
 		} else {
 			if !established {
 				established = true
+				// The FSM now holds every epoch committed before this
+				// term: renewals may be answered (step 3).
+				a.leases.ready()
+				duties.Add(2)
+				go func() { defer duties.Done(); a.leases.serve(stop) }()
+				go func() { defer duties.Done(); a.groupsLoop(ctx, stop) }()
 				a.log.Info("leadership established", "index", a.fsm.Index())
 			}
 			if err := a.reconcile(l); err != nil {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/integration/lab"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -82,10 +83,14 @@ type cluster struct {
 	subnet string
 	nodes  []*node
 	tune   func(*agent.Config)
+	// lab, when set, runs every node in its own network namespace.
+	lab   *lab.Lab
+	hosts []*lab.Host
 }
 
 type node struct {
 	c    *cluster
+	host *lab.Host
 	name string
 	cfg  agent.Config
 	path string // config file
@@ -106,6 +111,10 @@ func withDefaultTimings() option {
 }
 
 func withReapAfter(d time.Duration) option { return func(c *agent.Config) { c.Raft.ReapAfter = d } }
+
+func withFailoverAfter(d time.Duration) option {
+	return func(c *agent.Config) { c.Lease.FailoverAfter = d }
+}
 
 func newCluster(t *testing.T, opts ...option) *cluster {
 	t.Helper()
@@ -140,12 +149,33 @@ func (c *cluster) dumpLog(n *node) {
 	c.t.Logf("---- %s log (%s) ----\n%s", n.name, n.log, strings.Join(lines, "\n"))
 }
 
+// newLabCluster makes a cluster whose nodes run in network namespaces, one
+// host per entry of sites (the entry names the node's site), all created
+// up front so that every node can join every other.
+func newLabCluster(t *testing.T, sites []string, opts ...option) *cluster {
+	c := newCluster(t, opts...)
+	c.lab = lab.New(t)
+	bySite := map[string]*lab.Site{}
+	for i, s := range sites {
+		if bySite[s] == nil {
+			bySite[s] = c.lab.Site(s)
+		}
+		c.hosts = append(c.hosts, bySite[s].Host(fmt.Sprintf("n%d", i+1)))
+	}
+	return c
+}
+
 // add defines node i (1-based) with bootstrap-expect expect, joining the
 // first node; it does not start it.
 func (c *cluster) add(expect int) *node {
 	i := len(c.nodes) + 1
 	name := fmt.Sprintf("n%d", i)
 	ip := fmt.Sprintf("%s.%d", c.subnet, i)
+	var host *lab.Host
+	if c.lab != nil {
+		host = c.hosts[i-1]
+		ip = host.IP()
+	}
 	cfg := agent.Default().Tightened()
 	cfg.Name = name
 	cfg.Site = "lab"
@@ -153,11 +183,19 @@ func (c *cluster) add(expect int) *node {
 	cfg.BindAddr = ip
 	cfg.BootstrapExpect = expect
 	cfg.LogLevel = "debug"
-	for j := 1; j <= max(i, 3); j++ {
-		cfg.Join = append(cfg.Join, fmt.Sprintf("%s.%d:%d", c.subnet, j, cfg.Ports.GossipWAN))
+	cfg.SharedDir = filepath.Join(c.dir, "shared")
+	if c.lab != nil {
+		cfg.Site = host.Site().Name()
+		for _, h := range c.hosts {
+			cfg.Join = append(cfg.Join, fmt.Sprintf("%s:%d", h.IP(), cfg.Ports.GossipWAN))
+		}
+	} else {
+		for j := 1; j <= max(i, 3); j++ {
+			cfg.Join = append(cfg.Join, fmt.Sprintf("%s.%d:%d", c.subnet, j, cfg.Ports.GossipWAN))
+		}
 	}
 	c.tune(&cfg)
-	n := &node{c: c, name: name, cfg: cfg, path: filepath.Join(c.dir, name, "haven.yaml"), log: filepath.Join(c.dir, name, "agent.log")}
+	n := &node{c: c, host: host, name: name, cfg: cfg, path: filepath.Join(c.dir, name, "haven.yaml"), log: filepath.Join(c.dir, name, "agent.log")}
 	if err := os.MkdirAll(filepath.Dir(n.path), 0o755); err != nil {
 		c.t.Fatal(err)
 	}
@@ -191,10 +229,15 @@ func (n *node) start() {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(logf, "==== start %s ====\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(binary(t, "haven"), "agent", "--config", n.path)
+	var cmd *exec.Cmd
+	if n.host != nil {
+		cmd = n.host.Command(binary(t, "haven"), "agent", "--config", n.path)
+	} else {
+		cmd = exec.Command(binary(t, "haven"), "agent", "--config", n.path)
+		// Die with the test binary even if it is killed before cleanup.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Die with the test binary even if it is killed before cleanup runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +249,11 @@ func (n *node) start() {
 		close(done)
 	}(n.done)
 	if n.conn == nil {
-		conn, err := grpc.NewClient(n.grpcAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		if n.c.lab != nil {
+			opts = append(opts, grpc.WithContextDialer(n.c.lab.DialContext))
+		}
+		conn, err := grpc.NewClient(n.grpcAddr(), opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,3 +392,13 @@ func logContains(n *node, s string) bool {
 }
 
 var errNotYet = errors.New("not yet")
+
+func ctxTimeout(d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	_ = cancel // released when the deadline passes; callers are short-lived polls
+	return c
+}
+
+// pause sends SIGSTOP; resume sends SIGCONT.
+func (n *node) pause()  { _ = n.cmd.Process.Signal(syscall.SIGSTOP) }
+func (n *node) resume() { _ = n.cmd.Process.Signal(syscall.SIGCONT) }

@@ -53,9 +53,9 @@ type LeaseConfig struct {
 func (c LeaseConfig) Validate() error {
 	switch {
 	case c.Lease <= 0:
-		return fmt.Errorf("lease: %s must be positive", c.Lease)
+		return fmt.Errorf("duration: %s must be positive", c.Lease)
 	case float64(c.Margin) < DriftBound*float64(c.Lease+c.Margin)+float64(MinScheduling):
-		return fmt.Errorf("lease_margin: %s must cover %.0f%% clock drift over lease+margin plus %s scheduling delay", c.Margin, DriftBound*100, MinScheduling)
+		return fmt.Errorf("margin: %s must cover %.0f%% clock drift over lease+margin plus %s scheduling delay", c.Margin, DriftBound*100, MinScheduling)
 	case c.FailoverAfter < c.Lease+c.Margin:
 		return fmt.Errorf("failover_after: %s must be at least lease+margin (%s)", c.FailoverAfter, c.Lease+c.Margin)
 	}
@@ -98,6 +98,16 @@ func (g *Grants) since(node string) time.Time {
 		return t
 	}
 	return g.floor
+}
+
+// LeaseEnd is the latest a lease this leader granted to node can end:
+// before it, the node may be running its groups.
+func (g *Grants) LeaseEnd(node string) time.Time {
+	t, ok := g.last[node]
+	if !ok {
+		return time.Time{}
+	}
+	return t.Add(g.cfg.Lease)
 }
 
 // FencedAt is when the node surely holds no lease from this leader or any

@@ -14,9 +14,9 @@ func TestLeaseConfigValidate(t *testing.T) {
 		want string
 	}{
 		{leaseCfg, ""},
-		{LeaseConfig{Lease: 0, Margin: time.Second, FailoverAfter: time.Second}, "lease:"},
+		{LeaseConfig{Lease: 0, Margin: time.Second, FailoverAfter: time.Second}, "duration:"},
 		// 1 % of 10 s is 100 ms, plus 50 ms scheduling: 120 ms is short.
-		{LeaseConfig{Lease: 10 * time.Second, Margin: 120 * time.Millisecond, FailoverAfter: time.Minute}, "lease_margin:"},
+		{LeaseConfig{Lease: 10 * time.Second, Margin: 120 * time.Millisecond, FailoverAfter: time.Minute}, "margin:"},
 		{LeaseConfig{Lease: 2 * time.Second, Margin: 300 * time.Millisecond, FailoverAfter: 2 * time.Second}, "failover_after:"},
 	} {
 		err := tt.cfg.Validate()
