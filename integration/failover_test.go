@@ -103,4 +103,5 @@ func (c *cluster) checkInvariants(names []string) {}
 // checkFrozeAndThawed checks, from n's exec logs, that each group n owned
 // stopped executing during the outage and executed again after it at the
 // same epoch.
-func (c *cluster) checkFrozeAndThawed(n *node, groups map[string]*havenv1.Group, cut, healed time.Time) {}
+func (c *cluster) checkFrozeAndThawed(n *node, groups map[string]*havenv1.Group, cut, healed time.Time) {
+}
