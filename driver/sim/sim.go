@@ -1,0 +1,420 @@
+// Package sim is the simulated hypervisor: VMs that live inside the agent
+// process as goroutines, cheap enough to run hundreds per node, honest
+// enough that any test can detect two runners of a group.
+//
+// Each VM has a real memory buffer (an anonymous mapping outside the Go
+// heap, so only the pages the guest touches are resident), a guest loop
+// that dirties pages of its working set at a set rate and keeps a counter
+// in the buffer's first 8 bytes, and disks on shared storage that receive
+// one record per tick (see ClaimDisk for the format; DiskSpec.SizeBytes is
+// advisory, a sim disk grows with its records). A booting guest
+// continues its counter from its last record on its first disk, so the
+// counter never goes back across restarts and failovers. The guest loop passes the lease gate of the driver package's
+// fencing contract before every step, and every disk write passes the
+// disk's epoch check; see ClaimDisk. Because the VMs are goroutines,
+// SIGKILL of the agent kills them and SIGSTOP stops them; after SIGCONT the
+// guest checks the gate before it does anything.
+//
+// The execution log (ExecLogPath) is written beside the disks without
+// fencing, so a checker sees what guests executed independently of what
+// the disks accepted.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+)
+
+// DefaultTick is the guest loop period when VMSpec.Tick is zero.
+const DefaultTick = 100 * time.Millisecond
+
+// Bounds of the guest knobs, far beyond any useful value; they keep the
+// dirtier's rate*tick arithmetic exact.
+const (
+	maxDirtyRate = 1 << 40 // 1 TiB/s
+	maxTick      = time.Hour
+)
+
+// Config configures a Driver.
+type Config struct {
+	// Node is this node's name; it is written into disk claims and records.
+	Node string
+	// SharedDir is the shared storage root: disk paths are relative to it
+	// and the execution logs live under SharedDir/.exec.
+	SharedDir string
+	// Logger receives VM lifecycle events; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock of the lease gate and the records' wall times; nil
+	// means time.Now. Tests inject one to move time by hand.
+	Now func() time.Time
+}
+
+// Driver is the sim driver.Hypervisor of one node.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+
+	// life serializes what changes the table (Start, Forget, Close), so
+	// two Starts of one ID cannot both boot; it is held across file I/O,
+	// which is why Status and List use mu instead.
+	life   sync.Mutex
+	mu     sync.RWMutex
+	vms    map[driver.VMID]*vm
+	closed bool
+}
+
+var _ driver.Hypervisor = (*Driver)(nil)
+
+var errClosed = errors.New("sim: driver closed")
+
+// New returns a driver for cfg.Node with no VMs.
+func New(cfg Config) *Driver {
+	d := &Driver{cfg: cfg, log: cfg.Logger, now: cfg.Now, vms: make(map[driver.VMID]*vm)}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	return d
+}
+
+// Capabilities reports none yet: the Hypervisor interface has no migration
+// or hot-plug methods so far, and the leader must not ask for them.
+func (d *Driver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+
+// Start implements driver.Hypervisor.
+func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	spec, err := d.normalize(spec)
+	if err != nil {
+		return fmt.Errorf("start %s: %w: %v", spec.ID, driver.ErrInvalidSpec, err)
+	}
+	now := d.now()
+	if !now.Before(leaseEnd) {
+		return fmt.Errorf("start %s at epoch %d: %w (%s ago)", spec.ID, spec.Epoch, driver.ErrLeaseExpired, now.Sub(leaseEnd))
+	}
+	leaseEnd = anchor(now, leaseEnd)
+	d.life.Lock()
+	defer d.life.Unlock()
+	if d.isClosed() {
+		return errClosed
+	}
+	if old := d.lookup(spec.ID); old != nil {
+		old.mu.Lock()
+		live := old.live()
+		old.mu.Unlock()
+		switch {
+		case old.spec.Epoch > spec.Epoch:
+			return fmt.Errorf("start %s at epoch %d: %w: known at epoch %d", spec.ID, spec.Epoch, driver.ErrStaleEpoch, old.spec.Epoch)
+		case old.spec.Epoch == spec.Epoch && live:
+			return nil // idempotent: the executor may repeat itself
+		}
+		// A newer epoch replaces the old incarnation, and a stopped or
+		// crashed one at the same epoch is restarted (a guest crash on a
+		// node that still owns the group).
+		old.stop(false, driver.StateStopped, fmt.Sprintf("replaced by epoch %d", spec.Epoch))
+	}
+	// Waiting for the lock (another Start, a slow Stop) may have used up
+	// the lease; claiming disks for a VM that may not run is pointless.
+	if now := d.now(); !now.Before(leaseEnd) {
+		return fmt.Errorf("start %s at epoch %d: %w (%s ago)", spec.ID, spec.Epoch, driver.ErrLeaseExpired, now.Sub(leaseEnd))
+	}
+	v, err := d.boot(spec, leaseEnd)
+	if err != nil {
+		return fmt.Errorf("start %s at epoch %d: %w", spec.ID, spec.Epoch, err)
+	}
+	v.log.Info("vm starting", "counter", v.counter, "lease_end", v.leaseEnd)
+	d.mu.Lock()
+	d.vms[spec.ID] = v
+	d.mu.Unlock()
+	go v.run()
+	return nil
+}
+
+// normalize checks a spec and fills in its defaults.
+func (d *Driver) normalize(spec driver.VMSpec) (driver.VMSpec, error) {
+	switch {
+	case !validName(spec.ID.Group) || !validName(spec.ID.Resource):
+		return spec, fmt.Errorf("id %q: group and resource must be non-empty names without path separators", spec.ID)
+	case spec.Node == "":
+		spec.Node = d.cfg.Node
+	case spec.Node != d.cfg.Node:
+		return spec, fmt.Errorf("node %q: this driver runs node %q", spec.Node, d.cfg.Node)
+	}
+	switch {
+	case spec.Epoch == 0:
+		return spec, errors.New("epoch: must be at least 1 (0 is an unclaimed disk)")
+	case spec.MemoryBytes < PageSize:
+		return spec, fmt.Errorf("memory_bytes: %d is below one page (%d)", spec.MemoryBytes, PageSize)
+	case spec.DirtyRateBytesPerSec < 0 || spec.WorkingSetBytes < 0 || spec.Tick < 0:
+		return spec, errors.New("dirty rate, working set and tick must not be negative")
+	case spec.DirtyRateBytesPerSec > maxDirtyRate || spec.Tick > maxTick:
+		return spec, fmt.Errorf("dirty rate %d B/s or tick %s is beyond the sim's range (%d B/s, %s)", spec.DirtyRateBytesPerSec, spec.Tick, int64(maxDirtyRate), maxTick)
+	}
+	if spec.Tick == 0 {
+		spec.Tick = DefaultTick
+	}
+	seen := map[string]bool{}
+	for i, dk := range spec.Disks {
+		if !filepath.IsLocal(dk.Path) {
+			return spec, fmt.Errorf("disks[%d].path %q: must be relative and inside the shared directory", i, dk.Path)
+		}
+		// Two entries for one file would record every tick twice.
+		if p := filepath.Clean(dk.Path); seen[p] {
+			return spec, fmt.Errorf("disks[%d].path %q: listed twice", i, dk.Path)
+		}
+		seen[filepath.Clean(dk.Path)] = true
+	}
+	spec.Disks = slices.Clone(spec.Disks)
+	return spec, nil
+}
+
+// anchor re-expresses t as an offset from now. When now comes from
+// time.Now, the result carries a monotonic reading even if t did not, so
+// every later gate check is immune to wall-clock steps from here on.
+func anchor(now, t time.Time) time.Time { return now.Add(t.Sub(now)) }
+
+func validName(s string) bool {
+	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\\\x00")
+}
+
+// boot claims the disks, recovers the counter and opens the files of a new
+// VM. Nothing runs until the caller starts its loop.
+func (d *Driver) boot(spec driver.VMSpec, leaseEnd time.Time) (_ *vm, err error) {
+	v := &vm{
+		spec: spec, now: d.now,
+		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
+		state: driver.StateRunning, leaseEnd: leaseEnd,
+		quit: make(chan struct{}), done: make(chan struct{}),
+	}
+	defer func() {
+		if err != nil {
+			for _, f := range v.disks {
+				f.Close()
+			}
+			if v.exec != nil {
+				v.exec.Close()
+			}
+		}
+	}()
+	for _, dk := range spec.Disks {
+		p := filepath.Join(d.cfg.SharedDir, dk.Path)
+		if err := ClaimDisk(p, spec.Node, spec.Epoch); err != nil {
+			return nil, fmt.Errorf("claiming disk %s: %w", dk.Name, err)
+		}
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_APPEND, 0)
+		if err != nil {
+			return nil, err
+		}
+		v.paths = append(v.paths, p)
+		v.disks = append(v.disks, f)
+	}
+	// The guest recovers its counter from its last record on its first
+	// disk, as an application replays its journal, so the counter keeps
+	// growing across restarts on any node. The claim above already keeps
+	// older epochs from appending after this read.
+	if len(v.paths) > 0 {
+		last, ok, err := LastRecordOf(v.paths[0], spec.ID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			v.counter = last.Counter
+		}
+	}
+	execPath := ExecLogPath(d.cfg.SharedDir, spec.ID)
+	if err := os.MkdirAll(filepath.Dir(execPath), 0o755); err != nil {
+		return nil, err
+	}
+	if v.exec, err = os.OpenFile(execPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err != nil {
+		return nil, err
+	}
+	if v.mem, err = newMemory(spec.MemoryBytes); err != nil {
+		return nil, err
+	}
+	v.mem.putUint64At(0, v.counter)
+	v.dirt = newDirtier(rand.Uint64(), v.mem, spec.DirtyRateBytesPerSec, spec.WorkingSetBytes, int64(spec.Tick))
+	return v, nil
+}
+
+// Stop implements driver.Hypervisor.
+func (d *Driver) Stop(ctx context.Context, id driver.VMID, epoch uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v, err := d.command("stop", id, epoch)
+	if err != nil {
+		return err
+	}
+	v.stop(true, driver.StateStopped, "stopped")
+	return nil
+}
+
+// Kill implements driver.Hypervisor.
+func (d *Driver) Kill(id driver.VMID, epoch uint64) error {
+	v, err := d.command("kill", id, epoch)
+	if err != nil {
+		return err
+	}
+	v.stop(false, driver.StateStopped, "killed")
+	return nil
+}
+
+// Crash makes the VM die as a guest crash would: at once, without a final
+// write, in StateCrashed with reason. It is fault injection for tests and
+// takes no epoch. It refuses a VM that is not running or frozen.
+func (d *Driver) Crash(id driver.VMID, reason string) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("crash %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	if !v.live() {
+		st := v.state
+		v.mu.Unlock()
+		return fmt.Errorf("crash %s: %w: it is %s", id, driver.ErrInvalidState, st)
+	}
+	v.halt(driver.StateCrashed, reason)
+	v.mu.Unlock()
+	<-v.done
+	return nil
+}
+
+// command finds the VM a Stop or Kill is for and refuses an older epoch.
+// A newer epoch is accepted: a newer owner may stop an older incarnation.
+func (d *Driver) command(op string, id driver.VMID, epoch uint64) (*vm, error) {
+	v := d.lookup(id)
+	if v == nil {
+		return nil, fmt.Errorf("%s %s: %w", op, id, driver.ErrNotFound)
+	}
+	if epoch < v.spec.Epoch {
+		return nil, fmt.Errorf("%s %s at epoch %d: %w: vm is at epoch %d", op, id, epoch, driver.ErrStaleEpoch, v.spec.Epoch)
+	}
+	return v, nil
+}
+
+// ExtendLease implements driver.Hypervisor. The check of until against the
+// clock and the thaw happen under the VM's mutex, the one the guest loop
+// checks the gate under, so no late thaw can get through: see the driver
+// package's fencing contract.
+func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("extend lease of %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.now()
+	switch {
+	case epoch != v.spec.Epoch:
+		return fmt.Errorf("extend lease of %s at epoch %d: %w: vm is at epoch %d", id, epoch, driver.ErrStaleEpoch, v.spec.Epoch)
+	case !v.live():
+		return fmt.Errorf("extend lease of %s: %w: it is %s", id, driver.ErrInvalidState, v.state)
+	case !now.Before(until):
+		// Freeze first if the lease has run out unnoticed, so Status
+		// agrees with what the refusal means.
+		v.gate()
+		return fmt.Errorf("extend lease of %s to %s: %w (%s ago)", id, until.Format(time.RFC3339Nano), driver.ErrLeaseExpired, now.Sub(until))
+	}
+	if until.After(v.leaseEnd) {
+		v.leaseEnd = anchor(now, until)
+	}
+	if v.state == driver.StateFrozen {
+		// leaseEnd >= until > now: the gate is open again.
+		v.state = driver.StateRunning
+		v.log.Info("vm thawed", "lease_end", v.leaseEnd)
+	}
+	return nil
+}
+
+// Status implements driver.Hypervisor.
+func (d *Driver) Status(id driver.VMID) (driver.Status, error) {
+	v := d.lookup(id)
+	if v == nil {
+		return driver.Status{}, fmt.Errorf("status of %s: %w", id, driver.ErrNotFound)
+	}
+	return v.status(), nil
+}
+
+// List implements driver.Hypervisor.
+func (d *Driver) List() []driver.Status {
+	d.mu.RLock()
+	vms := make([]*vm, 0, len(d.vms))
+	for _, v := range d.vms {
+		vms = append(vms, v)
+	}
+	d.mu.RUnlock()
+	out := make([]driver.Status, len(vms))
+	for i, v := range vms {
+		out[i] = v.status()
+	}
+	slices.SortFunc(out, func(a, b driver.Status) int {
+		return strings.Compare(a.ID.String(), b.ID.String())
+	})
+	return out
+}
+
+// Forget implements driver.Hypervisor.
+func (d *Driver) Forget(id driver.VMID) error {
+	d.life.Lock()
+	defer d.life.Unlock()
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("forget %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	live, st := v.live(), v.state
+	v.mu.Unlock()
+	if live {
+		return fmt.Errorf("forget %s: %w: it is %s", id, driver.ErrInvalidState, st)
+	}
+	d.mu.Lock()
+	delete(d.vms, id)
+	d.mu.Unlock()
+	return nil
+}
+
+// Close kills every VM and waits for their loops to return. Later Starts
+// fail; Status and List keep working.
+func (d *Driver) Close() error {
+	d.life.Lock()
+	defer d.life.Unlock()
+	d.mu.Lock()
+	d.closed = true
+	vms := make([]*vm, 0, len(d.vms))
+	for _, v := range d.vms {
+		vms = append(vms, v)
+	}
+	d.mu.Unlock()
+	for _, v := range vms {
+		v.stop(false, driver.StateStopped, "driver closed")
+	}
+	return nil
+}
+
+func (d *Driver) lookup(id driver.VMID) *vm {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.vms[id]
+}
+
+func (d *Driver) isClosed() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.closed
+}

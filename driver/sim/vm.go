@@ -1,0 +1,190 @@
+package sim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+)
+
+// vm is one simulated VM: a goroutine of the agent process running a guest
+// loop over a memory buffer, two kinds of files, and a lease gate.
+//
+// Everything the guest does happens under mu, in step or in the final tick
+// of Stop. ExtendLease, Stop, Kill and Crash take the same mu. That is what
+// makes the fencing contract hold: a thaw cannot slip between the guest's
+// gate check and its writes, and once Kill returns no write follows.
+type vm struct {
+	spec  driver.VMSpec // immutable after boot
+	paths []string      // absolute disk paths, as spec.Disks
+	now   func() time.Time
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	state    driver.State
+	reason   string
+	leaseEnd time.Time
+	counter  uint64 // last value of the guest's counter, kept after mem is freed
+	mem      *memory
+	dirt     *dirtier
+	disks    []*os.File
+	exec     *os.File
+	hdr      [HeaderSize]byte // scratch for the disk header check
+	wakeups  uint64           // guest loop iterations, for tests to wait on
+
+	quit chan struct{} // closed when the VM stops running, wakes the loop
+	done chan struct{} // closed when the loop has returned
+}
+
+// run is the guest loop. A ticker, not a sleep, so SIGSTOP/SIGCONT of the
+// agent or a slow tick cannot make ticks pile up: after a pause it wakes
+// once, and step checks the gate before doing anything else.
+func (v *vm) run() {
+	defer close(v.done)
+	t := time.NewTicker(v.spec.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.quit:
+			return
+		case <-t.C:
+		}
+		if !v.step() {
+			return
+		}
+	}
+}
+
+// step is one iteration of the guest loop; false means the VM is gone.
+func (v *vm) step() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.wakeups++
+	if !v.live() {
+		return false
+	}
+	if v.gate() {
+		v.tick()
+	}
+	return v.live()
+}
+
+// live reports whether the VM still exists as a guest (running or frozen).
+func (v *vm) live() bool {
+	return v.state == driver.StateRunning || v.state == driver.StateFrozen
+}
+
+// gate is the lease check of fencing step 4. Called with mu held before
+// every guest action: it freezes a running VM once now has reached its
+// lease end and reports whether the guest may act. Nothing but ExtendLease
+// sets a frozen VM running again, and ExtendLease holds mu too.
+func (v *vm) gate() bool {
+	if v.state == driver.StateRunning && !v.now().Before(v.leaseEnd) {
+		v.state = driver.StateFrozen
+		v.log.Info("vm frozen at lease end", "lease_end", v.leaseEnd)
+	}
+	return v.state == driver.StateRunning
+}
+
+// tick is one guest step, with mu held and the gate open: dirty memory,
+// count, then record the step in the execution log and on every disk. The
+// gate is checked again before each write, so a tick that straddles the
+// lease end stops writing at the lease end, not at the end of the tick. A
+// refused disk write crashes the guest, as an I/O error would.
+func (v *vm) tick() {
+	now := v.now()
+	// The counter lives in guest memory: read it, count, write it back
+	// after dirtying (which may overwrite page 0).
+	c := v.mem.uint64At(0) + 1
+	v.dirt.tick(v.mem, c)
+	v.mem.putUint64At(0, c)
+	v.counter = c
+
+	line, err := json.Marshal(Record{
+		Node: v.spec.Node, Group: v.spec.ID.Group, VM: v.spec.ID.Resource,
+		Epoch: v.spec.Epoch, Counter: c, Wall: now.UTC(),
+	})
+	if err != nil {
+		v.halt(driver.StateCrashed, "encoding record: "+err.Error())
+		return
+	}
+	line = append(line, '\n')
+	// Execution log first: it must show every tick the guest executed,
+	// also one whose disk write is about to be refused.
+	if !v.gate() {
+		return
+	}
+	if _, err := v.exec.Write(line); err != nil {
+		// The log is the checker's evidence of execution; a guest that
+		// runs without leaving it would hide a second runner.
+		v.halt(driver.StateCrashed, "execution log: "+err.Error())
+		return
+	}
+	for i, f := range v.disks {
+		if !v.gate() {
+			return
+		}
+		if err := appendLine(f, v.paths[i], v.spec.Epoch, line, v.hdr[:]); err != nil {
+			var fe *FencedError
+			if errors.As(err, &fe) {
+				v.halt(driver.StateCrashed, fmt.Sprintf("fenced: disk claimed by epoch %d", fe.Claimed))
+			} else {
+				v.halt(driver.StateCrashed, fmt.Sprintf("disk %s: %v", v.spec.Disks[i].Name, err))
+			}
+			return
+		}
+	}
+}
+
+// halt ends a live VM in state (stopped or crashed), with mu held: it
+// closes its files and unmaps its memory at once (a stopped VM holds no
+// RAM) and wakes the loop so it returns. Halting a VM that is not live
+// does nothing, so a crash found during Stop's final tick is kept.
+func (v *vm) halt(state driver.State, reason string) {
+	if !v.live() {
+		return
+	}
+	v.state, v.reason = state, reason
+	for _, f := range v.disks {
+		f.Close()
+	}
+	v.exec.Close()
+	v.mem.free()
+	v.disks, v.exec, v.mem, v.dirt = nil, nil, nil, nil
+	close(v.quit)
+	if state == driver.StateCrashed {
+		v.log.Warn("vm crashed", "reason", reason, "counter", v.counter)
+	} else {
+		v.log.Info("vm stopped", "reason", reason, "counter", v.counter)
+	}
+}
+
+// stop halts the VM and waits for its loop to return. With final, a VM
+// whose gate is open first runs one last tick (the graceful shutdown's
+// final record).
+func (v *vm) stop(final bool, state driver.State, reason string) {
+	v.mu.Lock()
+	if v.live() && final && v.gate() {
+		v.tick()
+	}
+	v.halt(state, reason)
+	v.mu.Unlock()
+	<-v.done
+}
+
+func (v *vm) status() driver.Status {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	// Apply the gate so a VM past its lease reads frozen even before its
+	// loop has woken to notice.
+	v.gate()
+	return driver.Status{
+		ID: v.spec.ID, Epoch: v.spec.Epoch, State: v.state,
+		Counter: v.counter, Reason: v.reason, LeaseEnd: v.leaseEnd,
+	}
+}
