@@ -124,6 +124,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newMembersCmd(g),
 		newStatusCmd(g),
 		newGroupCmd(g),
+		newCheckCmd(g),
 	)
 	return root
 }
