@@ -1,9 +1,15 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/sim"
 
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
@@ -97,11 +103,63 @@ func TestSIGKILLOwnerFailsOver(t *testing.T) {
 	c.checkInvariants(names)
 }
 
-// checkInvariants is filled in by the check package.
-func (c *cluster) checkInvariants(names []string) {}
+// execRecords reads the execution log of a group's VM "vm".
+func (c *cluster) execRecords(group string) []sim.Record {
+	recs, err := sim.ReadExecLog(sim.ExecLogPath(filepath.Join(c.dir, "shared"), driver.VMID{Group: group, Resource: "vm"}))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.t.Fatal(err)
+	}
+	return recs
+}
+
+// execRunning reports whether node ran the group at epoch after since.
+func (c *cluster) execRunning(node, group string, epoch uint64, since time.Time) error {
+	for _, r := range c.execRecords(group) {
+		if r.Node == node && r.Epoch == epoch && r.Wall.After(since) {
+			return nil
+		}
+	}
+	recs := c.execRecords(group)
+	last := "none"
+	if len(recs) > 0 {
+		last = fmt.Sprintf("%+v", recs[len(recs)-1])
+	}
+	return fmt.Errorf("no tick of %s by %s at epoch %d since %s (%d records, last %s)", group, node, epoch, since.Format(time.StampMilli), len(recs), last)
+}
 
 // checkFrozeAndThawed checks, from n's exec logs, that each group n owned
-// stopped executing during the outage and executed again after it at the
-// same epoch.
+// stopped executing during the outage (from the end of its lease on) and
+// executed again after it at the same epoch, its counter going on.
 func (c *cluster) checkFrozeAndThawed(n *node, groups map[string]*havenv1.Group, cut, healed time.Time) {
+	c.t.Helper()
+	// The lease surely ended one renewal interval plus one lease after
+	// the cut; allow one guest tick for a write in flight.
+	frozenFrom := cut.Add(n.cfg.Lease.Duration + n.cfg.Lease.Duration/4 + n.cfg.Sim.Tick)
+	for name, g := range groups {
+		if g.GetOwner() != n.name {
+			continue
+		}
+		var lastBefore uint64
+		thawed := false
+		for _, r := range c.execRecords(name) {
+			if r.Node != n.name || r.Epoch != g.GetEpoch() {
+				continue
+			}
+			switch {
+			case r.Wall.Before(cut):
+				lastBefore = r.Counter
+			case r.Wall.After(frozenFrom) && r.Wall.Before(healed):
+				c.t.Errorf("%s executed on %s at %s, after its lease ended (%s) and before the network healed (%s)",
+					name, n.name, r.Wall.Format(time.StampMilli), frozenFrom.Format(time.StampMilli), healed.Format(time.StampMilli))
+			case r.Wall.After(healed):
+				thawed = true
+				if r.Counter <= lastBefore {
+					c.t.Errorf("%s on %s: counter %d after the thaw, %d before", name, n.name, r.Counter, lastBefore)
+				}
+			}
+		}
+		if !thawed {
+			c.t.Errorf("%s never executed on %s after the network healed", name, n.name)
+		}
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/check"
 	"github.com/haven-ha/haven/integration/lab"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
@@ -106,7 +107,7 @@ type option func(*agent.Config)
 func withDefaultTimings() option {
 	return func(c *agent.Config) {
 		d := agent.Default()
-		c.Raft, c.Gossip = d.Raft, d.Gossip
+		c.Raft, c.Gossip, c.Lease = d.Raft, d.Gossip, d.Lease
 	}
 }
 
@@ -184,6 +185,9 @@ func (c *cluster) add(expect int) *node {
 	cfg.BootstrapExpect = expect
 	cfg.LogLevel = "debug"
 	cfg.SharedDir = filepath.Join(c.dir, "shared")
+	cfg.Sim.FaultInjection = true
+	// Simulated hosts: what placement sees, not what this machine has.
+	cfg.Capacity = agent.Capacity{CPUMillis: 64000, MemoryBytes: 256 << 30}
 	if c.lab != nil {
 		cfg.Site = host.Site().Name()
 		for _, h := range c.hosts {
@@ -402,3 +406,44 @@ func ctxTimeout(d time.Duration) context.Context {
 // pause sends SIGSTOP; resume sends SIGCONT.
 func (n *node) pause()  { _ = n.cmd.Process.Signal(syscall.SIGSTOP) }
 func (n *node) resume() { _ = n.cmd.Process.Signal(syscall.SIGCONT) }
+
+// checkInvariants runs the invariant checker over the shared storage and
+// the API of a running node: no two runners, no counter or epoch going
+// backwards, and every group that should run is running. Only the last can
+// be transient (a group starting or thawing), so only it is retried.
+func (c *cluster) checkInvariants(names []string) {
+	c.t.Helper()
+	var via *node
+	for _, n := range c.nodes {
+		if n.running() {
+			via = n
+			break
+		}
+	}
+	shared := filepath.Join(c.dir, "shared")
+	var last check.Report
+	waitFor(c.t, 20*time.Second, "invariants", func() error {
+		rep, err := check.Cluster(ctxTimeout(5*time.Second), via.api(), shared, check.Options{})
+		if err != nil {
+			return err
+		}
+		last = rep
+		for _, v := range rep.Violations {
+			if v.Kind != check.NotRunning {
+				c.t.Fatalf("invariant broken:\n%s", rep)
+			}
+		}
+		if !rep.OK() {
+			return fmt.Errorf("%s", rep)
+		}
+		return nil
+	})
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+	}
+	if last.VMs < len(seen) {
+		c.t.Fatalf("checker saw %d VMs, want at least %d:\n%s", last.VMs, len(seen), last)
+	}
+	c.t.Logf("invariants hold: %d VMs, %d records", last.VMs, last.Records)
+}

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
 var scenario = flag.Bool("scenario", false, "run the scenario runners that print cluster figures (slow; make scenario)")
@@ -66,4 +68,83 @@ func round(ds []time.Duration) []time.Duration {
 		out[i] = d.Round(time.Millisecond)
 	}
 	return out
+}
+
+// TestScenarioFailover prints, for 5 nodes and 100 groups, the time from
+// SIGKILL of an owner to the leader's first failover decision committed
+// ("detection") and to the last displaced group executing on its new node
+// (its first guest tick there, from the exec log), with tightened and
+// default timings.
+func TestScenarioFailover(t *testing.T) {
+	if !*scenario {
+		t.Skip("scenario runner: run with -scenario (make scenario)")
+	}
+	binary(t, "haven")
+	for _, timing := range []struct {
+		name string
+		opts []option
+	}{
+		{"tightened", nil},
+		{"default", []option{withDefaultTimings()}},
+	} {
+		var detect, running []time.Duration
+		var displaced []int
+		for run := 0; run < *scenarioRuns; run++ {
+			t.Run(fmt.Sprintf("%s-%d", timing.name, run), func(t *testing.T) {
+				c := newCluster(t, timing.opts...)
+				c.startN(5)
+				leader := c.leader(60 * time.Second)
+				names := groupNames("f", 100)
+				c.createAndStart(leader, names)
+				before := c.allOnline(leader, names, 120*time.Second, anyOwner)
+				victim := c.ownerOfSome(before, leader)
+				var moved []string
+				for _, name := range names {
+					if before[name].GetOwner() == victim.name {
+						moved = append(moved, name)
+					}
+				}
+				killed := time.Now()
+				victim.kill()
+				var first time.Duration
+				waitFor(t, 120*time.Second, "first failover committed", func() error {
+					gs, err := groupStates(leader)
+					if err != nil {
+						return err
+					}
+					for _, name := range moved {
+						if gs[name].GetEpoch() > before[name].GetEpoch() {
+							first = time.Since(killed)
+							return nil
+						}
+					}
+					return errNotYet
+				})
+				after := c.allOnline(leader, names, 120*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+				var last time.Time
+				for _, name := range moved {
+					g := after[name]
+					var firstTick time.Time
+					waitFor(t, 30*time.Second, name+" executing on its new node", func() error {
+						for _, r := range c.execRecords(name) {
+							if r.Node == g.GetOwner() && r.Epoch == g.GetEpoch() {
+								firstTick = r.Wall
+								return nil
+							}
+						}
+						return errNotYet
+					})
+					if firstTick.After(last) {
+						last = firstTick
+					}
+				}
+				detect = append(detect, first)
+				running = append(running, last.Sub(killed))
+				displaced = append(displaced, len(moved))
+				c.checkInvariants(names)
+			})
+		}
+		fmt.Printf("scenario failover timing=%s nodes=5 groups=100 runs=%d displaced=%v kill_to_first_failover_median=%s (all %v) kill_to_all_displaced_running_median=%s (all %v)\n",
+			timing.name, len(detect), displaced, median(detect).Round(time.Millisecond), round(detect), median(running).Round(time.Millisecond), round(running))
+	}
 }
