@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario
+.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario chaos
 
 all: build
 
@@ -32,6 +32,10 @@ unit:
 
 integration:
 	$(GO) test -count=1 -timeout 15m ./integration/...
+
+# The randomized fault test for longer than the default suite does.
+chaos:
+	$(GO) test -count=1 -v -timeout 60m -run 'TestRandomFaults' ./integration/ -args -chaos.duration=5m
 
 # Whole-cluster figures for the README's performance section (slow).
 scenario:
