@@ -115,6 +115,11 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	}
 	cfg.BootstrapExpect = n
 	cfg.LogLevel = "info"
+	// One directory stands in for the shared storage every node reaches.
+	cfg.SharedDir = filepath.Join(dir, "shared")
+	// Simulated hosts: sized for the groups people create, not by this
+	// machine's cores.
+	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
 	return cfg
 }
 
@@ -433,11 +438,40 @@ func (c *devCluster) createDemo(ctx context.Context) error {
 		switch status.Code(err) {
 		case codes.OK:
 			fmt.Fprintf(c.out, "created group demo through %s\n", via.name)
-			return nil
+			return c.startDemo(ctx, via)
 		case codes.AlreadyExists:
 			fmt.Fprintln(c.out, "group demo exists already")
-			return nil
+			return c.startDemo(ctx, via)
 		case codes.Unavailable, codes.DeadlineExceeded:
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return err
+			}
+		default:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(devPoll):
+		}
+	}
+}
+
+// startDemo starts the demo group (a no-op when it runs already); right
+// after an election the leader may not yet hold every node's lease, so
+// Unavailable and ResourceExhausted are retried for a moment.
+func (c *devCluster) startDemo(ctx context.Context, via *devNode) error {
+	req := &havenv1.StartGroupRequest{Name: "demo", RequestId: uuid.NewString()}
+	deadline := time.Now().Add(devSettle)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, devRPC)
+		resp, err := via.client.StartGroup(cctx, req)
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+			fmt.Fprintf(c.out, "started group demo on %s\n", resp.GetGroup().GetOwner())
+			return nil
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
 			if time.Now().After(deadline) || ctx.Err() != nil {
 				return err
 			}
@@ -485,8 +519,6 @@ func (c *devCluster) show(ctx context.Context, demo bool) {
 		return listGroups(ctx) != nil || (!demo && groupsErr == nil)
 	}, func() { fmt.Fprintf(c.out, "waiting up to %s for dev-1 to list group demo\n", devSettle) })
 	if demo {
-		// Shorter: until groups are placed on create, demo stays offline
-		// and this wait is the price of every start.
 		waitFor(ctx, devDemoOnline, func(ctx context.Context) bool {
 			switch listGroups(ctx).GetState() {
 			case havenv1.GroupState_GROUP_STATE_ONLINE, havenv1.GroupState_GROUP_STATE_FAILED:
@@ -545,10 +577,19 @@ func (c *devCluster) hints() string {
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group create web --vcpus 2 --memory 1G\n", a1)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group start web\n", a1)
+	fmt.Fprintf(&b, "  kill -9 <pid of web's owner>   # then 'group list' again: web runs elsewhere within seconds\n")
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s check --shared %s\n", a1, filepath.Join(c.dir, "shared"))
 	fmt.Fprintf(&b, "  HAVEN_ADDR=%s go run ./cmd/haven status\n", a2)
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext %s list\n", a1)
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n\n", a1)
-	fmt.Fprintf(&b, "Configs and logs: %s/dev-<i>/{haven.yaml,agent.log}", c.dir)
+	b.WriteString("Agent pids:")
+	for _, n := range c.nodes {
+		if n.cmd != nil && n.cmd.Process != nil {
+			fmt.Fprintf(&b, " %s=%d", n.name, n.cmd.Process.Pid)
+		}
+	}
+	fmt.Fprintf(&b, "\nConfigs and logs: %s/dev-<i>/{haven.yaml,agent.log}", c.dir)
 	if c.keep {
 		fmt.Fprintf(&b, " (kept; 'haven dev --data %s' restarts this cluster)\n", c.dir)
 	} else {

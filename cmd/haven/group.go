@@ -14,11 +14,11 @@ import (
 func newGroupCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "group",
-		Short: "Create, inspect and delete groups (the unit of failover)",
-		Args:  argsExactly(0, "a subcommand (create, get, list, delete)"),
+		Short: "Create, inspect, start, stop and delete groups (the unit of failover)",
+		Args:  argsExactly(0, "a subcommand (create, get, list, start, stop, delete)"),
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newGroupCreateCmd(g), newGroupGetCmd(g), newGroupListCmd(g), newGroupDeleteCmd(g))
+	cmd.AddCommand(newGroupCreateCmd(g), newGroupGetCmd(g), newGroupListCmd(g), newGroupStartCmd(g), newGroupStopCmd(g), newGroupDeleteCmd(g))
 	return cmd
 }
 
@@ -198,6 +198,54 @@ func newGroupDeleteCmd(g *globalOptions) *cobra.Command {
 				}
 				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "deleted group %s\n", args[0])
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	return cmd
+}
+
+func newGroupStartCmd(g *globalOptions) *cobra.Command {
+	var requestID, node string
+	cmd := &cobra.Command{
+		Use:   "start NAME",
+		Short: "Start a group: the leader places it on a node, which starts its resources in dependency order",
+		Args:  argsExactly(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.StartGroup(ctx, &havenv1.StartGroupRequest{Name: args[0], Node: node, RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error {
+					grp := resp.GetGroup()
+					_, err := fmt.Fprintf(w, "group %s %s on %s (epoch %d)\n", args[0], groupStateWord(grp.GetState()), grp.GetOwner(), grp.GetEpoch())
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().StringVar(&node, "node", "", "start it on this node (it must be a possible owner)")
+	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	return cmd
+}
+
+func newGroupStopCmd(g *globalOptions) *cobra.Command {
+	var requestID string
+	cmd := &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Stop a group; it stays offline until started",
+		Args:  argsExactly(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
+				resp, err := c.StopGroup(ctx, &havenv1.StopGroupRequest{Name: args[0], RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return g.render(cmd.OutOrStdout(), resp, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "group %s %s\n", args[0], groupStateWord(resp.GetGroup().GetState()))
 					return err
 				})
 			})
