@@ -136,6 +136,13 @@ func (c *cluster) checkFrozeAndThawed(n *node, groups map[string]*havenv1.Group,
 	// the cut; allow one guest tick for a write in flight.
 	frozenFrom := cut.Add(n.cfg.Lease.Duration + n.cfg.Lease.Duration/4 + n.cfg.Sim.Tick)
 	for name, g := range groups {
+		if g.GetOwner() == n.name {
+			waitFor(c.t, 30*time.Second, name+" thawed on "+n.name, func() error {
+				return c.execRunning(n.name, name, g.GetEpoch(), healed)
+			})
+		}
+	}
+	for name, g := range groups {
 		if g.GetOwner() != n.name {
 			continue
 		}
