@@ -63,6 +63,8 @@ type SimConfig struct {
 	Tick            time.Duration `yaml:"tick"`
 	DirtyRate       int64         `yaml:"dirty_rate_bytes_per_sec"`
 	WorkingSetBytes int64         `yaml:"working_set_bytes"`
+	// FaultInjection enables NodeService.CrashVM, for tests.
+	FaultInjection bool `yaml:"fault_injection"`
 }
 
 type Ports struct {

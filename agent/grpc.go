@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -77,6 +79,19 @@ func (s *nodeService) RenewLease(ctx context.Context, req *havenv1.RenewLeaseReq
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not a valid node name", req.GetNode())
 	}
 	return s.a.leases.renew(ctx, req.GetNode())
+}
+
+func (s *nodeService) CrashVM(_ context.Context, req *havenv1.CrashVMRequest) (*havenv1.CrashVMResponse, error) {
+	if !s.a.cfg.Sim.FaultInjection {
+		return nil, status.Error(codes.PermissionDenied, "fault injection is disabled (sim.fault_injection)")
+	}
+	if err := s.a.drv.Crash(driver.VMID{Group: req.GetGroup(), Resource: req.GetVm()}, "injected crash"); err != nil {
+		if errors.Is(err, driver.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "vm %s/%s is not on %s", req.GetGroup(), req.GetVm(), s.a.cfg.Name)
+		}
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return &havenv1.CrashVMResponse{}, nil
 }
 
 func (s *nodeService) ReportGroup(ctx context.Context, req *havenv1.ReportGroupRequest) (*havenv1.ReportGroupResponse, error) {
