@@ -182,11 +182,12 @@ func (a *Agent) load() loads {
 	return l
 }
 
-// place picks a node for g: alive in gossip, holding a current lease (so
-// it can start the group at once), not a witness, a possible owner, with
-// room for the demand (memory is never overcommitted; CPU up to 4x). The
-// first preferred owner that qualifies wins; otherwise the least loaded by
-// memory. This is the simple placement the placement package replaces.
+// place picks a node for g: alive in gossip, not a witness, a possible
+// owner, with room for the demand (memory is never overcommitted; CPU up to
+// 4x). Nodes holding a current lease come first, since they can start the
+// group at once (a node without one starts it after its next renewal);
+// then preferred owners in their order; then the least loaded by memory.
+// This is the simple placement the placement package replaces.
 func (a *Agent) place(g *havenv1.Group, load loads, exclude map[string]bool, want string) (string, error) {
 	spec := g.GetSpec()
 	alive := map[string]bool{}
@@ -196,8 +197,10 @@ func (a *Agent) place(g *havenv1.Group, load loads, exclude map[string]bool, wan
 	now := time.Now()
 	var why []string
 	type cand struct {
-		name string
-		free float64
+		name  string
+		lease bool
+		pref  int
+		free  float64
 	}
 	var cands []cand
 	for _, n := range a.fsm.Nodes() {
@@ -219,9 +222,6 @@ func (a *Agent) place(g *havenv1.Group, load loads, exclude map[string]bool, wan
 		case len(spec.GetPossibleOwners()) > 0 && !contains(spec.GetPossibleOwners(), name):
 			reject("not a possible owner")
 			continue
-		case !a.leases.holds(name, now):
-			reject("holds no lease")
-			continue
 		}
 		used := load[name]
 		if used == nil {
@@ -236,7 +236,14 @@ func (a *Agent) place(g *havenv1.Group, load loads, exclude map[string]bool, wan
 			reject(fmt.Sprintf("cpu: needs %dm, %dm free at 4x overcommit", spec.GetCpuMillis(), 4*capy.GetCpuMillis()-used.GetCpuMillis()))
 			continue
 		}
-		cands = append(cands, cand{name, float64(capy.GetMemoryBytes()-used.GetMemoryBytes()-spec.GetMemoryBytes()) / float64(max(capy.GetMemoryBytes(), 1))})
+		pref := len(spec.GetPreferredOwners())
+		for i, p := range spec.GetPreferredOwners() {
+			if p == name {
+				pref = i
+			}
+		}
+		free := float64(capy.GetMemoryBytes()-used.GetMemoryBytes()-spec.GetMemoryBytes()) / float64(max(capy.GetMemoryBytes(), 1))
+		cands = append(cands, cand{name, a.leases.holds(name, now), pref, free})
 	}
 	if len(cands) == 0 {
 		if len(why) == 0 {
@@ -244,18 +251,17 @@ func (a *Agent) place(g *havenv1.Group, load loads, exclude map[string]bool, wan
 		}
 		return "", fmt.Errorf("no node can host it: %s", strings.Join(why, "; "))
 	}
-	for _, p := range spec.GetPreferredOwners() {
-		for _, c := range cands {
-			if c.name == p {
-				return p, nil
-			}
-		}
-	}
 	sort.Slice(cands, func(i, j int) bool {
-		if cands[i].free != cands[j].free {
-			return cands[i].free > cands[j].free
+		a, b := cands[i], cands[j]
+		switch {
+		case a.lease != b.lease:
+			return a.lease
+		case a.pref != b.pref:
+			return a.pref < b.pref
+		case a.free != b.free:
+			return a.free > b.free
 		}
-		return cands[i].name < cands[j].name
+		return a.name < b.name
 	})
 	return cands[0].name, nil
 }
