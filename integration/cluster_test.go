@@ -180,6 +180,7 @@ func TestLateJoinersAreNonVoters(t *testing.T) {
 func TestDeadNodeReaped(t *testing.T) {
 	c := newCluster(t, withReapAfter(3*time.Second))
 	c.startN(3)
+	c.leader(30 * time.Second)
 	c.add(3).start()
 	leader := c.leader(30 * time.Second)
 	waitFor(t, 30*time.Second, "n4 in the configuration", func() error {

@@ -22,7 +22,9 @@ type Peer struct {
 // disagree on the cluster size must not form one), and never when any peer
 // already belongs to a cluster (a late joiner is added by that cluster's
 // leader instead). Peers started with expect 0 only join: they count, but
-// do not disagree. peers includes self. It returns the servers to bootstrap
+// do not disagree. peers includes self. Starting more nodes than expect at
+// once is a misconfiguration the choice below only narrows: a node that
+// sees fewer peers than another may still pick a different set. It returns the servers to bootstrap
 // with, or nil and why not; err is set when waiting will not help.
 func Bootstrap(self Peer, expect int, peers []Peer) (servers []Peer, why string, err error) {
 	switch {
@@ -44,7 +46,17 @@ func Bootstrap(self Peer, expect int, peers []Peer) (servers []Peer, why string,
 			return nil, fmt.Sprintf("node %s already belongs to a cluster: waiting to be added", p.ID), nil
 		}
 	}
+	// More nodes than expected started at once: every node that sees them
+	// all picks the same expect nodes (the lowest names), and a node not
+	// among them waits to be added, so that no two nodes bootstrap with
+	// different configurations while they see the same peers.
 	out := append([]Peer(nil), peers...)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, "", nil
+	out = out[:expect]
+	for _, p := range out {
+		if p.ID == self.ID {
+			return out, "", nil
+		}
+	}
+	return nil, fmt.Sprintf("%d nodes seen for bootstrap_expect %d and this node is not among the first %d by name: waiting to be added", len(peers), expect, expect), nil
 }

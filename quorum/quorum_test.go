@@ -218,6 +218,8 @@ func TestBootstrap(t *testing.T) {
 		{"mismatch refuses even before enough nodes", p("a", 2, false), 2, []Peer{p("a", 2, false)}, nil, "waiting", ""},
 		{"two nodes, different expect", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 3, false)}, nil, "", "bootstrap_expect 3"},
 		{"join-only peers count", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 0, false)}, []string{"a", "b"}, "", ""},
+		{"more than expect: the lowest names", p("b", 3, false), 3, []Peer{p("d", 3, false), p("c", 3, false), p("a", 3, false), p("b", 3, false)}, []string{"a", "b", "c"}, "", ""},
+		{"more than expect: not among them waits", p("d", 3, false), 3, []Peer{p("d", 3, false), p("c", 3, false), p("a", 3, false), p("b", 3, false)}, nil, "not among the first 3", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
