@@ -168,8 +168,7 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 		t0 := time.Now()
 		resp, err := a.renewOnce(ctx, interval)
 		if err == nil {
-			lease := time.Duration(resp.GetLeaseMillis()) * time.Millisecond
-			a.exec.granted(t0.Add(lease), resp.GetGroups())
+			a.exec.granted(leaseEnd(t0, resp), resp.GetGroups())
 		} else if ctx.Err() == nil {
 			a.log.Debug("lease renewal failed", "error", err)
 		}
@@ -185,6 +184,14 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 		case <-time.After(time.Until(next)):
 		}
 	}
+}
+
+// leaseEnd is when a grant ends: measured from sent, the moment before the
+// request left (step 1). The leader fences the node from its own grant
+// time, which is after sent, plus the lease and a margin; counting from the
+// reply instead would let a slow reply stretch the lease past the fence.
+func leaseEnd(sent time.Time, resp *havenv1.RenewLeaseResponse) time.Time {
+	return sent.Add(time.Duration(resp.GetLeaseMillis()) * time.Millisecond)
 }
 
 func (a *Agent) renewOnce(ctx context.Context, timeout time.Duration) (*havenv1.RenewLeaseResponse, error) {

@@ -115,3 +115,20 @@ func TestExecutorOnlyRunsConfirmedEpochs(t *testing.T) {
 		t.Fatal("a group may start after the lease ended")
 	}
 }
+
+// Step 1: a reply that took long to arrive does not lengthen the lease;
+// it ends no later than the leader's fence, whatever the delay.
+func TestLeaseMeasuredFromSend(t *testing.T) {
+	sent := time.Now()
+	resp := &havenv1.RenewLeaseResponse{LeaseMillis: 1500}
+	// The leader granted at some tg after sent and fences at tg+L+margin.
+	tg := sent.Add(800 * time.Millisecond)
+	fence := tg.Add(1500*time.Millisecond + 300*time.Millisecond)
+	end := leaseEnd(sent, resp)
+	if !end.Equal(sent.Add(1500 * time.Millisecond)) {
+		t.Fatalf("lease ends %s after the send, want 1.5s", end.Sub(sent))
+	}
+	if !end.Before(fence) {
+		t.Fatalf("lease end %s is not before the fence %s", end.Sub(sent), fence.Sub(sent))
+	}
+}
