@@ -389,6 +389,94 @@ func (*ReportGroupResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
+type CrashVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CrashVMRequest) Reset() {
+	*x = CrashVMRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CrashVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CrashVMRequest) ProtoMessage() {}
+
+func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CrashVMRequest.ProtoReflect.Descriptor instead.
+func (*CrashVMRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CrashVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *CrashVMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type CrashVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CrashVMResponse) Reset() {
+	*x = CrashVMResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CrashVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CrashVMResponse) ProtoMessage() {}
+
+func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CrashVMResponse.ProtoReflect.Descriptor instead.
+func (*CrashVMResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
+}
+
 var File_haven_v1_node_proto protoreflect.FileDescriptor
 
 const file_haven_v1_node_proto_rawDesc = "" +
@@ -415,12 +503,17 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x15\n" +
-	"\x13ReportGroupResponse2\xf4\x01\n" +
+	"\x13ReportGroupResponse\"6\n" +
+	"\x0eCrashVMRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x11\n" +
+	"\x0fCrashVMResponse2\xb4\x02\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
 	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
-	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12>\n" +
+	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_node_proto_rawDescOnce sync.Once
@@ -434,7 +527,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_haven_v1_node_proto_goTypes = []any{
 	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
 	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
@@ -443,19 +536,23 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*RenewLeaseResponse)(nil),    // 4: haven.v1.RenewLeaseResponse
 	(*ReportGroupRequest)(nil),    // 5: haven.v1.ReportGroupRequest
 	(*ReportGroupResponse)(nil),   // 6: haven.v1.ReportGroupResponse
-	(GroupState)(0),               // 7: haven.v1.GroupState
+	(*CrashVMRequest)(nil),        // 7: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),       // 8: haven.v1.CrashVMResponse
+	(GroupState)(0),               // 9: haven.v1.GroupState
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	3, // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	7, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	9, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
 	0, // 2: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
 	2, // 3: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
 	5, // 4: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	1, // 5: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	4, // 6: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	6, // 7: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
+	7, // 5: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	1, // 6: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	4, // 7: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	6, // 8: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	8, // 9: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	6, // [6:10] is the sub-list for method output_type
+	2, // [2:6] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -473,7 +570,7 @@ func file_haven_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

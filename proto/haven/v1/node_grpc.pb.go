@@ -22,6 +22,7 @@ const (
 	NodeService_GetRaftStatus_FullMethodName = "/haven.v1.NodeService/GetRaftStatus"
 	NodeService_RenewLease_FullMethodName    = "/haven.v1.NodeService/RenewLease"
 	NodeService_ReportGroup_FullMethodName   = "/haven.v1.NodeService/ReportGroup"
+	NodeService_CrashVM_FullMethodName       = "/haven.v1.NodeService/CrashVM"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -40,6 +41,9 @@ type NodeServiceClient interface {
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error)
+	// CrashVM makes a simulated VM on this node die as a guest crash would.
+	// For fault-injection tests: refused unless sim.fault_injection is set.
+	CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -80,6 +84,16 @@ func (c *nodeServiceClient) ReportGroup(ctx context.Context, in *ReportGroupRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CrashVMResponse)
+	err := c.cc.Invoke(ctx, NodeService_CrashVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -96,6 +110,9 @@ type NodeServiceServer interface {
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error)
+	// CrashVM makes a simulated VM on this node die as a guest crash would.
+	// For fault-injection tests: refused unless sim.fault_injection is set.
+	CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -114,6 +131,9 @@ func (UnimplementedNodeServiceServer) RenewLease(context.Context, *RenewLeaseReq
 }
 func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportGroup not implemented")
+}
+func (UnimplementedNodeServiceServer) CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CrashVM not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -190,6 +210,24 @@ func _NodeService_ReportGroup_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_CrashVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CrashVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).CrashVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_CrashVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).CrashVM(ctx, req.(*CrashVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +246,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportGroup",
 			Handler:    _NodeService_ReportGroup_Handler,
+		},
+		{
+			MethodName: "CrashVM",
+			Handler:    _NodeService_CrashVM_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
