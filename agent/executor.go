@@ -30,6 +30,9 @@ type executor struct {
 	// restarts holds the times of in-place restarts per group and epoch.
 	restarts map[string][]time.Time
 	wake     chan struct{}
+	// renewNow asks the lease loop for a renewal at once: a group was just
+	// assigned here and waits for a grant that confirms its epoch.
+	renewNow chan struct{}
 }
 
 type report struct {
@@ -38,7 +41,7 @@ type report struct {
 }
 
 func newExecutor(a *Agent, drv driver.Hypervisor) *executor {
-	return &executor{a: a, drv: drv, confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{}, wake: make(chan struct{}, 1)}
+	return &executor{a: a, drv: drv, confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
 }
 
 func (e *executor) poke() {
@@ -181,7 +184,12 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 		}
 		end, ok := e.mayRun(name, epoch, time.Now())
 		if !ok {
-			// No grant confirms this epoch yet: wait for the next one.
+			// No grant confirms this epoch yet: ask for one now rather
+			// than at the next renewal, a quarter lease away.
+			select {
+			case e.renewNow <- struct{}{}:
+			default:
+			}
 			return
 		}
 		if err := e.drv.Start(ctx, spec, end); err != nil {

@@ -182,6 +182,9 @@ func (a *Agent) leaseLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Until(next)):
+		case <-a.exec.renewNow:
+			// At most one extra renewal per guest tick of waiting.
+			time.Sleep(min(time.Until(next), 50*time.Millisecond))
 		}
 	}
 }
