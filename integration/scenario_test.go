@@ -15,6 +15,9 @@ var scenario = flag.Bool("scenario", false, "run the scenario runners that print
 var scenarioRuns = flag.Int("runs", 5, "runs per scenario figure")
 
 func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	if len(s)%2 == 1 {
