@@ -214,11 +214,34 @@ func (m *Membership) Join(addrs []string) (int, error) {
 	if err := m.usable(); err != nil {
 		return 0, err
 	}
+	// Operators give every node the same list, this node's own address
+	// included. Contacting only itself must not count as joining: a node
+	// that starts first would stop retrying and stay alone.
+	addrs = m.others(addrs)
+	if len(addrs) == 0 {
+		return 0, nil
+	}
 	n, err := m.wan.Join(addrs)
 	if err != nil {
 		return n, fmt.Errorf("heartbeat: join %v: %w", addrs, err)
 	}
 	return n, nil
+}
+
+// others drops this node's own WAN address from addrs.
+func (m *Membership) others(addrs []string) []string {
+	self := m.WANAddr()
+	var out []string
+	for _, a := range addrs {
+		if a == self {
+			continue
+		}
+		if r, err := net.ResolveTCPAddr("tcp", a); err == nil && r.String() == self {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // RetryJoin calls Join until it succeeds, ctx ends or the membership shuts

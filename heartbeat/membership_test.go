@@ -567,3 +567,27 @@ func TestQuickRestart(t *testing.T) {
 		t.Logf("%s's events about a2: %v", n.name, n.rec.types("a2"))
 	}
 }
+
+// TestJoiningOnlyItselfIsNotJoined: every node gets the same join list,
+// its own address included. A node that starts before the others must keep
+// retrying instead of counting itself as contact.
+func TestJoiningOnlyItselfIsNotJoined(t *testing.T) {
+	a := start(t, "a", "s1")
+	// b's WAN port is reserved now and listened on only when b starts.
+	l, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.LocalAddr().(*net.UDPAddr).Port
+	l.Close()
+	bAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	if n, err := a.Join([]string{a.WANAddr()}); n != 0 || err != nil {
+		t.Fatalf("joining only itself: contacted %d, %v; want 0, nil", n, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.RetryJoin(ctx, []string{a.WANAddr(), bAddr}, 50*time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // a's first attempts find nobody but itself
+	start(t, "b", "s1", func(c *Config) { c.WANPort = port })
+	waitFor(t, "a and b see each other", func() error { return a.sees("a", "b") })
+}
