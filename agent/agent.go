@@ -43,6 +43,13 @@ type Agent struct {
 	exec   *executor
 	leases *leases
 
+	// placeMu serializes the leader's placement decisions with their
+	// commits (see placement.go); reserve is the kept reserve, moves the
+	// owner changes this leader made (the balancer's hold-off).
+	placeMu sync.Mutex
+	reserve reserveKeeper
+	moves   history
+
 	leaderNotify chan bool
 	// reconcileCh wakes the leader loop on membership changes.
 	reconcileCh chan struct{}

@@ -43,7 +43,37 @@ type Config struct {
 	SharedDir string      `yaml:"shared_dir"`
 	Lease     LeaseConfig `yaml:"lease"`
 	Sim       SimConfig   `yaml:"sim"`
+	// Placement is read by the leader: give every node the same values,
+	// since any node may lead.
+	Placement PlacementConfig `yaml:"placement"`
 }
+
+// PlacementConfig tunes where the leader puts groups (see placement/).
+type PlacementConfig struct {
+	// Reserve is K, the node failures every running HA group must survive:
+	// CreateGroup and StartGroup refuse (ResourceExhausted) a group that
+	// would leave some set of K failures without room to restart every HA
+	// group. 0 turns admission control off.
+	Reserve int `yaml:"reserve"`
+	// CPUOvercommit multiplies each node's CPU: 4 lets a node take four
+	// times its cores in demand. Memory is never overcommitted.
+	CPUOvercommit float64 `yaml:"cpu_overcommit"`
+	// Balancer is off, recommend or automatic. Automatic acts like
+	// recommend until live migration exists: it proposes, nothing moves.
+	Balancer string `yaml:"balancer"`
+}
+
+// The balancer modes of PlacementConfig.Balancer.
+const (
+	BalancerOff       = "off"
+	BalancerRecommend = "recommend"
+	BalancerAutomatic = "automatic"
+)
+
+// MaxReserve bounds placement.reserve: beyond a few failures the answer is
+// a conservative bound anyway (placement/bound.go), and a cluster that
+// must survive more should be split by site.
+const MaxReserve = 16
 
 // LeaseConfig is the self-fencing lease (see quorum/lease.go).
 type LeaseConfig struct {
@@ -144,6 +174,15 @@ func Default() Config {
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second},
 		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20},
+		// Reserve 1: "can the cluster sustain one node failure?" is the
+		// question every HA cluster must answer yes to (vSphere HA's
+		// default admission control, WSFC's N+1), and an HA group admitted
+		// without room to restart is HA in name only. A cluster with a
+		// single node that hosts groups cannot reserve anything: K is
+		// capped at the hosting nodes minus one (see reserveK).
+		// 4x CPU overcommit is what the leader applied before it was a
+		// setting; the balancer recommends and never moves on its own.
+		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend},
 	}
 }
 
@@ -310,6 +349,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Sim.Tick < time.Millisecond || c.Sim.DirtyRate < 0 || c.Sim.WorkingSetBytes < 0 {
 		return errors.New("sim: tick must be at least 1ms, rates and sizes not negative")
+	}
+	p := c.Placement
+	switch {
+	case p.Reserve < 0 || p.Reserve > MaxReserve:
+		return fmt.Errorf("placement.reserve: %d must be between 0 (admission off) and %d", p.Reserve, MaxReserve)
+	case !(p.CPUOvercommit > 0 && p.CPUOvercommit <= 64):
+		return fmt.Errorf("placement.cpu_overcommit: %g must be above 0 and at most 64 (1 = no overcommit)", p.CPUOvercommit)
+	}
+	switch p.Balancer {
+	case BalancerOff, BalancerRecommend, BalancerAutomatic:
+	default:
+		return fmt.Errorf("placement.balancer: %q is not one of off, recommend, automatic", p.Balancer)
 	}
 	switch c.LogLevel {
 	case "trace", "debug", "info", "warn", "error":

@@ -37,6 +37,10 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"lease above heartbeat", func(c *Config) { c.Raft.LeaderLeaseTimeout = 2 * time.Second }, "raft.leader_lease_timeout:"},
 		{"probe timeout above interval", func(c *Config) { c.Gossip.CrossSite.ProbeTimeout = 10 * time.Second }, "gossip.cross_site.probe_timeout:"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log_level:"},
+		{"negative reserve", func(c *Config) { c.Placement.Reserve = -1 }, "placement.reserve: -1"},
+		{"huge reserve", func(c *Config) { c.Placement.Reserve = MaxReserve + 1 }, "placement.reserve: 17"},
+		{"no overcommit set", func(c *Config) { c.Placement.CPUOvercommit = 0 }, "placement.cpu_overcommit: 0"},
+		{"unknown balancer", func(c *Config) { c.Placement.Balancer = "manual" }, `placement.balancer: "manual"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,5 +99,27 @@ func TestLoadEnvRefusesGarbage(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "HAVEN_BOOTSTRAP_EXPECT") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestPlacementConfig(t *testing.T) {
+	d := Default().Placement
+	if d.Reserve != 1 || d.CPUOvercommit != 4 || d.Balancer != BalancerRecommend {
+		t.Fatalf("placement defaults: %+v", d)
+	}
+	path := filepath.Join(t.TempDir(), "haven.yaml")
+	if err := os.WriteFile(path, []byte("placement:\n  reserve: 0\n  cpu_overcommit: 1.5\n  balancer: automatic\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	c.Name = "n1"
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Placement; p.Reserve != 0 || p.CPUOvercommit != 1.5 || p.Balancer != BalancerAutomatic {
+		t.Fatalf("placement from file: %+v", p)
 	}
 }

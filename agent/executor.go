@@ -134,6 +134,9 @@ func (e *executor) reconcile(ctx context.Context) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
+		if ctx.Err() != nil {
+			return
+		}
 		g := want[name]
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING {
 			e.stop(ctx, g, running[name])
@@ -155,7 +158,7 @@ func (e *executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Stat
 		}
 		_ = e.drv.Forget(st.ID)
 	}
-	e.report(g, havenv1.GroupState_GROUP_STATE_OFFLINE, "stopped on request")
+	e.report(ctx, g, havenv1.GroupState_GROUP_STATE_OFFLINE, "stopped on request")
 }
 
 func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
@@ -176,7 +179,7 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			continue
 		case ok && st.State == driver.StateCrashed:
 			if !e.restartAllowed(g) {
-				e.report(g, havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("vm %s crashed on %s (%s): restart limit reached", spec.ID.Resource, e.a.cfg.Name, st.Reason))
+				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("vm %s crashed on %s (%s): restart limit reached", spec.ID.Resource, e.a.cfg.Name, st.Reason))
 				return
 			}
 			e.a.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
@@ -203,7 +206,7 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 		e.a.log.Info("vm started", "vm", spec.ID.String(), "epoch", epoch)
 	}
 	if allUp && g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
-		e.report(g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
+		e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 	}
 }
 
@@ -234,7 +237,7 @@ func (e *executor) restartAllowed(g *havenv1.Group) bool {
 }
 
 // report tells the leader, once per (group, epoch, state).
-func (e *executor) report(g *havenv1.Group, st havenv1.GroupState, reason string) {
+func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.GroupState, reason string) {
 	name := g.GetSpec().GetName()
 	r := report{epoch: g.GetEpoch(), state: st}
 	e.mu.Lock()
@@ -251,7 +254,7 @@ func (e *executor) report(g *havenv1.Group, st havenv1.GroupState, reason string
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, &havenv1.ReportGroupRequest{
 		Node: e.a.cfg.Name, Name: name, Epoch: g.GetEpoch(), State: st, Reason: reason,

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -197,6 +199,9 @@ func (s *clusterService) CreateGroup(ctx context.Context, req *havenv1.CreateGro
 			return c.CreateGroup(ctx, req)
 		})
 	}
+	if err := s.a.admitCreate(req.Spec); err != nil {
+		return nil, err
+	}
 	res, err := s.a.propose(&havenv1.Command{RequestId: id, Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: req.Spec}}})
 	if err != nil {
 		return nil, err
@@ -360,13 +365,10 @@ func (s *clusterService) StartGroup(ctx context.Context, req *havenv1.StartGroup
 	if req.GetNode() != "" && s.a.fsm.Node(req.GetNode()) == nil {
 		return nil, status.Errorf(codes.NotFound, "node %q not found", req.GetNode())
 	}
-	owner, err := s.a.place(g, s.a.load(), nil, req.GetNode())
-	if err != nil {
-		return nil, status.Errorf(codes.ResourceExhausted, "group %q: %v", req.GetName(), err)
+	if possible := g.GetSpec().GetPossibleOwners(); req.GetNode() != "" && len(possible) > 0 && !slices.Contains(possible, req.GetNode()) {
+		return nil, status.Errorf(codes.FailedPrecondition, "group %q may only run on %s, not on %s (possible_owners)", req.GetName(), strings.Join(possible, ","), req.GetNode())
 	}
-	if err := s.a.commit(&havenv1.Command{RequestId: id, Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: req.GetName(), ExpectEpoch: g.GetEpoch(), Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "started on request",
-	}}}); err != nil {
+	if err := s.a.startGroup(g, req.GetNode(), id); err != nil {
 		return nil, err
 	}
 	return &havenv1.StartGroupResponse{Group: s.a.fsm.Group(req.GetName())}, nil

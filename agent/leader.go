@@ -75,14 +75,18 @@ func (a *Agent) leaderLoop(ctx context.Context, stop chan struct{}) {
 				// The FSM now holds every epoch committed before this
 				// term: renewals may be answered (step 3).
 				a.leases.ready()
-				duties.Add(2)
+				duties.Add(3)
 				go func() { defer duties.Done(); a.leases.serve(stop) }()
 				go func() { defer duties.Done(); a.groupsLoop(ctx, stop) }()
+				go func() { defer duties.Done(); a.balanceLoop(ctx, stop) }()
 				a.log.Info("leadership established", "index", a.fsm.Index())
 			}
 			if err := a.reconcile(l); err != nil {
 				a.log.Warn("reconcile", "error", err)
 			}
+			// Membership may have changed: have the restart plans of
+			// the new state ready before a failover asks for them.
+			a.refreshReserve()
 		}
 		select {
 		case <-stop:
@@ -137,17 +141,7 @@ func (a *Agent) reconcile(l *leaderState) error {
 	seen := map[string]heartbeat.Member{}
 	for _, m := range members {
 		seen[m.Name] = m
-		want := &havenv1.Node{
-			Name:       m.Name,
-			Site:       m.Meta.Site,
-			Witness:    m.Meta.Witness,
-			GossipAddr: m.Addr,
-			RaftAddr:   m.Meta.RaftAddr,
-			GrpcAddr:   m.Meta.GRPCAddr,
-			Capacity:   &havenv1.Capacity{CpuMillis: m.Meta.CPUMillis, MemoryBytes: m.Meta.MemoryBytes},
-			Version:    m.Meta.Version,
-			Status:     nodeStatus(m.State),
-		}
+		want := memberNode(m)
 		if have := a.fsm.Node(m.Name); have == nil || !sameNode(have, want) {
 			if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_UpsertNode{UpsertNode: &havenv1.UpsertNodeCommand{Node: want}}}); err != nil {
 				return fmt.Errorf("upsert node %s: %w", m.Name, err)
@@ -163,6 +157,21 @@ func (a *Agent) reconcile(l *leaderState) error {
 		}
 	}
 	return a.reconcileRaft(l, seen, now)
+}
+
+// memberNode is the node record gossip's view of a member makes.
+func memberNode(m heartbeat.Member) *havenv1.Node {
+	return &havenv1.Node{
+		Name:       m.Name,
+		Site:       m.Meta.Site,
+		Witness:    m.Meta.Witness,
+		GossipAddr: m.Addr,
+		RaftAddr:   m.Meta.RaftAddr,
+		GrpcAddr:   m.Meta.GRPCAddr,
+		Capacity:   &havenv1.Capacity{CpuMillis: m.Meta.CPUMillis, MemoryBytes: m.Meta.MemoryBytes},
+		Version:    m.Meta.Version,
+		Status:     nodeStatus(m.State),
+	}
 }
 
 func sameNode(have, want *havenv1.Node) bool {

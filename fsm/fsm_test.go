@@ -183,7 +183,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}}}})
 	spec := testSpec("web")
 	spec.Labels = map[string]string{"tier": "front"}
-	spec.AntiAffinityClasses = []string{"sql"}
+	spec.AntiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true, AcrossSites: true}, {Class: "web"}}
+	spec.PreferredSite = "a"
 	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_WINDOW, WindowStartHour: 1, WindowEndHour: 5}
 	a.apply(t0, &havenv1.Command{RequestId: "c1", Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: spec}}})
 	a.apply(t0, createCmd("c2", "web")) // refused, remembered with its error

@@ -139,8 +139,13 @@ func validateGroup(spec *havenv1.GroupSpec) error {
 			}
 		}
 	}
-	if err := checkNames("anti_affinity_classes", spec.GetAntiAffinityClasses(), MaxClasses); err != nil {
+	if err := checkAntiAffinity(spec.GetAntiAffinity()); err != nil {
 		return err
+	}
+	if s := spec.GetPreferredSite(); s != "" {
+		if err := checkName("preferred_site", s); err != nil {
+			return err
+		}
 	}
 	if fb := spec.GetFailback(); fb != nil {
 		if _, ok := havenv1.FailbackMode_name[int32(fb.GetMode())]; !ok {
@@ -268,6 +273,26 @@ func checkNames(field string, names []string, limit int) error {
 			return fmt.Errorf("%s[%d]: %q is listed twice", field, i, n)
 		}
 		seen[n] = true
+	}
+	return nil
+}
+
+// checkAntiAffinity: class names are names, and a class is listed once (a
+// class both hard and soft would be a contradiction, and twice the same is a
+// typo).
+func checkAntiAffinity(aas []*havenv1.AntiAffinity) error {
+	if len(aas) > MaxClasses {
+		return fmt.Errorf("anti_affinity: %d entries, the limit is %d", len(aas), MaxClasses)
+	}
+	seen := map[string]bool{}
+	for i, aa := range aas {
+		if err := checkName(fmt.Sprintf("anti_affinity[%d].class", i), aa.GetClass()); err != nil {
+			return err
+		}
+		if seen[aa.GetClass()] {
+			return fmt.Errorf("anti_affinity[%d].class: %q is listed twice", i, aa.GetClass())
+		}
+		seen[aa.GetClass()] = true
 	}
 	return nil
 }

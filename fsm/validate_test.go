@@ -47,6 +47,21 @@ func TestValidateGroupSpec(t *testing.T) {
 			s.PreferredOwners = []string{"n2"}
 		}, `preferred_owners: "n2" is not among possible_owners`},
 		{"duplicate owner", func(s *havenv1.GroupSpec) { s.PossibleOwners = []string{"n1", "n1"} }, `possible_owners[1]: "n1" is listed twice`},
+		{"anti-affinity", func(s *havenv1.GroupSpec) {
+			s.AntiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true, AcrossSites: true}, {Class: "web"}}
+			s.PreferredSite = "room-a"
+		}, ""},
+		{"anti-affinity class empty", func(s *havenv1.GroupSpec) { s.AntiAffinity = []*havenv1.AntiAffinity{{Hard: true}} }, "anti_affinity[0].class: is empty"},
+		{"anti-affinity class bad", func(s *havenv1.GroupSpec) { s.AntiAffinity = []*havenv1.AntiAffinity{{Class: "SQL"}} }, `anti_affinity[0].class: "SQL" must be`},
+		{"anti-affinity class twice", func(s *havenv1.GroupSpec) {
+			s.AntiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true}, {Class: "sql"}}
+		}, `anti_affinity[1].class: "sql" is listed twice`},
+		{"anti-affinity too many", func(s *havenv1.GroupSpec) {
+			for i := 0; i <= MaxClasses; i++ {
+				s.AntiAffinity = append(s.AntiAffinity, &havenv1.AntiAffinity{Class: "c" + string(rune('a'+i))})
+			}
+		}, "anti_affinity: 17 entries, the limit is 16"},
+		{"bad preferred site", func(s *havenv1.GroupSpec) { s.PreferredSite = "Room A" }, `preferred_site: "Room A" must be`},
 		{"bad window", func(s *havenv1.GroupSpec) {
 			s.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_WINDOW, WindowStartHour: 25}
 		}, "window hours must be 0-23"},

@@ -450,8 +450,19 @@ func (m *Membership) Shutdown() error {
 		return nil
 	}
 	close(m.done)
-	m.wg.Wait()
-	return errors.Join(m.lan.Shutdown(), m.wan.Shutdown())
+	err := errors.Join(m.lan.Shutdown(), m.wan.Shutdown())
+	// A LAN join in progress may sit in a TCP connect to an unreachable
+	// peer for memberlist's TCPTimeout (10 s): an agent stopping during a
+	// partition must not wait for it. The goroutine ends on its own; the
+	// pools it would touch are shut down and refuse it.
+	waited := make(chan struct{})
+	go func() { m.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(time.Second):
+		m.log.Warn("shutdown: a gossip join is still in progress; not waiting for it")
+	}
+	return err
 }
 
 // WANAddr is the advertised host:port of the WAN pool, for other nodes' Join.

@@ -99,6 +99,8 @@ type node struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	conn *grpc.ClientConn
+	// stacks: the log holds a goroutine dump (a stop that hung).
+	stacks bool
 }
 
 // option adjusts every node's configuration of a cluster.
@@ -115,6 +117,16 @@ func withReapAfter(d time.Duration) option { return func(c *agent.Config) { c.Ra
 
 func withFailoverAfter(d time.Duration) option {
 	return func(c *agent.Config) { c.Lease.FailoverAfter = d }
+}
+
+// withReserve sets placement.reserve, the node failures every HA group
+// must survive (admission control).
+func withReserve(k int) option { return func(c *agent.Config) { c.Placement.Reserve = k } }
+
+// withCapacity gives every simulated node this capacity, small enough that
+// a test fills it with a handful of groups.
+func withCapacity(cpuMillis, memoryBytes int64) option {
+	return func(c *agent.Config) { c.Capacity = agent.Capacity{CPUMillis: cpuMillis, MemoryBytes: memoryBytes} }
 }
 
 func newCluster(t *testing.T, opts ...option) *cluster {
@@ -145,7 +157,17 @@ func (c *cluster) dumpLog(n *node) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	if len(lines) > 80 && !*keepLogs {
-		lines = lines[len(lines)-80:]
+		from := len(lines) - 80
+		if n.stacks {
+			// Keep the goroutine dump whole, with what led to it.
+			for i := len(lines) - 1; i >= 0; i-- {
+				if strings.HasPrefix(lines[i], "SIGQUIT") {
+					from = max(min(from, i-40), 0)
+					break
+				}
+			}
+		}
+		lines = lines[from:]
 	}
 	c.t.Logf("---- %s log (%s) ----\n%s", n.name, n.log, strings.Join(lines, "\n"))
 }
@@ -292,9 +314,17 @@ func (n *node) signal(sig syscall.Signal) {
 	select {
 	case <-n.done:
 	case <-time.After(20 * time.Second):
-		n.c.t.Errorf("%s did not exit within 20s of %s; killing it", n.name, sig)
-		_ = n.cmd.Process.Kill()
-		<-n.done
+		n.c.t.Errorf("%s did not exit within 20s of %s; SIGQUIT (its goroutines go to its log), then SIGKILL", n.name, sig)
+		// The Go runtime answers SIGQUIT with every goroutine's stack on
+		// stderr, which is the agent's log: what it was stuck on.
+		_ = n.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-n.done:
+		case <-time.After(5 * time.Second):
+			_ = n.cmd.Process.Kill()
+			<-n.done
+		}
+		n.stacks = true
 	}
 }
 

@@ -578,6 +578,8 @@ func (c *devCluster) hints() string {
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group create web --vcpus 2 --memory 1G\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group start web\n", a1)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s reserve            # can it sustain a node failure?\n", a1)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s place --cpu 2 --mem 4G\n", a1)
 	fmt.Fprintf(&b, "  kill -9 <pid of web's owner>   # then 'group list' again: web runs elsewhere within seconds\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s check --shared %s\n", a1, filepath.Join(c.dir, "shared"))
 	fmt.Fprintf(&b, "  HAVEN_ADDR=%s go run ./cmd/haven status\n", a2)

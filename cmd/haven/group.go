@@ -24,13 +24,14 @@ func newGroupCmd(g *globalOptions) *cobra.Command {
 
 // vmFlags are the flags that build the standard group; they make no sense
 // together with -f, which gives the whole spec.
-var vmFlags = []string{"vcpus", "memory", "disk-size", "priority", "preferred-owner", "possible-owner", "anti-affinity", "label"}
+var vmFlags = []string{"vcpus", "memory", "disk-size", "priority", "preferred-owner", "possible-owner", "anti-affinity", "preferred-site", "label"}
 
 func newGroupCreateCmd(g *globalOptions) *cobra.Command {
 	var (
 		file, requestID          string
 		vcpus                    int32
 		memory, diskSize, prio   string
+		site                     string
 		preferred, possible, aac []string
 		labels                   []string
 	)
@@ -57,6 +58,7 @@ the API's field names, e.g.
 
 Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 		Example: `  haven group create web --vcpus 2 --memory 4G --priority high --label tier=web
+  haven group create sql1 --vcpus 4 --memory 16G --anti-affinity sql:hard:sites
   haven group create -f web.yaml`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var spec *havenv1.GroupSpec
@@ -104,7 +106,10 @@ Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 				if o.labels, err = parseLabels(labels); err != nil {
 					return usagef(cmd, "--label: %v", err)
 				}
-				o.preferred, o.possible, o.antiAffinity = preferred, possible, aac
+				if o.antiAffinity, err = parseAntiAffinity(aac); err != nil {
+					return usagef(cmd, "--anti-affinity: %v", err)
+				}
+				o.preferred, o.possible, o.site = preferred, possible, site
 				spec = standardGroupSpec(args[0], o)
 			}
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
@@ -124,7 +129,8 @@ Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 	f.StringVar(&prio, "priority", "medium", "high, medium, low or no-auto-start (restart order after a failure)")
 	f.StringArrayVar(&preferred, "preferred-owner", nil, "node the group should run on, in order of preference (repeatable)")
 	f.StringArrayVar(&possible, "possible-owner", nil, "node the group may run on; when given, no other (repeatable)")
-	f.StringArrayVar(&aac, "anti-affinity", nil, "anti-affinity class: groups sharing one are kept apart (repeatable)")
+	f.StringArrayVar(&aac, "anti-affinity", nil, "CLASS[:hard][:sites]: groups sharing a class are kept on different nodes; hard never shares a node, sites also spreads over sites (repeatable)")
+	f.StringVar(&site, "preferred-site", "", "site the group should run in when it can")
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
 	return cmd

@@ -186,7 +186,14 @@ func writeGroupDetail(w io.Writer, g *havenv1.Group) error {
 	kv("Memory", formatSize(mem))
 	opt("Preferred owners", s.GetPreferredOwners())
 	opt("Possible owners", s.GetPossibleOwners())
-	opt("Anti-affinity", s.GetAntiAffinityClasses())
+	var aas []string
+	for _, aa := range s.GetAntiAffinity() {
+		aas = append(aas, antiAffinityWord(aa))
+	}
+	opt("Anti-affinity", aas)
+	if s.GetPreferredSite() != "" {
+		kv("Preferred site", s.GetPreferredSite())
+	}
 	if len(s.GetLabels()) > 0 {
 		var ls []string
 		for k, v := range s.GetLabels() {

@@ -124,6 +124,9 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newMembersCmd(g),
 		newStatusCmd(g),
 		newGroupCmd(g),
+		newReserveCmd(g),
+		newPlaceCmd(g),
+		newBalanceCmd(g),
 		newCheckCmd(g),
 	)
 	return root

@@ -95,3 +95,24 @@ func formatCPU(millis int64) string {
 	}
 	return strconv.FormatInt(millis, 10) + "m"
 }
+
+// parseCPU reads a CPU demand in milli-CPUs: a number of CPUs ("2",
+// "0.5") or millis with an m suffix ("500m"), as Kubernetes writes them.
+func parseCPU(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	if m, ok := strings.CutSuffix(t, "m"); ok {
+		n, err := strconv.ParseInt(m, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("cpu %q: millis must be a whole number, e.g. 500m", s)
+		}
+		return n, nil
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		return 0, fmt.Errorf("cpu %q: must be a number of CPUs (2, 0.5) or millis (500m)", s)
+	}
+	if f*1000 >= math.MaxInt64 {
+		return 0, fmt.Errorf("cpu %q: too large", s)
+	}
+	return int64(math.Round(f * 1000)), nil
+}

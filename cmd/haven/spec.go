@@ -26,7 +26,8 @@ type vmOptions struct {
 	priority     havenv1.Priority
 	preferred    []string
 	possible     []string
-	antiAffinity []string
+	antiAffinity []*havenv1.AntiAffinity
+	site         string
 	labels       map[string]string
 }
 
@@ -65,14 +66,64 @@ func standardGroupSpec(name string, o vmOptions) *havenv1.GroupSpec {
 		Vm:        &havenv1.VmSpec{Vcpus: o.vcpus, MemoryBytes: o.memoryBytes},
 	})
 	return &havenv1.GroupSpec{
-		Name:                name,
-		Resources:           res,
-		Priority:            o.priority,
-		PreferredOwners:     o.preferred,
-		PossibleOwners:      o.possible,
-		AntiAffinityClasses: o.antiAffinity,
-		Labels:              o.labels,
+		Name:            name,
+		Resources:       res,
+		Priority:        o.priority,
+		PreferredOwners: o.preferred,
+		PossibleOwners:  o.possible,
+		AntiAffinity:    o.antiAffinity,
+		PreferredSite:   o.site,
+		Labels:          o.labels,
 	}
+}
+
+// parseAntiAffinity reads repeated CLASS[:hard][:sites] flags: a class
+// name, then modifiers in any order. "soft" may be written for clarity; it
+// is the default. A class given twice is a mistake, not an override.
+func parseAntiAffinity(flags []string) ([]*havenv1.AntiAffinity, error) {
+	var out []*havenv1.AntiAffinity
+	seen := map[string]bool{}
+	for _, f := range flags {
+		parts := strings.Split(f, ":")
+		aa := &havenv1.AntiAffinity{Class: strings.TrimSpace(parts[0])}
+		if aa.Class == "" {
+			return nil, fmt.Errorf("%q: the class name comes first: CLASS[:hard][:sites]", f)
+		}
+		soft := false
+		for _, m := range parts[1:] {
+			switch strings.ToLower(strings.TrimSpace(m)) {
+			case "hard":
+				aa.Hard = true
+			case "soft":
+				soft = true
+			case "sites", "across-sites":
+				aa.AcrossSites = true
+			default:
+				return nil, fmt.Errorf("%q: unknown modifier %q (hard, soft or sites)", f, m)
+			}
+		}
+		if soft && aa.Hard {
+			return nil, fmt.Errorf("%q: hard and soft at once", f)
+		}
+		if seen[aa.Class] {
+			return nil, fmt.Errorf("%q: class %q given twice", f, aa.Class)
+		}
+		seen[aa.Class] = true
+		out = append(out, aa)
+	}
+	return out, nil
+}
+
+// antiAffinityWord shows a class as the flag that sets it.
+func antiAffinityWord(aa *havenv1.AntiAffinity) string {
+	s := aa.GetClass()
+	if aa.GetHard() {
+		s += ":hard"
+	}
+	if aa.GetAcrossSites() {
+		s += ":sites"
+	}
+	return s
 }
 
 // parsePriority accepts the short names an operator types; the enum names

@@ -19,7 +19,8 @@ func TestStandardGroupSpec(t *testing.T) {
 	o.priority = havenv1.Priority_PRIORITY_HIGH
 	o.preferred = []string{"a1", "a2"}
 	o.possible = []string{"a1", "a2", "b1"}
-	o.antiAffinity = []string{"sql"}
+	o.antiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true}}
+	o.site = "room-a"
 	o.labels = map[string]string{"tier": "db"}
 	got := standardGroupSpec("web", o)
 	want := &havenv1.GroupSpec{
@@ -29,11 +30,12 @@ func TestStandardGroupSpec(t *testing.T) {
 			{Name: "disk0", Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: &havenv1.DiskSpec{Path: "web/disk0.img", SizeBytes: 20 << 30}},
 			{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, DependsOn: []string{"config", "disk0"}, Vm: &havenv1.VmSpec{Vcpus: 2, MemoryBytes: 4 << 30}},
 		},
-		Priority:            havenv1.Priority_PRIORITY_HIGH,
-		PreferredOwners:     []string{"a1", "a2"},
-		PossibleOwners:      []string{"a1", "a2", "b1"},
-		AntiAffinityClasses: []string{"sql"},
-		Labels:              map[string]string{"tier": "db"},
+		Priority:        havenv1.Priority_PRIORITY_HIGH,
+		PreferredOwners: []string{"a1", "a2"},
+		PossibleOwners:  []string{"a1", "a2", "b1"},
+		AntiAffinity:    []*havenv1.AntiAffinity{{Class: "sql", Hard: true}},
+		PreferredSite:   "room-a",
+		Labels:          map[string]string{"tier": "db"},
 	}
 	if !proto.Equal(got, want) {
 		t.Errorf("standardGroupSpec:\n got %v\nwant %v", got, want)

@@ -74,6 +74,113 @@ func (RaftRole) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
 }
 
+type ReserveMethod int32
+
+const (
+	ReserveMethod_RESERVE_METHOD_UNSPECIFIED ReserveMethod = 0
+	// Every failure set of up to k nodes was enumerated and has a concrete
+	// restart plan: "yes" always comes with a plan for every set.
+	ReserveMethod_RESERVE_METHOD_ENUMERATED ReserveMethod = 1
+	// Too many failure sets (k > 2): a conservative bound that never says
+	// "yes" when it cannot prove it.
+	ReserveMethod_RESERVE_METHOD_BOUND ReserveMethod = 2
+)
+
+// Enum value maps for ReserveMethod.
+var (
+	ReserveMethod_name = map[int32]string{
+		0: "RESERVE_METHOD_UNSPECIFIED",
+		1: "RESERVE_METHOD_ENUMERATED",
+		2: "RESERVE_METHOD_BOUND",
+	}
+	ReserveMethod_value = map[string]int32{
+		"RESERVE_METHOD_UNSPECIFIED": 0,
+		"RESERVE_METHOD_ENUMERATED":  1,
+		"RESERVE_METHOD_BOUND":       2,
+	}
+)
+
+func (x ReserveMethod) Enum() *ReserveMethod {
+	p := new(ReserveMethod)
+	*p = x
+	return p
+}
+
+func (x ReserveMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReserveMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_cluster_proto_enumTypes[1].Descriptor()
+}
+
+func (ReserveMethod) Type() protoreflect.EnumType {
+	return &file_haven_v1_cluster_proto_enumTypes[1]
+}
+
+func (x ReserveMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReserveMethod.Descriptor instead.
+func (ReserveMethod) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+type BalancerMode int32
+
+const (
+	BalancerMode_BALANCER_MODE_UNSPECIFIED BalancerMode = 0
+	BalancerMode_BALANCER_MODE_OFF         BalancerMode = 1
+	BalancerMode_BALANCER_MODE_RECOMMEND   BalancerMode = 2
+	// Moves groups itself once live migration exists; until then it
+	// recommends, as BALANCER_MODE_RECOMMEND does.
+	BalancerMode_BALANCER_MODE_AUTOMATIC BalancerMode = 3
+)
+
+// Enum value maps for BalancerMode.
+var (
+	BalancerMode_name = map[int32]string{
+		0: "BALANCER_MODE_UNSPECIFIED",
+		1: "BALANCER_MODE_OFF",
+		2: "BALANCER_MODE_RECOMMEND",
+		3: "BALANCER_MODE_AUTOMATIC",
+	}
+	BalancerMode_value = map[string]int32{
+		"BALANCER_MODE_UNSPECIFIED": 0,
+		"BALANCER_MODE_OFF":         1,
+		"BALANCER_MODE_RECOMMEND":   2,
+		"BALANCER_MODE_AUTOMATIC":   3,
+	}
+)
+
+func (x BalancerMode) Enum() *BalancerMode {
+	p := new(BalancerMode)
+	*p = x
+	return p
+}
+
+func (x BalancerMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BalancerMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_cluster_proto_enumTypes[2].Descriptor()
+}
+
+func (BalancerMode) Type() protoreflect.EnumType {
+	return &file_haven_v1_cluster_proto_enumTypes[2]
+}
+
+func (x BalancerMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BalancerMode.Descriptor instead.
+func (BalancerMode) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -966,6 +1073,812 @@ func (x *StopGroupResponse) GetGroup() *Group {
 	return nil
 }
 
+type GetReserveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failures to check for; 0 asks about the leader's placement.reserve.
+	K             uint32 `protobuf:"varint,1,opt,name=k,proto3" json:"k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReserveRequest) Reset() {
+	*x = GetReserveRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReserveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReserveRequest) ProtoMessage() {}
+
+func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReserveRequest.ProtoReflect.Descriptor instead.
+func (*GetReserveRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetReserveRequest) GetK() uint32 {
+	if x != nil {
+		return x.K
+	}
+	return 0
+}
+
+// ReserveBreach is a failure after which some HA group cannot restart.
+type ReserveBreach struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The failure set; empty when the cluster as it is (with the nodes
+	// already down) leaves an HA group without room.
+	FailedNodes []string `protobuf:"bytes,1,rep,name=failed_nodes,json=failedNodes,proto3" json:"failed_nodes,omitempty"`
+	// The most important HA group left without room.
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// Why no node takes it, node by node.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReserveBreach) Reset() {
+	*x = ReserveBreach{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReserveBreach) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReserveBreach) ProtoMessage() {}
+
+func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReserveBreach.ProtoReflect.Descriptor instead.
+func (*ReserveBreach) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ReserveBreach) GetFailedNodes() []string {
+	if x != nil {
+		return x.FailedNodes
+	}
+	return nil
+}
+
+func (x *ReserveBreach) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ReserveBreach) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type GetReserveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	K     uint32                 `protobuf:"varint,1,opt,name=k,proto3" json:"k,omitempty"`
+	// Admission control refuses groups that would break this reserve: k is
+	// the leader's placement.reserve, and that is not 0.
+	Enforced   bool          `protobuf:"varint,2,opt,name=enforced,proto3" json:"enforced,omitempty"`
+	CanSustain bool          `protobuf:"varint,3,opt,name=can_sustain,json=canSustain,proto3" json:"can_sustain,omitempty"`
+	Method     ReserveMethod `protobuf:"varint,4,opt,name=method,proto3,enum=haven.v1.ReserveMethod" json:"method,omitempty"`
+	// When broken, the failure set with the largest shortfall; otherwise
+	// the one that leaves the least headroom.
+	WorstFailure []string `protobuf:"bytes,5,rep,name=worst_failure,json=worstFailure,proto3" json:"worst_failure,omitempty"`
+	// The simplest failure that breaks the reserve (smallest set first,
+	// then by name); unset when can_sustain.
+	Breach *ReserveBreach `protobuf:"bytes,6,opt,name=breach,proto3" json:"breach,omitempty"`
+	// The least free capacity any failure set of up to k nodes leaves on the
+	// surviving nodes after its restarts, per resource: CPU in millicores
+	// after overcommit, memory in bytes; negative is a shortfall. An
+	// aggregate: it does not promise that one group of that size fits on
+	// one node.
+	Headroom *Capacity `protobuf:"bytes,7,opt,name=headroom,proto3" json:"headroom,omitempty"`
+	// Failure sets searched (each has a restart plan), sets that displace no
+	// HA group (nothing to search), and sets with a group left without room.
+	FailureSetsChecked uint32 `protobuf:"varint,8,opt,name=failure_sets_checked,json=failureSetsChecked,proto3" json:"failure_sets_checked,omitempty"`
+	FailureSetsPruned  uint32 `protobuf:"varint,9,opt,name=failure_sets_pruned,json=failureSetsPruned,proto3" json:"failure_sets_pruned,omitempty"`
+	FailureSetsBroken  uint32 `protobuf:"varint,10,opt,name=failure_sets_broken,json=failureSetsBroken,proto3" json:"failure_sets_broken,omitempty"`
+	// One line for people.
+	Summary string `protobuf:"bytes,11,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The leader that answered.
+	Leader string `protobuf:"bytes,12,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The CPU overcommit the leader applies (placement.cpu_overcommit).
+	CpuOvercommit float64 `protobuf:"fixed64,13,opt,name=cpu_overcommit,json=cpuOvercommit,proto3" json:"cpu_overcommit,omitempty"`
+	// The leader's placement.reserve. The reserve it keeps is lower when the
+	// cluster has too few nodes that host groups: at most their number
+	// minus one.
+	ConfiguredK   uint32 `protobuf:"varint,14,opt,name=configured_k,json=configuredK,proto3" json:"configured_k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetReserveResponse) Reset() {
+	*x = GetReserveResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetReserveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetReserveResponse) ProtoMessage() {}
+
+func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetReserveResponse.ProtoReflect.Descriptor instead.
+func (*GetReserveResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetReserveResponse) GetK() uint32 {
+	if x != nil {
+		return x.K
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetEnforced() bool {
+	if x != nil {
+		return x.Enforced
+	}
+	return false
+}
+
+func (x *GetReserveResponse) GetCanSustain() bool {
+	if x != nil {
+		return x.CanSustain
+	}
+	return false
+}
+
+func (x *GetReserveResponse) GetMethod() ReserveMethod {
+	if x != nil {
+		return x.Method
+	}
+	return ReserveMethod_RESERVE_METHOD_UNSPECIFIED
+}
+
+func (x *GetReserveResponse) GetWorstFailure() []string {
+	if x != nil {
+		return x.WorstFailure
+	}
+	return nil
+}
+
+func (x *GetReserveResponse) GetBreach() *ReserveBreach {
+	if x != nil {
+		return x.Breach
+	}
+	return nil
+}
+
+func (x *GetReserveResponse) GetHeadroom() *Capacity {
+	if x != nil {
+		return x.Headroom
+	}
+	return nil
+}
+
+func (x *GetReserveResponse) GetFailureSetsChecked() uint32 {
+	if x != nil {
+		return x.FailureSetsChecked
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetFailureSetsPruned() uint32 {
+	if x != nil {
+		return x.FailureSetsPruned
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetFailureSetsBroken() uint32 {
+	if x != nil {
+		return x.FailureSetsBroken
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *GetReserveResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *GetReserveResponse) GetCpuOvercommit() float64 {
+	if x != nil {
+		return x.CpuOvercommit
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetConfiguredK() uint32 {
+	if x != nil {
+		return x.ConfiguredK
+	}
+	return 0
+}
+
+type RankNodesRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CpuMillis   int64                  `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
+	MemoryBytes int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// As in GroupSpec: when not empty, the only nodes the group may use.
+	PossibleOwners  []string        `protobuf:"bytes,3,rep,name=possible_owners,json=possibleOwners,proto3" json:"possible_owners,omitempty"`
+	PreferredOwners []string        `protobuf:"bytes,4,rep,name=preferred_owners,json=preferredOwners,proto3" json:"preferred_owners,omitempty"`
+	AntiAffinity    []*AntiAffinity `protobuf:"bytes,5,rep,name=anti_affinity,json=antiAffinity,proto3" json:"anti_affinity,omitempty"`
+	PreferredSite   string          `protobuf:"bytes,6,opt,name=preferred_site,json=preferredSite,proto3" json:"preferred_site,omitempty"`
+	// Unspecified is medium. A no-auto-start group is not restarted after a
+	// failure, so it needs no reserve of its own.
+	Priority      Priority `protobuf:"varint,7,opt,name=priority,proto3,enum=haven.v1.Priority" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RankNodesRequest) Reset() {
+	*x = RankNodesRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RankNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RankNodesRequest) ProtoMessage() {}
+
+func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RankNodesRequest.ProtoReflect.Descriptor instead.
+func (*RankNodesRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RankNodesRequest) GetCpuMillis() int64 {
+	if x != nil {
+		return x.CpuMillis
+	}
+	return 0
+}
+
+func (x *RankNodesRequest) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *RankNodesRequest) GetPossibleOwners() []string {
+	if x != nil {
+		return x.PossibleOwners
+	}
+	return nil
+}
+
+func (x *RankNodesRequest) GetPreferredOwners() []string {
+	if x != nil {
+		return x.PreferredOwners
+	}
+	return nil
+}
+
+func (x *RankNodesRequest) GetAntiAffinity() []*AntiAffinity {
+	if x != nil {
+		return x.AntiAffinity
+	}
+	return nil
+}
+
+func (x *RankNodesRequest) GetPreferredSite() string {
+	if x != nil {
+		return x.PreferredSite
+	}
+	return ""
+}
+
+func (x *RankNodesRequest) GetPriority() Priority {
+	if x != nil {
+		return x.Priority
+	}
+	return Priority_PRIORITY_UNSPECIFIED
+}
+
+type RankedNode struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// 0..100: the placement score scaled for people (100 is an empty node
+	// that is the first preferred owner in the preferred site).
+	Score int32 `protobuf:"varint,2,opt,name=score,proto3" json:"score,omitempty"`
+	// 1..5 where the group can go; 0 where it cannot, or where it would
+	// break the reserve.
+	Stars int32 `protobuf:"varint,3,opt,name=stars,proto3" json:"stars,omitempty"`
+	// The group fits here under every hard constraint.
+	Feasible bool `protobuf:"varint,4,opt,name=feasible,proto3" json:"feasible,omitempty"`
+	// With the group here, the reserve of reserve_k failures still holds.
+	KeepsReserve bool `protobuf:"varint,5,opt,name=keeps_reserve,json=keepsReserve,proto3" json:"keeps_reserve,omitempty"`
+	// The parts of the score, and what rules the node out.
+	Why           []string `protobuf:"bytes,6,rep,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RankedNode) Reset() {
+	*x = RankedNode{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RankedNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RankedNode) ProtoMessage() {}
+
+func (x *RankedNode) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RankedNode.ProtoReflect.Descriptor instead.
+func (*RankedNode) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RankedNode) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RankedNode) GetScore() int32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *RankedNode) GetStars() int32 {
+	if x != nil {
+		return x.Stars
+	}
+	return 0
+}
+
+func (x *RankedNode) GetFeasible() bool {
+	if x != nil {
+		return x.Feasible
+	}
+	return false
+}
+
+func (x *RankedNode) GetKeepsReserve() bool {
+	if x != nil {
+		return x.KeepsReserve
+	}
+	return false
+}
+
+func (x *RankedNode) GetWhy() []string {
+	if x != nil {
+		return x.Why
+	}
+	return nil
+}
+
+type RankNodesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Best first: the first node with stars is where StartGroup would put
+	// such a group.
+	Nodes []*RankedNode `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// The reserve each node was checked against; 0 when placement.reserve
+	// is 0 and nothing was checked.
+	ReserveK      uint32 `protobuf:"varint,2,opt,name=reserve_k,json=reserveK,proto3" json:"reserve_k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RankNodesResponse) Reset() {
+	*x = RankNodesResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RankNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RankNodesResponse) ProtoMessage() {}
+
+func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RankNodesResponse.ProtoReflect.Descriptor instead.
+func (*RankNodesResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RankNodesResponse) GetNodes() []*RankedNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *RankNodesResponse) GetReserveK() uint32 {
+	if x != nil {
+		return x.ReserveK
+	}
+	return 0
+}
+
+type BalanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only propose. (Nothing moves in any mode until live migration exists;
+	// a dry run also proposes when the balancer is off.)
+	DryRun bool `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Consolidate onto fewer nodes instead of spreading, and list the nodes
+	// that could be powered off while the reserve still holds.
+	Power         bool `protobuf:"varint,2,opt,name=power,proto3" json:"power,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceRequest) Reset() {
+	*x = BalanceRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceRequest) ProtoMessage() {}
+
+func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
+func (*BalanceRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BalanceRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *BalanceRequest) GetPower() bool {
+	if x != nil {
+		return x.Power
+	}
+	return false
+}
+
+// BalanceMove is one proposed live migration, with its explanation.
+type BalanceMove struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	From  string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To    string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// How much the move lowers the spread (the sum of squared deviations of
+	// node utilisation); 0 in power mode.
+	Gain float64 `protobuf:"fixed64,4,opt,name=gain,proto3" json:"gain,omitempty"`
+	// The estimated live migration: bytes copied (memory plus what the
+	// guest dirties meanwhile), seconds, and that time's cost in spread
+	// units, which the gain must exceed.
+	CostBytes     int64   `protobuf:"varint,5,opt,name=cost_bytes,json=costBytes,proto3" json:"cost_bytes,omitempty"`
+	CostSeconds   float64 `protobuf:"fixed64,6,opt,name=cost_seconds,json=costSeconds,proto3" json:"cost_seconds,omitempty"`
+	Cost          float64 `protobuf:"fixed64,7,opt,name=cost,proto3" json:"cost,omitempty"`
+	Why           string  `protobuf:"bytes,8,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceMove) Reset() {
+	*x = BalanceMove{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceMove) ProtoMessage() {}
+
+func (x *BalanceMove) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceMove.ProtoReflect.Descriptor instead.
+func (*BalanceMove) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BalanceMove) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *BalanceMove) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *BalanceMove) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *BalanceMove) GetGain() float64 {
+	if x != nil {
+		return x.Gain
+	}
+	return 0
+}
+
+func (x *BalanceMove) GetCostBytes() int64 {
+	if x != nil {
+		return x.CostBytes
+	}
+	return 0
+}
+
+func (x *BalanceMove) GetCostSeconds() float64 {
+	if x != nil {
+		return x.CostSeconds
+	}
+	return 0
+}
+
+func (x *BalanceMove) GetCost() float64 {
+	if x != nil {
+		return x.Cost
+	}
+	return 0
+}
+
+func (x *BalanceMove) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+type BalanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader's placement.balancer.
+	Mode BalancerMode `protobuf:"varint,1,opt,name=mode,proto3,enum=haven.v1.BalancerMode" json:"mode,omitempty"`
+	// Imbalance: the standard deviation of node utilisation, pooled over CPU
+	// and memory, before and after the proposed moves.
+	ImbalanceBefore float64 `protobuf:"fixed64,2,opt,name=imbalance_before,json=imbalanceBefore,proto3" json:"imbalance_before,omitempty"`
+	ImbalanceAfter  float64 `protobuf:"fixed64,3,opt,name=imbalance_after,json=imbalanceAfter,proto3" json:"imbalance_after,omitempty"`
+	// At or below this imbalance nothing moves.
+	Threshold float64        `protobuf:"fixed64,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	Moves     []*BalanceMove `protobuf:"bytes,5,rep,name=moves,proto3" json:"moves,omitempty"`
+	// Power mode: nodes that could be powered off after the moves.
+	PowerOff []string `protobuf:"bytes,6,rep,name=power_off,json=powerOff,proto3" json:"power_off,omitempty"`
+	// Why the balancer stopped proposing.
+	Stopped string   `protobuf:"bytes,7,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	Notes   []string `protobuf:"bytes,8,rep,name=notes,proto3" json:"notes,omitempty"`
+	// Whether the moves are being executed: false until live migration
+	// exists.
+	Executed bool `protobuf:"varint,9,opt,name=executed,proto3" json:"executed,omitempty"`
+	// The reserve the moves keep (placement.reserve).
+	ReserveK      uint32 `protobuf:"varint,10,opt,name=reserve_k,json=reserveK,proto3" json:"reserve_k,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceResponse) Reset() {
+	*x = BalanceResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceResponse) ProtoMessage() {}
+
+func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
+func (*BalanceResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BalanceResponse) GetMode() BalancerMode {
+	if x != nil {
+		return x.Mode
+	}
+	return BalancerMode_BALANCER_MODE_UNSPECIFIED
+}
+
+func (x *BalanceResponse) GetImbalanceBefore() float64 {
+	if x != nil {
+		return x.ImbalanceBefore
+	}
+	return 0
+}
+
+func (x *BalanceResponse) GetImbalanceAfter() float64 {
+	if x != nil {
+		return x.ImbalanceAfter
+	}
+	return 0
+}
+
+func (x *BalanceResponse) GetThreshold() float64 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *BalanceResponse) GetMoves() []*BalanceMove {
+	if x != nil {
+		return x.Moves
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetPowerOff() []string {
+	if x != nil {
+		return x.PowerOff
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetStopped() string {
+	if x != nil {
+		return x.Stopped
+	}
+	return ""
+}
+
+func (x *BalanceResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetExecuted() bool {
+	if x != nil {
+		return x.Executed
+	}
+	return false
+}
+
+func (x *BalanceResponse) GetReserveK() uint32 {
+	if x != nil {
+		return x.ReserveK
+	}
+	return 0
+}
+
 var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
@@ -1032,12 +1945,89 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\":\n" +
 	"\x11StopGroupResponse\x12%\n" +
-	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group*f\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"!\n" +
+	"\x11GetReserveRequest\x12\f\n" +
+	"\x01k\x18\x01 \x01(\rR\x01k\"`\n" +
+	"\rReserveBreach\x12!\n" +
+	"\ffailed_nodes\x18\x01 \x03(\tR\vfailedNodes\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa4\x04\n" +
+	"\x12GetReserveResponse\x12\f\n" +
+	"\x01k\x18\x01 \x01(\rR\x01k\x12\x1a\n" +
+	"\benforced\x18\x02 \x01(\bR\benforced\x12\x1f\n" +
+	"\vcan_sustain\x18\x03 \x01(\bR\n" +
+	"canSustain\x12/\n" +
+	"\x06method\x18\x04 \x01(\x0e2\x17.haven.v1.ReserveMethodR\x06method\x12#\n" +
+	"\rworst_failure\x18\x05 \x03(\tR\fworstFailure\x12/\n" +
+	"\x06breach\x18\x06 \x01(\v2\x17.haven.v1.ReserveBreachR\x06breach\x12.\n" +
+	"\bheadroom\x18\a \x01(\v2\x12.haven.v1.CapacityR\bheadroom\x120\n" +
+	"\x14failure_sets_checked\x18\b \x01(\rR\x12failureSetsChecked\x12.\n" +
+	"\x13failure_sets_pruned\x18\t \x01(\rR\x11failureSetsPruned\x12.\n" +
+	"\x13failure_sets_broken\x18\n" +
+	" \x01(\rR\x11failureSetsBroken\x12\x18\n" +
+	"\asummary\x18\v \x01(\tR\asummary\x12\x16\n" +
+	"\x06leader\x18\f \x01(\tR\x06leader\x12%\n" +
+	"\x0ecpu_overcommit\x18\r \x01(\x01R\rcpuOvercommit\x12!\n" +
+	"\fconfigured_k\x18\x0e \x01(\rR\vconfiguredK\"\xbc\x02\n" +
+	"\x10RankNodesRequest\x12\x1d\n" +
+	"\n" +
+	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12'\n" +
+	"\x0fpossible_owners\x18\x03 \x03(\tR\x0epossibleOwners\x12)\n" +
+	"\x10preferred_owners\x18\x04 \x03(\tR\x0fpreferredOwners\x12;\n" +
+	"\ranti_affinity\x18\x05 \x03(\v2\x16.haven.v1.AntiAffinityR\fantiAffinity\x12%\n" +
+	"\x0epreferred_site\x18\x06 \x01(\tR\rpreferredSite\x12.\n" +
+	"\bpriority\x18\a \x01(\x0e2\x12.haven.v1.PriorityR\bpriority\"\x9f\x01\n" +
+	"\n" +
+	"RankedNode\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\x05R\x05score\x12\x14\n" +
+	"\x05stars\x18\x03 \x01(\x05R\x05stars\x12\x1a\n" +
+	"\bfeasible\x18\x04 \x01(\bR\bfeasible\x12#\n" +
+	"\rkeeps_reserve\x18\x05 \x01(\bR\fkeepsReserve\x12\x10\n" +
+	"\x03why\x18\x06 \x03(\tR\x03why\"\\\n" +
+	"\x11RankNodesResponse\x12*\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x14.haven.v1.RankedNodeR\x05nodes\x12\x1b\n" +
+	"\treserve_k\x18\x02 \x01(\rR\breserveK\"?\n" +
+	"\x0eBalanceRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05power\x18\x02 \x01(\bR\x05power\"\xc3\x01\n" +
+	"\vBalanceMove\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x12\n" +
+	"\x04gain\x18\x04 \x01(\x01R\x04gain\x12\x1d\n" +
+	"\n" +
+	"cost_bytes\x18\x05 \x01(\x03R\tcostBytes\x12!\n" +
+	"\fcost_seconds\x18\x06 \x01(\x01R\vcostSeconds\x12\x12\n" +
+	"\x04cost\x18\a \x01(\x01R\x04cost\x12\x10\n" +
+	"\x03why\x18\b \x01(\tR\x03why\"\xe2\x02\n" +
+	"\x0fBalanceResponse\x12*\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x16.haven.v1.BalancerModeR\x04mode\x12)\n" +
+	"\x10imbalance_before\x18\x02 \x01(\x01R\x0fimbalanceBefore\x12'\n" +
+	"\x0fimbalance_after\x18\x03 \x01(\x01R\x0eimbalanceAfter\x12\x1c\n" +
+	"\tthreshold\x18\x04 \x01(\x01R\tthreshold\x12+\n" +
+	"\x05moves\x18\x05 \x03(\v2\x15.haven.v1.BalanceMoveR\x05moves\x12\x1b\n" +
+	"\tpower_off\x18\x06 \x03(\tR\bpowerOff\x12\x18\n" +
+	"\astopped\x18\a \x01(\tR\astopped\x12\x14\n" +
+	"\x05notes\x18\b \x03(\tR\x05notes\x12\x1a\n" +
+	"\bexecuted\x18\t \x01(\bR\bexecuted\x12\x1b\n" +
+	"\treserve_k\x18\n" +
+	" \x01(\rR\breserveK*f\n" +
 	"\bRaftRole\x12\x19\n" +
 	"\x15RAFT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eRAFT_ROLE_NONE\x10\x01\x12\x13\n" +
 	"\x0fRAFT_ROLE_VOTER\x10\x02\x12\x16\n" +
-	"\x12RAFT_ROLE_NONVOTER\x10\x032\xcf\x04\n" +
+	"\x12RAFT_ROLE_NONVOTER\x10\x03*h\n" +
+	"\rReserveMethod\x12\x1e\n" +
+	"\x1aRESERVE_METHOD_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19RESERVE_METHOD_ENUMERATED\x10\x01\x12\x18\n" +
+	"\x14RESERVE_METHOD_BOUND\x10\x02*~\n" +
+	"\fBalancerMode\x12\x1d\n" +
+	"\x19BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11BALANCER_MODE_OFF\x10\x01\x12\x1b\n" +
+	"\x17BALANCER_MODE_RECOMMEND\x10\x02\x12\x1b\n" +
+	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\x9e\x06\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -1048,7 +2038,11 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\vDeleteGroup\x12\x1c.haven.v1.DeleteGroupRequest\x1a\x1d.haven.v1.DeleteGroupResponse\x12G\n" +
 	"\n" +
 	"StartGroup\x12\x1b.haven.v1.StartGroupRequest\x1a\x1c.haven.v1.StartGroupResponse\x12D\n" +
-	"\tStopGroup\x12\x1a.haven.v1.StopGroupRequest\x1a\x1b.haven.v1.StopGroupResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\tStopGroup\x12\x1a.haven.v1.StopGroupRequest\x1a\x1b.haven.v1.StopGroupResponse\x12G\n" +
+	"\n" +
+	"GetReserve\x12\x1b.haven.v1.GetReserveRequest\x1a\x1c.haven.v1.GetReserveResponse\x12D\n" +
+	"\tRankNodes\x12\x1a.haven.v1.RankNodesRequest\x1a\x1b.haven.v1.RankNodesResponse\x12>\n" +
+	"\aBalance\x12\x18.haven.v1.BalanceRequest\x1a\x19.haven.v1.BalanceResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -1062,62 +2056,90 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_haven_v1_cluster_proto_rawDescData
 }
 
-var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(RaftRole)(0),               // 0: haven.v1.RaftRole
-	(*GetStatusRequest)(nil),    // 1: haven.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),   // 2: haven.v1.GetStatusResponse
-	(*ListNodesRequest)(nil),    // 3: haven.v1.ListNodesRequest
-	(*NodeInfo)(nil),            // 4: haven.v1.NodeInfo
-	(*ListNodesResponse)(nil),   // 5: haven.v1.ListNodesResponse
-	(*CreateGroupRequest)(nil),  // 6: haven.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil), // 7: haven.v1.CreateGroupResponse
-	(*GetGroupRequest)(nil),     // 8: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),    // 9: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),   // 10: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),  // 11: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),  // 12: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil), // 13: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),   // 14: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),  // 15: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),    // 16: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),   // 17: haven.v1.StopGroupResponse
-	(*Node)(nil),                // 18: haven.v1.Node
-	(*GroupSpec)(nil),           // 19: haven.v1.GroupSpec
-	(*Group)(nil),               // 20: haven.v1.Group
+	(ReserveMethod)(0),          // 1: haven.v1.ReserveMethod
+	(BalancerMode)(0),           // 2: haven.v1.BalancerMode
+	(*GetStatusRequest)(nil),    // 3: haven.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),   // 4: haven.v1.GetStatusResponse
+	(*ListNodesRequest)(nil),    // 5: haven.v1.ListNodesRequest
+	(*NodeInfo)(nil),            // 6: haven.v1.NodeInfo
+	(*ListNodesResponse)(nil),   // 7: haven.v1.ListNodesResponse
+	(*CreateGroupRequest)(nil),  // 8: haven.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil), // 9: haven.v1.CreateGroupResponse
+	(*GetGroupRequest)(nil),     // 10: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),    // 11: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),   // 12: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),  // 13: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),  // 14: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil), // 15: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),   // 16: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),  // 17: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),    // 18: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),   // 19: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),   // 20: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),       // 21: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),  // 22: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),    // 23: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),          // 24: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),   // 25: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),      // 26: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),         // 27: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),     // 28: haven.v1.BalanceResponse
+	(*Node)(nil),                // 29: haven.v1.Node
+	(*GroupSpec)(nil),           // 30: haven.v1.GroupSpec
+	(*Group)(nil),               // 31: haven.v1.Group
+	(*Capacity)(nil),            // 32: haven.v1.Capacity
+	(*AntiAffinity)(nil),        // 33: haven.v1.AntiAffinity
+	(Priority)(0),               // 34: haven.v1.Priority
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	18, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	29, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
 	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
-	4,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	19, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	20, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	20, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	20, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	20, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	20, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	1,  // 9: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	3,  // 10: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	6,  // 11: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	8,  // 12: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	10, // 13: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	12, // 14: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	14, // 15: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	16, // 16: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	2,  // 17: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	5,  // 18: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	7,  // 19: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	9,  // 20: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	11, // 21: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	13, // 22: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	15, // 23: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	17, // 24: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	6,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
+	30, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	31, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	31, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	31, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	31, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	31, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	1,  // 9: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	21, // 10: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	32, // 11: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	33, // 12: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	34, // 13: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	24, // 14: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	2,  // 15: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	27, // 16: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	3,  // 17: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	5,  // 18: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	8,  // 19: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	10, // 20: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	12, // 21: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	14, // 22: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	16, // 23: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	18, // 24: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	20, // 25: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	23, // 26: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	26, // 27: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	4,  // 28: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	7,  // 29: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	9,  // 30: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	11, // 31: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	13, // 32: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	15, // 33: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	17, // 34: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	19, // 35: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	22, // 36: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	25, // 37: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	28, // 38: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -1131,8 +2153,8 @@ func file_haven_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   17,
+			NumEnums:      3,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	ClusterService_DeleteGroup_FullMethodName = "/haven.v1.ClusterService/DeleteGroup"
 	ClusterService_StartGroup_FullMethodName  = "/haven.v1.ClusterService/StartGroup"
 	ClusterService_StopGroup_FullMethodName   = "/haven.v1.ClusterService/StopGroup"
+	ClusterService_GetReserve_FullMethodName  = "/haven.v1.ClusterService/GetReserve"
+	ClusterService_RankNodes_FullMethodName   = "/haven.v1.ClusterService/RankNodes"
+	ClusterService_Balance_FullMethodName     = "/haven.v1.ClusterService/Balance"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -46,6 +49,22 @@ type ClusterServiceClient interface {
 	StartGroup(ctx context.Context, in *StartGroupRequest, opts ...grpc.CallOption) (*StartGroupResponse, error)
 	// StopGroup stops a group on its owner; it stays offline until started.
 	StopGroup(ctx context.Context, in *StopGroupRequest, opts ...grpc.CallOption) (*StopGroupResponse, error)
+	// GetReserve answers "can the cluster restart every running HA group
+	// after any k simultaneous node failures?", which failure breaks it when
+	// it cannot, and what room is left. The leader answers (the request is
+	// forwarded): it keeps the reserve and its restart plans.
+	GetReserve(ctx context.Context, in *GetReserveRequest, opts ...grpc.CallOption) (*GetReserveResponse, error)
+	// RankNodes rates every node for a new group of the given demand, best
+	// first, each with a 0..100 score, 1..5 stars and the reasons, like
+	// VMM's star ratings. A node where the group would break the reserve
+	// gets no stars. Answered by the leader.
+	RankNodes(ctx context.Context, in *RankNodesRequest, opts ...grpc.CallOption) (*RankNodesResponse, error)
+	// Balance returns the balancer's proposal: live migrations that even out
+	// the load or, with power, consolidate it and list the nodes that could
+	// be powered off while the reserve holds. Nothing moves: live migration
+	// does not exist yet, so every mode only recommends. Answered by the
+	// leader, which remembers recent moves for the hold-off.
+	Balance(ctx context.Context, in *BalanceRequest, opts ...grpc.CallOption) (*BalanceResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -136,6 +155,36 @@ func (c *clusterServiceClient) StopGroup(ctx context.Context, in *StopGroupReque
 	return out, nil
 }
 
+func (c *clusterServiceClient) GetReserve(ctx context.Context, in *GetReserveRequest, opts ...grpc.CallOption) (*GetReserveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetReserveResponse)
+	err := c.cc.Invoke(ctx, ClusterService_GetReserve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) RankNodes(ctx context.Context, in *RankNodesRequest, opts ...grpc.CallOption) (*RankNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RankNodesResponse)
+	err := c.cc.Invoke(ctx, ClusterService_RankNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) Balance(ctx context.Context, in *BalanceRequest, opts ...grpc.CallOption) (*BalanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BalanceResponse)
+	err := c.cc.Invoke(ctx, ClusterService_Balance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -153,6 +202,22 @@ type ClusterServiceServer interface {
 	StartGroup(context.Context, *StartGroupRequest) (*StartGroupResponse, error)
 	// StopGroup stops a group on its owner; it stays offline until started.
 	StopGroup(context.Context, *StopGroupRequest) (*StopGroupResponse, error)
+	// GetReserve answers "can the cluster restart every running HA group
+	// after any k simultaneous node failures?", which failure breaks it when
+	// it cannot, and what room is left. The leader answers (the request is
+	// forwarded): it keeps the reserve and its restart plans.
+	GetReserve(context.Context, *GetReserveRequest) (*GetReserveResponse, error)
+	// RankNodes rates every node for a new group of the given demand, best
+	// first, each with a 0..100 score, 1..5 stars and the reasons, like
+	// VMM's star ratings. A node where the group would break the reserve
+	// gets no stars. Answered by the leader.
+	RankNodes(context.Context, *RankNodesRequest) (*RankNodesResponse, error)
+	// Balance returns the balancer's proposal: live migrations that even out
+	// the load or, with power, consolidate it and list the nodes that could
+	// be powered off while the reserve holds. Nothing moves: live migration
+	// does not exist yet, so every mode only recommends. Answered by the
+	// leader, which remembers recent moves for the hold-off.
+	Balance(context.Context, *BalanceRequest) (*BalanceResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -186,6 +251,15 @@ func (UnimplementedClusterServiceServer) StartGroup(context.Context, *StartGroup
 }
 func (UnimplementedClusterServiceServer) StopGroup(context.Context, *StopGroupRequest) (*StopGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StopGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) GetReserve(context.Context, *GetReserveRequest) (*GetReserveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetReserve not implemented")
+}
+func (UnimplementedClusterServiceServer) RankNodes(context.Context, *RankNodesRequest) (*RankNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RankNodes not implemented")
+}
+func (UnimplementedClusterServiceServer) Balance(context.Context, *BalanceRequest) (*BalanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Balance not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -352,6 +426,60 @@ func _ClusterService_StopGroup_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_GetReserve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReserveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).GetReserve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_GetReserve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).GetReserve(ctx, req.(*GetReserveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_RankNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RankNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).RankNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_RankNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).RankNodes(ctx, req.(*RankNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_Balance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BalanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).Balance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_Balance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).Balance(ctx, req.(*BalanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -390,6 +518,18 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StopGroup",
 			Handler:    _ClusterService_StopGroup_Handler,
+		},
+		{
+			MethodName: "GetReserve",
+			Handler:    _ClusterService_GetReserve_Handler,
+		},
+		{
+			MethodName: "RankNodes",
+			Handler:    _ClusterService_RankNodes_Handler,
+		},
+		{
+			MethodName: "Balance",
+			Handler:    _ClusterService_Balance_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -715,13 +715,18 @@ type GroupSpec struct {
 	// Ordered: the first live one is where the group goes when it can.
 	PreferredOwners []string `protobuf:"bytes,6,rep,name=preferred_owners,json=preferredOwners,proto3" json:"preferred_owners,omitempty"`
 	// When not empty, the group never runs anywhere else.
-	PossibleOwners      []string          `protobuf:"bytes,7,rep,name=possible_owners,json=possibleOwners,proto3" json:"possible_owners,omitempty"`
-	Failback            *FailbackPolicy   `protobuf:"bytes,8,opt,name=failback,proto3" json:"failback,omitempty"`
-	Restart             *RestartPolicy    `protobuf:"bytes,9,opt,name=restart,proto3" json:"restart,omitempty"`
-	AntiAffinityClasses []string          `protobuf:"bytes,10,rep,name=anti_affinity_classes,json=antiAffinityClasses,proto3" json:"anti_affinity_classes,omitempty"`
-	Labels              map[string]string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	PossibleOwners []string          `protobuf:"bytes,7,rep,name=possible_owners,json=possibleOwners,proto3" json:"possible_owners,omitempty"`
+	Failback       *FailbackPolicy   `protobuf:"bytes,8,opt,name=failback,proto3" json:"failback,omitempty"`
+	Restart        *RestartPolicy    `protobuf:"bytes,9,opt,name=restart,proto3" json:"restart,omitempty"`
+	Labels         map[string]string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Guest clusters: groups sharing a class are kept apart (see
+	// AntiAffinity).
+	AntiAffinity []*AntiAffinity `protobuf:"bytes,12,rep,name=anti_affinity,json=antiAffinity,proto3" json:"anti_affinity,omitempty"`
+	// The site the group should run in when it can (softly: after
+	// anti-affinity and preferred owners). Empty: no preference.
+	PreferredSite string `protobuf:"bytes,13,opt,name=preferred_site,json=preferredSite,proto3" json:"preferred_site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupSpec) Reset() {
@@ -817,18 +822,94 @@ func (x *GroupSpec) GetRestart() *RestartPolicy {
 	return nil
 }
 
-func (x *GroupSpec) GetAntiAffinityClasses() []string {
-	if x != nil {
-		return x.AntiAffinityClasses
-	}
-	return nil
-}
-
 func (x *GroupSpec) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *GroupSpec) GetAntiAffinity() []*AntiAffinity {
+	if x != nil {
+		return x.AntiAffinity
+	}
+	return nil
+}
+
+func (x *GroupSpec) GetPreferredSite() string {
+	if x != nil {
+		return x.PreferredSite
+	}
+	return ""
+}
+
+// AntiAffinity puts a group in a class: groups sharing a class name are
+// kept on different nodes, as WSFC's AntiAffinityClassNames and vSphere's
+// VM-VM anti-affinity rules do.
+type AntiAffinity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The class name, shared by the groups to keep apart.
+	Class string `protobuf:"bytes,1,opt,name=class,proto3" json:"class,omitempty"`
+	// Hard: two members never share a node, when either declares it hard,
+	// even if that leaves a group unplaced. Soft (the default): members are
+	// spread over nodes when there is a choice.
+	Hard bool `protobuf:"varint,2,opt,name=hard,proto3" json:"hard,omitempty"`
+	// Also spread the members over sites (softly), e.g. the nodes of a SQL
+	// guest cluster across two rooms.
+	AcrossSites   bool `protobuf:"varint,3,opt,name=across_sites,json=acrossSites,proto3" json:"across_sites,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AntiAffinity) Reset() {
+	*x = AntiAffinity{}
+	mi := &file_haven_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AntiAffinity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AntiAffinity) ProtoMessage() {}
+
+func (x *AntiAffinity) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AntiAffinity.ProtoReflect.Descriptor instead.
+func (*AntiAffinity) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AntiAffinity) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *AntiAffinity) GetHard() bool {
+	if x != nil {
+		return x.Hard
+	}
+	return false
+}
+
+func (x *AntiAffinity) GetAcrossSites() bool {
+	if x != nil {
+		return x.AcrossSites
+	}
+	return false
 }
 
 // Group is a group as the cluster state holds it.
@@ -850,7 +931,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_haven_v1_types_proto_msgTypes[8]
+	mi := &file_haven_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +943,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[8]
+	mi := &file_haven_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +956,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Group) GetSpec() *GroupSpec {
@@ -944,7 +1025,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_haven_v1_types_proto_msgTypes[9]
+	mi := &file_haven_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1037,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[9]
+	mi := &file_haven_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1050,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Capacity) GetCpuMillis() int64 {
@@ -1009,7 +1090,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_haven_v1_types_proto_msgTypes[10]
+	mi := &file_haven_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1102,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[10]
+	mi := &file_haven_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1115,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Node) GetName() string {
@@ -1156,7 +1237,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x0fwindow_end_hour\x18\x03 \x01(\rR\rwindowEndHour\"e\n" +
 	"\rRestartPolicy\x12!\n" +
 	"\fmax_restarts\x18\x01 \x01(\rR\vmaxRestarts\x121\n" +
-	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xa8\x04\n" +
+	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xf5\x04\n" +
 	"\tGroupSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\tresources\x18\x02 \x03(\v2\x12.haven.v1.ResourceR\tresources\x12\x1d\n" +
@@ -1167,13 +1248,18 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x10preferred_owners\x18\x06 \x03(\tR\x0fpreferredOwners\x12'\n" +
 	"\x0fpossible_owners\x18\a \x03(\tR\x0epossibleOwners\x124\n" +
 	"\bfailback\x18\b \x01(\v2\x18.haven.v1.FailbackPolicyR\bfailback\x121\n" +
-	"\arestart\x18\t \x01(\v2\x17.haven.v1.RestartPolicyR\arestart\x122\n" +
-	"\x15anti_affinity_classes\x18\n" +
-	" \x03(\tR\x13antiAffinityClasses\x127\n" +
-	"\x06labels\x18\v \x03(\v2\x1f.haven.v1.GroupSpec.LabelsEntryR\x06labels\x1a9\n" +
+	"\arestart\x18\t \x01(\v2\x17.haven.v1.RestartPolicyR\arestart\x127\n" +
+	"\x06labels\x18\v \x03(\v2\x1f.haven.v1.GroupSpec.LabelsEntryR\x06labels\x12;\n" +
+	"\ranti_affinity\x18\f \x03(\v2\x16.haven.v1.AntiAffinityR\fantiAffinity\x12%\n" +
+	"\x0epreferred_site\x18\r \x01(\tR\rpreferredSite\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\n" +
+	"\x10\vR\x15anti_affinity_classes\"[\n" +
+	"\fAntiAffinity\x12\x14\n" +
+	"\x05class\x18\x01 \x01(\tR\x05class\x12\x12\n" +
+	"\x04hard\x18\x02 \x01(\bR\x04hard\x12!\n" +
+	"\facross_sites\x18\x03 \x01(\bR\vacrossSites\"\xae\x02\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12!\n" +
@@ -1249,7 +1335,7 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
@@ -1264,13 +1350,14 @@ var file_haven_v1_types_proto_goTypes = []any{
 	(*FailbackPolicy)(nil),        // 10: haven.v1.FailbackPolicy
 	(*RestartPolicy)(nil),         // 11: haven.v1.RestartPolicy
 	(*GroupSpec)(nil),             // 12: haven.v1.GroupSpec
-	(*Group)(nil),                 // 13: haven.v1.Group
-	(*Capacity)(nil),              // 14: haven.v1.Capacity
-	(*Node)(nil),                  // 15: haven.v1.Node
-	nil,                           // 16: haven.v1.ConfigSpec.SettingsEntry
-	nil,                           // 17: haven.v1.GroupSpec.LabelsEntry
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*AntiAffinity)(nil),          // 13: haven.v1.AntiAffinity
+	(*Group)(nil),                 // 14: haven.v1.Group
+	(*Capacity)(nil),              // 15: haven.v1.Capacity
+	(*Node)(nil),                  // 16: haven.v1.Node
+	nil,                           // 17: haven.v1.ConfigSpec.SettingsEntry
+	nil,                           // 18: haven.v1.GroupSpec.LabelsEntry
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
@@ -1278,25 +1365,26 @@ var file_haven_v1_types_proto_depIdxs = []int32{
 	7,  // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
 	8,  // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
 	9,  // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
-	16, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
+	17, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	18, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	19, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
 	5,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
 	10, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
 	11, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
-	17, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
-	12, // 13: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
-	3,  // 14: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	19, // 15: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
-	14, // 16: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
-	4,  // 17: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	19, // 18: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	18, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
+	13, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
+	12, // 14: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
+	3,  // 15: haven.v1.Group.state:type_name -> haven.v1.GroupState
+	20, // 16: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	15, // 17: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
+	4,  // 18: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
+	20, // 19: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -1310,7 +1398,7 @@ func file_haven_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
