@@ -61,6 +61,10 @@ type PlacementConfig struct {
 	// Balancer is off, recommend or automatic. Automatic acts like
 	// recommend until live migration exists: it proposes, nothing moves.
 	Balancer string `yaml:"balancer"`
+	// FailbackAfter is how long a preferred owner must have been up before
+	// groups with a failback policy move back to it, so a flapping node
+	// does not pull its groups back and forth.
+	FailbackAfter time.Duration `yaml:"failback_after"`
 }
 
 // The balancer modes of PlacementConfig.Balancer.
@@ -182,7 +186,7 @@ func Default() Config {
 		// capped at the hosting nodes minus one (see reserveK).
 		// 4x CPU overcommit is what the leader applied before it was a
 		// setting; the balancer recommends and never moves on its own.
-		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend},
+		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend, FailbackAfter: time.Minute},
 	}
 }
 
@@ -190,6 +194,7 @@ func Default() Config {
 // failure detection on a quiet loopback, at the price of false positives on
 // a loaded host.
 func (c Config) Tightened() Config {
+	c.Placement.FailbackAfter = 2 * time.Second
 	c.Raft.HeartbeatTimeout = 500 * time.Millisecond
 	c.Raft.ElectionTimeout = 500 * time.Millisecond
 	c.Raft.LeaderLeaseTimeout = 250 * time.Millisecond
@@ -356,6 +361,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("placement.reserve: %d must be between 0 (admission off) and %d", p.Reserve, MaxReserve)
 	case !(p.CPUOvercommit > 0 && p.CPUOvercommit <= 64):
 		return fmt.Errorf("placement.cpu_overcommit: %g must be above 0 and at most 64 (1 = no overcommit)", p.CPUOvercommit)
+	case p.FailbackAfter < 0:
+		return fmt.Errorf("placement.failback_after: %s must not be negative", p.FailbackAfter)
 	}
 	switch p.Balancer {
 	case BalancerOff, BalancerRecommend, BalancerAutomatic:

@@ -43,6 +43,7 @@ func (a *Agent) groupsLoop(ctx context.Context, stop <-chan struct{}) {
 		}
 		last = now
 		a.failover(now)
+		a.failback(now)
 		a.placeWaiting(&memo)
 	}
 }
@@ -90,7 +91,7 @@ func (a *Agent) failover(now time.Time) {
 			seenOwner[o] = true
 			failed = append(failed, o)
 		}
-		if g.GetState() != havenv1.GroupState_GROUP_STATE_STOPPING && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
+		if !stoppingForGood(g) && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
 			restart = append(restart, g.GetSpec().GetName())
 		}
 	}
@@ -105,7 +106,7 @@ func (a *Agent) failover(now time.Time) {
 		var owner, reason string
 		st := havenv1.GroupState_GROUP_STATE_STARTING
 		switch {
-		case g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
+		case stoppingForGood(g):
 			st, reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("was stopping on %s, which failed", from)
 		case g.GetSpec().GetPriority() == havenv1.Priority_PRIORITY_NO_AUTO_START:
 			st, reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("owner %s failed; no-auto-start groups wait for an operator", from)
@@ -129,6 +130,12 @@ func (a *Agent) failover(now time.Time) {
 		}
 		a.log.Info("group failed over", "group", name, "from", from, "to", owner, "epoch", g.GetEpoch()+1, "state", st)
 	}
+}
+
+// stoppingForGood is a group an operator asked to stop; one stopping for a
+// failback is still meant to run.
+func stoppingForGood(g *havenv1.Group) bool {
+	return g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING && g.GetMoveTo() == ""
 }
 
 // placeWaiting retries groups that failed for want of a node. An attempt
@@ -228,8 +235,9 @@ func (a *Agent) handleReport(req *havenv1.ReportGroupRequest) error {
 		}
 		return err
 	}
+	// An owner's report never changes where a stopping group goes next.
 	return a.commit(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-		Name: req.GetName(), Epoch: req.GetEpoch(), State: req.GetState(), Reason: req.GetReason(),
+		Name: req.GetName(), Epoch: req.GetEpoch(), State: req.GetState(), Reason: req.GetReason(), MoveTo: g.GetMoveTo(),
 	}}})
 }
 

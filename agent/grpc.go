@@ -394,8 +394,12 @@ func (s *clusterService) StopGroup(ctx context.Context, req *havenv1.StopGroupRe
 	}
 	var c *havenv1.Command
 	switch {
-	case g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
+	case (g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING) && g.GetMoveTo() == "":
 		return &havenv1.StopGroupResponse{Group: g}, nil
+	case g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
+		// Stopping for a failback: the operator's stop cancels the move.
+		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+			Name: req.GetName(), Epoch: g.GetEpoch(), State: g.GetState(), Reason: "stop requested; failback cancelled"}}}
 	case g.GetOwner() == "":
 		// Failed and unplaced: nothing runs, it simply stops waiting.
 		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{

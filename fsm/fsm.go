@@ -249,6 +249,7 @@ func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand) *Error 
 	// epoch: whatever ran under the old one is fenced off.
 	g.Epoch++
 	g.Owner = c.GetOwner()
+	g.MoveTo = ""
 	g.State = c.GetState()
 	g.StateReason = c.GetReason()
 	g.ModifyIndex = index
@@ -264,12 +265,17 @@ func (s *state) setGroupState(index uint64, c *havenv1.SetGroupStateCommand) *Er
 	if old.GetEpoch() != c.GetEpoch() {
 		return errorf(CodeFailedPrecondition, "group %q is at epoch %d, the report is for epoch %d", c.GetName(), old.GetEpoch(), c.GetEpoch())
 	}
-	if old.GetState() == c.GetState() && old.GetStateReason() == c.GetReason() {
+	moveTo := old.GetMoveTo()
+	if s := c.GetState(); s == havenv1.GroupState_GROUP_STATE_STOPPING || s == havenv1.GroupState_GROUP_STATE_OFFLINE {
+		moveTo = c.GetMoveTo()
+	}
+	if old.GetState() == c.GetState() && old.GetStateReason() == c.GetReason() && old.GetMoveTo() == moveTo {
 		return nil
 	}
 	g := proto.Clone(old).(*havenv1.Group)
 	g.State = c.GetState()
 	g.StateReason = c.GetReason()
+	g.MoveTo = moveTo
 	g.ModifyIndex = index
 	s.groups[g.GetSpec().GetName()] = g
 	return nil

@@ -306,3 +306,30 @@ func TestStateReportNeedsCurrentEpoch(t *testing.T) {
 		t.Fatalf("state: %v", g.GetState())
 	}
 }
+
+// A planned move keeps its target through the stop and loses it when the
+// group is assigned.
+func TestMoveToLivesUntilAssigned(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(t0, createCmd("c", "web"))
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", Owner: "n2", State: havenv1.GroupState_GROUP_STATE_ONLINE}}})
+	set := func(st havenv1.GroupState, moveTo string) {
+		t.Helper()
+		if r := a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{Name: "web", Epoch: 1, State: st, MoveTo: moveTo}}}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	set(havenv1.GroupState_GROUP_STATE_STOPPING, "n1")
+	if g := a.f.Group("web"); g.GetMoveTo() != "n1" {
+		t.Fatalf("move_to after stop for failback: %q", g.GetMoveTo())
+	}
+	set(havenv1.GroupState_GROUP_STATE_ONLINE, "") // states other than stopping/offline keep it
+	if g := a.f.Group("web"); g.GetMoveTo() != "n1" {
+		t.Fatalf("move_to lost: %q", g.GetMoveTo())
+	}
+	set(havenv1.GroupState_GROUP_STATE_OFFLINE, "n1")
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", ExpectEpoch: 1, Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
+	if g := a.f.Group("web"); g.GetMoveTo() != "" || g.GetOwner() != "n1" || g.GetEpoch() != 2 {
+		t.Fatalf("after assign: %v", g)
+	}
+}

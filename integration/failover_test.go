@@ -238,3 +238,45 @@ func leaderKilledMidFailover(t *testing.T) (hit bool) {
 	c.checkInvariants(names)
 	return true
 }
+
+// TestFailbackToPreferredOwner: a group that failed over returns to its
+// preferred owner once that node has been back for failback_after: stopped
+// on the interim owner, then started on the preferred one, never both.
+func TestFailbackToPreferredOwner(t *testing.T) {
+	c := newCluster(t)
+	c.startN(3)
+	leader := c.leader(30 * time.Second)
+	var home *node
+	for _, n := range c.nodes {
+		if n != leader {
+			home = n
+			break
+		}
+	}
+	spec := vmGroup("fb")
+	spec.PreferredOwners = []string{home.name}
+	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_IMMEDIATE}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "fb"}); err != nil {
+		t.Fatal(err)
+	}
+	g1 := c.allOnline(leader, []string{"fb"}, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() == home.name })["fb"]
+	home.kill()
+	g2 := c.allOnline(leader, []string{"fb"}, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != home.name })["fb"]
+	if g2.GetEpoch() != g1.GetEpoch()+1 {
+		t.Fatalf("failover: epoch %d -> %d", g1.GetEpoch(), g2.GetEpoch())
+	}
+	home.start()
+	g3 := c.allOnline(leader, []string{"fb"}, 60*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() == home.name })["fb"]
+	if g3.GetEpoch() != g2.GetEpoch()+1 || g3.GetMoveTo() != "" {
+		t.Fatalf("failback: %s@%d move_to %q (%s), want %s@%d", g3.GetOwner(), g3.GetEpoch(), g3.GetMoveTo(), g3.GetStateReason(), home.name, g2.GetEpoch()+1)
+	}
+	waitFor(t, 10*time.Second, "fb executing on "+home.name, func() error {
+		return c.execRunning(home.name, "fb", g3.GetEpoch(), time.Time{})
+	})
+	// The checker proves the interim owner stopped before the preferred
+	// one started: no overlap of the two runs.
+	c.checkInvariants([]string{"fb"})
+}

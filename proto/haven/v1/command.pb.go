@@ -457,11 +457,14 @@ func (x *AssignGroupCommand) GetReason() string {
 // SetGroupStateCommand records a state change at the current owner and
 // epoch; a report for an older epoch is refused.
 type SetGroupStateCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	State         GroupState             `protobuf:"varint,3,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State  GroupState             `protobuf:"varint,3,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// With state STOPPING or OFFLINE: where the group restarts once offline
+	// (empty: it stays offline). Other states leave the group's move_to.
+	MoveTo        string `protobuf:"bytes,5,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -520,6 +523,13 @@ func (x *SetGroupStateCommand) GetState() GroupState {
 func (x *SetGroupStateCommand) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *SetGroupStateCommand) GetMoveTo() string {
+	if x != nil {
+		return x.MoveTo
 	}
 	return ""
 }
@@ -786,12 +796,13 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\fexpect_epoch\x18\x02 \x01(\x04R\vexpectEpoch\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x84\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x9d\x01\n" +
 	"\x14SetGroupStateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xb9\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
+	"\amove_to\x18\x05 \x01(\tR\x06moveTo\"\xb9\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +

@@ -921,10 +921,13 @@ type Group struct {
 	// The node the group is assigned to, empty when unassigned.
 	Owner string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Grows on every change of owner: the fencing token.
-	Epoch         uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64                 `protobuf:"varint,7,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Epoch       uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,6,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,7,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// While the group stops on its owner for a planned move (failback), the
+	// node it restarts on once it is offline.
+	MoveTo        string `protobuf:"bytes,9,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1013,6 +1016,13 @@ func (x *Group) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Group) GetMoveTo() string {
+	if x != nil {
+		return x.MoveTo
+	}
+	return ""
 }
 
 type Capacity struct {
@@ -1259,7 +1269,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fAntiAffinity\x12\x14\n" +
 	"\x05class\x18\x01 \x01(\tR\x05class\x12\x12\n" +
 	"\x04hard\x18\x02 \x01(\bR\x04hard\x12!\n" +
-	"\facross_sites\x18\x03 \x01(\bR\vacrossSites\"\xae\x02\n" +
+	"\facross_sites\x18\x03 \x01(\bR\vacrossSites\"\xc7\x02\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12!\n" +
@@ -1269,7 +1279,8 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fcreate_index\x18\x06 \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"L\n" +
+	"createTime\x12\x17\n" +
+	"\amove_to\x18\t \x01(\tR\x06moveTo\"L\n" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/haven-ha/haven/placement"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// Failback brings a group that failed over back to a more preferred owner
+// once that node has been up for placement.failback_after, when the
+// group's policy allows it now (immediately, or inside its daily window).
+// Without migration it is a planned restart in two committed steps, so a
+// leader change between them loses nothing: the group is stopped on its
+// owner with move_to naming the target, and once the owner reports it
+// offline it is assigned to the target at a new epoch.
+
+// failbackAllowed reports whether a group's policy lets it move back at
+// now (UTC hours; a window may wrap midnight).
+func failbackAllowed(fb *havenv1.FailbackPolicy, now time.Time) bool {
+	switch fb.GetMode() {
+	case havenv1.FailbackMode_FAILBACK_MODE_IMMEDIATE:
+		return true
+	case havenv1.FailbackMode_FAILBACK_MODE_WINDOW:
+		h, from, to := uint32(now.UTC().Hour()), fb.GetWindowStartHour(), fb.GetWindowEndHour()
+		if from <= to {
+			return h >= from && h < to
+		}
+		return h >= from || h < to
+	}
+	return false
+}
+
+// failback starts the planned moves back to preferred owners, and finishes
+// those whose group is now offline.
+func (a *Agent) failback(now time.Time) {
+	a.finishFailbacks()
+	var candidates bool
+	for _, g := range a.fsm.Groups() {
+		if g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && len(g.GetSpec().GetPreferredOwners()) > 0 && failbackAllowed(g.GetSpec().GetFailback(), now) {
+			candidates = true
+			break
+		}
+	}
+	if !candidates {
+		return
+	}
+	a.placeMu.Lock()
+	st := a.placementState()
+	holders := a.leaseHolders(st, now)
+	// Only nodes up and renewing for failback_after may receive a group
+	// back; the others are taken out of this computation.
+	for i, n := range st.Nodes {
+		fn := a.fsm.Node(n.Name)
+		settled := fn != nil && now.Sub(fn.GetStatusTime().AsTime()) >= a.cfg.Placement.FailbackAfter
+		if !holders[n.Name] || !settled {
+			st.Nodes[i].Draining = true
+		}
+	}
+	moves := placement.Failback(st)
+	a.placeMu.Unlock()
+	for _, m := range moves {
+		g := a.fsm.Group(m.Group)
+		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetOwner() != m.From || !failbackAllowed(g.GetSpec().GetFailback(), now) {
+			continue
+		}
+		err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+			Name: m.Group, Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
+			Reason: fmt.Sprintf("failing back to %s", m.To), MoveTo: m.To,
+		}}})
+		if err != nil {
+			a.log.Warn("failback not committed", "group", m.Group, "to", m.To, "error", err)
+			continue
+		}
+		a.log.Info("failing back", "group", m.Group, "from", m.From, "to", m.To)
+	}
+}
+
+// finishFailbacks assigns every group that stopped for a move to its
+// target, or, when the target can no longer take it, wherever it fits.
+func (a *Agent) finishFailbacks() {
+	for _, g := range a.fsm.Groups() {
+		if g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetMoveTo() == "" {
+			continue
+		}
+		name, from, to := g.GetSpec().GetName(), g.GetOwner(), g.GetMoveTo()
+		a.placeMu.Lock()
+		st := a.placementState()
+		targets, why := placeGroups(st, []string{name}, nil, map[string]bool{to: true})
+		a.placeMu.Unlock()
+		owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("failed back from %s", from)
+		if owner != to {
+			reason = fmt.Sprintf("failback to %s no longer possible; placed again", to)
+		}
+		if owner == "" {
+			state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("failback to %s: no node can host it: %s", to, why[name])
+		}
+		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+			Name: name, ExpectEpoch: g.GetEpoch(), Owner: owner, State: state, Reason: reason,
+		}}}); err != nil {
+			a.log.Warn("failback not committed", "group", name, "to", to, "error", err)
+			continue
+		}
+		a.log.Info("failed back", "group", name, "from", from, "to", owner)
+	}
+}
