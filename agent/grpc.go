@@ -155,6 +155,11 @@ func (s *clusterService) GetStatus(context.Context, *havenv1.GetStatusRequest) (
 	}
 	sort.Strings(resp.Sites)
 	resp.GroupCount = uint32(len(a.fsm.Groups()))
+	st := a.placementState()
+	if k := reserveK(st, a.cfg.Placement.Reserve); k > 0 {
+		r := a.reserveFor(st, k)
+		resp.ReserveK, resp.ReserveOk, resp.ReserveSummary = uint32(k), r.OK, r.Summary()
+	}
 	return resp, nil
 }
 

@@ -182,6 +182,22 @@ func TestReserveAdmissionAndAntiAffinity(t *testing.T) {
 		t.Fatalf("reserve after the failure: %v", r)
 	}
 	t.Logf("reserve after the failure: %s", r.GetSummary())
+	// GetStatus, answered by any agent from its own copy, says so too.
+	for _, n := range c.nodes {
+		if !n.running() {
+			continue
+		}
+		waitFor(t, 10*time.Second, "status of "+n.name+" reports the broken reserve", func() error {
+			st, err := n.status()
+			if err != nil {
+				return err
+			}
+			if st.GetReserveK() != 1 || st.GetReserveOk() || !strings.Contains(st.GetReserveSummary(), "no") {
+				return fmt.Errorf("reserve k %d ok %v: %q", st.GetReserveK(), st.GetReserveOk(), st.GetReserveSummary())
+			}
+			return nil
+		})
+	}
 	// And nothing more is admitted (here no node has room at all, which
 	// is said first).
 	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("late")}); status.Code(err) != codes.ResourceExhausted {

@@ -270,5 +270,10 @@ func writeStatus(w io.Writer, s *havenv1.GetStatusResponse) error {
 	kv("Nodes", fmt.Sprintf("%d alive / %d total", s.GetAliveNodes(), s.GetNodeCount()))
 	kv("Groups", s.GetGroupCount())
 	kv("Sites", dash(strings.Join(s.GetSites(), ", ")))
+	if s.GetReserveK() > 0 {
+		kv("Reserve", s.GetReserveSummary())
+	} else {
+		kv("Reserve", "off (placement.reserve 0, or too few nodes)")
+	}
 	return tw.Flush()
 }

@@ -185,6 +185,7 @@ func TestWriteStatus(t *testing.T) {
 		Term: 4, CommitIndex: 120, AppliedIndex: 119,
 		Voters: 3, Nonvoters: 2, QuorumSize: 2, AliveVoters: 3,
 		NodeCount: 5, AliveNodes: 4, GroupCount: 7, Sites: []string{"site1", "site2"},
+		ReserveK: 1, ReserveOk: true, ReserveSummary: "can sustain 1 failure(s): yes",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +203,7 @@ Alive voters:   3
 Nodes:          4 alive / 5 total
 Groups:         7
 Sites:          site1, site2
+Reserve:        can sustain 1 failure(s): yes
 `
 	if got := b.String(); got != want {
 		t.Errorf("status:\n%s\nwant:\n%s", got, want)

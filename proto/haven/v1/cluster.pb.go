@@ -234,13 +234,19 @@ type GetStatusResponse struct {
 	// Votes needed for a majority.
 	QuorumSize uint32 `protobuf:"varint,10,opt,name=quorum_size,json=quorumSize,proto3" json:"quorum_size,omitempty"`
 	// Voters gossip reports alive.
-	AliveVoters   uint32   `protobuf:"varint,11,opt,name=alive_voters,json=aliveVoters,proto3" json:"alive_voters,omitempty"`
-	NodeCount     uint32   `protobuf:"varint,12,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
-	AliveNodes    uint32   `protobuf:"varint,13,opt,name=alive_nodes,json=aliveNodes,proto3" json:"alive_nodes,omitempty"`
-	GroupCount    uint32   `protobuf:"varint,14,opt,name=group_count,json=groupCount,proto3" json:"group_count,omitempty"`
-	Sites         []string `protobuf:"bytes,15,rep,name=sites,proto3" json:"sites,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AliveVoters uint32   `protobuf:"varint,11,opt,name=alive_voters,json=aliveVoters,proto3" json:"alive_voters,omitempty"`
+	NodeCount   uint32   `protobuf:"varint,12,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
+	AliveNodes  uint32   `protobuf:"varint,13,opt,name=alive_nodes,json=aliveNodes,proto3" json:"alive_nodes,omitempty"`
+	GroupCount  uint32   `protobuf:"varint,14,opt,name=group_count,json=groupCount,proto3" json:"group_count,omitempty"`
+	Sites       []string `protobuf:"bytes,15,rep,name=sites,proto3" json:"sites,omitempty"`
+	// The cluster reserve as the answering agent computes it from its copy
+	// of the state: K in force (0: admission off), whether every set of K
+	// node failures has a restart plan, and a one-line explanation.
+	ReserveK       uint32 `protobuf:"varint,16,opt,name=reserve_k,json=reserveK,proto3" json:"reserve_k,omitempty"`
+	ReserveOk      bool   `protobuf:"varint,17,opt,name=reserve_ok,json=reserveOk,proto3" json:"reserve_ok,omitempty"`
+	ReserveSummary string `protobuf:"bytes,18,opt,name=reserve_summary,json=reserveSummary,proto3" json:"reserve_summary,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -376,6 +382,27 @@ func (x *GetStatusResponse) GetSites() []string {
 		return x.Sites
 	}
 	return nil
+}
+
+func (x *GetStatusResponse) GetReserveK() uint32 {
+	if x != nil {
+		return x.ReserveK
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetReserveOk() bool {
+	if x != nil {
+		return x.ReserveOk
+	}
+	return false
+}
+
+func (x *GetStatusResponse) GetReserveSummary() string {
+	if x != nil {
+		return x.ReserveSummary
+	}
+	return ""
 }
 
 type ListNodesRequest struct {
@@ -1884,7 +1911,7 @@ var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x14haven/v1/types.proto\"\x12\n" +
-	"\x10GetStatusRequest\"\xcc\x03\n" +
+	"\x10GetStatusRequest\"\xb1\x04\n" +
 	"\x11GetStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12\x1f\n" +
@@ -1907,7 +1934,11 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"aliveNodes\x12\x1f\n" +
 	"\vgroup_count\x18\x0e \x01(\rR\n" +
 	"groupCount\x12\x14\n" +
-	"\x05sites\x18\x0f \x03(\tR\x05sites\"\x12\n" +
+	"\x05sites\x18\x0f \x03(\tR\x05sites\x12\x1b\n" +
+	"\treserve_k\x18\x10 \x01(\rR\breserveK\x12\x1d\n" +
+	"\n" +
+	"reserve_ok\x18\x11 \x01(\bR\treserveOk\x12'\n" +
+	"\x0freserve_summary\x18\x12 \x01(\tR\x0ereserveSummary\"\x12\n" +
 	"\x10ListNodesRequest\"w\n" +
 	"\bNodeInfo\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\x12/\n" +
