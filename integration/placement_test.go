@@ -204,3 +204,39 @@ func TestReserveAdmissionAndAntiAffinity(t *testing.T) {
 		t.Fatalf("create with the reserve broken: %v, want ResourceExhausted", err)
 	}
 }
+
+// TestAntiAffinityAcrossSites: two sites as routed subnets (each with its
+// own same-site gossip pool); the members of a class spread across sites
+// are placed one per site, and after the node of one of them dies it
+// restarts in that same site, not next to its partner.
+func TestAntiAffinityAcrossSites(t *testing.T) {
+	c := newLabCluster(t, []string{"a", "a", "b", "b"})
+	c.startN(4)
+	leader := c.leaderOf()
+	names := []string{"db1", "db2"}
+	for _, name := range names {
+		spec := vmGroup(name)
+		spec.AntiAffinity = []*havenv1.AntiAffinity{{Class: "db", Hard: true, AcrossSites: true}}
+		if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	site := func(node string) string { return c.node(node).cfg.Site }
+	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	if site(before["db1"].GetOwner()) == site(before["db2"].GetOwner()) {
+		t.Fatalf("db1 on %s and db2 on %s: same site", before["db1"].GetOwner(), before["db2"].GetOwner())
+	}
+	victim := c.node(before["db1"].GetOwner())
+	if victim == leader {
+		victim = c.node(before["db2"].GetOwner())
+	}
+	victim.kill()
+	after := c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+	if site(after["db1"].GetOwner()) == site(after["db2"].GetOwner()) {
+		t.Fatalf("after the failure db1 on %s and db2 on %s: same site", after["db1"].GetOwner(), after["db2"].GetOwner())
+	}
+	c.checkInvariants(names)
+}
