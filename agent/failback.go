@@ -35,7 +35,7 @@ func failbackAllowed(fb *havenv1.FailbackPolicy, now time.Time) bool {
 // failback starts the planned moves back to preferred owners, and finishes
 // those whose group is now offline.
 func (a *Agent) failback(now time.Time) {
-	a.finishFailbacks()
+	a.finishMoves()
 	var candidates bool
 	for _, g := range a.fsm.Groups() {
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && len(g.GetSpec().GetPreferredOwners()) > 0 && failbackAllowed(g.GetSpec().GetFailback(), now) {
@@ -77,9 +77,10 @@ func (a *Agent) failback(now time.Time) {
 	}
 }
 
-// finishFailbacks assigns every group that stopped for a move to its
-// target, or, when the target can no longer take it, wherever it fits.
-func (a *Agent) finishFailbacks() {
+// finishMoves assigns every group that stopped for a planned move
+// (failback, drain) to its target, or, when the target can no longer take
+// it, wherever it fits.
+func (a *Agent) finishMoves() {
 	for _, g := range a.fsm.Groups() {
 		if g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetMoveTo() == "" {
 			continue
@@ -89,19 +90,72 @@ func (a *Agent) finishFailbacks() {
 		st := a.placementState()
 		targets, why := placeGroups(st, []string{name}, nil, map[string]bool{to: true})
 		a.placeMu.Unlock()
-		owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("failed back from %s", from)
+		owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("moved from %s", from)
 		if owner != to {
-			reason = fmt.Sprintf("failback to %s no longer possible; placed again", to)
+			reason = fmt.Sprintf("planned move to %s no longer possible; placed again", to)
 		}
 		if owner == "" {
-			state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("failback to %s: no node can host it: %s", to, why[name])
+			state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("planned move to %s: no node can host it: %s", to, why[name])
 		}
 		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
 			Name: name, ExpectEpoch: g.GetEpoch(), Owner: owner, State: state, Reason: reason,
 		}}}); err != nil {
-			a.log.Warn("failback not committed", "group", name, "to", to, "error", err)
+			a.log.Warn("planned move not committed", "group", name, "to", to, "error", err)
 			continue
 		}
-		a.log.Info("failed back", "group", name, "from", from, "to", owner)
+		a.log.Info("moved", "group", name, "from", from, "to", owner)
+	}
+}
+
+// drain starts a planned move for every online group of a draining node,
+// to where placement puts it with the node left out. A group no other node
+// can take stays where it is, and the node stays draining: the operator
+// sees it in the node's group list.
+func (a *Agent) drain(now time.Time, memo map[string]uint64) {
+	var draining []string
+	for _, n := range a.fsm.Nodes() {
+		if n.GetDraining() {
+			draining = append(draining, n.GetName())
+		}
+	}
+	for _, node := range draining {
+		var names []string
+		epochs := map[string]uint64{}
+		for _, g := range a.fsm.Groups() {
+			if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" {
+				names = append(names, g.GetSpec().GetName())
+				epochs[g.GetSpec().GetName()] = g.GetEpoch()
+			}
+		}
+		if len(names) == 0 {
+			continue
+		}
+		a.placeMu.Lock()
+		st := a.placementState()
+		key := stateKey(st, 0)
+		if memo[node] == key {
+			// Nothing changed since the last try found no room.
+			a.placeMu.Unlock()
+			continue
+		}
+		targets, why := placeGroups(st, names, []string{node}, a.leaseHolders(st, now))
+		a.placeMu.Unlock()
+		memo[node] = 0
+		for _, name := range names {
+			to := targets[name]
+			if to == "" {
+				memo[node] = key
+				a.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
+				continue
+			}
+			if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+				Name: name, Epoch: epochs[name], State: havenv1.GroupState_GROUP_STATE_STOPPING,
+				Reason: fmt.Sprintf("draining %s: moving to %s", node, to), MoveTo: to,
+			}}}); err != nil {
+				a.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
+				continue
+			}
+			a.log.Info("draining", "node", node, "group", name, "to", to)
+		}
 	}
 }

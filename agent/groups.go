@@ -22,6 +22,7 @@ func (a *Agent) groupsLoop(ctx context.Context, stop <-chan struct{}) {
 	defer tick.Stop()
 	last := time.Now()
 	var memo waitMemo
+	drainMemo := map[string]uint64{}
 	for {
 		select {
 		case <-stop:
@@ -44,6 +45,7 @@ func (a *Agent) groupsLoop(ctx context.Context, stop <-chan struct{}) {
 		last = now
 		a.failover(now)
 		a.failback(now)
+		a.drain(now, drainMemo)
 		a.placeWaiting(&memo)
 	}
 }

@@ -76,6 +76,7 @@ func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[
 			CPUOvercommit: overcommit,
 			Up:            n.GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE && gossipAlive[n.GetName()],
 			Witness:       n.GetWitness(),
+			Draining:      n.GetDraining(),
 		})
 	}
 	for _, g := range groups {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -61,10 +62,14 @@ func (a *Agent) startGroup(g *havenv1.Group, node, requestID string) error {
 	st := a.placementState()
 	k := reserveK(st, a.cfg.Placement.Reserve)
 	pg := placementGroup(g.GetSpec(), a.cfg.Sim.DirtyRate)
+	var owner string
+	var kept *placement.Reserve
+	var err error
 	if node != "" {
-		pg.PossibleOwners = []string{node}
+		owner, err = admitOn(st, pg, node, k)
+	} else {
+		owner, kept, err = a.admit(st, pg, k, a.leaseHolders(st, now))
 	}
-	owner, kept, err := a.admit(st, pg, k, a.leaseHolders(st, now))
 	if err != nil {
 		a.log.Info("start refused", "group", pg.Name, "reason", err)
 		return placementError(err)
@@ -336,4 +341,27 @@ func (a *Agent) balanceLoop(ctx context.Context, stop <-chan struct{}) {
 			log.Info("recommended move", "group", m.Group, "from", m.From, "to", m.To, "why", m.Why)
 		}
 	}
+}
+
+// admitOn admits a group on the node an operator chose: the node must take
+// it, and with it there every set of k failures must still have a restart
+// plan. The choice binds this start only: the group's own possible owners
+// stay as they are for its restarts.
+func admitOn(st placement.State, g placement.Group, node string, k int) (string, error) {
+	here := g
+	here.PossibleOwners = []string{node}
+	if !slices.Contains(g.PossibleOwners, node) && len(g.PossibleOwners) > 0 {
+		return "", status.Errorf(codes.InvalidArgument, "node: %s is not among the group's possible owners", node)
+	}
+	res := placement.Place(withGroup(st, here), []string{g.Name}, placement.Options{})
+	if len(res.Unplaced) > 0 {
+		return "", &placement.NoRoomError{Unplaced: res.Unplaced[0]}
+	}
+	if k > 0 {
+		r := placement.CheckReserve(withAssign(withGroup(st, g), map[string]string{g.Name: node}), k)
+		if !r.OK && r.Breach != nil {
+			return "", &placement.ReserveError{Group: g.Name, K: k, Node: node, Breach: *r.Breach, Tried: []string{node}}
+		}
+	}
+	return node, nil
 }

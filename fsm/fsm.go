@@ -133,6 +133,8 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.assignGroup(index, cmd.AssignGroup)
 	case *havenv1.Command_SetGroupState:
 		err = s.setGroupState(index, cmd.SetGroupState)
+	case *havenv1.Command_SetNodeDrain:
+		err = s.setNodeDrain(index, cmd.SetNodeDrain)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -175,6 +177,9 @@ func (s *state) upsertNode(index uint64, c *havenv1.UpsertNodeCommand, now time.
 	}
 	n = proto.Clone(n).(*havenv1.Node)
 	if old, ok := s.nodes[n.GetName()]; ok {
+		// Draining is an operator's decision, changed only by its own
+		// command, never by the leader's gossip bookkeeping.
+		n.Draining = old.GetDraining()
 		n.CreateIndex = old.GetCreateIndex()
 		if old.GetStatus() == n.GetStatus() {
 			n.StatusTime = old.GetStatusTime()
@@ -201,6 +206,21 @@ func (s *state) setNodeStatus(index uint64, c *havenv1.SetNodeStatusCommand, now
 	n := proto.Clone(old).(*havenv1.Node)
 	n.Status = c.GetStatus()
 	n.StatusTime = timestamppb.New(now)
+	n.ModifyIndex = index
+	s.nodes[n.GetName()] = n
+	return nil
+}
+
+func (s *state) setNodeDrain(index uint64, c *havenv1.SetNodeDrainCommand) *Error {
+	old, ok := s.nodes[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "node %q not found", c.GetName())
+	}
+	if old.GetDraining() == c.GetDraining() {
+		return nil
+	}
+	n := proto.Clone(old).(*havenv1.Node)
+	n.Draining = c.GetDraining()
 	n.ModifyIndex = index
 	s.nodes[n.GetName()] = n
 	return nil

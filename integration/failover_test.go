@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/sim"
 
@@ -279,4 +282,56 @@ func TestFailbackToPreferredOwner(t *testing.T) {
 	// The checker proves the interim owner stopped before the preferred
 	// one started: no overlap of the two runs.
 	c.checkInvariants([]string{"fb"})
+}
+
+// TestDrainNode: a drained node's groups move to other nodes by planned
+// restart, each exactly once; it receives no new group while draining, and
+// takes groups again after resume.
+func TestDrainNode(t *testing.T) {
+	c := newCluster(t)
+	c.startN(3)
+	leader := c.leader(30 * time.Second)
+	names := groupNames("d", 6)
+	c.createAndStart(leader, names)
+	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	victim := c.ownerOfSome(before, leader)
+	resp, err := c.nodes[0].api().DrainNode(ctx(t), &havenv1.DrainNodeRequest{Node: victim.name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetNode().GetDraining() || len(resp.GetGroups()) == 0 {
+		t.Fatalf("drain answer: %v", resp)
+	}
+	after := c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+	for _, name := range names {
+		b, a := before[name], after[name]
+		if b.GetOwner() == victim.name && a.GetEpoch() != b.GetEpoch()+1 {
+			t.Errorf("%s moved from %s: epoch %d -> %d, want one move", name, victim.name, b.GetEpoch(), a.GetEpoch())
+		}
+		if b.GetOwner() != victim.name && a.GetEpoch() != b.GetEpoch() {
+			t.Errorf("%s was not on the drained node but moved: epoch %d -> %d", name, b.GetEpoch(), a.GetEpoch())
+		}
+	}
+	// Nothing new lands on a draining node, even when asked for it.
+	extra := groupNames("x", 3)
+	c.createAndStart(leader, extra)
+	for name, g := range c.allOnline(leader, extra, 30*time.Second, anyOwner) {
+		if g.GetOwner() == victim.name {
+			t.Errorf("%s placed on draining %s", name, victim.name)
+		}
+	}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("pinned")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "pinned", Node: victim.name}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("start on a draining node: %v, want ResourceExhausted", err)
+	}
+	if _, err := leader.api().ResumeNode(ctx(t), &havenv1.ResumeNodeRequest{Node: victim.name}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "pinned", Node: victim.name}); err != nil {
+		t.Fatalf("start on a resumed node: %v", err)
+	}
+	c.allOnline(leader, []string{"pinned"}, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() == victim.name })
+	c.checkInvariants(append(append(names, extra...), "pinned"))
 }

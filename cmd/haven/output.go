@@ -58,6 +58,14 @@ func nodeStatusWord(s havenv1.NodeStatus) string {
 	return enumWord(s.String(), "NODE_STATUS_")
 }
 
+// nodeStatusLabel adds the operator's drain to gossip's verdict.
+func nodeStatusLabel(n *havenv1.Node) string {
+	if n.GetDraining() {
+		return nodeStatusWord(n.GetStatus()) + ", draining"
+	}
+	return nodeStatusWord(n.GetStatus())
+}
+
 func roleWord(n *havenv1.NodeInfo) string {
 	role := "-"
 	if n.GetRaftRole() != havenv1.RaftRole_RAFT_ROLE_UNSPECIFIED {
@@ -134,7 +142,7 @@ func writeNodesTable(w io.Writer, resp *havenv1.ListNodesResponse) error {
 	for _, ni := range nodes {
 		n := ni.GetNode()
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			dash(n.GetName()), dash(n.GetSite()), nodeStatusWord(n.GetStatus()), roleWord(ni),
+			dash(n.GetName()), dash(n.GetSite()), nodeStatusLabel(n), roleWord(ni),
 			dash(n.GetGossipAddr()), dash(n.GetRaftAddr()), dash(n.GetGrpcAddr()),
 			formatCPU(n.GetCapacity().GetCpuMillis()), formatSize(n.GetCapacity().GetMemoryBytes()))
 	}

@@ -128,6 +128,8 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newPlaceCmd(g),
 		newBalanceCmd(g),
 		newCheckCmd(g),
+		newDrainCmd(g),
+		newResumeCmd(g),
 	)
 	return root
 }

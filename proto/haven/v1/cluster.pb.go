@@ -1906,6 +1906,207 @@ func (x *BalanceResponse) GetReserveK() uint32 {
 	return 0
 }
 
+type DrainNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	RequestId     string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeRequest) Reset() {
+	*x = DrainNodeRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeRequest) ProtoMessage() {}
+
+func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
+func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DrainNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainNodeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type DrainNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Groups still on the node; the leader moves them one by one.
+	Groups        []string `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainNodeResponse) Reset() {
+	*x = DrainNodeResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainNodeResponse) ProtoMessage() {}
+
+func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
+func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DrainNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *DrainNodeResponse) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type ResumeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	RequestId     string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeNodeRequest) Reset() {
+	*x = ResumeNodeRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNodeRequest) ProtoMessage() {}
+
+func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
+func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ResumeNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ResumeNodeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type ResumeNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeNodeResponse) Reset() {
+	*x = ResumeNodeResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeNodeResponse) ProtoMessage() {}
+
+func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
+func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ResumeNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
 var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
@@ -2044,7 +2245,20 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x05notes\x18\b \x03(\tR\x05notes\x12\x1a\n" +
 	"\bexecuted\x18\t \x01(\bR\bexecuted\x12\x1b\n" +
 	"\treserve_k\x18\n" +
-	" \x01(\rR\breserveK*f\n" +
+	" \x01(\rR\breserveK\"E\n" +
+	"\x10DrainNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"O\n" +
+	"\x11DrainNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\x12\x16\n" +
+	"\x06groups\x18\x02 \x03(\tR\x06groups\"F\n" +
+	"\x11ResumeNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"8\n" +
+	"\x12ResumeNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node*f\n" +
 	"\bRaftRole\x12\x19\n" +
 	"\x15RAFT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eRAFT_ROLE_NONE\x10\x01\x12\x13\n" +
@@ -2058,7 +2272,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x19BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BALANCER_MODE_OFF\x10\x01\x12\x1b\n" +
 	"\x17BALANCER_MODE_RECOMMEND\x10\x02\x12\x1b\n" +
-	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\x9e\x06\n" +
+	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xad\a\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -2073,7 +2287,10 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"GetReserve\x12\x1b.haven.v1.GetReserveRequest\x1a\x1c.haven.v1.GetReserveResponse\x12D\n" +
 	"\tRankNodes\x12\x1a.haven.v1.RankNodesRequest\x1a\x1b.haven.v1.RankNodesResponse\x12>\n" +
-	"\aBalance\x12\x18.haven.v1.BalanceRequest\x1a\x19.haven.v1.BalanceResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\aBalance\x12\x18.haven.v1.BalanceRequest\x1a\x19.haven.v1.BalanceResponse\x12D\n" +
+	"\tDrainNode\x12\x1a.haven.v1.DrainNodeRequest\x1a\x1b.haven.v1.DrainNodeResponse\x12G\n" +
+	"\n" +
+	"ResumeNode\x12\x1b.haven.v1.ResumeNodeRequest\x1a\x1c.haven.v1.ResumeNodeResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -2088,7 +2305,7 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(RaftRole)(0),               // 0: haven.v1.RaftRole
 	(ReserveMethod)(0),          // 1: haven.v1.ReserveMethod
@@ -2119,58 +2336,68 @@ var file_haven_v1_cluster_proto_goTypes = []any{
 	(*BalanceRequest)(nil),      // 26: haven.v1.BalanceRequest
 	(*BalanceMove)(nil),         // 27: haven.v1.BalanceMove
 	(*BalanceResponse)(nil),     // 28: haven.v1.BalanceResponse
-	(*Node)(nil),                // 29: haven.v1.Node
-	(*GroupSpec)(nil),           // 30: haven.v1.GroupSpec
-	(*Group)(nil),               // 31: haven.v1.Group
-	(*Capacity)(nil),            // 32: haven.v1.Capacity
-	(*AntiAffinity)(nil),        // 33: haven.v1.AntiAffinity
-	(Priority)(0),               // 34: haven.v1.Priority
+	(*DrainNodeRequest)(nil),    // 29: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),   // 30: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),   // 31: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),  // 32: haven.v1.ResumeNodeResponse
+	(*Node)(nil),                // 33: haven.v1.Node
+	(*GroupSpec)(nil),           // 34: haven.v1.GroupSpec
+	(*Group)(nil),               // 35: haven.v1.Group
+	(*Capacity)(nil),            // 36: haven.v1.Capacity
+	(*AntiAffinity)(nil),        // 37: haven.v1.AntiAffinity
+	(Priority)(0),               // 38: haven.v1.Priority
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	29, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	33, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
 	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
 	6,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	30, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	31, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	31, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	31, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	31, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	31, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	34, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	35, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	35, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	35, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	35, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	35, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
 	1,  // 9: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
 	21, // 10: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	32, // 11: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	33, // 12: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	34, // 13: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	36, // 11: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	37, // 12: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	38, // 13: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
 	24, // 14: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
 	2,  // 15: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
 	27, // 16: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	3,  // 17: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	5,  // 18: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	8,  // 19: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	10, // 20: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	12, // 21: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	14, // 22: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	16, // 23: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	18, // 24: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	20, // 25: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	23, // 26: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	26, // 27: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	4,  // 28: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	7,  // 29: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	9,  // 30: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	11, // 31: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	13, // 32: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	15, // 33: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	17, // 34: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	19, // 35: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	22, // 36: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	25, // 37: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	28, // 38: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	33, // 17: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	33, // 18: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	3,  // 19: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	5,  // 20: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	8,  // 21: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	10, // 22: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	12, // 23: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	14, // 24: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	16, // 25: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	18, // 26: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	20, // 27: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	23, // 28: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	26, // 29: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	29, // 30: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	31, // 31: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	4,  // 32: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	7,  // 33: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	9,  // 34: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	11, // 35: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	13, // 36: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	15, // 37: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	17, // 38: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	19, // 39: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	22, // 40: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	25, // 41: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	28, // 42: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	30, // 43: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	32, // 44: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	32, // [32:45] is the sub-list for method output_type
+	19, // [19:32] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -2185,7 +2412,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

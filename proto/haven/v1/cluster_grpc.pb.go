@@ -30,6 +30,8 @@ const (
 	ClusterService_GetReserve_FullMethodName  = "/haven.v1.ClusterService/GetReserve"
 	ClusterService_RankNodes_FullMethodName   = "/haven.v1.ClusterService/RankNodes"
 	ClusterService_Balance_FullMethodName     = "/haven.v1.ClusterService/Balance"
+	ClusterService_DrainNode_FullMethodName   = "/haven.v1.ClusterService/DrainNode"
+	ClusterService_ResumeNode_FullMethodName  = "/haven.v1.ClusterService/ResumeNode"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -65,6 +67,11 @@ type ClusterServiceClient interface {
 	// does not exist yet, so every mode only recommends. Answered by the
 	// leader, which remembers recent moves for the hold-off.
 	Balance(ctx context.Context, in *BalanceRequest, opts ...grpc.CallOption) (*BalanceResponse, error)
+	// DrainNode moves every group off a node for maintenance (a planned
+	// restart on another node until migration exists) and keeps new ones
+	// away; ResumeNode lets the node take groups again.
+	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	ResumeNode(ctx context.Context, in *ResumeNodeRequest, opts ...grpc.CallOption) (*ResumeNodeResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -185,6 +192,26 @@ func (c *clusterServiceClient) Balance(ctx context.Context, in *BalanceRequest, 
 	return out, nil
 }
 
+func (c *clusterServiceClient) DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) ResumeNode(ctx context.Context, in *ResumeNodeRequest, opts ...grpc.CallOption) (*ResumeNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_ResumeNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -218,6 +245,11 @@ type ClusterServiceServer interface {
 	// does not exist yet, so every mode only recommends. Answered by the
 	// leader, which remembers recent moves for the hold-off.
 	Balance(context.Context, *BalanceRequest) (*BalanceResponse, error)
+	// DrainNode moves every group off a node for maintenance (a planned
+	// restart on another node until migration exists) and keeps new ones
+	// away; ResumeNode lets the node take groups again.
+	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -260,6 +292,12 @@ func (UnimplementedClusterServiceServer) RankNodes(context.Context, *RankNodesRe
 }
 func (UnimplementedClusterServiceServer) Balance(context.Context, *BalanceRequest) (*BalanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Balance not implemented")
+}
+func (UnimplementedClusterServiceServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedClusterServiceServer) ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeNode not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -480,6 +518,42 @@ func _ClusterService_Balance_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).DrainNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_DrainNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).DrainNode(ctx, req.(*DrainNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_ResumeNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).ResumeNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_ResumeNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).ResumeNode(ctx, req.(*ResumeNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -530,6 +604,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Balance",
 			Handler:    _ClusterService_Balance_Handler,
+		},
+		{
+			MethodName: "DrainNode",
+			Handler:    _ClusterService_DrainNode_Handler,
+		},
+		{
+			MethodName: "ResumeNode",
+			Handler:    _ClusterService_ResumeNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -40,6 +40,7 @@ type Command struct {
 	//	*Command_DeleteGroup
 	//	*Command_AssignGroup
 	//	*Command_SetGroupState
+	//	*Command_SetNodeDrain
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -150,6 +151,15 @@ func (x *Command) GetSetGroupState() *SetGroupStateCommand {
 	return nil
 }
 
+func (x *Command) GetSetNodeDrain() *SetNodeDrainCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetNodeDrain); ok {
+			return x.SetNodeDrain
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -178,6 +188,10 @@ type Command_SetGroupState struct {
 	SetGroupState *SetGroupStateCommand `protobuf:"bytes,15,opt,name=set_group_state,json=setGroupState,proto3,oneof"`
 }
 
+type Command_SetNodeDrain struct {
+	SetNodeDrain *SetNodeDrainCommand `protobuf:"bytes,16,opt,name=set_node_drain,json=setNodeDrain,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -189,6 +203,8 @@ func (*Command_DeleteGroup) isCommand_Cmd() {}
 func (*Command_AssignGroup) isCommand_Cmd() {}
 
 func (*Command_SetGroupState) isCommand_Cmd() {}
+
+func (*Command_SetNodeDrain) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -534,6 +550,59 @@ func (x *SetGroupStateCommand) GetMoveTo() string {
 	return ""
 }
 
+// SetNodeDrainCommand starts or ends a node's maintenance drain.
+type SetNodeDrainCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Draining      bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeDrainCommand) Reset() {
+	*x = SetNodeDrainCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeDrainCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeDrainCommand) ProtoMessage() {}
+
+func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
+func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SetNodeDrainCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetNodeDrainCommand) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -549,7 +618,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +630,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +643,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -623,7 +692,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +704,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +717,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -680,7 +749,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +761,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +774,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -768,7 +837,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xfc\x03\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xc3\x04\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -780,7 +849,8 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\fcreate_group\x18\f \x01(\v2\x1c.haven.v1.CreateGroupCommandH\x00R\vcreateGroup\x12A\n" +
 	"\fdelete_group\x18\r \x01(\v2\x1c.haven.v1.DeleteGroupCommandH\x00R\vdeleteGroup\x12A\n" +
 	"\fassign_group\x18\x0e \x01(\v2\x1c.haven.v1.AssignGroupCommandH\x00R\vassignGroup\x12H\n" +
-	"\x0fset_group_state\x18\x0f \x01(\v2\x1e.haven.v1.SetGroupStateCommandH\x00R\rsetGroupStateB\x05\n" +
+	"\x0fset_group_state\x18\x0f \x01(\v2\x1e.haven.v1.SetGroupStateCommandH\x00R\rsetGroupState\x12E\n" +
+	"\x0eset_node_drain\x18\x10 \x01(\v2\x1d.haven.v1.SetNodeDrainCommandH\x00R\fsetNodeDrainB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -802,7 +872,10 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
-	"\amove_to\x18\x05 \x01(\tR\x06moveTo\"\xb9\x01\n" +
+	"\amove_to\x18\x05 \x01(\tR\x06moveTo\"E\n" +
+	"\x13SetNodeDrainCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xb9\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -832,7 +905,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 	return file_haven_v1_command_proto_rawDescData
 }
 
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_haven_v1_command_proto_goTypes = []any{
 	(*Command)(nil),               // 0: haven.v1.Command
 	(*UpsertNodeCommand)(nil),     // 1: haven.v1.UpsertNodeCommand
@@ -841,38 +914,40 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*DeleteGroupCommand)(nil),    // 4: haven.v1.DeleteGroupCommand
 	(*AssignGroupCommand)(nil),    // 5: haven.v1.AssignGroupCommand
 	(*SetGroupStateCommand)(nil),  // 6: haven.v1.SetGroupStateCommand
-	(*AppliedRequest)(nil),        // 7: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 8: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 9: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*Node)(nil),                  // 11: haven.v1.Node
-	(NodeStatus)(0),               // 12: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 13: haven.v1.GroupSpec
-	(GroupState)(0),               // 14: haven.v1.GroupState
-	(*Group)(nil),                 // 15: haven.v1.Group
+	(*SetNodeDrainCommand)(nil),   // 7: haven.v1.SetNodeDrainCommand
+	(*AppliedRequest)(nil),        // 8: haven.v1.AppliedRequest
+	(*SnapshotHeader)(nil),        // 9: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 10: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*Node)(nil),                  // 12: haven.v1.Node
+	(NodeStatus)(0),               // 13: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 14: haven.v1.GroupSpec
+	(GroupState)(0),               // 15: haven.v1.GroupState
+	(*Group)(nil),                 // 16: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	10, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	11, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	2,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	3,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
 	4,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
 	5,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
 	6,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	11, // 7: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	12, // 8: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	13, // 9: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	14, // 10: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	14, // 11: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	10, // 12: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	11, // 13: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	15, // 14: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	7,  // 15: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	7,  // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	12, // 8: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	13, // 9: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	14, // 10: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	15, // 11: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	15, // 12: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	11, // 13: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	12, // 14: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	16, // 15: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	8,  // 16: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -888,8 +963,9 @@ func file_haven_v1_command_proto_init() {
 		(*Command_DeleteGroup)(nil),
 		(*Command_AssignGroup)(nil),
 		(*Command_SetGroupState)(nil),
+		(*Command_SetNodeDrain)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[9].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[10].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -900,7 +976,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1084,16 +1084,19 @@ type Node struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Site  string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
 	// A witness votes but hosts no workload.
-	Witness       bool                   `protobuf:"varint,3,opt,name=witness,proto3" json:"witness,omitempty"`
-	GossipAddr    string                 `protobuf:"bytes,4,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	GrpcAddr      string                 `protobuf:"bytes,6,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
-	Capacity      *Capacity              `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Version       string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
-	Status        NodeStatus             `protobuf:"varint,9,opt,name=status,proto3,enum=haven.v1.NodeStatus" json:"status,omitempty"`
-	StatusTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=status_time,json=statusTime,proto3" json:"status_time,omitempty"`
-	CreateIndex   uint64                 `protobuf:"varint,11,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
-	ModifyIndex   uint64                 `protobuf:"varint,12,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	Witness     bool                   `protobuf:"varint,3,opt,name=witness,proto3" json:"witness,omitempty"`
+	GossipAddr  string                 `protobuf:"bytes,4,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	RaftAddr    string                 `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	GrpcAddr    string                 `protobuf:"bytes,6,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	Capacity    *Capacity              `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Version     string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Status      NodeStatus             `protobuf:"varint,9,opt,name=status,proto3,enum=haven.v1.NodeStatus" json:"status,omitempty"`
+	StatusTime  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=status_time,json=statusTime,proto3" json:"status_time,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,11,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,12,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	// Draining: set by an operator for maintenance. The node keeps running
+	// what it has until each group has moved, and receives nothing new.
+	Draining      bool `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1212,6 +1215,13 @@ func (x *Node) GetModifyIndex() uint64 {
 	return 0
 }
 
+func (x *Node) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
 var File_haven_v1_types_proto protoreflect.FileDescriptor
 
 const file_haven_v1_types_proto_rawDesc = "" +
@@ -1284,7 +1294,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\x9e\x03\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xba\x03\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -1300,7 +1310,8 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"statusTime\x12!\n" +
 	"\fcreate_index\x18\v \x01(\x04R\vcreateIndex\x12!\n" +
-	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex*\x8b\x01\n" +
+	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex\x12\x1a\n" +
+	"\bdraining\x18\r \x01(\bR\bdraining*\x8b\x01\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESOURCE_KIND_CONFIG\x10\x01\x12\x16\n" +
