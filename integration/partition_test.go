@@ -33,6 +33,8 @@ func TestPartitionedOwnerFreezesBeforeFailover(t *testing.T) {
 		}
 		return nil
 	})
+	// A deliberate window: a healed node that wrongly resumed a moved
+	// group would write records now, for the checker to find.
 	time.Sleep(time.Second)
 	c.checkInvariants(names)
 }
@@ -60,6 +62,7 @@ func TestShortPartitionFreezesAndThaws(t *testing.T) {
 	time.Sleep(outage)
 	c.lab.HealAll()
 	healed := time.Now()
+	// Watch past the failover time: nothing may move.
 	time.Sleep(cfg.FailoverAfter)
 	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
 	for _, name := range names {
@@ -134,6 +137,7 @@ func TestPartitionedLeader(t *testing.T) {
 	}
 	c.lab.HealAll()
 	c.leaderOf()
+	// A deliberate window, as above: the old leader must not resume.
 	time.Sleep(time.Second)
 	c.checkInvariants(names)
 }
