@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -19,7 +20,9 @@ import (
 
 // groupStates returns every group as the given node sees it.
 func groupStates(n *node) (map[string]*havenv1.Group, error) {
-	resp, err := n.api().ListGroups(ctxTimeout(2*time.Second), &havenv1.ListGroupsRequest{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := n.api().ListGroups(ctx, &havenv1.ListGroupsRequest{})
 	if err != nil {
 		return nil, err
 	}

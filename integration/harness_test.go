@@ -427,12 +427,6 @@ func logContains(n *node, s string) bool {
 
 var errNotYet = errors.New("not yet")
 
-func ctxTimeout(d time.Duration) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), d)
-	_ = cancel // released when the deadline passes; callers are short-lived polls
-	return c
-}
-
 // pause sends SIGSTOP; resume sends SIGCONT.
 func (n *node) pause()  { _ = n.cmd.Process.Signal(syscall.SIGSTOP) }
 func (n *node) resume() { _ = n.cmd.Process.Signal(syscall.SIGCONT) }
@@ -453,7 +447,9 @@ func (c *cluster) checkInvariants(names []string) {
 	shared := filepath.Join(c.dir, "shared")
 	var last check.Report
 	waitFor(c.t, 20*time.Second, "invariants", func() error {
-		rep, err := check.Cluster(ctxTimeout(5*time.Second), via.api(), shared, check.Options{})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rep, err := check.Cluster(ctx, via.api(), shared, check.Options{})
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -19,7 +20,9 @@ import (
 func (c *cluster) nodesAlive(via *node, want int, timeout time.Duration) {
 	c.t.Helper()
 	waitFor(c.t, timeout, fmt.Sprintf("%d nodes alive", want), func() error {
-		resp, err := via.api().ListNodes(ctxTimeout(2*time.Second), &havenv1.ListNodesRequest{})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := via.api().ListNodes(ctx, &havenv1.ListNodesRequest{})
 		if err != nil {
 			return err
 		}
