@@ -135,6 +135,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			Expect:      a.cfg.BootstrapExpect,
 			CPUMillis:   capacity.CPUMillis,
 			MemoryBytes: capacity.MemoryBytes,
+			Labels:      formatLabels(a.cfg.Labels),
 		},
 		Logger: a.log.Named("gossip"),
 		Events: a.events,

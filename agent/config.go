@@ -46,6 +46,9 @@ type Config struct {
 	// Placement is read by the leader: give every node the same values,
 	// since any node may lead.
 	Placement PlacementConfig `yaml:"placement"`
+	// Labels describe the node to placement (rack, cpu model, storage
+	// class); a group's node_selector picks nodes by them.
+	Labels map[string]string `yaml:"labels"`
 }
 
 // PlacementConfig tunes where the leader puts groups (see placement/).
@@ -354,6 +357,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Sim.Tick < time.Millisecond || c.Sim.DirtyRate < 0 || c.Sim.WorkingSetBytes < 0 {
 		return errors.New("sim: tick must be at least 1ms, rates and sizes not negative")
+	}
+	if err := checkLabels(c.Labels); err != nil {
+		return err
 	}
 	p := c.Placement
 	switch {

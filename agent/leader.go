@@ -171,6 +171,7 @@ func memberNode(m heartbeat.Member) *havenv1.Node {
 		Capacity:   &havenv1.Capacity{CpuMillis: m.Meta.CPUMillis, MemoryBytes: m.Meta.MemoryBytes},
 		Version:    m.Meta.Version,
 		Status:     nodeStatus(m.State),
+		Labels:     parseLabels(m.Meta.Labels),
 	}
 }
 

@@ -51,6 +51,7 @@ func placementGroup(spec *havenv1.GroupSpec, dirtyRate int64) placement.Group {
 		PossibleOwners:       spec.GetPossibleOwners(),
 		PreferredOwners:      spec.GetPreferredOwners(),
 		PreferredSite:        spec.GetPreferredSite(),
+		RequireLabels:        spec.GetNodeSelector(),
 		DirtyRateBytesPerSec: dirtyRate,
 	}
 	for _, aa := range spec.GetAntiAffinity() {
@@ -77,6 +78,7 @@ func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[
 			Up:            n.GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE && gossipAlive[n.GetName()],
 			Witness:       n.GetWitness(),
 			Draining:      n.GetDraining(),
+			Labels:        n.GetLabels(),
 		})
 	}
 	for _, g := range groups {

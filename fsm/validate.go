@@ -32,6 +32,10 @@ const (
 	maxPathLen       = 1024
 )
 
+// labelRE is what a node label key or value may be (agent/labels.go keeps
+// node labels to the same form).
+var labelRE = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
+
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // ValidName reports whether s can name a node, group, resource or class:
@@ -145,6 +149,14 @@ func validateGroup(spec *havenv1.GroupSpec) error {
 	if s := spec.GetPreferredSite(); s != "" {
 		if err := checkName("preferred_site", s); err != nil {
 			return err
+		}
+	}
+	if len(spec.GetNodeSelector()) > MaxLabels {
+		return fmt.Errorf("node_selector: %d entries, the limit is %d", len(spec.GetNodeSelector()), MaxLabels)
+	}
+	for k, v := range spec.GetNodeSelector() {
+		if !labelRE.MatchString(k) || !labelRE.MatchString(v) {
+			return fmt.Errorf("node_selector: %q=%q: keys and values are 1-63 letters, digits, '.', '_', '/' or '-'", k, v)
 		}
 	}
 	if fb := spec.GetFailback(); fb != nil {

@@ -22,6 +22,9 @@ type Meta struct {
 	Expect      int    `json:"e,omitempty"` // the node's -bootstrap-expect value
 	CPUMillis   int64  `json:"c,omitempty"`
 	MemoryBytes int64  `json:"m,omitempty"`
+	// Labels are the node's placement labels in their canonical form,
+	// sorted "k=v" pairs joined by commas: a string keeps Meta comparable.
+	Labels string `json:"b,omitempty"`
 }
 
 // wireMeta adds what only this package needs to the advertised Meta.

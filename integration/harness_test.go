@@ -473,3 +473,16 @@ func (c *cluster) checkInvariants(names []string) {
 	}
 	c.t.Logf("invariants hold: %d VMs, %d records", last.VMs, last.Records)
 }
+
+// reconfigure changes a node's configuration file before its next start.
+func (n *node) reconfigure(f func(*agent.Config)) {
+	n.c.t.Helper()
+	f(&n.cfg)
+	data, err := yaml.Marshal(n.cfg)
+	if err != nil {
+		n.c.t.Fatal(err)
+	}
+	if err := os.WriteFile(n.path, data, 0o644); err != nil {
+		n.c.t.Fatal(err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/haven-ha/haven/agent"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -242,4 +243,51 @@ func TestAntiAffinityAcrossSites(t *testing.T) {
 		t.Fatalf("after the failure db1 on %s and db2 on %s: same site", after["db1"].GetOwner(), after["db2"].GetOwner())
 	}
 	c.checkInvariants(names)
+}
+
+// TestNodeSelector: labels from a node's configuration reach the cluster
+// state, and a group whose node_selector asks for them runs only on such
+// nodes, through a failover too.
+func TestNodeSelector(t *testing.T) {
+	c := newCluster(t)
+	for i := 0; i < 3; i++ {
+		c.add(3)
+	}
+	for _, n := range c.nodes[1:] {
+		n.reconfigure(func(cfg *agent.Config) { cfg.Labels = map[string]string{"gpu": "a100"} })
+	}
+	for _, n := range c.nodes {
+		n.start()
+	}
+	leader := c.leader(30 * time.Second)
+	c.nodesAlive(leader, 3, 30*time.Second)
+	nodes, err := leader.api().ListNodes(ctx(t), &havenv1.ListNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ni := range nodes.GetNodes() {
+		if got := ni.GetNode().GetLabels()["gpu"]; (ni.GetNode().GetName() != "n1") != (got == "a100") {
+			t.Fatalf("labels of %s: %v", ni.GetNode().GetName(), ni.GetNode().GetLabels())
+		}
+	}
+	spec := vmGroup("ml")
+	spec.NodeSelector = map[string]string{"gpu": "a100"}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "ml"}); err != nil {
+		t.Fatal(err)
+	}
+	g := c.allOnline(leader, []string{"ml"}, 30*time.Second, anyOwner)["ml"]
+	if g.GetOwner() == "n1" {
+		t.Fatalf("ml runs on n1, which lacks gpu=a100")
+	}
+	if owner := c.node(g.GetOwner()); owner != leader {
+		owner.kill()
+		g = c.allOnline(leader, []string{"ml"}, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != owner.name })["ml"]
+		if g.GetOwner() == "n1" {
+			t.Fatalf("after the failover ml runs on n1, which lacks gpu=a100")
+		}
+	}
+	c.checkInvariants([]string{"ml"})
 }

@@ -725,6 +725,8 @@ type GroupSpec struct {
 	// The site the group should run in when it can (softly: after
 	// anti-affinity and preferred owners). Empty: no preference.
 	PreferredSite string `protobuf:"bytes,13,opt,name=preferred_site,json=preferredSite,proto3" json:"preferred_site,omitempty"`
+	// The group runs only on nodes that carry every one of these labels.
+	NodeSelector  map[string]string `protobuf:"bytes,14,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -841,6 +843,13 @@ func (x *GroupSpec) GetPreferredSite() string {
 		return x.PreferredSite
 	}
 	return ""
+}
+
+func (x *GroupSpec) GetNodeSelector() map[string]string {
+	if x != nil {
+		return x.NodeSelector
+	}
+	return nil
 }
 
 // AntiAffinity puts a group in a class: groups sharing a class name are
@@ -1096,7 +1105,10 @@ type Node struct {
 	ModifyIndex uint64                 `protobuf:"varint,12,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
 	// Draining: set by an operator for maintenance. The node keeps running
 	// what it has until each group has moved, and receives nothing new.
-	Draining      bool `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`
+	Draining bool `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`
+	// Placement labels from the node's configuration (rack, cpu model,
+	// storage class): groups select nodes by them.
+	Labels        map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1222,6 +1234,13 @@ func (x *Node) GetDraining() bool {
 	return false
 }
 
+func (x *Node) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 var File_haven_v1_types_proto protoreflect.FileDescriptor
 
 const file_haven_v1_types_proto_rawDesc = "" +
@@ -1257,7 +1276,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x0fwindow_end_hour\x18\x03 \x01(\rR\rwindowEndHour\"e\n" +
 	"\rRestartPolicy\x12!\n" +
 	"\fmax_restarts\x18\x01 \x01(\rR\vmaxRestarts\x121\n" +
-	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xf5\x04\n" +
+	"\x06period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06period\"\x82\x06\n" +
 	"\tGroupSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\tresources\x18\x02 \x03(\v2\x12.haven.v1.ResourceR\tresources\x12\x1d\n" +
@@ -1271,8 +1290,12 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\arestart\x18\t \x01(\v2\x17.haven.v1.RestartPolicyR\arestart\x127\n" +
 	"\x06labels\x18\v \x03(\v2\x1f.haven.v1.GroupSpec.LabelsEntryR\x06labels\x12;\n" +
 	"\ranti_affinity\x18\f \x03(\v2\x16.haven.v1.AntiAffinityR\fantiAffinity\x12%\n" +
-	"\x0epreferred_site\x18\r \x01(\tR\rpreferredSite\x1a9\n" +
+	"\x0epreferred_site\x18\r \x01(\tR\rpreferredSite\x12J\n" +
+	"\rnode_selector\x18\x0e \x03(\v2%.haven.v1.GroupSpec.NodeSelectorEntryR\fnodeSelector\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
+	"\x11NodeSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\n" +
 	"\x10\vR\x15anti_affinity_classes\"[\n" +
@@ -1294,7 +1317,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xba\x03\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xa9\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -1311,7 +1334,11 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"statusTime\x12!\n" +
 	"\fcreate_index\x18\v \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex\x12\x1a\n" +
-	"\bdraining\x18\r \x01(\bR\bdraining*\x8b\x01\n" +
+	"\bdraining\x18\r \x01(\bR\bdraining\x122\n" +
+	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\x8b\x01\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESOURCE_KIND_CONFIG\x10\x01\x12\x16\n" +
@@ -1357,7 +1384,7 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
@@ -1378,8 +1405,10 @@ var file_haven_v1_types_proto_goTypes = []any{
 	(*Node)(nil),                  // 16: haven.v1.Node
 	nil,                           // 17: haven.v1.ConfigSpec.SettingsEntry
 	nil,                           // 18: haven.v1.GroupSpec.LabelsEntry
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	nil,                           // 19: haven.v1.GroupSpec.NodeSelectorEntry
+	nil,                           // 20: haven.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
@@ -1389,24 +1418,26 @@ var file_haven_v1_types_proto_depIdxs = []int32{
 	9,  // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
 	17, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	19, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	21, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
 	5,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
 	10, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
 	11, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
 	18, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
 	13, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
-	12, // 14: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
-	3,  // 15: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	20, // 16: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
-	15, // 17: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
-	4,  // 18: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	20, // 19: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	19, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
+	12, // 15: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
+	3,  // 16: haven.v1.Group.state:type_name -> haven.v1.GroupState
+	22, // 17: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	15, // 18: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
+	4,  // 19: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
+	22, // 20: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	20, // 21: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -1420,7 +1451,7 @@ func file_haven_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
