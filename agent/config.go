@@ -48,7 +48,7 @@ type Config struct {
 	Placement PlacementConfig `yaml:"placement"`
 	// Labels describe the node to placement (rack, cpu model, storage
 	// class); a group's node_selector picks nodes by them.
-	Labels map[string]string `yaml:"labels"`
+	Labels map[string]string `yaml:"labels,omitempty"`
 }
 
 // PlacementConfig tunes where the leader puts groups (see placement/).
