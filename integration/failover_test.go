@@ -55,6 +55,17 @@ func (c *cluster) allOnline(via *node, names []string, timeout time.Duration, ok
 	return groups
 }
 
+// runGroups starts n nodes, waits for their leader, and creates and starts
+// count groups named prefix0.., returning them once all are online.
+func (c *cluster) runGroups(n int, prefix string, count int) (*node, []string, map[string]*havenv1.Group) {
+	c.t.Helper()
+	c.startN(n)
+	leader := c.leader(30 * time.Second)
+	names := groupNames(prefix, count)
+	c.createAndStart(leader, names)
+	return leader, names, c.allOnline(leader, names, 30*time.Second, anyOwner)
+}
+
 func (c *cluster) createAndStart(via *node, names []string) {
 	c.t.Helper()
 	for _, name := range names {
@@ -71,30 +82,9 @@ func (c *cluster) createAndStart(via *node, names []string) {
 // elsewhere, at a new epoch, exactly once.
 func TestSIGKILLOwnerFailsOver(t *testing.T) {
 	c := newCluster(t)
-	c.startN(3)
-	leader := c.leader(30 * time.Second)
-	var names []string
-	for i := 0; i < 9; i++ {
-		names = append(names, fmt.Sprintf("g%d", i))
-	}
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, func(*havenv1.Group) bool { return true })
-
+	leader, names, before := c.runGroups(3, "g", 9)
 	// Kill a follower that owns groups.
-	var victim *node
-	for _, n := range c.nodes {
-		if n == leader {
-			continue
-		}
-		for _, g := range before {
-			if g.GetOwner() == n.name {
-				victim = n
-			}
-		}
-	}
-	if victim == nil {
-		t.Fatalf("no follower owns a group: %v", before)
-	}
+	victim := c.ownerOfSome(before, leader)
 	victim.kill()
 	after := c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
 	for _, name := range names {
@@ -292,11 +282,7 @@ func TestFailbackToPreferredOwner(t *testing.T) {
 // takes groups again after resume.
 func TestDrainNode(t *testing.T) {
 	c := newCluster(t)
-	c.startN(3)
-	leader := c.leader(30 * time.Second)
-	names := groupNames("d", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "d", 6)
 	victim := c.ownerOfSome(before, leader)
 	resp, err := c.nodes[0].api().DrainNode(ctx(t), &havenv1.DrainNodeRequest{Node: victim.name})
 	if err != nil {

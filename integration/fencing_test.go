@@ -41,11 +41,7 @@ func anyOwner(*havenv1.Group) bool { return true }
 // them (its VMs' gate refuses), and the records show no overlap.
 func TestSIGSTOPLongerThanLease(t *testing.T) {
 	c := newCluster(t)
-	c.startN(3)
-	leader := c.leader(30 * time.Second)
-	names := groupNames("s", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "s", 6)
 	victim := c.ownerOfSome(before, leader)
 	victim.pause()
 	after := c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
@@ -68,11 +64,7 @@ func TestSIGSTOPLongerThanLease(t *testing.T) {
 // no group moves and every guest keeps counting.
 func TestSIGSTOPShorterThanLease(t *testing.T) {
 	c := newCluster(t)
-	c.startN(3)
-	leader := c.leader(30 * time.Second)
-	names := groupNames("q", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "q", 6)
 	victim := c.ownerOfSome(before, leader)
 	victim.pause()
 	// A deliberate pause: half the lease.

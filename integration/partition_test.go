@@ -14,11 +14,7 @@ func (c *cluster) leaderOf() *node { return c.leader(30 * time.Second) }
 // that. The exec logs, which are not fenced, prove the order.
 func TestPartitionedOwnerFreezesBeforeFailover(t *testing.T) {
 	c := newLabCluster(t, []string{"a", "a", "a"})
-	c.startN(3)
-	leader := c.leaderOf()
-	names := groupNames("p", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "p", 6)
 	victim := c.ownerOfSome(before, leader)
 	c.lab.Isolate(victim.host)
 	c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
@@ -46,11 +42,7 @@ func TestShortPartitionFreezesAndThaws(t *testing.T) {
 	// A failover time well above the lease leaves room to heal in between
 	// on a loaded machine.
 	c := newLabCluster(t, []string{"a", "a", "a"}, withFailoverAfter(5*time.Second))
-	c.startN(3)
-	leader := c.leaderOf()
-	names := groupNames("b", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "b", 6)
 	victim := c.ownerOfSome(before, leader)
 	cfg := victim.cfg.Lease
 	// Long enough that the lease surely ends (one renewal interval after
@@ -79,17 +71,12 @@ func TestShortPartitionFreezesAndThaws(t *testing.T) {
 // restarts anywhere, and all thaw when the network returns.
 func TestEveryNodeCutOff(t *testing.T) {
 	c := newLabCluster(t, []string{"a", "a", "a"})
-	c.startN(3)
-	leader := c.leaderOf()
-	names := groupNames("e", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	_, names, before := c.runGroups(3, "e", 6)
 	c.lab.IsolateAll()
 	cut := time.Now()
 	time.Sleep(30 * time.Second)
 	c.lab.HealAll()
 	healed := time.Now()
-	c.leaderOf()
 	after := c.allOnline(c.leaderOf(), names, 30*time.Second, anyOwner)
 	for _, name := range names {
 		if after[name].GetEpoch() != before[name].GetEpoch() {
@@ -106,11 +93,7 @@ func TestEveryNodeCutOff(t *testing.T) {
 // the old leader's groups once they are fenced; nothing runs twice.
 func TestPartitionedLeader(t *testing.T) {
 	c := newLabCluster(t, []string{"a", "a", "a"})
-	c.startN(3)
-	leader := c.leaderOf()
-	names := groupNames("l", 6)
-	c.createAndStart(leader, names)
-	before := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	leader, names, before := c.runGroups(3, "l", 6)
 	c.lab.Isolate(leader.host)
 	var majority *node
 	waitFor(t, 30*time.Second, "a new leader in the majority", func() error {
