@@ -406,7 +406,9 @@ func (x *GetStatusResponse) GetReserveSummary() string {
 }
 
 type ListNodesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetGroupRequest.
+	Consistent    bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -439,6 +441,13 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
 	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListNodesRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
 }
 
 type NodeInfo struct {
@@ -504,6 +513,7 @@ func (x *NodeInfo) GetLeader() bool {
 type ListNodesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -541,6 +551,13 @@ func (*ListNodesResponse) Descriptor() ([]byte, []int) {
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
 	if x != nil {
 		return x.Nodes
+	}
+	return nil
+}
+
+func (x *ListNodesResponse) GetMeta() *ReadMeta {
+	if x != nil {
+		return x.Meta
 	}
 	return nil
 }
@@ -643,16 +660,103 @@ func (x *CreateGroupResponse) GetGroup() *Group {
 	return nil
 }
 
+// ReadMeta says how fresh a read is, as Consul's X-Consul-* headers do.
+type ReadMeta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Raft index of the state the answer was read from.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The agent that answered.
+	AnsweredBy string `protobuf:"bytes,2,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	// Answered by the leader after it verified its leadership: the answer
+	// reflects every write acknowledged before the read began.
+	Consistent bool `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// Default reads: whether the answering agent knows a leader, and how
+	// long ago it last heard from it (0 on the leader). A stale answer can
+	// trail the leader by this much during a leader change.
+	KnownLeader       bool   `protobuf:"varint,4,opt,name=known_leader,json=knownLeader,proto3" json:"known_leader,omitempty"`
+	LastContactMillis uint64 `protobuf:"varint,5,opt,name=last_contact_millis,json=lastContactMillis,proto3" json:"last_contact_millis,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ReadMeta) Reset() {
+	*x = ReadMeta{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadMeta) ProtoMessage() {}
+
+func (x *ReadMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadMeta.ProtoReflect.Descriptor instead.
+func (*ReadMeta) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReadMeta) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReadMeta) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *ReadMeta) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+func (x *ReadMeta) GetKnownLeader() bool {
+	if x != nil {
+		return x.KnownLeader
+	}
+	return false
+}
+
+func (x *ReadMeta) GetLastContactMillis() uint64 {
+	if x != nil {
+		return x.LastContactMillis
+	}
+	return 0
+}
+
 type GetGroupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Ask the leader, which verifies its leadership first: slower, never
+	// stale. By default the agent asked answers from its own copy.
+	Consistent    bool `protobuf:"varint,2,opt,name=consistent,proto3" json:"consistent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +768,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +781,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -687,16 +791,24 @@ func (x *GetGroupRequest) GetName() string {
 	return ""
 }
 
+func (x *GetGroupRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
 type GetGroupResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +820,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +833,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -731,15 +843,24 @@ func (x *GetGroupResponse) GetGroup() *Group {
 	return nil
 }
 
+func (x *GetGroupResponse) GetMeta() *ReadMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
 type ListGroupsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetGroupRequest.
+	Consistent    bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +872,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,19 +885,27 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListGroupsRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
 }
 
 type ListGroupsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Groups        []*Group               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +917,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,12 +930,19 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
 	if x != nil {
 		return x.Groups
+	}
+	return nil
+}
+
+func (x *ListGroupsResponse) GetMeta() *ReadMeta {
+	if x != nil {
+		return x.Meta
 	}
 	return nil
 }
@@ -821,7 +957,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +969,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +982,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -871,7 +1007,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1019,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1032,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 type StartGroupRequest struct {
@@ -911,7 +1047,7 @@ type StartGroupRequest struct {
 
 func (x *StartGroupRequest) Reset() {
 	*x = StartGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1059,7 @@ func (x *StartGroupRequest) String() string {
 func (*StartGroupRequest) ProtoMessage() {}
 
 func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1072,7 @@ func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupRequest.ProtoReflect.Descriptor instead.
 func (*StartGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartGroupRequest) GetName() string {
@@ -969,7 +1105,7 @@ type StartGroupResponse struct {
 
 func (x *StartGroupResponse) Reset() {
 	*x = StartGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1117,7 @@ func (x *StartGroupResponse) String() string {
 func (*StartGroupResponse) ProtoMessage() {}
 
 func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1130,7 @@ func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupResponse.ProtoReflect.Descriptor instead.
 func (*StartGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartGroupResponse) GetGroup() *Group {
@@ -1014,7 +1150,7 @@ type StopGroupRequest struct {
 
 func (x *StopGroupRequest) Reset() {
 	*x = StopGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1162,7 @@ func (x *StopGroupRequest) String() string {
 func (*StopGroupRequest) ProtoMessage() {}
 
 func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1175,7 @@ func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupRequest.ProtoReflect.Descriptor instead.
 func (*StopGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopGroupRequest) GetName() string {
@@ -1065,7 +1201,7 @@ type StopGroupResponse struct {
 
 func (x *StopGroupResponse) Reset() {
 	*x = StopGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1213,7 @@ func (x *StopGroupResponse) String() string {
 func (*StopGroupResponse) ProtoMessage() {}
 
 func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1226,7 @@ func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupResponse.ProtoReflect.Descriptor instead.
 func (*StopGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StopGroupResponse) GetGroup() *Group {
@@ -1110,7 +1246,7 @@ type GetReserveRequest struct {
 
 func (x *GetReserveRequest) Reset() {
 	*x = GetReserveRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1258,7 @@ func (x *GetReserveRequest) String() string {
 func (*GetReserveRequest) ProtoMessage() {}
 
 func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1271,7 @@ func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveRequest.ProtoReflect.Descriptor instead.
 func (*GetReserveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetReserveRequest) GetK() uint32 {
@@ -1161,7 +1297,7 @@ type ReserveBreach struct {
 
 func (x *ReserveBreach) Reset() {
 	*x = ReserveBreach{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1309,7 @@ func (x *ReserveBreach) String() string {
 func (*ReserveBreach) ProtoMessage() {}
 
 func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1322,7 @@ func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveBreach.ProtoReflect.Descriptor instead.
 func (*ReserveBreach) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReserveBreach) GetFailedNodes() []string {
@@ -1251,7 +1387,7 @@ type GetReserveResponse struct {
 
 func (x *GetReserveResponse) Reset() {
 	*x = GetReserveResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1399,7 @@ func (x *GetReserveResponse) String() string {
 func (*GetReserveResponse) ProtoMessage() {}
 
 func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1412,7 @@ func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveResponse.ProtoReflect.Descriptor instead.
 func (*GetReserveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetReserveResponse) GetK() uint32 {
@@ -1388,14 +1524,16 @@ type RankNodesRequest struct {
 	PreferredSite   string          `protobuf:"bytes,6,opt,name=preferred_site,json=preferredSite,proto3" json:"preferred_site,omitempty"`
 	// Unspecified is medium. A no-auto-start group is not restarted after a
 	// failure, so it needs no reserve of its own.
-	Priority      Priority `protobuf:"varint,7,opt,name=priority,proto3,enum=haven.v1.Priority" json:"priority,omitempty"`
+	Priority Priority `protobuf:"varint,7,opt,name=priority,proto3,enum=haven.v1.Priority" json:"priority,omitempty"`
+	// As in GroupSpec: only nodes carrying every one of these labels.
+	NodeSelector  map[string]string `protobuf:"bytes,8,rep,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RankNodesRequest) Reset() {
 	*x = RankNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1545,7 @@ func (x *RankNodesRequest) String() string {
 func (*RankNodesRequest) ProtoMessage() {}
 
 func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1558,7 @@ func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesRequest.ProtoReflect.Descriptor instead.
 func (*RankNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RankNodesRequest) GetCpuMillis() int64 {
@@ -1472,6 +1610,13 @@ func (x *RankNodesRequest) GetPriority() Priority {
 	return Priority_PRIORITY_UNSPECIFIED
 }
 
+func (x *RankNodesRequest) GetNodeSelector() map[string]string {
+	if x != nil {
+		return x.NodeSelector
+	}
+	return nil
+}
+
 type RankedNode struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1493,7 +1638,7 @@ type RankedNode struct {
 
 func (x *RankedNode) Reset() {
 	*x = RankedNode{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1650,7 @@ func (x *RankedNode) String() string {
 func (*RankedNode) ProtoMessage() {}
 
 func (x *RankedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1663,7 @@ func (x *RankedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankedNode.ProtoReflect.Descriptor instead.
 func (*RankedNode) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RankedNode) GetNode() string {
@@ -1577,7 +1722,7 @@ type RankNodesResponse struct {
 
 func (x *RankNodesResponse) Reset() {
 	*x = RankNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1734,7 @@ func (x *RankNodesResponse) String() string {
 func (*RankNodesResponse) ProtoMessage() {}
 
 func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1747,7 @@ func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesResponse.ProtoReflect.Descriptor instead.
 func (*RankNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RankNodesResponse) GetNodes() []*RankedNode {
@@ -1633,7 +1778,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1790,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1803,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BalanceRequest) GetDryRun() bool {
@@ -1697,7 +1842,7 @@ type BalanceMove struct {
 
 func (x *BalanceMove) Reset() {
 	*x = BalanceMove{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1854,7 @@ func (x *BalanceMove) String() string {
 func (*BalanceMove) ProtoMessage() {}
 
 func (x *BalanceMove) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1867,7 @@ func (x *BalanceMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceMove.ProtoReflect.Descriptor instead.
 func (*BalanceMove) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BalanceMove) GetGroup() string {
@@ -1808,7 +1953,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +1965,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +1978,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BalanceResponse) GetMode() BalancerMode {
@@ -1916,7 +2061,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2073,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2086,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -1969,7 +2114,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2126,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2139,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -2021,7 +2166,7 @@ type ResumeNodeRequest struct {
 
 func (x *ResumeNodeRequest) Reset() {
 	*x = ResumeNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2178,7 @@ func (x *ResumeNodeRequest) String() string {
 func (*ResumeNodeRequest) ProtoMessage() {}
 
 func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2191,7 @@ func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResumeNodeRequest) GetNode() string {
@@ -2072,7 +2217,7 @@ type ResumeNodeResponse struct {
 
 func (x *ResumeNodeResponse) Reset() {
 	*x = ResumeNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2084,7 +2229,7 @@ func (x *ResumeNodeResponse) String() string {
 func (*ResumeNodeResponse) ProtoMessage() {}
 
 func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2097,7 +2242,7 @@ func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeNodeResponse) GetNode() *Node {
@@ -2139,27 +2284,48 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\treserve_k\x18\x10 \x01(\rR\breserveK\x12\x1d\n" +
 	"\n" +
 	"reserve_ok\x18\x11 \x01(\bR\treserveOk\x12'\n" +
-	"\x0freserve_summary\x18\x12 \x01(\tR\x0ereserveSummary\"\x12\n" +
-	"\x10ListNodesRequest\"w\n" +
+	"\x0freserve_summary\x18\x12 \x01(\tR\x0ereserveSummary\"2\n" +
+	"\x10ListNodesRequest\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x01 \x01(\bR\n" +
+	"consistent\"w\n" +
 	"\bNodeInfo\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\x12/\n" +
 	"\traft_role\x18\x02 \x01(\x0e2\x12.haven.v1.RaftRoleR\braftRole\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"=\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"e\n" +
 	"\x11ListNodesResponse\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.haven.v1.NodeInfoR\x05nodes\"\\\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.haven.v1.NodeInfoR\x05nodes\x12&\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"\\\n" +
 	"\x12CreateGroupRequest\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"<\n" +
 	"\x13CreateGroupResponse\x12%\n" +
-	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"%\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"\xb4\x01\n" +
+	"\bReadMeta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1f\n" +
+	"\vanswered_by\x18\x02 \x01(\tR\n" +
+	"answeredBy\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x03 \x01(\bR\n" +
+	"consistent\x12!\n" +
+	"\fknown_leader\x18\x04 \x01(\bR\vknownLeader\x12.\n" +
+	"\x13last_contact_millis\x18\x05 \x01(\x04R\x11lastContactMillis\"E\n" +
 	"\x0fGetGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"9\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x02 \x01(\bR\n" +
+	"consistent\"a\n" +
 	"\x10GetGroupResponse\x12%\n" +
-	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"\x13\n" +
-	"\x11ListGroupsRequest\"=\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\x12&\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"3\n" +
+	"\x11ListGroupsRequest\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x01 \x01(\bR\n" +
+	"consistent\"e\n" +
 	"\x12ListGroupsResponse\x12'\n" +
-	"\x06groups\x18\x01 \x03(\v2\x0f.haven.v1.GroupR\x06groups\"G\n" +
+	"\x06groups\x18\x01 \x03(\v2\x0f.haven.v1.GroupR\x06groups\x12&\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"G\n" +
 	"\x12DeleteGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -2200,7 +2366,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\asummary\x18\v \x01(\tR\asummary\x12\x16\n" +
 	"\x06leader\x18\f \x01(\tR\x06leader\x12%\n" +
 	"\x0ecpu_overcommit\x18\r \x01(\x01R\rcpuOvercommit\x12!\n" +
-	"\fconfigured_k\x18\x0e \x01(\rR\vconfiguredK\"\xbc\x02\n" +
+	"\fconfigured_k\x18\x0e \x01(\rR\vconfiguredK\"\xd0\x03\n" +
 	"\x10RankNodesRequest\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
@@ -2209,7 +2375,11 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x10preferred_owners\x18\x04 \x03(\tR\x0fpreferredOwners\x12;\n" +
 	"\ranti_affinity\x18\x05 \x03(\v2\x16.haven.v1.AntiAffinityR\fantiAffinity\x12%\n" +
 	"\x0epreferred_site\x18\x06 \x01(\tR\rpreferredSite\x12.\n" +
-	"\bpriority\x18\a \x01(\x0e2\x12.haven.v1.PriorityR\bpriority\"\x9f\x01\n" +
+	"\bpriority\x18\a \x01(\x0e2\x12.haven.v1.PriorityR\bpriority\x12Q\n" +
+	"\rnode_selector\x18\b \x03(\v2,.haven.v1.RankNodesRequest.NodeSelectorEntryR\fnodeSelector\x1a?\n" +
+	"\x11NodeSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x01\n" +
 	"\n" +
 	"RankedNode\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
@@ -2305,7 +2475,7 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(RaftRole)(0),               // 0: haven.v1.RaftRole
 	(ReserveMethod)(0),          // 1: haven.v1.ReserveMethod
@@ -2317,87 +2487,93 @@ var file_haven_v1_cluster_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),   // 7: haven.v1.ListNodesResponse
 	(*CreateGroupRequest)(nil),  // 8: haven.v1.CreateGroupRequest
 	(*CreateGroupResponse)(nil), // 9: haven.v1.CreateGroupResponse
-	(*GetGroupRequest)(nil),     // 10: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),    // 11: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),   // 12: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),  // 13: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),  // 14: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil), // 15: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),   // 16: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),  // 17: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),    // 18: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),   // 19: haven.v1.StopGroupResponse
-	(*GetReserveRequest)(nil),   // 20: haven.v1.GetReserveRequest
-	(*ReserveBreach)(nil),       // 21: haven.v1.ReserveBreach
-	(*GetReserveResponse)(nil),  // 22: haven.v1.GetReserveResponse
-	(*RankNodesRequest)(nil),    // 23: haven.v1.RankNodesRequest
-	(*RankedNode)(nil),          // 24: haven.v1.RankedNode
-	(*RankNodesResponse)(nil),   // 25: haven.v1.RankNodesResponse
-	(*BalanceRequest)(nil),      // 26: haven.v1.BalanceRequest
-	(*BalanceMove)(nil),         // 27: haven.v1.BalanceMove
-	(*BalanceResponse)(nil),     // 28: haven.v1.BalanceResponse
-	(*DrainNodeRequest)(nil),    // 29: haven.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),   // 30: haven.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),   // 31: haven.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),  // 32: haven.v1.ResumeNodeResponse
-	(*Node)(nil),                // 33: haven.v1.Node
-	(*GroupSpec)(nil),           // 34: haven.v1.GroupSpec
-	(*Group)(nil),               // 35: haven.v1.Group
-	(*Capacity)(nil),            // 36: haven.v1.Capacity
-	(*AntiAffinity)(nil),        // 37: haven.v1.AntiAffinity
-	(Priority)(0),               // 38: haven.v1.Priority
+	(*ReadMeta)(nil),            // 10: haven.v1.ReadMeta
+	(*GetGroupRequest)(nil),     // 11: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),    // 12: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),   // 13: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),  // 14: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),  // 15: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil), // 16: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),   // 17: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),  // 18: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),    // 19: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),   // 20: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),   // 21: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),       // 22: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),  // 23: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),    // 24: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),          // 25: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),   // 26: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),      // 27: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),         // 28: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),     // 29: haven.v1.BalanceResponse
+	(*DrainNodeRequest)(nil),    // 30: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),   // 31: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),   // 32: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),  // 33: haven.v1.ResumeNodeResponse
+	nil,                         // 34: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(*Node)(nil),                // 35: haven.v1.Node
+	(*GroupSpec)(nil),           // 36: haven.v1.GroupSpec
+	(*Group)(nil),               // 37: haven.v1.Group
+	(*Capacity)(nil),            // 38: haven.v1.Capacity
+	(*AntiAffinity)(nil),        // 39: haven.v1.AntiAffinity
+	(Priority)(0),               // 40: haven.v1.Priority
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	33, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	35, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
 	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
 	6,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	34, // 3: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	35, // 4: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	35, // 5: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	35, // 6: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	35, // 7: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	35, // 8: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	1,  // 9: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
-	21, // 10: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	36, // 11: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	37, // 12: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	38, // 13: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	24, // 14: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
-	2,  // 15: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
-	27, // 16: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	33, // 17: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	33, // 18: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	3,  // 19: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	5,  // 20: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	8,  // 21: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	10, // 22: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	12, // 23: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	14, // 24: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	16, // 25: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	18, // 26: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	20, // 27: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	23, // 28: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	26, // 29: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	29, // 30: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	31, // 31: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	4,  // 32: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	7,  // 33: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	9,  // 34: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	11, // 35: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	13, // 36: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	15, // 37: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	17, // 38: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	19, // 39: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	22, // 40: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	25, // 41: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	28, // 42: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	30, // 43: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	32, // 44: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	32, // [32:45] is the sub-list for method output_type
-	19, // [19:32] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	10, // 3: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
+	36, // 4: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	37, // 5: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	37, // 6: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	10, // 7: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
+	37, // 8: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	10, // 9: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
+	37, // 10: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	37, // 11: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	1,  // 12: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	22, // 13: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	38, // 14: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	39, // 15: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	40, // 16: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	34, // 17: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	25, // 18: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	2,  // 19: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	28, // 20: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	35, // 21: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	35, // 22: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	3,  // 23: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	5,  // 24: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	8,  // 25: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	11, // 26: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	13, // 27: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	15, // 28: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	17, // 29: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	19, // 30: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	21, // 31: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	24, // 32: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	27, // 33: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	30, // 34: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	32, // 35: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	4,  // 36: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	7,  // 37: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	9,  // 38: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	12, // 39: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	14, // 40: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	16, // 41: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	18, // 42: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	20, // 43: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	23, // 44: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	26, // 45: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	29, // 46: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	31, // 47: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	33, // 48: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	36, // [36:49] is the sub-list for method output_type
+	23, // [23:36] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -2412,7 +2588,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

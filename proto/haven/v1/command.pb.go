@@ -41,6 +41,8 @@ type Command struct {
 	//	*Command_AssignGroup
 	//	*Command_SetGroupState
 	//	*Command_SetNodeDrain
+	//	*Command_StopGroup
+	//	*Command_ReportGroup
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -160,6 +162,24 @@ func (x *Command) GetSetNodeDrain() *SetNodeDrainCommand {
 	return nil
 }
 
+func (x *Command) GetStopGroup() *StopGroupCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_StopGroup); ok {
+			return x.StopGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReportGroup() *ReportGroupCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ReportGroup); ok {
+			return x.ReportGroup
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -192,6 +212,14 @@ type Command_SetNodeDrain struct {
 	SetNodeDrain *SetNodeDrainCommand `protobuf:"bytes,16,opt,name=set_node_drain,json=setNodeDrain,proto3,oneof"`
 }
 
+type Command_StopGroup struct {
+	StopGroup *StopGroupCommand `protobuf:"bytes,17,opt,name=stop_group,json=stopGroup,proto3,oneof"`
+}
+
+type Command_ReportGroup struct {
+	ReportGroup *ReportGroupCommand `protobuf:"bytes,18,opt,name=report_group,json=reportGroup,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -205,6 +233,10 @@ func (*Command_AssignGroup) isCommand_Cmd() {}
 func (*Command_SetGroupState) isCommand_Cmd() {}
 
 func (*Command_SetNodeDrain) isCommand_Cmd() {}
+
+func (*Command_StopGroup) isCommand_Cmd() {}
+
+func (*Command_ReportGroup) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -392,15 +424,26 @@ func (x *DeleteGroupCommand) GetName() string {
 
 // AssignGroupCommand gives a group a new owner at the next epoch. It is a
 // compare-and-set: it applies only while the group is still at
-// expect_epoch, so a decision made on a stale view changes nothing.
+// expect_epoch and its desired state still at expect_desired_index, so a
+// decision made on a stale view (an operator's stop committed meanwhile)
+// changes nothing.
 type AssignGroupCommand struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	ExpectEpoch uint64                 `protobuf:"varint,2,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
 	// Empty: the group has no owner (it could not be placed).
-	Owner         string     `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
-	State         GroupState `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
-	Reason        string     `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Owner              string     `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	State              GroupState `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason             string     `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	ExpectDesiredIndex uint64     `protobuf:"varint,6,opt,name=expect_desired_index,json=expectDesiredIndex,proto3" json:"expect_desired_index,omitempty"`
+	// Unspecified keeps the desired state (the leader's failover and
+	// moves); an operator's start sets RUN at this command's index.
+	Desired DesiredState `protobuf:"varint,7,opt,name=desired,proto3,enum=haven.v1.DesiredState" json:"desired,omitempty"`
+	// When set, the failure that made the leader move the group, recorded
+	// in Group.failures.
+	Failure *GroupFailure `protobuf:"bytes,8,opt,name=failure,proto3" json:"failure,omitempty"`
+	// An operator's start forgets the group's past failures.
+	ClearFailures bool `protobuf:"varint,9,opt,name=clear_failures,json=clearFailures,proto3" json:"clear_failures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,19 +513,47 @@ func (x *AssignGroupCommand) GetReason() string {
 	return ""
 }
 
-// SetGroupStateCommand records a state change at the current owner and
-// epoch; a report for an older epoch is refused.
+func (x *AssignGroupCommand) GetExpectDesiredIndex() uint64 {
+	if x != nil {
+		return x.ExpectDesiredIndex
+	}
+	return 0
+}
+
+func (x *AssignGroupCommand) GetDesired() DesiredState {
+	if x != nil {
+		return x.Desired
+	}
+	return DesiredState_DESIRED_STATE_UNSPECIFIED
+}
+
+func (x *AssignGroupCommand) GetFailure() *GroupFailure {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
+func (x *AssignGroupCommand) GetClearFailures() bool {
+	if x != nil {
+		return x.ClearFailures
+	}
+	return false
+}
+
+// SetGroupStateCommand is the leader's planned move: the group, online at
+// epoch and still meant to run (expect_desired_index), stops on its owner
+// and restarts on move_to once offline.
 type SetGroupStateCommand struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	State  GroupState             `protobuf:"varint,3,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
-	Reason string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	// With state STOPPING or OFFLINE: where the group restarts once offline
-	// (empty: it stays offline). Other states leave the group's move_to.
-	MoveTo        string `protobuf:"bytes,5,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch              uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State              GroupState             `protobuf:"varint,3,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason             string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	MoveTo             string                 `protobuf:"bytes,5,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
+	ExpectDesiredIndex uint64                 `protobuf:"varint,6,opt,name=expect_desired_index,json=expectDesiredIndex,proto3" json:"expect_desired_index,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SetGroupStateCommand) Reset() {
@@ -550,6 +621,156 @@ func (x *SetGroupStateCommand) GetMoveTo() string {
 	return ""
 }
 
+func (x *SetGroupStateCommand) GetExpectDesiredIndex() uint64 {
+	if x != nil {
+		return x.ExpectDesiredIndex
+	}
+	return 0
+}
+
+// StopGroupCommand is an operator's stop: desired becomes STOPPED at this
+// index whatever the epoch, a running group starts stopping, a planned
+// move is cancelled, a failed group stops waiting for a node.
+type StopGroupCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopGroupCommand) Reset() {
+	*x = StopGroupCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopGroupCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopGroupCommand) ProtoMessage() {}
+
+func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
+func (*StopGroupCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *StopGroupCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StopGroupCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ReportGroupCommand is an owner's report of what its executor observed,
+// acting on the group at epoch and desired_index. It applies only while
+// both are current and the state follows from the one recorded: a report
+// can never turn a stop into a run.
+type ReportGroupCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	DesiredIndex  uint64                 `protobuf:"varint,4,opt,name=desired_index,json=desiredIndex,proto3" json:"desired_index,omitempty"`
+	State         GroupState             `protobuf:"varint,5,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportGroupCommand) Reset() {
+	*x = ReportGroupCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportGroupCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportGroupCommand) ProtoMessage() {}
+
+func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
+func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReportGroupCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReportGroupCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportGroupCommand) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReportGroupCommand) GetDesiredIndex() uint64 {
+	if x != nil {
+		return x.DesiredIndex
+	}
+	return 0
+}
+
+func (x *ReportGroupCommand) GetState() GroupState {
+	if x != nil {
+		return x.State
+	}
+	return GroupState_GROUP_STATE_UNSPECIFIED
+}
+
+func (x *ReportGroupCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // SetNodeDrainCommand starts or ends a node's maintenance drain.
 type SetNodeDrainCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -561,7 +782,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +794,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +807,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -618,7 +839,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +851,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +864,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -692,7 +913,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +925,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +938,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -749,7 +970,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +982,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +995,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -837,7 +1058,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xc3\x04\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xc3\x05\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -850,7 +1071,10 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\fdelete_group\x18\r \x01(\v2\x1c.haven.v1.DeleteGroupCommandH\x00R\vdeleteGroup\x12A\n" +
 	"\fassign_group\x18\x0e \x01(\v2\x1c.haven.v1.AssignGroupCommandH\x00R\vassignGroup\x12H\n" +
 	"\x0fset_group_state\x18\x0f \x01(\v2\x1e.haven.v1.SetGroupStateCommandH\x00R\rsetGroupState\x12E\n" +
-	"\x0eset_node_drain\x18\x10 \x01(\v2\x1d.haven.v1.SetNodeDrainCommandH\x00R\fsetNodeDrainB\x05\n" +
+	"\x0eset_node_drain\x18\x10 \x01(\v2\x1d.haven.v1.SetNodeDrainCommandH\x00R\fsetNodeDrain\x12;\n" +
+	"\n" +
+	"stop_group\x18\x11 \x01(\v2\x1a.haven.v1.StopGroupCommandH\x00R\tstopGroup\x12A\n" +
+	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroupB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -860,19 +1084,34 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x12CreateGroupCommand\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\"(\n" +
 	"\x12DeleteGroupCommand\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\xa5\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xe2\x02\n" +
 	"\x12AssignGroupCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fexpect_epoch\x18\x02 \x01(\x04R\vexpectEpoch\x12\x14\n" +
 	"\x05owner\x18\x03 \x01(\tR\x05owner\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x9d\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x120\n" +
+	"\x14expect_desired_index\x18\x06 \x01(\x04R\x12expectDesiredIndex\x120\n" +
+	"\adesired\x18\a \x01(\x0e2\x16.haven.v1.DesiredStateR\adesired\x120\n" +
+	"\afailure\x18\b \x01(\v2\x16.haven.v1.GroupFailureR\afailure\x12%\n" +
+	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"\xcf\x01\n" +
 	"\x14SetGroupStateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
-	"\amove_to\x18\x05 \x01(\tR\x06moveTo\"E\n" +
+	"\amove_to\x18\x05 \x01(\tR\x06moveTo\x120\n" +
+	"\x14expect_desired_index\x18\x06 \x01(\x04R\x12expectDesiredIndex\">\n" +
+	"\x10StopGroupCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xbb\x01\n" +
+	"\x12ReportGroupCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12#\n" +
+	"\rdesired_index\x18\x04 \x01(\x04R\fdesiredIndex\x12*\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"E\n" +
 	"\x13SetNodeDrainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xb9\x01\n" +
@@ -905,7 +1144,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 	return file_haven_v1_command_proto_rawDescData
 }
 
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_haven_v1_command_proto_goTypes = []any{
 	(*Command)(nil),               // 0: haven.v1.Command
 	(*UpsertNodeCommand)(nil),     // 1: haven.v1.UpsertNodeCommand
@@ -914,40 +1153,49 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*DeleteGroupCommand)(nil),    // 4: haven.v1.DeleteGroupCommand
 	(*AssignGroupCommand)(nil),    // 5: haven.v1.AssignGroupCommand
 	(*SetGroupStateCommand)(nil),  // 6: haven.v1.SetGroupStateCommand
-	(*SetNodeDrainCommand)(nil),   // 7: haven.v1.SetNodeDrainCommand
-	(*AppliedRequest)(nil),        // 8: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 9: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 10: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*Node)(nil),                  // 12: haven.v1.Node
-	(NodeStatus)(0),               // 13: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 14: haven.v1.GroupSpec
-	(GroupState)(0),               // 15: haven.v1.GroupState
-	(*Group)(nil),                 // 16: haven.v1.Group
+	(*StopGroupCommand)(nil),      // 7: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 8: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 9: haven.v1.SetNodeDrainCommand
+	(*AppliedRequest)(nil),        // 10: haven.v1.AppliedRequest
+	(*SnapshotHeader)(nil),        // 11: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 12: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Node)(nil),                  // 14: haven.v1.Node
+	(NodeStatus)(0),               // 15: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 16: haven.v1.GroupSpec
+	(GroupState)(0),               // 17: haven.v1.GroupState
+	(DesiredState)(0),             // 18: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 19: haven.v1.GroupFailure
+	(*Group)(nil),                 // 20: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	11, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	13, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	2,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	3,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
 	4,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
 	5,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
 	6,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	7,  // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	12, // 8: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	13, // 9: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	14, // 10: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	15, // 11: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	15, // 12: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	11, // 13: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	12, // 14: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	16, // 15: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	8,  // 16: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	9,  // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	7,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	8,  // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	14, // 10: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	15, // 11: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	16, // 12: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	17, // 13: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	18, // 14: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	19, // 15: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	17, // 16: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	17, // 17: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	13, // 18: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	14, // 19: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	20, // 20: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	10, // 21: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -964,8 +1212,10 @@ func file_haven_v1_command_proto_init() {
 		(*Command_AssignGroup)(nil),
 		(*Command_SetGroupState)(nil),
 		(*Command_SetNodeDrain)(nil),
+		(*Command_StopGroup)(nil),
+		(*Command_ReportGroup)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[10].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[12].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -976,7 +1226,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

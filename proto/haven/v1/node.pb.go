@@ -278,12 +278,14 @@ func (x *RenewLeaseResponse) GetTerm() uint64 {
 }
 
 type ReportGroupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	State         GroupState             `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Node   string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State  GroupState             `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Reason string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The group's desired_index the executor acted on.
+	DesiredIndex  uint64 `protobuf:"varint,6,opt,name=desired_index,json=desiredIndex,proto3" json:"desired_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -351,6 +353,13 @@ func (x *ReportGroupRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *ReportGroupRequest) GetDesiredIndex() uint64 {
+	if x != nil {
+		return x.DesiredIndex
+	}
+	return 0
 }
 
 type ReportGroupResponse struct {
@@ -496,13 +505,14 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x12RenewLeaseResponse\x12!\n" +
 	"\flease_millis\x18\x01 \x01(\x04R\vleaseMillis\x12,\n" +
 	"\x06groups\x18\x02 \x03(\v2\x14.haven.v1.GroupEpochR\x06groups\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\x04R\x04term\"\x96\x01\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\"\xbb\x01\n" +
 	"\x12ReportGroupRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x15\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12#\n" +
+	"\rdesired_index\x18\x06 \x01(\x04R\fdesiredIndex\"\x15\n" +
 	"\x13ReportGroupResponse\"6\n" +
 	"\x0eCrashVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +

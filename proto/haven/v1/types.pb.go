@@ -191,6 +191,61 @@ func (FailbackMode) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
+// DesiredState is what should become of a group: set only by an
+// operator's start or stop and by the leader's own decisions (a no-auto-start
+// group whose owner failed is stopped). Owners' reports never change it.
+type DesiredState int32
+
+const (
+	DesiredState_DESIRED_STATE_UNSPECIFIED DesiredState = 0
+	DesiredState_DESIRED_STATE_RUN         DesiredState = 1
+	DesiredState_DESIRED_STATE_STOPPED     DesiredState = 2
+)
+
+// Enum value maps for DesiredState.
+var (
+	DesiredState_name = map[int32]string{
+		0: "DESIRED_STATE_UNSPECIFIED",
+		1: "DESIRED_STATE_RUN",
+		2: "DESIRED_STATE_STOPPED",
+	}
+	DesiredState_value = map[string]int32{
+		"DESIRED_STATE_UNSPECIFIED": 0,
+		"DESIRED_STATE_RUN":         1,
+		"DESIRED_STATE_STOPPED":     2,
+	}
+)
+
+func (x DesiredState) Enum() *DesiredState {
+	p := new(DesiredState)
+	*p = x
+	return p
+}
+
+func (x DesiredState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DesiredState) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[3].Descriptor()
+}
+
+func (DesiredState) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[3]
+}
+
+func (x DesiredState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DesiredState.Descriptor instead.
+func (DesiredState) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+// GroupState is the observed state of a group: where its owner's executor
+// has got to (starting, online, stopping, offline) or that it failed, with
+// Group.state_reason.
 type GroupState int32
 
 const (
@@ -233,11 +288,11 @@ func (x GroupState) String() string {
 }
 
 func (GroupState) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[3].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[4].Descriptor()
 }
 
 func (GroupState) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[3]
+	return &file_haven_v1_types_proto_enumTypes[4]
 }
 
 func (x GroupState) Number() protoreflect.EnumNumber {
@@ -246,7 +301,7 @@ func (x GroupState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GroupState.Descriptor instead.
 func (GroupState) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 type NodeStatus int32
@@ -285,11 +340,11 @@ func (x NodeStatus) String() string {
 }
 
 func (NodeStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[4].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[5].Descriptor()
 }
 
 func (NodeStatus) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[4]
+	return &file_haven_v1_types_proto_enumTypes[5]
 }
 
 func (x NodeStatus) Number() protoreflect.EnumNumber {
@@ -298,7 +353,7 @@ func (x NodeStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeStatus.Descriptor instead.
 func (NodeStatus) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 // Resource is one manageable thing inside a group. Resources start in
@@ -921,6 +976,69 @@ func (x *AntiAffinity) GetAcrossSites() bool {
 	return false
 }
 
+// GroupFailure records that a group failed on a node: its start kept
+// failing, its VM was fenced by its disk, or it crashed past its restart
+// policy. The leader does not place the group there again for a while.
+type GroupFailure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupFailure) Reset() {
+	*x = GroupFailure{}
+	mi := &file_haven_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupFailure) ProtoMessage() {}
+
+func (x *GroupFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupFailure.ProtoReflect.Descriptor instead.
+func (*GroupFailure) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GroupFailure) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *GroupFailure) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *GroupFailure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Group is a group as the cluster state holds it.
 type Group struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -936,14 +1054,25 @@ type Group struct {
 	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// While the group stops on its owner for a planned move (failback), the
 	// node it restarts on once it is offline.
-	MoveTo        string `protobuf:"bytes,9,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
+	MoveTo string `protobuf:"bytes,9,opt,name=move_to,json=moveTo,proto3" json:"move_to,omitempty"`
+	// What the operator (or the leader on its behalf) asked for, the log
+	// index that asked it and the leader's time then. state is what the
+	// owner observed; a report that contradicts desired is refused.
+	Desired      DesiredState           `protobuf:"varint,10,opt,name=desired,proto3,enum=haven.v1.DesiredState" json:"desired,omitempty"`
+	DesiredIndex uint64                 `protobuf:"varint,11,opt,name=desired_index,json=desiredIndex,proto3" json:"desired_index,omitempty"`
+	DesiredTime  *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=desired_time,json=desiredTime,proto3" json:"desired_time,omitempty"`
+	// When state last changed (the leader's clock).
+	StateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_time,json=stateTime,proto3" json:"state_time,omitempty"`
+	// The latest failure per node, newest last; an operator's start clears
+	// them.
+	Failures      []*GroupFailure `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_haven_v1_types_proto_msgTypes[9]
+	mi := &file_haven_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1084,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[9]
+	mi := &file_haven_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1097,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Group) GetSpec() *GroupSpec {
@@ -1034,6 +1163,41 @@ func (x *Group) GetMoveTo() string {
 	return ""
 }
 
+func (x *Group) GetDesired() DesiredState {
+	if x != nil {
+		return x.Desired
+	}
+	return DesiredState_DESIRED_STATE_UNSPECIFIED
+}
+
+func (x *Group) GetDesiredIndex() uint64 {
+	if x != nil {
+		return x.DesiredIndex
+	}
+	return 0
+}
+
+func (x *Group) GetDesiredTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DesiredTime
+	}
+	return nil
+}
+
+func (x *Group) GetStateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StateTime
+	}
+	return nil
+}
+
+func (x *Group) GetFailures() []*GroupFailure {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
 type Capacity struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CpuMillis     int64                  `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
@@ -1044,7 +1208,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_haven_v1_types_proto_msgTypes[10]
+	mi := &file_haven_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1220,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[10]
+	mi := &file_haven_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1233,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Capacity) GetCpuMillis() int64 {
@@ -1115,7 +1279,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_haven_v1_types_proto_msgTypes[11]
+	mi := &file_haven_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1291,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[11]
+	mi := &file_haven_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1304,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Node) GetName() string {
@@ -1302,7 +1466,11 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fAntiAffinity\x12\x14\n" +
 	"\x05class\x18\x01 \x01(\tR\x05class\x12\x12\n" +
 	"\x04hard\x18\x02 \x01(\bR\x04hard\x12!\n" +
-	"\facross_sites\x18\x03 \x01(\bR\vacrossSites\"\xc7\x02\n" +
+	"\facross_sites\x18\x03 \x01(\bR\vacrossSites\"j\n" +
+	"\fGroupFailure\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xcc\x04\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12!\n" +
@@ -1313,7 +1481,14 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fmodify_index\x18\a \x01(\x04R\vmodifyIndex\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x17\n" +
-	"\amove_to\x18\t \x01(\tR\x06moveTo\"L\n" +
+	"\amove_to\x18\t \x01(\tR\x06moveTo\x120\n" +
+	"\adesired\x18\n" +
+	" \x01(\x0e2\x16.haven.v1.DesiredStateR\adesired\x12#\n" +
+	"\rdesired_index\x18\v \x01(\x04R\fdesiredIndex\x12=\n" +
+	"\fdesired_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vdesiredTime\x129\n" +
+	"\n" +
+	"state_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\x122\n" +
+	"\bfailures\x18\x0e \x03(\v2\x16.haven.v1.GroupFailureR\bfailures\"L\n" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
@@ -1355,7 +1530,11 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x19FAILBACK_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13FAILBACK_MODE_NEVER\x10\x01\x12\x1b\n" +
 	"\x17FAILBACK_MODE_IMMEDIATE\x10\x02\x12\x18\n" +
-	"\x14FAILBACK_MODE_WINDOW\x10\x03*\xa6\x01\n" +
+	"\x14FAILBACK_MODE_WINDOW\x10\x03*_\n" +
+	"\fDesiredState\x12\x1d\n" +
+	"\x19DESIRED_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11DESIRED_STATE_RUN\x10\x01\x12\x19\n" +
+	"\x15DESIRED_STATE_STOPPED\x10\x02*\xa6\x01\n" +
 	"\n" +
 	"GroupState\x12\x1b\n" +
 	"\x17GROUP_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1383,61 +1562,68 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 	return file_haven_v1_types_proto_rawDescData
 }
 
-var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
 	(FailbackMode)(0),             // 2: haven.v1.FailbackMode
-	(GroupState)(0),               // 3: haven.v1.GroupState
-	(NodeStatus)(0),               // 4: haven.v1.NodeStatus
-	(*Resource)(nil),              // 5: haven.v1.Resource
-	(*ConfigSpec)(nil),            // 6: haven.v1.ConfigSpec
-	(*DiskSpec)(nil),              // 7: haven.v1.DiskSpec
-	(*VmSpec)(nil),                // 8: haven.v1.VmSpec
-	(*IpSpec)(nil),                // 9: haven.v1.IpSpec
-	(*FailbackPolicy)(nil),        // 10: haven.v1.FailbackPolicy
-	(*RestartPolicy)(nil),         // 11: haven.v1.RestartPolicy
-	(*GroupSpec)(nil),             // 12: haven.v1.GroupSpec
-	(*AntiAffinity)(nil),          // 13: haven.v1.AntiAffinity
-	(*Group)(nil),                 // 14: haven.v1.Group
-	(*Capacity)(nil),              // 15: haven.v1.Capacity
-	(*Node)(nil),                  // 16: haven.v1.Node
-	nil,                           // 17: haven.v1.ConfigSpec.SettingsEntry
-	nil,                           // 18: haven.v1.GroupSpec.LabelsEntry
-	nil,                           // 19: haven.v1.GroupSpec.NodeSelectorEntry
-	nil,                           // 20: haven.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(DesiredState)(0),             // 3: haven.v1.DesiredState
+	(GroupState)(0),               // 4: haven.v1.GroupState
+	(NodeStatus)(0),               // 5: haven.v1.NodeStatus
+	(*Resource)(nil),              // 6: haven.v1.Resource
+	(*ConfigSpec)(nil),            // 7: haven.v1.ConfigSpec
+	(*DiskSpec)(nil),              // 8: haven.v1.DiskSpec
+	(*VmSpec)(nil),                // 9: haven.v1.VmSpec
+	(*IpSpec)(nil),                // 10: haven.v1.IpSpec
+	(*FailbackPolicy)(nil),        // 11: haven.v1.FailbackPolicy
+	(*RestartPolicy)(nil),         // 12: haven.v1.RestartPolicy
+	(*GroupSpec)(nil),             // 13: haven.v1.GroupSpec
+	(*AntiAffinity)(nil),          // 14: haven.v1.AntiAffinity
+	(*GroupFailure)(nil),          // 15: haven.v1.GroupFailure
+	(*Group)(nil),                 // 16: haven.v1.Group
+	(*Capacity)(nil),              // 17: haven.v1.Capacity
+	(*Node)(nil),                  // 18: haven.v1.Node
+	nil,                           // 19: haven.v1.ConfigSpec.SettingsEntry
+	nil,                           // 20: haven.v1.GroupSpec.LabelsEntry
+	nil,                           // 21: haven.v1.GroupSpec.NodeSelectorEntry
+	nil,                           // 22: haven.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
-	6,  // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
-	7,  // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
-	8,  // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
-	9,  // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
-	17, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
+	7,  // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
+	8,  // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
+	9,  // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
+	10, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
+	19, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	21, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
-	5,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
+	23, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	6,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
-	10, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
-	11, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
-	18, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
-	13, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
-	19, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
-	12, // 15: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
-	3,  // 16: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	22, // 17: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
-	15, // 18: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
-	4,  // 19: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	22, // 20: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	20, // 21: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	11, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
+	12, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
+	20, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
+	14, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
+	21, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
+	24, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
+	13, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
+	4,  // 17: haven.v1.Group.state:type_name -> haven.v1.GroupState
+	24, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 19: haven.v1.Group.desired:type_name -> haven.v1.DesiredState
+	24, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
+	24, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
+	15, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
+	17, // 23: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
+	5,  // 24: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
+	24, // 25: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	22, // 26: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -1450,8 +1636,8 @@ func file_haven_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   16,
+			NumEnums:      6,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
