@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,13 +36,18 @@ type Agent struct {
 	store  *raftboltdb.BoltStore
 	trans  *raft.NetworkTransport
 	gossip *heartbeat.Membership
-	events chan heartbeat.Event
-	grpc   *grpc.Server
-	lis    net.Listener
-	fwd    *forwarder
-	drv    *sim.Driver
-	exec   *executor
-	leases *leases
+	// members is gossip's view of the cluster, as the leader's decisions
+	// and the membership checks read it (gossip itself in an agent).
+	members interface{ Members() []heartbeat.Member }
+	// proposer commits commands (Raft in an agent).
+	proposer proposer
+	events   chan heartbeat.Event
+	grpc     *grpc.Server
+	lis      net.Listener
+	fwd      *forwarder
+	drv      *sim.Driver
+	exec     *executor
+	leases   *leases
 
 	// placeMu serializes the leader's placement decisions with their
 	// commits (see placement.go); reserve is the kept reserve, moves the
@@ -49,6 +55,11 @@ type Agent struct {
 	placeMu sync.Mutex
 	reserve reserveKeeper
 	moves   history
+
+	// readsReady is set while this node leads and its barrier is applied:
+	// it may answer consistent reads (reads.go).
+	readsReady atomic.Bool
+	strangers  strangers
 
 	leaderNotify chan bool
 	// reconcileCh wakes the leader loop on membership changes.
@@ -94,6 +105,7 @@ func New(cfg Config, log hclog.Logger) (*Agent, error) {
 	}
 	a.exec = newExecutor(a, a.drv)
 	a.leases = newLeases(a)
+	a.proposer = raftProposer{a}
 	return a, nil
 }
 
@@ -145,7 +157,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.shutdownRaft()
 		return fmt.Errorf("gossip: %w", err)
 	}
-	a.gossip = g
+	a.gossip, a.members = g, g
 	a.fwd = newForwarder(a)
 
 	a.goRun(func() { a.serveGRPC() })
@@ -324,7 +336,7 @@ func (a *Agent) leader() (name, grpcAddr string, err error) {
 	if name == a.cfg.Name {
 		return name, a.addr(a.cfg.Ports.GRPC), nil
 	}
-	for _, m := range a.gossip.Members() {
+	for _, m := range a.members.Members() {
 		if m.Name == name && m.Meta.GRPCAddr != "" {
 			return name, m.Meta.GRPCAddr, nil
 		}

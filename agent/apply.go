@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -16,6 +17,27 @@ import (
 
 const applyTimeout = 10 * time.Second
 
+// proposer commits commands: Raft in an agent, the FSM alone in tests of
+// the leader's decisions.
+type proposer interface {
+	propose(data []byte) (*fsm.Result, error)
+}
+
+// raftProposer commits through the agent's Raft.
+type raftProposer struct{ a *Agent }
+
+func (p raftProposer) propose(data []byte) (*fsm.Result, error) {
+	fut := p.a.raft.Apply(data, applyTimeout)
+	if err := fut.Error(); err != nil {
+		return nil, err
+	}
+	res, ok := fut.Response().(*fsm.Result)
+	if !ok {
+		return nil, fmt.Errorf("unexpected apply response %T", fut.Response())
+	}
+	return res, nil
+}
+
 // propose commits a command on the leader and returns its result. It stamps
 // the time: the FSM never reads a clock.
 func (a *Agent) propose(c *havenv1.Command) (*fsm.Result, error) {
@@ -24,13 +46,9 @@ func (a *Agent) propose(c *havenv1.Command) (*fsm.Result, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode command: %v", err)
 	}
-	fut := a.raft.Apply(data, applyTimeout)
-	if err := fut.Error(); err != nil {
+	res, err := a.proposer.propose(data)
+	if err != nil {
 		return nil, a.raftError(err, c.GetRequestId())
-	}
-	res, ok := fut.Response().(*fsm.Result)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "unexpected apply response %T", fut.Response())
 	}
 	return res, nil
 }

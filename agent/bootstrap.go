@@ -48,7 +48,7 @@ func (a *Agent) maybeBootstrap(ctx context.Context) {
 		return
 	}
 	var peers []quorum.Peer
-	for _, m := range a.gossip.Members() {
+	for _, m := range a.members.Members() {
 		if m.State != heartbeat.StateAlive {
 			continue
 		}
@@ -100,7 +100,7 @@ func (a *Agent) setBootstrapped() {
 
 func (a *Agent) askHasState(ctx context.Context, p quorum.Peer) (bool, error) {
 	var addr string
-	for _, m := range a.gossip.Members() {
+	for _, m := range a.members.Members() {
 		if m.Name == p.ID {
 			addr = m.Meta.GRPCAddr
 		}

@@ -26,7 +26,7 @@ func (s *clusterService) DrainNode(ctx context.Context, req *havenv1.DrainNodeRe
 	}
 	resp := &havenv1.DrainNodeResponse{Node: s.a.fsm.Node(req.GetNode())}
 	for _, g := range s.a.fsm.Groups() {
-		if g.GetOwner() == req.GetNode() && active(g.GetState()) {
+		if g.GetOwner() == req.GetNode() && fsm.Active(g.GetState()) {
 			resp.Groups = append(resp.Groups, g.GetSpec().GetName())
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -18,6 +19,8 @@ import (
 type executor struct {
 	a   *Agent
 	drv driver.Hypervisor
+	// send delivers a report to the leader.
+	send func(context.Context, *havenv1.ReportGroupRequest) error
 
 	mu sync.Mutex
 	// leaseEnd and confirmed are from the last grant: the node may run a
@@ -29,19 +32,38 @@ type executor struct {
 	reported map[string]report
 	// restarts holds the times of in-place restarts per group and epoch.
 	restarts map[string][]time.Time
-	wake     chan struct{}
+	// startFails counts failed starts per group at one epoch and desired
+	// index, for the bounded retry with backoff.
+	startFails map[string]*startFail
+	wake       chan struct{}
 	// renewNow asks the lease loop for a renewal at once: a group was just
 	// assigned here and waits for a grant that confirms its epoch.
 	renewNow chan struct{}
 }
 
 type report struct {
-	epoch uint64
-	state havenv1.GroupState
+	epoch, desiredIndex uint64
+	state               havenv1.GroupState
 }
 
+// startFail is the retry state of a group whose start failed.
+type startFail struct {
+	key      string // group@epoch/desired_index
+	attempts int
+	next     time.Time
+}
+
+// Start failures are retried startAttempts times in all, waiting
+// startBackoff, then twice that, and so on; then the group is reported
+// failed, and the leader moves it or marks it failed with the driver's
+// reason.
+const (
+	startAttempts = 3
+	startBackoff  = 500 * time.Millisecond
+)
+
 func newExecutor(a *Agent, drv driver.Hypervisor) *executor {
-	return &executor{a: a, drv: drv, confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+	return &executor{a: a, drv: drv, send: a.sendReport, confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{}, startFails: map[string]*startFail{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
 }
 
 func (e *executor) poke() {
@@ -106,7 +128,7 @@ func (e *executor) reconcile(ctx context.Context) {
 	me := e.a.cfg.Name
 	want := map[string]*havenv1.Group{}
 	for _, g := range e.a.fsm.Groups() {
-		if g.GetOwner() == me && active(g.GetState()) {
+		if g.GetOwner() == me && fsm.Active(g.GetState()) {
 			want[g.GetSpec().GetName()] = g
 		}
 	}
@@ -146,19 +168,42 @@ func (e *executor) reconcile(ctx context.Context) {
 	}
 }
 
+// stop stops a group's VMs in reverse dependency order (a VM before one
+// it depends on), then reports it offline.
 func (e *executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
-	// Stop in reverse dependency order: the VM before the disks it uses
-	// (disks and configs are not processes in the sim driver).
+	byRes := map[string]driver.Status{}
 	for _, st := range vms {
-		if st.State == driver.StateRunning || st.State == driver.StateFrozen {
-			if err := e.drv.Stop(ctx, st.ID, st.Epoch); err != nil {
-				e.a.log.Warn("stop failed", "vm", st.ID.String(), "error", err)
-				return
-			}
+		byRes[st.ID.Resource] = st
+	}
+	order := orderedResources(g.GetSpec())
+	for i := len(order) - 1; i >= 0; i-- {
+		st, ok := byRes[order[i].GetName()]
+		if !ok {
+			continue
 		}
-		_ = e.drv.Forget(st.ID)
+		delete(byRes, order[i].GetName())
+		if !e.stopVM(ctx, st) {
+			return
+		}
+	}
+	// VMs the spec no longer names (none today: specs do not change).
+	for _, st := range byRes {
+		if !e.stopVM(ctx, st) {
+			return
+		}
 	}
 	e.report(ctx, g, havenv1.GroupState_GROUP_STATE_OFFLINE, "stopped on request")
+}
+
+func (e *executor) stopVM(ctx context.Context, st driver.Status) bool {
+	if st.State == driver.StateRunning || st.State == driver.StateFrozen {
+		if err := e.drv.Stop(ctx, st.ID, st.Epoch); err != nil {
+			e.a.log.Warn("stop failed", "vm", st.ID.String(), "error", err)
+			return false
+		}
+	}
+	_ = e.drv.Forget(st.ID)
+	return true
 }
 
 func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
@@ -195,19 +240,80 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			}
 			return
 		}
+		if !e.stillWanted(g) {
+			return
+		}
+		if !e.startDue(g, time.Now()) {
+			return
+		}
 		if err := e.drv.Start(ctx, spec, end); err != nil {
-			allUp = false
-			e.a.log.Warn("start failed", "vm", spec.ID.String(), "epoch", epoch, "error", err)
-			if errors.Is(err, driver.ErrStaleEpoch) {
+			if ctx.Err() != nil {
 				return
 			}
-			continue
+			e.a.log.Warn("start failed", "vm", spec.ID.String(), "epoch", epoch, "error", err)
+			// A disk claimed by a newer epoch fences this one for good,
+			// and a spec the driver refuses stays refused: retrying
+			// cannot help.
+			final := errors.Is(err, driver.ErrStaleEpoch) || errors.Is(err, driver.ErrInvalidSpec)
+			if e.startFailed(g, time.Now(), final) {
+				reason := fmt.Sprintf("vm %s could not start on %s: %v", spec.ID.Resource, e.a.cfg.Name, err)
+				if errors.Is(err, driver.ErrStaleEpoch) {
+					reason = fmt.Sprintf("vm %s fenced on %s: %v", spec.ID.Resource, e.a.cfg.Name, err)
+				}
+				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, reason)
+			}
+			return
 		}
 		e.a.log.Info("vm started", "vm", spec.ID.String(), "epoch", epoch)
 	}
-	if allUp && g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
-		e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
+	if allUp {
+		e.startSucceeded(g)
+		if g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
+			e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
+		}
 	}
+}
+
+// stillWanted re-reads the group just before a start: an operator's stop
+// (or a move) applied since this pass read the state must win. What is
+// started after this check and stopped a moment later is the race the
+// FSM closes: the start's "online" report is refused, and the next pass
+// sees the stop.
+func (e *executor) stillWanted(g *havenv1.Group) bool {
+	cur := e.a.fsm.Group(g.GetSpec().GetName())
+	return cur != nil && cur.GetOwner() == e.a.cfg.Name && cur.GetEpoch() == g.GetEpoch() &&
+		cur.GetDesiredIndex() == g.GetDesiredIndex() && fsm.WantsRun(cur) &&
+		(cur.GetState() == havenv1.GroupState_GROUP_STATE_STARTING || cur.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE)
+}
+
+func startKey(g *havenv1.Group) string {
+	return fmt.Sprintf("%s@%d/%d", g.GetSpec().GetName(), g.GetEpoch(), g.GetDesiredIndex())
+}
+
+// startDue reports whether a start may be tried now: not while a failed
+// one backs off.
+func (e *executor) startDue(g *havenv1.Group, now time.Time) bool {
+	f := e.startFails[g.GetSpec().GetName()]
+	return f == nil || f.key != startKey(g) || !now.Before(f.next)
+}
+
+// startFailed counts a failed start and reports whether the group should
+// now be reported failed: the attempts are used up, or final says that
+// retrying cannot help.
+func (e *executor) startFailed(g *havenv1.Group, now time.Time, final bool) bool {
+	name, key := g.GetSpec().GetName(), startKey(g)
+	f := e.startFails[name]
+	if f == nil || f.key != key {
+		f = &startFail{key: key}
+		e.startFails[name] = f
+	}
+	f.attempts++
+	f.next = now.Add(startBackoff << (f.attempts - 1))
+	return final || f.attempts >= startAttempts
+}
+
+func (e *executor) startSucceeded(g *havenv1.Group) {
+	delete(e.startFails, g.GetSpec().GetName())
 }
 
 // restartAllowed counts an in-place restart against the group's policy: at
@@ -236,28 +342,18 @@ func (e *executor) restartAllowed(g *havenv1.Group) bool {
 	return true
 }
 
-// report tells the leader, once per (group, epoch, state).
+// report tells the leader, once per (group, epoch, desired index, state).
 func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.GroupState, reason string) {
 	name := g.GetSpec().GetName()
-	r := report{epoch: g.GetEpoch(), state: st}
+	r := report{epoch: g.GetEpoch(), desiredIndex: g.GetDesiredIndex(), state: st}
 	e.mu.Lock()
 	if e.reported[name] == r {
 		e.mu.Unlock()
 		return
 	}
 	e.mu.Unlock()
-	_, addr, err := e.a.leader()
-	if err != nil {
-		return
-	}
-	conn, err := e.a.fwd.conn(addr)
-	if err != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, &havenv1.ReportGroupRequest{
-		Node: e.a.cfg.Name, Name: name, Epoch: g.GetEpoch(), State: st, Reason: reason,
+	err := e.send(ctx, &havenv1.ReportGroupRequest{
+		Node: e.a.cfg.Name, Name: name, Epoch: g.GetEpoch(), DesiredIndex: g.GetDesiredIndex(), State: st, Reason: reason,
 	})
 	if err != nil {
 		e.a.log.Debug("report failed; will retry", "group", name, "state", st, "error", err)
@@ -266,6 +362,22 @@ func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.Grou
 	e.mu.Lock()
 	e.reported[name] = r
 	e.mu.Unlock()
+}
+
+// sendReport sends a report to the leader.
+func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest) error {
+	_, addr, err := a.leader()
+	if err != nil {
+		return err
+	}
+	conn, err := a.fwd.conn(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, req)
+	return err
 }
 
 // vmSpecs turns a group's VM resources into driver specs; every VM of the

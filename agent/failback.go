@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
@@ -46,7 +47,10 @@ func (a *Agent) failback(now time.Time) {
 	if !candidates {
 		return
 	}
+	// The decision and its commits under one hold of placeMu: a start
+	// placed in between would be placed on a view without these moves.
 	a.placeMu.Lock()
+	defer a.placeMu.Unlock()
 	st := a.placementState()
 	holders := a.leaseHolders(st, now)
 	// Only nodes up and renewing for failback_after may receive a group
@@ -59,14 +63,13 @@ func (a *Agent) failback(now time.Time) {
 		}
 	}
 	moves := placement.Failback(st)
-	a.placeMu.Unlock()
 	for _, m := range moves {
 		g := a.fsm.Group(m.Group)
-		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetOwner() != m.From || !failbackAllowed(g.GetSpec().GetFailback(), now) {
+		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || !fsm.WantsRun(g) || g.GetOwner() != m.From || !failbackAllowed(g.GetSpec().GetFailback(), now) {
 			continue
 		}
 		err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: m.Group, Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
+			Name: m.Group, Epoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
 			Reason: fmt.Sprintf("failing back to %s", m.To), MoveTo: m.To,
 		}}})
 		if err != nil {
@@ -79,32 +82,39 @@ func (a *Agent) failback(now time.Time) {
 
 // finishMoves assigns every group that stopped for a planned move
 // (failback, drain) to its target, or, when the target can no longer take
-// it, wherever it fits.
+// it, wherever it fits. Each placement and its commit hold placeMu
+// together, so a concurrent start sees the room the move took.
 func (a *Agent) finishMoves() {
 	for _, g := range a.fsm.Groups() {
-		if g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetMoveTo() == "" {
-			continue
+		if g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE && g.GetMoveTo() != "" && fsm.WantsRun(g) {
+			a.finishMove(g)
 		}
-		name, from, to := g.GetSpec().GetName(), g.GetOwner(), g.GetMoveTo()
-		a.placeMu.Lock()
-		st := a.placementState()
-		targets, why := placeGroups(st, []string{name}, nil, map[string]bool{to: true})
-		a.placeMu.Unlock()
-		owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("moved from %s", from)
-		if owner != to {
-			reason = fmt.Sprintf("planned move to %s no longer possible; placed again", to)
-		}
-		if owner == "" {
-			state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("planned move to %s: no node can host it: %s", to, why[name])
-		}
-		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-			Name: name, ExpectEpoch: g.GetEpoch(), Owner: owner, State: state, Reason: reason,
-		}}}); err != nil {
-			a.log.Warn("planned move not committed", "group", name, "to", to, "error", err)
-			continue
-		}
-		a.log.Info("moved", "group", name, "from", from, "to", owner)
 	}
+}
+
+func (a *Agent) finishMove(g *havenv1.Group) {
+	a.placeMu.Lock()
+	defer a.placeMu.Unlock()
+	name, from, to := g.GetSpec().GetName(), g.GetOwner(), g.GetMoveTo()
+	st := a.placementState()
+	targets, why := placeGroups(st, []string{name}, nil, map[string]bool{to: true})
+	owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("moved from %s", from)
+	if owner != to {
+		reason = fmt.Sprintf("planned move to %s no longer possible; placed again", to)
+	}
+	if owner == "" {
+		state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("planned move to %s: no node can host it: %s", to, why[name])
+	}
+	if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner, State: state, Reason: reason,
+	}}}); err != nil {
+		a.log.Warn("planned move not committed", "group", name, "to", to, "error", err)
+		return
+	}
+	if owner != "" {
+		a.assigned(name, owner, time.Now())
+	}
+	a.log.Info("moved", "group", name, "from", from, "to", owner)
 }
 
 // drain starts a planned move for every online group of a draining node,
@@ -119,43 +129,48 @@ func (a *Agent) drain(now time.Time, memo map[string]uint64) {
 		}
 	}
 	for _, node := range draining {
-		var names []string
-		epochs := map[string]uint64{}
-		for _, g := range a.fsm.Groups() {
-			if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" {
-				names = append(names, g.GetSpec().GetName())
-				epochs[g.GetSpec().GetName()] = g.GetEpoch()
-			}
+		a.drainNode(node, now, memo)
+	}
+}
+
+// drainNode starts the planned moves off one draining node; placement and
+// commits hold placeMu together, as in finishMove.
+func (a *Agent) drainNode(node string, now time.Time, memo map[string]uint64) {
+	var names []string
+	groups := map[string]*havenv1.Group{}
+	for _, g := range a.fsm.Groups() {
+		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && fsm.WantsRun(g) {
+			names = append(names, g.GetSpec().GetName())
+			groups[g.GetSpec().GetName()] = g
 		}
-		if len(names) == 0 {
+	}
+	if len(names) == 0 {
+		return
+	}
+	a.placeMu.Lock()
+	defer a.placeMu.Unlock()
+	st := a.placementState()
+	key := stateKey(st, 0)
+	if memo[node] == key {
+		// Nothing changed since the last try found no room.
+		return
+	}
+	targets, why := placeGroups(st, names, []string{node}, a.leaseHolders(st, now))
+	memo[node] = 0
+	for _, name := range names {
+		to := targets[name]
+		if to == "" {
+			memo[node] = key
+			a.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
 			continue
 		}
-		a.placeMu.Lock()
-		st := a.placementState()
-		key := stateKey(st, 0)
-		if memo[node] == key {
-			// Nothing changed since the last try found no room.
-			a.placeMu.Unlock()
+		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+			Name: name, Epoch: groups[name].GetEpoch(), ExpectDesiredIndex: groups[name].GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
+			Reason: fmt.Sprintf("draining %s: moving to %s", node, to), MoveTo: to,
+		}}}); err != nil {
+			a.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
 			continue
 		}
-		targets, why := placeGroups(st, names, []string{node}, a.leaseHolders(st, now))
-		a.placeMu.Unlock()
-		memo[node] = 0
-		for _, name := range names {
-			to := targets[name]
-			if to == "" {
-				memo[node] = key
-				a.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
-				continue
-			}
-			if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-				Name: name, Epoch: epochs[name], State: havenv1.GroupState_GROUP_STATE_STOPPING,
-				Reason: fmt.Sprintf("draining %s: moving to %s", node, to), MoveTo: to,
-			}}}); err != nil {
-				a.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
-				continue
-			}
-			a.log.Info("draining", "node", node, "group", name, "to", to)
-		}
+		a.log.Info("draining", "node", node, "group", name, "to", to)
 	}
 }

@@ -8,7 +8,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -54,11 +56,14 @@ func (a *Agent) groupsLoop(ctx context.Context, stop <-chan struct{}) {
 // failover time. The decision and marking the groups pending happen under
 // the lease lock, so no grant can list them from then on (step 5). Where
 // they go is the restart plan the reserve check made for this failure
-// (see restartPlan); only the choice of node is placement's.
+// (see restartPlan); only the choice of node is placement's. A group that
+// is not meant to run (an operator stopped it) is only taken off the dead
+// node. Every assignment is a compare-and-set on the epoch and the desired
+// state it was decided on, so an operator's stop committed meanwhile wins.
 func (a *Agent) failover(now time.Time) {
 	byOwner := map[string][]*havenv1.Group{}
 	for _, g := range a.fsm.Groups() {
-		if o := g.GetOwner(); o != "" && o != a.cfg.Name && active(g.GetState()) {
+		if o := g.GetOwner(); o != "" && o != a.cfg.Name && fsm.Active(g.GetState()) {
 			byOwner[o] = append(byOwner[o], g)
 		}
 	}
@@ -69,12 +74,13 @@ func (a *Agent) failover(now time.Time) {
 		return
 	}
 	for owner, groups := range byOwner {
-		if now.Before(a.leases.grants.FailoverAt(owner)) {
-			continue
-		}
 		for _, g := range groups {
-			if !a.leases.pending[g.GetSpec().GetName()] {
-				a.leases.pending[g.GetSpec().GetName()] = true
+			name := g.GetSpec().GetName()
+			if now.Before(a.leases.grants.GroupFailoverAt(owner, a.leases.assigned[name])) {
+				continue
+			}
+			if !a.leases.pending[name] {
+				a.leases.pending[name] = true
 				moving = append(moving, g)
 			}
 		}
@@ -93,7 +99,7 @@ func (a *Agent) failover(now time.Time) {
 			seenOwner[o] = true
 			failed = append(failed, o)
 		}
-		if !stoppingForGood(g) && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
+		if fsm.WantsRun(g) && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
 			restart = append(restart, g.GetSpec().GetName())
 		}
 	}
@@ -105,21 +111,21 @@ func (a *Agent) failover(now time.Time) {
 	}
 	for _, g := range moving {
 		name, from := g.GetSpec().GetName(), g.GetOwner()
-		var owner, reason string
-		st := havenv1.GroupState_GROUP_STATE_STARTING
+		cmd := &havenv1.AssignGroupCommand{Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STARTING}
 		switch {
-		case stoppingForGood(g):
-			st, reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("was stopping on %s, which failed", from)
+		case !fsm.WantsRun(g):
+			cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("was stopping on %s, which failed", from)
 		case g.GetSpec().GetPriority() == havenv1.Priority_PRIORITY_NO_AUTO_START:
-			st, reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("owner %s failed; no-auto-start groups wait for an operator", from)
+			// The leader decides for the operator here: the group stays
+			// stopped until someone starts it.
+			cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("owner %s failed; no-auto-start groups wait for an operator", from)
+			cmd.Desired = havenv1.DesiredState_DESIRED_STATE_STOPPED
 		case targets[name] == "":
-			st, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("owner %s failed and no node can host it: %s", from, why[name])
+			cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("owner %s failed and no node can host it: %s", from, why[name])
 		default:
-			owner, reason = targets[name], fmt.Sprintf("failed over from %s", from)
+			cmd.Owner, cmd.Reason = targets[name], fmt.Sprintf("failed over from %s", from)
 		}
-		err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-			Name: name, ExpectEpoch: g.GetEpoch(), Owner: owner, State: st, Reason: reason,
-		}}})
+		err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: cmd}})
 		a.leases.mu.Lock()
 		delete(a.leases.pending, name)
 		a.leases.mu.Unlock()
@@ -127,26 +133,49 @@ func (a *Agent) failover(now time.Time) {
 			a.log.Warn("failover not committed", "group", name, "from", from, "error", err)
 			continue
 		}
-		if owner != "" {
-			a.moves.record(name, from, owner, now)
+		if cmd.Owner != "" {
+			a.assigned(name, cmd.Owner, now)
+			a.moves.record(name, from, cmd.Owner, now)
 		}
-		a.log.Info("group failed over", "group", name, "from", from, "to", owner, "epoch", g.GetEpoch()+1, "state", st)
+		a.log.Info("group failed over", "group", name, "from", from, "to", cmd.Owner, "epoch", g.GetEpoch()+1, "state", cmd.State)
 	}
 }
 
-// stoppingForGood is a group an operator asked to stop; one stopping for a
-// failback is still meant to run.
-func stoppingForGood(g *havenv1.Group) bool {
-	return g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING && g.GetMoveTo() == ""
+// assigned records that this leader committed group to owner at now: the
+// group's failover clock starts there (quorum.Grants.GroupFailoverAt).
+func (a *Agent) assigned(group, owner string, now time.Time) {
+	a.leases.mu.Lock()
+	if a.leases.assigned != nil {
+		a.leases.assigned[group] = now
+	}
+	a.leases.mu.Unlock()
 }
 
-// placeWaiting retries groups that failed for want of a node. An attempt
-// that placed nothing is not repeated until the cluster changes: the
-// answer would be the same.
+// failureHoldOff is how long placement keeps a group away from a node it
+// failed on (start failures, a fenced disk, crashes past the restart
+// policy), as WSFC waits an hour before it retries a failed group. An
+// operator's start clears the record at once.
+const failureHoldOff = time.Hour
+
+// recentFailures lists the nodes g failed on within failureHoldOff of now.
+func recentFailures(g *havenv1.Group, now time.Time) []string {
+	var out []string
+	for _, f := range g.GetFailures() {
+		if now.Sub(f.GetTime().AsTime()) < failureHoldOff {
+			out = append(out, f.GetNode())
+		}
+	}
+	return out
+}
+
+// placeWaiting retries groups that failed for want of a node and are
+// still meant to run. An attempt that placed nothing is not repeated until
+// the cluster changes, or a minute has passed (failures age out of their
+// hold-off by time alone).
 func (a *Agent) placeWaiting(memo *waitMemo) {
 	var waiting []*havenv1.Group
 	for _, g := range a.fsm.Groups() {
-		if g.GetState() == havenv1.GroupState_GROUP_STATE_FAILED && g.GetOwner() == "" {
+		if g.GetState() == havenv1.GroupState_GROUP_STATE_FAILED && g.GetOwner() == "" && fsm.WantsRun(g) {
 			waiting = append(waiting, g)
 		}
 	}
@@ -155,9 +184,10 @@ func (a *Agent) placeWaiting(memo *waitMemo) {
 	}
 	a.placeMu.Lock()
 	defer a.placeMu.Unlock()
+	now := time.Now()
 	st := a.placementState()
 	key := stateKey(st, 0)
-	if memo.tried && memo.key == key {
+	if memo.tried && memo.key == key && now.Before(memo.until) {
 		return
 	}
 	sortByPriority(waiting)
@@ -165,19 +195,21 @@ func (a *Agent) placeWaiting(memo *waitMemo) {
 	for _, g := range waiting {
 		names = append(names, g.GetSpec().GetName())
 	}
-	now := time.Now()
 	targets, _ := placeGroups(st, names, nil, a.leaseHolders(st, now))
-	memo.tried, memo.key = len(targets) == 0, key
+	memo.tried, memo.key, memo.until = len(targets) == 0, key, now.Add(time.Minute)
 	for _, g := range waiting {
 		owner := targets[g.GetSpec().GetName()]
 		if owner == "" {
 			continue
 		}
 		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-			Name: g.GetSpec().GetName(), ExpectEpoch: g.GetEpoch(), Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "placed after waiting for a node",
+			Name: g.GetSpec().GetName(), ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner,
+			State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "placed after waiting for a node",
 		}}}); err != nil {
 			a.log.Warn("placement not committed", "group", g.GetSpec().GetName(), "error", err)
+			continue
 		}
+		a.assigned(g.GetSpec().GetName(), owner, now)
 	}
 }
 
@@ -186,6 +218,7 @@ func (a *Agent) placeWaiting(memo *waitMemo) {
 type waitMemo struct {
 	tried bool
 	key   uint64
+	until time.Time
 }
 
 // sortByPriority orders groups as placement does, most important first,
@@ -208,8 +241,12 @@ func (l *leases) holds(node string, now time.Time) bool {
 	return l.grants != nil && now.Before(l.grants.LeaseEnd(node))
 }
 
-// handleReport applies an owner's report at its epoch. A group that failed
-// on its owner after its restarts moves to another node.
+// handleReport applies an owner's report at the epoch and desired index
+// it acted on; the FSM refuses one that no longer follows (the owner
+// raced an operator's stop, or the group moved on). A group that failed
+// on its owner (its start kept failing, its disk fenced it, it crashed
+// past its restart policy) moves to another node it has not failed on
+// lately, or is marked failed with the reason when there is none.
 func (a *Agent) handleReport(req *havenv1.ReportGroupRequest) error {
 	g := a.fsm.Group(req.GetName())
 	if g == nil {
@@ -218,29 +255,35 @@ func (a *Agent) handleReport(req *havenv1.ReportGroupRequest) error {
 	if g.GetOwner() != req.GetNode() || g.GetEpoch() != req.GetEpoch() {
 		return status.Errorf(codes.FailedPrecondition, "group %q is owned by %q at epoch %d, not %q at %d", req.GetName(), g.GetOwner(), g.GetEpoch(), req.GetNode(), req.GetEpoch())
 	}
-	if req.GetState() == havenv1.GroupState_GROUP_STATE_FAILED {
-		a.placeMu.Lock()
-		defer a.placeMu.Unlock()
-		now := time.Now()
+	if req.GetState() != havenv1.GroupState_GROUP_STATE_FAILED {
+		return a.commit(&havenv1.Command{Cmd: &havenv1.Command_ReportGroup{ReportGroup: &havenv1.ReportGroupCommand{
+			Name: req.GetName(), Node: req.GetNode(), Epoch: req.GetEpoch(), DesiredIndex: req.GetDesiredIndex(), State: req.GetState(), Reason: req.GetReason(),
+		}}})
+	}
+	a.placeMu.Lock()
+	defer a.placeMu.Unlock()
+	now := time.Now()
+	failure := &havenv1.GroupFailure{Node: req.GetNode(), Time: timestamppb.New(now), Reason: req.GetReason()}
+	cmd := &havenv1.AssignGroupCommand{Name: req.GetName(), ExpectEpoch: req.GetEpoch(), ExpectDesiredIndex: req.GetDesiredIndex(), Failure: failure}
+	if !fsm.WantsRun(g) {
+		cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_OFFLINE, req.GetReason()+"; stopped"
+	} else {
 		pst := a.placementState()
 		targets, why := placeGroups(pst, []string{req.GetName()}, []string{req.GetNode()}, a.leaseHolders(pst, now))
-		owner := targets[req.GetName()]
-		st, reason := havenv1.GroupState_GROUP_STATE_STARTING, req.GetReason()+"; failed over"
-		if owner == "" {
-			st, reason = havenv1.GroupState_GROUP_STATE_FAILED, req.GetReason()+"; no node can host it: "+why[req.GetName()]
+		cmd.Owner, cmd.State, cmd.Reason = targets[req.GetName()], havenv1.GroupState_GROUP_STATE_STARTING, req.GetReason()+"; failed over"
+		if cmd.Owner == "" {
+			cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_FAILED, req.GetReason()+"; no other node can host it: "+why[req.GetName()]
 		}
-		err := a.commit(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-			Name: req.GetName(), ExpectEpoch: req.GetEpoch(), Owner: owner, State: st, Reason: reason,
-		}}})
-		if err == nil && owner != "" {
-			a.moves.record(req.GetName(), req.GetNode(), owner, now)
-		}
+	}
+	if err := a.commit(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: cmd}}); err != nil {
 		return err
 	}
-	// An owner's report never changes where a stopping group goes next.
-	return a.commit(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-		Name: req.GetName(), Epoch: req.GetEpoch(), State: req.GetState(), Reason: req.GetReason(), MoveTo: g.GetMoveTo(),
-	}}})
+	a.log.Warn("group failed on its owner", "group", req.GetName(), "node", req.GetNode(), "reason", req.GetReason(), "to", cmd.Owner, "state", cmd.State)
+	if cmd.Owner != "" {
+		a.assigned(req.GetName(), cmd.Owner, now)
+		a.moves.record(req.GetName(), req.GetNode(), cmd.Owner, now)
+	}
+	return nil
 }
 
 // commit proposes c and maps a refusal to its status.

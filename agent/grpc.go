@@ -80,6 +80,9 @@ func (s *nodeService) RenewLease(ctx context.Context, req *havenv1.RenewLeaseReq
 	if !fsm.ValidName(req.GetNode()) {
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not a valid node name", req.GetNode())
 	}
+	if err := s.a.checkMember(req.GetNode(), "lease renewal"); err != nil {
+		return nil, err
+	}
 	return s.a.leases.renew(ctx, req.GetNode())
 }
 
@@ -99,6 +102,9 @@ func (s *nodeService) CrashVM(_ context.Context, req *havenv1.CrashVMRequest) (*
 func (s *nodeService) ReportGroup(ctx context.Context, req *havenv1.ReportGroupRequest) (*havenv1.ReportGroupResponse, error) {
 	if !s.a.isLeader() {
 		return nil, s.a.notLeader()
+	}
+	if err := s.a.checkMember(req.GetNode(), "group report"); err != nil {
+		return nil, err
 	}
 	if err := s.a.handleReport(req); err != nil {
 		return nil, err
@@ -126,7 +132,7 @@ func (s *clusterService) GetStatus(context.Context, *havenv1.GetStatusRequest) (
 		resp.Leader, resp.LeaderAddr = name, addr
 	}
 	alive := map[string]bool{}
-	for _, m := range a.gossip.Members() {
+	for _, m := range a.members.Members() {
 		alive[m.Name] = m.State == heartbeat.StateAlive
 	}
 	if f := a.raft.GetConfiguration(); f.Error() == nil {
@@ -163,7 +169,18 @@ func (s *clusterService) GetStatus(context.Context, *havenv1.GetStatusRequest) (
 	return resp, nil
 }
 
-func (s *clusterService) ListNodes(context.Context, *havenv1.ListNodesRequest) (*havenv1.ListNodesResponse, error) {
+func (s *clusterService) ListNodes(ctx context.Context, req *havenv1.ListNodesRequest) (*havenv1.ListNodesResponse, error) {
+	if req.GetConsistent() {
+		if !s.a.isLeader() {
+			return forward(ctx, s.a, func(ctx context.Context, c havenv1.ClusterServiceClient) (*havenv1.ListNodesResponse, error) {
+				return c.ListNodes(ctx, req)
+			})
+		}
+		if err := s.a.consistentRead(); err != nil {
+			return nil, err
+		}
+	}
+	meta := s.a.readMeta(req.GetConsistent())
 	roles := map[string]havenv1.RaftRole{}
 	if f := s.a.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
@@ -175,7 +192,7 @@ func (s *clusterService) ListNodes(context.Context, *havenv1.ListNodesRequest) (
 		}
 	}
 	_, leader := s.a.raft.LeaderWithID()
-	resp := &havenv1.ListNodesResponse{}
+	resp := &havenv1.ListNodesResponse{Meta: meta}
 	for _, n := range s.a.fsm.Nodes() {
 		role, ok := roles[n.GetName()]
 		if !ok {
@@ -222,19 +239,41 @@ func (s *clusterService) CreateGroup(ctx context.Context, req *havenv1.CreateGro
 	return &havenv1.CreateGroupResponse{Group: g}, nil
 }
 
-func (s *clusterService) GetGroup(_ context.Context, req *havenv1.GetGroupRequest) (*havenv1.GetGroupResponse, error) {
+func (s *clusterService) GetGroup(ctx context.Context, req *havenv1.GetGroupRequest) (*havenv1.GetGroupResponse, error) {
 	if err := checkGroupName(req.GetName()); err != nil {
 		return nil, err
 	}
+	if req.GetConsistent() {
+		if !s.a.isLeader() {
+			return forward(ctx, s.a, func(ctx context.Context, c havenv1.ClusterServiceClient) (*havenv1.GetGroupResponse, error) {
+				return c.GetGroup(ctx, req)
+			})
+		}
+		if err := s.a.consistentRead(); err != nil {
+			return nil, err
+		}
+	}
+	meta := s.a.readMeta(req.GetConsistent())
 	g := s.a.fsm.Group(req.GetName())
 	if g == nil {
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
-	return &havenv1.GetGroupResponse{Group: g}, nil
+	return &havenv1.GetGroupResponse{Group: g, Meta: meta}, nil
 }
 
-func (s *clusterService) ListGroups(context.Context, *havenv1.ListGroupsRequest) (*havenv1.ListGroupsResponse, error) {
-	return &havenv1.ListGroupsResponse{Groups: s.a.fsm.Groups()}, nil
+func (s *clusterService) ListGroups(ctx context.Context, req *havenv1.ListGroupsRequest) (*havenv1.ListGroupsResponse, error) {
+	if req.GetConsistent() {
+		if !s.a.isLeader() {
+			return forward(ctx, s.a, func(ctx context.Context, c havenv1.ClusterServiceClient) (*havenv1.ListGroupsResponse, error) {
+				return c.ListGroups(ctx, req)
+			})
+		}
+		if err := s.a.consistentRead(); err != nil {
+			return nil, err
+		}
+	}
+	meta := s.a.readMeta(req.GetConsistent())
+	return &havenv1.ListGroupsResponse{Groups: s.a.fsm.Groups(), Meta: meta}, nil
 }
 
 func (s *clusterService) DeleteGroup(ctx context.Context, req *havenv1.DeleteGroupRequest) (*havenv1.DeleteGroupResponse, error) {
@@ -358,14 +397,11 @@ func (s *clusterService) StartGroup(ctx context.Context, req *havenv1.StartGroup
 	if g == nil {
 		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
 	}
-	switch g.GetState() {
-	case havenv1.GroupState_GROUP_STATE_STARTING, havenv1.GroupState_GROUP_STATE_ONLINE:
-		if req.GetNode() == "" || req.GetNode() == g.GetOwner() {
-			return &havenv1.StartGroupResponse{Group: g}, nil
-		}
-		return nil, status.Errorf(codes.FailedPrecondition, "group %q already runs on %s: moving it is MoveGroup's job", req.GetName(), g.GetOwner())
-	case havenv1.GroupState_GROUP_STATE_STOPPING:
-		return nil, status.Errorf(codes.FailedPrecondition, "group %q is stopping on %s: start it once it is offline", req.GetName(), g.GetOwner())
+	if err := startable(g, req.GetNode()); err != nil {
+		return nil, err
+	}
+	if alreadyStarted(g, req.GetNode()) {
+		return &havenv1.StartGroupResponse{Group: g}, nil
 	}
 	if req.GetNode() != "" && s.a.fsm.Node(req.GetNode()) == nil {
 		return nil, status.Errorf(codes.NotFound, "node %q not found", req.GetNode())
@@ -377,6 +413,29 @@ func (s *clusterService) StartGroup(ctx context.Context, req *havenv1.StartGroup
 		return nil, err
 	}
 	return &havenv1.StartGroupResponse{Group: s.a.fsm.Group(req.GetName())}, nil
+}
+
+// alreadyStarted reports whether a start of g (on node, when given) has
+// nothing to do: the group is meant to run and runs, or is on its way
+// (starting, or stopping for a planned move), on that node if one was
+// named.
+func alreadyStarted(g *havenv1.Group, node string) bool {
+	if !fsm.WantsRun(g) || g.GetOwner() == "" {
+		return false
+	}
+	return node == "" || node == g.GetOwner() && g.GetMoveTo() == ""
+}
+
+// startable refuses a start that cannot be honoured as asked.
+func startable(g *havenv1.Group, node string) error {
+	name := g.GetSpec().GetName()
+	switch {
+	case !fsm.WantsRun(g) && g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
+		return status.Errorf(codes.FailedPrecondition, "group %q is stopping on %s: start it once it is offline", name, g.GetOwner())
+	case fsm.WantsRun(g) && g.GetOwner() != "" && node != "" && (node != g.GetOwner() || g.GetMoveTo() != ""):
+		return status.Errorf(codes.FailedPrecondition, "group %q already runs on %s: moving it is MoveGroup's job", name, g.GetOwner())
+	}
+	return nil
 }
 
 func (s *clusterService) StopGroup(ctx context.Context, req *havenv1.StopGroupRequest) (*havenv1.StopGroupResponse, error) {
@@ -393,28 +452,17 @@ func (s *clusterService) StopGroup(ctx context.Context, req *havenv1.StopGroupRe
 			return c.StopGroup(ctx, req)
 		})
 	}
-	g := s.a.fsm.Group(req.GetName())
-	if g == nil {
-		return nil, status.Errorf(codes.NotFound, "group %q not found", req.GetName())
-	}
-	var c *havenv1.Command
-	switch {
-	case (g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING) && g.GetMoveTo() == "":
-		return &havenv1.StopGroupResponse{Group: g}, nil
-	case g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
-		// Stopping for a failback: the operator's stop cancels the move.
-		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: req.GetName(), Epoch: g.GetEpoch(), State: g.GetState(), Reason: "stop requested; failback cancelled"}}}
-	case g.GetOwner() == "":
-		// Failed and unplaced: nothing runs, it simply stops waiting.
-		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: req.GetName(), Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_OFFLINE, Reason: "stopped on request"}}}
-	default:
-		c = &havenv1.Command{RequestId: id, Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: req.GetName(), Epoch: g.GetEpoch(), State: havenv1.GroupState_GROUP_STATE_STOPPING, Reason: "stop requested"}}}
-	}
-	if err := s.a.commit(c); err != nil {
+	// The stop is the operator's intent, recorded whatever the group is
+	// doing: the FSM turns it into stopping, offline or a cancelled move,
+	// and nothing decided before it can undo it.
+	if err := s.a.commit(&havenv1.Command{RequestId: id, Cmd: &havenv1.Command_StopGroup{StopGroup: &havenv1.StopGroupCommand{
+		Name: req.GetName(), Reason: "stop requested"}}}); err != nil {
 		return nil, err
 	}
-	return &havenv1.StopGroupResponse{Group: s.a.fsm.Group(req.GetName())}, nil
+	g := s.a.fsm.Group(req.GetName())
+	if g == nil {
+		// Only a retried request whose group was deleted since.
+		return nil, status.Errorf(codes.NotFound, "group %q was stopped by request %s and deleted since", req.GetName(), id)
+	}
+	return &havenv1.StopGroupResponse{Group: g}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
@@ -47,7 +48,7 @@ func TestNodeSelectorReachesPlacement(t *testing.T) {
 		{Name: "n2", Status: havenv1.NodeStatus_NODE_STATUS_ALIVE, Capacity: &havenv1.Capacity{CpuMillis: 8000, MemoryBytes: 32 << 30}, Labels: map[string]string{"gpu": "a100"}},
 	}
 	spec := &havenv1.GroupSpec{Name: "ml", CpuMillis: 1000, MemoryBytes: 1 << 30, NodeSelector: map[string]string{"gpu": "a100"}}
-	st := buildState(nodes, []*havenv1.Group{{Spec: spec}}, map[string]bool{"n1": true, "n2": true}, 4, 0)
+	st := buildState(nodes, []*havenv1.Group{{Spec: spec}}, map[string]bool{"n1": true, "n2": true}, 4, 0, time.Now())
 	targets, why := placeGroups(st, []string{"ml"}, nil, nil)
 	if targets["ml"] != "n2" {
 		t.Fatalf("ml placed on %q (%s), want n2, the only node with gpu=a100", targets["ml"], why["ml"])

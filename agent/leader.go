@@ -24,8 +24,11 @@ func (a *Agent) monitorLeadership(ctx context.Context) {
 	)
 	revoke := func() {
 		if stop != nil {
+			a.readsReady.Store(false)
 			close(stop)
 			wg.Wait()
+			// Again: the loop may have set it while it was stopping.
+			a.readsReady.Store(false)
 			stop = nil
 			a.leases.end()
 			a.log.Info("leadership revoked")
@@ -75,6 +78,7 @@ func (a *Agent) leaderLoop(ctx context.Context, stop chan struct{}) {
 				// The FSM now holds every epoch committed before this
 				// term: renewals may be answered (step 3).
 				a.leases.ready()
+				a.readsReady.Store(true)
 				duties.Add(3)
 				go func() { defer duties.Done(); a.leases.serve(stop) }()
 				go func() { defer duties.Done(); a.groupsLoop(ctx, stop) }()
@@ -137,7 +141,7 @@ func nodeStatus(s heartbeat.State) havenv1.NodeStatus {
 // what gossip reports.
 func (a *Agent) reconcile(l *leaderState) error {
 	now := time.Now()
-	members := a.gossip.Members()
+	members := a.members.Members()
 	seen := map[string]heartbeat.Member{}
 	for _, m := range members {
 		seen[m.Name] = m

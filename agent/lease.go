@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
 )
@@ -39,8 +40,12 @@ type leases struct {
 	// pending holds the groups whose move the leader has decided but not
 	// yet committed and applied: no grant lists them (step 5).
 	pending map[string]bool
-	queue   []leaseReq
-	wake    chan struct{}
+	// assigned is when this leader assigned each group to its owner: a
+	// group gets failover_after on its node from then, whatever the node's
+	// earlier silence (quorum.Grants.GroupFailoverAt).
+	assigned map[string]time.Time
+	queue    []leaseReq
+	wake     chan struct{}
 }
 
 func newLeases(a *Agent) *leases {
@@ -58,6 +63,7 @@ func (l *leases) begin(office time.Time, term uint64) {
 	l.grants = quorum.NewGrants(l.a.leaseConfig(), office)
 	l.term = term
 	l.pending = map[string]bool{}
+	l.assigned = map[string]time.Time{}
 }
 
 // ready is called once the leader's barrier is applied (step 3).
@@ -144,20 +150,11 @@ func (l *leases) serve(stop <-chan struct{}) {
 func (l *leases) answer(node string) *havenv1.RenewLeaseResponse {
 	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(l.a.cfg.Lease.Duration.Milliseconds()), Term: l.term}
 	for _, g := range l.a.fsm.Groups() {
-		if g.GetOwner() == node && active(g.GetState()) && !l.pending[g.GetSpec().GetName()] {
+		if g.GetOwner() == node && fsm.Active(g.GetState()) && !l.pending[g.GetSpec().GetName()] {
 			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch()})
 		}
 	}
 	return resp
-}
-
-// active is a state in which the owner may run the group.
-func active(s havenv1.GroupState) bool {
-	switch s {
-	case havenv1.GroupState_GROUP_STATE_STARTING, havenv1.GroupState_GROUP_STATE_ONLINE, havenv1.GroupState_GROUP_STATE_STOPPING:
-		return true
-	}
-	return false
 }
 
 // The node's half: renew every quarter lease, measured from the send.

@@ -21,10 +21,16 @@ func testAgent(t *testing.T, cmds ...*havenv1.Command) *Agent {
 	t.Helper()
 	cfg := Default().Tightened()
 	cfg.Name = "n1"
-	a := &Agent{cfg: cfg, log: hclog.NewNullLogger(), fsm: fsm.New()}
+	a := &Agent{cfg: cfg, log: hclog.NewNullLogger(), fsm: fsm.New(), members: &fakeMembers{}}
 	a.leases = newLeases(a)
+	a.proposer = &fsmProposer{t: t, a: a}
 	for i, c := range cmds {
 		c.Time = timestamppb.New(time.Unix(1000, 0))
+		if as := c.GetAssignGroup(); as != nil && as.ExpectDesiredIndex == 0 {
+			// Decided on the group as it is: an operator's start.
+			as.ExpectDesiredIndex = a.fsm.Group(as.GetName()).GetDesiredIndex()
+			as.Desired = havenv1.DesiredState_DESIRED_STATE_RUN
+		}
 		data, err := fsm.Encode(c)
 		if err != nil {
 			t.Fatal(err)

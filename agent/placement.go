@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -65,8 +66,9 @@ func placementGroup(spec *havenv1.GroupSpec, dirtyRate int64) placement.Group {
 // included) and gossip calls it alive now (not suspect): placing a group
 // on a node that may be dying only to fail it over again helps nobody.
 // A group runs (is in Assign) while its owner may run it: starting, online
-// or stopping.
-func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[string]bool, overcommit float64, dirtyRate int64) placement.State {
+// or stopping. A group avoids the nodes it failed on within
+// failureHoldOff of now.
+func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[string]bool, overcommit float64, dirtyRate int64, now time.Time) placement.State {
 	st := placement.State{Assign: map[string]string{}}
 	for _, n := range nodes {
 		st.Nodes = append(st.Nodes, placement.Node{
@@ -82,8 +84,10 @@ func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[
 		})
 	}
 	for _, g := range groups {
-		st.Groups = append(st.Groups, placementGroup(g.GetSpec(), dirtyRate))
-		if g.GetOwner() != "" && active(g.GetState()) {
+		pg := placementGroup(g.GetSpec(), dirtyRate)
+		pg.AvoidNodes = recentFailures(g, now)
+		st.Groups = append(st.Groups, pg)
+		if g.GetOwner() != "" && fsm.Active(g.GetState()) {
 			st.Assign[g.GetSpec().GetName()] = g.GetOwner()
 		}
 	}
@@ -102,13 +106,13 @@ func (a *Agent) placementState() placement.State {
 	for _, n := range nodes {
 		known[n.GetName()] = true
 	}
-	for _, m := range a.gossip.Members() {
+	for _, m := range a.members.Members() {
 		alive[m.Name] = m.State == heartbeat.StateAlive
 		if !known[m.Name] {
 			nodes = append(nodes, memberNode(m))
 		}
 	}
-	return buildState(nodes, a.fsm.Groups(), alive, a.cfg.Placement.CPUOvercommit, a.cfg.Sim.DirtyRate)
+	return buildState(nodes, a.fsm.Groups(), alive, a.cfg.Placement.CPUOvercommit, a.cfg.Sim.DirtyRate, time.Now())
 }
 
 // withGroup returns st with g in place of the group of the same name, or
@@ -211,6 +215,18 @@ func stateKey(st placement.State, k int) uint64 {
 			str(s)
 		}
 	}
+	labels := func(m map[string]string) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		num(int64(len(keys)))
+		for _, k := range keys {
+			str(k)
+			str(m[k])
+		}
+	}
 	num(int64(k))
 	num(int64(len(st.Nodes)))
 	for _, n := range st.Nodes {
@@ -222,6 +238,7 @@ func stateKey(st placement.State, k int) uint64 {
 		flag(n.Up)
 		flag(n.Draining)
 		flag(n.Witness)
+		labels(n.Labels)
 	}
 	num(int64(len(st.Groups)))
 	for _, g := range st.Groups {
@@ -233,6 +250,8 @@ func stateKey(st placement.State, k int) uint64 {
 		strs(g.PossibleOwners)
 		strs(g.PreferredOwners)
 		str(g.PreferredSite)
+		labels(g.RequireLabels)
+		strs(g.AvoidNodes)
 		num(g.DirtyRateBytesPerSec)
 		num(int64(len(g.AntiAffinity)))
 		for _, c := range g.AntiAffinity {

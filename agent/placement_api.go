@@ -52,16 +52,21 @@ func (a *Agent) startGroup(g *havenv1.Group, node, requestID string) error {
 	switch {
 	case cur == nil:
 		return status.Errorf(codes.NotFound, "group %q not found", g.GetSpec().GetName())
-	case cur.GetEpoch() != g.GetEpoch() && (cur.GetState() == havenv1.GroupState_GROUP_STATE_STARTING || cur.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE):
-		return nil
-	case cur.GetEpoch() != g.GetEpoch() && cur.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING:
-		return status.Errorf(codes.FailedPrecondition, "group %q is stopping on %s: start it once it is offline", cur.GetSpec().GetName(), cur.GetOwner())
+	case cur.GetEpoch() != g.GetEpoch() || cur.GetDesiredIndex() != g.GetDesiredIndex():
+		// Changed while this start waited: decide again on what is now.
+		if err := startable(cur, node); err != nil || alreadyStarted(cur, node) {
+			return err
+		}
 	}
 	g = cur
 	now := time.Now()
 	st := a.placementState()
 	k := reserveK(st, a.cfg.Placement.Reserve)
 	pg := placementGroup(g.GetSpec(), a.cfg.Sim.DirtyRate)
+	// An operator's start may go where the group failed before: it
+	// clears the record.
+	pg.AvoidNodes = nil
+	st = withGroup(st, pg)
 	var owner string
 	var kept *placement.Reserve
 	var err error
@@ -74,11 +79,17 @@ func (a *Agent) startGroup(g *havenv1.Group, node, requestID string) error {
 		a.log.Info("start refused", "group", pg.Name, "reason", err)
 		return placementError(err)
 	}
+	// The operator's intent (run, at this command's index) and the
+	// placement go in one command; an operator's start also forgets where
+	// the group failed before.
 	if err := a.commit(&havenv1.Command{RequestId: requestID, Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: pg.Name, ExpectEpoch: g.GetEpoch(), Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "started on request",
+		Name: pg.Name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner,
+		State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "started on request",
+		Desired: havenv1.DesiredState_DESIRED_STATE_RUN, ClearFailures: true,
 	}}}); err != nil {
 		return err
 	}
+	a.assigned(pg.Name, owner, now)
 	if node == "" {
 		// The admission's reserve is the reserve of the state just
 		// committed (unless something else changed meanwhile, which the
@@ -153,12 +164,7 @@ func (s *clusterService) RankNodes(ctx context.Context, req *havenv1.RankNodesRe
 		})
 	}
 	a := s.a
-	spec := &havenv1.GroupSpec{
-		Name: newGroupName, CpuMillis: req.GetCpuMillis(), MemoryBytes: req.GetMemoryBytes(), Priority: req.GetPriority(),
-		PossibleOwners: req.GetPossibleOwners(), PreferredOwners: req.GetPreferredOwners(),
-		AntiAffinity: req.GetAntiAffinity(), PreferredSite: req.GetPreferredSite(),
-	}
-	g := placementGroup(spec, a.cfg.Sim.DirtyRate)
+	g := placementGroup(rankSpec(req), a.cfg.Sim.DirtyRate)
 	st := a.placementState()
 	k := reserveK(st, a.cfg.Placement.Reserve)
 	var ranked []placement.Ranked
@@ -178,6 +184,16 @@ func (s *clusterService) RankNodes(ctx context.Context, req *havenv1.RankNodesRe
 		})
 	}
 	return resp, nil
+}
+
+// rankSpec is the group RankNodes rates: every constraint of the request
+// binds it as it would bind a group created with them.
+func rankSpec(req *havenv1.RankNodesRequest) *havenv1.GroupSpec {
+	return &havenv1.GroupSpec{
+		Name: newGroupName, CpuMillis: req.GetCpuMillis(), MemoryBytes: req.GetMemoryBytes(), Priority: req.GetPriority(),
+		PossibleOwners: req.GetPossibleOwners(), PreferredOwners: req.GetPreferredOwners(),
+		AntiAffinity: req.GetAntiAffinity(), PreferredSite: req.GetPreferredSite(), NodeSelector: req.GetNodeSelector(),
+	}
 }
 
 // checkRankRequest applies the group spec's rules to what RankNodes is
@@ -216,6 +232,9 @@ func checkRankRequest(req *havenv1.RankNodesRequest) error {
 	}
 	if s := req.GetPreferredSite(); s != "" && !fsm.ValidName(s) {
 		return invalid("preferred_site: %q is not a valid site name", s)
+	}
+	if err := fsm.ValidateNodeSelector(req.GetNodeSelector()); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -48,7 +49,7 @@ func TestBuildState(t *testing.T) {
 	waiting := fsmGroup("lost", havenv1.GroupState_GROUP_STATE_FAILED, "", 1)
 	// n2 is alive in the FSM but gossip calls it suspect now; n3 is alive
 	// in gossip but failed in the FSM: neither is up.
-	st := buildState(nodes, []*havenv1.Group{high, manual, unset, waiting}, map[string]bool{"n1": true, "n3": true, "w1": true}, 4, 1<<20)
+	st := buildState(nodes, []*havenv1.Group{high, manual, unset, waiting}, map[string]bool{"n1": true, "n3": true, "w1": true}, 4, 1<<20, time.Now())
 
 	up := map[string]bool{}
 	for _, n := range st.Nodes {

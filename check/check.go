@@ -22,7 +22,8 @@
 // shows an epoch going backwards or a write its claim should have refused.
 // With an agent (Cluster) it adds invariant 2 as far as the API shows it:
 // every group the cluster says should run has ticked recently, by its owner
-// at its epoch, and failed groups are listed with their reasons.
+// at its epoch, failed groups are listed with their reasons, and no group
+// an operator stopped went on running (a lost stop).
 //
 // # Clock
 //
@@ -81,6 +82,10 @@ const (
 	// with an owner) whose VM's execution log shows no tick by the owner at
 	// the group's epoch within Options.Freshness before the check.
 	NotRunning Kind = "not-running"
+	// RunsStopped: a group whose desired state is stopped (an operator
+	// stopped it, or created it and never started it) whose VM ticked
+	// later than Options.StopWithin after the stop: a lost stop.
+	RunsStopped Kind = "runs-stopped"
 	// Failed is informational, not a violation: a group in state FAILED,
 	// with its reason. It goes to Report.Notes.
 	Failed Kind = "failed"
@@ -155,10 +160,21 @@ type Options struct {
 	// Skew bounds how far any writer's wall clock may be from true time;
 	// zero (the default) asserts one shared clock. See the package doc.
 	Skew time.Duration
+	// StopWithin is how long a stopped group's VM may go on ticking after
+	// the stop was committed: its owner stops it at its next look, or,
+	// cut off from the leader, freezes it when its lease ends. Zero means
+	// DefaultStopWithin (the default lease.duration plus a second); a
+	// cluster with a longer lease needs a longer one.
+	StopWithin time.Duration
 }
 
-// DefaultFreshness is Options.Freshness when zero.
+// DefaultFreshness is Options.Freshness when zero. It is below every lease
+// a cluster may run with, so an online group whose VM has not ticked for a
+// lease is always reported.
 const DefaultFreshness = 2 * time.Second
+
+// DefaultStopWithin is Options.StopWithin when zero.
+const DefaultStopWithin = 6 * time.Second
 
 func (o Options) normalize() (Options, error) {
 	if o.Freshness < 0 {
@@ -167,8 +183,14 @@ func (o Options) normalize() (Options, error) {
 	if o.Skew < 0 {
 		return o, fmt.Errorf("check: skew %s is negative", o.Skew)
 	}
+	if o.StopWithin < 0 {
+		return o, fmt.Errorf("check: stop-within %s is negative", o.StopWithin)
+	}
 	if o.Freshness == 0 {
 		o.Freshness = DefaultFreshness
+	}
+	if o.StopWithin == 0 {
+		o.StopWithin = DefaultStopWithin
 	}
 	return o, nil
 }

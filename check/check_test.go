@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/sim"
@@ -560,6 +562,9 @@ func TestCluster(t *testing.T) {
 		group     *havenv1.Group
 		now       time.Duration // after t0
 		freshness time.Duration
+		// stoppedAt, when set, is when an operator stopped the group,
+		// after t0 (negative: before).
+		stoppedAt *time.Duration
 		want      []Kind
 		notes     []Kind
 		detail    []string
@@ -585,6 +590,13 @@ func TestCluster(t *testing.T) {
 		{name: "offline and stale", group: vmGroup("web", offline, "", 4, ""), now: time.Minute},
 		{name: "online without owner", group: vmGroup("web", online, "", 4, ""), now: time.Minute},
 		{
+			name: "stopped long before it last ticked", group: vmGroup("web", offline, "", 3, ""), now: time.Minute, stoppedAt: dp(-10 * time.Second),
+			want:   []Kind{RunsStopped},
+			detail: []string{"group web was stopped at", "but VM vm ticked on n1 at epoch 3", "10.9s later (allowed: 6s)"},
+		},
+		{name: "stopped within its stop time", group: vmGroup("web", offline, "", 3, ""), now: time.Minute, stoppedAt: dp(-5 * time.Second)},
+		{name: "stopping now", group: vmGroup("web", havenv1.GroupState_GROUP_STATE_STOPPING, "n1", 3, ""), now: ms(1500), stoppedAt: dp(ms(500))},
+		{
 			name: "failed", group: vmGroup("web", failed, "n1", 3, "vm vm crashed on n1 (boom): restart limit reached"), now: time.Minute,
 			notes:  []Kind{Failed},
 			detail: []string{"group web is failed at epoch 3 on n1: vm vm crashed on n1 (boom): restart limit reached"},
@@ -594,7 +606,11 @@ func TestCluster(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			l := newLab(t)
 			l.boot("web", "vm", "n1", 3, disk0).run(0, 10)
-			c := &fakeCluster{groups: []*havenv1.Group{tt.group}}
+			g := proto.Clone(tt.group).(*havenv1.Group)
+			if tt.stoppedAt != nil {
+				g.Desired, g.DesiredIndex, g.DesiredTime = havenv1.DesiredState_DESIRED_STATE_STOPPED, 7, timestamppb.New(l.t0.Add(*tt.stoppedAt))
+			}
+			c := &fakeCluster{groups: []*havenv1.Group{g}}
 			r, err := Cluster(context.Background(), c, l.dir, Options{Now: l.t0.Add(tt.now), Freshness: tt.freshness})
 			if err != nil {
 				t.Fatal(err)
@@ -617,6 +633,8 @@ func TestCluster(t *testing.T) {
 		})
 	}
 }
+
+func dp(d time.Duration) *time.Duration { return &d }
 
 // TestClusterIncludesRecords: Cluster is Records plus the API checks.
 func TestClusterIncludesRecords(t *testing.T) {

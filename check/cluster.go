@@ -7,6 +7,7 @@ import (
 
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/sim"
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -26,6 +27,9 @@ func (ev *evidence) checkGroups(r *Report, groups []*havenv1.Group, opt Options)
 	cutoff := opt.Now.Add(-opt.Freshness - 2*opt.Skew)
 	for _, g := range groups {
 		name := g.GetSpec().GetName()
+		if !fsm.WantsRun(g) {
+			ev.checkStopped(r, g, logs, opt)
+		}
 		switch g.GetState() {
 		case havenv1.GroupState_GROUP_STATE_FAILED:
 			detail := fmt.Sprintf("group %s is failed at epoch %d", name, g.GetEpoch())
@@ -81,6 +85,38 @@ func (ev *evidence) checkGroups(r *Report, groups []*havenv1.Group, opt Options)
 				}
 				r.Violations = append(r.Violations, Violation{Kind: NotRunning, Group: name, VM: id.Resource, Detail: detail})
 			}
+		}
+	}
+}
+
+// checkStopped reports a VM of a stopped group that ticked more than
+// StopWithin after the stop was committed (desired_time, the leader's
+// clock; the doubt of twice the skew goes to the cluster).
+func (ev *evidence) checkStopped(r *Report, g *havenv1.Group, logs map[driver.VMID]*execLog, opt Options) {
+	if g.GetDesiredTime() == nil {
+		return
+	}
+	stopped := g.GetDesiredTime().AsTime()
+	limit := stopped.Add(opt.StopWithin + 2*opt.Skew)
+	name := g.GetSpec().GetName()
+	for _, res := range g.GetSpec().GetResources() {
+		if res.GetKind() != havenv1.ResourceKind_RESOURCE_KIND_VM {
+			continue
+		}
+		l := logs[driver.VMID{Group: name, Resource: res.GetName()}]
+		if l == nil {
+			continue
+		}
+		var last *sim.Record
+		for i := range l.recs {
+			if rec := &l.recs[i]; rec.Wall.After(limit) && (last == nil || rec.Wall.After(last.Wall)) {
+				last = rec
+			}
+		}
+		if last != nil {
+			r.Violations = append(r.Violations, Violation{Kind: RunsStopped, Group: name, VM: res.GetName(), Detail: fmt.Sprintf(
+				"group %s was stopped at %s (index %d), but VM %s ticked on %s at epoch %d at %s, %s later (allowed: %s)",
+				name, ts(stopped), g.GetDesiredIndex(), res.GetName(), last.Node, last.Epoch, ts(last.Wall), dur(last.Wall.Sub(stopped)), opt.StopWithin)})
 		}
 	}
 }

@@ -75,6 +75,9 @@ type state struct {
 	requests map[string]*havenv1.AppliedRequest
 	// order lists request ids by apply order, for pruning by age.
 	order []string
+	// disks maps every disk path a group names to that group: a disk
+	// belongs to one group. Derived from groups, never stored.
+	disks map[string]string
 }
 
 func newState() *state {
@@ -82,6 +85,7 @@ func newState() *state {
 		nodes:    map[string]*havenv1.Node{},
 		groups:   map[string]*havenv1.Group{},
 		requests: map[string]*havenv1.AppliedRequest{},
+		disks:    map[string]string{},
 	}
 }
 
@@ -130,9 +134,13 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 	case *havenv1.Command_DeleteGroup:
 		err = s.deleteGroup(cmd.DeleteGroup)
 	case *havenv1.Command_AssignGroup:
-		err = s.assignGroup(index, cmd.AssignGroup)
+		err = s.assignGroup(index, cmd.AssignGroup, now)
 	case *havenv1.Command_SetGroupState:
-		err = s.setGroupState(index, cmd.SetGroupState)
+		err = s.setGroupState(index, cmd.SetGroupState, now)
+	case *havenv1.Command_StopGroup:
+		err = s.stopGroup(index, cmd.StopGroup, now)
+	case *havenv1.Command_ReportGroup:
+		err = s.reportGroup(index, cmd.ReportGroup, now)
 	case *havenv1.Command_SetNodeDrain:
 		err = s.setNodeDrain(index, cmd.SetNodeDrain)
 	default:
@@ -226,81 +234,6 @@ func (s *state) setNodeDrain(index uint64, c *havenv1.SetNodeDrainCommand) *Erro
 	return nil
 }
 
-func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now time.Time) *Error {
-	name := c.GetSpec().GetName()
-	if name == "" {
-		return errorf(CodeInvalidArgument, "group: name is empty")
-	}
-	if _, ok := s.groups[name]; ok {
-		return errorf(CodeAlreadyExists, "group %q already exists", name)
-	}
-	s.groups[name] = &havenv1.Group{
-		Spec:        proto.Clone(c.GetSpec()).(*havenv1.GroupSpec),
-		State:       havenv1.GroupState_GROUP_STATE_OFFLINE,
-		CreateIndex: index,
-		ModifyIndex: index,
-		CreateTime:  timestamppb.New(now),
-	}
-	return nil
-}
-
-func (s *state) deleteGroup(c *havenv1.DeleteGroupCommand) *Error {
-	g, ok := s.groups[c.GetName()]
-	if !ok {
-		return errorf(CodeNotFound, "group %q not found", c.GetName())
-	}
-	if g.GetOwner() != "" && g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE {
-		return errorf(CodeFailedPrecondition, "group %q is %s on %s: stop it first", c.GetName(), g.GetState(), g.GetOwner())
-	}
-	delete(s.groups, c.GetName())
-	return nil
-}
-
-func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand) *Error {
-	old, ok := s.groups[c.GetName()]
-	if !ok {
-		return errorf(CodeNotFound, "group %q not found", c.GetName())
-	}
-	if old.GetEpoch() != c.GetExpectEpoch() {
-		return errorf(CodeFailedPrecondition, "group %q is at epoch %d, not %d: decided on a stale view", c.GetName(), old.GetEpoch(), c.GetExpectEpoch())
-	}
-	g := proto.Clone(old).(*havenv1.Group)
-	// Every assignment, even to the same node or to none, takes a new
-	// epoch: whatever ran under the old one is fenced off.
-	g.Epoch++
-	g.Owner = c.GetOwner()
-	g.MoveTo = ""
-	g.State = c.GetState()
-	g.StateReason = c.GetReason()
-	g.ModifyIndex = index
-	s.groups[g.GetSpec().GetName()] = g
-	return nil
-}
-
-func (s *state) setGroupState(index uint64, c *havenv1.SetGroupStateCommand) *Error {
-	old, ok := s.groups[c.GetName()]
-	if !ok {
-		return errorf(CodeNotFound, "group %q not found", c.GetName())
-	}
-	if old.GetEpoch() != c.GetEpoch() {
-		return errorf(CodeFailedPrecondition, "group %q is at epoch %d, the report is for epoch %d", c.GetName(), old.GetEpoch(), c.GetEpoch())
-	}
-	moveTo := old.GetMoveTo()
-	if s := c.GetState(); s == havenv1.GroupState_GROUP_STATE_STOPPING || s == havenv1.GroupState_GROUP_STATE_OFFLINE {
-		moveTo = c.GetMoveTo()
-	}
-	if old.GetState() == c.GetState() && old.GetStateReason() == c.GetReason() && old.GetMoveTo() == moveTo {
-		return nil
-	}
-	g := proto.Clone(old).(*havenv1.Group)
-	g.State = c.GetState()
-	g.StateReason = c.GetReason()
-	g.MoveTo = moveTo
-	g.ModifyIndex = index
-	s.groups[g.GetSpec().GetName()] = g
-	return nil
-}
-
 // Reads. Returned records are shared and must not be modified.
 
 func (f *FSM) Index() uint64 {
@@ -359,6 +292,10 @@ func (s *state) clone() *state {
 		groups:   make(map[string]*havenv1.Group, len(s.groups)),
 		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
 		order:    append([]string(nil), s.order...),
+		disks:    make(map[string]string, len(s.disks)),
+	}
+	for k, v := range s.disks {
+		c.disks[k] = v
 	}
 	for k, v := range s.nodes {
 		c.nodes[k] = v

@@ -188,8 +188,17 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_WINDOW, WindowStartHour: 1, WindowEndHour: 5}
 	a.apply(t0, &havenv1.Command{RequestId: "c1", Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: spec}}})
 	a.apply(t0, createCmd("c2", "web")) // refused, remembered with its error
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: "web", ExpectDesiredIndex: 2, Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN,
+		Failure: &havenv1.GroupFailure{Node: "n2", Time: timestamppb.New(t0), Reason: "start failed"}}}})
+	if g := a.f.Group("web"); g.GetOwner() != "n1" || len(g.GetFailures()) != 1 {
+		t.Fatalf("assign not applied: %v", g)
+	}
 
 	b := roundTrip(t, a.f)
+	if diff := cmp.Diff(a.f.st.disks, b.st.disks); diff != "" || len(b.st.disks) == 0 {
+		t.Errorf("disk owners differ (-before +after):\n%s", diff)
+	}
 	if diff := cmp.Diff(a.f.Nodes(), b.Nodes(), protocmp.Transform()); diff != "" {
 		t.Errorf("nodes differ (-before +after):\n%s", diff)
 	}
@@ -257,79 +266,4 @@ func mustDelim(t *testing.T, m proto.Message) []byte {
 	b.WriteByte(byte(len(data)))
 	b.Write(data)
 	return b.Bytes()
-}
-
-func TestAssignIsCompareAndSet(t *testing.T) {
-	a := &applier{t: t, f: New()}
-	a.apply(t0, createCmd("c", "web"))
-	assign := func(expect uint64, owner string) *Result {
-		return a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-			Name: "web", ExpectEpoch: expect, Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING}}})
-	}
-	if r := assign(0, "n1"); r.Err != nil {
-		t.Fatal(r.Err)
-	}
-	if g := a.f.Group("web"); g.GetOwner() != "n1" || g.GetEpoch() != 1 || g.GetState() != havenv1.GroupState_GROUP_STATE_STARTING {
-		t.Fatalf("after assign: %v", g)
-	}
-	// Two leaders' decisions on the same view: only the first applies.
-	if r := assign(1, "n2"); r.Err != nil {
-		t.Fatal(r.Err)
-	}
-	if r := assign(1, "n3"); r.Err == nil || r.Err.Code != CodeFailedPrecondition {
-		t.Fatalf("stale assign applied: %+v", r)
-	}
-	if g := a.f.Group("web"); g.GetOwner() != "n2" || g.GetEpoch() != 2 {
-		t.Fatalf("after stale assign: %v", g)
-	}
-}
-
-func TestStateReportNeedsCurrentEpoch(t *testing.T) {
-	a := &applier{t: t, f: New()}
-	a.apply(t0, createCmd("c", "web"))
-	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
-	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", ExpectEpoch: 1, Owner: "n2", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
-	report := func(epoch uint64) *Result {
-		return a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{Name: "web", Epoch: epoch, State: havenv1.GroupState_GROUP_STATE_ONLINE}}})
-	}
-	// The old owner's late report must not mark the new run online.
-	if r := report(1); r.Err == nil || r.Err.Code != CodeFailedPrecondition {
-		t.Fatalf("stale report applied: %+v", r)
-	}
-	if g := a.f.Group("web"); g.GetState() != havenv1.GroupState_GROUP_STATE_STARTING {
-		t.Fatalf("state after stale report: %v", g.GetState())
-	}
-	if r := report(2); r.Err != nil {
-		t.Fatal(r.Err)
-	}
-	if g := a.f.Group("web"); g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE {
-		t.Fatalf("state: %v", g.GetState())
-	}
-}
-
-// A planned move keeps its target through the stop and loses it when the
-// group is assigned.
-func TestMoveToLivesUntilAssigned(t *testing.T) {
-	a := &applier{t: t, f: New()}
-	a.apply(t0, createCmd("c", "web"))
-	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", Owner: "n2", State: havenv1.GroupState_GROUP_STATE_ONLINE}}})
-	set := func(st havenv1.GroupState, moveTo string) {
-		t.Helper()
-		if r := a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{Name: "web", Epoch: 1, State: st, MoveTo: moveTo}}}); r.Err != nil {
-			t.Fatal(r.Err)
-		}
-	}
-	set(havenv1.GroupState_GROUP_STATE_STOPPING, "n1")
-	if g := a.f.Group("web"); g.GetMoveTo() != "n1" {
-		t.Fatalf("move_to after stop for failback: %q", g.GetMoveTo())
-	}
-	set(havenv1.GroupState_GROUP_STATE_ONLINE, "") // states other than stopping/offline keep it
-	if g := a.f.Group("web"); g.GetMoveTo() != "n1" {
-		t.Fatalf("move_to lost: %q", g.GetMoveTo())
-	}
-	set(havenv1.GroupState_GROUP_STATE_OFFLINE, "n1")
-	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{Name: "web", ExpectEpoch: 1, Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING}}})
-	if g := a.f.Group("web"); g.GetMoveTo() != "" || g.GetOwner() != "n1" || g.GetEpoch() != 2 {
-		t.Fatalf("after assign: %v", g)
-	}
 }

@@ -87,6 +87,9 @@ func readSnapshot(r io.Reader) (*state, error) {
 			st.nodes[r.Node.GetName()] = r.Node
 		case *havenv1.SnapshotRecord_Group:
 			st.groups[r.Group.GetSpec().GetName()] = r.Group
+			for _, d := range DiskPaths(r.Group.GetSpec()) {
+				st.disks[d] = r.Group.GetSpec().GetName()
+			}
 		case *havenv1.SnapshotRecord_AppliedRequest:
 			st.requests[r.AppliedRequest.GetRequestId()] = r.AppliedRequest
 			st.order = append(st.order, r.AppliedRequest.GetRequestId())

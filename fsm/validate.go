@@ -82,6 +82,23 @@ func NormalizeGroupSpec(spec *havenv1.GroupSpec) {
 
 // ValidateGroupSpec returns an error that names the first field that is
 // wrong, prefixed with the group's name.
+// ExecDir is the directory of the shared storage root that holds the sim
+// driver's execution logs: no disk may live there.
+const ExecDir = ".exec"
+
+// ValidateNodeSelector checks a node_selector, wherever one is given.
+func ValidateNodeSelector(sel map[string]string) error {
+	if len(sel) > MaxLabels {
+		return fmt.Errorf("node_selector: %d entries, the limit is %d", len(sel), MaxLabels)
+	}
+	for k, v := range sel {
+		if !labelRE.MatchString(k) || !labelRE.MatchString(v) {
+			return fmt.Errorf("node_selector: %q=%q: keys and values are 1-63 letters, digits, '.', '_', '/' or '-'", k, v)
+		}
+	}
+	return nil
+}
+
 func ValidateGroupSpec(spec *havenv1.GroupSpec) error {
 	if spec == nil {
 		return fmt.Errorf("spec: is missing")
@@ -118,6 +135,15 @@ func validateGroup(spec *havenv1.GroupSpec) error {
 			return fmt.Errorf("resource %q: %w", r.GetName(), err)
 		}
 	}
+	disks := map[string]string{}
+	for _, r := range res {
+		if d := r.GetDisk(); d != nil {
+			if other, dup := disks[d.GetPath()]; dup {
+				return fmt.Errorf("resource %q: disk.path: %q is also resource %q's", r.GetName(), d.GetPath(), other)
+			}
+			disks[d.GetPath()] = r.GetName()
+		}
+	}
 	if cycle := findCycle(res); cycle != nil {
 		return fmt.Errorf("resources: dependency cycle %s", strings.Join(cycle, " -> "))
 	}
@@ -151,13 +177,8 @@ func validateGroup(spec *havenv1.GroupSpec) error {
 			return err
 		}
 	}
-	if len(spec.GetNodeSelector()) > MaxLabels {
-		return fmt.Errorf("node_selector: %d entries, the limit is %d", len(spec.GetNodeSelector()), MaxLabels)
-	}
-	for k, v := range spec.GetNodeSelector() {
-		if !labelRE.MatchString(k) || !labelRE.MatchString(v) {
-			return fmt.Errorf("node_selector: %q=%q: keys and values are 1-63 letters, digits, '.', '_', '/' or '-'", k, v)
-		}
+	if err := ValidateNodeSelector(spec.GetNodeSelector()); err != nil {
+		return err
 	}
 	if fb := spec.GetFailback(); fb != nil {
 		if _, ok := havenv1.FailbackMode_name[int32(fb.GetMode())]; !ok {
@@ -248,6 +269,9 @@ func validateResource(r *havenv1.Resource, byName map[string]*havenv1.Resource) 
 		p := d.GetPath()
 		if p == "" || len(p) > maxPathLen || path.IsAbs(p) || path.Clean(p) != p || strings.HasPrefix(p, "../") || p == ".." || strings.ContainsRune(p, 0) {
 			return fmt.Errorf("disk.path: %q must be a clean relative path under the shared storage root", p)
+		}
+		if p == ExecDir || strings.HasPrefix(p, ExecDir+"/") {
+			return fmt.Errorf("disk.path: %q is under %s, where the sim driver keeps execution logs", p, ExecDir)
 		}
 		if s := d.GetSizeBytes(); s < 1 || s > MaxDiskBytes {
 			return fmt.Errorf("disk.size_bytes: %d is outside 1..%d (1 PiB)", s, int64(MaxDiskBytes))

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -38,6 +39,10 @@ func TestValidateGroupSpec(t *testing.T) {
 		{"absurd disk", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.SizeBytes = 1 << 62 }, "disk.size_bytes"},
 		{"absolute disk path", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = "/etc/passwd" }, "disk.path"},
 		{"escaping disk path", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = "../x.img" }, "disk.path"},
+		{"disk among the execution logs", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = ".exec/web/vm.log" }, "execution logs"},
+		{"one disk twice", func(s *havenv1.GroupSpec) {
+			s.Resources = append(s.Resources, &havenv1.Resource{Name: "disk1", Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: proto.Clone(s.Resources[1].Disk).(*havenv1.DiskSpec)})
+		}, "also resource"},
 		{"bad ip", func(s *havenv1.GroupSpec) {
 			s.Resources = append(s.Resources, &havenv1.Resource{Name: "ip", Kind: havenv1.ResourceKind_RESOURCE_KIND_IP, Ip: &havenv1.IpSpec{Address: "10.0.0.300"}})
 		}, `ip.address: "10.0.0.300"`},

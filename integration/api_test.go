@@ -47,6 +47,8 @@ func TestInvalidRequestsRefused(t *testing.T) {
 		{"negative memory", mod(func(s *havenv1.GroupSpec) { s.Resources[2].Vm.MemoryBytes = -1 }), codes.InvalidArgument, "vm.memory_bytes: -1"},
 		{"absurd memory", mod(func(s *havenv1.GroupSpec) { s.MemoryBytes = 1 << 60 }), codes.InvalidArgument, "memory_bytes"},
 		{"duplicate resource", mod(func(s *havenv1.GroupSpec) { s.Resources[1].Name = "config" }), codes.InvalidArgument, `"config" is used twice`},
+		{"another group's disk", mod(func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = "web/disk0.img" }), codes.AlreadyExists, `disk web/disk0.img belongs to group "web"`},
+		{"disk among the execution logs", mod(func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = ".exec/web/vm.log" }), codes.InvalidArgument, "execution logs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

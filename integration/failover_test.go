@@ -324,3 +324,56 @@ func TestDrainNode(t *testing.T) {
 	c.allOnline(leader, []string{"pinned"}, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() == victim.name })
 	c.checkInvariants(append(append(names, extra...), "pinned"))
 }
+
+// TestStartOnRestartedNodeStays: a group started on a node that has just
+// restarted is not failed over before the node had failover_after to
+// renew its lease. Its silence before the restart is not the group's.
+func TestStartOnRestartedNodeStays(t *testing.T) {
+	c := newCluster(t)
+	c.startN(3)
+	leader := c.leader(30 * time.Second)
+	var victim *node
+	for _, n := range c.nodes {
+		if n != leader {
+			victim = n
+			break
+		}
+	}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("web")}); err != nil {
+		t.Fatal(err)
+	}
+	victim.kill()
+	// Observation window: the victim's last grant is now older than
+	// failover_after, as after any restart that took a while.
+	time.Sleep(victim.cfg.Lease.FailoverAfter + time.Second)
+	victim.start()
+	var started *havenv1.Group
+	waitFor(t, 30*time.Second, "start on the restarted node accepted", func() error {
+		resp, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "web", Node: victim.name})
+		if err != nil {
+			return err
+		}
+		started = resp.GetGroup()
+		return nil
+	})
+	// Observation window: twice failover_after, in which the group must
+	// stay where it was started, at its epoch, and come online.
+	deadline := time.Now().Add(2 * victim.cfg.Lease.FailoverAfter)
+	online := false
+	for time.Now().Before(deadline) {
+		gs, err := groupStates(leader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := gs["web"]
+		if g.GetOwner() != victim.name || g.GetEpoch() != started.GetEpoch() {
+			t.Fatalf("group started on %s at epoch %d moved to %q at epoch %d (%s)", victim.name, started.GetEpoch(), g.GetOwner(), g.GetEpoch(), g.GetStateReason())
+		}
+		online = online || g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !online {
+		t.Fatalf("group never came online on %s", victim.name)
+	}
+	c.checkInvariants([]string{"web"})
+}

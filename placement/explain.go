@@ -28,7 +28,9 @@ func (e *engine) exclusion(g, n int32) (Exclusion, bool) {
 			x.Detail = "powering off"
 		}
 	case !gg.anyOwner && gg.ownerSet[n/64]&(1<<(n%64)) == 0:
-		if len(gg.src.PossibleOwners) > 0 && !contains(gg.src.PossibleOwners, nd.name) {
+		if contains(gg.src.AvoidNodes, nd.name) {
+			x.Constraint, x.Detail = ConstraintFailedThere, "failed there lately"
+		} else if len(gg.src.PossibleOwners) > 0 && !contains(gg.src.PossibleOwners, nd.name) {
 			x.Constraint, x.Detail = ConstraintPossibleOwners, "not a possible owner"
 		} else {
 			x.Constraint, x.Detail = ConstraintLabels, "lacks "+missingLabels(nd.labels, gg.src.RequireLabels)
@@ -143,6 +145,9 @@ func (e *engine) explain(g int32) Unplaced {
 	}
 	if xs := byC[ConstraintPossibleOwners]; len(xs) > 0 {
 		parts = append(parts, fmt.Sprintf("%s excluded by possible owners", nodeList(xs)))
+	}
+	if xs := byC[ConstraintFailedThere]; len(xs) > 0 {
+		parts = append(parts, fmt.Sprintf("%s excluded: the group failed there lately", nodeList(xs)))
 	}
 	if xs := byC[ConstraintLabels]; len(xs) > 0 {
 		parts = append(parts, fmt.Sprintf("%s excluded by labels (%s)", nodeList(xs), xs[0].Detail))

@@ -71,6 +71,12 @@ func violations(st State, assign map[string]string, placed map[string]bool, excl
 		if placed[gn] && (n.Draining || n.Witness || excluded[nn]) {
 			out = append(out, fmt.Sprintf("%s placed on %s which takes no work", gn, nn))
 		}
+		if placed[gn] && slices.Contains(g.AvoidNodes, nn) {
+			out = append(out, fmt.Sprintf("%s placed on %s, where it failed lately", gn, nn))
+		}
+		if placed[gn] && slices.Contains(g.AvoidNodes, nn) {
+			out = append(out, fmt.Sprintf("%s placed on %s, where it failed lately", gn, nn))
+		}
 		if len(g.PossibleOwners) > 0 && !slices.Contains(g.PossibleOwners, nn) {
 			out = append(out, fmt.Sprintf("%s on %s: not a possible owner", gn, nn))
 		}
@@ -178,7 +184,7 @@ func exhaustiveRestart(st State, failed map[string]bool) bool {
 		g := groups[disp[i]]
 		for _, nn := range targets {
 			n := nodes[nn]
-			if len(g.PossibleOwners) > 0 && !slices.Contains(g.PossibleOwners, nn) {
+			if len(g.PossibleOwners) > 0 && !slices.Contains(g.PossibleOwners, nn) || slices.Contains(g.AvoidNodes, nn) {
 				continue
 			}
 			if !labelsOK(n.Labels, g.RequireLabels) {

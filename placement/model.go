@@ -143,7 +143,7 @@ func (c *compiled) cgroupOf(g Group, siteIdx map[string]int32) cgroup {
 		name: g.Name, cpu: max(g.CPUMillis, 0), mem: max(g.MemoryBytes, 0),
 		prio: g.Priority, ha: g.HA, dirty: max(g.DirtyRateBytesPerSec, 0), prefSite: -1, src: g,
 	}
-	cg.anyOwner = len(g.PossibleOwners) == 0 && len(g.RequireLabels) == 0
+	cg.anyOwner = len(g.PossibleOwners) == 0 && len(g.RequireLabels) == 0 && len(g.AvoidNodes) == 0
 	if !cg.anyOwner {
 		allowed := make([]bool, len(c.nodes))
 		if len(g.PossibleOwners) == 0 {
@@ -154,6 +154,11 @@ func (c *compiled) cgroupOf(g Group, siteIdx map[string]int32) cgroup {
 		for _, o := range g.PossibleOwners {
 			if n, ok := c.nodeIdx[o]; ok {
 				allowed[n] = true
+			}
+		}
+		for _, o := range g.AvoidNodes {
+			if n, ok := c.nodeIdx[o]; ok {
+				allowed[n] = false
 			}
 		}
 		cg.ownerSet = make([]uint64, (len(c.nodes)+63)/64)

@@ -96,6 +96,19 @@ func TestPlace(t *testing.T) {
 			unplaced: map[string]string{"ml2": "excluded by labels (lacks fpga=yes)"},
 		},
 		{
+			name:  "a node the group failed on lately is avoided",
+			nodes: []Node{node("n1", "A", 8000, 16), node("n2", "A", 8000, 16), node("n3", "A", 8000, 16)},
+			place: []Group{
+				with(grp("a", 1000, 1), func(g *Group) { g.AvoidNodes = []string{"n1", "n2"} }),
+				with(grp("b", 1000, 1), func(g *Group) {
+					g.AvoidNodes = []string{"n1", "n2"}
+					g.PossibleOwners = []string{"n1", "n2"}
+				}),
+			},
+			want:     map[string]string{"a": "n3"},
+			unplaced: map[string]string{"b": "n1,n2 excluded: the group failed there lately"},
+		},
+		{
 			name:  "hard anti-affinity: a guest cluster never shares a node",
 			nodes: []Node{node("n1", "A", 8000, 16), node("n2", "A", 8000, 16)},
 			place: []Group{

@@ -54,6 +54,9 @@ type Group struct {
 	PreferredOwners []string
 	// RequireLabels: the node must carry every one of these labels.
 	RequireLabels map[string]string
+	// AvoidNodes are nodes the group failed on lately (its start failed,
+	// its disk fenced it): it is not placed there again for now.
+	AvoidNodes    []string
 	AntiAffinity  []Class
 	PreferredSite string
 	// DirtyRateBytesPerSec is how fast the guest dirties memory; it makes a
@@ -87,6 +90,7 @@ type Constraint string
 const (
 	ConstraintNodeState      Constraint = "node state"
 	ConstraintPossibleOwners Constraint = "possible owners"
+	ConstraintFailedThere    Constraint = "failed there"
 	ConstraintLabels         Constraint = "labels"
 	ConstraintAntiAffinity   Constraint = "hard anti-affinity"
 	ConstraintMemory         Constraint = "memory"

@@ -135,3 +135,16 @@ func (g *Grants) Stalled(to time.Time) {
 		g.floor = to
 	}
 }
+
+// GroupFailoverAt is when the leader may move a group assigned to node at
+// assigned: FailoverAt, but never before the group has had FailoverAfter on
+// its node. A node's silence counts from its last grant, and a node that
+// has just (re)started has not renewed yet; a group placed on it then has
+// not been given the time to start that a failover assumes it had.
+func (g *Grants) GroupFailoverAt(node string, assigned time.Time) time.Time {
+	f := g.FailoverAt(node)
+	if a := assigned.Add(g.cfg.FailoverAfter); a.After(f) {
+		return a
+	}
+	return f
+}

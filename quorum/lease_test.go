@@ -84,3 +84,20 @@ func TestStallRestartsSilence(t *testing.T) {
 		t.Fatalf("FailoverAt moved back to %v", got)
 	}
 }
+
+// A group placed on a node that last renewed long ago (it has just
+// restarted) gets a full FailoverAfter there before it is moved.
+func TestGroupFailoverCountsFromAssignment(t *testing.T) {
+	office := time.Unix(1000, 0)
+	g := NewGrants(leaseCfg, office)
+	g.Ready()
+	g.Grant("n1", office.Add(time.Second))
+	assigned := office.Add(20 * time.Second)
+	if got, want := g.GroupFailoverAt("n1", assigned), assigned.Add(leaseCfg.FailoverAfter); !got.Equal(want) {
+		t.Fatalf("GroupFailoverAt = %v, want %v (assignment plus failover_after)", got, want)
+	}
+	// A group assigned before the silence began moves with its node.
+	if got, want := g.GroupFailoverAt("n1", office), g.FailoverAt("n1"); !got.Equal(want) {
+		t.Fatalf("GroupFailoverAt = %v, want the node's %v", got, want)
+	}
+}

@@ -27,9 +27,9 @@ func (e *violationsError) Error() string {
 
 func newCheckCmd(g *globalOptions) *cobra.Command {
 	var (
-		shared          string
-		freshness, skew time.Duration
-		offline         bool
+		shared                      string
+		freshness, skew, stopWithin time.Duration
+		offline                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "check --shared DIR",
@@ -43,6 +43,8 @@ func newCheckCmd(g *globalOptions) *cobra.Command {
                      one, or without a claim; an older owner ran after a newer
   not-running        a group the cluster says runs has no recent tick by its
                      owner at its epoch (asks the agent at --addr)
+  runs-stopped       a group that was stopped ticked more than --stop-within
+                     after the stop (a lost stop; asks the agent)
 
 Failed groups are listed as notes with their reasons. The exit code is 1 when
 there is any violation. --offline reads the shared directory only, for when
@@ -61,7 +63,10 @@ shared clock (agents on one host); across hosts give --skew.`,
 			if skew < 0 {
 				return usagef(cmd, "--skew %s: must not be negative", skew)
 			}
-			opt := check.Options{Freshness: freshness, Skew: skew}
+			if stopWithin <= 0 {
+				return usagef(cmd, "--stop-within %s: must be positive", stopWithin)
+			}
+			opt := check.Options{Freshness: freshness, Skew: skew, StopWithin: stopWithin}
 			var (
 				r   check.Report
 				err error
@@ -93,6 +98,7 @@ shared clock (agents on one host); across hosts give --skew.`,
 	f.StringVar(&shared, "shared", "", "shared storage directory of the sim driver (required)")
 	f.DurationVar(&freshness, "freshness", check.DefaultFreshness, "how recent a running group's last tick must be")
 	f.DurationVar(&skew, "skew", 0, "bound on any writer's clock error; 0 asserts one shared clock")
+	f.DurationVar(&stopWithin, "stop-within", check.DefaultStopWithin, "how long a stopped group may go on ticking (at least the cluster's lease.duration)")
 	f.BoolVar(&offline, "offline", false, "check the records only, without asking an agent")
 	return cmd
 }

@@ -154,14 +154,18 @@ func readSpecFile(stdin io.Reader, path string) (*havenv1.GroupSpec, error) {
 	return parseSpecFile(name, data)
 }
 
+// consistentHelp explains --consistent wherever a read offers it.
+const consistentHelp = "ask the leader, which first verifies it still leads: never stale (default: the agent's own copy, milliseconds behind)"
+
 func newGroupGetCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var consistent bool
+	cmd := &cobra.Command{
 		Use:   "get NAME",
-		Short: "Show one group with its state, owner and resources",
+		Short: "Show one group with its desired and observed state, owner, failures and resources",
 		Args:  argsExactly(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
-				resp, err := c.GetGroup(ctx, &havenv1.GetGroupRequest{Name: args[0]})
+				resp, err := c.GetGroup(ctx, &havenv1.GetGroupRequest{Name: args[0], Consistent: consistent})
 				if err != nil {
 					return err
 				}
@@ -169,17 +173,20 @@ func newGroupGetCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&consistent, "consistent", false, consistentHelp)
+	return cmd
 }
 
 func newGroupListCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var consistent bool
+	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List groups with their state and owner",
 		Args:    argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
-				resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+				resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{Consistent: consistent})
 				if err != nil {
 					return err
 				}
@@ -187,6 +194,8 @@ func newGroupListCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&consistent, "consistent", false, consistentHelp)
+	return cmd
 }
 
 func newGroupDeleteCmd(g *globalOptions) *cobra.Command {

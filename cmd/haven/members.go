@@ -10,13 +10,14 @@ import (
 )
 
 func newMembersCmd(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var consistent bool
+	cmd := &cobra.Command{
 		Use:   "members",
 		Short: "List the cluster's nodes with their site, status and Raft role",
 		Args:  argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
-				resp, err := c.ListNodes(ctx, &havenv1.ListNodesRequest{})
+				resp, err := c.ListNodes(ctx, &havenv1.ListNodesRequest{Consistent: consistent})
 				if err != nil {
 					return err
 				}
@@ -24,4 +25,6 @@ func newMembersCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&consistent, "consistent", false, consistentHelp)
+	return cmd
 }

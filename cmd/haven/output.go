@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -155,7 +156,7 @@ func writeGroupsTable(w io.Writer, groups []*havenv1.Group) error {
 		return strings.Compare(a.GetSpec().GetName(), b.GetSpec().GetName())
 	})
 	tw := newTable(w)
-	fmt.Fprintln(tw, "NAME\tSTATE\tOWNER\tEPOCH\tPRIORITY\tCPU\tMEMORY\tRESOURCES")
+	fmt.Fprintln(tw, "NAME\tDESIRED\tSTATE\tOWNER\tEPOCH\tPRIORITY\tCPU\tMEMORY\tRESOURCES")
 	for _, g := range groups {
 		s := g.GetSpec()
 		cpu, mem := groupDemand(s)
@@ -163,8 +164,8 @@ func writeGroupsTable(w io.Writer, groups []*havenv1.Group) error {
 		for _, r := range s.GetResources() {
 			names = append(names, r.GetName())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
-			dash(s.GetName()), groupStateWord(g.GetState()), dash(g.GetOwner()), g.GetEpoch(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
+			dash(s.GetName()), desiredWord(fsm.Desired(g)), groupStateWord(g.GetState()), dash(g.GetOwner()), g.GetEpoch(),
 			priorityWord(s.GetPriority()), formatCPU(cpu), formatSize(mem), dash(strings.Join(names, ",")))
 	}
 	return tw.Flush()
@@ -172,6 +173,10 @@ func writeGroupsTable(w io.Writer, groups []*havenv1.Group) error {
 
 // writeGroupDetail prints one group for a person: its settings as aligned
 // key: value lines (optional ones only when set), then its resources.
+func desiredWord(d havenv1.DesiredState) string {
+	return enumWord(d.String(), "DESIRED_STATE_")
+}
+
 func writeGroupDetail(w io.Writer, g *havenv1.Group) error {
 	s := g.GetSpec()
 	cpu, mem := groupDemand(s)
@@ -183,9 +188,13 @@ func writeGroupDetail(w io.Writer, g *havenv1.Group) error {
 		}
 	}
 	kv("Name", s.GetName())
+	kv("Desired", desiredWord(fsm.Desired(g)))
 	kv("State", groupStateWord(g.GetState()))
 	if g.GetStateReason() != "" {
 		kv("Reason", g.GetStateReason())
+	}
+	for _, f := range g.GetFailures() {
+		kv("Failed on "+f.GetNode(), f.GetTime().AsTime().UTC().Format(time.RFC3339)+": "+f.GetReason())
 	}
 	kv("Owner", dash(g.GetOwner()))
 	kv("Epoch", fmt.Sprint(g.GetEpoch()))

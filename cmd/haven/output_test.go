@@ -100,10 +100,10 @@ func TestWriteGroupsTable(t *testing.T) {
 	if err := writeGroupsTable(&b, testGroups()); err != nil {
 		t.Fatal(err)
 	}
-	want := `NAME  STATE    OWNER  EPOCH  PRIORITY  CPU    MEMORY  RESOURCES
-big   failed   -      0      medium    1500m  3GiB    -
-demo  offline  -      0      medium    1      512MiB  config,disk0,vm
-web   online   a1     3      high      2      1GiB    config,disk0,vm
+	want := `NAME  DESIRED  STATE    OWNER  EPOCH  PRIORITY  CPU    MEMORY  RESOURCES
+big   run      failed   -      0      medium    1500m  3GiB    -
+demo  stopped  offline  -      0      medium    1      512MiB  config,disk0,vm
+web   run      online   a1     3      high      2      1GiB    config,disk0,vm
 `
 	if got := b.String(); got != want {
 		t.Errorf("groups table:\n%s\nwant:\n%s", got, want)
@@ -151,6 +151,7 @@ func TestWriteGroupDetail(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `Name:              web
+Desired:           run
 State:             online
 Owner:             a1
 Epoch:             3

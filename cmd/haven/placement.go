@@ -102,7 +102,7 @@ func newPlaceCmd(g *globalOptions) *cobra.Command {
 	var (
 		cpu, mem, prio, site string
 		possible, preferred  []string
-		aac                  []string
+		aac, selector        []string
 	)
 	cmd := &cobra.Command{
 		Use:   "place --cpu CPUS --mem SIZE",
@@ -112,7 +112,8 @@ func newPlaceCmd(g *globalOptions) *cobra.Command {
 preferences, load after placing it). A node where the group would break the
 cluster reserve gets no stars, and the failure that would break it is named.`,
 		Example: `  haven place --cpu 2 --mem 4G
-  haven place --cpu 500m --mem 1G --anti-affinity sql:hard --preferred-site room-b`,
+  haven place --cpu 500m --mem 1G --anti-affinity sql:hard --preferred-site room-b
+  haven place --cpu 8 --mem 64G --node-selector gpu=a100`,
 		Args: argsExactly(0, "no arguments (give the size with --cpu and --mem)"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &havenv1.RankNodesRequest{PossibleOwners: possible, PreferredOwners: preferred, PreferredSite: site}
@@ -128,6 +129,9 @@ cluster reserve gets no stars, and the failure that would break it is named.`,
 			}
 			if req.AntiAffinity, err = parseAntiAffinity(aac); err != nil {
 				return usagef(cmd, "--anti-affinity: %v", err)
+			}
+			if req.NodeSelector, err = parseLabels(selector); err != nil {
+				return usagef(cmd, "--node-selector: %v", err)
 			}
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
 				resp, err := c.RankNodes(ctx, req)
@@ -146,6 +150,7 @@ cluster reserve gets no stars, and the failure that would break it is named.`,
 	f.StringArrayVar(&possible, "possible-owner", nil, "node the group may run on; when given, no other (repeatable)")
 	f.StringArrayVar(&preferred, "preferred-owner", nil, "node the group should run on, in order of preference (repeatable)")
 	f.StringArrayVar(&aac, "anti-affinity", nil, "CLASS[:hard][:sites] the group would belong to (repeatable)")
+	f.StringArrayVar(&selector, "node-selector", nil, "KEY=VALUE label a node must carry to take the group (repeatable)")
 	return cmd
 }
 
