@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario chaos
+.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario chaos concurrency
 
 all: build
 
@@ -36,6 +36,11 @@ integration:
 # The randomized fault test for longer than the default suite does.
 chaos:
 	$(GO) test -count=1 -v -timeout 60m -run 'TestRandomFaults' ./integration/ -args -chaos.duration=5m
+
+# The linearizability test of the group API, with more client load than
+# the default suite gives it.
+concurrency:
+	$(GO) test -count=1 -v -timeout 30m -run 'TestConcurrentClientsLinearizable' ./integration/ -args -concurrency.duration=3m
 
 # Whole-cluster figures for the README's performance section (slow).
 scenario:

@@ -320,12 +320,12 @@ func TestExecutorStopsInReverseDependencyOrder(t *testing.T) {
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: spec}}})
 	g := a.fsm.Group("shop")
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: "shop", ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+		Name: "shop", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_StopGroup{StopGroup: &havenv1.StopGroupCommand{Name: "shop"}}})
 	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
 	for _, r := range []string{"a-app", "b-db"} {
 		id := driver.VMID{Group: "shop", Resource: r}
-		d.vms[id] = driver.Status{ID: id, Epoch: 1, State: driver.StateRunning}
+		d.vms[id] = driver.Status{ID: id, Epoch: a.fsm.Group("shop").GetEpoch(), State: driver.StateRunning}
 	}
 	e, reports := testExecutor(a, d)
 	e.reconcile(context.Background())
@@ -355,12 +355,12 @@ func TestExecutorReportsFailedStarts(t *testing.T) {
 			run(t, a, &havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: vmSpecGroup("web")}}})
 			g := a.fsm.Group("web")
 			run(t, a, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-				Name: "web", ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+				Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
 			d := &fakeDriver{vms: map[driver.VMID]driver.Status{}, startErr: tc.err}
 			e, reports := testExecutor(a, d)
 			deadline := time.Now().Add(10 * time.Second)
 			for len(*reports) == 0 && time.Now().Before(deadline) {
-				e.granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: 1}})
+				e.granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: a.fsm.Group("web").GetEpoch()}})
 				e.reconcile(context.Background())
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -385,12 +385,12 @@ func TestExecutorRereadsDesiredBeforeStart(t *testing.T) {
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: vmSpecGroup("web")}}})
 	g := a.fsm.Group("web")
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: "web", ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+		Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
 	g = a.fsm.Group("web") // what a pass read
 	run(t, a, &havenv1.Command{Cmd: &havenv1.Command_StopGroup{StopGroup: &havenv1.StopGroupCommand{Name: "web"}}})
 	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
 	e, _ := testExecutor(a, d)
-	e.granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: 1}})
+	e.granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: a.fsm.Group("web").GetEpoch()}})
 	e.ensureRunning(context.Background(), g, nil)
 	if d.starts != 0 {
 		t.Fatalf("started a group stopped after the pass read it")

@@ -27,8 +27,11 @@ func testAgent(t *testing.T, cmds ...*havenv1.Command) *Agent {
 	for i, c := range cmds {
 		c.Time = timestamppb.New(time.Unix(1000, 0))
 		if as := c.GetAssignGroup(); as != nil && as.ExpectDesiredIndex == 0 {
-			// Decided on the group as it is: an operator's start.
-			as.ExpectDesiredIndex = a.fsm.Group(as.GetName()).GetDesiredIndex()
+			// Decided on the group as it is: an operator's start, its
+			// epoch counted from the group's first.
+			g := a.fsm.Group(as.GetName())
+			as.ExpectDesiredIndex = g.GetDesiredIndex()
+			as.ExpectEpoch += g.GetCreateIndex()
 			as.Desired = havenv1.DesiredState_DESIRED_STATE_RUN
 		}
 		data, err := fsm.Encode(c)
@@ -75,10 +78,11 @@ func TestGrantOmitsPendingMoves(t *testing.T) {
 	a.leases.pending["db"] = true
 	pending := names(a.leases.answer("n2"))
 	a.leases.mu.Unlock()
-	if len(got) != 2 || got["web"] != 1 || got["db"] != 1 {
-		t.Fatalf("grant for n2 = %v, want web@1 and db@1 (old moved to n3, off is not assigned)", got)
+	web, db := a.fsm.Group("web").GetEpoch(), a.fsm.Group("db").GetEpoch()
+	if len(got) != 2 || got["web"] != web || got["db"] != db {
+		t.Fatalf("grant for n2 = %v, want web@%d and db@%d (old moved to n3, off is not assigned)", got, web, db)
 	}
-	if _, ok := pending["db"]; ok || pending["web"] != 1 {
+	if _, ok := pending["db"]; ok || pending["web"] != web {
 		t.Fatalf("grant with db pending = %v, want web only", pending)
 	}
 }

@@ -42,12 +42,12 @@
 // the time between their nearest ticks (one guest tick, 100 ms by default)
 // can go unseen. It trusts the execution log to be complete (the sim
 // guest crashes rather than run without writing it) and only knows the sim
-// driver's files: VMs of other drivers leave no evidence here. Epochs
-// start again at 1 when a group is deleted and created again under the
-// same name, while its old logs and disks stay: such a directory reads as
-// epochs going backwards and one epoch on two nodes, so give each test a
-// fresh shared directory. Invariants 3 to 5 (migration outcome and memory,
-// admission, refusals) are outside what these records can show.
+// driver's files: VMs of other drivers leave no evidence here. A group
+// deleted and created again under its name continues above its old epochs
+// (a new group's first epoch is its creation's log index), so its old
+// logs and disks read as earlier runs of the same VM. Invariants 3 to 5
+// (migration outcome and memory, admission, refusals) are outside what
+// these records can show.
 package check
 
 import (

@@ -189,7 +189,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	a.apply(t0, &havenv1.Command{RequestId: "c1", Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: spec}}})
 	a.apply(t0, createCmd("c2", "web")) // refused, remembered with its error
 	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: "web", ExpectDesiredIndex: 2, Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN,
+		Name: "web", ExpectEpoch: 2, ExpectDesiredIndex: 2, Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN,
 		Failure: &havenv1.GroupFailure{Node: "n2", Time: timestamppb.New(t0), Reason: "start failed"}}}})
 	if g := a.f.Group("web"); g.GetOwner() != "n1" || len(g.GetFailures()) != 1 {
 		t.Fatalf("assign not applied: %v", g)

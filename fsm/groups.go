@@ -84,8 +84,13 @@ func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now tim
 	}
 	ts := timestamppb.New(now)
 	s.groups[name] = &havenv1.Group{
-		Spec:         proto.Clone(c.GetSpec()).(*havenv1.GroupSpec),
-		State:        havenv1.GroupState_GROUP_STATE_OFFLINE,
+		Spec:  proto.Clone(c.GetSpec()).(*havenv1.GroupSpec),
+		State: havenv1.GroupState_GROUP_STATE_OFFLINE,
+		// Epochs continue across a delete and a create under the same
+		// name: a disk or a driver remembers the highest epoch that
+		// claimed it, and every epoch of an earlier group of this name
+		// was taken by a log entry before this one.
+		Epoch:        index,
 		CreateIndex:  index,
 		ModifyIndex:  index,
 		CreateTime:   ts,

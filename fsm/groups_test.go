@@ -74,6 +74,26 @@ func TestCreatedGroupIsStopped(t *testing.T) {
 	}
 }
 
+// A group deleted and created again under its name continues above every
+// epoch the old one had: its disks remember the highest epoch that
+// claimed them and would fence a new group starting again at 1.
+func TestEpochsContinueAcrossRecreate(t *testing.T) {
+	o := newGroupOps(t)
+	for i := 0; i < 3; i++ {
+		ok(t, "start", o.start("n1"))
+		ok(t, "stop", o.stop())
+		g := o.g()
+		ok(t, "offline", o.report("n1", g.GetEpoch(), g.GetDesiredIndex(), havenv1.GroupState_GROUP_STATE_OFFLINE))
+	}
+	last := o.g().GetEpoch()
+	ok(t, "delete", o.apply(t0, deleteCmd("d", "web")))
+	ok(t, "create again", o.apply(t0, createCmd("c2", "web")))
+	ok(t, "start again", o.start("n1"))
+	if g := o.g(); g.GetEpoch() <= last {
+		t.Fatalf("recreated group runs at epoch %d, not above the old one's %d", g.GetEpoch(), last)
+	}
+}
+
 // The lost stop seen with many clients: a stop acknowledged while the
 // group was starting, then the owner's report that it is online, made
 // from what it read before the stop. The report must change nothing.
@@ -104,7 +124,7 @@ func TestAssignIsCompareAndSet(t *testing.T) {
 	// Two leaders' decisions on the same view: only the first applies.
 	ok(t, "failover", o.assign(g.GetEpoch(), g.GetDesiredIndex(), "n2", havenv1.GroupState_GROUP_STATE_STARTING))
 	refused(t, "second failover on the same view", o.assign(g.GetEpoch(), g.GetDesiredIndex(), "n3", havenv1.GroupState_GROUP_STATE_STARTING))
-	if g := o.g(); g.GetOwner() != "n2" || g.GetEpoch() != 2 {
+	if g := o.g(); g.GetOwner() != "n2" || g.GetEpoch() != 3 {
 		t.Fatalf("after stale assign: %v", g)
 	}
 	g = o.g()
@@ -124,15 +144,15 @@ func TestReportNeedsOwnerAndCurrentEpoch(t *testing.T) {
 	ok(t, "failover", o.assign(g.GetEpoch(), g.GetDesiredIndex(), "n2", havenv1.GroupState_GROUP_STATE_STARTING))
 	di := o.g().GetDesiredIndex()
 	// The old owner's late report must not mark the new run online.
-	refused(t, "old owner's report", o.report("n1", 1, di, havenv1.GroupState_GROUP_STATE_ONLINE))
-	refused(t, "old epoch", o.report("n2", 1, di, havenv1.GroupState_GROUP_STATE_ONLINE))
-	refused(t, "starting is not reported", o.report("n2", 2, di, havenv1.GroupState_GROUP_STATE_STARTING))
-	refused(t, "offline without a stop", o.report("n2", 2, di, havenv1.GroupState_GROUP_STATE_OFFLINE))
+	refused(t, "old owner's report", o.report("n1", 2, di, havenv1.GroupState_GROUP_STATE_ONLINE))
+	refused(t, "old epoch", o.report("n2", 2, di, havenv1.GroupState_GROUP_STATE_ONLINE))
+	refused(t, "starting is not reported", o.report("n2", 3, di, havenv1.GroupState_GROUP_STATE_STARTING))
+	refused(t, "offline without a stop", o.report("n2", 3, di, havenv1.GroupState_GROUP_STATE_OFFLINE))
 	if g := o.g(); g.GetState() != havenv1.GroupState_GROUP_STATE_STARTING {
 		t.Fatalf("state after refused reports: %v", g.GetState())
 	}
-	ok(t, "online", o.report("n2", 2, di, havenv1.GroupState_GROUP_STATE_ONLINE))
-	ok(t, "online again", o.report("n2", 2, di, havenv1.GroupState_GROUP_STATE_ONLINE))
+	ok(t, "online", o.report("n2", 3, di, havenv1.GroupState_GROUP_STATE_ONLINE))
+	ok(t, "online again", o.report("n2", 3, di, havenv1.GroupState_GROUP_STATE_ONLINE))
 	if g := o.g(); g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE {
 		t.Fatalf("state: %v", g.GetState())
 	}
@@ -157,7 +177,7 @@ func TestPlannedMove(t *testing.T) {
 		t.Fatalf("move_to lost on offline: %v", g)
 	}
 	ok(t, "assign to target", o.assign(g.GetEpoch(), g.GetDesiredIndex(), "n1", havenv1.GroupState_GROUP_STATE_STARTING))
-	if g := o.g(); g.GetMoveTo() != "" || g.GetOwner() != "n1" || g.GetEpoch() != 2 {
+	if g := o.g(); g.GetMoveTo() != "" || g.GetOwner() != "n1" || g.GetEpoch() != 3 {
 		t.Fatalf("after assign: %v", g)
 	}
 
@@ -204,7 +224,7 @@ func TestFailuresRecordedAndCleared(t *testing.T) {
 		t.Fatalf("failures: %v", fs)
 	}
 	ok(t, "stop", o.stop())
-	ok(t, "offline", o.report("n2", 2, o.g().GetDesiredIndex(), havenv1.GroupState_GROUP_STATE_OFFLINE))
+	ok(t, "offline", o.report("n2", 3, o.g().GetDesiredIndex(), havenv1.GroupState_GROUP_STATE_OFFLINE))
 	ok(t, "start", o.start("n1"))
 	if fs := o.g().GetFailures(); len(fs) != 0 {
 		t.Fatalf("an operator's start keeps failures: %v", fs)
