@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -29,7 +30,7 @@ func (a *Agent) consistentRead() error {
 		return status.Error(codes.Unavailable, "the leader has not yet applied its predecessors' writes: retry")
 	}
 	if err := a.raft.VerifyLeader().Error(); err != nil {
-		if err == raft.ErrNotLeader || err == raft.ErrLeadershipLost {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return a.notLeader()
 		}
 		return status.Errorf(codes.Unavailable, "leadership could not be verified: %v", err)

@@ -242,13 +242,7 @@ func TestFailbackToPreferredOwner(t *testing.T) {
 	c := newCluster(t)
 	c.startN(3)
 	leader := c.leader(30 * time.Second)
-	var home *node
-	for _, n := range c.nodes {
-		if n != leader {
-			home = n
-			break
-		}
-	}
+	home := c.follower(leader)
 	spec := vmGroup("fb")
 	spec.PreferredOwners = []string{home.name}
 	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_IMMEDIATE}
@@ -325,6 +319,18 @@ func TestDrainNode(t *testing.T) {
 	c.checkInvariants(append(append(names, extra...), "pinned"))
 }
 
+// follower is the first node that is not the leader.
+func (c *cluster) follower(leader *node) *node {
+	c.t.Helper()
+	for _, n := range c.nodes {
+		if n != leader {
+			return n
+		}
+	}
+	c.t.Fatal("no follower")
+	return nil
+}
+
 // TestStartOnRestartedNodeStays: a group started on a node that has just
 // restarted is not failed over before the node had failover_after to
 // renew its lease. Its silence before the restart is not the group's.
@@ -332,13 +338,7 @@ func TestStartOnRestartedNodeStays(t *testing.T) {
 	c := newCluster(t)
 	c.startN(3)
 	leader := c.leader(30 * time.Second)
-	var victim *node
-	for _, n := range c.nodes {
-		if n != leader {
-			victim = n
-			break
-		}
-	}
+	victim := c.follower(leader)
 	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("web")}); err != nil {
 		t.Fatal(err)
 	}
