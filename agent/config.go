@@ -13,6 +13,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/haven-ha/haven/agent/leader"
+	"github.com/haven-ha/haven/driver/sim"
 	"github.com/haven-ha/haven/quorum"
 )
 
@@ -77,10 +79,8 @@ const (
 	BalancerAutomatic = "automatic"
 )
 
-// MaxReserve bounds placement.reserve: beyond a few failures the answer is
-// a conservative bound anyway (placement/bound.go), and a cluster that
-// must survive more should be split by site.
-const MaxReserve = 16
+// MaxReserve bounds placement.reserve (see leader.MaxReserve).
+const MaxReserve = leader.MaxReserve
 
 // LeaseConfig is the self-fencing lease (see quorum/lease.go).
 type LeaseConfig struct {
@@ -93,6 +93,11 @@ type LeaseConfig struct {
 	// FailoverAfter is how long a node may go without a grant before its
 	// groups restart elsewhere; a shorter outage costs a pause.
 	FailoverAfter time.Duration `yaml:"failover_after"`
+}
+
+// guest is the sim driver's guest configuration.
+func (s SimConfig) guest() sim.Guest {
+	return sim.Guest{DirtyRateBytesPerSec: s.DirtyRate, WorkingSetBytes: s.WorkingSetBytes, Tick: s.Tick}
 }
 
 // SimConfig sets how the simulated guests behave.
@@ -355,8 +360,13 @@ func (c *Config) Validate() error {
 	if err := lc.Validate(); err != nil {
 		return fmt.Errorf("lease.%w", err)
 	}
-	if c.Sim.Tick < time.Millisecond || c.Sim.DirtyRate < 0 || c.Sim.WorkingSetBytes < 0 {
-		return errors.New("sim: tick must be at least 1ms, rates and sizes not negative")
+	if c.Driver == "sim" {
+		if c.Sim.Tick < time.Millisecond {
+			return errors.New("sim.tick: must be at least 1ms")
+		}
+		if err := c.Sim.guest().Validate(); err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
 	}
 	if err := checkLabels(c.Labels); err != nil {
 		return err

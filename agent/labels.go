@@ -3,8 +3,8 @@ package agent
 import (
 	"fmt"
 	"regexp"
-	"sort"
-	"strings"
+
+	"github.com/haven-ha/haven/heartbeat"
 )
 
 // Node labels travel in gossip metadata (512 bytes in all) as sorted
@@ -25,31 +25,8 @@ func checkLabels(labels map[string]string) error {
 			return fmt.Errorf("labels: %q=%q: keys and values are 1-63 letters, digits, '.', '_', '/' or '-'", k, v)
 		}
 	}
-	if n := len(formatLabels(labels)); n > maxLabelBytes {
+	if n := len(heartbeat.FormatLabels(labels)); n > maxLabelBytes {
 		return fmt.Errorf("labels: %d bytes once encoded, at most %d (they travel in gossip metadata)", n, maxLabelBytes)
 	}
 	return nil
-}
-
-func formatLabels(labels map[string]string) string {
-	pairs := make([]string, 0, len(labels))
-	for k, v := range labels {
-		pairs = append(pairs, k+"="+v)
-	}
-	sort.Strings(pairs)
-	return strings.Join(pairs, ",")
-}
-
-// parseLabels reads what formatLabels wrote; nil for none.
-func parseLabels(s string) map[string]string {
-	if s == "" {
-		return nil
-	}
-	out := map[string]string{}
-	for _, p := range strings.Split(s, ",") {
-		if k, v, ok := strings.Cut(p, "="); ok {
-			out[k] = v
-		}
-	}
-	return out
 }

@@ -3,8 +3,8 @@ package heartbeat
 import (
 	"sync"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
+	"log/slog"
 )
 
 type pool int
@@ -143,13 +143,13 @@ func (m *Membership) needsLANJoin(p *peer) bool {
 // Events are appended under the caller's lock, so the queue order is the
 // order of the merged state changes, and one goroutine sends them on.
 type eventQueue struct {
-	log   hclog.Logger
+	log   *slog.Logger
 	mu    sync.Mutex
 	items []Event
 	ready chan struct{} // holds a token while items may be non-empty
 }
 
-func newEventQueue(log hclog.Logger) *eventQueue {
+func newEventQueue(log *slog.Logger) *eventQueue {
 	return &eventQueue{log: log, ready: make(chan struct{}, 1)}
 }
 

@@ -26,7 +26,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"log/slog"
 )
 
 var (
@@ -125,7 +125,7 @@ type Config struct {
 
 	// Logger is the parent logger; memberlist's own logs go through it too.
 	// Nil discards logs.
-	Logger hclog.Logger
+	Logger *slog.Logger
 
 	// Events, if not nil, receives every membership change, this node's own
 	// included, in order. Sends never block memberlist: events wait in an

@@ -13,8 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"log/slog"
+
 	"github.com/hashicorp/memberlist"
+	"github.com/haven-ha/haven/internal/logging"
 )
 
 // memberlist labels; a packet with another label is dropped, so the pools
@@ -27,7 +29,7 @@ const (
 // Membership is this agent's place in the two gossip pools.
 type Membership struct {
 	name, site string
-	log        hclog.Logger
+	log        *slog.Logger
 	sameSite   Profile
 	crossSite  Profile
 	lan, wan   *memberlist.Memberlist
@@ -166,14 +168,14 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("heartbeat: Config.Meta.Site %q differs from Config.Site %q", c.Meta.Site, c.Site)
 	}
 	if c.Logger == nil {
-		c.Logger = hclog.NewNullLogger()
+		c.Logger = logging.Discard()
 	}
 	return nil
 }
 
-func stdLogger(l hclog.Logger, pool string) *log.Logger {
-	// InferLevels maps memberlist's "[DEBUG]"-style prefixes to hclog levels.
-	return l.Named(pool).StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+func stdLogger(l *slog.Logger, pool string) *log.Logger {
+	// The writer maps memberlist's "[DEBUG]"-style prefixes to levels.
+	return log.New(&logging.Writer{Logger: l.With("pool", pool), Level: slog.LevelInfo}, "", 0)
 }
 
 func poolConfig(c *memberlist.Config, cfg Config, p Profile, t *memberlist.NetTransport, label string, l *log.Logger) *memberlist.Config {
@@ -310,11 +312,11 @@ func (m *Membership) joinLAN() {
 				return
 			}
 			if _, err := m.lan.Join([]string{addr}); err != nil {
-				level := hclog.Debug
+				level := slog.LevelDebug
 				if !failing[name] {
-					level = hclog.Warn
+					level = slog.LevelWarn
 				}
-				m.log.Log(level, "cannot join same-site node in LAN pool", "node", name, "lan_addr", addr, "error", err)
+				m.log.Log(context.Background(), level, "cannot join same-site node in LAN pool", "node", name, "lan_addr", addr, "error", err)
 				failing[name] = true
 				continue
 			}

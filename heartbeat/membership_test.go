@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"log/slog"
 )
 
 // fast keeps the suite quick: a dead node is noticed in about 350ms.
@@ -158,7 +158,7 @@ func start(t *testing.T, name, site string, mods ...func(*Config)) *node {
 func startConfig(t *testing.T, cfg Config) *node {
 	t.Helper()
 	w := &logWriter{t: t}
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Output: w, Level: hclog.Debug})
+	cfg.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", cfg.Name)
 	ch := make(chan Event)
 	cfg.Events = ch
 	m, err := New(cfg)

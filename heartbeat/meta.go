@@ -3,6 +3,8 @@ package heartbeat
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -57,4 +59,30 @@ func decodeMeta(b []byte) (Meta, bool, error) {
 		return Meta{}, false, fmt.Errorf("heartbeat: decode meta: %w", err)
 	}
 	return w.Meta, w.Leaving, nil
+}
+
+// FormatLabels encodes node labels for Meta.Labels: sorted "k=v" pairs
+// joined by commas (the agent's configuration bounds them well inside the
+// 512 bytes of gossip metadata).
+func FormatLabels(labels map[string]string) string {
+	pairs := make([]string, 0, len(labels))
+	for k, v := range labels {
+		pairs = append(pairs, k+"="+v)
+	}
+	sort.Strings(pairs)
+	return strings.Join(pairs, ",")
+}
+
+// ParseLabels reads what FormatLabels wrote; nil for none.
+func ParseLabels(s string) map[string]string {
+	if s == "" {
+		return nil
+	}
+	out := map[string]string{}
+	for _, p := range strings.Split(s, ",") {
+		if k, v, ok := strings.Cut(p, "="); ok {
+			out[k] = v
+		}
+	}
+	return out
 }

@@ -7,11 +7,11 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/logging"
 )
 
 // newAgentCmd runs one agent until SIGINT or SIGTERM. Settings come from
@@ -90,11 +90,11 @@ func overlayFlags(fs *pflag.FlagSet, cfg, flg *agent.Config) {
 }
 
 func runAgent(ctx context.Context, cfg agent.Config) error {
-	log := hclog.New(&hclog.LoggerOptions{
-		Name:   cfg.Name,
-		Level:  hclog.LevelFromString(cfg.LogLevel),
-		Output: os.Stderr,
-	})
+	level, err := logging.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	log := logging.New(os.Stderr, level).With("node", cfg.Name)
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		return err

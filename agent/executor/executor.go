@@ -1,26 +1,48 @@
-package agent
+// Package executor makes this node's hypervisor match the FSM: it runs
+// what the FSM says this node should run (plan.go), each VM at its group's
+// epoch and only while a lease grant confirms that epoch, stops what it
+// should stop, kills everything else, and reports what happened to the
+// leader. It knows a driver only as driver.Hypervisor.
+package executor
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/internal/logging"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// executor makes this node's hypervisor match the FSM: it runs the groups
-// the FSM assigns to this node, at their current epoch, while a lease grant
-// confirms them, and nothing else.
-type executor struct {
-	a   *Agent
-	drv driver.Hypervisor
-	// send delivers a report to the leader.
-	send func(context.Context, *havenv1.ReportGroupRequest) error
+// State is what the executor reads of the FSM.
+type State interface {
+	Groups() []*havenv1.Group
+	Group(name string) *havenv1.Group
+}
+
+// Config is what an Executor needs.
+type Config struct {
+	// Node is this node's name.
+	Node   string
+	State  State
+	Driver driver.Hypervisor
+	// Report delivers a report to the leader.
+	Report func(context.Context, *havenv1.ReportGroupRequest) error
+	Logger *slog.Logger
+}
+
+// Executor is this node's executor.
+type Executor struct {
+	node  string
+	state State
+	drv   driver.Hypervisor
+	send  func(context.Context, *havenv1.ReportGroupRequest) error
+	log   *slog.Logger
 
 	mu sync.Mutex
 	// leaseEnd and confirmed are from the last grant: the node may run a
@@ -62,21 +84,32 @@ const (
 	startBackoff  = 500 * time.Millisecond
 )
 
-func newExecutor(a *Agent, drv driver.Hypervisor) *executor {
-	return &executor{a: a, drv: drv, send: a.sendReport, confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{}, startFails: map[string]*startFail{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+// New returns an executor; Run drives it.
+func New(cfg Config) *Executor {
+	log := cfg.Logger
+	if log == nil {
+		log = logging.Discard()
+	}
+	return &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log,
+		confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
+		startFails: map[string]*startFail{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
 }
 
-func (e *executor) poke() {
+// RenewNow delivers a request for a lease renewal at once: a group was
+// assigned here and waits for a grant that confirms its epoch.
+func (e *Executor) RenewNow() <-chan struct{} { return e.renewNow }
+
+func (e *Executor) poke() {
 	select {
 	case e.wake <- struct{}{}:
 	default:
 	}
 }
 
-// granted applies a lease grant: confirmed VMs get the new lease end (a
+// Granted applies a lease grant: confirmed VMs get the new lease end (a
 // frozen one thaws, if the driver's gate still allows it); VMs the grant
 // leaves out keep their old end and freeze when it passes.
-func (e *executor) granted(end time.Time, groups []*havenv1.GroupEpoch) {
+func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	e.mu.Lock()
 	e.leaseEnd = end
 	e.confirmed = make(map[string]uint64, len(groups))
@@ -87,14 +120,14 @@ func (e *executor) granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	for _, st := range e.drv.List() {
 		if ep, ok := e.confirmedEpoch(st.ID.Group); ok && ep == st.Epoch && (st.State == driver.StateRunning || st.State == driver.StateFrozen) {
 			if err := e.drv.ExtendLease(st.ID, st.Epoch, end); err != nil && !errors.Is(err, driver.ErrLeaseExpired) {
-				e.a.log.Warn("lease extension refused", "vm", st.ID.String(), "epoch", st.Epoch, "error", err)
+				e.log.Warn("lease extension refused", "vm", st.ID.String(), "epoch", st.Epoch, "error", err)
 			}
 		}
 	}
 	e.poke()
 }
 
-func (e *executor) confirmedEpoch(group string) (uint64, bool) {
+func (e *Executor) confirmedEpoch(group string) (uint64, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ep, ok := e.confirmed[group]
@@ -103,14 +136,14 @@ func (e *executor) confirmedEpoch(group string) (uint64, bool) {
 
 // mayRun reports whether the last grant lets the node run group at epoch
 // now, and until when.
-func (e *executor) mayRun(group string, epoch uint64, now time.Time) (time.Time, bool) {
+func (e *Executor) mayRun(group string, epoch uint64, now time.Time) (time.Time, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ep, ok := e.confirmed[group]
 	return e.leaseEnd, ok && ep == epoch && now.Before(e.leaseEnd)
 }
 
-func (e *executor) run(ctx context.Context) {
+func (e *Executor) Run(ctx context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -124,53 +157,41 @@ func (e *executor) run(ctx context.Context) {
 	}
 }
 
-func (e *executor) reconcile(ctx context.Context) {
-	me := e.a.cfg.Name
-	want := map[string]*havenv1.Group{}
-	for _, g := range e.a.fsm.Groups() {
-		if g.GetOwner() == me && fsm.Active(g.GetState()) {
-			want[g.GetSpec().GetName()] = g
-		}
-	}
-	// Anything the FSM does not give this node at this epoch goes: a
-	// newer epoch means the group runs, or is about to, elsewhere.
-	running := map[string][]driver.Status{}
+func (e *Executor) reconcile(ctx context.Context) {
+	p := planFor(e.node, e.state.Groups())
+	// A VM the plan does not keep goes: at another epoch, the group runs
+	// (or is about to) elsewhere.
+	vms := map[string][]driver.Status{}
 	for _, st := range e.drv.List() {
-		g := want[st.ID.Group]
-		if g == nil || g.GetEpoch() != st.Epoch {
+		if !p.keeps(st) {
 			if st.State == driver.StateRunning || st.State == driver.StateFrozen {
-				e.a.log.Info("killing vm the node no longer owns", "vm", st.ID.String(), "epoch", st.Epoch)
+				e.log.Info("killing vm the node no longer owns", "vm", st.ID.String(), "epoch", st.Epoch)
 				if err := e.drv.Kill(st.ID, st.Epoch); err != nil && !errors.Is(err, driver.ErrNotFound) {
-					e.a.log.Warn("kill failed", "vm", st.ID.String(), "error", err)
+					e.log.Warn("kill failed", "vm", st.ID.String(), "error", err)
 					continue
 				}
 			}
 			_ = e.drv.Forget(st.ID)
 			continue
 		}
-		running[st.ID.Group] = append(running[st.ID.Group], st)
+		vms[st.ID.Group] = append(vms[st.ID.Group], st)
 	}
-	names := make([]string, 0, len(want))
-	for n := range want {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, t := range p.tasks {
 		if ctx.Err() != nil {
 			return
 		}
-		g := want[name]
-		if g.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING {
-			e.stop(ctx, g, running[name])
-			continue
+		switch t.action {
+		case actionStop:
+			e.stop(ctx, t.group, vms[t.name()])
+		case actionRun:
+			e.ensureRunning(ctx, t.group, vms[t.name()])
 		}
-		e.ensureRunning(ctx, g, running[name])
 	}
 }
 
 // stop stops a group's VMs in reverse dependency order (a VM before one
 // it depends on), then reports it offline.
-func (e *executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
+func (e *Executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
 	byRes := map[string]driver.Status{}
 	for _, st := range vms {
 		byRes[st.ID.Resource] = st
@@ -195,10 +216,10 @@ func (e *executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Stat
 	e.report(ctx, g, havenv1.GroupState_GROUP_STATE_OFFLINE, "stopped on request")
 }
 
-func (e *executor) stopVM(ctx context.Context, st driver.Status) bool {
+func (e *Executor) stopVM(ctx context.Context, st driver.Status) bool {
 	if st.State == driver.StateRunning || st.State == driver.StateFrozen {
 		if err := e.drv.Stop(ctx, st.ID, st.Epoch); err != nil {
-			e.a.log.Warn("stop failed", "vm", st.ID.String(), "error", err)
+			e.log.Warn("stop failed", "vm", st.ID.String(), "error", err)
 			return false
 		}
 	}
@@ -206,9 +227,9 @@ func (e *executor) stopVM(ctx context.Context, st driver.Status) bool {
 	return true
 }
 
-func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
+func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []driver.Status) {
 	name, epoch := g.GetSpec().GetName(), g.GetEpoch()
-	specs := vmSpecs(g, e.a.cfg)
+	specs := vmSpecs(g, e.node)
 	have := map[string]driver.Status{}
 	for _, st := range vms {
 		have[st.ID.Resource] = st
@@ -224,10 +245,10 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			continue
 		case ok && st.State == driver.StateCrashed:
 			if !e.restartAllowed(g) {
-				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("vm %s crashed on %s (%s): restart limit reached", spec.ID.Resource, e.a.cfg.Name, st.Reason))
+				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("vm %s crashed on %s (%s): restart limit reached", spec.ID.Resource, e.node, st.Reason))
 				return
 			}
-			e.a.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
+			e.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
 			_ = e.drv.Forget(spec.ID)
 		}
 		end, ok := e.mayRun(name, epoch, time.Now())
@@ -250,21 +271,21 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			if ctx.Err() != nil {
 				return
 			}
-			e.a.log.Warn("start failed", "vm", spec.ID.String(), "epoch", epoch, "error", err)
+			e.log.Warn("start failed", "vm", spec.ID.String(), "epoch", epoch, "error", err)
 			// A disk claimed by a newer epoch fences this one for good,
 			// and a spec the driver refuses stays refused: retrying
 			// cannot help.
 			final := errors.Is(err, driver.ErrStaleEpoch) || errors.Is(err, driver.ErrInvalidSpec)
 			if e.startFailed(g, time.Now(), final) {
-				reason := fmt.Sprintf("vm %s could not start on %s: %v", spec.ID.Resource, e.a.cfg.Name, err)
+				reason := fmt.Sprintf("vm %s could not start on %s: %v", spec.ID.Resource, e.node, err)
 				if errors.Is(err, driver.ErrStaleEpoch) {
-					reason = fmt.Sprintf("vm %s fenced on %s: %v", spec.ID.Resource, e.a.cfg.Name, err)
+					reason = fmt.Sprintf("vm %s fenced on %s: %v", spec.ID.Resource, e.node, err)
 				}
 				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, reason)
 			}
 			return
 		}
-		e.a.log.Info("vm started", "vm", spec.ID.String(), "epoch", epoch)
+		e.log.Info("vm started", "vm", spec.ID.String(), "epoch", epoch)
 	}
 	if allUp {
 		e.startSucceeded(g)
@@ -279,9 +300,9 @@ func (e *executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 // started after this check and stopped a moment later is the race the
 // FSM closes: the start's "online" report is refused, and the next pass
 // sees the stop.
-func (e *executor) stillWanted(g *havenv1.Group) bool {
-	cur := e.a.fsm.Group(g.GetSpec().GetName())
-	return cur != nil && cur.GetOwner() == e.a.cfg.Name && cur.GetEpoch() == g.GetEpoch() &&
+func (e *Executor) stillWanted(g *havenv1.Group) bool {
+	cur := e.state.Group(g.GetSpec().GetName())
+	return cur != nil && cur.GetOwner() == e.node && cur.GetEpoch() == g.GetEpoch() &&
 		cur.GetDesiredIndex() == g.GetDesiredIndex() && fsm.WantsRun(cur) &&
 		(cur.GetState() == havenv1.GroupState_GROUP_STATE_STARTING || cur.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE)
 }
@@ -292,7 +313,7 @@ func startKey(g *havenv1.Group) string {
 
 // startDue reports whether a start may be tried now: not while a failed
 // one backs off.
-func (e *executor) startDue(g *havenv1.Group, now time.Time) bool {
+func (e *Executor) startDue(g *havenv1.Group, now time.Time) bool {
 	f := e.startFails[g.GetSpec().GetName()]
 	return f == nil || f.key != startKey(g) || !now.Before(f.next)
 }
@@ -300,7 +321,7 @@ func (e *executor) startDue(g *havenv1.Group, now time.Time) bool {
 // startFailed counts a failed start and reports whether the group should
 // now be reported failed: the attempts are used up, or final says that
 // retrying cannot help.
-func (e *executor) startFailed(g *havenv1.Group, now time.Time, final bool) bool {
+func (e *Executor) startFailed(g *havenv1.Group, now time.Time, final bool) bool {
 	name, key := g.GetSpec().GetName(), startKey(g)
 	f := e.startFails[name]
 	if f == nil || f.key != key {
@@ -312,13 +333,13 @@ func (e *executor) startFailed(g *havenv1.Group, now time.Time, final bool) bool
 	return final || f.attempts >= startAttempts
 }
 
-func (e *executor) startSucceeded(g *havenv1.Group) {
+func (e *Executor) startSucceeded(g *havenv1.Group) {
 	delete(e.startFails, g.GetSpec().GetName())
 }
 
 // restartAllowed counts an in-place restart against the group's policy: at
 // most max_restarts within period; with no policy, one per minute.
-func (e *executor) restartAllowed(g *havenv1.Group) bool {
+func (e *Executor) restartAllowed(g *havenv1.Group) bool {
 	limit, period := uint32(1), time.Minute
 	if rp := g.GetSpec().GetRestart(); rp != nil {
 		limit = rp.GetMaxRestarts()
@@ -343,7 +364,7 @@ func (e *executor) restartAllowed(g *havenv1.Group) bool {
 }
 
 // report tells the leader, once per (group, epoch, desired index, state).
-func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.GroupState, reason string) {
+func (e *Executor) report(ctx context.Context, g *havenv1.Group, st havenv1.GroupState, reason string) {
 	name := g.GetSpec().GetName()
 	r := report{epoch: g.GetEpoch(), desiredIndex: g.GetDesiredIndex(), state: st}
 	e.mu.Lock()
@@ -353,10 +374,10 @@ func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.Grou
 	}
 	e.mu.Unlock()
 	err := e.send(ctx, &havenv1.ReportGroupRequest{
-		Node: e.a.cfg.Name, Name: name, Epoch: g.GetEpoch(), DesiredIndex: g.GetDesiredIndex(), State: st, Reason: reason,
+		Node: e.node, Name: name, Epoch: g.GetEpoch(), DesiredIndex: g.GetDesiredIndex(), State: st, Reason: reason,
 	})
 	if err != nil {
-		e.a.log.Debug("report failed; will retry", "group", name, "state", st, "error", err)
+		e.log.Debug("report failed; will retry", "group", name, "state", st, "error", err)
 		return
 	}
 	e.mu.Lock()
@@ -364,25 +385,9 @@ func (e *executor) report(ctx context.Context, g *havenv1.Group, st havenv1.Grou
 	e.mu.Unlock()
 }
 
-// sendReport sends a report to the leader.
-func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest) error {
-	_, addr, err := a.leader()
-	if err != nil {
-		return err
-	}
-	conn, err := a.fwd.conn(addr)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, req)
-	return err
-}
-
 // vmSpecs turns a group's VM resources into driver specs; every VM of the
 // group gets every disk of the group.
-func vmSpecs(g *havenv1.Group, cfg Config) []driver.VMSpec {
+func vmSpecs(g *havenv1.Group, node string) []driver.VMSpec {
 	var disks []driver.DiskSpec
 	for _, r := range g.GetSpec().GetResources() {
 		if d := r.GetDisk(); d != nil {
@@ -396,15 +401,12 @@ func vmSpecs(g *havenv1.Group, cfg Config) []driver.VMSpec {
 			continue
 		}
 		out = append(out, driver.VMSpec{
-			ID:                   driver.VMID{Group: g.GetSpec().GetName(), Resource: r.GetName()},
-			Node:                 cfg.Name,
-			Epoch:                g.GetEpoch(),
-			VCPUs:                int(vm.GetVcpus()),
-			MemoryBytes:          vm.GetMemoryBytes(),
-			Disks:                disks,
-			DirtyRateBytesPerSec: cfg.Sim.DirtyRate,
-			WorkingSetBytes:      min(cfg.Sim.WorkingSetBytes, vm.GetMemoryBytes()),
-			Tick:                 cfg.Sim.Tick,
+			ID:          driver.VMID{Group: g.GetSpec().GetName(), Resource: r.GetName()},
+			Node:        node,
+			Epoch:       g.GetEpoch(),
+			VCPUs:       int(vm.GetVcpus()),
+			MemoryBytes: vm.GetMemoryBytes(),
+			Disks:       disks,
 		})
 	}
 	return out

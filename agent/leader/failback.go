@@ -1,4 +1,4 @@
-package agent
+package leader
 
 import (
 	"fmt"
@@ -35,10 +35,10 @@ func failbackAllowed(fb *havenv1.FailbackPolicy, now time.Time) bool {
 
 // failback starts the planned moves back to preferred owners, and finishes
 // those whose group is now offline.
-func (a *Agent) failback(now time.Time) {
-	a.finishMoves()
+func (l *Leader) failback(now time.Time) {
+	l.finishMoves()
 	var candidates bool
-	for _, g := range a.fsm.Groups() {
+	for _, g := range l.state.Groups() {
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && len(g.GetSpec().GetPreferredOwners()) > 0 && failbackAllowed(g.GetSpec().GetFailback(), now) {
 			candidates = true
 			break
@@ -49,34 +49,34 @@ func (a *Agent) failback(now time.Time) {
 	}
 	// The decision and its commits under one hold of placeMu: a start
 	// placed in between would be placed on a view without these moves.
-	a.placeMu.Lock()
-	defer a.placeMu.Unlock()
-	st := a.placementState()
-	holders := a.leaseHolders(st, now)
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	st := l.placementState()
+	holders := l.leaseHolders(st, now)
 	// Only nodes up and renewing for failback_after may receive a group
 	// back; the others are taken out of this computation.
 	for i, n := range st.Nodes {
-		fn := a.fsm.Node(n.Name)
-		settled := fn != nil && now.Sub(fn.GetStatusTime().AsTime()) >= a.cfg.Placement.FailbackAfter
+		fn := l.state.Node(n.Name)
+		settled := fn != nil && now.Sub(fn.GetStatusTime().AsTime()) >= l.cfg.FailbackAfter
 		if !holders[n.Name] || !settled {
 			st.Nodes[i].Draining = true
 		}
 	}
 	moves := placement.Failback(st)
 	for _, m := range moves {
-		g := a.fsm.Group(m.Group)
+		g := l.state.Group(m.Group)
 		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || !fsm.WantsRun(g) || g.GetOwner() != m.From || !failbackAllowed(g.GetSpec().GetFailback(), now) {
 			continue
 		}
-		err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+		err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
 			Name: m.Group, Epoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
 			Reason: fmt.Sprintf("failing back to %s", m.To), MoveTo: m.To,
 		}}})
 		if err != nil {
-			a.log.Warn("failback not committed", "group", m.Group, "to", m.To, "error", err)
+			l.log.Warn("failback not committed", "group", m.Group, "to", m.To, "error", err)
 			continue
 		}
-		a.log.Info("failing back", "group", m.Group, "from", m.From, "to", m.To)
+		l.log.Info("failing back", "group", m.Group, "from", m.From, "to", m.To)
 	}
 }
 
@@ -84,19 +84,19 @@ func (a *Agent) failback(now time.Time) {
 // (failback, drain) to its target, or, when the target can no longer take
 // it, wherever it fits. Each placement and its commit hold placeMu
 // together, so a concurrent start sees the room the move took.
-func (a *Agent) finishMoves() {
-	for _, g := range a.fsm.Groups() {
+func (l *Leader) finishMoves() {
+	for _, g := range l.state.Groups() {
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_OFFLINE && g.GetMoveTo() != "" && fsm.WantsRun(g) {
-			a.finishMove(g)
+			l.finishMove(g)
 		}
 	}
 }
 
-func (a *Agent) finishMove(g *havenv1.Group) {
-	a.placeMu.Lock()
-	defer a.placeMu.Unlock()
+func (l *Leader) finishMove(g *havenv1.Group) {
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
 	name, from, to := g.GetSpec().GetName(), g.GetOwner(), g.GetMoveTo()
-	st := a.placementState()
+	st := l.placementState()
 	targets, why := placeGroups(st, []string{name}, nil, map[string]bool{to: true})
 	owner, state, reason := targets[name], havenv1.GroupState_GROUP_STATE_STARTING, fmt.Sprintf("moved from %s", from)
 	if owner != to {
@@ -105,40 +105,41 @@ func (a *Agent) finishMove(g *havenv1.Group) {
 	if owner == "" {
 		state, reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("planned move to %s: no node can host it: %s", to, why[name])
 	}
-	if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+	if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
 		Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner, State: state, Reason: reason,
 	}}}); err != nil {
-		a.log.Warn("planned move not committed", "group", name, "to", to, "error", err)
+		l.log.Warn("planned move not committed", "group", name, "to", to, "error", err)
 		return
 	}
 	if owner != "" {
-		a.assigned(name, owner, time.Now())
+		l.leases.Assigned(name, time.Now())
 	}
-	a.log.Info("moved", "group", name, "from", from, "to", owner)
+	l.log.Info("moved", "group", name, "from", from, "to", owner)
 }
 
 // drain starts a planned move for every online group of a draining node,
 // to where placement puts it with the node left out. A group no other node
 // can take stays where it is, and the node stays draining: the operator
 // sees it in the node's group list.
-func (a *Agent) drain(now time.Time, memo map[string]uint64) {
+func (l *Leader) drain(t *term, now time.Time) {
+	memo := t.drainMemo
 	var draining []string
-	for _, n := range a.fsm.Nodes() {
+	for _, n := range l.state.Nodes() {
 		if n.GetDraining() {
 			draining = append(draining, n.GetName())
 		}
 	}
 	for _, node := range draining {
-		a.drainNode(node, now, memo)
+		l.drainNode(node, now, memo)
 	}
 }
 
 // drainNode starts the planned moves off one draining node; placement and
 // commits hold placeMu together, as in finishMove.
-func (a *Agent) drainNode(node string, now time.Time, memo map[string]uint64) {
+func (l *Leader) drainNode(node string, now time.Time, memo map[string]uint64) {
 	var names []string
 	groups := map[string]*havenv1.Group{}
-	for _, g := range a.fsm.Groups() {
+	for _, g := range l.state.Groups() {
 		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && fsm.WantsRun(g) {
 			names = append(names, g.GetSpec().GetName())
 			groups[g.GetSpec().GetName()] = g
@@ -147,30 +148,30 @@ func (a *Agent) drainNode(node string, now time.Time, memo map[string]uint64) {
 	if len(names) == 0 {
 		return
 	}
-	a.placeMu.Lock()
-	defer a.placeMu.Unlock()
-	st := a.placementState()
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	st := l.placementState()
 	key := stateKey(st, 0)
 	if memo[node] == key {
 		// Nothing changed since the last try found no room.
 		return
 	}
-	targets, why := placeGroups(st, names, []string{node}, a.leaseHolders(st, now))
+	targets, why := placeGroups(st, names, []string{node}, l.leaseHolders(st, now))
 	memo[node] = 0
 	for _, name := range names {
 		to := targets[name]
 		if to == "" {
 			memo[node] = key
-			a.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
+			l.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
 			continue
 		}
-		if err := a.applyInternal(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
+		if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
 			Name: name, Epoch: groups[name].GetEpoch(), ExpectDesiredIndex: groups[name].GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
 			Reason: fmt.Sprintf("draining %s: moving to %s", node, to), MoveTo: to,
 		}}}); err != nil {
-			a.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
+			l.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
 			continue
 		}
-		a.log.Info("draining", "node", node, "group", name, "to", to)
+		l.log.Info("draining", "node", node, "group", name, "to", to)
 	}
 }

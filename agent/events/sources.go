@@ -1,0 +1,98 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// Membership event kinds.
+const (
+	MemberJoined  Kind = "member-joined"
+	MemberUpdated Kind = "member-updated"
+	MemberFailed  Kind = "member-failed"
+	MemberLeft    Kind = "member-left"
+)
+
+// FromMembership is the event of a gossip membership change.
+func FromMembership(e heartbeat.Event) Event {
+	k := map[heartbeat.EventType]Kind{heartbeat.EventJoin: MemberJoined, heartbeat.EventUpdate: MemberUpdated, heartbeat.EventFailed: MemberFailed, heartbeat.EventLeave: MemberLeft}[e.Type]
+	if k == "" {
+		k = Kind("member-" + e.Type.String())
+	}
+	return Event{Kind: k, Node: e.Member.Name, State: e.Member.State.String()}
+}
+
+// Observe wraps f so that every command it applies is published to b.
+// The FSM itself stays free of it: it is pure, and replays the same log
+// the same way with or without subscribers.
+func Observe(f *fsm.FSM, b *Broker) raft.FSM { return &observed{FSM: f, b: b} }
+
+type observed struct {
+	*fsm.FSM
+	b *Broker
+}
+
+func (o *observed) Apply(l *raft.Log) any {
+	res := o.FSM.Apply(l)
+	if l.Type == raft.LogCommand {
+		if e, ok := FromCommand(l.Index, l.Data, res); ok {
+			o.b.Publish(e)
+		}
+	}
+	return res
+}
+
+// FromCommand is the event of a command the FSM applied (or refused),
+// named after the command: "create-group", "assign-group", ...
+func FromCommand(index uint64, data []byte, res any) (Event, bool) {
+	var c havenv1.Command
+	if proto.Unmarshal(data, &c) != nil || c.GetCmd() == nil {
+		return Event{}, false
+	}
+	e := Event{Index: index, Time: c.GetTime().AsTime(), Kind: kindOf(&c)}
+	switch x := c.GetCmd().(type) {
+	case *havenv1.Command_CreateGroup:
+		e.Group = x.CreateGroup.GetSpec().GetName()
+	case *havenv1.Command_DeleteGroup:
+		e.Group = x.DeleteGroup.GetName()
+	case *havenv1.Command_AssignGroup:
+		a := x.AssignGroup
+		e.Group, e.Node, e.State, e.Reason, e.Epoch = a.GetName(), a.GetOwner(), a.GetState().String(), a.GetReason(), a.GetExpectEpoch()+1
+	case *havenv1.Command_SetGroupState:
+		s := x.SetGroupState
+		e.Group, e.State, e.Reason, e.Epoch = s.GetName(), s.GetState().String(), s.GetReason(), s.GetEpoch()
+	case *havenv1.Command_StopGroup:
+		e.Group, e.Reason = x.StopGroup.GetName(), x.StopGroup.GetReason()
+	case *havenv1.Command_ReportGroup:
+		r := x.ReportGroup
+		e.Group, e.Node, e.State, e.Reason, e.Epoch = r.GetName(), r.GetNode(), r.GetState().String(), r.GetReason(), r.GetEpoch()
+	case *havenv1.Command_UpsertNode:
+		e.Node, e.State = x.UpsertNode.GetNode().GetName(), x.UpsertNode.GetNode().GetStatus().String()
+	case *havenv1.Command_SetNodeStatus:
+		e.Node, e.State = x.SetNodeStatus.GetName(), x.SetNodeStatus.GetStatus().String()
+	case *havenv1.Command_SetNodeDrain:
+		e.Node, e.State = x.SetNodeDrain.GetName(), fmt.Sprintf("draining=%t", x.SetNodeDrain.GetDraining())
+	}
+	if r, ok := res.(*fsm.Result); ok && r.Err != nil {
+		e.Refused = r.Err.Msg
+	}
+	return e, true
+}
+
+// kindOf names a command's event after its oneof field: assign_group ->
+// assign-group.
+func kindOf(c *havenv1.Command) Kind {
+	m := c.ProtoReflect()
+	fd := m.WhichOneof(m.Descriptor().Oneofs().ByName("cmd"))
+	if fd == nil {
+		return "unknown"
+	}
+	return Kind(strings.ReplaceAll(string(fd.Name()), "_", "-"))
+}

@@ -1,0 +1,186 @@
+package leader
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/haven-ha/haven/fsm"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// failover moves the groups of every node that has been silent past its
+// failover time. The decision and marking the groups pending happen under
+// the lease table's lock (ClaimDue), so no grant can list them from then
+// on (step 5). Where they go is the restart plan the reserve check made
+// for this failure (see restartPlan); only the choice of node is
+// placement's. A group that is not meant to run (an operator stopped it)
+// is only taken off the dead node. Every assignment is a compare-and-set
+// on the epoch and the desired state it was decided on, so an operator's
+// stop committed meanwhile wins.
+func (l *Leader) failover(t *term, now time.Time) {
+	var owned []*havenv1.Group
+	for _, g := range l.state.Groups() {
+		if o := g.GetOwner(); o != "" && o != l.cfg.Name && fsm.Active(g.GetState()) {
+			owned = append(owned, g)
+		}
+	}
+	moving := l.leases.ClaimDue(owned, now)
+	if len(moving) == 0 {
+		return
+	}
+	var names []string
+	for _, g := range moving {
+		names = append(names, g.GetSpec().GetName())
+	}
+	defer l.leases.Release(names...)
+	sortByPriority(moving)
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	var restart, failed []string
+	seenOwner := map[string]bool{}
+	for _, g := range moving {
+		if o := g.GetOwner(); !seenOwner[o] {
+			seenOwner[o] = true
+			failed = append(failed, o)
+		}
+		if fsm.WantsRun(g) && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
+			restart = append(restart, g.GetSpec().GetName())
+		}
+	}
+	sort.Strings(failed)
+	var targets, why map[string]string
+	if len(restart) > 0 {
+		st := l.placementState()
+		targets, why, _ = l.restartPlan(st, restart, failed, l.leaseHolders(st, now))
+	}
+	cmds := make([]*havenv1.AssignGroupCommand, 0, len(moving))
+	for _, g := range moving {
+		cmds = append(cmds, failoverCommand(g, targets, why))
+	}
+	errs := l.assignAll(cmds)
+	for i, cmd := range cmds {
+		from := moving[i].GetOwner()
+		if errs[i] != nil {
+			l.log.Warn("failover not committed", "group", cmd.Name, "from", from, "error", errs[i])
+			continue
+		}
+		if cmd.Owner != "" {
+			l.leases.Assigned(cmd.Name, now)
+			t.moves.record(cmd.Name, from, cmd.Owner, now)
+		}
+		l.log.Info("group failed over", "group", cmd.Name, "from", from, "to", cmd.Owner, "epoch", moving[i].GetEpoch()+1, "state", cmd.State)
+	}
+}
+
+// failoverCommand is the assignment that takes g off its failed owner.
+func failoverCommand(g *havenv1.Group, targets, why map[string]string) *havenv1.AssignGroupCommand {
+	name, from := g.GetSpec().GetName(), g.GetOwner()
+	cmd := &havenv1.AssignGroupCommand{Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STARTING}
+	switch {
+	case !fsm.WantsRun(g):
+		cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("was stopping on %s, which failed", from)
+	case g.GetSpec().GetPriority() == havenv1.Priority_PRIORITY_NO_AUTO_START:
+		// The leader decides for the operator here: the group stays
+		// stopped until someone starts it.
+		cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_OFFLINE, fmt.Sprintf("owner %s failed; no-auto-start groups wait for an operator", from)
+		cmd.Desired = havenv1.DesiredState_DESIRED_STATE_STOPPED
+	case targets[name] == "":
+		cmd.State, cmd.Reason = havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("owner %s failed and no node can host it: %s", from, why[name])
+	default:
+		cmd.Owner, cmd.Reason = targets[name], fmt.Sprintf("failed over from %s", from)
+	}
+	return cmd
+}
+
+// assignAll commits assignments and returns each one's outcome.
+func (l *Leader) assignAll(cmds []*havenv1.AssignGroupCommand) []error {
+	errs := make([]error, len(cmds))
+	for i, c := range cmds {
+		errs[i] = l.apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: c}})
+	}
+	return errs
+}
+
+// failureHoldOff is how long placement keeps a group away from a node it
+// failed on (start failures, a fenced disk, crashes past the restart
+// policy), as WSFC waits an hour before it retries a failed group. An
+// operator's start clears the record at once.
+const failureHoldOff = time.Hour
+
+// recentFailures lists the nodes g failed on within failureHoldOff of now.
+func recentFailures(g *havenv1.Group, now time.Time) []string {
+	var out []string
+	for _, f := range g.GetFailures() {
+		if now.Sub(f.GetTime().AsTime()) < failureHoldOff {
+			out = append(out, f.GetNode())
+		}
+	}
+	return out
+}
+
+// placeWaiting retries groups that failed for want of a node and are
+// still meant to run. An attempt that placed nothing is not repeated until
+// the cluster changes, or a minute has passed (failures age out of their
+// hold-off by time alone).
+func (l *Leader) placeWaiting(t *term) {
+	memo := &t.waitMemo
+	var waiting []*havenv1.Group
+	for _, g := range l.state.Groups() {
+		if g.GetState() == havenv1.GroupState_GROUP_STATE_FAILED && g.GetOwner() == "" && fsm.WantsRun(g) {
+			waiting = append(waiting, g)
+		}
+	}
+	if len(waiting) == 0 {
+		return
+	}
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	now := time.Now()
+	st := l.placementState()
+	key := stateKey(st, 0)
+	if memo.tried && memo.key == key && now.Before(memo.until) {
+		return
+	}
+	sortByPriority(waiting)
+	var names []string
+	for _, g := range waiting {
+		names = append(names, g.GetSpec().GetName())
+	}
+	targets, _ := placeGroups(st, names, nil, l.leaseHolders(st, now))
+	memo.tried, memo.key, memo.until = len(targets) == 0, key, now.Add(time.Minute)
+	for _, g := range waiting {
+		owner := targets[g.GetSpec().GetName()]
+		if owner == "" {
+			continue
+		}
+		if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+			Name: g.GetSpec().GetName(), ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner,
+			State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "placed after waiting for a node",
+		}}}); err != nil {
+			l.log.Warn("placement not committed", "group", g.GetSpec().GetName(), "error", err)
+			continue
+		}
+		l.leases.Assigned(g.GetSpec().GetName(), now)
+	}
+}
+
+// waitMemo remembers the state of the last placeWaiting attempt that
+// placed nothing.
+type waitMemo struct {
+	tried bool
+	key   uint64
+	until time.Time
+}
+
+// sortByPriority orders groups as placement does, most important first,
+// then by name.
+func sortByPriority(gs []*havenv1.Group) {
+	sort.SliceStable(gs, func(i, j int) bool {
+		pi, pj := placementPriority(gs[i].GetSpec().GetPriority()), placementPriority(gs[j].GetSpec().GetPriority())
+		if pi != pj {
+			return pi < pj
+		}
+		return gs[i].GetSpec().GetName() < gs[j].GetSpec().GetName()
+	})
+}

@@ -1,0 +1,306 @@
+// Package leader is what the Raft leader does: it keeps the FSM's node
+// records and the Raft configuration in step with gossip, restarts the
+// groups of failed nodes elsewhere, places groups, fails them back, drains
+// nodes, keeps the reserve, and runs the balancer. Everything it decides
+// is committed through a Committer as compare-and-set commands, so a
+// decision made on a stale view is refused by the FSM, never applied.
+//
+// State that belongs to one term of leadership (what this leader saw of
+// each node, the moves it made, what it tried last) lives in a term and
+// starts empty every term: a node that leads again must not act on what
+// it saw in an earlier term. Decisions return domain errors (errors.go);
+// the service layer maps them to gRPC codes.
+package leader
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/haven-ha/haven/agent/lease"
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/logging"
+	"github.com/haven-ha/haven/placement"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"github.com/haven-ha/haven/quorum"
+)
+
+// State is what the leader reads of the FSM.
+type State interface {
+	Index() uint64
+	Node(name string) *havenv1.Node
+	Nodes() []*havenv1.Node
+	Group(name string) *havenv1.Group
+	Groups() []*havenv1.Group
+}
+
+// Committer commits a command and returns what the FSM made of it.
+type Committer interface {
+	Commit(c *havenv1.Command) (*fsm.Result, error)
+}
+
+// Raft is what the leader needs of its Raft node besides committing.
+type Raft interface {
+	Committer
+	// LeaderCh delivers leadership transitions (true: this node leads).
+	LeaderCh() <-chan bool
+	Term() uint64
+	Barrier(timeout time.Duration) error
+	// SetReadsReady lets the node answer consistent reads (true once the
+	// barrier of a term is applied).
+	SetReadsReady(ok bool)
+	Configuration() ([]raft.Server, uint64, error)
+	Change(c quorum.Change, addr string, prevIndex uint64) (uint64, error)
+}
+
+// Members is gossip's view of the cluster.
+type Members interface {
+	Members() []heartbeat.Member
+}
+
+// Config is what a Leader needs. Give every node the same placement
+// settings: any node may lead.
+type Config struct {
+	Name    string
+	State   State
+	Raft    Raft
+	Members Members
+	Leases  *lease.Table
+	Logger  *slog.Logger
+
+	// Placement settings (see placement/).
+	Reserve       int
+	CPUOvercommit float64
+	Balancer      placement.Mode
+	FailbackAfter time.Duration
+	// DirtyRate is what a guest of the given memory dirties per second, as
+	// the driver estimates it: the balancer prices a move with it.
+	DirtyRate DirtyRate
+
+	// Voter management (quorum.Plan) and the reconcile timer.
+	MaxVoters         int
+	Stabilization     time.Duration
+	ReapAfter         time.Duration
+	ElectionTimeout   time.Duration
+	ReconcileInterval time.Duration
+}
+
+// Leader runs the leader's duties whenever this node leads.
+type Leader struct {
+	cfg    Config
+	log    *slog.Logger
+	state  State
+	leases *lease.Table
+
+	// placeMu serializes the placement decisions with their commits: two
+	// starts admitted against the same state could break the reserve
+	// together although each alone keeps it.
+	placeMu sync.Mutex
+	reserve reserveKeeper
+
+	// reconcile wakes the loop on membership changes.
+	reconcile chan struct{}
+
+	mu  sync.Mutex
+	cur *term // nil while not leading
+}
+
+// New returns a Leader; Run drives it.
+func New(cfg Config) *Leader {
+	if cfg.Logger == nil {
+		cfg.Logger = logging.Discard()
+	}
+	if cfg.DirtyRate == nil {
+		cfg.DirtyRate = func(int64) int64 { return 0 }
+	}
+	return &Leader{cfg: cfg, log: cfg.Logger, state: cfg.State, leases: cfg.Leases, reconcile: make(chan struct{}, 1)}
+}
+
+// MembershipChanged wakes the leader's reconcile.
+func (l *Leader) MembershipChanged() {
+	select {
+	case l.reconcile <- struct{}{}:
+	default:
+	}
+}
+
+// term is the state of one term of leadership.
+type term struct {
+	start time.Time
+	// since is when this leader first saw a node in its current liveness
+	// (alive or not). A new leader gives every node a fresh start, like
+	// Nomad's failover grace: it never reaps or demotes on evidence it did
+	// not see itself.
+	since map[string]time.Time
+	alive map[string]bool
+	// moves are the owner changes this leader made, for the balancer's
+	// hold-off: a new leader only holds off moves it saw.
+	moves history
+	// waitMemo and drainMemo remember the last attempt that placed
+	// nothing, so it is not repeated on the same state.
+	waitMemo  waitMemo
+	drainMemo map[string]uint64
+}
+
+func newTerm(now time.Time) *term {
+	return &term{start: now, since: map[string]time.Time{}, alive: map[string]bool{}, drainMemo: map[string]uint64{}}
+}
+
+func (t *term) observe(name string, alive bool, now time.Time) time.Time {
+	prev, seen := t.alive[name]
+	if !seen || prev != alive {
+		t.alive[name] = alive
+		t.since[name] = now
+	}
+	return t.since[name]
+}
+
+// current is the term in office, nil when this node does not lead.
+func (l *Leader) current() *term {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cur
+}
+
+// Run starts the leader's duties when this node wins an election and
+// stops them when it loses leadership, in the shape of Nomad's. Raft may
+// report the same transition twice; a second "true" while leading is
+// ignored.
+func (l *Leader) Run(ctx context.Context) {
+	var (
+		stop chan struct{}
+		wg   sync.WaitGroup
+	)
+	revoke := func() {
+		if stop != nil {
+			l.cfg.Raft.SetReadsReady(false)
+			close(stop)
+			wg.Wait()
+			// Again: the loop may have set it while it was stopping.
+			l.cfg.Raft.SetReadsReady(false)
+			stop = nil
+			l.leases.End()
+			l.mu.Lock()
+			l.cur = nil
+			l.mu.Unlock()
+			l.log.Info("leadership revoked")
+		}
+	}
+	defer revoke()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case isLeader := <-l.cfg.Raft.LeaderCh():
+			switch {
+			case isLeader && stop == nil:
+				// Office starts when this node learns it leads: later
+				// than the election, which only delays fencing.
+				now := time.Now()
+				l.leases.Begin(now, l.cfg.Raft.Term())
+				t := newTerm(now)
+				l.mu.Lock()
+				l.cur = t
+				l.mu.Unlock()
+				stop = make(chan struct{})
+				wg.Add(1)
+				go func(stop chan struct{}) {
+					defer wg.Done()
+					l.lead(ctx, t, stop)
+				}(stop)
+				l.log.Info("leadership acquired")
+			case !isLeader:
+				revoke()
+			}
+		}
+	}
+}
+
+// lead runs one term: a barrier so the FSM holds every entry committed by
+// earlier terms, then establish leadership once, then reconcile on every
+// membership event and on a timer until leadership ends.
+func (l *Leader) lead(ctx context.Context, t *term, stop chan struct{}) {
+	tick := time.NewTicker(l.cfg.ReconcileInterval)
+	defer tick.Stop()
+	established := false
+	var duties sync.WaitGroup
+	defer duties.Wait()
+	for {
+		if err := l.cfg.Raft.Barrier(l.cfg.ElectionTimeout * 4); err != nil {
+			l.log.Warn("barrier failed", "error", err)
+		} else {
+			if !established {
+				established = true
+				// The FSM now holds every epoch committed before this
+				// term: renewals may be answered (step 3).
+				l.leases.Ready()
+				l.cfg.Raft.SetReadsReady(true)
+				duties.Add(3)
+				go func() { defer duties.Done(); l.leases.Serve(stop) }()
+				go func() { defer duties.Done(); l.groupsLoop(ctx, t, stop) }()
+				go func() { defer duties.Done(); l.balanceLoop(ctx, t, stop) }()
+				l.log.Info("leadership established", "index", l.state.Index())
+			}
+			if err := l.reconcileMembers(t); err != nil {
+				l.log.Warn("reconcile", "error", err)
+			}
+			// Membership may have changed: have the restart plans of
+			// the new state ready before a failover asks for them.
+			l.refreshReserve()
+		}
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-l.reconcile:
+		case <-tick.C:
+		}
+	}
+}
+
+// groupsLoop runs the group duties while this node leads and its barrier
+// is applied.
+func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) {
+	const every = 100 * time.Millisecond
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		if now.Sub(last) > 5*every {
+			// This process could not run (SIGSTOP, starvation): nodes
+			// could not renew with it either.
+			l.log.Warn("leader stalled; restarting every node's silence", "stalled", now.Sub(last).Round(time.Millisecond))
+			l.leases.Stalled(now)
+		}
+		last = now
+		l.failover(t, now)
+		l.failback(now)
+		l.drain(t, now)
+		l.placeWaiting(t)
+	}
+}
+
+// apply commits c and returns the FSM's refusal as an error.
+func (l *Leader) apply(c *havenv1.Command) error {
+	res, err := l.cfg.Raft.Commit(c)
+	if err != nil {
+		return err
+	}
+	if res.Err != nil {
+		return res.Err
+	}
+	return nil
+}

@@ -1,0 +1,267 @@
+package leader
+
+import (
+	"encoding/binary"
+	"hash/fnv"
+	"math"
+	"sort"
+	"time"
+
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/placement"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// The leader's side of placement/: it turns its view of the cluster (the
+// FSM plus gossip) into a placement.State, asks the pure package, and
+// commits what it decided. Every decision that places a group, together
+// with its commit, runs under placeMu, so each sees the one before it:
+// two StartGroups admitted against the same state could break the reserve
+// together although each alone keeps it.
+
+// placementPriority maps haven.v1.Priority onto placement's order, lower
+// first. No-auto-start groups come last and are not HA.
+func placementPriority(p havenv1.Priority) int {
+	switch p {
+	case havenv1.Priority_PRIORITY_HIGH:
+		return 1
+	case havenv1.Priority_PRIORITY_LOW:
+		return 3
+	case havenv1.Priority_PRIORITY_NO_AUTO_START:
+		return 4
+	}
+	return 2 // medium and unspecified
+}
+
+// DirtyRate estimates what a guest of the given memory dirties per second.
+type DirtyRate func(memoryBytes int64) int64
+
+// placementGroup is a group spec as placement sees it; dirty prices its
+// migration for the balancer.
+func placementGroup(spec *havenv1.GroupSpec, dirty DirtyRate) placement.Group {
+	g := placement.Group{
+		Name:                 spec.GetName(),
+		CPUMillis:            spec.GetCpuMillis(),
+		MemoryBytes:          spec.GetMemoryBytes(),
+		Priority:             placementPriority(spec.GetPriority()),
+		HA:                   spec.GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START,
+		PossibleOwners:       spec.GetPossibleOwners(),
+		PreferredOwners:      spec.GetPreferredOwners(),
+		PreferredSite:        spec.GetPreferredSite(),
+		RequireLabels:        spec.GetNodeSelector(),
+		DirtyRateBytesPerSec: dirty(spec.GetMemoryBytes()),
+	}
+	for _, aa := range spec.GetAntiAffinity() {
+		g.AntiAffinity = append(g.AntiAffinity, placement.Class{Name: aa.GetClass(), Hard: aa.GetHard(), AcrossSites: aa.GetAcrossSites()})
+	}
+	return g
+}
+
+// buildState is the placement state of the given FSM records. A node is Up
+// when the FSM says alive (the leader wrote it from gossip, suspect
+// included) and gossip calls it alive now (not suspect): placing a group
+// on a node that may be dying only to fail it over again helps nobody.
+// A group runs (is in Assign) while its owner may run it: starting, online
+// or stopping. A group avoids the nodes it failed on within
+// failureHoldOff of now.
+func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[string]bool, overcommit float64, dirty DirtyRate, now time.Time) placement.State {
+	st := placement.State{Assign: map[string]string{}}
+	for _, n := range nodes {
+		st.Nodes = append(st.Nodes, placement.Node{
+			Name:          n.GetName(),
+			Site:          n.GetSite(),
+			CPUMillis:     n.GetCapacity().GetCpuMillis(),
+			MemoryBytes:   n.GetCapacity().GetMemoryBytes(),
+			CPUOvercommit: overcommit,
+			Up:            n.GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE && gossipAlive[n.GetName()],
+			Witness:       n.GetWitness(),
+			Draining:      n.GetDraining(),
+			Labels:        n.GetLabels(),
+		})
+	}
+	for _, g := range groups {
+		pg := placementGroup(g.GetSpec(), dirty)
+		pg.AvoidNodes = recentFailures(g, now)
+		st.Groups = append(st.Groups, pg)
+		if g.GetOwner() != "" && fsm.Active(g.GetState()) {
+			st.Assign[g.GetSpec().GetName()] = g.GetOwner()
+		}
+	}
+	return st
+}
+
+// placementState is the cluster as the leader sees it now. A member that
+// gossip knows and the FSM does not yet is taken as gossip describes it:
+// a new leader records the members only after its barrier, and a group
+// started in between (a fresh cluster's first, say) must not find "no
+// nodes".
+func (l *Leader) placementState() placement.State {
+	alive := map[string]bool{}
+	nodes := l.state.Nodes()
+	known := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		known[n.GetName()] = true
+	}
+	for _, m := range l.cfg.Members.Members() {
+		alive[m.Name] = m.State == heartbeat.StateAlive
+		if !known[m.Name] {
+			nodes = append(nodes, memberNode(m))
+		}
+	}
+	return buildState(nodes, l.state.Groups(), alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())
+}
+
+// placementGroup is spec as this leader's placement sees it.
+func (l *Leader) placementGroup(spec *havenv1.GroupSpec) placement.Group {
+	return placementGroup(spec, l.cfg.DirtyRate)
+}
+
+// withGroup returns st with g in place of the group of the same name, or
+// added; st itself is not changed.
+func withGroup(st placement.State, g placement.Group) placement.State {
+	return withGroups(st, map[string]placement.Group{g.Name: g})
+}
+
+// withGroups returns st with each group of repl in place of the group of
+// the same name, or added (in name order); st itself is not changed.
+func withGroups(st placement.State, repl map[string]placement.Group) placement.State {
+	out := st
+	out.Groups = make([]placement.Group, 0, len(st.Groups)+len(repl))
+	seen := make(map[string]bool, len(repl))
+	for _, x := range st.Groups {
+		if g, ok := repl[x.Name]; ok && !seen[x.Name] {
+			x = g
+			seen[x.Name] = true
+		}
+		out.Groups = append(out.Groups, x)
+	}
+	var added []string
+	for name := range repl {
+		if !seen[name] {
+			added = append(added, name)
+		}
+	}
+	sort.Strings(added)
+	for _, name := range added {
+		out.Groups = append(out.Groups, repl[name])
+	}
+	return out
+}
+
+// groupsByName indexes the groups of st.
+func groupsByName(st placement.State) map[string]placement.Group {
+	m := make(map[string]placement.Group, len(st.Groups))
+	for _, g := range st.Groups {
+		if _, dup := m[g.Name]; !dup {
+			m[g.Name] = g
+		}
+	}
+	return m
+}
+
+// withAssign returns st with the given groups assigned (st is not
+// changed).
+func withAssign(st placement.State, moves map[string]string) placement.State {
+	out := st
+	out.Assign = make(map[string]string, len(st.Assign)+len(moves))
+	for g, n := range st.Assign {
+		out.Assign[g] = n
+	}
+	for g, n := range moves {
+		out.Assign[g] = n
+	}
+	return out
+}
+
+// stateKey fingerprints everything a reserve check reads, so a kept
+// reserve is reused exactly while the state it was computed on holds.
+func stateKey(st placement.State, k int) uint64 {
+	h := fnv.New64a()
+	var buf [8]byte
+	num := func(v int64) {
+		binary.LittleEndian.PutUint64(buf[:], uint64(v))
+		h.Write(buf[:])
+	}
+	str := func(s string) {
+		num(int64(len(s)))
+		h.Write([]byte(s))
+	}
+	flag := func(b bool) {
+		if b {
+			num(1)
+		} else {
+			num(0)
+		}
+	}
+	strs := func(ss []string) {
+		num(int64(len(ss)))
+		for _, s := range ss {
+			str(s)
+		}
+	}
+	labels := func(m map[string]string) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		num(int64(len(keys)))
+		for _, k := range keys {
+			str(k)
+			str(m[k])
+		}
+	}
+	num(int64(k))
+	num(int64(len(st.Nodes)))
+	for _, n := range st.Nodes {
+		str(n.Name)
+		str(n.Site)
+		num(n.CPUMillis)
+		num(n.MemoryBytes)
+		num(int64(math.Float64bits(n.CPUOvercommit)))
+		flag(n.Up)
+		flag(n.Draining)
+		flag(n.Witness)
+		labels(n.Labels)
+	}
+	num(int64(len(st.Groups)))
+	for _, g := range st.Groups {
+		str(g.Name)
+		num(g.CPUMillis)
+		num(g.MemoryBytes)
+		num(int64(g.Priority))
+		flag(g.HA)
+		strs(g.PossibleOwners)
+		strs(g.PreferredOwners)
+		str(g.PreferredSite)
+		labels(g.RequireLabels)
+		strs(g.AvoidNodes)
+		num(g.DirtyRateBytesPerSec)
+		num(int64(len(g.AntiAffinity)))
+		for _, c := range g.AntiAffinity {
+			str(c.Name)
+			flag(c.Hard)
+			flag(c.AcrossSites)
+		}
+		str(st.Assign[g.Name])
+	}
+	// Assignments of groups the state does not list (it never builds
+	// such, but they would change the answer).
+	var extra []string
+	known := make(map[string]bool, len(st.Groups))
+	for _, g := range st.Groups {
+		known[g.Name] = true
+	}
+	for g := range st.Assign {
+		if !known[g] {
+			extra = append(extra, g)
+		}
+	}
+	sort.Strings(extra)
+	for _, g := range extra {
+		str(g)
+		str(st.Assign[g])
+	}
+	return h.Sum64()
+}

@@ -1,0 +1,62 @@
+package lease
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// Renewer is the node's half: it renews every quarter lease, measured from
+// the send, and hands each grant to Granted.
+type Renewer struct {
+	// Lease is the configured lease length; renewals go out every quarter.
+	Lease time.Duration
+	// Call sends one renewal to the leader, bounded by ctx.
+	Call func(ctx context.Context) (*havenv1.RenewLeaseResponse, error)
+	// Granted receives each grant: its end and the groups it confirms.
+	Granted func(end time.Time, groups []*havenv1.GroupEpoch)
+	// Now asks for a renewal at once (a group was just assigned here and
+	// waits for a grant that confirms its epoch).
+	Now    <-chan struct{}
+	Logger *slog.Logger
+}
+
+// Run renews until ctx ends.
+func (r *Renewer) Run(ctx context.Context) {
+	interval := r.Lease / 4
+	for {
+		t0 := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, interval)
+		resp, err := r.Call(cctx)
+		cancel()
+		if err == nil {
+			r.Granted(End(t0, resp), resp.GetGroups())
+		} else if ctx.Err() == nil {
+			r.Logger.Debug("lease renewal failed", "error", err)
+		}
+		next := t0.Add(interval)
+		if err != nil {
+			// Retry sooner: every attempt that succeeds before the lease
+			// ends spares the guests a pause.
+			next = t0.Add(interval / 4)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(next)):
+		case <-r.Now:
+			// At most one extra renewal per guest tick of waiting.
+			time.Sleep(min(time.Until(next), 50*time.Millisecond))
+		}
+	}
+}
+
+// End is when a grant ends: measured from sent, the moment before the
+// request left (step 1). The leader fences the node from its own grant
+// time, which is after sent, plus the lease and a margin; counting from the
+// reply instead would let a slow reply stretch the lease past the fence.
+func End(sent time.Time, resp *havenv1.RenewLeaseResponse) time.Time {
+	return sent.Add(time.Duration(resp.GetLeaseMillis()) * time.Millisecond)
+}

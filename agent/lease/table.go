@@ -1,0 +1,235 @@
+// Package lease is both halves of the lease protocol of quorum/lease.go:
+// the leader's grant table (Table), which answers renewals in batches and
+// tells the leader when a node's groups may be restarted elsewhere, and
+// the node's renewer (Renewer). The protocol's rules are quorum's; this
+// package owns the clocks, the locks and the batching.
+package lease
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/haven-ha/haven/fsm"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"github.com/haven-ha/haven/quorum"
+)
+
+// Groups is the state the table reads to list a node's groups.
+type Groups interface {
+	Groups() []*havenv1.Group
+}
+
+// Errors of Renew.
+var (
+	// ErrNotReady: this node is not a leader whose barrier is applied.
+	ErrNotReady = errors.New("not a leader ready to grant leases")
+	// ErrUnverified: the leader could not confirm with a quorum that it
+	// still leads, or lost leadership while the request waited.
+	ErrUnverified = errors.New("leadership could not be verified")
+)
+
+type request struct {
+	node string
+	done chan answer
+}
+
+type answer struct {
+	resp *havenv1.RenewLeaseResponse
+	err  error
+}
+
+// Table is the leader's grant table. Outside a term of office every
+// renewal is refused. Renewals are queued and answered in batches: one
+// verification, started after every request of the batch arrived, covers
+// them all (step 2).
+type Table struct {
+	cfg    quorum.LeaseConfig
+	state  Groups
+	verify func() error
+
+	mu     sync.Mutex
+	grants *quorum.Grants // nil outside a term
+	term   uint64
+	// pending holds the groups whose move the leader has decided but not
+	// yet committed and applied: no grant lists them (step 5).
+	pending map[string]bool
+	// assigned is when this leader assigned each group to its owner: a
+	// group gets failover_after on its node from then, whatever the node's
+	// earlier silence (quorum.Grants.GroupFailoverAt).
+	assigned map[string]time.Time
+	queue    []request
+	wake     chan struct{}
+}
+
+// NewTable returns a table that lists groups from state and verifies
+// leadership with verify before each batch.
+func NewTable(cfg quorum.LeaseConfig, state Groups, verify func() error) *Table {
+	return &Table{cfg: cfg, state: state, verify: verify, wake: make(chan struct{}, 1)}
+}
+
+// Begin starts a term of office at the time this node learned it leads.
+// Everything of the previous term is forgotten.
+func (t *Table) Begin(office time.Time, term uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.grants = quorum.NewGrants(t.cfg, office)
+	t.term = term
+	t.pending = map[string]bool{}
+	t.assigned = map[string]time.Time{}
+}
+
+// Ready is called once the leader's barrier is applied (step 3): from now
+// on renewals may be answered.
+func (t *Table) Ready() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants != nil {
+		t.grants.Ready()
+	}
+}
+
+// End ends the term: queued renewals are refused.
+func (t *Table) End() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.grants = nil
+	for _, r := range t.queue {
+		r.done <- answer{err: ErrUnverified}
+	}
+	t.queue = nil
+}
+
+// Renew queues a renewal for node and waits for its batch.
+func (t *Table) Renew(ctx context.Context, node string) (*havenv1.RenewLeaseResponse, error) {
+	r := request{node: node, done: make(chan answer, 1)}
+	t.mu.Lock()
+	if t.grants == nil || !t.grants.CanGrant() {
+		t.mu.Unlock()
+		return nil, ErrNotReady
+	}
+	t.queue = append(t.queue, r)
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case ans := <-r.done:
+		return ans.resp, ans.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Serve verifies and grants batches until stop is closed; the leader runs
+// it during a term of office.
+func (t *Table) Serve(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.wake:
+		}
+		t.mu.Lock()
+		batch := t.queue
+		t.queue = nil
+		t.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		// Every request of the batch arrived before this verification
+		// started.
+		err := t.verify()
+		t.mu.Lock()
+		if err != nil || t.grants == nil {
+			t.mu.Unlock()
+			for _, r := range batch {
+				r.done <- answer{err: ErrUnverified}
+			}
+			continue
+		}
+		// Recording the grant after the verification, under the lock
+		// that also guards the failover decision, makes "granted" and
+		// "decided to move" mutually ordered.
+		tg := time.Now()
+		for _, r := range batch {
+			t.grants.Grant(r.node, tg)
+			r.done <- answer{resp: t.answer(r.node)}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// answer lists the node's groups at their epochs, leaving out pending
+// moves. Called with t.mu held.
+func (t *Table) answer(node string) *havenv1.RenewLeaseResponse {
+	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(t.cfg.Lease.Milliseconds()), Term: t.term}
+	for _, g := range t.state.Groups() {
+		if g.GetOwner() == node && fsm.Active(g.GetState()) && !t.pending[g.GetSpec().GetName()] {
+			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch()})
+		}
+	}
+	return resp
+}
+
+// Holds reports whether node renewed with this leader recently enough to
+// be running now.
+func (t *Table) Holds(node string, now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.grants != nil && now.Before(t.grants.LeaseEnd(node))
+}
+
+// Stalled restarts every node's silence at now: this process could not
+// run (SIGSTOP, starvation), so nodes could not renew with it either.
+func (t *Table) Stalled(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants != nil {
+		t.grants.Stalled(now)
+	}
+}
+
+// ClaimDue returns the groups, of those given, whose owner has been silent
+// past their failover time at now, and marks them pending: from this call
+// on no grant lists them, until Release. Nothing is due before the
+// barrier, or outside a term. The caller must Release every group it got,
+// whether its move committed or not.
+func (t *Table) ClaimDue(groups []*havenv1.Group, now time.Time) []*havenv1.Group {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants == nil || !t.grants.CanGrant() {
+		return nil
+	}
+	var due []*havenv1.Group
+	for _, g := range groups {
+		name := g.GetSpec().GetName()
+		if now.Before(t.grants.GroupFailoverAt(g.GetOwner(), t.assigned[name])) || t.pending[name] {
+			continue
+		}
+		t.pending[name] = true
+		due = append(due, g)
+	}
+	return due
+}
+
+// Release ends the pending state of claimed groups.
+func (t *Table) Release(names ...string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, n := range names {
+		delete(t.pending, n)
+	}
+}
+
+// Assigned records that this leader committed group to an owner at now:
+// the group's failover clock starts there.
+func (t *Table) Assigned(group string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.assigned != nil {
+		t.assigned[group] = now
+	}
+}

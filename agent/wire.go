@@ -1,0 +1,211 @@
+package agent
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/haven-ha/haven/agent/consensus"
+	"github.com/haven-ha/haven/agent/events"
+	"github.com/haven-ha/haven/agent/executor"
+	"github.com/haven-ha/haven/agent/leader"
+	"github.com/haven-ha/haven/agent/lease"
+	"github.com/haven-ha/haven/agent/server"
+	"github.com/haven-ha/haven/agent/services/cluster"
+	"github.com/haven-ha/haven/agent/services/node"
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/logging"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"github.com/haven-ha/haven/quorum"
+)
+
+func (a *Agent) consensusConfig() consensus.Config {
+	r := a.cfg.Raft
+	return consensus.Config{
+		Name: a.cfg.Name, Dir: filepath.Join(a.cfg.DataDir, "raft"),
+		BindAddr: a.bind(a.cfg.Ports.Raft), AdvertiseAddr: a.addr(a.cfg.Ports.Raft),
+		HeartbeatTimeout: r.HeartbeatTimeout, ElectionTimeout: r.ElectionTimeout, LeaderLeaseTimeout: r.LeaderLeaseTimeout,
+		SnapshotThreshold: r.SnapshotThreshold, SnapshotInterval: r.SnapshotInterval,
+		Logger: logging.Named(a.log, "raft"),
+	}
+}
+
+func (a *Agent) gossipConfig() heartbeat.Config {
+	capacity := a.cfg.capacity()
+	return heartbeat.Config{
+		Name:          a.cfg.Name,
+		Site:          a.cfg.Site,
+		BindAddr:      a.cfg.BindAddr,
+		AdvertiseAddr: a.cfg.advertise(),
+		LANPort:       a.cfg.Ports.Gossip,
+		WANPort:       a.cfg.Ports.GossipWAN,
+		SameSite:      heartbeat.Profile(a.cfg.Gossip.SameSite),
+		CrossSite:     heartbeat.Profile(a.cfg.Gossip.CrossSite),
+		Meta: heartbeat.Meta{
+			Site:        a.cfg.Site,
+			Witness:     a.cfg.Witness,
+			RaftAddr:    a.addr(a.cfg.Ports.Raft),
+			GRPCAddr:    a.addr(a.cfg.Ports.GRPC),
+			Version:     Version,
+			Expect:      a.cfg.BootstrapExpect,
+			CPUMillis:   capacity.CPUMillis,
+			MemoryBytes: capacity.MemoryBytes,
+			Labels:      heartbeat.FormatLabels(a.cfg.Labels),
+		},
+		Logger: logging.Named(a.log, "gossip"),
+		Events: a.gossipEvents,
+	}
+}
+
+// wireDuties builds the leader, its lease table and the executor.
+func (a *Agent) wireDuties() {
+	lc := a.cfg.Lease
+	a.leases = lease.NewTable(quorum.LeaseConfig{Lease: lc.Duration, Margin: lc.Margin, FailoverAfter: lc.FailoverAfter}, a.fsm, a.raft.VerifyLeader)
+	p, r := a.cfg.Placement, a.cfg.Raft
+	a.leader = leader.New(leader.Config{
+		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases,
+		Logger:  logging.Named(a.log, "leader"),
+		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
+		DirtyRate: dirtyRate(a.drv),
+		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
+		ElectionTimeout: r.ElectionTimeout, ReconcileInterval: r.ReconcileInterval,
+	})
+	a.exec = executor.New(executor.Config{
+		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport,
+		Logger: logging.Named(a.log, "executor"),
+	})
+}
+
+// serve builds the gRPC server and its services, and starts serving.
+func (a *Agent) serve() error {
+	srv, err := server.New(server.Config{
+		Addr:   a.bind(a.cfg.Ports.GRPC),
+		Logger: logging.Named(a.log, "grpc"),
+		Forward: &server.Forwarder{
+			Self: a.cfg.Name, LeaderOnly: cluster.LeaderOnly, IsLeader: a.raft.IsLeader, Locate: a.locate, Pool: a.pool,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	a.grpc = srv
+	havenv1.RegisterClusterServiceServer(srv, cluster.New(cluster.Config{
+		Name: a.cfg.Name, State: a.fsm, Leader: a.leader, Raft: a.raft, Members: a.gossip, Locate: a.locate,
+	}))
+	havenv1.RegisterNodeServiceServer(srv, node.New(node.Config{
+		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,
+		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
+	}))
+	a.goRun(srv.Serve)
+	return nil
+}
+
+// pumpEvents consumes gossip events: it publishes them, wakes the
+// leader's reconcile, and tries to bootstrap until this node has Raft
+// state.
+func (a *Agent) pumpEvents(ctx context.Context) {
+	// Retry the bootstrap check on a timer too: a peer that was asked
+	// during its own start-up may have had no gRPC server yet.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-a.gossipEvents:
+			a.log.Debug("membership", "event", e.Type, "node", e.Member.Name, "state", e.Member.State)
+			a.events.Publish(events.FromMembership(e))
+			a.leader.MembershipChanged()
+		case <-tick.C:
+		}
+		a.maybeBootstrap(ctx)
+	}
+}
+
+func (a *Agent) maybeBootstrap(ctx context.Context) {
+	if a.cfg.BootstrapExpect == 0 {
+		return
+	}
+	var peers []quorum.Peer
+	for _, m := range a.gossip.Members() {
+		if m.State == heartbeat.StateAlive {
+			peers = append(peers, quorum.Peer{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Expect: m.Meta.Expect})
+		}
+	}
+	a.raft.MaybeBootstrap(ctx, a.cfg.BootstrapExpect, peers, a.askHasState)
+}
+
+// askHasState asks a peer whether it already belongs to a cluster.
+func (a *Agent) askHasState(ctx context.Context, p quorum.Peer) (bool, error) {
+	var addr string
+	for _, m := range a.gossip.Members() {
+		if m.Name == p.ID {
+			addr = m.Meta.GRPCAddr
+		}
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := havenv1.NewNodeServiceClient(conn).GetRaftStatus(ctx, &havenv1.GetRaftStatusRequest{})
+	if err != nil {
+		return false, err
+	}
+	return resp.GetHasState(), nil
+}
+
+// renewer is the node's half of the lease protocol, feeding the executor.
+func (a *Agent) renewer() *lease.Renewer {
+	return &lease.Renewer{
+		Lease: a.cfg.Lease.Duration, Call: a.renewOnce, Granted: a.exec.Granted, Now: a.exec.RenewNow(),
+		Logger: logging.Named(a.log, "lease"),
+	}
+}
+
+func (a *Agent) renewOnce(ctx context.Context) (*havenv1.RenewLeaseResponse, error) {
+	_, addr, err := a.locate()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := havenv1.NewNodeServiceClient(conn).RenewLease(ctx, &havenv1.RenewLeaseRequest{Node: a.cfg.Name})
+	if status.Code(err) == codes.DeadlineExceeded {
+		a.pool.Reset(addr)
+	}
+	return resp, err
+}
+
+// sendReport sends an executor's report to the leader.
+func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest) error {
+	_, addr, err := a.locate()
+	if err != nil {
+		return err
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, req)
+	return err
+}
+
+// dirtyRate asks the driver what a guest dirties per second, for the
+// balancer's cost of a move; a driver that cannot say prices moves by
+// memory alone.
+func dirtyRate(d driver.Hypervisor) leader.DirtyRate {
+	if e, ok := d.(driver.DirtyRateEstimator); ok {
+		return e.EstimatedDirtyRate
+	}
+	return func(int64) int64 { return 0 }
+}
