@@ -22,7 +22,8 @@ var (
 	// ErrInvalidState: the VM is in a state that does not allow the call
 	// (extending the lease of a stopped VM, forgetting a running one).
 	ErrInvalidState = errors.New("invalid vm state")
-	// ErrInvalidSpec: the VMSpec is malformed; nothing was started.
+	// ErrInvalidSpec: the VMSpec is malformed, or the driver's own
+	// configuration cannot run it; nothing was started.
 	ErrInvalidSpec = errors.New("invalid vm spec")
 )
 
@@ -41,7 +42,10 @@ type DiskSpec struct {
 	SizeBytes int64
 }
 
-// VMSpec is what Start needs to boot a VM on this node.
+// VMSpec is what Start needs to boot a VM on this node. It describes the
+// machine, not the workload inside it: how a guest behaves is not a
+// hypervisor's to set, so the simulated guest's knobs are the sim driver's
+// own configuration (sim.Guest).
 type VMSpec struct {
 	ID VMID
 	// Node is the node the VM runs on (this driver's); disks record it.
@@ -51,13 +55,6 @@ type VMSpec struct {
 	VCPUs       int
 	MemoryBytes int64
 	Disks       []DiskSpec
-
-	// Knobs for the simulated guest, ignored by real drivers: bytes of
-	// memory dirtied per second, spread over the first WorkingSetBytes, and
-	// the period of the guest loop.
-	DirtyRateBytesPerSec int64
-	WorkingSetBytes      int64
-	Tick                 time.Duration
 }
 
 // State is the state of a VM as its driver sees it.

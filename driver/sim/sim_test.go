@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -112,9 +114,10 @@ func TestExtendLeaseLateIsRefused(t *testing.T) {
 // by ExtendLease too: the refusal does not depend on the loop's timing.
 func TestExtendLeaseLateBeforeLoopNotices(t *testing.T) {
 	dir, clk := t.TempDir(), newClock()
-	d := newDriver(t, "n1", dir, clk)
+	guest := testGuest
+	guest.Tick = time.Hour // the loop never wakes during the test
+	d := newGuestDriver(t, "n1", dir, clk, guest)
 	spec := testSpec(web, 1)
-	spec.Tick = time.Hour // the loop never wakes during the test
 	leaseEnd := clk.Now().Add(time.Second)
 	start(t, d, spec, leaseEnd)
 	clk.Set(leaseEnd.Add(time.Millisecond))
@@ -374,7 +377,7 @@ func TestMemoryDirtied(t *testing.T) {
 	}
 	v := d.lookup(web)
 	v.mu.Lock()
-	beyond := v.mem.buf[spec.WorkingSetBytes:]
+	beyond := v.mem.buf[testGuest.WorkingSetBytes:]
 	clean := bytes.Equal(beyond, make([]byte, len(beyond)))
 	v.mu.Unlock()
 	if !clean {
@@ -432,20 +435,87 @@ func TestInvalidSpec(t *testing.T) {
 		"other node":      func(s *driver.VMSpec) { s.Node = "n2" },
 		"epoch 0":         func(s *driver.VMSpec) { s.Epoch = 0 },
 		"tiny memory":     func(s *driver.VMSpec) { s.MemoryBytes = 100 },
-		"negative rate":   func(s *driver.VMSpec) { s.DirtyRateBytesPerSec = -1 },
 		"absolute disk":   func(s *driver.VMSpec) { s.Disks[0].Path = "/etc/passwd" },
 		"escaping disk":   func(s *driver.VMSpec) { s.Disks[0].Path = "../outside.img" },
 		"empty disk path": func(s *driver.VMSpec) { s.Disks[0].Path = "" },
 		"disk twice": func(s *driver.VMSpec) {
 			s.Disks = append(s.Disks, driver.DiskSpec{Name: "b", Path: "./" + s.Disks[0].Path})
 		},
-		"huge rate": func(s *driver.VMSpec) { s.DirtyRateBytesPerSec = 1 << 50 },
 	} {
 		spec := testSpec(web, 1)
 		mod(&spec)
 		if err := d.Start(context.Background(), spec, clk.Now().Add(time.Minute)); !errors.Is(err, driver.ErrInvalidSpec) {
 			t.Errorf("%s: %v, want ErrInvalidSpec", name, err)
 		}
+	}
+}
+
+// A guest out of range is refused by Validate, which names the field, and
+// a driver given one anyway boots nothing: the checks that were per spec
+// still hold for the guest config.
+func TestInvalidGuest(t *testing.T) {
+	for _, tc := range []struct {
+		name, field string
+		mod         func(*Guest)
+	}{
+		{"negative rate", "dirty_rate_bytes_per_sec", func(g *Guest) { g.DirtyRateBytesPerSec = -1 }},
+		{"huge rate", "dirty_rate_bytes_per_sec", func(g *Guest) { g.DirtyRateBytesPerSec = 1 << 50 }},
+		{"negative working set", "working_set_bytes", func(g *Guest) { g.WorkingSetBytes = -1 }},
+		{"negative tick", "tick", func(g *Guest) { g.Tick = -time.Millisecond }},
+		{"sub-millisecond tick", "tick", func(g *Guest) { g.Tick = time.Microsecond }},
+		{"tick beyond an hour", "tick", func(g *Guest) { g.Tick = time.Hour + time.Nanosecond }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			guest := testGuest
+			tc.mod(&guest)
+			if err := guest.Validate(); err == nil || !strings.HasPrefix(err.Error(), tc.field+": ") {
+				t.Errorf("Validate: %v, want an error about %s", err, tc.field)
+			}
+			dir, clk := t.TempDir(), newClock()
+			d := newGuestDriver(t, "n1", dir, clk, guest)
+			spec := testSpec(web, 1)
+			if err := d.Start(context.Background(), spec, clk.Now().Add(time.Minute)); !errors.Is(err, driver.ErrInvalidSpec) {
+				t.Errorf("Start: %v, want ErrInvalidSpec", err)
+			}
+			if _, err := os.Stat(diskPath(dir, spec)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("refused Start touched the disk: %v", err)
+			}
+			if l := d.List(); len(l) != 0 {
+				t.Errorf("List after a refused Start: %v", l)
+			}
+		})
+	}
+	for _, g := range []Guest{{}, {DirtyRateBytesPerSec: maxDirtyRate, Tick: maxTick}, {Tick: minTick}, {WorkingSetBytes: 1 << 62}} {
+		if err := g.Validate(); err != nil {
+			t.Errorf("Validate(%+v): %v, want valid", g, err)
+		}
+	}
+}
+
+// The zero Guest ticks at DefaultTick and dirties nothing; a working set
+// larger than the VM is the whole VM, not a fault.
+func TestGuestPerVM(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		guest   Guest
+		period  time.Duration
+		wsPages int64
+	}{
+		{"zero", Guest{}, DefaultTick, 0},
+		{"working set beyond memory", Guest{WorkingSetBytes: 1 << 30, DirtyRateBytesPerSec: 4 << 20, Tick: 2 * time.Millisecond}, 2 * time.Millisecond, (1 << 20) / PageSize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, clk := t.TempDir(), newClock()
+			d := newGuestDriver(t, "n1", dir, clk, tc.guest)
+			start(t, d, testSpec(web, 1), clk.Now().Add(time.Minute))
+			v := d.lookup(web)
+			v.mu.Lock()
+			period, wsPages := v.period, v.dirt.wsPages
+			v.mu.Unlock()
+			if period != tc.period || wsPages != tc.wsPages {
+				t.Errorf("period %s, working set %d pages; want %s, %d", period, wsPages, tc.period, tc.wsPages)
+			}
+		})
 	}
 }
 
@@ -470,17 +540,16 @@ func TestClose(t *testing.T) {
 func TestManyVMs(t *testing.T) {
 	dir := t.TempDir()
 	base := runtime.NumGoroutine()
-	d := New(Config{Node: "n1", SharedDir: dir}) // quiet: 400 log lines help no one
+	d := New(Config{Node: "n1", SharedDir: dir, Guest: Guest{ // quiet: 400 log lines help no one
+		Tick: 20 * time.Millisecond, WorkingSetBytes: 64 << 10, DirtyRateBytesPerSec: 1 << 20,
+	}})
 	defer d.Close()
 	lease := time.Now().Add(time.Minute)
 	const n = 200
 	ids := make([]driver.VMID, n)
 	for i := range ids {
 		ids[i] = driver.VMID{Group: fmt.Sprintf("g%03d", i), Resource: "vm"}
-		spec := testSpec(ids[i], 1)
-		spec.Tick = 20 * time.Millisecond
-		spec.WorkingSetBytes, spec.DirtyRateBytesPerSec = 64<<10, 1<<20
-		start(t, d, spec, lease)
+		start(t, d, testSpec(ids[i], 1), lease)
 	}
 	for _, id := range ids {
 		waitCounter(t, d, id, 2)

@@ -20,10 +20,11 @@ import (
 // makes the fencing contract hold: a thaw cannot slip between the guest's
 // gate check and its writes, and once Kill returns no write follows.
 type vm struct {
-	spec  driver.VMSpec // immutable after boot
-	paths []string      // absolute disk paths, as spec.Disks
-	now   func() time.Time
-	log   *slog.Logger
+	spec   driver.VMSpec // immutable after boot
+	period time.Duration // of the guest loop; immutable after boot
+	paths  []string      // absolute disk paths, as spec.Disks
+	now    func() time.Time
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	state    driver.State
@@ -46,7 +47,7 @@ type vm struct {
 // once, and step checks the gate before doing anything else.
 func (v *vm) run() {
 	defer close(v.done)
-	t := time.NewTicker(v.spec.Tick)
+	t := time.NewTicker(v.period)
 	defer t.Stop()
 	for {
 		select {
