@@ -104,10 +104,39 @@ type Status struct {
 	LeaseEnd time.Time
 }
 
-// Capabilities says what a driver supports; the leader never asks a node
-// for an operation its driver does not report.
+// Capabilities says what a driver supports beyond Hypervisor; the leader
+// never asks a node for an operation its driver does not report. A driver
+// reports a flag exactly when it implements the optional interface the
+// flag names (see the package documentation).
 type Capabilities struct {
+	// No driver reports these yet: their interfaces come with the first
+	// implementation.
 	LiveMigration, QuickMigration, HotPlugDisks bool
+	// FaultInjection: the driver is a FaultInjector.
+	FaultInjection bool
+	// DirtyRateEstimation: the driver is a DirtyRateEstimator.
+	DirtyRateEstimation bool
+}
+
+// FaultInjector is a driver that can make its guests fail on purpose, for
+// tests of what the cluster does when they do.
+type FaultInjector interface {
+	// Crash makes the VM die as a guest crash would: at once, without a
+	// final disk write, in StateCrashed with reason. It takes no epoch,
+	// because a real crash does not ask the owner first. It refuses an
+	// unknown VM (ErrNotFound) and one that is not running or frozen
+	// (ErrInvalidState).
+	Crash(id VMID, reason string) error
+}
+
+// DirtyRateEstimator is a driver that can tell how fast its guests dirty
+// memory. Placement prices a live migration by it: the copy must outrun
+// the guest's writes, so a fast-dirtying guest is expensive to move.
+type DirtyRateEstimator interface {
+	// EstimatedDirtyRate is how many bytes per second, counted in whole
+	// pages, a guest with memoryBytes of memory dirties; 0 if it cannot
+	// tell or the guest writes nothing.
+	EstimatedDirtyRate(memoryBytes int64) int64
 }
 
 // Hypervisor is the interface every driver implements. All methods are

@@ -144,9 +144,35 @@ func New(cfg Config) *Driver {
 	return d
 }
 
-// Capabilities reports none yet: the Hypervisor interface has no migration
-// or hot-plug methods so far, and the leader must not ask for them.
-func (d *Driver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+var (
+	_ driver.FaultInjector      = (*Driver)(nil)
+	_ driver.DirtyRateEstimator = (*Driver)(nil)
+)
+
+// Capabilities reports the optional interfaces the sim implements: no
+// migration or hot-plug yet.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{FaultInjection: true, DirtyRateEstimation: true}
+}
+
+// EstimatedDirtyRate implements driver.DirtyRateEstimator. The sim knows
+// what its guests do rather than measuring it: the configured rate, but no
+// more than the guest's working set (capped at memoryBytes, in whole
+// pages) once per tick, because that is all a tick dirties. 0 if the Guest
+// is invalid, since no guest of this driver runs.
+func (d *Driver) EstimatedDirtyRate(memoryBytes int64) int64 {
+	if d.guestErr != nil {
+		return 0
+	}
+	g := d.cfg.Guest.forVM(memoryBytes)
+	pages := (g.WorkingSetBytes + PageSize - 1) / PageSize
+	// Float: pages*PageSize*1e9 overflows int64 for a large VM, and an
+	// estimate needs no exactness beyond a byte.
+	if perTick := float64(pages) * PageSize * float64(time.Second) / float64(g.Tick); perTick < float64(g.DirtyRateBytesPerSec) {
+		return int64(perTick)
+	}
+	return g.DirtyRateBytesPerSec
+}
 
 // Start implements driver.Hypervisor.
 func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Time) error {
@@ -325,9 +351,7 @@ func (d *Driver) Kill(id driver.VMID, epoch uint64) error {
 	return nil
 }
 
-// Crash makes the VM die as a guest crash would: at once, without a final
-// write, in StateCrashed with reason. It is fault injection for tests and
-// takes no epoch. It refuses a VM that is not running or frozen.
+// Crash implements driver.FaultInjector.
 func (d *Driver) Crash(id driver.VMID, reason string) error {
 	v := d.lookup(id)
 	if v == nil {

@@ -519,6 +519,47 @@ func TestGuestPerVM(t *testing.T) {
 	}
 }
 
+// The estimate placement prices a migration with is what a guest of that
+// size really dirties: the dirtier's pages over one second of ticks.
+func TestEstimatedDirtyRate(t *testing.T) {
+	const tick = 100 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		guest  Guest
+		memory int64
+		want   int64
+	}{
+		{"the configured rate", Guest{DirtyRateBytesPerSec: 1 << 20, WorkingSetBytes: 4 << 20, Tick: tick}, 64 << 20, 1 << 20},
+		{"one working set per tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 20, Tick: tick}, 64 << 20, 10 << 20},
+		{"one memory per tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 30, Tick: tick}, 256 << 10, 2560 << 10},
+		{"a partial page is a page", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1, Tick: tick}, 64 << 20, 10 * PageSize},
+		{"default tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 20}, 64 << 20, (1 << 20) * int64(time.Second/DefaultTick)},
+		{"idle", Guest{WorkingSetBytes: 1 << 20, Tick: tick}, 64 << 20, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := New(Config{Node: "n1", SharedDir: t.TempDir(), Guest: tc.guest})
+			got := d.EstimatedDirtyRate(tc.memory)
+			if got != tc.want {
+				t.Errorf("EstimatedDirtyRate(%d): %d, want %d", tc.memory, got, tc.want)
+			}
+			g := tc.guest.forVM(tc.memory)
+			m := newTestMemory(t, tc.memory)
+			dt := newDirtier(1, m, g.DirtyRateBytesPerSec, g.WorkingSetBytes, int64(g.Tick))
+			pages := 0
+			for c := range uint64(time.Second / g.Tick) {
+				pages += dt.tick(m, c)
+			}
+			if dirtied := int64(pages) * PageSize; dirtied != got {
+				t.Errorf("estimate %d B/s, but the guest dirtied %d bytes in a second", got, dirtied)
+			}
+		})
+	}
+	bad := New(Config{Node: "n1", SharedDir: t.TempDir(), Guest: Guest{DirtyRateBytesPerSec: -1}})
+	if got := bad.EstimatedDirtyRate(64 << 20); got != 0 {
+		t.Errorf("with an invalid guest: %d, want 0 (no guest runs)", got)
+	}
+}
+
 func TestClose(t *testing.T) {
 	dir, clk := t.TempDir(), newClock()
 	d := newDriver(t, "n1", dir, clk)
