@@ -100,7 +100,9 @@ type Config struct {
 	// SharedDir is the shared storage root: disk paths are relative to it
 	// and the execution logs live under SharedDir/.exec.
 	SharedDir string
-	// Logger receives VM lifecycle events; nil discards them.
+	// Logger receives VM lifecycle events, each with the VM and its epoch
+	// as fields: start, thaw and stop at Info, a freeze at the lease end and
+	// a crash (fenced disk writes among them) at Warn. Nil discards them.
 	Logger *slog.Logger
 	// Now is the clock of the lease gate and the records' wall times; nil
 	// means time.Now. Tests inject one to move time by hand.

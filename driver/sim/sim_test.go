@@ -3,9 +3,11 @@ package sim
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -558,6 +560,84 @@ func TestEstimatedDirtyRate(t *testing.T) {
 	if got := bad.EstimatedDirtyRate(64 << 20); got != 0 {
 		t.Errorf("with an invalid guest: %d, want 0 (no guest runs)", got)
 	}
+}
+
+// The agent logs through the driver: every lifecycle step of a VM is one
+// line with the VM and its epoch as fields, at Info, and what the fence
+// does (a freeze at the lease end, a crash) stands out at Warn.
+func TestLifecycleLogs(t *testing.T) {
+	var buf syncBuffer
+	dir, clk := t.TempDir(), newClock()
+	d := New(Config{
+		Node: "n1", SharedDir: dir, Now: clk.Now, Guest: testGuest,
+		Logger: slog.New(slog.NewJSONHandler(&buf, nil)),
+	})
+	defer d.Close()
+	lease := clk.Now().Add(10 * time.Second)
+	start(t, d, testSpec(web, 1), lease)
+	waitCounter(t, d, web, 2)
+	clk.Set(lease)
+	status(t, d, web) // applies the gate: frozen
+	if err := d.ExtendLease(web, 1, lease.Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Crash(web, "guest kernel panic"); err != nil {
+		t.Fatal(err)
+	}
+	start(t, d, testSpec(web, 1), lease.Add(10*time.Second))
+	if err := d.Stop(context.Background(), web, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	want := []struct {
+		level, msg string
+		fields     []string
+	}{
+		{"INFO", "vm starting", []string{"counter", "lease_end"}},
+		{"WARN", "vm frozen at lease end", []string{"counter", "lease_end"}},
+		{"INFO", "vm thawed", []string{"lease_end"}},
+		{"WARN", "vm crashed", []string{"counter", "reason"}},
+		{"INFO", "vm starting", []string{"counter", "lease_end"}},
+		{"INFO", "vm stopped", []string{"counter", "reason"}},
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d log lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, line := range lines {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		w := want[i]
+		if got["level"] != w.level || got["msg"] != w.msg || got["vm"] != "web/vm" || got["epoch"] != 1.0 {
+			t.Errorf("line %d: %s\nwant %s %q for web/vm at epoch 1", i, line, w.level, w.msg)
+		}
+		for _, f := range w.fields {
+			if _, ok := got[f]; !ok {
+				t.Errorf("line %d: %s\nhas no field %s", i, line, f)
+			}
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer the guest loop and the test may write and
+// read at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestClose(t *testing.T) {

@@ -87,7 +87,9 @@ func (v *vm) live() bool {
 func (v *vm) gate() bool {
 	if v.state == driver.StateRunning && !v.now().Before(v.leaseEnd) {
 		v.state = driver.StateFrozen
-		v.log.Info("vm frozen at lease end", "lease_end", v.leaseEnd)
+		// Warn: a lease that runs out means the renewals stopped (a
+		// partition, a stalled agent), and the gate has just fenced the VM.
+		v.log.Warn("vm frozen at lease end", "lease_end", v.leaseEnd, "counter", v.counter)
 	}
 	return v.state == driver.StateRunning
 }
