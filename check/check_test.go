@@ -666,14 +666,15 @@ func TestRecordsOnLiveSim(t *testing.T) {
 	dir := t.TempDir()
 	id := driver.VMID{Group: "web", Resource: "vm"}
 	spec := func(node string, epoch uint64) driver.VMSpec {
-		return driver.VMSpec{ID: id, Node: node, Epoch: epoch, MemoryBytes: 1 << 20, Tick: 5 * time.Millisecond,
+		return driver.VMSpec{ID: id, Node: node, Epoch: epoch, MemoryBytes: 1 << 20,
 			Disks: []driver.DiskSpec{{Name: "disk0", Path: disk0}}}
 	}
 	ctx := context.Background()
 	lease := time.Now().Add(time.Minute)
-	d1 := sim.New(sim.Config{Node: "n1", SharedDir: dir})
+	guest := sim.Guest{Tick: 5 * time.Millisecond}
+	d1 := sim.New(sim.Config{Node: "n1", SharedDir: dir, Guest: guest})
 	defer d1.Close()
-	d2 := sim.New(sim.Config{Node: "n2", SharedDir: dir})
+	d2 := sim.New(sim.Config{Node: "n2", SharedDir: dir, Guest: guest})
 	defer d2.Close()
 	if err := d1.Start(ctx, spec("n1", 1), lease); err != nil {
 		t.Fatal(err)

@@ -59,6 +59,25 @@
 // suspended (hibernated), or its VMs may run for up to a lease after
 // resuming while the cluster has failed them over.
 //
+// # Optional capabilities
+//
+// Hypervisor is what every driver does. What only some drivers do is an
+// interface of its own that a driver may implement besides Hypervisor, and
+// reports with a flag of Capabilities: FaultInjector (FaultInjection), for
+// tests that crash guests, and DirtyRateEstimator (DirtyRateEstimation),
+// for the leader's price of a live migration. Live migration, quick
+// migration (save and restore) and disk hot-plug will come the same way,
+// each an interface with its flag, added together with the first driver
+// that implements them; until then no driver reports those flags. Keeping
+// them out of Hypervisor spares a driver that cannot migrate a set of
+// methods that only fail.
+//
+// Callers check the flag first and type-assert only then. The flag is what
+// a node can tell the leader, which has no driver value to assert on, and a
+// wrapper around a driver may have the methods without the ability behind
+// them. So a driver reports a flag exactly when it implements the
+// interface; TestCapabilitiesMatchInterfaces holds every driver to that.
+//
 // # Processes
 //
 // If the agent process dies, VMs it started must not outlive its lease

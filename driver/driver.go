@@ -22,7 +22,8 @@ var (
 	// ErrInvalidState: the VM is in a state that does not allow the call
 	// (extending the lease of a stopped VM, forgetting a running one).
 	ErrInvalidState = errors.New("invalid vm state")
-	// ErrInvalidSpec: the VMSpec is malformed; nothing was started.
+	// ErrInvalidSpec: the VMSpec is malformed, or the driver's own
+	// configuration cannot run it; nothing was started.
 	ErrInvalidSpec = errors.New("invalid vm spec")
 )
 
@@ -41,7 +42,10 @@ type DiskSpec struct {
 	SizeBytes int64
 }
 
-// VMSpec is what Start needs to boot a VM on this node.
+// VMSpec is what Start needs to boot a VM on this node. It describes the
+// machine, not the workload inside it: how a guest behaves is not a
+// hypervisor's to set, so the simulated guest's knobs are the sim driver's
+// own configuration (sim.Guest).
 type VMSpec struct {
 	ID VMID
 	// Node is the node the VM runs on (this driver's); disks record it.
@@ -51,13 +55,6 @@ type VMSpec struct {
 	VCPUs       int
 	MemoryBytes int64
 	Disks       []DiskSpec
-
-	// Knobs for the simulated guest, ignored by real drivers: bytes of
-	// memory dirtied per second, spread over the first WorkingSetBytes, and
-	// the period of the guest loop.
-	DirtyRateBytesPerSec int64
-	WorkingSetBytes      int64
-	Tick                 time.Duration
 }
 
 // State is the state of a VM as its driver sees it.
@@ -107,10 +104,39 @@ type Status struct {
 	LeaseEnd time.Time
 }
 
-// Capabilities says what a driver supports; the leader never asks a node
-// for an operation its driver does not report.
+// Capabilities says what a driver supports beyond Hypervisor; the leader
+// never asks a node for an operation its driver does not report. A driver
+// reports a flag exactly when it implements the optional interface the
+// flag names (see the package documentation).
 type Capabilities struct {
+	// No driver reports these yet: their interfaces come with the first
+	// implementation.
 	LiveMigration, QuickMigration, HotPlugDisks bool
+	// FaultInjection: the driver is a FaultInjector.
+	FaultInjection bool
+	// DirtyRateEstimation: the driver is a DirtyRateEstimator.
+	DirtyRateEstimation bool
+}
+
+// FaultInjector is a driver that can make its guests fail on purpose, for
+// tests of what the cluster does when they do.
+type FaultInjector interface {
+	// Crash makes the VM die as a guest crash would: at once, without a
+	// final disk write, in StateCrashed with reason. It takes no epoch,
+	// because a real crash does not ask the owner first. It refuses an
+	// unknown VM (ErrNotFound) and one that is not running or frozen
+	// (ErrInvalidState).
+	Crash(id VMID, reason string) error
+}
+
+// DirtyRateEstimator is a driver that can tell how fast its guests dirty
+// memory. Placement prices a live migration by it: the copy must outrun
+// the guest's writes, so a fast-dirtying guest is expensive to move.
+type DirtyRateEstimator interface {
+	// EstimatedDirtyRate is how many bytes per second, counted in whole
+	// pages, a guest with memoryBytes of memory dirties; 0 if it cannot
+	// tell or the guest writes nothing.
+	EstimatedDirtyRate(memoryBytes int64) int64
 }
 
 // Hypervisor is the interface every driver implements. All methods are

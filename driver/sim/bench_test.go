@@ -33,18 +33,17 @@ func BenchmarkFleet(b *testing.B) {
 		vms     = 300
 		measure = 5 * time.Second
 	)
-	d := New(Config{Node: "n1", SharedDir: b.TempDir()})
+	d := New(Config{Node: "n1", SharedDir: b.TempDir(), Guest: Guest{
+		WorkingSetBytes: 4 << 20, DirtyRateBytesPerSec: 1 << 20, Tick: 100 * time.Millisecond,
+	}})
 	defer d.Close()
 	lease := time.Now().Add(time.Hour)
 	for i := range vms {
 		id := driver.VMID{Group: fmt.Sprintf("g%03d", i), Resource: "vm"}
 		spec := driver.VMSpec{
 			ID: id, Epoch: 1, VCPUs: 1,
-			MemoryBytes:          64 << 20,
-			WorkingSetBytes:      4 << 20,
-			DirtyRateBytesPerSec: 1 << 20,
-			Tick:                 100 * time.Millisecond,
-			Disks:                []driver.DiskSpec{{Name: "root", Path: "disks/" + id.Group + ".img"}},
+			MemoryBytes: 64 << 20,
+			Disks:       []driver.DiskSpec{{Name: "root", Path: "disks/" + id.Group + ".img"}},
 		}
 		if err := d.Start(context.Background(), spec, lease); err != nil {
 			b.Fatal(err)

@@ -52,11 +52,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// newDriver returns a driver for node on dir, closed when the test ends.
+// testGuest is a fast guest that dirties a quarter of testSpec's memory.
+var testGuest = Guest{WorkingSetBytes: 256 << 10, DirtyRateBytesPerSec: 4 << 20, Tick: 2 * time.Millisecond}
+
+// newDriver returns a driver for node on dir running testGuest, closed
+// when the test ends.
 func newDriver(t testing.TB, node, dir string, clk *clock) *Driver {
 	t.Helper()
+	return newGuestDriver(t, node, dir, clk, testGuest)
+}
+
+func newGuestDriver(t testing.TB, node, dir string, clk *clock, guest Guest) *Driver {
+	t.Helper()
 	cfg := Config{
-		Node: node, SharedDir: dir,
+		Node: node, SharedDir: dir, Guest: guest,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("node", node),
 	}
 	if clk != nil {
@@ -69,15 +78,12 @@ func newDriver(t testing.TB, node, dir string, clk *clock) *Driver {
 
 var web = driver.VMID{Group: "web", Resource: "vm"}
 
-// testSpec is a small fast VM with one disk named after its ID.
+// testSpec is a small VM with one disk named after its ID.
 func testSpec(id driver.VMID, epoch uint64) driver.VMSpec {
 	return driver.VMSpec{
 		ID: id, Epoch: epoch, VCPUs: 1,
-		MemoryBytes:          1 << 20,
-		WorkingSetBytes:      256 << 10,
-		DirtyRateBytesPerSec: 4 << 20,
-		Tick:                 2 * time.Millisecond,
-		Disks:                []driver.DiskSpec{{Name: "root", Path: filepath.Join("disks", id.Group, id.Resource+".img")}},
+		MemoryBytes: 1 << 20,
+		Disks:       []driver.DiskSpec{{Name: "root", Path: filepath.Join("disks", id.Group, id.Resource+".img")}},
 	}
 }
 

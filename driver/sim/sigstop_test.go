@@ -72,9 +72,10 @@ func TestSIGSTOPPastLeaseEnd(t *testing.T) {
 
 // sigstopChild runs one VM with a short lease and waits to be killed.
 func sigstopChild(t *testing.T, dir string) {
-	d := New(Config{Node: "n1", SharedDir: dir})
+	guest := testGuest
+	guest.Tick = 5 * time.Millisecond
+	d := New(Config{Node: "n1", SharedDir: dir, Guest: guest})
 	spec := testSpec(web, 1)
-	spec.Tick = 5 * time.Millisecond
 	leaseEnd := time.Now().Add(time.Second)
 	if err := d.Start(context.Background(), spec, leaseEnd); err != nil {
 		t.Fatal(err)

@@ -4,14 +4,15 @@
 //
 // Each VM has a real memory buffer (an anonymous mapping outside the Go
 // heap, so only the pages the guest touches are resident), a guest loop
-// that dirties pages of its working set at a set rate and keeps a counter
-// in the buffer's first 8 bytes, and disks on shared storage that receive
-// one record per tick (see ClaimDisk for the format; DiskSpec.SizeBytes is
-// advisory, a sim disk grows with its records). A booting guest
-// continues its counter from its last record on its first disk, so the
-// counter never goes back across restarts and failovers. The guest loop passes the lease gate of the driver package's
-// fencing contract before every step, and every disk write passes the
-// disk's epoch check; see ClaimDisk. Because the VMs are goroutines,
+// that dirties pages of its working set at the rate Config.Guest sets and
+// keeps a counter in the buffer's first 8 bytes, and disks on shared
+// storage that receive one record per tick (see ClaimDisk for the format;
+// DiskSpec.SizeBytes is advisory, a sim disk grows with its records). A
+// booting guest continues its counter from its last record on its first
+// disk, so the counter never goes back across restarts and failovers. The
+// guest loop passes the lease gate of the driver package's fencing
+// contract before every step, and every disk write passes the disk's epoch
+// check; see ClaimDisk. Because the VMs are goroutines,
 // SIGKILL of the agent kills them and SIGSTOP stops them; after SIGCONT the
 // guest checks the gate before it does anything.
 //
@@ -36,15 +37,61 @@ import (
 	"github.com/haven-ha/haven/driver"
 )
 
-// DefaultTick is the guest loop period when VMSpec.Tick is zero.
+// DefaultTick is the guest loop period when Guest.Tick is zero.
 const DefaultTick = 100 * time.Millisecond
 
-// Bounds of the guest knobs, far beyond any useful value; they keep the
-// dirtier's rate*tick arithmetic exact.
+// Bounds of the guest knobs. The upper ones are far beyond any useful
+// value and keep the dirtier's rate*tick arithmetic exact. The lower one
+// is because every tick writes a record to the execution log and to every
+// disk under the VM's lock: a shorter period is a busy loop of file writes,
+// and hundreds of VMs would starve the agent.
 const (
 	maxDirtyRate = 1 << 40 // 1 TiB/s
+	minTick      = time.Millisecond
 	maxTick      = time.Hour
 )
+
+// Guest is how the simulated guest behaves, the same in every VM a Driver
+// boots.
+type Guest struct {
+	// DirtyRateBytesPerSec is how much memory the guest dirties per second,
+	// counted in whole pages as a hypervisor's dirty log counts it, at
+	// random pages of its working set. A rate above one working set per
+	// tick dirties the working set once per tick.
+	DirtyRateBytesPerSec int64
+	// WorkingSetBytes is how much of its memory, from the start, the guest
+	// dirties; a VM with less memory than this dirties all of it.
+	WorkingSetBytes int64
+	// Tick is the guest loop period: one counter step and one record on
+	// every disk per tick. Zero means DefaultTick.
+	Tick time.Duration
+}
+
+// Validate says which field of g is out of range, by the name the agent's
+// configuration file gives it. New accepts any Guest, so callers validate
+// with their own configuration; a Driver with an invalid Guest refuses
+// every Start.
+func (g Guest) Validate() error {
+	switch {
+	case g.DirtyRateBytesPerSec < 0 || g.DirtyRateBytesPerSec > maxDirtyRate:
+		return fmt.Errorf("dirty_rate_bytes_per_sec: %d is outside 0..%d", g.DirtyRateBytesPerSec, int64(maxDirtyRate))
+	case g.WorkingSetBytes < 0:
+		return fmt.Errorf("working_set_bytes: %d must not be negative", g.WorkingSetBytes)
+	case g.Tick != 0 && (g.Tick < minTick || g.Tick > maxTick):
+		return fmt.Errorf("tick: %s is outside %s..%s (0 means %s)", g.Tick, minTick, maxTick, DefaultTick)
+	}
+	return nil
+}
+
+// forVM is g as it runs in a VM of memoryBytes: the default tick filled in
+// and the working set no larger than the memory.
+func (g Guest) forVM(memoryBytes int64) Guest {
+	if g.Tick == 0 {
+		g.Tick = DefaultTick
+	}
+	g.WorkingSetBytes = min(g.WorkingSetBytes, max(memoryBytes, 0))
+	return g
+}
 
 // Config configures a Driver.
 type Config struct {
@@ -53,11 +100,15 @@ type Config struct {
 	// SharedDir is the shared storage root: disk paths are relative to it
 	// and the execution logs live under SharedDir/.exec.
 	SharedDir string
-	// Logger receives VM lifecycle events; nil discards them.
+	// Logger receives VM lifecycle events, each with the VM and its epoch
+	// as fields: start, thaw and stop at Info, a freeze at the lease end and
+	// a crash (fenced disk writes among them) at Warn. Nil discards them.
 	Logger *slog.Logger
 	// Now is the clock of the lease gate and the records' wall times; nil
 	// means time.Now. Tests inject one to move time by hand.
 	Now func() time.Time
+	// Guest is the behaviour of every guest this driver boots.
+	Guest Guest
 }
 
 // Driver is the sim driver.Hypervisor of one node.
@@ -65,6 +116,9 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 	now func() time.Time
+	// guestErr is cfg.Guest.Validate(), which Start returns: New cannot
+	// fail, and a guest out of range must not boot.
+	guestErr error
 
 	// life serializes what changes the table (Start, Forget, Close), so
 	// two Starts of one ID cannot both boot; it is held across file I/O,
@@ -79,9 +133,10 @@ var _ driver.Hypervisor = (*Driver)(nil)
 
 var errClosed = errors.New("sim: driver closed")
 
-// New returns a driver for cfg.Node with no VMs.
+// New returns a driver for cfg.Node with no VMs. If cfg.Guest is invalid
+// (see Guest.Validate), every Start fails with driver.ErrInvalidSpec.
 func New(cfg Config) *Driver {
-	d := &Driver{cfg: cfg, log: cfg.Logger, now: cfg.Now, vms: make(map[driver.VMID]*vm)}
+	d := &Driver{cfg: cfg, log: cfg.Logger, now: cfg.Now, guestErr: cfg.Guest.Validate(), vms: make(map[driver.VMID]*vm)}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -91,14 +146,43 @@ func New(cfg Config) *Driver {
 	return d
 }
 
-// Capabilities reports none yet: the Hypervisor interface has no migration
-// or hot-plug methods so far, and the leader must not ask for them.
-func (d *Driver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+var (
+	_ driver.FaultInjector      = (*Driver)(nil)
+	_ driver.DirtyRateEstimator = (*Driver)(nil)
+)
+
+// Capabilities reports the optional interfaces the sim implements: no
+// migration or hot-plug yet.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{FaultInjection: true, DirtyRateEstimation: true}
+}
+
+// EstimatedDirtyRate implements driver.DirtyRateEstimator. The sim knows
+// what its guests do rather than measuring it: the configured rate, but no
+// more than the guest's working set (capped at memoryBytes, in whole
+// pages) once per tick, because that is all a tick dirties. 0 if the Guest
+// is invalid, since no guest of this driver runs.
+func (d *Driver) EstimatedDirtyRate(memoryBytes int64) int64 {
+	if d.guestErr != nil {
+		return 0
+	}
+	g := d.cfg.Guest.forVM(memoryBytes)
+	pages := (g.WorkingSetBytes + PageSize - 1) / PageSize
+	// Float: pages*PageSize*1e9 overflows int64 for a large VM, and an
+	// estimate needs no exactness beyond a byte.
+	if perTick := float64(pages) * PageSize * float64(time.Second) / float64(g.Tick); perTick < float64(g.DirtyRateBytesPerSec) {
+		return int64(perTick)
+	}
+	return g.DirtyRateBytesPerSec
+}
 
 // Start implements driver.Hypervisor.
 func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if d.guestErr != nil {
+		return fmt.Errorf("start %s: %w: sim guest %v", spec.ID, driver.ErrInvalidSpec, d.guestErr)
 	}
 	spec, err := d.normalize(spec)
 	if err != nil {
@@ -161,13 +245,6 @@ func (d *Driver) normalize(spec driver.VMSpec) (driver.VMSpec, error) {
 		return spec, errors.New("epoch: must be at least 1 (0 is an unclaimed disk)")
 	case spec.MemoryBytes < PageSize:
 		return spec, fmt.Errorf("memory_bytes: %d is below one page (%d)", spec.MemoryBytes, PageSize)
-	case spec.DirtyRateBytesPerSec < 0 || spec.WorkingSetBytes < 0 || spec.Tick < 0:
-		return spec, errors.New("dirty rate, working set and tick must not be negative")
-	case spec.DirtyRateBytesPerSec > maxDirtyRate || spec.Tick > maxTick:
-		return spec, fmt.Errorf("dirty rate %d B/s or tick %s is beyond the sim's range (%d B/s, %s)", spec.DirtyRateBytesPerSec, spec.Tick, int64(maxDirtyRate), maxTick)
-	}
-	if spec.Tick == 0 {
-		spec.Tick = DefaultTick
 	}
 	seen := map[string]bool{}
 	for i, dk := range spec.Disks {
@@ -196,8 +273,9 @@ func validName(s string) bool {
 // boot claims the disks, recovers the counter and opens the files of a new
 // VM. Nothing runs until the caller starts its loop.
 func (d *Driver) boot(spec driver.VMSpec, leaseEnd time.Time) (_ *vm, err error) {
+	guest := d.cfg.Guest.forVM(spec.MemoryBytes)
 	v := &vm{
-		spec: spec, now: d.now,
+		spec: spec, period: guest.Tick, now: d.now,
 		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
 		state: driver.StateRunning, leaseEnd: leaseEnd,
 		quit: make(chan struct{}), done: make(chan struct{}),
@@ -248,7 +326,7 @@ func (d *Driver) boot(spec driver.VMSpec, leaseEnd time.Time) (_ *vm, err error)
 		return nil, err
 	}
 	v.mem.putUint64At(0, v.counter)
-	v.dirt = newDirtier(rand.Uint64(), v.mem, spec.DirtyRateBytesPerSec, spec.WorkingSetBytes, int64(spec.Tick))
+	v.dirt = newDirtier(rand.Uint64(), v.mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick))
 	return v, nil
 }
 
@@ -275,9 +353,7 @@ func (d *Driver) Kill(id driver.VMID, epoch uint64) error {
 	return nil
 }
 
-// Crash makes the VM die as a guest crash would: at once, without a final
-// write, in StateCrashed with reason. It is fault injection for tests and
-// takes no epoch. It refuses a VM that is not running or frozen.
+// Crash implements driver.FaultInjector.
 func (d *Driver) Crash(id driver.VMID, reason string) error {
 	v := d.lookup(id)
 	if v == nil {

@@ -3,8 +3,12 @@ package sim
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -112,9 +116,10 @@ func TestExtendLeaseLateIsRefused(t *testing.T) {
 // by ExtendLease too: the refusal does not depend on the loop's timing.
 func TestExtendLeaseLateBeforeLoopNotices(t *testing.T) {
 	dir, clk := t.TempDir(), newClock()
-	d := newDriver(t, "n1", dir, clk)
+	guest := testGuest
+	guest.Tick = time.Hour // the loop never wakes during the test
+	d := newGuestDriver(t, "n1", dir, clk, guest)
 	spec := testSpec(web, 1)
-	spec.Tick = time.Hour // the loop never wakes during the test
 	leaseEnd := clk.Now().Add(time.Second)
 	start(t, d, spec, leaseEnd)
 	clk.Set(leaseEnd.Add(time.Millisecond))
@@ -374,7 +379,7 @@ func TestMemoryDirtied(t *testing.T) {
 	}
 	v := d.lookup(web)
 	v.mu.Lock()
-	beyond := v.mem.buf[spec.WorkingSetBytes:]
+	beyond := v.mem.buf[testGuest.WorkingSetBytes:]
 	clean := bytes.Equal(beyond, make([]byte, len(beyond)))
 	v.mu.Unlock()
 	if !clean {
@@ -432,14 +437,12 @@ func TestInvalidSpec(t *testing.T) {
 		"other node":      func(s *driver.VMSpec) { s.Node = "n2" },
 		"epoch 0":         func(s *driver.VMSpec) { s.Epoch = 0 },
 		"tiny memory":     func(s *driver.VMSpec) { s.MemoryBytes = 100 },
-		"negative rate":   func(s *driver.VMSpec) { s.DirtyRateBytesPerSec = -1 },
 		"absolute disk":   func(s *driver.VMSpec) { s.Disks[0].Path = "/etc/passwd" },
 		"escaping disk":   func(s *driver.VMSpec) { s.Disks[0].Path = "../outside.img" },
 		"empty disk path": func(s *driver.VMSpec) { s.Disks[0].Path = "" },
 		"disk twice": func(s *driver.VMSpec) {
 			s.Disks = append(s.Disks, driver.DiskSpec{Name: "b", Path: "./" + s.Disks[0].Path})
 		},
-		"huge rate": func(s *driver.VMSpec) { s.DirtyRateBytesPerSec = 1 << 50 },
 	} {
 		spec := testSpec(web, 1)
 		mod(&spec)
@@ -447,6 +450,194 @@ func TestInvalidSpec(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalidSpec", name, err)
 		}
 	}
+}
+
+// A guest out of range is refused by Validate, which names the field, and
+// a driver given one anyway boots nothing: the checks that were per spec
+// still hold for the guest config.
+func TestInvalidGuest(t *testing.T) {
+	for _, tc := range []struct {
+		name, field string
+		mod         func(*Guest)
+	}{
+		{"negative rate", "dirty_rate_bytes_per_sec", func(g *Guest) { g.DirtyRateBytesPerSec = -1 }},
+		{"huge rate", "dirty_rate_bytes_per_sec", func(g *Guest) { g.DirtyRateBytesPerSec = 1 << 50 }},
+		{"negative working set", "working_set_bytes", func(g *Guest) { g.WorkingSetBytes = -1 }},
+		{"negative tick", "tick", func(g *Guest) { g.Tick = -time.Millisecond }},
+		{"sub-millisecond tick", "tick", func(g *Guest) { g.Tick = time.Microsecond }},
+		{"tick beyond an hour", "tick", func(g *Guest) { g.Tick = time.Hour + time.Nanosecond }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			guest := testGuest
+			tc.mod(&guest)
+			if err := guest.Validate(); err == nil || !strings.HasPrefix(err.Error(), tc.field+": ") {
+				t.Errorf("Validate: %v, want an error about %s", err, tc.field)
+			}
+			dir, clk := t.TempDir(), newClock()
+			d := newGuestDriver(t, "n1", dir, clk, guest)
+			spec := testSpec(web, 1)
+			if err := d.Start(context.Background(), spec, clk.Now().Add(time.Minute)); !errors.Is(err, driver.ErrInvalidSpec) {
+				t.Errorf("Start: %v, want ErrInvalidSpec", err)
+			}
+			if _, err := os.Stat(diskPath(dir, spec)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("refused Start touched the disk: %v", err)
+			}
+			if l := d.List(); len(l) != 0 {
+				t.Errorf("List after a refused Start: %v", l)
+			}
+		})
+	}
+	for _, g := range []Guest{{}, {DirtyRateBytesPerSec: maxDirtyRate, Tick: maxTick}, {Tick: minTick}, {WorkingSetBytes: 1 << 62}} {
+		if err := g.Validate(); err != nil {
+			t.Errorf("Validate(%+v): %v, want valid", g, err)
+		}
+	}
+}
+
+// The zero Guest ticks at DefaultTick and dirties nothing; a working set
+// larger than the VM is the whole VM, not a fault.
+func TestGuestPerVM(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		guest   Guest
+		period  time.Duration
+		wsPages int64
+	}{
+		{"zero", Guest{}, DefaultTick, 0},
+		{"working set beyond memory", Guest{WorkingSetBytes: 1 << 30, DirtyRateBytesPerSec: 4 << 20, Tick: 2 * time.Millisecond}, 2 * time.Millisecond, (1 << 20) / PageSize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, clk := t.TempDir(), newClock()
+			d := newGuestDriver(t, "n1", dir, clk, tc.guest)
+			start(t, d, testSpec(web, 1), clk.Now().Add(time.Minute))
+			v := d.lookup(web)
+			v.mu.Lock()
+			period, wsPages := v.period, v.dirt.wsPages
+			v.mu.Unlock()
+			if period != tc.period || wsPages != tc.wsPages {
+				t.Errorf("period %s, working set %d pages; want %s, %d", period, wsPages, tc.period, tc.wsPages)
+			}
+		})
+	}
+}
+
+// The estimate placement prices a migration with is what a guest of that
+// size really dirties: the dirtier's pages over one second of ticks.
+func TestEstimatedDirtyRate(t *testing.T) {
+	const tick = 100 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		guest  Guest
+		memory int64
+		want   int64
+	}{
+		{"the configured rate", Guest{DirtyRateBytesPerSec: 1 << 20, WorkingSetBytes: 4 << 20, Tick: tick}, 64 << 20, 1 << 20},
+		{"one working set per tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 20, Tick: tick}, 64 << 20, 10 << 20},
+		{"one memory per tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 30, Tick: tick}, 256 << 10, 2560 << 10},
+		{"a partial page is a page", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1, Tick: tick}, 64 << 20, 10 * PageSize},
+		{"default tick", Guest{DirtyRateBytesPerSec: 1 << 30, WorkingSetBytes: 1 << 20}, 64 << 20, (1 << 20) * int64(time.Second/DefaultTick)},
+		{"idle", Guest{WorkingSetBytes: 1 << 20, Tick: tick}, 64 << 20, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := New(Config{Node: "n1", SharedDir: t.TempDir(), Guest: tc.guest})
+			got := d.EstimatedDirtyRate(tc.memory)
+			if got != tc.want {
+				t.Errorf("EstimatedDirtyRate(%d): %d, want %d", tc.memory, got, tc.want)
+			}
+			g := tc.guest.forVM(tc.memory)
+			m := newTestMemory(t, tc.memory)
+			dt := newDirtier(1, m, g.DirtyRateBytesPerSec, g.WorkingSetBytes, int64(g.Tick))
+			pages := 0
+			for c := range uint64(time.Second / g.Tick) {
+				pages += dt.tick(m, c)
+			}
+			if dirtied := int64(pages) * PageSize; dirtied != got {
+				t.Errorf("estimate %d B/s, but the guest dirtied %d bytes in a second", got, dirtied)
+			}
+		})
+	}
+	bad := New(Config{Node: "n1", SharedDir: t.TempDir(), Guest: Guest{DirtyRateBytesPerSec: -1}})
+	if got := bad.EstimatedDirtyRate(64 << 20); got != 0 {
+		t.Errorf("with an invalid guest: %d, want 0 (no guest runs)", got)
+	}
+}
+
+// The agent logs through the driver: every lifecycle step of a VM is one
+// line with the VM and its epoch as fields, at Info, and what the fence
+// does (a freeze at the lease end, a crash) stands out at Warn.
+func TestLifecycleLogs(t *testing.T) {
+	var buf syncBuffer
+	dir, clk := t.TempDir(), newClock()
+	d := New(Config{
+		Node: "n1", SharedDir: dir, Now: clk.Now, Guest: testGuest,
+		Logger: slog.New(slog.NewJSONHandler(&buf, nil)),
+	})
+	defer d.Close()
+	lease := clk.Now().Add(10 * time.Second)
+	start(t, d, testSpec(web, 1), lease)
+	waitCounter(t, d, web, 2)
+	clk.Set(lease)
+	status(t, d, web) // applies the gate: frozen
+	if err := d.ExtendLease(web, 1, lease.Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Crash(web, "guest kernel panic"); err != nil {
+		t.Fatal(err)
+	}
+	start(t, d, testSpec(web, 1), lease.Add(10*time.Second))
+	if err := d.Stop(context.Background(), web, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	want := []struct {
+		level, msg string
+		fields     []string
+	}{
+		{"INFO", "vm starting", []string{"counter", "lease_end"}},
+		{"WARN", "vm frozen at lease end", []string{"counter", "lease_end"}},
+		{"INFO", "vm thawed", []string{"lease_end"}},
+		{"WARN", "vm crashed", []string{"counter", "reason"}},
+		{"INFO", "vm starting", []string{"counter", "lease_end"}},
+		{"INFO", "vm stopped", []string{"counter", "reason"}},
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d log lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, line := range lines {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		w := want[i]
+		if got["level"] != w.level || got["msg"] != w.msg || got["vm"] != "web/vm" || got["epoch"] != 1.0 {
+			t.Errorf("line %d: %s\nwant %s %q for web/vm at epoch 1", i, line, w.level, w.msg)
+		}
+		for _, f := range w.fields {
+			if _, ok := got[f]; !ok {
+				t.Errorf("line %d: %s\nhas no field %s", i, line, f)
+			}
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer the guest loop and the test may write and
+// read at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestClose(t *testing.T) {
@@ -470,17 +661,16 @@ func TestClose(t *testing.T) {
 func TestManyVMs(t *testing.T) {
 	dir := t.TempDir()
 	base := runtime.NumGoroutine()
-	d := New(Config{Node: "n1", SharedDir: dir}) // quiet: 400 log lines help no one
+	d := New(Config{Node: "n1", SharedDir: dir, Guest: Guest{ // quiet: 400 log lines help no one
+		Tick: 20 * time.Millisecond, WorkingSetBytes: 64 << 10, DirtyRateBytesPerSec: 1 << 20,
+	}})
 	defer d.Close()
 	lease := time.Now().Add(time.Minute)
 	const n = 200
 	ids := make([]driver.VMID, n)
 	for i := range ids {
 		ids[i] = driver.VMID{Group: fmt.Sprintf("g%03d", i), Resource: "vm"}
-		spec := testSpec(ids[i], 1)
-		spec.Tick = 20 * time.Millisecond
-		spec.WorkingSetBytes, spec.DirtyRateBytesPerSec = 64<<10, 1<<20
-		start(t, d, spec, lease)
+		start(t, d, testSpec(ids[i], 1), lease)
 	}
 	for _, id := range ids {
 		waitCounter(t, d, id, 2)

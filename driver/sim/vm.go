@@ -20,10 +20,11 @@ import (
 // makes the fencing contract hold: a thaw cannot slip between the guest's
 // gate check and its writes, and once Kill returns no write follows.
 type vm struct {
-	spec  driver.VMSpec // immutable after boot
-	paths []string      // absolute disk paths, as spec.Disks
-	now   func() time.Time
-	log   *slog.Logger
+	spec   driver.VMSpec // immutable after boot
+	period time.Duration // of the guest loop; immutable after boot
+	paths  []string      // absolute disk paths, as spec.Disks
+	now    func() time.Time
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	state    driver.State
@@ -46,7 +47,7 @@ type vm struct {
 // once, and step checks the gate before doing anything else.
 func (v *vm) run() {
 	defer close(v.done)
-	t := time.NewTicker(v.spec.Tick)
+	t := time.NewTicker(v.period)
 	defer t.Stop()
 	for {
 		select {
@@ -86,7 +87,9 @@ func (v *vm) live() bool {
 func (v *vm) gate() bool {
 	if v.state == driver.StateRunning && !v.now().Before(v.leaseEnd) {
 		v.state = driver.StateFrozen
-		v.log.Info("vm frozen at lease end", "lease_end", v.leaseEnd)
+		// Warn: a lease that runs out means the renewals stopped (a
+		// partition, a stalled agent), and the gate has just fenced the VM.
+		v.log.Warn("vm frozen at lease end", "lease_end", v.leaseEnd, "counter", v.counter)
 	}
 	return v.state == driver.StateRunning
 }

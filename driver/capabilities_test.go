@@ -1,0 +1,103 @@
+package driver_test
+
+import (
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/sim"
+)
+
+// optional pairs every Capabilities flag with the interface it reports.
+var optional = []struct {
+	flag        string
+	reported    func(driver.Capabilities) bool
+	implemented func(driver.Hypervisor) bool
+}{
+	{"FaultInjection", func(c driver.Capabilities) bool { return c.FaultInjection },
+		func(h driver.Hypervisor) bool { _, ok := h.(driver.FaultInjector); return ok }},
+	{"DirtyRateEstimation", func(c driver.Capabilities) bool { return c.DirtyRateEstimation },
+		func(h driver.Hypervisor) bool { _, ok := h.(driver.DirtyRateEstimator); return ok }},
+	// No interface yet, so no driver may report them.
+	{"LiveMigration", func(c driver.Capabilities) bool { return c.LiveMigration }, none},
+	{"QuickMigration", func(c driver.Capabilities) bool { return c.QuickMigration }, none},
+	{"HotPlugDisks", func(c driver.Capabilities) bool { return c.HotPlugDisks }, none},
+}
+
+func none(driver.Hypervisor) bool { return false }
+
+// mismatches lists the flags h reports without implementing their
+// interface, or implements without reporting.
+func mismatches(h driver.Hypervisor) []string {
+	var out []string
+	caps := h.Capabilities()
+	for _, o := range optional {
+		if o.reported(caps) != o.implemented(h) {
+			out = append(out, o.flag)
+		}
+	}
+	return out
+}
+
+// Callers type-assert an optional interface only after its flag says so,
+// so a flag without the methods fails there, and methods without the flag
+// are never used. Every driver joins the list below.
+func TestCapabilitiesMatchInterfaces(t *testing.T) {
+	drivers := map[string]driver.Hypervisor{
+		"sim": sim.New(sim.Config{Node: "n1", SharedDir: t.TempDir()}),
+	}
+	for name, h := range drivers {
+		if m := mismatches(h); len(m) > 0 {
+			t.Errorf("%s: Capabilities disagree with the interfaces it implements: %v", name, m)
+		}
+		h.Close()
+	}
+}
+
+// The check catches a lie either way: a flag reported without the
+// interface, and an interface hidden behind a wrapper whose Capabilities
+// still claims it.
+func TestCapabilitiesCheckCatchesLies(t *testing.T) {
+	d := sim.New(sim.Config{Node: "n1", SharedDir: t.TempDir()})
+	defer d.Close()
+	for _, tc := range []struct {
+		name string
+		h    driver.Hypervisor
+		want []string
+	}{
+		{"claims live migration", overclaims{d}, []string{"LiveMigration"}},
+		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation"}},
+	} {
+		if got := mismatches(tc.h); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: mismatches %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+type overclaims struct{ *sim.Driver }
+
+func (o overclaims) Capabilities() driver.Capabilities {
+	c := o.Driver.Capabilities()
+	c.LiveMigration = true
+	return c
+}
+
+type hides struct{ driver.Hypervisor }
+
+// A flag added to Capabilities without a row in optional would go
+// unchecked.
+func TestEveryCapabilityChecked(t *testing.T) {
+	var flags, rows []string
+	for f := range reflect.TypeFor[driver.Capabilities]().Fields() {
+		flags = append(flags, f.Name)
+	}
+	for _, o := range optional {
+		rows = append(rows, o.flag)
+	}
+	slices.Sort(flags)
+	slices.Sort(rows)
+	if !slices.Equal(flags, rows) {
+		t.Errorf("Capabilities fields %v, checked flags %v", flags, rows)
+	}
+}
