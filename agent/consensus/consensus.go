@@ -41,11 +41,18 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// StateMachine is the FSM Raft applies the log to; Index is the last
+// index it applied, for ReadMeta.
+type StateMachine interface {
+	raft.FSM
+	Index() uint64
+}
+
 // Node is an open Raft node.
 type Node struct {
 	name  string
 	log   *slog.Logger
-	fsm   *fsm.FSM
+	fsm   StateMachine
 	raft  *raft.Raft
 	store *raftboltdb.BoltStore
 	trans *raft.NetworkTransport
@@ -65,7 +72,7 @@ type Node struct {
 const applyTimeout = 10 * time.Second
 
 // Open opens the log in cfg.Dir and starts Raft over f.
-func Open(cfg Config, f *fsm.FSM) (*Node, error) {
+func Open(cfg Config, f StateMachine) (*Node, error) {
 	n := &Node{name: cfg.Name, log: cfg.Logger, fsm: f}
 	if n.log == nil {
 		n.log = logging.Discard()

@@ -32,14 +32,16 @@ func FromMembership(e heartbeat.Event) Event {
 // Observe wraps f so that every command it applies is published to b.
 // The FSM itself stays free of it: it is pure, and replays the same log
 // the same way with or without subscribers.
-func Observe(f *fsm.FSM, b *Broker) raft.FSM { return &observed{FSM: f, b: b} }
+func Observe(f *fsm.FSM, b *Broker) *Observed { return &Observed{FSM: f, b: b} }
 
-type observed struct {
+// Observed is an FSM whose applies are published.
+type Observed struct {
 	*fsm.FSM
 	b *Broker
 }
 
-func (o *observed) Apply(l *raft.Log) any {
+// Apply implements raft.FSM.
+func (o *Observed) Apply(l *raft.Log) any {
 	res := o.FSM.Apply(l)
 	if l.Type == raft.LogCommand {
 		if e, ok := FromCommand(l.Index, l.Data, res); ok {
