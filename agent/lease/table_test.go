@@ -1,0 +1,150 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/internal/fsmtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"github.com/haven-ha/haven/quorum"
+)
+
+var testConfig = quorum.LeaseConfig{Lease: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
+
+func epochs(resp *havenv1.RenewLeaseResponse) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, g := range resp.GetGroups() {
+		out[g.GetName()] = g.GetEpoch()
+	}
+	return out
+}
+
+// renew asks for a grant while Serve runs.
+func renew(t *testing.T, tb *Table, node string) (*havenv1.RenewLeaseResponse, error) {
+	t.Helper()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { tb.Serve(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return tb.Renew(ctx, node)
+}
+
+// Step 5: a grant lists the node's active groups at their epochs and leaves
+// out a group whose move the leader has decided but not yet applied, so
+// the node cannot thaw it while it is being restarted elsewhere.
+func TestGrantOmitsPendingMoves(t *testing.T) {
+	l := fsmtest.New(t)
+	web := l.StartOn("web", "n2")
+	db := l.Create(fsmtest.VMGroup("db"))
+	db = l.Assign("db", "n2")
+	l.StartOn("old", "n2")
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: "old", ExpectEpoch: l.FSM.Group("old").GetEpoch(), ExpectDesiredIndex: l.FSM.Group("old").GetDesiredIndex(), Owner: "n3",
+		State: havenv1.GroupState_GROUP_STATE_STARTING}}})
+	l.Create(fsmtest.VMGroup("off"))
+
+	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	now := time.Now()
+	tb.Begin(now, 1)
+	tb.Ready()
+	resp, err := renew(t, tb, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := epochs(resp); len(got) != 2 || got["web"] != web.GetEpoch() || got["db"] != db.GetEpoch() {
+		t.Fatalf("grant for n2 = %v, want web@%d and db@%d (old moved to n3, off is not assigned)", got, web.GetEpoch(), db.GetEpoch())
+	}
+	if resp.GetTerm() != 1 || resp.GetLeaseMillis() != 1500 {
+		t.Fatalf("term %d, lease %d ms", resp.GetTerm(), resp.GetLeaseMillis())
+	}
+	// n2 has been silent since the office began: once its failover time
+	// passes, db is claimed for a move and the next grant leaves it out.
+	due := tb.ClaimDue([]*havenv1.Group{db}, now.Add(testConfig.FailoverAfter+testConfig.Lease+time.Second))
+	if len(due) != 1 {
+		t.Fatalf("claimed %d groups, want db", len(due))
+	}
+	resp, err = renew(t, tb, "n2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := epochs(resp); len(got) != 1 || got["web"] != web.GetEpoch() {
+		t.Fatalf("grant with db pending = %v, want web only", got)
+	}
+	tb.Release("db")
+	resp, _ = renew(t, tb, "n2")
+	if got := epochs(resp); got["db"] != db.GetEpoch() {
+		t.Fatalf("grant after db's release = %v, want db again", got)
+	}
+}
+
+// Step 3: before its barrier a new leader answers no renewal, and none
+// after its term ended; a renewal queued when the term ends is refused.
+func TestNoGrantOutsideOffice(t *testing.T) {
+	tb := NewTable(testConfig, fsmtest.New(t).FSM, func() error { return nil })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := tb.Renew(ctx, "n2"); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("renewal outside a term: %v, want ErrNotReady", err)
+	}
+	tb.Begin(time.Now(), 1)
+	if _, err := tb.Renew(ctx, "n2"); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("renewal before the barrier: %v, want ErrNotReady", err)
+	}
+	tb.Ready()
+	queued := make(chan error, 1)
+	go func() { _, err := tb.Renew(ctx, "n2"); queued <- err }()
+	for {
+		tb.mu.Lock()
+		n := len(tb.queue)
+		tb.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	tb.End()
+	if err := <-queued; !errors.Is(err, ErrUnverified) {
+		t.Fatalf("renewal queued when the term ended: %v, want ErrUnverified", err)
+	}
+	if _, err := tb.Renew(ctx, "n2"); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("renewal after leadership ended: %v, want ErrNotReady", err)
+	}
+}
+
+// Step 2: a batch whose verification fails grants nothing, and the node
+// is not counted as holding a lease.
+func TestNoGrantWithoutVerification(t *testing.T) {
+	lost := errors.New("lost quorum")
+	tb := NewTable(testConfig, fsmtest.New(t).FSM, func() error { return lost })
+	tb.Begin(time.Now(), 1)
+	tb.Ready()
+	if _, err := renew(t, tb, "n2"); !errors.Is(err, ErrUnverified) {
+		t.Fatalf("renewal with a failed verification: %v", err)
+	}
+	if tb.Holds("n2", time.Now()) {
+		t.Fatal("n2 holds a lease it was never granted")
+	}
+}
+
+// A group assigned by this leader gets its failover time counted from the
+// assignment, whatever its node's silence before.
+func TestFailoverCountsFromAssignment(t *testing.T) {
+	l := fsmtest.New(t)
+	web := l.StartOn("web", "n2")
+	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	office := time.Now()
+	tb.Begin(office, 1)
+	tb.Ready()
+	late := office.Add(testConfig.FailoverAfter + testConfig.Lease + time.Second)
+	tb.Assigned("web", late.Add(-time.Second))
+	if due := tb.ClaimDue([]*havenv1.Group{web}, late); len(due) != 0 {
+		t.Fatal("a group assigned a second ago is due for failover")
+	}
+	if due := tb.ClaimDue([]*havenv1.Group{web}, late.Add(testConfig.FailoverAfter+testConfig.Lease)); len(due) != 1 {
+		t.Fatal("a group silent past its failover time since its assignment is not due")
+	}
+}
