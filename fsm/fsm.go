@@ -28,15 +28,16 @@ import (
 const RequestRetention = time.Hour
 
 // Code classifies a rule violation; it maps to a gRPC status at the API.
-// Values are stored in snapshots: append only.
-type Code uint32
+// It is the protobuf enum stored in snapshots, so its numbers are fixed by
+// the .proto file rather than by the order of a Go const block.
+type Code = havenv1.ErrorCode
 
 const (
-	CodeOK Code = iota
-	CodeInvalidArgument
-	CodeNotFound
-	CodeAlreadyExists
-	CodeFailedPrecondition
+	CodeOK                 = havenv1.ErrorCode_ERROR_CODE_UNSPECIFIED
+	CodeInvalidArgument    = havenv1.ErrorCode_ERROR_CODE_INVALID_ARGUMENT
+	CodeNotFound           = havenv1.ErrorCode_ERROR_CODE_NOT_FOUND
+	CodeAlreadyExists      = havenv1.ErrorCode_ERROR_CODE_ALREADY_EXISTS
+	CodeFailedPrecondition = havenv1.ErrorCode_ERROR_CODE_FAILED_PRECONDITION
 )
 
 // Error is a command that was committed but refused by a business rule. It
@@ -117,8 +118,8 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 	if id := c.GetRequestId(); id != "" {
 		if prev, ok := s.requests[id]; ok {
 			r := &Result{Index: prev.GetIndex(), Duplicate: true}
-			if prev.GetErrorCode() != 0 {
-				r.Err = &Error{Code: Code(prev.GetErrorCode()), Msg: prev.GetErrorMessage()}
+			if prev.GetErrorCode() != CodeOK {
+				r.Err = &Error{Code: prev.GetErrorCode(), Msg: prev.GetErrorMessage()}
 			}
 			return r
 		}
@@ -151,7 +152,7 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 	if id := c.GetRequestId(); id != "" {
 		ar := &havenv1.AppliedRequest{RequestId: id, Index: index, Time: c.GetTime()}
 		if err != nil {
-			ar.ErrorCode, ar.ErrorMessage = uint32(err.Code), err.Msg
+			ar.ErrorCode, ar.ErrorMessage = err.Code, err.Msg
 		}
 		s.requests[id] = ar
 		s.order = append(s.order, id)

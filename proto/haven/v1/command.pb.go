@@ -22,6 +22,65 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ErrorCode is why the state machine refused a committed command. The
+// numbers are stored in snapshots (AppliedRequest.error_code, once a
+// uint32 with these same values): append only, never renumber.
+type ErrorCode int32
+
+const (
+	// The command was applied.
+	ErrorCode_ERROR_CODE_UNSPECIFIED         ErrorCode = 0
+	ErrorCode_ERROR_CODE_INVALID_ARGUMENT    ErrorCode = 1
+	ErrorCode_ERROR_CODE_NOT_FOUND           ErrorCode = 2
+	ErrorCode_ERROR_CODE_ALREADY_EXISTS      ErrorCode = 3
+	ErrorCode_ERROR_CODE_FAILED_PRECONDITION ErrorCode = 4
+)
+
+// Enum value maps for ErrorCode.
+var (
+	ErrorCode_name = map[int32]string{
+		0: "ERROR_CODE_UNSPECIFIED",
+		1: "ERROR_CODE_INVALID_ARGUMENT",
+		2: "ERROR_CODE_NOT_FOUND",
+		3: "ERROR_CODE_ALREADY_EXISTS",
+		4: "ERROR_CODE_FAILED_PRECONDITION",
+	}
+	ErrorCode_value = map[string]int32{
+		"ERROR_CODE_UNSPECIFIED":         0,
+		"ERROR_CODE_INVALID_ARGUMENT":    1,
+		"ERROR_CODE_NOT_FOUND":           2,
+		"ERROR_CODE_ALREADY_EXISTS":      3,
+		"ERROR_CODE_FAILED_PRECONDITION": 4,
+	}
+)
+
+func (x ErrorCode) Enum() *ErrorCode {
+	p := new(ErrorCode)
+	*p = x
+	return p
+}
+
+func (x ErrorCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_command_proto_enumTypes[0].Descriptor()
+}
+
+func (ErrorCode) Type() protoreflect.EnumType {
+	return &file_haven_v1_command_proto_enumTypes[0]
+}
+
+func (x ErrorCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorCode.Descriptor instead.
+func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{0}
+}
+
 // Command is the one Raft log entry type. Field numbers of the oneof are
 // append-only: the log holds every command ever written.
 type Command struct {
@@ -826,13 +885,12 @@ func (x *SetNodeDrainCommand) GetDraining() bool {
 
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Index     uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	Time      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	// Zero when the command succeeded, else an fsm error code.
-	ErrorCode     uint32 `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	ErrorCode     ErrorCode              `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -888,11 +946,11 @@ func (x *AppliedRequest) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *AppliedRequest) GetErrorCode() uint32 {
+func (x *AppliedRequest) GetErrorCode() ErrorCode {
 	if x != nil {
 		return x.ErrorCode
 	}
-	return 0
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
 }
 
 func (x *AppliedRequest) GetErrorMessage() string {
@@ -1114,14 +1172,14 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"E\n" +
 	"\x13SetNodeDrainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xb9\x01\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xce\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x122\n" +
 	"\n" +
-	"error_code\x18\x04 \x01(\rR\terrorCode\x12#\n" +
+	"error_code\x18\x04 \x01(\x0e2\x13.haven.v1.ErrorCodeR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
@@ -1130,7 +1188,13 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeH\x00R\x04node\x12'\n" +
 	"\x05group\x18\x02 \x01(\v2\x0f.haven.v1.GroupH\x00R\x05group\x12C\n" +
 	"\x0fapplied_request\x18\x03 \x01(\v2\x18.haven.v1.AppliedRequestH\x00R\x0eappliedRequestB\b\n" +
-	"\x06recordB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\x06record*\xa5\x01\n" +
+	"\tErrorCode\x12\x1a\n" +
+	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n" +
+	"\x14ERROR_CODE_NOT_FOUND\x10\x02\x12\x1d\n" +
+	"\x19ERROR_CODE_ALREADY_EXISTS\x10\x03\x12\"\n" +
+	"\x1eERROR_CODE_FAILED_PRECONDITION\x10\x04B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_command_proto_rawDescOnce sync.Once
@@ -1144,58 +1208,61 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 	return file_haven_v1_command_proto_rawDescData
 }
 
+var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_haven_v1_command_proto_goTypes = []any{
-	(*Command)(nil),               // 0: haven.v1.Command
-	(*UpsertNodeCommand)(nil),     // 1: haven.v1.UpsertNodeCommand
-	(*SetNodeStatusCommand)(nil),  // 2: haven.v1.SetNodeStatusCommand
-	(*CreateGroupCommand)(nil),    // 3: haven.v1.CreateGroupCommand
-	(*DeleteGroupCommand)(nil),    // 4: haven.v1.DeleteGroupCommand
-	(*AssignGroupCommand)(nil),    // 5: haven.v1.AssignGroupCommand
-	(*SetGroupStateCommand)(nil),  // 6: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 7: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 8: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 9: haven.v1.SetNodeDrainCommand
-	(*AppliedRequest)(nil),        // 10: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 11: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 12: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*Node)(nil),                  // 14: haven.v1.Node
-	(NodeStatus)(0),               // 15: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 16: haven.v1.GroupSpec
-	(GroupState)(0),               // 17: haven.v1.GroupState
-	(DesiredState)(0),             // 18: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 19: haven.v1.GroupFailure
-	(*Group)(nil),                 // 20: haven.v1.Group
+	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
+	(*Command)(nil),               // 1: haven.v1.Command
+	(*UpsertNodeCommand)(nil),     // 2: haven.v1.UpsertNodeCommand
+	(*SetNodeStatusCommand)(nil),  // 3: haven.v1.SetNodeStatusCommand
+	(*CreateGroupCommand)(nil),    // 4: haven.v1.CreateGroupCommand
+	(*DeleteGroupCommand)(nil),    // 5: haven.v1.DeleteGroupCommand
+	(*AssignGroupCommand)(nil),    // 6: haven.v1.AssignGroupCommand
+	(*SetGroupStateCommand)(nil),  // 7: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 8: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 9: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 10: haven.v1.SetNodeDrainCommand
+	(*AppliedRequest)(nil),        // 11: haven.v1.AppliedRequest
+	(*SnapshotHeader)(nil),        // 12: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 13: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*Node)(nil),                  // 15: haven.v1.Node
+	(NodeStatus)(0),               // 16: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 17: haven.v1.GroupSpec
+	(GroupState)(0),               // 18: haven.v1.GroupState
+	(DesiredState)(0),             // 19: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 20: haven.v1.GroupFailure
+	(*Group)(nil),                 // 21: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	13, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
-	2,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
-	3,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
-	4,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
-	5,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	6,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	9,  // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	7,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	8,  // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
-	14, // 10: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	15, // 11: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	16, // 12: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	17, // 13: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	18, // 14: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	19, // 15: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	17, // 16: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	17, // 17: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	13, // 18: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	14, // 19: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	20, // 20: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	10, // 21: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	14, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
+	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
+	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
+	5,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
+	6,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
+	7,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	10, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	8,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	9,  // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	15, // 10: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	16, // 11: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	17, // 12: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	18, // 13: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	19, // 14: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	20, // 15: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	18, // 16: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	18, // 17: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	14, // 18: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 19: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	15, // 20: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	21, // 21: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	11, // 22: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -1225,13 +1292,14 @@ func file_haven_v1_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_haven_v1_command_proto_goTypes,
 		DependencyIndexes: file_haven_v1_command_proto_depIdxs,
+		EnumInfos:         file_haven_v1_command_proto_enumTypes,
 		MessageInfos:      file_haven_v1_command_proto_msgTypes,
 	}.Build()
 	File_haven_v1_command_proto = out.File
