@@ -102,6 +102,7 @@ type Command struct {
 	//	*Command_SetNodeDrain
 	//	*Command_StopGroup
 	//	*Command_ReportGroup
+	//	*Command_AssignGroups
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -239,6 +240,15 @@ func (x *Command) GetReportGroup() *ReportGroupCommand {
 	return nil
 }
 
+func (x *Command) GetAssignGroups() *AssignGroupsCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AssignGroups); ok {
+			return x.AssignGroups
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -279,6 +289,10 @@ type Command_ReportGroup struct {
 	ReportGroup *ReportGroupCommand `protobuf:"bytes,18,opt,name=report_group,json=reportGroup,proto3,oneof"`
 }
 
+type Command_AssignGroups struct {
+	AssignGroups *AssignGroupsCommand `protobuf:"bytes,19,opt,name=assign_groups,json=assignGroups,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -296,6 +310,8 @@ func (*Command_SetNodeDrain) isCommand_Cmd() {}
 func (*Command_StopGroup) isCommand_Cmd() {}
 
 func (*Command_ReportGroup) isCommand_Cmd() {}
+
+func (*Command_AssignGroups) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -600,6 +616,56 @@ func (x *AssignGroupCommand) GetClearFailures() bool {
 	return false
 }
 
+// AssignGroupsCommand is many assignments in one log entry, so that the
+// failover of a node with hundreds of groups is one Raft commit. Each is
+// applied as its own AssignGroupCommand at this command's index and time,
+// in order: one refused changes nothing and does not stop the others.
+// An agent older than this command refuses it as unknown, so its state
+// would part from the others': propose it only once every server knows it.
+type AssignGroupsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Assignments   []*AssignGroupCommand  `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignGroupsCommand) Reset() {
+	*x = AssignGroupsCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignGroupsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignGroupsCommand) ProtoMessage() {}
+
+func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignGroupsCommand.ProtoReflect.Descriptor instead.
+func (*AssignGroupsCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AssignGroupsCommand) GetAssignments() []*AssignGroupCommand {
+	if x != nil {
+		return x.Assignments
+	}
+	return nil
+}
+
 // SetGroupStateCommand is the leader's planned move: the group, online at
 // epoch and still meant to run (expect_desired_index), stops on its owner
 // and restarts on move_to once offline.
@@ -617,7 +683,7 @@ type SetGroupStateCommand struct {
 
 func (x *SetGroupStateCommand) Reset() {
 	*x = SetGroupStateCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +695,7 @@ func (x *SetGroupStateCommand) String() string {
 func (*SetGroupStateCommand) ProtoMessage() {}
 
 func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +708,7 @@ func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
 func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetGroupStateCommand) GetName() string {
@@ -700,7 +766,7 @@ type StopGroupCommand struct {
 
 func (x *StopGroupCommand) Reset() {
 	*x = StopGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +778,7 @@ func (x *StopGroupCommand) String() string {
 func (*StopGroupCommand) ProtoMessage() {}
 
 func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +791,7 @@ func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
 func (*StopGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StopGroupCommand) GetName() string {
@@ -760,7 +826,7 @@ type ReportGroupCommand struct {
 
 func (x *ReportGroupCommand) Reset() {
 	*x = ReportGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +838,7 @@ func (x *ReportGroupCommand) String() string {
 func (*ReportGroupCommand) ProtoMessage() {}
 
 func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +851,7 @@ func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
 func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportGroupCommand) GetName() string {
@@ -841,7 +907,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +919,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +932,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -885,19 +951,22 @@ func (x *SetNodeDrainCommand) GetDraining() bool {
 
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	ErrorCode     ErrorCode              `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	RequestId    string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Index        uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Time         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	ErrorCode    ErrorCode              `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage string                 `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// For an AssignGroupsCommand, the outcome of each assignment in order,
+	// so that a retried batch learns which ones were refused.
+	Items         []*AppliedItem `protobuf:"bytes,6,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +978,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +991,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -960,6 +1029,66 @@ func (x *AppliedRequest) GetErrorMessage() string {
 	return ""
 }
 
+func (x *AppliedRequest) GetItems() []*AppliedItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// AppliedItem is the outcome of one item of a batch command.
+type AppliedItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ErrorCode     ErrorCode              `protobuf:"varint,1,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,2,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedItem) Reset() {
+	*x = AppliedItem{}
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedItem) ProtoMessage() {}
+
+func (x *AppliedItem) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
+func (*AppliedItem) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AppliedItem) GetErrorCode() ErrorCode {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *AppliedItem) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 // SnapshotHeader starts a snapshot; records follow, length-delimited.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -971,7 +1100,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1112,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1125,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1028,7 +1157,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1169,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1182,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1116,7 +1245,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xc3\x05\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x89\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1132,7 +1261,8 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x0eset_node_drain\x18\x10 \x01(\v2\x1d.haven.v1.SetNodeDrainCommandH\x00R\fsetNodeDrain\x12;\n" +
 	"\n" +
 	"stop_group\x18\x11 \x01(\v2\x1a.haven.v1.StopGroupCommandH\x00R\tstopGroup\x12A\n" +
-	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroupB\x05\n" +
+	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroup\x12D\n" +
+	"\rassign_groups\x18\x13 \x01(\v2\x1d.haven.v1.AssignGroupsCommandH\x00R\fassignGroupsB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -1152,7 +1282,9 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x14expect_desired_index\x18\x06 \x01(\x04R\x12expectDesiredIndex\x120\n" +
 	"\adesired\x18\a \x01(\x0e2\x16.haven.v1.DesiredStateR\adesired\x120\n" +
 	"\afailure\x18\b \x01(\v2\x16.haven.v1.GroupFailureR\afailure\x12%\n" +
-	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"\xcf\x01\n" +
+	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"U\n" +
+	"\x13AssignGroupsCommand\x12>\n" +
+	"\vassignments\x18\x01 \x03(\v2\x1c.haven.v1.AssignGroupCommandR\vassignments\"\xcf\x01\n" +
 	"\x14SetGroupStateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
@@ -1172,7 +1304,7 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"E\n" +
 	"\x13SetNodeDrainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xce\x01\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xfb\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1180,7 +1312,12 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x122\n" +
 	"\n" +
 	"error_code\x18\x04 \x01(\x0e2\x13.haven.v1.ErrorCodeR\terrorCode\x12#\n" +
-	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"@\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\x12+\n" +
+	"\x05items\x18\x06 \x03(\v2\x15.haven.v1.AppliedItemR\x05items\"f\n" +
+	"\vAppliedItem\x122\n" +
+	"\n" +
+	"error_code\x18\x01 \x01(\x0e2\x13.haven.v1.ErrorCodeR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\xae\x01\n" +
@@ -1209,7 +1346,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
@@ -1218,51 +1355,57 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*CreateGroupCommand)(nil),    // 4: haven.v1.CreateGroupCommand
 	(*DeleteGroupCommand)(nil),    // 5: haven.v1.DeleteGroupCommand
 	(*AssignGroupCommand)(nil),    // 6: haven.v1.AssignGroupCommand
-	(*SetGroupStateCommand)(nil),  // 7: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 8: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 9: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 10: haven.v1.SetNodeDrainCommand
-	(*AppliedRequest)(nil),        // 11: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 12: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 13: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*Node)(nil),                  // 15: haven.v1.Node
-	(NodeStatus)(0),               // 16: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 17: haven.v1.GroupSpec
-	(GroupState)(0),               // 18: haven.v1.GroupState
-	(DesiredState)(0),             // 19: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 20: haven.v1.GroupFailure
-	(*Group)(nil),                 // 21: haven.v1.Group
+	(*AssignGroupsCommand)(nil),   // 7: haven.v1.AssignGroupsCommand
+	(*SetGroupStateCommand)(nil),  // 8: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 9: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 10: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 11: haven.v1.SetNodeDrainCommand
+	(*AppliedRequest)(nil),        // 12: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 13: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 14: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 15: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*Node)(nil),                  // 17: haven.v1.Node
+	(NodeStatus)(0),               // 18: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 19: haven.v1.GroupSpec
+	(GroupState)(0),               // 20: haven.v1.GroupState
+	(DesiredState)(0),             // 21: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 22: haven.v1.GroupFailure
+	(*Group)(nil),                 // 23: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	14, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	16, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
 	5,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
 	6,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	7,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	10, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	8,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	9,  // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
-	15, // 10: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	16, // 11: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	17, // 12: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	18, // 13: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	19, // 14: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	20, // 15: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	18, // 16: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	18, // 17: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	14, // 18: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 19: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	15, // 20: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	21, // 21: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	11, // 22: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	8,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	11, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	9,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	10, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	7,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
+	17, // 11: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	18, // 12: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	19, // 13: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	20, // 14: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	21, // 15: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	22, // 16: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	6,  // 17: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	20, // 18: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	20, // 19: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	16, // 20: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 21: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	13, // 22: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 23: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	17, // 24: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	23, // 25: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	12, // 26: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -1281,8 +1424,9 @@ func file_haven_v1_command_proto_init() {
 		(*Command_SetNodeDrain)(nil),
 		(*Command_StopGroup)(nil),
 		(*Command_ReportGroup)(nil),
+		(*Command_AssignGroups)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[12].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[14].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -1293,7 +1437,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
