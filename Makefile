@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint tidy-check proto-check unit integration scenario chaos concurrency
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario chaos concurrency
 
 all: build
 
@@ -13,11 +13,36 @@ proto:
 lint:
 	$(GO) tool buf lint
 
-check: lint
+check: lint breaking
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 	$(MAKE) proto-check tidy-check
+
+# breaking: the Raft log and snapshots are kept forever, so the protos must
+# still read all that was written with the ones before. The baseline is the
+# branch main, which a branch merges into (a branch that main has moved past
+# fails until rebased, so two branches cannot take one field number). In a
+# worktree ".git" is a file; buf reads it as well. In a clone of main, as CI
+# runs, only uncommitted edits differ from the baseline: the gate is make
+# check on the branch before it merges. Without a main ref the remote's
+# default branch (origin/HEAD) is the baseline; with neither (an export, a
+# single-branch clone) there is nothing to compare with, and the check says
+# so and passes rather than fail for want of a baseline. BREAKING_AGAINST
+# (any buf input) sets it. proto/reviewed-breaks.txt lists, as path:message,
+# the breaks buf reports that were reviewed as safe for stored data.
+breaking:
+	@against='$(BREAKING_AGAINST)'; \
+	if [ -z "$$against" ]; then \
+		for ref in refs/heads/main $$(git symbolic-ref -q refs/remotes/origin/HEAD 2>/dev/null); do \
+			if git rev-parse -q --verify "$$ref^{commit}" >/dev/null 2>&1; then against=".git#ref=$$ref"; break; fi; \
+		done; \
+	fi; \
+	if [ -z "$$against" ]; then echo "buf breaking: SKIPPED: no main branch and no origin/HEAD to compare with; set BREAKING_AGAINST"; exit 0; fi; \
+	rc=0; out=$$($(GO) tool buf breaking --against "$$against") || rc=$$?; \
+	if [ $$rc -ne 100 ]; then [ -n "$$out" ] && echo "$$out"; exit $$rc; fi; \
+	left=$$(printf '%s\n' "$$out" | awk 'BEGIN { while ((getline l < "proto/reviewed-breaks.txt") > 0) ok[l] } { k = $$0; sub(/:[0-9]+:[0-9]+:/, ":", k) } k != "" && !(k in ok)'); \
+	if [ -n "$$left" ]; then echo "buf breaking against $$against:"; echo "$$left"; exit 1; fi
 
 proto-check:
 	@$(GO) tool buf generate

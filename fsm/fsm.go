@@ -28,15 +28,16 @@ import (
 const RequestRetention = time.Hour
 
 // Code classifies a rule violation; it maps to a gRPC status at the API.
-// Values are stored in snapshots: append only.
-type Code uint32
+// It is the protobuf enum stored in snapshots, so its numbers are fixed by
+// the .proto file rather than by the order of a Go const block.
+type Code = havenv1.ErrorCode
 
 const (
-	CodeOK Code = iota
-	CodeInvalidArgument
-	CodeNotFound
-	CodeAlreadyExists
-	CodeFailedPrecondition
+	CodeOK                 = havenv1.ErrorCode_ERROR_CODE_UNSPECIFIED
+	CodeInvalidArgument    = havenv1.ErrorCode_ERROR_CODE_INVALID_ARGUMENT
+	CodeNotFound           = havenv1.ErrorCode_ERROR_CODE_NOT_FOUND
+	CodeAlreadyExists      = havenv1.ErrorCode_ERROR_CODE_ALREADY_EXISTS
+	CodeFailedPrecondition = havenv1.ErrorCode_ERROR_CODE_FAILED_PRECONDITION
 )
 
 // Error is a command that was committed but refused by a business rule. It
@@ -58,6 +59,10 @@ type Result struct {
 	// request, the index of its first application.
 	Index uint64
 	Err   *Error
+	// Items has one entry per item of a batch command (AssignGroups), in
+	// order: nil where the item was applied, else why it was refused. Err
+	// stays nil for a batch, since its items succeed or fail apart.
+	Items []*Error
 	// Duplicate is set when the request id was applied before.
 	Duplicate bool
 }
@@ -117,13 +122,21 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 	if id := c.GetRequestId(); id != "" {
 		if prev, ok := s.requests[id]; ok {
 			r := &Result{Index: prev.GetIndex(), Duplicate: true}
-			if prev.GetErrorCode() != 0 {
-				r.Err = &Error{Code: Code(prev.GetErrorCode()), Msg: prev.GetErrorMessage()}
+			if prev.GetErrorCode() != CodeOK {
+				r.Err = &Error{Code: prev.GetErrorCode(), Msg: prev.GetErrorMessage()}
+			}
+			for _, it := range prev.GetItems() {
+				var e *Error
+				if it.GetErrorCode() != CodeOK {
+					e = &Error{Code: it.GetErrorCode(), Msg: it.GetErrorMessage()}
+				}
+				r.Items = append(r.Items, e)
 			}
 			return r
 		}
 	}
 	var err *Error
+	var items []*Error
 	switch cmd := c.Cmd.(type) {
 	case *havenv1.Command_UpsertNode:
 		err = s.upsertNode(index, cmd.UpsertNode, now)
@@ -135,6 +148,8 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.deleteGroup(cmd.DeleteGroup)
 	case *havenv1.Command_AssignGroup:
 		err = s.assignGroup(index, cmd.AssignGroup, now)
+	case *havenv1.Command_AssignGroups:
+		items = s.assignGroups(index, cmd.AssignGroups, now)
 	case *havenv1.Command_SetGroupState:
 		err = s.setGroupState(index, cmd.SetGroupState, now)
 	case *havenv1.Command_StopGroup:
@@ -151,12 +166,19 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 	if id := c.GetRequestId(); id != "" {
 		ar := &havenv1.AppliedRequest{RequestId: id, Index: index, Time: c.GetTime()}
 		if err != nil {
-			ar.ErrorCode, ar.ErrorMessage = uint32(err.Code), err.Msg
+			ar.ErrorCode, ar.ErrorMessage = err.Code, err.Msg
+		}
+		for _, e := range items {
+			it := &havenv1.AppliedItem{}
+			if e != nil {
+				it.ErrorCode, it.ErrorMessage = e.Code, e.Msg
+			}
+			ar.Items = append(ar.Items, it)
 		}
 		s.requests[id] = ar
 		s.order = append(s.order, id)
 	}
-	return &Result{Index: index, Err: err}
+	return &Result{Index: index, Err: err, Items: items}
 }
 
 // prune forgets request ids older than RequestRetention. order is in apply

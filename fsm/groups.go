@@ -184,6 +184,17 @@ func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand, now tim
 	return nil
 }
 
+// assignGroups applies each assignment exactly as a command of its own
+// would be, all at one index, so a batch and the same assignments sent
+// one by one decide alike.
+func (s *state) assignGroups(index uint64, c *havenv1.AssignGroupsCommand, now time.Time) []*Error {
+	var errs []*Error
+	for _, a := range c.GetAssignments() {
+		errs = append(errs, s.assignGroup(index, a, now))
+	}
+	return errs
+}
+
 // maxFailures bounds Group.failures: one entry per node, the oldest
 // dropped first.
 const maxFailures = 16

@@ -22,6 +22,65 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ErrorCode is why the state machine refused a committed command. The
+// numbers are stored in snapshots (AppliedRequest.error_code, once a
+// uint32 with these same values): append only, never renumber.
+type ErrorCode int32
+
+const (
+	// The command was applied.
+	ErrorCode_ERROR_CODE_UNSPECIFIED         ErrorCode = 0
+	ErrorCode_ERROR_CODE_INVALID_ARGUMENT    ErrorCode = 1
+	ErrorCode_ERROR_CODE_NOT_FOUND           ErrorCode = 2
+	ErrorCode_ERROR_CODE_ALREADY_EXISTS      ErrorCode = 3
+	ErrorCode_ERROR_CODE_FAILED_PRECONDITION ErrorCode = 4
+)
+
+// Enum value maps for ErrorCode.
+var (
+	ErrorCode_name = map[int32]string{
+		0: "ERROR_CODE_UNSPECIFIED",
+		1: "ERROR_CODE_INVALID_ARGUMENT",
+		2: "ERROR_CODE_NOT_FOUND",
+		3: "ERROR_CODE_ALREADY_EXISTS",
+		4: "ERROR_CODE_FAILED_PRECONDITION",
+	}
+	ErrorCode_value = map[string]int32{
+		"ERROR_CODE_UNSPECIFIED":         0,
+		"ERROR_CODE_INVALID_ARGUMENT":    1,
+		"ERROR_CODE_NOT_FOUND":           2,
+		"ERROR_CODE_ALREADY_EXISTS":      3,
+		"ERROR_CODE_FAILED_PRECONDITION": 4,
+	}
+)
+
+func (x ErrorCode) Enum() *ErrorCode {
+	p := new(ErrorCode)
+	*p = x
+	return p
+}
+
+func (x ErrorCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_command_proto_enumTypes[0].Descriptor()
+}
+
+func (ErrorCode) Type() protoreflect.EnumType {
+	return &file_haven_v1_command_proto_enumTypes[0]
+}
+
+func (x ErrorCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorCode.Descriptor instead.
+func (ErrorCode) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{0}
+}
+
 // Command is the one Raft log entry type. Field numbers of the oneof are
 // append-only: the log holds every command ever written.
 type Command struct {
@@ -43,6 +102,7 @@ type Command struct {
 	//	*Command_SetNodeDrain
 	//	*Command_StopGroup
 	//	*Command_ReportGroup
+	//	*Command_AssignGroups
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -180,6 +240,15 @@ func (x *Command) GetReportGroup() *ReportGroupCommand {
 	return nil
 }
 
+func (x *Command) GetAssignGroups() *AssignGroupsCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AssignGroups); ok {
+			return x.AssignGroups
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -220,6 +289,10 @@ type Command_ReportGroup struct {
 	ReportGroup *ReportGroupCommand `protobuf:"bytes,18,opt,name=report_group,json=reportGroup,proto3,oneof"`
 }
 
+type Command_AssignGroups struct {
+	AssignGroups *AssignGroupsCommand `protobuf:"bytes,19,opt,name=assign_groups,json=assignGroups,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -237,6 +310,8 @@ func (*Command_SetNodeDrain) isCommand_Cmd() {}
 func (*Command_StopGroup) isCommand_Cmd() {}
 
 func (*Command_ReportGroup) isCommand_Cmd() {}
+
+func (*Command_AssignGroups) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -541,6 +616,56 @@ func (x *AssignGroupCommand) GetClearFailures() bool {
 	return false
 }
 
+// AssignGroupsCommand is many assignments in one log entry, so that the
+// failover of a node with hundreds of groups is one Raft commit. Each is
+// applied as its own AssignGroupCommand at this command's index and time,
+// in order: one refused changes nothing and does not stop the others.
+// An agent older than this command refuses it as unknown, so its state
+// would part from the others': propose it only once every server knows it.
+type AssignGroupsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Assignments   []*AssignGroupCommand  `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignGroupsCommand) Reset() {
+	*x = AssignGroupsCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignGroupsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignGroupsCommand) ProtoMessage() {}
+
+func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignGroupsCommand.ProtoReflect.Descriptor instead.
+func (*AssignGroupsCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AssignGroupsCommand) GetAssignments() []*AssignGroupCommand {
+	if x != nil {
+		return x.Assignments
+	}
+	return nil
+}
+
 // SetGroupStateCommand is the leader's planned move: the group, online at
 // epoch and still meant to run (expect_desired_index), stops on its owner
 // and restarts on move_to once offline.
@@ -558,7 +683,7 @@ type SetGroupStateCommand struct {
 
 func (x *SetGroupStateCommand) Reset() {
 	*x = SetGroupStateCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +695,7 @@ func (x *SetGroupStateCommand) String() string {
 func (*SetGroupStateCommand) ProtoMessage() {}
 
 func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +708,7 @@ func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
 func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetGroupStateCommand) GetName() string {
@@ -641,7 +766,7 @@ type StopGroupCommand struct {
 
 func (x *StopGroupCommand) Reset() {
 	*x = StopGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +778,7 @@ func (x *StopGroupCommand) String() string {
 func (*StopGroupCommand) ProtoMessage() {}
 
 func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +791,7 @@ func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
 func (*StopGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StopGroupCommand) GetName() string {
@@ -701,7 +826,7 @@ type ReportGroupCommand struct {
 
 func (x *ReportGroupCommand) Reset() {
 	*x = ReportGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +838,7 @@ func (x *ReportGroupCommand) String() string {
 func (*ReportGroupCommand) ProtoMessage() {}
 
 func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +851,7 @@ func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
 func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportGroupCommand) GetName() string {
@@ -782,7 +907,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +919,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +932,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -826,20 +951,22 @@ func (x *SetNodeDrainCommand) GetDraining() bool {
 
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Index     uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	Time      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	// Zero when the command succeeded, else an fsm error code.
-	ErrorCode     uint32 `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	RequestId    string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Index        uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Time         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	ErrorCode    ErrorCode              `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage string                 `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// For an AssignGroupsCommand, the outcome of each assignment in order,
+	// so that a retried batch learns which ones were refused.
+	Items         []*AppliedItem `protobuf:"bytes,6,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +978,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +991,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -888,14 +1015,74 @@ func (x *AppliedRequest) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *AppliedRequest) GetErrorCode() uint32 {
+func (x *AppliedRequest) GetErrorCode() ErrorCode {
 	if x != nil {
 		return x.ErrorCode
 	}
-	return 0
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
 }
 
 func (x *AppliedRequest) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *AppliedRequest) GetItems() []*AppliedItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// AppliedItem is the outcome of one item of a batch command.
+type AppliedItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ErrorCode     ErrorCode              `protobuf:"varint,1,opt,name=error_code,json=errorCode,proto3,enum=haven.v1.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,2,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedItem) Reset() {
+	*x = AppliedItem{}
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedItem) ProtoMessage() {}
+
+func (x *AppliedItem) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
+func (*AppliedItem) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AppliedItem) GetErrorCode() ErrorCode {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *AppliedItem) GetErrorMessage() string {
 	if x != nil {
 		return x.ErrorMessage
 	}
@@ -913,7 +1100,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1112,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1125,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -970,7 +1157,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1169,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1182,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1058,7 +1245,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xc3\x05\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x89\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1074,7 +1261,8 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x0eset_node_drain\x18\x10 \x01(\v2\x1d.haven.v1.SetNodeDrainCommandH\x00R\fsetNodeDrain\x12;\n" +
 	"\n" +
 	"stop_group\x18\x11 \x01(\v2\x1a.haven.v1.StopGroupCommandH\x00R\tstopGroup\x12A\n" +
-	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroupB\x05\n" +
+	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroup\x12D\n" +
+	"\rassign_groups\x18\x13 \x01(\v2\x1d.haven.v1.AssignGroupsCommandH\x00R\fassignGroupsB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -1094,7 +1282,9 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x14expect_desired_index\x18\x06 \x01(\x04R\x12expectDesiredIndex\x120\n" +
 	"\adesired\x18\a \x01(\x0e2\x16.haven.v1.DesiredStateR\adesired\x120\n" +
 	"\afailure\x18\b \x01(\v2\x16.haven.v1.GroupFailureR\afailure\x12%\n" +
-	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"\xcf\x01\n" +
+	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"U\n" +
+	"\x13AssignGroupsCommand\x12>\n" +
+	"\vassignments\x18\x01 \x03(\v2\x1c.haven.v1.AssignGroupCommandR\vassignments\"\xcf\x01\n" +
 	"\x14SetGroupStateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
@@ -1114,15 +1304,20 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"E\n" +
 	"\x13SetNodeDrainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xb9\x01\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xfb\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x122\n" +
 	"\n" +
-	"error_code\x18\x04 \x01(\rR\terrorCode\x12#\n" +
-	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"@\n" +
+	"error_code\x18\x04 \x01(\x0e2\x13.haven.v1.ErrorCodeR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\x12+\n" +
+	"\x05items\x18\x06 \x03(\v2\x15.haven.v1.AppliedItemR\x05items\"f\n" +
+	"\vAppliedItem\x122\n" +
+	"\n" +
+	"error_code\x18\x01 \x01(\x0e2\x13.haven.v1.ErrorCodeR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\xae\x01\n" +
@@ -1130,7 +1325,13 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeH\x00R\x04node\x12'\n" +
 	"\x05group\x18\x02 \x01(\v2\x0f.haven.v1.GroupH\x00R\x05group\x12C\n" +
 	"\x0fapplied_request\x18\x03 \x01(\v2\x18.haven.v1.AppliedRequestH\x00R\x0eappliedRequestB\b\n" +
-	"\x06recordB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\x06record*\xa5\x01\n" +
+	"\tErrorCode\x12\x1a\n" +
+	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n" +
+	"\x14ERROR_CODE_NOT_FOUND\x10\x02\x12\x1d\n" +
+	"\x19ERROR_CODE_ALREADY_EXISTS\x10\x03\x12\"\n" +
+	"\x1eERROR_CODE_FAILED_PRECONDITION\x10\x04B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_command_proto_rawDescOnce sync.Once
@@ -1144,58 +1345,67 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 	return file_haven_v1_command_proto_rawDescData
 }
 
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_haven_v1_command_proto_goTypes = []any{
-	(*Command)(nil),               // 0: haven.v1.Command
-	(*UpsertNodeCommand)(nil),     // 1: haven.v1.UpsertNodeCommand
-	(*SetNodeStatusCommand)(nil),  // 2: haven.v1.SetNodeStatusCommand
-	(*CreateGroupCommand)(nil),    // 3: haven.v1.CreateGroupCommand
-	(*DeleteGroupCommand)(nil),    // 4: haven.v1.DeleteGroupCommand
-	(*AssignGroupCommand)(nil),    // 5: haven.v1.AssignGroupCommand
-	(*SetGroupStateCommand)(nil),  // 6: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 7: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 8: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 9: haven.v1.SetNodeDrainCommand
-	(*AppliedRequest)(nil),        // 10: haven.v1.AppliedRequest
-	(*SnapshotHeader)(nil),        // 11: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 12: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*Node)(nil),                  // 14: haven.v1.Node
-	(NodeStatus)(0),               // 15: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 16: haven.v1.GroupSpec
-	(GroupState)(0),               // 17: haven.v1.GroupState
-	(DesiredState)(0),             // 18: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 19: haven.v1.GroupFailure
-	(*Group)(nil),                 // 20: haven.v1.Group
+	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
+	(*Command)(nil),               // 1: haven.v1.Command
+	(*UpsertNodeCommand)(nil),     // 2: haven.v1.UpsertNodeCommand
+	(*SetNodeStatusCommand)(nil),  // 3: haven.v1.SetNodeStatusCommand
+	(*CreateGroupCommand)(nil),    // 4: haven.v1.CreateGroupCommand
+	(*DeleteGroupCommand)(nil),    // 5: haven.v1.DeleteGroupCommand
+	(*AssignGroupCommand)(nil),    // 6: haven.v1.AssignGroupCommand
+	(*AssignGroupsCommand)(nil),   // 7: haven.v1.AssignGroupsCommand
+	(*SetGroupStateCommand)(nil),  // 8: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 9: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 10: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 11: haven.v1.SetNodeDrainCommand
+	(*AppliedRequest)(nil),        // 12: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 13: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 14: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 15: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*Node)(nil),                  // 17: haven.v1.Node
+	(NodeStatus)(0),               // 18: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 19: haven.v1.GroupSpec
+	(GroupState)(0),               // 20: haven.v1.GroupState
+	(DesiredState)(0),             // 21: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 22: haven.v1.GroupFailure
+	(*Group)(nil),                 // 23: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	13, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
-	2,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
-	3,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
-	4,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
-	5,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	6,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	9,  // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	7,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	8,  // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
-	14, // 10: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	15, // 11: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	16, // 12: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	17, // 13: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	18, // 14: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	19, // 15: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	17, // 16: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	17, // 17: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	13, // 18: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	14, // 19: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	20, // 20: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	10, // 21: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	16, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
+	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
+	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
+	5,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
+	6,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
+	8,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	11, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	9,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	10, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	7,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
+	17, // 11: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	18, // 12: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	19, // 13: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	20, // 14: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	21, // 15: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	22, // 16: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	6,  // 17: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	20, // 18: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	20, // 19: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	16, // 20: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 21: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	13, // 22: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 23: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	17, // 24: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	23, // 25: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	12, // 26: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -1214,8 +1424,9 @@ func file_haven_v1_command_proto_init() {
 		(*Command_SetNodeDrain)(nil),
 		(*Command_StopGroup)(nil),
 		(*Command_ReportGroup)(nil),
+		(*Command_AssignGroups)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[12].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[14].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -1225,13 +1436,14 @@ func file_haven_v1_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   13,
+			NumEnums:      1,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_haven_v1_command_proto_goTypes,
 		DependencyIndexes: file_haven_v1_command_proto_depIdxs,
+		EnumInfos:         file_haven_v1_command_proto_enumTypes,
 		MessageInfos:      file_haven_v1_command_proto_msgTypes,
 	}.Build()
 	File_haven_v1_command_proto = out.File
