@@ -93,11 +93,25 @@ func failoverCommand(g *havenv1.Group, targets, why map[string]string) *havenv1.
 	return cmd
 }
 
-// assignAll commits assignments and returns each one's outcome.
+// assignAll commits assignments in one command, so a node's failover is
+// one Raft commit however many groups it held, and returns each
+// assignment's outcome (each is its own compare-and-set).
 func (l *Leader) assignAll(cmds []*havenv1.AssignGroupCommand) []error {
 	errs := make([]error, len(cmds))
-	for i, c := range cmds {
-		errs[i] = l.apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: c}})
+	res, err := l.cfg.Raft.Commit(&havenv1.Command{Cmd: &havenv1.Command_AssignGroups{AssignGroups: &havenv1.AssignGroupsCommand{Assignments: cmds}}})
+	switch {
+	case err != nil:
+	case res.Err != nil:
+		err = res.Err
+	case len(res.Items) != len(cmds):
+		err = fmt.Errorf("batch of %d assignments answered with %d outcomes", len(cmds), len(res.Items))
+	}
+	for i := range errs {
+		if err != nil {
+			errs[i] = err
+		} else if res.Items[i] != nil {
+			errs[i] = res.Items[i]
+		}
 	}
 	return errs
 }

@@ -39,8 +39,8 @@ func renew(t *testing.T, tb *Table, node string) (*havenv1.RenewLeaseResponse, e
 func TestGrantOmitsPendingMoves(t *testing.T) {
 	l := fsmtest.New(t)
 	web := l.StartOn("web", "n2")
-	db := l.Create(fsmtest.VMGroup("db"))
-	db = l.Assign("db", "n2")
+	l.Create(fsmtest.VMGroup("db"))
+	db := l.Assign("db", "n2")
 	l.StartOn("old", "n2")
 	l.Run(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
 		Name: "old", ExpectEpoch: l.FSM.Group("old").GetEpoch(), ExpectDesiredIndex: l.FSM.Group("old").GetDesiredIndex(), Owner: "n3",

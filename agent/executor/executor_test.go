@@ -1,0 +1,240 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/internal/fsmtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// fakeDriver records what the executor asks of it.
+type fakeDriver struct {
+	mu       sync.Mutex
+	vms      map[driver.VMID]driver.Status
+	startErr error
+	starts   int
+	stopped  []string
+}
+
+func (d *fakeDriver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+func (d *fakeDriver) Start(_ context.Context, spec driver.VMSpec, end time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.starts++
+	if d.startErr != nil {
+		return d.startErr
+	}
+	d.vms[spec.ID] = driver.Status{ID: spec.ID, Epoch: spec.Epoch, State: driver.StateRunning, LeaseEnd: end}
+	return nil
+}
+func (d *fakeDriver) Stop(_ context.Context, id driver.VMID, epoch uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopped = append(d.stopped, id.Resource)
+	st := d.vms[id]
+	st.State = driver.StateStopped
+	d.vms[id] = st
+	return nil
+}
+func (d *fakeDriver) Kill(id driver.VMID, epoch uint64) error {
+	return d.Stop(context.Background(), id, epoch)
+}
+func (d *fakeDriver) ExtendLease(driver.VMID, uint64, time.Time) error { return nil }
+func (d *fakeDriver) Status(id driver.VMID) (driver.Status, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.vms[id]
+	if !ok {
+		return st, driver.ErrNotFound
+	}
+	return st, nil
+}
+func (d *fakeDriver) List() []driver.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []driver.Status
+	for _, st := range d.vms {
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(x, y driver.Status) int { return strings.Compare(x.ID.String(), y.ID.String()) })
+	return out
+}
+func (d *fakeDriver) Forget(id driver.VMID) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.vms, id)
+	return nil
+}
+func (d *fakeDriver) Close() error { return nil }
+
+// testExecutor is n1's executor over a fake driver; reports go to reports.
+func testExecutor(l *fsmtest.Log, d *fakeDriver) (*Executor, *[]*havenv1.ReportGroupRequest) {
+	var reports []*havenv1.ReportGroupRequest
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
+		reports = append(reports, r)
+		return nil
+	}})
+	return e, &reports
+}
+
+// A group is stopped in reverse dependency order: here the app VM
+// ("a-app", first by name) depends on the database VM ("b-db"), so the app
+// stops first.
+func TestExecutorStopsInReverseDependencyOrder(t *testing.T) {
+	l := fsmtest.New(t)
+	spec := &havenv1.GroupSpec{Name: "shop", Resources: []*havenv1.Resource{
+		{Name: "b-db", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{Vcpus: 1, MemoryBytes: 1 << 20}},
+		{Name: "a-app", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, DependsOn: []string{"b-db"}, Vm: &havenv1.VmSpec{Vcpus: 1, MemoryBytes: 1 << 20}},
+	}}
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: spec}}})
+	g := l.FSM.Group("shop")
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: "shop", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_StopGroup{StopGroup: &havenv1.StopGroupCommand{Name: "shop"}}})
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	for _, r := range []string{"a-app", "b-db"} {
+		id := driver.VMID{Group: "shop", Resource: r}
+		d.vms[id] = driver.Status{ID: id, Epoch: l.FSM.Group("shop").GetEpoch(), State: driver.StateRunning}
+	}
+	e, reports := testExecutor(l, d)
+	e.reconcile(context.Background())
+	if !slices.Equal(d.stopped, []string{"a-app", "b-db"}) {
+		t.Fatalf("stopped %v, want a-app (which depends on b-db) first", d.stopped)
+	}
+	if len(*reports) != 1 || (*reports)[0].GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE {
+		t.Fatalf("reports %v, want one offline", *reports)
+	}
+}
+
+// A VM that cannot start is retried a bounded number of times with
+// backoff, then reported failed with the driver's reason; a start refused
+// for a stale epoch (a disk claimed by a newer one) is reported at once.
+func TestExecutorReportsFailedStarts(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		err      error
+		attempts int
+		reason   string
+	}{
+		{"keeps failing", errors.New("no such bridge br7"), startAttempts, "could not start on n1: no such bridge br7"},
+		{"fenced by its disk", fmt.Errorf("claiming disk disk0: %w", driver.ErrStaleEpoch), 1, "fenced on n1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := fsmtest.New(t)
+			l.Run(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+			g := l.FSM.Group("web")
+			l.Run(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+				Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+			d := &fakeDriver{vms: map[driver.VMID]driver.Status{}, startErr: tc.err}
+			e, reports := testExecutor(l, d)
+			deadline := time.Now().Add(10 * time.Second)
+			for len(*reports) == 0 && time.Now().Before(deadline) {
+				e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: l.FSM.Group("web").GetEpoch()}})
+				e.reconcile(context.Background())
+				time.Sleep(20 * time.Millisecond)
+			}
+			if len(*reports) != 1 {
+				t.Fatalf("reports %v, want one", *reports)
+			}
+			r := (*reports)[0]
+			if r.GetState() != havenv1.GroupState_GROUP_STATE_FAILED || !strings.Contains(r.GetReason(), tc.reason) || r.GetDesiredIndex() != l.FSM.Group("web").GetDesiredIndex() {
+				t.Fatalf("report %v, want failed with %q", r, tc.reason)
+			}
+			if d.starts != tc.attempts {
+				t.Fatalf("%d start attempts, want %d", d.starts, tc.attempts)
+			}
+		})
+	}
+}
+
+// The executor re-reads the desired state right before it starts a VM: a
+// stop applied after its pass read the state wins.
+func TestExecutorRereadsDesiredBeforeStart(t *testing.T) {
+	l := fsmtest.New(t)
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+	g := l.FSM.Group("web")
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+	g = l.FSM.Group("web") // what a pass read
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_StopGroup{StopGroup: &havenv1.StopGroupCommand{Name: "web"}}})
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	e, _ := testExecutor(l, d)
+	e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: l.FSM.Group("web").GetEpoch()}})
+	e.ensureRunning(context.Background(), g, nil)
+	if d.starts != 0 {
+		t.Fatalf("started a group stopped after the pass read it")
+	}
+}
+
+// Step 5, the node's side: the executor starts a group only at an epoch
+// a grant confirmed, and only while that grant's lease lasts. A grant
+// that leaves a group out, or lists it at an older epoch, starts nothing;
+// nor does a grant that has ended.
+func TestExecutorOnlyRunsConfirmedEpochs(t *testing.T) {
+	l := fsmtest.New(t)
+	l.Create(fsmtest.VMGroup("web"))
+	web := l.Assign("web", "n1")
+	l.Create(fsmtest.VMGroup("db"))
+	l.Assign("db", "n1")
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	e, _ := testExecutor(l, d)
+	running := func() []string {
+		var out []string
+		for _, st := range d.List() {
+			if st.State == driver.StateRunning {
+				out = append(out, fmt.Sprintf("%s@%d", st.ID.Group, st.Epoch))
+			}
+		}
+		return out
+	}
+	ctx := context.Background()
+
+	e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: web.GetEpoch() - 1}})
+	e.reconcile(ctx)
+	if got := running(); len(got) != 0 {
+		t.Fatalf("with web confirmed at an older epoch and db not at all: running %v", got)
+	}
+	e.Granted(time.Now().Add(-time.Millisecond), []*havenv1.GroupEpoch{{Name: "web", Epoch: web.GetEpoch()}})
+	e.reconcile(ctx)
+	if got := running(); len(got) != 0 {
+		t.Fatalf("with a grant that has ended: running %v", got)
+	}
+	e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: web.GetEpoch()}})
+	e.reconcile(ctx)
+	if got := running(); !slices.Equal(got, []string{fmt.Sprintf("web@%d", web.GetEpoch())}) {
+		t.Fatalf("with web confirmed at its epoch: running %v, want web only", got)
+	}
+}
+
+// A VM the plan does not keep is killed: its group moved to another node
+// or to another epoch.
+func TestExecutorKillsWhatThePlanDoesNotKeep(t *testing.T) {
+	l := fsmtest.New(t)
+	web := l.StartOn("web", "n1")
+	l.StartOn("db", "n2")
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	for _, st := range []driver.Status{
+		{ID: driver.VMID{Group: "web", Resource: "vm"}, Epoch: web.GetEpoch(), State: driver.StateRunning},
+		{ID: driver.VMID{Group: "db", Resource: "vm"}, Epoch: l.FSM.Group("db").GetEpoch(), State: driver.StateRunning},
+		{ID: driver.VMID{Group: "gone", Resource: "vm"}, Epoch: 1, State: driver.StateFrozen},
+	} {
+		d.vms[st.ID] = st
+	}
+	e, _ := testExecutor(l, d)
+	e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: web.GetEpoch()}})
+	e.reconcile(context.Background())
+	if !slices.Equal(d.stopped, []string{"vm", "vm"}) || len(d.vms) != 1 {
+		t.Fatalf("stopped %v, left %v: want db and gone killed and forgotten", d.stopped, d.vms)
+	}
+	if _, ok := d.vms[driver.VMID{Group: "web", Resource: "vm"}]; !ok {
+		t.Fatal("web, which n1 owns at this epoch, was killed")
+	}
+}

@@ -1,0 +1,305 @@
+package leader
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/haven-ha/haven/internal/fsmtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+const (
+	starting = havenv1.GroupState_GROUP_STATE_STARTING
+	stopping = havenv1.GroupState_GROUP_STATE_STOPPING
+)
+
+// A failed node's groups restart elsewhere in one commit, however many it
+// held: groups meant to run go to another node at a new epoch, a
+// no-auto-start group is stopped for the operator, a group that was
+// stopping is offline.
+func TestFailoverIsOneCommit(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	log := tl.raft.Log
+	var want []string
+	for _, name := range []string{"web", "db", "cache", "queue"} {
+		log.StartOn(name, "n2")
+		want = append(want, name)
+	}
+	manual := fsmtest.VMGroup("manual")
+	manual.Priority = havenv1.Priority_PRIORITY_NO_AUTO_START
+	log.Create(manual)
+	log.Assign("manual", "n2")
+	log.StartOn("old", "n2")
+	log.Stop("old")
+	before := map[string]uint64{}
+	for _, g := range tl.state.Groups() {
+		before[g.GetSpec().GetName()] = g.GetEpoch()
+	}
+	tl.raft.reset()
+	// n2 has not renewed since the office began; n1 and n3 have.
+	now := time.Now().Add(testLease.FailoverAfter + testLease.Lease + time.Second)
+	tl.failover(tl.term, now)
+
+	if len(tl.raft.commits) != 1 || tl.raft.commits[0] != "*havenv1.Command_AssignGroups" {
+		t.Fatalf("failover committed %v, want one AssignGroups", tl.raft.commits)
+	}
+	if len(tl.raft.unlocked) > 0 {
+		t.Errorf("failover committed %v without placeMu", tl.raft.unlocked)
+	}
+	for _, name := range want {
+		g := tl.state.Group(name)
+		if g.GetOwner() == "n2" || g.GetOwner() == "" || g.GetState() != starting || g.GetEpoch() <= before[name] {
+			t.Errorf("%s after failover: owner %q, %s, epoch %d (was %d)", name, g.GetOwner(), g.GetState(), g.GetEpoch(), before[name])
+		}
+	}
+	if g := tl.state.Group("manual"); g.GetOwner() != "" || g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE || g.GetDesired() != havenv1.DesiredState_DESIRED_STATE_STOPPED {
+		t.Errorf("no-auto-start group after failover: %v", g)
+	}
+	if g := tl.state.Group("old"); g.GetOwner() != "" || g.GetState() != havenv1.GroupState_GROUP_STATE_OFFLINE {
+		t.Errorf("stopping group after failover: %v", g)
+	}
+	// The moves were recorded for the balancer's hold-off, this term.
+	if h := tl.term.moves.snapshot(); len(h) != len(want) || h["web"].From != "n2" {
+		t.Errorf("move history %v, want the %d restarted groups from n2", h, len(want))
+	}
+	// Nothing is pending any more: a grant lists them on their new owners.
+	tl.raft.reset()
+	tl.failover(tl.term, now.Add(time.Second))
+	if len(tl.raft.commits) != 0 {
+		t.Errorf("a second failover pass committed %v", tl.raft.commits)
+	}
+}
+
+// An operator's stop committed between the failover's decision and its
+// commit wins: the assignment decided on the older desired state is
+// refused, the others of the batch are applied.
+func TestFailoverLosesToOperatorStop(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.StartOn("web", "n2")
+	tl.raft.StartOn("db", "n2")
+	web, db := tl.state.Group("web"), tl.state.Group("db")
+	cmds := []*havenv1.AssignGroupCommand{failoverCommand(web, map[string]string{"web": "n3"}, nil), failoverCommand(db, map[string]string{"db": "n3"}, nil)}
+	tl.raft.Stop("web")
+	errs := tl.assignAll(cmds)
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "stale view") || errs[1] != nil {
+		t.Fatalf("outcomes %v, want web refused (stopped meanwhile) and db applied", errs)
+	}
+	if g := tl.state.Group("web"); g.GetOwner() != "n2" || g.GetState() != stopping {
+		t.Errorf("web: %v", g)
+	}
+	if g := tl.state.Group("db"); g.GetOwner() != "n3" {
+		t.Errorf("db: %v", g)
+	}
+}
+
+// A group that failed over fails back to its preferred owner once that
+// node is settled, as a planned restart in two commits: stopped with
+// move_to, then, once offline, assigned to the target.
+func TestFailbackIsAPlannedRestart(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	spec := fsmtest.VMGroup("web")
+	spec.PreferredOwners = []string{"n1"}
+	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_IMMEDIATE}
+	tl.raft.Create(spec)
+	tl.raft.Assign("web", "n2")
+	tl.raft.Report("web", havenv1.GroupState_GROUP_STATE_ONLINE)
+	// n1 has been up for failback_after, and every node renews.
+	tl.cfg.FailbackAfter = 0
+	grantAll(t, tl)
+	now := time.Now()
+	tl.raft.reset()
+	tl.failback(now)
+	g := tl.state.Group("web")
+	if g.GetState() != stopping || g.GetMoveTo() != "n1" || g.GetOwner() != "n2" {
+		t.Fatalf("after failback's first step: %v", g)
+	}
+	tl.raft.Report("web", havenv1.GroupState_GROUP_STATE_OFFLINE)
+	tl.failback(now)
+	g = tl.state.Group("web")
+	if g.GetOwner() != "n1" || g.GetState() != starting || g.GetMoveTo() != "" {
+		t.Fatalf("after failback's second step: %v", g)
+	}
+	if len(tl.raft.unlocked) > 0 {
+		t.Errorf("failback committed %v without placeMu", tl.raft.unlocked)
+	}
+}
+
+// grantAll has every node renew with the leader now.
+func grantAll(t *testing.T, tl *testLeader) {
+	t.Helper()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { tl.leases.Serve(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if _, err := tl.leases.Renew(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Draining a node moves its online groups off it by planned restarts,
+// decided and committed under placeMu; a group no node can take stays,
+// and the attempt is not repeated until the cluster changes.
+func TestDrainMovesGroupsOff(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.StartOn("web", "n3")
+	tl.raft.StartOn("db", "n3")
+	pinned := fsmtest.VMGroup("pinned")
+	pinned.PossibleOwners = []string{"n3"}
+	tl.raft.Create(pinned)
+	tl.raft.Assign("pinned", "n3")
+	tl.raft.Report("pinned", havenv1.GroupState_GROUP_STATE_ONLINE)
+	tl.raft.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeDrain{SetNodeDrain: &havenv1.SetNodeDrainCommand{Name: "n3", Draining: true}}})
+	tl.raft.reset()
+	tl.drain(tl.term, time.Now())
+	for _, name := range []string{"web", "db"} {
+		if g := tl.state.Group(name); g.GetState() != stopping || g.GetMoveTo() == "" || g.GetMoveTo() == "n3" {
+			t.Errorf("%s after drain: %v", name, g)
+		}
+	}
+	if g := tl.state.Group("pinned"); g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetMoveTo() != "" {
+		t.Errorf("pinned group after drain: %v", g)
+	}
+	if len(tl.raft.unlocked) > 0 {
+		t.Errorf("drain committed %v without placeMu", tl.raft.unlocked)
+	}
+	tl.raft.reset()
+	tl.drain(tl.term, time.Now())
+	if len(tl.raft.commits) != 0 {
+		t.Errorf("a drain pass on an unchanged cluster committed %v", tl.raft.commits)
+	}
+}
+
+// A report of a failed start moves the group to a node it has not failed
+// on, and records the failure; when it has failed everywhere it can run,
+// it is marked failed with the reason, and a waiting group is not placed
+// back where it failed.
+func TestFailedStartMovesAwayFromFailedNodes(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.StartOn("web", "n1")
+	fail := func(node string) {
+		t.Helper()
+		g := tl.state.Group("web")
+		if err := tl.Report(&havenv1.ReportGroupRequest{Node: node, Name: "web", Epoch: g.GetEpoch(), DesiredIndex: g.GetDesiredIndex(),
+			State: havenv1.GroupState_GROUP_STATE_FAILED, Reason: "vm vm could not start on " + node + ": boom"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fail("n1")
+	g := tl.state.Group("web")
+	if g.GetOwner() == "n1" || g.GetOwner() == "" || len(g.GetFailures()) != 1 {
+		t.Fatalf("after failing on n1: %v", g)
+	}
+	fail(g.GetOwner())
+	g = tl.state.Group("web")
+	if g.GetOwner() != "n3" && g.GetOwner() != "n2" || len(g.GetFailures()) != 2 {
+		t.Fatalf("after failing on two nodes: %v", g)
+	}
+	fail(g.GetOwner())
+	g = tl.state.Group("web")
+	if g.GetState() != havenv1.GroupState_GROUP_STATE_FAILED || g.GetOwner() != "" || !strings.Contains(g.GetStateReason(), "boom") ||
+		!strings.Contains(g.GetStateReason(), "failed there lately") {
+		t.Fatalf("after failing everywhere: %v", g)
+	}
+	tl.placeWaiting(tl.term)
+	if g := tl.state.Group("web"); g.GetOwner() != "" {
+		t.Fatalf("a waiting group was placed back where it failed: %v", g)
+	}
+}
+
+// A kept reserve and the wait and drain memos are reused while stateKey
+// is unchanged: a change of node labels or of a group's node selector
+// changes where groups may go, so it must change the key.
+func TestStateKeySeesLabels(t *testing.T) {
+	nodes := []*havenv1.Node{fsmtest.Node("n1", "a", 4000, 8<<30, nil), fsmtest.Node("n2", "a", 4000, 8<<30, nil)}
+	alive := map[string]bool{"n1": true, "n2": true}
+	group := &havenv1.Group{Spec: fsmtest.VMGroup("web")}
+	now := time.Now()
+	key := func() uint64 {
+		return stateKey(buildState(nodes, []*havenv1.Group{group}, alive, 4, fixedRate(0), now), 1)
+	}
+	base := key()
+	nodes[1].Labels = map[string]string{"gpu": "a100"}
+	withLabel := key()
+	if withLabel == base {
+		t.Error("a node label does not change the state key")
+	}
+	group.Spec.NodeSelector = map[string]string{"gpu": "a100"}
+	if key() == withLabel {
+		t.Error("a group's node selector does not change the state key")
+	}
+	group.Failures = []*havenv1.GroupFailure{{Node: "n2", Time: timestamppb.New(now)}}
+	withSelector := key()
+	group.Failures = nil
+	if withSelector == key() {
+		t.Error("a recent failure (a node to avoid) does not change the state key")
+	}
+}
+
+// Rank rates a group with every constraint it was asked about, node
+// selector included.
+func TestRankSeesNodeSelector(t *testing.T) {
+	tl := newTestLeader(t, map[string]map[string]string{"n3": {"gpu": "a100"}})
+	ranked, k, err := tl.Rank(&havenv1.GroupSpec{Name: "(new group)", CpuMillis: 1000, MemoryBytes: 1 << 30, NodeSelector: map[string]string{"gpu": "a100"}})
+	if err != nil || k != 0 {
+		t.Fatal(k, err)
+	}
+	for _, r := range ranked {
+		if r.Feasible != (r.Node == "n3") {
+			t.Errorf("%s feasible=%v for a group selecting gpu=a100 (only n3 has it): %v", r.Node, r.Feasible, r.Why)
+		}
+	}
+}
+
+// Per-term state starts empty every term: a node that leads again does
+// not hold off the balancer with moves of an earlier term, nor skip a
+// drain or a placement on a memo of one.
+func TestTermStateStartsEmpty(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.mu.Lock()
+	tl.cur = nil
+	tl.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tl.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitTerm := func(not *term) *term {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if cur := tl.current(); cur != nil && cur != not {
+				return cur
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Fatal("no new term")
+		return nil
+	}
+	tl.raft.leaderCh <- true
+	first := waitTerm(nil)
+	first.moves.record("web", "n2", "n3", time.Now())
+	first.drainMemo["n3"] = 42
+	if _, err := tl.Balance(false, true); err != nil {
+		t.Fatalf("balance in office: %v", err)
+	}
+	tl.raft.leaderCh <- false
+	for tl.current() != nil {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := tl.Balance(false, true); err != ErrNotLeader {
+		t.Fatalf("balance out of office: %v", err)
+	}
+	tl.raft.leaderCh <- true
+	second := waitTerm(first)
+	if h := second.moves.snapshot(); len(h) != 0 {
+		t.Errorf("the new term holds off moves of the last one: %v", h)
+	}
+	if len(second.drainMemo) != 0 || second.waitMemo.tried {
+		t.Errorf("the new term starts with memos of the last one: %v %+v", second.drainMemo, second.waitMemo)
+	}
+}
