@@ -3,10 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -15,7 +12,6 @@ import (
 
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/driver/sim"
-	"github.com/haven-ha/haven/quorum"
 )
 
 // Config is everything one agent needs. Precedence, lowest first: Default(),
@@ -271,143 +267,4 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 		c.Witness = b
 	}
 	return errors.Join(errs...)
-}
-
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// Validate names the first field that is wrong.
-func (c *Config) Validate() error {
-	if !nameRE.MatchString(c.Name) {
-		return fmt.Errorf("name: %q must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", c.Name)
-	}
-	if !nameRE.MatchString(c.Site) {
-		return fmt.Errorf("site: %q must be 1-63 lowercase letters, digits or '-'", c.Site)
-	}
-	if c.DataDir == "" {
-		return errors.New("data_dir: must be set")
-	}
-	bind := net.ParseIP(c.BindAddr)
-	if bind == nil {
-		return fmt.Errorf("bind_addr: %q is not an IP address", c.BindAddr)
-	}
-	if c.AdvertiseAddr != "" {
-		ip := net.ParseIP(c.AdvertiseAddr)
-		if ip == nil || ip.IsUnspecified() {
-			return fmt.Errorf("advertise_addr: %q is not a usable IP address", c.AdvertiseAddr)
-		}
-	}
-	ports := map[string]int{"ports.gossip": c.Ports.Gossip, "ports.gossip_wan": c.Ports.GossipWAN, "ports.raft": c.Ports.Raft, "ports.grpc": c.Ports.GRPC}
-	seen := map[int]string{}
-	for _, k := range []string{"ports.gossip", "ports.gossip_wan", "ports.raft", "ports.grpc"} {
-		p := ports[k]
-		if p < 1 || p > 65535 {
-			return fmt.Errorf("%s: %d is not a port (1-65535)", k, p)
-		}
-		if other, dup := seen[p]; dup {
-			return fmt.Errorf("%s: port %d is already used by %s", k, p, other)
-		}
-		seen[p] = k
-	}
-	for i, j := range c.Join {
-		if _, _, err := net.SplitHostPort(j); err != nil {
-			return fmt.Errorf("join[%d]: %q is not host:port: %v", i, j, err)
-		}
-	}
-	if c.BootstrapExpect < 0 || c.BootstrapExpect > 64 {
-		return fmt.Errorf("bootstrap_expect: %d must be between 0 and 64", c.BootstrapExpect)
-	}
-	if c.Driver != "sim" {
-		return fmt.Errorf("driver: %q is not a known driver (sim)", c.Driver)
-	}
-	if c.Capacity.CPUMillis < 0 || c.Capacity.MemoryBytes < 0 {
-		return errors.New("capacity: must not be negative")
-	}
-	r := c.Raft
-	switch {
-	case r.MaxVoters < 1 || r.MaxVoters%2 == 0 || r.MaxVoters > 9:
-		return fmt.Errorf("raft.max_voters: %d must be odd, between 1 and 9", r.MaxVoters)
-	case r.ReapAfter <= 0:
-		return fmt.Errorf("raft.reap_after: %s must be positive", r.ReapAfter)
-	case r.Stabilization < 0:
-		return fmt.Errorf("raft.stabilization: %s must not be negative", r.Stabilization)
-	case r.HeartbeatTimeout < 5*time.Millisecond:
-		return fmt.Errorf("raft.heartbeat_timeout: %s is below 5ms", r.HeartbeatTimeout)
-	case r.ElectionTimeout < r.HeartbeatTimeout:
-		return fmt.Errorf("raft.election_timeout: %s must be at least heartbeat_timeout (%s)", r.ElectionTimeout, r.HeartbeatTimeout)
-	case r.LeaderLeaseTimeout <= 0 || r.LeaderLeaseTimeout > r.HeartbeatTimeout:
-		return fmt.Errorf("raft.leader_lease_timeout: %s must be positive and at most heartbeat_timeout (%s)", r.LeaderLeaseTimeout, r.HeartbeatTimeout)
-	case r.ReconcileInterval <= 0:
-		return fmt.Errorf("raft.reconcile_interval: %s must be positive", r.ReconcileInterval)
-	case r.SnapshotInterval <= 0:
-		return fmt.Errorf("raft.snapshot_interval: %s must be positive", r.SnapshotInterval)
-	}
-	for name, p := range map[string]Profile{"gossip.same_site": c.Gossip.SameSite, "gossip.cross_site": c.Gossip.CrossSite} {
-		switch {
-		case p.ProbeInterval <= 0:
-			return fmt.Errorf("%s.probe_interval: must be positive", name)
-		case p.ProbeTimeout <= 0 || p.ProbeTimeout >= p.ProbeInterval:
-			return fmt.Errorf("%s.probe_timeout: %s must be positive and below probe_interval (%s)", name, p.ProbeTimeout, p.ProbeInterval)
-		case p.SuspicionMult < 1:
-			return fmt.Errorf("%s.suspicion_mult: %d must be at least 1", name, p.SuspicionMult)
-		case p.GossipInterval <= 0:
-			return fmt.Errorf("%s.gossip_interval: must be positive", name)
-		}
-	}
-	if c.SharedDir == "" {
-		return errors.New("shared_dir: must be set")
-	}
-	lc := quorum.LeaseConfig{Lease: c.Lease.Duration, Margin: c.Lease.Margin, FailoverAfter: c.Lease.FailoverAfter}
-	if err := lc.Validate(); err != nil {
-		return fmt.Errorf("lease.%w", err)
-	}
-	if c.Driver == "sim" {
-		if c.Sim.Tick < time.Millisecond {
-			return errors.New("sim.tick: must be at least 1ms")
-		}
-		if err := c.Sim.guest().Validate(); err != nil {
-			return fmt.Errorf("sim: %w", err)
-		}
-	}
-	if err := checkLabels(c.Labels); err != nil {
-		return err
-	}
-	p := c.Placement
-	switch {
-	case p.Reserve < 0 || p.Reserve > MaxReserve:
-		return fmt.Errorf("placement.reserve: %d must be between 0 (admission off) and %d", p.Reserve, MaxReserve)
-	case !(p.CPUOvercommit > 0 && p.CPUOvercommit <= 64):
-		return fmt.Errorf("placement.cpu_overcommit: %g must be above 0 and at most 64 (1 = no overcommit)", p.CPUOvercommit)
-	case p.FailbackAfter < 0:
-		return fmt.Errorf("placement.failback_after: %s must not be negative", p.FailbackAfter)
-	}
-	switch p.Balancer {
-	case BalancerOff, BalancerRecommend, BalancerAutomatic:
-	default:
-		return fmt.Errorf("placement.balancer: %q is not one of off, recommend, automatic", p.Balancer)
-	}
-	switch c.LogLevel {
-	case "trace", "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error", c.LogLevel)
-	}
-	return nil
-}
-
-// advertise is the IP other nodes dial.
-func (c *Config) advertise() string {
-	if c.AdvertiseAddr != "" {
-		return c.AdvertiseAddr
-	}
-	return c.BindAddr
-}
-
-func (c *Config) capacity() Capacity {
-	cp := c.Capacity
-	if cp.CPUMillis == 0 {
-		cp.CPUMillis = int64(runtime.NumCPU()) * 1000
-	}
-	if cp.MemoryBytes == 0 {
-		cp.MemoryBytes = physicalMemory()
-	}
-	return cp
 }

@@ -176,7 +176,7 @@ func TestReserveAdmissionAndAntiAffinity(t *testing.T) {
 		}
 	}
 	// The leader executed the plan its reserve check had made.
-	if !logContains(leader, fmt.Sprintf(`restart plan: failed=["%s"]`, victim.name)) || !logContains(leader, "placed_afresh=0 unplaced=0") {
+	if !logContains(leader, fmt.Sprintf(`sub=leader failed=[%s] `, victim.name)) || !logContains(leader, "placed_afresh=0 unplaced=0") {
 		t.Errorf("the failover of %s did not execute a kept restart plan (see the leader's log)", victim.name)
 	}
 	// Three nodes, exactly full: no further failure can be sustained,

@@ -221,9 +221,14 @@ func (n *Node) Barrier(timeout time.Duration) error {
 	return raftError(n.raft.Barrier(timeout).Error(), "")
 }
 
-// VerifyLeader checks with a quorum that this node still leads.
+// VerifyLeader checks with a quorum that this node still leads. Nothing
+// is in flight, so a leadership lost meanwhile is plain "not the leader".
 func (n *Node) VerifyLeader() error {
-	return raftError(n.raft.VerifyLeader().Error(), "")
+	err := n.raft.VerifyLeader().Error()
+	if errors.Is(err, raft.ErrLeadershipLost) {
+		return ErrNotLeader
+	}
+	return raftError(err, "")
 }
 
 // Domain errors of a commit or a leadership check.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -78,7 +79,7 @@ func (d *fakeDriver) Close() error { return nil }
 // testExecutor is n1's executor over a fake driver; reports go to reports.
 func testExecutor(l *fsmtest.Log, d *fakeDriver) (*Executor, *[]*havenv1.ReportGroupRequest) {
 	var reports []*havenv1.ReportGroupRequest
-	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(l.T), Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
 		reports = append(reports, r)
 		return nil
 	}})

@@ -12,6 +12,7 @@ import (
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
@@ -91,7 +92,7 @@ func newTestLeader(t *testing.T, labels map[string]map[string]string) *testLeade
 	}
 	leases := lease.NewTable(testLease, r.FSM, func() error { return nil })
 	l := New(Config{
-		Name: "n1", State: r.FSM, Raft: r, Members: ms, Leases: leases,
+		Name: "n1", State: r.FSM, Raft: r, Members: ms, Leases: leases, Logger: logtest.New(t),
 		CPUOvercommit: 4, Balancer: placement.ModeRecommend, FailbackAfter: 2 * time.Second,
 		DirtyRate: fixedRate(1 << 20), MaxVoters: 5, ElectionTimeout: time.Second, ReconcileInterval: time.Second,
 	})

@@ -1,0 +1,102 @@
+package events
+
+import (
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/fsmtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// Every command the FSM applies reaches a subscriber as an event, in log
+// order, refusals included.
+func TestAppliesBecomeEvents(t *testing.T) {
+	b := NewBroker()
+	sub := b.Subscribe(16, nil)
+	defer sub.Close()
+	l := fsmtest.New(t)
+	obs := Observe(l.FSM, b)
+	// The test's log applies through the observed FSM, as Raft would.
+	apply := func(c *havenv1.Command) {
+		t.Helper()
+		c.Time = nil
+		data, err := encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Apply(raftLog(l.FSM.Index()+1, data))
+	}
+	apply(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+	g := l.FSM.Group("web")
+	apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+		Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1",
+		State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+	apply(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "web"}}})
+
+	want := []struct {
+		kind    Kind
+		refused bool
+	}{{"create-group", false}, {"assign-group", false}, {"delete-group", true}}
+	for i, w := range want {
+		select {
+		case e := <-sub.C():
+			if e.Kind != w.kind || e.Group != "web" || e.Index != uint64(i+1) || (e.Refused != "") != w.refused {
+				t.Errorf("event %d: %+v, want %s refused=%v", i, e, w.kind, w.refused)
+			}
+			if e.Kind == "assign-group" && (e.Node != "n1" || e.Epoch != g.GetEpoch()+1) {
+				t.Errorf("assignment event %+v, want n1 at epoch %d", e, g.GetEpoch()+1)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("event %d (%s) not delivered", i, w.kind)
+		}
+	}
+}
+
+// A subscriber that does not read loses events, counted, and never blocks
+// the apply path; the others still get every event.
+func TestSlowSubscriberNeverBlocks(t *testing.T) {
+	b := NewBroker()
+	slow := b.Subscribe(2, nil)
+	fast := b.Subscribe(100, nil)
+	nodes := b.Subscribe(100, func(e Event) bool { return e.Node == "n2" })
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 50; i++ {
+			name := "n1"
+			if i%10 == 0 {
+				name = "n2"
+			}
+			b.Publish(FromMembership(heartbeat.Event{Type: heartbeat.EventJoin, Member: heartbeat.Member{Name: name}}))
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Publish blocked on a subscriber that does not read")
+	}
+	if len(fast.C()) != 50 || len(nodes.C()) != 5 {
+		t.Errorf("fast got %d of 50, the n2 filter %d of 5", len(fast.C()), len(nodes.C()))
+	}
+	if slow.Dropped() != 48 || b.Dropped() != 48 {
+		t.Errorf("dropped %d (broker %d), want 48", slow.Dropped(), b.Dropped())
+	}
+	if e := <-fast.C(); e.Kind != MemberJoined || e.Node != "n2" {
+		t.Errorf("first event %+v", e)
+	}
+	slow.Close()
+	slow.Close()
+	// What was buffered can still be read; then the channel is closed.
+	n := 0
+	for range slow.C() {
+		n++
+	}
+	if n != 2 {
+		t.Errorf("read %d buffered events after Close, want 2", n)
+	}
+	b.Publish(Event{Kind: "after-close"})
+	if b.Dropped() != 48 {
+		t.Error("a closed subscription still counts drops")
+	}
+}

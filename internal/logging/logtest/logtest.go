@@ -1,0 +1,24 @@
+// Package logtest sends a test's logs to t.Log, so they show with the
+// test that wrote them, and only when it fails or runs verbose.
+package logtest
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/haven-ha/haven/internal/logging"
+)
+
+// New is a debug-level logger writing through t.Log.
+func New(t testing.TB) *slog.Logger {
+	return logging.New(writer{t}, slog.LevelDebug)
+}
+
+type writer struct{ t testing.TB }
+
+func (w writer) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
