@@ -58,10 +58,14 @@ func checkRankRequest(req *havenv1.RankNodesRequest) error {
 	if _, ok := havenv1.Priority_name[int32(req.GetPriority())]; !ok {
 		return invalid("priority: %d is not a known priority", req.GetPriority())
 	}
-	for field, names := range map[string][]string{"possible_owners": req.GetPossibleOwners(), "preferred_owners": req.GetPreferredOwners()} {
-		for i, n := range names {
+	// A slice, not a map: the same request must name the same field.
+	for _, owners := range []struct {
+		field string
+		names []string
+	}{{"possible_owners", req.GetPossibleOwners()}, {"preferred_owners", req.GetPreferredOwners()}} {
+		for i, n := range owners.names {
 			if !fsm.ValidName(n) {
-				return invalid("%s[%d]: %q is not a valid node name", field, i, n)
+				return invalid("%s[%d]: %q is not a valid node name", owners.field, i, n)
 			}
 		}
 	}

@@ -10,8 +10,11 @@ import (
 
 // ReportGroup takes an owner's report of its group (on the leader).
 func (s *Service) ReportGroup(_ context.Context, req *havenv1.ReportGroupRequest) (*havenv1.ReportGroupResponse, error) {
-	if !fsm.ValidName(req.GetNode()) || !fsm.ValidName(req.GetName()) {
-		return nil, services.Invalid("node %q, group %q: not valid names", req.GetNode(), req.GetName())
+	if !fsm.ValidName(req.GetNode()) {
+		return nil, services.Invalid("node: %q is not a valid node name", req.GetNode())
+	}
+	if !fsm.ValidName(req.GetName()) {
+		return nil, services.Invalid("name: %q is not a valid group name", req.GetName())
 	}
 	if err := s.checkMember(req.GetNode(), "group report"); err != nil {
 		return nil, err
