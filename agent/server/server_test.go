@@ -176,6 +176,19 @@ func TestForwardLeaderOnly(t *testing.T) {
 }
 
 // The leader's refusal reaches the client as the leader said it: the
+// A write forwarded without a request id gets one on the agent that first
+// received it, so the leader sees an id the forwarder chose.
+func TestForwardAssignsRequestID(t *testing.T) {
+	_, follower := pair(t, nil)
+	resp, err := follower.client.CreateGroup(callCtx(t), &havenv1.CreateGroupRequest{Spec: &havenv1.GroupSpec{Name: "web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := resp.GetGroup().GetStateReason(); len(id) != 36 {
+		t.Errorf("the leader saw request id %q, want a uuid assigned by the follower", id)
+	}
+}
+
 // code decides whether the client retries.
 func TestForwardKeepsLeaderStatus(t *testing.T) {
 	leader, follower := pair(t, nil)
