@@ -175,7 +175,6 @@ func TestForwardLeaderOnly(t *testing.T) {
 	wantCalls(t, "follower", follower.svc.seen())
 }
 
-// The leader's refusal reaches the client as the leader said it: the
 // A write forwarded without a request id gets one on the agent that first
 // received it, so the leader sees an id the forwarder chose.
 func TestForwardAssignsRequestID(t *testing.T) {
@@ -189,6 +188,7 @@ func TestForwardAssignsRequestID(t *testing.T) {
 	}
 }
 
+// The leader's refusal reaches the client as the leader said it: the
 // code decides whether the client retries.
 func TestForwardKeepsLeaderStatus(t *testing.T) {
 	leader, follower := pair(t, nil)
