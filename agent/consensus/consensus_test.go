@@ -1,0 +1,115 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/logging/logtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"github.com/haven-ha/haven/quorum"
+)
+
+// freeAddr is a loopback address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// single opens and bootstraps a one-node Raft on loopback.
+func single(t *testing.T) (*Node, *fsm.FSM) {
+	t.Helper()
+	addr := freeAddr(t)
+	f := fsm.New()
+	n, err := Open(Config{
+		Name: "n1", Dir: t.TempDir(), BindAddr: addr, AdvertiseAddr: addr,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond,
+		SnapshotThreshold: 8192, SnapshotInterval: time.Minute, Logger: logtest.New(t),
+	}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	if n.HasState() {
+		t.Fatal("a fresh node has state")
+	}
+	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}, func(context.Context, quorum.Peer) (bool, error) {
+		return false, errors.New("nobody else to ask")
+	})
+	select {
+	case <-n.LeaderCh():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the single node never led")
+	}
+	if !n.HasState() || !n.IsLeader() || n.LeaderID() != "n1" {
+		t.Fatalf("after bootstrap: state %v, leader %v (%q)", n.HasState(), n.IsLeader(), n.LeaderID())
+	}
+	return n, f
+}
+
+// A commit is applied by the FSM before Commit returns, stamped with the
+// time; the FSM's refusal is in the result, not the error.
+func TestCommitAppliesAndStamps(t *testing.T) {
+	n, f := single(t)
+	before := time.Now()
+	res, err := n.Commit(&havenv1.Command{RequestId: "r1", Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+	if err != nil || res.Err != nil {
+		t.Fatal(err, res)
+	}
+	g := f.Group("web")
+	if g == nil || g.GetCreateIndex() != res.Index || g.GetCreateTime().AsTime().Before(before.Add(-time.Second)) {
+		t.Fatalf("group %v after a commit at index %d", g, res.Index)
+	}
+	res, err = n.Commit(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "nope"}}})
+	if err != nil || res.Err == nil || res.Err.Code != fsm.CodeNotFound {
+		t.Fatalf("refused command: %v %v", res, err)
+	}
+	st := n.Status()
+	if st.State != "Leader" || st.AppliedIndex < res.Index || len(st.Servers) != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+// Reads: a consistent read waits for the leader loop's go-ahead; read
+// metadata names this node and the index it answers at.
+func TestConsistentReadNeedsTheBarrier(t *testing.T) {
+	n, f := single(t)
+	if err := n.ConsistentRead(); !errors.Is(err, ErrReadsNotReady) {
+		t.Fatalf("consistent read before the barrier: %v", err)
+	}
+	if err := n.Barrier(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	n.SetReadsReady(true)
+	if err := n.ConsistentRead(); err != nil {
+		t.Fatalf("consistent read on the leader: %v", err)
+	}
+	m := n.ReadMeta(true)
+	if m.GetAnsweredBy() != "n1" || !m.GetConsistent() || !m.GetKnownLeader() || m.GetIndex() != f.Index() {
+		t.Fatalf("read meta %v", m)
+	}
+}
+
+// Raft's errors become domain errors: nothing raft-specific leaves the
+// package.
+func TestRaftErrorsBecomeDomainErrors(t *testing.T) {
+	n, _ := single(t)
+	n.Close()
+	if _, err := n.Commit(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "x"}}}); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("commit after shutdown: %v", err)
+	}
+	unknown := &OutcomeUnknownError{RequestID: "r7", Err: fmt.Errorf("leadership lost")}
+	if got := unknown.Error(); got != `leadership changed while committing: outcome unknown, retry with request_id "r7"` {
+		t.Fatal(got)
+	}
+}
