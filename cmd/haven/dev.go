@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -356,7 +357,8 @@ func (c *devCluster) start(exe string, n *devNode) error {
 		close(n.done)
 		c.exits <- n
 	}()
-	if n.conn, err = dial(n.grpcAddr()); err != nil {
+	// No retrying client here: every wait below polls on its own terms.
+	if n.conn, err = rpcclient.Dial(n.grpcAddr()); err != nil {
 		return err
 	}
 	n.client = havenv1.NewClusterServiceClient(n.conn)
