@@ -159,6 +159,9 @@ func (g *globalOptions) call(ctx context.Context, fn func(context.Context, haven
 	return fn(ctx, havenv1.NewClusterServiceClient(conn))
 }
 
+// requestIDUsage is the help of every write's --request-id.
+const requestIDUsage = "idempotency key: a retry with the same id is applied once (default: a new id, kept across this command's own retries)"
+
 // dial opens the CLI's connection to an agent. A call that meets no leader
 // (an election, a leader change) is retried within --timeout, a write with
 // the same request id every time, so it is applied once.
