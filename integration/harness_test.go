@@ -19,13 +19,12 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/haven-ha/haven/agent"
 	"github.com/haven-ha/haven/check"
 	"github.com/haven-ha/haven/integration/lab"
+	"github.com/haven-ha/haven/internal/devcluster"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -94,11 +93,10 @@ type node struct {
 	host *lab.Host
 	name string
 	cfg  agent.Config
-	path string // config file
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	conn *grpc.ClientConn
+	// proc is the agent under devcluster's supervision, as in haven dev:
+	// config and log files, the process, the connection to its API.
+	proc *devcluster.Node
+	conn *grpc.ClientConn // proc's, for any service
 	// stacks: the log holds a goroutine dump (a stop that hung).
 	stacks bool
 }
@@ -151,7 +149,7 @@ func newCluster(t *testing.T, opts ...option) *cluster {
 }
 
 func (c *cluster) dumpLog(n *node) {
-	data, err := os.ReadFile(n.log)
+	data, err := os.ReadFile(n.proc.LogPath)
 	if err != nil {
 		return
 	}
@@ -169,7 +167,7 @@ func (c *cluster) dumpLog(n *node) {
 		}
 		lines = lines[from:]
 	}
-	c.t.Logf("---- %s log (%s) ----\n%s", n.name, n.log, strings.Join(lines, "\n"))
+	c.t.Logf("---- %s log (%s) ----\n%s", n.name, n.proc.LogPath, strings.Join(lines, "\n"))
 }
 
 // newLabCluster makes a cluster whose nodes run in network namespaces, one
@@ -221,15 +219,20 @@ func (c *cluster) add(expect int) *node {
 		}
 	}
 	c.tune(&cfg)
-	n := &node{c: c, host: host, name: name, cfg: cfg, path: filepath.Join(c.dir, name, "haven.yaml"), log: filepath.Join(c.dir, name, "agent.log")}
-	if err := os.MkdirAll(filepath.Dir(n.path), 0o755); err != nil {
-		c.t.Fatal(err)
+	n := &node{c: c, host: host, name: name, cfg: cfg}
+	var opts []grpc.DialOption
+	if c.lab != nil {
+		// The test stays in the root namespace and reaches the hosts
+		// through the lab's router namespace.
+		opts = append(opts, grpc.WithContextDialer(c.lab.DialContext))
 	}
-	data, err := yaml.Marshal(cfg)
+	proc, err := devcluster.NewNode(c.dir, name, n.grpcAddr(), opts...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := os.WriteFile(n.path, data, 0o644); err != nil {
+	c.t.Cleanup(func() { proc.Close() })
+	n.proc, n.conn = proc, proc.Conn()
+	if err := proc.WriteConfig(cfg, ""); err != nil {
 		c.t.Fatal(err)
 	}
 	c.nodes = append(c.nodes, n)
@@ -250,82 +253,61 @@ func (n *node) grpcAddr() string {
 func (n *node) start() {
 	t := n.c.t
 	t.Helper()
-	logf, err := os.OpenFile(n.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "==== start %s ====\n", time.Now().Format(time.RFC3339Nano))
-	var cmd *exec.Cmd
-	if n.host != nil {
-		cmd = n.host.Command(binary(t, "haven"), "agent", "--config", n.path)
-	} else {
-		cmd = exec.Command(binary(t, "haven"), "agent", "--config", n.path)
+	o := devcluster.StartOptions{
+		Banner: fmt.Sprintf("==== start %s ====", time.Now().Format(time.RFC3339Nano)),
 		// Die with the test binary even if it is killed before cleanup.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		ParentDeath: syscall.SIGKILL,
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	if n.host != nil {
+		// In a lab the agent runs in its host's network namespace through
+		// `ip netns exec`, which execs it: the process is still the
+		// agent itself, so signals reach it as on loopback.
+		o.Command = n.host.Command
+	}
+	if err := n.proc.Start(binary(t, "haven"), o); err != nil {
 		t.Fatal(err)
 	}
-	n.cmd = cmd
-	n.done = make(chan struct{})
-	go func(done chan struct{}) {
-		_ = cmd.Wait()
-		logf.Close()
-		close(done)
-	}(n.done)
-	if n.conn == nil {
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		if n.c.lab != nil {
-			opts = append(opts, grpc.WithContextDialer(n.c.lab.DialContext))
-		}
-		conn, err := grpc.NewClient(n.grpcAddr(), opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.conn = conn
-		t.Cleanup(func() { conn.Close() })
-	}
 }
 
-func (n *node) running() bool {
-	if n.done == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
+func (n *node) running() bool { return n.proc.Running() }
 
-// kill sends SIGKILL and waits for the process to be gone.
-func (n *node) kill() { n.signal(syscall.SIGKILL) }
+// stopWait is how long an agent gets to exit after a signal: a clean stop
+// is bounded well below it, so a longer one is a bug.
+const stopWait = 20 * time.Second
 
-// stop sends SIGTERM and waits for a clean exit.
-func (n *node) stop() { n.signal(syscall.SIGTERM) }
-
-func (n *node) signal(sig syscall.Signal) {
+// kill sends SIGKILL to the agent alone, as a crash would, and waits for
+// the process to be gone.
+func (n *node) kill() {
 	if !n.running() {
 		return
 	}
-	_ = n.cmd.Process.Signal(sig)
+	p := n.proc.Process()
+	_ = p.Signal(syscall.SIGKILL)
 	select {
-	case <-n.done:
-	case <-time.After(20 * time.Second):
-		n.c.t.Errorf("%s did not exit within 20s of %s; SIGQUIT (its goroutines go to its log), then SIGKILL", n.name, sig)
-		// The Go runtime answers SIGQUIT with every goroutine's stack on
-		// stderr, which is the agent's log: what it was stuck on.
-		_ = n.cmd.Process.Signal(syscall.SIGQUIT)
+	case <-p.Done():
+	case <-time.After(stopWait):
+		n.c.t.Errorf("%s did not exit within %s of SIGKILL", n.name, stopWait)
+		<-p.Done()
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit, as haven dev stops its
+// agents (devcluster.Stop). One that hangs is a bug: before it is killed,
+// SIGQUIT makes it write every goroutine's stack to its log, which shows
+// what it was stuck on.
+func (n *node) stop() {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), stopWait, fmt.Errorf("did not exit within %s of SIGTERM", stopWait))
+	defer cancel()
+	devcluster.Stop(ctx, []*devcluster.Node{n.proc}, devcluster.StopHooks{Killing: func(_ *devcluster.Node, why error) {
+		n.c.t.Errorf("%s %v; SIGQUIT (its goroutines go to its log), then SIGKILL", n.name, why)
+		p := n.proc.Process()
+		_ = p.Signal(syscall.SIGQUIT)
 		select {
-		case <-n.done:
+		case <-p.Done():
 		case <-time.After(5 * time.Second):
-			_ = n.cmd.Process.Kill()
-			<-n.done
 		}
 		n.stacks = true
-	}
+	}})
 }
 
 func (n *node) api() havenv1.ClusterServiceClient { return havenv1.NewClusterServiceClient(n.conn) }
@@ -358,38 +340,23 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 	}
 }
 
-// leader waits until every running node names the same leader, and
-// returns it.
+// leader waits until every running node names the same leader, one of
+// them (devcluster.Leader), and returns it.
 func (c *cluster) leader(timeout time.Duration) *node {
 	c.t.Helper()
 	var leader *node
 	waitFor(c.t, timeout, "one leader agreed by all running nodes", func() error {
-		leader = nil
-		name := ""
+		var running []*devcluster.Node
 		for _, n := range c.nodes {
-			if !n.running() {
-				continue
-			}
-			st, err := n.status()
-			if err != nil {
-				return fmt.Errorf("%s: %v", n.name, err)
-			}
-			if st.GetLeader() == "" {
-				return fmt.Errorf("%s sees no leader", n.name)
-			}
-			if name != "" && st.GetLeader() != name {
-				return fmt.Errorf("%s sees leader %s, others %s", n.name, st.GetLeader(), name)
-			}
-			name = st.GetLeader()
-		}
-		for _, n := range c.nodes {
-			if n.name == name {
-				leader = n
+			if n.running() {
+				running = append(running, n.proc)
 			}
 		}
-		if leader == nil || !leader.running() {
-			return fmt.Errorf("leader %q is not a running node", name)
+		l, err := devcluster.Leader(devcluster.Poll(context.Background(), running))
+		if err != nil {
+			return err
 		}
+		leader = c.node(l.Name)
 		return nil
 	})
 	return leader
@@ -421,15 +388,15 @@ func raftRoles(n *node) (map[string]havenv1.RaftRole, error) {
 }
 
 func logContains(n *node, s string) bool {
-	data, _ := os.ReadFile(n.log)
+	data, _ := os.ReadFile(n.proc.LogPath)
 	return bytes.Contains(data, []byte(s))
 }
 
 var errNotYet = errors.New("not yet")
 
 // pause sends SIGSTOP; resume sends SIGCONT.
-func (n *node) pause()  { _ = n.cmd.Process.Signal(syscall.SIGSTOP) }
-func (n *node) resume() { _ = n.cmd.Process.Signal(syscall.SIGCONT) }
+func (n *node) pause()  { _ = n.proc.Process().Signal(syscall.SIGSTOP) }
+func (n *node) resume() { _ = n.proc.Process().Signal(syscall.SIGCONT) }
 
 // checkInvariants runs the invariant checker over the shared storage and
 // the API of a running node: no two runners, no counter or epoch going
@@ -478,11 +445,7 @@ func (c *cluster) checkInvariants(names []string) {
 func (n *node) reconfigure(f func(*agent.Config)) {
 	n.c.t.Helper()
 	f(&n.cfg)
-	data, err := yaml.Marshal(n.cfg)
-	if err != nil {
-		n.c.t.Fatal(err)
-	}
-	if err := os.WriteFile(n.path, data, 0o644); err != nil {
+	if err := n.proc.WriteConfig(n.cfg, ""); err != nil {
 		n.c.t.Fatal(err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -18,12 +17,11 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/devcluster"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -123,30 +121,21 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	return cfg
 }
 
-// devNode is one agent process of the dev cluster.
+// devNode is one agent of the dev cluster: the supervisor's node (files,
+// process, API client) and the config dev wrote for it.
 type devNode struct {
-	name    string
-	dir     string
-	cfg     agent.Config
-	cfgPath string
-	logPath string
-
-	cmd     *exec.Cmd
-	done    chan struct{} // closed once the process has exited
-	waitErr error         // valid after done is closed
-	conn    *grpc.ClientConn
-	client  havenv1.ClusterServiceClient
+	*devcluster.Node
+	cfg agent.Config
 }
 
-func (n *devNode) grpcAddr() string { return devAddr(n.cfg.Ports.GRPC) }
-
-func (n *devNode) exited() bool {
-	select {
-	case <-n.done:
-		return true
-	default:
-		return false
+// newDevNode describes the node of cfg under dir. Its client is plain: every
+// wait below polls on its own terms.
+func newDevNode(dir string, cfg agent.Config) (*devNode, error) {
+	n, err := devcluster.NewNode(dir, cfg.Name, devAddr(cfg.Ports.GRPC))
+	if err != nil {
+		return nil, err
 	}
+	return &devNode{Node: n, cfg: cfg}, nil
 }
 
 type devCluster struct {
@@ -195,13 +184,15 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 		defer os.RemoveAll(c.dir)
 	}
 
+	defer c.closeConns()
 	for i := 1; i <= o.nodes; i++ {
-		n := &devNode{name: devNodeName(i), cfg: devConfig(c.dir, o.basePort, o.nodes, i)}
-		n.dir = filepath.Join(c.dir, n.name)
-		n.cfgPath = filepath.Join(n.dir, "haven.yaml")
-		n.logPath = filepath.Join(n.dir, "agent.log")
-		if err := n.cfg.Validate(); err != nil {
-			return fmt.Errorf("%s: config: %w", n.name, err)
+		cfg := devConfig(c.dir, o.basePort, o.nodes, i)
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("%s: config: %w", cfg.Name, err)
+		}
+		n, err := newDevNode(c.dir, cfg)
+		if err != nil {
+			return err
 		}
 		c.nodes = append(c.nodes, n)
 	}
@@ -221,7 +212,6 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 		// Cancel first: the signal watcher then lets go of sigs, and every
 		// Ctrl-C from here on reaches stop as "kill now".
 		cancel()
-		c.closeConns()
 		c.stop(sigs)
 	}()
 	for _, n := range c.nodes {
@@ -287,7 +277,7 @@ func checkPorts(nodes []*devNode) error {
 			if err != nil {
 				return fmt.Errorf("port %d (%s of %s) is not free: %v\n"+
 					"Is another haven dev running? Choose other ports with --base-port (node i uses base+10*i to base+10*i+3)",
-					c.port, c.what, n.name, err)
+					c.port, c.what, n.Name, err)
 			}
 		}
 	}
@@ -313,96 +303,56 @@ func (n *devNode) writeConfig() error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return err
 	}
-	b, err := yaml.Marshal(n.cfg)
-	if err != nil {
-		return fmt.Errorf("%s: encoding config: %w", n.name, err)
-	}
-	header := "# Written by haven dev; rewritten on every start.\n"
-	return os.WriteFile(n.cfgPath, append([]byte(header), b...), 0o644)
+	return n.WriteConfig(n.cfg, "Written by haven dev; rewritten on every start.")
 }
 
-// devEnv drops HAVEN_* variables: the agent reads them over its config
-// file, and a HAVEN_NAME left in the shell would give every node one name.
-func devEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, e := range env {
-		if !strings.HasPrefix(e, "HAVEN_") {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
+// start starts n's agent, which stops cleanly (SIGTERM) should dev die
+// without stopping it, and sends n to c.exits once it exits.
 func (c *devCluster) start(exe string, n *devNode) error {
-	logf, err := os.OpenFile(n.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	err := n.Start(exe, devcluster.StartOptions{
+		Banner:      fmt.Sprintf("--- haven dev: starting %s at %s ---", n.Name, time.Now().Format(time.RFC3339)),
+		ParentDeath: syscall.SIGTERM,
+	})
 	if err != nil {
 		return err
 	}
-	// The child has its own descriptor once started; ours is not needed.
-	defer logf.Close()
-	fmt.Fprintf(logf, "--- haven dev: starting %s at %s ---\n", n.name, time.Now().Format(time.RFC3339))
-	cmd := exec.Command(exe, "agent", "--config", n.cfgPath)
-	cmd.Dir = n.dir
-	cmd.Env = devEnv(os.Environ())
-	cmd.Stdout, cmd.Stderr = logf, logf
-	setDevProcAttr(cmd)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", n.name, err)
-	}
-	n.cmd = cmd
-	n.done = make(chan struct{})
+	p := n.Process()
 	go func() {
-		n.waitErr = cmd.Wait()
-		close(n.done)
+		<-p.Done()
 		c.exits <- n
 	}()
-	if n.conn, err = dial(n.grpcAddr()); err != nil {
-		return err
-	}
-	n.client = havenv1.NewClusterServiceClient(n.conn)
 	return nil
 }
 
 func (c *devCluster) closeConns() {
 	for _, n := range c.nodes {
-		if n.conn != nil {
-			n.conn.Close()
-		}
+		n.Close()
 	}
 }
 
-// waitForLeader polls every node until all of them name the same leader.
-// Asking every node, not just one, proves that gossip and Raft have both
-// reached each of them.
+// waitForLeader polls every node until all of them name the same leader,
+// one of them (devcluster.Leader), and stops early when an agent exits.
 func (c *devCluster) waitForLeader(ctx context.Context, deadline time.Time) (string, error) {
-	last := make([]string, len(c.nodes))
+	nodes := make([]*devcluster.Node, len(c.nodes))
+	for i, n := range c.nodes {
+		nodes[i] = n.Node
+	}
 	tick := time.NewTicker(devPoll)
 	defer tick.Stop()
 	for {
-		leaders := map[string]bool{}
-		for i, n := range c.nodes {
-			cctx, cancel := context.WithTimeout(ctx, devRPC)
-			st, err := n.client.GetStatus(cctx, &havenv1.GetStatusRequest{})
-			cancel()
-			switch {
-			case err != nil:
-				last[i] = describeError(err)
-				leaders[""] = true
-			default:
-				last[i] = fmt.Sprintf("%s, leader %s", dash(st.GetRaftState()), dash(st.GetLeader()))
-				leaders[st.GetLeader()] = true
-			}
-		}
-		if len(leaders) == 1 && !leaders[""] {
-			for l := range leaders {
-				return l, nil
-			}
+		answers := devcluster.Poll(ctx, nodes)
+		if l, err := devcluster.Leader(answers); err == nil {
+			return l.Name, nil
 		}
 		if time.Now().After(deadline) {
 			var b strings.Builder
 			fmt.Fprintf(&b, "the agents did not agree on a leader within %s:", devLeaderDeadline)
-			for i, n := range c.nodes {
-				fmt.Fprintf(&b, "\n  %s (%s): %s", n.name, n.grpcAddr(), last[i])
+			for _, a := range answers {
+				last := describeError(a.Err)
+				if a.Err == nil {
+					last = fmt.Sprintf("%s, leader %s", dash(a.Status.GetRaftState()), dash(a.Status.GetLeader()))
+				}
+				fmt.Fprintf(&b, "\n  %s (%s): %s", a.Node.Name, a.Node.Addr, last)
 			}
 			return "", errors.New(b.String())
 		}
@@ -412,9 +362,9 @@ func (c *devCluster) waitForLeader(ctx context.Context, deadline time.Time) (str
 		case n := <-c.exits:
 			where := "the end of its log is above"
 			if c.keep {
-				where = "its log is " + n.logPath
+				where = "its log is " + n.LogPath
 			}
-			return "", fmt.Errorf("%s exited before the cluster formed (%s); %s", n.name, n.exitDescription(), where)
+			return "", fmt.Errorf("%s exited before the cluster formed (%s); %s", n.Name, exitDescription(n.Process()), where)
 		case <-tick.C:
 		}
 	}
@@ -433,11 +383,11 @@ func (c *devCluster) createDemo(ctx context.Context) error {
 	deadline := time.Now().Add(devSettle)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, devRPC)
-		_, err := via.client.CreateGroup(cctx, req)
+		_, err := via.Client().CreateGroup(cctx, req)
 		cancel()
 		switch status.Code(err) {
 		case codes.OK:
-			fmt.Fprintf(c.out, "created group demo through %s\n", via.name)
+			fmt.Fprintf(c.out, "created group demo through %s\n", via.Name)
 			return c.startDemo(ctx, via)
 		case codes.AlreadyExists:
 			fmt.Fprintln(c.out, "group demo exists already")
@@ -465,7 +415,7 @@ func (c *devCluster) startDemo(ctx context.Context, via *devNode) error {
 	deadline := time.Now().Add(devSettle)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, devRPC)
-		resp, err := via.client.StartGroup(cctx, req)
+		resp, err := via.Client().StartGroup(cctx, req)
 		cancel()
 		switch status.Code(err) {
 		case codes.OK:
@@ -497,7 +447,7 @@ func (c *devCluster) show(ctx context.Context, demo bool) {
 	var groups *havenv1.ListGroupsResponse
 	var nodesErr, groupsErr error
 	waitFor(ctx, devSettle, func(ctx context.Context) bool {
-		nodes, nodesErr = first.client.ListNodes(ctx, &havenv1.ListNodesRequest{})
+		nodes, nodesErr = first.Client().ListNodes(ctx, &havenv1.ListNodesRequest{})
 		alive := 0
 		for _, n := range nodes.GetNodes() {
 			if n.GetNode().GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE {
@@ -507,7 +457,7 @@ func (c *devCluster) show(ctx context.Context, demo bool) {
 		return alive >= len(c.nodes)
 	}, func() { fmt.Fprintf(c.out, "waiting up to %s for every member to be listed alive\n", devSettle) })
 	listGroups := func(ctx context.Context) *havenv1.Group {
-		groups, groupsErr = first.client.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+		groups, groupsErr = first.Client().ListGroups(ctx, &havenv1.ListGroupsRequest{})
 		for _, g := range groups.GetGroups() {
 			if g.GetSpec().GetName() == "demo" {
 				return g
@@ -570,8 +520,8 @@ func waitFor(ctx context.Context, limit time.Duration, cond func(context.Context
 }
 
 func (c *devCluster) hints() string {
-	a1 := c.nodes[0].grpcAddr()
-	a2 := c.nodes[min(1, len(c.nodes)-1)].grpcAddr()
+	a1 := c.nodes[0].Addr
+	a2 := c.nodes[min(1, len(c.nodes)-1)].Addr
 	var b strings.Builder
 	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
@@ -587,8 +537,8 @@ func (c *devCluster) hints() string {
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n\n", a1)
 	b.WriteString("Agent pids:")
 	for _, n := range c.nodes {
-		if n.cmd != nil && n.cmd.Process != nil {
-			fmt.Fprintf(&b, " %s=%d", n.name, n.cmd.Process.Pid)
+		if p := n.Process(); p != nil {
+			fmt.Fprintf(&b, " %s=%d", n.Name, p.Pid())
 		}
 	}
 	fmt.Fprintf(&b, "\nConfigs and logs: %s/dev-<i>/{haven.yaml,agent.log}", c.dir)
@@ -604,16 +554,18 @@ func (c *devCluster) hints() string {
 // reportExit tells the operator an agent died while the cluster ran, with
 // the end of its log, which usually says why.
 func (c *devCluster) reportExit(n *devNode) {
-	fmt.Fprintf(c.out, "\n%s (pid %d) exited: %v\n", n.name, n.cmd.Process.Pid, n.exitDescription())
+	p := n.Process()
+	fmt.Fprintf(c.out, "\n%s (pid %d) exited: %v\n", n.Name, p.Pid(), exitDescription(p))
 	c.printLogTail(n)
-	fmt.Fprintf(c.out, "The other agents keep running. To restart it by hand: go run ./cmd/haven agent --config %s\n", n.cfgPath)
+	fmt.Fprintf(c.out, "The other agents keep running. To restart it by hand: go run ./cmd/haven agent --config %s\n", n.ConfigPath)
 }
 
-func (n *devNode) exitDescription() string {
-	if n.waitErr == nil {
-		return "exit status 0"
+// exitDescription says how an agent's process ended; it waits for the end.
+func exitDescription(p *devcluster.Process) string {
+	if err := p.Err(); err != nil {
+		return err.Error()
 	}
-	return n.waitErr.Error()
+	return "exit status 0"
 }
 
 func (c *devCluster) printLogTails() {
@@ -623,12 +575,12 @@ func (c *devCluster) printLogTails() {
 }
 
 func (c *devCluster) printLogTail(n *devNode) {
-	lines, err := tailLines(n.logPath, devLogTail)
+	lines, err := tailLines(n.LogPath, devLogTail)
 	if err != nil {
-		fmt.Fprintf(c.out, "(cannot read %s: %v)\n", n.logPath, err)
+		fmt.Fprintf(c.out, "(cannot read %s: %v)\n", n.LogPath, err)
 		return
 	}
-	fmt.Fprintf(c.out, "last lines of %s:\n", n.logPath)
+	fmt.Fprintf(c.out, "last lines of %s:\n", n.LogPath)
 	for _, l := range lines {
 		fmt.Fprintf(c.out, "  | %s\n", l)
 	}
@@ -668,49 +620,33 @@ func tailLines(path string, n int) ([]string, error) {
 
 // stop sends SIGTERM to every agent still running and waits for them,
 // killing those still there after devStopGrace, or at once on another
-// signal. Only the agent gets SIGTERM, so it can stop what it started
-// itself; a kill goes to its whole process group.
+// signal (devcluster.Stop).
 func (c *devCluster) stop(sigs <-chan os.Signal) {
-	var alive []*devNode
+	var alive []*devcluster.Node
 	for _, n := range c.nodes {
-		if n.cmd != nil && !n.exited() {
-			alive = append(alive, n)
+		if n.Running() {
+			alive = append(alive, n.Node)
 		}
 	}
 	if len(alive) == 0 {
 		return
 	}
 	fmt.Fprintf(c.out, "\nstopping %d agents (Ctrl-C again to kill them)\n", len(alive))
-	for _, n := range alive {
-		if err := terminateProcess(n.cmd.Process); err != nil && !n.exited() {
-			fmt.Fprintf(c.out, "%s: %v\n", n.name, err)
+	now, kill := context.WithCancelCause(context.Background())
+	defer kill(nil)
+	go func() {
+		select {
+		case <-sigs:
+			kill(errors.New("asked twice"))
+		case <-now.Done():
 		}
-	}
-	grace := time.NewTimer(devStopGrace)
-	defer grace.Stop()
-	killed := false
-	killAll := func(why string) {
-		if killed {
-			return
-		}
-		killed = true
-		for _, n := range alive {
-			if !n.exited() {
-				fmt.Fprintf(c.out, "killing %s: %s\n", n.name, why)
-				killProcessGroup(n.cmd.Process)
-			}
-		}
-	}
-	for _, n := range alive {
-		for !n.exited() {
-			select {
-			case <-n.done:
-			case <-grace.C:
-				killAll(fmt.Sprintf("still running %s after SIGTERM", devStopGrace))
-			case <-sigs:
-				killAll("asked twice")
-			}
-		}
-		fmt.Fprintf(c.out, "%s stopped (%s)\n", n.name, n.exitDescription())
-	}
+	}()
+	ctx, cancel := context.WithTimeoutCause(now, devStopGrace, fmt.Errorf("still running %s after SIGTERM", devStopGrace))
+	defer cancel()
+	devcluster.Stop(ctx, alive, devcluster.StopHooks{
+		Killing: func(n *devcluster.Node, why error) { fmt.Fprintf(c.out, "killing %s: %v\n", n.Name, why) },
+		Stopped: func(n *devcluster.Node) {
+			fmt.Fprintf(c.out, "%s stopped (%s)\n", n.Name, exitDescription(n.Process()))
+		},
+	})
 }

@@ -39,18 +39,22 @@ func TestDevConfig(t *testing.T) {
 // unknown keys refused, and ends with exactly the config dev built.
 func TestDevConfigFileRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	n := &devNode{name: "dev-1", cfg: devConfig(dir, 17000, 3, 1)}
-	n.dir = filepath.Join(dir, n.name)
-	n.cfgPath = filepath.Join(n.dir, "haven.yaml")
+	n := testDevNode(t, dir, 3, 1)
 	if err := n.writeConfig(); err != nil {
 		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "dev-1", "haven.yaml"); n.ConfigPath != want {
+		t.Errorf("config path %s, want %s", n.ConfigPath, want)
+	}
+	if b, err := os.ReadFile(n.ConfigPath); err != nil || !strings.HasPrefix(string(b), "# Written by haven dev; rewritten on every start.\nname: dev-1\n") {
+		t.Errorf("config file: %.60q, %v", b, err)
 	}
 	if fi, err := os.Stat(n.cfg.DataDir); err != nil || !fi.IsDir() {
 		t.Errorf("data dir not created: %v", err)
 	}
 	got := agent.Default()
 	got.Name, got.DataDir = "someone-else", "/elsewhere" // must be overwritten
-	if err := got.LoadFile(n.cfgPath); err != nil {
+	if err := got.LoadFile(n.ConfigPath); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, n.cfg) {
@@ -72,18 +76,19 @@ func TestDevOptionsValidate(t *testing.T) {
 	}
 }
 
-func TestDevEnv(t *testing.T) {
-	got := devEnv([]string{"PATH=/bin", "HAVEN_NAME=x", "HAVEN_ADDR=y", "HOME=/root", "XHAVEN_=ok"})
-	if want := []string{"PATH=/bin", "HOME=/root", "XHAVEN_=ok"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("devEnv = %v, want %v", got, want)
+// testDevNode is node i of n under dir, as runDev makes it.
+func testDevNode(t *testing.T, dir string, n, i int) *devNode {
+	t.Helper()
+	dn, err := newDevNode(dir, devConfig(dir, 17000, n, i))
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { dn.Close() })
+	return dn
 }
 
 func TestDevHints(t *testing.T) {
-	c := &devCluster{dir: "/tmp/x", nodes: []*devNode{
-		{name: "dev-1", cfg: devConfig("/tmp/x", 17000, 2, 1)},
-		{name: "dev-2", cfg: devConfig("/tmp/x", 17000, 2, 2)},
-	}}
+	c := &devCluster{dir: "/tmp/x", nodes: []*devNode{testDevNode(t, "/tmp/x", 2, 1), testDevNode(t, "/tmp/x", 2, 2)}}
 	h := c.hints()
 	for _, want := range []string{
 		"go run ./cmd/haven --addr 127.0.0.1:17013 members\n",

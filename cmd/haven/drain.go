@@ -39,7 +39,7 @@ draining until 'haven resume NODE'.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	cmd.Flags().StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }
 
@@ -62,6 +62,6 @@ func newResumeCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	cmd.Flags().StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }

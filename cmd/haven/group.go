@@ -132,7 +132,7 @@ Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 	f.StringArrayVar(&aac, "anti-affinity", nil, "CLASS[:hard][:sites]: groups sharing a class are kept on different nodes; hard never shares a node, sites also spreads over sites (repeatable)")
 	f.StringVar(&site, "preferred-site", "", "site the group should run in when it can")
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
-	f.StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	f.StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }
 
@@ -218,7 +218,7 @@ func newGroupDeleteCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	cmd.Flags().StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }
 
@@ -243,7 +243,7 @@ func newGroupStartCmd(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&node, "node", "", "start it on this node (it must be a possible owner)")
-	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	cmd.Flags().StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }
 
@@ -266,6 +266,6 @@ func newGroupStopCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&requestID, "request-id", "", "idempotency key: a retry with the same id is applied once")
+	cmd.Flags().StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }

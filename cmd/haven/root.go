@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -159,13 +159,14 @@ func (g *globalOptions) call(ctx context.Context, fn func(context.Context, haven
 	return fn(ctx, havenv1.NewClusterServiceClient(conn))
 }
 
-// dial opens a plaintext connection: the API has no TLS yet.
+// requestIDUsage is the help of every write's --request-id.
+const requestIDUsage = "idempotency key: a retry with the same id is applied once (default: a new id, kept across this command's own retries)"
+
+// dial opens the CLI's connection to an agent. A call that meets no leader
+// (an election, a leader change) is retried within --timeout, a write with
+// the same request id every time, so it is applied once.
 func dial(addr string) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("agent address %q: %w", addr, err)
-	}
-	return conn, nil
+	return rpcclient.Dial(addr, rpcclient.WithRetry())
 }
 
 // render prints m as JSON with -o json, or through table otherwise.
