@@ -90,7 +90,31 @@ func toSlog(l hclog.Level) slog.Level {
 }
 
 func (b *bridge) Log(level hclog.Level, msg string, args ...any) {
-	b.l.Log(context.Background(), toSlog(level), msg, args...)
+	b.l.Log(context.Background(), toSlog(level), msg, formatArgs(args)...)
+}
+
+// formatArgs renders hclog.Fmt values ("servers", hclog.Fmt("%+v", s)),
+// which raft uses and slog would print as the raw format and arguments.
+func formatArgs(args []any) []any {
+	var out []any
+	for i, a := range args {
+		f, ok := a.(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		format, ok := f[0].(string)
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = append([]any(nil), args...)
+		}
+		out[i] = fmt.Sprintf(format, f[1:]...)
+	}
+	if out == nil {
+		return args
+	}
+	return out
 }
 func (b *bridge) Trace(msg string, args ...any) { b.Log(hclog.Trace, msg, args...) }
 func (b *bridge) Debug(msg string, args ...any) { b.Log(hclog.Debug, msg, args...) }

@@ -34,8 +34,9 @@ func TestHclogBridgeLevelsAndNames(t *testing.T) {
 	h := Hclog(New(&buf, lv)).Named("raft").Named("net")
 	h.Trace("heartbeat", "peer", "n2")
 	h.With("term", 3).Error("election lost")
+	h.Info("initial configuration", "servers", hclog.Fmt("%+v", []string{"n1", "n2"}))
 	out := buf.String()
-	for _, want := range []string{`level=TRACE msg=heartbeat sub=raft.net peer=n2`, `level=ERROR msg="election lost"`, `term=3`} {
+	for _, want := range []string{`level=TRACE msg=heartbeat sub=raft.net peer=n2`, `level=ERROR msg="election lost"`, `term=3`, `servers="[n1 n2]"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
