@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/haven-ha/haven/agent/services/servicetest"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -175,23 +177,8 @@ func newFixture() *fixture {
 	return f
 }
 
-// wantStatus fails unless err is a status of code whose message holds
-// every part.
-func wantStatus(t *testing.T, err error, code codes.Code, parts ...string) {
-	t.Helper()
-	st, ok := status.FromError(err)
-	if !ok || err == nil {
-		t.Fatalf("error %v: want a %v status", err, code)
-	}
-	if st.Code() != code {
-		t.Fatalf("error %v %q: want %v", st.Code(), st.Message(), code)
-	}
-	for _, p := range parts {
-		if !strings.Contains(st.Message(), p) {
-			t.Errorf("message %q: want it to contain %q", st.Message(), p)
-		}
-	}
-}
+// wantStatus is servicetest.WantStatus.
+var wantStatus = servicetest.WantStatus
 
 // checkRequestID runs a write with and without a request id: a retry is
 // applied once only if the id the caller gave reaches the leader

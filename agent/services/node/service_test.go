@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haven-ha/haven/agent/services/servicetest"
+
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/haven-ha/haven/agent/consensus"
 	"github.com/haven-ha/haven/driver"
@@ -154,21 +155,8 @@ var (
 	nonMembers = []string{"n5", "n7", "n9"}
 )
 
-func wantStatus(t *testing.T, err error, code codes.Code, parts ...string) {
-	t.Helper()
-	st, ok := status.FromError(err)
-	if !ok || err == nil {
-		t.Fatalf("error %v: want a %v status", err, code)
-	}
-	if st.Code() != code {
-		t.Fatalf("error %v %q: want %v", st.Code(), st.Message(), code)
-	}
-	for _, p := range parts {
-		if !strings.Contains(st.Message(), p) {
-			t.Errorf("message %q: want it to contain %q", st.Message(), p)
-		}
-	}
-}
+// wantStatus is servicetest.WantStatus.
+var wantStatus = servicetest.WantStatus
 
 // A stranger calling again and again must not flood the log: one line a
 // minute per name.
