@@ -43,8 +43,11 @@ func rankSpec(req *havenv1.RankNodesRequest) *havenv1.GroupSpec {
 	}
 }
 
-// checkRankRequest applies the group spec's rules to what RankNodes is
-// asked about.
+// checkRankRequest checks each field RankNodes is asked about as the group
+// spec checks it (ranges, names, selectors, one class each); a question
+// need not be a group that could be created (no owner count limits, and
+// preferred owners need not be possible ones), so the spec's rules that
+// relate fields to each other are left out.
 func checkRankRequest(req *havenv1.RankNodesRequest) error {
 	invalid := services.Invalid
 	switch {
