@@ -94,7 +94,7 @@ func (a *Agent) serve() error {
 	}
 	a.grpc = srv
 	havenv1.RegisterClusterServiceServer(srv, cluster.New(cluster.Config{
-		Name: a.cfg.Name, State: a.fsm, Leader: a.leader, Raft: a.raft, Members: a.gossip, Locate: a.locate,
+		Name: a.cfg.Name, State: a.fsm, Leader: a.leader, Raft: a.raft, Members: a.gossip, Events: a.events, Locate: a.locate,
 	}))
 	havenv1.RegisterNodeServiceServer(srv, node.New(node.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,

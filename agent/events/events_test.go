@@ -1,6 +1,7 @@
 package events
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -33,19 +34,25 @@ func TestAppliesBecomeEvents(t *testing.T) {
 		Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1",
 		State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
 	apply(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "web"}}})
+	// A batch: one event per assignment, the stale one refused.
+	g = l.FSM.Group("web")
+	apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroups{AssignGroups: &havenv1.AssignGroupsCommand{Assignments: []*havenv1.AssignGroupCommand{
+		{Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n2", State: havenv1.GroupState_GROUP_STATE_STARTING},
+		{Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n3", State: havenv1.GroupState_GROUP_STATE_STARTING},
+	}}}})
 
 	want := []struct {
 		kind    Kind
 		refused bool
-	}{{"create-group", false}, {"assign-group", false}, {"delete-group", true}}
+	}{{"create-group", false}, {"assign-group", false}, {"delete-group", true}, {"assign-group", false}, {"assign-group", true}}
 	for i, w := range want {
 		select {
 		case e := <-sub.C():
-			if e.Kind != w.kind || e.Group != "web" || e.Index != uint64(i+1) || (e.Refused != "") != w.refused {
+			if e.Kind != w.kind || e.Group != "web" || e.Index != uint64(min(i, 3)+1) || (e.Refused != "") != w.refused {
 				t.Errorf("event %d: %+v, want %s refused=%v", i, e, w.kind, w.refused)
 			}
-			if e.Kind == "assign-group" && (e.Node != "n1" || e.Epoch != g.GetEpoch()+1) {
-				t.Errorf("assignment event %+v, want n1 at epoch %d", e, g.GetEpoch()+1)
+			if e.Kind == "assign-group" && i == 3 && (e.Node != "n2" || e.Epoch != g.GetEpoch()+1) {
+				t.Errorf("assignment event %+v, want n2 at epoch %d", e, g.GetEpoch()+1)
 			}
 		case <-time.After(time.Second):
 			t.Fatalf("event %d (%s) not delivered", i, w.kind)
@@ -98,5 +105,47 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 	b.Publish(Event{Kind: "after-close"})
 	if b.Dropped() != 48 {
 		t.Error("a closed subscription still counts drops")
+	}
+}
+
+// A watcher from an index gets the kept events after it, then the new
+// ones, with nothing missed or repeated between the two; one asking for
+// events no longer kept is told so.
+func TestWatchResumesFromAnIndex(t *testing.T) {
+	b := NewBroker()
+	for i := uint64(10); i < 10+Keep+5; i++ {
+		b.Publish(Event{Kind: "assign-group", Index: i, Group: "web"})
+	}
+	b.Publish(Event{Kind: MemberFailed, Node: "n2"}) // not kept: no index
+	first := uint64(10 + 5)                          // the five oldest were let go
+	replay, sub, err := b.Watch(first+Keep-3, 8, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if len(replay) != 2 || replay[0].Index != first+Keep-2 || replay[1].Index != first+Keep-1 {
+		t.Fatalf("replay %+v, want the last two kept", replay)
+	}
+	b.Publish(Event{Kind: "stop-group", Index: first + Keep, Group: "web"})
+	if e := <-sub.C(); e.Index != first+Keep {
+		t.Fatalf("after the replay: %+v", e)
+	}
+	// That let the oldest kept event go: first+1 is the oldest now.
+	if _, s, err := b.Watch(first, 8, nil); err != nil {
+		t.Fatalf("from the index just before the oldest kept: %v", err)
+	} else {
+		s.Close()
+	}
+	var ce *CompactedError
+	if _, _, err := b.Watch(first-1, 8, nil); !errors.As(err, &ce) || ce.KeptFrom != first+1 {
+		t.Fatalf("from an index no longer kept: %v", err)
+	}
+	all, s2, err := b.Watch(0, 8, func(e Event) bool { return e.Index%1000 == 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if len(all) != 4 {
+		t.Fatalf("every kept event with a filter: %d, want 4 (1000, 2000, 3000, 4000)", len(all))
 	}
 }

@@ -3,6 +3,7 @@ package events
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +27,7 @@ func FromMembership(e heartbeat.Event) Event {
 	if k == "" {
 		k = Kind("member-" + e.Type.String())
 	}
-	return Event{Kind: k, Node: e.Member.Name, State: e.Member.State.String()}
+	return Event{Kind: k, Time: time.Now(), Node: e.Member.Name, State: e.Member.State.String()}
 }
 
 // Observe wraps f so that every command it applies is published to b.
@@ -44,19 +45,33 @@ type Observed struct {
 func (o *Observed) Apply(l *raft.Log) any {
 	res := o.FSM.Apply(l)
 	if l.Type == raft.LogCommand {
-		if e, ok := FromCommand(l.Index, l.Data, res); ok {
+		for _, e := range FromCommand(l.Index, l.Data, res) {
 			o.b.Publish(e)
 		}
 	}
 	return res
 }
 
-// FromCommand is the event of a command the FSM applied (or refused),
-// named after the command: "create-group", "assign-group", ...
-func FromCommand(index uint64, data []byte, res any) (Event, bool) {
+// FromCommand is the events of a command the FSM applied (or refused),
+// named after the command: "create-group", "assign-group", ... A batch of
+// assignments is one "assign-group" event per assignment, at the batch's
+// index, each with its own outcome.
+func FromCommand(index uint64, data []byte, res any) []Event {
 	var c havenv1.Command
 	if proto.Unmarshal(data, &c) != nil || c.GetCmd() == nil {
-		return Event{}, false
+		return nil
+	}
+	r, _ := res.(*fsm.Result)
+	if b := c.GetAssignGroups(); b != nil {
+		var out []Event
+		for i, a := range b.GetAssignments() {
+			e := assignEvent(index, &c, a)
+			if r != nil && i < len(r.Items) && r.Items[i] != nil {
+				e.Refused = r.Items[i].Msg
+			}
+			out = append(out, e)
+		}
+		return out
 	}
 	e := Event{Index: index, Time: c.GetTime().AsTime(), Kind: kindOf(&c)}
 	switch x := c.GetCmd().(type) {
@@ -65,8 +80,7 @@ func FromCommand(index uint64, data []byte, res any) (Event, bool) {
 	case *havenv1.Command_DeleteGroup:
 		e.Group = x.DeleteGroup.GetName()
 	case *havenv1.Command_AssignGroup:
-		a := x.AssignGroup
-		e.Group, e.Node, e.State, e.Reason, e.Epoch = a.GetName(), a.GetOwner(), a.GetState().String(), a.GetReason(), a.GetExpectEpoch()+1
+		e = assignEvent(index, &c, x.AssignGroup)
 	case *havenv1.Command_SetGroupState:
 		s := x.SetGroupState
 		e.Group, e.State, e.Reason, e.Epoch = s.GetName(), s.GetState().String(), s.GetReason(), s.GetEpoch()
@@ -82,10 +96,15 @@ func FromCommand(index uint64, data []byte, res any) (Event, bool) {
 	case *havenv1.Command_SetNodeDrain:
 		e.Node, e.State = x.SetNodeDrain.GetName(), fmt.Sprintf("draining=%t", x.SetNodeDrain.GetDraining())
 	}
-	if r, ok := res.(*fsm.Result); ok && r.Err != nil {
+	if r != nil && r.Err != nil {
 		e.Refused = r.Err.Msg
 	}
-	return e, true
+	return []Event{e}
+}
+
+func assignEvent(index uint64, c *havenv1.Command, a *havenv1.AssignGroupCommand) Event {
+	return Event{Index: index, Time: c.GetTime().AsTime(), Kind: "assign-group", Group: a.GetName(), Node: a.GetOwner(),
+		State: a.GetState().String(), Reason: a.GetReason(), Epoch: a.GetExpectEpoch() + 1}
 }
 
 // kindOf names a command's event after its oneof field: assign_group ->

@@ -130,6 +130,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newCheckCmd(g),
 		newDrainCmd(g),
 		newResumeCmd(g),
+		newEventsCmd(g),
 	)
 	return root
 }

@@ -7,6 +7,7 @@ package cluster
 
 import (
 	"github.com/haven-ha/haven/agent/consensus"
+	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/agent/services"
 	"github.com/haven-ha/haven/fsm"
@@ -46,6 +47,11 @@ type Raft interface {
 	ReadMeta(consistent bool) *havenv1.ReadMeta
 }
 
+// Events is this agent's event broker.
+type Events interface {
+	Watch(from uint64, buf int, filter func(events.Event) bool) ([]events.Event, *events.Sub, error)
+}
+
 // Members is gossip's view of the cluster.
 type Members interface {
 	Members() []heartbeat.Member
@@ -59,6 +65,7 @@ type Config struct {
 	Leader  Leader
 	Raft    Raft
 	Members Members
+	Events  Events
 	Locate  services.Locate
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/haven-ha/haven/agent/events"
+
 	"github.com/haven-ha/haven/agent/services/servicetest"
 
 	"google.golang.org/grpc/codes"
@@ -154,6 +156,7 @@ type fixture struct {
 	leader  *fakeLeader
 	raft    *fakeRaft
 	members *fakeMembers
+	events  *events.Broker
 	// located is what Locate answers; locateErr makes it fail.
 	located   [2]string
 	locateErr error
@@ -162,11 +165,11 @@ type fixture struct {
 
 func newFixture() *fixture {
 	f := &fixture{
-		state: &fakeState{}, leader: &fakeLeader{}, raft: &fakeRaft{}, members: &fakeMembers{},
+		state: &fakeState{}, leader: &fakeLeader{}, raft: &fakeRaft{}, members: &fakeMembers{}, events: events.NewBroker(),
 		located: [2]string{"n2", "10.0.0.2:7443"},
 	}
 	f.svc = New(Config{
-		Name: "n1", State: f.state, Leader: f.leader, Raft: f.raft, Members: f.members,
+		Name: "n1", State: f.state, Leader: f.leader, Raft: f.raft, Members: f.members, Events: f.events,
 		Locate: func() (string, string, error) {
 			if f.locateErr != nil {
 				return "", "", f.locateErr

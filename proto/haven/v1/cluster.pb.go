@@ -9,6 +9,7 @@ package havenv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -2252,11 +2253,248 @@ func (x *ResumeNodeResponse) GetNode() *Node {
 	return nil
 }
 
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events of later log indexes only; 0 for every event kept.
+	FromIndex uint64 `protobuf:"varint,1,opt,name=from_index,json=fromIndex,proto3" json:"from_index,omitempty"`
+	// Keep the stream open for new events.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Filters, all that are given must match: event kinds ("assign-group",
+	// "member-failed", ...), a node, a group.
+	Kinds         []string `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	Node          string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	Group         string   `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WatchEventsRequest) GetFromIndex() uint64 {
+	if x != nil {
+		return x.FromIndex
+	}
+	return 0
+}
+
+func (x *WatchEventsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *WatchEventsRequest) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *WatchEventsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type WatchEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The log index that applied the command; 0 for a membership change,
+	// which is this agent's own view and not in the log.
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// What happened: the command ("create-group", "assign-groups", ...) or
+	// the membership change ("member-joined", "member-failed", ...).
+	Kind   string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Group  string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	Node   string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch  uint64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State  string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Reason string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the state machine refused the command: nothing changed.
+	Refused       string `protobuf:"bytes,9,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Event) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Event) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Event) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Event) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetRefused() string {
+	if x != nil {
+		return x.Refused
+	}
+	return ""
+}
+
 var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x14haven/v1/types.proto\"\x12\n" +
+	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x12\n" +
 	"\x10GetStatusRequest\"\xb1\x04\n" +
 	"\x11GetStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
@@ -2428,7 +2666,26 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"8\n" +
 	"\x12ResumeNodeResponse\x12\"\n" +
-	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node*f\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"\x8b\x01\n" +
+	"\x12WatchEventsRequest\x12\x1d\n" +
+	"\n" +
+	"from_index\x18\x01 \x01(\x04R\tfromIndex\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x14\n" +
+	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\"<\n" +
+	"\x13WatchEventsResponse\x12%\n" +
+	"\x05event\x18\x01 \x01(\v2\x0f.haven.v1.EventR\x05event\"\xe9\x01\n" +
+	"\x05Event\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
+	"\arefused\x18\t \x01(\tR\arefused*f\n" +
 	"\bRaftRole\x12\x19\n" +
 	"\x15RAFT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eRAFT_ROLE_NONE\x10\x01\x12\x13\n" +
@@ -2442,7 +2699,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x19BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BALANCER_MODE_OFF\x10\x01\x12\x1b\n" +
 	"\x17BALANCER_MODE_RECOMMEND\x10\x02\x12\x1b\n" +
-	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xad\a\n" +
+	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xfb\a\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -2460,7 +2717,8 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\aBalance\x12\x18.haven.v1.BalanceRequest\x1a\x19.haven.v1.BalanceResponse\x12D\n" +
 	"\tDrainNode\x12\x1a.haven.v1.DrainNodeRequest\x1a\x1b.haven.v1.DrainNodeResponse\x12G\n" +
 	"\n" +
-	"ResumeNode\x12\x1b.haven.v1.ResumeNodeRequest\x1a\x1c.haven.v1.ResumeNodeResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"ResumeNode\x12\x1b.haven.v1.ResumeNodeRequest\x1a\x1c.haven.v1.ResumeNodeResponse\x12L\n" +
+	"\vWatchEvents\x12\x1c.haven.v1.WatchEventsRequest\x1a\x1d.haven.v1.WatchEventsResponse0\x01B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -2475,105 +2733,113 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_haven_v1_cluster_proto_goTypes = []any{
-	(RaftRole)(0),               // 0: haven.v1.RaftRole
-	(ReserveMethod)(0),          // 1: haven.v1.ReserveMethod
-	(BalancerMode)(0),           // 2: haven.v1.BalancerMode
-	(*GetStatusRequest)(nil),    // 3: haven.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),   // 4: haven.v1.GetStatusResponse
-	(*ListNodesRequest)(nil),    // 5: haven.v1.ListNodesRequest
-	(*NodeInfo)(nil),            // 6: haven.v1.NodeInfo
-	(*ListNodesResponse)(nil),   // 7: haven.v1.ListNodesResponse
-	(*CreateGroupRequest)(nil),  // 8: haven.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil), // 9: haven.v1.CreateGroupResponse
-	(*ReadMeta)(nil),            // 10: haven.v1.ReadMeta
-	(*GetGroupRequest)(nil),     // 11: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),    // 12: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),   // 13: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),  // 14: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),  // 15: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil), // 16: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),   // 17: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),  // 18: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),    // 19: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),   // 20: haven.v1.StopGroupResponse
-	(*GetReserveRequest)(nil),   // 21: haven.v1.GetReserveRequest
-	(*ReserveBreach)(nil),       // 22: haven.v1.ReserveBreach
-	(*GetReserveResponse)(nil),  // 23: haven.v1.GetReserveResponse
-	(*RankNodesRequest)(nil),    // 24: haven.v1.RankNodesRequest
-	(*RankedNode)(nil),          // 25: haven.v1.RankedNode
-	(*RankNodesResponse)(nil),   // 26: haven.v1.RankNodesResponse
-	(*BalanceRequest)(nil),      // 27: haven.v1.BalanceRequest
-	(*BalanceMove)(nil),         // 28: haven.v1.BalanceMove
-	(*BalanceResponse)(nil),     // 29: haven.v1.BalanceResponse
-	(*DrainNodeRequest)(nil),    // 30: haven.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),   // 31: haven.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),   // 32: haven.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),  // 33: haven.v1.ResumeNodeResponse
-	nil,                         // 34: haven.v1.RankNodesRequest.NodeSelectorEntry
-	(*Node)(nil),                // 35: haven.v1.Node
-	(*GroupSpec)(nil),           // 36: haven.v1.GroupSpec
-	(*Group)(nil),               // 37: haven.v1.Group
-	(*Capacity)(nil),            // 38: haven.v1.Capacity
-	(*AntiAffinity)(nil),        // 39: haven.v1.AntiAffinity
-	(Priority)(0),               // 40: haven.v1.Priority
+	(RaftRole)(0),                 // 0: haven.v1.RaftRole
+	(ReserveMethod)(0),            // 1: haven.v1.ReserveMethod
+	(BalancerMode)(0),             // 2: haven.v1.BalancerMode
+	(*GetStatusRequest)(nil),      // 3: haven.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),     // 4: haven.v1.GetStatusResponse
+	(*ListNodesRequest)(nil),      // 5: haven.v1.ListNodesRequest
+	(*NodeInfo)(nil),              // 6: haven.v1.NodeInfo
+	(*ListNodesResponse)(nil),     // 7: haven.v1.ListNodesResponse
+	(*CreateGroupRequest)(nil),    // 8: haven.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),   // 9: haven.v1.CreateGroupResponse
+	(*ReadMeta)(nil),              // 10: haven.v1.ReadMeta
+	(*GetGroupRequest)(nil),       // 11: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),      // 12: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),     // 13: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),    // 14: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),    // 15: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),   // 16: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),     // 17: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),    // 18: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),      // 19: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),     // 20: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),     // 21: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),         // 22: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),    // 23: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),      // 24: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),            // 25: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),     // 26: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),        // 27: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),           // 28: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),       // 29: haven.v1.BalanceResponse
+	(*DrainNodeRequest)(nil),      // 30: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),     // 31: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),     // 32: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),    // 33: haven.v1.ResumeNodeResponse
+	(*WatchEventsRequest)(nil),    // 34: haven.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),   // 35: haven.v1.WatchEventsResponse
+	(*Event)(nil),                 // 36: haven.v1.Event
+	nil,                           // 37: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(*Node)(nil),                  // 38: haven.v1.Node
+	(*GroupSpec)(nil),             // 39: haven.v1.GroupSpec
+	(*Group)(nil),                 // 40: haven.v1.Group
+	(*Capacity)(nil),              // 41: haven.v1.Capacity
+	(*AntiAffinity)(nil),          // 42: haven.v1.AntiAffinity
+	(Priority)(0),                 // 43: haven.v1.Priority
+	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	35, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	38, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
 	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
 	6,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
 	10, // 3: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
-	36, // 4: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	37, // 5: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	37, // 6: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	39, // 4: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	40, // 5: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	40, // 6: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
 	10, // 7: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
-	37, // 8: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	40, // 8: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
 	10, // 9: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
-	37, // 10: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	37, // 11: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	40, // 10: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	40, // 11: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
 	1,  // 12: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
 	22, // 13: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	38, // 14: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	39, // 15: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	40, // 16: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	34, // 17: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	41, // 14: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	42, // 15: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	43, // 16: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	37, // 17: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
 	25, // 18: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
 	2,  // 19: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
 	28, // 20: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	35, // 21: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	35, // 22: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	3,  // 23: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	5,  // 24: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	8,  // 25: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	11, // 26: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	13, // 27: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	15, // 28: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	17, // 29: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	19, // 30: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	21, // 31: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	24, // 32: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	27, // 33: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	30, // 34: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	32, // 35: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	4,  // 36: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	7,  // 37: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	9,  // 38: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	12, // 39: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	14, // 40: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	16, // 41: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	18, // 42: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	20, // 43: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	23, // 44: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	26, // 45: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	29, // 46: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	31, // 47: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	33, // 48: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	38, // 21: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	38, // 22: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	36, // 23: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
+	44, // 24: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 25: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	5,  // 26: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	8,  // 27: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	11, // 28: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	13, // 29: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	15, // 30: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	17, // 31: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	19, // 32: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	21, // 33: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	24, // 34: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	27, // 35: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	30, // 36: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	32, // 37: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	34, // 38: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
+	4,  // 39: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	7,  // 40: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	9,  // 41: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	12, // 42: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	14, // 43: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	16, // 44: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	18, // 45: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	20, // 46: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	23, // 47: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	26, // 48: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	29, // 49: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	31, // 50: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	33, // 51: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	35, // 52: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
+	39, // [39:53] is the sub-list for method output_type
+	25, // [25:39] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -2588,7 +2854,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	ClusterService_Balance_FullMethodName     = "/haven.v1.ClusterService/Balance"
 	ClusterService_DrainNode_FullMethodName   = "/haven.v1.ClusterService/DrainNode"
 	ClusterService_ResumeNode_FullMethodName  = "/haven.v1.ClusterService/ResumeNode"
+	ClusterService_WatchEvents_FullMethodName = "/haven.v1.ClusterService/WatchEvents"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -72,6 +73,14 @@ type ClusterServiceClient interface {
 	// away; ResumeNode lets the node take groups again.
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
 	ResumeNode(ctx context.Context, in *ResumeNodeRequest, opts ...grpc.CallOption) (*ResumeNodeResponse, error)
+	// WatchEvents streams what happens in the cluster as the agent asked sees
+	// it: every command its state machine applies (the same on every agent, in
+	// log order) and the membership changes its gossip reports. Events after
+	// from_index that the agent still keeps come first; with follow, new ones
+	// as they happen. A watcher that falls behind is ended with Aborted and
+	// may watch again from the last index it read; events no longer kept end
+	// the call with OutOfRange, as a compacted etcd watch does.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type clusterServiceClient struct {
@@ -212,6 +221,25 @@ func (c *clusterServiceClient) ResumeNode(ctx context.Context, in *ResumeNodeReq
 	return out, nil
 }
 
+func (c *clusterServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterService_ServiceDesc.Streams[0], ClusterService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -250,6 +278,14 @@ type ClusterServiceServer interface {
 	// away; ResumeNode lets the node take groups again.
 	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
 	ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error)
+	// WatchEvents streams what happens in the cluster as the agent asked sees
+	// it: every command its state machine applies (the same on every agent, in
+	// log order) and the membership changes its gossip reports. Events after
+	// from_index that the agent still keeps come first; with follow, new ones
+	// as they happen. A watcher that falls behind is ended with Aborted and
+	// may watch again from the last index it read; events no longer kept end
+	// the call with OutOfRange, as a compacted etcd watch does.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -298,6 +334,9 @@ func (UnimplementedClusterServiceServer) DrainNode(context.Context, *DrainNodeRe
 }
 func (UnimplementedClusterServiceServer) ResumeNode(context.Context, *ResumeNodeRequest) (*ResumeNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeNode not implemented")
+}
+func (UnimplementedClusterServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -554,6 +593,17 @@ func _ClusterService_ResumeNode_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -614,6 +664,12 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ClusterService_ResumeNode_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _ClusterService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "haven/v1/cluster.proto",
 }
