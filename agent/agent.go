@@ -21,6 +21,7 @@ import (
 	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/executor"
 	"github.com/haven-ha/haven/agent/leader"
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/agent/server"
 	"github.com/haven-ha/haven/driver"
@@ -38,8 +39,9 @@ type Agent struct {
 	cfg    Config
 	log    *slog.Logger
 	fsm    *fsm.FSM
-	events *events.Broker
-	drv    driver.Hypervisor
+	events  *events.Broker
+	metrics *metrics.Metrics
+	drv     driver.Hypervisor
 
 	raft   *consensus.Node
 	grpc   *server.Server
@@ -86,6 +88,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log:          log,
 		fsm:          fsm.New(),
 		events:       events.NewBroker(),
+		metrics:      metrics.New(),
 		drv:          drv,
 		gossipEvents: make(chan heartbeat.Event, 256),
 		pool:         rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration)...),
@@ -110,7 +113,7 @@ func (a *Agent) GRPCAddr() string { return a.grpc.Addr() }
 // loops until Stop.
 func (a *Agent) Start(ctx context.Context) error {
 	ctx, a.cancel = context.WithCancel(ctx)
-	node, err := consensus.Open(a.consensusConfig(), events.Observe(a.fsm, a.events))
+	node, err := consensus.Open(a.consensusConfig(), events.Observe(a.fsm, a.events, a.metrics))
 	if err != nil {
 		return err
 	}
@@ -123,6 +126,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.gossip = g
 	a.wireDuties()
 	if err := a.serve(); err != nil {
+		_ = a.gossip.Shutdown()
+		a.raft.Close()
+		return err
+	}
+	if err := a.serveMetrics(ctx); err != nil {
+		a.grpc.Stop(0)
 		_ = a.gossip.Shutdown()
 		a.raft.Close()
 		return err

@@ -110,6 +110,8 @@ type Ports struct {
 	GossipWAN int `yaml:"gossip_wan"` // WAN pool: every node; -join addresses use this port
 	Raft      int `yaml:"raft"`
 	GRPC      int `yaml:"grpc"`
+	// Metrics serves Prometheus's /metrics over HTTP.
+	Metrics int `yaml:"metrics"`
 }
 
 // Capacity is what the node offers to groups; zero means detect.
@@ -158,7 +160,7 @@ func Default() Config {
 		Site:     "default",
 		DataDir:  "/var/lib/haven",
 		BindAddr: "0.0.0.0",
-		Ports:    Ports{Gossip: 7946, GossipWAN: 7947, Raft: 7948, GRPC: 7949},
+		Ports:    Ports{Gossip: 7946, GossipWAN: 7947, Raft: 7948, GRPC: 7949, Metrics: 7950},
 		Driver:   "sim",
 		Raft: RaftConfig{
 			MaxVoters:          5,
@@ -255,6 +257,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	num("HAVEN_GOSSIP_WAN_PORT", &c.Ports.GossipWAN)
 	num("HAVEN_RAFT_PORT", &c.Ports.Raft)
 	num("HAVEN_GRPC_PORT", &c.Ports.GRPC)
+	num("HAVEN_METRICS_PORT", &c.Ports.Metrics)
 	num("HAVEN_BOOTSTRAP_EXPECT", &c.BootstrapExpect)
 	if v := getenv("HAVEN_JOIN"); v != "" {
 		c.Join = strings.Split(v, ",")

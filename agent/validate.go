@@ -34,9 +34,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("advertise_addr: %q is not a usable IP address", c.AdvertiseAddr)
 		}
 	}
-	ports := map[string]int{"ports.gossip": c.Ports.Gossip, "ports.gossip_wan": c.Ports.GossipWAN, "ports.raft": c.Ports.Raft, "ports.grpc": c.Ports.GRPC}
+	ports := map[string]int{"ports.gossip": c.Ports.Gossip, "ports.gossip_wan": c.Ports.GossipWAN, "ports.raft": c.Ports.Raft, "ports.grpc": c.Ports.GRPC, "ports.metrics": c.Ports.Metrics}
 	seen := map[int]string{}
-	for _, k := range []string{"ports.gossip", "ports.gossip_wan", "ports.raft", "ports.grpc"} {
+	for _, k := range []string{"ports.gossip", "ports.gossip_wan", "ports.raft", "ports.grpc", "ports.metrics"} {
 		p := ports[k]
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("%s: %d is not a port (1-65535)", k, p)

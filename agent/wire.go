@@ -30,7 +30,7 @@ func (a *Agent) consensusConfig() consensus.Config {
 		BindAddr: a.bind(a.cfg.Ports.Raft), AdvertiseAddr: a.addr(a.cfg.Ports.Raft),
 		HeartbeatTimeout: r.HeartbeatTimeout, ElectionTimeout: r.ElectionTimeout, LeaderLeaseTimeout: r.LeaderLeaseTimeout,
 		SnapshotThreshold: r.SnapshotThreshold, SnapshotInterval: r.SnapshotInterval,
-		Logger: logging.Named(a.log, "raft"),
+		Logger: logging.Named(a.log, "raft"), Metrics: a.metrics,
 	}
 }
 
@@ -65,10 +65,11 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 func (a *Agent) wireDuties() {
 	lc := a.cfg.Lease
 	a.leases = lease.NewTable(quorum.LeaseConfig{Lease: lc.Duration, Margin: lc.Margin, FailoverAfter: lc.FailoverAfter}, a.fsm, a.raft.VerifyLeader)
+	a.leases.Metrics = a.metrics
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases,
-		Logger:  logging.Named(a.log, "leader"),
+		Logger:  logging.Named(a.log, "leader"), Metrics: a.metrics,
 		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		DirtyRate: dirtyRate(a.drv),
 		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
@@ -84,7 +85,7 @@ func (a *Agent) wireDuties() {
 func (a *Agent) serve() error {
 	srv, err := server.New(server.Config{
 		Addr:   a.bind(a.cfg.Ports.GRPC),
-		Logger: logging.Named(a.log, "grpc"),
+		Logger: logging.Named(a.log, "grpc"), Metrics: a.metrics,
 		Forward: &server.Forwarder{
 			Self: a.cfg.Name, LeaderOnly: cluster.LeaderOnly, IsLeader: a.raft.IsLeader, Locate: a.locate, Pool: a.pool,
 		},

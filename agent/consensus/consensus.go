@@ -20,6 +20,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/internal/logging"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -39,6 +40,8 @@ type Config struct {
 	SnapshotInterval                                      time.Duration
 
 	Logger *slog.Logger
+	// Metrics counts and times commits; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // StateMachine is the FSM Raft applies the log to; Index is the last
@@ -50,12 +53,13 @@ type StateMachine interface {
 
 // Node is an open Raft node.
 type Node struct {
-	name  string
-	log   *slog.Logger
-	fsm   StateMachine
-	raft  *raft.Raft
-	store *raftboltdb.BoltStore
-	trans *raft.NetworkTransport
+	name    string
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	fsm     StateMachine
+	raft    *raft.Raft
+	store   *raftboltdb.BoltStore
+	trans   *raft.NetworkTransport
 
 	leaderCh chan bool
 	// readsReady is set while this node leads and its barrier is applied:
@@ -73,7 +77,7 @@ const applyTimeout = 10 * time.Second
 
 // Open opens the log in cfg.Dir and starts Raft over f.
 func Open(cfg Config, f StateMachine) (*Node, error) {
-	n := &Node{name: cfg.Name, log: cfg.Logger, fsm: f}
+	n := &Node{name: cfg.Name, log: cfg.Logger, fsm: f, metrics: cfg.Metrics}
 	if n.log == nil {
 		n.log = logging.Discard()
 	}
@@ -193,6 +197,10 @@ func (n *Node) LeaderID() string {
 	return string(id)
 }
 
+// LastContact is when this node last heard from a leader (zero if never;
+// a leader's own is the last quorum contact).
+func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
+
 // Term is Raft's current term.
 func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
 
@@ -205,14 +213,18 @@ func (n *Node) Commit(c *havenv1.Command) (*fsm.Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
+	t0 := time.Now()
 	fut := n.raft.Apply(data, applyTimeout)
 	if err := fut.Error(); err != nil {
-		return nil, raftError(err, c.GetRequestId())
+		err = raftError(err, c.GetRequestId())
+		n.metrics.Commit(time.Since(t0), false, err)
+		return nil, err
 	}
 	res, ok := fut.Response().(*fsm.Result)
 	if !ok {
 		return nil, fmt.Errorf("unexpected apply response %T", fut.Response())
 	}
+	n.metrics.Commit(time.Since(t0), res.Err != nil, nil)
 	return res, nil
 }
 

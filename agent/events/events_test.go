@@ -17,7 +17,7 @@ func TestAppliesBecomeEvents(t *testing.T) {
 	sub := b.Subscribe(16, nil)
 	defer sub.Close()
 	l := fsmtest.New(t)
-	obs := Observe(l.FSM, b)
+	obs := Observe(l.FSM, b, nil)
 	// The test's log applies through the observed FSM, as Raft would.
 	apply := func(c *havenv1.Command) {
 		t.Helper()

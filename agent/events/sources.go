@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -33,20 +34,28 @@ func FromMembership(e heartbeat.Event) Event {
 // Observe wraps f so that every command it applies is published to b.
 // The FSM itself stays free of it: it is pure, and replays the same log
 // the same way with or without subscribers.
-func Observe(f *fsm.FSM, b *Broker) *Observed { return &Observed{FSM: f, b: b} }
+// Every apply is also counted in m (nil counts nothing).
+func Observe(f *fsm.FSM, b *Broker, m *metrics.Metrics) *Observed {
+	return &Observed{FSM: f, b: b, m: m}
+}
 
 // Observed is an FSM whose applies are published.
 type Observed struct {
 	*fsm.FSM
 	b *Broker
+	m *metrics.Metrics
 }
 
 // Apply implements raft.FSM.
 func (o *Observed) Apply(l *raft.Log) any {
 	res := o.FSM.Apply(l)
 	if l.Type == raft.LogCommand {
-		for _, e := range FromCommand(l.Index, l.Data, res) {
-			o.b.Publish(e)
+		var c havenv1.Command
+		if proto.Unmarshal(l.Data, &c) == nil && c.GetCmd() != nil {
+			for _, e := range fromCommand(l.Index, &c, res) {
+				o.b.Publish(e)
+			}
+			o.m.Applied(string(kindOf(&c)))
 		}
 	}
 	return res
@@ -61,11 +70,15 @@ func FromCommand(index uint64, data []byte, res any) []Event {
 	if proto.Unmarshal(data, &c) != nil || c.GetCmd() == nil {
 		return nil
 	}
+	return fromCommand(index, &c, res)
+}
+
+func fromCommand(index uint64, c *havenv1.Command, res any) []Event {
 	r, _ := res.(*fsm.Result)
 	if b := c.GetAssignGroups(); b != nil {
 		var out []Event
 		for i, a := range b.GetAssignments() {
-			e := assignEvent(index, &c, a)
+			e := assignEvent(index, c, a)
 			if r != nil && i < len(r.Items) && r.Items[i] != nil {
 				e.Refused = r.Items[i].Msg
 			}
@@ -73,14 +86,14 @@ func FromCommand(index uint64, data []byte, res any) []Event {
 		}
 		return out
 	}
-	e := Event{Index: index, Time: c.GetTime().AsTime(), Kind: kindOf(&c)}
+	e := Event{Index: index, Time: c.GetTime().AsTime(), Kind: kindOf(c)}
 	switch x := c.GetCmd().(type) {
 	case *havenv1.Command_CreateGroup:
 		e.Group = x.CreateGroup.GetSpec().GetName()
 	case *havenv1.Command_DeleteGroup:
 		e.Group = x.DeleteGroup.GetName()
 	case *havenv1.Command_AssignGroup:
-		e = assignEvent(index, &c, x.AssignGroup)
+		e = assignEvent(index, c, x.AssignGroup)
 	case *havenv1.Command_SetGroupState:
 		s := x.SetGroupState
 		e.Group, e.State, e.Reason, e.Epoch = s.GetName(), s.GetState().String(), s.GetReason(), s.GetEpoch()

@@ -26,6 +26,7 @@ func (l *Leader) admitCreate(spec *havenv1.GroupSpec) error {
 	}
 	if _, err := l.reserveFor(st, k).Admit(l.placementGroup(spec)); err != nil {
 		l.log.Info("group refused", "group", spec.GetName(), "reason", err)
+		l.cfg.Metrics.AdmissionRefused("create")
 		return err
 	}
 	return nil
@@ -67,6 +68,7 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	}
 	if err != nil {
 		l.log.Info("start refused", "group", pg.Name, "reason", err)
+		l.cfg.Metrics.AdmissionRefused("start")
 		return err
 	}
 	// The operator's intent (run, at this command's index) and the

@@ -69,8 +69,20 @@ func (l *Leader) failover(t *term, now time.Time) {
 			l.leases.Assigned(cmd.Name, now)
 			t.moves.record(cmd.Name, from, cmd.Owner, now)
 		}
+		l.cfg.Metrics.Failover(failoverOutcome(cmd))
 		l.log.Info("group failed over", "group", cmd.Name, "from", from, "to", cmd.Owner, "epoch", moving[i].GetEpoch()+1, "state", cmd.State)
 	}
+}
+
+// failoverOutcome names what a failover did with a group, for metrics.
+func failoverOutcome(cmd *havenv1.AssignGroupCommand) string {
+	switch {
+	case cmd.Owner != "":
+		return "restarted"
+	case cmd.State == havenv1.GroupState_GROUP_STATE_FAILED:
+		return "failed"
+	}
+	return "stopped"
 }
 
 // failoverCommand is the assignment that takes g off its failed owner.

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/haven-ha/haven/agent/lease"
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/logging"
@@ -71,6 +72,9 @@ type Config struct {
 	Members Members
 	Leases  *lease.Table
 	Logger  *slog.Logger
+	// Metrics counts failovers, refusals and leadership changes; nil
+	// counts nothing.
+	Metrics *metrics.Metrics
 
 	// Placement settings (see placement/).
 	Reserve       int
@@ -187,6 +191,7 @@ func (l *Leader) Run(ctx context.Context) {
 			l.mu.Lock()
 			l.cur = nil
 			l.mu.Unlock()
+			l.cfg.Metrics.Leadership(false)
 			l.log.Info("leadership revoked")
 		}
 	}
@@ -212,6 +217,7 @@ func (l *Leader) Run(ctx context.Context) {
 					defer wg.Done()
 					l.lead(ctx, t, stop)
 				}(stop)
+				l.cfg.Metrics.Leadership(true)
 				l.log.Info("leadership acquired")
 			case !isLeader:
 				revoke()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
@@ -61,6 +62,10 @@ type Table struct {
 	assigned map[string]time.Time
 	queue    []request
 	wake     chan struct{}
+
+	// Metrics counts the renewals answered; nil counts nothing. Set it
+	// before Serve runs.
+	Metrics *metrics.Metrics
 }
 
 // NewTable returns a table that lists groups from state and verifies
@@ -148,6 +153,7 @@ func (t *Table) Serve(stop <-chan struct{}) {
 			for _, r := range batch {
 				r.done <- answer{err: ErrUnverified}
 			}
+			t.Metrics.Renewals(false, len(batch))
 			continue
 		}
 		// Recording the grant after the verification, under the lock
@@ -159,6 +165,7 @@ func (t *Table) Serve(stop <-chan struct{}) {
 			r.done <- answer{resp: t.answer(r.node)}
 		}
 		t.mu.Unlock()
+		t.Metrics.Renewals(true, len(batch))
 	}
 }
 

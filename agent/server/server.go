@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/internal/rpcclient"
 )
 
@@ -37,6 +38,8 @@ type Config struct {
 	// Forward sends leader-only calls to the leader; nil serves every
 	// call here.
 	Forward *Forwarder
+	// Metrics counts and times every call; nil counts nothing.
+	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 }
 
@@ -54,11 +57,17 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("grpc listener: %w", err)
 	}
+	// Metrics first: a forwarded call is counted where it arrived too.
 	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if cfg.Metrics != nil {
+		unary = append(unary, cfg.Metrics.UnaryInterceptor)
+		stream = append(stream, cfg.Metrics.StreamInterceptor)
+	}
 	if cfg.Forward != nil {
 		unary = append(unary, cfg.Forward.Unary)
 	}
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.ChainUnaryInterceptor(unary...))
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)

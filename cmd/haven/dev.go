@@ -74,7 +74,7 @@ the same cluster with its state. Ctrl-C stops every agent in order.`,
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data", "", "directory for configs, logs and state; kept on exit (default: a temporary directory, removed)")
 	f.IntVar(&o.nodes, "nodes", 3, "number of agents")
-	f.IntVar(&o.basePort, "base-port", 17000, "node i uses ports base+10*i to base+10*i+3")
+	f.IntVar(&o.basePort, "base-port", 17000, "node i uses ports base+10*i to base+10*i+4")
 	return cmd
 }
 
@@ -82,8 +82,8 @@ func (o devOptions) validate() error {
 	if o.nodes < 1 || o.nodes > 64 {
 		return fmt.Errorf("--nodes %d: must be between 1 and 64", o.nodes)
 	}
-	if last := devPorts(o.basePort, o.nodes).GRPC; o.basePort < 1024 || last > 65535 {
-		return fmt.Errorf("--base-port %d: ports must lie in 1024-65535 (%d nodes need up to base+%d)", o.basePort, o.nodes, 10*o.nodes+3)
+	if last := devPorts(o.basePort, o.nodes).Metrics; o.basePort < 1024 || last > 65535 {
+		return fmt.Errorf("--base-port %d: ports must lie in 1024-65535 (%d nodes need up to base+%d)", o.basePort, o.nodes, 10*o.nodes+4)
 	}
 	return nil
 }
@@ -92,7 +92,7 @@ func devNodeName(i int) string { return "dev-" + strconv.Itoa(i) }
 
 func devPorts(base, i int) agent.Ports {
 	p := base + 10*i
-	return agent.Ports{Gossip: p, GossipWAN: p + 1, Raft: p + 2, GRPC: p + 3}
+	return agent.Ports{Gossip: p, GossipWAN: p + 1, Raft: p + 2, GRPC: p + 3, Metrics: p + 4}
 }
 
 func devAddr(port int) string { return net.JoinHostPort(devHost, strconv.Itoa(port)) }
@@ -268,7 +268,7 @@ func checkPorts(nodes []*devNode) error {
 			what string
 			port int
 			udp  bool
-		}{{"gossip", p.Gossip, true}, {"gossip_wan", p.GossipWAN, true}, {"raft", p.Raft, false}, {"grpc", p.GRPC, false}} {
+		}{{"gossip", p.Gossip, true}, {"gossip_wan", p.GossipWAN, true}, {"raft", p.Raft, false}, {"grpc", p.GRPC, false}, {"metrics", p.Metrics, false}} {
 			addr := devAddr(c.port)
 			err := probePort("tcp", addr)
 			if err == nil && c.udp {
@@ -276,7 +276,7 @@ func checkPorts(nodes []*devNode) error {
 			}
 			if err != nil {
 				return fmt.Errorf("port %d (%s of %s) is not free: %v\n"+
-					"Is another haven dev running? Choose other ports with --base-port (node i uses base+10*i to base+10*i+3)",
+					"Is another haven dev running? Choose other ports with --base-port (node i uses base+10*i to base+10*i+4)",
 					c.port, c.what, n.Name, err)
 			}
 		}
@@ -531,10 +531,12 @@ func (c *devCluster) hints() string {
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s reserve            # can it sustain a node failure?\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s place --cpu 2 --mem 4G\n", a1)
 	fmt.Fprintf(&b, "  kill -9 <pid of web's owner>   # then 'group list' again: web runs elsewhere within seconds\n")
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s events --follow   # what the cluster does, as it happens\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s check --shared %s\n", a1, filepath.Join(c.dir, "shared"))
 	fmt.Fprintf(&b, "  HAVEN_ADDR=%s go run ./cmd/haven status\n", a2)
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext %s list\n", a1)
-	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n\n", a1)
+	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n", a1)
+	fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^haven_\n\n", devAddr(c.nodes[0].cfg.Ports.Metrics))
 	b.WriteString("Agent pids:")
 	for _, n := range c.nodes {
 		if p := n.Process(); p != nil {

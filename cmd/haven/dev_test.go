@@ -17,7 +17,7 @@ func TestDevConfig(t *testing.T) {
 	if cfg.Name != "dev-2" || cfg.Site != "dev" || cfg.BindAddr != "127.0.0.1" || cfg.DataDir != "/d/dev-2/data" {
 		t.Errorf("identity: %+v", cfg)
 	}
-	if want := (agent.Ports{Gossip: 17020, GossipWAN: 17021, Raft: 17022, GRPC: 17023}); cfg.Ports != want {
+	if want := (agent.Ports{Gossip: 17020, GossipWAN: 17021, Raft: 17022, GRPC: 17023, Metrics: 17024}); cfg.Ports != want {
 		t.Errorf("ports = %+v, want %+v", cfg.Ports, want)
 	}
 	if want := []string{"127.0.0.1:17011", "127.0.0.1:17021", "127.0.0.1:17031"}; !reflect.DeepEqual(cfg.Join, want) {
@@ -64,12 +64,12 @@ func TestDevConfigFileRoundTrip(t *testing.T) {
 }
 
 func TestDevOptionsValidate(t *testing.T) {
-	for _, o := range []devOptions{{nodes: 3, basePort: 17000}, {nodes: 1, basePort: 1024}, {nodes: 64, basePort: 65535 - 643}} {
+	for _, o := range []devOptions{{nodes: 3, basePort: 17000}, {nodes: 1, basePort: 1024}, {nodes: 64, basePort: 65535 - 644}} {
 		if err := o.validate(); err != nil {
 			t.Errorf("%+v: %v", o, err)
 		}
 	}
-	for _, o := range []devOptions{{nodes: 0, basePort: 17000}, {nodes: 65, basePort: 17000}, {nodes: 3, basePort: 80}, {nodes: 64, basePort: 65535 - 642}} {
+	for _, o := range []devOptions{{nodes: 0, basePort: 17000}, {nodes: 65, basePort: 17000}, {nodes: 3, basePort: 80}, {nodes: 64, basePort: 65535 - 643}} {
 		if err := o.validate(); err == nil {
 			t.Errorf("%+v: no error", o)
 		}
@@ -96,6 +96,8 @@ func TestDevHints(t *testing.T) {
 		"go run ./cmd/haven --addr 127.0.0.1:17013 group create web --vcpus 2 --memory 1G\n",
 		"HAVEN_ADDR=127.0.0.1:17023 go run ./cmd/haven status\n",
 		"go tool grpcurl -plaintext 127.0.0.1:17013 list\n",
+		"go run ./cmd/haven --addr 127.0.0.1:17013 events --follow",
+		"curl -s http://127.0.0.1:17014/metrics | grep ^haven_\n",
 		"go tool grpcurl -plaintext -d '{}' 127.0.0.1:17013 haven.v1.ClusterService/ListNodes\n",
 		"removed on exit",
 		"Ctrl-C",

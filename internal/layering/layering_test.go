@@ -90,6 +90,7 @@ var rules = []rule{
 	{"agent/consensus", []string{"agent/leader", "agent/lease", "agent/executor", "agent/events", "agent/server", "agent/services", "heartbeat", "driver"}, "consensus is Raft, nothing above it"},
 	{"agent/lease", []string{"agent/leader", "agent/executor", "agent/events", "agent/server", "agent/services", "agent/consensus", "heartbeat", "driver", "google.golang.org/grpc"}, "the lease protocol is transport-free"},
 	{"agent/executor", []string{"agent/leader", "agent/lease", "agent/consensus", "agent/events", "agent/server", "agent/services", "heartbeat", "driver/sim", "google.golang.org/grpc"}, "the executor knows a driver only as driver.Hypervisor"},
+	{"agent/metrics", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/events", "agent/server", "agent/services", "fsm", "driver", "heartbeat"}, "metrics only count what others tell them"},
 	{"agent/events", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/server", "agent/services"}, "events only observe"},
 	{"agent/leader", []string{"agent/executor", "agent/events", "agent/server", "agent/services", "driver", "google.golang.org/grpc"}, "the leader decides and returns domain errors; the service layer speaks gRPC"},
 	{"agent/server", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/services", "driver", "fsm"}, "the server is transport only"},

@@ -1,0 +1,231 @@
+// Package metrics is what an agent tells Prometheus: one registry per
+// agent, served on its own port (Serve), with names in Prometheus style
+// (haven_*, seconds and bytes, _total counters). The packages that count
+// things call the methods of Metrics; a nil *Metrics counts nothing, so
+// tests need none. Gauges that mirror state (members, groups, Raft) are
+// read when Prometheus scrapes, from the functions Observe is given.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Metrics holds an agent's registry and its counters.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	grpcRequests  *prometheus.CounterVec
+	grpcDuration  *prometheus.HistogramVec
+	commits       *prometheus.CounterVec
+	commitLatency prometheus.Histogram
+	applied       *prometheus.CounterVec
+	leadership    *prometheus.CounterVec
+	failovers     *prometheus.CounterVec
+	admissions    *prometheus.CounterVec
+	renewals      *prometheus.CounterVec
+}
+
+// New returns the metrics of one agent, with Go's and the process's own.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.grpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_grpc_requests_total", Help: "gRPC calls this agent answered, by method and status code.",
+	}, []string{"method", "code"})
+	m.grpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "haven_grpc_request_duration_seconds", Help: "Time to answer a unary gRPC call, by method.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9),
+	}, []string{"method"})
+	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_raft_commits_total", Help: "Commands this agent committed as leader, by result (ok, refused by the state machine, error).",
+	}, []string{"result"})
+	m.commitLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "haven_raft_commit_duration_seconds", Help: "Time from proposing a command to its application on the leader.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	m.applied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_fsm_applied_total", Help: "Commands this agent's state machine applied, by kind.",
+	}, []string{"kind"})
+	m.leadership = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_leadership_changes_total", Help: "Times this agent took or lost the leadership.",
+	}, []string{"change"})
+	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_failovers_total", Help: "Groups this agent, as leader, took off a failed node, by outcome (restarted, stopped, failed: nowhere to go).",
+	}, []string{"outcome"})
+	m.admissions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_admission_refusals_total", Help: "Creates and starts this agent, as leader, refused to keep the reserve or for want of room.",
+	}, []string{"call"})
+	m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_lease_renewals_total", Help: "Lease renewals this agent, as leader, answered, by result (granted, refused).",
+	}, []string{"result"})
+	m.reg.MustRegister(m.grpcRequests, m.grpcDuration, m.commits, m.commitLatency, m.applied, m.leadership,
+		m.failovers, m.admissions, m.renewals,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is the agent's registry, for tests and for Observe.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Gauge is a value read at scrape time.
+type Gauge struct {
+	Name, Help string
+	Value      func() float64
+}
+
+// GaugeVec is a set of values read at scrape time, one per label value.
+type GaugeVec struct {
+	Name, Help, Label string
+	// Values lists every label value that has one; values it leaves out
+	// are reported as 0 if they are in Known.
+	Values func() map[string]float64
+	Known  []string
+}
+
+// Observe registers gauges that mirror state, and counters kept elsewhere
+// (read at scrape time as gauges are).
+func (m *Metrics) Observe(gauges []Gauge, vecs []GaugeVec, counters []Gauge) {
+	if m == nil {
+		return
+	}
+	for _, g := range gauges {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.Name, Help: g.Help}, g.Value))
+	}
+	for _, c := range counters {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.Name, Help: c.Help}, c.Value))
+	}
+	for _, v := range vecs {
+		m.reg.MustRegister(&vecCollector{v: v, desc: prometheus.NewDesc(v.Name, v.Help, []string{v.Label}, nil)})
+	}
+}
+
+type vecCollector struct {
+	v    GaugeVec
+	desc *prometheus.Desc
+}
+
+func (c *vecCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *vecCollector) Collect(ch chan<- prometheus.Metric) {
+	vals := c.v.Values()
+	for _, k := range c.v.Known {
+		if _, ok := vals[k]; !ok {
+			vals[k] = 0
+		}
+	}
+	for k, v := range vals {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, k)
+	}
+}
+
+// Commit records one commit by the leader.
+func (m *Metrics) Commit(took time.Duration, refused bool, err error) {
+	if m == nil {
+		return
+	}
+	switch {
+	case err != nil:
+		m.commits.WithLabelValues("error").Inc()
+		return
+	case refused:
+		m.commits.WithLabelValues("refused").Inc()
+	default:
+		m.commits.WithLabelValues("ok").Inc()
+	}
+	m.commitLatency.Observe(took.Seconds())
+}
+
+// Applied counts a command the state machine applied.
+func (m *Metrics) Applied(kind string) {
+	if m != nil {
+		m.applied.WithLabelValues(kind).Inc()
+	}
+}
+
+// Leadership counts this agent taking (true) or losing the leadership.
+func (m *Metrics) Leadership(leads bool) {
+	if m == nil {
+		return
+	}
+	if leads {
+		m.leadership.WithLabelValues("acquired").Inc()
+	} else {
+		m.leadership.WithLabelValues("lost").Inc()
+	}
+}
+
+// Failover counts a group taken off a failed node.
+func (m *Metrics) Failover(outcome string) {
+	if m != nil {
+		m.failovers.WithLabelValues(outcome).Inc()
+	}
+}
+
+// AdmissionRefused counts a create or start refused by admission.
+func (m *Metrics) AdmissionRefused(call string) {
+	if m != nil {
+		m.admissions.WithLabelValues(call).Inc()
+	}
+}
+
+// Renewals counts lease renewals answered in one batch.
+func (m *Metrics) Renewals(granted bool, n int) {
+	if m == nil {
+		return
+	}
+	if granted {
+		m.renewals.WithLabelValues("granted").Add(float64(n))
+	} else {
+		m.renewals.WithLabelValues("refused").Add(float64(n))
+	}
+}
+
+// UnaryInterceptor counts and times unary calls.
+func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	t0 := time.Now()
+	resp, err := handler(ctx, req)
+	m.grpcDuration.WithLabelValues(info.FullMethod).Observe(time.Since(t0).Seconds())
+	m.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return resp, err
+}
+
+// StreamInterceptor counts streaming calls (their length is the client's
+// choice, so it is not timed).
+func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	m.grpcRequests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return err
+}
+
+// Serve serves /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "error", err)
+		}
+	}()
+	return nil
+}

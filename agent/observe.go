@@ -1,0 +1,81 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/haven-ha/haven/agent/metrics"
+)
+
+// serveMetrics registers the gauges that mirror this agent's view of the
+// cluster and serves /metrics on the metrics port.
+func (a *Agent) serveMetrics(ctx context.Context) error {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	a.metrics.Observe([]metrics.Gauge{
+		{Name: "haven_raft_leader", Help: "1 while this agent is the Raft leader.", Value: func() float64 { return b(a.raft.IsLeader()) }},
+		{Name: "haven_raft_term", Help: "Raft's current term.", Value: func() float64 { return float64(a.raft.Term()) }},
+		{Name: "haven_raft_applied_index", Help: "The last log index this agent's state machine applied.", Value: func() float64 { return float64(a.fsm.Index()) }},
+		{Name: "haven_raft_last_contact_seconds", Help: "Time since this agent last heard from a leader (a leader: from a quorum); -1 if never.", Value: func() float64 {
+			if a.raft.IsLeader() {
+				return 0
+			}
+			last := a.raft.LastContact()
+			if last.IsZero() {
+				return -1
+			}
+			return time.Since(last).Seconds()
+		}},
+	}, []metrics.GaugeVec{
+		{Name: "haven_members", Help: "Cluster members as this agent's gossip sees them, by state.", Label: "state",
+			Known: []string{"alive", "suspect", "dead", "left"},
+			Values: func() map[string]float64 {
+				out := map[string]float64{}
+				for _, m := range a.gossip.Members() {
+					out[m.State.String()]++
+				}
+				return out
+			}},
+		{Name: "haven_nodes", Help: "Nodes in the cluster state, by status.", Label: "status",
+			Known: []string{"alive", "failed", "left"},
+			Values: func() map[string]float64 {
+				out := map[string]float64{}
+				for _, n := range a.fsm.Nodes() {
+					out[enumName(n.GetStatus().String(), "NODE_STATUS_")]++
+				}
+				return out
+			}},
+		{Name: "haven_groups", Help: "Groups in the cluster state, by observed state.", Label: "state",
+			Known: []string{"offline", "starting", "online", "stopping", "failed"},
+			Values: func() map[string]float64 {
+				out := map[string]float64{}
+				for _, g := range a.fsm.Groups() {
+					out[enumName(g.GetState().String(), "GROUP_STATE_")]++
+				}
+				return out
+			}},
+	}, []metrics.Gauge{
+		{Name: "haven_events_dropped_total", Help: "Events a watcher lost because it fell behind.", Value: func() float64 { return float64(a.events.Dropped()) }},
+	})
+	if err := a.metrics.Serve(ctx, a.bind(a.cfg.Ports.Metrics), a.log); err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	return nil
+}
+
+// enumName is a protobuf enum value's name without its prefix, in lower
+// case: GROUP_STATE_ONLINE -> online.
+func enumName(s, prefix string) string {
+	out := []byte(s[min(len(prefix), len(s)):])
+	for i, c := range out {
+		if c >= 'A' && c <= 'Z' {
+			out[i] = c + 'a' - 'A'
+		}
+	}
+	return string(out)
+}
