@@ -21,8 +21,8 @@ import (
 	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/executor"
 	"github.com/haven-ha/haven/agent/leader"
-	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/agent/lease"
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/agent/server"
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/fsm"
@@ -36,9 +36,9 @@ var Version = "0.1.0-dev"
 
 // Agent is one running haven node.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	fsm    *fsm.FSM
+	cfg     Config
+	log     *slog.Logger
+	fsm     *fsm.FSM
 	events  *events.Broker
 	metrics *metrics.Metrics
 	drv     driver.Hypervisor

@@ -69,7 +69,7 @@ func (a *Agent) wireDuties() {
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases,
-		Logger:  logging.Named(a.log, "leader"), Metrics: a.metrics,
+		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics,
 		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		DirtyRate: dirtyRate(a.drv),
 		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
