@@ -207,11 +207,12 @@ func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 	return err
 }
 
-// Serve serves /metrics on addr until ctx ends.
-func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) error {
+// Serve serves /metrics on addr until ctx ends and returns the address
+// it listens on (addr may name port 0).
+func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) (string, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return "", err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
@@ -227,5 +228,5 @@ func (m *Metrics) Serve(ctx context.Context, addr string, log *slog.Logger) erro
 			log.Error("metrics server stopped", "error", err)
 		}
 	}()
-	return nil
+	return lis.Addr().String(), nil
 }

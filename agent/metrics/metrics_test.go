@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -17,34 +16,17 @@ import (
 	"github.com/haven-ha/haven/internal/logging/logtest"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // scrape serves m on loopback and returns what Prometheus would read.
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	addr := freeAddr(t)
-	if err := m.Serve(ctx, addr, logtest.New(t)); err != nil {
+	addr, err := m.Serve(ctx, "127.0.0.1:0", logtest.New(t))
+	if err != nil {
 		t.Fatal(err)
 	}
 	c := &http.Client{Timeout: 5 * time.Second}
-	var resp *http.Response
-	var err error
-	for i := 0; i < 50; i++ {
-		if resp, err = c.Get("http://" + addr + "/metrics"); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
