@@ -103,9 +103,6 @@ func (a *Agent) bind(port int) string {
 	return net.JoinHostPort(a.cfg.BindAddr, strconv.Itoa(port))
 }
 
-// Events is the agent's event broker.
-func (a *Agent) Events() *events.Broker { return a.events }
-
 // GRPCAddr is where this agent's API listens.
 func (a *Agent) GRPCAddr() string { return a.grpc.Addr() }
 

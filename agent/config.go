@@ -12,6 +12,7 @@ import (
 
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/driver/sim"
+	"github.com/haven-ha/haven/quorum"
 )
 
 // Config is everything one agent needs. Precedence, lowest first: Default(),
@@ -94,6 +95,11 @@ type LeaseConfig struct {
 // guest is the sim driver's guest configuration.
 func (s SimConfig) guest() sim.Guest {
 	return sim.Guest{DirtyRateBytesPerSec: s.DirtyRate, WorkingSetBytes: s.WorkingSetBytes, Tick: s.Tick}
+}
+
+// rules is the lease as the protocol's rules (quorum/lease.go) take it.
+func (l LeaseConfig) rules() quorum.LeaseConfig {
+	return quorum.LeaseConfig{Lease: l.Duration, Margin: l.Margin, FailoverAfter: l.FailoverAfter}
 }
 
 // SimConfig sets how the simulated guests behave.

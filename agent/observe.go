@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/haven-ha/haven/agent/metrics"
@@ -70,12 +71,4 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 
 // enumName is a protobuf enum value's name without its prefix, in lower
 // case: GROUP_STATE_ONLINE -> online.
-func enumName(s, prefix string) string {
-	out := []byte(s[min(len(prefix), len(s)):])
-	for i, c := range out {
-		if c >= 'A' && c <= 'Z' {
-			out[i] = c + 'a' - 'A'
-		}
-	}
-	return string(out)
-}
+func enumName(s, prefix string) string { return strings.ToLower(strings.TrimPrefix(s, prefix)) }

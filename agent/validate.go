@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"runtime"
 	"time"
-
-	"github.com/haven-ha/haven/quorum"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -94,8 +92,7 @@ func (c *Config) Validate() error {
 	if c.SharedDir == "" {
 		return errors.New("shared_dir: must be set")
 	}
-	lc := quorum.LeaseConfig{Lease: c.Lease.Duration, Margin: c.Lease.Margin, FailoverAfter: c.Lease.FailoverAfter}
-	if err := lc.Validate(); err != nil {
+	if err := c.Lease.rules().Validate(); err != nil {
 		return fmt.Errorf("lease.%w", err)
 	}
 	if c.Driver == "sim" {

@@ -63,8 +63,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 
 // wireDuties builds the leader, its lease table and the executor.
 func (a *Agent) wireDuties() {
-	lc := a.cfg.Lease
-	a.leases = lease.NewTable(quorum.LeaseConfig{Lease: lc.Duration, Margin: lc.Margin, FailoverAfter: lc.FailoverAfter}, a.fsm, a.raft.VerifyLeader)
+	a.leases = lease.NewTable(a.cfg.Lease.rules(), a.fsm, a.raft.VerifyLeader)
 	a.leases.Metrics = a.metrics
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{

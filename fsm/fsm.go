@@ -65,6 +65,9 @@ type Result struct {
 	Items []*Error
 	// Duplicate is set when the request id was applied before.
 	Duplicate bool
+	// Command is the command as decoded from the log, for observers of
+	// the apply (events) that would otherwise decode it again.
+	Command *havenv1.Command
 }
 
 // FSM implements raft.FSM.
@@ -112,7 +115,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.st.apply(l.Index, &c)
+	r := f.st.apply(l.Index, &c)
+	r.Command = &c
+	return r
 }
 
 func (s *state) apply(index uint64, c *havenv1.Command) *Result {

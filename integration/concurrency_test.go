@@ -79,7 +79,8 @@ func TestConcurrentClientsLinearizable(t *testing.T) {
 		wg.Go(func() { clients[i].run(end) })
 	}
 
-	// Half way: SIGKILL the leader, let the others elect, start it again.
+	// Half way: SIGKILL the leader; once the others have elected one, start
+	// it again.
 	time.Sleep(*concurrencyDuration / 2)
 	victim := c.leader(30 * time.Second)
 	r.victim = victim.name
@@ -87,7 +88,10 @@ func TestConcurrentClientsLinearizable(t *testing.T) {
 	r.killedAt = r.now()
 	t.Logf("+%s: SIGKILL the leader %s", ms(r.killedAt), victim.name)
 	victim.kill()
-	time.Sleep(3 * time.Second)
+	// Down until the others have elected a leader among themselves: the
+	// clients meet the election, then a cluster that lost its old leader.
+	next := c.leader(30 * time.Second)
+	t.Logf("+%s: %s leads", ms(r.now()), next.name)
 	victim.start()
 	r.restartedAt = r.now()
 	r.down.Store(-1)

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -24,8 +26,11 @@ func TestWatchEvents(t *testing.T) {
 	seen := map[string][]string{}
 	for {
 		resp, err := stream.Recv()
-		if err != nil {
+		if errors.Is(err, io.EOF) {
 			break
+		}
+		if err != nil {
+			t.Fatalf("reading the kept events: %v", err)
 		}
 		e := resp.GetEvent()
 		if e.GetIndex() <= last {

@@ -216,7 +216,7 @@ func (n *Node) Commit(c *havenv1.Command) (*fsm.Result, error) {
 	t0 := time.Now()
 	fut := n.raft.Apply(data, applyTimeout)
 	if err := fut.Error(); err != nil {
-		err = raftError(err, c.GetRequestId())
+		err = commitError(err, c.GetRequestId())
 		n.metrics.Commit(time.Since(t0), false, err)
 		return nil, err
 	}
@@ -230,17 +230,12 @@ func (n *Node) Commit(c *havenv1.Command) (*fsm.Result, error) {
 
 // Barrier waits until every entry committed before it is applied here.
 func (n *Node) Barrier(timeout time.Duration) error {
-	return raftError(n.raft.Barrier(timeout).Error(), "")
+	return raftError(n.raft.Barrier(timeout).Error())
 }
 
-// VerifyLeader checks with a quorum that this node still leads. Nothing
-// is in flight, so a leadership lost meanwhile is plain "not the leader".
+// VerifyLeader checks with a quorum that this node still leads.
 func (n *Node) VerifyLeader() error {
-	err := n.raft.VerifyLeader().Error()
-	if errors.Is(err, raft.ErrLeadershipLost) {
-		return ErrNotLeader
-	}
-	return raftError(err, "")
+	return raftError(n.raft.VerifyLeader().Error())
 }
 
 // Domain errors of a commit or a leadership check.
@@ -265,19 +260,29 @@ func (e *OutcomeUnknownError) Error() string {
 
 func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
 
-// raftError translates Raft's errors at the boundary.
-func raftError(err error, requestID string) error {
+// raftError translates Raft's errors at the boundary. Leadership lost
+// while waiting is "not the leader": nothing of the caller's was in flight
+// (commitError says otherwise for a command).
+func raftError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrLeadershipLost):
 		return ErrNotLeader
-	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrAbortedByRestore):
-		return &OutcomeUnknownError{RequestID: requestID, Err: err}
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrShutdown
 	}
 	return fmt.Errorf("raft: %w", err)
+}
+
+// commitError is raftError for a command that was proposed: lost
+// leadership, a full queue or a restore may or may not have let it be
+// committed, and the request id makes a retry safe.
+func commitError(err error, requestID string) error {
+	if errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrAbortedByRestore) {
+		return &OutcomeUnknownError{RequestID: requestID, Err: err}
+	}
+	return raftError(err)
 }
 
 // Status is Raft's state as the API reports it.

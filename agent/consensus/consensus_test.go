@@ -3,10 +3,11 @@ package consensus
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/internal/fsmtest"
@@ -110,8 +111,24 @@ func TestRaftErrorsBecomeDomainErrors(t *testing.T) {
 	if _, err := n.Commit(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "x"}}}); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("commit after shutdown: %v", err)
 	}
-	unknown := &OutcomeUnknownError{RequestID: "r7", Err: fmt.Errorf("leadership lost")}
-	if got := unknown.Error(); got != `leadership changed while committing: outcome unknown, retry with request_id "r7"` {
-		t.Fatal(got)
+	// Lost leadership is an unknown outcome for a command in flight, and
+	// plain "not the leader" for a check that had nothing in flight.
+	for _, err := range []error{raft.ErrLeadershipLost, raft.ErrEnqueueTimeout, raft.ErrAbortedByRestore} {
+		var unknown *OutcomeUnknownError
+		if got := commitError(err, "r7"); !errors.As(got, &unknown) || unknown.RequestID != "r7" ||
+			got.Error() != `leadership changed while committing: outcome unknown, retry with request_id "r7"` {
+			t.Errorf("commit failing with %v: %v", err, got)
+		}
+	}
+	for err, want := range map[error]error{raft.ErrLeadershipLost: ErrNotLeader, raft.ErrNotLeader: ErrNotLeader,
+		raft.ErrLeadershipTransferInProgress: ErrNotLeader, raft.ErrRaftShutdown: ErrShutdown} {
+		if got := raftError(err); got != want {
+			t.Errorf("raftError(%v) = %v, want %v", err, got, want)
+		}
+		if err != raft.ErrLeadershipLost {
+			if got := commitError(err, "r7"); got != want {
+				t.Errorf("commitError(%v) = %v, want %v", err, got, want)
+			}
+		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 func (n *Node) Configuration() ([]raft.Server, uint64, error) {
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return nil, 0, raftError(err, "")
+		return nil, 0, raftError(err)
 	}
 	return f.Configuration().Servers, f.Index(), nil
 }
@@ -37,7 +37,7 @@ func (n *Node) Change(c quorum.Change, addr string, prevIndex uint64) (uint64, e
 		return 0, fmt.Errorf("unknown change %v", c.Kind)
 	}
 	if err := fut.Error(); err != nil {
-		return 0, raftError(err, "")
+		return 0, raftError(err)
 	}
 	return fut.Index(), nil
 }

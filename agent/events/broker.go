@@ -96,9 +96,11 @@ func (e *CompactedError) Error() string {
 	return fmt.Sprintf("events after index %d are no longer kept (this agent keeps them from index %d): read the state, then watch from its index", e.From, e.KeptFrom)
 }
 
-// Watch subscribes as Subscribe does and returns, atomically with it, the
-// kept events after index from that filter takes: nothing is missed or
-// seen twice between the two. from 0 asks for every event kept.
+// Watch subscribes to new events that filter takes (nil: every event),
+// buffering up to buf of them (at least one), and returns, atomically with
+// the subscription, the kept events after index from that filter takes:
+// nothing is missed or seen twice between the two. from 0 asks for every
+// event kept.
 func (b *Broker) Watch(from uint64, buf int, filter func(Event) bool) ([]Event, *Sub, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -119,16 +121,6 @@ func (b *Broker) Watch(from uint64, buf int, filter func(Event) bool) ([]Event, 
 
 // Dropped counts the events every subscriber together lost.
 func (b *Broker) Dropped() uint64 { return b.dropped.Load() }
-
-// Subscribe returns a subscription buffering up to buf events (at least
-// one) that filter takes (nil: every event).
-func (b *Broker) Subscribe(buf int, filter func(Event) bool) *Sub {
-	s := &Sub{b: b, ch: make(chan Event, max(buf, 1)), filter: filter}
-	b.mu.Lock()
-	b.subs[s] = struct{}{}
-	b.mu.Unlock()
-	return s
-}
 
 // Sub is one subscription.
 type Sub struct {

@@ -14,7 +14,7 @@ import (
 // order, refusals included.
 func TestAppliesBecomeEvents(t *testing.T) {
 	b := NewBroker()
-	sub := b.Subscribe(16, nil)
+	_, sub, _ := b.Watch(0, 16, nil)
 	defer sub.Close()
 	l := fsmtest.New(t)
 	obs := Observe(l.FSM, b, nil)
@@ -64,9 +64,9 @@ func TestAppliesBecomeEvents(t *testing.T) {
 // the apply path; the others still get every event.
 func TestSlowSubscriberNeverBlocks(t *testing.T) {
 	b := NewBroker()
-	slow := b.Subscribe(2, nil)
-	fast := b.Subscribe(100, nil)
-	nodes := b.Subscribe(100, func(e Event) bool { return e.Node == "n2" })
+	_, slow, _ := b.Watch(0, 2, nil)
+	_, fast, _ := b.Watch(0, 100, nil)
+	_, nodes, _ := b.Watch(0, 100, func(e Event) bool { return e.Node == "n2" })
 	done := make(chan struct{})
 	go func() {
 		for i := 0; i < 50; i++ {
@@ -89,7 +89,7 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 	if slow.Dropped() != 48 || b.Dropped() != 48 {
 		t.Errorf("dropped %d (broker %d), want 48", slow.Dropped(), b.Dropped())
 	}
-	if e := <-fast.C(); e.Kind != MemberJoined || e.Node != "n2" {
+	if e := <-fast.C(); e.Kind != "member-join" || e.Node != "n2" {
 		t.Errorf("first event %+v", e)
 	}
 	slow.Close()
@@ -147,5 +147,28 @@ func TestWatchResumesFromAnIndex(t *testing.T) {
 	s2.Close()
 	if len(all) != 4 {
 		t.Fatalf("every kept event with a filter: %d, want 4 (1000, 2000, 3000, 4000)", len(all))
+	}
+}
+
+// A retried request the FSM already applied changes nothing, so it makes
+// no event: a watcher sees each change once.
+func TestDuplicateRequestMakesNoEvent(t *testing.T) {
+	b := NewBroker()
+	l := fsmtest.New(t)
+	obs := Observe(l.FSM, b, nil)
+	for i := 0; i < 2; i++ {
+		data, err := encode(&havenv1.Command{RequestId: "r1", Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Apply(raftLog(l.FSM.Index()+1, data))
+	}
+	kept, sub, err := b.Watch(0, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.Close()
+	if len(kept) != 1 || kept[0].Index != 1 || kept[0].Kind != "create-group" {
+		t.Fatalf("events %+v, want one create-group at index 1", kept)
 	}
 }

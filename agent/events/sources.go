@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/fsm"
@@ -14,21 +13,14 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// Membership event kinds.
-const (
-	MemberJoined  Kind = "member-joined"
-	MemberUpdated Kind = "member-updated"
-	MemberFailed  Kind = "member-failed"
-	MemberLeft    Kind = "member-left"
-)
+// MemberFailed is the event of a member that stopped answering probes;
+// the other membership events are "member-join", "member-update" and
+// "member-leave", after heartbeat's event types.
+const MemberFailed Kind = "member-failed"
 
 // FromMembership is the event of a gossip membership change.
 func FromMembership(e heartbeat.Event) Event {
-	k := map[heartbeat.EventType]Kind{heartbeat.EventJoin: MemberJoined, heartbeat.EventUpdate: MemberUpdated, heartbeat.EventFailed: MemberFailed, heartbeat.EventLeave: MemberLeft}[e.Type]
-	if k == "" {
-		k = Kind("member-" + e.Type.String())
-	}
-	return Event{Kind: k, Time: time.Now(), Node: e.Member.Name, State: e.Member.State.String()}
+	return Event{Kind: Kind("member-" + e.Type.String()), Time: time.Now(), Node: e.Member.Name, State: e.Member.State.String()}
 }
 
 // Observe wraps f so that every command it applies is published to b.
@@ -49,37 +41,27 @@ type Observed struct {
 // Apply implements raft.FSM.
 func (o *Observed) Apply(l *raft.Log) any {
 	res := o.FSM.Apply(l)
-	if l.Type == raft.LogCommand {
-		var c havenv1.Command
-		if proto.Unmarshal(l.Data, &c) == nil && c.GetCmd() != nil {
-			for _, e := range fromCommand(l.Index, &c, res) {
-				o.b.Publish(e)
-			}
-			o.m.Applied(string(kindOf(&c)))
+	// A duplicate request changed nothing: no event.
+	if r, ok := res.(*fsm.Result); ok && r.Command.GetCmd() != nil && !r.Duplicate {
+		for _, e := range fromCommand(l.Index, r) {
+			o.b.Publish(e)
 		}
+		o.m.Applied(string(kindOf(r.Command)))
 	}
 	return res
 }
 
-// FromCommand is the events of a command the FSM applied (or refused),
+// fromCommand is the events of a command the FSM applied (or refused),
 // named after the command: "create-group", "assign-group", ... A batch of
 // assignments is one "assign-group" event per assignment, at the batch's
 // index, each with its own outcome.
-func FromCommand(index uint64, data []byte, res any) []Event {
-	var c havenv1.Command
-	if proto.Unmarshal(data, &c) != nil || c.GetCmd() == nil {
-		return nil
-	}
-	return fromCommand(index, &c, res)
-}
-
-func fromCommand(index uint64, c *havenv1.Command, res any) []Event {
-	r, _ := res.(*fsm.Result)
+func fromCommand(index uint64, r *fsm.Result) []Event {
+	c := r.Command
 	if b := c.GetAssignGroups(); b != nil {
 		var out []Event
 		for i, a := range b.GetAssignments() {
 			e := assignEvent(index, c, a)
-			if r != nil && i < len(r.Items) && r.Items[i] != nil {
+			if i < len(r.Items) && r.Items[i] != nil {
 				e.Refused = r.Items[i].Msg
 			}
 			out = append(out, e)
@@ -109,7 +91,7 @@ func fromCommand(index uint64, c *havenv1.Command, res any) []Event {
 	case *havenv1.Command_SetNodeDrain:
 		e.Node, e.State = x.SetNodeDrain.GetName(), fmt.Sprintf("draining=%t", x.SetNodeDrain.GetDraining())
 	}
-	if r != nil && r.Err != nil {
+	if r.Err != nil {
 		e.Refused = r.Err.Msg
 	}
 	return []Event{e}

@@ -13,6 +13,7 @@ import (
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/logging/logtest"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -136,12 +137,13 @@ func TestExecutorReportsFailedStarts(t *testing.T) {
 				Name: "web", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
 			d := &fakeDriver{vms: map[driver.VMID]driver.Status{}, startErr: tc.err}
 			e, reports := testExecutor(l, d)
-			deadline := time.Now().Add(10 * time.Second)
-			for len(*reports) == 0 && time.Now().Before(deadline) {
+			// The executor's passes, as its loop makes them, until the
+			// retries with their backoff are used up and it reports.
+			waitfor.Cond(t, 10*time.Second, "a report of the failed start", func() bool {
 				e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "web", Epoch: l.FSM.Group("web").GetEpoch()}})
 				e.reconcile(context.Background())
-				time.Sleep(20 * time.Millisecond)
-			}
+				return len(*reports) > 0
+			})
 			if len(*reports) != 1 {
 				t.Fatalf("reports %v, want one", *reports)
 			}

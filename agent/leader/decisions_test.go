@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -270,15 +271,12 @@ func TestTermStateStartsEmpty(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	waitTerm := func(not *term) *term {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			if cur := tl.current(); cur != nil && cur != not {
-				return cur
-			}
-			time.Sleep(time.Millisecond)
-		}
-		t.Fatal("no new term")
-		return nil
+		var cur *term
+		waitfor.Cond(t, 5*time.Second, "a new term", func() bool {
+			cur = tl.current()
+			return cur != nil && cur != not
+		})
+		return cur
 	}
 	tl.raft.leaderCh <- true
 	first := waitTerm(nil)
@@ -288,9 +286,7 @@ func TestTermStateStartsEmpty(t *testing.T) {
 		t.Fatalf("balance in office: %v", err)
 	}
 	tl.raft.leaderCh <- false
-	for tl.current() != nil {
-		time.Sleep(time.Millisecond)
-	}
+	waitfor.Cond(t, 5*time.Second, "the term to end", func() bool { return tl.current() == nil })
 	if _, err := tl.Balance(false, true); err != ErrNotLeader {
 		t.Fatalf("balance out of office: %v", err)
 	}

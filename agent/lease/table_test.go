@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
 )
@@ -97,15 +98,11 @@ func TestNoGrantOutsideOffice(t *testing.T) {
 	tb.Ready()
 	queued := make(chan error, 1)
 	go func() { _, err := tb.Renew(ctx, "n2"); queued <- err }()
-	for {
+	waitfor.Cond(t, 5*time.Second, "the renewal to be queued", func() bool {
 		tb.mu.Lock()
-		n := len(tb.queue)
-		tb.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer tb.mu.Unlock()
+		return len(tb.queue) == 1
+	})
 	tb.End()
 	if err := <-queued; !errors.Is(err, ErrUnverified) {
 		t.Fatalf("renewal queued when the term ended: %v, want ErrUnverified", err)

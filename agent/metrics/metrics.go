@@ -74,9 +74,6 @@ func New() *Metrics {
 	return m
 }
 
-// Registry is the agent's registry, for tests and for Observe.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // Gauge is a value read at scrape time.
 type Gauge struct {
 	Name, Help string

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -137,28 +136,13 @@ func (f *Forwarder) Unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	if err != nil {
 		return handler(ctx, req)
 	}
-	assignRequestID(req)
+	// The agent that first receives a write names it, as the API promises.
+	req = rpcclient.WithRequestID(req)
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, f.Self)
 	if err := conn.Invoke(ctx, info.FullMethod, req, reply); err != nil {
 		return nil, err
 	}
 	return reply, nil
-}
-
-// assignRequestID gives a write without a request id one before it is
-// forwarded: the agent that first receives a request assigns its id, as
-// the API promises.
-func assignRequestID(req any) {
-	m, ok := req.(proto.Message)
-	if !ok {
-		return
-	}
-	r := m.ProtoReflect()
-	fd := r.Descriptor().Fields().ByName("request_id")
-	if fd == nil || fd.Kind() != protoreflect.StringKind || r.Get(fd).String() != "" {
-		return
-	}
-	r.Set(fd, protoreflect.ValueOfString(uuid.NewString()))
 }
 
 // newReply makes an empty response of the method's output type, found in

@@ -138,7 +138,7 @@ func (n *Node) Start(binary string, o StartOptions) error {
 	}
 	cmd := command(binary, "agent", "--config", n.ConfigPath)
 	cmd.Dir = n.Dir
-	cmd.Env = AgentEnv(os.Environ())
+	cmd.Env = agentEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	setProcAttr(cmd, o.ParentDeath)
 	if err := cmd.Start(); err != nil {
@@ -167,10 +167,10 @@ func (n *Node) Running() bool {
 	return p != nil && !p.Exited()
 }
 
-// AgentEnv drops HAVEN_* variables from env: the agent reads them over its
+// agentEnv drops HAVEN_* variables from env: the agent reads them over its
 // config file, and a HAVEN_NAME left in the shell would give every node one
 // name.
-func AgentEnv(env []string) []string {
+func agentEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, e := range env {
 		if !strings.HasPrefix(e, "HAVEN_") {

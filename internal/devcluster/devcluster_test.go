@@ -228,10 +228,10 @@ func TestWriteConfigRoundTrip(t *testing.T) {
 	}
 }
 
-func TestAgentEnv(t *testing.T) {
-	got := AgentEnv([]string{"PATH=/bin", "HAVEN_NAME=x", "HAVEN_ADDR=y", "HOME=/root", "XHAVEN_=ok"})
+func TestAgentEnvDropsHaven(t *testing.T) {
+	got := agentEnv([]string{"PATH=/bin", "HAVEN_NAME=x", "HAVEN_ADDR=y", "HOME=/root", "XHAVEN_=ok"})
 	if want := []string{"PATH=/bin", "HOME=/root", "XHAVEN_=ok"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("AgentEnv = %v, want %v", got, want)
+		t.Errorf("agentEnv = %v, want %v", got, want)
 	}
 }
 

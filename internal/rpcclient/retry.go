@@ -58,7 +58,7 @@ func RetryInterceptor(b backoff.Config) grpc.UnaryClientInterceptor {
 		if !ok || !retryable(method, req) {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
-		req = withRequestID(req)
+		req = WithRequestID(req)
 		var p peer.Peer
 		opts = append(opts[:len(opts):len(opts)], grpc.Peer(&p))
 		for attempt := 0; ; attempt++ {
@@ -106,9 +106,11 @@ func idField(m proto.Message) protoreflect.FieldDescriptor {
 	return fd
 }
 
-// withRequestID returns req with its request_id set: req itself when it has
-// one (or no such field), else a copy with a new UUID.
-func withRequestID(req any) any {
+// WithRequestID returns req with its request_id set: req itself when it
+// has one (or no such field), else a copy with a new UUID. The agent that
+// forwards a write to the leader uses it too: the first to see a request
+// names it.
+func WithRequestID(req any) any {
 	m, ok := req.(proto.Message)
 	if !ok {
 		return req

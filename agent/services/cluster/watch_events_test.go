@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -92,25 +93,24 @@ func TestWatchEventsFollowAndFallBehind(t *testing.T) {
 	}
 	// The test stops reading: the handler blocks in Send while the broker
 	// fills the watcher's buffer and drops the rest.
-	publishAssigns(f.events, 4, 4+watchBuffer+10)
-	for e := range w.sent {
-		if e.GetIndex() >= 4+watchBuffer+10 {
-			t.Fatalf("delivered the last event %v although the watcher lost some before it", e)
+	last := uint64(4 + watchBuffer + 10)
+	publishAssigns(f.events, 4, last)
+	var got uint64
+	for {
+		select {
+		case e := <-w.sent:
+			got = e.GetIndex()
+			continue
+		case err := <-done:
+			wantStatus(t, err, codes.Aborted, "fell behind", fmt.Sprintf("watch again from index %d", got))
+		case <-time.After(5 * time.Second):
+			cancel()
+			t.Fatal("a watcher that fell behind was not ended")
 		}
-		if len(w.sent) == 0 {
-			break
-		}
+		break
 	}
-	go func() {
-		for range w.sent {
-		}
-	}()
-	select {
-	case err := <-done:
-		wantStatus(t, err, codes.Aborted, "fell behind", "watch again from index")
-	case <-time.After(5 * time.Second):
-		cancel()
-		t.Fatal("a watcher that fell behind was not ended")
+	if got == 0 || got >= last {
+		t.Fatalf("the last event delivered was %d; want some, and not the last published (%d): events were lost before it", got, last)
 	}
 }
 

@@ -2384,7 +2384,7 @@ type Event struct {
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// What happened: the command ("create-group", "assign-groups", ...) or
-	// the membership change ("member-joined", "member-failed", ...).
+	// the membership change ("member-join", "member-failed", ...).
 	Kind   string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
 	Group  string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
 	Node   string `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
