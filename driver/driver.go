@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -74,6 +75,16 @@ const (
 	// StateCrashed: died on its own (guest crash, fenced disk write);
 	// Status.Reason says why.
 	StateCrashed
+	// StatePaused: the source of a migration, stopped at its switchover
+	// (or while its state is saved): no execution, no I/O. ExtendLease
+	// moves its lease end but does not run it; only Resume (the move was
+	// rolled back) or Stop/Kill (it completed) end the pause.
+	StatePaused
+	// StateIncoming: the target of a migration: it holds the state
+	// received so far, or all of it, and has never executed. Only
+	// Activate runs it, once the move is committed and a lease confirms
+	// its epoch; it has claimed no disk until then.
+	StateIncoming
 )
 
 func (s State) String() string {
@@ -86,6 +97,10 @@ func (s State) String() string {
 		return "stopped"
 	case StateCrashed:
 		return "crashed"
+	case StatePaused:
+		return "paused"
+	case StateIncoming:
+		return "incoming"
 	default:
 		return fmt.Sprintf("unknown(%d)", int(s))
 	}
@@ -109,9 +124,13 @@ type Status struct {
 // reports a flag exactly when it implements the optional interface the
 // flag names (see the package documentation).
 type Capabilities struct {
-	// No driver reports these yet: their interfaces come with the first
+	// LiveMigration: the driver is a LiveMigrator.
+	LiveMigration bool
+	// QuickMigration: the driver is a QuickMigrator.
+	QuickMigration bool
+	// No driver reports this yet: its interface comes with the first
 	// implementation.
-	LiveMigration, QuickMigration, HotPlugDisks bool
+	HotPlugDisks bool
 	// FaultInjection: the driver is a FaultInjector.
 	FaultInjection bool
 	// DirtyRateEstimation: the driver is a DirtyRateEstimator.
@@ -137,6 +156,117 @@ type DirtyRateEstimator interface {
 	// pages, a guest with memoryBytes of memory dirties; 0 if it cannot
 	// tell or the guest writes nothing.
 	EstimatedDirtyRate(memoryBytes int64) int64
+}
+
+// MigrateOptions are a move's knobs, the same for live and quick moves
+// where they apply.
+type MigrateOptions struct {
+	// DowntimeTarget is the longest pause the guest should see at the
+	// switchover; zero means DefaultDowntimeTarget.
+	DowntimeTarget time.Duration
+	// BandwidthLimit caps the copy in bytes per second; zero is no cap.
+	BandwidthLimit int64
+	// MaxDuration bounds the pre-copy: past it the move gives up with the
+	// reason; zero means DefaultMaxDuration.
+	MaxDuration time.Duration
+}
+
+// Defaults of MigrateOptions.
+const (
+	DefaultDowntimeTarget = 300 * time.Millisecond
+	DefaultMaxDuration    = 10 * time.Minute
+)
+
+// Progress is what a move reports while it runs.
+type Progress struct {
+	// Phase is "precopy", "switchover" or, for a quick move, "save".
+	Phase string
+	// Round counts the pre-copy passes, from 1.
+	Round int
+	// MemoryBytes is the guest's RAM; BytesSent what went on the wire so
+	// far (zero pages excluded, compression counted after).
+	MemoryBytes, BytesSent int64
+	// RemainingBytes is the dirty memory left to send.
+	RemainingBytes int64
+	// RateBytesPerSec is the link rate measured over the last round.
+	RateBytesPerSec int64
+	// ExpectedDowntime is RemainingBytes at RateBytesPerSec.
+	ExpectedDowntime time.Duration
+	// ThrottlePercent is how much the guest is slowed so that the copy
+	// can outrun it (0: not at all).
+	ThrottlePercent int
+}
+
+// MigrateResult is what a completed migration's source reports.
+type MigrateResult struct {
+	Rounds    int
+	BytesSent int64
+	// Checksum is of the guest's whole memory at the freeze; the target
+	// verified that its copy has the same.
+	Checksum uint64
+	// ThrottlePercent is the most the guest was slowed.
+	ThrottlePercent int
+	// Paused is how long the source was paused before the target
+	// acknowledged the last of the state.
+	Paused time.Duration
+}
+
+// GiveUpError is a migration that ended without switching over, for a
+// reason a retry with the same options would meet again (the guest dirties
+// faster than the link carries, the pre-copy ran past its limit). The VM
+// runs on at the source.
+type GiveUpError struct{ Reason string }
+
+func (e *GiveUpError) Error() string { return "migration gave up: " + e.Reason }
+
+// Switcher ends the two sides of a migration's switchover. Both checks are
+// atomic with the state change, under the lock the guest loop takes, like
+// ExtendLease: a late call cannot run a VM past its lease.
+type Switcher interface {
+	// Activate runs an incoming VM at epoch: it claims the VM's disks for
+	// epoch and lets the guest execute until leaseEnd. It refuses with
+	// ErrLeaseExpired if leaseEnd has passed, ErrStaleEpoch if epoch is not
+	// the VM's, ErrInvalidState if the VM is not incoming with all its
+	// state received and verified.
+	Activate(id VMID, epoch uint64, leaseEnd time.Time) error
+	// Resume runs a paused VM again at its epoch (the move rolled back),
+	// until leaseEnd, with the same refusals as Activate (ErrInvalidState
+	// for a VM that is not paused).
+	Resume(id VMID, epoch uint64, leaseEnd time.Time) error
+}
+
+// LiveMigrator is a driver that can move a running VM to another node's
+// driver of the same kind: iterative pre-copy over conn, a short pause,
+// the rest, and a check on the other side.
+type LiveMigrator interface {
+	Switcher
+	// MigrateOut sends the VM at epoch over conn to a MigrateIn at the
+	// other end, calling progress after every round. It returns once the
+	// target has acknowledged a complete and verified copy: the VM is then
+	// StatePaused, and only Resume or Stop/Kill may follow. On error the
+	// VM was never paused, or was resumed (unless its lease ran out
+	// meanwhile, when its gate holds it frozen); a *GiveUpError says the
+	// pre-copy could not converge and why.
+	MigrateOut(ctx context.Context, id VMID, epoch uint64, conn io.ReadWriter, opts MigrateOptions, progress func(Progress)) (MigrateResult, error)
+	// MigrateIn prepares an incoming VM for spec (StateIncoming, not
+	// running, no disk claimed) and fills it from conn. It returns nil once
+	// the copy is complete and its checksum matches the source's; on error
+	// the incoming VM is discarded.
+	MigrateIn(ctx context.Context, spec VMSpec, conn io.ReadWriter) error
+}
+
+// QuickMigrator is a driver that can save a VM's state to a file on shared
+// storage and restore it on another node.
+type QuickMigrator interface {
+	Switcher
+	// SaveState pauses the VM at epoch and writes its memory and device
+	// state to path (relative to the shared storage root), synced to disk.
+	// On success the VM stays StatePaused; on error it was resumed, as
+	// after MigrateOut.
+	SaveState(ctx context.Context, id VMID, epoch uint64, path string, progress func(Progress)) (MigrateResult, error)
+	// RestoreState prepares an incoming VM for spec from the file at path,
+	// checked against the checksum stored in it.
+	RestoreState(ctx context.Context, spec VMSpec, path string) error
 }
 
 // Hypervisor is the interface every driver implements. All methods are
