@@ -86,6 +86,10 @@ type state struct {
 	// disks maps every disk path a group names to that group: a disk
 	// belongs to one group. Derived from groups, never stored.
 	disks map[string]string
+	// ops holds the moves in flight and the last KeptOperations finished
+	// ones, whose ids finished lists in the order they finished.
+	ops      map[string]*havenv1.Operation
+	finished []string
 }
 
 func newState() *state {
@@ -94,6 +98,7 @@ func newState() *state {
 		groups:   map[string]*havenv1.Group{},
 		requests: map[string]*havenv1.AppliedRequest{},
 		disks:    map[string]string{},
+		ops:      map[string]*havenv1.Operation{},
 	}
 }
 
@@ -163,6 +168,14 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.reportGroup(index, cmd.ReportGroup, now)
 	case *havenv1.Command_SetNodeDrain:
 		err = s.setNodeDrain(index, cmd.SetNodeDrain)
+	case *havenv1.Command_BeginMove:
+		err = s.beginMove(index, cmd.BeginMove, now)
+	case *havenv1.Command_MoveProgress:
+		err = s.moveProgress(index, cmd.MoveProgress, now)
+	case *havenv1.Command_CommitMove:
+		err = s.commitMove(index, cmd.CommitMove, now)
+	case *havenv1.Command_EndMove:
+		err = s.endMove(index, cmd.EndMove, now)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -320,6 +333,11 @@ func (s *state) clone() *state {
 		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
 		order:    append([]string(nil), s.order...),
 		disks:    make(map[string]string, len(s.disks)),
+		ops:      make(map[string]*havenv1.Operation, len(s.ops)),
+		finished: append([]string(nil), s.finished...),
+	}
+	for k, v := range s.ops {
+		c.ops[k] = v
 	}
 	for k, v := range s.disks {
 		c.disks[k] = v

@@ -163,6 +163,7 @@ func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand, now tim
 	if c.GetOwner() != "" && Active(c.GetState()) && desired != havenv1.DesiredState_DESIRED_STATE_RUN {
 		return errorf(CodeFailedPrecondition, "group %q is stopped: it is not assigned to run", c.GetName())
 	}
+	old = s.endMoveOf(index, old, "the group was reassigned: "+c.GetReason(), outcomeRolledBack, now)
 	g := proto.Clone(old).(*havenv1.Group)
 	// Every assignment, even to the same node or to none, takes a new
 	// epoch: whatever ran under the old one is fenced off.
@@ -223,6 +224,8 @@ func (s *state) setGroupState(index uint64, c *havenv1.SetGroupStateCommand, now
 		return errorf(CodeInvalidArgument, "group %q: a planned move stops the group and names its target", c.GetName())
 	case !WantsRun(old):
 		return errorf(CodeFailedPrecondition, "group %q is stopped: there is nothing to move", c.GetName())
+	case old.GetOperation() != "":
+		return errorf(CodeFailedPrecondition, "group %q: move %s is in flight", c.GetName(), old.GetOperation())
 	case old.GetState() == havenv1.GroupState_GROUP_STATE_STOPPING && old.GetMoveTo() == c.GetMoveTo():
 		return nil
 	case old.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE:
@@ -246,6 +249,7 @@ func (s *state) stopGroup(index uint64, c *havenv1.StopGroupCommand, now time.Ti
 	if !WantsRun(old) && old.GetMoveTo() == "" && old.GetDesired() != havenv1.DesiredState_DESIRED_STATE_UNSPECIFIED {
 		return nil
 	}
+	old = s.endMoveOf(index, old, "the group was stopped on request", outcomeCancelled, now)
 	g := proto.Clone(old).(*havenv1.Group)
 	g.Desired, g.DesiredIndex, g.DesiredTime = havenv1.DesiredState_DESIRED_STATE_STOPPED, index, timestamppb.New(now)
 	g.MoveTo = ""
@@ -294,6 +298,11 @@ func (s *state) reportGroup(index uint64, c *havenv1.ReportGroupCommand, now tim
 		return nil
 	default:
 		return errorf(CodeFailedPrecondition, "group %q is %s (desired %s): a report of %s does not follow", c.GetName(), from, Desired(old), to)
+	}
+	if op := s.ops[old.GetOperation()]; to == havenv1.GroupState_GROUP_STATE_ONLINE && InFlight(op) && op.GetPhase() == phaseCommitted && c.GetEpoch() == op.GetTargetEpoch() {
+		// The target runs the group: the move is done.
+		s.finishMove(index, op, outcomeCompleted, "running on "+op.GetTarget(), now)
+		old = s.groups[c.GetName()]
 	}
 	if from == to && c.GetReason() == old.GetStateReason() {
 		return nil

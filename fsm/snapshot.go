@@ -22,7 +22,7 @@ const maxRecordSize = 16 << 20
 type snapshot struct{ st *state }
 
 // Persist writes a header and then one length-delimited record per node,
-// group and remembered request, in a deterministic order.
+// group, kept operation and remembered request, in a deterministic order.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	if err := s.write(sink); err != nil {
 		_ = sink.Cancel()
@@ -47,6 +47,23 @@ func (s *snapshot) write(w io.Writer) error {
 	}
 	for _, g := range sorted(s.st.groups, func(g *havenv1.Group) string { return g.GetSpec().GetName() }) {
 		if err := put(&havenv1.SnapshotRecord{Record: &havenv1.SnapshotRecord_Group{Group: g}}); err != nil {
+			return err
+		}
+	}
+	// Moves in flight by id, then the finished ones in the order they
+	// finished, so the oldest is forgotten first after a restore too.
+	var ops []*havenv1.Operation
+	for _, op := range s.st.ops {
+		if InFlight(op) {
+			ops = append(ops, op)
+		}
+	}
+	sortOps(ops)
+	for _, id := range s.st.finished {
+		ops = append(ops, s.st.ops[id])
+	}
+	for _, op := range ops {
+		if err := put(&havenv1.SnapshotRecord{Record: &havenv1.SnapshotRecord_Operation{Operation: op}}); err != nil {
 			return err
 		}
 	}
@@ -89,6 +106,11 @@ func readSnapshot(r io.Reader) (*state, error) {
 			st.groups[r.Group.GetSpec().GetName()] = r.Group
 			for _, d := range DiskPaths(r.Group.GetSpec()) {
 				st.disks[d] = r.Group.GetSpec().GetName()
+			}
+		case *havenv1.SnapshotRecord_Operation:
+			st.ops[r.Operation.GetId()] = r.Operation
+			if !InFlight(r.Operation) {
+				st.finished = append(st.finished, r.Operation.GetId())
 			}
 		case *havenv1.SnapshotRecord_AppliedRequest:
 			st.requests[r.AppliedRequest.GetRequestId()] = r.AppliedRequest

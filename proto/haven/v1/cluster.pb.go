@@ -9,6 +9,7 @@ package havenv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -182,6 +183,445 @@ func (BalancerMode) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
+type MoveGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional: placement picks the best node, keeping the reserve.
+	Target string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	// Unspecified means AUTO.
+	Kind MoveKind `protobuf:"varint,3,opt,name=kind,proto3,enum=haven.v1.MoveKind" json:"kind,omitempty"`
+	// Unset means 300 ms.
+	DowntimeTarget *durationpb.Duration `protobuf:"bytes,4,opt,name=downtime_target,json=downtimeTarget,proto3" json:"downtime_target,omitempty"`
+	// Bytes per second; 0 is no cap.
+	BandwidthLimit int64  `protobuf:"varint,5,opt,name=bandwidth_limit,json=bandwidthLimit,proto3" json:"bandwidth_limit,omitempty"`
+	RequestId      string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MoveGroupRequest) Reset() {
+	*x = MoveGroupRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveGroupRequest) ProtoMessage() {}
+
+func (x *MoveGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveGroupRequest.ProtoReflect.Descriptor instead.
+func (*MoveGroupRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MoveGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MoveGroupRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *MoveGroupRequest) GetKind() MoveKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MoveKind_MOVE_KIND_UNSPECIFIED
+}
+
+func (x *MoveGroupRequest) GetDowntimeTarget() *durationpb.Duration {
+	if x != nil {
+		return x.DowntimeTarget
+	}
+	return nil
+}
+
+func (x *MoveGroupRequest) GetBandwidthLimit() int64 {
+	if x != nil {
+		return x.BandwidthLimit
+	}
+	return 0
+}
+
+func (x *MoveGroupRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type MoveGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveGroupResponse) Reset() {
+	*x = MoveGroupResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveGroupResponse) ProtoMessage() {}
+
+func (x *MoveGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveGroupResponse.ProtoReflect.Descriptor instead.
+func (*MoveGroupResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MoveGroupResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+type GetOperationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// As in GetGroupRequest.
+	Consistent    bool `protobuf:"varint,2,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOperationRequest) Reset() {
+	*x = GetOperationRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOperationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOperationRequest) ProtoMessage() {}
+
+func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
+func (*GetOperationRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetOperationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetOperationRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type GetOperationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOperationResponse) Reset() {
+	*x = GetOperationResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOperationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOperationResponse) ProtoMessage() {}
+
+func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
+func (*GetOperationResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetOperationResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *GetOperationResponse) GetMeta() *ReadMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type ListOperationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in GetGroupRequest.
+	Consistent bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// Only this group's moves, when set.
+	Group         string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperationsRequest) Reset() {
+	*x = ListOperationsRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperationsRequest) ProtoMessage() {}
+
+func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
+func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListOperationsRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+func (x *ListOperationsRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type ListOperationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operations    []*Operation           `protobuf:"bytes,1,rep,name=operations,proto3" json:"operations,omitempty"`
+	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperationsResponse) Reset() {
+	*x = ListOperationsResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperationsResponse) ProtoMessage() {}
+
+func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
+func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListOperationsResponse) GetOperations() []*Operation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+func (x *ListOperationsResponse) GetMeta() *ReadMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+type CancelOperationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelOperationRequest) Reset() {
+	*x = CancelOperationRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelOperationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelOperationRequest) ProtoMessage() {}
+
+func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelOperationRequest.ProtoReflect.Descriptor instead.
+func (*CancelOperationRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CancelOperationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CancelOperationRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type CancelOperationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelOperationResponse) Reset() {
+	*x = CancelOperationResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelOperationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelOperationResponse) ProtoMessage() {}
+
+func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelOperationResponse.ProtoReflect.Descriptor instead.
+func (*CancelOperationResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CancelOperationResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -190,7 +630,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +642,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +655,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type GetStatusResponse struct {
@@ -252,7 +692,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +704,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +717,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetStatusResponse) GetNode() string {
@@ -416,7 +856,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +868,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +881,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListNodesRequest) GetConsistent() bool {
@@ -462,7 +902,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +914,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +927,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeInfo) GetNode() *Node {
@@ -521,7 +961,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +973,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +986,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -575,7 +1015,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +1027,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +1040,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateGroupRequest) GetSpec() *GroupSpec {
@@ -626,7 +1066,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +1078,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +1091,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateGroupResponse) GetGroup() *Group {
@@ -682,7 +1122,7 @@ type ReadMeta struct {
 
 func (x *ReadMeta) Reset() {
 	*x = ReadMeta{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +1134,7 @@ func (x *ReadMeta) String() string {
 func (*ReadMeta) ProtoMessage() {}
 
 func (x *ReadMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +1147,7 @@ func (x *ReadMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMeta.ProtoReflect.Descriptor instead.
 func (*ReadMeta) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadMeta) GetIndex() uint64 {
@@ -757,7 +1197,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +1209,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1222,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -809,7 +1249,7 @@ type GetGroupResponse struct {
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1261,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1274,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -861,7 +1301,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1313,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1326,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListGroupsRequest) GetConsistent() bool {
@@ -906,7 +1346,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1358,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1371,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -958,7 +1398,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1410,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1423,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -1008,7 +1448,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1460,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1473,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 type StartGroupRequest struct {
@@ -1048,7 +1488,7 @@ type StartGroupRequest struct {
 
 func (x *StartGroupRequest) Reset() {
 	*x = StartGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1500,7 @@ func (x *StartGroupRequest) String() string {
 func (*StartGroupRequest) ProtoMessage() {}
 
 func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1513,7 @@ func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupRequest.ProtoReflect.Descriptor instead.
 func (*StartGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StartGroupRequest) GetName() string {
@@ -1106,7 +1546,7 @@ type StartGroupResponse struct {
 
 func (x *StartGroupResponse) Reset() {
 	*x = StartGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1558,7 @@ func (x *StartGroupResponse) String() string {
 func (*StartGroupResponse) ProtoMessage() {}
 
 func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1571,7 @@ func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupResponse.ProtoReflect.Descriptor instead.
 func (*StartGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartGroupResponse) GetGroup() *Group {
@@ -1151,7 +1591,7 @@ type StopGroupRequest struct {
 
 func (x *StopGroupRequest) Reset() {
 	*x = StopGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1603,7 @@ func (x *StopGroupRequest) String() string {
 func (*StopGroupRequest) ProtoMessage() {}
 
 func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1616,7 @@ func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupRequest.ProtoReflect.Descriptor instead.
 func (*StopGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StopGroupRequest) GetName() string {
@@ -1202,7 +1642,7 @@ type StopGroupResponse struct {
 
 func (x *StopGroupResponse) Reset() {
 	*x = StopGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1654,7 @@ func (x *StopGroupResponse) String() string {
 func (*StopGroupResponse) ProtoMessage() {}
 
 func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1667,7 @@ func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupResponse.ProtoReflect.Descriptor instead.
 func (*StopGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StopGroupResponse) GetGroup() *Group {
@@ -1247,7 +1687,7 @@ type GetReserveRequest struct {
 
 func (x *GetReserveRequest) Reset() {
 	*x = GetReserveRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1699,7 @@ func (x *GetReserveRequest) String() string {
 func (*GetReserveRequest) ProtoMessage() {}
 
 func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1712,7 @@ func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveRequest.ProtoReflect.Descriptor instead.
 func (*GetReserveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetReserveRequest) GetK() uint32 {
@@ -1298,7 +1738,7 @@ type ReserveBreach struct {
 
 func (x *ReserveBreach) Reset() {
 	*x = ReserveBreach{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1750,7 @@ func (x *ReserveBreach) String() string {
 func (*ReserveBreach) ProtoMessage() {}
 
 func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1763,7 @@ func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveBreach.ProtoReflect.Descriptor instead.
 func (*ReserveBreach) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReserveBreach) GetFailedNodes() []string {
@@ -1388,7 +1828,7 @@ type GetReserveResponse struct {
 
 func (x *GetReserveResponse) Reset() {
 	*x = GetReserveResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1840,7 @@ func (x *GetReserveResponse) String() string {
 func (*GetReserveResponse) ProtoMessage() {}
 
 func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1853,7 @@ func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveResponse.ProtoReflect.Descriptor instead.
 func (*GetReserveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetReserveResponse) GetK() uint32 {
@@ -1534,7 +1974,7 @@ type RankNodesRequest struct {
 
 func (x *RankNodesRequest) Reset() {
 	*x = RankNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1986,7 @@ func (x *RankNodesRequest) String() string {
 func (*RankNodesRequest) ProtoMessage() {}
 
 func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1999,7 @@ func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesRequest.ProtoReflect.Descriptor instead.
 func (*RankNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RankNodesRequest) GetCpuMillis() int64 {
@@ -1639,7 +2079,7 @@ type RankedNode struct {
 
 func (x *RankedNode) Reset() {
 	*x = RankedNode{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1651,7 +2091,7 @@ func (x *RankedNode) String() string {
 func (*RankedNode) ProtoMessage() {}
 
 func (x *RankedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1664,7 +2104,7 @@ func (x *RankedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankedNode.ProtoReflect.Descriptor instead.
 func (*RankedNode) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RankedNode) GetNode() string {
@@ -1723,7 +2163,7 @@ type RankNodesResponse struct {
 
 func (x *RankNodesResponse) Reset() {
 	*x = RankNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +2175,7 @@ func (x *RankNodesResponse) String() string {
 func (*RankNodesResponse) ProtoMessage() {}
 
 func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +2188,7 @@ func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesResponse.ProtoReflect.Descriptor instead.
 func (*RankNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RankNodesResponse) GetNodes() []*RankedNode {
@@ -1779,7 +2219,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +2231,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +2244,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *BalanceRequest) GetDryRun() bool {
@@ -1843,7 +2283,7 @@ type BalanceMove struct {
 
 func (x *BalanceMove) Reset() {
 	*x = BalanceMove{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2295,7 @@ func (x *BalanceMove) String() string {
 func (*BalanceMove) ProtoMessage() {}
 
 func (x *BalanceMove) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2308,7 @@ func (x *BalanceMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceMove.ProtoReflect.Descriptor instead.
 func (*BalanceMove) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BalanceMove) GetGroup() string {
@@ -1954,7 +2394,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2406,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2419,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BalanceResponse) GetMode() BalancerMode {
@@ -2062,7 +2502,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2514,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2527,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2115,7 +2555,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2567,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2580,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -2167,7 +2607,7 @@ type ResumeNodeRequest struct {
 
 func (x *ResumeNodeRequest) Reset() {
 	*x = ResumeNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2619,7 @@ func (x *ResumeNodeRequest) String() string {
 func (*ResumeNodeRequest) ProtoMessage() {}
 
 func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2632,7 @@ func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResumeNodeRequest) GetNode() string {
@@ -2218,7 +2658,7 @@ type ResumeNodeResponse struct {
 
 func (x *ResumeNodeResponse) Reset() {
 	*x = ResumeNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2670,7 @@ func (x *ResumeNodeResponse) String() string {
 func (*ResumeNodeResponse) ProtoMessage() {}
 
 func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2683,7 @@ func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResumeNodeResponse) GetNode() *Node {
@@ -2270,7 +2710,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2722,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2735,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchEventsRequest) GetFromIndex() uint64 {
@@ -2342,7 +2782,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2794,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2807,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2399,7 +2839,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2851,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2864,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Event) GetIndex() uint64 {
@@ -2494,7 +2934,41 @@ var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x12\n" +
+	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xf2\x01\n" +
+	"\x10MoveGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12&\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x12.haven.v1.MoveKindR\x04kind\x12B\n" +
+	"\x0fdowntime_target\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
+	"\x0fbandwidth_limit\x18\x05 \x01(\x03R\x0ebandwidthLimit\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\"F\n" +
+	"\x11MoveGroupResponse\x121\n" +
+	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\"E\n" +
+	"\x13GetOperationRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x02 \x01(\bR\n" +
+	"consistent\"q\n" +
+	"\x14GetOperationResponse\x121\n" +
+	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\x12&\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"M\n" +
+	"\x15ListOperationsRequest\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x01 \x01(\bR\n" +
+	"consistent\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\"u\n" +
+	"\x16ListOperationsResponse\x123\n" +
+	"\n" +
+	"operations\x18\x01 \x03(\v2\x13.haven.v1.OperationR\n" +
+	"operations\x12&\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"G\n" +
+	"\x16CancelOperationRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"L\n" +
+	"\x17CancelOperationResponse\x121\n" +
+	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\"\x12\n" +
 	"\x10GetStatusRequest\"\xb1\x04\n" +
 	"\x11GetStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
@@ -2699,7 +3173,8 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x19BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BALANCER_MODE_OFF\x10\x01\x12\x1b\n" +
 	"\x17BALANCER_MODE_RECOMMEND\x10\x02\x12\x1b\n" +
-	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xfb\a\n" +
+	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xbd\n" +
+	"\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -2718,7 +3193,11 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\tDrainNode\x12\x1a.haven.v1.DrainNodeRequest\x1a\x1b.haven.v1.DrainNodeResponse\x12G\n" +
 	"\n" +
 	"ResumeNode\x12\x1b.haven.v1.ResumeNodeRequest\x1a\x1c.haven.v1.ResumeNodeResponse\x12L\n" +
-	"\vWatchEvents\x12\x1c.haven.v1.WatchEventsRequest\x1a\x1d.haven.v1.WatchEventsResponse0\x01B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\vWatchEvents\x12\x1c.haven.v1.WatchEventsRequest\x1a\x1d.haven.v1.WatchEventsResponse0\x01\x12D\n" +
+	"\tMoveGroup\x12\x1a.haven.v1.MoveGroupRequest\x1a\x1b.haven.v1.MoveGroupResponse\x12M\n" +
+	"\fGetOperation\x12\x1d.haven.v1.GetOperationRequest\x1a\x1e.haven.v1.GetOperationResponse\x12S\n" +
+	"\x0eListOperations\x12\x1f.haven.v1.ListOperationsRequest\x1a .haven.v1.ListOperationsResponse\x12V\n" +
+	"\x0fCancelOperation\x12 .haven.v1.CancelOperationRequest\x1a!.haven.v1.CancelOperationResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -2733,113 +3212,140 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_haven_v1_cluster_proto_goTypes = []any{
-	(RaftRole)(0),                 // 0: haven.v1.RaftRole
-	(ReserveMethod)(0),            // 1: haven.v1.ReserveMethod
-	(BalancerMode)(0),             // 2: haven.v1.BalancerMode
-	(*GetStatusRequest)(nil),      // 3: haven.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 4: haven.v1.GetStatusResponse
-	(*ListNodesRequest)(nil),      // 5: haven.v1.ListNodesRequest
-	(*NodeInfo)(nil),              // 6: haven.v1.NodeInfo
-	(*ListNodesResponse)(nil),     // 7: haven.v1.ListNodesResponse
-	(*CreateGroupRequest)(nil),    // 8: haven.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),   // 9: haven.v1.CreateGroupResponse
-	(*ReadMeta)(nil),              // 10: haven.v1.ReadMeta
-	(*GetGroupRequest)(nil),       // 11: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),      // 12: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),     // 13: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),    // 14: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),    // 15: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),   // 16: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),     // 17: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),    // 18: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),      // 19: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),     // 20: haven.v1.StopGroupResponse
-	(*GetReserveRequest)(nil),     // 21: haven.v1.GetReserveRequest
-	(*ReserveBreach)(nil),         // 22: haven.v1.ReserveBreach
-	(*GetReserveResponse)(nil),    // 23: haven.v1.GetReserveResponse
-	(*RankNodesRequest)(nil),      // 24: haven.v1.RankNodesRequest
-	(*RankedNode)(nil),            // 25: haven.v1.RankedNode
-	(*RankNodesResponse)(nil),     // 26: haven.v1.RankNodesResponse
-	(*BalanceRequest)(nil),        // 27: haven.v1.BalanceRequest
-	(*BalanceMove)(nil),           // 28: haven.v1.BalanceMove
-	(*BalanceResponse)(nil),       // 29: haven.v1.BalanceResponse
-	(*DrainNodeRequest)(nil),      // 30: haven.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),     // 31: haven.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),     // 32: haven.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),    // 33: haven.v1.ResumeNodeResponse
-	(*WatchEventsRequest)(nil),    // 34: haven.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),   // 35: haven.v1.WatchEventsResponse
-	(*Event)(nil),                 // 36: haven.v1.Event
-	nil,                           // 37: haven.v1.RankNodesRequest.NodeSelectorEntry
-	(*Node)(nil),                  // 38: haven.v1.Node
-	(*GroupSpec)(nil),             // 39: haven.v1.GroupSpec
-	(*Group)(nil),                 // 40: haven.v1.Group
-	(*Capacity)(nil),              // 41: haven.v1.Capacity
-	(*AntiAffinity)(nil),          // 42: haven.v1.AntiAffinity
-	(Priority)(0),                 // 43: haven.v1.Priority
-	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
+	(RaftRole)(0),                   // 0: haven.v1.RaftRole
+	(ReserveMethod)(0),              // 1: haven.v1.ReserveMethod
+	(BalancerMode)(0),               // 2: haven.v1.BalancerMode
+	(*MoveGroupRequest)(nil),        // 3: haven.v1.MoveGroupRequest
+	(*MoveGroupResponse)(nil),       // 4: haven.v1.MoveGroupResponse
+	(*GetOperationRequest)(nil),     // 5: haven.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),    // 6: haven.v1.GetOperationResponse
+	(*ListOperationsRequest)(nil),   // 7: haven.v1.ListOperationsRequest
+	(*ListOperationsResponse)(nil),  // 8: haven.v1.ListOperationsResponse
+	(*CancelOperationRequest)(nil),  // 9: haven.v1.CancelOperationRequest
+	(*CancelOperationResponse)(nil), // 10: haven.v1.CancelOperationResponse
+	(*GetStatusRequest)(nil),        // 11: haven.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),       // 12: haven.v1.GetStatusResponse
+	(*ListNodesRequest)(nil),        // 13: haven.v1.ListNodesRequest
+	(*NodeInfo)(nil),                // 14: haven.v1.NodeInfo
+	(*ListNodesResponse)(nil),       // 15: haven.v1.ListNodesResponse
+	(*CreateGroupRequest)(nil),      // 16: haven.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 17: haven.v1.CreateGroupResponse
+	(*ReadMeta)(nil),                // 18: haven.v1.ReadMeta
+	(*GetGroupRequest)(nil),         // 19: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),        // 20: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),       // 21: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 22: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 23: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 24: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),       // 25: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),      // 26: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),        // 27: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),       // 28: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),       // 29: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),           // 30: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),      // 31: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),        // 32: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),              // 33: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),       // 34: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),          // 35: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),             // 36: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),         // 37: haven.v1.BalanceResponse
+	(*DrainNodeRequest)(nil),        // 38: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 39: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),       // 40: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),      // 41: haven.v1.ResumeNodeResponse
+	(*WatchEventsRequest)(nil),      // 42: haven.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 43: haven.v1.WatchEventsResponse
+	(*Event)(nil),                   // 44: haven.v1.Event
+	nil,                             // 45: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(MoveKind)(0),                   // 46: haven.v1.MoveKind
+	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
+	(*Operation)(nil),               // 48: haven.v1.Operation
+	(*Node)(nil),                    // 49: haven.v1.Node
+	(*GroupSpec)(nil),               // 50: haven.v1.GroupSpec
+	(*Group)(nil),                   // 51: haven.v1.Group
+	(*Capacity)(nil),                // 52: haven.v1.Capacity
+	(*AntiAffinity)(nil),            // 53: haven.v1.AntiAffinity
+	(Priority)(0),                   // 54: haven.v1.Priority
+	(*timestamppb.Timestamp)(nil),   // 55: google.protobuf.Timestamp
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	38, // 0: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
-	0,  // 1: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
-	6,  // 2: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	10, // 3: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
-	39, // 4: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	40, // 5: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	40, // 6: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	10, // 7: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
-	40, // 8: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	10, // 9: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
-	40, // 10: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	40, // 11: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	1,  // 12: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
-	22, // 13: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	41, // 14: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	42, // 15: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	43, // 16: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	37, // 17: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
-	25, // 18: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
-	2,  // 19: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
-	28, // 20: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	38, // 21: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	38, // 22: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	36, // 23: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
-	44, // 24: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 25: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	5,  // 26: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	8,  // 27: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	11, // 28: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	13, // 29: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	15, // 30: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	17, // 31: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	19, // 32: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	21, // 33: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	24, // 34: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	27, // 35: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	30, // 36: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	32, // 37: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	34, // 38: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
-	4,  // 39: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	7,  // 40: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	9,  // 41: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	12, // 42: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	14, // 43: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	16, // 44: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	18, // 45: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	20, // 46: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	23, // 47: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	26, // 48: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	29, // 49: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	31, // 50: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	33, // 51: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	35, // 52: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
-	39, // [39:53] is the sub-list for method output_type
-	25, // [25:39] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	46, // 0: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
+	47, // 1: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
+	48, // 2: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
+	48, // 3: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
+	18, // 4: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
+	48, // 5: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
+	18, // 6: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
+	48, // 7: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
+	49, // 8: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	0,  // 9: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
+	14, // 10: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
+	18, // 11: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
+	50, // 12: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	51, // 13: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	51, // 14: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	18, // 15: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
+	51, // 16: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	18, // 17: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
+	51, // 18: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	51, // 19: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	1,  // 20: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	30, // 21: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	52, // 22: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	53, // 23: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	54, // 24: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	45, // 25: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	33, // 26: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	2,  // 27: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	36, // 28: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	49, // 29: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	49, // 30: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	44, // 31: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
+	55, // 32: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
+	11, // 33: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	13, // 34: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	16, // 35: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	19, // 36: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	21, // 37: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	23, // 38: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	25, // 39: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	27, // 40: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	29, // 41: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	32, // 42: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	35, // 43: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	38, // 44: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	40, // 45: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	42, // 46: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
+	3,  // 47: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
+	5,  // 48: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
+	7,  // 49: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
+	9,  // 50: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
+	12, // 51: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	15, // 52: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	17, // 53: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	20, // 54: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	22, // 55: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	24, // 56: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	26, // 57: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	28, // 58: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	31, // 59: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	34, // 60: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	37, // 61: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	39, // 62: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	41, // 63: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	43, // 64: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
+	4,  // 65: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
+	6,  // 66: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
+	8,  // 67: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
+	10, // 68: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
+	51, // [51:69] is the sub-list for method output_type
+	33, // [33:51] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -2854,7 +3360,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,20 +19,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClusterService_GetStatus_FullMethodName   = "/haven.v1.ClusterService/GetStatus"
-	ClusterService_ListNodes_FullMethodName   = "/haven.v1.ClusterService/ListNodes"
-	ClusterService_CreateGroup_FullMethodName = "/haven.v1.ClusterService/CreateGroup"
-	ClusterService_GetGroup_FullMethodName    = "/haven.v1.ClusterService/GetGroup"
-	ClusterService_ListGroups_FullMethodName  = "/haven.v1.ClusterService/ListGroups"
-	ClusterService_DeleteGroup_FullMethodName = "/haven.v1.ClusterService/DeleteGroup"
-	ClusterService_StartGroup_FullMethodName  = "/haven.v1.ClusterService/StartGroup"
-	ClusterService_StopGroup_FullMethodName   = "/haven.v1.ClusterService/StopGroup"
-	ClusterService_GetReserve_FullMethodName  = "/haven.v1.ClusterService/GetReserve"
-	ClusterService_RankNodes_FullMethodName   = "/haven.v1.ClusterService/RankNodes"
-	ClusterService_Balance_FullMethodName     = "/haven.v1.ClusterService/Balance"
-	ClusterService_DrainNode_FullMethodName   = "/haven.v1.ClusterService/DrainNode"
-	ClusterService_ResumeNode_FullMethodName  = "/haven.v1.ClusterService/ResumeNode"
-	ClusterService_WatchEvents_FullMethodName = "/haven.v1.ClusterService/WatchEvents"
+	ClusterService_GetStatus_FullMethodName       = "/haven.v1.ClusterService/GetStatus"
+	ClusterService_ListNodes_FullMethodName       = "/haven.v1.ClusterService/ListNodes"
+	ClusterService_CreateGroup_FullMethodName     = "/haven.v1.ClusterService/CreateGroup"
+	ClusterService_GetGroup_FullMethodName        = "/haven.v1.ClusterService/GetGroup"
+	ClusterService_ListGroups_FullMethodName      = "/haven.v1.ClusterService/ListGroups"
+	ClusterService_DeleteGroup_FullMethodName     = "/haven.v1.ClusterService/DeleteGroup"
+	ClusterService_StartGroup_FullMethodName      = "/haven.v1.ClusterService/StartGroup"
+	ClusterService_StopGroup_FullMethodName       = "/haven.v1.ClusterService/StopGroup"
+	ClusterService_GetReserve_FullMethodName      = "/haven.v1.ClusterService/GetReserve"
+	ClusterService_RankNodes_FullMethodName       = "/haven.v1.ClusterService/RankNodes"
+	ClusterService_Balance_FullMethodName         = "/haven.v1.ClusterService/Balance"
+	ClusterService_DrainNode_FullMethodName       = "/haven.v1.ClusterService/DrainNode"
+	ClusterService_ResumeNode_FullMethodName      = "/haven.v1.ClusterService/ResumeNode"
+	ClusterService_WatchEvents_FullMethodName     = "/haven.v1.ClusterService/WatchEvents"
+	ClusterService_MoveGroup_FullMethodName       = "/haven.v1.ClusterService/MoveGroup"
+	ClusterService_GetOperation_FullMethodName    = "/haven.v1.ClusterService/GetOperation"
+	ClusterService_ListOperations_FullMethodName  = "/haven.v1.ClusterService/ListOperations"
+	ClusterService_CancelOperation_FullMethodName = "/haven.v1.ClusterService/CancelOperation"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -81,6 +85,21 @@ type ClusterServiceClient interface {
 	// may watch again from the last index it read; events no longer kept end
 	// the call with OutOfRange, as a compacted etcd watch does.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// MoveGroup moves a running group to another node without a restart:
+	// live (pre-copy, a short pause) or quick (save, restore). It returns
+	// the operation at once; GetOperation follows it. Refused, changing
+	// nothing, for a group that is not online, a target that is unknown,
+	// down, draining, a witness, the group's own node, too small, or would
+	// break the reserve, while another move of the group is in flight, and
+	// for LIVE where a driver cannot live-migrate.
+	MoveGroup(ctx context.Context, in *MoveGroupRequest, opts ...grpc.CallOption) (*MoveGroupResponse, error)
+	GetOperation(ctx context.Context, in *GetOperationRequest, opts ...grpc.CallOption) (*GetOperationResponse, error)
+	// ListOperations lists moves in flight and the most recent finished
+	// ones (a bounded number are kept), oldest first.
+	ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error)
+	// CancelOperation rolls back a move that has not committed: the group
+	// stays on its source. A committed move cannot be cancelled.
+	CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*CancelOperationResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -240,6 +259,46 @@ func (c *clusterServiceClient) WatchEvents(ctx context.Context, in *WatchEventsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *clusterServiceClient) MoveGroup(ctx context.Context, in *MoveGroupRequest, opts ...grpc.CallOption) (*MoveGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveGroupResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MoveGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) GetOperation(ctx context.Context, in *GetOperationRequest, opts ...grpc.CallOption) (*GetOperationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOperationResponse)
+	err := c.cc.Invoke(ctx, ClusterService_GetOperation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) ListOperations(ctx context.Context, in *ListOperationsRequest, opts ...grpc.CallOption) (*ListOperationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOperationsResponse)
+	err := c.cc.Invoke(ctx, ClusterService_ListOperations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*CancelOperationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelOperationResponse)
+	err := c.cc.Invoke(ctx, ClusterService_CancelOperation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -286,6 +345,21 @@ type ClusterServiceServer interface {
 	// may watch again from the last index it read; events no longer kept end
 	// the call with OutOfRange, as a compacted etcd watch does.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// MoveGroup moves a running group to another node without a restart:
+	// live (pre-copy, a short pause) or quick (save, restore). It returns
+	// the operation at once; GetOperation follows it. Refused, changing
+	// nothing, for a group that is not online, a target that is unknown,
+	// down, draining, a witness, the group's own node, too small, or would
+	// break the reserve, while another move of the group is in flight, and
+	// for LIVE where a driver cannot live-migrate.
+	MoveGroup(context.Context, *MoveGroupRequest) (*MoveGroupResponse, error)
+	GetOperation(context.Context, *GetOperationRequest) (*GetOperationResponse, error)
+	// ListOperations lists moves in flight and the most recent finished
+	// ones (a bounded number are kept), oldest first.
+	ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error)
+	// CancelOperation rolls back a move that has not committed: the group
+	// stays on its source. A committed move cannot be cancelled.
+	CancelOperation(context.Context, *CancelOperationRequest) (*CancelOperationResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -337,6 +411,18 @@ func (UnimplementedClusterServiceServer) ResumeNode(context.Context, *ResumeNode
 }
 func (UnimplementedClusterServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedClusterServiceServer) MoveGroup(context.Context, *MoveGroupRequest) (*MoveGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveGroup not implemented")
+}
+func (UnimplementedClusterServiceServer) GetOperation(context.Context, *GetOperationRequest) (*GetOperationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOperation not implemented")
+}
+func (UnimplementedClusterServiceServer) ListOperations(context.Context, *ListOperationsRequest) (*ListOperationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOperations not implemented")
+}
+func (UnimplementedClusterServiceServer) CancelOperation(context.Context, *CancelOperationRequest) (*CancelOperationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelOperation not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -604,6 +690,78 @@ func _ClusterService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _ClusterService_MoveGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MoveGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MoveGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MoveGroup(ctx, req.(*MoveGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_GetOperation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOperationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).GetOperation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_GetOperation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).GetOperation(ctx, req.(*GetOperationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_ListOperations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOperationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).ListOperations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_ListOperations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).ListOperations(ctx, req.(*ListOperationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_CancelOperation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelOperationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).CancelOperation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_CancelOperation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).CancelOperation(ctx, req.(*CancelOperationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -662,6 +820,22 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeNode",
 			Handler:    _ClusterService_ResumeNode_Handler,
+		},
+		{
+			MethodName: "MoveGroup",
+			Handler:    _ClusterService_MoveGroup_Handler,
+		},
+		{
+			MethodName: "GetOperation",
+			Handler:    _ClusterService_GetOperation_Handler,
+		},
+		{
+			MethodName: "ListOperations",
+			Handler:    _ClusterService_ListOperations_Handler,
+		},
+		{
+			MethodName: "CancelOperation",
+			Handler:    _ClusterService_CancelOperation_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

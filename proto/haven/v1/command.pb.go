@@ -103,6 +103,10 @@ type Command struct {
 	//	*Command_StopGroup
 	//	*Command_ReportGroup
 	//	*Command_AssignGroups
+	//	*Command_BeginMove
+	//	*Command_MoveProgress
+	//	*Command_CommitMove
+	//	*Command_EndMove
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -249,6 +253,42 @@ func (x *Command) GetAssignGroups() *AssignGroupsCommand {
 	return nil
 }
 
+func (x *Command) GetBeginMove() *BeginMoveCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_BeginMove); ok {
+			return x.BeginMove
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetMoveProgress() *MoveProgressCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_MoveProgress); ok {
+			return x.MoveProgress
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCommitMove() *CommitMoveCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CommitMove); ok {
+			return x.CommitMove
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEndMove() *EndMoveCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_EndMove); ok {
+			return x.EndMove
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -293,6 +333,22 @@ type Command_AssignGroups struct {
 	AssignGroups *AssignGroupsCommand `protobuf:"bytes,19,opt,name=assign_groups,json=assignGroups,proto3,oneof"`
 }
 
+type Command_BeginMove struct {
+	BeginMove *BeginMoveCommand `protobuf:"bytes,20,opt,name=begin_move,json=beginMove,proto3,oneof"`
+}
+
+type Command_MoveProgress struct {
+	MoveProgress *MoveProgressCommand `protobuf:"bytes,21,opt,name=move_progress,json=moveProgress,proto3,oneof"`
+}
+
+type Command_CommitMove struct {
+	CommitMove *CommitMoveCommand `protobuf:"bytes,22,opt,name=commit_move,json=commitMove,proto3,oneof"`
+}
+
+type Command_EndMove struct {
+	EndMove *EndMoveCommand `protobuf:"bytes,23,opt,name=end_move,json=endMove,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -312,6 +368,14 @@ func (*Command_StopGroup) isCommand_Cmd() {}
 func (*Command_ReportGroup) isCommand_Cmd() {}
 
 func (*Command_AssignGroups) isCommand_Cmd() {}
+
+func (*Command_BeginMove) isCommand_Cmd() {}
+
+func (*Command_MoveProgress) isCommand_Cmd() {}
+
+func (*Command_CommitMove) isCommand_Cmd() {}
+
+func (*Command_EndMove) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -949,6 +1013,258 @@ func (x *SetNodeDrainCommand) GetDraining() bool {
 	return false
 }
 
+// BeginMoveCommand records a move of a group online on op.source at
+// expect_epoch (and its desired state at expect_desired_index) to
+// op.target. It is refused while another move of the group is in flight.
+// The move's target epoch is expect_epoch + 1.
+type BeginMoveCommand struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Operation          *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	ExpectEpoch        uint64                 `protobuf:"varint,2,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
+	ExpectDesiredIndex uint64                 `protobuf:"varint,3,opt,name=expect_desired_index,json=expectDesiredIndex,proto3" json:"expect_desired_index,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *BeginMoveCommand) Reset() {
+	*x = BeginMoveCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginMoveCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginMoveCommand) ProtoMessage() {}
+
+func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginMoveCommand.ProtoReflect.Descriptor instead.
+func (*BeginMoveCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BeginMoveCommand) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *BeginMoveCommand) GetExpectEpoch() uint64 {
+	if x != nil {
+		return x.ExpectEpoch
+	}
+	return 0
+}
+
+func (x *BeginMoveCommand) GetExpectDesiredIndex() uint64 {
+	if x != nil {
+		return x.ExpectDesiredIndex
+	}
+	return 0
+}
+
+// MoveProgressCommand records how far a move in flight got. The phase only
+// goes forward, and never to COMMITTED or FINISHED.
+type MoveProgressCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Phase         OperationPhase         `protobuf:"varint,2,opt,name=phase,proto3,enum=haven.v1.OperationPhase" json:"phase,omitempty"`
+	Progress      *MoveProgress          `protobuf:"bytes,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveProgressCommand) Reset() {
+	*x = MoveProgressCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveProgressCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveProgressCommand) ProtoMessage() {}
+
+func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveProgressCommand.ProtoReflect.Descriptor instead.
+func (*MoveProgressCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MoveProgressCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MoveProgressCommand) GetPhase() OperationPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return OperationPhase_OPERATION_PHASE_UNSPECIFIED
+}
+
+func (x *MoveProgressCommand) GetProgress() *MoveProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// CommitMoveCommand is the switchover's compare-and-set: while the move is
+// in flight and not committed, and the group is still at the move's source
+// epoch, the target becomes the owner at the target epoch.
+type CommitMoveCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The memory checksum at the pause, which the target verified.
+	Checksum      uint64        `protobuf:"varint,2,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	Progress      *MoveProgress `protobuf:"bytes,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitMoveCommand) Reset() {
+	*x = CommitMoveCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitMoveCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitMoveCommand) ProtoMessage() {}
+
+func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitMoveCommand.ProtoReflect.Descriptor instead.
+func (*CommitMoveCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CommitMoveCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CommitMoveCommand) GetChecksum() uint64 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
+func (x *CommitMoveCommand) GetProgress() *MoveProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// EndMoveCommand ends a move: ROLLED_BACK or CANCELLED only before the
+// commit (the group stays on its source), COMPLETED only after it.
+type EndMoveCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Outcome       OperationOutcome       `protobuf:"varint,2,opt,name=outcome,proto3,enum=haven.v1.OperationOutcome" json:"outcome,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndMoveCommand) Reset() {
+	*x = EndMoveCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndMoveCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndMoveCommand) ProtoMessage() {}
+
+func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndMoveCommand.ProtoReflect.Descriptor instead.
+func (*EndMoveCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EndMoveCommand) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EndMoveCommand) GetOutcome() OperationOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return OperationOutcome_OPERATION_OUTCOME_UNSPECIFIED
+}
+
+func (x *EndMoveCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -966,7 +1282,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1294,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1307,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1047,7 +1363,7 @@ type AppliedItem struct {
 
 func (x *AppliedItem) Reset() {
 	*x = AppliedItem{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1375,7 @@ func (x *AppliedItem) String() string {
 func (*AppliedItem) ProtoMessage() {}
 
 func (x *AppliedItem) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1388,7 @@ func (x *AppliedItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
 func (*AppliedItem) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AppliedItem) GetErrorCode() ErrorCode {
@@ -1100,7 +1416,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1428,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1441,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1150,6 +1466,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Node
 	//	*SnapshotRecord_Group
 	//	*SnapshotRecord_AppliedRequest
+	//	*SnapshotRecord_Operation
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1157,7 +1474,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1486,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1499,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1219,6 +1536,15 @@ func (x *SnapshotRecord) GetAppliedRequest() *AppliedRequest {
 	return nil
 }
 
+func (x *SnapshotRecord) GetOperation() *Operation {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Operation); ok {
+			return x.Operation
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1235,17 +1561,23 @@ type SnapshotRecord_AppliedRequest struct {
 	AppliedRequest *AppliedRequest `protobuf:"bytes,3,opt,name=applied_request,json=appliedRequest,proto3,oneof"`
 }
 
+type SnapshotRecord_Operation struct {
+	Operation *Operation `protobuf:"bytes,4,opt,name=operation,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Group) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Operation) isSnapshotRecord_Record() {}
+
 var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x89\x06\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x83\b\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1262,7 +1594,13 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"stop_group\x18\x11 \x01(\v2\x1a.haven.v1.StopGroupCommandH\x00R\tstopGroup\x12A\n" +
 	"\freport_group\x18\x12 \x01(\v2\x1c.haven.v1.ReportGroupCommandH\x00R\vreportGroup\x12D\n" +
-	"\rassign_groups\x18\x13 \x01(\v2\x1d.haven.v1.AssignGroupsCommandH\x00R\fassignGroupsB\x05\n" +
+	"\rassign_groups\x18\x13 \x01(\v2\x1d.haven.v1.AssignGroupsCommandH\x00R\fassignGroups\x12;\n" +
+	"\n" +
+	"begin_move\x18\x14 \x01(\v2\x1a.haven.v1.BeginMoveCommandH\x00R\tbeginMove\x12D\n" +
+	"\rmove_progress\x18\x15 \x01(\v2\x1d.haven.v1.MoveProgressCommandH\x00R\fmoveProgress\x12>\n" +
+	"\vcommit_move\x18\x16 \x01(\v2\x1b.haven.v1.CommitMoveCommandH\x00R\n" +
+	"commitMove\x125\n" +
+	"\bend_move\x18\x17 \x01(\v2\x18.haven.v1.EndMoveCommandH\x00R\aendMoveB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -1304,7 +1642,23 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"E\n" +
 	"\x13SetNodeDrainCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xfb\x01\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"\x9a\x01\n" +
+	"\x10BeginMoveCommand\x121\n" +
+	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\x12!\n" +
+	"\fexpect_epoch\x18\x02 \x01(\x04R\vexpectEpoch\x120\n" +
+	"\x14expect_desired_index\x18\x03 \x01(\x04R\x12expectDesiredIndex\"\x89\x01\n" +
+	"\x13MoveProgressCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x05phase\x18\x02 \x01(\x0e2\x18.haven.v1.OperationPhaseR\x05phase\x122\n" +
+	"\bprogress\x18\x03 \x01(\v2\x16.haven.v1.MoveProgressR\bprogress\"s\n" +
+	"\x11CommitMoveCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bchecksum\x18\x02 \x01(\x04R\bchecksum\x122\n" +
+	"\bprogress\x18\x03 \x01(\v2\x16.haven.v1.MoveProgressR\bprogress\"n\n" +
+	"\x0eEndMoveCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x124\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1a.haven.v1.OperationOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xfb\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1320,11 +1674,12 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xae\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xe3\x01\n" +
 	"\x0eSnapshotRecord\x12$\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeH\x00R\x04node\x12'\n" +
 	"\x05group\x18\x02 \x01(\v2\x0f.haven.v1.GroupH\x00R\x05group\x12C\n" +
-	"\x0fapplied_request\x18\x03 \x01(\v2\x18.haven.v1.AppliedRequestH\x00R\x0eappliedRequestB\b\n" +
+	"\x0fapplied_request\x18\x03 \x01(\v2\x18.haven.v1.AppliedRequestH\x00R\x0eappliedRequest\x123\n" +
+	"\toperation\x18\x04 \x01(\v2\x13.haven.v1.OperationH\x00R\toperationB\b\n" +
 	"\x06record*\xa5\x01\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
@@ -1346,7 +1701,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
@@ -1360,21 +1715,29 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*StopGroupCommand)(nil),      // 9: haven.v1.StopGroupCommand
 	(*ReportGroupCommand)(nil),    // 10: haven.v1.ReportGroupCommand
 	(*SetNodeDrainCommand)(nil),   // 11: haven.v1.SetNodeDrainCommand
-	(*AppliedRequest)(nil),        // 12: haven.v1.AppliedRequest
-	(*AppliedItem)(nil),           // 13: haven.v1.AppliedItem
-	(*SnapshotHeader)(nil),        // 14: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 15: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*Node)(nil),                  // 17: haven.v1.Node
-	(NodeStatus)(0),               // 18: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 19: haven.v1.GroupSpec
-	(GroupState)(0),               // 20: haven.v1.GroupState
-	(DesiredState)(0),             // 21: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 22: haven.v1.GroupFailure
-	(*Group)(nil),                 // 23: haven.v1.Group
+	(*BeginMoveCommand)(nil),      // 12: haven.v1.BeginMoveCommand
+	(*MoveProgressCommand)(nil),   // 13: haven.v1.MoveProgressCommand
+	(*CommitMoveCommand)(nil),     // 14: haven.v1.CommitMoveCommand
+	(*EndMoveCommand)(nil),        // 15: haven.v1.EndMoveCommand
+	(*AppliedRequest)(nil),        // 16: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 17: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 18: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 19: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*Node)(nil),                  // 21: haven.v1.Node
+	(NodeStatus)(0),               // 22: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 23: haven.v1.GroupSpec
+	(GroupState)(0),               // 24: haven.v1.GroupState
+	(DesiredState)(0),             // 25: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 26: haven.v1.GroupFailure
+	(*Operation)(nil),             // 27: haven.v1.Operation
+	(OperationPhase)(0),           // 28: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 29: haven.v1.MoveProgress
+	(OperationOutcome)(0),         // 30: haven.v1.OperationOutcome
+	(*Group)(nil),                 // 31: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	16, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	20, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
@@ -1385,27 +1748,37 @@ var file_haven_v1_command_proto_depIdxs = []int32{
 	9,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
 	10, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
 	7,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
-	17, // 11: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	18, // 12: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	19, // 13: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	20, // 14: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	21, // 15: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	22, // 16: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	6,  // 17: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
-	20, // 18: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	20, // 19: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	16, // 20: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 21: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	13, // 22: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
-	0,  // 23: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
-	17, // 24: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	23, // 25: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	12, // 26: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	12, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
+	13, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
+	14, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
+	15, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
+	21, // 15: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	22, // 16: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	23, // 17: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	24, // 18: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	25, // 19: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	26, // 20: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	6,  // 21: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	24, // 22: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	24, // 23: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	27, // 24: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
+	28, // 25: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
+	29, // 26: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
+	29, // 27: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
+	30, // 28: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
+	20, // 29: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 30: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	17, // 31: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 32: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	21, // 33: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	31, // 34: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	16, // 35: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	27, // 36: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -1425,11 +1798,16 @@ func file_haven_v1_command_proto_init() {
 		(*Command_StopGroup)(nil),
 		(*Command_ReportGroup)(nil),
 		(*Command_AssignGroups)(nil),
+		(*Command_BeginMove)(nil),
+		(*Command_MoveProgress)(nil),
+		(*Command_CommitMove)(nil),
+		(*Command_EndMove)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[14].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[18].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
+		(*SnapshotRecord_Operation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1437,7 +1815,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -486,6 +486,341 @@ func (*CrashVMResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
+type MoveOutRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Operation string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	// The log index that began the move: the source waits until its state
+	// machine has applied it.
+	Index uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// The target agent's gRPC address.
+	TargetAddr    string `protobuf:"bytes,3,opt,name=target_addr,json=targetAddr,proto3" json:"target_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveOutRequest) Reset() {
+	*x = MoveOutRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveOutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveOutRequest) ProtoMessage() {}
+
+func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveOutRequest.ProtoReflect.Descriptor instead.
+func (*MoveOutRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MoveOutRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *MoveOutRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *MoveOutRequest) GetTargetAddr() string {
+	if x != nil {
+		return x.TargetAddr
+	}
+	return ""
+}
+
+type MoveOutResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Phase    OperationPhase         `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.OperationPhase" json:"phase,omitempty"`
+	Progress *MoveProgress          `protobuf:"bytes,2,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The source is paused and the target verified its copy.
+	Ready bool `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	// Set with ready: the memory checksum at the pause.
+	Checksum      uint64 `protobuf:"varint,4,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveOutResponse) Reset() {
+	*x = MoveOutResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveOutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveOutResponse) ProtoMessage() {}
+
+func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveOutResponse.ProtoReflect.Descriptor instead.
+func (*MoveOutResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MoveOutResponse) GetPhase() OperationPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return OperationPhase_OPERATION_PHASE_UNSPECIFIED
+}
+
+func (x *MoveOutResponse) GetProgress() *MoveProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+func (x *MoveOutResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *MoveOutResponse) GetChecksum() uint64 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
+type MoveInRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message names the move and the VM resource; later ones
+	// carry only data.
+	Operation     string `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Vm            string `protobuf:"bytes,3,opt,name=vm,proto3" json:"vm,omitempty"`
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveInRequest) Reset() {
+	*x = MoveInRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveInRequest) ProtoMessage() {}
+
+func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
+func (*MoveInRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MoveInRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *MoveInRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *MoveInRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *MoveInRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type MoveInResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveInResponse) Reset() {
+	*x = MoveInResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveInResponse) ProtoMessage() {}
+
+func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
+func (*MoveInResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MoveInResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type RestoreMoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreMoveRequest) Reset() {
+	*x = RestoreMoveRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreMoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreMoveRequest) ProtoMessage() {}
+
+func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreMoveRequest.ProtoReflect.Descriptor instead.
+func (*RestoreMoveRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RestoreMoveRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *RestoreMoveRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type RestoreMoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreMoveResponse) Reset() {
+	*x = RestoreMoveResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreMoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreMoveResponse) ProtoMessage() {}
+
+func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreMoveResponse.ProtoReflect.Descriptor instead.
+func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
 var File_haven_v1_node_proto protoreflect.FileDescriptor
 
 const file_haven_v1_node_proto_rawDesc = "" +
@@ -517,13 +852,37 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x0eCrashVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x11\n" +
-	"\x0fCrashVMResponse2\xb4\x02\n" +
+	"\x0fCrashVMResponse\"e\n" +
+	"\x0eMoveOutRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x1f\n" +
+	"\vtarget_addr\x18\x03 \x01(\tR\n" +
+	"targetAddr\"\xa7\x01\n" +
+	"\x0fMoveOutResponse\x12.\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x18.haven.v1.OperationPhaseR\x05phase\x122\n" +
+	"\bprogress\x18\x02 \x01(\v2\x16.haven.v1.MoveProgressR\bprogress\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\bR\x05ready\x12\x1a\n" +
+	"\bchecksum\x18\x04 \x01(\x04R\bchecksum\"g\n" +
+	"\rMoveInRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x0e\n" +
+	"\x02vm\x18\x03 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"$\n" +
+	"\x0eMoveInResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"H\n" +
+	"\x12RestoreMoveRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x15\n" +
+	"\x13RestoreMoveResponse2\x83\x04\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
 	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
 	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12>\n" +
-	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
+	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
+	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
+	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_node_proto_rawDescOnce sync.Once
@@ -537,7 +896,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_haven_v1_node_proto_goTypes = []any{
 	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
 	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
@@ -548,24 +907,40 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*ReportGroupResponse)(nil),   // 6: haven.v1.ReportGroupResponse
 	(*CrashVMRequest)(nil),        // 7: haven.v1.CrashVMRequest
 	(*CrashVMResponse)(nil),       // 8: haven.v1.CrashVMResponse
-	(GroupState)(0),               // 9: haven.v1.GroupState
+	(*MoveOutRequest)(nil),        // 9: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),       // 10: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),         // 11: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),        // 12: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),    // 13: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),   // 14: haven.v1.RestoreMoveResponse
+	(GroupState)(0),               // 15: haven.v1.GroupState
+	(OperationPhase)(0),           // 16: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 17: haven.v1.MoveProgress
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
-	3, // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	9, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	0, // 2: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	2, // 3: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	5, // 4: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	7, // 5: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	1, // 6: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	4, // 7: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	6, // 8: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	8, // 9: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	3,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
+	15, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	16, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	17, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 4: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	2,  // 5: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	5,  // 6: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	7,  // 7: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	9,  // 8: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	11, // 9: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	13, // 10: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	1,  // 11: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	4,  // 12: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	6,  // 13: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	8,  // 14: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	10, // 15: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	12, // 16: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	14, // 17: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	11, // [11:18] is the sub-list for method output_type
+	4,  // [4:11] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -580,7 +955,7 @@ func file_haven_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,9 @@ const (
 	NodeService_RenewLease_FullMethodName    = "/haven.v1.NodeService/RenewLease"
 	NodeService_ReportGroup_FullMethodName   = "/haven.v1.NodeService/ReportGroup"
 	NodeService_CrashVM_FullMethodName       = "/haven.v1.NodeService/CrashVM"
+	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
+	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
+	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -44,6 +47,18 @@ type NodeServiceClient interface {
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error)
+	// MoveOut is the leader's order to a move's source: send the group's VMs
+	// (live: to the target's MoveIn; quick: to state files on shared storage)
+	// and report progress. The last message, ready, says the source is
+	// paused and the target holds a verified copy: the move may commit. A
+	// source that said ready resumes only when the move is rolled back.
+	MoveOut(ctx context.Context, in *MoveOutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MoveOutResponse], error)
+	// MoveIn carries one VM of a live move from the source to the target:
+	// the driver's own migration stream, in chunks, both ways.
+	MoveIn(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MoveInRequest, MoveInResponse], error)
+	// RestoreMove is the leader's order to a quick move's target: restore
+	// the saved state into VMs that wait for the commit.
+	RestoreMove(ctx context.Context, in *RestoreMoveRequest, opts ...grpc.CallOption) (*RestoreMoveResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -94,6 +109,48 @@ func (c *nodeServiceClient) CrashVM(ctx context.Context, in *CrashVMRequest, opt
 	return out, nil
 }
 
+func (c *nodeServiceClient) MoveOut(ctx context.Context, in *MoveOutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MoveOutResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_MoveOut_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MoveOutRequest, MoveOutResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_MoveOutClient = grpc.ServerStreamingClient[MoveOutResponse]
+
+func (c *nodeServiceClient) MoveIn(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MoveInRequest, MoveInResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[1], NodeService_MoveIn_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MoveInRequest, MoveInResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_MoveInClient = grpc.BidiStreamingClient[MoveInRequest, MoveInResponse]
+
+func (c *nodeServiceClient) RestoreMove(ctx context.Context, in *RestoreMoveRequest, opts ...grpc.CallOption) (*RestoreMoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoreMoveResponse)
+	err := c.cc.Invoke(ctx, NodeService_RestoreMove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -113,6 +170,18 @@ type NodeServiceServer interface {
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error)
+	// MoveOut is the leader's order to a move's source: send the group's VMs
+	// (live: to the target's MoveIn; quick: to state files on shared storage)
+	// and report progress. The last message, ready, says the source is
+	// paused and the target holds a verified copy: the move may commit. A
+	// source that said ready resumes only when the move is rolled back.
+	MoveOut(*MoveOutRequest, grpc.ServerStreamingServer[MoveOutResponse]) error
+	// MoveIn carries one VM of a live move from the source to the target:
+	// the driver's own migration stream, in chunks, both ways.
+	MoveIn(grpc.BidiStreamingServer[MoveInRequest, MoveInResponse]) error
+	// RestoreMove is the leader's order to a quick move's target: restore
+	// the saved state into VMs that wait for the commit.
+	RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -134,6 +203,15 @@ func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupR
 }
 func (UnimplementedNodeServiceServer) CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CrashVM not implemented")
+}
+func (UnimplementedNodeServiceServer) MoveOut(*MoveOutRequest, grpc.ServerStreamingServer[MoveOutResponse]) error {
+	return status.Error(codes.Unimplemented, "method MoveOut not implemented")
+}
+func (UnimplementedNodeServiceServer) MoveIn(grpc.BidiStreamingServer[MoveInRequest, MoveInResponse]) error {
+	return status.Error(codes.Unimplemented, "method MoveIn not implemented")
+}
+func (UnimplementedNodeServiceServer) RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestoreMove not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -228,6 +306,42 @@ func _NodeService_CrashVM_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_MoveOut_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(MoveOutRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServiceServer).MoveOut(m, &grpc.GenericServerStream[MoveOutRequest, MoveOutResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_MoveOutServer = grpc.ServerStreamingServer[MoveOutResponse]
+
+func _NodeService_MoveIn_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServiceServer).MoveIn(&grpc.GenericServerStream[MoveInRequest, MoveInResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_MoveInServer = grpc.BidiStreamingServer[MoveInRequest, MoveInResponse]
+
+func _NodeService_RestoreMove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreMoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RestoreMove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RestoreMove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RestoreMove(ctx, req.(*RestoreMoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -251,7 +365,23 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CrashVM",
 			Handler:    _NodeService_CrashVM_Handler,
 		},
+		{
+			MethodName: "RestoreMove",
+			Handler:    _NodeService_RestoreMove_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "MoveOut",
+			Handler:       _NodeService_MoveOut_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "MoveIn",
+			Handler:       _NodeService_MoveIn_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "haven/v1/node.proto",
 }

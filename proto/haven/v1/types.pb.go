@@ -356,6 +356,187 @@ func (NodeStatus) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
+// MoveKind is how a running group moves.
+type MoveKind int32
+
+const (
+	MoveKind_MOVE_KIND_UNSPECIFIED MoveKind = 0
+	// Iterative pre-copy over a stream between the two agents, a short
+	// pause, resume on the target.
+	MoveKind_MOVE_KIND_LIVE MoveKind = 1
+	// Pause, save the state to shared storage, restore on the target.
+	MoveKind_MOVE_KIND_QUICK MoveKind = 2
+	// Live when the driver and both nodes can, else quick. Resolved when the
+	// move begins: an Operation records LIVE or QUICK.
+	MoveKind_MOVE_KIND_AUTO MoveKind = 3
+)
+
+// Enum value maps for MoveKind.
+var (
+	MoveKind_name = map[int32]string{
+		0: "MOVE_KIND_UNSPECIFIED",
+		1: "MOVE_KIND_LIVE",
+		2: "MOVE_KIND_QUICK",
+		3: "MOVE_KIND_AUTO",
+	}
+	MoveKind_value = map[string]int32{
+		"MOVE_KIND_UNSPECIFIED": 0,
+		"MOVE_KIND_LIVE":        1,
+		"MOVE_KIND_QUICK":       2,
+		"MOVE_KIND_AUTO":        3,
+	}
+)
+
+func (x MoveKind) Enum() *MoveKind {
+	p := new(MoveKind)
+	*p = x
+	return p
+}
+
+func (x MoveKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MoveKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[6].Descriptor()
+}
+
+func (MoveKind) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[6]
+}
+
+func (x MoveKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MoveKind.Descriptor instead.
+func (MoveKind) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+// OperationPhase is where a move stands. It only goes forward.
+type OperationPhase int32
+
+const (
+	OperationPhase_OPERATION_PHASE_UNSPECIFIED OperationPhase = 0
+	// Recorded; the stream to the target and its empty VM are being set up.
+	OperationPhase_OPERATION_PHASE_SETUP OperationPhase = 1
+	// Memory is copied while the guest runs on the source.
+	OperationPhase_OPERATION_PHASE_PRECOPY OperationPhase = 2
+	// The source is paused: the rest of the state goes to the target (or to
+	// the state file and back, for a quick move).
+	OperationPhase_OPERATION_PHASE_SWITCHOVER OperationPhase = 3
+	// The target owns the group at the new epoch; it resumes there.
+	OperationPhase_OPERATION_PHASE_COMMITTED OperationPhase = 4
+	// Over: outcome says how.
+	OperationPhase_OPERATION_PHASE_FINISHED OperationPhase = 5
+)
+
+// Enum value maps for OperationPhase.
+var (
+	OperationPhase_name = map[int32]string{
+		0: "OPERATION_PHASE_UNSPECIFIED",
+		1: "OPERATION_PHASE_SETUP",
+		2: "OPERATION_PHASE_PRECOPY",
+		3: "OPERATION_PHASE_SWITCHOVER",
+		4: "OPERATION_PHASE_COMMITTED",
+		5: "OPERATION_PHASE_FINISHED",
+	}
+	OperationPhase_value = map[string]int32{
+		"OPERATION_PHASE_UNSPECIFIED": 0,
+		"OPERATION_PHASE_SETUP":       1,
+		"OPERATION_PHASE_PRECOPY":     2,
+		"OPERATION_PHASE_SWITCHOVER":  3,
+		"OPERATION_PHASE_COMMITTED":   4,
+		"OPERATION_PHASE_FINISHED":    5,
+	}
+)
+
+func (x OperationPhase) Enum() *OperationPhase {
+	p := new(OperationPhase)
+	*p = x
+	return p
+}
+
+func (x OperationPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OperationPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[7].Descriptor()
+}
+
+func (OperationPhase) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[7]
+}
+
+func (x OperationPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OperationPhase.Descriptor instead.
+func (OperationPhase) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+// OperationOutcome is how a finished move ended.
+type OperationOutcome int32
+
+const (
+	// Still in flight.
+	OperationOutcome_OPERATION_OUTCOME_UNSPECIFIED OperationOutcome = 0
+	// The group runs on the target.
+	OperationOutcome_OPERATION_OUTCOME_COMPLETED OperationOutcome = 1
+	// Ended before the commit: the group stays on the source.
+	OperationOutcome_OPERATION_OUTCOME_ROLLED_BACK OperationOutcome = 2
+	// Cancelled by an operator before the commit: the group stays on the
+	// source.
+	OperationOutcome_OPERATION_OUTCOME_CANCELLED OperationOutcome = 3
+)
+
+// Enum value maps for OperationOutcome.
+var (
+	OperationOutcome_name = map[int32]string{
+		0: "OPERATION_OUTCOME_UNSPECIFIED",
+		1: "OPERATION_OUTCOME_COMPLETED",
+		2: "OPERATION_OUTCOME_ROLLED_BACK",
+		3: "OPERATION_OUTCOME_CANCELLED",
+	}
+	OperationOutcome_value = map[string]int32{
+		"OPERATION_OUTCOME_UNSPECIFIED": 0,
+		"OPERATION_OUTCOME_COMPLETED":   1,
+		"OPERATION_OUTCOME_ROLLED_BACK": 2,
+		"OPERATION_OUTCOME_CANCELLED":   3,
+	}
+)
+
+func (x OperationOutcome) Enum() *OperationOutcome {
+	p := new(OperationOutcome)
+	*p = x
+	return p
+}
+
+func (x OperationOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OperationOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[8].Descriptor()
+}
+
+func (OperationOutcome) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[8]
+}
+
+func (x OperationOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OperationOutcome.Descriptor instead.
+func (OperationOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
 // Resource is one manageable thing inside a group. Resources start in
 // dependency order and stop in reverse.
 type Resource struct {
@@ -1065,7 +1246,10 @@ type Group struct {
 	StateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=state_time,json=stateTime,proto3" json:"state_time,omitempty"`
 	// The latest failure per node, newest last; an operator's start clears
 	// them.
-	Failures      []*GroupFailure `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
+	Failures []*GroupFailure `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
+	// The id of the move in flight (an Operation), empty when none: at most
+	// one move of a group runs at a time.
+	Operation     string `protobuf:"bytes,15,opt,name=operation,proto3" json:"operation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1198,6 +1382,13 @@ func (x *Group) GetFailures() []*GroupFailure {
 	return nil
 }
 
+func (x *Group) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
 type Capacity struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CpuMillis     int64                  `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
@@ -1272,9 +1463,12 @@ type Node struct {
 	Draining bool `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`
 	// Placement labels from the node's configuration (rack, cpu model,
 	// storage class): groups select nodes by them.
-	Labels        map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Labels map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What the node's driver can do to move a running VM.
+	LiveMigration  bool `protobuf:"varint,15,opt,name=live_migration,json=liveMigration,proto3" json:"live_migration,omitempty"`
+	QuickMigration bool `protobuf:"varint,16,opt,name=quick_migration,json=quickMigration,proto3" json:"quick_migration,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1405,6 +1599,366 @@ func (x *Node) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Node) GetLiveMigration() bool {
+	if x != nil {
+		return x.LiveMigration
+	}
+	return false
+}
+
+func (x *Node) GetQuickMigration() bool {
+	if x != nil {
+		return x.QuickMigration
+	}
+	return false
+}
+
+// MoveOptions are a move's knobs.
+type MoveOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The longest pause the guest should see; unset means 300 ms.
+	DowntimeTarget *durationpb.Duration `protobuf:"bytes,1,opt,name=downtime_target,json=downtimeTarget,proto3" json:"downtime_target,omitempty"`
+	// A cap on the copy, bytes per second; 0 is none.
+	BandwidthLimit int64 `protobuf:"varint,2,opt,name=bandwidth_limit,json=bandwidthLimit,proto3" json:"bandwidth_limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MoveOptions) Reset() {
+	*x = MoveOptions{}
+	mi := &file_haven_v1_types_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveOptions) ProtoMessage() {}
+
+func (x *MoveOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveOptions.ProtoReflect.Descriptor instead.
+func (*MoveOptions) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MoveOptions) GetDowntimeTarget() *durationpb.Duration {
+	if x != nil {
+		return x.DowntimeTarget
+	}
+	return nil
+}
+
+func (x *MoveOptions) GetBandwidthLimit() int64 {
+	if x != nil {
+		return x.BandwidthLimit
+	}
+	return 0
+}
+
+// MoveProgress is what the source last reported.
+type MoveProgress struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Round            uint32                 `protobuf:"varint,1,opt,name=round,proto3" json:"round,omitempty"`
+	MemoryBytes      int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	BytesSent        int64                  `protobuf:"varint,3,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	RemainingBytes   int64                  `protobuf:"varint,4,opt,name=remaining_bytes,json=remainingBytes,proto3" json:"remaining_bytes,omitempty"`
+	RateBytesPerSec  int64                  `protobuf:"varint,5,opt,name=rate_bytes_per_sec,json=rateBytesPerSec,proto3" json:"rate_bytes_per_sec,omitempty"`
+	ExpectedDowntime *durationpb.Duration   `protobuf:"bytes,6,opt,name=expected_downtime,json=expectedDowntime,proto3" json:"expected_downtime,omitempty"`
+	// How much the guest is slowed so that the copy outruns it.
+	ThrottlePercent uint32 `protobuf:"varint,7,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MoveProgress) Reset() {
+	*x = MoveProgress{}
+	mi := &file_haven_v1_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveProgress) ProtoMessage() {}
+
+func (x *MoveProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
+func (*MoveProgress) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MoveProgress) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *MoveProgress) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *MoveProgress) GetBytesSent() int64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *MoveProgress) GetRemainingBytes() int64 {
+	if x != nil {
+		return x.RemainingBytes
+	}
+	return 0
+}
+
+func (x *MoveProgress) GetRateBytesPerSec() int64 {
+	if x != nil {
+		return x.RateBytesPerSec
+	}
+	return 0
+}
+
+func (x *MoveProgress) GetExpectedDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.ExpectedDowntime
+	}
+	return nil
+}
+
+func (x *MoveProgress) GetThrottlePercent() uint32 {
+	if x != nil {
+		return x.ThrottlePercent
+	}
+	return 0
+}
+
+// Operation is a move of a running group from source to target, recorded
+// in the state machine so that any leader can finish or roll it back.
+type Operation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Group string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// LIVE or QUICK.
+	Kind     MoveKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=haven.v1.MoveKind" json:"kind,omitempty"`
+	Source   string           `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	Target   string           `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	Phase    OperationPhase   `protobuf:"varint,6,opt,name=phase,proto3,enum=haven.v1.OperationPhase" json:"phase,omitempty"`
+	Progress *MoveProgress    `protobuf:"bytes,7,opt,name=progress,proto3" json:"progress,omitempty"`
+	Outcome  OperationOutcome `protobuf:"varint,8,opt,name=outcome,proto3,enum=haven.v1.OperationOutcome" json:"outcome,omitempty"`
+	// Why it ended as it did (or why it was started, while in flight).
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The group's epoch on the source, and the one the commit gives it on
+	// the target.
+	SourceEpoch uint64       `protobuf:"varint,10,opt,name=source_epoch,json=sourceEpoch,proto3" json:"source_epoch,omitempty"`
+	TargetEpoch uint64       `protobuf:"varint,11,opt,name=target_epoch,json=targetEpoch,proto3" json:"target_epoch,omitempty"`
+	Options     *MoveOptions `protobuf:"bytes,12,opt,name=options,proto3" json:"options,omitempty"`
+	// Who asked: "operator", "drain", "failback", "balancer".
+	Cause       string                 `protobuf:"bytes,13,opt,name=cause,proto3" json:"cause,omitempty"`
+	CreateIndex uint64                 `protobuf:"varint,14,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	ModifyIndex uint64                 `protobuf:"varint,15,opt,name=modify_index,json=modifyIndex,proto3" json:"modify_index,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	PhaseTime   *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=phase_time,json=phaseTime,proto3" json:"phase_time,omitempty"`
+	FinishTime  *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=finish_time,json=finishTime,proto3" json:"finish_time,omitempty"`
+	// The checksum of the guest's memory at the pause, which the target
+	// verified its copy against before the commit.
+	Checksum      uint64 `protobuf:"varint,19,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Operation) Reset() {
+	*x = Operation{}
+	mi := &file_haven_v1_types_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Operation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Operation) ProtoMessage() {}
+
+func (x *Operation) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Operation.ProtoReflect.Descriptor instead.
+func (*Operation) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Operation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Operation) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Operation) GetKind() MoveKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MoveKind_MOVE_KIND_UNSPECIFIED
+}
+
+func (x *Operation) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Operation) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Operation) GetPhase() OperationPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return OperationPhase_OPERATION_PHASE_UNSPECIFIED
+}
+
+func (x *Operation) GetProgress() *MoveProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+func (x *Operation) GetOutcome() OperationOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return OperationOutcome_OPERATION_OUTCOME_UNSPECIFIED
+}
+
+func (x *Operation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Operation) GetSourceEpoch() uint64 {
+	if x != nil {
+		return x.SourceEpoch
+	}
+	return 0
+}
+
+func (x *Operation) GetTargetEpoch() uint64 {
+	if x != nil {
+		return x.TargetEpoch
+	}
+	return 0
+}
+
+func (x *Operation) GetOptions() *MoveOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *Operation) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+func (x *Operation) GetCreateIndex() uint64 {
+	if x != nil {
+		return x.CreateIndex
+	}
+	return 0
+}
+
+func (x *Operation) GetModifyIndex() uint64 {
+	if x != nil {
+		return x.ModifyIndex
+	}
+	return 0
+}
+
+func (x *Operation) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Operation) GetPhaseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PhaseTime
+	}
+	return nil
+}
+
+func (x *Operation) GetFinishTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishTime
+	}
+	return nil
+}
+
+func (x *Operation) GetChecksum() uint64 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
 var File_haven_v1_types_proto protoreflect.FileDescriptor
 
 const file_haven_v1_types_proto_rawDesc = "" +
@@ -1470,7 +2024,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fGroupFailure\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xcc\x04\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xea\x04\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12!\n" +
@@ -1488,11 +2042,12 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fdesired_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vdesiredTime\x129\n" +
 	"\n" +
 	"state_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\x122\n" +
-	"\bfailures\x18\x0e \x03(\v2\x16.haven.v1.GroupFailureR\bfailures\"L\n" +
+	"\bfailures\x18\x0e \x03(\v2\x16.haven.v1.GroupFailureR\bfailures\x12\x1c\n" +
+	"\toperation\x18\x0f \x01(\tR\toperation\"L\n" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xa9\x04\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xf9\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -1510,10 +2065,48 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fcreate_index\x18\v \x01(\x04R\vcreateIndex\x12!\n" +
 	"\fmodify_index\x18\f \x01(\x04R\vmodifyIndex\x12\x1a\n" +
 	"\bdraining\x18\r \x01(\bR\bdraining\x122\n" +
-	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x12%\n" +
+	"\x0elive_migration\x18\x0f \x01(\bR\rliveMigration\x12'\n" +
+	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\x8b\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\vMoveOptions\x12B\n" +
+	"\x0fdowntime_target\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
+	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\"\xaf\x02\n" +
+	"\fMoveProgress\x12\x14\n" +
+	"\x05round\x18\x01 \x01(\rR\x05round\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x03 \x01(\x03R\tbytesSent\x12'\n" +
+	"\x0fremaining_bytes\x18\x04 \x01(\x03R\x0eremainingBytes\x12+\n" +
+	"\x12rate_bytes_per_sec\x18\x05 \x01(\x03R\x0frateBytesPerSec\x12F\n" +
+	"\x11expected_downtime\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x10expectedDowntime\x12)\n" +
+	"\x10throttle_percent\x18\a \x01(\rR\x0fthrottlePercent\"\xdf\x05\n" +
+	"\tOperation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12&\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x12.haven.v1.MoveKindR\x04kind\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12.\n" +
+	"\x05phase\x18\x06 \x01(\x0e2\x18.haven.v1.OperationPhaseR\x05phase\x122\n" +
+	"\bprogress\x18\a \x01(\v2\x16.haven.v1.MoveProgressR\bprogress\x124\n" +
+	"\aoutcome\x18\b \x01(\x0e2\x1a.haven.v1.OperationOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12!\n" +
+	"\fsource_epoch\x18\n" +
+	" \x01(\x04R\vsourceEpoch\x12!\n" +
+	"\ftarget_epoch\x18\v \x01(\x04R\vtargetEpoch\x12/\n" +
+	"\aoptions\x18\f \x01(\v2\x15.haven.v1.MoveOptionsR\aoptions\x12\x14\n" +
+	"\x05cause\x18\r \x01(\tR\x05cause\x12!\n" +
+	"\fcreate_index\x18\x0e \x01(\x04R\vcreateIndex\x12!\n" +
+	"\fmodify_index\x18\x0f \x01(\x04R\vmodifyIndex\x12;\n" +
+	"\vcreate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x129\n" +
+	"\n" +
+	"phase_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tphaseTime\x12;\n" +
+	"\vfinish_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishTime\x12\x1a\n" +
+	"\bchecksum\x18\x13 \x01(\x04R\bchecksum*\x8b\x01\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESOURCE_KIND_CONFIG\x10\x01\x12\x16\n" +
@@ -1548,7 +2141,24 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATUS_ALIVE\x10\x01\x12\x16\n" +
 	"\x12NODE_STATUS_FAILED\x10\x02\x12\x14\n" +
-	"\x10NODE_STATUS_LEFT\x10\x03B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\x10NODE_STATUS_LEFT\x10\x03*b\n" +
+	"\bMoveKind\x12\x19\n" +
+	"\x15MOVE_KIND_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eMOVE_KIND_LIVE\x10\x01\x12\x13\n" +
+	"\x0fMOVE_KIND_QUICK\x10\x02\x12\x12\n" +
+	"\x0eMOVE_KIND_AUTO\x10\x03*\xc6\x01\n" +
+	"\x0eOperationPhase\x12\x1f\n" +
+	"\x1bOPERATION_PHASE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15OPERATION_PHASE_SETUP\x10\x01\x12\x1b\n" +
+	"\x17OPERATION_PHASE_PRECOPY\x10\x02\x12\x1e\n" +
+	"\x1aOPERATION_PHASE_SWITCHOVER\x10\x03\x12\x1d\n" +
+	"\x19OPERATION_PHASE_COMMITTED\x10\x04\x12\x1c\n" +
+	"\x18OPERATION_PHASE_FINISHED\x10\x05*\x9a\x01\n" +
+	"\x10OperationOutcome\x12!\n" +
+	"\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bOPERATION_OUTCOME_COMPLETED\x10\x01\x12!\n" +
+	"\x1dOPERATION_OUTCOME_ROLLED_BACK\x10\x02\x12\x1f\n" +
+	"\x1bOPERATION_OUTCOME_CANCELLED\x10\x03B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_types_proto_rawDescOnce sync.Once
@@ -1562,8 +2172,8 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 	return file_haven_v1_types_proto_rawDescData
 }
 
-var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
@@ -1571,59 +2181,75 @@ var file_haven_v1_types_proto_goTypes = []any{
 	(DesiredState)(0),             // 3: haven.v1.DesiredState
 	(GroupState)(0),               // 4: haven.v1.GroupState
 	(NodeStatus)(0),               // 5: haven.v1.NodeStatus
-	(*Resource)(nil),              // 6: haven.v1.Resource
-	(*ConfigSpec)(nil),            // 7: haven.v1.ConfigSpec
-	(*DiskSpec)(nil),              // 8: haven.v1.DiskSpec
-	(*VmSpec)(nil),                // 9: haven.v1.VmSpec
-	(*IpSpec)(nil),                // 10: haven.v1.IpSpec
-	(*FailbackPolicy)(nil),        // 11: haven.v1.FailbackPolicy
-	(*RestartPolicy)(nil),         // 12: haven.v1.RestartPolicy
-	(*GroupSpec)(nil),             // 13: haven.v1.GroupSpec
-	(*AntiAffinity)(nil),          // 14: haven.v1.AntiAffinity
-	(*GroupFailure)(nil),          // 15: haven.v1.GroupFailure
-	(*Group)(nil),                 // 16: haven.v1.Group
-	(*Capacity)(nil),              // 17: haven.v1.Capacity
-	(*Node)(nil),                  // 18: haven.v1.Node
-	nil,                           // 19: haven.v1.ConfigSpec.SettingsEntry
-	nil,                           // 20: haven.v1.GroupSpec.LabelsEntry
-	nil,                           // 21: haven.v1.GroupSpec.NodeSelectorEntry
-	nil,                           // 22: haven.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(MoveKind)(0),                 // 6: haven.v1.MoveKind
+	(OperationPhase)(0),           // 7: haven.v1.OperationPhase
+	(OperationOutcome)(0),         // 8: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 9: haven.v1.Resource
+	(*ConfigSpec)(nil),            // 10: haven.v1.ConfigSpec
+	(*DiskSpec)(nil),              // 11: haven.v1.DiskSpec
+	(*VmSpec)(nil),                // 12: haven.v1.VmSpec
+	(*IpSpec)(nil),                // 13: haven.v1.IpSpec
+	(*FailbackPolicy)(nil),        // 14: haven.v1.FailbackPolicy
+	(*RestartPolicy)(nil),         // 15: haven.v1.RestartPolicy
+	(*GroupSpec)(nil),             // 16: haven.v1.GroupSpec
+	(*AntiAffinity)(nil),          // 17: haven.v1.AntiAffinity
+	(*GroupFailure)(nil),          // 18: haven.v1.GroupFailure
+	(*Group)(nil),                 // 19: haven.v1.Group
+	(*Capacity)(nil),              // 20: haven.v1.Capacity
+	(*Node)(nil),                  // 21: haven.v1.Node
+	(*MoveOptions)(nil),           // 22: haven.v1.MoveOptions
+	(*MoveProgress)(nil),          // 23: haven.v1.MoveProgress
+	(*Operation)(nil),             // 24: haven.v1.Operation
+	nil,                           // 25: haven.v1.ConfigSpec.SettingsEntry
+	nil,                           // 26: haven.v1.GroupSpec.LabelsEntry
+	nil,                           // 27: haven.v1.GroupSpec.NodeSelectorEntry
+	nil,                           // 28: haven.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
-	7,  // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
-	8,  // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
-	9,  // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
-	10, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
-	19, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
+	10, // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
+	11, // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
+	12, // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
+	13, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
+	25, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	23, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
-	6,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
+	29, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	9,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
-	11, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
-	12, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
-	20, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
-	14, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
-	21, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
-	24, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
-	13, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
+	14, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
+	15, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
+	26, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
+	17, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
+	27, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
+	30, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
+	16, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
 	4,  // 17: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	24, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	30, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 19: haven.v1.Group.desired:type_name -> haven.v1.DesiredState
-	24, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
-	24, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
-	15, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
-	17, // 23: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
+	30, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
+	30, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
+	18, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
+	20, // 23: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
 	5,  // 24: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	24, // 25: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	22, // 26: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	30, // 25: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	28, // 26: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
+	29, // 27: haven.v1.MoveOptions.downtime_target:type_name -> google.protobuf.Duration
+	29, // 28: haven.v1.MoveProgress.expected_downtime:type_name -> google.protobuf.Duration
+	6,  // 29: haven.v1.Operation.kind:type_name -> haven.v1.MoveKind
+	7,  // 30: haven.v1.Operation.phase:type_name -> haven.v1.OperationPhase
+	23, // 31: haven.v1.Operation.progress:type_name -> haven.v1.MoveProgress
+	8,  // 32: haven.v1.Operation.outcome:type_name -> haven.v1.OperationOutcome
+	22, // 33: haven.v1.Operation.options:type_name -> haven.v1.MoveOptions
+	30, // 34: haven.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	30, // 35: haven.v1.Operation.phase_time:type_name -> google.protobuf.Timestamp
+	30, // 36: haven.v1.Operation.finish_time:type_name -> google.protobuf.Timestamp
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -1636,8 +2262,8 @@ func file_haven_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   17,
+			NumEnums:      9,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
