@@ -55,6 +55,8 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			CPUMillis:   capacity.CPUMillis,
 			MemoryBytes: capacity.MemoryBytes,
 			Labels:      heartbeat.FormatLabels(a.cfg.Labels),
+			Live:        a.drv.Capabilities().LiveMigration,
+			Quick:       a.drv.Capabilities().QuickMigration,
 		},
 		Logger: logging.Named(a.log, "gossip"),
 		Events: a.gossipEvents,
@@ -67,7 +69,7 @@ func (a *Agent) wireDuties() {
 	a.leases.Metrics = a.metrics
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
-		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases,
+		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},
 		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics,
 		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		DirtyRate: dirtyRate(a.drv),
@@ -75,7 +77,7 @@ func (a *Agent) wireDuties() {
 		ElectionTimeout: r.ElectionTimeout, ReconcileInterval: r.ReconcileInterval,
 	})
 	a.exec = executor.New(executor.Config{
-		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport,
+		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, SharedDir: a.cfg.SharedDir,
 		Logger: logging.Named(a.log, "executor"),
 	})
 }
@@ -98,7 +100,8 @@ func (a *Agent) serve() error {
 	}))
 	havenv1.RegisterNodeServiceServer(srv, node.New(node.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,
-		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
+		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Mover: a.exec, DialNode: a.dialMove,
+		Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
 	}))
 	a.goRun(srv.Serve)
 	return nil

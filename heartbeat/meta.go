@@ -27,6 +27,10 @@ type Meta struct {
 	// Labels are the node's placement labels in their canonical form,
 	// sorted "k=v" pairs joined by commas: a string keeps Meta comparable.
 	Labels string `json:"b,omitempty"`
+	// Live and Quick: the node's driver can live-migrate, and save and
+	// restore, a running VM.
+	Live  bool `json:"lm,omitempty"`
+	Quick bool `json:"qm,omitempty"`
 }
 
 // wireMeta adds what only this package needs to the advertised Meta.

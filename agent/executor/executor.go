@@ -21,8 +21,10 @@ import (
 
 // State is what the executor reads of the FSM.
 type State interface {
+	Index() uint64
 	Groups() []*havenv1.Group
 	Group(name string) *havenv1.Group
+	Operation(id string) *havenv1.Operation
 }
 
 // Config is what an Executor needs.
@@ -34,6 +36,9 @@ type Config struct {
 	// Report delivers a report to the leader.
 	Report func(context.Context, *havenv1.ReportGroupRequest) error
 	Logger *slog.Logger
+	// SharedDir is the shared storage root, where quick moves keep their
+	// state files; empty leaves them for the operator.
+	SharedDir string
 }
 
 // Executor is this node's executor.
@@ -43,13 +48,15 @@ type Executor struct {
 	drv   driver.Hypervisor
 	send  func(context.Context, *havenv1.ReportGroupRequest) error
 	log   *slog.Logger
+	// sharedDir is Config.SharedDir.
+	sharedDir string
 
 	mu sync.Mutex
 	// leaseEnd and confirmed are from the last grant: the node may run a
 	// group at an epoch only while a grant lists it at that epoch and the
 	// grant's lease has not ended.
 	leaseEnd  time.Time
-	confirmed map[string]uint64
+	confirmed map[string]*havenv1.GroupEpoch
 	// reported remembers the last report per group, so one is sent once.
 	reported map[string]report
 	// restarts holds the times of in-place restarts per group and epoch.
@@ -90,8 +97,8 @@ func New(cfg Config) *Executor {
 	if log == nil {
 		log = logging.Discard()
 	}
-	return &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log,
-		confirmed: map[string]uint64{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
+	return &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log, sharedDir: cfg.SharedDir,
+		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
 		startFails: map[string]*startFail{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
 }
 
@@ -112,9 +119,9 @@ func (e *Executor) poke() {
 func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	e.mu.Lock()
 	e.leaseEnd = end
-	e.confirmed = make(map[string]uint64, len(groups))
+	e.confirmed = make(map[string]*havenv1.GroupEpoch, len(groups))
 	for _, g := range groups {
-		e.confirmed[g.GetName()] = g.GetEpoch()
+		e.confirmed[g.GetName()] = g
 	}
 	e.mu.Unlock()
 	for _, st := range e.drv.List() {
@@ -130,17 +137,19 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 func (e *Executor) confirmedEpoch(group string) (uint64, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	ep, ok := e.confirmed[group]
-	return ep, ok
+	g, ok := e.confirmed[group]
+	return g.GetEpoch(), ok
 }
 
 // mayRun reports whether the last grant lets the node run group at epoch
-// now, and until when.
-func (e *Executor) mayRun(group string, epoch uint64, now time.Time) (time.Time, bool) {
+// now, and until when. A VM that runs may go on (and a frozen one thaw)
+// on that alone; fresh also asks whether a new VM may be started: not
+// while the grant says the group is moving off this node.
+func (e *Executor) mayRun(group string, epoch uint64, now time.Time, fresh bool) (time.Time, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	ep, ok := e.confirmed[group]
-	return e.leaseEnd, ok && ep == epoch && now.Before(e.leaseEnd)
+	g, ok := e.confirmed[group]
+	return e.leaseEnd, ok && g.GetEpoch() == epoch && now.Before(e.leaseEnd) && !(fresh && g.GetMoving())
 }
 
 func (e *Executor) Run(ctx context.Context) {
@@ -158,13 +167,13 @@ func (e *Executor) Run(ctx context.Context) {
 }
 
 func (e *Executor) reconcile(ctx context.Context) {
-	p := planFor(e.node, e.state.Groups())
+	p := planFor(e.node, e.state.Groups(), e.state.Operation)
 	// A VM the plan does not keep goes: at another epoch, the group runs
 	// (or is about to) elsewhere.
 	vms := map[string][]driver.Status{}
 	for _, st := range e.drv.List() {
 		if !p.keeps(st) {
-			if st.State == driver.StateRunning || st.State == driver.StateFrozen {
+			if holdsGuest(st.State) {
 				e.log.Info("killing vm the node no longer owns", "vm", st.ID.String(), "epoch", st.Epoch)
 				if err := e.drv.Kill(st.ID, st.Epoch); err != nil && !errors.Is(err, driver.ErrNotFound) {
 					e.log.Warn("kill failed", "vm", st.ID.String(), "error", err)
@@ -216,8 +225,18 @@ func (e *Executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Stat
 	e.report(ctx, g, havenv1.GroupState_GROUP_STATE_OFFLINE, "stopped on request")
 }
 
+// holdsGuest reports whether a VM in state s still exists as a guest that
+// a Stop or Kill must end.
+func holdsGuest(s driver.State) bool {
+	switch s {
+	case driver.StateRunning, driver.StateFrozen, driver.StatePaused, driver.StateIncoming:
+		return true
+	}
+	return false
+}
+
 func (e *Executor) stopVM(ctx context.Context, st driver.Status) bool {
-	if st.State == driver.StateRunning || st.State == driver.StateFrozen {
+	if holdsGuest(st.State) {
 		if err := e.drv.Stop(ctx, st.ID, st.Epoch); err != nil {
 			e.log.Warn("stop failed", "vm", st.ID.String(), "error", err)
 			return false
@@ -243,6 +262,11 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 				allUp = false
 			}
 			continue
+		case ok && (st.State == driver.StatePaused || st.State == driver.StateIncoming):
+			// One end of a move: it runs again only by the move's end.
+			allUp = false
+			e.switchover(g, st)
+			continue
 		case ok && st.State == driver.StateCrashed:
 			if !e.restartAllowed(g) {
 				e.report(ctx, g, havenv1.GroupState_GROUP_STATE_FAILED, fmt.Sprintf("vm %s crashed on %s (%s): restart limit reached", spec.ID.Resource, e.node, st.Reason))
@@ -251,7 +275,13 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			e.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
 			_ = e.drv.Forget(spec.ID)
 		}
-		end, ok := e.mayRun(name, epoch, time.Now())
+		if moving(g, e.node, e.state.Operation) {
+			// The move's source lost its VM (a restarted agent): its state
+			// may be on the target already, so nothing starts here until
+			// the move has ended.
+			return
+		}
+		end, ok := e.mayRun(name, epoch, time.Now(), true)
 		if !ok {
 			// No grant confirms this epoch yet: ask for one now rather
 			// than at the next renewal, a quarter lease away.
@@ -292,6 +322,59 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
 			e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 		}
+	}
+}
+
+// moving reports whether g has a move off node in flight, not committed.
+func moving(g *havenv1.Group, node string, ops func(string) *havenv1.Operation) bool {
+	op := ops(g.GetOperation())
+	return fsm.InFlight(op) && !fsm.Committed(op) && op.GetSource() == node
+}
+
+// switchover ends a pause or an incoming VM of an owned group: the target
+// of a committed move activates its VM once a grant confirms the new
+// epoch; the source of a move that ended without committing resumes its
+// paused VM. Either waits while the move is in flight: a paused source
+// may have handed its state over, and the plan keeps an incoming VM at the
+// owner's epoch only when the committed move vouches for it.
+func (e *Executor) switchover(g *havenv1.Group, st driver.Status) {
+	sw, ok := e.drv.(driver.Switcher)
+	if !ok {
+		return
+	}
+	name, epoch := g.GetSpec().GetName(), g.GetEpoch()
+	if st.Epoch != epoch {
+		return
+	}
+	op := e.state.Operation(g.GetOperation())
+	switch {
+	case st.State == driver.StateIncoming && fsm.InFlight(op) && fsm.Committed(op) && op.GetTarget() == e.node && op.GetTargetEpoch() == epoch:
+		end, ok := e.mayRun(name, epoch, time.Now(), false)
+		if !ok {
+			select {
+			case e.renewNow <- struct{}{}:
+			default:
+			}
+			return
+		}
+		if err := sw.Activate(st.ID, epoch, end); err != nil {
+			e.log.Warn("activation refused", "vm", st.ID.String(), "epoch", epoch, "error", err)
+			return
+		}
+		e.log.Info("vm activated after move", "vm", st.ID.String(), "epoch", epoch, "operation", op.GetId())
+		if op.GetKind() == havenv1.MoveKind_MOVE_KIND_QUICK {
+			e.removeStateFiles(op.GetId())
+		}
+	case st.State == driver.StatePaused && !fsm.InFlight(op):
+		end, ok := e.mayRun(name, epoch, time.Now(), false)
+		if !ok {
+			return
+		}
+		if err := sw.Resume(st.ID, epoch, end); err != nil {
+			e.log.Warn("resume refused", "vm", st.ID.String(), "epoch", epoch, "error", err)
+			return
+		}
+		e.log.Info("vm resumed: move rolled back", "vm", st.ID.String(), "epoch", epoch)
 	}
 }
 

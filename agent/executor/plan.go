@@ -10,10 +10,12 @@ import (
 
 // The plan is what the FSM says this node should do with each group it
 // has a part in, decided from the FSM alone, apart from the driver calls
-// that carry it out. Today a node has a part in a group only as its owner:
-// it runs the group at its epoch, or stops it. An operation in flight (a
-// migration's source or target) adds its own action and its own epoch
-// here, beside the owner's, and keeps the VMs it needs.
+// that carry it out. A node has a part in a group as its owner (it runs
+// the group at its epoch, or stops it) and as the target of a move in
+// flight: its incoming VMs at the move's target epoch are kept, never run
+// before the commit and never killed before the move ends. An incoming VM
+// no move vouches for (one left by a move rolled back) goes, even at the
+// owner's epoch: its memory may be half copied.
 
 type action int
 
@@ -38,11 +40,17 @@ type plan struct {
 	tasks []task
 	// epochs lists, per group, the epochs at which its VMs are kept.
 	epochs map[string][]uint64
+	// incoming is, per group, the epoch at which an incoming VM is kept:
+	// the target epoch of a move in flight to this node.
+	incoming map[string]uint64
 }
 
-func planFor(node string, groups []*havenv1.Group) plan {
-	p := plan{epochs: map[string][]uint64{}}
+func planFor(node string, groups []*havenv1.Group, ops func(id string) *havenv1.Operation) plan {
+	p := plan{epochs: map[string][]uint64{}, incoming: map[string]uint64{}}
 	for _, g := range groups {
+		if op := ops(g.GetOperation()); fsm.InFlight(op) && op.GetTarget() == node {
+			p.incoming[g.GetSpec().GetName()] = op.GetTargetEpoch()
+		}
 		if g.GetOwner() != node || !fsm.Active(g.GetState()) {
 			continue
 		}
@@ -57,9 +65,14 @@ func planFor(node string, groups []*havenv1.Group) plan {
 	return p
 }
 
-// keeps reports whether the VM has a place in the plan: its group has a
+// keeps reports whether the VM has a place in the plan: an incoming VM
+// when a move to this node vouches for it, any other when its group has a
 // task here at the VM's epoch.
 func (p plan) keeps(st driver.Status) bool {
+	if st.State == driver.StateIncoming {
+		ep, ok := p.incoming[st.ID.Group]
+		return ok && ep == st.Epoch
+	}
 	for _, ep := range p.epochs[st.ID.Group] {
 		if ep == st.Epoch {
 			return true

@@ -37,6 +37,7 @@ type State interface {
 	Nodes() []*havenv1.Node
 	Group(name string) *havenv1.Group
 	Groups() []*havenv1.Group
+	Operation(id string) *havenv1.Operation
 }
 
 // Committer commits a command and returns what the FSM made of it.
@@ -71,7 +72,9 @@ type Config struct {
 	Raft    Raft
 	Members Members
 	Leases  *lease.Table
-	Logger  *slog.Logger
+	// Movers reaches the two ends of a move; nil refuses every move.
+	Movers Movers
+	Logger *slog.Logger
 	// Metrics counts failovers, refusals and leadership changes; nil
 	// counts nothing.
 	Metrics *metrics.Metrics
@@ -148,6 +151,9 @@ type term struct {
 	// nothing, so it is not repeated on the same state.
 	waitMemo  waitMemo
 	drainMemo map[string]uint64
+	// driving are the moves this term drives; nil until the term's
+	// barrier is applied. Read it with termMoves.
+	driving *moves
 }
 
 func newTerm(now time.Time) *term {
@@ -161,6 +167,13 @@ func (t *term) observe(name string, alive bool, now time.Time) time.Time {
 		t.since[name] = now
 	}
 	return t.since[name]
+}
+
+// termMoves is t's moves, nil before its barrier or without Movers.
+func (l *Leader) termMoves(t *term) *moves {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return t.driving
 }
 
 // current is the term in office, nil when this node does not lead.
@@ -245,6 +258,13 @@ func (l *Leader) lead(ctx context.Context, t *term, stop chan struct{}) {
 				// term: renewals may be answered (step 3).
 				l.leases.Ready()
 				l.cfg.Raft.SetReadsReady(true)
+				if l.cfg.Movers != nil {
+					mv := newMoves(ctx)
+					l.mu.Lock()
+					t.driving = mv
+					l.mu.Unlock()
+					defer mv.stop()
+				}
 				duties.Add(3)
 				go func() { defer duties.Done(); l.leases.Serve(stop) }()
 				go func() { defer duties.Done(); l.groupsLoop(ctx, t, stop) }()
@@ -293,6 +313,9 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		}
 		last = now
 		l.failover(t, now)
+		if mv := l.termMoves(t); mv != nil {
+			l.resolveMoves(mv)
+		}
 		l.failback(now)
 		l.drain(t, now)
 		l.placeWaiting(t)

@@ -32,6 +32,7 @@ type Metrics struct {
 	applied       *prometheus.CounterVec
 	leadership    *prometheus.CounterVec
 	failovers     *prometheus.CounterVec
+	moves         *prometheus.CounterVec
 	admissions    *prometheus.CounterVec
 	renewals      *prometheus.CounterVec
 }
@@ -59,6 +60,9 @@ func New() *Metrics {
 	m.leadership = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_leadership_changes_total", Help: "Times this agent took or lost the leadership.",
 	}, []string{"change"})
+	m.moves = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_moves_total", Help: "Moves of running groups this agent, as leader, ended, by outcome (completed counts at the commit).",
+	}, []string{"outcome"})
 	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_failovers_total", Help: "Groups this agent, as leader, took off a failed node, by outcome (restarted, stopped, failed: nowhere to go).",
 	}, []string{"outcome"})
@@ -69,7 +73,7 @@ func New() *Metrics {
 		Name: "haven_lease_renewals_total", Help: "Lease renewals this agent, as leader, answered, by result (granted, refused).",
 	}, []string{"result"})
 	m.reg.MustRegister(m.grpcRequests, m.grpcDuration, m.commits, m.commitLatency, m.applied, m.leadership,
-		m.failovers, m.admissions, m.renewals,
+		m.failovers, m.moves, m.admissions, m.renewals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -165,6 +169,13 @@ func (m *Metrics) Leadership(leads bool) {
 func (m *Metrics) Failover(outcome string) {
 	if m != nil {
 		m.failovers.WithLabelValues(outcome).Inc()
+	}
+}
+
+// MoveEnded counts a move that ended (or committed) with outcome.
+func (m *Metrics) MoveEnded(outcome string) {
+	if m != nil {
+		m.moves.WithLabelValues(outcome).Inc()
 	}
 }
 

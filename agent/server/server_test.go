@@ -284,6 +284,11 @@ func TestNewReply(t *testing.T) {
 		"Balance":     &havenv1.BalanceResponse{},
 		"DrainNode":   &havenv1.DrainNodeResponse{},
 		"ResumeNode":  &havenv1.ResumeNodeResponse{},
+
+		"MoveGroup":       &havenv1.MoveGroupResponse{},
+		"GetOperation":    &havenv1.GetOperationResponse{},
+		"ListOperations":  &havenv1.ListOperationsResponse{},
+		"CancelOperation": &havenv1.CancelOperationResponse{},
 	}
 	desc := havenv1.ClusterService_ServiceDesc
 	if len(desc.Methods) != len(want) {
@@ -300,7 +305,7 @@ func TestNewReply(t *testing.T) {
 			t.Errorf("newReply(%s) = %T, want %T", full, got, w)
 		}
 	}
-	for _, bad := range []string{"", "/haven.v1.ClusterService", "/haven.v1.NoService/GetStatus", "/haven.v1.GetStatusRequest/GetStatus", "/haven.v1.ClusterService/MoveGroup"} {
+	for _, bad := range []string{"", "/haven.v1.ClusterService", "/haven.v1.NoService/GetStatus", "/haven.v1.GetStatusRequest/GetStatus", "/haven.v1.ClusterService/TeleportGroup"} {
 		if got, err := newReply(bad); err == nil {
 			t.Errorf("newReply(%q) = %T, want an error", bad, got)
 		}

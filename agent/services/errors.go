@@ -16,7 +16,9 @@ import (
 	"github.com/haven-ha/haven/agent/consensus"
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/agent/lease"
+	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/migrate"
 	"github.com/haven-ha/haven/placement"
 )
 
@@ -54,6 +56,8 @@ func Status(err error, locate Locate) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, placement.ErrResourceExhausted):
 		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, migrate.ErrRefused), errors.As(err, new(*driver.GiveUpError)):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}

@@ -131,6 +131,8 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newDrainCmd(g),
 		newResumeCmd(g),
 		newEventsCmd(g),
+		newMoveCmd(g),
+		newOpsCmd(g),
 	)
 	return root
 }

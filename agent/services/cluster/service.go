@@ -23,6 +23,8 @@ type State interface {
 	Nodes() []*havenv1.Node
 	Group(name string) *havenv1.Group
 	Groups() []*havenv1.Group
+	Operation(id string) *havenv1.Operation
+	Operations() []*havenv1.Operation
 }
 
 // Leader is what writes and the leader's reports ask of the leader.
@@ -36,6 +38,8 @@ type Leader interface {
 	KeptReserve() (*placement.Reserve, int)
 	Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, int, error)
 	Balance(power, dryRun bool) (leader.BalanceReport, error)
+	MoveGroup(req leader.MoveRequest) (*havenv1.Operation, error)
+	CancelOperation(id, requestID string) (*havenv1.Operation, error)
 }
 
 // Raft is what the status and the reads need of this node's Raft.
@@ -83,15 +87,17 @@ func (s *Service) status(err error) error { return services.Status(err, s.cfg.Lo
 // leaderOnly are the methods only the leader answers: every write, and the
 // reports of what the leader keeps.
 var leaderOnly = map[string]bool{
-	havenv1.ClusterService_CreateGroup_FullMethodName: true,
-	havenv1.ClusterService_DeleteGroup_FullMethodName: true,
-	havenv1.ClusterService_StartGroup_FullMethodName:  true,
-	havenv1.ClusterService_StopGroup_FullMethodName:   true,
-	havenv1.ClusterService_DrainNode_FullMethodName:   true,
-	havenv1.ClusterService_ResumeNode_FullMethodName:  true,
-	havenv1.ClusterService_GetReserve_FullMethodName:  true,
-	havenv1.ClusterService_RankNodes_FullMethodName:   true,
-	havenv1.ClusterService_Balance_FullMethodName:     true,
+	havenv1.ClusterService_CreateGroup_FullMethodName:     true,
+	havenv1.ClusterService_DeleteGroup_FullMethodName:     true,
+	havenv1.ClusterService_StartGroup_FullMethodName:      true,
+	havenv1.ClusterService_StopGroup_FullMethodName:       true,
+	havenv1.ClusterService_DrainNode_FullMethodName:       true,
+	havenv1.ClusterService_ResumeNode_FullMethodName:      true,
+	havenv1.ClusterService_GetReserve_FullMethodName:      true,
+	havenv1.ClusterService_RankNodes_FullMethodName:       true,
+	havenv1.ClusterService_Balance_FullMethodName:         true,
+	havenv1.ClusterService_MoveGroup_FullMethodName:       true,
+	havenv1.ClusterService_CancelOperation_FullMethodName: true,
 }
 
 // LeaderOnly reports whether a call must be answered by the leader: a

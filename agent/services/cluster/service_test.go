@@ -27,7 +27,19 @@ type fakeState struct {
 	index  uint64
 	nodes  []*havenv1.Node
 	groups []*havenv1.Group
+	ops    []*havenv1.Operation
 }
+
+func (s *fakeState) Operation(id string) *havenv1.Operation {
+	for _, op := range s.ops {
+		if op.GetId() == id {
+			return op
+		}
+	}
+	return nil
+}
+
+func (s *fakeState) Operations() []*havenv1.Operation { return s.ops }
 
 func (s *fakeState) Index() uint64 { return s.index }
 
@@ -65,6 +77,8 @@ type fakeLeader struct {
 	ranked     []placement.Ranked
 	rankK      int
 	balance    leader.BalanceReport
+	op         *havenv1.Operation
+	move       leader.MoveRequest
 	calls      []string
 	spec       *havenv1.GroupSpec
 	name       string
@@ -79,6 +93,18 @@ func (l *fakeLeader) CreateGroup(spec *havenv1.GroupSpec, requestID string) (*ha
 	l.calls = append(l.calls, "CreateGroup")
 	l.spec, l.requestID = spec, requestID
 	return l.group, l.err
+}
+
+func (l *fakeLeader) MoveGroup(req leader.MoveRequest) (*havenv1.Operation, error) {
+	l.calls = append(l.calls, "MoveGroup")
+	l.move, l.requestID = req, req.RequestID
+	return l.op, l.err
+}
+
+func (l *fakeLeader) CancelOperation(id, requestID string) (*havenv1.Operation, error) {
+	l.calls = append(l.calls, "CancelOperation")
+	l.name, l.requestID = id, requestID
+	return l.op, l.err
 }
 
 func (l *fakeLeader) DeleteGroup(name, requestID string) error {
@@ -292,6 +318,9 @@ func TestLeaderOnly(t *testing.T) {
 		"ListNodes":  &havenv1.ListNodesRequest{},
 		"GetGroup":   &havenv1.GetGroupRequest{Name: "web"},
 		"ListGroups": &havenv1.ListGroupsRequest{},
+
+		"GetOperation":   &havenv1.GetOperationRequest{Id: "mv-1"},
+		"ListOperations": &havenv1.ListOperationsRequest{},
 	}
 	for _, m := range havenv1.ClusterService_ServiceDesc.Methods {
 		full := "/" + havenv1.ClusterService_ServiceDesc.ServiceName + "/" + m.MethodName

@@ -95,7 +95,10 @@ func TestWatchEventsFollowAndFallBehind(t *testing.T) {
 	// fills the watcher's buffer and drops the rest.
 	last := uint64(4 + watchBuffer + 10)
 	publishAssigns(f.events, 4, last)
-	var got uint64
+	// The index to watch again from is the last one delivered: 2 from the
+	// replay if the broker dropped events before the handler sent any of
+	// the new ones.
+	got := uint64(2)
 	for {
 		select {
 		case e := <-w.sent:
@@ -109,8 +112,8 @@ func TestWatchEventsFollowAndFallBehind(t *testing.T) {
 		}
 		break
 	}
-	if got == 0 || got >= last {
-		t.Fatalf("the last event delivered was %d; want some, and not the last published (%d): events were lost before it", got, last)
+	if got >= last {
+		t.Fatalf("the last event delivered was %d, the last published (%d): nothing fell behind", got, last)
 	}
 }
 

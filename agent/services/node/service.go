@@ -58,8 +58,11 @@ type Config struct {
 	// driver.FaultInjector, and FaultInjection to be set.
 	Driver         driver.Hypervisor
 	FaultInjection bool
-	Locate         services.Locate
-	Logger         *slog.Logger
+	// Mover is this node's part in moves; DialNode opens the streams.
+	Mover    Mover
+	DialNode DialNode
+	Locate   services.Locate
+	Logger   *slog.Logger
 }
 
 // Service implements haven.v1.NodeService.

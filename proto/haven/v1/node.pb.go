@@ -164,9 +164,13 @@ func (x *RenewLeaseRequest) GetNode() string {
 }
 
 type GroupEpoch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The group's move from this node has not committed yet: a VM of it
+	// that runs may go on, but none may be started afresh (the source may
+	// have handed its state over; only the move's end says it may not).
+	Moving        bool `protobuf:"varint,3,opt,name=moving,proto3" json:"moving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -213,6 +217,13 @@ func (x *GroupEpoch) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *GroupEpoch) GetMoving() bool {
+	if x != nil {
+		return x.Moving
+	}
+	return false
 }
 
 type RenewLeaseResponse struct {
@@ -832,11 +843,12 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x05peers\x18\x02 \x01(\rR\x05peers\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\tR\x06leader\"'\n" +
 	"\x11RenewLeaseRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"6\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"N\n" +
 	"\n" +
 	"GroupEpoch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"y\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06moving\x18\x03 \x01(\bR\x06moving\"y\n" +
 	"\x12RenewLeaseResponse\x12!\n" +
 	"\flease_millis\x18\x01 \x01(\x04R\vleaseMillis\x12,\n" +
 	"\x06groups\x18\x02 \x03(\v2\x14.haven.v1.GroupEpochR\x06groups\x12\x12\n" +

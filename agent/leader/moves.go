@@ -1,0 +1,400 @@
+package leader
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/placement"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// Moves of running groups. The leader records a move in the FSM (BeginMove),
+// orders the source to send (MoveOut, a stream of progress ending in
+// "ready"), for a quick move orders the target to restore, and commits the
+// switchover (CommitMove, a compare-and-set). Any failure before the
+// commit rolls the move back (EndMove); after it the move completes on the
+// target by itself: the target's executor activates its VM once a grant
+// confirms the new epoch, and its report of the group online ends the
+// move in the FSM. A move this term did not start (its leader is gone, and
+// with it the stream from the source) is rolled back if it has not
+// committed: its source resumes, its target discards what it got.
+
+// Movers reaches the two ends of a move.
+type Movers interface {
+	// MoveOut orders node, a move's source, to send, and calls progress
+	// for every report until the source ends the stream.
+	MoveOut(ctx context.Context, node string, req *havenv1.MoveOutRequest, progress func(*havenv1.MoveOutResponse)) error
+	// RestoreMove orders node, a quick move's target, to restore.
+	RestoreMove(ctx context.Context, node string, req *havenv1.RestoreMoveRequest) error
+}
+
+// MoveRequest is a move asked of the leader.
+type MoveRequest struct {
+	Group string
+	// Target is empty to let placement choose.
+	Target         string
+	Kind           havenv1.MoveKind
+	DowntimeTarget time.Duration
+	BandwidthLimit int64
+	// Cause says who asked: "operator", "drain", "failback", "balancer".
+	Cause     string
+	RequestID string
+}
+
+// moves are the moves this term drives.
+type moves struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	// running maps a move's id to the cancel of its driver; an id is
+	// entered before its BeginMove is committed, so the term never rolls
+	// back a move it is starting.
+	running map[string]context.CancelFunc
+}
+
+func newMoves(ctx context.Context) *moves {
+	ctx, cancel := context.WithCancel(ctx)
+	return &moves{ctx: ctx, cancel: cancel, running: map[string]context.CancelFunc{}}
+}
+
+// stop cancels every move's driver and waits for them.
+func (m *moves) stop() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *moves) has(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.running[id]
+	return ok
+}
+
+func (m *moves) reserve(id string) (context.Context, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.running[id]; ok {
+		return nil, false
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	m.running[id] = cancel
+	return ctx, true
+}
+
+func (m *moves) done(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c, ok := m.running[id]; ok {
+		c()
+		delete(m.running, id)
+	}
+}
+
+// operationID derives a move's id from its request id, so a retried
+// request names the same move.
+func operationID(requestID string) string {
+	sum := sha256.Sum256([]byte(requestID))
+	return "mv-" + hex.EncodeToString(sum[:5])
+}
+
+// MoveGroup starts a move and returns it as recorded.
+func (l *Leader) MoveGroup(req MoveRequest) (*havenv1.Operation, error) {
+	t := l.current()
+	if t == nil || l.termMoves(t) == nil {
+		return nil, ErrNotLeader
+	}
+	mv := l.termMoves(t)
+	id := operationID(req.RequestID)
+	if op := l.state.Operation(id); op != nil {
+		return op, nil // a retried request
+	}
+	l.placeMu.Lock()
+	op, g, err := l.planMove(req, id)
+	if err != nil {
+		l.placeMu.Unlock()
+		return nil, err
+	}
+	ctx, ok := mv.reserve(id)
+	if !ok {
+		l.placeMu.Unlock()
+		return nil, refuse(ErrConflict, "move %s is already being started", id)
+	}
+	err = l.apply(&havenv1.Command{RequestId: req.RequestID, Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
+		Operation: op, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(),
+	}}})
+	l.placeMu.Unlock()
+	if err != nil {
+		mv.done(id)
+		return nil, err
+	}
+	op = l.state.Operation(id)
+	l.log.Info("move begun", "operation", id, "group", op.GetGroup(), "kind", op.GetKind(), "from", op.GetSource(), "to", op.GetTarget(), "cause", op.GetCause())
+	mv.wg.Add(1)
+	go func() {
+		defer mv.wg.Done()
+		defer mv.done(id)
+		l.drive(ctx, op)
+	}()
+	return op, nil
+}
+
+// planMove checks a move and chooses its target and kind. Called with
+// placeMu held.
+func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *havenv1.Group, error) {
+	g := l.state.Group(req.Group)
+	switch {
+	case g == nil:
+		return nil, nil, refuse(ErrNotFound, "group %q not found", req.Group)
+	case g.GetOperation() != "":
+		return nil, nil, refuse(ErrConflict, "group %q: move %s is in flight", req.Group, g.GetOperation())
+	case g.GetMoveTo() != "":
+		return nil, nil, refuse(ErrConflict, "group %q: a planned restart on %s is in flight", req.Group, g.GetMoveTo())
+	case !fsm.WantsRun(g) || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetOwner() == "":
+		return nil, nil, refuse(ErrConflict, "group %q is %s: only a running group moves", req.Group, g.GetState())
+	case req.DowntimeTarget < 0 || req.BandwidthLimit < 0:
+		return nil, nil, refuse(ErrInvalid, "downtime target and bandwidth limit must not be negative")
+	}
+	source := l.state.Node(g.GetOwner())
+	st := l.placementState()
+	// The group's room moves with it: placed anew with its own node left
+	// out, on a state where it runs nowhere.
+	pg := l.placementGroup(g.GetSpec())
+	pg.AvoidNodes = nil
+	st = withoutAssign(st, req.Group)
+	k := reserveK(st, l.cfg.Reserve)
+	target := req.Target
+	var err error
+	if target != "" {
+		if err := l.movable(target, g); err != nil {
+			return nil, nil, err
+		}
+		target, err = admitOn(st, pg, target, k)
+	} else {
+		elsewhere, ok := excluding(pg, g.GetOwner(), st)
+		if !ok {
+			return nil, nil, refuse(ErrConflict, "group %q can run on no node but %s", req.Group, g.GetOwner())
+		}
+		target, _, err = l.admit(st, elsewhere, k, l.leaseHolders(st, time.Now()))
+	}
+	if err != nil {
+		l.cfg.Metrics.AdmissionRefused("move")
+		return nil, nil, err
+	}
+	kind, err := moveKind(req.Kind, source, l.state.Node(target))
+	if err != nil {
+		return nil, nil, err
+	}
+	op := &havenv1.Operation{
+		Id: id, Group: req.Group, Kind: kind, Source: g.GetOwner(), Target: target, Cause: req.Cause,
+		Options: &havenv1.MoveOptions{BandwidthLimit: req.BandwidthLimit},
+		Reason:  fmt.Sprintf("%s asked to move %s from %s to %s", req.Cause, req.Group, g.GetOwner(), target),
+	}
+	if req.DowntimeTarget > 0 {
+		op.Options.DowntimeTarget = durationpb.New(req.DowntimeTarget)
+	}
+	return op, g, nil
+}
+
+// movable refuses a target an operator named that cannot take the group,
+// with the reason.
+func (l *Leader) movable(target string, g *havenv1.Group) error {
+	n := l.state.Node(target)
+	switch {
+	case n == nil:
+		return refuse(ErrNotFound, "node %q not found", target)
+	case target == g.GetOwner():
+		return refuse(ErrInvalid, "group %q already runs on %s", g.GetSpec().GetName(), target)
+	case n.GetWitness():
+		return refuse(ErrConflict, "node %s is a witness: it hosts no groups", target)
+	case n.GetStatus() != havenv1.NodeStatus_NODE_STATUS_ALIVE:
+		return refuse(ErrConflict, "node %s is %s", target, n.GetStatus())
+	case n.GetDraining():
+		return refuse(ErrConflict, "node %s is draining", target)
+	}
+	return nil
+}
+
+// moveKind resolves the kind of a move between two nodes.
+func moveKind(asked havenv1.MoveKind, from, to *havenv1.Node) (havenv1.MoveKind, error) {
+	live := from.GetLiveMigration() && to.GetLiveMigration()
+	quick := from.GetQuickMigration() && to.GetQuickMigration()
+	switch asked {
+	case havenv1.MoveKind_MOVE_KIND_LIVE:
+		if !live {
+			return 0, refuse(ErrConflict, "%s and %s cannot live-migrate (a driver without live migration); ask for a quick move", from.GetName(), to.GetName())
+		}
+		return asked, nil
+	case havenv1.MoveKind_MOVE_KIND_QUICK:
+		if !quick {
+			return 0, refuse(ErrConflict, "%s and %s cannot quick-migrate (a driver without save and restore)", from.GetName(), to.GetName())
+		}
+		return asked, nil
+	case havenv1.MoveKind_MOVE_KIND_UNSPECIFIED, havenv1.MoveKind_MOVE_KIND_AUTO:
+		switch {
+		case live:
+			return havenv1.MoveKind_MOVE_KIND_LIVE, nil
+		case quick:
+			return havenv1.MoveKind_MOVE_KIND_QUICK, nil
+		}
+		return 0, refuse(ErrConflict, "%s and %s cannot move a running group (no migration in their drivers)", from.GetName(), to.GetName())
+	}
+	return 0, refuse(ErrInvalid, "kind %s is not a kind of move", asked)
+}
+
+// excluding narrows g's possible owners to the nodes of st but node.
+func excluding(g placement.Group, node string, st placement.State) (placement.Group, bool) {
+	var owners []string
+	for _, n := range st.Nodes {
+		if n.Name != node && (len(g.PossibleOwners) == 0 || slices.Contains(g.PossibleOwners, n.Name)) {
+			owners = append(owners, n.Name)
+		}
+	}
+	g.PossibleOwners = owners
+	return g, len(owners) > 0
+}
+
+// withoutAssign returns st with group running nowhere.
+func withoutAssign(st placement.State, group string) placement.State {
+	out := st
+	out.Assign = make(map[string]string, len(st.Assign))
+	for g, n := range st.Assign {
+		if g != group {
+			out.Assign[g] = n
+		}
+	}
+	return out
+}
+
+// drive runs a move this term began, to its commit or its rollback.
+func (l *Leader) drive(ctx context.Context, op *havenv1.Operation) {
+	err := l.switchover(ctx, op)
+	if err == nil {
+		return
+	}
+	reason := err.Error()
+	if ctx.Err() != nil && l.current() == nil {
+		return // the term ended; the next leader rolls it back
+	}
+	l.endMove(op.GetId(), havenv1.OperationOutcome_OPERATION_OUTCOME_ROLLED_BACK, reason)
+}
+
+// endMove commits the end of a move; a refusal means it ended or
+// committed meanwhile, which the FSM has decided.
+func (l *Leader) endMove(id string, outcome havenv1.OperationOutcome, reason string) {
+	err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_EndMove{EndMove: &havenv1.EndMoveCommand{Id: id, Outcome: outcome, Reason: reason}}})
+	var fe *fsm.Error
+	switch {
+	case errors.As(err, &fe):
+		l.log.Debug("move end refused", "operation", id, "error", err)
+	case err != nil:
+		l.log.Warn("move end not committed", "operation", id, "error", err)
+	default:
+		l.cfg.Metrics.MoveEnded(outcome.String())
+		l.log.Info("move ended", "operation", id, "outcome", outcome, "reason", reason)
+	}
+}
+
+// switchover takes a move from its start to its commit.
+func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
+	target := l.state.Node(op.GetTarget())
+	req := &havenv1.MoveOutRequest{Operation: op.GetId(), Index: op.GetCreateIndex(), TargetAddr: target.GetGrpcAddr()}
+	var ready *havenv1.MoveOutResponse
+	phase, committed := op.GetPhase(), time.Time{}
+	err := l.cfg.Movers.MoveOut(ctx, op.GetSource(), req, func(r *havenv1.MoveOutResponse) {
+		if r.GetReady() {
+			ready = r
+			return
+		}
+		// Progress goes through the log at phase changes and about once a
+		// second: enough for an operator and a new leader, cheap for Raft.
+		if r.GetPhase() == phase && time.Since(committed) < time.Second {
+			return
+		}
+		phase, committed = r.GetPhase(), time.Now()
+		if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_MoveProgress{MoveProgress: &havenv1.MoveProgressCommand{
+			Id: op.GetId(), Phase: r.GetPhase(), Progress: r.GetProgress()}}}); err != nil {
+			l.log.Debug("move progress not committed", "operation", op.GetId(), "error", err)
+		}
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("source %s: %w", op.GetSource(), err)
+	case ready == nil:
+		return fmt.Errorf("source %s ended the move without being ready", op.GetSource())
+	}
+	if op.GetKind() == havenv1.MoveKind_MOVE_KIND_QUICK {
+		if err := l.cfg.Movers.RestoreMove(ctx, op.GetTarget(), &havenv1.RestoreMoveRequest{Operation: op.GetId(), Index: op.GetCreateIndex()}); err != nil {
+			return fmt.Errorf("target %s could not restore: %w", op.GetTarget(), err)
+		}
+	}
+	err = l.apply(&havenv1.Command{Cmd: &havenv1.Command_CommitMove{CommitMove: &havenv1.CommitMoveCommand{
+		Id: op.GetId(), Checksum: ready.GetChecksum(), Progress: ready.GetProgress()}}})
+	var fe *fsm.Error
+	switch {
+	case errors.As(err, &fe):
+		// Cancelled, or the group moved on, meanwhile: the FSM ended the
+		// move, and the source resumes by that end.
+		l.log.Info("move commit refused", "operation", op.GetId(), "reason", err)
+		return nil
+	case err != nil:
+		// Outcome unknown or leadership lost: whoever leads next finds the
+		// move committed or not, and completes or rolls it back.
+		l.log.Warn("move commit not confirmed", "operation", op.GetId(), "error", err)
+		return nil
+	}
+	l.leases.Assigned(op.GetGroup(), time.Now())
+	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED.String())
+	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()))
+	return nil
+}
+
+// resolveMoves rolls back the moves in flight that no driver of this term
+// runs and that have not committed: their leader, and with it the stream
+// from their source, is gone.
+func (l *Leader) resolveMoves(mv *moves) {
+	for _, g := range l.state.Groups() {
+		id := g.GetOperation()
+		if id == "" || mv.has(id) {
+			continue
+		}
+		if op := l.state.Operation(id); fsm.InFlight(op) && !fsm.Committed(op) {
+			l.endMove(id, havenv1.OperationOutcome_OPERATION_OUTCOME_ROLLED_BACK, "the leader changed during the move")
+		}
+	}
+}
+
+// CancelOperation rolls back a move that has not committed.
+func (l *Leader) CancelOperation(id, requestID string) (*havenv1.Operation, error) {
+	t := l.current()
+	if t == nil || l.termMoves(t) == nil {
+		return nil, ErrNotLeader
+	}
+	op := l.state.Operation(id)
+	switch {
+	case op == nil:
+		return nil, refuse(ErrNotFound, "operation %s not found", id)
+	case !fsm.InFlight(op):
+		return op, refuse(ErrConflict, "operation %s finished: %s (%s)", id, op.GetOutcome(), op.GetReason())
+	case fsm.Committed(op):
+		return op, refuse(ErrConflict, "operation %s has committed: the group runs on %s from now on", id, op.GetTarget())
+	}
+	if err := l.apply(&havenv1.Command{RequestId: requestID, Cmd: &havenv1.Command_EndMove{EndMove: &havenv1.EndMoveCommand{
+		Id: id, Outcome: havenv1.OperationOutcome_OPERATION_OUTCOME_CANCELLED, Reason: "cancelled by an operator"}}}); err != nil {
+		return nil, err
+	}
+	// The source's stream ends with its driver: a source not yet ready
+	// resumes at once, a ready one by the end just committed.
+	l.termMoves(t).done(id)
+	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_CANCELLED.String())
+	return l.state.Operation(id), nil
+}
