@@ -38,6 +38,13 @@ func InFlight(op *havenv1.Operation) bool {
 	return op != nil && op.GetPhase() != phaseFinished
 }
 
+// MovingFrom reports whether op is a move off node that has not
+// committed: the node still owns the group, but its state may already be
+// on the target, so it must not start the group afresh.
+func MovingFrom(op *havenv1.Operation, node string) bool {
+	return InFlight(op) && !Committed(op) && op.GetSource() == node
+}
+
 // Committed reports whether op's switchover committed (it may have
 // finished since).
 func Committed(op *havenv1.Operation) bool {

@@ -3,6 +3,9 @@ package integration
 import (
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -15,13 +18,14 @@ func TestMoveRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		req  *havenv1.MoveGroupRequest
+		code codes.Code
 	}{
-		{"to its own node", &havenv1.MoveGroupRequest{Name: names[0], Target: g.GetOwner()}},
-		{"to an unknown node", &havenv1.MoveGroupRequest{Name: names[0], Target: "nowhere"}},
-		{"an unknown group", &havenv1.MoveGroupRequest{Name: "nosuch"}},
+		{"to its own node", &havenv1.MoveGroupRequest{Name: names[0], Target: g.GetOwner()}, codes.InvalidArgument},
+		{"to an unknown node", &havenv1.MoveGroupRequest{Name: names[0], Target: "nowhere"}, codes.NotFound},
+		{"an unknown group", &havenv1.MoveGroupRequest{Name: "nosuch"}, codes.NotFound},
 	} {
-		if _, err := leader.api().MoveGroup(ctx(t), tc.req); err == nil {
-			t.Errorf("%s: accepted", tc.name)
+		if _, err := leader.api().MoveGroup(ctx(t), tc.req); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
 		}
 	}
 	resp, err := leader.api().ListOperations(ctx(t), &havenv1.ListOperationsRequest{})

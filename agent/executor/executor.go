@@ -275,7 +275,7 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			e.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
 			_ = e.drv.Forget(spec.ID)
 		}
-		if moving(g, e.node, e.state.Operation) {
+		if fsm.MovingFrom(e.state.Operation(g.GetOperation()), e.node) {
 			// The move's source lost its VM (a restarted agent): its state
 			// may be on the target already, so nothing starts here until
 			// the move has ended.
@@ -323,12 +323,6 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 		}
 	}
-}
-
-// moving reports whether g has a move off node in flight, not committed.
-func moving(g *havenv1.Group, node string, ops func(string) *havenv1.Operation) bool {
-	op := ops(g.GetOperation())
-	return fsm.InFlight(op) && !fsm.Committed(op) && op.GetSource() == node
 }
 
 // switchover ends a pause or an incoming VM of an owned group: the target

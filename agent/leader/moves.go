@@ -281,11 +281,12 @@ func (l *Leader) drive(ctx context.Context, op *havenv1.Operation) {
 	if err == nil {
 		return
 	}
-	reason := err.Error()
-	if ctx.Err() != nil && l.current() == nil {
-		return // the term ended; the next leader rolls it back
+	if ctx.Err() != nil {
+		// Cancelled (its end is committed already) or the term ended
+		// (the next leader rolls it back).
+		return
 	}
-	l.endMove(op.GetId(), havenv1.OperationOutcome_OPERATION_OUTCOME_ROLLED_BACK, reason)
+	l.endMove(op.GetId(), havenv1.OperationOutcome_OPERATION_OUTCOME_ROLLED_BACK, err.Error())
 }
 
 // endMove commits the end of a move; a refusal means it ended or

@@ -176,20 +176,11 @@ func (t *Table) answer(node string) *havenv1.RenewLeaseResponse {
 	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(t.cfg.Lease.Milliseconds()), Term: t.term}
 	for _, g := range t.state.Groups() {
 		if g.GetOwner() == node && fsm.Active(g.GetState()) && !t.pending[g.GetSpec().GetName()] {
-			// Any move still in flight is from this owner: a committed
-			// one has made the target the owner.
-			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch(), Moving: g.GetOperation() != "" && g.GetEpoch() == t.sourceEpoch(g)})
+			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch(),
+				Moving: fsm.MovingFrom(t.state.Operation(g.GetOperation()), node)})
 		}
 	}
 	return resp
-}
-
-// sourceEpoch is the source epoch of g's move in flight, 0 if none.
-func (t *Table) sourceEpoch(g *havenv1.Group) uint64 {
-	if op := t.state.Operation(g.GetOperation()); fsm.InFlight(op) && !fsm.Committed(op) {
-		return op.GetSourceEpoch()
-	}
-	return 0
 }
 
 // Holds reports whether node renewed with this leader recently enough to

@@ -145,3 +145,38 @@ func TestFailoverCountsFromAssignment(t *testing.T) {
 		t.Fatal("a group silent past its failover time since its assignment is not due")
 	}
 }
+
+// A grant marks a group moving on its source until the move commits, so a
+// source that lost its VM does not start it afresh; after the commit the
+// target is granted the new epoch, unmarked, and the source nothing.
+func TestGrantMarksMoveSource(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n3", "a", 8000, 16<<30, nil))
+	web := l.StartOn("web", "n2")
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
+		Operation:   &havenv1.Operation{Id: "mv-1", Group: "web", Kind: havenv1.MoveKind_MOVE_KIND_LIVE, Source: "n2", Target: "n3"},
+		ExpectEpoch: web.GetEpoch(), ExpectDesiredIndex: web.GetDesiredIndex()}}})
+	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	tb.Begin(time.Now(), 1)
+	tb.Ready()
+	grant := func(node string) []*havenv1.GroupEpoch {
+		resp, err := renew(t, tb, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetGroups()
+	}
+	if gs := grant("n2"); len(gs) != 1 || gs[0].GetEpoch() != web.GetEpoch() || !gs[0].GetMoving() {
+		t.Fatalf("grant for the source during the move = %v, want web@%d moving", gs, web.GetEpoch())
+	}
+	if gs := grant("n3"); len(gs) != 0 {
+		t.Fatalf("grant for the target before the commit = %v, want nothing", gs)
+	}
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_CommitMove{CommitMove: &havenv1.CommitMoveCommand{Id: "mv-1"}}})
+	if gs := grant("n2"); len(gs) != 0 {
+		t.Fatalf("grant for the source after the commit = %v, want nothing", gs)
+	}
+	if gs := grant("n3"); len(gs) != 1 || gs[0].GetEpoch() != web.GetEpoch()+1 || gs[0].GetMoving() {
+		t.Fatalf("grant for the target after the commit = %v, want web@%d not moving", gs, web.GetEpoch()+1)
+	}
+}

@@ -108,7 +108,7 @@ func (g *globalOptions) follow(ctx context.Context, op *havenv1.Operation, w io.
 	defer bar.Exit()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	for fsmInFlight(op) {
+	for inFlight(op) {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -135,7 +135,7 @@ func (g *globalOptions) follow(ctx context.Context, op *havenv1.Operation, w io.
 	return op, nil
 }
 
-func fsmInFlight(op *havenv1.Operation) bool {
+func inFlight(op *havenv1.Operation) bool {
 	return op.GetPhase() != havenv1.OperationPhase_OPERATION_PHASE_FINISHED
 }
 
@@ -211,7 +211,7 @@ func newOpsCancelCmd(g *globalOptions) *cobra.Command {
 }
 
 func outcomeWord(op *havenv1.Operation) string {
-	if fsmInFlight(op) {
+	if inFlight(op) {
 		return enumWord(op.GetPhase().String(), "OPERATION_PHASE_")
 	}
 	return enumWord(op.GetOutcome().String(), "OPERATION_OUTCOME_")

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -89,17 +90,16 @@ func start(t *testing.T, n *Node) *Process {
 // waitLog waits until the node's log holds s.
 func waitLog(t *testing.T, n *Node, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(n.LogPath)
-		if bytes.Contains(b, []byte(s)) {
-			return
+	var b []byte
+	defer func() {
+		if t.Failed() {
+			t.Logf("the log:\n%s", b)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("log never showed %q:\n%s", s, b)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}()
+	waitfor.Cond(t, 10*time.Second, fmt.Sprintf("the log to show %q", s), func() bool {
+		b, _ = os.ReadFile(n.LogPath)
+		return bytes.Contains(b, []byte(s))
+	})
 }
 
 func TestStartAndStop(t *testing.T) {
