@@ -67,10 +67,19 @@ func newOutgoing(ctx context.Context, v *vm, m *memory, conn io.ReadWriter, opts
 		progress = func(driver.Progress) {}
 	}
 	l := &link{ctx: ctx, w: conn, limit: max(opts.BandwidthLimit, 0)}
-	fw := newFrameWriter(l, 256<<10)
+	// Under a limit, a write sleeps until the limit allows it; batches and
+	// buffer of ~20 ms of the limit keep cancellation and MaxDuration,
+	// checked between batches, that prompt on a slow link.
+	buf, batch := 256<<10, batchPages
+	if l.limit > 0 {
+		slice := l.limit / 50
+		buf = int(min(max(slice, 4<<10), int64(buf)))
+		batch = int(min(max(slice/PageSize, 1), int64(batch)))
+	}
+	fw := newFrameWriter(l, buf)
 	return &outgoing{
 		ctx: ctx, v: v, m: m, opts: opts, progress: progress,
-		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: newPageSender(m, fw),
+		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: newPageSender(m, fw, batch),
 		meter: rateMeter{window: 100 * time.Millisecond},
 		plan:  newPlanner(opts.DowntimeTarget), start: time.Now(),
 	}

@@ -83,7 +83,7 @@ func (d *Driver) save(ctx context.Context, v *vm, m *memory, path string, progre
 	h := header{pageSize: PageSize, memBytes: m.size(), epoch: v.spec.Epoch, id: v.spec.ID}
 	err = fw.frame(frameHeader, h.encode(), nil)
 	if err == nil {
-		err = newPageSender(m, fw).send(all, unlocked, ctx.Err)
+		err = newPageSender(m, fw, batchPages).send(all, unlocked, ctx.Err)
 	}
 	if err == nil {
 		err = fw.frame(frameDevice, dev.encode(), nil)

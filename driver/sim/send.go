@@ -12,15 +12,16 @@ import (
 type pageSender struct {
 	m       *memory
 	fw      *frameWriter
+	batch   int // pages looked at per batch, at most batchPages
 	nonZero bitmap
 	// pages and zeros hold a batch's count and page numbers, data its
 	// pages' bytes.
 	pages, zeros, data []byte
 }
 
-func newPageSender(m *memory, fw *frameWriter) *pageSender {
+func newPageSender(m *memory, fw *frameWriter, batch int) *pageSender {
 	return &pageSender{
-		m: m, fw: fw, nonZero: newBitmap(m.pages()),
+		m: m, fw: fw, batch: batch, nonZero: newBitmap(m.pages()),
 		pages: make([]byte, 4, 4+8*batchPages), zeros: make([]byte, 4, 4+8*batchPages),
 		data: make([]byte, 0, batchPages*PageSize),
 	}
@@ -45,10 +46,10 @@ func (s *pageSender) send(set bitmap, locked func(func()) error, between func() 
 }
 
 // fill copies out the batch of set that starts at page i, looking at up
-// to batchPages pages, and returns the page to go on from (-1: done).
+// to s.batch pages, and returns the page to go on from (-1: done).
 func (s *pageSender) fill(set bitmap, i int64) int64 {
 	s.pages, s.zeros, s.data = s.pages[:4], s.zeros[:4], s.data[:0]
-	for n := 0; i >= 0 && n < batchPages; i, n = set.next(i+1), n+1 {
+	for n := 0; i >= 0 && n < s.batch; i, n = set.next(i+1), n+1 {
 		p := s.m.page(i)
 		if bytes.Equal(p, zeroPage[:len(p)]) {
 			if s.nonZero.has(i) {

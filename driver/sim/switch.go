@@ -148,7 +148,7 @@ func (v *vm) endMove(m *memory, err error) {
 	if v.mem != nil {
 		v.mem.stopDirtyLog()
 	}
-	v.throttle, v.skipped = 0, 0
+	v.throttle, v.credit = 0, 0
 	v.moving = false
 	if err != nil && v.state == driver.StatePaused {
 		v.unpause("migration failed: " + err.Error())

@@ -46,8 +46,8 @@ type vm struct {
 	// the pause it makes, so Resume and a second move are refused.
 	moving bool
 	// throttle is the percentage of ticks the guest skips so that a
-	// migration can outrun it; skipped counts them (see step).
-	throttle, skipped int
+	// migration can outrun it; credit spreads the rest (see throttled).
+	throttle, credit int
 	// pins counts moves that use mem without mu; halt leaves it mapped
 	// to the last of them (see pin).
 	pins int
@@ -114,9 +114,9 @@ func (v *vm) throttled() bool {
 	if v.throttle == 0 {
 		return false
 	}
-	v.skipped += v.throttle
-	if v.skipped >= 100 {
-		v.skipped -= 100
+	v.credit += 100 - v.throttle
+	if v.credit >= 100 {
+		v.credit -= 100
 		return false
 	}
 	return true
