@@ -60,6 +60,12 @@ type migration struct {
 // not nil, sees every report as it comes.
 func migrate(ctx context.Context, t testing.TB, src, dst *Driver, srcEpoch uint64, target driver.VMSpec, a, b net.Conn, opts driver.MigrateOptions, progress func(driver.Progress)) migration {
 	t.Helper()
+	return migrateAs(ctx, t, src, dst, target.ID, srcEpoch, target, a, b, opts, progress)
+}
+
+// migrateAs is migrate of the source's VM id, which target may not match.
+func migrateAs(ctx context.Context, t testing.TB, src, dst *Driver, id driver.VMID, srcEpoch uint64, target driver.VMSpec, a, b net.Conn, opts driver.MigrateOptions, progress func(driver.Progress)) migration {
+	t.Helper()
 	in := make(chan error, 1)
 	go func() {
 		err := dst.MigrateIn(ctx, target, b)
@@ -68,7 +74,7 @@ func migrate(ctx context.Context, t testing.TB, src, dst *Driver, srcEpoch uint6
 	}()
 	var mig migration
 	var mu sync.Mutex
-	mig.res, mig.outErr = src.MigrateOut(ctx, target.ID, srcEpoch, a, opts, func(p driver.Progress) {
+	mig.res, mig.outErr = src.MigrateOut(ctx, id, srcEpoch, a, opts, func(p driver.Progress) {
 		mu.Lock()
 		mig.progress = append(mig.progress, p)
 		mu.Unlock()

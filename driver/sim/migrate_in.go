@@ -100,18 +100,19 @@ func (d *Driver) admit(spec driver.VMSpec) (*vm, *memory, error) {
 	return v, m, nil
 }
 
-// discard removes an incoming VM whose stream failed, unless it was
-// replaced or has run meanwhile.
+// discard removes an incoming VM whose stream failed. One that was ended
+// meanwhile (Kill, Stop, Close, a newer Start) stays as that left it: a
+// stopped VM's entry keeps its epoch, so a stale Start is still refused.
 func (d *Driver) discard(v *vm, err error) {
 	d.life.Lock()
 	defer d.life.Unlock()
 	v.mu.Lock()
-	if v.state == driver.StateIncoming {
+	incoming := v.state == driver.StateIncoming
+	if incoming {
 		v.halt(driver.StateStopped, "incoming migration failed: "+err.Error())
 	}
-	gone := !v.holds()
 	v.mu.Unlock()
-	if !gone {
+	if !incoming {
 		return
 	}
 	<-v.done

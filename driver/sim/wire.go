@@ -191,18 +191,15 @@ func decodeStreamHeader(kind byte, p []byte) (header, error) {
 		return header{}, fmt.Errorf("%w: frame %q before the header", errProtocol, kind)
 	}
 	dec := decoder{b: p}
-	magic, version := string(dec.bytes(len(wireMagic))), dec.u16()
-	h := header{pageSize: dec.u32(), memBytes: int64(dec.u64()), epoch: dec.u64()}
-	h.id.Group, h.id.Resource = dec.str(), dec.str()
-	switch {
-	case dec.err != nil:
-		return header{}, dec.err
-	case magic != wireMagic:
-		return header{}, fmt.Errorf("%w: magic %q", errProtocol, magic)
-	case version != wireVersion:
+	if magic := dec.bytes(len(wireMagic)); dec.err != nil || string(magic) != wireMagic {
+		return header{}, fmt.Errorf("%w: not a migration stream (magic %q)", errProtocol, magic)
+	}
+	if version := dec.u16(); dec.err == nil && version != wireVersion {
 		return header{}, fmt.Errorf("%w: version %d, this driver speaks %d", errProtocol, version, wireVersion)
 	}
-	return h, nil
+	h := header{pageSize: dec.u32(), memBytes: int64(dec.u64()), epoch: dec.u64()}
+	h.id.Group, h.id.Resource = dec.str(), dec.str()
+	return h, dec.err
 }
 
 // accepts checks that a stream with header h may fill a VM of spec.
