@@ -15,7 +15,9 @@ import (
 func (d *Driver) MigrateIn(ctx context.Context, spec driver.VMSpec, conn io.ReadWriter) error {
 	stop := unblockOnCancel(ctx, conn)
 	defer stop()
-	err := d.receive(ctx, spec, newFrameReader(conn, 1<<20), newFrameWriter(conn, 4<<10))
+	// A reader buffer smaller than a page frame: most of a frame's payload
+	// is then read straight into the frame, not copied through the buffer.
+	err := d.receive(ctx, spec, newFrameReader(conn, 64<<10), newFrameWriter(conn, 4<<10))
 	if err = cause(ctx, err); err != nil {
 		return fmt.Errorf("migrate %s in at epoch %d: %w", spec.ID, spec.Epoch, err)
 	}

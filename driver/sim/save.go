@@ -137,7 +137,7 @@ func (d *Driver) RestoreState(ctx context.Context, spec driver.VMSpec, path stri
 		return fmt.Errorf("restore %s: %w", spec.ID, err)
 	}
 	defer f.Close()
-	err = d.receive(ctx, spec, newFrameReader(f, 1<<20), newFrameWriter(io.Discard, 64))
+	err = d.receive(ctx, spec, newFrameReader(f, 64<<10), newFrameWriter(io.Discard, 64))
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		err = fmt.Errorf("%w: the file ends before the checksum", err)
 	}

@@ -19,6 +19,15 @@
 // The execution log (ExecLogPath) is written beside the disks without
 // fencing, so a checker sees what guests executed independently of what
 // the disks accepted.
+//
+// A VM moves to another node's driver live (MigrateOut, MigrateIn:
+// iterative pre-copy over a dirty log that every guest write marks while
+// a move runs) or through a file on shared storage (SaveState,
+// RestoreState). Either way the source ends paused and the target
+// incoming, the target's memory is checked against a checksum of the
+// source's, and Resume or Activate ends the move (switch.go). The guest's
+// counter and random state travel with it, so the target's first tick is
+// the source's last plus one, and it dirties what the source would have.
 package sim
 
 import (
