@@ -20,10 +20,14 @@ import (
 // never stale. The source cannot keep sums honestly (knowing which pages
 // changed is the dirty log's job, the very thing under test), so it hashes
 // all of its memory once paused, on every core, while it sends the last
-// pages. Measured on a 2-core AMD EPYC (BenchmarkChecksum): 1 GiB in
-// ~90 ms (~12 GB/s; ~6.5 GB/s on one core; FNV-1a, used before, took
-// 1.6 s). Page-sized pieces cost no more than 64 KiB ones there. That is
-// the floor of a 1 GiB VM's pause, which no pre-copy round can shorten.
+// pages. Measured on a shared 2-core AMD EPYC (BenchmarkChecksum, 1 GiB
+// that holds data): 85-120 ms when the host is quiet (12-13 GB/s on two
+// cores, ~6.5 GB/s on one), up to ~200 ms when its memory bandwidth is
+// contended and one core hashes as fast as two. FNV-1a, used before, took
+// 1.6 s; xxh3 was ~20 % faster on one core and no faster on two, not
+// worth another module; page-sized pieces cost no more than 64 KiB ones.
+// Reading every byte is the floor of a large VM's pause, which no
+// pre-copy round can shorten.
 
 // zeroPage is a page of zeros, to compare and hash against.
 var zeroPage [PageSize]byte
