@@ -19,9 +19,11 @@ var optional = []struct {
 		func(h driver.Hypervisor) bool { _, ok := h.(driver.FaultInjector); return ok }},
 	{"DirtyRateEstimation", func(c driver.Capabilities) bool { return c.DirtyRateEstimation },
 		func(h driver.Hypervisor) bool { _, ok := h.(driver.DirtyRateEstimator); return ok }},
-	// No interface yet, so no driver may report them.
-	{"LiveMigration", func(c driver.Capabilities) bool { return c.LiveMigration }, none},
-	{"QuickMigration", func(c driver.Capabilities) bool { return c.QuickMigration }, none},
+	{"LiveMigration", func(c driver.Capabilities) bool { return c.LiveMigration },
+		func(h driver.Hypervisor) bool { _, ok := h.(driver.LiveMigrator); return ok }},
+	{"QuickMigration", func(c driver.Capabilities) bool { return c.QuickMigration },
+		func(h driver.Hypervisor) bool { _, ok := h.(driver.QuickMigrator); return ok }},
+	// No interface yet, so no driver may report it.
 	{"HotPlugDisks", func(c driver.Capabilities) bool { return c.HotPlugDisks }, none},
 }
 
@@ -66,8 +68,8 @@ func TestCapabilitiesCheckCatchesLies(t *testing.T) {
 		h    driver.Hypervisor
 		want []string
 	}{
-		{"claims live migration", overclaims{d}, []string{"LiveMigration"}},
-		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation"}},
+		{"claims hot-plug", overclaims{d}, []string{"HotPlugDisks"}},
+		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation", "LiveMigration", "QuickMigration"}},
 	} {
 		if got := mismatches(tc.h); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: mismatches %v, want %v", tc.name, got, tc.want)
@@ -79,7 +81,7 @@ type overclaims struct{ *sim.Driver }
 
 func (o overclaims) Capabilities() driver.Capabilities {
 	c := o.Driver.Capabilities()
-	c.LiveMigration = true
+	c.HotPlugDisks = true
 	return c
 }
 

@@ -181,7 +181,8 @@ const (
 type Progress struct {
 	// Phase is "precopy", "switchover" or, for a quick move, "save".
 	Phase string
-	// Round counts the pre-copy passes, from 1.
+	// Round counts the passes over memory, from 1; the switchover's
+	// report carries the last, made while the guest is paused.
 	Round int
 	// MemoryBytes is the guest's RAM; BytesSent what went on the wire so
 	// far (zero pages excluded, compression counted after).
@@ -199,6 +200,7 @@ type Progress struct {
 
 // MigrateResult is what a completed migration's source reports.
 type MigrateResult struct {
+	// Rounds counts the passes over memory, the switchover's included.
 	Rounds    int
 	BytesSent int64
 	// Checksum is of the guest's whole memory at the freeze; the target
@@ -231,7 +233,8 @@ type Switcher interface {
 	Activate(id VMID, epoch uint64, leaseEnd time.Time) error
 	// Resume runs a paused VM again at its epoch (the move rolled back),
 	// until leaseEnd, with the same refusals as Activate (ErrInvalidState
-	// for a VM that is not paused).
+	// for a VM that is not paused, or whose MigrateOut or SaveState has
+	// not returned: a move that fails resumes the VM itself).
 	Resume(id VMID, epoch uint64, leaseEnd time.Time) error
 }
 
@@ -241,17 +244,27 @@ type Switcher interface {
 type LiveMigrator interface {
 	Switcher
 	// MigrateOut sends the VM at epoch over conn to a MigrateIn at the
-	// other end, calling progress after every round. It returns once the
-	// target has acknowledged a complete and verified copy: the VM is then
+	// other end, calling progress after every round. The VM must be
+	// running (ErrInvalidState otherwise, also while another move of it
+	// runs; ErrStaleEpoch for another epoch). It returns once the target
+	// has acknowledged a complete and verified copy: the VM is then
 	// StatePaused, and only Resume or Stop/Kill may follow. On error the
 	// VM was never paused, or was resumed (unless its lease ran out
 	// meanwhile, when its gate holds it frozen); a *GiveUpError says the
-	// pre-copy could not converge and why.
+	// pre-copy could not converge and why. Cancelling ctx aborts the move;
+	// a read or write of conn blocked at that moment returns if conn has
+	// deadlines (a net.Conn), and any other conn must end with ctx, as a
+	// gRPC stream of ctx does.
 	MigrateOut(ctx context.Context, id VMID, epoch uint64, conn io.ReadWriter, opts MigrateOptions, progress func(Progress)) (MigrateResult, error)
 	// MigrateIn prepares an incoming VM for spec (StateIncoming, not
 	// running, no disk claimed) and fills it from conn. It returns nil once
 	// the copy is complete and its checksum matches the source's; on error
-	// the incoming VM is discarded.
+	// the incoming VM is discarded. It refuses a source whose epoch is not
+	// older than spec.Epoch (ErrStaleEpoch), because Activate's disk claims
+	// fence only an older one, and a source that is not the VM spec
+	// describes (ErrInvalidSpec); the source learns why. The caller ends
+	// conn once MigrateIn returns (a gRPC handler returning does): that is
+	// how a source waiting for an acknowledgement learns of a failure.
 	MigrateIn(ctx context.Context, spec VMSpec, conn io.ReadWriter) error
 }
 
@@ -265,7 +278,8 @@ type QuickMigrator interface {
 	// after MigrateOut.
 	SaveState(ctx context.Context, id VMID, epoch uint64, path string, progress func(Progress)) (MigrateResult, error)
 	// RestoreState prepares an incoming VM for spec from the file at path,
-	// checked against the checksum stored in it.
+	// checked against the checksum stored in it, with MigrateIn's
+	// refusals; on error no incoming VM is left.
 	RestoreState(ctx context.Context, spec VMSpec, path string) error
 }
 
@@ -280,8 +294,10 @@ type Hypervisor interface {
 	// leaseEnd has passed, and with ErrStaleEpoch if a VM of this ID is known
 	// at a higher epoch or a disk has been claimed by a higher epoch.
 	// Starting an ID already running (or frozen) at the same epoch is a
-	// no-op; at a higher epoch, or when the known VM is stopped or crashed,
-	// the old one is killed and replaced.
+	// no-op; one paused or incoming at the same epoch is refused with
+	// ErrInvalidState (a booted guest would fork the one the migration
+	// holds); at a higher epoch, or when the known VM is stopped or
+	// crashed, the old one is killed and replaced.
 	Start(ctx context.Context, spec VMSpec, leaseEnd time.Time) error
 	// Stop shuts the VM down gracefully (a final disk record, then stopped);
 	// a frozen VM or one past its lease is stopped without that write,
@@ -297,15 +313,17 @@ type Hypervisor interface {
 	// frozen VM thaws. It refuses with ErrLeaseExpired when until is not
 	// after time.Now(), atomically with the thaw, under the same lock the
 	// guest loop checks; with ErrStaleEpoch when epoch differs from the
-	// VM's; with ErrInvalidState when the VM is stopped or crashed. It never
-	// moves the lease end backwards.
+	// VM's; with ErrInvalidState when the VM is stopped, crashed or
+	// incoming. A paused VM's lease end moves, but it stays paused. It
+	// never moves the lease end backwards.
 	ExtendLease(id VMID, epoch uint64, until time.Time) error
 	Status(id VMID) (Status, error)
 	// List returns every VM the driver knows, sorted by ID.
 	List() []Status
 	// Forget removes a stopped or crashed VM from the driver's table
-	// (ErrInvalidState if it is running or frozen). After Forget the driver
-	// no longer remembers the VM's epoch.
+	// (ErrInvalidState if it is running, frozen or paused); an incoming VM
+	// is discarded. After Forget the driver no longer remembers the VM's
+	// epoch.
 	Forget(id VMID) error
 	// Close kills every VM and releases the driver.
 	Close() error

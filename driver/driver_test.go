@@ -8,7 +8,8 @@ func TestStrings(t *testing.T) {
 	}
 	for s, want := range map[State]string{
 		StateUnknown: "unknown(0)", StateRunning: "running", StateFrozen: "frozen",
-		StateStopped: "stopped", StateCrashed: "crashed", State(9): "unknown(9)",
+		StateStopped: "stopped", StateCrashed: "crashed", StatePaused: "paused",
+		StateIncoming: "incoming", State(9): "unknown(9)",
 	} {
 		if got := s.String(); got != want {
 			t.Errorf("State(%d).String: %q, want %q", int(s), got, want)

@@ -3,7 +3,6 @@ package sim
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"math/bits"
 	"math/rand/v2"
 	"syscall"
@@ -20,9 +19,14 @@ const PageSize = 4096
 // buffers are not Go heap, they do not inflate the GC's heap goal, which
 // would otherwise let the agent's garbage grow to the size of all guest
 // RAM before a collection. Not safe for concurrent use: the VM's mutex
-// guards it, also against free.
+// guards it, also against free, except where a migration owns it (see
+// vm.pin).
 type memory struct {
 	buf []byte
+	// dirty is the dirty log while a migration runs, else nil; see
+	// dirtylog.go. Every guest write goes through writePage or
+	// putUint64At, which mark it.
+	dirty bitmap
 }
 
 func newMemory(size int64) (*memory, error) {
@@ -53,22 +57,25 @@ func (m *memory) size() int64 { return int64(len(m.buf)) }
 // pages is the number of guest pages (the last one may be partial).
 func (m *memory) pages() int64 { return (m.size() + PageSize - 1) / PageSize }
 
-// page returns guest page i.
+// page returns guest page i, to read.
 func (m *memory) page(i int64) []byte {
 	return m.buf[i*PageSize : min((i+1)*PageSize, m.size())]
+}
+
+// writePage returns guest page i for the guest to write, marking it in
+// the dirty log.
+func (m *memory) writePage(i int64) []byte {
+	m.markDirty(i)
+	return m.page(i)
 }
 
 // uint64At reads the little-endian word at byte offset off.
 func (m *memory) uint64At(off int64) uint64 { return binary.LittleEndian.Uint64(m.buf[off:]) }
 
-func (m *memory) putUint64At(off int64, v uint64) { binary.LittleEndian.PutUint64(m.buf[off:], v) }
-
-// checksum hashes the whole memory. Tests use it to see that the guest
-// really writes.
-func (m *memory) checksum() uint64 {
-	h := fnv.New64a()
-	h.Write(m.buf)
-	return h.Sum64()
+// putUint64At writes the word at off, which must not cross a page.
+func (m *memory) putUint64At(off int64, v uint64) {
+	m.markDirty(off / PageSize)
+	binary.LittleEndian.PutUint64(m.buf[off:], v)
 }
 
 // lineSize is how much of a dirtied page the guest writes: one cache
@@ -94,6 +101,9 @@ var pattern = func() []byte {
 // dirtier dirties pages at random within the first workingSet bytes of a
 // guest's memory: rate/PageSize pages per second.
 type dirtier struct {
+	// src is rng's state, kept to move it with a migration: the guest on
+	// the target goes on with the same choices it would have made here.
+	src     *rand.PCG
 	rng     *rand.Rand
 	wsPages int64
 	// Bytes to dirty per tick, rate*tick exactly: whole bytes plus
@@ -105,10 +115,8 @@ type dirtier struct {
 
 func newDirtier(seed uint64, m *memory, rate, workingSet int64, tickNanos int64) *dirtier {
 	ws := min(max(workingSet, 0), m.size())
-	d := &dirtier{
-		rng:     rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		wsPages: (ws + PageSize - 1) / PageSize,
-	}
+	src := rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)
+	d := &dirtier{src: src, rng: rand.New(src), wsPages: (ws + PageSize - 1) / PageSize}
 	// rate*tick/1e9 in 128 bits: no overflow for any int64 rate and tick
 	// (Div64 needs hi < 1e9, i.e. rate*tick < 1.8e28).
 	hi, lo := bits.Mul64(uint64(max(rate, 0)), uint64(max(tickNanos, 0)))
@@ -134,7 +142,7 @@ func (d *dirtier) tick(m *memory, counter uint64) int {
 	d.carry %= PageSize
 	for range n {
 		i := d.rng.Int64N(d.wsPages)
-		p := m.page(i)
+		p := m.writePage(i)
 		line := d.rng.IntN(PageSize/lineSize) * lineSize
 		if line < len(p) {
 			copy(p[line:], pattern[d.rng.IntN(PageSize-lineSize):][:lineSize])

@@ -19,6 +19,15 @@
 // The execution log (ExecLogPath) is written beside the disks without
 // fencing, so a checker sees what guests executed independently of what
 // the disks accepted.
+//
+// A VM moves to another node's driver live (MigrateOut, MigrateIn:
+// iterative pre-copy over a dirty log that every guest write marks while
+// a move runs) or through a file on shared storage (SaveState,
+// RestoreState). Either way the source ends paused and the target
+// incoming, the target's memory is checked against a checksum of the
+// source's, and Resume or Activate ends the move (switch.go). The guest's
+// counter and random state travel with it, so the target's first tick is
+// the source's last plus one, and it dirties what the source would have.
 package sim
 
 import (
@@ -149,12 +158,17 @@ func New(cfg Config) *Driver {
 var (
 	_ driver.FaultInjector      = (*Driver)(nil)
 	_ driver.DirtyRateEstimator = (*Driver)(nil)
+	_ driver.LiveMigrator       = (*Driver)(nil)
+	_ driver.QuickMigrator      = (*Driver)(nil)
 )
 
-// Capabilities reports the optional interfaces the sim implements: no
-// migration or hot-plug yet.
+// Capabilities reports the optional interfaces the sim implements: all
+// but hot-plug.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{FaultInjection: true, DirtyRateEstimation: true}
+	return driver.Capabilities{
+		FaultInjection: true, DirtyRateEstimation: true,
+		LiveMigration: true, QuickMigration: true,
+	}
 }
 
 // EstimatedDirtyRate implements driver.DirtyRateEstimator. The sim knows
@@ -200,13 +214,18 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	}
 	if old := d.lookup(spec.ID); old != nil {
 		old.mu.Lock()
-		live := old.live()
+		live, holds, st := old.live(), old.holds(), old.state
 		old.mu.Unlock()
 		switch {
 		case old.spec.Epoch > spec.Epoch:
 			return fmt.Errorf("start %s at epoch %d: %w: known at epoch %d", spec.ID, spec.Epoch, driver.ErrStaleEpoch, old.spec.Epoch)
 		case old.spec.Epoch == spec.Epoch && live:
 			return nil // idempotent: the executor may repeat itself
+		case old.spec.Epoch == spec.Epoch && holds:
+			// Paused or incoming: a booted guest would fork the one a
+			// migration holds, at the same epoch, so no disk would fence
+			// either of them.
+			return fmt.Errorf("start %s at epoch %d: %w: it is %s", spec.ID, spec.Epoch, driver.ErrInvalidState, st)
 		}
 		// A newer epoch replaces the old incarnation, and a stopped or
 		// crashed one at the same epoch is restarted (a guest crash on a
@@ -272,62 +291,89 @@ func validName(s string) bool {
 
 // boot claims the disks, recovers the counter and opens the files of a new
 // VM. Nothing runs until the caller starts its loop.
-func (d *Driver) boot(spec driver.VMSpec, leaseEnd time.Time) (_ *vm, err error) {
-	guest := d.cfg.Guest.forVM(spec.MemoryBytes)
-	v := &vm{
-		spec: spec, period: guest.Tick, now: d.now,
-		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
-		state: driver.StateRunning, leaseEnd: leaseEnd,
-		quit: make(chan struct{}), done: make(chan struct{}),
+func (d *Driver) boot(spec driver.VMSpec, leaseEnd time.Time) (*vm, error) {
+	v, err := d.newVM(spec, driver.StateRunning)
+	if err != nil {
+		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			for _, f := range v.disks {
-				f.Close()
-			}
-			if v.exec != nil {
-				v.exec.Close()
-			}
-		}
-	}()
-	for _, dk := range spec.Disks {
-		p := filepath.Join(d.cfg.SharedDir, dk.Path)
-		if err := ClaimDisk(p, spec.Node, spec.Epoch); err != nil {
-			return nil, fmt.Errorf("claiming disk %s: %w", dk.Name, err)
-		}
-		f, err := os.OpenFile(p, os.O_RDWR|os.O_APPEND, 0)
-		if err != nil {
-			return nil, err
-		}
-		v.paths = append(v.paths, p)
-		v.disks = append(v.disks, f)
+	v.leaseEnd = leaseEnd
+	if err := v.attach(d.cfg.SharedDir); err != nil {
+		v.mem.free()
+		return nil, err
 	}
 	// The guest recovers its counter from its last record on its first
 	// disk, as an application replays its journal, so the counter keeps
-	// growing across restarts on any node. The claim above already keeps
-	// older epochs from appending after this read.
+	// growing across restarts on any node. The claim in attach already
+	// keeps older epochs from appending after this read.
 	if len(v.paths) > 0 {
 		last, ok, err := LastRecordOf(v.paths[0], spec.ID)
 		if err != nil {
+			v.detach()
+			v.mem.free()
 			return nil, err
 		}
 		if ok {
 			v.counter = last.Counter
 		}
 	}
-	execPath := ExecLogPath(d.cfg.SharedDir, spec.ID)
-	if err := os.MkdirAll(filepath.Dir(execPath), 0o755); err != nil {
-		return nil, err
-	}
-	if v.exec, err = os.OpenFile(execPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err != nil {
-		return nil, err
-	}
-	if v.mem, err = newMemory(spec.MemoryBytes); err != nil {
-		return nil, err
-	}
 	v.mem.putUint64At(0, v.counter)
-	v.dirt = newDirtier(rand.Uint64(), v.mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick))
 	return v, nil
+}
+
+// newVM maps the memory of a VM for spec and sets up its guest, in state.
+func (d *Driver) newVM(spec driver.VMSpec, state driver.State) (*vm, error) {
+	guest := d.cfg.Guest.forVM(spec.MemoryBytes)
+	mem, err := newMemory(spec.MemoryBytes)
+	if err != nil {
+		return nil, err
+	}
+	return &vm{
+		spec: spec, period: guest.Tick, now: d.now,
+		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
+		state: state, mem: mem,
+		dirt: newDirtier(rand.Uint64(), mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick)),
+		quit: make(chan struct{}), done: make(chan struct{}),
+	}, nil
+}
+
+// attach claims the VM's disks for its epoch and opens them and its
+// execution log, as a guest about to run needs them. On error it leaves
+// nothing open, though disks it claimed stay claimed.
+func (v *vm) attach(sharedDir string) (err error) {
+	defer func() {
+		if err != nil {
+			v.detach()
+		}
+	}()
+	for _, dk := range v.spec.Disks {
+		p := filepath.Join(sharedDir, dk.Path)
+		if err := ClaimDisk(p, v.spec.Node, v.spec.Epoch); err != nil {
+			return fmt.Errorf("claiming disk %s: %w", dk.Name, err)
+		}
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_APPEND, 0)
+		if err != nil {
+			return err
+		}
+		v.paths = append(v.paths, p)
+		v.disks = append(v.disks, f)
+	}
+	execPath := ExecLogPath(sharedDir, v.spec.ID)
+	if err := os.MkdirAll(filepath.Dir(execPath), 0o755); err != nil {
+		return err
+	}
+	v.exec, err = os.OpenFile(execPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	return err
+}
+
+// detach closes what attach opened.
+func (v *vm) detach() {
+	for _, f := range v.disks {
+		f.Close()
+	}
+	if v.exec != nil {
+		v.exec.Close()
+	}
+	v.paths, v.disks, v.exec = nil, nil, nil
 }
 
 // Stop implements driver.Hypervisor.
@@ -399,7 +445,9 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 	switch {
 	case epoch != v.spec.Epoch:
 		return fmt.Errorf("extend lease of %s at epoch %d: %w: vm is at epoch %d", id, epoch, driver.ErrStaleEpoch, v.spec.Epoch)
-	case !v.live():
+	case !v.live() && v.state != driver.StatePaused:
+		// A paused source keeps its lease renewed while the move may
+		// still roll back; an incoming VM has no lease to extend.
 		return fmt.Errorf("extend lease of %s: %w: it is %s", id, driver.ErrInvalidState, v.state)
 	case !now.Before(until):
 		// Freeze first if the lease has run out unnoticed, so Status
@@ -410,6 +458,7 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 	if until.After(v.leaseEnd) {
 		v.leaseEnd = anchor(now, until)
 	}
+	// A paused VM stays paused: only Resume runs it.
 	if v.state == driver.StateFrozen {
 		// leaseEnd >= until > now: the gate is open again.
 		v.state = driver.StateRunning
@@ -454,11 +503,16 @@ func (d *Driver) Forget(id driver.VMID) error {
 		return fmt.Errorf("forget %s: %w", id, driver.ErrNotFound)
 	}
 	v.mu.Lock()
-	live, st := v.live(), v.state
-	v.mu.Unlock()
-	if live {
+	st := v.state
+	if v.live() || st == driver.StatePaused {
+		v.mu.Unlock()
 		return fmt.Errorf("forget %s: %w: it is %s", id, driver.ErrInvalidState, st)
 	}
+	// An incoming VM has never run and claimed nothing: forgetting it
+	// discards the copy.
+	v.halt(driver.StateStopped, "forgotten while incoming")
+	v.mu.Unlock()
+	<-v.done
 	d.mu.Lock()
 	delete(d.vms, id)
 	d.mu.Unlock()

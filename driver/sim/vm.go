@@ -16,9 +16,13 @@ import (
 // loop over a memory buffer, two kinds of files, and a lease gate.
 //
 // Everything the guest does happens under mu, in step or in the final tick
-// of Stop. ExtendLease, Stop, Kill and Crash take the same mu. That is what
-// makes the fencing contract hold: a thaw cannot slip between the guest's
-// gate check and its writes, and once Kill returns no write follows.
+// of Stop. ExtendLease, Stop, Kill, Crash, Resume and Activate take the
+// same mu. That is what makes the fencing contract hold: a thaw cannot
+// slip between the guest's gate check and its writes, and once Kill
+// returns no write follows.
+//
+// A migration's source is paused at its switchover and its target is
+// incoming until Activate; both hold memory but never tick (switch.go).
 type vm struct {
 	spec   driver.VMSpec // immutable after boot
 	period time.Duration // of the guest loop; immutable after boot
@@ -38,6 +42,21 @@ type vm struct {
 	hdr      [HeaderSize]byte // scratch for the disk header check
 	wakeups  uint64           // guest loop iterations, for tests to wait on
 
+	// moving: a MigrateOut or SaveState of this VM runs; it alone may end
+	// the pause it makes, so Resume and a second move are refused.
+	moving bool
+	// throttle is the percentage of ticks the guest skips so that a
+	// migration can outrun it; credit spreads the rest (see throttled).
+	throttle, credit int
+	// pins counts moves that use mem without mu; halt leaves it mapped
+	// to the last of them (see pin).
+	pins int
+	// complete: an incoming VM has all its state, verified against sum.
+	complete bool
+	sum      uint64
+	// activated is closed by Activate; nil for a VM that Start booted.
+	activated chan struct{}
+
 	quit chan struct{} // closed when the VM stops running, wakes the loop
 	done chan struct{} // closed when the loop has returned
 }
@@ -45,8 +64,22 @@ type vm struct {
 // run is the guest loop. A ticker, not a sleep, so SIGSTOP/SIGCONT of the
 // agent or a slow tick cannot make ticks pile up: after a pause it wakes
 // once, and step checks the gate before doing anything else.
+//
+// An incoming VM's loop waits for Activate and then steps at once: the
+// guest was paused at the source since its last tick, and one more period
+// of waiting would only add to the downtime it sees.
 func (v *vm) run() {
 	defer close(v.done)
+	if v.activated != nil {
+		select {
+		case <-v.quit:
+			return
+		case <-v.activated:
+		}
+		if !v.step() {
+			return
+		}
+	}
 	t := time.NewTicker(v.period)
 	defer t.Stop()
 	for {
@@ -66,18 +99,39 @@ func (v *vm) step() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.wakeups++
-	if !v.live() {
+	if !v.holds() {
 		return false
 	}
-	if v.gate() {
+	if v.gate() && !v.throttled() {
 		v.tick()
 	}
-	return v.live()
+	return v.holds()
 }
 
-// live reports whether the VM still exists as a guest (running or frozen).
+// throttled reports whether this tick is one a migration's throttle skips:
+// throttle out of every hundred, spread evenly.
+func (v *vm) throttled() bool {
+	if v.throttle == 0 {
+		return false
+	}
+	v.credit += 100 - v.throttle
+	if v.credit >= 100 {
+		v.credit -= 100
+		return false
+	}
+	return true
+}
+
+// live reports whether the VM exists as a guest that runs or may run on
+// its own lease (running or frozen).
 func (v *vm) live() bool {
 	return v.state == driver.StateRunning || v.state == driver.StateFrozen
+}
+
+// holds reports whether the VM holds a guest's state: live, or paused or
+// incoming for a migration.
+func (v *vm) holds() bool {
+	return v.live() || v.state == driver.StatePaused || v.state == driver.StateIncoming
 }
 
 // gate is the lease check of fencing step 4. Called with mu held before
@@ -144,20 +198,25 @@ func (v *vm) tick() {
 	}
 }
 
-// halt ends a live VM in state (stopped or crashed), with mu held: it
-// closes its files and unmaps its memory at once (a stopped VM holds no
-// RAM) and wakes the loop so it returns. Halting a VM that is not live
-// does nothing, so a crash found during Stop's final tick is kept.
+// halt ends a VM that holds a guest in state (stopped or crashed), with mu
+// held: it closes its files and unmaps its memory at once (a stopped VM
+// holds no RAM; a move still using it unmaps it when done) and wakes the
+// loop so it returns. Halting a VM that holds nothing does nothing, so a
+// crash found during Stop's final tick is kept.
 func (v *vm) halt(state driver.State, reason string) {
-	if !v.live() {
+	if !v.holds() {
 		return
 	}
 	v.state, v.reason = state, reason
 	for _, f := range v.disks {
 		f.Close()
 	}
-	v.exec.Close()
-	v.mem.free()
+	if v.exec != nil { // an incoming VM has opened no file
+		v.exec.Close()
+	}
+	if v.pins == 0 {
+		v.mem.free()
+	}
 	v.disks, v.exec, v.mem, v.dirt = nil, nil, nil, nil
 	close(v.quit)
 	if state == driver.StateCrashed {
@@ -172,7 +231,7 @@ func (v *vm) halt(state driver.State, reason string) {
 // final record).
 func (v *vm) stop(final bool, state driver.State, reason string) {
 	v.mu.Lock()
-	if v.live() && final && v.gate() {
+	if final && v.gate() {
 		v.tick()
 	}
 	v.halt(state, reason)
