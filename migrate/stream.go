@@ -29,8 +29,11 @@ func NewConn(send func([]byte) error, recv func() ([]byte, error), closeSend fun
 	return &Conn{send: send, recv: recv, closeSend: closeSend}
 }
 
-// maxChunk bounds one message: well under gRPC's 4 MiB default limit.
-const maxChunk = 1 << 20
+// maxChunk bounds the data of one message. The agent's server takes
+// messages of at most 1 MiB (agent/server.MaxMessageBytes), the message's
+// own fields and their framing included, so a chunk of a whole MiB would
+// be refused; a KiB less leaves room for them.
+const maxChunk = 1<<20 - 1<<10
 
 func (c *Conn) Write(p []byte) (int, error) {
 	n := 0
