@@ -44,7 +44,7 @@ func benchMigrate(b *testing.B, memBytes, dirty int64) {
 		if err := n1.Start(context.Background(), spec, time.Now().Add(time.Hour)); err != nil {
 			b.Fatal(err)
 		}
-		fill(n1, id)
+		fill(b, n1, id)
 		src, dst := connPair(b, "tcp")
 		target := spec
 		target.Epoch = 2
@@ -80,17 +80,12 @@ func benchMigrate(b *testing.B, memBytes, dirty int64) {
 }
 
 // fill writes every page of id's memory, as a guest that has touched all
-// of it, but the counter.
-func fill(d *Driver, id driver.VMID) {
-	v := d.lookup(id)
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for i := range v.mem.pages() {
-		p := v.mem.writePage(i)
-		copy(p, pattern)
-		binary.LittleEndian.PutUint64(p[8:], uint64(i))
+// of it, but the counter (FillMemory).
+func fill(t testing.TB, d *Driver, id driver.VMID) {
+	t.Helper()
+	if _, err := d.FillMemory(id); err != nil {
+		t.Fatal(err)
 	}
-	v.mem.putUint64At(0, v.counter)
 }
 
 // BenchmarkChecksum hashes 1 GiB of guest memory that holds data, as the

@@ -35,7 +35,7 @@ func TestMigrationOutrunByGuest(t *testing.T) {
 			n1, n2 := newGuestDriver(t, "n1", dir, clk, guest), newGuestDriver(t, "n2", dir, clk, guest)
 			lease := clk.Now().Add(time.Hour)
 			start(t, n1, testSpec(web, 1), lease)
-			fill(n1, web)
+			fill(t, n1, web)
 			a, b := connPair(t, "tcp")
 			t0 := time.Now()
 			mig := migrate(context.Background(), t, n1, n2, 1, testSpec(web, 2), a, b, tc.opts, nil)
@@ -116,7 +116,7 @@ func TestMigrationCancelled(t *testing.T) {
 			dir, clk := t.TempDir(), newClock()
 			n1, n2 := newGuestDriver(t, "n1", dir, clk, busyGuest), newGuestDriver(t, "n2", dir, clk, busyGuest)
 			start(t, n1, bigSpec(web, 1), clk.Now().Add(time.Minute))
-			fill(n1, web)
+			fill(t, n1, web)
 			err := tc.run(t, n1, n2)
 			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("MigrateOut: %v, want the context's error", err)

@@ -48,7 +48,7 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	n1, n2 := newGuestDriver(t, "n1", dir, clk, guest), newGuestDriver(t, "n2", dir, clk, guest)
 	lease := clk.Now().Add(time.Minute)
 	start(t, n1, bigSpec(web, 1), lease)
-	fill(n1, web)
+	fill(t, n1, web)
 	waitCounter(t, n1, web, 5)
 
 	a, b := connPair(t, kind)
@@ -197,7 +197,7 @@ func TestMigrationBrokenLink(t *testing.T) {
 				n1, n2 := newGuestDriver(t, "n1", dir, clk, busyGuest), newGuestDriver(t, "n2", dir, clk, busyGuest)
 				lease := clk.Now().Add(time.Minute)
 				start(t, n1, bigSpec(web, 1), lease)
-				fill(n1, web) // round 1 is 16 MiB
+				fill(t, n1, web) // round 1 is 16 MiB
 				waitCounter(t, n1, web, 3)
 				a, b := connPair(t, kind)
 				// last is the source's: its reports come on the goroutine
@@ -280,7 +280,7 @@ func TestMigrationOddMemory(t *testing.T) {
 	}
 	lease := clk.Now().Add(time.Minute)
 	start(t, n1, odd(1), lease)
-	fill(n1, web)
+	fill(t, n1, web)
 	waitCounter(t, n1, web, 3)
 	a, b := connPair(t, "pipe")
 	mig := migrate(context.Background(), t, n1, n2, 1, odd(2), a, b, driver.MigrateOptions{}, nil)
