@@ -8,6 +8,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -70,6 +71,9 @@ type Service struct {
 	havenv1.UnimplementedNodeServiceServer
 	cfg       Config
 	strangers strangers
+	// probeOut and probeIn are held while a link probe runs from or into
+	// this agent: one at a time each way.
+	probeOut, probeIn atomic.Bool
 }
 
 // New returns the service.

@@ -9,6 +9,7 @@ package havenv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -832,11 +833,316 @@ func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
+type FillVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FillVMRequest) Reset() {
+	*x = FillVMRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FillVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FillVMRequest) ProtoMessage() {}
+
+func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
+func (*FillVMRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FillVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *FillVMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type FillVMResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bytes of memory written.
+	Bytes         int64 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FillVMResponse) Reset() {
+	*x = FillVMResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FillVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FillVMResponse) ProtoMessage() {}
+
+func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
+func (*FillVMResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *FillVMResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type ProbeLinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node to send to, by name; it is dialed at the gRPC address the
+	// cluster records for it, as a move's target is.
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// How much to send: 1 byte to 4 GiB.
+	Bytes         int64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeLinkRequest) Reset() {
+	*x = ProbeLinkRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeLinkRequest) ProtoMessage() {}
+
+func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
+func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ProbeLinkRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ProbeLinkRequest) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type ProbeLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the target counted.
+	Bytes int64 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// From the first chunk sent to the target's count received.
+	Duration      *durationpb.Duration `protobuf:"bytes,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeLinkResponse) Reset() {
+	*x = ProbeLinkResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeLinkResponse) ProtoMessage() {}
+
+func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
+func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ProbeLinkResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *ProbeLinkResponse) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+type ProbeSinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first message names the sending node and carries no data; later
+	// ones carry only data.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeSinkRequest) Reset() {
+	*x = ProbeSinkRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeSinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeSinkRequest) ProtoMessage() {}
+
+func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
+func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ProbeSinkRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ProbeSinkRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ProbeSinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What arrived.
+	Bytes         int64 `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeSinkResponse) Reset() {
+	*x = ProbeSinkResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeSinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeSinkResponse) ProtoMessage() {}
+
+func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
+func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ProbeSinkResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_haven_v1_node_proto protoreflect.FileDescriptor
 
 const file_haven_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13haven/v1/node.proto\x12\bhaven.v1\x1a\x14haven/v1/types.proto\"\x16\n" +
+	"\x13haven/v1/node.proto\x12\bhaven.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x14haven/v1/types.proto\"\x16\n" +
 	"\x14GetRaftStatusRequest\"b\n" +
 	"\x15GetRaftStatusResponse\x12\x1b\n" +
 	"\thas_state\x18\x01 \x01(\bR\bhasState\x12\x14\n" +
@@ -885,7 +1191,23 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x12RestoreMoveRequest\x12\x1c\n" +
 	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\x15\n" +
-	"\x13RestoreMoveResponse2\x83\x04\n" +
+	"\x13RestoreMoveResponse\"5\n" +
+	"\rFillVMRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\"&\n" +
+	"\x0eFillVMResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"@\n" +
+	"\x10ProbeLinkRequest\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"`\n" +
+	"\x11ProbeLinkResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x125\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\":\n" +
+	"\x10ProbeSinkRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\")\n" +
+	"\x11ProbeSinkResponse\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\xce\x05\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
@@ -894,7 +1216,10 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
 	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
-	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12;\n" +
+	"\x06FillVM\x12\x17.haven.v1.FillVMRequest\x1a\x18.haven.v1.FillVMResponse\x12D\n" +
+	"\tProbeLink\x12\x1a.haven.v1.ProbeLinkRequest\x1a\x1b.haven.v1.ProbeLinkResponse\x12F\n" +
+	"\tProbeSink\x12\x1a.haven.v1.ProbeSinkRequest\x1a\x1b.haven.v1.ProbeSinkResponse(\x01B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_node_proto_rawDescOnce sync.Once
@@ -908,7 +1233,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_haven_v1_node_proto_goTypes = []any{
 	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
 	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
@@ -925,34 +1250,48 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*MoveInResponse)(nil),        // 12: haven.v1.MoveInResponse
 	(*RestoreMoveRequest)(nil),    // 13: haven.v1.RestoreMoveRequest
 	(*RestoreMoveResponse)(nil),   // 14: haven.v1.RestoreMoveResponse
-	(GroupState)(0),               // 15: haven.v1.GroupState
-	(OperationPhase)(0),           // 16: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 17: haven.v1.MoveProgress
+	(*FillVMRequest)(nil),         // 15: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),        // 16: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),      // 17: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),     // 18: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),      // 19: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),     // 20: haven.v1.ProbeSinkResponse
+	(GroupState)(0),               // 21: haven.v1.GroupState
+	(OperationPhase)(0),           // 22: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 23: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	3,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	15, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	16, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	17, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	0,  // 4: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	2,  // 5: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	5,  // 6: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	7,  // 7: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	9,  // 8: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	11, // 9: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	13, // 10: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	1,  // 11: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	4,  // 12: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	6,  // 13: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	8,  // 14: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	10, // 15: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	12, // 16: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	14, // 17: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	21, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	22, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	23, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	24, // 4: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	0,  // 5: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	2,  // 6: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	5,  // 7: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	7,  // 8: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	9,  // 9: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	11, // 10: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	13, // 11: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	15, // 12: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	17, // 13: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	19, // 14: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	1,  // 15: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	4,  // 16: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	6,  // 17: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	8,  // 18: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	10, // 19: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	12, // 20: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	14, // 21: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	16, // 22: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	18, // 23: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	20, // 24: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	15, // [15:25] is the sub-list for method output_type
+	5,  // [5:15] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -967,7 +1306,7 @@ func file_haven_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,9 @@ const (
 	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
 	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
 	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
+	NodeService_FillVM_FullMethodName        = "/haven.v1.NodeService/FillVM"
+	NodeService_ProbeLink_FullMethodName     = "/haven.v1.NodeService/ProbeLink"
+	NodeService_ProbeSink_FullMethodName     = "/haven.v1.NodeService/ProbeSink"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -59,6 +62,24 @@ type NodeServiceClient interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(ctx context.Context, in *RestoreMoveRequest, opts ...grpc.CallOption) (*RestoreMoveResponse, error)
+	// FillVM writes data over every page of a simulated VM's memory, as a
+	// guest that has used all of its RAM would have, so that a move of it
+	// carries every byte (the sim sends a page that was never written as a
+	// marker only). For benchmarks of moves: refused unless
+	// sim.fault_injection is set.
+	FillVM(ctx context.Context, in *FillVMRequest, opts ...grpc.CallOption) (*FillVMResponse, error)
+	// ProbeLink is a diagnostic: it measures what one stream of a live move
+	// from this agent to the target node can carry. This agent dials the
+	// target as a move's source does (a connection of its own, with a
+	// move's flow-control windows), streams bytes of filler in chunks of
+	// about 1 MiB into the target's ProbeSink, and times them from the first
+	// chunk to the target's count of what arrived. It loads the link as a
+	// move does, so it is bounded: at most 4 GiB, one probe at a time on
+	// each end, within the call's deadline and never longer than 2 minutes.
+	ProbeLink(ctx context.Context, in *ProbeLinkRequest, opts ...grpc.CallOption) (*ProbeLinkResponse, error)
+	// ProbeSink is the target's end of ProbeLink: it discards what arrives
+	// and answers how much did.
+	ProbeSink(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProbeSinkRequest, ProbeSinkResponse], error)
 }
 
 type nodeServiceClient struct {
@@ -151,6 +172,39 @@ func (c *nodeServiceClient) RestoreMove(ctx context.Context, in *RestoreMoveRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) FillVM(ctx context.Context, in *FillVMRequest, opts ...grpc.CallOption) (*FillVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FillVMResponse)
+	err := c.cc.Invoke(ctx, NodeService_FillVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ProbeLink(ctx context.Context, in *ProbeLinkRequest, opts ...grpc.CallOption) (*ProbeLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProbeLinkResponse)
+	err := c.cc.Invoke(ctx, NodeService_ProbeLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ProbeSink(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProbeSinkRequest, ProbeSinkResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[2], NodeService_ProbeSink_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ProbeSinkRequest, ProbeSinkResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_ProbeSinkClient = grpc.ClientStreamingClient[ProbeSinkRequest, ProbeSinkResponse]
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -182,6 +236,24 @@ type NodeServiceServer interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error)
+	// FillVM writes data over every page of a simulated VM's memory, as a
+	// guest that has used all of its RAM would have, so that a move of it
+	// carries every byte (the sim sends a page that was never written as a
+	// marker only). For benchmarks of moves: refused unless
+	// sim.fault_injection is set.
+	FillVM(context.Context, *FillVMRequest) (*FillVMResponse, error)
+	// ProbeLink is a diagnostic: it measures what one stream of a live move
+	// from this agent to the target node can carry. This agent dials the
+	// target as a move's source does (a connection of its own, with a
+	// move's flow-control windows), streams bytes of filler in chunks of
+	// about 1 MiB into the target's ProbeSink, and times them from the first
+	// chunk to the target's count of what arrived. It loads the link as a
+	// move does, so it is bounded: at most 4 GiB, one probe at a time on
+	// each end, within the call's deadline and never longer than 2 minutes.
+	ProbeLink(context.Context, *ProbeLinkRequest) (*ProbeLinkResponse, error)
+	// ProbeSink is the target's end of ProbeLink: it discards what arrives
+	// and answers how much did.
+	ProbeSink(grpc.ClientStreamingServer[ProbeSinkRequest, ProbeSinkResponse]) error
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -212,6 +284,15 @@ func (UnimplementedNodeServiceServer) MoveIn(grpc.BidiStreamingServer[MoveInRequ
 }
 func (UnimplementedNodeServiceServer) RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestoreMove not implemented")
+}
+func (UnimplementedNodeServiceServer) FillVM(context.Context, *FillVMRequest) (*FillVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FillVM not implemented")
+}
+func (UnimplementedNodeServiceServer) ProbeLink(context.Context, *ProbeLinkRequest) (*ProbeLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ProbeLink not implemented")
+}
+func (UnimplementedNodeServiceServer) ProbeSink(grpc.ClientStreamingServer[ProbeSinkRequest, ProbeSinkResponse]) error {
+	return status.Error(codes.Unimplemented, "method ProbeSink not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -342,6 +423,49 @@ func _NodeService_RestoreMove_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_FillVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FillVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).FillVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_FillVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).FillVM(ctx, req.(*FillVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ProbeLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProbeLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ProbeLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ProbeLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ProbeLink(ctx, req.(*ProbeLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ProbeSink_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServiceServer).ProbeSink(&grpc.GenericServerStream[ProbeSinkRequest, ProbeSinkResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_ProbeSinkServer = grpc.ClientStreamingServer[ProbeSinkRequest, ProbeSinkResponse]
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -369,6 +493,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RestoreMove",
 			Handler:    _NodeService_RestoreMove_Handler,
 		},
+		{
+			MethodName: "FillVM",
+			Handler:    _NodeService_FillVM_Handler,
+		},
+		{
+			MethodName: "ProbeLink",
+			Handler:    _NodeService_ProbeLink_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -380,6 +512,11 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "MoveIn",
 			Handler:       _NodeService_MoveIn_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ProbeSink",
+			Handler:       _NodeService_ProbeSink_Handler,
 			ClientStreams: true,
 		},
 	},
