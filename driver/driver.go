@@ -182,7 +182,9 @@ type Progress struct {
 	// Phase is "precopy", "switchover" or, for a quick move, "save".
 	Phase string
 	// Round counts the passes over memory, from 1; the switchover's
-	// report carries the last, made while the guest is paused.
+	// reports carry the last, made while the guest is paused: one as it
+	// begins, with what is left, and one once all of it went, so the last
+	// report of a move that completed counts every byte.
 	Round int
 	// MemoryBytes is the guest's RAM; BytesSent what went on the wire so
 	// far (zero pages excluded, compression counted after).

@@ -247,6 +247,9 @@ func (o *outgoing) switchover(round int, set, spare bitmap) (driver.MigrateResul
 	if st != driver.StatePaused {
 		return driver.MigrateResult{}, fmt.Errorf("%w: it is %s", errVMGone, st)
 	}
+	// The report at the pause could only say what was left; this one
+	// counts it sent, so the last report's bytes are the move's.
+	o.report("switchover", round, roundStats{link: o.meter.rate()})
 	return res, nil
 }
 

@@ -117,23 +117,27 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 }
 
 // checkProgress checks the reports of a successful move: pre-copy rounds
-// counted from 1, then one switchover, bytes only growing.
+// counted from 1, bytes only growing, then the switchover's two, at the
+// pause and once everything went: the last counts every byte.
 func checkProgress(t *testing.T, mig migration) {
 	t.Helper()
 	ps := mig.progress
-	if len(ps) < 2 || ps[len(ps)-1].Phase != "switchover" || ps[len(ps)-1].Round != mig.res.Rounds {
-		t.Fatalf("progress %+v, want pre-copy rounds then a switchover as round %d", ps, mig.res.Rounds)
+	n := len(ps)
+	if n < 3 || ps[n-2].Phase != "switchover" || ps[n-1].Phase != "switchover" || ps[n-2].Round != mig.res.Rounds || ps[n-1].Round != mig.res.Rounds {
+		t.Fatalf("progress %+v, want pre-copy rounds then two switchover reports as round %d", ps, mig.res.Rounds)
 	}
-	for i, p := range ps[:len(ps)-1] {
+	for i, p := range ps[:n-2] {
 		if p.Phase != "precopy" || p.Round != i+1 || p.MemoryBytes != 16<<20 || p.RateBytesPerSec <= 0 {
 			t.Errorf("report %d: %+v", i, p)
 		}
+	}
+	for i, p := range ps[:n-1] {
 		if next := ps[i+1]; next.BytesSent < p.BytesSent {
 			t.Errorf("bytes sent went back: %+v after %+v", next, p)
 		}
 	}
-	if last := ps[len(ps)-1]; last.BytesSent > mig.res.BytesSent {
-		t.Errorf("result sent %d bytes, the switchover report %d", mig.res.BytesSent, last.BytesSent)
+	if last := ps[n-1]; last.BytesSent != mig.res.BytesSent || last.RemainingBytes != 0 || last.ExpectedDowntime != 0 {
+		t.Errorf("result sent %d bytes; the last report %+v, want as many and nothing left", mig.res.BytesSent, last)
 	}
 }
 
