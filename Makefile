@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves chaos concurrency model model-if-available
 
 all: build
 
@@ -67,9 +67,19 @@ chaos:
 concurrency:
 	$(GO) test -count=1 -v -timeout 30m -run 'TestConcurrentClientsLinearizable' ./integration/ -args -concurrency.duration=3m
 
-# Whole-cluster figures for the README's performance section (slow).
+# Whole-cluster figures for the README's performance section (slow). The
+# figures of moves are bench-moves', which this leaves out.
 scenario:
-	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' -skip 'TestScenarioMove' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
+
+# Figures of moves for the README (integration/scenario_move_test.go): live
+# moves of a 1 GiB simulated VM between two agents at guest dirty rates of
+# 0, 64, 256 and 1024 MiB/s, against a probe of one stream between the
+# same agents; quick moves against the shared directory's write and read
+# rates. MOVES per figure (default 20: about half an hour on two cores).
+MOVES ?= 20
+bench-moves:
+	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove' ./integration/ -args -scenario -moves=$(MOVES) | grep -E '^(scenario|---|ok|FAIL)'
 
 # The SPIN model of fencing across a live-migration switchover
 # (migrate/model/README.md): the full check, the end-state check, every
