@@ -80,6 +80,7 @@ func (a *Agent) wireDuties() {
 		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, SharedDir: a.cfg.SharedDir,
 		Logger: logging.Named(a.log, "executor"),
 	})
+	a.observed.OnApply(a.exec.Wake)
 }
 
 // serve builds the gRPC server and its services, and starts serving.
