@@ -140,6 +140,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })
 	a.goRun(func() { a.exec.Run(ctx) })
+	a.goRun(func() { a.endOwnDrain(ctx) })
 	if len(a.cfg.Join) > 0 {
 		a.goRun(func() { a.gossip.RetryJoin(ctx, a.cfg.Join, time.Second) })
 	}

@@ -113,26 +113,30 @@ func (l *Leader) MoveGroup(req MoveRequest) (*havenv1.Operation, error) {
 	if t == nil || l.termMoves(t) == nil {
 		return nil, ErrNotLeader
 	}
-	mv := l.termMoves(t)
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	return l.beginMove(l.termMoves(t), req)
+}
+
+// beginMove plans a move, commits its start and has mv drive it. Called
+// with placeMu held: the target's room is taken by the commit, which the
+// next decision must see.
+func (l *Leader) beginMove(mv *moves, req MoveRequest) (*havenv1.Operation, error) {
 	id := operationID(req.RequestID)
 	if op := l.state.Operation(id); op != nil {
 		return op, nil // a retried request
 	}
-	l.placeMu.Lock()
 	op, g, err := l.planMove(req, id)
 	if err != nil {
-		l.placeMu.Unlock()
 		return nil, err
 	}
 	ctx, ok := mv.reserve(id)
 	if !ok {
-		l.placeMu.Unlock()
 		return nil, refuse(ErrConflict, "move %s is already being started", id)
 	}
 	err = l.apply(&havenv1.Command{RequestId: req.RequestID, Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
 		Operation: op, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(),
 	}}})
-	l.placeMu.Unlock()
 	if err != nil {
 		mv.done(id)
 		return nil, err
