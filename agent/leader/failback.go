@@ -170,7 +170,7 @@ func (l *Leader) drainNode(t *term, node string, now time.Time) {
 		switch l.plannedMove(t, groups[name], to, causeDrain, busy) {
 		case started:
 			l.log.Info("draining", "node", node, "group", name, "to", to)
-		case busyLinks:
+		case busyLinks, refused:
 			// For a pass on a changed state: a move's end changes it.
 			memo[node] = key
 		}

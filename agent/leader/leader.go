@@ -160,8 +160,10 @@ type term struct {
 	// nothing, so it is not repeated on the same state.
 	waitMemo  waitMemo
 	drainMemo map[string]uint64
-	// tries counts the planned moves of each group (planned.go).
-	tries tries
+	// tries counts the planned moves of each group, refusals their last
+	// refusal (planned.go).
+	tries    tries
+	refusals refusals
 	// driving are the moves this term drives; nil until the term's
 	// barrier is applied. Read it with termMoves.
 	driving *moves

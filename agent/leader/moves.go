@@ -48,6 +48,11 @@ type MoveRequest struct {
 	// Cause says who asked: "operator", "drain", "failback", "balancer".
 	Cause     string
 	RequestID string
+	// Fallback, with Target empty, is where the group goes when no node
+	// keeps the reserve with it, as long as it fits there: a drain must
+	// empty its node even when the rest of the cluster cannot keep the
+	// reserve (the leader says so in its log).
+	Fallback string
 }
 
 // moves are the moves this term drives.
@@ -189,6 +194,12 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 			return nil, nil, refuse(ErrConflict, "group %q can run on no node but %s", req.Group, g.GetOwner())
 		}
 		target, _, err = l.admit(st, elsewhere, k, l.leaseHolders(st, time.Now()))
+		if err != nil && req.Fallback != "" && k > 0 {
+			if fb, ferr := admitOn(st, pg, req.Fallback, 0); ferr == nil {
+				l.log.Warn("move breaks the reserve: no node keeps it with the group", "group", req.Group, "cause", req.Cause, "to", fb, "reserve", err)
+				target, err = fb, nil
+			}
+		}
 	}
 	if err != nil {
 		l.cfg.Metrics.AdmissionRefused("move")

@@ -1,7 +1,9 @@
 package leader
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -62,6 +64,26 @@ func (t *tries) inc(key string) {
 	t.n[key]++
 }
 
+// refusals remembers the last refusal of each group's planned move, so a
+// pass every 100 ms on an unchanged cluster logs it once.
+type refusals struct {
+	mu   sync.Mutex
+	last map[string]string
+}
+
+func (r *refusals) note(log *slog.Logger, group, cause, to string, kind havenv1.MoveKind, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil {
+		r.last = map[string]string{}
+	}
+	if r.last[group] == err.Error() {
+		return
+	}
+	r.last[group] = err.Error()
+	log.Warn("planned move refused", "cause", cause, "group", group, "to", to, "kind", kind, "error", err)
+}
+
 // movesBusy counts the moves in flight per node, as source or target.
 func (l *Leader) movesBusy() map[string]int {
 	busy := map[string]int{}
@@ -91,9 +113,12 @@ const (
 	started planned = iota
 	// busy: the links are; the group waits for a move to end.
 	busyLinks
-	// notStarted: refused or not committed; the next pass tries again,
-	// with the next try.
+	// notStarted: not committed, or an earlier term's try; the next pass
+	// tries again.
 	notStarted
+	// refused: the move is not possible on this state (no room, the
+	// reserve); tried again when the state changes.
+	refused
 )
 
 // plannedMove moves g to `to` for cause, as the file's comment says.
@@ -130,19 +155,31 @@ func (l *Leader) plannedMove(t *term, g *havenv1.Group, to, cause string, busy m
 		return busyLinks
 	}
 	req := MoveRequest{Group: name, Target: to, Kind: kind, Cause: cause, RequestID: fmt.Sprintf("%s/%s/%d", cause, key, try)}
+	if cause == causeDrain {
+		// Wherever the reserve holds best, else where the drain placed it.
+		req.Target, req.Fallback = "", to
+	}
 	op, err := l.beginMove(mv, req)
-	t.tries.inc(key)
+	var rf *refusal
 	switch {
+	case errors.As(err, &rf) || errors.Is(err, placement.ErrResourceExhausted):
+		// A refusal is no try: it says nothing of the move, and the
+		// restart that follows two tries must not get around it.
+		t.refusals.note(l.log, name, cause, to, kind, err)
+		return refused
 	case err != nil:
-		l.log.Warn("planned move refused", "cause", cause, "group", name, "to", to, "kind", kind, "error", err)
+		t.tries.inc(key)
+		l.log.Warn("planned move not begun", "cause", cause, "group", name, "to", to, "error", err)
 		return notStarted
 	case !fsm.InFlight(op):
 		// An earlier term's move of the same try, finished: the next
 		// pass makes the next try.
+		t.tries.inc(key)
 		return notStarted
 	}
+	t.tries.inc(key)
 	busy[from]++
-	busy[to]++
+	busy[op.GetTarget()]++
 	if cause == causeBalancer {
 		t.moves.record(name, from, to, time.Now())
 	}

@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/waitfor"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -231,4 +233,55 @@ func big(name string) *havenv1.GroupSpec {
 	}}
 	fsm.NormalizeGroupSpec(spec)
 	return spec
+}
+
+// A drain keeps the reserve where it can, and where no node keeps it
+// still empties the node onto one where the group fits: the operator asked
+// for maintenance.
+func TestDrainBreaksTheReserveOnlyWhenItMust(t *testing.T) {
+	tl, _ := migratingLeader(t)
+	tl.cfg.Reserve = 1
+	tl.raft.StartOn("a", "n3")
+	for _, n := range []string{"n2", "n3"} {
+		tl.raft.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeDrain{SetNodeDrain: &havenv1.SetNodeDrainCommand{Name: n, Draining: true}}})
+	}
+	tl.drain(tl.term, time.Now())
+	op := inFlight(tl)["a"]
+	if op == nil || op.GetTarget() != "n1" || op.GetKind() != havenv1.MoveKind_MOVE_KIND_LIVE {
+		t.Fatalf("drain with only n1 left: %v", op)
+	}
+}
+
+// A failback the reserve forbids is refused, and refused again on later
+// passes: a refusal is no try, so it never turns into a restart.
+func TestRefusedFailbackNeverRestarts(t *testing.T) {
+	tl, _ := migratingLeader(t)
+	tl.cfg.Reserve = 1
+	tl.cfg.FailbackAfter = 0
+	// n1 is nearly full: the group fits there, but then no node could
+	// take n1's groups if it failed.
+	small := fsmtest.Node("n1", "a", 8000, 4<<30, nil)
+	small.LiveMigration, small.QuickMigration = true, true
+	tl.raft.AddNode(small)
+	for i := range 7 {
+		for _, n := range []string{"n2", "n3"} {
+			name := fmt.Sprintf("%s-%d", n, i)
+			tl.raft.Create(big(name))
+			tl.raft.Assign(name, n)
+			tl.raft.Report(name, havenv1.GroupState_GROUP_STATE_ONLINE)
+		}
+	}
+	spec := big("fb")
+	spec.PreferredOwners = []string{"n1"}
+	spec.Failback = &havenv1.FailbackPolicy{Mode: havenv1.FailbackMode_FAILBACK_MODE_IMMEDIATE}
+	tl.raft.Create(spec)
+	tl.raft.Assign("fb", "n2")
+	tl.raft.Report("fb", havenv1.GroupState_GROUP_STATE_ONLINE)
+	grantAll(t, tl)
+	for range 5 {
+		tl.failback(tl.term, time.Now())
+	}
+	if g := tl.state.Group("fb"); g.GetOwner() != "n2" || g.GetMoveTo() != "" || g.GetOperation() != "" {
+		t.Fatalf("after refused failbacks: %v", g)
+	}
 }

@@ -95,6 +95,11 @@ func (g *globalOptions) waitDrained(ctx context.Context, node string, w io.Write
 			case said[name] != "":
 				line = fmt.Sprintf("%s: now on %s", name, gr.GetOwner())
 			}
+			if gr.GetOwner() == node && line == "" {
+				// On the node, not moving yet: remembered so that its
+				// leaving is reported.
+				said[name] = "waiting"
+			}
 			if line != "" && said[name] != line {
 				said[name] = line
 				if _, err := fmt.Fprintln(w, line); err != nil {
