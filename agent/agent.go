@@ -50,6 +50,8 @@ type Agent struct {
 	leases *lease.Table
 	leader *leader.Leader
 	exec   *executor.Executor
+	// observed is the FSM as Raft applies to it, publishing every apply.
+	observed *events.Observed
 
 	gossipEvents chan heartbeat.Event
 	cancel       context.CancelFunc
@@ -110,7 +112,8 @@ func (a *Agent) GRPCAddr() string { return a.grpc.Addr() }
 // loops until Stop.
 func (a *Agent) Start(ctx context.Context) error {
 	ctx, a.cancel = context.WithCancel(ctx)
-	node, err := consensus.Open(a.consensusConfig(), events.Observe(a.fsm, a.events, a.metrics))
+	a.observed = events.Observe(a.fsm, a.events, a.metrics)
+	node, err := consensus.Open(a.consensusConfig(), a.observed)
 	if err != nil {
 		return err
 	}
@@ -137,6 +140,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })
 	a.goRun(func() { a.exec.Run(ctx) })
+	a.goRun(func() { a.endOwnDrain(ctx) })
 	if len(a.cfg.Join) > 0 {
 		a.goRun(func() { a.gossip.RetryJoin(ctx, a.cfg.Join, time.Second) })
 	}

@@ -45,6 +45,12 @@ type Config struct {
 	// Placement is read by the leader: give every node the same values,
 	// since any node may lead.
 	Placement PlacementConfig `yaml:"placement"`
+	// DrainOnShutdown has an agent told to stop (SIGTERM, SIGINT) drain
+	// its node first: its groups move off, live where possible, before it
+	// exits, for at most DrainTimeout. A drain it started so ends when it
+	// starts again; an operator's drain stays.
+	DrainOnShutdown bool          `yaml:"drain_on_shutdown"`
+	DrainTimeout    time.Duration `yaml:"drain_timeout"`
 	// Labels describe the node to placement (rack, cpu model, storage
 	// class); a group's node_selector picks nodes by them.
 	Labels map[string]string `yaml:"labels,omitempty"`
@@ -60,9 +66,17 @@ type PlacementConfig struct {
 	// CPUOvercommit multiplies each node's CPU: 4 lets a node take four
 	// times its cores in demand. Memory is never overcommitted.
 	CPUOvercommit float64 `yaml:"cpu_overcommit"`
-	// Balancer is off, recommend or automatic. Automatic acts like
-	// recommend until live migration exists: it proposes, nothing moves.
+	// Balancer is off, recommend (the leader logs the moves it would
+	// make) or automatic (it makes them, live).
 	Balancer string `yaml:"balancer"`
+	// BalancerInterval is how often the balancer looks again when the
+	// cluster changed; BalancerHoldOff how long a group that moved
+	// (balancer, drain, failback, failover) stays where it is.
+	BalancerInterval time.Duration `yaml:"balancer_interval"`
+	BalancerHoldOff  time.Duration `yaml:"balancer_hold_off"`
+	// MaxParallelMoves is how many moves a node sends or receives at once
+	// when the leader moves groups on its own (drain, failback, balancer).
+	MaxParallelMoves int `yaml:"max_parallel_moves"`
 	// FailbackAfter is how long a preferred owner must have been up before
 	// groups with a failback policy move back to it, so a flapping node
 	// does not pull its groups back and forth.
@@ -198,7 +212,9 @@ func Default() Config {
 		// capped at the hosting nodes minus one (see reserveK).
 		// 4x CPU overcommit is what the leader applied before it was a
 		// setting; the balancer recommends and never moves on its own.
-		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend, FailbackAfter: time.Minute},
+		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend, FailbackAfter: time.Minute,
+			BalancerInterval: time.Minute, BalancerHoldOff: time.Hour, MaxParallelMoves: leader.DefaultMaxParallelMoves},
+		DrainTimeout: 5 * time.Minute,
 	}
 }
 

@@ -114,6 +114,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("placement.cpu_overcommit: %g must be above 0 and at most 64 (1 = no overcommit)", p.CPUOvercommit)
 	case p.FailbackAfter < 0:
 		return fmt.Errorf("placement.failback_after: %s must not be negative", p.FailbackAfter)
+	case p.BalancerInterval < time.Second:
+		return fmt.Errorf("placement.balancer_interval: %s must be at least 1s", p.BalancerInterval)
+	case p.BalancerHoldOff <= 0:
+		return fmt.Errorf("placement.balancer_hold_off: %s must be positive", p.BalancerHoldOff)
+	case p.MaxParallelMoves < 1 || p.MaxParallelMoves > 64:
+		return fmt.Errorf("placement.max_parallel_moves: %d must be between 1 and 64", p.MaxParallelMoves)
+	case c.DrainOnShutdown && c.DrainTimeout <= 0:
+		return fmt.Errorf("drain_timeout: %s must be positive when drain_on_shutdown is set", c.DrainTimeout)
 	}
 	switch p.Balancer {
 	case BalancerOff, BalancerRecommend, BalancerAutomatic:

@@ -72,6 +72,7 @@ func (a *Agent) wireDuties() {
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},
 		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics,
 		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
+		BalanceInterval: p.BalancerInterval, BalanceHoldOff: p.BalancerHoldOff, MaxParallelMoves: p.MaxParallelMoves,
 		DirtyRate: dirtyRate(a.drv),
 		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
 		ElectionTimeout: r.ElectionTimeout, ReconcileInterval: r.ReconcileInterval,
@@ -80,6 +81,7 @@ func (a *Agent) wireDuties() {
 		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, SharedDir: a.cfg.SharedDir,
 		Logger: logging.Named(a.log, "executor"),
 	})
+	a.observed.OnApply(a.exec.Wake)
 }
 
 // serve builds the gRPC server and its services, and starts serving.

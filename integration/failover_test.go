@@ -227,10 +227,10 @@ func TestLeaderKilledDuringFailover(t *testing.T) {
 }
 
 // TestFailbackToPreferredOwner: a group that failed over returns to its
-// preferred owner once that node has been back for failback_after: stopped
-// on the interim owner, then started on the preferred one, never both.
+// preferred owner once that node has been back for failback_after, by a
+// live move: the guest goes on, never running on both.
 func TestFailbackToPreferredOwner(t *testing.T) {
-	c := newCluster(t)
+	c := newCluster(t, withGuestTick(guestTick))
 	c.startN(3)
 	leader := c.leader(30 * time.Second)
 	home := c.follower(leader)
@@ -257,16 +257,18 @@ func TestFailbackToPreferredOwner(t *testing.T) {
 	waitFor(t, 10*time.Second, "fb executing on "+home.name, func() error {
 		return c.execRunning(home.name, "fb", g3.GetEpoch(), time.Time{})
 	})
+	c.checkMovedLive(leader, map[string]*havenv1.Group{"fb": g2}, map[string]*havenv1.Group{"fb": g3}, g2.GetOwner(), "failback")
 	// The checker proves the interim owner stopped before the preferred
 	// one started: no overlap of the two runs.
 	c.checkInvariants([]string{"fb"})
 }
 
-// TestDrainNode: a drained node's groups move to other nodes by planned
-// restart, each exactly once; it receives no new group while draining, and
-// takes groups again after resume.
+// TestDrainNode: a drained node's groups move to other nodes live, each
+// exactly once, the guests never stopping longer than the downtime target;
+// it receives no new group while draining, and takes groups again after
+// resume.
 func TestDrainNode(t *testing.T) {
-	c := newCluster(t)
+	c := newCluster(t, withGuestTick(guestTick))
 	leader, names, before := c.runGroups(3, "d", 6)
 	victim := c.ownerOfSome(before, leader)
 	resp, err := c.nodes[0].api().DrainNode(ctx(t), &havenv1.DrainNodeRequest{Node: victim.name})
@@ -277,6 +279,7 @@ func TestDrainNode(t *testing.T) {
 		t.Fatalf("drain answer: %v", resp)
 	}
 	after := c.allOnline(leader, names, 30*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+	c.checkMovedLive(leader, before, after, victim.name, "drain")
 	for _, name := range names {
 		b, a := before[name], after[name]
 		if b.GetOwner() == victim.name && a.GetEpoch() != b.GetEpoch()+1 {

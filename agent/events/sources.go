@@ -3,6 +3,7 @@ package events
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -34,9 +35,15 @@ func Observe(f *fsm.FSM, b *Broker, m *metrics.Metrics) *Observed {
 // Observed is an FSM whose applies are published.
 type Observed struct {
 	*fsm.FSM
-	b *Broker
-	m *metrics.Metrics
+	b       *Broker
+	m       *metrics.Metrics
+	applied atomic.Pointer[func()]
 }
+
+// OnApply has f called after every command applied, before the next; f
+// must not block. The executor is woken so: a move's commit reaches the
+// target's VM at once, not at its next look.
+func (o *Observed) OnApply(f func()) { o.applied.Store(&f) }
 
 // Apply implements raft.FSM.
 func (o *Observed) Apply(l *raft.Log) any {
@@ -47,6 +54,9 @@ func (o *Observed) Apply(l *raft.Log) any {
 			o.b.Publish(e)
 		}
 		o.m.Applied(string(kindOf(r.Command)))
+	}
+	if f := o.applied.Load(); f != nil {
+		(*f)()
 	}
 	return res
 }

@@ -106,6 +106,9 @@ func New(cfg Config) *Executor {
 // assigned here and waits for a grant that confirms its epoch.
 func (e *Executor) RenewNow() <-chan struct{} { return e.renewNow }
 
+// Wake has the executor look again at once: the state changed.
+func (e *Executor) Wake() { e.poke() }
+
 func (e *Executor) poke() {
 	select {
 	case e.wake <- struct{}{}:

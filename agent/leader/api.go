@@ -1,6 +1,7 @@
 package leader
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -206,8 +207,9 @@ func (l *Leader) Balance(power, dryRun bool) (BalanceReport, error) {
 		rep.Notes = append(rep.Notes, "placement.balancer is off: this dry run shows what recommend mode would propose")
 	}
 	rep.Proposal, rep.ReserveK = l.proposal(t, mode, power, dryRun, time.Now())
-	if l.cfg.Balancer == placement.ModeAutomatic && !dryRun {
-		rep.Notes = append(rep.Notes, noMigration)
+	if rep.Proposal.Execute {
+		n := l.execute(t, rep.Proposal)
+		rep.Notes = append(rep.Notes, fmt.Sprintf("automatic mode: %d of the %d moves started (live, at most %d at once, none while another move is in flight); see haven ops", n, len(rep.Proposal.Moves), l.maxParallelMoves()))
 	}
 	rep.Notes = append(rep.Notes, rep.Proposal.Notes...)
 	return rep, nil

@@ -113,13 +113,13 @@ func TestFailbackIsAPlannedRestart(t *testing.T) {
 	grantAll(t, tl)
 	now := time.Now()
 	tl.raft.reset()
-	tl.failback(now)
+	tl.failback(tl.term, now)
 	g := tl.state.Group("web")
 	if g.GetState() != stopping || g.GetMoveTo() != "n1" || g.GetOwner() != "n2" {
 		t.Fatalf("after failback's first step: %v", g)
 	}
 	tl.raft.Report("web", havenv1.GroupState_GROUP_STATE_OFFLINE)
-	tl.failback(now)
+	tl.failback(tl.term, now)
 	g = tl.state.Group("web")
 	if g.GetOwner() != "n1" || g.GetState() != starting || g.GetMoveTo() != "" {
 		t.Fatalf("after failback's second step: %v", g)

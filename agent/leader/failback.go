@@ -2,6 +2,7 @@ package leader
 
 import (
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/haven-ha/haven/fsm"
@@ -12,10 +13,11 @@ import (
 // Failback brings a group that failed over back to a more preferred owner
 // once that node has been up for placement.failback_after, when the
 // group's policy allows it now (immediately, or inside its daily window).
-// Without migration it is a planned restart in two committed steps, so a
-// leader change between them loses nothing: the group is stopped on its
-// owner with move_to naming the target, and once the owner reports it
-// offline it is assigned to the target at a new epoch.
+// It moves the group live, as a drain does (planned.go); a group that
+// cannot move is restarted there in two committed steps, so a leader
+// change between them loses nothing: the group is stopped on its owner
+// with move_to naming the target, and once the owner reports it offline
+// it is assigned to the target at a new epoch.
 
 // failbackAllowed reports whether a group's policy lets it move back at
 // now (UTC hours; a window may wrap midnight).
@@ -34,8 +36,8 @@ func failbackAllowed(fb *havenv1.FailbackPolicy, now time.Time) bool {
 }
 
 // failback starts the planned moves back to preferred owners, and finishes
-// those whose group is now offline.
-func (l *Leader) failback(now time.Time) {
+// the planned restarts whose group is now offline.
+func (l *Leader) failback(t *term, now time.Time) {
 	l.finishMoves()
 	var candidates bool
 	for _, g := range l.state.Groups() {
@@ -62,21 +64,16 @@ func (l *Leader) failback(now time.Time) {
 			st.Nodes[i].Draining = true
 		}
 	}
-	moves := placement.Failback(st)
-	for _, m := range moves {
+	busy := l.movesBusy()
+	for _, m := range placement.Failback(st) {
 		g := l.state.Group(m.Group)
-		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || !fsm.WantsRun(g) || g.GetOwner() != m.From || !failbackAllowed(g.GetSpec().GetFailback(), now) {
+		if g == nil || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || !fsm.WantsRun(g) || g.GetOwner() != m.From ||
+			g.GetOperation() != "" || !failbackAllowed(g.GetSpec().GetFailback(), now) {
 			continue
 		}
-		err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: m.Group, Epoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
-			Reason: fmt.Sprintf("failing back to %s", m.To), MoveTo: m.To,
-		}}})
-		if err != nil {
-			l.log.Warn("failback not committed", "group", m.Group, "to", m.To, "error", err)
-			continue
+		if l.plannedMove(t, g, m.To, causeFailback, busy) == started {
+			l.log.Info("failing back", "group", m.Group, "from", m.From, "to", m.To)
 		}
-		l.log.Info("failing back", "group", m.Group, "from", m.From, "to", m.To)
 	}
 }
 
@@ -117,30 +114,26 @@ func (l *Leader) finishMove(g *havenv1.Group) {
 	l.log.Info("moved", "group", name, "from", from, "to", owner)
 }
 
-// drain starts a planned move for every online group of a draining node,
-// to where placement puts it with the node left out. A group no other node
-// can take stays where it is, and the node stays draining: the operator
-// sees it in the node's group list.
+// drain moves every online group off a draining node, most important
+// first, to where placement puts it with the node left out (planned.go
+// says how and how many at once). A group no other node can take stays
+// where it is, and the node stays draining: the operator sees it in the
+// node's group list.
 func (l *Leader) drain(t *term, now time.Time) {
-	memo := t.drainMemo
-	var draining []string
 	for _, n := range l.state.Nodes() {
 		if n.GetDraining() {
-			draining = append(draining, n.GetName())
+			l.drainNode(t, n.GetName(), now)
 		}
-	}
-	for _, node := range draining {
-		l.drainNode(node, now, memo)
 	}
 }
 
 // drainNode starts the planned moves off one draining node; placement and
 // commits hold placeMu together, as in finishMove.
-func (l *Leader) drainNode(node string, now time.Time, memo map[string]uint64) {
+func (l *Leader) drainNode(t *term, node string, now time.Time) {
 	var names []string
 	groups := map[string]*havenv1.Group{}
 	for _, g := range l.state.Groups() {
-		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && fsm.WantsRun(g) {
+		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && g.GetOperation() == "" && fsm.WantsRun(g) {
 			names = append(names, g.GetSpec().GetName())
 			groups[g.GetSpec().GetName()] = g
 		}
@@ -148,15 +141,24 @@ func (l *Leader) drainNode(node string, now time.Time, memo map[string]uint64) {
 	if len(names) == 0 {
 		return
 	}
+	sort.Slice(names, func(i, j int) bool {
+		pi, pj := placementPriority(groups[names[i]].GetSpec().GetPriority()), placementPriority(groups[names[j]].GetSpec().GetPriority())
+		if pi != pj {
+			return pi < pj
+		}
+		return names[i] < names[j]
+	})
 	l.placeMu.Lock()
 	defer l.placeMu.Unlock()
 	st := l.placementState()
 	key := stateKey(st, 0)
+	memo := t.drainMemo
 	if memo[node] == key {
-		// Nothing changed since the last try found no room.
+		// Nothing changed since the last pass, which left groups here.
 		return
 	}
 	targets, why := placeGroups(st, names, []string{node}, l.leaseHolders(st, now))
+	busy := l.movesBusy()
 	memo[node] = 0
 	for _, name := range names {
 		to := targets[name]
@@ -165,13 +167,12 @@ func (l *Leader) drainNode(node string, now time.Time, memo map[string]uint64) {
 			l.log.Warn("drain: group has nowhere to go", "node", node, "group", name, "reason", why[name])
 			continue
 		}
-		if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetGroupState{SetGroupState: &havenv1.SetGroupStateCommand{
-			Name: name, Epoch: groups[name].GetEpoch(), ExpectDesiredIndex: groups[name].GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_STOPPING,
-			Reason: fmt.Sprintf("draining %s: moving to %s", node, to), MoveTo: to,
-		}}}); err != nil {
-			l.log.Warn("drain move not committed", "group", name, "to", to, "error", err)
-			continue
+		switch l.plannedMove(t, groups[name], to, causeDrain, busy) {
+		case started:
+			l.log.Info("draining", "node", node, "group", name, "to", to)
+		case busyLinks, refused:
+			// For a pass on a changed state: a move's end changes it.
+			memo[node] = key
 		}
-		l.log.Info("draining", "node", node, "group", name, "to", to)
 	}
 }

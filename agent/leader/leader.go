@@ -38,6 +38,7 @@ type State interface {
 	Group(name string) *havenv1.Group
 	Groups() []*havenv1.Group
 	Operation(id string) *havenv1.Operation
+	Operations() []*havenv1.Operation
 }
 
 // Committer commits a command and returns what the FSM made of it.
@@ -84,6 +85,14 @@ type Config struct {
 	CPUOvercommit float64
 	Balancer      placement.Mode
 	FailbackAfter time.Duration
+	// MaxParallelMoves caps the moves a node sends or receives at once
+	// (see planned.go); zero is DefaultMaxParallelMoves.
+	MaxParallelMoves int
+	// BalanceInterval is how often the balancer looks again when the
+	// cluster changed (zero: a minute); BalanceHoldOff how long a group
+	// that moved stays where it is (zero: placement's hour).
+	BalanceInterval time.Duration
+	BalanceHoldOff  time.Duration
 	// DirtyRate is what a guest of the given memory dirties per second, as
 	// the driver estimates it: the balancer prices a move with it.
 	DirtyRate DirtyRate
@@ -151,6 +160,10 @@ type term struct {
 	// nothing, so it is not repeated on the same state.
 	waitMemo  waitMemo
 	drainMemo map[string]uint64
+	// tries counts the planned moves of each group, refusals their last
+	// refusal (planned.go).
+	tries    tries
+	refusals refusals
 	// driving are the moves this term drives; nil until the term's
 	// barrier is applied. Read it with termMoves.
 	driving *moves
@@ -316,7 +329,7 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		if mv := l.termMoves(t); mv != nil {
 			l.resolveMoves(mv)
 		}
-		l.failback(now)
+		l.failback(t, now)
 		l.drain(t, now)
 		l.placeWaiting(t)
 	}

@@ -48,6 +48,11 @@ type MoveRequest struct {
 	// Cause says who asked: "operator", "drain", "failback", "balancer".
 	Cause     string
 	RequestID string
+	// Fallback, with Target empty, is where the group goes when no node
+	// keeps the reserve with it, as long as it fits there: a drain must
+	// empty its node even when the rest of the cluster cannot keep the
+	// reserve (the leader says so in its log).
+	Fallback string
 }
 
 // moves are the moves this term drives.
@@ -113,26 +118,30 @@ func (l *Leader) MoveGroup(req MoveRequest) (*havenv1.Operation, error) {
 	if t == nil || l.termMoves(t) == nil {
 		return nil, ErrNotLeader
 	}
-	mv := l.termMoves(t)
+	l.placeMu.Lock()
+	defer l.placeMu.Unlock()
+	return l.beginMove(l.termMoves(t), req)
+}
+
+// beginMove plans a move, commits its start and has mv drive it. Called
+// with placeMu held: the target's room is taken by the commit, which the
+// next decision must see.
+func (l *Leader) beginMove(mv *moves, req MoveRequest) (*havenv1.Operation, error) {
 	id := operationID(req.RequestID)
 	if op := l.state.Operation(id); op != nil {
 		return op, nil // a retried request
 	}
-	l.placeMu.Lock()
 	op, g, err := l.planMove(req, id)
 	if err != nil {
-		l.placeMu.Unlock()
 		return nil, err
 	}
 	ctx, ok := mv.reserve(id)
 	if !ok {
-		l.placeMu.Unlock()
 		return nil, refuse(ErrConflict, "move %s is already being started", id)
 	}
 	err = l.apply(&havenv1.Command{RequestId: req.RequestID, Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
 		Operation: op, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(),
 	}}})
-	l.placeMu.Unlock()
 	if err != nil {
 		mv.done(id)
 		return nil, err
@@ -185,6 +194,12 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 			return nil, nil, refuse(ErrConflict, "group %q can run on no node but %s", req.Group, g.GetOwner())
 		}
 		target, _, err = l.admit(st, elsewhere, k, l.leaseHolders(st, time.Now()))
+		if err != nil && req.Fallback != "" && k > 0 {
+			if fb, ferr := admitOn(st, pg, req.Fallback, 0); ferr == nil {
+				l.log.Warn("move breaks the reserve: no node keeps it with the group", "group", req.Group, "cause", req.Cause, "to", fb, "reserve", err)
+				target, err = fb, nil
+			}
+		}
 	}
 	if err != nil {
 		l.cfg.Metrics.AdmissionRefused("move")
@@ -354,6 +369,11 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 		return nil
 	}
 	l.leases.Assigned(op.GetGroup(), time.Now())
+	// Followers learn that an entry committed from the next append, which
+	// an idle leader sends only after raft's CommitTimeout (50 ms): the
+	// barrier is that append, now, so the target sees its commit while
+	// the guest is stopped. Only a nudge: an error changes nothing.
+	_ = l.cfg.Raft.Barrier(l.cfg.ElectionTimeout)
 	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED.String())
 	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()))
 	return nil

@@ -109,7 +109,41 @@ func (l *Leader) placementState() placement.State {
 			nodes = append(nodes, memberNode(m))
 		}
 	}
-	return buildState(nodes, l.state.Groups(), alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())
+	groups := l.state.Groups()
+	st := buildState(nodes, groups, alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())
+	holdIncoming(st, groups, l.state.Operation)
+	return st
+}
+
+// holdIncoming takes the room of every move in flight off its target: until
+// the commit the group runs on its source (and is planned there, reserve
+// included), while its copy fills memory on the target. Without this two
+// moves could both be admitted into the room of one.
+func holdIncoming(st placement.State, groups []*havenv1.Group, operation func(string) *havenv1.Operation) {
+	at := make(map[string]int, len(st.Nodes))
+	for i, n := range st.Nodes {
+		at[n.Name] = i
+	}
+	for _, g := range groups {
+		if g.GetOperation() == "" {
+			continue
+		}
+		op := operation(g.GetOperation())
+		if !fsm.InFlight(op) || fsm.Committed(op) {
+			continue
+		}
+		if i, ok := at[op.GetTarget()]; ok {
+			n := &st.Nodes[i]
+			// The node offers CPUMillis × CPUOvercommit: take the
+			// group's demand off that.
+			oc := n.CPUOvercommit
+			if oc <= 0 {
+				oc = 1
+			}
+			n.CPUMillis -= int64(math.Ceil(float64(g.GetSpec().GetCpuMillis()) / oc))
+			n.MemoryBytes -= g.GetSpec().GetMemoryBytes()
+		}
+	}
 }
 
 // placementGroup is spec as this leader's placement sees it.

@@ -23,6 +23,10 @@ type Renewer struct {
 	Logger *slog.Logger
 }
 
+// minRenewGap is the least time between the starts of two renewals asked
+// for at once.
+const minRenewGap = 10 * time.Millisecond
+
 // Run renews until ctx ends.
 func (r *Renewer) Run(ctx context.Context) {
 	interval := r.Lease / 4
@@ -47,8 +51,9 @@ func (r *Renewer) Run(ctx context.Context) {
 			return
 		case <-time.After(time.Until(next)):
 		case <-r.Now:
-			// At most one extra renewal per guest tick of waiting.
-			time.Sleep(min(time.Until(next), 50*time.Millisecond))
+			// At once, but at most one extra renewal per guest tick: a
+			// move's target waits on this grant with its guest stopped.
+			time.Sleep(min(time.Until(next), time.Until(t0.Add(minRenewGap))))
 		}
 	}
 }

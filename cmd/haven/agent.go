@@ -63,6 +63,8 @@ HAVEN_* environment variables, then flags; a later source wins.`,
 	f.StringVar(&flg.Driver, "driver", "", "hypervisor driver (default sim)")
 	f.BoolVar(&flg.Witness, "witness", false, "vote in Raft but host no workload")
 	f.StringVar(&flg.LogLevel, "log-level", "", "trace, debug, info, warn or error (default info)")
+	f.BoolVar(&flg.DrainOnShutdown, "drain-on-shutdown", false, "on SIGTERM or SIGINT, move this node's groups off (live where possible) before exiting; a second signal stops at once")
+	f.DurationVar(&flg.DrainTimeout, "drain-timeout", 0, "how long a drain on shutdown may take (default 5m)")
 	return cmd
 }
 
@@ -89,6 +91,8 @@ func overlayFlags(fs *pflag.FlagSet, cfg, flg *agent.Config) {
 	set("driver", func() { cfg.Driver = flg.Driver })
 	set("witness", func() { cfg.Witness = flg.Witness })
 	set("log-level", func() { cfg.LogLevel = flg.LogLevel })
+	set("drain-on-shutdown", func() { cfg.DrainOnShutdown = flg.DrainOnShutdown })
+	set("drain-timeout", func() { cfg.DrainTimeout = flg.DrainTimeout })
 }
 
 func runAgent(ctx context.Context, cfg agent.Config) error {
@@ -101,13 +105,33 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	// The agent's loops run on ctx, not on the signals: a drain on
+	// shutdown needs them after the first signal. A second one stops at
+	// once.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
+	select {
+	case <-ctx.Done():
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	}
+	if cfg.DrainOnShutdown && ctx.Err() == nil {
+		dctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sig:
+				log.Warn("second signal: stopping without waiting for the drain")
+				cancel()
+			case <-dctx.Done():
+			}
+		}()
+		a.DrainForShutdown(dctx)
+		cancel()
+	}
 	a.Stop()
 	return nil
 }

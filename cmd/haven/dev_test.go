@@ -97,6 +97,8 @@ func TestDevHints(t *testing.T) {
 		"HAVEN_ADDR=127.0.0.1:17023 go run ./cmd/haven status\n",
 		"go tool grpcurl -plaintext 127.0.0.1:17013 list\n",
 		"go run ./cmd/haven --addr 127.0.0.1:17013 events --follow",
+		"go run ./cmd/haven --addr 127.0.0.1:17013 move demo ",
+		"go run ./cmd/haven --addr 127.0.0.1:17013 drain dev-2 --wait ",
 		"curl -s http://127.0.0.1:17014/metrics | grep ^haven_\n",
 		"go tool grpcurl -plaintext -d '{}' 127.0.0.1:17013 haven.v1.ClusterService/ListNodes\n",
 		"removed on exit",

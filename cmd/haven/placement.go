@@ -264,7 +264,7 @@ func writeBalance(w io.Writer, r *havenv1.BalanceResponse) error {
 		}
 	}
 	if !r.GetExecuted() && len(r.GetMoves()) > 0 {
-		fmt.Fprintln(w, "\nNothing was moved: moves need live migration, which haven does not have yet.")
+		fmt.Fprintln(w, "\nNothing was moved: the balancer only recommends (placement.balancer: automatic moves groups live), or this was a dry run.")
 	}
 	return nil
 }

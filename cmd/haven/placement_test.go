@@ -155,8 +155,9 @@ func TestWriteBalance(t *testing.T) {
 		Mode: havenv1.BalancerMode_BALANCER_MODE_AUTOMATIC, ImbalanceBefore: 0.2843, ImbalanceAfter: 0.0924, Threshold: 0.05, ReserveK: 1,
 		Moves: []*havenv1.BalanceMove{{Group: "web1", From: "n2", To: "n4", Gain: 0.2891, CostBytes: 24 << 30, CostSeconds: 20.6, Cost: 0.0103,
 			Why: "web1: n2 (cpu 12%, mem 75%) -> n4 (cpu 0%, mem 0%); reserve 1 holds"}},
-		Stopped: "no move lowers the spread further",
-		Notes:   []string{"automatic mode moves groups by live migration, which does not exist yet"},
+		Stopped:  "no move lowers the spread further",
+		Notes:    []string{"automatic mode: 1 of the 1 moves started (live, at most 2 at once, none while another move is in flight); see haven ops"},
+		Executed: true,
 	}
 	if err := writeBalance(&b, resp); err != nil {
 		t.Fatal(err)
@@ -175,9 +176,7 @@ Why:
 Stopped: no move lowers the spread further
 
 Notes:
-  automatic mode moves groups by live migration, which does not exist yet
-
-Nothing was moved: moves need live migration, which haven does not have yet.
+  automatic mode: 1 of the 1 moves started (live, at most 2 at once, none while another move is in flight); see haven ops
 `
 	if got := b.String(); got != want {
 		t.Errorf("balance:\n%s\nwant:\n%s", got, want)
@@ -188,6 +187,14 @@ Nothing was moved: moves need live migration, which haven does not have yet.
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "Could be powered off: n3, n4") || strings.Contains(b.String(), "Nothing was moved") {
+		t.Errorf("power proposal:\n%s", b.String())
+	}
+	b.Reset()
+	recommend := &havenv1.BalanceResponse{Mode: havenv1.BalancerMode_BALANCER_MODE_RECOMMEND, Moves: resp.GetMoves()}
+	if err := writeBalance(&b, recommend); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "Nothing was moved") {
 		t.Errorf("power proposal:\n%s", b.String())
 	}
 }

@@ -22,6 +22,7 @@ func (s *Service) Balance(_ context.Context, req *havenv1.BalanceRequest) (*have
 		Stopped:         rep.Stopped,
 		Notes:           rep.Notes,
 		ReserveK:        uint32(rep.ReserveK),
+		Executed:        rep.Execute,
 	}
 	for _, m := range rep.Moves {
 		resp.Moves = append(resp.Moves, &havenv1.BalanceMove{

@@ -2207,8 +2207,9 @@ func (x *RankNodesResponse) GetReserveK() uint32 {
 
 type BalanceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Only propose. (Nothing moves in any mode until live migration exists;
-	// a dry run also proposes when the balancer is off.)
+	// Only propose. Without it, in automatic mode the leader starts the
+	// proposal's moves (live, a few at a time); a dry run also proposes when
+	// the balancer is off.
 	DryRun bool `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// Consolidate onto fewer nodes instead of spreading, and list the nodes
 	// that could be powered off while the reserve still holds.
@@ -2383,8 +2384,8 @@ type BalanceResponse struct {
 	// Why the balancer stopped proposing.
 	Stopped string   `protobuf:"bytes,7,opt,name=stopped,proto3" json:"stopped,omitempty"`
 	Notes   []string `protobuf:"bytes,8,rep,name=notes,proto3" json:"notes,omitempty"`
-	// Whether the moves are being executed: false until live migration
-	// exists.
+	// Whether the leader acts on the proposal (automatic mode, not a dry
+	// run); the notes say how many moves it started.
 	Executed bool `protobuf:"varint,9,opt,name=executed,proto3" json:"executed,omitempty"`
 	// The reserve the moves keep (placement.reserve).
 	ReserveK      uint32 `protobuf:"varint,10,opt,name=reserve_k,json=reserveK,proto3" json:"reserve_k,omitempty"`
