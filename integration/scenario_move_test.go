@@ -112,9 +112,9 @@ type moveResult struct {
 	// from log lines of millisecond resolution.
 	gap   time.Duration
 	parts [4]time.Duration
-	// cpu is what the two agents of the pair spent, from the move's start
-	// to its end as the test saw it.
-	cpu time.Duration
+	// cpu is what the source's and the target's agent spent, from the
+	// move's start to its end as the test saw it.
+	cpu [2]time.Duration
 }
 
 // partNames name moveResult.parts.
@@ -126,13 +126,14 @@ func (b *moveBench) move(kind havenv1.MoveKind, limit int64) moveResult {
 	t := b.c.t
 	t.Helper()
 	from, to := b.c.node(b.g.GetOwner()), b.other()
-	cpu0 := cpuTime(t, from, to)
+	cpu0 := [2]time.Duration{cpuTime(t, from), cpuTime(t, to)}
 	resp, err := b.leader.api().MoveGroup(ctx(t), &havenv1.MoveGroupRequest{Name: b.name, Target: to.name, Kind: kind, BandwidthLimit: limit})
 	if err != nil {
 		t.Fatalf("%s move of %s to %s: %v", kind, b.name, to.name, err)
 	}
 	op := b.c.waitMove(b.leader, resp.GetOperation().GetId(), 15*time.Minute)
-	r := moveResult{op: op, total: op.GetFinishTime().AsTime().Sub(op.GetCreateTime().AsTime()), cpu: cpuTime(t, from, to) - cpu0}
+	r := moveResult{op: op, total: op.GetFinishTime().AsTime().Sub(op.GetCreateTime().AsTime())}
+	r.cpu = [2]time.Duration{cpuTime(t, from) - cpu0[0], cpuTime(t, to) - cpu0[1]}
 	if op.GetOutcome() != havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED {
 		// Rolled back: the source runs on, at its epoch.
 		b.g = b.c.allOnline(b.leader, []string{b.name}, 60*time.Second, func(g *havenv1.Group) bool {
@@ -220,26 +221,25 @@ func allIn(line string, fields []string) bool {
 	return true
 }
 
-// cpuTime is the CPU time the agent processes of nodes have used so far,
-// user and system, from /proc (in the kernel's USER_HZ, 100 a second).
-func cpuTime(t *testing.T, nodes ...*node) time.Duration {
+// cpuTime is the CPU time n's agent process has used so far, user and
+// system, from /proc (in the kernel's USER_HZ, 100 a second).
+func cpuTime(t *testing.T, n *node) time.Duration {
 	t.Helper()
+	pid := n.proc.Process().Pid()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command may hold spaces; the fields after it are fixed.
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
 	var ticks int64
-	for _, n := range nodes {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.proc.Process().Pid()))
+	for _, i := range []int{11, 12} { // utime and stime, fields 14 and 15
+		v, err := strconv.ParseInt(f[i], 10, 64)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("/proc/%d/stat: %v", pid, err)
 		}
-		// The command may hold spaces; the fields after it are fixed.
-		_, rest, _ := strings.Cut(string(data), ") ")
-		f := strings.Fields(rest)
-		for _, i := range []int{11, 12} { // utime, stime: fields 14 and 15
-			v, err := strconv.ParseInt(f[i], 10, 64)
-			if err != nil {
-				t.Fatalf("/proc/%d/stat: %v", n.proc.Process().Pid(), err)
-			}
-			ticks += v
-		}
+		ticks += v
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
@@ -312,16 +312,16 @@ func TestScenarioMoveLive(t *testing.T) {
 }
 
 // probeResult is one link probe: its rate in bytes per second and the
-// CPU time the two agents spent on it.
+// CPU time the sending and the receiving agent spent on it.
 type probeResult struct {
 	rate float64
-	cpu  time.Duration
+	cpu  [2]time.Duration
 }
 
 // probe measures one stream from a to b carrying n bytes.
 func (b *moveBench) probe(from, to *node, n int64) probeResult {
 	t := b.c.t
-	cpu0 := cpuTime(t, from, to)
+	cpu0 := [2]time.Duration{cpuTime(t, from), cpuTime(t, to)}
 	pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	resp, err := havenv1.NewNodeServiceClient(from.conn).ProbeLink(pctx, &havenv1.ProbeLinkRequest{Target: to.name, Bytes: n})
@@ -329,16 +329,18 @@ func (b *moveBench) probe(from, to *node, n int64) probeResult {
 		t.Fatalf("probe %s -> %s: %v", from.name, to.name, err)
 	}
 	d := resp.GetDuration().AsDuration()
-	r := probeResult{rate: float64(resp.GetBytes()) / d.Seconds(), cpu: cpuTime(t, from, to) - cpu0}
-	t.Logf("probe %s -> %s: %d bytes in %s, %.0f MB/s, %s of CPU", from.name, to.name, resp.GetBytes(), d, r.rate/1e6, r.cpu)
+	r := probeResult{rate: float64(resp.GetBytes()) / d.Seconds(), cpu: [2]time.Duration{cpuTime(t, from) - cpu0[0], cpuTime(t, to) - cpu0[1]}}
+	t.Logf("probe %s -> %s: %d bytes in %s, %.0f MB/s, CPU %v", from.name, to.name, resp.GetBytes(), d, r.rate/1e6, r.cpu)
 	return r
 }
 
 // printMoves prints one figure's line: outcomes, and the times and
 // counts of the moves that completed.
 func printMoves(scenarioName, what string, mem int64, rs []moveResult) {
-	var total, gap, cpu []time.Duration
+	live := scenarioName == "move-live"
+	var total, gap []time.Duration
 	var parts [4][]time.Duration
+	var cpu [2][]time.Duration
 	var sent, rate []float64
 	var rounds, throttle []int
 	outcomes := map[string]int{}
@@ -351,7 +353,8 @@ func printMoves(scenarioName, what string, mem int64, rs []moveResult) {
 		if !r.completed {
 			continue
 		}
-		total, gap, cpu = append(total, r.total), append(gap, r.gap), append(cpu, r.cpu)
+		total, gap = append(total, r.total), append(gap, r.gap)
+		cpu[0], cpu[1] = append(cpu[0], r.cpu[0]), append(cpu[1], r.cpu[1])
 		for i := range parts {
 			parts[i] = append(parts[i], r.parts[i])
 		}
@@ -373,13 +376,26 @@ func printMoves(scenarioName, what string, mem int64, rs []moveResult) {
 		for i, name := range partNames {
 			line += fmt.Sprintf(" %s_median=%s", name, toMS(median(parts[i])))
 		}
-		line += fmt.Sprintf(" sent_per_ram_median=%.3f (%.3f-%.3f) rounds_median=%d (%d-%d) throttle_median=%d%% (%d-%d%%) move_link_rate_median=%.0fMB/s",
-			medianF(sent), slices.Min(sent), slices.Max(sent), medianI(rounds), slices.Min(rounds), slices.Max(rounds),
-			medianI(throttle), slices.Min(throttle), slices.Max(throttle), medianF(rate)/1e6)
-		line += fmt.Sprintf(" cpu_both_agents_median=%s", toMS(median(cpu)))
+		line += fmt.Sprintf(" sent_per_ram_median=%.3f (%.3f-%.3f)", medianF(sent), slices.Min(sent), slices.Max(sent))
+		if live {
+			line += fmt.Sprintf(" rounds_median=%d (%d-%d) throttle_median=%d%% (%d-%d%%) move_link_rate_median=%.0fMB/s",
+				medianI(rounds), slices.Min(rounds), slices.Max(rounds),
+				medianI(throttle), slices.Min(throttle), slices.Max(throttle), medianF(rate)/1e6)
+		}
+		line += fmt.Sprintf(" cpu_source_median=%s cpu_target_median=%s", toMS(median(cpu[0])), toMS(median(cpu[1])))
 	}
 	fmt.Println(line)
-	fmt.Printf("scenario %s %s outcomes: %s\n", scenarioName, what, strings.Join(outs, "; "))
+	how := ""
+	if live && len(total) > 0 {
+		throttled := 0
+		for _, x := range throttle {
+			if x > 0 {
+				throttled++
+			}
+		}
+		how = fmt.Sprintf(" (of the completed, %d converged by throttling the guest, up to %d %%)", throttled, slices.Max(throttle))
+	}
+	fmt.Printf("scenario %s %s outcomes: %s%s\n", scenarioName, what, strings.Join(outs, "; "), how)
 }
 
 // printProbe prints the link probe's line: its rate and CPU, and the
@@ -392,14 +408,15 @@ func printProbe(mem int64, probes []probeResult, rs []moveResult) {
 		}
 	}
 	var rates []float64
-	var cpu []time.Duration
+	var cpu [2][]time.Duration
 	for _, p := range probes {
-		rates, cpu = append(rates, p.rate), append(cpu, p.cpu)
+		rates = append(rates, p.rate)
+		cpu[0], cpu[1] = append(cpu[0], p.cpu[0]), append(cpu[1], p.cpu[1])
 	}
 	rate := medianF(rates)
 	ideal := time.Duration(float64(mem) / rate * float64(time.Second))
-	line := fmt.Sprintf("scenario move-live link-probe bytes=%dMiB probes=%d stream_rate_median=%.0fMB/s (%.0f-%.0f) probe_cpu_median=%s ram_at_stream_rate=%s",
-		mem>>20, len(probes), rate/1e6, slices.Min(rates)/1e6, slices.Max(rates)/1e6, toMS(median(cpu)), toMS(ideal))
+	line := fmt.Sprintf("scenario move-live link-probe bytes=%dMiB probes=%d stream_rate_median=%.0fMB/s (%.0f-%.0f) cpu_sender_median=%s cpu_receiver_median=%s ram_at_stream_rate=%s",
+		mem>>20, len(probes), rate/1e6, slices.Min(rates)/1e6, slices.Max(rates)/1e6, toMS(median(cpu[0])), toMS(median(cpu[1])), toMS(ideal))
 	if len(total) > 0 {
 		line += fmt.Sprintf(" total_median_dirty0=%s ratio=%.2f (target <= 1.25)", toMS(median(total)), float64(median(total))/float64(ideal))
 	}
