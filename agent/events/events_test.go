@@ -172,3 +172,48 @@ func TestDuplicateRequestMakesNoEvent(t *testing.T) {
 		t.Fatalf("events %+v, want one create-group at index 1", kept)
 	}
 }
+
+// A move's commands become events of its group: begun on the source, its
+// phases, committed to the target at the target epoch, ended with the
+// outcome.
+func TestMoveEvents(t *testing.T) {
+	b := NewBroker()
+	_, sub, _ := b.Watch(0, 16, func(e Event) bool { return e.Group == "web" })
+	defer sub.Close()
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	l.AddNode(fsmtest.Node("n2", "a", 8000, 16<<30, nil))
+	l.StartOn("web", "n1")
+	obs := Observe(l.FSM, b, nil)
+	apply := func(c *havenv1.Command) {
+		t.Helper()
+		data, err := encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Apply(raftLog(l.FSM.Index()+1, data))
+	}
+	g := l.FSM.Group("web")
+	apply(&havenv1.Command{Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
+		Operation:   &havenv1.Operation{Id: "mv-1", Group: "web", Kind: havenv1.MoveKind_MOVE_KIND_LIVE, Source: "n1", Target: "n2", Cause: "operator"},
+		ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex()}}})
+	apply(&havenv1.Command{Cmd: &havenv1.Command_MoveProgress{MoveProgress: &havenv1.MoveProgressCommand{Id: "mv-1", Phase: havenv1.OperationPhase_OPERATION_PHASE_PRECOPY}}})
+	apply(&havenv1.Command{Cmd: &havenv1.Command_CommitMove{CommitMove: &havenv1.CommitMoveCommand{Id: "mv-1", Checksum: 1}}})
+	apply(&havenv1.Command{Cmd: &havenv1.Command_EndMove{EndMove: &havenv1.EndMoveCommand{Id: "mv-1", Outcome: havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED, Reason: "done"}}})
+	want := []Event{
+		{Kind: "begin-move", Node: "n1", Epoch: g.GetEpoch(), State: "SETUP"},
+		{Kind: "move-progress", Node: "n1", Epoch: g.GetEpoch(), State: "PRECOPY"},
+		{Kind: "commit-move", Node: "n2", Epoch: g.GetEpoch() + 1, State: "COMMITTED"},
+		{Kind: "end-move", Node: "n2", Epoch: g.GetEpoch() + 1, State: "COMPLETED"},
+	}
+	for i, w := range want {
+		select {
+		case e := <-sub.C():
+			if e.Kind != w.Kind || e.Node != w.Node || e.Epoch != w.Epoch || e.State != w.State || e.Refused != "" {
+				t.Errorf("event %d: %+v, want %+v", i, e, w)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("event %d (%s) not delivered", i, w.Kind)
+		}
+	}
+}

@@ -50,7 +50,7 @@ func (o *Observed) Apply(l *raft.Log) any {
 	res := o.FSM.Apply(l)
 	// A duplicate request changed nothing: no event.
 	if r, ok := res.(*fsm.Result); ok && r.Command.GetCmd() != nil && !r.Duplicate {
-		for _, e := range fromCommand(l.Index, r) {
+		for _, e := range fromCommand(l.Index, r, o.FSM.Operation) {
 			o.b.Publish(e)
 		}
 		o.m.Applied(string(kindOf(r.Command)))
@@ -65,7 +65,7 @@ func (o *Observed) Apply(l *raft.Log) any {
 // named after the command: "create-group", "assign-group", ... A batch of
 // assignments is one "assign-group" event per assignment, at the batch's
 // index, each with its own outcome.
-func fromCommand(index uint64, r *fsm.Result) []Event {
+func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1.Operation) []Event {
 	c := r.Command
 	if b := c.GetAssignGroups(); b != nil {
 		var out []Event
@@ -100,6 +100,18 @@ func fromCommand(index uint64, r *fsm.Result) []Event {
 		e.Node, e.State = x.SetNodeStatus.GetName(), x.SetNodeStatus.GetStatus().String()
 	case *havenv1.Command_SetNodeDrain:
 		e.Node, e.State = x.SetNodeDrain.GetName(), fmt.Sprintf("draining=%t", x.SetNodeDrain.GetDraining())
+	case *havenv1.Command_BeginMove:
+		op := x.BeginMove.GetOperation()
+		e.Group, e.Node, e.Epoch, e.State = op.GetGroup(), op.GetSource(), x.BeginMove.GetExpectEpoch(), "SETUP"
+		e.Reason = fmt.Sprintf("%s %s move %s to %s", op.GetCause(), moveKind(op.GetKind()), op.GetId(), op.GetTarget())
+	case *havenv1.Command_MoveProgress:
+		moveEvent(&e, operation(x.MoveProgress.GetId()))
+		e.State = strings.TrimPrefix(x.MoveProgress.GetPhase().String(), "OPERATION_PHASE_")
+	case *havenv1.Command_CommitMove:
+		moveEvent(&e, operation(x.CommitMove.GetId()))
+	case *havenv1.Command_EndMove:
+		moveEvent(&e, operation(x.EndMove.GetId()))
+		e.State, e.Reason = strings.TrimPrefix(x.EndMove.GetOutcome().String(), "OPERATION_OUTCOME_"), x.EndMove.GetReason()
 	}
 	if r.Err != nil {
 		e.Refused = r.Err.Msg
@@ -121,4 +133,22 @@ func kindOf(c *havenv1.Command) Kind {
 		return "unknown"
 	}
 	return Kind(strings.ReplaceAll(string(fd.Name()), "_", "-"))
+}
+
+// moveEvent fills e from the move it is about, as applied: the group, the
+// target when committed (at the target epoch), the source before.
+func moveEvent(e *Event, op *havenv1.Operation) {
+	if op == nil {
+		return
+	}
+	e.Group, e.Node, e.Epoch = op.GetGroup(), op.GetSource(), op.GetSourceEpoch()
+	e.State = strings.TrimPrefix(op.GetPhase().String(), "OPERATION_PHASE_")
+	e.Reason = fmt.Sprintf("%s move %s to %s", moveKind(op.GetKind()), op.GetId(), op.GetTarget())
+	if fsm.Committed(op) {
+		e.Node, e.Epoch = op.GetTarget(), op.GetTargetEpoch()
+	}
+}
+
+func moveKind(k havenv1.MoveKind) string {
+	return strings.ToLower(strings.TrimPrefix(k.String(), "MOVE_KIND_"))
 }

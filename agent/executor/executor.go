@@ -158,8 +158,13 @@ func (e *Executor) mayRun(group string, epoch uint64, now time.Time, fresh bool)
 func (e *Executor) Run(ctx context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var swept time.Time
 	for {
 		e.reconcile(ctx)
+		if now := time.Now(); now.Sub(swept) >= sweepEvery {
+			swept = now
+			e.sweepStateFiles(now)
+		}
 		select {
 		case <-ctx.Done():
 			return
