@@ -146,6 +146,13 @@ func (in *incoming) fill(ctx context.Context, fr *frameReader, fw *frameWriter) 
 		if err != nil {
 			return err
 		}
+		// A VM ended meanwhile (Kill, Forget, a newer Start) ends the
+		// stream now, not at the round's end, which on a slow link or
+		// for a large VM may be minutes of copying into nothing away.
+		// One lock per frame of up to half a MiB costs nothing.
+		if err := in.stillIncoming(); err != nil {
+			return err
+		}
 		switch kind {
 		case framePages:
 			err = in.pages(p)
@@ -154,9 +161,6 @@ func (in *incoming) fill(ctx context.Context, fr *frameReader, fw *frameWriter) 
 		case frameRoundEnd:
 			if len(p) != 4 {
 				return fmt.Errorf("%w: round end of %d bytes", errProtocol, len(p))
-			}
-			if err := in.stillIncoming(); err != nil {
-				return err
 			}
 			err = fw.ack(binary.LittleEndian.Uint32(p), nil)
 		case frameDevice:

@@ -196,3 +196,40 @@ func TestEndingAnIncomingVM(t *testing.T) {
 		})
 	}
 }
+
+// A target whose incoming VM is ended mid-round (here by Forget, as an
+// executor discarding what it no longer wants does) ends the stream at
+// once, not at the round's end: on a slow link that is most of a move of
+// copying into nothing.
+func TestIncomingEndedMidRound(t *testing.T) {
+	dir := t.TempDir()
+	n1, n2 := newGuestDriver(t, "n1", dir, nil, Guest{Tick: 2 * time.Millisecond}), newGuestDriver(t, "n2", dir, nil, Guest{Tick: 2 * time.Millisecond})
+	start(t, n1, bigSpec(web, 1), time.Now().Add(time.Minute))
+	fill(t, n1, web)
+	a, b := connPair(t, "tcp")
+	done := make(chan migration, 1)
+	go func() {
+		// 16 MiB at 2 MiB/s: round 1 takes 8 s.
+		done <- migrate(context.Background(), t, n1, n2, 1, bigSpec(web, 2), a, b, driver.MigrateOptions{BandwidthLimit: 2 << 20}, nil)
+	}()
+	waitFor(t, "the incoming VM on n2", func() bool {
+		st, err := n2.Status(web)
+		return err == nil && st.State == driver.StateIncoming
+	})
+	if err := n2.Forget(web); err != nil {
+		t.Fatal(err)
+	}
+	ended := time.Now()
+	select {
+	case mig := <-done:
+		if !errors.Is(mig.inErr, errVMGone) || mig.outErr == nil {
+			t.Errorf("MigrateIn: %v (want the VM gone); MigrateOut: %v (want an error)", mig.inErr, mig.outErr)
+		}
+		t.Logf("both ends returned %s after the Forget", time.Since(ended))
+	case <-time.After(4 * time.Second):
+		t.Fatal("the move went on for 4 s after its target was forgotten: the target waits for the round's end")
+	}
+	if st := status(t, n1, web); st.State != driver.StateRunning {
+		t.Errorf("source after the failed move: %s, want running again", st.State)
+	}
+}
