@@ -135,6 +135,7 @@ func (b *moveBench) move(kind havenv1.MoveKind, limit int64) moveResult {
 	r := moveResult{op: op, total: op.GetFinishTime().AsTime().Sub(op.GetCreateTime().AsTime())}
 	r.cpu = [2]time.Duration{cpuTime(t, from) - cpu0[0], cpuTime(t, to) - cpu0[1]}
 	if op.GetOutcome() != havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED {
+		b.logEnds(op.GetCreateTime().AsTime().Add(-2*time.Second), op.GetFinishTime().AsTime())
 		// Rolled back: the source runs on, at its epoch.
 		b.g = b.c.allOnline(b.leader, []string{b.name}, 60*time.Second, func(g *havenv1.Group) bool {
 			return g.GetOwner() == from.name && g.GetEpoch() == op.GetSourceEpoch()
@@ -171,6 +172,31 @@ func (b *moveBench) move(kind havenv1.MoveKind, limit int64) moveResult {
 	}
 	b.g = after
 	return r
+}
+
+// logEnds logs what each agent's log says between from and to about Raft
+// leadership, moves and VMs, for a move that did not complete.
+func (b *moveBench) logEnds(from, to time.Time) {
+	t := b.c.t
+	for _, n := range b.c.nodes {
+		data, err := os.ReadFile(n.proc.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil || at.Before(from) || at.After(to) {
+				continue
+			}
+			for _, s := range []string{"election", "candidate", "leader", "term", "heartbeat", "move", " vm", "sub=executor"} {
+				if strings.Contains(line, s) {
+					t.Logf("%s: %s", n.name, line)
+					break
+				}
+			}
+		}
+	}
 }
 
 // ticksAround is the guest's last tick on from at fromEpoch and its first
