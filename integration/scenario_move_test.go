@@ -24,9 +24,10 @@ import (
 // of a large simulated VM between two agent processes on loopback.
 
 var (
-	benchMoves     = flag.Int("moves", 20, "moves per figure of the move scenarios (make bench-moves)")
-	benchMoveMem   = flag.Int64("move.mem", 1<<30, "memory of the VM the move scenarios move, in bytes")
-	benchMoveDirty = flag.String("move.dirty", "0,64,256,1024", "guest dirty rates of the live-move scenario, in MiB/s, comma-separated; RATE@LIMIT also caps the moves' bandwidth at LIMIT MiB/s")
+	benchMoves      = flag.Int("moves", 20, "moves per figure of the move scenarios (make bench-moves)")
+	benchMoveMem    = flag.Int64("move.mem", 1<<30, "memory of the VM the move scenarios move, in bytes")
+	benchMoveSettle = flag.Bool("move.settle", true, "before the next move, wait until the last one's source has discarded its paused copy (see moveBench.settle)")
+	benchMoveDirty  = flag.String("move.dirty", "0,64,256,1024", "guest dirty rates of the live-move scenario, in MiB/s, comma-separated; RATE@LIMIT also caps the moves' bandwidth at LIMIT MiB/s")
 )
 
 // benchTick is the guest's tick in the move scenarios. A guest gap read
@@ -171,7 +172,29 @@ func (b *moveBench) move(kind havenv1.MoveKind, limit int64) moveResult {
 		t.Errorf("move %s: log lines missing: paused %v, committed %v, activated %v", op.GetId(), sent, committed, activated)
 	}
 	b.g = after
+	if *benchMoveSettle {
+		b.settle(from, op.GetSourceEpoch())
+	}
 	return r
+}
+
+// settle waits until from, a completed move's source, has discarded its
+// paused copy. The executor kills it with Kill(id, epoch) and then drops
+// it with Forget(id), which names no epoch; killing 1 GiB takes 150-330
+// ms here (the memory is unmapped under the VM's lock), and a move back
+// to from that begins meanwhile has its incoming VM, admitted under the
+// same id, discarded by that Forget: the move rolls back with "vm stopped
+// during the migration". -move.settle=false shows it (a few in 40 moves
+// back and forth at 1 GiB).
+func (b *moveBench) settle(from *node, epoch uint64) {
+	t := b.c.t
+	t.Helper()
+	waitFor(t, 30*time.Second, fmt.Sprintf("%s discarding its copy at epoch %d", from.name, epoch), func() error {
+		if logTime(t, from, "vm stopped", "vm="+b.name+"/vm", fmt.Sprintf("epoch=%d", epoch)).IsZero() {
+			return errNotYet
+		}
+		return nil
+	})
 }
 
 // logEnds logs what each agent's log says between from and to about Raft
