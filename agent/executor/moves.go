@@ -93,7 +93,19 @@ func (e *Executor) MoveOut(ctx context.Context, id string, index uint64, dial mi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			progress := func(p driver.Progress) { agg.update(i, p) }
+			progress := func(p driver.Progress) {
+				// A hold that ends with ctx returns no error: the
+				// driver, which checks ctx next, fails the move.
+				switch {
+				case p.Phase == "setup":
+					_ = e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_SETUP, id)
+				case p.Phase == "precopy" && p.Round == 1:
+					agg.update(i, p)
+					_ = e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_PRECOPY, id)
+				default:
+					agg.update(i, p)
+				}
+			}
 			if quick {
 				results[i], errs[i] = saver.SaveState(ctx, s.ID, s.Epoch, migrate.StateFile(id, s.ID.Resource), progress)
 			} else {
@@ -106,6 +118,12 @@ func (e *Executor) MoveOut(ctx context.Context, id string, index uint64, dial mi
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
+		e.resumeAll(specs, errs)
+		return err
+	}
+	if err := e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_FROZEN, id); err != nil {
+		// Not ready yet, so the move cannot commit: resume, as after a
+		// failure.
 		e.resumeAll(specs, errs)
 		return err
 	}
