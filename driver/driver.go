@@ -117,6 +117,9 @@ type Status struct {
 	// Reason says why a VM crashed or stopped, for operators.
 	Reason   string
 	LeaseEnd time.Time
+	// Complete: an incoming VM holds all its state, received and
+	// verified, so that Activate may run it. False in any other state.
+	Complete bool
 }
 
 // Capabilities says what a driver supports beyond Hypervisor; the leader

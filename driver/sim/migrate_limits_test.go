@@ -115,8 +115,8 @@ func TestMigrationCancelled(t *testing.T) {
 			defer cancel()
 			a, b := connPair(t, "tcp")
 			mig := migrate(ctx, t, n1, n2, 1, bigSpec(web, 2), a, b, driver.MigrateOptions{}, func(driver.Progress) {
-				if st := status(t, n2, web); st.State != driver.StateIncoming || st.Epoch != 2 {
-					t.Errorf("at the setup report the target's vm is %+v, want incoming at epoch 2", st)
+				if st := status(t, n2, web); st.State != driver.StateIncoming || st.Epoch != 2 || st.Complete {
+					t.Errorf("at the setup report the target's vm is %+v, want incoming at epoch 2, not complete", st)
 				}
 				if _, err := n2.MemoryChecksum(web); !errors.Is(err, driver.ErrInvalidState) {
 					t.Errorf("checksum of a VM still incoming: %v, want ErrInvalidState", err)

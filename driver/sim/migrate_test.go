@@ -58,8 +58,8 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 	t.Logf("%+v", mig.res)
 	src, dst := status(t, n1, web), status(t, n2, web)
-	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter {
-		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming at epoch 2, same counter", src, dst)
+	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter || !dst.Complete || src.Complete {
+		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming (complete) at epoch 2, same counter", src, dst)
 	}
 	srcMem, srcSum := memoryOf(t, n1, web)
 	dstMem, dstSum := memoryOf(t, n2, web)

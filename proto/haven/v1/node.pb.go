@@ -901,6 +901,94 @@ func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
+type ConfirmMoveInRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInRequest) Reset() {
+	*x = ConfirmMoveInRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInRequest) ProtoMessage() {}
+
+func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConfirmMoveInRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ConfirmMoveInRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type ConfirmMoveInResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInResponse) Reset() {
+	*x = ConfirmMoveInResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInResponse) ProtoMessage() {}
+
+func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+}
+
 type HoldMovesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Phase         MoveHoldPhase          `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
@@ -910,7 +998,7 @@ type HoldMovesRequest struct {
 
 func (x *HoldMovesRequest) Reset() {
 	*x = HoldMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1010,7 @@ func (x *HoldMovesRequest) String() string {
 func (*HoldMovesRequest) ProtoMessage() {}
 
 func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1023,7 @@ func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
 func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
@@ -955,7 +1043,7 @@ type HoldMovesResponse struct {
 
 func (x *HoldMovesResponse) Reset() {
 	*x = HoldMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1055,7 @@ func (x *HoldMovesResponse) String() string {
 func (*HoldMovesResponse) ProtoMessage() {}
 
 func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1068,7 @@ func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
 func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HoldMovesResponse) GetHolds() []*MoveHold {
@@ -1002,7 +1090,7 @@ type MoveHold struct {
 
 func (x *MoveHold) Reset() {
 	*x = MoveHold{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1102,7 @@ func (x *MoveHold) String() string {
 func (*MoveHold) ProtoMessage() {}
 
 func (x *MoveHold) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1115,7 @@ func (x *MoveHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
 func (*MoveHold) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MoveHold) GetPhase() MoveHoldPhase {
@@ -1052,7 +1140,7 @@ type GetMoveHoldsRequest struct {
 
 func (x *GetMoveHoldsRequest) Reset() {
 	*x = GetMoveHoldsRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1152,7 @@ func (x *GetMoveHoldsRequest) String() string {
 func (*GetMoveHoldsRequest) ProtoMessage() {}
 
 func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1165,7 @@ func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 type GetMoveHoldsResponse struct {
@@ -1089,7 +1177,7 @@ type GetMoveHoldsResponse struct {
 
 func (x *GetMoveHoldsResponse) Reset() {
 	*x = GetMoveHoldsResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1189,7 @@ func (x *GetMoveHoldsResponse) String() string {
 func (*GetMoveHoldsResponse) ProtoMessage() {}
 
 func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1202,7 @@ func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
@@ -1134,7 +1222,7 @@ type ReleaseMovesRequest struct {
 
 func (x *ReleaseMovesRequest) Reset() {
 	*x = ReleaseMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1234,7 @@ func (x *ReleaseMovesRequest) String() string {
 func (*ReleaseMovesRequest) ProtoMessage() {}
 
 func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1247,7 @@ func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
@@ -1179,7 +1267,7 @@ type ReleaseMovesResponse struct {
 
 func (x *ReleaseMovesResponse) Reset() {
 	*x = ReleaseMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1279,7 @@ func (x *ReleaseMovesResponse) String() string {
 func (*ReleaseMovesResponse) ProtoMessage() {}
 
 func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1292,7 @@ func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
@@ -1224,7 +1312,7 @@ type InspectVMRequest struct {
 
 func (x *InspectVMRequest) Reset() {
 	*x = InspectVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1324,7 @@ func (x *InspectVMRequest) String() string {
 func (*InspectVMRequest) ProtoMessage() {}
 
 func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1337,7 @@ func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
 func (*InspectVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InspectVMRequest) GetGroup() string {
@@ -1285,7 +1373,7 @@ type InspectVMResponse struct {
 
 func (x *InspectVMResponse) Reset() {
 	*x = InspectVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1385,7 @@ func (x *InspectVMResponse) String() string {
 func (*InspectVMResponse) ProtoMessage() {}
 
 func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1398,7 @@ func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
 func (*InspectVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InspectVMResponse) GetState() string {
@@ -1394,7 +1482,11 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x12RestoreMoveRequest\x12\x1c\n" +
 	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\x15\n" +
-	"\x13RestoreMoveResponse\"A\n" +
+	"\x13RestoreMoveResponse\"J\n" +
+	"\x14ConfirmMoveInRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x17\n" +
+	"\x15ConfirmMoveInResponse\"A\n" +
 	"\x10HoldMovesRequest\x12-\n" +
 	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\"=\n" +
 	"\x11HoldMovesResponse\x12(\n" +
@@ -1426,7 +1518,7 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
 	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
 	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
-	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xad\x06\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xff\x06\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
@@ -1435,7 +1527,8 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
 	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
-	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12D\n" +
+	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12P\n" +
+	"\rConfirmMoveIn\x12\x1e.haven.v1.ConfirmMoveInRequest\x1a\x1f.haven.v1.ConfirmMoveInResponse\x12D\n" +
 	"\tHoldMoves\x12\x1a.haven.v1.HoldMovesRequest\x1a\x1b.haven.v1.HoldMovesResponse\x12M\n" +
 	"\fGetMoveHolds\x12\x1d.haven.v1.GetMoveHoldsRequest\x1a\x1e.haven.v1.GetMoveHoldsResponse\x12M\n" +
 	"\fReleaseMoves\x12\x1d.haven.v1.ReleaseMovesRequest\x1a\x1e.haven.v1.ReleaseMovesResponse\x12D\n" +
@@ -1454,7 +1547,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_haven_v1_node_proto_goTypes = []any{
 	(MoveHoldPhase)(0),            // 0: haven.v1.MoveHoldPhase
 	(*GetRaftStatusRequest)(nil),  // 1: haven.v1.GetRaftStatusRequest
@@ -1472,30 +1565,32 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*MoveInResponse)(nil),        // 13: haven.v1.MoveInResponse
 	(*RestoreMoveRequest)(nil),    // 14: haven.v1.RestoreMoveRequest
 	(*RestoreMoveResponse)(nil),   // 15: haven.v1.RestoreMoveResponse
-	(*HoldMovesRequest)(nil),      // 16: haven.v1.HoldMovesRequest
-	(*HoldMovesResponse)(nil),     // 17: haven.v1.HoldMovesResponse
-	(*MoveHold)(nil),              // 18: haven.v1.MoveHold
-	(*GetMoveHoldsRequest)(nil),   // 19: haven.v1.GetMoveHoldsRequest
-	(*GetMoveHoldsResponse)(nil),  // 20: haven.v1.GetMoveHoldsResponse
-	(*ReleaseMovesRequest)(nil),   // 21: haven.v1.ReleaseMovesRequest
-	(*ReleaseMovesResponse)(nil),  // 22: haven.v1.ReleaseMovesResponse
-	(*InspectVMRequest)(nil),      // 23: haven.v1.InspectVMRequest
-	(*InspectVMResponse)(nil),     // 24: haven.v1.InspectVMResponse
-	(GroupState)(0),               // 25: haven.v1.GroupState
-	(OperationPhase)(0),           // 26: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 27: haven.v1.MoveProgress
+	(*ConfirmMoveInRequest)(nil),  // 16: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil), // 17: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),      // 18: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),     // 19: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),              // 20: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),   // 21: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),  // 22: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),   // 23: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),  // 24: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),      // 25: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),     // 26: haven.v1.InspectVMResponse
+	(GroupState)(0),               // 27: haven.v1.GroupState
+	(OperationPhase)(0),           // 28: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 29: haven.v1.MoveProgress
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	25, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	26, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	27, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	27, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	28, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	29, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
 	0,  // 4: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	18, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	20, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
 	0,  // 6: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
-	18, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	20, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
 	0,  // 8: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	18, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	20, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
 	1,  // 10: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
 	3,  // 11: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
 	6,  // 12: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
@@ -1503,23 +1598,25 @@ var file_haven_v1_node_proto_depIdxs = []int32{
 	10, // 14: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
 	12, // 15: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
 	14, // 16: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	16, // 17: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
-	19, // 18: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
-	21, // 19: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
-	23, // 20: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
-	2,  // 21: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	5,  // 22: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	7,  // 23: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	9,  // 24: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	11, // 25: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	13, // 26: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	15, // 27: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	17, // 28: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
-	20, // 29: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
-	22, // 30: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
-	24, // 31: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
+	16, // 17: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	18, // 18: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	21, // 19: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	23, // 20: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	25, // 21: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	2,  // 22: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 23: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 24: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 25: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	11, // 26: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	13, // 27: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	15, // 28: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	17, // 29: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	19, // 30: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	22, // 31: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	24, // 32: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	26, // 33: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1531,14 +1628,14 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
-	file_haven_v1_node_proto_msgTypes[23].OneofWrappers = []any{}
+	file_haven_v1_node_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

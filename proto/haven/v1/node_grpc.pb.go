@@ -26,6 +26,7 @@ const (
 	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
 	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
 	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
+	NodeService_ConfirmMoveIn_FullMethodName = "/haven.v1.NodeService/ConfirmMoveIn"
 	NodeService_HoldMoves_FullMethodName     = "/haven.v1.NodeService/HoldMoves"
 	NodeService_GetMoveHolds_FullMethodName  = "/haven.v1.NodeService/GetMoveHolds"
 	NodeService_ReleaseMoves_FullMethodName  = "/haven.v1.NodeService/ReleaseMoves"
@@ -63,6 +64,15 @@ type NodeServiceClient interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(ctx context.Context, in *RestoreMoveRequest, opts ...grpc.CallOption) (*RestoreMoveResponse, error)
+	// ConfirmMoveIn is the leader's question to a live move's target once
+	// the source is ready, right before the commit: does it still hold a
+	// complete, verified copy of every VM of the group, waiting at the
+	// move's target epoch? An error, or no answer, rolls the move back: a
+	// commit to a target that lost its copy (or died) since it verified it
+	// would restart the group from its disks rather than resume the guest
+	// the source holds. (For a quick move RestoreMove, which comes at the
+	// same point, is the confirmation.)
+	ConfirmMoveIn(ctx context.Context, in *ConfirmMoveInRequest, opts ...grpc.CallOption) (*ConfirmMoveInResponse, error)
 	// HoldMoves arms a hold at a phase of a move on this node: every move
 	// that reaches the phase here stops there until ReleaseMoves, so that a
 	// fault-injection test knows where its fault strikes. A source held at
@@ -176,6 +186,16 @@ func (c *nodeServiceClient) RestoreMove(ctx context.Context, in *RestoreMoveRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) ConfirmMoveIn(ctx context.Context, in *ConfirmMoveInRequest, opts ...grpc.CallOption) (*ConfirmMoveInResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConfirmMoveInResponse)
+	err := c.cc.Invoke(ctx, NodeService_ConfirmMoveIn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *nodeServiceClient) HoldMoves(ctx context.Context, in *HoldMovesRequest, opts ...grpc.CallOption) (*HoldMovesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(HoldMovesResponse)
@@ -247,6 +267,15 @@ type NodeServiceServer interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error)
+	// ConfirmMoveIn is the leader's question to a live move's target once
+	// the source is ready, right before the commit: does it still hold a
+	// complete, verified copy of every VM of the group, waiting at the
+	// move's target epoch? An error, or no answer, rolls the move back: a
+	// commit to a target that lost its copy (or died) since it verified it
+	// would restart the group from its disks rather than resume the guest
+	// the source holds. (For a quick move RestoreMove, which comes at the
+	// same point, is the confirmation.)
+	ConfirmMoveIn(context.Context, *ConfirmMoveInRequest) (*ConfirmMoveInResponse, error)
 	// HoldMoves arms a hold at a phase of a move on this node: every move
 	// that reaches the phase here stops there until ReleaseMoves, so that a
 	// fault-injection test knows where its fault strikes. A source held at
@@ -298,6 +327,9 @@ func (UnimplementedNodeServiceServer) MoveIn(grpc.BidiStreamingServer[MoveInRequ
 }
 func (UnimplementedNodeServiceServer) RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestoreMove not implemented")
+}
+func (UnimplementedNodeServiceServer) ConfirmMoveIn(context.Context, *ConfirmMoveInRequest) (*ConfirmMoveInResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfirmMoveIn not implemented")
 }
 func (UnimplementedNodeServiceServer) HoldMoves(context.Context, *HoldMovesRequest) (*HoldMovesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method HoldMoves not implemented")
@@ -440,6 +472,24 @@ func _NodeService_RestoreMove_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_ConfirmMoveIn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConfirmMoveInRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ConfirmMoveIn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ConfirmMoveIn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ConfirmMoveIn(ctx, req.(*ConfirmMoveInRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _NodeService_HoldMoves_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HoldMovesRequest)
 	if err := dec(in); err != nil {
@@ -538,6 +588,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestoreMove",
 			Handler:    _NodeService_RestoreMove_Handler,
+		},
+		{
+			MethodName: "ConfirmMoveIn",
+			Handler:    _NodeService_ConfirmMoveIn_Handler,
 		},
 		{
 			MethodName: "HoldMoves",
