@@ -58,8 +58,8 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 	t.Logf("%+v", mig.res)
 	src, dst := status(t, n1, web), status(t, n2, web)
-	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter {
-		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming at epoch 2, same counter", src, dst)
+	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter || !dst.Complete || src.Complete {
+		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming (complete) at epoch 2, same counter", src, dst)
 	}
 	srcMem, srcSum := memoryOf(t, n1, web)
 	dstMem, dstSum := memoryOf(t, n2, web)
@@ -68,6 +68,11 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 	if srcSum != mig.res.Checksum || dstSum != mig.res.Checksum {
 		t.Errorf("checksums: source %#x, target %#x, result %#x", srcSum, dstSum, mig.res.Checksum)
+	}
+	for _, n := range []*Driver{n1, n2} {
+		if sum, err := n.MemoryChecksum(web); err != nil || sum != mig.res.Checksum {
+			t.Errorf("%s: MemoryChecksum %#x, %v; want the result's %#x", n.cfg.Node, sum, err, mig.res.Checksum)
+		}
 	}
 	checkProgress(t, mig)
 
@@ -116,14 +121,19 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 }
 
-// checkProgress checks the reports of a successful move: pre-copy rounds
-// counted from 1, then one switchover, bytes only growing.
+// checkProgress checks the reports of a successful move: the setup, with
+// nothing sent, pre-copy rounds counted from 1, then one switchover, bytes
+// only growing.
 func checkProgress(t *testing.T, mig migration) {
 	t.Helper()
 	ps := mig.progress
-	if len(ps) < 2 || ps[len(ps)-1].Phase != "switchover" || ps[len(ps)-1].Round != mig.res.Rounds {
-		t.Fatalf("progress %+v, want pre-copy rounds then a switchover as round %d", ps, mig.res.Rounds)
+	if len(ps) < 3 || ps[len(ps)-1].Phase != "switchover" || ps[len(ps)-1].Round != mig.res.Rounds {
+		t.Fatalf("progress %+v, want the setup, pre-copy rounds, then a switchover as round %d", ps, mig.res.Rounds)
 	}
+	if p := ps[0]; p.Phase != "setup" || p.Round != 0 || p.MemoryBytes != 16<<20 || p.RemainingBytes != 16<<20 {
+		t.Errorf("first report %+v, want the setup of 16 MiB, all of it left", p)
+	}
+	ps = ps[1:]
 	for i, p := range ps[:len(ps)-1] {
 		if p.Phase != "precopy" || p.Round != i+1 || p.MemoryBytes != 16<<20 || p.RateBytesPerSec <= 0 {
 			t.Errorf("report %d: %+v", i, p)

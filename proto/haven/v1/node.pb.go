@@ -21,6 +21,75 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MoveHoldPhase is a point of a move where a hold (HoldMoves) stops it.
+type MoveHoldPhase int32
+
+const (
+	MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED MoveHoldPhase = 0
+	// Source, live move: the target has prepared its empty VM; no memory
+	// has been sent.
+	MoveHoldPhase_MOVE_HOLD_PHASE_SETUP MoveHoldPhase = 1
+	// Source, live move: the first pre-copy round is over (and reported);
+	// the next round, or the switchover, has not begun. The guest runs.
+	MoveHoldPhase_MOVE_HOLD_PHASE_PRECOPY MoveHoldPhase = 2
+	// Source: every VM of the group is paused and the target verified its
+	// copy (a quick move: saved); "ready" has not been sent to the leader.
+	MoveHoldPhase_MOVE_HOLD_PHASE_FROZEN MoveHoldPhase = 3
+	// Target: the commit is applied here and a lease grant confirms the new
+	// epoch; the incoming VM has not been activated.
+	MoveHoldPhase_MOVE_HOLD_PHASE_COMMITTED MoveHoldPhase = 4
+	// Target: the VM was activated and runs; the report that ends the move
+	// has not been sent.
+	MoveHoldPhase_MOVE_HOLD_PHASE_RESUMED MoveHoldPhase = 5
+)
+
+// Enum value maps for MoveHoldPhase.
+var (
+	MoveHoldPhase_name = map[int32]string{
+		0: "MOVE_HOLD_PHASE_UNSPECIFIED",
+		1: "MOVE_HOLD_PHASE_SETUP",
+		2: "MOVE_HOLD_PHASE_PRECOPY",
+		3: "MOVE_HOLD_PHASE_FROZEN",
+		4: "MOVE_HOLD_PHASE_COMMITTED",
+		5: "MOVE_HOLD_PHASE_RESUMED",
+	}
+	MoveHoldPhase_value = map[string]int32{
+		"MOVE_HOLD_PHASE_UNSPECIFIED": 0,
+		"MOVE_HOLD_PHASE_SETUP":       1,
+		"MOVE_HOLD_PHASE_PRECOPY":     2,
+		"MOVE_HOLD_PHASE_FROZEN":      3,
+		"MOVE_HOLD_PHASE_COMMITTED":   4,
+		"MOVE_HOLD_PHASE_RESUMED":     5,
+	}
+)
+
+func (x MoveHoldPhase) Enum() *MoveHoldPhase {
+	p := new(MoveHoldPhase)
+	*p = x
+	return p
+}
+
+func (x MoveHoldPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MoveHoldPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_node_proto_enumTypes[0].Descriptor()
+}
+
+func (MoveHoldPhase) Type() protoreflect.EnumType {
+	return &file_haven_v1_node_proto_enumTypes[0]
+}
+
+func (x MoveHoldPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MoveHoldPhase.Descriptor instead.
+func (MoveHoldPhase) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{0}
+}
+
 type GetRaftStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -832,6 +901,534 @@ func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
+type ConfirmMoveInRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInRequest) Reset() {
+	*x = ConfirmMoveInRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInRequest) ProtoMessage() {}
+
+func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConfirmMoveInRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ConfirmMoveInRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type ConfirmMoveInResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInResponse) Reset() {
+	*x = ConfirmMoveInResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInResponse) ProtoMessage() {}
+
+func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+}
+
+type HoldMovesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         MoveHoldPhase          `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldMovesRequest) Reset() {
+	*x = HoldMovesRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldMovesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldMovesRequest) ProtoMessage() {}
+
+func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
+func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+type HoldMovesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every armed hold of the node, this one included.
+	Holds         []*MoveHold `protobuf:"bytes,1,rep,name=holds,proto3" json:"holds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldMovesResponse) Reset() {
+	*x = HoldMovesResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldMovesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldMovesResponse) ProtoMessage() {}
+
+func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
+func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *HoldMovesResponse) GetHolds() []*MoveHold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+// MoveHold is an armed hold.
+type MoveHold struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Phase MoveHoldPhase          `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	// The moves that reached the phase since it was armed, first first.
+	Operations    []string `protobuf:"bytes,2,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveHold) Reset() {
+	*x = MoveHold{}
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveHold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveHold) ProtoMessage() {}
+
+func (x *MoveHold) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
+func (*MoveHold) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MoveHold) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+func (x *MoveHold) GetOperations() []string {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+type GetMoveHoldsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMoveHoldsRequest) Reset() {
+	*x = GetMoveHoldsRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMoveHoldsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMoveHoldsRequest) ProtoMessage() {}
+
+func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
+func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+}
+
+type GetMoveHoldsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holds         []*MoveHold            `protobuf:"bytes,1,rep,name=holds,proto3" json:"holds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMoveHoldsResponse) Reset() {
+	*x = GetMoveHoldsResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMoveHoldsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMoveHoldsResponse) ProtoMessage() {}
+
+func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
+func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+type ReleaseMovesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hold to release; unspecified releases every hold.
+	Phase         MoveHoldPhase `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseMovesRequest) Reset() {
+	*x = ReleaseMovesRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseMovesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseMovesRequest) ProtoMessage() {}
+
+func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+type ReleaseMovesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The holds released, with the moves they held.
+	Released      []*MoveHold `protobuf:"bytes,1,rep,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseMovesResponse) Reset() {
+	*x = ReleaseMovesResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseMovesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseMovesResponse) ProtoMessage() {}
+
+func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
+	if x != nil {
+		return x.Released
+	}
+	return nil
+}
+
+type InspectVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectVMRequest) Reset() {
+	*x = InspectVMRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectVMRequest) ProtoMessage() {}
+
+func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
+func (*InspectVMRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *InspectVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *InspectVMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type InspectVMResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The driver's word for the VM's state: running, frozen, paused,
+	// incoming, stopped, crashed.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The guest counter the driver last saw.
+	Counter uint64 `protobuf:"varint,3,opt,name=counter,proto3" json:"counter,omitempty"`
+	// The checksum of the VM's memory now, the function a migration's
+	// checksum uses; unset when the memory is not there to read (stopped,
+	// crashed) or still being written (incoming, before all its state
+	// arrived).
+	Checksum      *uint64 `protobuf:"varint,4,opt,name=checksum,proto3,oneof" json:"checksum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectVMResponse) Reset() {
+	*x = InspectVMResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectVMResponse) ProtoMessage() {}
+
+func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
+func (*InspectVMResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *InspectVMResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *InspectVMResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InspectVMResponse) GetCounter() uint64 {
+	if x != nil {
+		return x.Counter
+	}
+	return 0
+}
+
+func (x *InspectVMResponse) GetChecksum() uint64 {
+	if x != nil && x.Checksum != nil {
+		return *x.Checksum
+	}
+	return 0
+}
+
 var File_haven_v1_node_proto protoreflect.FileDescriptor
 
 const file_haven_v1_node_proto_rawDesc = "" +
@@ -885,7 +1482,43 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x12RestoreMoveRequest\x12\x1c\n" +
 	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\x15\n" +
-	"\x13RestoreMoveResponse2\x83\x04\n" +
+	"\x13RestoreMoveResponse\"J\n" +
+	"\x14ConfirmMoveInRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x17\n" +
+	"\x15ConfirmMoveInResponse\"A\n" +
+	"\x10HoldMovesRequest\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\"=\n" +
+	"\x11HoldMovesResponse\x12(\n" +
+	"\x05holds\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\x05holds\"Y\n" +
+	"\bMoveHold\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\x12\x1e\n" +
+	"\n" +
+	"operations\x18\x02 \x03(\tR\n" +
+	"operations\"\x15\n" +
+	"\x13GetMoveHoldsRequest\"@\n" +
+	"\x14GetMoveHoldsResponse\x12(\n" +
+	"\x05holds\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\x05holds\"D\n" +
+	"\x13ReleaseMovesRequest\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\"F\n" +
+	"\x14ReleaseMovesResponse\x12.\n" +
+	"\breleased\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\breleased\"8\n" +
+	"\x10InspectVMRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x87\x01\n" +
+	"\x11InspectVMResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\acounter\x18\x03 \x01(\x04R\acounter\x12\x1f\n" +
+	"\bchecksum\x18\x04 \x01(\x04H\x00R\bchecksum\x88\x01\x01B\v\n" +
+	"\t_checksum*\xc0\x01\n" +
+	"\rMoveHoldPhase\x12\x1f\n" +
+	"\x1bMOVE_HOLD_PHASE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15MOVE_HOLD_PHASE_SETUP\x10\x01\x12\x1b\n" +
+	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
+	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
+	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xff\x06\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
@@ -894,7 +1527,12 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
 	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
-	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12P\n" +
+	"\rConfirmMoveIn\x12\x1e.haven.v1.ConfirmMoveInRequest\x1a\x1f.haven.v1.ConfirmMoveInResponse\x12D\n" +
+	"\tHoldMoves\x12\x1a.haven.v1.HoldMovesRequest\x1a\x1b.haven.v1.HoldMovesResponse\x12M\n" +
+	"\fGetMoveHolds\x12\x1d.haven.v1.GetMoveHoldsRequest\x1a\x1e.haven.v1.GetMoveHoldsResponse\x12M\n" +
+	"\fReleaseMoves\x12\x1d.haven.v1.ReleaseMovesRequest\x1a\x1e.haven.v1.ReleaseMovesResponse\x12D\n" +
+	"\tInspectVM\x12\x1a.haven.v1.InspectVMRequest\x1a\x1b.haven.v1.InspectVMResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_node_proto_rawDescOnce sync.Once
@@ -908,51 +1546,80 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_haven_v1_node_proto_goTypes = []any{
-	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
-	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
-	(*RenewLeaseRequest)(nil),     // 2: haven.v1.RenewLeaseRequest
-	(*GroupEpoch)(nil),            // 3: haven.v1.GroupEpoch
-	(*RenewLeaseResponse)(nil),    // 4: haven.v1.RenewLeaseResponse
-	(*ReportGroupRequest)(nil),    // 5: haven.v1.ReportGroupRequest
-	(*ReportGroupResponse)(nil),   // 6: haven.v1.ReportGroupResponse
-	(*CrashVMRequest)(nil),        // 7: haven.v1.CrashVMRequest
-	(*CrashVMResponse)(nil),       // 8: haven.v1.CrashVMResponse
-	(*MoveOutRequest)(nil),        // 9: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),       // 10: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),         // 11: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),        // 12: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),    // 13: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),   // 14: haven.v1.RestoreMoveResponse
-	(GroupState)(0),               // 15: haven.v1.GroupState
-	(OperationPhase)(0),           // 16: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 17: haven.v1.MoveProgress
+	(MoveHoldPhase)(0),            // 0: haven.v1.MoveHoldPhase
+	(*GetRaftStatusRequest)(nil),  // 1: haven.v1.GetRaftStatusRequest
+	(*GetRaftStatusResponse)(nil), // 2: haven.v1.GetRaftStatusResponse
+	(*RenewLeaseRequest)(nil),     // 3: haven.v1.RenewLeaseRequest
+	(*GroupEpoch)(nil),            // 4: haven.v1.GroupEpoch
+	(*RenewLeaseResponse)(nil),    // 5: haven.v1.RenewLeaseResponse
+	(*ReportGroupRequest)(nil),    // 6: haven.v1.ReportGroupRequest
+	(*ReportGroupResponse)(nil),   // 7: haven.v1.ReportGroupResponse
+	(*CrashVMRequest)(nil),        // 8: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),       // 9: haven.v1.CrashVMResponse
+	(*MoveOutRequest)(nil),        // 10: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),       // 11: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),         // 12: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),        // 13: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),    // 14: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),   // 15: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),  // 16: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil), // 17: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),      // 18: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),     // 19: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),              // 20: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),   // 21: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),  // 22: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),   // 23: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),  // 24: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),      // 25: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),     // 26: haven.v1.InspectVMResponse
+	(GroupState)(0),               // 27: haven.v1.GroupState
+	(OperationPhase)(0),           // 28: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 29: haven.v1.MoveProgress
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
-	3,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	15, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	16, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	17, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	0,  // 4: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	2,  // 5: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	5,  // 6: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	7,  // 7: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	9,  // 8: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	11, // 9: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	13, // 10: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	1,  // 11: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	4,  // 12: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	6,  // 13: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	8,  // 14: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	10, // 15: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	12, // 16: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	14, // 17: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
+	27, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	28, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	29, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 4: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 6: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 8: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	1,  // 10: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	3,  // 11: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	6,  // 12: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	8,  // 13: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	10, // 14: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	12, // 15: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	14, // 16: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	16, // 17: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	18, // 18: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	21, // 19: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	23, // 20: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	25, // 21: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	2,  // 22: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 23: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 24: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 25: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	11, // 26: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	13, // 27: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	15, // 28: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	17, // 29: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	19, // 30: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	22, // 31: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	24, // 32: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	26, // 33: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -961,18 +1628,20 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
+	file_haven_v1_node_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   15,
+			NumEnums:      1,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_haven_v1_node_proto_goTypes,
 		DependencyIndexes: file_haven_v1_node_proto_depIdxs,
+		EnumInfos:         file_haven_v1_node_proto_enumTypes,
 		MessageInfos:      file_haven_v1_node_proto_msgTypes,
 	}.Build()
 	File_haven_v1_node_proto = out.File
