@@ -121,7 +121,9 @@ type SimConfig struct {
 	Tick            time.Duration `yaml:"tick"`
 	DirtyRate       int64         `yaml:"dirty_rate_bytes_per_sec"`
 	WorkingSetBytes int64         `yaml:"working_set_bytes"`
-	// FaultInjection enables NodeService.CrashVM, for tests.
+	// FaultInjection enables the node's test hands: CrashVM, FillVM,
+	// InspectVM and holding moves at a phase (HoldMoves, ReleaseMoves).
+	// Never on a production node.
 	FaultInjection bool `yaml:"fault_injection"`
 }
 

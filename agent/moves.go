@@ -51,6 +51,15 @@ func (m movers) MoveOut(ctx context.Context, node string, req *havenv1.MoveOutRe
 	}
 }
 
+func (m movers) ConfirmMoveIn(ctx context.Context, node string, req *havenv1.ConfirmMoveInRequest) error {
+	c, err := m.client(node)
+	if err != nil {
+		return err
+	}
+	_, err = c.ConfirmMoveIn(ctx, req)
+	return err
+}
+
 func (m movers) RestoreMove(ctx context.Context, node string, req *havenv1.RestoreMoveRequest) error {
 	c, err := m.client(node)
 	if err != nil {

@@ -102,7 +102,7 @@ func (a *Agent) serve() error {
 	}))
 	havenv1.RegisterNodeServiceServer(srv, node.New(node.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,
-		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Mover: a.exec, DialNode: a.dialMove,
+		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Holds: a.exec, Mover: a.exec, DialNode: a.dialMove,
 		Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
 	}))
 	a.goRun(srv.Serve)

@@ -64,19 +64,19 @@
 // Hypervisor is what every driver does. What only some drivers do is an
 // interface of its own that a driver may implement besides Hypervisor, and
 // reports with a flag of Capabilities: FaultInjector (FaultInjection), for
-// tests that crash guests; DirtyRateEstimator (DirtyRateEstimation), for
-// the leader's price of a live migration; LiveMigrator (LiveMigration),
-// which moves a running VM by iterative pre-copy over a stream; and
-// QuickMigrator (QuickMigration), which saves a paused VM to shared
-// storage and restores it elsewhere. Both migrators share Switcher, which
-// ends a move either way: Activate runs the target (StateIncoming) once
-// the move is committed, and its disk claims at the new epoch fence the
-// source; Resume runs the source (StatePaused) again if the move rolled
-// back. Both check the lease and the epoch atomically with the state
-// change, as ExtendLease does. Disk hot-plug will come the same way, its
-// interface added with the first driver that implements it; until then no
-// driver reports its flag. Keeping these out of Hypervisor spares a driver
-// that cannot migrate a set of methods that only fail.
+// tests that crash guests and read their memory; DirtyRateEstimator
+// (DirtyRateEstimation), for the leader's price of a live migration;
+// LiveMigrator (LiveMigration), which moves a running VM by iterative
+// pre-copy over a stream; and QuickMigrator (QuickMigration), which saves a
+// paused VM to shared storage and restores it elsewhere. Both migrators
+// share Switcher, which ends a move either way: Activate runs the target
+// (StateIncoming) once the move is committed, and its disk claims at the
+// new epoch fence the source; Resume runs the source (StatePaused) again if
+// the move rolled back. Both check the lease and the epoch atomically with
+// the state change, as ExtendLease does. Disk hot-plug will come the same
+// way, its interface added with the first driver that implements it; until
+// then no driver reports its flag. Keeping these out of Hypervisor spares a
+// driver that cannot migrate a set of methods that only fail.
 //
 // Callers check the flag first and type-assert only then. The flag is what
 // a node can tell the leader, which has no driver value to assert on, and a

@@ -117,6 +117,9 @@ type Status struct {
 	// Reason says why a VM crashed or stopped, for operators.
 	Reason   string
 	LeaseEnd time.Time
+	// Complete: an incoming VM holds all its state, received and
+	// verified, so that Activate may run it. False in any other state.
+	Complete bool
 }
 
 // Capabilities says what a driver supports beyond Hypervisor; the leader
@@ -138,7 +141,8 @@ type Capabilities struct {
 }
 
 // FaultInjector is a driver that can make its guests fail on purpose, for
-// tests of what the cluster does when they do.
+// tests of what the cluster does when they do, and read their memory, for
+// tests of what a migration did with it.
 type FaultInjector interface {
 	// Crash makes the VM die as a guest crash would: at once, without a
 	// final disk write, in StateCrashed with reason. It takes no epoch,
@@ -146,6 +150,13 @@ type FaultInjector interface {
 	// unknown VM (ErrNotFound) and one that is not running or frozen
 	// (ErrInvalidState).
 	Crash(id VMID, reason string) error
+	// MemoryChecksum hashes the VM's memory as it is at the call, with the
+	// function a migration's checksum uses (MigrateResult.Checksum), so a
+	// test can compare a moved VM with its original apart from the move's
+	// own check. It refuses an unknown VM (ErrNotFound) and one whose
+	// memory is gone or still being written: stopped, crashed, or
+	// incoming with its state not all arrived (ErrInvalidState).
+	MemoryChecksum(id VMID) (uint64, error)
 }
 
 // DirtyRateEstimator is a driver that can tell how fast its guests dirty
@@ -179,7 +190,9 @@ const (
 
 // Progress is what a move reports while it runs.
 type Progress struct {
-	// Phase is "precopy", "switchover" or, for a quick move, "save".
+	// Phase is "setup" (once, live: the target has prepared its empty
+	// VM and no memory has been sent), "precopy", "switchover" or, for a
+	// quick move, "save".
 	Phase string
 	// Round counts the passes over memory, from 1; the switchover's
 	// reports carry the last, made while the guest is paused: one as it
@@ -246,7 +259,10 @@ type Switcher interface {
 type LiveMigrator interface {
 	Switcher
 	// MigrateOut sends the VM at epoch over conn to a MigrateIn at the
-	// other end, calling progress after every round. The VM must be
+	// other end, calling progress once the target has prepared its VM
+	// (phase "setup") and after every round. A progress call may block
+	// (a test's hold): the move waits for it, and one that returns after
+	// ctx ended fails the move as the cancellation would. The VM must be
 	// running (ErrInvalidState otherwise, also while another move of it
 	// runs; ErrStaleEpoch for another epoch). It returns once the target
 	// has acknowledged a complete and verified copy: the VM is then

@@ -68,6 +68,8 @@ type Executor struct {
 	// renewNow asks the lease loop for a renewal at once: a group was just
 	// assigned here and waits for a grant that confirms its epoch.
 	renewNow chan struct{}
+	// holds are the fault-injection holds of moves (holds.go).
+	holds holds
 }
 
 type report struct {
@@ -328,6 +330,10 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 	if allUp {
 		e.startSucceeded(g)
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
+			if op := e.state.Operation(g.GetOperation()); fsm.InFlight(op) && fsm.Committed(op) && op.GetTarget() == e.node &&
+				e.held(havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_RESUMED, op.GetId()) {
+				return
+			}
 			e.report(ctx, g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 		}
 	}
@@ -357,6 +363,9 @@ func (e *Executor) switchover(g *havenv1.Group, st driver.Status) {
 			case e.renewNow <- struct{}{}:
 			default:
 			}
+			return
+		}
+		if e.held(havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_COMMITTED, op.GetId()) {
 			return
 		}
 		if err := sw.Activate(st.ID, epoch, end); err != nil {

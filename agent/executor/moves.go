@@ -25,8 +25,10 @@ import (
 // paused VMs resume only by the move's end in the FSM (the executor's
 // switchover), never here: the leader may commit as soon as it hears it.
 // Before "ready", any failure resumes what paused, since no commit can
-// happen without it. As the target it fills incoming VMs, which run only
-// once the commit is applied and a grant confirms the new epoch.
+// happen without it. As the target it fills incoming VMs, confirms to the
+// leader before the commit that it still holds them (ConfirmMoveIn), and
+// runs them only once the commit is applied and a grant confirms the new
+// epoch.
 
 // awaitMove waits, briefly, until this node's FSM has applied the log index
 // that began the move, and returns the move and its group.
@@ -93,7 +95,19 @@ func (e *Executor) MoveOut(ctx context.Context, id string, index uint64, dial mi
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			progress := func(p driver.Progress) { agg.update(i, p) }
+			progress := func(p driver.Progress) {
+				// A hold that ends with ctx returns no error: the
+				// driver, which checks ctx next, fails the move.
+				switch {
+				case p.Phase == "setup":
+					_ = e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_SETUP, id)
+				case p.Phase == "precopy" && p.Round == 1:
+					agg.update(i, p)
+					_ = e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_PRECOPY, id)
+				default:
+					agg.update(i, p)
+				}
+			}
 			if quick {
 				results[i], errs[i] = saver.SaveState(ctx, s.ID, s.Epoch, migrate.StateFile(id, s.ID.Resource), progress)
 			} else {
@@ -106,6 +120,12 @@ func (e *Executor) MoveOut(ctx context.Context, id string, index uint64, dial mi
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
+		e.resumeAll(specs, errs)
+		return err
+	}
+	if err := e.waitHold(ctx, havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_FROZEN, id); err != nil {
+		// Not ready yet, so the move cannot commit: resume, as after a
+		// failure.
 		e.resumeAll(specs, errs)
 		return err
 	}
@@ -162,6 +182,31 @@ func (e *Executor) MoveIn(ctx context.Context, id string, index uint64, vm strin
 		return err
 	}
 	return live.MigrateIn(ctx, spec, conn)
+}
+
+// ConfirmMoveIn answers the leader, right before the commit of live move
+// id, that every VM of the group arrived whole here and still waits,
+// incoming at the move's target epoch; an error says which does not.
+func (e *Executor) ConfirmMoveIn(ctx context.Context, id string, index uint64) error {
+	op, g, err := e.awaitMove(ctx, id, index)
+	if err != nil {
+		return err
+	}
+	if op.GetTarget() != e.node || op.GetKind() != havenv1.MoveKind_MOVE_KIND_LIVE {
+		return fmt.Errorf("%w: live move %s is to %s; this is %s", migrate.ErrRefused, id, op.GetTarget(), e.node)
+	}
+	for _, s := range vmSpecs(g, e.node) {
+		st, err := e.drv.Status(s.ID)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%w: move %s: vm %s is not on %s: %v", migrate.ErrRefused, id, s.ID.Resource, e.node, err)
+		case st.State != driver.StateIncoming || st.Epoch != op.GetTargetEpoch():
+			return fmt.Errorf("%w: move %s: vm %s on %s is %s at epoch %d, not incoming at %d", migrate.ErrRefused, id, s.ID.Resource, e.node, st.State, st.Epoch, op.GetTargetEpoch())
+		case !st.Complete:
+			return fmt.Errorf("%w: move %s: vm %s has not all arrived on %s", migrate.ErrRefused, id, s.ID.Resource, e.node)
+		}
+	}
+	return nil
 }
 
 // RestoreMove runs the target's part of quick move id: every VM of the

@@ -19,8 +19,9 @@ import (
 
 // Moves of running groups. The leader records a move in the FSM (BeginMove),
 // orders the source to send (MoveOut, a stream of progress ending in
-// "ready"), for a quick move orders the target to restore, and commits the
-// switchover (CommitMove, a compare-and-set). Any failure before the
+// "ready"), has the target confirm that it holds the copy (a live move:
+// ConfirmMoveIn; a quick one: RestoreMove, which restores it), and commits
+// the switchover (CommitMove, a compare-and-set). Any failure before the
 // commit rolls the move back (EndMove); after it the move completes on the
 // target by itself: the target's executor activates its VM once a grant
 // confirms the new epoch, and its report of the group online ends the
@@ -35,6 +36,9 @@ type Movers interface {
 	MoveOut(ctx context.Context, node string, req *havenv1.MoveOutRequest, progress func(*havenv1.MoveOutResponse)) error
 	// RestoreMove orders node, a quick move's target, to restore.
 	RestoreMove(ctx context.Context, node string, req *havenv1.RestoreMoveRequest) error
+	// ConfirmMoveIn asks node, a live move's target, whether it still
+	// holds a whole copy of the group, waiting for the commit.
+	ConfirmMoveIn(ctx context.Context, node string, req *havenv1.ConfirmMoveInRequest) error
 }
 
 // MoveRequest is a move asked of the leader.
@@ -348,10 +352,17 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	case ready == nil:
 		return fmt.Errorf("source %s ended the move without being ready", op.GetSource())
 	}
+	// The target must still hold its copy: "ready" says it verified one,
+	// not that it has it now. A commit to a target that died or lost it
+	// since would restart the group from its disks, while a rollback
+	// resumes the guest the source holds paused. A quick move's target
+	// restores its copy now, which is the same answer.
 	if op.GetKind() == havenv1.MoveKind_MOVE_KIND_QUICK {
 		if err := l.cfg.Movers.RestoreMove(ctx, op.GetTarget(), &havenv1.RestoreMoveRequest{Operation: op.GetId(), Index: op.GetCreateIndex()}); err != nil {
 			return fmt.Errorf("target %s could not restore: %w", op.GetTarget(), err)
 		}
+	} else if err := l.confirmMoveIn(ctx, op); err != nil {
+		return fmt.Errorf("target %s could not confirm its copy: %w", op.GetTarget(), err)
 	}
 	err = l.apply(&havenv1.Command{Cmd: &havenv1.Command_CommitMove{CommitMove: &havenv1.CommitMoveCommand{
 		Id: op.GetId(), Checksum: ready.GetChecksum(), Progress: ready.GetProgress()}}})
@@ -377,6 +388,20 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED.String())
 	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()))
 	return nil
+}
+
+// confirmMoveIn asks a live move's target whether it still holds its
+// copy. The source is paused meanwhile, so a target that does not answer
+// within an election timeout, as a healthy peer does, is taken to have
+// none.
+func (l *Leader) confirmMoveIn(ctx context.Context, op *havenv1.Operation) error {
+	wait := l.cfg.ElectionTimeout
+	if wait <= 0 {
+		wait = time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return l.cfg.Movers.ConfirmMoveIn(ctx, op.GetTarget(), &havenv1.ConfirmMoveInRequest{Operation: op.GetId(), Index: op.GetCreateIndex()})
 }
 
 // resolveMoves rolls back the moves in flight that no driver of this term

@@ -45,6 +45,10 @@ func (f *fakeMovers) RestoreMove(context.Context, string, *havenv1.RestoreMoveRe
 	return nil
 }
 
+func (f *fakeMovers) ConfirmMoveIn(context.Context, string, *havenv1.ConfirmMoveInRequest) error {
+	return nil
+}
+
 // answer ends every pending MoveOut with err.
 func (f *fakeMovers) answer(err error) {
 	f.mu.Lock()

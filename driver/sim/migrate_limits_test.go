@@ -95,9 +95,37 @@ func TestMigrationCancelled(t *testing.T) {
 			defer cancel()
 			a, b := connPair(t, "tcp")
 			opts := driver.MigrateOptions{DowntimeTarget: time.Nanosecond}
-			mig := migrate(ctx, t, n1, n2, 1, bigSpec(web, 2), a, b, opts, func(p driver.Progress) { cancel() })
-			if len(mig.progress) != 1 {
-				t.Errorf("%d reports after cancelling in the first", len(mig.progress))
+			mig := migrate(ctx, t, n1, n2, 1, bigSpec(web, 2), a, b, opts, func(p driver.Progress) {
+				if p.Phase == "precopy" {
+					cancel()
+				}
+			})
+			if len(mig.progress) != 2 {
+				t.Errorf("%d reports after cancelling in round 1's, want the setup's and that one", len(mig.progress))
+			}
+			if mig.inErr == nil {
+				t.Error("MigrateIn succeeded")
+			}
+			return mig.outErr
+		}},
+		// A report that blocks (a test's hold) until the move is
+		// cancelled: nothing is sent after it.
+		{"held at the setup", func(t *testing.T, n1, n2 *Driver) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			a, b := connPair(t, "tcp")
+			mig := migrate(ctx, t, n1, n2, 1, bigSpec(web, 2), a, b, driver.MigrateOptions{}, func(driver.Progress) {
+				if st := status(t, n2, web); st.State != driver.StateIncoming || st.Epoch != 2 || st.Complete {
+					t.Errorf("at the setup report the target's vm is %+v, want incoming at epoch 2, not complete", st)
+				}
+				if _, err := n2.MemoryChecksum(web); !errors.Is(err, driver.ErrInvalidState) {
+					t.Errorf("checksum of a VM still incoming: %v, want ErrInvalidState", err)
+				}
+				cancel()
+				<-ctx.Done()
+			})
+			if len(mig.progress) != 1 || mig.progress[0].Phase != "setup" {
+				t.Errorf("reports %+v, want the setup's alone", mig.progress)
 			}
 			if mig.inErr == nil {
 				t.Error("MigrateIn succeeded")

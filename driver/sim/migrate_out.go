@@ -109,6 +109,12 @@ func (o *outgoing) migrate() (driver.MigrateResult, error) {
 	if err := o.fr.awaitAck(0); err != nil {
 		return driver.MigrateResult{}, err
 	}
+	// The target has its empty VM. The report may block (a test's hold):
+	// a cancellation meanwhile ends the move here.
+	o.progress(driver.Progress{Phase: "setup", MemoryBytes: o.m.size(), RemainingBytes: o.m.size()})
+	if err := o.between(); err != nil {
+		return driver.MigrateResult{}, err
+	}
 	pages := o.m.pages()
 	set, spare := newBitmap(pages), newBitmap(pages)
 	set.setAll(pages) // round 1: everything

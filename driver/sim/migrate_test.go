@@ -58,8 +58,8 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 	t.Logf("%+v", mig.res)
 	src, dst := status(t, n1, web), status(t, n2, web)
-	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter {
-		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming at epoch 2, same counter", src, dst)
+	if src.State != driver.StatePaused || dst.State != driver.StateIncoming || dst.Epoch != 2 || dst.Counter != src.Counter || !dst.Complete || src.Complete {
+		t.Fatalf("after the move: source %+v, target %+v; want paused and incoming (complete) at epoch 2, same counter", src, dst)
 	}
 	srcMem, srcSum := memoryOf(t, n1, web)
 	dstMem, dstSum := memoryOf(t, n2, web)
@@ -68,6 +68,11 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 	if srcSum != mig.res.Checksum || dstSum != mig.res.Checksum {
 		t.Errorf("checksums: source %#x, target %#x, result %#x", srcSum, dstSum, mig.res.Checksum)
+	}
+	for _, n := range []*Driver{n1, n2} {
+		if sum, err := n.MemoryChecksum(web); err != nil || sum != mig.res.Checksum {
+			t.Errorf("%s: MemoryChecksum %#x, %v; want the result's %#x", n.cfg.Node, sum, err, mig.res.Checksum)
+		}
 	}
 	checkProgress(t, mig)
 
@@ -116,15 +121,23 @@ func testLiveMigration(t *testing.T, kind string, guest Guest, opts driver.Migra
 	}
 }
 
-// checkProgress checks the reports of a successful move: pre-copy rounds
-// counted from 1, bytes only growing, then the switchover's two, at the
-// pause and once everything went: the last counts every byte.
+// checkProgress checks the reports of a successful move: the setup, with
+// nothing sent, pre-copy rounds counted from 1, bytes only growing, then
+// the switchover's two, at the pause and once everything went: the last
+// counts every byte.
 func checkProgress(t *testing.T, mig migration) {
 	t.Helper()
 	ps := mig.progress
+	if len(ps) < 4 {
+		t.Fatalf("progress %+v, want the setup, pre-copy rounds, then two switchover reports", ps)
+	}
+	if p := ps[0]; p.Phase != "setup" || p.Round != 0 || p.MemoryBytes != 16<<20 || p.RemainingBytes != 16<<20 {
+		t.Errorf("first report %+v, want the setup of 16 MiB, all of it left", p)
+	}
+	ps = ps[1:]
 	n := len(ps)
-	if n < 3 || ps[n-2].Phase != "switchover" || ps[n-1].Phase != "switchover" || ps[n-2].Round != mig.res.Rounds || ps[n-1].Round != mig.res.Rounds {
-		t.Fatalf("progress %+v, want pre-copy rounds then two switchover reports as round %d", ps, mig.res.Rounds)
+	if ps[n-2].Phase != "switchover" || ps[n-1].Phase != "switchover" || ps[n-2].Round != mig.res.Rounds || ps[n-1].Round != mig.res.Rounds {
+		t.Fatalf("progress %+v, want the setup, pre-copy rounds, then two switchover reports as round %d", mig.progress, mig.res.Rounds)
 	}
 	for i, p := range ps[:n-2] {
 		if p.Phase != "precopy" || p.Round != i+1 || p.MemoryBytes != 16<<20 || p.RateBytesPerSec <= 0 {

@@ -417,6 +417,27 @@ func (d *Driver) Crash(id driver.VMID, reason string) error {
 	return nil
 }
 
+// MemoryChecksum implements driver.FaultInjector. A running or frozen
+// VM's memory is hashed under its mutex, between two ticks; a paused one
+// and a complete incoming one have no writer left (the move that paused
+// the one has sent everything; Activate takes the mutex that the other's
+// hash holds).
+func (d *Driver) MemoryChecksum(id driver.VMID) (uint64, error) {
+	v := d.lookup(id)
+	if v == nil {
+		return 0, fmt.Errorf("checksum of %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.mem == nil || !v.holds():
+		return 0, fmt.Errorf("checksum of %s: %w: it is %s", id, driver.ErrInvalidState, v.state)
+	case v.state == driver.StateIncoming && !v.complete:
+		return 0, fmt.Errorf("checksum of %s: %w: its state has not all arrived", id, driver.ErrInvalidState)
+	}
+	return v.mem.checksum(), nil
+}
+
 // command finds the VM a Stop or Kill is for and refuses an older epoch.
 // A newer epoch is accepted: a newer owner may stop an older incarnation.
 func (d *Driver) command(op string, id driver.VMID, epoch uint64) (*vm, error) {

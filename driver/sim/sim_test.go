@@ -363,6 +363,32 @@ func TestCrash(t *testing.T) {
 	increasing(t, "disk", disk)
 }
 
+// MemoryChecksum reads a VM's memory as it is, by the migration's hash;
+// a VM that holds no memory has none to read.
+func TestMemoryChecksum(t *testing.T) {
+	dir, clk := t.TempDir(), newClock()
+	d := newDriver(t, "n1", dir, clk)
+	start(t, d, testSpec(web, 1), clk.Now().Add(time.Minute))
+	waitCounter(t, d, web, 3)
+	clk.Advance(time.Minute) // frozen: the memory holds still
+	if st := status(t, d, web); st.State != driver.StateFrozen {
+		t.Fatalf("vm %s past its lease, want frozen", st.State)
+	}
+	_, want := memoryOf(t, d, web)
+	if sum, err := d.MemoryChecksum(web); err != nil || sum != want {
+		t.Errorf("MemoryChecksum: %#x, %v; want %#x", sum, err, want)
+	}
+	if err := d.Kill(web, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.MemoryChecksum(web); !errors.Is(err, driver.ErrInvalidState) {
+		t.Errorf("checksum of a killed VM: %v, want ErrInvalidState", err)
+	}
+	if _, err := d.MemoryChecksum(driver.VMID{Group: "no", Resource: "such"}); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("checksum of an unknown VM: %v, want ErrNotFound", err)
+	}
+}
+
 // The guest really writes its memory while it runs, and does not while
 // frozen.
 func TestMemoryDirtied(t *testing.T) {

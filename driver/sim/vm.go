@@ -248,5 +248,6 @@ func (v *vm) status() driver.Status {
 	return driver.Status{
 		ID: v.spec.ID, Epoch: v.spec.Epoch, State: v.state,
 		Counter: v.counter, Reason: v.reason, LeaseEnd: v.leaseEnd,
+		Complete: v.state == driver.StateIncoming && v.complete,
 	}
 }

@@ -15,7 +15,7 @@ import (
 func (s *Service) CrashVM(_ context.Context, req *havenv1.CrashVMRequest) (*havenv1.CrashVMResponse, error) {
 	fi, ok := s.cfg.Driver.(driver.FaultInjector)
 	if !s.cfg.FaultInjection || !ok {
-		return nil, status.Error(codes.PermissionDenied, "fault injection is disabled (sim.fault_injection)")
+		return nil, errNoFaultInjection
 	}
 	if err := fi.Crash(driver.VMID{Group: req.GetGroup(), Resource: req.GetVm()}, "injected crash"); err != nil {
 		if errors.Is(err, driver.ErrNotFound) {

@@ -16,6 +16,7 @@ type Mover interface {
 	MoveOut(ctx context.Context, id string, index uint64, dial migrate.Dial, report func(migrate.Progress) error) error
 	MoveIn(ctx context.Context, id string, index uint64, vm string, conn io.ReadWriter) error
 	RestoreMove(ctx context.Context, id string, index uint64) error
+	ConfirmMoveIn(ctx context.Context, id string, index uint64) error
 }
 
 // DialNode opens a connection of its own to another agent, for a move's
@@ -103,4 +104,15 @@ func (s *Service) RestoreMove(ctx context.Context, req *havenv1.RestoreMoveReque
 		return nil, s.status(err)
 	}
 	return &havenv1.RestoreMoveResponse{}, nil
+}
+
+// ConfirmMoveIn implements haven.v1.NodeService.
+func (s *Service) ConfirmMoveIn(ctx context.Context, req *havenv1.ConfirmMoveInRequest) (*havenv1.ConfirmMoveInResponse, error) {
+	if s.cfg.Mover == nil {
+		return nil, status.Error(codes.Unimplemented, "this agent takes no part in moves")
+	}
+	if err := s.cfg.Mover.ConfirmMoveIn(ctx, req.GetOperation(), req.GetIndex()); err != nil {
+		return nil, s.status(err)
+	}
+	return &havenv1.ConfirmMoveInResponse{}, nil
 }

@@ -1,7 +1,8 @@
 // Package node is haven.v1.NodeService, what agents ask each other: lease
 // renewals and group reports for the leader, Raft status for the
-// bootstrap, fault injection for tests. Calls that act for a node are
-// refused unless the cluster knows the node (checkMember).
+// bootstrap, the two ends of moves, and fault injection for tests (guest
+// crashes, holds of moves at a phase, a VM's memory read). Calls that act
+// for a node are refused unless the cluster knows the node (checkMember).
 package node
 
 import (
@@ -55,10 +56,13 @@ type Config struct {
 	Leases  Leases
 	Reports Reports
 	Members Members
-	// Driver is this node's hypervisor; CrashVM needs it to implement
-	// driver.FaultInjector, and FaultInjection to be set.
+	// Driver is this node's hypervisor; CrashVM and InspectVM need it to
+	// implement driver.FaultInjector, and FaultInjection to be set.
 	Driver         driver.Hypervisor
 	FaultInjection bool
+	// Holds are the holds of HoldMoves, GetMoveHolds and ReleaseMoves,
+	// which need FaultInjection set as well.
+	Holds Holds
 	// Mover is this node's part in moves; DialNode opens the streams.
 	Mover    Mover
 	DialNode DialNode

@@ -85,6 +85,8 @@ func (d *crashDriver) Crash(id driver.VMID, reason string) error {
 	return d.err
 }
 
+func (d *crashDriver) MemoryChecksum(driver.VMID) (uint64, error) { return 0, d.err }
+
 // logBuffer keeps the service's log lines for the test to count, and
 // shows them with the test's output.
 type logBuffer struct {

@@ -22,6 +22,75 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MoveHoldPhase is a point of a move where a hold (HoldMoves) stops it.
+type MoveHoldPhase int32
+
+const (
+	MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED MoveHoldPhase = 0
+	// Source, live move: the target has prepared its empty VM; no memory
+	// has been sent.
+	MoveHoldPhase_MOVE_HOLD_PHASE_SETUP MoveHoldPhase = 1
+	// Source, live move: the first pre-copy round is over (and reported);
+	// the next round, or the switchover, has not begun. The guest runs.
+	MoveHoldPhase_MOVE_HOLD_PHASE_PRECOPY MoveHoldPhase = 2
+	// Source: every VM of the group is paused and the target verified its
+	// copy (a quick move: saved); "ready" has not been sent to the leader.
+	MoveHoldPhase_MOVE_HOLD_PHASE_FROZEN MoveHoldPhase = 3
+	// Target: the commit is applied here and a lease grant confirms the new
+	// epoch; the incoming VM has not been activated.
+	MoveHoldPhase_MOVE_HOLD_PHASE_COMMITTED MoveHoldPhase = 4
+	// Target: the VM was activated and runs; the report that ends the move
+	// has not been sent.
+	MoveHoldPhase_MOVE_HOLD_PHASE_RESUMED MoveHoldPhase = 5
+)
+
+// Enum value maps for MoveHoldPhase.
+var (
+	MoveHoldPhase_name = map[int32]string{
+		0: "MOVE_HOLD_PHASE_UNSPECIFIED",
+		1: "MOVE_HOLD_PHASE_SETUP",
+		2: "MOVE_HOLD_PHASE_PRECOPY",
+		3: "MOVE_HOLD_PHASE_FROZEN",
+		4: "MOVE_HOLD_PHASE_COMMITTED",
+		5: "MOVE_HOLD_PHASE_RESUMED",
+	}
+	MoveHoldPhase_value = map[string]int32{
+		"MOVE_HOLD_PHASE_UNSPECIFIED": 0,
+		"MOVE_HOLD_PHASE_SETUP":       1,
+		"MOVE_HOLD_PHASE_PRECOPY":     2,
+		"MOVE_HOLD_PHASE_FROZEN":      3,
+		"MOVE_HOLD_PHASE_COMMITTED":   4,
+		"MOVE_HOLD_PHASE_RESUMED":     5,
+	}
+)
+
+func (x MoveHoldPhase) Enum() *MoveHoldPhase {
+	p := new(MoveHoldPhase)
+	*p = x
+	return p
+}
+
+func (x MoveHoldPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MoveHoldPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_node_proto_enumTypes[0].Descriptor()
+}
+
+func (MoveHoldPhase) Type() protoreflect.EnumType {
+	return &file_haven_v1_node_proto_enumTypes[0]
+}
+
+func (x MoveHoldPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MoveHoldPhase.Descriptor instead.
+func (MoveHoldPhase) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{0}
+}
+
 type GetRaftStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -833,6 +902,534 @@ func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
+type ConfirmMoveInRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInRequest) Reset() {
+	*x = ConfirmMoveInRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInRequest) ProtoMessage() {}
+
+func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConfirmMoveInRequest) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *ConfirmMoveInRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type ConfirmMoveInResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmMoveInResponse) Reset() {
+	*x = ConfirmMoveInResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmMoveInResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmMoveInResponse) ProtoMessage() {}
+
+func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
+func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+}
+
+type HoldMovesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         MoveHoldPhase          `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldMovesRequest) Reset() {
+	*x = HoldMovesRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldMovesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldMovesRequest) ProtoMessage() {}
+
+func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
+func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+type HoldMovesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every armed hold of the node, this one included.
+	Holds         []*MoveHold `protobuf:"bytes,1,rep,name=holds,proto3" json:"holds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldMovesResponse) Reset() {
+	*x = HoldMovesResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldMovesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldMovesResponse) ProtoMessage() {}
+
+func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
+func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *HoldMovesResponse) GetHolds() []*MoveHold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+// MoveHold is an armed hold.
+type MoveHold struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Phase MoveHoldPhase          `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	// The moves that reached the phase since it was armed, first first.
+	Operations    []string `protobuf:"bytes,2,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveHold) Reset() {
+	*x = MoveHold{}
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveHold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveHold) ProtoMessage() {}
+
+func (x *MoveHold) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
+func (*MoveHold) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MoveHold) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+func (x *MoveHold) GetOperations() []string {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+type GetMoveHoldsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMoveHoldsRequest) Reset() {
+	*x = GetMoveHoldsRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMoveHoldsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMoveHoldsRequest) ProtoMessage() {}
+
+func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
+func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+}
+
+type GetMoveHoldsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Holds         []*MoveHold            `protobuf:"bytes,1,rep,name=holds,proto3" json:"holds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMoveHoldsResponse) Reset() {
+	*x = GetMoveHoldsResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMoveHoldsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMoveHoldsResponse) ProtoMessage() {}
+
+func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
+func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
+	if x != nil {
+		return x.Holds
+	}
+	return nil
+}
+
+type ReleaseMovesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hold to release; unspecified releases every hold.
+	Phase         MoveHoldPhase `protobuf:"varint,1,opt,name=phase,proto3,enum=haven.v1.MoveHoldPhase" json:"phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseMovesRequest) Reset() {
+	*x = ReleaseMovesRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseMovesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseMovesRequest) ProtoMessage() {}
+
+func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MoveHoldPhase_MOVE_HOLD_PHASE_UNSPECIFIED
+}
+
+type ReleaseMovesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The holds released, with the moves they held.
+	Released      []*MoveHold `protobuf:"bytes,1,rep,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseMovesResponse) Reset() {
+	*x = ReleaseMovesResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseMovesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseMovesResponse) ProtoMessage() {}
+
+func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
+	if x != nil {
+		return x.Released
+	}
+	return nil
+}
+
+type InspectVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectVMRequest) Reset() {
+	*x = InspectVMRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectVMRequest) ProtoMessage() {}
+
+func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
+func (*InspectVMRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *InspectVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *InspectVMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type InspectVMResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The driver's word for the VM's state: running, frozen, paused,
+	// incoming, stopped, crashed.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The guest counter the driver last saw.
+	Counter uint64 `protobuf:"varint,3,opt,name=counter,proto3" json:"counter,omitempty"`
+	// The checksum of the VM's memory now, the function a migration's
+	// checksum uses; unset when the memory is not there to read (stopped,
+	// crashed) or still being written (incoming, before all its state
+	// arrived).
+	Checksum      *uint64 `protobuf:"varint,4,opt,name=checksum,proto3,oneof" json:"checksum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectVMResponse) Reset() {
+	*x = InspectVMResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectVMResponse) ProtoMessage() {}
+
+func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
+func (*InspectVMResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *InspectVMResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *InspectVMResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *InspectVMResponse) GetCounter() uint64 {
+	if x != nil {
+		return x.Counter
+	}
+	return 0
+}
+
+func (x *InspectVMResponse) GetChecksum() uint64 {
+	if x != nil && x.Checksum != nil {
+		return *x.Checksum
+	}
+	return 0
+}
+
 type FillVMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -843,7 +1440,7 @@ type FillVMRequest struct {
 
 func (x *FillVMRequest) Reset() {
 	*x = FillVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1452,7 @@ func (x *FillVMRequest) String() string {
 func (*FillVMRequest) ProtoMessage() {}
 
 func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1465,7 @@ func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
 func (*FillVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FillVMRequest) GetGroup() string {
@@ -895,7 +1492,7 @@ type FillVMResponse struct {
 
 func (x *FillVMResponse) Reset() {
 	*x = FillVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1504,7 @@ func (x *FillVMResponse) String() string {
 func (*FillVMResponse) ProtoMessage() {}
 
 func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1517,7 @@ func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
 func (*FillVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FillVMResponse) GetBytes() int64 {
@@ -943,7 +1540,7 @@ type ProbeLinkRequest struct {
 
 func (x *ProbeLinkRequest) Reset() {
 	*x = ProbeLinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1552,7 @@ func (x *ProbeLinkRequest) String() string {
 func (*ProbeLinkRequest) ProtoMessage() {}
 
 func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1565,7 @@ func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ProbeLinkRequest) GetTarget() string {
@@ -997,7 +1594,7 @@ type ProbeLinkResponse struct {
 
 func (x *ProbeLinkResponse) Reset() {
 	*x = ProbeLinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1606,7 @@ func (x *ProbeLinkResponse) String() string {
 func (*ProbeLinkResponse) ProtoMessage() {}
 
 func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1619,7 @@ func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ProbeLinkResponse) GetBytes() int64 {
@@ -1051,7 +1648,7 @@ type ProbeSinkRequest struct {
 
 func (x *ProbeSinkRequest) Reset() {
 	*x = ProbeSinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1660,7 @@ func (x *ProbeSinkRequest) String() string {
 func (*ProbeSinkRequest) ProtoMessage() {}
 
 func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1673,7 @@ func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProbeSinkRequest) GetNode() string {
@@ -1103,7 +1700,7 @@ type ProbeSinkResponse struct {
 
 func (x *ProbeSinkResponse) Reset() {
 	*x = ProbeSinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1712,7 @@ func (x *ProbeSinkResponse) String() string {
 func (*ProbeSinkResponse) ProtoMessage() {}
 
 func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1725,7 @@ func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProbeSinkResponse) GetBytes() int64 {
@@ -1191,7 +1788,36 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x12RestoreMoveRequest\x12\x1c\n" +
 	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"\x15\n" +
-	"\x13RestoreMoveResponse\"5\n" +
+	"\x13RestoreMoveResponse\"J\n" +
+	"\x14ConfirmMoveInRequest\x12\x1c\n" +
+	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\x17\n" +
+	"\x15ConfirmMoveInResponse\"A\n" +
+	"\x10HoldMovesRequest\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\"=\n" +
+	"\x11HoldMovesResponse\x12(\n" +
+	"\x05holds\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\x05holds\"Y\n" +
+	"\bMoveHold\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\x12\x1e\n" +
+	"\n" +
+	"operations\x18\x02 \x03(\tR\n" +
+	"operations\"\x15\n" +
+	"\x13GetMoveHoldsRequest\"@\n" +
+	"\x14GetMoveHoldsResponse\x12(\n" +
+	"\x05holds\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\x05holds\"D\n" +
+	"\x13ReleaseMovesRequest\x12-\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x17.haven.v1.MoveHoldPhaseR\x05phase\"F\n" +
+	"\x14ReleaseMovesResponse\x12.\n" +
+	"\breleased\x18\x01 \x03(\v2\x12.haven.v1.MoveHoldR\breleased\"8\n" +
+	"\x10InspectVMRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x87\x01\n" +
+	"\x11InspectVMResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\acounter\x18\x03 \x01(\x04R\acounter\x12\x1f\n" +
+	"\bchecksum\x18\x04 \x01(\x04H\x00R\bchecksum\x88\x01\x01B\v\n" +
+	"\t_checksum\"5\n" +
 	"\rFillVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\"&\n" +
@@ -1207,7 +1833,14 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\")\n" +
 	"\x11ProbeSinkResponse\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x03R\x05bytes2\xce\x05\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes*\xc0\x01\n" +
+	"\rMoveHoldPhase\x12\x1f\n" +
+	"\x1bMOVE_HOLD_PHASE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15MOVE_HOLD_PHASE_SETUP\x10\x01\x12\x1b\n" +
+	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
+	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
+	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xca\b\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
@@ -1216,7 +1849,12 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
 	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
-	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12;\n" +
+	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12P\n" +
+	"\rConfirmMoveIn\x12\x1e.haven.v1.ConfirmMoveInRequest\x1a\x1f.haven.v1.ConfirmMoveInResponse\x12D\n" +
+	"\tHoldMoves\x12\x1a.haven.v1.HoldMovesRequest\x1a\x1b.haven.v1.HoldMovesResponse\x12M\n" +
+	"\fGetMoveHolds\x12\x1d.haven.v1.GetMoveHoldsRequest\x1a\x1e.haven.v1.GetMoveHoldsResponse\x12M\n" +
+	"\fReleaseMoves\x12\x1d.haven.v1.ReleaseMovesRequest\x1a\x1e.haven.v1.ReleaseMovesResponse\x12D\n" +
+	"\tInspectVM\x12\x1a.haven.v1.InspectVMRequest\x1a\x1b.haven.v1.InspectVMResponse\x12;\n" +
 	"\x06FillVM\x12\x17.haven.v1.FillVMRequest\x1a\x18.haven.v1.FillVMResponse\x12D\n" +
 	"\tProbeLink\x12\x1a.haven.v1.ProbeLinkRequest\x1a\x1b.haven.v1.ProbeLinkResponse\x12F\n" +
 	"\tProbeSink\x12\x1a.haven.v1.ProbeSinkRequest\x1a\x1b.haven.v1.ProbeSinkResponse(\x01B2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
@@ -1233,65 +1871,94 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 	return file_haven_v1_node_proto_rawDescData
 }
 
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_haven_v1_node_proto_goTypes = []any{
-	(*GetRaftStatusRequest)(nil),  // 0: haven.v1.GetRaftStatusRequest
-	(*GetRaftStatusResponse)(nil), // 1: haven.v1.GetRaftStatusResponse
-	(*RenewLeaseRequest)(nil),     // 2: haven.v1.RenewLeaseRequest
-	(*GroupEpoch)(nil),            // 3: haven.v1.GroupEpoch
-	(*RenewLeaseResponse)(nil),    // 4: haven.v1.RenewLeaseResponse
-	(*ReportGroupRequest)(nil),    // 5: haven.v1.ReportGroupRequest
-	(*ReportGroupResponse)(nil),   // 6: haven.v1.ReportGroupResponse
-	(*CrashVMRequest)(nil),        // 7: haven.v1.CrashVMRequest
-	(*CrashVMResponse)(nil),       // 8: haven.v1.CrashVMResponse
-	(*MoveOutRequest)(nil),        // 9: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),       // 10: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),         // 11: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),        // 12: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),    // 13: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),   // 14: haven.v1.RestoreMoveResponse
-	(*FillVMRequest)(nil),         // 15: haven.v1.FillVMRequest
-	(*FillVMResponse)(nil),        // 16: haven.v1.FillVMResponse
-	(*ProbeLinkRequest)(nil),      // 17: haven.v1.ProbeLinkRequest
-	(*ProbeLinkResponse)(nil),     // 18: haven.v1.ProbeLinkResponse
-	(*ProbeSinkRequest)(nil),      // 19: haven.v1.ProbeSinkRequest
-	(*ProbeSinkResponse)(nil),     // 20: haven.v1.ProbeSinkResponse
-	(GroupState)(0),               // 21: haven.v1.GroupState
-	(OperationPhase)(0),           // 22: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 23: haven.v1.MoveProgress
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(MoveHoldPhase)(0),            // 0: haven.v1.MoveHoldPhase
+	(*GetRaftStatusRequest)(nil),  // 1: haven.v1.GetRaftStatusRequest
+	(*GetRaftStatusResponse)(nil), // 2: haven.v1.GetRaftStatusResponse
+	(*RenewLeaseRequest)(nil),     // 3: haven.v1.RenewLeaseRequest
+	(*GroupEpoch)(nil),            // 4: haven.v1.GroupEpoch
+	(*RenewLeaseResponse)(nil),    // 5: haven.v1.RenewLeaseResponse
+	(*ReportGroupRequest)(nil),    // 6: haven.v1.ReportGroupRequest
+	(*ReportGroupResponse)(nil),   // 7: haven.v1.ReportGroupResponse
+	(*CrashVMRequest)(nil),        // 8: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),       // 9: haven.v1.CrashVMResponse
+	(*MoveOutRequest)(nil),        // 10: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),       // 11: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),         // 12: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),        // 13: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),    // 14: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),   // 15: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),  // 16: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil), // 17: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),      // 18: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),     // 19: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),              // 20: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),   // 21: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),  // 22: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),   // 23: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),  // 24: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),      // 25: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),     // 26: haven.v1.InspectVMResponse
+	(*FillVMRequest)(nil),         // 27: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),        // 28: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),      // 29: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),     // 30: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),      // 31: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),     // 32: haven.v1.ProbeSinkResponse
+	(GroupState)(0),               // 33: haven.v1.GroupState
+	(OperationPhase)(0),           // 34: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 35: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
-	3,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	21, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	22, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	23, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	24, // 4: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
-	0,  // 5: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	2,  // 6: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	5,  // 7: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	7,  // 8: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	9,  // 9: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	11, // 10: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	13, // 11: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	15, // 12: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
-	17, // 13: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
-	19, // 14: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
-	1,  // 15: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	4,  // 16: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	6,  // 17: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	8,  // 18: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	10, // 19: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	12, // 20: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	14, // 21: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	16, // 22: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
-	18, // 23: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
-	20, // 24: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
-	15, // [15:25] is the sub-list for method output_type
-	5,  // [5:15] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
+	33, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	34, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	35, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 4: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 6: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 8: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	20, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	36, // 10: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	1,  // 11: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	3,  // 12: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	6,  // 13: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	8,  // 14: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	10, // 15: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	12, // 16: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	14, // 17: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	16, // 18: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	18, // 19: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	21, // 20: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	23, // 21: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	25, // 22: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	27, // 23: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	29, // 24: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	31, // 25: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	2,  // 26: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 27: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 28: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 29: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	11, // 30: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	13, // 31: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	15, // 32: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	17, // 33: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	19, // 34: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	22, // 35: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	24, // 36: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	26, // 37: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	28, // 38: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	30, // 39: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	32, // 40: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	26, // [26:41] is the sub-list for method output_type
+	11, // [11:26] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -1300,18 +1967,20 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
+	file_haven_v1_node_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   21,
+			NumEnums:      1,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_haven_v1_node_proto_goTypes,
 		DependencyIndexes: file_haven_v1_node_proto_depIdxs,
+		EnumInfos:         file_haven_v1_node_proto_enumTypes,
 		MessageInfos:      file_haven_v1_node_proto_msgTypes,
 	}.Build()
 	File_haven_v1_node_proto = out.File

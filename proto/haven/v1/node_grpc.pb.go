@@ -26,6 +26,11 @@ const (
 	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
 	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
 	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
+	NodeService_ConfirmMoveIn_FullMethodName = "/haven.v1.NodeService/ConfirmMoveIn"
+	NodeService_HoldMoves_FullMethodName     = "/haven.v1.NodeService/HoldMoves"
+	NodeService_GetMoveHolds_FullMethodName  = "/haven.v1.NodeService/GetMoveHolds"
+	NodeService_ReleaseMoves_FullMethodName  = "/haven.v1.NodeService/ReleaseMoves"
+	NodeService_InspectVM_FullMethodName     = "/haven.v1.NodeService/InspectVM"
 	NodeService_FillVM_FullMethodName        = "/haven.v1.NodeService/FillVM"
 	NodeService_ProbeLink_FullMethodName     = "/haven.v1.NodeService/ProbeLink"
 	NodeService_ProbeSink_FullMethodName     = "/haven.v1.NodeService/ProbeSink"
@@ -62,6 +67,36 @@ type NodeServiceClient interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(ctx context.Context, in *RestoreMoveRequest, opts ...grpc.CallOption) (*RestoreMoveResponse, error)
+	// ConfirmMoveIn is the leader's question to a live move's target once
+	// the source is ready, right before the commit: does it still hold a
+	// complete, verified copy of every VM of the group, waiting at the
+	// move's target epoch? An error, or no answer, rolls the move back: a
+	// commit to a target that lost its copy (or died) since it verified it
+	// would restart the group from its disks rather than resume the guest
+	// the source holds. (For a quick move RestoreMove, which comes at the
+	// same point, is the confirmation.)
+	ConfirmMoveIn(ctx context.Context, in *ConfirmMoveInRequest, opts ...grpc.CallOption) (*ConfirmMoveInResponse, error)
+	// HoldMoves arms a hold at a phase of a move on this node: every move
+	// that reaches the phase here stops there until ReleaseMoves, so that a
+	// fault-injection test knows where its fault strikes. A source held at
+	// setup, precopy or frozen stops waiting when the leader's MoveOut
+	// stream ends, and fails as it would have failed there; a target held at
+	// committed or resumed waits without stopping the node's other groups.
+	// Arming an armed phase changes nothing. For fault-injection tests:
+	// refused unless sim.fault_injection is set.
+	HoldMoves(ctx context.Context, in *HoldMovesRequest, opts ...grpc.CallOption) (*HoldMovesResponse, error)
+	// GetMoveHolds lists the armed holds of this node and the moves that
+	// reached each. Refused unless sim.fault_injection is set.
+	GetMoveHolds(ctx context.Context, in *GetMoveHoldsRequest, opts ...grpc.CallOption) (*GetMoveHoldsResponse, error)
+	// ReleaseMoves disarms a hold (every hold, for an unspecified phase)
+	// and lets the moves it holds go on. Refused unless sim.fault_injection
+	// is set.
+	ReleaseMoves(ctx context.Context, in *ReleaseMovesRequest, opts ...grpc.CallOption) (*ReleaseMovesResponse, error)
+	// InspectVM reports a VM as this node's driver holds it, with a checksum
+	// of its memory read now by the function a migration's checksum uses:
+	// a test compares a moved VM with the original independently of the
+	// move's own check. Refused unless sim.fault_injection is set.
+	InspectVM(ctx context.Context, in *InspectVMRequest, opts ...grpc.CallOption) (*InspectVMResponse, error)
 	// FillVM writes data over every page of a simulated VM's memory, as a
 	// guest that has used all of its RAM would have, so that a move of it
 	// carries every byte (the sim sends a page that was never written as a
@@ -172,6 +207,56 @@ func (c *nodeServiceClient) RestoreMove(ctx context.Context, in *RestoreMoveRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) ConfirmMoveIn(ctx context.Context, in *ConfirmMoveInRequest, opts ...grpc.CallOption) (*ConfirmMoveInResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConfirmMoveInResponse)
+	err := c.cc.Invoke(ctx, NodeService_ConfirmMoveIn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) HoldMoves(ctx context.Context, in *HoldMovesRequest, opts ...grpc.CallOption) (*HoldMovesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HoldMovesResponse)
+	err := c.cc.Invoke(ctx, NodeService_HoldMoves_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) GetMoveHolds(ctx context.Context, in *GetMoveHoldsRequest, opts ...grpc.CallOption) (*GetMoveHoldsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMoveHoldsResponse)
+	err := c.cc.Invoke(ctx, NodeService_GetMoveHolds_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ReleaseMoves(ctx context.Context, in *ReleaseMovesRequest, opts ...grpc.CallOption) (*ReleaseMovesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseMovesResponse)
+	err := c.cc.Invoke(ctx, NodeService_ReleaseMoves_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) InspectVM(ctx context.Context, in *InspectVMRequest, opts ...grpc.CallOption) (*InspectVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InspectVMResponse)
+	err := c.cc.Invoke(ctx, NodeService_InspectVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *nodeServiceClient) FillVM(ctx context.Context, in *FillVMRequest, opts ...grpc.CallOption) (*FillVMResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FillVMResponse)
@@ -236,6 +321,36 @@ type NodeServiceServer interface {
 	// RestoreMove is the leader's order to a quick move's target: restore
 	// the saved state into VMs that wait for the commit.
 	RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error)
+	// ConfirmMoveIn is the leader's question to a live move's target once
+	// the source is ready, right before the commit: does it still hold a
+	// complete, verified copy of every VM of the group, waiting at the
+	// move's target epoch? An error, or no answer, rolls the move back: a
+	// commit to a target that lost its copy (or died) since it verified it
+	// would restart the group from its disks rather than resume the guest
+	// the source holds. (For a quick move RestoreMove, which comes at the
+	// same point, is the confirmation.)
+	ConfirmMoveIn(context.Context, *ConfirmMoveInRequest) (*ConfirmMoveInResponse, error)
+	// HoldMoves arms a hold at a phase of a move on this node: every move
+	// that reaches the phase here stops there until ReleaseMoves, so that a
+	// fault-injection test knows where its fault strikes. A source held at
+	// setup, precopy or frozen stops waiting when the leader's MoveOut
+	// stream ends, and fails as it would have failed there; a target held at
+	// committed or resumed waits without stopping the node's other groups.
+	// Arming an armed phase changes nothing. For fault-injection tests:
+	// refused unless sim.fault_injection is set.
+	HoldMoves(context.Context, *HoldMovesRequest) (*HoldMovesResponse, error)
+	// GetMoveHolds lists the armed holds of this node and the moves that
+	// reached each. Refused unless sim.fault_injection is set.
+	GetMoveHolds(context.Context, *GetMoveHoldsRequest) (*GetMoveHoldsResponse, error)
+	// ReleaseMoves disarms a hold (every hold, for an unspecified phase)
+	// and lets the moves it holds go on. Refused unless sim.fault_injection
+	// is set.
+	ReleaseMoves(context.Context, *ReleaseMovesRequest) (*ReleaseMovesResponse, error)
+	// InspectVM reports a VM as this node's driver holds it, with a checksum
+	// of its memory read now by the function a migration's checksum uses:
+	// a test compares a moved VM with the original independently of the
+	// move's own check. Refused unless sim.fault_injection is set.
+	InspectVM(context.Context, *InspectVMRequest) (*InspectVMResponse, error)
 	// FillVM writes data over every page of a simulated VM's memory, as a
 	// guest that has used all of its RAM would have, so that a move of it
 	// carries every byte (the sim sends a page that was never written as a
@@ -284,6 +399,21 @@ func (UnimplementedNodeServiceServer) MoveIn(grpc.BidiStreamingServer[MoveInRequ
 }
 func (UnimplementedNodeServiceServer) RestoreMove(context.Context, *RestoreMoveRequest) (*RestoreMoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestoreMove not implemented")
+}
+func (UnimplementedNodeServiceServer) ConfirmMoveIn(context.Context, *ConfirmMoveInRequest) (*ConfirmMoveInResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfirmMoveIn not implemented")
+}
+func (UnimplementedNodeServiceServer) HoldMoves(context.Context, *HoldMovesRequest) (*HoldMovesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HoldMoves not implemented")
+}
+func (UnimplementedNodeServiceServer) GetMoveHolds(context.Context, *GetMoveHoldsRequest) (*GetMoveHoldsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMoveHolds not implemented")
+}
+func (UnimplementedNodeServiceServer) ReleaseMoves(context.Context, *ReleaseMovesRequest) (*ReleaseMovesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseMoves not implemented")
+}
+func (UnimplementedNodeServiceServer) InspectVM(context.Context, *InspectVMRequest) (*InspectVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InspectVM not implemented")
 }
 func (UnimplementedNodeServiceServer) FillVM(context.Context, *FillVMRequest) (*FillVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FillVM not implemented")
@@ -423,6 +553,96 @@ func _NodeService_RestoreMove_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_ConfirmMoveIn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConfirmMoveInRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ConfirmMoveIn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ConfirmMoveIn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ConfirmMoveIn(ctx, req.(*ConfirmMoveInRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_HoldMoves_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HoldMovesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).HoldMoves(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_HoldMoves_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).HoldMoves(ctx, req.(*HoldMovesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_GetMoveHolds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMoveHoldsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).GetMoveHolds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_GetMoveHolds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).GetMoveHolds(ctx, req.(*GetMoveHoldsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ReleaseMoves_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseMovesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ReleaseMoves(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ReleaseMoves_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ReleaseMoves(ctx, req.(*ReleaseMovesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_InspectVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InspectVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).InspectVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_InspectVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).InspectVM(ctx, req.(*InspectVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _NodeService_FillVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FillVMRequest)
 	if err := dec(in); err != nil {
@@ -492,6 +712,26 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestoreMove",
 			Handler:    _NodeService_RestoreMove_Handler,
+		},
+		{
+			MethodName: "ConfirmMoveIn",
+			Handler:    _NodeService_ConfirmMoveIn_Handler,
+		},
+		{
+			MethodName: "HoldMoves",
+			Handler:    _NodeService_HoldMoves_Handler,
+		},
+		{
+			MethodName: "GetMoveHolds",
+			Handler:    _NodeService_GetMoveHolds_Handler,
+		},
+		{
+			MethodName: "ReleaseMoves",
+			Handler:    _NodeService_ReleaseMoves_Handler,
+		},
+		{
+			MethodName: "InspectVM",
+			Handler:    _NodeService_InspectVM_Handler,
 		},
 		{
 			MethodName: "FillVM",
