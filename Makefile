@@ -76,7 +76,7 @@ scenario:
 # moves of a 1 GiB simulated VM between two agents at guest dirty rates of
 # 0, 64, 256 and 1024 MiB/s, against a probe of one stream between the
 # same agents; quick moves against the shared directory's write and read
-# rates. MOVES per figure (default 20: about half an hour on two cores).
+# rates. MOVES per figure (default 20: 13 to 25 minutes on two cores).
 MOVES ?= 20
 bench-moves:
 	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove' ./integration/ -args -scenario -moves=$(MOVES) | grep -E '^(scenario|---|ok|FAIL)'
