@@ -1,8 +1,10 @@
 // Package node is haven.v1.NodeService, what agents ask each other: lease
 // renewals and group reports for the leader, Raft status for the
-// bootstrap, the two ends of moves, and fault injection for tests (guest
-// crashes, holds of moves at a phase, a VM's memory read). Calls that act
-// for a node are refused unless the cluster knows the node (checkMember).
+// bootstrap, the two ends of moves, a probe of the link a move would take
+// (a diagnostic), and fault injection for tests (guest crashes, holds of
+// moves at a phase, a VM's memory read or filled with data). Calls that
+// act for a node are refused unless the cluster knows the node
+// (checkMember).
 package node
 
 import (
