@@ -70,16 +70,17 @@ concurrency:
 # Whole-cluster figures for the README's performance section (slow). The
 # figures of moves are bench-moves', which this leaves out.
 scenario:
-	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' -skip 'TestScenarioMove' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' -skip 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
 
 # Figures of moves for the README (integration/scenario_move_test.go): live
 # moves of a 1 GiB simulated VM between two agents at guest dirty rates of
 # 0, 64, 256 and 1024 MiB/s, against a probe of one stream between the
 # same agents; quick moves against the shared directory's write and read
-# rates. MOVES per figure (default 20: 13 to 25 minutes on two cores).
+# rates; the drain of a node holding 20 groups (scenario_drain_test.go).
+# MOVES per figure (default 20: 13 to 25 minutes on two cores).
 MOVES ?= 20
 bench-moves:
-	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove' ./integration/ -args -scenario -moves=$(MOVES) | grep -E '^(scenario|---|ok|FAIL)'
+	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -moves=$(MOVES) -runs=3 | grep -E '^(scenario|---|ok|FAIL)'
 
 # The SPIN model of fencing across a live-migration switchover
 # (migrate/model/README.md): the full check, the end-state check, every

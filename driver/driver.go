@@ -338,11 +338,13 @@ type Hypervisor interface {
 	Status(id VMID) (Status, error)
 	// List returns every VM the driver knows, sorted by ID.
 	List() []Status
-	// Forget removes a stopped or crashed VM from the driver's table
-	// (ErrInvalidState if it is running, frozen or paused); an incoming VM
-	// is discarded. After Forget the driver no longer remembers the VM's
-	// epoch.
-	Forget(id VMID) error
+	// Forget removes a stopped or crashed VM at epoch from the driver's
+	// table (ErrInvalidState if it is running, frozen or paused); an
+	// incoming VM is discarded. A VM at another epoch is left alone
+	// (ErrStaleEpoch): the caller saw an older incarnation, and the id may
+	// already be a newer one's, a move's incoming copy say. After Forget
+	// the driver no longer remembers the VM's epoch.
+	Forget(id VMID, epoch uint64) error
 	// Close kills every VM and releases the driver.
 	Close() error
 }

@@ -190,7 +190,7 @@ func (e *Executor) reconcile(ctx context.Context) {
 					continue
 				}
 			}
-			_ = e.drv.Forget(st.ID)
+			_ = e.drv.Forget(st.ID, st.Epoch)
 			continue
 		}
 		vms[st.ID.Group] = append(vms[st.ID.Group], st)
@@ -252,7 +252,7 @@ func (e *Executor) stopVM(ctx context.Context, st driver.Status) bool {
 			return false
 		}
 	}
-	_ = e.drv.Forget(st.ID)
+	_ = e.drv.Forget(st.ID, st.Epoch)
 	return true
 }
 
@@ -283,7 +283,7 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 				return
 			}
 			e.log.Warn("vm crashed: restarting in place", "vm", spec.ID.String(), "reason", st.Reason)
-			_ = e.drv.Forget(spec.ID)
+			_ = e.drv.Forget(spec.ID, st.Epoch)
 		}
 		if fsm.MovingFrom(e.state.Operation(g.GetOperation()), e.node) {
 			// The move's source lost its VM (a restarted agent): its state

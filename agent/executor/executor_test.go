@@ -69,9 +69,12 @@ func (d *fakeDriver) List() []driver.Status {
 	slices.SortFunc(out, func(x, y driver.Status) int { return strings.Compare(x.ID.String(), y.ID.String()) })
 	return out
 }
-func (d *fakeDriver) Forget(id driver.VMID) error {
+func (d *fakeDriver) Forget(id driver.VMID, epoch uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if st, ok := d.vms[id]; ok && st.Epoch != epoch {
+		return driver.ErrStaleEpoch
+	}
 	delete(d.vms, id)
 	return nil
 }

@@ -66,8 +66,8 @@ func benchMigrate(b *testing.B, memBytes, dirty int64) {
 		hashing += time.Since(t1)
 		_ = n1.Kill(id, 1)
 		_ = n2.Kill(id, 2)
-		_ = n1.Forget(id)
-		_ = n2.Forget(id)
+		_ = n1.Forget(id, 1)
+		_ = n2.Forget(id, 2)
 		b.StartTimer()
 	}
 	n := float64(b.N)

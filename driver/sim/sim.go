@@ -516,7 +516,7 @@ func (d *Driver) List() []driver.Status {
 }
 
 // Forget implements driver.Hypervisor.
-func (d *Driver) Forget(id driver.VMID) error {
+func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
 	d.life.Lock()
 	defer d.life.Unlock()
 	v := d.lookup(id)
@@ -525,6 +525,10 @@ func (d *Driver) Forget(id driver.VMID) error {
 	}
 	v.mu.Lock()
 	st := v.state
+	if v.spec.Epoch != epoch {
+		v.mu.Unlock()
+		return fmt.Errorf("forget %s at epoch %d: %w: it is at epoch %d", id, epoch, driver.ErrStaleEpoch, v.spec.Epoch)
+	}
 	if v.live() || st == driver.StatePaused {
 		v.mu.Unlock()
 		return fmt.Errorf("forget %s: %w: it is %s", id, driver.ErrInvalidState, st)

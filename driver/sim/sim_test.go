@@ -436,19 +436,22 @@ func TestForgetAndList(t *testing.T) {
 	if strings.Join(got, " ") != "a/vm1 a/vm2 b/vm" {
 		t.Errorf("List: %v, want sorted by ID", got)
 	}
-	if err := d.Forget(ids[0]); !errors.Is(err, driver.ErrInvalidState) {
+	if err := d.Forget(ids[0], 1); !errors.Is(err, driver.ErrInvalidState) {
 		t.Errorf("Forget of a running VM: %v, want ErrInvalidState", err)
 	}
 	if err := d.Kill(ids[0], 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Forget(ids[0]); err != nil {
+	if err := d.Forget(ids[0], 2); !errors.Is(err, driver.ErrStaleEpoch) {
+		t.Errorf("Forget of a stopped VM at another epoch: %v, want ErrStaleEpoch", err)
+	}
+	if err := d.Forget(ids[0], 1); err != nil {
 		t.Errorf("Forget of a stopped VM: %v", err)
 	}
 	if _, err := d.Status(ids[0]); !errors.Is(err, driver.ErrNotFound) {
 		t.Errorf("Status after Forget: %v, want ErrNotFound", err)
 	}
-	if err := d.Forget(ids[0]); !errors.Is(err, driver.ErrNotFound) {
+	if err := d.Forget(ids[0], 1); !errors.Is(err, driver.ErrNotFound) {
 		t.Errorf("second Forget: %v, want ErrNotFound", err)
 	}
 }
@@ -712,7 +715,7 @@ func TestManyVMs(t *testing.T) {
 		if st.State != driver.StateStopped || len(disk) < 2 || disk[len(disk)-1].Counter != st.Counter {
 			t.Errorf("%s: %+v with %d records", id, st, len(disk))
 		}
-		if err := d.Forget(id); err != nil {
+		if err := d.Forget(id, 1); err != nil {
 			t.Errorf("Forget(%s): %v", id, err)
 		}
 	}

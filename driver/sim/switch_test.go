@@ -48,7 +48,7 @@ func TestPausedAndIncomingRefusals(t *testing.T) {
 		{"source: Resume with an expired lease", func() error { return n1.Resume(web, 1, expired) }, driver.ErrLeaseExpired},
 		{"source: Activate", func() error { return n1.Activate(web, 1, lease) }, driver.ErrInvalidState},
 		{"source: Crash", func() error { return n1.Crash(web, "x") }, driver.ErrInvalidState},
-		{"source: Forget", func() error { return n1.Forget(web) }, driver.ErrInvalidState},
+		{"source: Forget", func() error { return n1.Forget(web, 1) }, driver.ErrInvalidState},
 		{"source: MigrateOut again", func() error {
 			_, err := n1.MigrateOut(ctx, web, 1, conn, driver.MigrateOptions{}, nil)
 			return err
@@ -144,7 +144,7 @@ func TestEndingAnIncomingVM(t *testing.T) {
 		end   func(d *Driver) error
 		after driver.State // StateUnknown: gone from the table
 	}{
-		{"Forget", func(d *Driver) error { return d.Forget(web) }, driver.StateUnknown},
+		{"Forget", func(d *Driver) error { return d.Forget(web, 2) }, driver.StateUnknown},
 		{"Kill", func(d *Driver) error { return d.Kill(web, 2) }, driver.StateStopped},
 		{"Stop", func(d *Driver) error { return d.Stop(context.Background(), web, 2) }, driver.StateStopped},
 		{"Start at a newer epoch", func(d *Driver) error {
@@ -216,7 +216,7 @@ func TestIncomingEndedMidRound(t *testing.T) {
 		st, err := n2.Status(web)
 		return err == nil && st.State == driver.StateIncoming
 	})
-	if err := n2.Forget(web); err != nil {
+	if err := n2.Forget(web, 2); err != nil {
 		t.Fatal(err)
 	}
 	ended := time.Now()
