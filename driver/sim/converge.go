@@ -1,7 +1,10 @@
 package sim
 
 import (
+	"encoding/binary"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,8 +28,11 @@ import (
 //     rates. The caller gives up as well past MaxDuration.
 //
 // The pause also hashes the whole memory (see checksum.go), which no
-// round shortens, so the rule leaves it out; MigrateResult.Paused reports
-// the pause as it was.
+// round shortens: the rule counts it as a fixed part of the downtime (the
+// memory at this host's hashing rate, pauseHashTime), so the pages left
+// for the pause get only what the target leaves after it. Once nothing
+// is left to send, it switches over whatever the hash costs: more rounds
+// cannot shorten it. MigrateResult.Paused reports the pause as it was.
 
 // throttleSteps are the percentages of ticks a throttled guest skips.
 var throttleSteps = []int{20, 40, 60, 80, 90, 95, 99}
@@ -65,13 +71,17 @@ func (r roundStats) expectedDowntime() time.Duration {
 
 // planner is the convergence rule above; deterministic, for tests.
 type planner struct {
-	target  time.Duration
+	target time.Duration
+	// fixed is the pause's part that no round shortens: the hash.
+	fixed   time.Duration
 	best    int64 // least remaining so far; -1 before the first round
 	stalled int
 	step    int // throttleSteps[step-1] is in force; 0: none
 }
 
-func newPlanner(target time.Duration) *planner { return &planner{target: target, best: -1} }
+func newPlanner(target, fixed time.Duration) *planner {
+	return &planner{target: target, fixed: fixed, best: -1}
+}
 
 func (p *planner) throttle() int {
 	if p.step == 0 {
@@ -82,7 +92,7 @@ func (p *planner) throttle() int {
 
 // next judges a round; the reason says why for giveUp.
 func (p *planner) next(r roundStats) (verdict, string) {
-	if r.expectedDowntime() <= p.target {
+	if r.link > 0 && (r.remaining == 0 || r.expectedDowntime()+p.fixed <= p.target) {
 		return switchOver, ""
 	}
 	if p.best < 0 || 10*r.remaining < realDecrease*p.best {
@@ -105,8 +115,8 @@ func (p *planner) next(r roundStats) (verdict, string) {
 	if p.stalled < stallRounds {
 		return copyMore, ""
 	}
-	return giveUp, fmt.Sprintf("the guest, slowed by %d %%, still dirties %s while the link carries %s; %s left, %s of downtime at best against a target of %s",
-		p.throttle(), rate(r.dirty), rate(r.link), size(r.remaining), r.expectedDowntime().Round(time.Millisecond), p.target)
+	return giveUp, fmt.Sprintf("the guest, slowed by %d %%, still dirties %s while the link carries %s; %s left, %s of downtime at best (%s of it hashing the memory) against a target of %s",
+		p.throttle(), rate(r.dirty), rate(r.link), size(r.remaining), (r.expectedDowntime() + p.fixed).Round(time.Millisecond), p.fixed.Round(time.Millisecond), p.target)
 }
 
 // rateMeter is the link rate over the last rounds that span at least
@@ -153,4 +163,34 @@ func size(b int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", b)
+}
+
+// pauseHash is this host's rate of hashing memory in a pause, in bytes per
+// second: first from hashing a buffer of data on one core (a pause hashes
+// on every core, so this errs long), then what the last pause measured.
+var pauseHash struct {
+	once sync.Once
+	rate atomic.Int64
+}
+
+// pauseHashTime is how long a pause takes to hash bytes of memory.
+func pauseHashTime(bytes int64) time.Duration {
+	pauseHash.once.Do(func() {
+		buf := make([]byte, 32<<20)
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], uint64(i)*0x9e3779b97f4a7c15)
+		}
+		t0 := time.Now()
+		_ = pageSum(buf)
+		d := max(time.Since(t0), time.Microsecond)
+		pauseHash.rate.CompareAndSwap(0, int64(float64(len(buf))/d.Seconds()))
+	})
+	return time.Duration(float64(bytes) / float64(pauseHash.rate.Load()) * float64(time.Second))
+}
+
+// notePauseHash records what hashing bytes took in a pause.
+func notePauseHash(bytes int64, d time.Duration) {
+	if bytes >= 16<<20 && d > 0 {
+		pauseHash.rate.Store(int64(float64(bytes) / d.Seconds()))
+	}
 }

@@ -64,7 +64,7 @@ func TestPlanner(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPlanner(300 * time.Millisecond)
+			p := newPlanner(300*time.Millisecond, 0)
 			for i, s := range tc.steps {
 				got, why := p.next(s.r)
 				if got != s.want || p.throttle() != s.throttle {
@@ -95,5 +95,25 @@ func TestRateMeter(t *testing.T) {
 	m.add(1<<20, 100*time.Millisecond)  // 10 MiB/s, a whole window
 	if got := m.rate(); got != 10<<20 {
 		t.Errorf("after a window of 10 MiB/s: %d B/s", got)
+	}
+}
+
+// The hash of the pause counts against the downtime target: the pages
+// left for the pause get only what the target leaves after it, and once
+// nothing is left the move switches over whatever the hash costs.
+func TestPlannerCountsThePauseHash(t *testing.T) {
+	p := newPlanner(300*time.Millisecond, 200*time.Millisecond)
+	if v, _ := p.next(roundStats{remaining: 15e6, link: 100e6}); v != copyMore {
+		t.Errorf("150 ms of pages and 200 ms of hashing against 300 ms: verdict %d, want copyMore", v)
+	}
+	if v, _ := p.next(roundStats{remaining: 5e6, link: 100e6}); v != switchOver {
+		t.Errorf("50 ms of pages and 200 ms of hashing against 300 ms: verdict %d, want switchOver", v)
+	}
+	slow := newPlanner(300*time.Millisecond, time.Second)
+	if v, _ := slow.next(roundStats{remaining: 0, link: 100e6}); v != switchOver {
+		t.Errorf("nothing left, a hash over the target: verdict %d, want switchOver", v)
+	}
+	if d := pauseHashTime(1 << 30); d <= 0 || d > 10*time.Second {
+		t.Errorf("the hash of 1 GiB is estimated at %s", d)
 	}
 }

@@ -81,7 +81,7 @@ func newOutgoing(ctx context.Context, v *vm, m *memory, conn io.ReadWriter, opts
 		ctx: ctx, v: v, m: m, opts: opts, progress: progress,
 		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: newPageSender(m, fw, batch),
 		meter: rateMeter{window: 100 * time.Millisecond},
-		plan:  newPlanner(opts.DowntimeTarget), start: time.Now(),
+		plan:  newPlanner(opts.DowntimeTarget, pauseHashTime(m.size())), start: time.Now(),
 	}
 }
 
@@ -221,6 +221,8 @@ func (o *outgoing) switchover(round int, set, spare bitmap) (driver.MigrateResul
 	// move; a Kill leaves it mapped to us), so it is read without the lock.
 	sumc := make(chan uint64, 1)
 	go func() {
+		t0, n := time.Now(), o.m.size()
+		defer func() { notePauseHash(n, time.Since(t0)) }()
 		sums := make([]uint64, o.m.pages())
 		o.m.pageSums(sums)
 		sumc <- sumOfSums(sums)
