@@ -53,9 +53,14 @@ const (
 type faultCase struct {
 	phase  havenv1.MoveHoldPhase
 	victim role
+	// quick: a quick move (save, commit, restore); else live.
+	quick bool
 }
 
 func (fc faultCase) String() string {
+	if fc.quick {
+		return fmt.Sprintf("quick/%s/%s", phaseWord(fc.phase), fc.victim)
+	}
 	return fmt.Sprintf("%s/%s", phaseWord(fc.phase), fc.victim)
 }
 
@@ -119,11 +124,19 @@ func faultCases() []faultCase {
 			out = append(out, faultCase{phase: p, victim: v})
 		}
 	}
+	// A quick move has no stream to the target and no rounds: its phases
+	// are the save (frozen: saved, "ready" not sent), the commit and the
+	// restored VM running.
+	for _, p := range []havenv1.MoveHoldPhase{holdFrozen, holdCommitted, holdResumed} {
+		for _, v := range []role{roleSource, roleTarget, roleLeader} {
+			out = append(out, faultCase{phase: p, victim: v, quick: true})
+		}
+	}
 	return out
 }
 
-// TestMoveFault: every phase of a live move, with each of its three
-// processes SIGKILLed there.
+// TestMoveFault: every phase of a live move, and of a quick one, with each
+// of its three processes SIGKILLed there.
 func TestMoveFault(t *testing.T) {
 	for _, fc := range faultCases() {
 		t.Run(fc.String(), func(t *testing.T) { testMoveFault(t, fc) })
@@ -230,7 +243,10 @@ func (n *node) inspect(group string) (*havenv1.InspectVMResponse, error) {
 
 func (mc *moveCluster) move(via *node, opts *havenv1.MoveGroupRequest) string {
 	mc.t.Helper()
-	opts.Name, opts.Target, opts.Kind = mc.group, mc.roles[roleTarget].name, havenv1.MoveKind_MOVE_KIND_LIVE
+	opts.Name, opts.Target = mc.group, mc.roles[roleTarget].name
+	if opts.Kind == havenv1.MoveKind_MOVE_KIND_UNSPECIFIED {
+		opts.Kind = havenv1.MoveKind_MOVE_KIND_LIVE
+	}
 	resp, err := via.api().MoveGroup(ctx(mc.t), opts)
 	if err != nil {
 		mc.t.Fatalf("move: %v", err)
@@ -251,7 +267,11 @@ func testMoveFault(t *testing.T, fc faultCase) {
 		target.holdMoves(holdCommitted)
 	}
 	holder.holdMoves(fc.phase)
-	op := mc.move(mc.roles[roleLeader], &havenv1.MoveGroupRequest{})
+	req := &havenv1.MoveGroupRequest{}
+	if fc.quick {
+		req.Kind = havenv1.MoveKind_MOVE_KIND_QUICK
+	}
+	op := mc.move(mc.roles[roleLeader], req)
 	var atActivation *havenv1.InspectVMResponse
 	if readAtActivation {
 		target.waitHeld(holdCommitted, op)
