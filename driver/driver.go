@@ -141,8 +141,8 @@ type Capabilities struct {
 }
 
 // FaultInjector is a driver that can make its guests fail on purpose, for
-// tests of what the cluster does when they do, and read their memory, for
-// tests of what a migration did with it.
+// tests of what the cluster does when they do, and read and fill their
+// memory, for tests and benchmarks of what a migration does with it.
 type FaultInjector interface {
 	// Crash makes the VM die as a guest crash would: at once, without a
 	// final disk write, in StateCrashed with reason. It takes no epoch,
@@ -157,6 +157,11 @@ type FaultInjector interface {
 	// memory is gone or still being written: stopped, crashed, or
 	// incoming with its state not all arrived (ErrInvalidState).
 	MemoryChecksum(id VMID) (uint64, error)
+	// FillMemory writes data over every page of a running VM's memory and
+	// returns how many bytes, so that a benchmark's move carries data, not
+	// pages never written. It refuses an unknown VM (ErrNotFound) and one
+	// that is not running (ErrInvalidState).
+	FillMemory(id VMID) (int64, error)
 }
 
 // DirtyRateEstimator is a driver that can tell how fast its guests dirty

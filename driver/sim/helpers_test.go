@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/internal/waitfor"
 )
 
 // clock is a hand-moved clock for the lease gate. The guest loop still
@@ -101,13 +102,7 @@ func start(t testing.TB, d *Driver, spec driver.VMSpec, leaseEnd time.Time) {
 // waitFor polls cond until it holds, failing the test after 10 s.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitfor.Cond(t, 10*time.Second, what, cond)
 }
 
 func status(t testing.TB, d *Driver, id driver.VMID) driver.Status {

@@ -11,20 +11,14 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// MemoryFiller is a driver that can fill a guest's memory with data (the
-// sim's FillMemory), for benchmarks of moves.
-type MemoryFiller interface {
-	FillMemory(id driver.VMID) (int64, error)
-}
-
-// FillVM implements haven.v1.NodeService: it is fault injection's kin, a
-// test's hand on a guest, and takes the same setting.
+// FillVM implements haven.v1.NodeService: a test's hand on a guest, behind
+// the fault-injection setting like CrashVM.
 func (s *Service) FillVM(_ context.Context, req *havenv1.FillVMRequest) (*havenv1.FillVMResponse, error) {
-	f, ok := s.cfg.Driver.(MemoryFiller)
+	fi, ok := s.cfg.Driver.(driver.FaultInjector)
 	if !s.cfg.FaultInjection || !ok {
-		return nil, status.Error(codes.PermissionDenied, "filling guest memory is disabled (sim.fault_injection)")
+		return nil, errNoFaultInjection
 	}
-	n, err := f.FillMemory(driver.VMID{Group: req.GetGroup(), Resource: req.GetVm()})
+	n, err := fi.FillMemory(driver.VMID{Group: req.GetGroup(), Resource: req.GetVm()})
 	if err != nil {
 		if errors.Is(err, driver.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "vm %s/%s is not on %s", req.GetGroup(), req.GetVm(), s.cfg.Name)

@@ -11,9 +11,9 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// fillDriver is a driver that can fill its guests' memory.
+// fillDriver is a fault-injecting driver that records what it filled.
 type fillDriver struct {
-	driver.Hypervisor
+	crashDriver
 	err    error
 	filled []driver.VMID
 }
@@ -49,7 +49,7 @@ func TestFillVMDenied(t *testing.T) {
 	} {
 		f := newFixture(t, c.drv, c.enabled)
 		_, err := f.svc.FillVM(context.Background(), &havenv1.FillVMRequest{Group: "web", Vm: "vm0"})
-		wantStatus(t, err, codes.PermissionDenied, "filling guest memory is disabled")
+		wantStatus(t, err, codes.PermissionDenied, "fault injection is disabled")
 	}
 	if len(able.filled) != 0 {
 		t.Errorf("filled %v with fault injection off", able.filled)

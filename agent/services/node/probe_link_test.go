@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -127,11 +128,7 @@ func TestProbeLinkDeadline(t *testing.T) {
 	defer cancel()
 	_, err := p.src.ProbeLink(ctx, &havenv1.ProbeLinkRequest{Target: "n2", Bytes: MaxProbeBytes})
 	wantStatus(t, err, codes.DeadlineExceeded, "link probe to n2")
-	waitSlots := time.Now().Add(10 * time.Second)
-	for p.dst.probeIn.Load() || p.src.probeOut.Load() {
-		if time.Now().After(waitSlots) {
-			t.Fatal("the slots of a probe cut short were not released")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitfor.Cond(t, 10*time.Second, "the slots of a probe cut short released", func() bool {
+		return !p.dst.probeIn.Load() && !p.src.probeOut.Load()
+	})
 }

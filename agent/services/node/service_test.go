@@ -87,6 +87,8 @@ func (d *crashDriver) Crash(id driver.VMID, reason string) error {
 
 func (d *crashDriver) MemoryChecksum(driver.VMID) (uint64, error) { return 0, d.err }
 
+func (d *crashDriver) FillMemory(driver.VMID) (int64, error) { return 0, d.err }
+
 // logBuffer keeps the service's log lines for the test to count, and
 // shows them with the test's output.
 type logBuffer struct {
