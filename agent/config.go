@@ -54,6 +54,10 @@ type Config struct {
 	// Labels describe the node to placement (rack, cpu model, storage
 	// class); a group's node_selector picks nodes by them.
 	Labels map[string]string `yaml:"labels,omitempty"`
+	// EnableDebug serves Go's profiler (/debug/pprof) on the metrics port,
+	// as Consul's enable_debug does: for finding where an agent's CPU or
+	// memory goes. It exposes internals, so it is off by default.
+	EnableDebug bool `yaml:"enable_debug"`
 }
 
 // PlacementConfig tunes where the leader puts groups (see placement/).

@@ -63,7 +63,7 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 	}, []metrics.Gauge{
 		{Name: "haven_events_dropped_total", Help: "Events a watcher lost because it fell behind.", Value: func() float64 { return float64(a.events.Dropped()) }},
 	})
-	if _, err := a.metrics.Serve(ctx, a.bind(a.cfg.Ports.Metrics), a.log); err != nil {
+	if _, err := a.metrics.Serve(ctx, a.bind(a.cfg.Ports.Metrics), a.cfg.EnableDebug, a.log); err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	return nil

@@ -206,6 +206,8 @@ func (c *cluster) add(expect int) *node {
 	cfg.LogLevel = "debug"
 	cfg.SharedDir = filepath.Join(c.dir, "shared")
 	cfg.Sim.FaultInjection = true
+	// Profiles of a test's agents: /debug/pprof on the metrics port.
+	cfg.EnableDebug = true
 	// Simulated hosts: what placement sees, not what this machine has.
 	cfg.Capacity = agent.Capacity{CPUMillis: 64000, MemoryBytes: 256 << 30}
 	if c.lab != nil {

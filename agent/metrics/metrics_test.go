@@ -19,14 +19,25 @@ import (
 // scrape serves m on loopback and returns what Prometheus would read.
 func scrape(t *testing.T, m *Metrics) string {
 	t.Helper()
+	_, body := get(t, serve(t, m, false), "/metrics")
+	return body
+}
+
+func serve(t *testing.T, m *Metrics, debug bool) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	addr, err := m.Serve(ctx, "127.0.0.1:0", logtest.New(t))
+	addr, err := m.Serve(ctx, "127.0.0.1:0", debug, logtest.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return addr
+}
+
+func get(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
+	resp, err := c.Get("http://" + addr + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +46,18 @@ func scrape(t *testing.T, m *Metrics) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return resp.StatusCode, string(b)
+}
+
+// The profiler is served only when asked for: it exposes internals.
+func TestDebugOnlyWhenEnabled(t *testing.T) {
+	if code, _ := get(t, serve(t, New(), false), "/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("without debug, /debug/pprof/ answered %d, want 404", code)
+	}
+	code, body := get(t, serve(t, New(), true), "/debug/pprof/")
+	if code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("with debug, /debug/pprof/ answered %d: %.200s", code, body)
+	}
 }
 
 func wantLines(t *testing.T, text string, lines ...string) {

@@ -24,14 +24,24 @@ func TestPlanner(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"fits the target at once", []step{
-			{roundStats{remaining: 10 * MB, link: 100 * MB}, switchOver, 0}, // 100 ms <= 300 ms
+		{"fits the target, then shrinks until it falls by less than three quarters", []step{
+			{roundStats{remaining: 100 * MB, link: 500 * MB, dirty: 50 * MB}, copyMore, 0}, // 200 ms <= 300 ms, a tenth of the memory
+			{roundStats{remaining: 10 * MB, link: 500 * MB, dirty: 50 * MB}, copyMore, 0},
+			{roundStats{remaining: 2 * MB, link: 500 * MB, dirty: 50 * MB}, copyMore, 0},
+			{roundStats{remaining: 1.5 * MB, link: 500 * MB, dirty: 50 * MB}, switchOver, 0},
+		}},
+		{"fits the target, but shrinks slowly: switch over", []step{
+			{roundStats{remaining: 600 * MB, link: 3000 * MB, dirty: 1000 * MB}, switchOver, 0},
+		}},
+		{"nothing left", []step{
+			{roundStats{remaining: 0, link: 100 * MB}, switchOver, 0},
 		}},
 		{"shrinks until it fits", []step{
 			{roundStats{remaining: 400 * MB, link: 100 * MB, dirty: 50 * MB}, copyMore, 0},
 			{roundStats{remaining: 200 * MB, link: 100 * MB, dirty: 50 * MB}, copyMore, 0},
 			{roundStats{remaining: 100 * MB, link: 100 * MB, dirty: 50 * MB}, copyMore, 0},
-			{roundStats{remaining: 30 * MB, link: 100 * MB, dirty: 50 * MB}, switchOver, 0},
+			{roundStats{remaining: 45 * MB, link: 100 * MB, dirty: 50 * MB}, copyMore, 0},
+			{roundStats{remaining: 25 * MB, link: 100 * MB, dirty: 50 * MB}, switchOver, 0},
 		}},
 		{"a slow decrease is a stall", []step{
 			{roundStats{remaining: 100 * MB, link: 100 * MB, dirty: 90 * MB}, copyMore, 0},
@@ -50,7 +60,7 @@ func TestPlanner(t *testing.T) {
 			steady(throttleMore, 20),
 			steady(throttleMore, 40), // every stalled round once throttled
 			{roundStats{remaining: 40 * MB, link: 100 * MB, dirty: 60 * MB}, copyMore, 40},
-			{roundStats{remaining: 20 * MB, link: 100 * MB, dirty: 30 * MB}, switchOver, 40},
+			{roundStats{remaining: 25 * MB, link: 100 * MB, dirty: 30 * MB}, switchOver, 40},
 		}},
 		{"fully throttled and still stalled: give up", []step{
 			steady(copyMore, 0), steady(copyMore, 0), steady(copyMore, 0),
@@ -64,7 +74,7 @@ func TestPlanner(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPlanner(300*time.Millisecond, 0)
+			p := newPlanner(300*time.Millisecond, 0, 1000*MB)
 			for i, s := range tc.steps {
 				got, why := p.next(s.r)
 				if got != s.want || p.throttle() != s.throttle {
@@ -102,14 +112,14 @@ func TestRateMeter(t *testing.T) {
 // left for the pause get only what the target leaves after it, and once
 // nothing is left the move switches over whatever the hash costs.
 func TestPlannerCountsThePauseHash(t *testing.T) {
-	p := newPlanner(300*time.Millisecond, 200*time.Millisecond)
+	p := newPlanner(300*time.Millisecond, 200*time.Millisecond, 1e9)
 	if v, _ := p.next(roundStats{remaining: 15e6, link: 100e6}); v != copyMore {
 		t.Errorf("150 ms of pages and 200 ms of hashing against 300 ms: verdict %d, want copyMore", v)
 	}
-	if v, _ := p.next(roundStats{remaining: 5e6, link: 100e6}); v != switchOver {
-		t.Errorf("50 ms of pages and 200 ms of hashing against 300 ms: verdict %d, want switchOver", v)
+	if v, _ := p.next(roundStats{remaining: 8e6, link: 100e6}); v != switchOver {
+		t.Errorf("80 ms of pages and 200 ms of hashing against 300 ms: verdict %d, want switchOver", v)
 	}
-	slow := newPlanner(300*time.Millisecond, time.Second)
+	slow := newPlanner(300*time.Millisecond, time.Second, 1e9)
 	if v, _ := slow.next(roundStats{remaining: 0, link: 100e6}); v != switchOver {
 		t.Errorf("nothing left, a hash over the target: verdict %d, want switchOver", v)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -27,10 +28,20 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 	if err != nil {
 		return driver.MigrateResult{}, err
 	}
+	sums, terr := newSourceSums(m)
+	if terr != nil {
+		untracked.Do(func() {
+			v.log.Warn("the kernel cannot track guest writes: a live migration's pause hashes all of the memory", "err", terr)
+		})
+	}
 	stop := unblockOnCancel(ctx, conn)
-	o := newOutgoing(ctx, v, m, conn, opts, progress)
+	o := newOutgoing(ctx, v, m, sums, conn, opts, progress)
 	res, err := o.run()
 	stop()
+	// Closing walks the whole mapping to lift the protection (25 ms for
+	// 1 GiB), which the result, the leader's cue to commit, must not wait
+	// for; nothing reads the sums after run.
+	go sums.close()
 	if err = cause(ctx, err); err != nil {
 		err = fmt.Errorf("migrate %s at epoch %d: %w", id, epoch, err)
 		v.log.Warn("migration failed", "err", err)
@@ -39,11 +50,15 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 	return res, err
 }
 
+// untracked warns once that pauses hash all of the memory.
+var untracked sync.Once
+
 // outgoing is one MigrateOut at work.
 type outgoing struct {
 	ctx      context.Context
 	v        *vm
 	m        *memory
+	sums     *sourceSums
 	opts     driver.MigrateOptions
 	progress func(driver.Progress)
 	link     *link
@@ -56,7 +71,7 @@ type outgoing struct {
 	last     roundStats
 }
 
-func newOutgoing(ctx context.Context, v *vm, m *memory, conn io.ReadWriter, opts driver.MigrateOptions, progress func(driver.Progress)) *outgoing {
+func newOutgoing(ctx context.Context, v *vm, m *memory, sums *sourceSums, conn io.ReadWriter, opts driver.MigrateOptions, progress func(driver.Progress)) *outgoing {
 	if opts.DowntimeTarget <= 0 {
 		opts.DowntimeTarget = driver.DefaultDowntimeTarget
 	}
@@ -77,12 +92,24 @@ func newOutgoing(ctx context.Context, v *vm, m *memory, conn io.ReadWriter, opts
 		batch = int(min(max(slice/PageSize, 1), int64(batch)))
 	}
 	fw := newFrameWriter(l, buf)
+	// The first round reads every page: the sums start from what it read.
+	ps := newPageSender(m, fw, batch)
+	ps.seen = sums.note
 	return &outgoing{
-		ctx: ctx, v: v, m: m, opts: opts, progress: progress,
-		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: newPageSender(m, fw, batch),
+		ctx: ctx, v: v, m: m, sums: sums, opts: opts, progress: progress,
+		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: ps,
 		meter: rateMeter{window: 100 * time.Millisecond},
-		plan:  newPlanner(opts.DowntimeTarget, pauseHashTime(m.size())), start: time.Now(),
+		plan:  newPlanner(opts.DowntimeTarget, pauseFixed(sums, m), m.size()), start: time.Now(),
 	}
+}
+
+// pauseFixed is the part of the pause no round shortens: hashing all of
+// the memory, unless its sums are kept.
+func pauseFixed(s *sourceSums, m *memory) time.Duration {
+	if s.kept() {
+		return 0
+	}
+	return pauseHashTime(m.size())
 }
 
 func (o *outgoing) run() (driver.MigrateResult, error) {
@@ -134,11 +161,18 @@ func (o *outgoing) migrate() (driver.MigrateResult, error) {
 			return driver.MigrateResult{}, err
 		}
 		o.meter.add(o.link.sent-b0, time.Since(t0))
+		o.ps.seen = nil
 
 		clear(spare)
 		o.v.mu.Lock()
 		dirty := o.m.takeDirty(spare)
 		o.v.mu.Unlock()
+		if err := o.sums.refresh(o.locked); errors.Is(err, errVMGone) {
+			return driver.MigrateResult{}, err
+		} else if err != nil {
+			o.v.log.Warn("tracking the guest's writes failed: the pause will hash all of the memory", "err", err)
+			o.plan.fixed = pauseHashTime(o.m.size())
+		}
 		now := time.Now()
 		set, spare = dirty, set
 		remaining := set.count() * PageSize
@@ -221,11 +255,12 @@ func (o *outgoing) switchover(round int, set, spare bitmap) (driver.MigrateResul
 	// move; a Kill leaves it mapped to us), so it is read without the lock.
 	sumc := make(chan uint64, 1)
 	go func() {
-		t0, n := time.Now(), o.m.size()
-		defer func() { notePauseHash(n, time.Since(t0)) }()
-		sums := make([]uint64, o.m.pages())
-		o.m.pageSums(sums)
-		sumc <- sumOfSums(sums)
+		t0 := time.Now()
+		sum, all := o.sums.final()
+		if all {
+			notePauseHash(o.m.size(), time.Since(t0))
+		}
+		sumc <- sum
 	}()
 	err := o.ps.send(final, unlocked, o.ctx.Err)
 	if err == nil {
@@ -235,7 +270,7 @@ func (o *outgoing) switchover(round int, set, spare bitmap) (driver.MigrateResul
 	if err != nil {
 		return driver.MigrateResult{}, err
 	}
-	o.v.log.Info("vm paused for switchover", "checksum", sum, "counter", dev.counter)
+	o.v.log.Info("vm paused for switchover", "checksum", sum, "counter", dev.counter, "sums_kept", o.sums.kept())
 	if err := o.fw.frame(frameChecksum, le64(sum), nil); err != nil {
 		return driver.MigrateResult{}, err
 	}

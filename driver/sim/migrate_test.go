@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -308,5 +309,61 @@ func TestMigrationOddMemory(t *testing.T) {
 	dstMem, sum := memoryOf(t, n2, web)
 	if len(dstMem) != 3*PageSize+100 || !bytes.Equal(srcMem, dstMem) || sum != mig.res.Checksum {
 		t.Errorf("target holds %d bytes, equal to the source's: %v, checksum %#x, want %#x", len(dstMem), bytes.Equal(srcMem, dstMem), sum, mig.res.Checksum)
+	}
+}
+
+// A guest write the dirty log misses is caught by the checksum, whether
+// the source keeps its page sums by the kernel's record of writes or
+// hashes all of its memory in the pause: the target refuses the copy and
+// the source runs on. (Sums kept by the dirty log would agree with the
+// stale copy and let it through.)
+func TestChecksumCatchesAMissedWrite(t *testing.T) {
+	for _, tracked := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sums kept", false: "all hashed in the pause"}[tracked], func(t *testing.T) {
+			if !tracked {
+				orig := trackGuestWrites
+				trackGuestWrites = func([]byte) (*writeTracker, error) { return nil, errors.ErrUnsupported }
+				t.Cleanup(func() { trackGuestWrites = orig })
+			} else {
+				m, err := newMemory(PageSize)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w, err := trackWrites(m.buf)
+				if err != nil {
+					m.free()
+					t.Skipf("the kernel cannot track writes: %v", err)
+				}
+				w.close()
+				m.free()
+			}
+			dir, clk := t.TempDir(), newClock()
+			guest := Guest{Tick: 2 * time.Millisecond}
+			n1, n2 := newGuestDriver(t, "n1", dir, clk, guest), newGuestDriver(t, "n2", dir, clk, guest)
+			lease := clk.Now().Add(time.Minute)
+			start(t, n1, bigSpec(web, 1), lease)
+			fill(t, n1, web)
+			waitCounter(t, n1, web, 3)
+			missed := false
+			a, b := connPair(t, "tcp")
+			mig := migrate(context.Background(), t, n1, n2, 1, bigSpec(web, 2), a, b, driver.MigrateOptions{}, func(p driver.Progress) {
+				if p.Phase != "precopy" || missed {
+					return
+				}
+				// After round 1 sent page 3: a write behind the log's back.
+				v := n1.lookup(web)
+				v.mu.Lock()
+				v.mem.buf[3*PageSize+100] ^= 0xff
+				v.mu.Unlock()
+				missed = true
+			})
+			if !missed {
+				t.Fatal("the move reported no pre-copy round")
+			}
+			if mig.inErr == nil || !strings.Contains(mig.inErr.Error(), "checksum") || mig.outErr == nil {
+				t.Fatalf("MigrateIn: %v; MigrateOut: %v; want the target to refuse the copy by its checksum", mig.inErr, mig.outErr)
+			}
+			waitCounter(t, n1, web, status(t, n1, web).Counter+3) // the source runs on
+		})
 	}
 }

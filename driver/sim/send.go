@@ -14,6 +14,8 @@ type pageSender struct {
 	fw      *frameWriter
 	batch   int // pages looked at per batch, at most batchPages
 	nonZero bitmap
+	// seen, if set, is told of every page looked at, as read.
+	seen func(i int64, p []byte, zero bool)
 	// pages and zeros hold a batch's count and page numbers, data its
 	// pages' bytes.
 	pages, zeros, data []byte
@@ -51,7 +53,11 @@ func (s *pageSender) fill(set bitmap, i int64) int64 {
 	s.pages, s.zeros, s.data = s.pages[:4], s.zeros[:4], s.data[:0]
 	for n := 0; i >= 0 && n < s.batch; i, n = set.next(i+1), n+1 {
 		p := s.m.page(i)
-		if bytes.Equal(p, zeroPage[:len(p)]) {
+		zero := bytes.Equal(p, zeroPage[:len(p)])
+		if s.seen != nil {
+			s.seen(i, p, zero)
+		}
+		if zero {
 			if s.nonZero.has(i) {
 				s.nonZero.unset(i)
 				s.zeros = binary.LittleEndian.AppendUint64(s.zeros, uint64(i))

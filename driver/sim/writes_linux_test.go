@@ -1,0 +1,75 @@
+//go:build linux && (amd64 || arm64)
+
+package sim
+
+import (
+	"errors"
+	"slices"
+	"syscall"
+	"testing"
+)
+
+// trackerOrSkip tracks m's writes, or skips where the kernel cannot.
+func trackerOrSkip(t *testing.T, m *memory) *writeTracker {
+	t.Helper()
+	w, err := trackWrites(m.buf)
+	if errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOTTY) {
+		t.Skipf("no asynchronous userfaultfd write-protection here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.close)
+	return w
+}
+
+func writtenPages(t *testing.T, w *writeTracker) []int64 {
+	t.Helper()
+	var out []int64
+	if err := w.written(func(first, end int64) {
+		for i := first; i < end; i++ {
+			out = append(out, i)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// The tracker reports each page written since the last look, once,
+// whether it held data or was never touched, and nothing written before
+// it began; more runs than one scan's buffer holds are all reported.
+func TestWriteTracker(t *testing.T) {
+	m, err := newMemory(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.free()
+	m.buf[5*PageSize] = 1 // before the tracking: not reported
+	w := trackerOrSkip(t, m)
+	if got := writtenPages(t, w); len(got) != 0 {
+		t.Fatalf("nothing written yet, reported %v", got)
+	}
+	m.buf[5*PageSize+7] = 2  // a page that held data
+	m.buf[9*PageSize] = 3    // one never touched
+	m.buf[10*PageSize-1] = 4 // the last byte of page 9
+	m.buf[len(m.buf)-1] = 5  // the last page
+	_ = m.buf[20*PageSize]   // a read is no write
+	want := []int64{5, 9, m.pages() - 1}
+	if got := writtenPages(t, w); !slices.Equal(got, want) {
+		t.Fatalf("written %v, want %v", got, want)
+	}
+	if got := writtenPages(t, w); len(got) != 0 {
+		t.Fatalf("reported again: %v", got)
+	}
+	// Every other page of the first 2048: 1024 runs, twice the regions
+	// one scan returns.
+	want = want[:0]
+	for i := int64(0); i < 2048; i += 2 {
+		m.buf[i*PageSize+1] = 6
+		want = append(want, i)
+	}
+	if got := writtenPages(t, w); !slices.Equal(got, want) {
+		t.Fatalf("written %d pages (%v...), want the %d even ones below 2048", len(got), got[:min(len(got), 8)], len(want))
+	}
+}
