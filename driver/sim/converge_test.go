@@ -123,6 +123,15 @@ func TestPlannerCountsThePauseHash(t *testing.T) {
 	if v, _ := slow.next(roundStats{remaining: 0, link: 100e6}); v != switchOver {
 		t.Errorf("nothing left, a hash over the target: verdict %d, want switchOver", v)
 	}
+	for target, want := range map[time.Duration]time.Duration{
+		300 * time.Millisecond: 30 * time.Millisecond, // a tenth
+		50 * time.Millisecond:  20 * time.Millisecond, // at least 20 ms
+		10 * time.Millisecond:  5 * time.Millisecond,  // at most half
+	} {
+		if got := switchoverCost(target); got != want {
+			t.Errorf("switchoverCost(%s) = %s, want %s", target, got, want)
+		}
+	}
 	if d := pauseHashTime(1 << 30); d <= 0 || d > 10*time.Second {
 		t.Errorf("the hash of 1 GiB is estimated at %s", d)
 	}

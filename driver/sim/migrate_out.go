@@ -99,17 +99,18 @@ func newOutgoing(ctx context.Context, v *vm, m *memory, sums *sourceSums, conn i
 		ctx: ctx, v: v, m: m, sums: sums, opts: opts, progress: progress,
 		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: ps,
 		meter: rateMeter{window: 100 * time.Millisecond},
-		plan:  newPlanner(opts.DowntimeTarget, pauseFixed(sums, m), m.size()), start: time.Now(),
+		plan:  newPlanner(opts.DowntimeTarget, pauseFixed(sums, m, opts.DowntimeTarget), m.size()), start: time.Now(),
 	}
 }
 
-// pauseFixed is the part of the pause no round shortens: hashing all of
-// the memory, unless its sums are kept.
-func pauseFixed(s *sourceSums, m *memory) time.Duration {
+// pauseFixed is the part of the guest's gap that no round shortens: the
+// commit and the activation after the pause (switchoverCost), and hashing
+// all of the memory in it, unless its sums are kept.
+func pauseFixed(s *sourceSums, m *memory, target time.Duration) time.Duration {
 	if s.kept() {
-		return 0
+		return switchoverCost(target)
 	}
-	return pauseHashTime(m.size())
+	return switchoverCost(target) + pauseHashTime(m.size())
 }
 
 func (o *outgoing) run() (driver.MigrateResult, error) {
@@ -171,7 +172,7 @@ func (o *outgoing) migrate() (driver.MigrateResult, error) {
 			return driver.MigrateResult{}, err
 		} else if err != nil {
 			o.v.log.Warn("tracking the guest's writes failed: the pause will hash all of the memory", "err", err)
-			o.plan.fixed = pauseHashTime(o.m.size())
+			o.plan.fixed = pauseFixed(o.sums, o.m, o.opts.DowntimeTarget)
 		}
 		now := time.Now()
 		set, spare = dirty, set
