@@ -32,11 +32,15 @@ type Config struct {
 	BootstrapExpect int    `yaml:"bootstrap_expect"`
 	Driver          string `yaml:"driver"`
 	// Witness nodes vote in Raft but host no workload.
-	Witness  bool         `yaml:"witness"`
-	Capacity Capacity     `yaml:"capacity"`
-	Raft     RaftConfig   `yaml:"raft"`
-	Gossip   GossipConfig `yaml:"gossip"`
-	LogLevel string       `yaml:"log_level"`
+	Witness bool `yaml:"witness"`
+	// NodeWeight is the node's vote: 1 (the default) may vote, 0 never
+	// does (it still replicates the log and hosts groups), for a node
+	// whose uptime should not count towards quorum, as WSFC's NodeWeight.
+	NodeWeight int          `yaml:"node_weight"`
+	Capacity   Capacity     `yaml:"capacity"`
+	Raft       RaftConfig   `yaml:"raft"`
+	Gossip     GossipConfig `yaml:"gossip"`
+	LogLevel   string       `yaml:"log_level"`
 	// SharedDir is the root of the site's shared storage (NFS, CephFS; in
 	// tests one directory): group disks live under it.
 	SharedDir string      `yaml:"shared_dir"`
@@ -182,12 +186,13 @@ type GossipConfig struct {
 func Default() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Name:     host,
-		Site:     "default",
-		DataDir:  "/var/lib/haven",
-		BindAddr: "0.0.0.0",
-		Ports:    Ports{Gossip: 7946, GossipWAN: 7947, Raft: 7948, GRPC: 7949, Metrics: 7950},
-		Driver:   "sim",
+		Name:       host,
+		Site:       "default",
+		DataDir:    "/var/lib/haven",
+		BindAddr:   "0.0.0.0",
+		Ports:      Ports{Gossip: 7946, GossipWAN: 7947, Raft: 7948, GRPC: 7949, Metrics: 7950},
+		Driver:     "sim",
+		NodeWeight: 1,
 		Raft: RaftConfig{
 			MaxVoters:          5,
 			ReapAfter:          10 * time.Minute,

@@ -22,6 +22,12 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir: must be set")
 	}
+	switch {
+	case c.NodeWeight != 0 && c.NodeWeight != 1:
+		return fmt.Errorf("node_weight: %d must be 0 (never votes) or 1", c.NodeWeight)
+	case c.NodeWeight == 0 && c.Witness:
+		return errors.New("node_weight: 0 on a witness, whose only part is its vote")
+	}
 	bind := net.ParseIP(c.BindAddr)
 	if bind == nil {
 		return fmt.Errorf("bind_addr: %q is not an IP address", c.BindAddr)

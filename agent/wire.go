@@ -48,6 +48,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 		Meta: heartbeat.Meta{
 			Site:        a.cfg.Site,
 			Witness:     a.cfg.Witness,
+			NoVote:      a.cfg.NodeWeight == 0,
 			RaftAddr:    a.addr(a.cfg.Ports.Raft),
 			GRPCAddr:    a.addr(a.cfg.Ports.GRPC),
 			Version:     Version,

@@ -15,8 +15,10 @@ import (
 // still extensible (unknown keys are ignored by older agents), with room to
 // spare for the worst realistic values (see TestMetaWorstCaseFits).
 type Meta struct {
-	Site        string `json:"s,omitempty"`
-	Witness     bool   `json:"w,omitempty"`
+	Site    string `json:"s,omitempty"`
+	Witness bool   `json:"w,omitempty"`
+	// NoVote: the node's weight is 0, it never votes in Raft.
+	NoVote      bool   `json:"nv,omitempty"`
 	RaftAddr    string `json:"r,omitempty"` // host:port
 	GRPCAddr    string `json:"g,omitempty"` // host:port
 	LANAddr     string `json:"l,omitempty"` // host:port of the LAN gossip pool, filled in by this package

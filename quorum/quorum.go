@@ -15,6 +15,9 @@ type Server struct {
 	ID      string
 	Site    string
 	Witness bool
+	// NoVote is a node of weight 0: it replicates the log but never
+	// votes, so it never counts towards a majority nor holds one up.
+	NoVote bool
 	// Alive is gossip's verdict. Since is when Alive last changed (or when
 	// the leader first saw the node), on the leader's clock.
 	Alive bool
@@ -77,6 +80,17 @@ type Options struct {
 // voter that dies is replaced by a non-voter, and a cluster that loses
 // nodes one after another keeps a majority of the survivors (WSFC's dynamic
 // quorum). The leader is never demoted or removed.
+//
+// Across sites: voters are promoted from the site with the fewest, and
+// when the voters are settled (all live, at the target) but losing one
+// site would take a majority with it, one is swapped at a time (a stable
+// non-voter of a site below its share promoted, then a voter of the site
+// over it demoted) until no single site holds half the votes, whenever
+// the live nodes allow it (see siteSafe). With sites of 2 and 2 nodes and
+// a witness in a third, five voters come out 2 + 2 + 1.
+//
+// A node of weight 0 (NoVote) is never promoted, and loses its vote if it
+// has one (unless it leads).
 func Plan(servers []Server, leader string, opt Options, now time.Time) []Change {
 	srv := append([]Server(nil), servers...)
 	sort.Slice(srv, func(i, j int) bool { return srv[i].ID < srv[j].ID })
@@ -89,14 +103,16 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 		switch {
 		case s.Alive && !s.InConfig:
 			adds = append(adds, Change{Add, s.ID, "alive and not in the Raft configuration"})
+		case s.Alive && s.Voter && s.NoVote && s.ID != leader:
+			demotes = append(demotes, Change{Demote, s.ID, "its weight is 0: it never votes"})
 		case s.Alive && s.Voter:
 			voters = append(voters, s)
-		case s.Alive && stable(s):
+		case s.Alive && stable(s) && !s.NoVote:
 			candidates = append(candidates, s)
 		case !s.Alive && s.InConfig && s.ID != leader:
 			dead = append(dead, s)
 		}
-		if s.Alive && s.InConfig {
+		if s.Alive && s.InConfig && (!s.NoVote || s.ID == leader) {
 			live++
 		}
 	}
@@ -149,6 +165,13 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 	for _, s := range staleDead[keep:] {
 		demotes = append(demotes, Change{Demote, s.ID, "failed; its vote would count against the majority"})
 	}
+	if len(promotes)+len(demotes) == 0 && len(freshDead) == 0 {
+		if c, v, ok := spreadSwap(voters, candidates, leader); ok {
+			why := fmt.Sprintf("losing site %q would take a majority of the votes with it", v.Site)
+			promotes = append(promotes, Change{Promote, c.ID, why})
+			demotes = append(demotes, Change{Demote, v.ID, why})
+		}
+	}
 	out := append(adds, promotes...)
 	out = append(out, demotes...)
 	return append(out, removes...)
@@ -158,10 +181,7 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 // the site with the fewest voters, a witness first (it has no workload to
 // lose), then by ID.
 func pickSpread(voters, candidates []Server) int {
-	perSite := map[string]int{}
-	for _, v := range voters {
-		perSite[v.Site]++
-	}
+	perSite := perSite(voters)
 	best := 0
 	for i := 1; i < len(candidates); i++ {
 		a, b := candidates[i], candidates[best]
@@ -177,6 +197,83 @@ func pickSpread(voters, candidates []Server) int {
 		}
 	}
 	return best
+}
+
+// siteSafe reports whether losing any one site leaves a majority of the
+// voters: no site holds more than (n-1)/2 of n. One voter never is.
+func siteSafe(voters []Server) bool {
+	n := len(voters)
+	for _, c := range perSite(voters) {
+		if c > (n-1)/2 {
+			return false
+		}
+	}
+	return n > 0
+}
+
+func perSite(voters []Server) map[string]int {
+	m := map[string]int{}
+	for _, v := range voters {
+		m[v.Site]++
+	}
+	return m
+}
+
+// spreadSwap picks one swap towards siteSafe voters: a voter of the site
+// with the most (never the leader) for a candidate of a site that stays
+// within its share, (n-1)/2, with it. Each swap lowers the votes over the
+// share by one, and while some site is over it, a site below its share
+// with a candidate exists whenever any safe set of n does: n <= sum over
+// sites of min(nodes there, (n-1)/2) is what a safe set needs, and the
+// site over its share counts for more than that sum gives it. So the swaps
+// reach a safe set exactly when one exists (TestPlanSiteSafe checks that
+// against every subset), and are not tried when none does (canBeSafe).
+func spreadSwap(voters, candidates []Server, leader string) (Server, Server, bool) {
+	n := len(voters)
+	share := (n - 1) / 2
+	if n < 3 {
+		return Server{}, Server{}, false
+	}
+	count := perSite(voters)
+	over := ""
+	for site, c := range count {
+		if c > share && (over == "" || c > count[over] || c == count[over] && site < over) {
+			over = site
+		}
+	}
+	if over == "" || !canBeSafe(voters, candidates, n) {
+		return Server{}, Server{}, false
+	}
+	var room []Server
+	for _, c := range candidates {
+		if c.Site != over && count[c.Site]+1 <= share {
+			room = append(room, c)
+		}
+	}
+	if len(room) == 0 {
+		return Server{}, Server{}, false
+	}
+	in := room[pickSpread(voters, room)]
+	// Out goes the last voter of that site by ID, never the leader: the
+	// site has at least two voters (more than a share of at least one).
+	for i := len(voters) - 1; i >= 0; i-- {
+		if v := voters[i]; v.Site == over && v.ID != leader {
+			return in, v, true
+		}
+	}
+	return Server{}, Server{}, false
+}
+
+// canBeSafe reports whether n of the voters and candidates can be chosen
+// with no site over (n-1)/2: swaps that cannot get there would only churn
+// the configuration.
+func canBeSafe(voters, candidates []Server, n int) bool {
+	nodes := perSite(append(append([]Server(nil), voters...), candidates...))
+	room := 0
+	for _, c := range nodes {
+		room += min(c, (n-1)/2)
+	}
+	return room >= n
 }
 
 // QuorumSize is the number of votes a majority of n voters needs.

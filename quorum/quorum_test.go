@@ -117,9 +117,10 @@ func apply(servers []Server, plan []Change) []Server {
 }
 
 // TestPlanProperties checks, on random clusters, that a plan never touches
-// the leader, never exceeds MaxVoters, never demotes a live voter when
+// the leader, never exceeds MaxVoters, never lowers the live votes when
 // within MaxVoters, leaves an odd number of voters whenever it can, and is
-// stable: planning again right after applying proposes nothing new.
+// stable: planning again after applying it proposes nothing new within a
+// few rounds (site-safety swaps take one round each).
 func TestPlanProperties(t *testing.T) {
 	f := func(seed int64) bool {
 		r := rand.New(rand.NewSource(seed))
@@ -134,7 +135,7 @@ func TestPlanProperties(t *testing.T) {
 		servers[0].Alive, servers[0].InConfig, servers[0].Voter = true, true, true
 		// Adds raise the number of live nodes and so the target: a plan
 		// reaches its fixpoint within a few rounds, each checked.
-		for round := 0; round < 3; round++ {
+		for round := 0; round < 3+opts.MaxVoters; round++ {
 			next, ok := checkRound(t, seed, servers)
 			if !ok {
 				return false
@@ -142,7 +143,7 @@ func TestPlanProperties(t *testing.T) {
 			servers = next
 		}
 		if again := Plan(servers, "n0", opts, now); len(again) != 0 {
-			t.Logf("seed %d: no fixpoint after 3 rounds: %v", seed, render(again))
+			t.Logf("seed %d: no fixpoint: %v", seed, render(again))
 			return false
 		}
 		return true
@@ -166,16 +167,20 @@ func checkRound(t *testing.T, seed int64, servers []Server) ([]Server, bool) {
 				t.Logf("seed %d: plan touches the leader: %v", seed, render(plan))
 				return nil, false
 			}
-			if c.Kind == Demote && liveVotersBefore <= opts.MaxVoters {
-				for _, s := range servers {
-					if s.ID == c.ID && s.Alive {
-						t.Logf("seed %d: demotes live voter %s", seed, c.ID)
-						return nil, false
-					}
-				}
-			}
 		}
 		after := apply(servers, plan)
+		// A live voter loses its vote only in a swap for another (site
+		// safety) or beyond MaxVoters: the live votes never fall.
+		liveVotersAfter := 0
+		for _, s := range after {
+			if s.Alive && s.Voter {
+				liveVotersAfter++
+			}
+		}
+		if liveVotersBefore <= opts.MaxVoters && liveVotersAfter < liveVotersBefore {
+			t.Logf("seed %d: live voters %d -> %d: %v", seed, liveVotersBefore, liveVotersAfter, render(plan))
+			return nil, false
+		}
 		voters := 0
 		for _, s := range after {
 			if s.Voter {
@@ -245,4 +250,126 @@ func TestBootstrap(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Voters that losing one site would strand are swapped, one pair a round,
+// until no site holds half the votes; a node of weight 0 never votes.
+func TestPlanSiteSafety(t *testing.T) {
+	s := func(id, site string, voter bool) Server {
+		x := live(id, voter)
+		x.Site, x.Witness = site, site == "w"
+		return x
+	}
+	three := Options{MaxVoters: 3, Stabilization: opts.Stabilization, ReapAfter: opts.ReapAfter}
+	tests := []struct {
+		name    string
+		opt     Options
+		servers []Server
+		rounds  []string
+	}{
+		{"all voters in one site", three,
+			[]Server{s("a1", "a", true), s("a2", "a", true), s("a3", "a", true), s("b1", "b", false), s("w1", "w", false)},
+			[]string{"promote w1, demote a3", "promote b1, demote a2", ""}},
+		{"2 + 2 + 1", opts,
+			[]Server{s("a1", "a", true), s("a2", "a", true), s("a3", "a", true), s("b1", "b", true), s("b2", "b", false), s("w1", "w", false)},
+			[]string{"promote w1", "promote b2, demote a3", ""}},
+		{"no safe set: one site has all but one node", three,
+			[]Server{s("a1", "a", true), s("a2", "a", true), s("a3", "a", true), s("b1", "b", false)},
+			[]string{""}},
+		{"weight 0 never votes", opts,
+			func() []Server {
+				b1, w1 := s("b1", "b", true), s("w1", "w", false)
+				b1.NoVote, w1.NoVote = true, true
+				return []Server{s("a1", "a", true), s("a2", "a", true), b1, s("b2", "b", true), w1}
+			}(),
+			// Without b1 and w1, three voters stay: a1, a2 and b2.
+			[]string{"demote b1", ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			servers := tt.servers
+			for i, want := range tt.rounds {
+				plan := Plan(servers, "a1", tt.opt, now)
+				if got := render(plan); got != want {
+					t.Fatalf("round %d: plan = %q, want %q", i+1, got, want)
+				}
+				servers = apply(servers, plan)
+			}
+		})
+	}
+}
+
+// TestPlanSiteSafe checks the plan against a naive reference on random
+// clusters of live, stable nodes over two to four sites: once the plan
+// has settled, losing any one site leaves a majority of the voters
+// exactly when some set of as many voters (the leader among them, weight
+// 0 nodes not) would, found by trying every subset.
+func TestPlanSiteSafe(t *testing.T) {
+	f := func(seed int64) bool {
+		r := rand.New(rand.NewSource(seed))
+		n := 3 + r.Intn(7)
+		sites := 2 + r.Intn(3)
+		o := Options{MaxVoters: []int{3, 5, 7}[r.Intn(3)], Stabilization: opts.Stabilization, ReapAfter: opts.ReapAfter}
+		var servers []Server
+		for i := 0; i < n; i++ {
+			s := live(fmt.Sprintf("n%d", i), r.Intn(2) == 0)
+			s.Site = fmt.Sprintf("s%d", r.Intn(sites))
+			s.NoVote = i > 0 && r.Intn(6) == 0
+			servers = append(servers, s)
+		}
+		servers[0].Voter = true // the leader
+		for round := 0; round < 2*n; round++ {
+			plan := Plan(servers, "n0", o, now)
+			if len(plan) == 0 {
+				break
+			}
+			servers = apply(servers, plan)
+		}
+		if again := Plan(servers, "n0", o, now); len(again) != 0 {
+			t.Logf("seed %d: not settled: %s", seed, render(again))
+			return false
+		}
+		var voters, eligible []Server
+		for _, s := range servers {
+			if s.Voter {
+				voters = append(voters, s)
+			}
+			if !s.NoVote || s.ID == "n0" {
+				eligible = append(eligible, s)
+			}
+		}
+		want := anySafeSet(eligible, len(voters))
+		if got := siteSafe(voters); got != want {
+			t.Logf("seed %d: voters %v safe=%v, but a safe set of %d exists=%v (eligible %v)", seed, ids(voters), got, len(voters), want, ids(eligible))
+			return false
+		}
+		return true
+	}
+	if err := quick.Check(f, &quick.Config{MaxCount: 3000}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// anySafeSet tries every set of k of the servers that holds servers[0].
+func anySafeSet(servers []Server, k int) bool {
+	for mask := 1; mask < 1<<len(servers); mask += 2 {
+		var set []Server
+		for i, s := range servers {
+			if mask&(1<<i) != 0 {
+				set = append(set, s)
+			}
+		}
+		if len(set) == k && siteSafe(set) {
+			return true
+		}
+	}
+	return false
+}
+
+func ids(servers []Server) []string {
+	var out []string
+	for _, s := range servers {
+		out = append(out, s.ID+"@"+s.Site)
+	}
+	return out
 }

@@ -184,6 +184,12 @@ func (n *Node) TransferLeadership() error {
 	return n.raft.LeadershipTransfer().Error()
 }
 
+// TransferLeadershipTo hands leadership to the voter id at addr, once it
+// has caught up on the log.
+func (n *Node) TransferLeadershipTo(id, addr string) error {
+	return n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(addr)).Error()
+}
+
 // LeaderCh delivers true when this node becomes leader and false when it
 // stops being one; the same transition may come twice.
 func (n *Node) LeaderCh() <-chan bool { return n.leaderCh }

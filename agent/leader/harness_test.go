@@ -56,6 +56,7 @@ func (r *fakeRaft) Barrier(time.Duration) error                          { retur
 func (r *fakeRaft) SetReadsReady(bool)                                   {}
 func (r *fakeRaft) Configuration() ([]raft.Server, uint64, error)        { return nil, 0, nil }
 func (r *fakeRaft) Change(quorum.Change, string, uint64) (uint64, error) { return 0, nil }
+func (r *fakeRaft) TransferLeadershipTo(string, string) error            { return nil }
 
 // fakeMembers is gossip's view.
 type fakeMembers struct {

@@ -58,6 +58,8 @@ type Raft interface {
 	SetReadsReady(ok bool)
 	Configuration() ([]raft.Server, uint64, error)
 	Change(c quorum.Change, addr string, prevIndex uint64) (uint64, error)
+	// TransferLeadershipTo hands leadership to the voter id at addr.
+	TransferLeadershipTo(id, addr string) error
 }
 
 // Members is gossip's view of the cluster.

@@ -88,7 +88,7 @@ func (l *Leader) reconcileRaft(t *term, members map[string]heartbeat.Member, now
 		alive := m.State == heartbeat.StateAlive || m.State == heartbeat.StateSuspect
 		s, ok := inConf[name]
 		servers = append(servers, quorum.Server{
-			ID: name, Site: m.Meta.Site, Witness: m.Meta.Witness, Alive: alive,
+			ID: name, Site: m.Meta.Site, Witness: m.Meta.Witness, NoVote: m.Meta.NoVote, Alive: alive,
 			Since: t.observe(name, alive, now), InConfig: ok, Voter: ok && s.Suffrage == raft.Voter,
 		})
 		addrs[name] = m.Meta.RaftAddr
@@ -117,5 +117,32 @@ func (l *Leader) reconcileRaft(t *term, members map[string]heartbeat.Member, now
 		}
 		l.log.Info("raft configuration changed", "change", c.Kind.String(), "node", c.ID, "reason", c.Reason)
 	}
+	if len(plan) == 0 {
+		l.handOff(servers, addrs)
+	}
 	return nil
+}
+
+// handOff hands leadership away from a witness or a node of weight 0
+// (quorum.HandOff) once the configuration is settled. A transfer that
+// fails is tried again at the next reconcile.
+func (l *Leader) handOff(servers []quorum.Server, addrs map[string]string) {
+	site := map[string]string{}
+	for _, s := range servers {
+		site[s.ID] = s.Site
+	}
+	groups := map[string]int{}
+	for _, g := range l.state.Groups() {
+		if o := g.GetOwner(); o != "" {
+			groups[site[o]]++
+		}
+	}
+	to, ok := quorum.HandOff(servers, l.cfg.Name, groups)
+	if !ok {
+		return
+	}
+	l.log.Info("handing leadership to a data-site voter", "to", to, "site", site[to])
+	if err := l.cfg.Raft.TransferLeadershipTo(to, addrs[to]); err != nil {
+		l.log.Warn("leadership transfer failed", "to", to, "err", err)
+	}
 }
