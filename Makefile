@@ -77,10 +77,12 @@ scenario:
 # 0, 64, 256 and 1024 MiB/s, against a probe of one stream between the
 # same agents; quick moves against the shared directory's write and read
 # rates; the drain of a node holding 20 groups (scenario_drain_test.go).
-# MOVES per figure (default 20: 13 to 25 minutes on two cores).
+# MOVES per figure (default 20: 20 to 30 minutes on two cores). The whole
+# output, the agents' logs of a failed run among it, goes to
+# bench-moves.log; the figures to the terminal.
 MOVES ?= 20
 bench-moves:
-	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -moves=$(MOVES) -runs=3 | grep -E '^(scenario|---|ok|FAIL)'
+	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -moves=$(MOVES) -runs=3 | tee bench-moves.log | grep -E '^(scenario|---|ok|FAIL)'
 
 # The SPIN model of fencing across a live-migration switchover
 # (migrate/model/README.md): the full check, the end-state check, every

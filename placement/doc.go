@@ -38,8 +38,10 @@
 // whose weights make it lexicographic (see model.go): first avoid a node
 // holding a soft anti-affinity partner, then a site holding an
 // AcrossSites partner, then take the earliest preferred owner, then the
-// preferred site, then load (the emptier node when spreading, the fuller
-// one when packing), then the first name. Rank shows the same order to
+// preferred site, then the site the group runs (or ran) in, so that a
+// failover or a drain stays in its site when it can, then load (the
+// emptier node when spreading, the fuller one when packing), then the
+// first name. The balancer may still move a group across sites. Rank shows the same order to
 // people, with a 0..100 score and 1..5 stars.
 //
 // # Reserve

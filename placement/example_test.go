@@ -42,7 +42,7 @@ func ExampleCheckReserve() {
 	// Output:
 	// can sustain 1 failure(s): yes (enumerated; 4 sets planned, 0 pruned); worst n1; headroom 86000m cpu, 96.0 GiB memory
 	// sql1: n1 -> n2
-	// app: n1 -> n3
+	// app: n1 -> n2
 	// can sustain 3 failure(s): no (enumerated; 4 of 14 sets broken): if n1,n2,n3 fail, group "sql2" cannot restart: hard anti-affinity: n4 class sql: runs sql1; failed: n1,n2,n3
 }
 
@@ -64,10 +64,10 @@ func ExampleRank() {
 		fmt.Printf("%s %3d %d* %s\n", r.Node, r.Score, r.Stars, strings.Join(r.Why, "; "))
 	}
 	// Output:
-	// n3  96 5* in preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 25% -> 38% of 64.0 GiB; load 25 of 40 (spread: more room left is better)
-	// n4  95 5* in preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 38% -> 50% of 64.0 GiB; load 20 of 40 (spread: more room left is better)
-	// n2  82 4* outside preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 38% -> 50% of 64.0 GiB; load 20 of 40 (spread: more room left is better)
-	// n1  80 4* outside preferred site B; cpu 12% -> 16% of 32000m (2x overcommit); memory 50% -> 62% of 64.0 GiB; load 15 of 40 (spread: more room left is better)
+	// n3  98 5* in preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 25% -> 38% of 64.0 GiB; load 25 of 40 (spread: more room left is better)
+	// n4  97 5* in preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 38% -> 50% of 64.0 GiB; load 20 of 40 (spread: more room left is better)
+	// n2  85 4* outside preferred site B; cpu 6% -> 9% of 32000m (2x overcommit); memory 38% -> 50% of 64.0 GiB; load 20 of 40 (spread: more room left is better)
+	// n1  84 4* outside preferred site B; cpu 12% -> 16% of 32000m (2x overcommit); memory 50% -> 62% of 64.0 GiB; load 15 of 40 (spread: more room left is better)
 }
 
 func ExampleBalance() {

@@ -48,6 +48,7 @@ type cgroup struct {
 	pref     []int32 // preferred owners in order
 	classes  []cref
 	prefSite int32 // -1: no preference; -2: a site no node is in
+	homeSite int32 // the site of the node it runs on in the State; -1: none
 	dirty    int64
 	src      Group
 }
@@ -123,9 +124,11 @@ func compile(st State) *compiled {
 	c.lost0 = make([]bool, len(c.groups))
 	for i := range c.groups {
 		c.assign0[i] = -1
+		c.groups[i].homeSite = -1
 		if nn, ok := st.Assign[c.groups[i].name]; ok {
 			if n, ok := c.nodeIdx[nn]; ok {
 				c.assign0[i] = n
+				c.groups[i].homeSite = c.nodes[n].site
 			} else {
 				c.lost0[i] = true
 			}
@@ -141,7 +144,7 @@ func compile(st State) *compiled {
 func (c *compiled) cgroupOf(g Group, siteIdx map[string]int32) cgroup {
 	cg := cgroup{
 		name: g.Name, cpu: max(g.CPUMillis, 0), mem: max(g.MemoryBytes, 0),
-		prio: g.Priority, ha: g.HA, dirty: max(g.DirtyRateBytesPerSec, 0), prefSite: -1, src: g,
+		prio: g.Priority, ha: g.HA, dirty: max(g.DirtyRateBytesPerSec, 0), prefSite: -1, homeSite: -1, src: g,
 	}
 	cg.anyOwner = len(g.PossibleOwners) == 0 && len(g.RequireLabels) == 0 && len(g.AvoidNodes) == 0
 	if !cg.anyOwner {
@@ -278,6 +281,7 @@ func (c *compiled) withGroup(g Group) (*compiled, int32) {
 	gi, ok := nc.groupIdx[g.Name]
 	cg := c.cgroupOf(g, siteIdx)
 	if ok {
+		cg.homeSite = c.groups[gi].homeSite
 		nc.groups[gi] = cg
 	} else {
 		gi = int32(len(nc.groups))
@@ -509,20 +513,26 @@ func (e *engine) prepare(g int32) {
 // the whole range of the tiers below it (counts are capped at 9 so the
 // ranges stay bounded):
 //
-//	soft anti-affinity  −10,000,000 per partner on the node
-//	site spread          −1,000,000 per partner in the node's site
-//	preferred owners       +100,000 per place before the end of the list
-//	preferred site          +50,000 in it (or no preference)
+//	soft anti-affinity  −20,000,000 per partner on the node
+//	site spread          −2,000,000 per partner in the node's site
+//	preferred owners       +200,000 per place before the end of the list
+//	preferred site         +100,000 in it (or no preference)
+//	home site               +50,000 in the site of the node it runs (or
+//	                                ran) on, or not running
 //	load                    0..40,000 (spread: room left; pack: fullness)
 //
 // So a group goes to its first preferred owner that fits, within the
-// preferred site if it can, to the emptier (or fuller) node among equals,
-// unless that would put it beside an anti-affinity partner.
+// preferred site if it can, else within the site it already runs in (a
+// failover, a drain or a balancing move stays in its site, as WSFC's
+// preferred site has it, where a cross-site move would cost a WAN copy
+// and WAN latency to its clients), to the emptier (or fuller) node among
+// equals, unless that would put it beside an anti-affinity partner.
 const (
-	wSoftAA   = 10_000_000
-	wAcross   = 1_000_000
-	wPrefStep = 100_000
-	wPrefSite = 50_000
+	wSoftAA   = 20_000_000
+	wAcross   = 2_000_000
+	wPrefStep = 200_000
+	wPrefSite = 100_000
+	wHomeSite = 50_000
 	wLoad     = 40_000
 	maxCount  = 9
 )
@@ -539,22 +549,24 @@ const (
 )
 
 type scoreParts struct {
-	softAA, across, prefOwn, prefSite, load int64
+	softAA, across, prefOwn, prefSite, homeSite, load int64
 }
 
 func (p scoreParts) total() int64 {
-	return p.prefOwn + p.prefSite + p.load - p.softAA - p.across
+	return p.prefOwn + p.prefSite + p.homeSite + p.load - p.softAA - p.across
 }
 
 // maxScore is the best score group g can get: an empty node that is
-// its first preferred owner, in its preferred site.
+// its first preferred owner, in its preferred site and its home site.
 func (c *compiled) maxScore(g int32) int64 {
-	return wPrefStep*int64(max(min(len(c.groups[g].pref), maxCount), 1)) + wPrefSite + wLoad
+	return wPrefStep*int64(max(min(len(c.groups[g].pref), maxCount), 1)) + wPrefSite + wHomeSite + wLoad
 }
 
-// prefScore is the score without load: what the balancer must not make
-// worse when it moves a group.
-func (p scoreParts) prefScore() int64 { return p.total() - p.load }
+// prefScore is the score without load and home site: what the balancer
+// must not make worse when it moves a group. A move out of its home site
+// is not worse by itself (balancing may have to cross sites); among
+// targets, the home site still ranks first.
+func (p scoreParts) prefScore() int64 { return p.total() - p.load - p.homeSite }
 
 // parts scores g on n; prepare(g) must have run. When g already runs on
 // n its own demand is not added twice.
@@ -572,7 +584,7 @@ func (e *engine) parts(g, n int32, strat Strategy) scoreParts {
 }
 
 // prefParts is parts without load. Its total is always a multiple of
-// wPrefSite, which is larger than any load: a node whose prefParts total
+// wHomeSite, which is larger than any load: a node whose prefParts total
 // is lower than another's can never score higher, whatever its load.
 func (e *engine) prefParts(g, n int32) scoreParts {
 	gg := &e.c.groups[g]
@@ -594,6 +606,9 @@ func (e *engine) prefParts(g, n int32) scoreParts {
 	}
 	if gg.prefSite == -1 || gg.prefSite == nd.site {
 		p.prefSite = wPrefSite
+	}
+	if gg.homeSite == -1 || gg.homeSite == nd.site {
+		p.homeSite = wHomeSite
 	}
 	return p
 }

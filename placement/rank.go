@@ -83,6 +83,13 @@ func (e *engine) rank(g int32, strat Strategy) []Ranked {
 		default:
 			r.Why = append(r.Why, fmt.Sprintf("outside preferred site %s", gg.src.PreferredSite))
 		}
+		switch {
+		case gg.homeSite < 0:
+		case p.homeSite > 0:
+			r.Why = append(r.Why, fmt.Sprintf("in the site it runs in (%s)", e.c.sites[gg.homeSite]))
+		default:
+			r.Why = append(r.Why, fmt.Sprintf("outside the site it runs in (%s)", e.c.sites[gg.homeSite]))
+		}
 		how := "spread: more room left is better"
 		if strat == Pack {
 			how = "pack: fuller is better"

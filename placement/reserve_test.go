@@ -307,3 +307,50 @@ func TestReserveExactSearch(t *testing.T) {
 		}
 	}
 }
+
+// A failover restarts a group in its preferred site, else in the site it
+// ran in, else anywhere, within its possible owners and the room there;
+// the emptier node wins only among equals.
+func TestFailoverSiteOrder(t *testing.T) {
+	node := func(name, site string, memGiB int64) Node {
+		return Node{Name: name, Site: site, CPUMillis: 16000, CPUOvercommit: 1, MemoryBytes: memGiB * gib, Up: true}
+	}
+	// a2 is the fullest node, b1 and c1 are empty.
+	nodes := []Node{node("a1", "A", 64), node("a2", "A", 64), node("b1", "B", 64), node("c1", "C", 64)}
+	filler := Group{Name: "filler", CPUMillis: 1000, MemoryBytes: 40 * gib, HA: false}
+	for _, tc := range []struct {
+		name string
+		g    Group
+		a2   int64 // a2's memory in GiB
+		want string
+	}{
+		{"stays in its site", Group{}, 64, "a2"},
+		{"its preferred site first", Group{PreferredSite: "C"}, 64, "c1"},
+		{"elsewhere when its site has no room", Group{}, 48, ""},
+		{"within its possible owners", Group{PossibleOwners: []string{"a1", "c1"}}, 64, "c1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := tc.g
+			g.Name, g.CPUMillis, g.MemoryBytes, g.HA = "g", 1000, 16*gib, true
+			ns := append([]Node(nil), nodes...)
+			ns[1].MemoryBytes = tc.a2 * gib
+			st := State{Nodes: ns, Groups: []Group{g, filler}, Assign: map[string]string{"g": "a1", "filler": "a2"}}
+			r := CheckReserve(st, 1)
+			p, err := r.PlanFor([]string{"a1"})
+			if err != nil || len(p.Moves) != 1 {
+				t.Fatalf("plan for a1: %+v, %v (%s)", p, err, r.Summary())
+			}
+			got := p.Moves[0].To
+			if tc.want == "" {
+				// Not in A: b1 or c1, the emptier by name among equals.
+				if got == "a2" {
+					t.Fatalf("restarted on a2, which has no room")
+				}
+				return
+			}
+			if got != tc.want {
+				t.Fatalf("restarted on %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
