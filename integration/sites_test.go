@@ -64,3 +64,48 @@ func TestWitnessHandsOffLeadership(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// A node of site a dies: its groups restart on the other node of a,
+// which has room, not in site b, although b's nodes are emptier; each
+// runs once (the invariant checker).
+func TestFailoverStaysInSite(t *testing.T) {
+	c := newCluster(t)
+	for _, site := range []string{"a", "a", "b", "b"} {
+		n := c.add(4)
+		n.reconfigure(func(cfg *agent.Config) { cfg.Site = site })
+	}
+	for _, n := range c.nodes {
+		n.start()
+	}
+	leader := c.leader(60 * time.Second)
+	// The victim is a node of a that does not lead; its partner in a is
+	// the other one.
+	var victim, partner *node
+	for _, n := range c.nodes[:2] {
+		if n != leader && victim == nil {
+			victim = n
+		} else {
+			partner = n
+		}
+	}
+	names := groupNames("st", 4)
+	for _, name := range names {
+		if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup(name)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: name, Node: victim.name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.allOnline(leader, names, 60*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() == victim.name })
+	t0 := time.Now()
+	victim.kill()
+	after := c.allOnline(leader, names, 60*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+	t.Logf("all %d groups running again %s after the SIGKILL", len(names), time.Since(t0).Round(time.Millisecond))
+	for name, g := range after {
+		if g.GetOwner() != partner.name {
+			t.Errorf("%s restarted on %s, want %s, the other node of site a", name, g.GetOwner(), partner.name)
+		}
+	}
+	c.checkInvariants(names)
+}
