@@ -271,16 +271,18 @@ func checkDelayed(t *testing.T, what string, r pingResult) {
 	if lo := 2*(wanDelay-wanJitter) - time.Millisecond; r.quantile(0) < lo {
 		t.Errorf("%s: min rtt %v < %v", what, r.quantile(0), lo)
 	}
-	// Generous: this machine is shared, and a late timer or reader only
-	// ever adds.
-	if hi := 2*(wanDelay+wanJitter) + 50*time.Millisecond; r.quantile(1) > hi {
+	// Generous: `go test ./integration/...` runs this beside the cluster
+	// tests on two cores, and a late timer or reader only ever adds.
+	if hi := 2*(wanDelay+wanJitter) + 60*time.Millisecond; r.quantile(1) > hi {
 		t.Errorf("%s: max rtt %v > %v", what, r.quantile(1), hi)
 	}
 	// With n samples of the sum of two uniform delays (a triangle over
 	// 40-80 ms) the median's standard deviation is about 10 ms/sqrt(n):
-	// under 1 ms here. Above 2*delay allow the timers' lateness too.
-	if m := r.quantile(0.5); m < 2*wanDelay-4*time.Millisecond || m > 2*wanDelay+6*time.Millisecond {
-		t.Errorf("%s: median rtt %v, want within -4/+6 ms of %v", what, m, 2*wanDelay)
+	// under 1 ms here. Above 2*delay allow for the timers' lateness too
+	// (Go's sleeps end up to 1 ms late: about +2 ms measured on an idle
+	// machine, +2.7 ms at a load of 3.3 on two cores) and for a busy CPU.
+	if m := r.quantile(0.5); m < 2*wanDelay-4*time.Millisecond || m > 2*wanDelay+8*time.Millisecond {
+		t.Errorf("%s: median rtt %v, want within -4/+8 ms of %v", what, m, 2*wanDelay)
 	}
 }
 
@@ -461,7 +463,7 @@ func TestWANChange(t *testing.T) {
 	}
 	r := mustPing(t, w.echoB, w.a1, quick)
 	t.Logf("a1→b1 at 10 ms each way: %v", r)
-	if r.quantile(0) < 2*d2-time.Millisecond || r.quantile(0.5) > 2*d2+6*time.Millisecond {
+	if r.quantile(0) < 2*d2-time.Millisecond || r.quantile(0.5) > 2*d2+8*time.Millisecond {
 		t.Errorf("rtt min %v median %v, want about %v", r.quantile(0), r.quantile(0.5), 2*d2)
 	}
 }
