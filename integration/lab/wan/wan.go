@@ -448,9 +448,11 @@ func (d *Delayer) fail(err error) {
 }
 
 // Stop heals and unbinds, waits for that, and returns the error that
-// stopped the Delayer early, if any. Call it after Start.
+// stopped the Delayer early (or Start's), if any. Call it after Start.
 func (d *Delayer) Stop() error {
-	d.cancel()
+	if d.cancel != nil { // nil when Start failed early
+		d.cancel()
+	}
 	<-d.done
 	return d.Err()
 }
