@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -73,7 +75,8 @@ func (l *Lab) IsolateAll() {
 	l.Partition(hosts, hosts)
 }
 
-// HealAll removes every fault.
+// HealAll removes every partition. WAN links (SetWAN) stay: they are the
+// network's shape, not a fault; ClearWAN removes them.
 func (l *Lab) HealAll() {
 	l.t.Helper()
 	l.mu.Lock()
@@ -82,17 +85,20 @@ func (l *Lab) HealAll() {
 	l.apply()
 }
 
-// apply replaces the chain's content with the rules for l.blocked. Declaring
-// the chain in iptables-restore input flushes it, and --noflush leaves the
-// rest of the table (the FORWARD jump) alone. Called with l.mu held.
+// apply replaces the chain's content with the rules for l.blocked and
+// l.wans. Declaring the chain in iptables-restore input flushes it, and
+// --noflush leaves the rest of the table (the FORWARD jump) alone. Called
+// with l.mu held.
 func (l *Lab) apply() {
 	l.t.Helper()
-	l.restore(rulesFor(l.blocked))
+	l.restore(rulesFor(l.blocked, l.wans))
 }
 
 // rulesFor renders the iptables-restore input for a set of blocked
-// directions, sorted so the same set always gives the same chain.
-func rulesFor(blocked map[pair]bool) string {
+// directions and the WAN links, sorted so the same state always gives the
+// same chain. Partitions come first: a DROP must win over a WAN's NFQUEUE,
+// whose verdict ends the packet's walk through the chain.
+func rulesFor(blocked map[pair]bool, wans map[[2]int]*wanLink) string {
 	pairs := make([]pair, 0, len(blocked))
 	for p := range blocked {
 		pairs = append(pairs, p)
@@ -107,6 +113,29 @@ func rulesFor(blocked map[pair]bool) string {
 	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", chain)
 	for _, p := range pairs {
 		fmt.Fprintf(&b, "-A %s -s %s/32 -d %s/32 -j DROP\n", chain, p.src, p.dst)
+	}
+	keys := make([][2]int, 0, len(wans))
+	for k := range wans {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(x, y [2]int) int {
+		if c := cmp.Compare(x[0], y[0]); c != 0 {
+			return c
+		}
+		return cmp.Compare(x[1], y[1])
+	})
+	for _, key := range keys {
+		k := wans[key]
+		for _, dir := range [][2]int{{k.a.index, k.b.index}, {k.b.index, k.a.index}} {
+			match := fmt.Sprintf("-A %s -s 10.77.%d.0/24 -d 10.77.%d.0/24", chain, dir[0], dir[1])
+			if k.wan.Loss > 0 {
+				fmt.Fprintf(&b, "%s -m statistic --mode random --probability %s -j DROP\n",
+					match, strconv.FormatFloat(k.wan.Loss, 'f', -1, 64))
+			}
+			if k.queue != 0 {
+				fmt.Fprintf(&b, "%s -j NFQUEUE --queue-num %d --queue-bypass\n", match, k.queue)
+			}
+		}
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()

@@ -9,10 +9,13 @@
 //	P-h-NAME   one namespace per host: eth0 = 10.77.S.H/24, default route
 //	           via 10.77.S.1; the other end of its veth (P-vN) is a port of
 //	           its site's bridge in the router namespace
+//	havenwan   one process per WAN link with a delay (SetWAN), in the root
+//	           namespace, bound to an NFQUEUE queue of P-r (--netns P-r)
 //
 // Every link is created directly inside a lab namespace, never in the root
-// namespace, so deleting the namespaces removes everything. Only addresses
-// inside these namespaces, or loopback, are ever contacted.
+// namespace, so deleting the namespaces removes everything but the havenwan
+// processes, which the cleanup stops and the reaper finds by their --netns.
+// Only addresses inside these namespaces, or loopback, are ever contacted.
 //
 // The lab needs root; see New for what happens without it.
 package lab
@@ -29,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/haven-ha/haven/integration/lab/wan"
 )
 
 const (
@@ -72,7 +77,15 @@ type Lab struct {
 	sites   []*Site
 	hosts   []*Host
 	names   map[string]bool
-	blocked map[pair]bool // directed: packets from src to dst are dropped
+	blocked map[pair]bool       // directed: packets from src to dst are dropped
+	wans    map[[2]int]*wanLink // by the two sites' indexes, lower first
+	// lastQueue is the NFQUEUE queue number given out last; numbers are
+	// never reused within a lab, so a new delayer binds while the old one
+	// still holds packets.
+	lastQueue uint16
+	delayers  map[delayer]bool // running, stopped by destroy at the latest
+	// newDelayer, when set, starts delayers instead of havenwan.
+	newDelayer func(name string, k wan.Link) (delayer, error)
 }
 
 // Site is a routed subnet 10.77.S.0/24: a bridge in the router namespace.
@@ -115,7 +128,14 @@ func New(t testing.TB) *Lab {
 	if err != nil {
 		t.Fatalf("network lab: %v", err)
 	}
-	l := &Lab{t: t, tools: tl, names: map[string]bool{}, blocked: map[pair]bool{}}
+	l := &Lab{
+		t:        t,
+		tools:    tl,
+		names:    map[string]bool{},
+		blocked:  map[pair]bool{},
+		wans:     map[[2]int]*wanLink{},
+		delayers: map[delayer]bool{},
+	}
 	if err := reapLeftovers(tl); err != nil {
 		// Leftovers use other prefixes, so they cannot clash with this
 		// lab; report them and go on.
@@ -328,12 +348,22 @@ func (l *Lab) checkName(kind, name string) {
 	l.names[key] = true
 }
 
-// destroy kills whatever runs in the lab's namespaces, deletes them (which
-// deletes every link and rule with them) and drops the owner record last, so
-// a concurrent reaper never sees a namespace of a live lab without owner.
+// destroy stops the lab's delayers, kills whatever runs in its namespaces,
+// deletes them (which deletes every link and rule with them) and drops the
+// owner record last, so a concurrent reaper never sees a namespace of a live
+// lab without owner.
 func (l *Lab) destroy() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for k, link := range l.wans {
+		delete(l.wans, k)
+		if link.d != nil {
+			l.stopDelayer(link.name(), link.d)
+		}
+	}
+	for d := range l.delayers { // started by a SetWAN that failed midway
+		l.stopDelayer("(unlinked)", d)
+	}
 	var nss []string
 	for _, h := range l.hosts {
 		nss = append(nss, h.ns)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,7 +34,9 @@ const (
 func TestMain(m *testing.M) {
 	switch mode := os.Getenv(helperEnv); mode {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		removeHavenwan()
+		os.Exit(code)
 	case "echo":
 		os.Exit(echoServer())
 	case "probe":
@@ -438,6 +441,29 @@ func TestReapLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A havenwan of the crashed run: in the root namespace, found only by
+	// its --netns.
+	bin, err := havenwan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delayer := exec.Command(bin, "--netns", nsR, "--link", "queue=1,delay=1ms")
+	delayerOut, err := delayer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := delayer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { delayer.Process.Kill() })
+	if line, _ := bufio.NewReader(delayerOut).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("havenwan in %s: %q", nsR, line)
+	}
+	delayerExited := make(chan error, 1)
+	go func() {
+		io.Copy(io.Discard, delayerOut)
+		delayerExited <- delayer.Wait()
+	}()
 	sleeper := exec.Command(tl.ip, "netns", "exec", nsH, "sleep", "60")
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
@@ -454,6 +480,12 @@ func TestReapLeftovers(t *testing.T) {
 	if err := os.WriteFile(record, fmt.Appendf(nil, "%d 1\n", dead.Process.Pid), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// And the havenwan build of a test binary that is gone.
+	deadBuild := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-1-x", binDirPrefix, dead.Process.Pid))
+	if err := os.MkdirAll(deadBuild, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(deadBuild) })
 
 	next := New(t)
 
@@ -479,6 +511,17 @@ func TestReapLeftovers(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Errorf("process inside a leftover namespace not killed")
 		sleeper.Process.Kill()
+	}
+	select {
+	case <-delayerExited:
+	case <-time.After(5 * time.Second):
+		t.Errorf("leftover havenwan not killed")
+	}
+	if _, err := os.Stat(deadBuild); err == nil {
+		t.Errorf("havenwan build of a dead test binary not removed")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Errorf("this test binary's havenwan build: %v", err)
 	}
 	for _, ns := range []string{live.router, live.Hosts()[0].Namespace(), next.router} {
 		if _, err := os.Stat(netnsDir + "/" + ns); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,13 @@ func reapLeftovers(tl tools) error {
 		return a
 	}
 	var errs []error
+	// A leftover havenwan runs in the root namespace, where killing the
+	// processes inside the namespaces misses it, and its socket would
+	// keep the router namespace alive after its name is gone.
+	for _, pid := range labDelayers(owned) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	reapBuilds()
 	var dead []string
 	for _, ns := range nss {
 		if !owned(ns) {
@@ -226,4 +234,73 @@ func removeNamespaces(tl tools, nss []string) error {
 		}
 	}
 	return nil
+}
+
+// labDelayers lists the havenwan processes whose --netns names a namespace
+// of a lab that owned reports dead.
+func labDelayers(owned func(name string) bool) []int {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		if ns, ok := delayerNetns(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")); ok && !owned(ns) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// delayerNetns reports the lab namespace a havenwan command line binds in.
+func delayerNetns(argv []string) (string, bool) {
+	if len(argv) == 0 || filepath.Base(argv[0]) != "havenwan" {
+		return "", false
+	}
+	for i, a := range argv[1:] {
+		var ns string
+		switch {
+		case a == "--netns" || a == "-netns":
+			if i+2 < len(argv) {
+				ns = argv[i+2]
+			}
+		case strings.HasPrefix(a, "--netns="), strings.HasPrefix(a, "-netns="):
+			_, ns, _ = strings.Cut(a, "=")
+		default:
+			continue
+		}
+		return ns, prefixRE.MatchString(ns)
+	}
+	return "", false
+}
+
+// reapBuilds removes the havenwan builds of test binaries that are gone: a
+// test binary without a TestMain that removes its build leaves it behind.
+func reapBuilds() {
+	entries, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), binDirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		var pid int
+		var start uint64
+		if _, err := fmt.Sscanf(rest, "%d-%d-", &pid, &start); err != nil {
+			continue
+		}
+		if got, err := startTime(pid); err != nil || got != start {
+			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+		}
+	}
 }
