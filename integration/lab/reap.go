@@ -164,22 +164,31 @@ func pidExists(pid int) bool {
 // startTime is the process's start time in clock ticks since boot (field 22
 // of /proc/PID/stat).
 func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := statFields(pid, 22)
 	if err != nil {
 		return 0, err
+	}
+	return strconv.ParseUint(f[22], 10, 64)
+}
+
+// statFields reads /proc/PID/stat into fields numbered as proc(5) numbers
+// them (f[1] is the pid, f[3] the state), at least upTo of them.
+func statFields(pid, upTo int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
 	}
 	// The command name (field 2) may contain spaces and parentheses: the
 	// fields that follow start after its last ')'.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	const idx = 22 - 3 // f[0] is field 3 (state)
-	if len(f) <= idx {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	f := append([]string{"", "", ""}, strings.Fields(string(b[i+1:]))...)
+	if len(f) <= upTo {
+		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	return strconv.ParseUint(f[idx], 10, 64)
+	return f, nil
 }
 
 // removeNamespaces kills every process inside the named namespaces, then

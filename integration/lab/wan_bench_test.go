@@ -3,9 +3,7 @@ package lab
 import (
 	"fmt"
 	"net"
-	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,21 +100,12 @@ func benchWANCPU(b *testing.B, pps int) {
 // /proc/PID/stat (fields 14 and 15, in USER_HZ ticks, which the kernel ABI
 // fixes at 100 per second).
 func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := statFields(pid, 15)
 	if err != nil {
 		return 0, err
 	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	const utime = 14 - 3 // f[0] is field 3
-	if len(f) <= utime+1 {
-		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
 	var ticks int64
-	for _, s := range f[utime : utime+2] {
+	for _, s := range f[14:16] {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return 0, err

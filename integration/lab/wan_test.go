@@ -365,25 +365,7 @@ func TestWAN(t *testing.T) {
 
 	// ClearWAN while a flow runs: rules go first, then havenwan lets its
 	// packets go, so none is lost.
-	type result struct {
-		r   pingResult
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		r, err := w.echoB.ping(w.a1, pingOpts{flows: 1, perFlow: 300, interval: time.Millisecond, wait: time.Second})
-		ch <- result{r, err}
-	}()
-	time.Sleep(100 * time.Millisecond)
-	timed(t, "ClearWAN(a, b)", func() { w.l.ClearWAN(w.a, w.b) })
-	res := <-ch
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
-	t.Logf("a1→b1 across ClearWAN: %v", res.r)
-	if len(res.r.arrivals) != res.r.sent || len(res.r.rtt) != res.r.sent {
-		t.Errorf("across ClearWAN: %d sent, %d arrived, %d replies: healing lost packets", res.r.sent, len(res.r.arrivals), len(res.r.rtt))
-	}
+	w.lossless(t, "ClearWAN(a, b)", func() { w.l.ClearWAN(w.a, w.b) })
 	wantRules(t, w.l, "ClearWAN", 0)
 	checkUndelayed(t, "a1→b1 after ClearWAN", mustPing(t, w.echoB, w.a1, quick))
 	w.l.ClearWAN(w.b, w.a) // idempotent
@@ -438,26 +420,8 @@ func pingQuickLossy(t *testing.T, e *udpEcho, h *Host) pingResult {
 func TestWANChange(t *testing.T) {
 	w := newWANLab(t)
 	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter})
-	type result struct {
-		r   pingResult
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		r, err := w.echoB.ping(w.a1, pingOpts{flows: 1, perFlow: 300, interval: time.Millisecond, wait: time.Second})
-		ch <- result{r, err}
-	}()
-	time.Sleep(100 * time.Millisecond)
 	const d2 = 10 * time.Millisecond
-	timed(t, "SetWAN(a, b, 10ms)", func() { w.l.SetWAN(w.a, w.b, WAN{Delay: d2}) })
-	res := <-ch
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
-	t.Logf("a1→b1 across the change: %v", res.r)
-	if len(res.r.arrivals) != res.r.sent || len(res.r.rtt) != res.r.sent {
-		t.Errorf("across the change: %d sent, %d arrived, %d replies", res.r.sent, len(res.r.arrivals), len(res.r.rtt))
-	}
+	w.lossless(t, "SetWAN(a, b, 10ms)", func() { w.l.SetWAN(w.a, w.b, WAN{Delay: d2}) })
 	if k := w.link(t); k.queue != 2 {
 		t.Errorf("after the change: queue %d, want 2", k.queue)
 	}
@@ -629,5 +593,30 @@ func TestDelayerNetns(t *testing.T) {
 		if ns != tc.ns || ok != tc.ok {
 			t.Errorf("delayerNetns(%q) = %q, %v; want %q, %v", tc.argv, ns, ok, tc.ns, tc.ok)
 		}
+	}
+}
+
+// lossless runs change while a1 sends b1 a flow of 300 packets, 1 ms
+// apart, and fails the test if any of them or its reply is lost.
+func (w *wanLab) lossless(t *testing.T, what string, change func()) {
+	t.Helper()
+	type result struct {
+		r   pingResult
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		r, err := w.echoB.ping(w.a1, pingOpts{flows: 1, perFlow: 300, interval: time.Millisecond, wait: time.Second})
+		ch <- result{r, err}
+	}()
+	time.Sleep(100 * time.Millisecond) // into the flow
+	timed(t, what, change)
+	res := <-ch
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	t.Logf("a1→b1 across %s: %v", what, res.r)
+	if len(res.r.arrivals) != res.r.sent || len(res.r.rtt) != res.r.sent {
+		t.Errorf("across %s: %d sent, %d arrived, %d replies: packets lost", what, res.r.sent, len(res.r.arrivals), len(res.r.rtt))
 	}
 }
