@@ -7,6 +7,7 @@ import (
 
 	"github.com/haven-ha/haven/agent"
 	"github.com/haven-ha/haven/integration/lab"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
 var wanSteady = flag.Duration("wan.steady", 2*time.Minute, "how long TestWANSteady watches the stretch cluster")
@@ -98,4 +99,46 @@ func TestWANSteady(t *testing.T) {
 	}
 	c.checkInvariants(names)
 	t.Logf("steady %s over the WAN: term %d, leader %s throughout", *wanSteady, st0.GetTerm(), st0.GetLeader())
+}
+
+// TestWANSiteLoss: every node of site b is SIGKILLed at once (the leader
+// among them, if it was there); b's groups run again in site a, each
+// once, a's stay where they were, and the time it took is printed.
+func TestWANSiteLoss(t *testing.T) {
+	c := stretch(t)
+	leader := c.leader(60 * time.Second)
+	names := groupNames("s", 8)
+	c.createAndStart(leader, names)
+	before := c.allOnline(leader, names, 60*time.Second, anyOwner)
+	inB := 0
+	for _, g := range before {
+		if c.node(g.GetOwner()).cfg.Site == "b" {
+			inB++
+		}
+	}
+	if inB == 0 {
+		t.Fatal("no group runs in site b")
+	}
+	leaderInB := leader.cfg.Site == "b"
+	t0 := time.Now()
+	for _, n := range c.nodes {
+		if n.cfg.Site == "b" {
+			n.kill()
+		}
+	}
+	leader = c.leader(60 * time.Second)
+	if leader.cfg.Site == "b" {
+		t.Fatalf("%s of the dead site leads", leader.name)
+	}
+	after := c.allOnline(leader, names, 60*time.Second, func(g *havenv1.Group) bool {
+		return c.node(g.GetOwner()).cfg.Site == "a"
+	})
+	t.Logf("site b lost (the leader with it: %v): its %d groups all run in site a %s after the SIGKILLs; %s leads", leaderInB, inB, time.Since(t0).Round(time.Millisecond), leader.name)
+	for _, name := range names {
+		b, a := before[name], after[name]
+		if c.node(b.GetOwner()).cfg.Site == "a" && (a.GetOwner() != b.GetOwner() || a.GetEpoch() != b.GetEpoch()) {
+			t.Errorf("%s of site a moved: %s@%d -> %s@%d", name, b.GetOwner(), b.GetEpoch(), a.GetOwner(), a.GetEpoch())
+		}
+	}
+	c.checkInvariants(names)
 }
