@@ -113,18 +113,16 @@ func newSourceSums(m *memory) (*sourceSums, error) {
 	return s, nil
 }
 
-// kept reports whether the sums are kept; otherwise note and refresh do
-// nothing.
+// kept reports whether the sums are kept; otherwise refresh does nothing
+// and note must not be called.
 func (s *sourceSums) kept() bool { return s.t != nil }
 
-// note records page i as read now, known to be zero or not; the caller
-// holds the guest's lock.
+// note records page i as read now, known to be zero or not, while the
+// sums are kept; the caller holds the guest's lock.
 func (s *sourceSums) note(i int64, p []byte, zero bool) {
-	switch {
-	case s.t == nil:
-	case zero:
+	if zero {
 		s.sums[i] = zeroSumOf(len(p))
-	default:
+	} else {
 		s.sums[i] = pageSum(p)
 	}
 }

@@ -111,8 +111,7 @@ func (p *planner) next(r roundStats) (verdict, string) {
 	p.prev = r.remaining
 	if r.link > 0 && (r.remaining == 0 || r.expectedDowntime()+p.fixed <= p.target) {
 		if 4*r.remaining <= prev && r.remaining > 0 {
-			p.best = min(p.best, r.remaining)
-			if p.best < 0 {
+			if p.best < 0 || r.remaining < p.best {
 				p.best = r.remaining
 			}
 			return copyMore, ""

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"context"
-	"io"
 	"testing"
 	"time"
 )
@@ -31,5 +30,4 @@ func TestLinkKeepsTheCap(t *testing.T) {
 			t.Errorf("writes of %s each: %d bytes in %s, faster than the cap allows (%s)", d, total, took, min)
 		}
 	}
-	var _ io.Writer = (*link)(nil)
 }

@@ -92,9 +92,11 @@ func newOutgoing(ctx context.Context, v *vm, m *memory, sums *sourceSums, conn i
 		batch = int(min(max(slice/PageSize, 1), int64(batch)))
 	}
 	fw := newFrameWriter(l, buf)
-	// The first round reads every page: the sums start from what it read.
+	// The first round reads every page: kept sums start from what it read.
 	ps := newPageSender(m, fw, batch)
-	ps.seen = sums.note
+	if sums.kept() {
+		ps.seen = sums.note
+	}
 	return &outgoing{
 		ctx: ctx, v: v, m: m, sums: sums, opts: opts, progress: progress,
 		link: l, fw: fw, fr: newFrameReader(conn, 4<<10), ps: ps,

@@ -109,6 +109,8 @@ func startUDPEcho(t *testing.T, h *Host) *udpEcho {
 type pingOpts struct {
 	flows, perFlow int
 	interval, wait time.Duration
+	// underWay, if set, is closed once a third of the probes are out.
+	underWay chan struct{}
 }
 
 type pingResult struct {
@@ -181,6 +183,9 @@ func (e *udpEcho) ping(h *Host, o pingOpts) (pingResult, error) {
 			break
 		}
 		res.sent++
+		if o.underWay != nil && res.sent == o.flows*o.perFlow/3 {
+			close(o.underWay)
+		}
 	}
 	for _, c := range conns {
 		c.SetReadDeadline(time.Now().Add(o.wait))
@@ -596,8 +601,8 @@ func TestDelayerNetns(t *testing.T) {
 	}
 }
 
-// lossless runs change while a1 sends b1 a flow of 300 packets, 1 ms
-// apart, and fails the test if any of them or its reply is lost.
+// lossless runs change once a1 is a third into a flow of 300 packets to
+// b1, 1 ms apart, and fails the test if any of them or its reply is lost.
 func (w *wanLab) lossless(t *testing.T, what string, change func()) {
 	t.Helper()
 	type result struct {
@@ -605,13 +610,19 @@ func (w *wanLab) lossless(t *testing.T, what string, change func()) {
 		err error
 	}
 	ch := make(chan result, 1)
+	underWay := make(chan struct{})
 	go func() {
-		r, err := w.echoB.ping(w.a1, pingOpts{flows: 1, perFlow: 300, interval: time.Millisecond, wait: time.Second})
+		r, err := w.echoB.ping(w.a1, pingOpts{flows: 1, perFlow: 300, interval: time.Millisecond, wait: time.Second, underWay: underWay})
 		ch <- result{r, err}
 	}()
-	time.Sleep(100 * time.Millisecond) // into the flow
-	timed(t, what, change)
-	res := <-ch
+	var res result
+	select {
+	case <-underWay: // the change strikes the flow midway
+		timed(t, what, change)
+		res = <-ch
+	case res = <-ch:
+		t.Fatalf("the flow ended before a third of it was out: %v", res.err)
+	}
 	if res.err != nil {
 		t.Fatal(res.err)
 	}

@@ -22,39 +22,57 @@ func TestCrashVM(t *testing.T) {
 	}
 }
 
-// Crashing VMs on purpose is for tests: it takes the setting and a driver
-// that can, both.
-func TestCrashVMDenied(t *testing.T) {
-	able := &crashDriver{}
-	for _, c := range []struct {
-		name    string
-		drv     driver.Hypervisor
-		enabled bool
-	}{
-		{"setting off", able, false},
-		{"driver cannot", plainDriver{}, true},
-		{"no driver", nil, true},
-	} {
-		f := newFixture(t, c.drv, c.enabled)
-		_, err := f.svc.CrashVM(context.Background(), &havenv1.CrashVMRequest{Group: "web", Vm: "vm0"})
-		wantStatus(t, err, codes.PermissionDenied, "fault injection is disabled")
-	}
-	if len(able.crashed) != 0 {
-		t.Errorf("crashed %v with fault injection off", able.crashed)
+// The test hands that act on a VM (CrashVM, FillVM) take the setting and
+// a driver that can, both, and do nothing otherwise.
+func TestVMHandsDenied(t *testing.T) {
+	for _, h := range vmHands {
+		able := &fillDriver{}
+		for _, c := range []struct {
+			name    string
+			drv     driver.Hypervisor
+			enabled bool
+		}{
+			{"setting off", able, false},
+			{"driver cannot", plainDriver{}, true},
+			{"no driver", nil, true},
+		} {
+			f := newFixture(t, c.drv, c.enabled)
+			wantStatus(t, h.call(f.svc), codes.PermissionDenied, "fault injection is disabled")
+		}
+		if len(able.crashed) != 0 || len(able.filled) != 0 {
+			t.Errorf("%s: crashed %v, filled %v with fault injection off", h.name, able.crashed, able.filled)
+		}
 	}
 }
 
-func TestCrashVMRefused(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		code codes.Code
-		msg  string
-	}{
-		{fmt.Errorf("web/vm0: %w", driver.ErrNotFound), codes.NotFound, "vm web/vm0 is not on n1"},
-		{fmt.Errorf("web/vm0 is stopped: %w", driver.ErrInvalidState), codes.FailedPrecondition, "web/vm0 is stopped"},
-	} {
-		f := newFixture(t, &crashDriver{err: c.err}, true)
-		_, err := f.svc.CrashVM(context.Background(), &havenv1.CrashVMRequest{Group: "web", Vm: "vm0"})
-		wantStatus(t, err, c.code, c.msg)
+// A driver's refusal reaches the caller as NotFound or FailedPrecondition.
+func TestVMHandsRefused(t *testing.T) {
+	for _, h := range vmHands {
+		for _, c := range []struct {
+			err  error
+			code codes.Code
+			msg  string
+		}{
+			{fmt.Errorf("web/vm0: %w", driver.ErrNotFound), codes.NotFound, "vm web/vm0 is not on n1"},
+			{fmt.Errorf("web/vm0 is stopped: %w", driver.ErrInvalidState), codes.FailedPrecondition, "web/vm0 is stopped"},
+		} {
+			f := newFixture(t, &fillDriver{crashDriver: crashDriver{err: c.err}, err: c.err}, true)
+			wantStatus(t, h.call(f.svc), c.code, c.msg)
+		}
 	}
+}
+
+// vmHands call each test hand that acts on web/vm0.
+var vmHands = []struct {
+	name string
+	call func(*Service) error
+}{
+	{"CrashVM", func(s *Service) error {
+		_, err := s.CrashVM(context.Background(), &havenv1.CrashVMRequest{Group: "web", Vm: "vm0"})
+		return err
+	}},
+	{"FillVM", func(s *Service) error {
+		_, err := s.FillVM(context.Background(), &havenv1.FillVMRequest{Group: "web", Vm: "vm0"})
+		return err
+	}},
 }

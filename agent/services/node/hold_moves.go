@@ -2,11 +2,13 @@ package node
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/haven-ha/haven/agent/services"
+	"github.com/haven-ha/haven/driver"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -20,6 +22,24 @@ type Holds interface {
 // errNoFaultInjection refuses a fault-injection call on an agent that
 // does not allow them.
 var errNoFaultInjection = status.Error(codes.PermissionDenied, "fault injection is disabled (sim.fault_injection)")
+
+// faultInjector is the driver's test hands, if this agent allows them.
+func (s *Service) faultInjector() (driver.FaultInjector, error) {
+	fi, ok := s.cfg.Driver.(driver.FaultInjector)
+	if !s.cfg.FaultInjection || !ok {
+		return nil, errNoFaultInjection
+	}
+	return fi, nil
+}
+
+// vmError is what a test hand answers when the driver refuses it: the VM
+// is not on this node, or not in a state the hand works on.
+func (s *Service) vmError(id driver.VMID, err error) error {
+	if errors.Is(err, driver.ErrNotFound) {
+		return status.Errorf(codes.NotFound, "vm %s is not on %s", id, s.cfg.Name)
+	}
+	return status.Error(codes.FailedPrecondition, err.Error())
+}
 
 func (s *Service) holds() (Holds, error) {
 	if !s.cfg.FaultInjection || s.cfg.Holds == nil {

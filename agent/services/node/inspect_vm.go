@@ -14,14 +14,14 @@ import (
 // InspectVM reports a VM of this node's driver and a checksum of its
 // memory read now, for tests of what a move did with it.
 func (s *Service) InspectVM(_ context.Context, req *havenv1.InspectVMRequest) (*havenv1.InspectVMResponse, error) {
-	fi, ok := s.cfg.Driver.(driver.FaultInjector)
-	if !s.cfg.FaultInjection || !ok {
-		return nil, errNoFaultInjection
+	fi, err := s.faultInjector()
+	if err != nil {
+		return nil, err
 	}
 	id := driver.VMID{Group: req.GetGroup(), Resource: req.GetVm()}
 	st, err := s.cfg.Driver.Status(id)
 	if errors.Is(err, driver.ErrNotFound) {
-		return nil, status.Errorf(codes.NotFound, "vm %s is not on %s", id, s.cfg.Name)
+		return nil, s.vmError(id, err)
 	}
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
