@@ -101,8 +101,19 @@ const (
 // MaxReserve bounds placement.reserve (see leader.MaxReserve).
 const MaxReserve = leader.MaxReserve
 
-// LeaseConfig is the self-fencing lease (see quorum/lease.go).
+// LeaseConfig is the self-fencing lease (see quorum/lease.go). The leader
+// reads it: give every node the same values, since any node may lead.
 type LeaseConfig struct {
+	// The timing for nodes in the leader's own site.
+	LeaseTiming `yaml:",inline"`
+	// CrossSite is the timing for nodes whose path to the leader crosses
+	// a WAN (every node of another site). Fields left unset take the
+	// same-site values.
+	CrossSite LeaseTiming `yaml:"cross_site"`
+}
+
+// LeaseTiming is one lease profile.
+type LeaseTiming struct {
 	// Duration is how long a grant lets a node run its groups, from the
 	// moment the node sent the renewal.
 	Duration time.Duration `yaml:"duration"`
@@ -119,9 +130,30 @@ func (s SimConfig) guest() sim.Guest {
 	return sim.Guest{DirtyRateBytesPerSec: s.DirtyRate, WorkingSetBytes: s.WorkingSetBytes, Tick: s.Tick}
 }
 
-// rules is the lease as the protocol's rules (quorum/lease.go) take it.
-func (l LeaseConfig) rules() quorum.LeaseConfig {
+// rules is one profile as the protocol's rules (quorum/lease.go) take it.
+func (l LeaseTiming) rules() quorum.LeaseConfig {
 	return quorum.LeaseConfig{Lease: l.Duration, Margin: l.Margin, FailoverAfter: l.FailoverAfter}
+}
+
+// crossSite is the cross-site timing with its unset fields taken from the
+// same-site one.
+func (l LeaseConfig) crossSite() LeaseTiming {
+	c := l.CrossSite
+	if c.Duration == 0 {
+		c.Duration = l.Duration
+	}
+	if c.Margin == 0 {
+		c.Margin = l.Margin
+	}
+	if c.FailoverAfter == 0 {
+		c.FailoverAfter = l.FailoverAfter
+	}
+	return c
+}
+
+// profiles is the lease as the leader's grant table takes it.
+func (l LeaseConfig) profiles() quorum.Profiles {
+	return quorum.Profiles{SameSite: l.rules(), CrossSite: l.crossSite().rules()}
 }
 
 // SimConfig sets how the simulated guests behave.
@@ -213,7 +245,7 @@ func Default() Config {
 		},
 		LogLevel:  "info",
 		SharedDir: "/var/lib/haven/shared",
-		Lease:     LeaseConfig{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second},
+		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},
 		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20},
 		// Reserve 1: "can the cluster sustain one node failure?" is the
 		// question every HA cluster must answer yes to (vSphere HA's
@@ -240,7 +272,7 @@ func (c Config) Tightened() Config {
 	c.Raft.Stabilization = time.Second
 	c.Raft.ReconcileInterval = 2 * time.Second
 	c.Gossip.SameSite = Profile{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3, GossipInterval: 100 * time.Millisecond}
-	c.Lease = LeaseConfig{Duration: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
+	c.Lease = LeaseConfig{LeaseTiming: LeaseTiming{Duration: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}}
 	c.Gossip.CrossSite = Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond}
 	return c
 }

@@ -38,6 +38,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"witness of weight 0", func(c *Config) { c.Witness, c.NodeWeight = true, 0 }, "node_weight: 0 on a witness"},
 		{"lease above heartbeat", func(c *Config) { c.Raft.LeaderLeaseTimeout = 2 * time.Second }, "raft.leader_lease_timeout:"},
 		{"probe timeout above interval", func(c *Config) { c.Gossip.CrossSite.ProbeTimeout = 10 * time.Second }, "gossip.cross_site.probe_timeout:"},
+		{"cross-site margin short for its lease", func(c *Config) { c.Lease.CrossSite.Duration = time.Minute }, "lease.cross_site.margin:"},
+		{"cross-site failover within the lease", func(c *Config) { c.Lease.CrossSite.FailoverAfter = 2 * time.Second }, "lease.cross_site.failover_after:"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log_level:"},
 		{"negative reserve", func(c *Config) { c.Placement.Reserve = -1 }, "placement.reserve: -1"},
 		{"huge reserve", func(c *Config) { c.Placement.Reserve = MaxReserve + 1 }, "placement.reserve: 17"},
@@ -123,5 +125,25 @@ func TestPlacementConfig(t *testing.T) {
 	}
 	if p := c.Placement; p.Reserve != 0 || p.CPUOvercommit != 1.5 || p.Balancer != BalancerAutomatic {
 		t.Fatalf("placement from file: %+v", p)
+	}
+}
+
+// The cross-site lease takes what it leaves unset from the same-site one.
+func TestLeaseProfilesFromFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "haven.yaml")
+	yaml := "lease:\n  duration: 2s\n  margin: 300ms\n  failover_after: 4s\n  cross_site:\n    failover_after: 12s\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	p := c.Lease.profiles()
+	if p.SameSite.Lease != 2*time.Second || p.SameSite.Margin != 300*time.Millisecond || p.SameSite.FailoverAfter != 4*time.Second {
+		t.Errorf("same-site %+v", p.SameSite)
+	}
+	if p.CrossSite.Lease != 2*time.Second || p.CrossSite.Margin != 300*time.Millisecond || p.CrossSite.FailoverAfter != 12*time.Second {
+		t.Errorf("cross-site %+v, want the same-site lease and margin, failover after 12s", p.CrossSite)
 	}
 }

@@ -98,7 +98,7 @@ func (c *Config) Validate() error {
 	if c.SharedDir == "" {
 		return errors.New("shared_dir: must be set")
 	}
-	if err := c.Lease.rules().Validate(); err != nil {
+	if err := c.Lease.profiles().Validate(); err != nil {
 		return fmt.Errorf("lease.%w", err)
 	}
 	if c.Driver == "sim" {

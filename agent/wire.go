@@ -66,7 +66,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 
 // wireDuties builds the leader, its lease table and the executor.
 func (a *Agent) wireDuties() {
-	a.leases = lease.NewTable(a.cfg.Lease.rules(), a.fsm, a.raft.VerifyLeader)
+	a.leases = lease.NewTable(a.cfg.Lease.profiles(), a.cfg.Site, a.fsm, a.raft.VerifyLeader)
 	a.leases.Metrics = a.metrics
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
@@ -170,7 +170,7 @@ func (a *Agent) askHasState(ctx context.Context, p quorum.Peer) (bool, error) {
 func (a *Agent) renewer() *lease.Renewer {
 	return &lease.Renewer{
 		Lease: a.cfg.Lease.Duration, Call: a.renewOnce, Granted: a.exec.Granted, Now: a.exec.RenewNow(),
-		Logger: logging.Named(a.log, "lease"),
+		Logger: logging.Named(a.log, "lease"), Metrics: a.metrics,
 	}
 }
 

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,6 +19,12 @@ import (
 func metric(t *testing.T, n *node, series string) (float64, bool) {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
+	if n.c.lab != nil {
+		// The agent listens inside its host's namespace.
+		c.Transport = &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return n.c.lab.DialContext(ctx, addr)
+		}}
+	}
 	resp, err := c.Get(fmt.Sprintf("http://%s:%d/metrics", n.cfg.BindAddr, n.cfg.Ports.Metrics))
 	if err != nil {
 		t.Fatalf("scrape %s: %v", n.name, err)

@@ -93,6 +93,12 @@ func TestWANSteady(t *testing.T) {
 			t.Errorf("%s: last tick at %s, the run ended at %s", name, last.Format(time.RFC3339Nano), deadline.Format(time.RFC3339Nano))
 		}
 	}
+	// Not a lease ran out, anywhere (the guests' ticks say the same).
+	for _, n := range c.nodes {
+		if v, ok := metric(t, n, "haven_lease_expiries_total"); !ok || v != 0 {
+			t.Errorf("%s: haven_lease_expiries_total = %v (found: %v)", n.name, v, ok)
+		}
+	}
 	c.checkInvariants(names)
 	t.Logf("steady %s over the WAN: term %d, leader %s throughout", *wanSteady, st0.GetTerm(), st0.GetLeader())
 }
@@ -343,5 +349,46 @@ func TestWANLoseWitnessThenNode(t *testing.T) {
 	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("q-after")}); err != nil {
 		t.Errorf("a write after losing the witness and a node: %v", err)
 	}
+	c.checkInvariants(names)
+}
+
+// TestWANCrossSiteLease: with a longer failover time for nodes across the
+// WAN (lease.cross_site), a node of the other site than the leader's, cut
+// off for longer than the same-site failover time but shorter than the
+// cross-site one, only pauses: its guests freeze at the lease end and thaw
+// at the same epoch when it returns; nothing restarts.
+func TestWANCrossSiteLease(t *testing.T) {
+	const crossFailover = 12 * time.Second
+	c := stretch(t, func(cfg *agent.Config) { cfg.Lease.CrossSite.FailoverAfter = crossFailover })
+	leader := c.dataLeader(60 * time.Second)
+	names := groupNames("x", 8)
+	c.createAndStart(leader, names)
+	before := c.allOnline(leader, names, 60*time.Second, anyOwner)
+	var victim *node
+	for _, g := range before {
+		if n := c.node(g.GetOwner()); n.cfg.Site != leader.cfg.Site {
+			victim = n
+		}
+	}
+	if victim == nil {
+		t.Fatalf("no group runs in the site other than the leader's (%s)", leader.cfg.Site)
+	}
+	same := victim.cfg.Lease.FailoverAfter
+	// Past the same-site failover time by two leases, well short of the
+	// cross-site one.
+	outage := same + victim.cfg.Lease.Duration*2
+	c.lab.Isolate(victim.host)
+	cut := time.Now()
+	time.Sleep(outage)
+	c.lab.HealAll()
+	healed := time.Now()
+	after := c.allOnline(leader, names, 30*time.Second, anyOwner)
+	for _, name := range names {
+		if after[name].GetEpoch() != before[name].GetEpoch() {
+			t.Errorf("%s restarted after a %s outage of %s (same-site failover after %s, cross-site %s): %s@%d -> %s@%d",
+				name, outage, victim.name, same, crossFailover, before[name].GetOwner(), before[name].GetEpoch(), after[name].GetOwner(), after[name].GetEpoch())
+		}
+	}
+	c.checkFrozeAndThawed(victim, before, cut, healed)
 	c.checkInvariants(names)
 }

@@ -16,9 +16,9 @@ import (
 //     the verification. It treats the node as fenced from tg+Lease+Margin.
 //  3. A new leader answers no renewal until it has committed and applied a
 //     barrier of its own term (its FSM may not yet show epochs committed
-//     before it), and fences nobody until Lease+Margin after taking office:
-//     its predecessor may have granted a lease up to the moment it lost
-//     office.
+//     before it), and fences nobody until Lease+Margin after taking office
+//     (the longest of the two profiles, see Profiles): its predecessor may
+//     have granted a lease up to the moment it lost office.
 //  4. The node's hypervisor freezes every group at its lease end, and
 //     refuses a resume once local time has reached it (the driver's gate).
 //  5. A frozen group thaws only on a grant that confirms the same epoch;
@@ -62,20 +62,55 @@ func (c LeaseConfig) Validate() error {
 	return nil
 }
 
+// Profiles is the lease timing of a cluster: one profile for nodes in the
+// leader's own site, one for nodes whose path to the leader crosses a WAN
+// (any other site), as WSFC has SameSubnet and CrossSite thresholds. A
+// longer cross-site lease rides out the WAN's bursts of loss with a pause
+// at most; a longer cross-site failover time lets a short WAN outage cost
+// a pause rather than a restart in another site.
+type Profiles struct {
+	SameSite, CrossSite LeaseConfig
+}
+
+// Validate checks both profiles.
+func (p Profiles) Validate() error {
+	if err := p.SameSite.Validate(); err != nil {
+		return err
+	}
+	if err := p.CrossSite.Validate(); err != nil {
+		return fmt.Errorf("cross_site.%w", err)
+	}
+	return nil
+}
+
+// longest is the longest any grant can keep a node running, margin
+// included, under either profile.
+func (p Profiles) longest() time.Duration {
+	return max(p.SameSite.Lease+p.SameSite.Margin, p.CrossSite.Lease+p.CrossSite.Margin)
+}
+
 // Grants is one leader's record of the leases it granted, for one term of
 // office. It is not safe for concurrent use.
 type Grants struct {
-	cfg   LeaseConfig
+	prof  Profiles
+	cross func(node string) bool
 	ready bool
-	last  map[string]time.Time
+	// last is each node's latest grant; end and fenced the latest end of
+	// a lease granted to it, without and with the margin. They are kept
+	// apart from last because a node's profile may differ between grants
+	// (its site changed in the state): a fence never moves back.
+	last, end, fenced map[string]time.Time
 	// floor is the earliest a node's silence can have started: taking
 	// office, or the end of the leader's own last stall.
 	floor time.Time
 }
 
 // NewGrants starts a term of office at the time the node learned it leads.
-func NewGrants(cfg LeaseConfig, office time.Time) *Grants {
-	return &Grants{cfg: cfg, floor: office, last: map[string]time.Time{}}
+// cross tells whether a node's path to this leader crosses a WAN (it is in
+// another site, or its site is not known).
+func NewGrants(p Profiles, office time.Time, cross func(node string) bool) *Grants {
+	return &Grants{prof: p, cross: cross, floor: office,
+		last: map[string]time.Time{}, end: map[string]time.Time{}, fenced: map[string]time.Time{}}
 }
 
 // Ready records that the leader's barrier is applied (step 3).
@@ -84,12 +119,28 @@ func (g *Grants) Ready() { g.ready = true }
 // CanGrant reports whether renewals may be answered (step 3).
 func (g *Grants) CanGrant() bool { return g.ready }
 
-// Grant records a grant at tg, read after the VerifyLeader that covered
-// the request (step 2).
-func (g *Grants) Grant(node string, tg time.Time) {
-	if tg.After(g.last[node]) {
-		g.last[node] = tg
+// Profile is the lease timing this leader applies to node.
+func (g *Grants) Profile(node string) LeaseConfig {
+	if g.cross(node) {
+		return g.prof.CrossSite
 	}
+	return g.prof.SameSite
+}
+
+// Grant records a grant at tg, read after the VerifyLeader that covered
+// the request (step 2), and returns the profile it was granted under: the
+// grant must carry that profile's lease.
+func (g *Grants) Grant(node string, tg time.Time) LeaseConfig {
+	p := g.Profile(node)
+	later := func(m map[string]time.Time, t time.Time) {
+		if t.After(m[node]) {
+			m[node] = t
+		}
+	}
+	later(g.last, tg)
+	later(g.end, tg.Add(p.Lease))
+	later(g.fenced, tg.Add(p.Lease+p.Margin))
+	return p
 }
 
 // since is the start of the node's silence as far as this leader can tell.
@@ -102,24 +153,24 @@ func (g *Grants) since(node string) time.Time {
 
 // LeaseEnd is the latest a lease this leader granted to node can end:
 // before it, the node may be running its groups.
-func (g *Grants) LeaseEnd(node string) time.Time {
-	t, ok := g.last[node]
-	if !ok {
-		return time.Time{}
-	}
-	return t.Add(g.cfg.Lease)
-}
+func (g *Grants) LeaseEnd(node string) time.Time { return g.end[node] }
 
 // FencedAt is when the node surely holds no lease from this leader or any
-// earlier one (steps 2 and 3).
+// earlier one (steps 2 and 3). An earlier leader may have granted it under
+// the other profile (it sat in another site), so the floor is followed by
+// the longest lease either profile gives.
 func (g *Grants) FencedAt(node string) time.Time {
-	return g.since(node).Add(g.cfg.Lease + g.cfg.Margin)
+	f := g.floor.Add(g.prof.longest())
+	if t := g.fenced[node]; t.After(f) {
+		return t
+	}
+	return f
 }
 
 // FailoverAt is when the leader may move the node's groups: fenced, and
-// silent for FailoverAfter.
+// silent for its profile's FailoverAfter.
 func (g *Grants) FailoverAt(node string) time.Time {
-	f := g.since(node).Add(g.cfg.FailoverAfter)
+	f := g.since(node).Add(g.Profile(node).FailoverAfter)
 	if fe := g.FencedAt(node); fe.After(f) {
 		return fe
 	}
@@ -143,7 +194,7 @@ func (g *Grants) Stalled(to time.Time) {
 // not been given the time to start that a failover assumes it had.
 func (g *Grants) GroupFailoverAt(node string, assigned time.Time) time.Time {
 	f := g.FailoverAt(node)
-	if a := assigned.Add(g.cfg.FailoverAfter); a.After(f) {
+	if a := assigned.Add(g.Profile(node).FailoverAfter); a.After(f) {
 		return a
 	}
 	return f

@@ -8,6 +8,11 @@ import (
 
 var leaseCfg = LeaseConfig{Lease: 2 * time.Second, Margin: 300 * time.Millisecond, FailoverAfter: 3 * time.Second}
 
+// oneProfile gives every node the same lease.
+var oneProfile = Profiles{SameSite: leaseCfg, CrossSite: leaseCfg}
+
+func sameSite(string) bool { return false }
+
 func TestLeaseConfigValidate(t *testing.T) {
 	for _, tt := range []struct {
 		cfg  LeaseConfig
@@ -31,7 +36,7 @@ func TestLeaseConfigValidate(t *testing.T) {
 // margin is the slack for drift between the two clocks.
 func TestFencedFromGrantPlusLeaseAndMargin(t *testing.T) {
 	office := time.Unix(1000, 0)
-	g := NewGrants(leaseCfg, office)
+	g := NewGrants(oneProfile, office, sameSite)
 	g.Ready()
 	tg := office.Add(5 * time.Second)
 	g.Grant("n1", tg)
@@ -54,7 +59,7 @@ func TestFencedFromGrantPlusLeaseAndMargin(t *testing.T) {
 // this one took office.
 func TestNewLeaderWaitsFullLease(t *testing.T) {
 	office := time.Unix(1000, 0)
-	g := NewGrants(leaseCfg, office)
+	g := NewGrants(oneProfile, office, sameSite)
 	if g.CanGrant() {
 		t.Fatal("grants allowed before the barrier")
 	}
@@ -71,7 +76,7 @@ func TestNewLeaderWaitsFullLease(t *testing.T) {
 // silence during the pause.
 func TestStallRestartsSilence(t *testing.T) {
 	office := time.Unix(1000, 0)
-	g := NewGrants(leaseCfg, office)
+	g := NewGrants(oneProfile, office, sameSite)
 	g.Ready()
 	g.Grant("n1", office.Add(time.Second))
 	resume := office.Add(10 * time.Second)
@@ -89,7 +94,7 @@ func TestStallRestartsSilence(t *testing.T) {
 // restarted) gets a full FailoverAfter there before it is moved.
 func TestGroupFailoverCountsFromAssignment(t *testing.T) {
 	office := time.Unix(1000, 0)
-	g := NewGrants(leaseCfg, office)
+	g := NewGrants(oneProfile, office, sameSite)
 	g.Ready()
 	g.Grant("n1", office.Add(time.Second))
 	assigned := office.Add(20 * time.Second)
@@ -99,5 +104,59 @@ func TestGroupFailoverCountsFromAssignment(t *testing.T) {
 	// A group assigned before the silence began moves with its node.
 	if got, want := g.GroupFailoverAt("n1", office), g.FailoverAt("n1"); !got.Equal(want) {
 		t.Fatalf("GroupFailoverAt = %v, want the node's %v", got, want)
+	}
+}
+
+// A node in another site is granted the cross-site lease and fenced by
+// it; a node in the leader's site by the same-site one.
+func TestCrossSiteProfile(t *testing.T) {
+	wan := LeaseConfig{Lease: 4 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 12 * time.Second}
+	office := time.Unix(1000, 0)
+	g := NewGrants(Profiles{SameSite: leaseCfg, CrossSite: wan}, office, func(n string) bool { return n == "b1" })
+	g.Ready()
+	tg := office.Add(10 * time.Second)
+	if p := g.Grant("b1", tg); p != wan {
+		t.Fatalf("b1 granted under %+v, want the cross-site %+v", p, wan)
+	}
+	if p := g.Grant("a1", tg); p != leaseCfg {
+		t.Fatalf("a1 granted under %+v, want the same-site %+v", p, leaseCfg)
+	}
+	for _, tc := range []struct {
+		node                  string
+		end, fenced, failover time.Duration
+	}{
+		{"a1", 2 * time.Second, 2300 * time.Millisecond, 3 * time.Second},
+		{"b1", 4 * time.Second, 4500 * time.Millisecond, 12 * time.Second},
+	} {
+		if got, want := g.LeaseEnd(tc.node), tg.Add(tc.end); !got.Equal(want) {
+			t.Errorf("%s: LeaseEnd = %v, want %v", tc.node, got, want)
+		}
+		if got, want := g.FencedAt(tc.node), tg.Add(tc.fenced); !got.Equal(want) {
+			t.Errorf("%s: FencedAt = %v, want %v", tc.node, got, want)
+		}
+		if got, want := g.FailoverAt(tc.node), tg.Add(tc.failover); !got.Equal(want) {
+			t.Errorf("%s: FailoverAt = %v, want %v", tc.node, got, want)
+		}
+	}
+}
+
+// Step 3 across profiles: the previous leader sat in another site and may
+// have granted a node of this leader's site the longer cross-site lease
+// just before this one took office. No node is fenced before the longest
+// lease either profile gives has run out since taking office, even one
+// this leader has already granted the short lease.
+func TestNewLeaderWaitsLongestProfile(t *testing.T) {
+	wan := LeaseConfig{Lease: 4 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 4500 * time.Millisecond}
+	office := time.Unix(1000, 0)
+	g := NewGrants(Profiles{SameSite: leaseCfg, CrossSite: wan}, office, sameSite)
+	g.Ready()
+	g.Grant("a1", office.Add(10*time.Millisecond))
+	for _, n := range []string{"a1", "never-heard-of"} {
+		if got, want := g.FencedAt(n), office.Add(4500*time.Millisecond); got.Before(want) {
+			t.Errorf("%s fenced at %v, before %v (office plus the cross-site lease and margin)", n, got, want)
+		}
+		if got, want := g.FailoverAt(n), office.Add(4500*time.Millisecond); got.Before(want) {
+			t.Errorf("%s failed over at %v, before %v", n, got, want)
+		}
 	}
 }

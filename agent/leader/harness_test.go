@@ -91,7 +91,7 @@ func newTestLeader(t *testing.T, labels map[string]map[string]string) *testLeade
 		ms.m = append(ms.m, heartbeat.Member{Name: n, State: heartbeat.StateAlive,
 			Meta: heartbeat.Meta{Site: "a", CPUMillis: 8000, MemoryBytes: 16 << 30, Labels: heartbeat.FormatLabels(labels[n])}})
 	}
-	leases := lease.NewTable(testLease, r.FSM, func() error { return nil })
+	leases := lease.NewTable(quorum.Profiles{SameSite: testLease, CrossSite: testLease}, "a", r.FSM, func() error { return nil })
 	l := New(Config{
 		Name: "n1", State: r.FSM, Raft: r, Members: ms, Leases: leases, Logger: logtest.New(t),
 		CPUOvercommit: 4, Balancer: placement.ModeRecommend, FailbackAfter: 2 * time.Second,

@@ -5,13 +5,16 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
 // Renewer is the node's half: it renews every quarter lease, measured from
 // the send, and hands each grant to Granted.
 type Renewer struct {
-	// Lease is the configured lease length; renewals go out every quarter.
+	// Lease is the configured lease length; renewals go out every quarter
+	// of it, or of the lease last granted when that is shorter (the
+	// leader's profile for this node's path).
 	Lease time.Duration
 	// Call sends one renewal to the leader, bounded by ctx.
 	Call func(ctx context.Context) (*havenv1.RenewLeaseResponse, error)
@@ -21,6 +24,9 @@ type Renewer struct {
 	// waits for a grant that confirms its epoch).
 	Now    <-chan struct{}
 	Logger *slog.Logger
+	// Metrics records each grant's round trip and the lease left; nil
+	// records nothing.
+	Metrics *metrics.Metrics
 }
 
 // minRenewGap is the least time between the starts of two renewals asked
@@ -30,13 +36,20 @@ const minRenewGap = 10 * time.Millisecond
 // Run renews until ctx ends.
 func (r *Renewer) Run(ctx context.Context) {
 	interval := r.Lease / 4
+	var end time.Time // of the lease in force
 	for {
 		t0 := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, interval)
 		resp, err := r.Call(cctx)
 		cancel()
 		if err == nil {
-			r.Granted(End(t0, resp), resp.GetGroups())
+			now := time.Now()
+			r.Metrics.Renewed(now.Sub(t0), end.Sub(now), !end.IsZero())
+			end = End(t0, resp)
+			r.Granted(end, resp.GetGroups())
+			if g := time.Duration(resp.GetLeaseMillis()) * time.Millisecond; g > 0 {
+				interval = min(r.Lease, g) / 4
+			}
 		} else if ctx.Err() == nil {
 			r.Logger.Debug("lease renewal failed", "error", err)
 		}

@@ -18,7 +18,7 @@ import (
 func TestLeaseMeasuredFromSend(t *testing.T) {
 	cfg := quorum.LeaseConfig{Lease: 400 * time.Millisecond, Margin: 20 * time.Millisecond, FailoverAfter: time.Second}
 	office := time.Now()
-	g := quorum.NewGrants(cfg, office)
+	g := quorum.NewGrants(quorum.Profiles{SameSite: cfg, CrossSite: cfg}, office, func(string) bool { return false })
 	g.Ready()
 	var sent, replied time.Time
 	ends := make(chan time.Time, 1)

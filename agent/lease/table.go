@@ -17,10 +17,12 @@ import (
 	"github.com/haven-ha/haven/quorum"
 )
 
-// Groups is the state the table reads to list a node's groups.
+// Groups is the state the table reads to list a node's groups and to
+// find its site.
 type Groups interface {
 	Groups() []*havenv1.Group
 	Operation(id string) *havenv1.Operation
+	Node(name string) *havenv1.Node
 }
 
 // Errors of Renew.
@@ -47,7 +49,10 @@ type answer struct {
 // verification, started after every request of the batch arrived, covers
 // them all (step 2).
 type Table struct {
-	cfg    quorum.LeaseConfig
+	cfg quorum.Profiles
+	// site is this node's: when it leads, nodes of other sites get the
+	// cross-site profile.
+	site   string
 	state  Groups
 	verify func() error
 
@@ -69,10 +74,17 @@ type Table struct {
 	Metrics *metrics.Metrics
 }
 
-// NewTable returns a table that lists groups from state and verifies
-// leadership with verify before each batch.
-func NewTable(cfg quorum.LeaseConfig, state Groups, verify func() error) *Table {
-	return &Table{cfg: cfg, state: state, verify: verify, wake: make(chan struct{}, 1)}
+// NewTable returns the table of a node in site that lists groups from
+// state and verifies leadership with verify before each batch.
+func NewTable(cfg quorum.Profiles, site string, state Groups, verify func() error) *Table {
+	return &Table{cfg: cfg, site: site, state: state, verify: verify, wake: make(chan struct{}, 1)}
+}
+
+// crossSite tells whether node's path to this leader crosses a WAN: it is
+// in another site, or not known yet (the longer profile is the safe one).
+func (t *Table) crossSite(node string) bool {
+	n := t.state.Node(node)
+	return n == nil || n.GetSite() != t.site
 }
 
 // Begin starts a term of office at the time this node learned it leads.
@@ -80,7 +92,7 @@ func NewTable(cfg quorum.LeaseConfig, state Groups, verify func() error) *Table 
 func (t *Table) Begin(office time.Time, term uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.grants = quorum.NewGrants(t.cfg, office)
+	t.grants = quorum.NewGrants(t.cfg, office, t.crossSite)
 	t.term = term
 	t.pending = map[string]bool{}
 	t.assigned = map[string]time.Time{}
@@ -162,18 +174,18 @@ func (t *Table) Serve(stop <-chan struct{}) {
 		// "decided to move" mutually ordered.
 		tg := time.Now()
 		for _, r := range batch {
-			t.grants.Grant(r.node, tg)
-			r.done <- answer{resp: t.answer(r.node)}
+			p := t.grants.Grant(r.node, tg)
+			r.done <- answer{resp: t.answer(r.node, p.Lease)}
 		}
 		t.mu.Unlock()
 		t.Metrics.Renewals(true, len(batch))
 	}
 }
 
-// answer lists the node's groups at their epochs, leaving out pending
-// moves. Called with t.mu held.
-func (t *Table) answer(node string) *havenv1.RenewLeaseResponse {
-	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(t.cfg.Lease.Milliseconds()), Term: t.term}
+// answer grants a lease of length lease and lists the node's groups at
+// their epochs, leaving out pending moves. Called with t.mu held.
+func (t *Table) answer(node string, lease time.Duration) *havenv1.RenewLeaseResponse {
+	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(lease.Milliseconds()), Term: t.term}
 	for _, g := range t.state.Groups() {
 		if g.GetOwner() == node && fsm.Active(g.GetState()) && !t.pending[g.GetSpec().GetName()] {
 			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch(),

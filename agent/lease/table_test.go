@@ -12,7 +12,10 @@ import (
 	"github.com/haven-ha/haven/quorum"
 )
 
-var testConfig = quorum.LeaseConfig{Lease: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
+var testLease = quorum.LeaseConfig{Lease: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
+
+// testConfig gives nodes of every site the same lease.
+var testConfig = quorum.Profiles{SameSite: testLease, CrossSite: testLease}
 
 func epochs(resp *havenv1.RenewLeaseResponse) map[string]uint64 {
 	out := map[string]uint64{}
@@ -48,7 +51,7 @@ func TestGrantOmitsPendingMoves(t *testing.T) {
 		State: havenv1.GroupState_GROUP_STATE_STARTING}}})
 	l.Create(fsmtest.VMGroup("off"))
 
-	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	tb := NewTable(testConfig, "a", l.FSM, func() error { return nil })
 	now := time.Now()
 	tb.Begin(now, 1)
 	tb.Ready()
@@ -64,7 +67,7 @@ func TestGrantOmitsPendingMoves(t *testing.T) {
 	}
 	// n2 has been silent since the office began: once its failover time
 	// passes, db is claimed for a move and the next grant leaves it out.
-	due := tb.ClaimDue([]*havenv1.Group{db}, now.Add(testConfig.FailoverAfter+testConfig.Lease+time.Second))
+	due := tb.ClaimDue([]*havenv1.Group{db}, now.Add(testLease.FailoverAfter+testLease.Lease+time.Second))
 	if len(due) != 1 {
 		t.Fatalf("claimed %d groups, want db", len(due))
 	}
@@ -85,7 +88,7 @@ func TestGrantOmitsPendingMoves(t *testing.T) {
 // Step 3: before its barrier a new leader answers no renewal, and none
 // after its term ended; a renewal queued when the term ends is refused.
 func TestNoGrantOutsideOffice(t *testing.T) {
-	tb := NewTable(testConfig, fsmtest.New(t).FSM, func() error { return nil })
+	tb := NewTable(testConfig, "a", fsmtest.New(t).FSM, func() error { return nil })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := tb.Renew(ctx, "n2"); !errors.Is(err, ErrNotReady) {
@@ -116,7 +119,7 @@ func TestNoGrantOutsideOffice(t *testing.T) {
 // is not counted as holding a lease.
 func TestNoGrantWithoutVerification(t *testing.T) {
 	lost := errors.New("lost quorum")
-	tb := NewTable(testConfig, fsmtest.New(t).FSM, func() error { return lost })
+	tb := NewTable(testConfig, "a", fsmtest.New(t).FSM, func() error { return lost })
 	tb.Begin(time.Now(), 1)
 	tb.Ready()
 	if _, err := renew(t, tb, "n2"); !errors.Is(err, ErrUnverified) {
@@ -132,16 +135,16 @@ func TestNoGrantWithoutVerification(t *testing.T) {
 func TestFailoverCountsFromAssignment(t *testing.T) {
 	l := fsmtest.New(t)
 	web := l.StartOn("web", "n2")
-	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	tb := NewTable(testConfig, "a", l.FSM, func() error { return nil })
 	office := time.Now()
 	tb.Begin(office, 1)
 	tb.Ready()
-	late := office.Add(testConfig.FailoverAfter + testConfig.Lease + time.Second)
+	late := office.Add(testLease.FailoverAfter + testLease.Lease + time.Second)
 	tb.Assigned("web", late.Add(-time.Second))
 	if due := tb.ClaimDue([]*havenv1.Group{web}, late); len(due) != 0 {
 		t.Fatal("a group assigned a second ago is due for failover")
 	}
-	if due := tb.ClaimDue([]*havenv1.Group{web}, late.Add(testConfig.FailoverAfter+testConfig.Lease)); len(due) != 1 {
+	if due := tb.ClaimDue([]*havenv1.Group{web}, late.Add(testLease.FailoverAfter+testLease.Lease)); len(due) != 1 {
 		t.Fatal("a group silent past its failover time since its assignment is not due")
 	}
 }
@@ -156,7 +159,7 @@ func TestGrantMarksMoveSource(t *testing.T) {
 	l.Run(&havenv1.Command{Cmd: &havenv1.Command_BeginMove{BeginMove: &havenv1.BeginMoveCommand{
 		Operation:   &havenv1.Operation{Id: "mv-1", Group: "web", Kind: havenv1.MoveKind_MOVE_KIND_LIVE, Source: "n2", Target: "n3"},
 		ExpectEpoch: web.GetEpoch(), ExpectDesiredIndex: web.GetDesiredIndex()}}})
-	tb := NewTable(testConfig, l.FSM, func() error { return nil })
+	tb := NewTable(testConfig, "a", l.FSM, func() error { return nil })
 	tb.Begin(time.Now(), 1)
 	tb.Ready()
 	grant := func(node string) []*havenv1.GroupEpoch {
@@ -178,5 +181,27 @@ func TestGrantMarksMoveSource(t *testing.T) {
 	}
 	if gs := grant("n3"); len(gs) != 1 || gs[0].GetEpoch() != web.GetEpoch()+1 || gs[0].GetMoving() {
 		t.Fatalf("grant for the target after the commit = %v, want web@%d not moving", gs, web.GetEpoch()+1)
+	}
+}
+
+// A leader grants a node of another site the cross-site lease and one of
+// its own site the same-site lease; a node it does not know yet gets the
+// longer, cross-site one.
+func TestGrantByPath(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("a2", "a", 8000, 16<<30, nil))
+	l.AddNode(fsmtest.Node("b1", "b", 8000, 16<<30, nil))
+	wan := quorum.LeaseConfig{Lease: 3 * time.Second, Margin: 400 * time.Millisecond, FailoverAfter: 8 * time.Second}
+	tb := NewTable(quorum.Profiles{SameSite: testLease, CrossSite: wan}, "a", l.FSM, func() error { return nil })
+	tb.Begin(time.Now(), 1)
+	tb.Ready()
+	for node, want := range map[string]time.Duration{"a2": testLease.Lease, "b1": wan.Lease, "new": wan.Lease} {
+		resp, err := renew(t, tb, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := time.Duration(resp.GetLeaseMillis()) * time.Millisecond; got != want {
+			t.Errorf("%s granted %s, want %s", node, got, want)
+		}
 	}
 }

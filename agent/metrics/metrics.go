@@ -36,6 +36,9 @@ type Metrics struct {
 	moves         *prometheus.CounterVec
 	admissions    *prometheus.CounterVec
 	renewals      *prometheus.CounterVec
+	renewRTT      prometheus.Histogram
+	headroom      prometheus.Histogram
+	expiries      prometheus.Counter
 }
 
 // New returns the metrics of one agent, with Go's and the process's own.
@@ -73,8 +76,22 @@ func New() *Metrics {
 	m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_lease_renewals_total", Help: "Lease renewals this agent, as leader, answered, by result (granted, refused).",
 	}, []string{"result"})
+	// The node's own side of its lease: how long a renewal takes, how much
+	// of the lease was left when the next grant arrived, and how often
+	// none arrived in time (the node froze its groups).
+	m.renewRTT = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "haven_lease_renewal_duration_seconds", Help: "Time from sending a lease renewal to its grant, on the renewing node.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	m.headroom = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "haven_lease_headroom_seconds", Help: "Time left on this node's lease when the next grant arrived (0: it had run out).",
+		Buckets: []float64{0, 0.1, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20},
+	})
+	m.expiries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haven_lease_expiries_total", Help: "Times this node's lease ran out before the next grant: its groups froze meanwhile.",
+	})
 	m.reg.MustRegister(m.grpcRequests, m.grpcDuration, m.commits, m.commitLatency, m.applied, m.leadership,
-		m.failovers, m.moves, m.admissions, m.renewals,
+		m.failovers, m.moves, m.admissions, m.renewals, m.renewRTT, m.headroom, m.expiries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -185,6 +202,23 @@ func (m *Metrics) AdmissionRefused(call string) {
 	if m != nil {
 		m.admissions.WithLabelValues(call).Inc()
 	}
+}
+
+// Renewed records a grant this node received: the renewal's round trip
+// and the time that was left on its lease before (negative: it had run
+// out). The first grant of a process has no lease before it: pass ok false.
+func (m *Metrics) Renewed(rtt, left time.Duration, ok bool) {
+	if m == nil {
+		return
+	}
+	m.renewRTT.Observe(rtt.Seconds())
+	if !ok {
+		return
+	}
+	if left <= 0 {
+		m.expiries.Inc()
+	}
+	m.headroom.Observe(max(left, 0).Seconds())
 }
 
 // Renewals counts lease renewals answered in one batch.
