@@ -1,11 +1,7 @@
 package integration
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,23 +14,7 @@ import (
 // that starts with series (name and labels as Prometheus writes them).
 func metric(t *testing.T, n *node, series string) (float64, bool) {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second}
-	if n.c.lab != nil {
-		// The agent listens inside its host's namespace.
-		c.Transport = &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return n.c.lab.DialContext(ctx, addr)
-		}}
-	}
-	resp, err := c.Get(fmt.Sprintf("http://%s:%d/metrics", n.cfg.BindAddr, n.cfg.Ports.Metrics))
-	if err != nil {
-		t.Fatalf("scrape %s: %v", n.name, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(scrape(t, n), "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {

@@ -37,26 +37,35 @@ func stretch(t *testing.T, opts ...option) *cluster {
 	return c
 }
 
+var wanTiming = flag.String("wan.timing", "tightened", "the timings TestWANSteady runs with: tightened (the tests') or default (an operator's)")
+
 // TestWANSteady: groups in both sites of a stretch cluster run for
 // -wan.steady (2 minutes) over the WAN without a false failover, a freeze
-// or a change of leader.
+// or a change of leader. It prints the leases' figures by path and what
+// the WAN's delay programs cost (make wan-steady: 10 minutes with the
+// default timings).
 func TestWANSteady(t *testing.T) {
-	c := stretch(t)
-	leader := c.dataLeader(60 * time.Second)
+	var opts []option
+	switch *wanTiming {
+	case "tightened":
+	case "default":
+		opts = append(opts, withDefaultTimings())
+	default:
+		t.Fatalf("-wan.timing %q: want tightened or default", *wanTiming)
+	}
+	c := stretch(t, opts...)
+	leader := c.dataLeader(120 * time.Second)
 	names := groupNames("w", 8)
 	c.createAndStart(leader, names)
 	before := c.allOnline(leader, names, 60*time.Second, anyOwner)
-	sites := map[string]bool{}
-	for _, g := range before {
-		sites[c.node(g.GetOwner()).cfg.Site] = true
-	}
-	if !sites["a"] || !sites["b"] {
-		t.Fatalf("groups run in sites %v, want both a and b", sites)
+	if c.ownersIn(before, "a") == 0 || c.ownersIn(before, "b") == 0 {
+		t.Fatalf("groups run in site a: %d, site b: %d; want both", c.ownersIn(before, "a"), c.ownersIn(before, "b"))
 	}
 	st0, err := leader.status()
 	if err != nil {
 		t.Fatal(err)
 	}
+	cost0 := c.readDelayCost(t)
 	start := time.Now()
 	deadline := start.Add(*wanSteady)
 	for time.Now().Before(deadline) {
@@ -69,14 +78,18 @@ func TestWANSteady(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+	ran := time.Since(start)
+	cost1 := c.readDelayCost(t)
 	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
 	// No false failover: every group where it was, at the same epoch. No
 	// freeze: every guest ticked throughout (a gap of a lease or more in
 	// its execution log is a freeze).
 	lease := c.nodes[0].cfg.Lease.Duration
+	moved, froze := 0, 0
 	for _, name := range names {
 		b, a := before[name], after[name]
 		if a.GetOwner() != b.GetOwner() || a.GetEpoch() != b.GetEpoch() {
+			moved++
 			t.Errorf("%s moved: %s@%d -> %s@%d", name, b.GetOwner(), b.GetEpoch(), a.GetOwner(), a.GetEpoch())
 		}
 		var last time.Time
@@ -85,11 +98,13 @@ func TestWANSteady(t *testing.T) {
 				continue
 			}
 			if !last.IsZero() && r.Wall.Sub(last) >= lease {
+				froze++
 				t.Errorf("%s froze on %s: no tick from %s to %s", name, r.Node, last.Format(time.RFC3339Nano), r.Wall.Format(time.RFC3339Nano))
 			}
 			last = r.Wall
 		}
 		if last.Before(deadline.Add(-lease)) {
+			froze++
 			t.Errorf("%s: last tick at %s, the run ended at %s", name, last.Format(time.RFC3339Nano), deadline.Format(time.RFC3339Nano))
 		}
 	}
@@ -99,8 +114,11 @@ func TestWANSteady(t *testing.T) {
 			t.Errorf("%s: haven_lease_expiries_total = %v (found: %v)", n.name, v, ok)
 		}
 	}
+	c.leaseFigures(t, leader)
+	delayFigures(t, cost0, cost1, ran)
 	c.checkInvariants(names)
-	t.Logf("steady %s over the WAN: term %d, leader %s throughout", *wanSteady, st0.GetTerm(), st0.GetLeader())
+	t.Logf("scenario WAN steady (%s timings) %s: %d groups, false failovers %d, freezes %d, leader changes 0 (%s, term %d, throughout)",
+		*wanTiming, ran.Round(time.Second), len(names), moved, froze, st0.GetLeader(), st0.GetTerm())
 }
 
 // dataLeader waits until all running nodes agree on a leader that is not
