@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves wan-steady bench-timing bench-fast-lan chaos concurrency model model-if-available
 
 all: build
 
@@ -83,6 +83,22 @@ scenario:
 MOVES ?= 20
 bench-moves:
 	$(GO) test -count=1 -v -timeout 120m -run 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -moves=$(MOVES) -runs=3 | tee bench-moves.log | grep -E '^(scenario|---|ok|FAIL)'
+
+# Figures of the stretch cluster for the README (integration/wan_test.go,
+# scenario_timing_test.go; needs root for the network lab): ten minutes of
+# the steady WAN run with the default timings (false failovers, freezes,
+# leader changes, lease round trips and headroom by path, the delay
+# programs' cost); detection and kill-to-running times inside a site and
+# across the WAN with the default profiles; the fast LAN profile
+# (examples/fast-lan.yaml) under a CPU hog for ten minutes, then kills.
+wan-steady:
+	$(GO) test -count=1 -v -timeout 30m -run 'TestWANSteady' ./integration/ -args -wan.steady=10m -wan.timing=default | grep -E '^(\s+\S+_test.go:[0-9]+: scenario|---|ok|FAIL)'
+
+bench-timing:
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenarioTiming' ./integration/ -args -scenario -runs=3 | grep -E '^(\s+\S+_test.go:[0-9]+: scenario|---|ok|FAIL)'
+
+bench-fast-lan:
+	$(GO) test -count=1 -v -timeout 30m -run 'TestScenarioFastLAN' ./integration/ -args -scenario -runs=5 -fastlan.duration=10m | grep -E '^(\s+\S+_test.go:[0-9]+: (scenario|kill)|---|ok|FAIL)'
 
 # The SPIN model of fencing across a live-migration switchover
 # (migrate/model/README.md): the full check, the end-state check, every
