@@ -83,7 +83,10 @@ func (d *fakeDriver) Close() error { return nil }
 // testExecutor is n1's executor over a fake driver; reports go to reports.
 func testExecutor(l *fsmtest.Log, d *fakeDriver) (*Executor, *[]*havenv1.ReportGroupRequest) {
 	var reports []*havenv1.ReportGroupRequest
+	var mu sync.Mutex // a reconcile's reports go out at once
 	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(l.T), Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
+		mu.Lock()
+		defer mu.Unlock()
 		reports = append(reports, r)
 		return nil
 	}})
@@ -242,5 +245,44 @@ func TestExecutorKillsWhatThePlanDoesNotKeep(t *testing.T) {
 	}
 	if _, ok := d.vms[driver.VMID{Group: "web", Resource: "vm"}]; !ok {
 		t.Fatal("web, which n1 owns at this epoch, was killed")
+	}
+}
+
+// The reports of one reconcile are in flight together, so the leader
+// commits them together: here each report waits until all three are sent.
+// One after another, the first would wait for the others in vain.
+func TestExecutorReportsAtOnce(t *testing.T) {
+	l := fsmtest.New(t)
+	var grant []*havenv1.GroupEpoch
+	for _, name := range []string{"a", "b", "c"} {
+		l.Create(fsmtest.VMGroup(name))
+		grant = append(grant, &havenv1.GroupEpoch{Name: name, Epoch: l.Assign(name, "n1").GetEpoch()})
+	}
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	var inFlight sync.WaitGroup
+	inFlight.Add(len(grant))
+	all := make(chan struct{})
+	go func() { inFlight.Wait(); close(all) }()
+	var mu sync.Mutex
+	online := 0
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t), Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
+		inFlight.Done()
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("report of %s waited 5s for the others", r.GetName())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE {
+			online++
+		}
+		return nil
+	}})
+	e.Granted(time.Now().Add(time.Minute), grant)
+	e.reconcile(context.Background()) // starts them
+	e.reconcile(context.Background()) // sees them up: reports them online
+	if online != len(grant) {
+		t.Fatalf("%d groups reported online, want %d", online, len(grant))
 	}
 }
