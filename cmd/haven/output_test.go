@@ -187,13 +187,13 @@ func stretchStatus() *havenv1.GetStatusResponse {
 	return &havenv1.GetStatusResponse{
 		Node: "a1", Leader: "a1", LeaderAddr: "10.0.1.1:7949", RaftState: "Leader",
 		Term: 2, CommitIndex: 80, AppliedIndex: 80,
-		Voters: 5, QuorumSize: 3, AliveVoters: 4,
-		NodeCount: 5, AliveNodes: 4, GroupCount: 6, Sites: []string{"a", "b", "w"},
+		Voters: 5, QuorumSize: 3, AliveVoters: 5,
+		NodeCount: 5, AliveNodes: 5, GroupCount: 6, Sites: []string{"a", "b", "w"},
 		ReserveK: 1, ReserveOk: false, ReserveSites: 1, ConfiguredReserveSites: 1,
 		ReserveSummary: "can sustain 1 failure(s) and the loss of any one site: no (enumerated; 1 of 6 sets broken): " + breach,
 		SiteSummaries: []*havenv1.SiteSummary{
 			{Name: "a", NodeCount: 2, AliveNodes: 2, Voters: 2, Leader: true, GroupsRunning: 4, Reserve: holds},
-			{Name: "b", NodeCount: 2, AliveNodes: 1, Voters: 2, GroupsRunning: 2, Reserve: broken, ReserveBreach: breach},
+			{Name: "b", NodeCount: 2, AliveNodes: 2, Voters: 2, GroupsRunning: 2, Reserve: broken, ReserveBreach: breach},
 			{Name: "w", NodeCount: 1, AliveNodes: 1, Voters: 1, WitnessOnly: true, Reserve: off},
 		},
 	}
@@ -213,15 +213,15 @@ Applied index:      80
 Voters:             5
 Nonvoters:          0
 Quorum size:        3
-Alive voters:       4
-Nodes:              4 alive / 5 total
+Alive voters:       5
+Nodes:              5 alive / 5 total
 Groups:             6
 Reserve:            can sustain 1 failure(s) and the loss of any one site: no (enumerated; 1 of 6 sets broken): if site b fails (b1,b2), group "db" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2
 Site-loss reserve:  on (placement.reserve_sites 1): every HA group must survive the loss of any one site
 
 SITE  KIND     NODES  VOTERS  LEADER  RUNNING  SITE LOSS
 a     data     2/2    2       yes     4        holds
-b     data     1/2    2       -       2        broken
+b     data     2/2    2       -       2        broken
 w     witness  1/1    1       -       0        -
 if site b fails (b1,b2), group "db" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2
 `
@@ -263,9 +263,9 @@ func TestWriteStatusJSON(t *testing.T) {
   "appliedIndex": "80",
   "voters": 5,
   "quorumSize": 3,
-  "aliveVoters": 4,
+  "aliveVoters": 5,
   "nodeCount": 5,
-  "aliveNodes": 4,
+  "aliveNodes": 5,
   "groupCount": 6,
   "sites": [
     "a",
@@ -280,7 +280,7 @@ func TestWriteStatusJSON(t *testing.T) {
     {
       "name": "b",
       "nodeCount": 2,
-      "aliveNodes": 1,
+      "aliveNodes": 2,
       "voters": 2,
       "groupsRunning": 2,
       "reserve": "SITE_RESERVE_STATE_BROKEN",
