@@ -184,7 +184,10 @@ func (r *Reserve) Spec() Spec { return Spec{K: r.K, SiteLoss: r.SiteLoss} }
 // Summary is one line for people.
 func (r *Reserve) Summary() string {
 	what := fmt.Sprintf("%d failure(s)", r.K)
-	if r.SiteLoss {
+	switch {
+	case r.SiteLoss && r.K == 0:
+		what = "the loss of any one site"
+	case r.SiteLoss:
 		what += " and the loss of any one site"
 	}
 	if r.OK {

@@ -135,6 +135,9 @@ func TestCheckReserveSites(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := CheckReserveSpec(tt.st, tt.spec)
+			if want := map[bool]string{true: "can sustain the loss of any one site: ", false: "can sustain 1 failure(s) and the loss of any one site: "}[tt.spec.K == 0]; tt.spec.SiteLoss && !strings.HasPrefix(r.Summary(), want) {
+				t.Errorf("summary %q, want it to start %q", r.Summary(), want)
+			}
 			if r.OK != tt.ok || r.FailureSets != tt.sets {
 				t.Fatalf("ok %v with %d sets searched, want %v with %d: %s", r.OK, r.FailureSets, tt.ok, tt.sets, r.Summary())
 			}

@@ -67,7 +67,11 @@ func yesNo(b bool) string {
 func writeReserve(w io.Writer, r *havenv1.GetReserveResponse) error {
 	tw := newTable(w)
 	kv := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
-	kv(fmt.Sprintf("Can sustain %d failure(s)", r.GetK()), yesNo(r.GetCanSustain()))
+	if r.GetK() == 0 && r.GetReserveSites() > 0 {
+		kv("Can sustain the loss of any one site", yesNo(r.GetCanSustain()))
+	} else {
+		kv(fmt.Sprintf("Can sustain %d failure(s)", r.GetK()), yesNo(r.GetCanSustain()))
+	}
 	method := enumWord(r.GetMethod().String(), "RESERVE_METHOD_")
 	switch r.GetMethod() {
 	case havenv1.ReserveMethod_RESERVE_METHOD_ENUMERATED:

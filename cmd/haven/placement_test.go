@@ -163,6 +163,14 @@ Leader:                    a1
 	if !strings.Contains(b.String(), "Site loss:                 not kept: placement.reserve_sites is 1, but fewer than two sites host groups\n") {
 		t.Errorf("reserve_sites not kept:\n%s", b.String())
 	}
+	b.Reset()
+	r.K, r.ConfiguredK, r.ReserveSites = 0, 0, 1
+	if err := writeReserve(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(b.String(), "Can sustain the loss of any one site:  yes\n") {
+		t.Errorf("site-loss reserve alone:\n%s", b.String())
+	}
 }
 
 func TestWriteRanked(t *testing.T) {
