@@ -71,6 +71,17 @@ type PlacementConfig struct {
 	// would leave some set of K failures without room to restart every HA
 	// group. 0 turns admission control off.
 	Reserve int `yaml:"reserve"`
+	// ReserveSites is 1 to also require that every running HA group can
+	// survive the loss of any one whole site (all its nodes at once, on
+	// the nodes of the other sites), as a stretch cluster must; admission
+	// refuses a group that would leave some site's loss without a restart
+	// plan. It combines with Reserve: both must hold. 0 (the default)
+	// turns it off. With fewer than two sites that host groups (witness
+	// nodes host nothing) it cannot hold, so it is not kept until a second
+	// site hosts groups, and status and GetReserve say so; a site that is
+	// down still counts, so a cluster that lost a site refuses new HA
+	// groups until the site is back.
+	ReserveSites int `yaml:"reserve_sites"`
 	// CPUOvercommit multiplies each node's CPU: 4 lets a node take four
 	// times its cores in demand. Memory is never overcommitted.
 	CPUOvercommit float64 `yaml:"cpu_overcommit"`

@@ -43,6 +43,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log_level:"},
 		{"negative reserve", func(c *Config) { c.Placement.Reserve = -1 }, "placement.reserve: -1"},
 		{"huge reserve", func(c *Config) { c.Placement.Reserve = MaxReserve + 1 }, "placement.reserve: 17"},
+		{"site reserve of two", func(c *Config) { c.Placement.ReserveSites = 2 }, "placement.reserve_sites: 2 must be 0 (off) or 1"},
+		{"negative site reserve", func(c *Config) { c.Placement.ReserveSites = -1 }, "placement.reserve_sites: -1 must be 0 (off) or 1"},
 		{"no overcommit set", func(c *Config) { c.Placement.CPUOvercommit = 0 }, "placement.cpu_overcommit: 0"},
 		{"unknown balancer", func(c *Config) { c.Placement.Balancer = "manual" }, `placement.balancer: "manual"`},
 	}
@@ -108,11 +110,11 @@ func TestLoadEnvRefusesGarbage(t *testing.T) {
 
 func TestPlacementConfig(t *testing.T) {
 	d := Default().Placement
-	if d.Reserve != 1 || d.CPUOvercommit != 4 || d.Balancer != BalancerRecommend {
+	if d.Reserve != 1 || d.ReserveSites != 0 || d.CPUOvercommit != 4 || d.Balancer != BalancerRecommend {
 		t.Fatalf("placement defaults: %+v", d)
 	}
 	path := filepath.Join(t.TempDir(), "haven.yaml")
-	if err := os.WriteFile(path, []byte("placement:\n  reserve: 0\n  cpu_overcommit: 1.5\n  balancer: automatic\n"), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte("placement:\n  reserve: 0\n  reserve_sites: 1\n  cpu_overcommit: 1.5\n  balancer: automatic\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := Default()
@@ -123,7 +125,7 @@ func TestPlacementConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if p := c.Placement; p.Reserve != 0 || p.CPUOvercommit != 1.5 || p.Balancer != BalancerAutomatic {
+	if p := c.Placement; p.Reserve != 0 || p.ReserveSites != 1 || p.CPUOvercommit != 1.5 || p.Balancer != BalancerAutomatic {
 		t.Fatalf("placement from file: %+v", p)
 	}
 }

@@ -116,6 +116,8 @@ func (c *Config) Validate() error {
 	switch {
 	case p.Reserve < 0 || p.Reserve > MaxReserve:
 		return fmt.Errorf("placement.reserve: %d must be between 0 (admission off) and %d", p.Reserve, MaxReserve)
+	case p.ReserveSites != 0 && p.ReserveSites != 1:
+		return fmt.Errorf("placement.reserve_sites: %d must be 0 (off) or 1 (every HA group survives the loss of any one site)", p.ReserveSites)
 	case !(p.CPUOvercommit > 0 && p.CPUOvercommit <= 64):
 		return fmt.Errorf("placement.cpu_overcommit: %g must be above 0 and at most 64 (1 = no overcommit)", p.CPUOvercommit)
 	case p.FailbackAfter < 0:

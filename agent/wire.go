@@ -72,7 +72,7 @@ func (a *Agent) wireDuties() {
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},
 		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics,
-		Reserve: p.Reserve, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
+		Reserve: p.Reserve, ReserveSites: p.ReserveSites, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		BalanceInterval: p.BalancerInterval, BalanceHoldOff: p.BalancerHoldOff, MaxParallelMoves: p.MaxParallelMoves,
 		DirtyRate: dirtyRate(a.drv),
 		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,

@@ -30,6 +30,9 @@ func (e *NoRoomError) Is(target error) bool { return target == ErrResourceExhaus
 type ReserveError struct {
 	Group string
 	K     int
+	// SiteLoss: the reserve kept the loss of any one site too; a site's
+	// loss that breaks names the site in Breach.
+	SiteLoss bool
 	// Node is the best-ranked node the group was tried on; Breach what
 	// breaks with the group there.
 	Node   string
@@ -41,11 +44,12 @@ type ReserveError struct {
 }
 
 func (e *ReserveError) Error() string {
+	spec := Spec{K: e.K, SiteLoss: e.SiteLoss}
 	if e.Already {
-		return fmt.Sprintf("cannot admit group %q: reserve %d is already broken: %s", e.Group, e.K, e.Breach.String())
+		return fmt.Sprintf("cannot admit group %q: %s is already broken: %s", e.Group, spec, e.Breach.String())
 	}
-	return fmt.Sprintf("admitting group %q would break reserve %d (tried %s): with it on %s, %s",
-		e.Group, e.K, strings.Join(e.Tried, ","), e.Node, e.Breach.String())
+	return fmt.Sprintf("admitting group %q would break %s (tried %s): with it on %s, %s",
+		e.Group, spec, strings.Join(e.Tried, ","), e.Node, e.Breach.String())
 }
 
 // Is makes errors.Is(err, ErrResourceExhausted) true.
@@ -82,7 +86,7 @@ func (r *Reserve) Admit(g Group) (Admission, error) {
 		return Admission{}, &NoRoomError{Unplaced: ne.explain(gi)}
 	}
 	if !r.OK {
-		re := &ReserveError{Group: g.Name, K: r.K, Already: true}
+		re := &ReserveError{Group: g.Name, K: r.K, SiteLoss: r.SiteLoss, Already: true}
 		if r.Breach != nil {
 			re.Breach = *r.Breach
 		}
@@ -98,7 +102,7 @@ func (r *Reserve) Admit(g Group) (Admission, error) {
 			return Admission{Node: rk.Node, Reserve: nr}, nil
 		}
 		if first == nil {
-			first = &ReserveError{Group: g.Name, K: r.K, Node: rk.Node}
+			first = &ReserveError{Group: g.Name, K: r.K, SiteLoss: r.SiteLoss, Node: rk.Node}
 			if nr.Breach != nil {
 				first.Breach = *nr.Breach
 			}
@@ -128,7 +132,7 @@ func (r *Reserve) tryOn(ne *engine, gi int32, node string) *Reserve {
 	w.log = w.log[:0]
 	dirty := make([]bool, len(w.c.nodes))
 	dirty[n] = true
-	return w.reserve(r.K, r.data, dirty)
+	return w.reserve(r.Spec(), r.data, dirty)
 }
 
 // Rank is Rank with the reserve: each feasible node is also checked for
@@ -163,7 +167,7 @@ func (r *Reserve) Rank(g Group) ([]Ranked, error) {
 		out[i].KeepsReserve = nr.OK
 		if !nr.OK {
 			out[i].Stars = 0
-			out[i].Why = append(out[i].Why, fmt.Sprintf("breaks reserve %d: %s", r.K, nr.Breach))
+			out[i].Why = append(out[i].Why, fmt.Sprintf("breaks %s: %s", r.Spec(), nr.Breach))
 		}
 	}
 	sortRanked(out)

@@ -49,6 +49,9 @@ type BalanceOptions struct {
 	Now time.Time
 	// Reserve is the K the balancer must keep: no move may break it.
 	Reserve int
+	// SiteLoss: the balancer must keep the site-loss reserve too (see
+	// Spec).
+	SiteLoss bool
 	// Threshold: at or below this imbalance nothing moves. Default 0.05.
 	Threshold float64
 	// MinGain is the hysteresis margin: a move must lower the spread (see
@@ -152,9 +155,12 @@ type Proposal struct {
 	// Stopped says why the balancer stopped proposing.
 	Stopped string
 	Notes   []string
-	// Reserve is the reserve check after the moves (nil when Reserve is 0).
+	// Reserve is the reserve check after the moves (nil when no reserve is
+	// kept: Reserve 0 and no SiteLoss).
 	Reserve *Reserve
 }
+
+func (o BalanceOptions) spec() Spec { return Spec{K: o.Reserve, SiteLoss: o.SiteLoss} }
 
 // Balance proposes live migrations that bring the imbalance under the
 // threshold with as few moves as it can (greedy: each step takes the move
@@ -176,10 +182,10 @@ func Balance(st State, opts BalanceOptions, hist History) Proposal {
 		p.Stopped = "balancer is off"
 		return p
 	}
-	if opts.Reserve > 0 {
-		b.res = e.clone().reserve(opts.Reserve, nil, nil)
+	if opts.spec().On() {
+		b.res = e.clone().reserve(opts.spec(), nil, nil)
 		if !b.res.OK {
-			p.Notes = append(p.Notes, fmt.Sprintf("reserve %d is already broken (%s); moves may not break more failure sets", opts.Reserve, b.res.Breach))
+			p.Notes = append(p.Notes, fmt.Sprintf("%s is already broken (%s); moves may not break more failure sets", opts.spec(), b.res.Breach))
 		}
 	}
 	if opts.Power {
@@ -304,7 +310,7 @@ func (b *balancer) spread(p *Proposal) {
 			b.reserveNo++
 		}
 		if !accepted {
-			p.Stopped = fmt.Sprintf("the %d best moves would each break reserve %d", len(top), b.opts.Reserve)
+			p.Stopped = fmt.Sprintf("the %d best moves would each break %s", len(top), b.opts.spec())
 			return
 		}
 	}
@@ -339,7 +345,7 @@ func (b *balancer) keepsReserve(dirtyNodes []int32, change func()) (*Reserve, bo
 	for _, n := range dirtyNodes {
 		dirty[n] = true
 	}
-	nr := e.clone().reserve(b.opts.Reserve, b.res.data, dirty)
+	nr := e.clone().reserve(b.opts.spec(), b.res.data, dirty)
 	if (b.res.OK && !nr.OK) || nr.BrokenSets > b.res.BrokenSets {
 		e.rollback(mark)
 		return nr, false
@@ -359,7 +365,7 @@ func (b *balancer) commit(p *Proposal, cd candidate, before float64, nr *Reserve
 	res := ""
 	if nr != nil {
 		b.res = nr
-		res = fmt.Sprintf("; reserve %d %s", b.opts.Reserve, map[bool]string{true: "holds", false: "stays broken"}[nr.OK])
+		res = fmt.Sprintf("; %s %s", b.opts.spec(), map[bool]string{true: "holds", false: "stays broken"}[nr.OK])
 	}
 	why := fmt.Sprintf("%s: %s (cpu %s, mem %s) -> %s (cpu %s, mem %s); imbalance %.4f -> %.4f (spread gain %.4f); moves %s in ~%.1fs (dirty %s/s), cost %.4f%s",
 		gg.name,
@@ -386,7 +392,7 @@ func (b *balancer) notes() []string {
 		out = append(out, fmt.Sprintf("not moved live (dirty rate too high for pre-copy): %s", capList(ds, 10, ",")))
 	}
 	if b.reserveNo > 0 {
-		out = append(out, fmt.Sprintf("%d candidate move(s) rejected because they would break reserve %d", b.reserveNo, b.opts.Reserve))
+		out = append(out, fmt.Sprintf("%d candidate move(s) rejected because they would break %s", b.reserveNo, b.opts.spec()))
 	}
 	return out
 }
@@ -475,7 +481,7 @@ func (b *balancer) consolidate(p *Proposal) {
 		if !ok {
 			e.rollback(mark)
 			e.up[n], e.eligible[n] = true, true
-			p.Notes = append(p.Notes, fmt.Sprintf("keeping %s on: powering it off breaks reserve %d: %s", nd.name, b.opts.Reserve, nr.Breach))
+			p.Notes = append(p.Notes, fmt.Sprintf("keeping %s on: powering it off breaks %s: %s", nd.name, b.opts.spec(), nr.Breach))
 			continue
 		}
 		e.log = e.log[:0]

@@ -54,13 +54,16 @@
 // the plan: "yes" always means a concrete, checked plan exists for every
 // set. Beyond that it falls back to a conservative bound (see bound.go)
 // that never says "yes" when unsure. Details of what is pruned and why
-// are in reserve.go.
+// are in reserve.go. CheckReserveSpec with Spec.SiteLoss also asks "can
+// every HA group survive the loss of any one whole site?": each site
+// that hosts groups is one more failure set (all its nodes at once),
+// planned and kept the same way, with a verdict per site (Reserve.Sites).
 //
 // How the leader uses it:
 //
 //   - CreateGroup / StartGroup: Reserve.Admit (or Admit) picks the node and
 //     refuses with an error wrapping ErrResourceExhausted (*ReserveError
-//     names the failure set and the group that would not fit,
+//     names the failure set, or the site, and the group that would not fit,
 //     *NoRoomError the reason no node fits at all). The Admission carries
 //     the reserve of the new state, plans included.
 //   - A node fails: Reserve.PlanFor(failed) returns the plan the last check

@@ -36,6 +36,9 @@ import (
 //     fail for {a}), and the leader needs a plan for a single failure
 //     whatever K is.
 //
+// With Spec.SiteLoss the loss of each site is one more failure set,
+// searched after the node sets (see sitePass).
+//
 // Each set is placed by the same greedy the leader uses (Spread, priority
 // order). If that leaves a group out, a second heuristic is tried (Pack,
 // largest first, ignoring priority: when everything fits priority order
@@ -70,6 +73,9 @@ type Breach struct {
 	// Failed is the failure set; empty when the state as it is (nodes
 	// already down) leaves an HA group without room.
 	Failed []string
+	// Site is set when the failure set is the loss of this whole site
+	// (Failed then holds its nodes that were up).
+	Site string
 	// Group is the most important HA group left without room.
 	Group  string
 	Reason string
@@ -79,6 +85,8 @@ func (b *Breach) String() string {
 	switch {
 	case b == nil:
 		return ""
+	case b.Site != "" && len(b.Failed) > 0:
+		return fmt.Sprintf("if site %s fails (%s), group %q cannot restart: %s", b.Site, strings.Join(b.Failed, ","), b.Group, b.Reason)
 	case len(b.Failed) == 0:
 		return fmt.Sprintf("with no further failure, group %q cannot restart: %s", b.Group, b.Reason)
 	case len(b.Failed) == 1:
@@ -96,40 +104,116 @@ type Headroom struct {
 	MemoryBytes int64
 }
 
-// Reserve is the answer to "can the cluster sustain K node failures?".
+// Spec is what a reserve must survive.
+type Spec struct {
+	// K: any set of up to K simultaneous node failures.
+	K int
+	// SiteLoss: the loss of any one whole site, for every site with a
+	// node that hosts groups (see the site pass in reserve.go).
+	SiteLoss bool
+}
+
+// On reports whether the spec asks for anything.
+func (s Spec) On() bool { return s.K > 0 || s.SiteLoss }
+
+// String names the spec in refusals and notes: "reserve 1", "reserve 1
+// and site loss", "site-loss reserve".
+func (s Spec) String() string {
+	switch {
+	case s.SiteLoss && s.K > 0:
+		return fmt.Sprintf("reserve %d and site loss", s.K)
+	case s.SiteLoss:
+		return "site-loss reserve"
+	}
+	return fmt.Sprintf("reserve %d", s.K)
+}
+
+// SiteReserve is the reserve's answer for the loss of one whole site.
+type SiteReserve struct {
+	Site string
+	// Failed is the failure set: the site's nodes that are up and host
+	// groups. Empty when all of them are down already: the site is lost
+	// and its groups are in every plan.
+	Failed []string
+	// Displaced is how many HA groups its loss restarts elsewhere (with
+	// those already waiting for a restart).
+	Displaced int
+	OK        bool
+	// Breach says which group finds no room when !OK.
+	Breach *Breach
+}
+
+// Reserve is the answer to "can the cluster sustain K node failures (and,
+// with SiteLoss, the loss of any one site)?".
 type Reserve struct {
-	K      int
-	OK     bool
-	Method Method
+	K        int
+	SiteLoss bool
+	OK       bool
+	Method   Method
 	// FailureSets is how many sets were searched (each has a plan); Pruned
-	// how many displaced nothing and needed no search.
+	// how many displaced nothing and needed no search. Both count the
+	// site sets too.
 	FailureSets int
 	Pruned      int
 	BrokenSets  int
 	// Breach is the first broken set in enumeration order (smaller sets
-	// first, then by node names): the simplest failure that breaks the
-	// reserve. With MethodBound it names the nodes the bound assumed lost.
+	// first, then by node names, then the sites by name): the simplest
+	// failure that breaks the reserve. With MethodBound it names the
+	// nodes the bound assumed lost.
 	Breach *Breach
-	// WorstFailure is the set with the largest shortfall when broken,
-	// else the one that leaves the least headroom (in its tighter
-	// resource, as a fraction of the cluster).
+	// WorstFailure is the node set (of up to K) with the largest
+	// shortfall when broken, else the one that leaves the least headroom
+	// (in its tighter resource, as a fraction of the cluster). Sites have
+	// their own verdicts in Sites.
 	WorstFailure []string
 	// Headroom is, per resource, the least free capacity any failure set
 	// of up to K nodes leaves after its restarts.
 	Headroom Headroom
+	// Sites is the verdict for each site's loss, by site name, when
+	// SiteLoss is set; sites of witnesses only are not failure sets and
+	// are left out.
+	Sites []SiteReserve
 
 	snap *engine
 	data *reserveData
 }
 
+// Spec is what this reserve was checked for.
+func (r *Reserve) Spec() Spec { return Spec{K: r.K, SiteLoss: r.SiteLoss} }
+
 // Summary is one line for people.
 func (r *Reserve) Summary() string {
-	if r.OK {
-		return fmt.Sprintf("can sustain %d failure(s): yes (%s; %d sets planned, %d pruned); worst %s; headroom %s cpu, %s memory",
-			r.K, r.Method, r.FailureSets, r.Pruned, strings.Join(r.WorstFailure, ","), fmtCPU(r.Headroom.CPUMillis), fmtBytes(r.Headroom.MemoryBytes))
+	what := fmt.Sprintf("%d failure(s)", r.K)
+	switch {
+	case r.SiteLoss && r.K == 0:
+		what = "the loss of any one site"
+	case r.SiteLoss:
+		what += " and the loss of any one site"
 	}
-	return fmt.Sprintf("can sustain %d failure(s): no (%s; %d of %d sets broken): %s",
-		r.K, r.Method, r.BrokenSets, r.FailureSets, r.Breach)
+	if r.OK {
+		return fmt.Sprintf("can sustain %s: yes (%s; %d sets planned, %d pruned); worst %s; headroom %s cpu, %s memory",
+			what, r.Method, r.FailureSets, r.Pruned, orNone(strings.Join(r.WorstFailure, ",")), fmtCPU(r.Headroom.CPUMillis), fmtBytes(r.Headroom.MemoryBytes))
+	}
+	return fmt.Sprintf("can sustain %s: no (%s; %d of %d sets broken): %s",
+		what, r.Method, r.BrokenSets, r.FailureSets, r.Breach)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// Site returns the verdict for the loss of the named site; false when the
+// reserve was not checked for site loss or the site hosts nothing.
+func (r *Reserve) Site(name string) (SiteReserve, bool) {
+	for _, s := range r.Sites {
+		if s.Site == name {
+			return s, true
+		}
+	}
+	return SiteReserve{}, false
 }
 
 type setPlan struct {
@@ -158,7 +242,13 @@ func setKey(ns []int32) string {
 // failures leaves room to restart every running HA group, and keeps the
 // restart plan of every set (see PlanFor).
 func CheckReserve(st State, k int) *Reserve {
-	return newEngine(compile(st)).reserve(k, nil, nil)
+	return CheckReserveSpec(st, Spec{K: k})
+}
+
+// CheckReserveSpec is CheckReserve for a whole Spec: with SiteLoss, the
+// loss of each site is one more failure set, with its plan kept as well.
+func CheckReserveSpec(st State, s Spec) *Reserve {
+	return newEngine(compile(st)).reserve(s, nil, nil)
 }
 
 // universe is the nodes that can fail next, ascending (name order).
@@ -186,9 +276,9 @@ func binom(n, k int) float64 {
 // are searched again: this is how admission, the balancer and the power
 // mode test a change in time proportional to what it touches. The engine
 // becomes the Reserve's snapshot; the caller must not change it after.
-func (e *engine) reserve(k int, prev *reserveData, dirty []bool) *Reserve {
-	k = max(k, 0)
-	r := &Reserve{K: k, snap: e}
+func (e *engine) reserve(s Spec, prev *reserveData, dirty []bool) *Reserve {
+	k := max(s.K, 0)
+	r := &Reserve{K: k, SiteLoss: s.SiteLoss, snap: e}
 	e.searchBudget = searchTotalBudget
 	u := e.universe()
 	nSets := 0.0
@@ -206,24 +296,25 @@ func (e *engine) reserve(k int, prev *reserveData, dirty []bool) *Reserve {
 			haOn[n] = append(haOn[n], gi)
 		}
 	}
+	d := &reserveData{k: k, byKey: map[string]int32{}}
+	r.data = d
+	rp := &replanner{e: e, prev: prev, dirty: dirty, gmark: make([]uint32, len(e.c.groups))}
 	if k > 2 && nSets > MaxEnumeratedSets {
+		d.method = MethodBound
 		e.bound(r, u, haOn, base)
+		if s.SiteLoss {
+			e.sitePass(r, rp, haOn, base, 0)
+		}
 		return r
 	}
 	r.Method = MethodEnumerated
-	d := &reserveData{k: k, method: MethodEnumerated, byKey: map[string]int32{}}
-	r.data = d
-	if prev != nil && prev.method != MethodEnumerated {
-		prev = nil
-	}
+	d.method = MethodEnumerated
 	h := e.headroomTerms(haOn, base)
 	worstScore := math.Inf(1)
 	var worstShort float64
 	var worstSet []int32
 	firstBroken := -1
 	displaced := make([]int32, 0, 64)
-	gmark := make([]uint32, len(e.c.groups))
-	var gstamp uint32
 
 	visit := func(F []int32) {
 		displaced = append(displaced[:0], base...)
@@ -244,38 +335,10 @@ func (e *engine) reserve(k int, prev *reserveData, dirty []bool) *Reserve {
 			r.Headroom.MemoryBytes = min(r.Headroom.MemoryBytes, memH)
 			return
 		}
-		key := setKey(F)
-		var plan setPlan
-		reused := false
-		if prev != nil {
-			if i, ok := prev.byKey[key]; ok && prev.plans[i].ok {
-				old := prev.plans[i]
-				gstamp++
-				for _, g := range displaced {
-					gmark[g] = gstamp
-				}
-				same := len(old.entries) == len(displaced)
-				touches := dirty == nil
-				for _, en := range old.entries {
-					if gmark[en.g] != gstamp {
-						same = false
-						break
-					}
-					if dirty != nil && dirty[en.n] {
-						touches = true
-					}
-				}
-				if same && (!touches || e.validate(F, old.entries, dirty)) {
-					plan, reused = old, true
-				}
-			}
-		}
-		if !reused {
-			plan = e.restart(F, displaced)
-		}
+		plan := rp.plan(F, displaced)
 		idx := int32(len(d.plans))
 		d.plans = append(d.plans, plan)
-		d.byKey[key] = idx
+		d.byKey[setKey(F)] = idx
 		r.Headroom.CPUMillis = min(r.Headroom.CPUMillis, cpuH)
 		r.Headroom.MemoryBytes = min(r.Headroom.MemoryBytes, memH)
 		if !plan.ok {
@@ -302,15 +365,127 @@ func (e *engine) reserve(k int, prev *reserveData, dirty []bool) *Reserve {
 	r.Headroom = Headroom{CPUMillis: math.MaxInt64, MemoryBytes: math.MaxInt64}
 	visit(nil)
 	forEachSet(u, min(k, len(u)), visit)
+	r.WorstFailure = e.nodeNames(worstSet)
+	if firstBroken >= 0 {
+		r.Breach = e.breach(d.plans[firstBroken])
+	}
+	if s.SiteLoss {
+		e.sitePass(r, rp, haOn, base, min(k, len(u)))
+	}
 	r.FailureSets = len(d.plans)
 	r.Pruned = d.pruned
 	r.OK = r.BrokenSets == 0
-	r.WorstFailure = e.nodeNames(worstSet)
-	if firstBroken >= 0 {
-		p := d.plans[firstBroken]
-		r.Breach = e.breach(p)
-	}
 	return r
+}
+
+// The site pass (Spec.SiteLoss). Each site with a node that hosts groups
+// is one more failure set: its nodes that are up, all at once. It is
+// planned as the node sets are, after them, sites by name: the same
+// displaced groups (the site's HA groups and those already waiting), the
+// same greedy and fallbacks, the same reuse of kept plans, and the plan
+// is kept under the key of its nodes, so PlanFor finds a site's plan when
+// exactly those nodes fail. A site of witnesses only hosts nothing and is
+// not a failure set. A site whose nodes are all down already adds no set:
+// its groups wait in every plan, and its verdict is that of no further
+// failure. A site with at most enumerated nodes up was a node set
+// already and shares that set's plan (and its count). Headroom and
+// WorstFailure stay about the node sets; each site has its own verdict.
+func (e *engine) sitePass(r *Reserve, rp *replanner, haOn [][]int32, base []int32, enumerated int) {
+	d := r.data
+	sets := make([][]int32, len(e.c.sites))
+	hosts := make([]bool, len(e.c.sites))
+	for n, nd := range e.c.nodes {
+		if nd.witness {
+			continue
+		}
+		hosts[nd.site] = true
+		if e.up[n] {
+			sets[nd.site] = append(sets[nd.site], int32(n))
+		}
+	}
+	order := make([]int32, 0, len(e.c.sites))
+	for si := range e.c.sites {
+		if hosts[si] {
+			order = append(order, int32(si))
+		}
+	}
+	sort.Slice(order, func(i, j int) bool { return e.c.sites[order[i]] < e.c.sites[order[j]] })
+	for _, si := range order {
+		F := sets[si]
+		sr := SiteReserve{Site: e.c.sites[si], Failed: e.nodeNames(F)}
+		displaced := append([]int32(nil), base...)
+		for _, n := range F {
+			displaced = append(displaced, haOn[n]...)
+		}
+		sr.Displaced = len(displaced)
+		key := setKey(F)
+		idx, done := d.byKey[key]
+		switch {
+		case done:
+		case len(displaced) == 0:
+			if len(F) > enumerated {
+				d.pruned++
+			}
+		default:
+			idx = int32(len(d.plans))
+			d.plans = append(d.plans, rp.plan(F, displaced))
+			d.byKey[key] = idx
+			if !d.plans[idx].ok {
+				r.BrokenSets++
+			}
+			done = true
+		}
+		sr.OK = !done || d.plans[idx].ok
+		if !sr.OK {
+			sr.Breach = e.breach(d.plans[idx])
+			sr.Breach.Site = sr.Site
+			if r.Breach == nil {
+				r.Breach = sr.Breach
+			}
+			r.OK = false
+		}
+		r.Sites = append(r.Sites, sr)
+	}
+	r.FailureSets = len(d.plans)
+	r.Pruned = d.pruned
+}
+
+// replanner makes the plan of one failure set, reusing the plan prev kept
+// for the same set while it is still valid.
+type replanner struct {
+	e      *engine
+	prev   *reserveData
+	dirty  []bool
+	gmark  []uint32
+	gstamp uint32
+}
+
+func (p *replanner) plan(F, displaced []int32) setPlan {
+	e := p.e
+	if p.prev != nil {
+		if i, ok := p.prev.byKey[setKey(F)]; ok && p.prev.plans[i].ok {
+			old := p.prev.plans[i]
+			p.gstamp++
+			for _, g := range displaced {
+				p.gmark[g] = p.gstamp
+			}
+			same := len(old.entries) == len(displaced)
+			touches := p.dirty == nil
+			for _, en := range old.entries {
+				if p.gmark[en.g] != p.gstamp {
+					same = false
+					break
+				}
+				if p.dirty != nil && p.dirty[en.n] {
+					touches = true
+				}
+			}
+			if same && (!touches || e.validate(F, old.entries, p.dirty)) {
+				return old
+			}
+		}
+	}
+	return e.restart(F, displaced)
 }
 
 // forEachSet calls fn with every subset of u of size 1..k, smaller sizes
@@ -629,7 +804,7 @@ func (r *Reserve) PlanFor(failed []string) (Plan, error) {
 			displaced = append(displaced, gi)
 		}
 	}
-	pre := r.data != nil && len(F) <= r.K && len(displaced) == 0
+	pre := r.data != nil && r.data.method == MethodEnumerated && len(F) <= r.K && len(displaced) == 0
 	return r.planOfEngine(w, w.restart(F, displaced), pre), nil
 }
 

@@ -20,11 +20,11 @@ func (l *Leader) admitCreate(spec *havenv1.GroupSpec) error {
 		return nil
 	}
 	st := l.placementState()
-	k := reserveK(st, l.cfg.Reserve)
-	if k == 0 {
+	want := l.reserveSpec(st)
+	if !want.On() {
 		return nil
 	}
-	if _, err := l.reserveFor(st, k).Admit(l.placementGroup(spec)); err != nil {
+	if _, err := l.reserveFor(st, want).Admit(l.placementGroup(spec)); err != nil {
 		l.log.Info("group refused", "group", spec.GetName(), "reason", err)
 		l.cfg.Metrics.AdmissionRefused("create")
 		return err
@@ -52,7 +52,7 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	g = cur
 	now := time.Now()
 	st := l.placementState()
-	k := reserveK(st, l.cfg.Reserve)
+	spec := l.reserveSpec(st)
 	pg := l.placementGroup(g.GetSpec())
 	// An operator's start may go where the group failed before: it
 	// clears the record.
@@ -62,9 +62,9 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	var kept *placement.Reserve
 	var err error
 	if node != "" {
-		owner, err = admitOn(st, pg, node, k)
+		owner, err = admitOn(st, pg, node, spec)
 	} else {
-		owner, kept, err = l.admit(st, pg, k, l.leaseHolders(st, now))
+		owner, kept, err = l.admit(st, pg, spec, l.leaseHolders(st, now))
 	}
 	if err != nil {
 		l.log.Info("start refused", "group", pg.Name, "reason", err)
@@ -86,16 +86,16 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 		// The admission's reserve is the reserve of the state just
 		// committed (unless something else changed meanwhile, which the
 		// key tells): keeping it spares the next check.
-		l.keepReserve(withAssign(st, map[string]string{pg.Name: owner}), k, kept)
+		l.keepReserve(withAssign(st, map[string]string{pg.Name: owner}), spec, kept)
 	}
 	return nil
 }
 
 // admitOn admits a group on the node an operator chose: the node must take
-// it, and with it there every set of k failures must still have a restart
-// plan. The choice binds this start only: the group's own possible owners
+// it, and with it there every failure set of spec (k nodes, a site) must
+// still have a restart plan. The choice binds this start only: the group's own possible owners
 // stay as they are for its restarts.
-func admitOn(st placement.State, g placement.Group, node string, k int) (string, error) {
+func admitOn(st placement.State, g placement.Group, node string, spec placement.Spec) (string, error) {
 	here := g
 	here.PossibleOwners = []string{node}
 	if !slices.Contains(g.PossibleOwners, node) && len(g.PossibleOwners) > 0 {
@@ -105,10 +105,10 @@ func admitOn(st placement.State, g placement.Group, node string, k int) (string,
 	if len(res.Unplaced) > 0 {
 		return "", &placement.NoRoomError{Unplaced: res.Unplaced[0]}
 	}
-	if k > 0 {
-		r := placement.CheckReserve(withAssign(withGroup(st, g), map[string]string{g.Name: node}), k)
+	if spec.On() {
+		r := placement.CheckReserveSpec(withAssign(withGroup(st, g), map[string]string{g.Name: node}), spec)
 		if !r.OK && r.Breach != nil {
-			return "", &placement.ReserveError{Group: g.Name, K: k, Node: node, Breach: *r.Breach, Tried: []string{node}}
+			return "", &placement.ReserveError{Group: g.Name, K: spec.K, SiteLoss: spec.SiteLoss, Node: node, Breach: *r.Breach, Tried: []string{node}}
 		}
 	}
 	return node, nil

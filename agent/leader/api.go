@@ -139,11 +139,16 @@ type ReserveReport struct {
 	// Kept is the K the leader keeps (placement.reserve, capped by the
 	// nodes that can host groups); Configured is the setting.
 	Kept, Configured int
-	Leader           string
-	CPUOvercommit    float64
+	// KeptSites is the site-loss reserve the leader keeps (0 or 1:
+	// placement.reserve_sites, 0 while fewer than two sites host groups);
+	// ConfiguredSites is the setting.
+	KeptSites, ConfiguredSites int
+	Leader                     string
+	CPUOvercommit              float64
 }
 
-// Reserve checks the reserve for k failures; 0 means the kept K.
+// Reserve checks the reserve for k failures; 0 means the kept K. The
+// site-loss reserve is checked as kept, whatever k.
 func (l *Leader) Reserve(k int) (ReserveReport, error) {
 	if l.current() == nil {
 		return ReserveReport{}, ErrNotLeader
@@ -152,43 +157,54 @@ func (l *Leader) Reserve(k int) (ReserveReport, error) {
 		return ReserveReport{}, refuse(ErrInvalid, "k: %d is more than %d", k, MaxReserve)
 	}
 	st := l.placementState()
-	kept := reserveK(st, l.cfg.Reserve)
+	kept := l.reserveSpec(st)
 	var r *placement.Reserve
-	if k == 0 || k == kept {
+	if k == 0 || k == kept.K {
 		r = l.reserveFor(st, kept)
 	} else {
 		// Another K than the one kept: answered, not kept.
-		r = placement.CheckReserve(st, k)
+		r = placement.CheckReserveSpec(st, placement.Spec{K: k, SiteLoss: kept.SiteLoss})
 	}
-	return ReserveReport{Reserve: r, Kept: kept, Configured: l.cfg.Reserve, Leader: l.cfg.Name, CPUOvercommit: l.cfg.CPUOvercommit}, nil
+	return l.report(r, kept), nil
 }
 
-// KeptReserve is the reserve for the kept K on the current state, and
-// that K; nil when no reserve is kept (K = 0). Any node may ask: it is
-// computed from its own copy of the state.
-func (l *Leader) KeptReserve() (*placement.Reserve, int) {
-	st := l.placementState()
-	k := reserveK(st, l.cfg.Reserve)
-	if k == 0 {
-		return nil, 0
+func (l *Leader) report(r *placement.Reserve, kept placement.Spec) ReserveReport {
+	rep := ReserveReport{Reserve: r, Kept: kept.K, Configured: l.cfg.Reserve, ConfiguredSites: l.cfg.ReserveSites,
+		Leader: l.cfg.Name, CPUOvercommit: l.cfg.CPUOvercommit}
+	if kept.SiteLoss {
+		rep.KeptSites = 1
 	}
-	return l.reserveFor(st, k), k
+	return rep
+}
+
+// KeptReserve is the reserve kept on the current state (K failures and,
+// when kept, any one site's loss) with the settings; its Reserve is nil
+// when none is kept (K = 0 and no site-loss reserve). Any node may ask:
+// it is computed from its own copy of the state, with this node's
+// placement settings.
+func (l *Leader) KeptReserve() ReserveReport {
+	st := l.placementState()
+	spec := l.reserveSpec(st)
+	if !spec.On() {
+		return l.report(nil, spec)
+	}
+	return l.report(l.reserveFor(st, spec), spec)
 }
 
 // Rank rates every node for a group of the given spec, keeping the
-// reserve; it also returns the K kept.
-func (l *Leader) Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, int, error) {
+// reserve; it also returns the reserve kept.
+func (l *Leader) Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, placement.Spec, error) {
 	if l.current() == nil {
-		return nil, 0, ErrNotLeader
+		return nil, placement.Spec{}, ErrNotLeader
 	}
 	g := l.placementGroup(spec)
 	st := l.placementState()
-	k := reserveK(st, l.cfg.Reserve)
-	if k == 0 {
-		return placement.Rank(st, g), 0, nil
+	want := l.reserveSpec(st)
+	if !want.On() {
+		return placement.Rank(st, g), want, nil
 	}
-	ranked, err := l.reserveFor(st, k).Rank(g)
-	return ranked, k, err
+	ranked, err := l.reserveFor(st, want).Rank(g)
+	return ranked, want, err
 }
 
 // Balance runs the balancer on the current state. The mode is the

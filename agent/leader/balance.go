@@ -26,16 +26,16 @@ const (
 // hold-off (a new leader's balancer must not undo its predecessor's).
 func (l *Leader) proposal(t *term, mode placement.Mode, power, dryRun bool, now time.Time) (placement.Proposal, int) {
 	st := l.placementState()
-	k := reserveK(st, l.cfg.Reserve)
+	spec := l.reserveSpec(st)
 	holdOff := l.cfg.BalanceHoldOff
 	if holdOff <= 0 {
 		holdOff = time.Hour
 	}
 	p := placement.Balance(st, placement.BalanceOptions{
-		Mode: mode, Now: now, Reserve: k, Power: power, DryRun: dryRun, HoldOff: holdOff,
+		Mode: mode, Now: now, Reserve: spec.K, SiteLoss: spec.SiteLoss, Power: power, DryRun: dryRun, HoldOff: holdOff,
 		Threshold: balanceThreshold, CostPerSecond: balanceCostPerSecond,
 	}, movedRecently(t.moves.snapshot(), l.state.Operations(), holdOff, now))
-	return p, k
+	return p, spec.K
 }
 
 // execute starts a proposal's moves in automatic mode, at most
@@ -92,7 +92,7 @@ func (l *Leader) balanceLoop(ctx context.Context, t *term, stop <-chan struct{})
 		case <-tick.C:
 		}
 		st := l.placementState()
-		key := stateKey(st, reserveK(st, l.cfg.Reserve))
+		key := stateKey(st, l.reserveSpec(st))
 		if key == last {
 			continue
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/waitfor"
+	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -222,7 +223,7 @@ func TestStateKeySeesLabels(t *testing.T) {
 	group := &havenv1.Group{Spec: fsmtest.VMGroup("web")}
 	now := time.Now()
 	key := func() uint64 {
-		return stateKey(buildState(nodes, []*havenv1.Group{group}, alive, 4, fixedRate(0), now), 1)
+		return stateKey(buildState(nodes, []*havenv1.Group{group}, alive, 4, fixedRate(0), now), placement.Spec{K: 1})
 	}
 	base := key()
 	nodes[1].Labels = map[string]string{"gpu": "a100"}
@@ -247,7 +248,7 @@ func TestStateKeySeesLabels(t *testing.T) {
 func TestRankSeesNodeSelector(t *testing.T) {
 	tl := newTestLeader(t, map[string]map[string]string{"n3": {"gpu": "a100"}})
 	ranked, k, err := tl.Rank(&havenv1.GroupSpec{Name: "(new group)", CpuMillis: 1000, MemoryBytes: 1 << 30, NodeSelector: map[string]string{"gpu": "a100"}})
-	if err != nil || k != 0 {
+	if err != nil || k.On() {
 		t.Fatal(k, err)
 	}
 	for _, r := range ranked {

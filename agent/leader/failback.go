@@ -151,7 +151,7 @@ func (l *Leader) drainNode(t *term, node string, now time.Time) {
 	l.placeMu.Lock()
 	defer l.placeMu.Unlock()
 	st := l.placementState()
-	key := stateKey(st, 0)
+	key := stateKey(st, placement.Spec{})
 	memo := t.drainMemo
 	if memo[node] == key {
 		// Nothing changed since the last pass, which left groups here.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -164,7 +165,7 @@ func (l *Leader) placeWaiting(t *term) {
 	defer l.placeMu.Unlock()
 	now := time.Now()
 	st := l.placementState()
-	key := stateKey(st, 0)
+	key := stateKey(st, placement.Spec{})
 	if memo.tried && memo.key == key && now.Before(memo.until) {
 		return
 	}

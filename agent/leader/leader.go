@@ -82,8 +82,10 @@ type Config struct {
 	// counts nothing.
 	Metrics *metrics.Metrics
 
-	// Placement settings (see placement/).
+	// Placement settings (see placement/). ReserveSites is 0 or 1: also
+	// keep the site-loss reserve (see reserveSpec).
 	Reserve       int
+	ReserveSites  int
 	CPUOvercommit float64
 	Balancer      placement.Mode
 	FailbackAfter time.Duration

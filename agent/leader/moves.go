@@ -184,22 +184,22 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 	pg := l.placementGroup(g.GetSpec())
 	pg.AvoidNodes = nil
 	st = withoutAssign(st, req.Group)
-	k := reserveK(st, l.cfg.Reserve)
+	spec := l.reserveSpec(st)
 	target := req.Target
 	var err error
 	if target != "" {
 		if err := l.movable(target, g); err != nil {
 			return nil, nil, err
 		}
-		target, err = admitOn(st, pg, target, k)
+		target, err = admitOn(st, pg, target, spec)
 	} else {
 		elsewhere, ok := excluding(pg, g.GetOwner(), st)
 		if !ok {
 			return nil, nil, refuse(ErrConflict, "group %q can run on no node but %s", req.Group, g.GetOwner())
 		}
-		target, _, err = l.admit(st, elsewhere, k, l.leaseHolders(st, time.Now()))
-		if err != nil && req.Fallback != "" && k > 0 {
-			if fb, ferr := admitOn(st, pg, req.Fallback, 0); ferr == nil {
+		target, _, err = l.admit(st, elsewhere, spec, l.leaseHolders(st, time.Now()))
+		if err != nil && req.Fallback != "" && spec.On() {
+			if fb, ferr := admitOn(st, pg, req.Fallback, placement.Spec{}); ferr == nil {
 				l.log.Warn("move breaks the reserve: no node keeps it with the group", "group", req.Group, "cause", req.Cause, "to", fb, "reserve", err)
 				target, err = fb, nil
 			}

@@ -25,6 +25,36 @@ func reserveK(st placement.State, configured int) int {
 	return min(configured, max(hosts-1, 0))
 }
 
+// reserveSites is the site-loss reserve the leader keeps:
+// placement.reserve_sites while at least two sites have a node that can
+// host groups, else 0. With one such site there is no other site to
+// restart anything in; refusing every HA group there would protect
+// nothing, so, as reserveK caps K, the setting waits for a second site
+// and status and GetReserve say so. A site counts whether its nodes are
+// up or not: a cluster that lost a site keeps the reserve, and refuses
+// new HA groups while it cannot keep it.
+func reserveSites(st placement.State, configured int) int {
+	if configured <= 0 {
+		return 0
+	}
+	sites := map[string]bool{}
+	for _, n := range st.Nodes {
+		if !n.Witness {
+			sites[n.Site] = true
+		}
+	}
+	if len(sites) < 2 {
+		return 0
+	}
+	return min(configured, 1)
+}
+
+// reserveSpec is the reserve the leader keeps on st: K node failures and,
+// when kept, the loss of any one site.
+func (l *Leader) reserveSpec(st placement.State) placement.Spec {
+	return placement.Spec{K: reserveK(st, l.cfg.Reserve), SiteLoss: reserveSites(st, l.cfg.ReserveSites) > 0}
+}
+
 // reserveKeeper holds the leader's reserve: the answer to "can the cluster
 // sustain K failures?" with a restart plan for every failure set, for the
 // state it was computed on. It is recomputed lazily, when someone needs it
@@ -36,10 +66,10 @@ type reserveKeeper struct {
 	r   *placement.Reserve
 }
 
-// reserveFor returns the reserve of st for k failures, computing it if the
-// kept one is for another state.
-func (l *Leader) reserveFor(st placement.State, k int) *placement.Reserve {
-	key := stateKey(st, k)
+// reserveFor returns the reserve of st for spec, computing it if the kept
+// one is for another state.
+func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.Reserve {
+	key := stateKey(st, spec)
 	rk := &l.reserve
 	rk.mu.Lock()
 	defer rk.mu.Unlock()
@@ -47,15 +77,15 @@ func (l *Leader) reserveFor(st placement.State, k int) *placement.Reserve {
 		return rk.r
 	}
 	t0 := time.Now()
-	r := placement.CheckReserve(st, k)
+	r := placement.CheckReserveSpec(st, spec)
 	took := time.Since(t0)
 	switch {
 	case (rk.r == nil || rk.r.OK) && !r.OK:
-		l.log.Warn("reserve broken", "k", k, "summary", r.Summary(), "took", took)
+		l.log.Warn("reserve broken", "k", spec.K, "site_loss", spec.SiteLoss, "summary", r.Summary(), "took", took)
 	case rk.r != nil && !rk.r.OK && r.OK:
-		l.log.Info("reserve holds again", "k", k, "summary", r.Summary(), "took", took)
+		l.log.Info("reserve holds again", "k", spec.K, "site_loss", spec.SiteLoss, "summary", r.Summary(), "took", took)
 	default:
-		l.log.Debug("reserve checked", "k", k, "ok", r.OK, "sets", r.FailureSets, "broken", r.BrokenSets, "took", took)
+		l.log.Debug("reserve checked", "k", spec.K, "site_loss", spec.SiteLoss, "ok", r.OK, "sets", r.FailureSets, "broken", r.BrokenSets, "took", took)
 	}
 	rk.key, rk.r = key, r
 	return r
@@ -63,11 +93,11 @@ func (l *Leader) reserveFor(st placement.State, k int) *placement.Reserve {
 
 // keepReserve stores a reserve computed elsewhere (an admission's, for the state
 // with the admitted group on its node), saving the next check.
-func (l *Leader) keepReserve(st placement.State, k int, r *placement.Reserve) {
+func (l *Leader) keepReserve(st placement.State, spec placement.Spec, r *placement.Reserve) {
 	if r == nil {
 		return
 	}
-	key := stateKey(st, k)
+	key := stateKey(st, spec)
 	l.reserve.mu.Lock()
 	l.reserve.key, l.reserve.r = key, r
 	l.reserve.mu.Unlock()
@@ -84,7 +114,7 @@ func (l *Leader) keptReserve() *placement.Reserve {
 // loop calls it after every membership reconcile.
 func (l *Leader) refreshReserve() {
 	st := l.placementState()
-	l.reserveFor(st, reserveK(st, l.cfg.Reserve))
+	l.reserveFor(st, l.reserveSpec(st))
 }
 
 // leaseHolders returns the nodes of st that are up and hold a current lease
@@ -137,26 +167,26 @@ func prefer(st placement.State, holders map[string]bool) bool {
 	return false
 }
 
-// admit decides where group g (not running) starts so that the reserve of
-// k failures still holds, preferring lease holders: first with g's
+// admit decides where group g (not running) starts so that the reserve
+// spec still holds, preferring lease holders: first with g's
 // possible owners narrowed to them, then, if that is refused, with g as it
 // is, whose refusal is the one reported. Narrowing the group rather than
 // marking the other nodes draining leaves every other group's restart plan
 // as it is; it does bind g's own restart to the holders too, so while a
 // single node holds a lease (the first to renew after an election) the
-// first try is refused and the second decides. With k = 0 it is plain
-// placement. On success it returns the node and the reserve of the state
+// first try is refused and the second decides. With no reserve it is
+// plain placement. On success it returns the node and the reserve of the state
 // with g there (nil when not known).
-func (l *Leader) admit(st placement.State, g placement.Group, k int, holders map[string]bool) (string, *placement.Reserve, error) {
+func (l *Leader) admit(st placement.State, g placement.Group, spec placement.Spec, holders map[string]bool) (string, *placement.Reserve, error) {
 	try := func(g placement.Group) (string, *placement.Reserve, error) {
-		if k == 0 {
+		if !spec.On() {
 			res := placement.Place(withGroup(st, g), []string{g.Name}, placement.Options{})
 			if len(res.Unplaced) > 0 {
 				return "", nil, &placement.NoRoomError{Unplaced: res.Unplaced[0]}
 			}
 			return res.Placed[0].To, nil, nil
 		}
-		adm, err := l.reserveFor(st, k).Admit(g)
+		adm, err := l.reserveFor(st, spec).Admit(g)
 		return adm.Node, adm.Reserve, err
 	}
 	if prefer(st, holders) {
@@ -227,7 +257,7 @@ func placeGroups(st placement.State, names []string, exclude []string, holders m
 func (l *Leader) restartPlan(st placement.State, names, failed []string, holders map[string]bool) (placed map[string]string, reasons map[string]string, fromPlan int) {
 	r := l.keptReserve()
 	if r == nil {
-		r = l.reserveFor(st, reserveK(st, l.cfg.Reserve))
+		r = l.reserveFor(st, l.reserveSpec(st))
 	}
 	plan, err := r.PlanFor(failed)
 	if err != nil {

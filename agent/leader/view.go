@@ -210,7 +210,7 @@ func withAssign(st placement.State, moves map[string]string) placement.State {
 
 // stateKey fingerprints everything a reserve check reads, so a kept
 // reserve is reused exactly while the state it was computed on holds.
-func stateKey(st placement.State, k int) uint64 {
+func stateKey(st placement.State, spec placement.Spec) uint64 {
 	h := fnv.New64a()
 	var buf [8]byte
 	num := func(v int64) {
@@ -246,7 +246,8 @@ func stateKey(st placement.State, k int) uint64 {
 			str(m[k])
 		}
 	}
-	num(int64(k))
+	num(int64(spec.K))
+	flag(spec.SiteLoss)
 	num(int64(len(st.Nodes)))
 	for _, n := range st.Nodes {
 		str(n.Name)

@@ -104,6 +104,30 @@ func TestReserveK(t *testing.T) {
 	}
 }
 
+// The site-loss reserve is kept only while two sites host groups: a site
+// of witnesses hosts nothing, and a site whose nodes are down still
+// counts.
+func TestReserveSites(t *testing.T) {
+	node := func(name, site string, witness bool) placement.Node {
+		return placement.Node{Name: name, Site: site, Witness: witness}
+	}
+	for _, tt := range []struct {
+		name             string
+		nodes            []placement.Node
+		configured, want int
+	}{
+		{"off", []placement.Node{node("a1", "a", false), node("b1", "b", false)}, 0, 0},
+		{"two sites", []placement.Node{node("a1", "a", false), node("b1", "b", false)}, 1, 1},
+		{"one site", []placement.Node{node("a1", "a", false), node("a2", "a", false)}, 1, 0},
+		{"one site and a witness's", []placement.Node{node("a1", "a", false), node("a2", "a", false), node("w1", "w", true)}, 1, 0},
+		{"two sites and a witness's", []placement.Node{node("a1", "a", false), node("b1", "b", false), node("w1", "w", true)}, 1, 1},
+	} {
+		if got := reserveSites(placement.State{Nodes: tt.nodes}, tt.configured); got != tt.want {
+			t.Errorf("%s: reserve_sites %d keeps %d, want %d", tt.name, tt.configured, got, tt.want)
+		}
+	}
+}
+
 func testState() placement.State {
 	n := func(name string) placement.Node {
 		return placement.Node{Name: name, CPUMillis: 4000, CPUOvercommit: 4, MemoryBytes: 8 * gib, Up: true}
@@ -119,8 +143,9 @@ func testState() placement.State {
 }
 
 func TestStateKey(t *testing.T) {
-	base := stateKey(testState(), 1)
-	if stateKey(testState(), 1) != base {
+	one := placement.Spec{K: 1}
+	base := stateKey(testState(), one)
+	if stateKey(testState(), one) != base {
 		t.Fatal("equal states, different keys")
 	}
 	for name, change := range map[string]func(*placement.State){
@@ -139,12 +164,15 @@ func TestStateKey(t *testing.T) {
 		st := testState()
 		st.Assign = map[string]string{"a": "n1", "b": "n1", "c": "n2"}
 		change(&st)
-		if stateKey(st, 1) == base {
+		if stateKey(st, one) == base {
 			t.Errorf("%s: key unchanged", name)
 		}
 	}
-	if stateKey(testState(), 2) == base {
+	if stateKey(testState(), placement.Spec{K: 2}) == base {
 		t.Error("another k, same key")
+	}
+	if stateKey(testState(), placement.Spec{K: 1, SiteLoss: true}) == base {
+		t.Error("the site-loss reserve asked, same key")
 	}
 }
 
@@ -190,26 +218,26 @@ func TestAdmit(t *testing.T) {
 	}
 	// With reserve 1 on 3 nodes of 8 GiB holding 5 GiB, a 1 GiB group fits
 	// and keeps the reserve.
-	node, r, err := l.admit(st, g(1), 1, nil)
+	node, r, err := l.admit(st, g(1), placement.Spec{K: 1}, nil)
 	if err != nil || node != "n3" || r == nil || !r.OK {
 		t.Fatalf("admit 1 GiB: %q %v %v", node, r, err)
 	}
 	// Right after an election no node holds a lease: still admitted.
-	if node, _, err := l.admit(st, g(1), 1, map[string]bool{}); err != nil || node == "" {
+	if node, _, err := l.admit(st, g(1), placement.Spec{K: 1}, map[string]bool{}); err != nil || node == "" {
 		t.Fatalf("admit with no lease holder: %q %v", node, err)
 	}
 	// Lease holders first: n3, the emptiest, has not renewed.
-	if node, _, err := l.admit(st, g(1), 1, map[string]bool{"n1": true, "n2": true}); err != nil || node != "n2" {
+	if node, _, err := l.admit(st, g(1), placement.Spec{K: 1}, map[string]bool{"n1": true, "n2": true}); err != nil || node != "n2" {
 		t.Fatalf("admit with n3 holding no lease: %q %v, want n2", node, err)
 	}
 	// A single holder could not restart the group after its own failure:
 	// the reserve decides, and the group goes where it keeps it.
-	if node, _, err := l.admit(st, g(1), 1, map[string]bool{"n2": true}); err != nil || node != "n3" {
+	if node, _, err := l.admit(st, g(1), placement.Spec{K: 1}, map[string]bool{"n2": true}); err != nil || node != "n3" {
 		t.Fatalf("admit with n2 holding the only lease: %q %v, want n3", node, err)
 	}
 	// 8 GiB fits on n3 but no other node could take it if n3 failed:
 	// refused, naming the failure set and the group.
-	_, _, err = l.admit(st, g(8), 1, nil)
+	_, _, err = l.admit(st, g(8), placement.Spec{K: 1}, nil)
 	if !errors.Is(err, placement.ErrResourceExhausted) {
 		t.Fatalf("admit 8 GiB: %v, want ResourceExhausted", err)
 	}
@@ -217,11 +245,11 @@ func TestAdmit(t *testing.T) {
 		t.Fatalf("refusal: %v", msg)
 	}
 	// Reserve 0 is plain placement.
-	if node, r, err := l.admit(st, g(8), 0, nil); err != nil || node != "n3" || r != nil {
+	if node, r, err := l.admit(st, g(8), placement.Spec{}, nil); err != nil || node != "n3" || r != nil {
 		t.Fatalf("admit 8 GiB without reserve: %q %v %v", node, r, err)
 	}
 	// Too big for any node: NoRoomError with the reason.
-	_, _, err = l.admit(st, g(9), 0, nil)
+	_, _, err = l.admit(st, g(9), placement.Spec{}, nil)
 	var nr *placement.NoRoomError
 	if !errors.As(err, &nr) || !strings.Contains(err.Error(), "memory") {
 		t.Fatalf("admit 9 GiB: %v", err)
@@ -231,7 +259,7 @@ func TestAdmit(t *testing.T) {
 func TestRestartPlan(t *testing.T) {
 	l := newTestLeader(t, nil)
 	before := testState()
-	kept := l.reserveFor(before, 1)
+	kept := l.reserveFor(before, placement.Spec{K: 1})
 	if !kept.OK {
 		t.Fatalf("setup: %s", kept.Summary())
 	}

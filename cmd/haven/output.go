@@ -263,7 +263,8 @@ func resourceDetails(r *havenv1.Resource) string {
 	return ""
 }
 
-// writeStatus prints GetStatus as aligned key: value lines.
+// writeStatus prints GetStatus as aligned key: value lines, then a table
+// of the sites.
 func writeStatus(w io.Writer, s *havenv1.GetStatusResponse) error {
 	tw := newTable(w)
 	kv := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
@@ -286,11 +287,60 @@ func writeStatus(w io.Writer, s *havenv1.GetStatusResponse) error {
 	kv("Alive voters", s.GetAliveVoters())
 	kv("Nodes", fmt.Sprintf("%d alive / %d total", s.GetAliveNodes(), s.GetNodeCount()))
 	kv("Groups", s.GetGroupCount())
-	kv("Sites", dash(strings.Join(s.GetSites(), ", ")))
-	if s.GetReserveK() > 0 {
+	if len(s.GetSiteSummaries()) == 0 {
+		// An agent from before the per-site summary.
+		kv("Sites", dash(strings.Join(s.GetSites(), ", ")))
+	}
+	if s.GetReserveK() > 0 || s.GetReserveSites() > 0 {
 		kv("Reserve", s.GetReserveSummary())
 	} else {
 		kv("Reserve", "off (placement.reserve 0, or too few nodes)")
 	}
-	return tw.Flush()
+	switch {
+	case s.GetReserveSites() > 0:
+		kv("Site-loss reserve", "on (placement.reserve_sites 1): every HA group must survive the loss of any one site")
+	case s.GetConfiguredReserveSites() > 0:
+		kv("Site-loss reserve", "not kept: placement.reserve_sites is 1, but fewer than two sites host groups")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(s.GetSiteSummaries()) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	return writeSitesTable(w, s.GetSiteSummaries())
+}
+
+// writeSitesTable prints one line per site, then why each site whose loss
+// breaks the reserve breaks it.
+func writeSitesTable(w io.Writer, sites []*havenv1.SiteSummary) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "SITE\tKIND\tNODES\tVOTERS\tLEADER\tRUNNING\tSITE LOSS")
+	var why []string
+	for _, ss := range sites {
+		kind, leader, loss := "data", "-", "-"
+		if ss.GetWitnessOnly() {
+			kind = "witness"
+		}
+		if ss.GetLeader() {
+			leader = "yes"
+		}
+		switch ss.GetReserve() {
+		case havenv1.SiteReserveState_SITE_RESERVE_STATE_HOLDS:
+			loss = "holds"
+		case havenv1.SiteReserveState_SITE_RESERVE_STATE_BROKEN:
+			loss = "broken"
+			why = append(why, ss.GetReserveBreach())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%d\t%s\n", dash(ss.GetName()), kind, ss.GetAliveNodes(), ss.GetNodeCount(),
+			ss.GetVoters(), leader, ss.GetGroupsRunning(), loss)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range why {
+		fmt.Fprintln(w, line)
+	}
+	return nil
 }

@@ -179,6 +179,122 @@ vm        vm      config,disk0  vcpus=2 memory=1GiB
 	}
 }
 
+// stretchStatus is two sites of two and a witness, with the site-loss
+// reserve kept and broken for site b.
+func stretchStatus() *havenv1.GetStatusResponse {
+	holds, broken, off := havenv1.SiteReserveState_SITE_RESERVE_STATE_HOLDS, havenv1.SiteReserveState_SITE_RESERVE_STATE_BROKEN, havenv1.SiteReserveState_SITE_RESERVE_STATE_OFF
+	breach := `if site b fails (b1,b2), group "db" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2`
+	return &havenv1.GetStatusResponse{
+		Node: "a1", Leader: "a1", LeaderAddr: "10.0.1.1:7949", RaftState: "Leader",
+		Term: 2, CommitIndex: 80, AppliedIndex: 80,
+		Voters: 5, QuorumSize: 3, AliveVoters: 5,
+		NodeCount: 5, AliveNodes: 5, GroupCount: 6, Sites: []string{"a", "b", "w"},
+		ReserveK: 1, ReserveOk: false, ReserveSites: 1, ConfiguredReserveSites: 1,
+		ReserveSummary: "can sustain 1 failure(s) and the loss of any one site: no (enumerated; 1 of 6 sets broken): " + breach,
+		SiteSummaries: []*havenv1.SiteSummary{
+			{Name: "a", NodeCount: 2, AliveNodes: 2, Voters: 2, Leader: true, GroupsRunning: 4, Reserve: holds},
+			{Name: "b", NodeCount: 2, AliveNodes: 2, Voters: 2, GroupsRunning: 2, Reserve: broken, ReserveBreach: breach},
+			{Name: "w", NodeCount: 1, AliveNodes: 1, Voters: 1, WitnessOnly: true, Reserve: off},
+		},
+	}
+}
+
+func TestWriteStatusSites(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeStatus(&b, stretchStatus()); err != nil {
+		t.Fatal(err)
+	}
+	want := `Node:               a1
+Leader:             a1 (10.0.1.1:7949)
+Raft state:         Leader
+Term:               2
+Commit index:       80
+Applied index:      80
+Voters:             5
+Nonvoters:          0
+Quorum size:        3
+Alive voters:       5
+Nodes:              5 alive / 5 total
+Groups:             6
+Reserve:            can sustain 1 failure(s) and the loss of any one site: no (enumerated; 1 of 6 sets broken): if site b fails (b1,b2), group "db" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2
+Site-loss reserve:  on (placement.reserve_sites 1): every HA group must survive the loss of any one site
+
+SITE  KIND     NODES  VOTERS  LEADER  RUNNING  SITE LOSS
+a     data     2/2    2       yes     4        holds
+b     data     2/2    2       -       2        broken
+w     witness  1/1    1       -       0        -
+if site b fails (b1,b2), group "db" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2
+`
+	if got := b.String(); got != want {
+		t.Errorf("status:\n%s\nwant:\n%s", got, want)
+	}
+
+	// Asked for, but one site hosts groups: the operator reads why it is
+	// not kept.
+	s := stretchStatus()
+	s.ReserveSites, s.ReserveSummary = 0, "can sustain 1 failure(s): yes"
+	for _, ss := range s.SiteSummaries {
+		ss.Reserve, ss.ReserveBreach = havenv1.SiteReserveState_SITE_RESERVE_STATE_OFF, ""
+	}
+	b.Reset()
+	if err := writeStatus(&b, s); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "Site-loss reserve:  not kept: placement.reserve_sites is 1, but fewer than two sites host groups\n") {
+		t.Errorf("status with reserve_sites not kept:\n%s", b.String())
+	}
+}
+
+func TestWriteStatusJSON(t *testing.T) {
+	s := stretchStatus()
+	s.SiteSummaries = s.SiteSummaries[1:2]
+	s.ReserveSummary = "no"
+	var b bytes.Buffer
+	if err := writeJSON(&b, s); err != nil {
+		t.Fatal(err)
+	}
+	want := `{
+  "node": "a1",
+  "leader": "a1",
+  "leaderAddr": "10.0.1.1:7949",
+  "raftState": "Leader",
+  "term": "2",
+  "commitIndex": "80",
+  "appliedIndex": "80",
+  "voters": 5,
+  "quorumSize": 3,
+  "aliveVoters": 5,
+  "nodeCount": 5,
+  "aliveNodes": 5,
+  "groupCount": 6,
+  "sites": [
+    "a",
+    "b",
+    "w"
+  ],
+  "reserveK": 1,
+  "reserveSummary": "no",
+  "reserveSites": 1,
+  "configuredReserveSites": 1,
+  "siteSummaries": [
+    {
+      "name": "b",
+      "nodeCount": 2,
+      "aliveNodes": 2,
+      "voters": 2,
+      "groupsRunning": 2,
+      "reserve": "SITE_RESERVE_STATE_BROKEN",
+      "reserveBreach": "if site b fails (b1,b2), group \"db\" cannot restart: memory: needs 8.0 GiB, at most 2.0 GiB free (node a1) on a1,a2; failed: b1,b2"
+    }
+  ]
+}
+`
+	if got := b.String(); got != want {
+		t.Errorf("status json:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// An agent from before the per-site summary sends the sites as a list.
 func TestWriteStatus(t *testing.T) {
 	var b bytes.Buffer
 	err := writeStatus(&b, &havenv1.GetStatusResponse{

@@ -45,6 +45,9 @@ group that would find no room, and why.`,
 
 // breachText says what breaks, in the words the agent's refusals use.
 func breachText(b *havenv1.ReserveBreach) string {
+	if b.GetSite() != "" && len(b.GetFailedNodes()) > 0 {
+		return fmt.Sprintf("if site %s fails (%s), group %q cannot restart: %s", b.GetSite(), strings.Join(b.GetFailedNodes(), ","), b.GetGroup(), b.GetReason())
+	}
 	switch len(b.GetFailedNodes()) {
 	case 0:
 		return fmt.Sprintf("with no further failure, group %q cannot restart: %s", b.GetGroup(), b.GetReason())
@@ -64,7 +67,11 @@ func yesNo(b bool) string {
 func writeReserve(w io.Writer, r *havenv1.GetReserveResponse) error {
 	tw := newTable(w)
 	kv := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
-	kv(fmt.Sprintf("Can sustain %d failure(s)", r.GetK()), yesNo(r.GetCanSustain()))
+	if r.GetK() == 0 && r.GetReserveSites() > 0 {
+		kv("Can sustain the loss of any one site", yesNo(r.GetCanSustain()))
+	} else {
+		kv(fmt.Sprintf("Can sustain %d failure(s)", r.GetK()), yesNo(r.GetCanSustain()))
+	}
 	method := enumWord(r.GetMethod().String(), "RESERVE_METHOD_")
 	switch r.GetMethod() {
 	case havenv1.ReserveMethod_RESERVE_METHOD_ENUMERATED:
@@ -75,6 +82,12 @@ func writeReserve(w io.Writer, r *havenv1.GetReserveResponse) error {
 	kv("Method", method)
 	kv("Failure sets", fmt.Sprintf("%d checked, %d pruned (displace no HA group), %d broken",
 		r.GetFailureSetsChecked(), r.GetFailureSetsPruned(), r.GetFailureSetsBroken()))
+	switch {
+	case r.GetReserveSites() > 0:
+		kv("Site loss", "checked too: each site that hosts groups is a failure set (placement.reserve_sites 1)")
+	case r.GetConfiguredReserveSites() > 0:
+		kv("Site loss", "not kept: placement.reserve_sites is 1, but fewer than two sites host groups")
+	}
 	kv("Worst failure", dash(strings.Join(r.GetWorstFailure(), ",")))
 	if r.GetBreach() != nil {
 		kv("Breach", breachText(r.GetBreach()))
@@ -84,6 +97,8 @@ func writeReserve(w io.Writer, r *havenv1.GetReserveResponse) error {
 	kv("Headroom", fmt.Sprintf("cpu %s, memory %s (least left after any failure of up to %d node(s) and its restarts)",
 		formatCPU(r.GetHeadroom().GetCpuMillis()), formatSize(r.GetHeadroom().GetMemoryBytes()), r.GetK()))
 	switch {
+	case r.GetEnforced() && r.GetReserveSites() > 0:
+		kv("Admission", fmt.Sprintf("enforced: groups that would break it are refused (placement.reserve %d, placement.reserve_sites 1)", r.GetConfiguredK()))
 	case r.GetEnforced():
 		kv("Admission", fmt.Sprintf("enforced: groups that would break it are refused (placement.reserve %d)", r.GetConfiguredK()))
 	case r.GetConfiguredK() == 0:

@@ -127,6 +127,52 @@ Leader:                    n1
 	}
 }
 
+// The site-loss reserve: kept, it is named with the admission and a
+// site's loss reads as that site; asked for but not kept, it says why.
+func TestWriteReserveSites(t *testing.T) {
+	var b bytes.Buffer
+	r := &havenv1.GetReserveResponse{
+		K: 1, Enforced: true, CanSustain: false, Method: havenv1.ReserveMethod_RESERVE_METHOD_ENUMERATED,
+		WorstFailure: []string{"a1"}, Headroom: &havenv1.Capacity{CpuMillis: 12000, MemoryBytes: 3 << 30},
+		FailureSetsChecked: 6, FailureSetsBroken: 1, Leader: "a1", CpuOvercommit: 4, ConfiguredK: 1,
+		ReserveSites: 1, ConfiguredReserveSites: 1,
+		Breach: &havenv1.ReserveBreach{FailedNodes: []string{"b1", "b2"}, Site: "b", Group: "db", Reason: "memory"},
+	}
+	if err := writeReserve(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	want := `Can sustain 1 failure(s):  no
+Method:                    enumerated (every failure set has a restart plan)
+Failure sets:              6 checked, 0 pruned (displace no HA group), 1 broken
+Site loss:                 checked too: each site that hosts groups is a failure set (placement.reserve_sites 1)
+Worst failure:             a1
+Breach:                    if site b fails (b1,b2), group "db" cannot restart: memory
+Headroom:                  cpu 12, memory 3GiB (least left after any failure of up to 1 node(s) and its restarts)
+Admission:                 enforced: groups that would break it are refused (placement.reserve 1, placement.reserve_sites 1)
+CPU overcommit:            4x
+Leader:                    a1
+`
+	if got := b.String(); got != want {
+		t.Errorf("reserve table:\n%s\nwant:\n%s", got, want)
+	}
+	b.Reset()
+	r.ReserveSites, r.Breach, r.CanSustain = 0, nil, true
+	if err := writeReserve(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "Site loss:                 not kept: placement.reserve_sites is 1, but fewer than two sites host groups\n") {
+		t.Errorf("reserve_sites not kept:\n%s", b.String())
+	}
+	b.Reset()
+	r.K, r.ConfiguredK, r.ReserveSites = 0, 0, 1
+	if err := writeReserve(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(b.String(), "Can sustain the loss of any one site:  yes\n") {
+		t.Errorf("site-loss reserve alone:\n%s", b.String())
+	}
+}
+
 func TestWriteRanked(t *testing.T) {
 	var b bytes.Buffer
 	resp := &havenv1.RankNodesResponse{ReserveK: 1, Nodes: []*havenv1.RankedNode{

@@ -20,8 +20,10 @@ func (s *Service) GetReserve(_ context.Context, req *havenv1.GetReserveRequest) 
 		return nil, s.status(err)
 	}
 	resp := reserveResponse(rep.Reserve)
-	resp.Enforced = rep.K == rep.Kept && rep.Kept > 0
+	resp.Enforced = rep.K == rep.Kept && (rep.Kept > 0 || rep.KeptSites > 0)
 	resp.ConfiguredK = uint32(rep.Configured)
+	resp.ReserveSites = uint32(rep.KeptSites)
+	resp.ConfiguredReserveSites = uint32(rep.ConfiguredSites)
 	resp.Leader = rep.Leader
 	resp.CpuOvercommit = rep.CPUOvercommit
 	return resp, nil
@@ -45,7 +47,7 @@ func reserveResponse(r *placement.Reserve) *havenv1.GetReserveResponse {
 		resp.Method = havenv1.ReserveMethod_RESERVE_METHOD_BOUND
 	}
 	if b := r.Breach; b != nil && !r.OK {
-		resp.Breach = &havenv1.ReserveBreach{FailedNodes: b.Failed, Group: b.Group, Reason: b.Reason}
+		resp.Breach = &havenv1.ReserveBreach{FailedNodes: b.Failed, Group: b.Group, Reason: b.Reason, Site: b.Site}
 	}
 	return resp
 }

@@ -48,6 +48,27 @@ func TestGetReserveBroken(t *testing.T) {
 	}
 }
 
+// A site's loss that breaks the reserve is reported as that site, and the
+// site-loss reserve kept alone is enforced.
+func TestGetReserveSiteLoss(t *testing.T) {
+	f := newFixture()
+	r := &placement.Reserve{
+		K: 0, SiteLoss: true, Method: placement.MethodEnumerated, FailureSets: 2, BrokenSets: 1,
+		Breach: &placement.Breach{Failed: []string{"b1", "b2"}, Site: "b", Group: "db", Reason: "no memory"},
+	}
+	f.leader.reserve = leader.ReserveReport{Reserve: r, Configured: 0, KeptSites: 1, ConfiguredSites: 1}
+	resp, err := f.svc.GetReserve(context.Background(), &havenv1.GetReserveRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetEnforced() || resp.GetReserveSites() != 1 || resp.GetConfiguredReserveSites() != 1 {
+		t.Errorf("enforced %v, reserve sites %d (configured %d): want true, 1 (1)", resp.GetEnforced(), resp.GetReserveSites(), resp.GetConfiguredReserveSites())
+	}
+	if b := resp.GetBreach(); b.GetSite() != "b" || !slices.Equal(b.GetFailedNodes(), []string{"b1", "b2"}) {
+		t.Errorf("breach %v: want site b (b1,b2)", b)
+	}
+}
+
 // Enforced tells the operator whether admission refuses groups that
 // break this reserve: only for the K the leader keeps, and never for 0.
 func TestGetReserveEnforced(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/haven-ha/haven/agent/consensus"
+	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -41,8 +42,7 @@ func TestGetStatus(t *testing.T) {
 		{Name: "n5", Site: "west", Status: alive},
 	}
 	f.state.groups = []*havenv1.Group{{Spec: &havenv1.GroupSpec{Name: "a"}}, {Spec: &havenv1.GroupSpec{Name: "b"}}}
-	f.leader.kept = &placement.Reserve{K: 1, OK: true, Method: placement.MethodEnumerated, FailureSets: 4, WorstFailure: []string{"n2"}}
-	f.leader.keptK = 1
+	f.leader.kept = leader.ReserveReport{Reserve: &placement.Reserve{K: 1, OK: true, Method: placement.MethodEnumerated, FailureSets: 4, WorstFailure: []string{"n2"}}, Kept: 1, Configured: 1}
 
 	resp, err := f.svc.GetStatus(context.Background(), &havenv1.GetStatusRequest{})
 	if err != nil {
@@ -69,6 +69,89 @@ func TestGetStatus(t *testing.T) {
 	}
 	if resp.GetReserveK() != 1 || !resp.GetReserveOk() || resp.GetReserveSummary() != f.leader.kept.Summary() {
 		t.Errorf("reserve k %d ok %v %q: want 1, true, %q", resp.GetReserveK(), resp.GetReserveOk(), resp.GetReserveSummary(), f.leader.kept.Summary())
+	}
+}
+
+// The per-site summary: who lives where, who votes and leads there, what
+// runs there, and whether the site-loss reserve holds for each site.
+func TestGetStatusSites(t *testing.T) {
+	f := newFixture()
+	f.raft.status = consensus.Status{
+		State: "Follower", Leader: "n2",
+		Servers: []raft.Server{
+			{ID: "a1", Suffrage: raft.Voter}, {ID: "a2", Suffrage: raft.Voter},
+			{ID: "b1", Suffrage: raft.Voter}, {ID: "b2", Suffrage: raft.Nonvoter},
+			{ID: "w1", Suffrage: raft.Voter},
+		},
+	}
+	f.located = [2]string{"b1", "10.0.1.1:7443"}
+	alive, failed := havenv1.NodeStatus_NODE_STATUS_ALIVE, havenv1.NodeStatus_NODE_STATUS_FAILED
+	f.state.nodes = []*havenv1.Node{
+		{Name: "a1", Site: "A", Status: alive}, {Name: "a2", Site: "A", Status: failed},
+		{Name: "b1", Site: "B", Status: alive}, {Name: "b2", Site: "B", Status: alive},
+		{Name: "w1", Site: "W", Status: alive, Witness: true},
+	}
+	online, offline := havenv1.GroupState_GROUP_STATE_ONLINE, havenv1.GroupState_GROUP_STATE_OFFLINE
+	f.state.groups = []*havenv1.Group{
+		{Spec: &havenv1.GroupSpec{Name: "x"}, Owner: "a1", State: online},
+		{Spec: &havenv1.GroupSpec{Name: "y"}, Owner: "b1", State: online},
+		{Spec: &havenv1.GroupSpec{Name: "z"}, Owner: "b2", State: havenv1.GroupState_GROUP_STATE_STARTING},
+		{Spec: &havenv1.GroupSpec{Name: "off"}, Owner: "b2", State: offline},
+		{Spec: &havenv1.GroupSpec{Name: "new"}},
+	}
+	breach := &placement.Breach{Failed: []string{"b1", "b2"}, Site: "B", Group: "y", Reason: "memory: needs 8.0 GiB"}
+	f.leader.kept = leader.ReserveReport{
+		Reserve: &placement.Reserve{K: 1, SiteLoss: true, OK: false, Breach: breach, Sites: []placement.SiteReserve{
+			{Site: "A", Failed: []string{"a1"}, OK: true},
+			{Site: "B", Failed: []string{"b1", "b2"}, Breach: breach},
+		}},
+		Kept: 1, Configured: 1, KeptSites: 1, ConfiguredSites: 1,
+	}
+	resp, err := f.svc.GetStatus(context.Background(), &havenv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetReserveSites() != 1 || resp.GetConfiguredReserveSites() != 1 || resp.GetReserveOk() {
+		t.Errorf("reserve sites %d (configured %d), ok %v: want 1 (1), false", resp.GetReserveSites(), resp.GetConfiguredReserveSites(), resp.GetReserveOk())
+	}
+	type site struct {
+		name                 string
+		nodes, alive, voters uint32
+		leader, witness      bool
+		running              uint32
+		reserve              havenv1.SiteReserveState
+		breach               string
+	}
+	var got []site
+	for _, s := range resp.GetSiteSummaries() {
+		got = append(got, site{s.GetName(), s.GetNodeCount(), s.GetAliveNodes(), s.GetVoters(), s.GetLeader(), s.GetWitnessOnly(), s.GetGroupsRunning(), s.GetReserve(), s.GetReserveBreach()})
+	}
+	holds, broken, off := havenv1.SiteReserveState_SITE_RESERVE_STATE_HOLDS, havenv1.SiteReserveState_SITE_RESERVE_STATE_BROKEN, havenv1.SiteReserveState_SITE_RESERVE_STATE_OFF
+	want := []site{
+		{"A", 2, 1, 2, false, false, 1, holds, ""},
+		{"B", 2, 2, 1, true, false, 2, broken, breach.String()},
+		{"W", 1, 1, 1, false, true, 0, off, ""},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("sites\n got %+v\nwant %+v", got, want)
+	}
+	if !slices.Equal(resp.GetSites(), []string{"A", "B", "W"}) {
+		t.Errorf("sites %q: want [A B W]", resp.GetSites())
+	}
+
+	// Without the site-loss reserve every site reads off.
+	f.leader.kept = leader.ReserveReport{Reserve: &placement.Reserve{K: 1, OK: true}, Kept: 1, Configured: 1, ConfiguredSites: 1}
+	resp, err = f.svc.GetStatus(context.Background(), &havenv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range resp.GetSiteSummaries() {
+		if s.GetReserve() != off {
+			t.Errorf("site %s: reserve %v with the site-loss reserve not kept", s.GetName(), s.GetReserve())
+		}
+	}
+	if resp.GetReserveSites() != 0 || resp.GetConfiguredReserveSites() != 1 {
+		t.Errorf("reserve sites %d (configured %d): want 0 (1): configured but not kept", resp.GetReserveSites(), resp.GetConfiguredReserveSites())
 	}
 }
 

@@ -19,15 +19,15 @@ func (s *Service) RankNodes(_ context.Context, req *havenv1.RankNodesRequest) (*
 	if err := checkRankRequest(req); err != nil {
 		return nil, err
 	}
-	ranked, k, err := s.cfg.Leader.Rank(rankSpec(req))
+	ranked, kept, err := s.cfg.Leader.Rank(rankSpec(req))
 	if err != nil {
 		return nil, s.status(err)
 	}
-	resp := &havenv1.RankNodesResponse{ReserveK: uint32(k)}
+	resp := &havenv1.RankNodesResponse{ReserveK: uint32(kept.K)}
 	for _, r := range ranked {
 		resp.Nodes = append(resp.Nodes, &havenv1.RankedNode{
 			Node: r.Node, Score: int32(r.Score), Stars: int32(r.Stars), Feasible: r.Feasible,
-			KeepsReserve: r.KeepsReserve || (k == 0 && r.Feasible), Why: r.Why,
+			KeepsReserve: r.KeepsReserve || (!kept.On() && r.Feasible), Why: r.Why,
 		})
 	}
 	return resp, nil

@@ -20,7 +20,7 @@ func TestRankNodes(t *testing.T) {
 		{Node: "n3", Score: 60, Stars: 0, Feasible: true, KeepsReserve: false, Why: []string{"breaks the reserve"}},
 		{Node: "n1", Score: 0, Stars: 0, Feasible: false, Why: []string{"memory"}},
 	}
-	f.leader.rankK = 1
+	f.leader.rankSpec = placement.Spec{K: 1}
 	req := &havenv1.RankNodesRequest{
 		CpuMillis: 2000, MemoryBytes: 4 << 30, Priority: havenv1.Priority_PRIORITY_HIGH,
 		PossibleOwners: []string{"n1", "n2", "n3"}, PreferredOwners: []string{"n2"},

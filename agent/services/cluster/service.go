@@ -35,8 +35,8 @@ type Leader interface {
 	StopGroup(name, requestID string) (*havenv1.Group, error)
 	SetDrain(node string, draining bool, requestID string) (*havenv1.Node, error)
 	Reserve(k int) (leader.ReserveReport, error)
-	KeptReserve() (*placement.Reserve, int)
-	Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, int, error)
+	KeptReserve() leader.ReserveReport
+	Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, placement.Spec, error)
 	Balance(power, dryRun bool) (leader.BalanceReport, error)
 	MoveGroup(req leader.MoveRequest) (*havenv1.Operation, error)
 	CancelOperation(id, requestID string) (*havenv1.Operation, error)

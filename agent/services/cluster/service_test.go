@@ -72,10 +72,9 @@ type fakeLeader struct {
 	group      *havenv1.Group
 	node       *havenv1.Node
 	reserve    leader.ReserveReport
-	kept       *placement.Reserve
-	keptK      int
+	kept       leader.ReserveReport
 	ranked     []placement.Ranked
-	rankK      int
+	rankSpec   placement.Spec
 	balance    leader.BalanceReport
 	op         *havenv1.Operation
 	move       leader.MoveRequest
@@ -137,12 +136,12 @@ func (l *fakeLeader) Reserve(k int) (leader.ReserveReport, error) {
 	return l.reserve, l.err
 }
 
-func (l *fakeLeader) KeptReserve() (*placement.Reserve, int) { return l.kept, l.keptK }
+func (l *fakeLeader) KeptReserve() leader.ReserveReport { return l.kept }
 
-func (l *fakeLeader) Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, int, error) {
+func (l *fakeLeader) Rank(spec *havenv1.GroupSpec) ([]placement.Ranked, placement.Spec, error) {
 	l.calls = append(l.calls, "Rank")
 	l.spec = spec
-	return l.ranked, l.rankK, l.err
+	return l.ranked, l.rankSpec, l.err
 }
 
 func (l *fakeLeader) Balance(power, dryRun bool) (leader.BalanceReport, error) {

@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SiteReserveState int32
+
+const (
+	SiteReserveState_SITE_RESERVE_STATE_UNSPECIFIED SiteReserveState = 0
+	// Not checked: the site-loss reserve is not kept, or the site is of
+	// witnesses only (it hosts nothing, so its loss displaces nothing).
+	SiteReserveState_SITE_RESERVE_STATE_OFF SiteReserveState = 1
+	// Every HA group has a restart plan for the loss of this site.
+	SiteReserveState_SITE_RESERVE_STATE_HOLDS SiteReserveState = 2
+	// Some HA group has none.
+	SiteReserveState_SITE_RESERVE_STATE_BROKEN SiteReserveState = 3
+)
+
+// Enum value maps for SiteReserveState.
+var (
+	SiteReserveState_name = map[int32]string{
+		0: "SITE_RESERVE_STATE_UNSPECIFIED",
+		1: "SITE_RESERVE_STATE_OFF",
+		2: "SITE_RESERVE_STATE_HOLDS",
+		3: "SITE_RESERVE_STATE_BROKEN",
+	}
+	SiteReserveState_value = map[string]int32{
+		"SITE_RESERVE_STATE_UNSPECIFIED": 0,
+		"SITE_RESERVE_STATE_OFF":         1,
+		"SITE_RESERVE_STATE_HOLDS":       2,
+		"SITE_RESERVE_STATE_BROKEN":      3,
+	}
+)
+
+func (x SiteReserveState) Enum() *SiteReserveState {
+	p := new(SiteReserveState)
+	*p = x
+	return p
+}
+
+func (x SiteReserveState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SiteReserveState) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_cluster_proto_enumTypes[0].Descriptor()
+}
+
+func (SiteReserveState) Type() protoreflect.EnumType {
+	return &file_haven_v1_cluster_proto_enumTypes[0]
+}
+
+func (x SiteReserveState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SiteReserveState.Descriptor instead.
+func (SiteReserveState) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
 type RaftRole int32
 
 const (
@@ -60,11 +116,11 @@ func (x RaftRole) String() string {
 }
 
 func (RaftRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_cluster_proto_enumTypes[0].Descriptor()
+	return file_haven_v1_cluster_proto_enumTypes[1].Descriptor()
 }
 
 func (RaftRole) Type() protoreflect.EnumType {
-	return &file_haven_v1_cluster_proto_enumTypes[0]
+	return &file_haven_v1_cluster_proto_enumTypes[1]
 }
 
 func (x RaftRole) Number() protoreflect.EnumNumber {
@@ -73,7 +129,7 @@ func (x RaftRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RaftRole.Descriptor instead.
 func (RaftRole) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
 }
 
 type ReserveMethod int32
@@ -113,11 +169,11 @@ func (x ReserveMethod) String() string {
 }
 
 func (ReserveMethod) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_cluster_proto_enumTypes[1].Descriptor()
+	return file_haven_v1_cluster_proto_enumTypes[2].Descriptor()
 }
 
 func (ReserveMethod) Type() protoreflect.EnumType {
-	return &file_haven_v1_cluster_proto_enumTypes[1]
+	return &file_haven_v1_cluster_proto_enumTypes[2]
 }
 
 func (x ReserveMethod) Number() protoreflect.EnumNumber {
@@ -126,7 +182,7 @@ func (x ReserveMethod) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReserveMethod.Descriptor instead.
 func (ReserveMethod) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 type BalancerMode int32
@@ -167,11 +223,11 @@ func (x BalancerMode) String() string {
 }
 
 func (BalancerMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_cluster_proto_enumTypes[2].Descriptor()
+	return file_haven_v1_cluster_proto_enumTypes[3].Descriptor()
 }
 
 func (BalancerMode) Type() protoreflect.EnumType {
-	return &file_haven_v1_cluster_proto_enumTypes[2]
+	return &file_haven_v1_cluster_proto_enumTypes[3]
 }
 
 func (x BalancerMode) Number() protoreflect.EnumNumber {
@@ -180,7 +236,7 @@ func (x BalancerMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BalancerMode.Descriptor instead.
 func (BalancerMode) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 type MoveGroupRequest struct {
@@ -686,8 +742,17 @@ type GetStatusResponse struct {
 	ReserveK       uint32 `protobuf:"varint,16,opt,name=reserve_k,json=reserveK,proto3" json:"reserve_k,omitempty"`
 	ReserveOk      bool   `protobuf:"varint,17,opt,name=reserve_ok,json=reserveOk,proto3" json:"reserve_ok,omitempty"`
 	ReserveSummary string `protobuf:"bytes,18,opt,name=reserve_summary,json=reserveSummary,proto3" json:"reserve_summary,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The site-loss reserve in force: 1 when every HA group must also
+	// survive the loss of any one site (reserve_ok and reserve_summary then
+	// cover it too); 0 when placement.reserve_sites is 0 or, while fewer
+	// than two sites host groups, cannot be kept.
+	ReserveSites uint32 `protobuf:"varint,19,opt,name=reserve_sites,json=reserveSites,proto3" json:"reserve_sites,omitempty"`
+	// The answering agent's placement.reserve_sites.
+	ConfiguredReserveSites uint32 `protobuf:"varint,20,opt,name=configured_reserve_sites,json=configuredReserveSites,proto3" json:"configured_reserve_sites,omitempty"`
+	// Each site of sites, in the same order.
+	SiteSummaries []*SiteSummary `protobuf:"bytes,21,rep,name=site_summaries,json=siteSummaries,proto3" json:"site_summaries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -846,6 +911,145 @@ func (x *GetStatusResponse) GetReserveSummary() string {
 	return ""
 }
 
+func (x *GetStatusResponse) GetReserveSites() uint32 {
+	if x != nil {
+		return x.ReserveSites
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetConfiguredReserveSites() uint32 {
+	if x != nil {
+		return x.ConfiguredReserveSites
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetSiteSummaries() []*SiteSummary {
+	if x != nil {
+		return x.SiteSummaries
+	}
+	return nil
+}
+
+// SiteSummary is one site as the answering agent sees it.
+type SiteSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The site's nodes the state knows, and those of them alive.
+	NodeCount  uint32 `protobuf:"varint,2,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
+	AliveNodes uint32 `protobuf:"varint,3,opt,name=alive_nodes,json=aliveNodes,proto3" json:"alive_nodes,omitempty"`
+	// Raft voters among its nodes.
+	Voters uint32 `protobuf:"varint,4,opt,name=voters,proto3" json:"voters,omitempty"`
+	// The leader is one of its nodes.
+	Leader bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Every node of the site is a witness: it votes and hosts no group.
+	WitnessOnly bool `protobuf:"varint,6,opt,name=witness_only,json=witnessOnly,proto3" json:"witness_only,omitempty"`
+	// Groups whose owner is one of its nodes and that are starting, online
+	// or stopping there.
+	GroupsRunning uint32 `protobuf:"varint,7,opt,name=groups_running,json=groupsRunning,proto3" json:"groups_running,omitempty"`
+	// Whether every HA group could restart in the other sites if this whole
+	// site were lost, as the site-loss reserve (reserve_sites) checks it.
+	Reserve SiteReserveState `protobuf:"varint,8,opt,name=reserve,proto3,enum=haven.v1.SiteReserveState" json:"reserve,omitempty"`
+	// When broken, the group that would find no room and why.
+	ReserveBreach string `protobuf:"bytes,9,opt,name=reserve_breach,json=reserveBreach,proto3" json:"reserve_breach,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteSummary) Reset() {
+	*x = SiteSummary{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteSummary) ProtoMessage() {}
+
+func (x *SiteSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteSummary.ProtoReflect.Descriptor instead.
+func (*SiteSummary) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SiteSummary) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SiteSummary) GetNodeCount() uint32 {
+	if x != nil {
+		return x.NodeCount
+	}
+	return 0
+}
+
+func (x *SiteSummary) GetAliveNodes() uint32 {
+	if x != nil {
+		return x.AliveNodes
+	}
+	return 0
+}
+
+func (x *SiteSummary) GetVoters() uint32 {
+	if x != nil {
+		return x.Voters
+	}
+	return 0
+}
+
+func (x *SiteSummary) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *SiteSummary) GetWitnessOnly() bool {
+	if x != nil {
+		return x.WitnessOnly
+	}
+	return false
+}
+
+func (x *SiteSummary) GetGroupsRunning() uint32 {
+	if x != nil {
+		return x.GroupsRunning
+	}
+	return 0
+}
+
+func (x *SiteSummary) GetReserve() SiteReserveState {
+	if x != nil {
+		return x.Reserve
+	}
+	return SiteReserveState_SITE_RESERVE_STATE_UNSPECIFIED
+}
+
+func (x *SiteSummary) GetReserveBreach() string {
+	if x != nil {
+		return x.ReserveBreach
+	}
+	return ""
+}
+
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// As in GetGroupRequest.
@@ -856,7 +1060,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1072,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1085,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListNodesRequest) GetConsistent() bool {
@@ -902,7 +1106,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1118,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1131,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeInfo) GetNode() *Node {
@@ -961,7 +1165,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1177,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1190,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1015,7 +1219,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1231,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1244,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateGroupRequest) GetSpec() *GroupSpec {
@@ -1066,7 +1270,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1282,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1295,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateGroupResponse) GetGroup() *Group {
@@ -1122,7 +1326,7 @@ type ReadMeta struct {
 
 func (x *ReadMeta) Reset() {
 	*x = ReadMeta{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1338,7 @@ func (x *ReadMeta) String() string {
 func (*ReadMeta) ProtoMessage() {}
 
 func (x *ReadMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1351,7 @@ func (x *ReadMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMeta.ProtoReflect.Descriptor instead.
 func (*ReadMeta) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadMeta) GetIndex() uint64 {
@@ -1197,7 +1401,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1413,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1426,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -1249,7 +1453,7 @@ type GetGroupResponse struct {
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1465,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1478,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -1301,7 +1505,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1517,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1530,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListGroupsRequest) GetConsistent() bool {
@@ -1346,7 +1550,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1562,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1575,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -1398,7 +1602,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1614,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1627,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -1448,7 +1652,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1664,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1677,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 type StartGroupRequest struct {
@@ -1488,7 +1692,7 @@ type StartGroupRequest struct {
 
 func (x *StartGroupRequest) Reset() {
 	*x = StartGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1704,7 @@ func (x *StartGroupRequest) String() string {
 func (*StartGroupRequest) ProtoMessage() {}
 
 func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1717,7 @@ func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupRequest.ProtoReflect.Descriptor instead.
 func (*StartGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartGroupRequest) GetName() string {
@@ -1546,7 +1750,7 @@ type StartGroupResponse struct {
 
 func (x *StartGroupResponse) Reset() {
 	*x = StartGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1762,7 @@ func (x *StartGroupResponse) String() string {
 func (*StartGroupResponse) ProtoMessage() {}
 
 func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1775,7 @@ func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupResponse.ProtoReflect.Descriptor instead.
 func (*StartGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartGroupResponse) GetGroup() *Group {
@@ -1591,7 +1795,7 @@ type StopGroupRequest struct {
 
 func (x *StopGroupRequest) Reset() {
 	*x = StopGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1807,7 @@ func (x *StopGroupRequest) String() string {
 func (*StopGroupRequest) ProtoMessage() {}
 
 func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1820,7 @@ func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupRequest.ProtoReflect.Descriptor instead.
 func (*StopGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StopGroupRequest) GetName() string {
@@ -1642,7 +1846,7 @@ type StopGroupResponse struct {
 
 func (x *StopGroupResponse) Reset() {
 	*x = StopGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1858,7 @@ func (x *StopGroupResponse) String() string {
 func (*StopGroupResponse) ProtoMessage() {}
 
 func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1871,7 @@ func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupResponse.ProtoReflect.Descriptor instead.
 func (*StopGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StopGroupResponse) GetGroup() *Group {
@@ -1687,7 +1891,7 @@ type GetReserveRequest struct {
 
 func (x *GetReserveRequest) Reset() {
 	*x = GetReserveRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1903,7 @@ func (x *GetReserveRequest) String() string {
 func (*GetReserveRequest) ProtoMessage() {}
 
 func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1916,7 @@ func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveRequest.ProtoReflect.Descriptor instead.
 func (*GetReserveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetReserveRequest) GetK() uint32 {
@@ -1731,14 +1935,17 @@ type ReserveBreach struct {
 	// The most important HA group left without room.
 	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
 	// Why no node takes it, node by node.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set when the failure is the loss of this whole site; failed_nodes
+	// are then its nodes that were up.
+	Site          string `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReserveBreach) Reset() {
 	*x = ReserveBreach{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1957,7 @@ func (x *ReserveBreach) String() string {
 func (*ReserveBreach) ProtoMessage() {}
 
 func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1970,7 @@ func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveBreach.ProtoReflect.Descriptor instead.
 func (*ReserveBreach) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReserveBreach) GetFailedNodes() []string {
@@ -1783,6 +1990,13 @@ func (x *ReserveBreach) GetGroup() string {
 func (x *ReserveBreach) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReserveBreach) GetSite() string {
+	if x != nil {
+		return x.Site
 	}
 	return ""
 }
@@ -1821,14 +2035,20 @@ type GetReserveResponse struct {
 	// The leader's placement.reserve. The reserve it keeps is lower when the
 	// cluster has too few nodes that host groups: at most their number
 	// minus one.
-	ConfiguredK   uint32 `protobuf:"varint,14,opt,name=configured_k,json=configuredK,proto3" json:"configured_k,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ConfiguredK uint32 `protobuf:"varint,14,opt,name=configured_k,json=configuredK,proto3" json:"configured_k,omitempty"`
+	// 1: the reserve answered for the loss of any one site as well (every
+	// site that hosts groups is a failure set), as the leader keeps it.
+	ReserveSites uint32 `protobuf:"varint,15,opt,name=reserve_sites,json=reserveSites,proto3" json:"reserve_sites,omitempty"`
+	// The leader's placement.reserve_sites. The site-loss reserve is not
+	// kept (reserve_sites 0) while fewer than two sites host groups.
+	ConfiguredReserveSites uint32 `protobuf:"varint,16,opt,name=configured_reserve_sites,json=configuredReserveSites,proto3" json:"configured_reserve_sites,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *GetReserveResponse) Reset() {
 	*x = GetReserveResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2060,7 @@ func (x *GetReserveResponse) String() string {
 func (*GetReserveResponse) ProtoMessage() {}
 
 func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2073,7 @@ func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveResponse.ProtoReflect.Descriptor instead.
 func (*GetReserveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetReserveResponse) GetK() uint32 {
@@ -1954,6 +2174,20 @@ func (x *GetReserveResponse) GetConfiguredK() uint32 {
 	return 0
 }
 
+func (x *GetReserveResponse) GetReserveSites() uint32 {
+	if x != nil {
+		return x.ReserveSites
+	}
+	return 0
+}
+
+func (x *GetReserveResponse) GetConfiguredReserveSites() uint32 {
+	if x != nil {
+		return x.ConfiguredReserveSites
+	}
+	return 0
+}
+
 type RankNodesRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	CpuMillis   int64                  `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
@@ -1974,7 +2208,7 @@ type RankNodesRequest struct {
 
 func (x *RankNodesRequest) Reset() {
 	*x = RankNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2220,7 @@ func (x *RankNodesRequest) String() string {
 func (*RankNodesRequest) ProtoMessage() {}
 
 func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2233,7 @@ func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesRequest.ProtoReflect.Descriptor instead.
 func (*RankNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RankNodesRequest) GetCpuMillis() int64 {
@@ -2079,7 +2313,7 @@ type RankedNode struct {
 
 func (x *RankedNode) Reset() {
 	*x = RankedNode{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2325,7 @@ func (x *RankedNode) String() string {
 func (*RankedNode) ProtoMessage() {}
 
 func (x *RankedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2338,7 @@ func (x *RankedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankedNode.ProtoReflect.Descriptor instead.
 func (*RankedNode) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RankedNode) GetNode() string {
@@ -2163,7 +2397,7 @@ type RankNodesResponse struct {
 
 func (x *RankNodesResponse) Reset() {
 	*x = RankNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2409,7 @@ func (x *RankNodesResponse) String() string {
 func (*RankNodesResponse) ProtoMessage() {}
 
 func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2422,7 @@ func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesResponse.ProtoReflect.Descriptor instead.
 func (*RankNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RankNodesResponse) GetNodes() []*RankedNode {
@@ -2220,7 +2454,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2466,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2479,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BalanceRequest) GetDryRun() bool {
@@ -2284,7 +2518,7 @@ type BalanceMove struct {
 
 func (x *BalanceMove) Reset() {
 	*x = BalanceMove{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2530,7 @@ func (x *BalanceMove) String() string {
 func (*BalanceMove) ProtoMessage() {}
 
 func (x *BalanceMove) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2543,7 @@ func (x *BalanceMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceMove.ProtoReflect.Descriptor instead.
 func (*BalanceMove) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BalanceMove) GetGroup() string {
@@ -2395,7 +2629,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[34]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2641,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[34]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2654,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{34}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *BalanceResponse) GetMode() BalancerMode {
@@ -2503,7 +2737,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[35]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2749,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[35]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2762,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{35}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2556,7 +2790,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[36]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2802,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[36]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2815,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{36}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -2608,7 +2842,7 @@ type ResumeNodeRequest struct {
 
 func (x *ResumeNodeRequest) Reset() {
 	*x = ResumeNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[37]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2854,7 @@ func (x *ResumeNodeRequest) String() string {
 func (*ResumeNodeRequest) ProtoMessage() {}
 
 func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[37]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2867,7 @@ func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{37}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResumeNodeRequest) GetNode() string {
@@ -2659,7 +2893,7 @@ type ResumeNodeResponse struct {
 
 func (x *ResumeNodeResponse) Reset() {
 	*x = ResumeNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[38]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2905,7 @@ func (x *ResumeNodeResponse) String() string {
 func (*ResumeNodeResponse) ProtoMessage() {}
 
 func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[38]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2918,7 @@ func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{38}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResumeNodeResponse) GetNode() *Node {
@@ -2711,7 +2945,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[39]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2957,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[39]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2970,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{39}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchEventsRequest) GetFromIndex() uint64 {
@@ -2783,7 +3017,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[40]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +3029,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[40]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +3042,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{40}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2840,7 +3074,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[41]
+	mi := &file_haven_v1_cluster_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3086,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[41]
+	mi := &file_haven_v1_cluster_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3099,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{41}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Event) GetIndex() uint64 {
@@ -2970,7 +3204,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"L\n" +
 	"\x17CancelOperationResponse\x121\n" +
 	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\"\x12\n" +
-	"\x10GetStatusRequest\"\xb1\x04\n" +
+	"\x10GetStatusRequest\"\xce\x05\n" +
 	"\x11GetStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12\x1f\n" +
@@ -2997,7 +3231,22 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\treserve_k\x18\x10 \x01(\rR\breserveK\x12\x1d\n" +
 	"\n" +
 	"reserve_ok\x18\x11 \x01(\bR\treserveOk\x12'\n" +
-	"\x0freserve_summary\x18\x12 \x01(\tR\x0ereserveSummary\"2\n" +
+	"\x0freserve_summary\x18\x12 \x01(\tR\x0ereserveSummary\x12#\n" +
+	"\rreserve_sites\x18\x13 \x01(\rR\freserveSites\x128\n" +
+	"\x18configured_reserve_sites\x18\x14 \x01(\rR\x16configuredReserveSites\x12<\n" +
+	"\x0esite_summaries\x18\x15 \x03(\v2\x15.haven.v1.SiteSummaryR\rsiteSummaries\"\xb8\x02\n" +
+	"\vSiteSummary\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"node_count\x18\x02 \x01(\rR\tnodeCount\x12\x1f\n" +
+	"\valive_nodes\x18\x03 \x01(\rR\n" +
+	"aliveNodes\x12\x16\n" +
+	"\x06voters\x18\x04 \x01(\rR\x06voters\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12!\n" +
+	"\fwitness_only\x18\x06 \x01(\bR\vwitnessOnly\x12%\n" +
+	"\x0egroups_running\x18\a \x01(\rR\rgroupsRunning\x124\n" +
+	"\areserve\x18\b \x01(\x0e2\x1a.haven.v1.SiteReserveStateR\areserve\x12%\n" +
+	"\x0ereserve_breach\x18\t \x01(\tR\rreserveBreach\"2\n" +
 	"\x10ListNodesRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
@@ -3058,11 +3307,12 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x11StopGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\"!\n" +
 	"\x11GetReserveRequest\x12\f\n" +
-	"\x01k\x18\x01 \x01(\rR\x01k\"`\n" +
+	"\x01k\x18\x01 \x01(\rR\x01k\"t\n" +
 	"\rReserveBreach\x12!\n" +
 	"\ffailed_nodes\x18\x01 \x03(\tR\vfailedNodes\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa4\x04\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04site\x18\x04 \x01(\tR\x04site\"\x83\x05\n" +
 	"\x12GetReserveResponse\x12\f\n" +
 	"\x01k\x18\x01 \x01(\rR\x01k\x12\x1a\n" +
 	"\benforced\x18\x02 \x01(\bR\benforced\x12\x1f\n" +
@@ -3079,7 +3329,9 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\asummary\x18\v \x01(\tR\asummary\x12\x16\n" +
 	"\x06leader\x18\f \x01(\tR\x06leader\x12%\n" +
 	"\x0ecpu_overcommit\x18\r \x01(\x01R\rcpuOvercommit\x12!\n" +
-	"\fconfigured_k\x18\x0e \x01(\rR\vconfiguredK\"\xd0\x03\n" +
+	"\fconfigured_k\x18\x0e \x01(\rR\vconfiguredK\x12#\n" +
+	"\rreserve_sites\x18\x0f \x01(\rR\freserveSites\x128\n" +
+	"\x18configured_reserve_sites\x18\x10 \x01(\rR\x16configuredReserveSites\"\xd0\x03\n" +
 	"\x10RankNodesRequest\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
@@ -3160,7 +3412,12 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12\x14\n" +
 	"\x05state\x18\a \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
-	"\arefused\x18\t \x01(\tR\arefused*f\n" +
+	"\arefused\x18\t \x01(\tR\arefused*\x8f\x01\n" +
+	"\x10SiteReserveState\x12\"\n" +
+	"\x1eSITE_RESERVE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16SITE_RESERVE_STATE_OFF\x10\x01\x12\x1c\n" +
+	"\x18SITE_RESERVE_STATE_HOLDS\x10\x02\x12\x1d\n" +
+	"\x19SITE_RESERVE_STATE_BROKEN\x10\x03*f\n" +
 	"\bRaftRole\x12\x19\n" +
 	"\x15RAFT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eRAFT_ROLE_NONE\x10\x01\x12\x13\n" +
@@ -3212,141 +3469,145 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_haven_v1_cluster_proto_rawDescData
 }
 
-var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_haven_v1_cluster_proto_goTypes = []any{
-	(RaftRole)(0),                   // 0: haven.v1.RaftRole
-	(ReserveMethod)(0),              // 1: haven.v1.ReserveMethod
-	(BalancerMode)(0),               // 2: haven.v1.BalancerMode
-	(*MoveGroupRequest)(nil),        // 3: haven.v1.MoveGroupRequest
-	(*MoveGroupResponse)(nil),       // 4: haven.v1.MoveGroupResponse
-	(*GetOperationRequest)(nil),     // 5: haven.v1.GetOperationRequest
-	(*GetOperationResponse)(nil),    // 6: haven.v1.GetOperationResponse
-	(*ListOperationsRequest)(nil),   // 7: haven.v1.ListOperationsRequest
-	(*ListOperationsResponse)(nil),  // 8: haven.v1.ListOperationsResponse
-	(*CancelOperationRequest)(nil),  // 9: haven.v1.CancelOperationRequest
-	(*CancelOperationResponse)(nil), // 10: haven.v1.CancelOperationResponse
-	(*GetStatusRequest)(nil),        // 11: haven.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),       // 12: haven.v1.GetStatusResponse
-	(*ListNodesRequest)(nil),        // 13: haven.v1.ListNodesRequest
-	(*NodeInfo)(nil),                // 14: haven.v1.NodeInfo
-	(*ListNodesResponse)(nil),       // 15: haven.v1.ListNodesResponse
-	(*CreateGroupRequest)(nil),      // 16: haven.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),     // 17: haven.v1.CreateGroupResponse
-	(*ReadMeta)(nil),                // 18: haven.v1.ReadMeta
-	(*GetGroupRequest)(nil),         // 19: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),        // 20: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),       // 21: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),      // 22: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),      // 23: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),     // 24: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),       // 25: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),      // 26: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),        // 27: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),       // 28: haven.v1.StopGroupResponse
-	(*GetReserveRequest)(nil),       // 29: haven.v1.GetReserveRequest
-	(*ReserveBreach)(nil),           // 30: haven.v1.ReserveBreach
-	(*GetReserveResponse)(nil),      // 31: haven.v1.GetReserveResponse
-	(*RankNodesRequest)(nil),        // 32: haven.v1.RankNodesRequest
-	(*RankedNode)(nil),              // 33: haven.v1.RankedNode
-	(*RankNodesResponse)(nil),       // 34: haven.v1.RankNodesResponse
-	(*BalanceRequest)(nil),          // 35: haven.v1.BalanceRequest
-	(*BalanceMove)(nil),             // 36: haven.v1.BalanceMove
-	(*BalanceResponse)(nil),         // 37: haven.v1.BalanceResponse
-	(*DrainNodeRequest)(nil),        // 38: haven.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 39: haven.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),       // 40: haven.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),      // 41: haven.v1.ResumeNodeResponse
-	(*WatchEventsRequest)(nil),      // 42: haven.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 43: haven.v1.WatchEventsResponse
-	(*Event)(nil),                   // 44: haven.v1.Event
-	nil,                             // 45: haven.v1.RankNodesRequest.NodeSelectorEntry
-	(MoveKind)(0),                   // 46: haven.v1.MoveKind
-	(*durationpb.Duration)(nil),     // 47: google.protobuf.Duration
-	(*Operation)(nil),               // 48: haven.v1.Operation
-	(*Node)(nil),                    // 49: haven.v1.Node
-	(*GroupSpec)(nil),               // 50: haven.v1.GroupSpec
-	(*Group)(nil),                   // 51: haven.v1.Group
-	(*Capacity)(nil),                // 52: haven.v1.Capacity
-	(*AntiAffinity)(nil),            // 53: haven.v1.AntiAffinity
-	(Priority)(0),                   // 54: haven.v1.Priority
-	(*timestamppb.Timestamp)(nil),   // 55: google.protobuf.Timestamp
+	(SiteReserveState)(0),           // 0: haven.v1.SiteReserveState
+	(RaftRole)(0),                   // 1: haven.v1.RaftRole
+	(ReserveMethod)(0),              // 2: haven.v1.ReserveMethod
+	(BalancerMode)(0),               // 3: haven.v1.BalancerMode
+	(*MoveGroupRequest)(nil),        // 4: haven.v1.MoveGroupRequest
+	(*MoveGroupResponse)(nil),       // 5: haven.v1.MoveGroupResponse
+	(*GetOperationRequest)(nil),     // 6: haven.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),    // 7: haven.v1.GetOperationResponse
+	(*ListOperationsRequest)(nil),   // 8: haven.v1.ListOperationsRequest
+	(*ListOperationsResponse)(nil),  // 9: haven.v1.ListOperationsResponse
+	(*CancelOperationRequest)(nil),  // 10: haven.v1.CancelOperationRequest
+	(*CancelOperationResponse)(nil), // 11: haven.v1.CancelOperationResponse
+	(*GetStatusRequest)(nil),        // 12: haven.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),       // 13: haven.v1.GetStatusResponse
+	(*SiteSummary)(nil),             // 14: haven.v1.SiteSummary
+	(*ListNodesRequest)(nil),        // 15: haven.v1.ListNodesRequest
+	(*NodeInfo)(nil),                // 16: haven.v1.NodeInfo
+	(*ListNodesResponse)(nil),       // 17: haven.v1.ListNodesResponse
+	(*CreateGroupRequest)(nil),      // 18: haven.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 19: haven.v1.CreateGroupResponse
+	(*ReadMeta)(nil),                // 20: haven.v1.ReadMeta
+	(*GetGroupRequest)(nil),         // 21: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),        // 22: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),       // 23: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 24: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 25: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 26: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),       // 27: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),      // 28: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),        // 29: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),       // 30: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),       // 31: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),           // 32: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),      // 33: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),        // 34: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),              // 35: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),       // 36: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),          // 37: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),             // 38: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),         // 39: haven.v1.BalanceResponse
+	(*DrainNodeRequest)(nil),        // 40: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 41: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),       // 42: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),      // 43: haven.v1.ResumeNodeResponse
+	(*WatchEventsRequest)(nil),      // 44: haven.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 45: haven.v1.WatchEventsResponse
+	(*Event)(nil),                   // 46: haven.v1.Event
+	nil,                             // 47: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(MoveKind)(0),                   // 48: haven.v1.MoveKind
+	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
+	(*Operation)(nil),               // 50: haven.v1.Operation
+	(*Node)(nil),                    // 51: haven.v1.Node
+	(*GroupSpec)(nil),               // 52: haven.v1.GroupSpec
+	(*Group)(nil),                   // 53: haven.v1.Group
+	(*Capacity)(nil),                // 54: haven.v1.Capacity
+	(*AntiAffinity)(nil),            // 55: haven.v1.AntiAffinity
+	(Priority)(0),                   // 56: haven.v1.Priority
+	(*timestamppb.Timestamp)(nil),   // 57: google.protobuf.Timestamp
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	46, // 0: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
-	47, // 1: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
-	48, // 2: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
-	48, // 3: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
-	18, // 4: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
-	48, // 5: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
-	18, // 6: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
-	48, // 7: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
-	49, // 8: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
-	0,  // 9: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
-	14, // 10: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	18, // 11: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
-	50, // 12: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	51, // 13: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	51, // 14: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	18, // 15: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
-	51, // 16: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	18, // 17: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
-	51, // 18: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	51, // 19: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	1,  // 20: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
-	30, // 21: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	52, // 22: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	53, // 23: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	54, // 24: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	45, // 25: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
-	33, // 26: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
-	2,  // 27: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
-	36, // 28: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	49, // 29: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	49, // 30: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	44, // 31: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
-	55, // 32: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
-	11, // 33: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	13, // 34: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	16, // 35: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	19, // 36: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	21, // 37: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	23, // 38: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	25, // 39: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	27, // 40: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	29, // 41: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	32, // 42: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	35, // 43: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	38, // 44: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	40, // 45: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	42, // 46: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
-	3,  // 47: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
-	5,  // 48: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
-	7,  // 49: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
-	9,  // 50: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
-	12, // 51: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	15, // 52: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	17, // 53: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	20, // 54: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	22, // 55: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	24, // 56: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	26, // 57: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	28, // 58: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	31, // 59: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	34, // 60: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	37, // 61: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	39, // 62: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	41, // 63: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	43, // 64: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
-	4,  // 65: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
-	6,  // 66: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
-	8,  // 67: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
-	10, // 68: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
-	51, // [51:69] is the sub-list for method output_type
-	33, // [33:51] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	48, // 0: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
+	49, // 1: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
+	50, // 2: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
+	50, // 3: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
+	20, // 4: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
+	50, // 5: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
+	20, // 6: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
+	50, // 7: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
+	14, // 8: haven.v1.GetStatusResponse.site_summaries:type_name -> haven.v1.SiteSummary
+	0,  // 9: haven.v1.SiteSummary.reserve:type_name -> haven.v1.SiteReserveState
+	51, // 10: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	1,  // 11: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
+	16, // 12: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
+	20, // 13: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
+	52, // 14: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	53, // 15: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	53, // 16: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	20, // 17: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
+	53, // 18: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	20, // 19: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
+	53, // 20: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	53, // 21: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	2,  // 22: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	32, // 23: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	54, // 24: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	55, // 25: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	56, // 26: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	47, // 27: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	35, // 28: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	3,  // 29: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	38, // 30: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	51, // 31: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	51, // 32: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	46, // 33: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
+	57, // 34: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12, // 35: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	15, // 36: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	18, // 37: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	21, // 38: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	23, // 39: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	25, // 40: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	27, // 41: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	29, // 42: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	31, // 43: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	34, // 44: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	37, // 45: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	40, // 46: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	42, // 47: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	44, // 48: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
+	4,  // 49: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
+	6,  // 50: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
+	8,  // 51: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
+	10, // 52: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
+	13, // 53: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	17, // 54: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	19, // 55: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	22, // 56: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	24, // 57: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	26, // 58: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	28, // 59: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	30, // 60: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	33, // 61: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	36, // 62: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	39, // 63: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	41, // 64: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	43, // 65: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	45, // 66: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
+	5,  // 67: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
+	7,  // 68: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
+	9,  // 69: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
+	11, // 70: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
+	53, // [53:71] is the sub-list for method output_type
+	35, // [35:53] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -3360,8 +3621,8 @@ func file_haven_v1_cluster_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   43,
+			NumEnums:      4,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

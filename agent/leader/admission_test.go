@@ -1,0 +1,145 @@
+package leader
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/placement"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// stretchLeader is a stretch cluster: n1 and n2 in site a, n3 and n4 in
+// site b (8 CPUs, 16 GiB each), a witness w1 in site w, and one 7 GiB
+// group online on each data node. Losing a site leaves 9 GiB free on
+// each node of the other, which takes the two 7 GiB groups; losing one
+// node leaves room in both sites.
+func stretchLeader(t *testing.T, reserve, sites int) *testLeader {
+	t.Helper()
+	tl := newTestLeader(t, nil)
+	tl.cfg.Reserve, tl.cfg.ReserveSites = reserve, sites
+	tl.raft.AddNode(fsmtest.Node("n3", "b", 8000, 16<<30, nil))
+	tl.raft.AddNode(fsmtest.Node("n4", "b", 8000, 16<<30, nil))
+	w := fsmtest.Node("w1", "w", 1000, 1<<30, nil)
+	w.Witness = true
+	tl.raft.AddNode(w)
+	tl.members.mu.Lock()
+	tl.members.m = append(tl.members.m,
+		heartbeat.Member{Name: "n4", State: heartbeat.StateAlive, Meta: heartbeat.Meta{Site: "b", CPUMillis: 8000, MemoryBytes: 16 << 30}},
+		heartbeat.Member{Name: "w1", State: heartbeat.StateAlive, Meta: heartbeat.Meta{Site: "w", Witness: true}})
+	tl.members.mu.Unlock()
+	for _, n := range []string{"n1", "n2", "n3", "n4"} {
+		name := "g-" + n
+		tl.raft.Create(sized(name, 7))
+		tl.raft.Assign(name, n)
+		tl.raft.Report(name, havenv1.GroupState_GROUP_STATE_ONLINE)
+	}
+	return tl
+}
+
+// sized is an HA group of one VM of memGiB.
+func sized(name string, memGiB int64) *havenv1.GroupSpec {
+	spec := &havenv1.GroupSpec{Name: name, Resources: []*havenv1.Resource{
+		{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{Vcpus: 1, MemoryBytes: memGiB << 30}},
+	}}
+	fsm.NormalizeGroupSpec(spec)
+	return spec
+}
+
+// With placement.reserve_sites 1, a group that any one node's failure
+// leaves room for, but that would leave one site's loss without a restart
+// plan, is refused at creation and at start, and the refusal names the
+// site; the same group is admitted under placement.reserve alone.
+func TestAdmissionKeepsTheSiteLossReserve(t *testing.T) {
+	tl := stretchLeader(t, 1, 1)
+	rep := tl.KeptReserve()
+	if rep.Reserve == nil || !rep.OK || rep.KeptSites != 1 || len(rep.Sites) != 2 {
+		t.Fatalf("setup: %+v", rep)
+	}
+	_, err := tl.CreateGroup(sized("web", 4), "req-1")
+	var re *placement.ReserveError
+	if !errors.Is(err, placement.ErrResourceExhausted) || !errors.As(err, &re) {
+		t.Fatalf("create: %v, want a reserve refusal", err)
+	}
+	site := re.Breach.Site
+	if site != "a" && site != "b" {
+		t.Fatalf("refusal names site %q: %v", site, err)
+	}
+	if !strings.Contains(err.Error(), "reserve 1 and site loss") || !strings.Contains(err.Error(), "if site "+site+" fails") {
+		t.Errorf("refusal reads %q", err)
+	}
+	if tl.state.Group("web") != nil {
+		t.Fatal("a refused group was created")
+	}
+
+	// Created while only K was kept, then started with both kept.
+	tl.cfg.ReserveSites = 0
+	if _, err := tl.CreateGroup(sized("web", 4), "req-2"); err != nil {
+		t.Fatalf("create with reserve_sites 0: %v", err)
+	}
+	tl.cfg.ReserveSites = 1
+	_, err = tl.StartGroup("web", "", "req-3")
+	if !errors.Is(err, placement.ErrResourceExhausted) || !errors.As(err, &re) || re.Breach.Site == "" {
+		t.Fatalf("start: %v, want a refusal naming a site", err)
+	}
+	if g := tl.state.Group("web"); g.GetOwner() != "" {
+		t.Fatalf("a refused start placed the group on %s", g.GetOwner())
+	}
+	// On a node the operator chose, the same: with web on n3 there is
+	// no room left in b for a's groups.
+	_, err = tl.StartGroup("web", "n3", "req-4")
+	if !errors.As(err, &re) || re.Breach.Site != "a" {
+		t.Fatalf("start on n3: %v, want a refusal naming site a", err)
+	}
+
+	tl.cfg.ReserveSites = 0
+	if g, err := tl.StartGroup("web", "", "req-5"); err != nil || g.GetOwner() == "" {
+		t.Fatalf("start with reserve_sites 0: %v", err)
+	}
+}
+
+// A group small enough for every site's loss is admitted, and the loss of
+// a site finds the restart plan the kept reserve made for it.
+func TestSiteLossPlanIsKept(t *testing.T) {
+	tl := stretchLeader(t, 1, 1)
+	if _, err := tl.CreateGroup(sized("small", 1), "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tl.StartGroup("small", "", "req-2"); err != nil {
+		t.Fatal(err)
+	}
+	rep := tl.KeptReserve()
+	if !rep.OK || len(rep.Sites) != 2 {
+		t.Fatalf("kept: %s %+v", rep.Summary(), rep.Sites)
+	}
+	plan, err := rep.PlanFor([]string{"n3", "n4"})
+	if err != nil || !plan.Precomputed || !plan.OK {
+		t.Fatalf("plan for site b: %+v %v", plan, err)
+	}
+	for _, m := range plan.Moves {
+		if m.To != "n1" && m.To != "n2" {
+			t.Errorf("%s restarts on %s, not in site a", m.Group, m.To)
+		}
+	}
+}
+
+// With a single site that hosts groups the site-loss reserve cannot hold:
+// it is not kept (nothing is refused for it), and the report says it was
+// asked for.
+func TestSiteLossReserveNeedsTwoSites(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.cfg.Reserve, tl.cfg.ReserveSites = 1, 1
+	w := fsmtest.Node("w1", "w", 1000, 1<<30, nil)
+	w.Witness = true
+	tl.raft.AddNode(w)
+	if _, err := tl.CreateGroup(sized("web", 4), "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	rep := tl.KeptReserve()
+	if rep.Reserve == nil || rep.SiteLoss || rep.KeptSites != 0 || rep.ConfiguredSites != 1 || rep.Kept != 1 {
+		t.Fatalf("kept %+v: want K 1 only, with reserve_sites 1 configured", rep)
+	}
+}
