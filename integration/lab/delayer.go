@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab/wan"
 )
 
 const (

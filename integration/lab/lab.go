@@ -33,7 +33,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab/wan"
 )
 
 const (

@@ -5,7 +5,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab/wan"
 )
 
 // WAN is what the link between two sites does to every packet crossing it,

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab/wan"
 )
 
 // The WAN tests measure with UDP from the test process itself: sockets

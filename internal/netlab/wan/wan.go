@@ -7,12 +7,12 @@
 //
 // A Delayer binds its queues inside a named network namespace (the lab's
 // router) while the process itself stays where it is, so the program that
-// runs it, havenwan, needs no `ip netns exec`.
+// runs it (wan.Command: havenwan, haven lab-wan) needs no `ip netns exec`.
 //
 // Bind before any rule sends packets to a queue (the lab adds its NFQUEUE
-// rules only once havenwan says it is ready): go-nfqueue reads the replies
-// to its configuration requests from the socket that also delivers packets,
-// and a packet arriving mid-setup fails the bind. Rules should carry
+// rules only once the delay program says it is ready): go-nfqueue reads the
+// replies to its configuration requests from the socket that also delivers
+// packets, and a packet arriving mid-setup fails the bind. Rules should carry
 // --queue-bypass, so packets pass undelayed when no Delayer is bound.
 package wan
 
