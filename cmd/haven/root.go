@@ -143,8 +143,8 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newEventsCmd(g),
 		newMoveCmd(g),
 		newOpsCmd(g),
-		newLabWANCmd(),
 	)
+	root.AddCommand(platformCmds()...)
 	return root
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -5,6 +7,9 @@ import (
 
 	"github.com/haven-ha/haven/internal/netlab/wan"
 )
+
+// platformCmds are the commands only this platform has.
+func platformCmds() []*cobra.Command { return []*cobra.Command{newLabWANCmd()} }
 
 // newLabWANCmd is the WAN delay program of haven dev's network lab
 // (wan.Command), carried by the haven binary so that an installed haven
