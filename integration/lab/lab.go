@@ -99,6 +99,14 @@ func New(t testing.TB) *Lab {
 	return &Lab{t: t, l: l}
 }
 
+// RequireRoot is New's gate alone, for a test that builds its lab by other
+// means (haven dev --sites): it skips the test without root, or fails it
+// when HAVEN_REQUIRE_LAB=1.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	gate(t, os.Geteuid(), os.Getenv(RequireEnv) == "1")
+}
+
 // gate decides whether the lab may run with this effective uid; it reports
 // false after skipping or failing tb.
 func gate(tb testing.TB, euid int, require bool) bool {
