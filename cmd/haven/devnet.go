@@ -141,8 +141,8 @@ func devNetSocket(lab string) (string, error) {
 	}
 	switch len(live) {
 	case 0:
-		if _, err := os.Stat(devNetDir); errors.Is(err, fs.ErrPermission) {
-			return "", fmt.Errorf("%s: %w (haven dev net needs root, as haven dev --sites does)", devNetDir, err)
+		if euid := os.Geteuid(); euid != 0 {
+			return "", fmt.Errorf("haven dev net needs root, as haven dev --sites does (euid %d)", euid)
 		}
 		return "", errors.New("no haven dev --sites is running (no control socket in " + devNetDir + ")")
 	case 1:

@@ -15,7 +15,7 @@
 //	delayer    one process per WAN link with a delay (SetWAN), in the root
 //	           namespace, bound to an NFQUEUE queue of P-r (--netns P-r):
 //	           the delay program of package wan, as Options.Delayer names it
-//	           (havenwan in the tests, `haven lab-wan` in haven dev)
+//	           (havenwan in the integration tests, `haven lab-wan` in haven dev)
 //
 // Every link is created directly inside a lab namespace, never in the root
 // namespace, so deleting the namespaces removes everything but the delay
