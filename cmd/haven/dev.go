@@ -117,7 +117,7 @@ next one, which removes them.`,
 	f.IntVar(&o.basePort, "base-port", 17000, "node i uses ports base+10*i to base+10*i+4")
 	f.StringVar(&o.sites, "sites", "", "a stretch cluster in network namespaces (Linux, root): `NAME:COUNT,...` agents per site, e.g. A:2,B:2")
 	f.BoolVar(&o.witness, "witness", false, "with --sites: add a witness agent in a site w of its own")
-	f.StringVar(&o.wanSpec, "wan", "", "with --sites: between every two sites, `DELAY[±JITTER][,LOSS%]` each way, e.g. 30ms±10ms,2%")
+	f.StringVar(&o.wanSpec, "wan", "", "with --sites: `DELAY[±JITTER][,LOSS%]` each way between every two sites, e.g. 30ms±10ms,2%")
 	cmd.AddCommand(newDevNetCmd())
 	return cmd
 }
