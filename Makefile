@@ -52,11 +52,14 @@ proto-check:
 tidy-check:
 	@$(GO) mod tidy -diff || (echo "go mod tidy would change go.mod/go.sum: run it and commit"; exit 1)
 
+# The network lab's own tests (internal/netlab: namespaces, rules, WAN
+# timing; root) run with the integration tests, as they always have; its
+# pure delayer package (internal/netlab/wan) with the unit tests.
 unit:
-	$(GO) test -race $$($(GO) list ./... | grep -v /integration) ./integration/lab/wan/...
+	$(GO) test -race $$($(GO) list ./... | grep -v -e /integration -e '/internal/netlab$$')
 
 integration:
-	$(GO) test -count=1 -timeout 15m ./integration/...
+	$(GO) test -count=1 -timeout 15m ./internal/netlab/ ./integration/...
 
 # The randomized fault test for longer than the default suite does.
 chaos:

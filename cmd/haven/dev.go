@@ -8,10 +8,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 
 	"github.com/haven-ha/haven/agent"
 	"github.com/haven-ha/haven/internal/devcluster"
+	"github.com/haven-ha/haven/internal/netlab"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -48,6 +52,25 @@ type devOptions struct {
 	dataDir  string
 	nodes    int
 	basePort int
+	// A stretch cluster in a network lab (devsites.go): the flags as
+	// given, and what parseLabFlags made of them. layout is nil on
+	// loopback.
+	sites, wanSpec string
+	witness        bool
+	layout         []devSite
+	wan            netlab.WAN
+}
+
+// count is the number of agents.
+func (o devOptions) count() int {
+	if o.layout == nil {
+		return o.nodes
+	}
+	n := 0
+	for _, s := range o.layout {
+		n += s.nodes
+	}
+	return n
 }
 
 func newDevCmd() *cobra.Command {
@@ -62,9 +85,26 @@ and +3 (gRPC).
 
 Without --data the cluster lives in a temporary directory removed on exit.
 With --data DIR it is kept, and running 'haven dev --data DIR' again restarts
-the same cluster with its state. Ctrl-C stops every agent in order.`,
+the same cluster with its state. Ctrl-C stops every agent in order.
+
+A stretch cluster (Linux, as root): --sites A:2,B:2 puts each agent in a
+network namespace of its own, each site on a routed subnet of its own
+(10.77.S.0/24), named a-1, a-2, b-1, b-2 in sites a and b; --witness adds a
+witness agent w-1 in site w; --wan 30ms±10ms,2% (or 30ms+-10ms,2%; jitter
+and loss optional) delays and drops packets between every two sites, nothing
+inside a site. The agents' APIs are forwarded to 127.0.0.1 (node i: base+10*i+3,
+metrics +4). While it runs, 'haven dev net' partitions sites, isolates nodes,
+changes the WAN, kills a site and heals it all. Ctrl-C also removes every
+namespace and delay program; a haven dev that was killed leaves them to the
+next one, which removes them.`,
+		Example: `  haven dev
+  haven dev --nodes 5 --data /tmp/mycluster
+  sudo haven dev --sites A:2,B:2 --witness --wan 30ms±10ms,2%`,
 		Args: argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.parseLabFlags(cmd.Flags().Changed("nodes")); err != nil {
+				return usagef(cmd, "%v", err)
+			}
 			if err := o.validate(); err != nil {
 				return usagef(cmd, "%v", err)
 			}
@@ -75,15 +115,20 @@ the same cluster with its state. Ctrl-C stops every agent in order.`,
 	f.StringVar(&o.dataDir, "data", "", "directory for configs, logs and state; kept on exit (default: a temporary directory, removed)")
 	f.IntVar(&o.nodes, "nodes", 3, "number of agents")
 	f.IntVar(&o.basePort, "base-port", 17000, "node i uses ports base+10*i to base+10*i+4")
+	f.StringVar(&o.sites, "sites", "", "a stretch cluster in network namespaces (Linux, root): `NAME:COUNT,...` agents per site, e.g. A:2,B:2")
+	f.BoolVar(&o.witness, "witness", false, "with --sites: add a witness agent in a site w of its own")
+	f.StringVar(&o.wanSpec, "wan", "", "with --sites: `DELAY[±JITTER][,LOSS%]` each way between every two sites, e.g. 30ms±10ms,2%")
+	cmd.AddCommand(newDevNetCmd())
 	return cmd
 }
 
 func (o devOptions) validate() error {
-	if o.nodes < 1 || o.nodes > 64 {
-		return fmt.Errorf("--nodes %d: must be between 1 and 64", o.nodes)
+	n := o.count()
+	if n < 1 || n > devMaxNodes {
+		return fmt.Errorf("--nodes %d: must be between 1 and %d", n, devMaxNodes)
 	}
-	if last := devPorts(o.basePort, o.nodes).Metrics; o.basePort < 1024 || last > 65535 {
-		return fmt.Errorf("--base-port %d: ports must lie in 1024-65535 (%d nodes need up to base+%d)", o.basePort, o.nodes, 10*o.nodes+4)
+	if last := devPorts(o.basePort, n).Metrics; o.basePort < 1024 || last > 65535 {
+		return fmt.Errorf("--base-port %d: ports must lie in 1024-65535 (%d nodes need up to base+%d)", o.basePort, n, 10*n+4)
 	}
 	return nil
 }
@@ -126,6 +171,15 @@ func devConfig(dir string, base, n, i int) agent.Config {
 type devNode struct {
 	*devcluster.Node
 	cfg agent.Config
+	// api and metrics are where an operator reaches the agent: its own
+	// addresses on loopback, forwarders on 127.0.0.1 in a lab.
+	api, metrics string
+	// command runs the agent (inside its namespace in a lab); nil:
+	// exec.Command.
+	command func(name string, arg ...string) *exec.Cmd
+	// killed is set by 'haven dev net kill-site' before it kills the
+	// agent, so that its exit is reported as asked for.
+	killed atomic.Bool
 }
 
 // newDevNode describes the node of cfg under dir. Its client is plain: every
@@ -135,15 +189,21 @@ func newDevNode(dir string, cfg agent.Config) (*devNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &devNode{Node: n, cfg: cfg}, nil
+	return &devNode{Node: n, cfg: cfg, api: n.Addr, metrics: devAddr(cfg.Ports.Metrics)}, nil
 }
 
 type devCluster struct {
 	out   io.Writer
 	dir   string
 	keep  bool
+	exe   string // this binary: the agents', and the lab's delay program
 	nodes []*devNode
 	exits chan *devNode // every started node is sent here once it exits
+	// lab is the network of a stretch cluster (--sites); nil on loopback.
+	lab *devNetwork
+	// rerunFlags are the flags besides --data that make this cluster
+	// again.
+	rerunFlags string
 }
 
 func runDev(ctx context.Context, out io.Writer, o devOptions) error {
@@ -168,7 +228,7 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 		}
 	}()
 
-	c := &devCluster{out: out, keep: o.dataDir != "", exits: make(chan *devNode, o.nodes)}
+	c := &devCluster{out: out, keep: o.dataDir != "", exe: exe, exits: make(chan *devNode, o.count())}
 	if c.keep {
 		if c.dir, err = filepath.Abs(o.dataDir); err != nil {
 			return err
@@ -185,22 +245,35 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 	}
 
 	defer c.closeConns()
-	for i := 1; i <= o.nodes; i++ {
-		cfg := devConfig(c.dir, o.basePort, o.nodes, i)
-		if err := cfg.Validate(); err != nil {
-			return fmt.Errorf("%s: config: %w", cfg.Name, err)
-		}
-		n, err := newDevNode(c.dir, cfg)
-		if err != nil {
+	if o.layout != nil {
+		// Registered before stop, so that the network goes only once
+		// every agent in it has exited: namespaces, rules and delay
+		// programs, also when anything below fails.
+		defer c.closeLab()
+		if err := c.buildLab(ctx, o); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
-		c.nodes = append(c.nodes, n)
-	}
-	if err := checkPorts(c.nodes); err != nil {
-		return err
-	}
-	if _, err := os.Stat(filepath.Join(c.dir, devNodeName(o.nodes+1))); err == nil {
-		fmt.Fprintf(out, "note: %s holds nodes beyond dev-%d from an earlier run; they are not started\n", c.dir, o.nodes)
+	} else {
+		for i := 1; i <= o.nodes; i++ {
+			cfg := devConfig(c.dir, o.basePort, o.nodes, i)
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("%s: config: %w", cfg.Name, err)
+			}
+			n, err := newDevNode(c.dir, cfg)
+			if err != nil {
+				return err
+			}
+			c.nodes = append(c.nodes, n)
+		}
+		if err := checkPorts(c.nodes); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(c.dir, devNodeName(o.nodes+1))); err == nil {
+			fmt.Fprintf(out, "note: %s holds nodes beyond dev-%d from an earlier run; they are not started\n", c.dir, o.nodes)
+		}
 	}
 	for _, n := range c.nodes {
 		if err := n.writeConfig(); err != nil {
@@ -215,7 +288,7 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 		c.stop(sigs)
 	}()
 	for _, n := range c.nodes {
-		if err := c.start(exe, n); err != nil {
+		if err := c.start(n); err != nil {
 			return err
 		}
 	}
@@ -245,14 +318,13 @@ func runDev(ctx context.Context, out io.Writer, o devOptions) error {
 	}
 	c.show(ctx, demo)
 
-	running := len(c.nodes)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case n := <-c.exits:
 			c.reportExit(n)
-			if running--; running == 0 {
+			if !slices.ContainsFunc(c.nodes, func(n *devNode) bool { return n.Running() }) {
 				return errors.New("every agent has exited")
 			}
 		}
@@ -308,10 +380,12 @@ func (n *devNode) writeConfig() error {
 
 // start starts n's agent, which stops cleanly (SIGTERM) should dev die
 // without stopping it, and sends n to c.exits once it exits.
-func (c *devCluster) start(exe string, n *devNode) error {
-	err := n.Start(exe, devcluster.StartOptions{
+func (c *devCluster) start(n *devNode) error {
+	n.killed.Store(false)
+	err := n.Start(c.exe, devcluster.StartOptions{
 		Banner:      fmt.Sprintf("--- haven dev: starting %s at %s ---", n.Name, time.Now().Format(time.RFC3339)),
 		ParentDeath: syscall.SIGTERM,
+		Command:     n.command,
 	})
 	if err != nil {
 		return err
@@ -520,8 +594,15 @@ func waitFor(ctx context.Context, limit time.Duration, cond func(context.Context
 }
 
 func (c *devCluster) hints() string {
-	a1 := c.nodes[0].Addr
-	a2 := c.nodes[min(1, len(c.nodes)-1)].Addr
+	a1 := c.nodes[0].api
+	a2 := c.nodes[min(1, len(c.nodes)-1)].api
+	// The node to drain: the last that can host groups (not a witness).
+	last := c.nodes[len(c.nodes)-1]
+	for _, n := range c.nodes {
+		if !n.cfg.Witness {
+			last = n
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
@@ -532,23 +613,30 @@ func (c *devCluster) hints() string {
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s place --cpu 2 --mem 4G\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s move demo         # a live move: the guest pauses for milliseconds, its counter goes on\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s ops               # moves in flight and finished\n", a1)
-	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s drain %s --wait   # every group off %s, live; then 'resume %s'\n", a1, c.nodes[len(c.nodes)-1].Name, c.nodes[len(c.nodes)-1].Name, c.nodes[len(c.nodes)-1].Name)
+	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s drain %s --wait   # every group off %s, live; then 'resume %s'\n", a1, last.Name, last.Name, last.Name)
 	fmt.Fprintf(&b, "  kill -9 <pid of web's owner>   # then 'group list' again: web runs elsewhere within seconds\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s events --follow   # what the cluster does, as it happens\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s check --shared %s\n", a1, filepath.Join(c.dir, "shared"))
 	fmt.Fprintf(&b, "  HAVEN_ADDR=%s go run ./cmd/haven status\n", a2)
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext %s list\n", a1)
 	fmt.Fprintf(&b, "  go tool grpcurl -plaintext -d '{}' %s haven.v1.ClusterService/ListNodes\n", a1)
-	fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^haven_\n\n", devAddr(c.nodes[0].cfg.Ports.Metrics))
+	fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^haven_\n\n", c.nodes[0].metrics)
+	if c.lab != nil {
+		b.WriteString(c.lab.hints())
+	}
 	b.WriteString("Agent pids:")
 	for _, n := range c.nodes {
 		if p := n.Process(); p != nil {
 			fmt.Fprintf(&b, " %s=%d", n.Name, p.Pid())
 		}
 	}
-	fmt.Fprintf(&b, "\nConfigs and logs: %s/dev-<i>/{haven.yaml,agent.log}", c.dir)
+	node := "dev-<i>"
+	if c.lab != nil {
+		node = "<node>"
+	}
+	fmt.Fprintf(&b, "\nConfigs and logs: %s/%s/{haven.yaml,agent.log}", c.dir, node)
 	if c.keep {
-		fmt.Fprintf(&b, " (kept; 'haven dev --data %s' restarts this cluster)\n", c.dir)
+		fmt.Fprintf(&b, " (kept; 'haven dev --data %s%s' restarts this cluster)\n", c.dir, c.rerunFlags)
 	} else {
 		b.WriteString(" (removed on exit)\n")
 	}
@@ -560,8 +648,16 @@ func (c *devCluster) hints() string {
 // the end of its log, which usually says why.
 func (c *devCluster) reportExit(n *devNode) {
 	p := n.Process()
+	if n.killed.Load() {
+		fmt.Fprintf(c.out, "%s (pid %d) killed, as asked\n", n.Name, p.Pid())
+		return
+	}
 	fmt.Fprintf(c.out, "\n%s (pid %d) exited: %v\n", n.Name, p.Pid(), exitDescription(p))
 	c.printLogTail(n)
+	if c.lab != nil {
+		fmt.Fprintf(c.out, "The other agents keep running. To restart it: go run ./cmd/haven dev net start %s\n", n.Name)
+		return
+	}
 	fmt.Fprintf(c.out, "The other agents keep running. To restart it by hand: go run ./cmd/haven agent --config %s\n", n.ConfigPath)
 }
 

@@ -35,6 +35,10 @@ func realMain() int {
 	if err == nil {
 		return exitOK
 	}
+	var ec exitCode
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
 	fmt.Fprintln(os.Stderr, formatError(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
@@ -43,6 +47,12 @@ func realMain() int {
 	}
 	return exitError
 }
+
+// exitCode ends the program with that status and no message: the command
+// has said what went wrong itself.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // usageError marks a mistake in the command line rather than in what the
 // cluster said.
@@ -134,6 +144,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newMoveCmd(g),
 		newOpsCmd(g),
 	)
+	root.AddCommand(platformCmds()...)
 	return root
 }
 

@@ -1,114 +1,72 @@
-// Package lab builds a small routed network out of Linux network namespaces
-// for haven's integration tests, and cuts it into partitions on demand.
+// Package lab is the integration tests' hold on the network lab of
+// internal/netlab: network namespaces, one router namespace with a bridge
+// per site, partitions as iptables rules, WAN links with delay, jitter and
+// loss between sites. Its calls fail the test (t.Fatal) where netlab's
+// return errors, and everything is removed by t.Cleanup, also when the test
+// fails or panics. See netlab for the layout and how faults are made.
 //
-// Layout of one lab (P is the per-run prefix, e.g. "hvk3x9q"):
-//
-//	P-r        router namespace: one bridge P-bS per site (10.77.S.1/24),
-//	           ip_forward=1, and the iptables chain HAVEN_LAB hooked into
-//	           FORWARD that holds every fault rule
-//	P-h-NAME   one namespace per host: eth0 = 10.77.S.H/24, default route
-//	           via 10.77.S.1; the other end of its veth (P-vN) is a port of
-//	           its site's bridge in the router namespace
-//	havenwan   one process per WAN link with a delay (SetWAN), in the root
-//	           namespace, bound to an NFQUEUE queue of P-r (--netns P-r)
-//
-// Every link is created directly inside a lab namespace, never in the root
-// namespace, so deleting the namespaces removes everything but the havenwan
-// processes, which the cleanup stops and the reaper finds by their --netns.
-// Only addresses inside these namespaces, or loopback, are ever contacted.
+// The delay program of its WAN links is havenwan (cmd/havenwan, built once
+// per test binary: quicker than building haven, whose `haven lab-wan` runs
+// the same wan.Command).
 //
 // The lab needs root; see New for what happens without it.
 package lab
 
 import (
-	"bytes"
-	"errors"
+	"context"
 	"fmt"
-	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
-	"regexp"
+	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab"
 )
 
 const (
 	// GlobalPrefix starts the name of every namespace and link any lab
 	// creates; New reaps leftovers carrying it whose owner is gone.
-	GlobalPrefix = "hv"
+	GlobalPrefix = netlab.GlobalPrefix
 	// RequireEnv, when set to "1", turns "not root" from a skip into a
 	// failure, so that CI can never pass by skipping the lab.
 	RequireEnv = "HAVEN_REQUIRE_LAB"
 
-	// ownerDir holds one file per live lab, named after its prefix, that
-	// records the creating process so a later run can tell leftovers of a
-	// crashed run from a lab another test binary is using right now.
-	ownerDir = "/run/haven-lab"
-	// netnsDir is where `ip netns add` mounts named namespaces.
-	netnsDir = "/run/netns"
-	// chain is the custom iptables chain in the router namespace; all fault
-	// rules live here so that replacing its content heals everything.
-	chain = "HAVEN_LAB"
-
-	maxSites        = 254
-	maxHostsPerSite = 253 // .2 to .254; .1 is the router
+	havenwanPkg = "github.com/haven-ha/haven/integration/lab/cmd/havenwan"
+	// binDirPrefix starts the name of the temporary directory (under
+	// os.TempDir) that holds this process's havenwan build, followed by
+	// the pid and start time of the process, so the reaper can tell a dead
+	// run's directory from a live one's.
+	binDirPrefix = "haven-lab-bin-"
 )
 
-// prefixRE matches names made by some lab: the global prefix, 5 random
-// characters, then a dash. The first 7 characters are the run's prefix.
-var prefixRE = regexp.MustCompile(`^` + GlobalPrefix + `[a-z0-9]{5}-`)
+// WAN is what the link between two sites does to every packet crossing it,
+// in each direction (netlab.WAN).
+type WAN = netlab.WAN
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
-
-// Lab is one test's network: a router namespace and the sites and hosts added
-// to it. Its methods fail the test (t.Fatal) on error, so call them from the
-// test's goroutine; they are safe to call concurrently with each other.
+// Lab is one test's network. Its methods fail the test (t.Fatal) on error,
+// so call them from the test's goroutine; they are safe to call
+// concurrently with each other.
 type Lab struct {
-	t      testing.TB
-	prefix string
-	router string // router namespace name
-	tools  tools
+	t testing.TB
+	l *netlab.Lab
 
-	mu      sync.Mutex
-	sites   []*Site
-	hosts   []*Host
-	names   map[string]bool
-	blocked map[pair]bool       // directed: packets from src to dst are dropped
-	wans    map[[2]int]*wanLink // by the two sites' indexes, lower first
-	// lastQueue is the NFQUEUE queue number given out last; numbers are
-	// never reused within a lab, so a new delayer binds while the old one
-	// still holds packets.
-	lastQueue uint16
-	delayers  map[delayer]bool // running, stopped by destroy at the latest
-	// newDelayer, when set, starts delayers instead of havenwan.
-	newDelayer func(name string, k wan.Link) (delayer, error)
+	mu    sync.Mutex
+	hosts []*Host
 }
 
 // Site is a routed subnet 10.77.S.0/24: a bridge in the router namespace.
 type Site struct {
-	lab    *Lab
-	name   string
-	index  int // S, from 1
-	bridge string
-	hosts  []*Host
+	lab *Lab
+	s   *netlab.Site
 }
 
 // Host is a network namespace with one interface on its site's subnet.
 type Host struct {
 	site *Site
-	name string
-	ns   string
-	ip   string
-}
-
-// tools are the absolute paths of the commands the lab runs, looked up once
-// so a missing one fails New with a clear message instead of a test midway.
-type tools struct {
-	ip, iptables, iptablesRestore, sysctl string
+	h    *netlab.Host
 }
 
 // New creates a lab for one test: a router namespace and nothing else yet.
@@ -124,43 +82,29 @@ func New(t testing.TB) *Lab {
 	if !gate(t, os.Geteuid(), os.Getenv(RequireEnv) == "1") {
 		return nil
 	}
-	tl, err := findTools()
+	reapBuilds()
+	bin, err := havenwan()
 	if err != nil {
 		t.Fatalf("network lab: %v", err)
 	}
-	l := &Lab{
-		t:        t,
-		tools:    tl,
-		names:    map[string]bool{},
-		blocked:  map[pair]bool{},
-		wans:     map[[2]int]*wanLink{},
-		delayers: map[delayer]bool{},
-	}
-	if err := reapLeftovers(tl); err != nil {
-		// Leftovers use other prefixes, so they cannot clash with this
-		// lab; report them and go on.
-		t.Logf("network lab: removing leftovers of earlier runs: %v", err)
-	}
-	if l.prefix, err = claimPrefix(); err != nil {
+	l, err := netlab.New(netlab.Options{Delayer: []string{bin}, Logf: t.Logf})
+	if err != nil {
 		t.Fatalf("network lab: %v", err)
 	}
-	l.router = l.prefix + "-r"
-	// Registered before anything exists so that a failure halfway through
-	// New still removes what was made.
-	t.Cleanup(l.destroy)
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("network lab cleanup: %v", err)
+		}
+	})
+	return &Lab{t: t, l: l}
+}
 
-	l.ip("netns", "add", l.router)
-	l.ipBatch(l.router, "link set lo up")
-	// bridge-nf-call-iptables=1 on purpose (NETWORK.md suggests 0): frames
-	// between two hosts of one site only cross the bridge, and this makes
-	// them traverse FORWARD too, so one chain here cuts same-site and
-	// cross-site pairs alike, matched on host addresses. The alternative,
-	// DROP rules inside each host's namespace, would make a cut peer's
-	// sends fail at once with EPERM, which no real partition does.
-	l.run(nil, tl.ip, "netns", "exec", l.router, tl.sysctl, "-q", "-w",
-		"net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
-	l.restore(fmt.Sprintf("*filter\n:%s - [0:0]\n-I FORWARD -j %s\nCOMMIT\n", chain, chain))
-	return l
+// RequireRoot is New's gate alone, for a test that builds its lab by other
+// means (haven dev --sites): it skips the test without root, or fails it
+// when HAVEN_REQUIRE_LAB=1.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	gate(t, os.Geteuid(), os.Getenv(RequireEnv) == "1")
 }
 
 // gate decides whether the lab may run with this effective uid; it reports
@@ -179,66 +123,16 @@ func gate(tb testing.TB, euid int, require bool) bool {
 	return false
 }
 
-func findTools() (tools, error) {
-	var tl tools
-	var missing []string
-	for _, c := range []struct {
-		dst  *string
-		name string
-	}{{&tl.ip, "ip"}, {&tl.iptables, "iptables"}, {&tl.iptablesRestore, "iptables-restore"}, {&tl.sysctl, "sysctl"}} {
-		p, err := exec.LookPath(c.name)
-		if err != nil {
-			missing = append(missing, c.name)
-			continue
-		}
-		*c.dst = p
-	}
-	if len(missing) > 0 {
-		return tl, fmt.Errorf("running as root but %s not found in PATH (Debian: apt-get install -y iproute2 iptables procps)", strings.Join(missing, ", "))
-	}
-	return tl, nil
-}
-
-// claimPrefix picks a random unused prefix and records this process as its
-// owner. The record appears atomically (link of a complete file) so a reaper
-// never reads a half-written one.
-func claimPrefix() (string, error) {
-	if err := os.MkdirAll(ownerDir, 0o755); err != nil {
-		return "", err
-	}
-	start, err := startTime(os.Getpid())
+func (l *Lab) check(err error) {
+	l.t.Helper()
 	if err != nil {
-		return "", err
+		l.t.Fatalf("network lab: %v", err)
 	}
-	const chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-	for range 100 {
-		b := []byte(GlobalPrefix + "xxxxx")
-		for i := len(GlobalPrefix); i < len(b); i++ {
-			b[i] = chars[rand.IntN(len(chars))]
-		}
-		prefix := string(b)
-		if _, err := os.Stat(netnsDir + "/" + prefix + "-r"); err == nil {
-			continue // a leftover we could not reap
-		}
-		tmp := fmt.Sprintf("%s/.tmp-%d-%s", ownerDir, os.Getpid(), prefix)
-		if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %d\n", os.Getpid(), start), 0o644); err != nil {
-			return "", err
-		}
-		err := os.Link(tmp, ownerDir+"/"+prefix)
-		os.Remove(tmp)
-		if err == nil {
-			return prefix, nil
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return "", err
-		}
-	}
-	return "", errors.New("no free lab prefix after 100 tries")
 }
 
 // Prefix is this run's name prefix: every namespace and link of the lab
 // starts with it followed by a dash.
-func (l *Lab) Prefix() string { return l.prefix }
+func (l *Lab) Prefix() string { return l.l.Prefix() }
 
 // Hosts returns every host added so far, in creation order.
 func (l *Lab) Hosts() []*Host {
@@ -251,171 +145,183 @@ func (l *Lab) Hosts() []*Host {
 // router address 10.77.S.1 sits on a new bridge in the router namespace.
 func (l *Lab) Site(name string) *Site {
 	l.t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.checkName("site", name)
-	if len(l.sites) >= maxSites {
-		l.t.Fatalf("network lab: more than %d sites", maxSites)
-	}
-	s := &Site{lab: l, name: name, index: len(l.sites) + 1}
-	s.bridge = fmt.Sprintf("%s-b%d", l.prefix, s.index)
-	// A fixed MAC: a bridge without one takes the lowest MAC of its ports
-	// and changes it as hosts join, leaving hosts with a stale ARP entry
-	// for their router (cross-site traffic then stalls for seconds).
-	mac := fmt.Sprintf("02:68:76:00:%02x:01", s.index)
-	l.ipBatch(l.router,
-		fmt.Sprintf("link add %s address %s type bridge", s.bridge, mac),
-		fmt.Sprintf("addr add 10.77.%d.1/24 dev %s", s.index, s.bridge),
-		fmt.Sprintf("link set %s up", s.bridge))
-	l.sites = append(l.sites, s)
-	return s
+	s, err := l.l.Site(name)
+	l.check(err)
+	return &Site{lab: l, s: s}
 }
 
 // Name is the name given to Lab.Site.
-func (s *Site) Name() string { return s.name }
+func (s *Site) Name() string { return s.s.Name() }
 
 // Host adds a host namespace on the site: eth0 with 10.77.S.H/24 (H from 2),
 // default route via 10.77.S.1, lo up.
 func (s *Site) Host(name string) *Host {
-	l := s.lab
-	l.t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.checkName("host", name)
-	if len(s.hosts) >= maxHostsPerSite {
-		l.t.Fatalf("network lab: more than %d hosts on site %s", maxHostsPerSite, s.name)
-	}
-	h := &Host{
-		site: s,
-		name: name,
-		ns:   l.prefix + "-h-" + name,
-		ip:   fmt.Sprintf("10.77.%d.%d", s.index, len(s.hosts)+2),
-	}
-	veth := fmt.Sprintf("%s-v%d", l.prefix, len(l.hosts)+1) // <= 15 chars up to v99999
-	l.ip("netns", "add", h.ns)
-	// Both ends are created straight inside their namespaces, so nothing
-	// of the lab ever appears in the root namespace.
-	l.ip("link", "add", "eth0", "netns", h.ns, "type", "veth", "peer", "name", veth, "netns", l.router)
-	l.ipBatch(l.router, fmt.Sprintf("link set %s master %s up", veth, s.bridge))
-	l.ipBatch(h.ns,
-		"link set lo up",
-		// No IPv6 link-local address: partitions cut IPv4 only, so no
-		// IPv6 path may exist between hosts, and no DAD or router
-		// solicitations add noise.
-		"link set eth0 addrgenmode none",
-		fmt.Sprintf("addr add %s/24 dev eth0", h.ip),
-		"link set eth0 up",
-		fmt.Sprintf("route add default via 10.77.%d.1", s.index))
-	s.hosts = append(s.hosts, h)
-	l.hosts = append(l.hosts, h)
+	s.lab.t.Helper()
+	nh, err := s.s.Host(name)
+	s.lab.check(err)
+	h := &Host{site: s, h: nh}
+	s.lab.mu.Lock()
+	s.lab.hosts = append(s.lab.hosts, h)
+	s.lab.mu.Unlock()
 	return h
 }
 
 // Name is the name given to Site.Host.
-func (h *Host) Name() string { return h.name }
+func (h *Host) Name() string { return h.h.Name() }
 
 // Site is the site the host was added to.
 func (h *Host) Site() *Site { return h.site }
 
 // IP is the host's IPv4 address, without mask.
-func (h *Host) IP() string { return h.ip }
+func (h *Host) IP() string { return h.h.IP() }
 
 // Namespace is the name of the host's network namespace (for `ip netns`).
-func (h *Host) Namespace() string { return h.ns }
+func (h *Host) Namespace() string { return h.h.Namespace() }
 
 // Command returns a command that runs argv inside the host's namespace; the
 // caller starts and waits for it. Pdeathsig SIGKILL makes it die with the
-// test binary even when cleanups never run. (Go delivers Pdeathsig when the
-// OS thread that started the child exits, which only happens when a
-// goroutine exits while locked to its thread: don't start these from such a
-// goroutine.) Whatever still runs in the lab's namespaces is killed by the
-// lab's cleanup.
-func (h *Host) Command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(h.site.lab.tools.ip, append([]string{"netns", "exec", h.ns, name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+// test binary even when cleanups never run (see netlab.Host.Command).
+// Whatever still runs in the lab's namespaces is killed by the lab's
+// cleanup.
+func (h *Host) Command(name string, args ...string) *exec.Cmd { return h.h.Command(name, args...) }
+
+// DialContext opens a connection from inside the host's namespace, as a
+// program running on the host would, so its packets take the host's path
+// through the lab (partitions and WAN links included).
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return h.h.DialContext(ctx, network, addr)
 }
 
-func (l *Lab) checkName(kind, name string) {
+// ListenPacket opens a packet socket (e.g. "udp", "10.77.1.2:9000") inside
+// the host's namespace; the caller serves it from any goroutine.
+func (h *Host) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return h.h.ListenPacket(network, addr)
+}
+
+// DialContext opens a TCP connection from inside the router namespace, which
+// routes to every site, and is never cut by a partition nor delayed by a
+// WAN. Use it as a gRPC context dialer.
+func (l *Lab) DialContext(ctx context.Context, addr string) (net.Conn, error) {
+	return l.l.DialContext(ctx, addr)
+}
+
+func hostsOf(hs []*Host) []*netlab.Host {
+	out := make([]*netlab.Host, len(hs))
+	for i, h := range hs {
+		out[i] = h.h
+	}
+	return out
+}
+
+// Partition drops all traffic between every host of a and every host of b,
+// in both directions. Hosts within a (or within b) can still talk.
+func (l *Lab) Partition(a, b []*Host) {
 	l.t.Helper()
-	if !nameRE.MatchString(name) {
-		l.t.Fatalf("network lab: %s name %q: want 1-32 of [A-Za-z0-9_]", kind, name)
-	}
-	key := kind + "/" + name
-	if l.names[key] {
-		l.t.Fatalf("network lab: duplicate %s name %q", kind, name)
-	}
-	l.names[key] = true
+	l.check(l.l.Partition(hostsOf(a), hostsOf(b)))
 }
 
-// destroy stops the lab's delayers, kills whatever runs in its namespaces,
-// deletes them (which deletes every link and rule with them) and drops the
-// owner record last, so a concurrent reaper never sees a namespace of a live
-// lab without owner.
-func (l *Lab) destroy() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for k, link := range l.wans {
-		delete(l.wans, k)
-		if link.d != nil {
-			l.stopDelayer(link.name(), link.d)
+// Heal undoes Partition(a, b), and any other cut between a host of a and a
+// host of b (an Isolate or IsolateAll included).
+func (l *Lab) Heal(a, b []*Host) {
+	l.t.Helper()
+	l.check(l.l.Heal(hostsOf(a), hostsOf(b)))
+}
+
+// Isolate cuts h off from every other host that exists now (hosts added
+// later are not cut from it).
+func (l *Lab) Isolate(h *Host) {
+	l.t.Helper()
+	l.check(l.l.Isolate(h.h))
+}
+
+// IsolateAll cuts every host that exists now off from every other one: the
+// "network blip everywhere" case.
+func (l *Lab) IsolateAll() {
+	l.t.Helper()
+	l.check(l.l.IsolateAll())
+}
+
+// HealAll removes every partition. WAN links (SetWAN) stay: they are the
+// network's shape, not a fault; ClearWAN removes them.
+func (l *Lab) HealAll() {
+	l.t.Helper()
+	l.check(l.l.HealAll())
+}
+
+// SetWAN makes the link between sites a and b (either order) delay and drop
+// packets as w says, in both directions, replacing what SetWAN set before.
+// The delay is in force when SetWAN returns. SetWAN(a, b, WAN{}) is
+// ClearWAN(a, b). Everything is undone by the lab's cleanup.
+func (l *Lab) SetWAN(a, b *Site, w WAN) {
+	l.t.Helper()
+	l.check(l.l.SetWAN(a.s, b.s, w))
+}
+
+// ClearWAN removes the delay and loss between sites a and b; held packets
+// are let go, not dropped. Clearing a link without a WAN is a no-op.
+func (l *Lab) ClearWAN(a, b *Site) {
+	l.t.Helper()
+	l.check(l.l.ClearWAN(a.s, b.s))
+}
+
+// havenwanBuild is the havenwan binary, built once per test binary.
+var havenwanBuild struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+// havenwan builds the havenwan command (once per process) into a directory
+// named after this process, and returns its path. The go command's cache
+// makes a build after the first one on a machine take about a second. The
+// directory stays until the reaper of a later run finds its process gone
+// (removeBuild removes it earlier).
+func havenwan() (string, error) {
+	b := &havenwanBuild
+	b.once.Do(func() {
+		var start uint64
+		if start, b.err = netlab.StartTime(os.Getpid()); b.err != nil {
+			return
+		}
+		if b.dir, b.err = os.MkdirTemp("", fmt.Sprintf("%s%d-%d-", binDirPrefix, os.Getpid(), start)); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(b.dir, "havenwan")
+		cmd := exec.Command("go", "build", "-o", b.path, havenwanPkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", havenwanPkg, err, out)
+		}
+	})
+	return b.path, b.err
+}
+
+// removeBuild deletes the havenwan binary this process built, if any; a
+// TestMain calls it after m.Run. A test binary that never calls it leaves
+// the directory to the reaper of the next lab.
+func removeBuild() {
+	if havenwanBuild.dir != "" {
+		os.RemoveAll(havenwanBuild.dir)
+	}
+}
+
+// reapBuilds removes the havenwan builds of test binaries that are gone.
+func reapBuilds() {
+	entries, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), binDirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		var pid int
+		var start uint64
+		if _, err := fmt.Sscanf(rest, "%d-%d-", &pid, &start); err != nil {
+			continue
+		}
+		if got, err := netlab.StartTime(pid); err != nil || got != start {
+			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
 		}
 	}
-	for d := range l.delayers { // started by a SetWAN that failed midway
-		l.stopDelayer("(unlinked)", d)
-	}
-	var nss []string
-	for _, h := range l.hosts {
-		nss = append(nss, h.ns)
-	}
-	nss = append(nss, l.router)
-	if err := removeNamespaces(l.tools, nss); err != nil {
-		l.t.Errorf("network lab cleanup: %v", err)
-		return // keep the owner record: the next run's reaper retries
-	}
-	if err := os.Remove(ownerDir + "/" + l.prefix); err != nil {
-		l.t.Errorf("network lab cleanup: %v", err)
-	}
-}
-
-// ip runs the ip command in the root namespace.
-func (l *Lab) ip(args ...string) {
-	l.t.Helper()
-	l.run(nil, l.tools.ip, args...)
-}
-
-// ipBatch runs several ip commands inside namespace ns with one exec.
-func (l *Lab) ipBatch(ns string, lines ...string) {
-	l.t.Helper()
-	l.run([]byte(strings.Join(lines, "\n")+"\n"), l.tools.ip, "-n", ns, "-batch", "-")
-}
-
-// restore feeds iptables-restore input to the router namespace. --noflush
-// keeps what the input doesn't mention; the input replaces whole chains.
-func (l *Lab) restore(input string) {
-	l.t.Helper()
-	l.run([]byte(input), l.tools.ip, "netns", "exec", l.router, l.tools.iptablesRestore, "--noflush")
-}
-
-func (l *Lab) run(stdin []byte, name string, args ...string) {
-	l.t.Helper()
-	if _, err := run(stdin, name, args...); err != nil {
-		l.t.Fatalf("network lab: %v", err)
-	}
-}
-
-// run executes a command and returns its stdout; the error carries the
-// command line and its output.
-func run(stdin []byte, name string, args ...string) (string, error) {
-	cmd := exec.Command(name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s %s: %v: %s%s", name, strings.Join(args, " "), err,
-			strings.TrimSpace(stderr.String()), strings.TrimSpace(stdout.String()))
-	}
-	return stdout.String(), nil
 }

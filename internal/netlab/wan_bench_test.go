@@ -1,4 +1,6 @@
-package lab
+//go:build linux
+
+package netlab
 
 import (
 	"fmt"
@@ -11,13 +13,13 @@ import (
 	"github.com/haven-ha/haven/internal/waitfor"
 )
 
-// BenchmarkWANCPU measures the CPU time (user+sys, all threads) havenwan
-// spends per packet on one link of 30 ms ± 10 ms, at a fixed packet rate
+// BenchmarkWANCPU measures the CPU time (user+sys, all threads) the delay
+// program (this test binary as `lab-wan`, wan.Command) spends per packet on one link of 30 ms ± 10 ms, at a fixed packet rate
 // sent one way over 16 UDP flows. One op is one packet, so the rate sets
 // the benchmark's length; a fixed count (5 s each) spares the ramp-up runs:
 //
-//	go test -run '^$' -bench 'WANCPU/pps=1000$' -benchtime 5000x ./integration/lab/
-//	go test -run '^$' -bench 'WANCPU/pps=20000$' -benchtime 100000x ./integration/lab/
+//	go test -run '^$' -bench 'WANCPU/pps=1000$' -benchtime 5000x ./internal/netlab/
+//	go test -run '^$' -bench 'WANCPU/pps=20000$' -benchtime 100000x ./internal/netlab/
 func BenchmarkWANCPU(b *testing.B) {
 	for _, pps := range []int{1000, 20000} {
 		b.Run(fmt.Sprintf("pps=%d", pps), func(b *testing.B) { benchWANCPU(b, pps) })
@@ -25,13 +27,15 @@ func BenchmarkWANCPU(b *testing.B) {
 }
 
 func benchWANCPU(b *testing.B, pps int) {
-	l := New(b)
-	sa, sb := l.Site("a"), l.Site("b")
-	a1, b1 := sa.Host("a1"), sb.Host("b1")
-	l.SetWAN(sa, sb, WAN{Delay: wanDelay, Jitter: wanJitter})
-	p, ok := l.wans[l.linkKey(sa, sb)].d.(*havenwanProc)
+	l := newLab(b)
+	sa, sb := newSite(b, l, "a"), newSite(b, l, "b")
+	a1, b1 := newHost(b, sa, "a1"), newHost(b, sb, "b1")
+	must(b, l.SetWAN(sa, sb, WAN{Delay: wanDelay, Jitter: wanJitter}))
+	key, err := l.linkKey(sa, sb)
+	must(b, err)
+	p, ok := l.wans[key].d.(*delayerProc)
 	if !ok {
-		b.Fatal("no havenwan process")
+		b.Fatal("no delay program's process")
 	}
 	sink, err := b1.ListenPacket("udp", net.JoinHostPort(b1.IP(), "0"))
 	if err != nil {
@@ -63,7 +67,7 @@ func benchWANCPU(b *testing.B, pps int) {
 	}
 	payload := make([]byte, 64)
 
-	cpu0, err := processCPU(p.cmd.Process.Pid)
+	cpu0, err := processCPU(p.pid())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,7 +86,7 @@ func benchWANCPU(b *testing.B, pps int) {
 	sent := time.Since(start)
 	waitfor.Cond(b, 2*time.Second, fmt.Sprintf("all %d packets echoed (lost ones never are)", b.N), func() bool { return got.Load() >= int64(b.N) })
 	b.StopTimer()
-	cpu1, err := processCPU(p.cmd.Process.Pid)
+	cpu1, err := processCPU(p.pid())
 	if err != nil {
 		b.Fatal(err)
 	}

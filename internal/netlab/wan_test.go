@@ -1,4 +1,6 @@
-package lab
+//go:build linux
+
+package netlab
 
 import (
 	"context"
@@ -13,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/haven-ha/haven/integration/lab/wan"
+	"github.com/haven-ha/haven/internal/netlab/wan"
 )
 
 // The WAN tests measure with UDP from the test process itself: sockets
@@ -272,7 +274,7 @@ func checkDelayed(t *testing.T, what string, r pingResult) {
 		return
 	}
 	// The release time of a packet is never before arrival+delay-jitter;
-	// 1 ms covers clock reading order between this process and havenwan.
+	// 1 ms covers clock reading order between this process and the delayer.
 	if lo := 2*(wanDelay-wanJitter) - time.Millisecond; r.quantile(0) < lo {
 		t.Errorf("%s: min rtt %v < %v", what, r.quantile(0), lo)
 	}
@@ -319,9 +321,9 @@ type wanLab struct {
 
 func newWANLab(t *testing.T) *wanLab {
 	t.Helper()
-	w := &wanLab{l: New(t)}
-	w.a, w.b, w.c = w.l.Site("a"), w.l.Site("b"), w.l.Site("c")
-	w.a1, w.a2, w.b1, w.c1 = w.a.Host("a1"), w.a.Host("a2"), w.b.Host("b1"), w.c.Host("c1")
+	w := &wanLab{l: newLab(t)}
+	w.a, w.b, w.c = newSite(t, w.l, "a"), newSite(t, w.l, "b"), newSite(t, w.l, "c")
+	w.a1, w.a2, w.b1, w.c1 = newHost(t, w.a, "a1"), newHost(t, w.a, "a2"), newHost(t, w.b, "b1"), newHost(t, w.c, "c1")
 	w.echoB, w.echoA2, w.echoC = startUDPEcho(t, w.b1), startUDPEcho(t, w.a2), startUDPEcho(t, w.c1)
 	return w
 }
@@ -330,14 +332,16 @@ func (w *wanLab) link(t *testing.T) *wanLink {
 	t.Helper()
 	w.l.mu.Lock()
 	defer w.l.mu.Unlock()
-	return w.l.wans[w.l.linkKey(w.a, w.b)]
+	key, err := w.l.linkKey(w.a, w.b)
+	must(t, err)
+	return w.l.wans[key]
 }
 
 func TestWAN(t *testing.T) {
 	w := newWANLab(t)
 	checkUndelayed(t, "a1→b1 before SetWAN", mustPing(t, w.echoB, w.a1, quick))
 
-	timed(t, "SetWAN(a, b, 30ms±10ms)", func() { w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter}) })
+	timed(t, "SetWAN(a, b, 30ms±10ms)", func() error { return w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter}) })
 	checkDelayed(t, "a1→b1", mustPing(t, w.echoB, w.a1, spread))
 	checkUndelayed(t, "a1→c1 (no WAN)", mustPing(t, w.echoC, w.a1, quick))
 	checkUndelayed(t, "a1→a2 (same site)", mustPing(t, w.echoA2, w.a1, quick))
@@ -362,24 +366,24 @@ func TestWAN(t *testing.T) {
 		t.Errorf("no reordering across flows: is there any jitter?")
 	}
 
-	w.l.SetWAN(w.b, w.a, WAN{Delay: wanDelay, Jitter: wanJitter}) // same link, same WAN
+	must(t, w.l.SetWAN(w.b, w.a, WAN{Delay: wanDelay, Jitter: wanJitter})) // same link, same WAN
 	if k := w.link(t); k.queue != 1 {
 		t.Errorf("SetWAN with the same WAN restarted the delayer (queue %d)", k.queue)
 	}
 	wantRules(t, w.l, "SetWAN", 2)
 
-	// ClearWAN while a flow runs: rules go first, then havenwan lets its
+	// ClearWAN while a flow runs: rules go first, then the delayer lets its
 	// packets go, so none is lost.
-	w.lossless(t, "ClearWAN(a, b)", func() { w.l.ClearWAN(w.a, w.b) })
+	w.lossless(t, "ClearWAN(a, b)", func() error { return w.l.ClearWAN(w.a, w.b) })
 	wantRules(t, w.l, "ClearWAN", 0)
 	checkUndelayed(t, "a1→b1 after ClearWAN", mustPing(t, w.echoB, w.a1, quick))
-	w.l.ClearWAN(w.b, w.a) // idempotent
+	must(t, w.l.ClearWAN(w.b, w.a)) // idempotent
 }
 
 func TestWANLoss(t *testing.T) {
 	w := newWANLab(t)
 	const loss = 0.02
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: loss})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: loss}))
 	wantRules(t, w.l, "SetWAN with loss", 4)
 	// 2000 probes over 8 flows in a second; counted where they arrive, so
 	// this is one direction's loss.
@@ -397,12 +401,12 @@ func TestWANLoss(t *testing.T) {
 	}
 
 	// Changing the loss alone keeps the delayer.
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: 0.5})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: 0.5}))
 	if k := w.link(t); k.queue != 1 {
 		t.Errorf("changing only the loss restarted the delayer (queue %d)", k.queue)
 	}
 	// Loss without delay needs no delayer.
-	w.l.SetWAN(w.a, w.b, WAN{Loss: loss})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Loss: loss}))
 	if k := w.link(t); k.queue != 0 || k.d != nil {
 		t.Errorf("loss alone: queue %d, delayer %v", k.queue, k.d)
 	}
@@ -424,9 +428,9 @@ func pingQuickLossy(t *testing.T, e *udpEcho, h *Host) pingResult {
 // packets go only then, so nothing is lost.
 func TestWANChange(t *testing.T) {
 	w := newWANLab(t)
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter}))
 	const d2 = 10 * time.Millisecond
-	w.lossless(t, "SetWAN(a, b, 10ms)", func() { w.l.SetWAN(w.a, w.b, WAN{Delay: d2}) })
+	w.lossless(t, "SetWAN(a, b, 10ms)", func() error { return w.l.SetWAN(w.a, w.b, WAN{Delay: d2}) })
 	if k := w.link(t); k.queue != 2 {
 		t.Errorf("after the change: queue %d, want 2", k.queue)
 	}
@@ -437,32 +441,32 @@ func TestWANChange(t *testing.T) {
 	}
 }
 
-// TestWANKilled SIGKILLs havenwan, as a crash would: --queue-bypass lets
+// TestWANKilled SIGKILLs the delay program, as a crash would: --queue-bypass lets
 // packets through undelayed instead of dropping them all.
 func TestWANKilled(t *testing.T) {
 	w := newWANLab(t)
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter}))
 	if r := mustPing(t, w.echoB, w.a1, quick); r.quantile(0) < 2*(wanDelay-wanJitter)-time.Millisecond {
 		t.Fatalf("not delayed before the kill: %v", r)
 	}
-	p, ok := w.link(t).d.(*havenwanProc)
+	p, ok := w.link(t).d.(*delayerProc)
 	if !ok {
-		t.Fatalf("delayer is %T, not a havenwan process", w.link(t).d)
+		t.Fatalf("delayer is %T, not a delay program's process", w.link(t).d)
 	}
 	if err := p.kill(); err != nil {
 		t.Fatal(err)
 	}
 	checkUndelayed(t, "a1→b1 after SIGKILL", mustPing(t, w.echoB, w.a1, quick))
-	w.l.ClearWAN(w.a, w.b)
+	must(t, w.l.ClearWAN(w.a, w.b))
 }
 
 // TestWANPartition: a partition cuts a WAN link, and healing it gives the
 // delayed link back.
 func TestWANPartition(t *testing.T) {
 	w := newWANLab(t)
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: 0.01})
-	w.l.Partition([]*Host{w.a1}, []*Host{w.b1})
-	rules, err := w.l.rules()
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter, Loss: 0.01}))
+	must(t, w.l.Partition([]*Host{w.a1}, []*Host{w.b1}))
+	rules, err := w.l.Rules()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,7 +478,7 @@ func TestWANPartition(t *testing.T) {
 	if len(r.arrivals) != 0 || len(r.rtt) != 0 {
 		t.Errorf("a1→b1 across a partition: %d probes arrived, %d replies", len(r.arrivals), len(r.rtt))
 	}
-	w.l.Heal([]*Host{w.a1}, []*Host{w.b1})
+	must(t, w.l.Heal([]*Host{w.a1}, []*Host{w.b1}))
 	r = mustPing(t, w.echoB, w.a1, quick)
 	t.Logf("a1→b1 healed: %v", r)
 	if len(r.rtt) == 0 || r.quantile(0) < 2*(wanDelay-wanJitter)-time.Millisecond {
@@ -509,7 +513,7 @@ func TestWANInProcess(t *testing.T) {
 		last = d
 		return inProcessDelayer{d}, nil
 	}
-	w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter})
+	must(t, w.l.SetWAN(w.a, w.b, WAN{Delay: wanDelay, Jitter: wanJitter}))
 	r := mustPing(t, w.echoB, w.a1, pingOpts{flows: 4, perFlow: 100, interval: 2 * time.Millisecond, wait: time.Second})
 	t.Logf("a1→b1: %v; stats %+v", r, last.Stats())
 	if len(r.arrivals) != r.sent || len(r.rtt) != r.sent {
@@ -525,7 +529,7 @@ func TestWANInProcess(t *testing.T) {
 	if len(s.Links) != 1 || s.Links[0].Packets < uint64(2*r.sent) || s.Links[0].MaxHeld == 0 {
 		t.Errorf("stats %+v: want both directions of %d probes counted", s, r.sent)
 	}
-	w.l.ClearWAN(w.a, w.b)
+	must(t, w.l.ClearWAN(w.a, w.b))
 	s = last.Stats()
 	if s.Links[0].Held != 0 || s.Flows != 0 || s.Links[0].KernelDropped != 0 || s.Links[0].UserDropped != 0 {
 		t.Errorf("after stop: %+v, want nothing held and nothing dropped", s)
@@ -560,26 +564,6 @@ COMMIT
 	}
 }
 
-func TestWANValidate(t *testing.T) {
-	for _, tc := range []struct {
-		w  WAN
-		ok bool
-	}{
-		{WAN{}, true},
-		{WAN{Delay: wanDelay, Jitter: wanJitter, Loss: 0.02}, true},
-		{WAN{Loss: 0.999}, true},
-		{WAN{Loss: 1}, false},
-		{WAN{Loss: -0.1}, false},
-		{WAN{Loss: math.NaN()}, false},
-		{WAN{Delay: wanJitter, Jitter: wanDelay}, false},
-		{WAN{Delay: -wanDelay}, false},
-	} {
-		if err := tc.w.validate(); (err == nil) != tc.ok {
-			t.Errorf("%v: %v, want ok %v", tc.w, err, tc.ok)
-		}
-	}
-}
-
 func TestDelayerNetns(t *testing.T) {
 	for _, tc := range []struct {
 		argv []string
@@ -592,6 +576,10 @@ func TestDelayerNetns(t *testing.T) {
 		{[]string{"havenwan", "--netns"}, "", false},
 		{[]string{"/usr/bin/ip", "--netns", "hvab12c-r"}, "", false},
 		{[]string{"havenwan"}, "", false},
+		{[]string{"/usr/local/bin/haven", "lab-wan", "--netns", "hvab12c-r", "--link", "queue=1,delay=1ms"}, "hvab12c-r", true},
+		{[]string{"/tmp/go-build1/b001/netlab.test", "lab-wan", "--netns=hvab12c-r"}, "hvab12c-r", true},
+		{[]string{"/usr/local/bin/haven", "agent", "--netns", "hvab12c-r"}, "", false},
+		{[]string{"/usr/local/bin/haven", "--netns", "hvab12c-r", "lab-wan"}, "", false},
 		{nil, "", false},
 	} {
 		ns, ok := delayerNetns(tc.argv)
@@ -603,7 +591,7 @@ func TestDelayerNetns(t *testing.T) {
 
 // lossless runs change once a1 is a third into a flow of 300 packets to
 // b1, 1 ms apart, and fails the test if any of them or its reply is lost.
-func (w *wanLab) lossless(t *testing.T, what string, change func()) {
+func (w *wanLab) lossless(t *testing.T, what string, change func() error) {
 	t.Helper()
 	type result struct {
 		r   pingResult

@@ -1,4 +1,6 @@
-package lab
+//go:build linux
+
+package netlab
 
 import (
 	"context"

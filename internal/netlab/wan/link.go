@@ -33,7 +33,7 @@ func (k Link) Validate() error {
 }
 
 // String renders the link as ParseLink reads it, which is also the value of
-// havenwan's --link flag.
+// the delay program's --link flag (Command).
 func (k Link) String() string {
 	return fmt.Sprintf("queue=%d,delay=%v,jitter=%v", k.Queue, k.Delay, k.Jitter)
 }

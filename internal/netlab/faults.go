@@ -1,8 +1,11 @@
-package lab
+//go:build linux
+
+package netlab
 
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,68 +33,95 @@ type pair struct{ src, dst string }
 
 // Partition drops all traffic between every host of a and every host of b,
 // in both directions. Hosts within a (or within b) can still talk.
-func (l *Lab) Partition(a, b []*Host) {
-	l.t.Helper()
+func (l *Lab) Partition(a, b []*Host) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, x := range a {
-		for _, y := range b {
-			if x != y {
-				l.blocked[pair{x.ip, y.ip}] = true
-				l.blocked[pair{y.ip, x.ip}] = true
+	return l.change(func() {
+		for _, x := range a {
+			for _, y := range b {
+				if x != y {
+					l.blocked[pair{x.ip, y.ip}] = true
+					l.blocked[pair{y.ip, x.ip}] = true
+				}
 			}
 		}
-	}
-	l.apply()
+	})
 }
 
 // Heal undoes Partition(a, b), and any other cut between a host of a and a
 // host of b (an Isolate or IsolateAll included).
-func (l *Lab) Heal(a, b []*Host) {
-	l.t.Helper()
+func (l *Lab) Heal(a, b []*Host) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, x := range a {
-		for _, y := range b {
-			delete(l.blocked, pair{x.ip, y.ip})
-			delete(l.blocked, pair{y.ip, x.ip})
+	return l.change(func() {
+		for _, x := range a {
+			for _, y := range b {
+				delete(l.blocked, pair{x.ip, y.ip})
+				delete(l.blocked, pair{y.ip, x.ip})
+			}
 		}
-	}
-	l.apply()
+	})
 }
 
 // Isolate cuts h off from every other host that exists now (hosts added
 // later are not cut from it).
-func (l *Lab) Isolate(h *Host) {
-	l.t.Helper()
-	l.Partition([]*Host{h}, l.Hosts())
+func (l *Lab) Isolate(h *Host) error {
+	return l.Partition([]*Host{h}, l.Hosts())
 }
 
 // IsolateAll cuts every host that exists now off from every other one: the
 // "network blip everywhere" case.
-func (l *Lab) IsolateAll() {
-	l.t.Helper()
+func (l *Lab) IsolateAll() error {
 	hosts := l.Hosts()
-	l.Partition(hosts, hosts)
+	return l.Partition(hosts, hosts)
 }
 
 // HealAll removes every partition. WAN links (SetWAN) stay: they are the
 // network's shape, not a fault; ClearWAN removes them.
-func (l *Lab) HealAll() {
-	l.t.Helper()
+func (l *Lab) HealAll() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	clear(l.blocked)
-	l.apply()
+	return l.change(func() { clear(l.blocked) })
+}
+
+// Cuts lists the pairs of hosts that cannot reach each other, each pair
+// once, in the order the hosts were added.
+func (l *Lab) Cuts() [][2]*Host {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var cuts [][2]*Host
+	for i, x := range l.hosts {
+		for _, y := range l.hosts[i+1:] {
+			if l.blocked[pair{x.ip, y.ip}] || l.blocked[pair{y.ip, x.ip}] {
+				cuts = append(cuts, [2]*Host{x, y})
+			}
+		}
+	}
+	return cuts
+}
+
+// change applies edit to l.blocked and the rules to the router; when the
+// rules cannot be applied it puts l.blocked back, so the set always says
+// what the chain holds. Called with l.mu held.
+func (l *Lab) change(edit func()) error {
+	if err := l.usable(); err != nil {
+		return err
+	}
+	before := maps.Clone(l.blocked)
+	edit()
+	if err := l.apply(); err != nil {
+		l.blocked = before
+		return err
+	}
+	return nil
 }
 
 // apply replaces the chain's content with the rules for l.blocked and
 // l.wans. Declaring the chain in iptables-restore input flushes it, and
 // --noflush leaves the rest of the table (the FORWARD jump) alone. Called
 // with l.mu held.
-func (l *Lab) apply() {
-	l.t.Helper()
-	l.restore(rulesFor(l.blocked, l.wans))
+func (l *Lab) apply() error {
+	return l.restore(rulesFor(l.blocked, l.wans))
 }
 
 // rulesFor renders the iptables-restore input for a set of blocked
@@ -141,9 +171,9 @@ func rulesFor(blocked map[pair]bool, wans map[[2]int]*wanLink) string {
 	return b.String()
 }
 
-// rules lists the rules now in the chain, as `iptables -S` prints them, for
-// tests and debugging.
-func (l *Lab) rules() ([]string, error) {
+// Rules lists the rules now in the lab's chain, as `iptables -S` prints
+// them, for tests and debugging.
+func (l *Lab) Rules() ([]string, error) {
 	out, err := run(nil, l.tools.ip, "netns", "exec", l.router, l.tools.iptables, "-S", chain)
 	if err != nil {
 		return nil, err

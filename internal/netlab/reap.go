@@ -1,4 +1,6 @@
-package lab
+//go:build linux
+
+package netlab
 
 import (
 	"errors"
@@ -12,8 +14,9 @@ import (
 )
 
 // reapLeftovers removes the namespaces (and any root-namespace links) of labs
-// whose owning process no longer exists: a test binary killed by its timeout
-// or by SIGKILL never runs its cleanups.
+// whose owning process no longer exists, and their delay programs: a test
+// binary killed by its timeout, or a haven dev killed by SIGKILL, never
+// cleans up.
 func reapLeftovers(tl tools) error {
 	// Names are listed before owner records are read: a lab writes its
 	// record before creating anything and removes it after deleting
@@ -39,13 +42,12 @@ func reapLeftovers(tl tools) error {
 		return a
 	}
 	var errs []error
-	// A leftover havenwan runs in the root namespace, where killing the
-	// processes inside the namespaces misses it, and its socket would
+	// A leftover delay program runs in the root namespace, where killing
+	// the processes inside the namespaces misses it, and its socket would
 	// keep the router namespace alive after its name is gone.
 	for _, pid := range labDelayers(owned) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	reapBuilds()
 	var dead []string
 	for _, ns := range nss {
 		if !owned(ns) {
@@ -152,7 +154,7 @@ func ownerAlive(prefix string) bool {
 	if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
 		return false
 	}
-	got, err := startTime(pid)
+	got, err := StartTime(pid)
 	return err == nil && got == start
 }
 
@@ -161,9 +163,10 @@ func pidExists(pid int) bool {
 	return err == nil
 }
 
-// startTime is the process's start time in clock ticks since boot (field 22
-// of /proc/PID/stat).
-func startTime(pid int) (uint64, error) {
+// StartTime is the process's start time in clock ticks since boot (field 22
+// of /proc/PID/stat): with the pid, it names one process even after the pid
+// is reused.
+func StartTime(pid int) (uint64, error) {
 	f, err := statFields(pid, 22)
 	if err != nil {
 		return 0, err
@@ -245,8 +248,8 @@ func removeNamespaces(tl tools, nss []string) error {
 	return nil
 }
 
-// labDelayers lists the havenwan processes whose --netns names a namespace
-// of a lab that owned reports dead.
+// labDelayers lists the delay programs whose --netns names a namespace of a
+// lab that owned reports dead.
 func labDelayers(owned func(name string) bool) []int {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
@@ -269,9 +272,11 @@ func labDelayers(owned func(name string) bool) []int {
 	return pids
 }
 
-// delayerNetns reports the lab namespace a havenwan command line binds in.
+// delayerNetns reports the lab namespace a delay program's command line
+// binds in. A delay program is named havenwan, or takes lab-wan as its
+// first argument (haven lab-wan; a test binary standing in for it).
 func delayerNetns(argv []string) (string, bool) {
-	if len(argv) == 0 || filepath.Base(argv[0]) != "havenwan" {
+	if len(argv) == 0 || filepath.Base(argv[0]) != "havenwan" && (len(argv) < 2 || argv[1] != "lab-wan") {
 		return "", false
 	}
 	for i, a := range argv[1:] {
@@ -289,27 +294,4 @@ func delayerNetns(argv []string) (string, bool) {
 		return ns, prefixRE.MatchString(ns)
 	}
 	return "", false
-}
-
-// reapBuilds removes the havenwan builds of test binaries that are gone: a
-// test binary without a TestMain that removes its build leaves it behind.
-func reapBuilds() {
-	entries, err := os.ReadDir(os.TempDir())
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), binDirPrefix)
-		if !ok || !e.IsDir() {
-			continue
-		}
-		var pid int
-		var start uint64
-		if _, err := fmt.Sscanf(rest, "%d-%d-", &pid, &start); err != nil {
-			continue
-		}
-		if got, err := startTime(pid); err != nil || got != start {
-			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
-		}
-	}
 }
