@@ -186,43 +186,7 @@ func TestScenarioFastLAN(t *testing.T) {
 	c.createAndStart(leader, names)
 	before := c.allOnline(leader, names, 120*time.Second, anyOwner)
 	cpuHog(t)
-	st0, err := leader.status()
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	deadline := start.Add(*fastDuration)
-	for time.Now().Before(deadline) {
-		st, err := leader.status()
-		if err != nil {
-			t.Fatalf("after %s: %v", time.Since(start).Round(time.Second), err)
-		}
-		if st.GetTerm() != st0.GetTerm() || st.GetLeader() != st0.GetLeader() {
-			t.Fatalf("after %s: leader %s term %d, was %s term %d", time.Since(start).Round(time.Second), st.GetLeader(), st.GetTerm(), st0.GetLeader(), st0.GetTerm())
-		}
-		time.Sleep(time.Second)
-	}
-	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
-	lease := c.nodes[0].cfg.Lease.Duration
-	moved, froze := 0, 0
-	for _, name := range names {
-		b, a := before[name], after[name]
-		if a.GetOwner() != b.GetOwner() || a.GetEpoch() != b.GetEpoch() {
-			moved++
-			t.Errorf("%s moved: %s@%d -> %s@%d", name, b.GetOwner(), b.GetEpoch(), a.GetOwner(), a.GetEpoch())
-		}
-		var last time.Time
-		for _, r := range c.execRecords(name) {
-			if r.Wall.Before(start) {
-				continue
-			}
-			if !last.IsZero() && r.Wall.Sub(last) >= lease {
-				froze++
-				t.Errorf("%s froze on %s: no tick from %s to %s", name, r.Node, last.Format(time.RFC3339Nano), r.Wall.Format(time.RFC3339Nano))
-			}
-			last = r.Wall
-		}
-	}
+	w := c.watchSteady(leader, names, before, *fastDuration)
 	expiries := 0.0
 	for _, n := range c.nodes {
 		v, _ := metric(t, n, "haven_lease_expiries_total")
@@ -230,7 +194,7 @@ func TestScenarioFastLAN(t *testing.T) {
 	}
 	c.leaseFigures(t, leader)
 	t.Logf("scenario fast LAN steady %s under a CPU hog on %d cores: %d groups, false failovers %d, freezes %d, lease expiries %.0f, leader changes 0",
-		time.Since(start).Round(time.Second), runtime.NumCPU(), len(names), moved, froze, expiries)
+		w.ran.Round(time.Second), runtime.NumCPU(), len(names), w.moved, w.froze, expiries)
 
 	var took []time.Duration
 	for run := 0; run < *scenarioRuns; run++ {

@@ -61,53 +61,9 @@ func TestWANSteady(t *testing.T) {
 	if c.ownersIn(before, "a") == 0 || c.ownersIn(before, "b") == 0 {
 		t.Fatalf("groups run in site a: %d, site b: %d; want both", c.ownersIn(before, "a"), c.ownersIn(before, "b"))
 	}
-	st0, err := leader.status()
-	if err != nil {
-		t.Fatal(err)
-	}
 	cost0 := c.readDelayCost(t)
-	start := time.Now()
-	deadline := start.Add(*wanSteady)
-	for time.Now().Before(deadline) {
-		st, err := leader.status()
-		if err != nil {
-			t.Fatalf("after %s: %v", time.Since(start).Round(time.Second), err)
-		}
-		if st.GetTerm() != st0.GetTerm() || st.GetLeader() != st0.GetLeader() {
-			t.Fatalf("after %s: leader %s term %d, was %s term %d", time.Since(start).Round(time.Second), st.GetLeader(), st.GetTerm(), st0.GetLeader(), st0.GetTerm())
-		}
-		time.Sleep(time.Second)
-	}
-	ran := time.Since(start)
+	w := c.watchSteady(leader, names, before, *wanSteady)
 	cost1 := c.readDelayCost(t)
-	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
-	// No false failover: every group where it was, at the same epoch. No
-	// freeze: every guest ticked throughout (a gap of a lease or more in
-	// its execution log is a freeze).
-	lease := c.nodes[0].cfg.Lease.Duration
-	moved, froze := 0, 0
-	for _, name := range names {
-		b, a := before[name], after[name]
-		if a.GetOwner() != b.GetOwner() || a.GetEpoch() != b.GetEpoch() {
-			moved++
-			t.Errorf("%s moved: %s@%d -> %s@%d", name, b.GetOwner(), b.GetEpoch(), a.GetOwner(), a.GetEpoch())
-		}
-		var last time.Time
-		for _, r := range c.execRecords(name) {
-			if r.Wall.Before(start) {
-				continue
-			}
-			if !last.IsZero() && r.Wall.Sub(last) >= lease {
-				froze++
-				t.Errorf("%s froze on %s: no tick from %s to %s", name, r.Node, last.Format(time.RFC3339Nano), r.Wall.Format(time.RFC3339Nano))
-			}
-			last = r.Wall
-		}
-		if last.Before(deadline.Add(-lease)) {
-			froze++
-			t.Errorf("%s: last tick at %s, the run ended at %s", name, last.Format(time.RFC3339Nano), deadline.Format(time.RFC3339Nano))
-		}
-	}
 	// Not a lease ran out, anywhere (the guests' ticks say the same).
 	for _, n := range c.nodes {
 		if v, ok := metric(t, n, "haven_lease_expiries_total"); !ok || v != 0 {
@@ -115,10 +71,10 @@ func TestWANSteady(t *testing.T) {
 		}
 	}
 	c.leaseFigures(t, leader)
-	delayFigures(t, cost0, cost1, ran)
+	delayFigures(t, cost0, cost1, w.ran)
 	c.checkInvariants(names)
 	t.Logf("scenario WAN steady (%s timings) %s: %d groups, false failovers %d, freezes %d, leader changes 0 (%s, term %d, throughout)",
-		*wanTiming, ran.Round(time.Second), len(names), moved, froze, st0.GetLeader(), st0.GetTerm())
+		*wanTiming, w.ran.Round(time.Second), len(names), w.moved, w.froze, w.leader, w.term)
 }
 
 // dataLeader waits until all running nodes agree on a leader that is not
@@ -409,4 +365,65 @@ func TestWANCrossSiteLease(t *testing.T) {
 	}
 	c.checkFrozeAndThawed(victim, before, cut, healed)
 	c.checkInvariants(names)
+}
+
+// steady is what watchSteady saw.
+type steady struct {
+	ran          time.Duration
+	moved, froze int
+	leader       string
+	term         uint64
+}
+
+// watchSteady watches a quiet cluster for d: the leader and its term must
+// not change (the test stops at once if they do), and afterwards every
+// group must be where it was, at the same epoch (no false failover), and
+// must have ticked throughout (a gap of a lease or more in its execution
+// log is a freeze). Each move and freeze is an error of the test, and
+// counted.
+func (c *cluster) watchSteady(leader *node, names []string, before map[string]*havenv1.Group, d time.Duration) steady {
+	t := c.t
+	t.Helper()
+	st0, err := leader.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	deadline := start.Add(d)
+	for time.Now().Before(deadline) {
+		st, err := leader.status()
+		if err != nil {
+			t.Fatalf("after %s: %v", time.Since(start).Round(time.Second), err)
+		}
+		if st.GetTerm() != st0.GetTerm() || st.GetLeader() != st0.GetLeader() {
+			t.Fatalf("after %s: leader %s term %d, was %s term %d", time.Since(start).Round(time.Second), st.GetLeader(), st.GetTerm(), st0.GetLeader(), st0.GetTerm())
+		}
+		time.Sleep(time.Second)
+	}
+	w := steady{ran: time.Since(start), leader: st0.GetLeader(), term: st0.GetTerm()}
+	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
+	lease := c.nodes[0].cfg.Lease.Duration
+	for _, name := range names {
+		b, a := before[name], after[name]
+		if a.GetOwner() != b.GetOwner() || a.GetEpoch() != b.GetEpoch() {
+			w.moved++
+			t.Errorf("%s moved: %s@%d -> %s@%d", name, b.GetOwner(), b.GetEpoch(), a.GetOwner(), a.GetEpoch())
+		}
+		var last time.Time
+		for _, r := range c.execRecords(name) {
+			if r.Wall.Before(start) {
+				continue
+			}
+			if !last.IsZero() && r.Wall.Sub(last) >= lease {
+				w.froze++
+				t.Errorf("%s froze on %s: no tick from %s to %s", name, r.Node, last.Format(time.RFC3339Nano), r.Wall.Format(time.RFC3339Nano))
+			}
+			last = r.Wall
+		}
+		if last.Before(deadline.Add(-lease)) {
+			w.froze++
+			t.Errorf("%s: last tick at %s, the run ended at %s", name, last.Format(time.RFC3339Nano), deadline.Format(time.RFC3339Nano))
+		}
+	}
+	return w
 }
