@@ -61,9 +61,14 @@ func TestWANSteady(t *testing.T) {
 	if c.ownersIn(before, "a") == 0 || c.ownersIn(before, "b") == 0 {
 		t.Fatalf("groups run in site a: %d, site b: %d; want both", c.ownersIn(before, "a"), c.ownersIn(before, "b"))
 	}
+	witness := c.inSite("w")[0]
+	cpu0, _ := metric(t, witness, "process_cpu_seconds_total")
 	cost0 := c.readDelayCost(t)
 	w := c.watchSteady(leader, names, before, *wanSteady)
 	cost1 := c.readDelayCost(t)
+	cpu1, _ := metric(t, witness, "process_cpu_seconds_total")
+	rss, _ := metric(t, witness, "process_resident_memory_bytes")
+	t.Logf("scenario WAN witness: %.1f%% of one core, %.0f MiB resident", 100*(cpu1-cpu0)/w.ran.Seconds(), rss/(1<<20))
 	// Not a lease ran out, anywhere (the guests' ticks say the same).
 	for _, n := range c.nodes {
 		if v, ok := metric(t, n, "haven_lease_expiries_total"); !ok || v != 0 {
