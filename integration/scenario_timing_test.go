@@ -50,15 +50,16 @@ func (c *cluster) failedSeen(via, victim *node, timeout time.Duration) {
 // by gossip on the leader (detection) and until its groups run again
 // (kill to running): a node of the leader's site (its groups restart on
 // the other node there), a node of the other site (the same, but it
-// renews its lease across the WAN), and the whole other site (its groups
-// restart in the leader's).
+// renews its lease across the WAN), the whole other site (its groups
+// restart in the leader's), and the leader's whole site (a new leader is
+// elected in the other, then fails the groups over).
 func TestScenarioTiming(t *testing.T) {
 	if !*scenario {
 		t.Skip("scenario runner: run with -scenario (make bench-timing)")
 	}
 	type figure struct{ detect, running []time.Duration }
 	figs := map[string]*figure{}
-	cases := []string{"node in the leader's site", "node across the WAN", "the other site"}
+	cases := []string{"node in the leader's site", "node across the WAN", "the other site", "the leader's site"}
 	for _, name := range cases {
 		figs[name] = &figure{}
 	}
@@ -67,6 +68,16 @@ func TestScenarioTiming(t *testing.T) {
 			t.Run(fmt.Sprintf("%s-%d", name, run), func(t *testing.T) {
 				c := stretch(t, withDefaultTimings())
 				leader := c.dataLeader(120 * time.Second)
+				waitFor(t, 60*time.Second, "every node known to the leader", func() error {
+					st, err := leader.status()
+					if err != nil {
+						return err
+					}
+					if int(st.GetAliveNodes()) != len(c.nodes) {
+						return fmt.Errorf("%d of %d nodes alive", st.GetAliveNodes(), len(c.nodes))
+					}
+					return nil
+				})
 				home, other := c.inSite(leader.cfg.Site), c.inSite("a")
 				if leader.cfg.Site == "a" {
 					other = c.inSite("b")
@@ -93,6 +104,8 @@ func TestScenarioTiming(t *testing.T) {
 					victims = other[:1]
 				case cases[2]:
 					victims = other
+				case cases[3]:
+					victims = home
 				}
 				dead := map[string]bool{}
 				for _, v := range victims {
@@ -102,13 +115,18 @@ func TestScenarioTiming(t *testing.T) {
 				for _, v := range victims {
 					v.kill()
 				}
+				via := leader
+				if dead[leader.name] {
+					via = c.leader(120 * time.Second)
+					t.Logf("%s: %s leads %s after the SIGKILL", name, via.name, time.Since(t0).Round(time.Millisecond))
+				}
 				running := make(chan time.Duration, 1)
 				go func() {
 					defer close(running)
-					c.allOnline(leader, names, 120*time.Second, func(g *havenv1.Group) bool { return !dead[g.GetOwner()] })
+					c.allOnline(via, names, 120*time.Second, func(g *havenv1.Group) bool { return !dead[g.GetOwner()] })
 					running <- time.Since(t0)
 				}()
-				c.failedSeen(leader, victims[0], 120*time.Second)
+				c.failedSeen(via, victims[0], 120*time.Second)
 				detect := time.Since(t0)
 				r, ok := <-running
 				if !ok {
@@ -122,13 +140,13 @@ func TestScenarioTiming(t *testing.T) {
 		}
 	}
 	d := agent.Default()
-	t.Logf("scenario timing, default profiles (lease %s/%s, failover after %s; gossip same-site %s/%s x%d, cross-site %s/%s x%d):",
-		d.Lease.Duration, d.Lease.Margin, d.Lease.FailoverAfter,
+	t.Logf("scenario timing (median of %d runs), default profiles (lease %s/%s, failover after %s; gossip same-site %s/%s x%d, cross-site %s/%s x%d):",
+		*scenarioRuns, d.Lease.Duration, d.Lease.Margin, d.Lease.FailoverAfter,
 		d.Gossip.SameSite.ProbeInterval, d.Gossip.SameSite.ProbeTimeout, d.Gossip.SameSite.SuspicionMult,
 		d.Gossip.CrossSite.ProbeInterval, d.Gossip.CrossSite.ProbeTimeout, d.Gossip.CrossSite.SuspicionMult)
 	for _, name := range cases {
 		f := figs[name]
-		t.Logf("scenario timing %-26s detection median %s %v; kill to running median %s %v", name+":",
+		t.Logf("scenario timing %-27s detection median %s %v; kill to running median %s %v", name+":",
 			median(f.detect).Round(time.Millisecond), roundAll(f.detect), median(f.running).Round(time.Millisecond), roundAll(f.running))
 	}
 }
