@@ -12,6 +12,7 @@ import (
 
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/driver/sim"
+	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/quorum"
 )
 
@@ -247,13 +248,8 @@ func Default() Config {
 			SnapshotThreshold:  8192,
 			SnapshotInterval:   2 * time.Minute,
 		},
-		Gossip: GossipConfig{
-			// memberlist's LAN and WAN defaults: a failed neighbour in the
-			// same site is declared dead in a few seconds, a WAN with loss
-			// and 100 ms RTT does not flap.
-			SameSite:  Profile{ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 4, GossipInterval: 200 * time.Millisecond},
-			CrossSite: Profile{ProbeInterval: 5 * time.Second, ProbeTimeout: 3 * time.Second, SuspicionMult: 6, GossipInterval: 500 * time.Millisecond},
-		},
+		// See heartbeat's defaults for why these values.
+		Gossip: GossipConfig{SameSite: Profile(heartbeat.SameSiteDefaults()), CrossSite: Profile(heartbeat.CrossSiteDefaults())},
 		LogLevel:  "info",
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},

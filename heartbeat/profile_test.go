@@ -64,10 +64,10 @@ func TestProfileDetectionTime(t *testing.T) {
 		{"same-site, 3 nodes", SameSiteDefaults(), 3, 5500 * time.Millisecond},
 		{"same-site, 10 nodes", SameSiteDefaults(), 10, 5500 * time.Millisecond},
 		{"same-site, 100 nodes", SameSiteDefaults(), 100, 9500 * time.Millisecond},
-		// 5s + 3s + 6*1*5s
-		{"cross-site, 5 nodes", CrossSiteDefaults(), 5, 38 * time.Second},
-		// 5s + 3s + 6*3*5s
-		{"cross-site, 1000 nodes", CrossSiteDefaults(), 1000, 98 * time.Second},
+		// 2s + 1s + 4*1*2s
+		{"cross-site, 5 nodes", CrossSiteDefaults(), 5, 11 * time.Second},
+		// 2s + 1s + 4*3*2s
+		{"cross-site, 1000 nodes", CrossSiteDefaults(), 1000, 27 * time.Second},
 		// 100ms + 50ms + 2*log10(50)*100ms, log10(50) = 1.69897 kept to 1/1000
 		{"tight, 50 nodes", Profile{ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond, SuspicionMult: 2, GossipInterval: 50 * time.Millisecond}, 50, 150*time.Millisecond + 2*1698*100*time.Millisecond/1000},
 	}

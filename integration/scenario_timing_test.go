@@ -211,8 +211,8 @@ func TestScenarioFastLAN(t *testing.T) {
 		expiries += v
 	}
 	c.leaseFigures(t, leader)
-	t.Logf("scenario fast LAN steady %s under a CPU hog on %d cores: %d groups, false failovers %d, freezes %d, lease expiries %.0f, leader changes 0",
-		w.ran.Round(time.Second), runtime.NumCPU(), len(names), w.moved, w.froze, expiries)
+	t.Logf("scenario fast LAN steady %s under a CPU hog on %d cores: %d groups, false failovers %d, freezes %d, false deaths in gossip %d, lease expiries %.0f, leader changes 0",
+		w.ran.Round(time.Second), runtime.NumCPU(), len(names), w.moved, w.froze, w.deaths, expiries)
 
 	var took []time.Duration
 	for run := 0; run < *scenarioRuns; run++ {

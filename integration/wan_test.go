@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,8 +79,8 @@ func TestWANSteady(t *testing.T) {
 	c.leaseFigures(t, leader)
 	delayFigures(t, cost0, cost1, w.ran)
 	c.checkInvariants(names)
-	t.Logf("scenario WAN steady (%s timings) %s: %d groups, false failovers %d, freezes %d, leader changes 0 (%s, term %d, throughout)",
-		*wanTiming, w.ran.Round(time.Second), len(names), w.moved, w.froze, w.leader, w.term)
+	t.Logf("scenario WAN steady (%s timings) %s: %d groups, false failovers %d, freezes %d, false deaths in gossip %d, leader changes 0 (%s, term %d, throughout)",
+		*wanTiming, w.ran.Round(time.Second), len(names), w.moved, w.froze, w.deaths, w.leader, w.term)
 }
 
 // dataLeader waits until all running nodes agree on a leader that is not
@@ -376,8 +377,11 @@ func TestWANCrossSiteLease(t *testing.T) {
 type steady struct {
 	ran          time.Duration
 	moved, froze int
-	leader       string
-	term         uint64
+	// deaths counts gossip declaring a live node failed, as each agent
+	// saw it (member-failed events).
+	deaths int
+	leader string
+	term   uint64
 }
 
 // watchSteady watches a quiet cluster for d: the leader and its term must
@@ -393,6 +397,32 @@ func (c *cluster) watchSteady(leader *node, names []string, before map[string]*h
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every agent's own view of membership: a member-failed event while
+	// every node runs is a false death.
+	wctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var deaths []string
+	var watchers sync.WaitGroup
+	for _, n := range c.nodes {
+		stream, err := n.api().WatchEvents(wctx, &havenv1.WatchEventsRequest{Follow: true, Kinds: []string{"member-failed"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				deaths = append(deaths, fmt.Sprintf("%s saw %s fail at %s", n.name, resp.GetEvent().GetNode(), resp.GetEvent().GetTime().AsTime().Format(time.StampMilli)))
+				mu.Unlock()
+			}
+		}()
+	}
 	start := time.Now()
 	deadline := start.Add(d)
 	for time.Now().Before(deadline) {
@@ -406,6 +436,12 @@ func (c *cluster) watchSteady(leader *node, names []string, before map[string]*h
 		time.Sleep(time.Second)
 	}
 	w := steady{ran: time.Since(start), leader: st0.GetLeader(), term: st0.GetTerm()}
+	cancel()
+	watchers.Wait()
+	for _, d := range deaths {
+		w.deaths++
+		t.Errorf("false death: %s", d)
+	}
 	after := c.allOnline(leader, names, 10*time.Second, anyOwner)
 	lease := c.nodes[0].cfg.Lease.Duration
 	for _, name := range names {
