@@ -100,16 +100,24 @@ func secs(v float64) string {
 	return time.Duration(v * float64(time.Second)).String()
 }
 
-// leaseFigures prints, for the nodes that renew with leader across a WAN
-// and for those in its own site, the renewals' round trip (p50, p99, by
+// leaseFigures prints, for the leader (which renews with itself), the
+// nodes that renew with it across a WAN and those in its own site, the
+// renewals' round trip (p50, p99, by
 // bucket bound), the least lease headroom seen, and the expiries.
 func (c *cluster) leaseFigures(t *testing.T, leader *node) {
 	t.Helper()
-	for _, path := range []string{"same-site", "cross-site"} {
+	for _, path := range []string{"the leader itself", "same-site", "cross-site"} {
 		var rtt, room histogram
 		expiries, nodes := 0.0, 0
 		for _, n := range c.nodes {
-			if n == leader || n.cfg.Witness || !n.running() || (n.cfg.Site == leader.cfg.Site) != (path == "same-site") {
+			switch {
+			case n.cfg.Witness || !n.running():
+				continue
+			case n == leader:
+				if path != "the leader itself" {
+					continue
+				}
+			case path == "the leader itself" || (n.cfg.Site == leader.cfg.Site) != (path == "same-site"):
 				continue
 			}
 			text := scrape(t, n)
