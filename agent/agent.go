@@ -65,11 +65,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Nice != 0 {
-		if err := setNice(cfg.Nice); err != nil {
-			return nil, err
-		}
-	}
 	if cfg.AdvertiseAddr == "" && net.ParseIP(cfg.BindAddr).IsUnspecified() {
 		ip, err := privateIP()
 		if err != nil {

@@ -59,11 +59,6 @@ type Config struct {
 	// Labels describe the node to placement (rack, cpu model, storage
 	// class); a group's node_selector picks nodes by them.
 	Labels map[string]string `yaml:"labels,omitempty"`
-	// Nice is the agent's scheduling priority (-20 to 19; 0 leaves it as
-	// started). The agent must renew its lease and run its fencing on
-	// time while guests keep every core busy: corosync runs at realtime
-	// priority for the same reason. Below 0 needs root or CAP_SYS_NICE.
-	Nice int `yaml:"nice"`
 	// EnableDebug serves Go's profiler (/debug/pprof) on the metrics port,
 	// as Consul's enable_debug does: for finding where an agent's CPU or
 	// memory goes. It exposes internals, so it is off by default.
@@ -254,7 +249,7 @@ func Default() Config {
 			SnapshotInterval:   2 * time.Minute,
 		},
 		// See heartbeat's defaults for why these values.
-		Gossip:    GossipConfig{SameSite: Profile(heartbeat.SameSiteDefaults()), CrossSite: Profile(heartbeat.CrossSiteDefaults())},
+		Gossip: GossipConfig{SameSite: Profile(heartbeat.SameSiteDefaults()), CrossSite: Profile(heartbeat.CrossSiteDefaults())},
 		LogLevel:  "info",
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},

@@ -2,15 +2,10 @@ package agent
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 func TestDefaultIsValid(t *testing.T) {
@@ -45,7 +40,6 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"probe timeout above interval", func(c *Config) { c.Gossip.CrossSite.ProbeTimeout = 10 * time.Second }, "gossip.cross_site.probe_timeout:"},
 		{"cross-site margin short for its lease", func(c *Config) { c.Lease.CrossSite.Duration = time.Minute }, "lease.cross_site.margin:"},
 		{"cross-site failover within the lease", func(c *Config) { c.Lease.CrossSite.FailoverAfter = 2 * time.Second }, "lease.cross_site.failover_after:"},
-		{"nice out of range", func(c *Config) { c.Nice = -21 }, "nice: -21"},
 		{"bad log level", func(c *Config) { c.LogLevel = "loud" }, "log_level:"},
 		{"negative reserve", func(c *Config) { c.Placement.Reserve = -1 }, "placement.reserve: -1"},
 		{"huge reserve", func(c *Config) { c.Placement.Reserve = MaxReserve + 1 }, "placement.reserve: 17"},
@@ -153,43 +147,5 @@ func TestLeaseProfilesFromFile(t *testing.T) {
 	}
 	if p.CrossSite.Lease != 2*time.Second || p.CrossSite.Margin != 300*time.Millisecond || p.CrossSite.FailoverAfter != 12*time.Second {
 		t.Errorf("cross-site %+v, want the same-site lease and margin, failover after 12s", p.CrossSite)
-	}
-}
-
-// The nice value reaches every thread of the process, the ones started
-// after it too (Linux, as root: CI runs so).
-func TestSetNice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("lowering the nice value needs root")
-	}
-	// In a child, so that this test binary keeps its own priority.
-	if os.Getenv("HAVEN_TEST_NICE_CHILD") == "1" {
-		if err := setNice(-5); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { runtime.LockOSThread(); close(done); select {} }()
-		<-done
-		tasks, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, task := range tasks {
-			tid, _ := strconv.Atoi(task.Name())
-			p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The raw syscall returns 20 - nice.
-			if nice := 20 - p; nice != -5 {
-				t.Errorf("thread %d has nice %d, want -5", tid, nice)
-			}
-		}
-		return
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSetNice$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "HAVEN_TEST_NICE_CHILD=1")
-	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "PASS") {
-		t.Fatalf("child: %v\n%s", err, out)
 	}
 }

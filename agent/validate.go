@@ -27,8 +27,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("node_weight: %d must be 0 (never votes) or 1", c.NodeWeight)
 	case c.NodeWeight == 0 && c.Witness:
 		return errors.New("node_weight: 0 on a witness, whose only part is its vote")
-	case c.Nice < -20 || c.Nice > 19:
-		return fmt.Errorf("nice: %d must be between -20 and 19", c.Nice)
 	}
 	bind := net.ParseIP(c.BindAddr)
 	if bind == nil {
