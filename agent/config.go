@@ -249,7 +249,7 @@ func Default() Config {
 			SnapshotInterval:   2 * time.Minute,
 		},
 		// See heartbeat's defaults for why these values.
-		Gossip: GossipConfig{SameSite: Profile(heartbeat.SameSiteDefaults()), CrossSite: Profile(heartbeat.CrossSiteDefaults())},
+		Gossip:    GossipConfig{SameSite: Profile(heartbeat.SameSiteDefaults()), CrossSite: Profile(heartbeat.CrossSiteDefaults())},
 		LogLevel:  "info",
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},
