@@ -1,16 +1,13 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -143,29 +140,12 @@ type delayCost struct {
 	packets float64
 }
 
-// readDelayCost sums the CPU time of every havenwan process bound to this
-// lab's router namespace and the packets its NFQUEUE rules have sent them.
+// readDelayCost reads the CPU time of this lab's delay programs and the
+// packets its NFQUEUE rules have sent them.
 func (c *cluster) readDelayCost(t *testing.T) delayCost {
 	t.Helper()
-	router := c.lab.Prefix() + "-r"
-	var d delayCost
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		argv, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(argv, []byte("havenwan")) || !bytes.Contains(argv, []byte(router)) {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join(filepath.Dir(p), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command's closing parenthesis; utime and stime
-		// are fields 14 and 15 of stat, in clock ticks (USER_HZ, 100).
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		ut, _ := strconv.Atoi(f[11])
-		st, _ := strconv.Atoi(f[12])
-		d.cpu += time.Duration(ut+st) * 10 * time.Millisecond
-	}
+	d := delayCost{cpu: c.lab.DelayerCPU()}
+	router := c.lab.Router()
 	out, err := exec.Command("ip", "netns", "exec", router, "iptables", "-w", "-nvxL", "HAVEN_LAB").CombinedOutput()
 	if err != nil {
 		t.Fatalf("iptables in %s: %v: %s", router, err, out)

@@ -59,9 +59,7 @@ func TestWANSteady(t *testing.T) {
 	names := groupNames("w", 8)
 	c.createAndStart(leader, names)
 	before := c.allOnline(leader, names, 60*time.Second, anyOwner)
-	if c.ownersIn(before, "a") == 0 || c.ownersIn(before, "b") == 0 {
-		t.Fatalf("groups run in site a: %d, site b: %d; want both", c.ownersIn(before, "a"), c.ownersIn(before, "b"))
-	}
+	c.runInBoth(before, "a", "b")
 	witness := c.inSite("w")[0]
 	cpu0, _ := metric(t, witness, "process_cpu_seconds_total")
 	cost0 := c.readDelayCost(t)
@@ -127,6 +125,15 @@ func (c *cluster) ownersIn(groups map[string]*havenv1.Group, site string) int {
 	return k
 }
 
+// runInBoth fails the test unless groups run in both sites: each WAN
+// scenario needs something to lose, and something to keep, on either side.
+func (c *cluster) runInBoth(groups map[string]*havenv1.Group, a, b string) {
+	c.t.Helper()
+	if c.ownersIn(groups, a) == 0 || c.ownersIn(groups, b) == 0 {
+		c.t.Fatalf("groups run in site %s: %d, site %s: %d; want both", a, c.ownersIn(groups, a), b, c.ownersIn(groups, b))
+	}
+}
+
 // TestWANSiteLoss: every node of one data site is SIGKILLed at once; its
 // groups run again in the other data site, each once, the other site's
 // stay where they were, and the time it took is printed. In "leader's
@@ -150,9 +157,7 @@ func TestWANSiteLoss(t *testing.T) {
 			if !tc.withLeader {
 				dead, live = live, dead
 			}
-			if c.ownersIn(before, dead) == 0 || c.ownersIn(before, live) == 0 {
-				t.Fatalf("groups run in site %s: %d, site %s: %d; want both", dead, c.ownersIn(before, dead), live, c.ownersIn(before, live))
-			}
+			c.runInBoth(before, dead, live)
 			t0 := time.Now()
 			for _, n := range c.inSite(dead) {
 				n.kill()
@@ -195,9 +200,7 @@ func TestWANPartitionWithWitness(t *testing.T) {
 	names := groupNames("p", 8)
 	c.createAndStart(leader, names)
 	before := c.allOnline(leader, names, 60*time.Second, anyOwner)
-	if c.ownersIn(before, "a") == 0 || c.ownersIn(before, "b") == 0 {
-		t.Fatalf("groups run in site a: %d, site b: %d; want both", c.ownersIn(before, "a"), c.ownersIn(before, "b"))
-	}
+	c.runInBoth(before, "a", "b")
 	witness := c.inSite("w")[0]
 	c.lab.Partition(hostsOf(c.inSite("a")), hostsOf(c.inSite("b")))
 	cut := time.Now()

@@ -81,9 +81,8 @@ type report struct {
 }
 
 type outgoing struct {
-	name string
-	r    report
-	req  *havenv1.ReportGroupRequest
+	r   report
+	req *havenv1.ReportGroupRequest
 }
 
 // maxReports bounds the reports one reconcile has in flight at once.
@@ -481,7 +480,7 @@ func (e *Executor) report(g *havenv1.Group, st havenv1.GroupState, reason string
 	if sent {
 		return
 	}
-	e.outbox = append(e.outbox, outgoing{name: name, r: r, req: &havenv1.ReportGroupRequest{
+	e.outbox = append(e.outbox, outgoing{r: r, req: &havenv1.ReportGroupRequest{
 		Node: e.node, Name: name, Epoch: g.GetEpoch(), DesiredIndex: g.GetDesiredIndex(), State: st, Reason: reason,
 	}})
 }
@@ -503,11 +502,11 @@ func (e *Executor) flush(ctx context.Context) {
 		go func() {
 			defer func() { <-slots; wg.Done() }()
 			if err := e.send(ctx, o.req); err != nil {
-				e.log.Debug("report failed; will retry", "group", o.name, "state", o.r.state, "error", err)
+				e.log.Debug("report failed; will retry", "group", o.req.GetName(), "state", o.r.state, "error", err)
 				return
 			}
 			e.mu.Lock()
-			e.reported[o.name] = o.r
+			e.reported[o.req.GetName()] = o.r
 			e.mu.Unlock()
 		}()
 	}

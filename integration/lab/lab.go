@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/haven-ha/haven/internal/netlab"
 )
@@ -133,6 +134,17 @@ func (l *Lab) check(err error) {
 // Prefix is this run's name prefix: every namespace and link of the lab
 // starts with it followed by a dash.
 func (l *Lab) Prefix() string { return l.l.Prefix() }
+
+// Router is the router namespace, which holds the fault rules.
+func (l *Lab) Router() string { return l.l.Router() }
+
+// DelayerCPU is the CPU time the WAN's delay programs have used so far.
+func (l *Lab) DelayerCPU() time.Duration {
+	l.t.Helper()
+	d, err := l.l.DelayerCPU()
+	l.check(err)
+	return d
+}
 
 // Hosts returns every host added so far, in creation order.
 func (l *Lab) Hosts() []*Host {

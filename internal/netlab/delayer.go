@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -168,4 +169,26 @@ func (l *Lab) DelayerPids() []int {
 	}
 	slices.Sort(pids)
 	return pids
+}
+
+// DelayerCPU is the CPU time (user and system) the delay programs running
+// now have used since they started: what the WAN costs.
+func (l *Lab) DelayerCPU() (time.Duration, error) {
+	var total time.Duration
+	for _, pid := range l.DelayerPids() {
+		// utime and stime, fields 14 and 15, count clock ticks of
+		// USER_HZ, which Linux fixes at 100 for user space.
+		f, err := statFields(pid, 15)
+		if err != nil {
+			return 0, err
+		}
+		for _, v := range f[14:16] {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/stat: %v", pid, err)
+			}
+			total += time.Duration(n) * 10 * time.Millisecond
+		}
+	}
+	return total, nil
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/internal/netlab/wan"
+	"github.com/haven-ha/haven/internal/waitfor"
 )
 
 // requireEnv, when set to "1", turns "not root" from a skip into a failure,
@@ -583,11 +584,8 @@ func waitInNamespace(t *testing.T, pid int, ns string) {
 	if err := syscall.Stat(netnsDir+"/"+ns, &want); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	waitfor.Cond(t, 5*time.Second, fmt.Sprintf("process %d to enter namespace %s", pid, ns), func() bool {
 		var st syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
-			return
-		}
-	}
-	t.Fatalf("process %d did not enter namespace %s", pid, ns)
+		return syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino
+	})
 }

@@ -365,6 +365,15 @@ func TestWAN(t *testing.T) {
 	if crossInversions(r.arrivals) == 0 {
 		t.Errorf("no reordering across flows: is there any jitter?")
 	}
+	// What the delay program cost so far is read from its own process.
+	if pids := w.l.DelayerPids(); len(pids) != 1 {
+		t.Errorf("delay programs %v, want one", pids)
+	}
+	if cpu, err := w.l.DelayerCPU(); err != nil {
+		t.Errorf("DelayerCPU: %v", err)
+	} else {
+		t.Logf("the delay program used %s of CPU", cpu)
+	}
 
 	must(t, w.l.SetWAN(w.b, w.a, WAN{Delay: wanDelay, Jitter: wanJitter})) // same link, same WAN
 	if k := w.link(t); k.queue != 1 {
