@@ -61,12 +61,20 @@ func RetryInterceptor(b backoff.Config) grpc.UnaryClientInterceptor {
 		req = WithRequestID(req)
 		var p peer.Peer
 		opts = append(opts[:len(opts):len(opts)], grpc.Peer(&p))
+		var last error // the agent's last Unavailable answer
 		for attempt := 0; ; attempt++ {
 			p = peer.Peer{}
 			err := invoker(ctx, method, req, reply, cc, opts...)
+			if last != nil && ctx.Err() == context.DeadlineExceeded {
+				// The deadline ran out during a retry (a slow
+				// answer, a scheduler stall): the agent's last answer
+				// says more than DeadlineExceeded would.
+				return last
+			}
 			if status.Code(err) != codes.Unavailable || p.Addr == nil {
 				return err
 			}
+			last = err
 			wait := delay(b, attempt)
 			if time.Until(deadline) < wait {
 				// The next attempt could not finish in time; the agent's
