@@ -251,30 +251,17 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 
 // normalize checks a spec and fills in its defaults.
 func (d *Driver) normalize(spec driver.VMSpec) (driver.VMSpec, error) {
-	switch {
-	case !validName(spec.ID.Group) || !validName(spec.ID.Resource):
-		return spec, fmt.Errorf("id %q: group and resource must be non-empty names without path separators", spec.ID)
-	case spec.Node == "":
+	if err := spec.Validate(); err != nil {
+		return spec, err
+	}
+	if spec.Node == "" {
 		spec.Node = d.cfg.Node
+	}
+	switch {
 	case spec.Node != d.cfg.Node:
 		return spec, fmt.Errorf("node %q: this driver runs node %q", spec.Node, d.cfg.Node)
-	}
-	switch {
-	case spec.Epoch == 0:
-		return spec, errors.New("epoch: must be at least 1 (0 is an unclaimed disk)")
 	case spec.MemoryBytes < PageSize:
 		return spec, fmt.Errorf("memory_bytes: %d is below one page (%d)", spec.MemoryBytes, PageSize)
-	}
-	seen := map[string]bool{}
-	for i, dk := range spec.Disks {
-		if !filepath.IsLocal(dk.Path) {
-			return spec, fmt.Errorf("disks[%d].path %q: must be relative and inside the shared directory", i, dk.Path)
-		}
-		// Two entries for one file would record every tick twice.
-		if p := filepath.Clean(dk.Path); seen[p] {
-			return spec, fmt.Errorf("disks[%d].path %q: listed twice", i, dk.Path)
-		}
-		seen[filepath.Clean(dk.Path)] = true
 	}
 	spec.Disks = slices.Clone(spec.Disks)
 	return spec, nil
@@ -284,10 +271,6 @@ func (d *Driver) normalize(spec driver.VMSpec) (driver.VMSpec, error) {
 // time.Now, the result carries a monotonic reading even if t did not, so
 // every later gate check is immune to wall-clock steps from here on.
 func anchor(now, t time.Time) time.Time { return now.Add(t.Sub(now)) }
-
-func validName(s string) bool {
-	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\\\x00")
-}
 
 // boot claims the disks, recovers the counter and opens the files of a new
 // VM. Nothing runs until the caller starts its loop.
