@@ -41,6 +41,15 @@ type DiskSpec struct {
 	Name      string
 	Path      string
 	SizeBytes int64
+	// Format is the image format for drivers that read one: "raw" (also
+	// when empty) or "qcow2".
+	Format string
+}
+
+// Boot is a direct kernel boot: absolute paths on this node. A driver
+// that boots VMs from their disks (or simulates them) may ignore it.
+type Boot struct {
+	Kernel, Initrd, Cmdline string
 }
 
 // VMSpec is what Start needs to boot a VM on this node. It describes the
@@ -56,6 +65,9 @@ type VMSpec struct {
 	VCPUs       int
 	MemoryBytes int64
 	Disks       []DiskSpec
+	Boot        Boot
+	// Machine is the machine type; empty is the driver's default.
+	Machine string
 }
 
 // State is the state of a VM as its driver sees it.

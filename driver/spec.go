@@ -33,6 +33,17 @@ func (s VMSpec) Validate() error {
 			return fmt.Errorf("disks[%d].path %q: listed twice", i, dk.Path)
 		}
 		seen[p] = true
+		if dk.Format != "" && dk.Format != "raw" && dk.Format != "qcow2" {
+			return fmt.Errorf("disks[%d].format %q: must be raw or qcow2", i, dk.Format)
+		}
+	}
+	for _, f := range []struct{ name, path string }{{"kernel", s.Boot.Kernel}, {"initrd", s.Boot.Initrd}} {
+		if f.path != "" && (!filepath.IsAbs(f.path) || filepath.Clean(f.path) != f.path) {
+			return fmt.Errorf("boot.%s %q: must be a clean absolute path", f.name, f.path)
+		}
+	}
+	if s.Boot.Kernel == "" && (s.Boot.Initrd != "" || s.Boot.Cmdline != "") {
+		return errors.New("boot: an initrd or a command line needs a kernel")
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path"
@@ -35,6 +36,10 @@ const (
 // labelRE is what a node label key or value may be (agent/labels.go keeps
 // node labels to the same form).
 var labelRE = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
+
+// machineRE is what a machine type may be (QEMU's names: pc-q35-7.2,
+// microvm, q35).
+var machineRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -261,6 +266,9 @@ func validateResource(r *havenv1.Resource, byName map[string]*havenv1.Resource) 
 		if m := vm.GetMemoryBytes(); m < MinVMMemoryBytes || m > MaxMemoryBytes {
 			return fmt.Errorf("vm.memory_bytes: %d is outside 1 MiB..64 TiB", m)
 		}
+		if err := validateBoot(vm); err != nil {
+			return err
+		}
 	case havenv1.ResourceKind_RESOURCE_KIND_DISK:
 		d := r.GetDisk()
 		if d == nil {
@@ -275,6 +283,9 @@ func validateResource(r *havenv1.Resource, byName map[string]*havenv1.Resource) 
 		}
 		if s := d.GetSizeBytes(); s < 1 || s > MaxDiskBytes {
 			return fmt.Errorf("disk.size_bytes: %d is outside 1..%d (1 PiB)", s, int64(MaxDiskBytes))
+		}
+		if f := d.GetFormat(); f != "" && f != "raw" && f != "qcow2" {
+			return fmt.Errorf("disk.format: %q must be raw or qcow2", f)
 		}
 	case havenv1.ResourceKind_RESOURCE_KIND_IP:
 		ip := r.GetIp()
@@ -385,6 +396,31 @@ func findCycle(res []*havenv1.Resource) []string {
 				return c
 			}
 		}
+	}
+	return nil
+}
+
+// maxCmdline is Linux's own bound on a kernel command line (x86's
+// COMMAND_LINE_SIZE).
+const maxCmdline = 2048
+
+// validateBoot checks a VM's direct kernel boot and machine type: paths
+// that name the same file on every node, a command line the kernel
+// accepts. Whether the files exist is the node's question, not the log's.
+func validateBoot(vm *havenv1.VmSpec) error {
+	for _, f := range []struct{ name, path string }{{"kernel", vm.GetKernel()}, {"initrd", vm.GetInitrd()}} {
+		if p := f.path; p != "" && (len(p) > maxPathLen || !path.IsAbs(p) || path.Clean(p) != p || strings.ContainsRune(p, 0)) {
+			return fmt.Errorf("vm.%s: %q must be a clean absolute path", f.name, p)
+		}
+	}
+	if vm.GetKernel() == "" && (vm.GetInitrd() != "" || vm.GetCmdline() != "") {
+		return errors.New("vm.kernel: an initrd or a cmdline needs a kernel")
+	}
+	if c := vm.GetCmdline(); len(c) > maxCmdline || strings.ContainsAny(c, "\x00\n") {
+		return fmt.Errorf("vm.cmdline: longer than %d bytes or with a NUL or newline", maxCmdline)
+	}
+	if m := vm.GetMachine(); m != "" && !machineRE.MatchString(m) {
+		return fmt.Errorf("vm.machine: %q is not a machine type name", m)
 	}
 	return nil
 }

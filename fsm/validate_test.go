@@ -35,6 +35,21 @@ func TestValidateGroupSpec(t *testing.T) {
 		{"absurd memory", func(s *havenv1.GroupSpec) { s.Resources[2].Vm.MemoryBytes = 1 << 62 }, "vm.memory_bytes"},
 		{"zero vcpus", func(s *havenv1.GroupSpec) { s.Resources[2].Vm.Vcpus = 0 }, "vm.vcpus: 0 is outside"},
 		{"vm without spec", func(s *havenv1.GroupSpec) { s.Resources[2].Vm = nil }, "a vm resource needs"},
+		{"direct kernel boot", func(s *havenv1.GroupSpec) {
+			s.Resources[2].Vm.Kernel, s.Resources[2].Vm.Initrd = "/var/lib/haven/vmlinuz", "/var/lib/haven/initrd.gz"
+			s.Resources[2].Vm.Cmdline, s.Resources[2].Vm.Machine = "console=ttyS0 quiet", "pc-q35-7.2"
+			s.Resources[1].Disk.Format = "qcow2"
+		}, ""},
+		{"relative kernel", func(s *havenv1.GroupSpec) { s.Resources[2].Vm.Kernel = "boot/vmlinuz" }, `vm.kernel: "boot/vmlinuz" must be a clean absolute path`},
+		{"unclean initrd", func(s *havenv1.GroupSpec) {
+			s.Resources[2].Vm.Kernel, s.Resources[2].Vm.Initrd = "/k", "/a/../initrd"
+		}, "vm.initrd"},
+		{"initrd without kernel", func(s *havenv1.GroupSpec) { s.Resources[2].Vm.Initrd = "/initrd" }, "needs a kernel"},
+		{"cmdline with newline", func(s *havenv1.GroupSpec) {
+			s.Resources[2].Vm.Kernel, s.Resources[2].Vm.Cmdline = "/k", "quiet\ninit=/bin/sh"
+		}, "vm.cmdline"},
+		{"bad machine", func(s *havenv1.GroupSpec) { s.Resources[2].Vm.Machine = "q35,accel=kvm" }, "vm.machine"},
+		{"unknown disk format", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Format = "vmdk" }, `disk.format: "vmdk"`},
 		{"negative cpu demand", func(s *havenv1.GroupSpec) { s.CpuMillis = -5 }, "cpu_millis: -5 is outside"},
 		{"absurd disk", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.SizeBytes = 1 << 62 }, "disk.size_bytes"},
 		{"absolute disk path", func(s *havenv1.GroupSpec) { s.Resources[1].Disk.Path = "/etc/passwd" }, "disk.path"},

@@ -519,7 +519,7 @@ func vmSpecs(g *havenv1.Group, node string) []driver.VMSpec {
 	var disks []driver.DiskSpec
 	for _, r := range g.GetSpec().GetResources() {
 		if d := r.GetDisk(); d != nil {
-			disks = append(disks, driver.DiskSpec{Name: r.GetName(), Path: d.GetPath(), SizeBytes: d.GetSizeBytes()})
+			disks = append(disks, driver.DiskSpec{Name: r.GetName(), Path: d.GetPath(), SizeBytes: d.GetSizeBytes(), Format: d.GetFormat()})
 		}
 	}
 	var out []driver.VMSpec
@@ -535,6 +535,8 @@ func vmSpecs(g *havenv1.Group, node string) []driver.VMSpec {
 			VCPUs:       int(vm.GetVcpus()),
 			MemoryBytes: vm.GetMemoryBytes(),
 			Disks:       disks,
+			Boot:        driver.Boot{Kernel: vm.GetKernel(), Initrd: vm.GetInitrd(), Cmdline: vm.GetCmdline()},
+			Machine:     vm.GetMachine(),
 		})
 	}
 	return out

@@ -680,8 +680,12 @@ func (x *ConfigSpec) GetSettings() map[string]string {
 type DiskSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Path relative to the site's shared storage root.
-	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	SizeBytes     int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Path      string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	SizeBytes int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The image's format for drivers that read one: "raw" or "qcow2"; empty
+	// is raw. Never probed: a raw image whose guest wrote a qcow2 header
+	// would otherwise be read as one.
+	Format        string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,10 +734,26 @@ func (x *DiskSpec) GetSizeBytes() int64 {
 	return 0
 }
 
+func (x *DiskSpec) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
 type VmSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vcpus         int32                  `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
-	MemoryBytes   int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Vcpus       int32                  `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryBytes int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// A direct kernel boot (QEMU's -kernel, -initrd, -append): absolute
+	// paths that must exist on every node that may run the group. Empty:
+	// the VM boots from its disks. The sim driver ignores them.
+	Kernel  string `protobuf:"bytes,3,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	Initrd  string `protobuf:"bytes,4,opt,name=initrd,proto3" json:"initrd,omitempty"`
+	Cmdline string `protobuf:"bytes,5,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
+	// The machine type (QEMU's -machine); empty: the driver's default. A VM
+	// keeps it across moves, so both ends must support it.
+	Machine       string `protobuf:"bytes,6,opt,name=machine,proto3" json:"machine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -780,6 +800,34 @@ func (x *VmSpec) GetMemoryBytes() int64 {
 		return x.MemoryBytes
 	}
 	return 0
+}
+
+func (x *VmSpec) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *VmSpec) GetInitrd() string {
+	if x != nil {
+		return x.Initrd
+	}
+	return ""
+}
+
+func (x *VmSpec) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *VmSpec) GetMachine() string {
+	if x != nil {
+		return x.Machine
+	}
+	return ""
 }
 
 type IpSpec struct {
@@ -1978,14 +2026,19 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bsettings\x18\x01 \x03(\v2\".haven.v1.ConfigSpec.SettingsEntryR\bsettings\x1a;\n" +
 	"\rSettingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
 	"\bDiskSpec\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"A\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x16\n" +
+	"\x06format\x18\x03 \x01(\tR\x06format\"\xa5\x01\n" +
 	"\x06VmSpec\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x05R\x05vcpus\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\"\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x16\n" +
+	"\x06kernel\x18\x03 \x01(\tR\x06kernel\x12\x16\n" +
+	"\x06initrd\x18\x04 \x01(\tR\x06initrd\x12\x18\n" +
+	"\acmdline\x18\x05 \x01(\tR\acmdline\x12\x18\n" +
+	"\amachine\x18\x06 \x01(\tR\amachine\"\"\n" +
 	"\x06IpSpec\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"\x90\x01\n" +
 	"\x0eFailbackPolicy\x12*\n" +
