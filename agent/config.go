@@ -139,7 +139,7 @@ type LeaseTiming struct {
 
 // guest is the sim driver's guest configuration.
 func (s SimConfig) guest() sim.Guest {
-	return sim.Guest{DirtyRateBytesPerSec: s.DirtyRate, WorkingSetBytes: s.WorkingSetBytes, Tick: s.Tick}
+	return sim.Guest{DirtyRateBytesPerSec: s.DirtyRate, WorkingSetBytes: s.WorkingSetBytes, Tick: s.Tick, Watchdog: s.Watchdog}
 }
 
 // rules is one profile as the protocol's rules (quorum/lease.go) take it.
@@ -173,7 +173,11 @@ type SimConfig struct {
 	Tick            time.Duration `yaml:"tick"`
 	DirtyRate       int64         `yaml:"dirty_rate_bytes_per_sec"`
 	WorkingSetBytes int64         `yaml:"working_set_bytes"`
-	// FaultInjection enables the node's test hands: CrashVM, FillVM,
+	// Watchdog is the timeout of every simulated guest's watchdog: a
+	// guest that hangs (HangVM) crashes this long after, and its group
+	// restarts under its policy. Zero: no watchdog.
+	Watchdog time.Duration `yaml:"watchdog"`
+	// FaultInjection enables the node's test hands: CrashVM, HangVM, FillVM,
 	// InspectVM and holding moves at a phase (HoldMoves, ReleaseMoves).
 	// Never on a production node.
 	FaultInjection bool `yaml:"fault_injection"`
@@ -253,7 +257,7 @@ func Default() Config {
 		LogLevel:  "info",
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},
-		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20},
+		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20, Watchdog: 10 * time.Second},
 		// Reserve 1: "can the cluster sustain one node failure?" is the
 		// question every HA cluster must answer yes to (vSphere HA's
 		// default admission control, WSFC's N+1), and an HA group admitted

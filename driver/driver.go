@@ -162,6 +162,12 @@ type FaultInjector interface {
 	// unknown VM (ErrNotFound) and one that is not running or frozen
 	// (ErrInvalidState).
 	Crash(id VMID, reason string) error
+	// Hang makes a running guest stop executing and stop feeding its
+	// watchdog while its VM lives on, as a locked-up guest kernel: the
+	// watchdog, if the guest has one, then makes the VM crash, and
+	// nothing else notices. It refuses an unknown VM (ErrNotFound) and
+	// one that is not running (ErrInvalidState).
+	Hang(id VMID) error
 	// MemoryChecksum hashes the VM's memory as it is at the call, with the
 	// function a migration's checksum uses (MigrateResult.Checksum), so a
 	// test can compare a moved VM with its original apart from the move's

@@ -74,6 +74,11 @@ type Guest struct {
 	// Tick is the guest loop period: one counter step and one record on
 	// every disk per tick. Zero means DefaultTick.
 	Tick time.Duration
+	// Watchdog is the timeout of the guest's virtual watchdog, which it
+	// feeds every tick; a guest that stops feeding it this long (Hang) is
+	// reset by it: the VM crashes, as QEMU's i6300esb with the QEMU
+	// driver's action. Zero: no watchdog, and a hung guest hangs.
+	Watchdog time.Duration
 }
 
 // Validate says which field of g is out of range, by the name the agent's
@@ -88,6 +93,8 @@ func (g Guest) Validate() error {
 		return fmt.Errorf("working_set_bytes: %d must not be negative", g.WorkingSetBytes)
 	case g.Tick != 0 && (g.Tick < minTick || g.Tick > maxTick):
 		return fmt.Errorf("tick: %s is outside %s..%s (0 means %s)", g.Tick, minTick, maxTick, DefaultTick)
+	case g.Watchdog < 0 || g.Watchdog > maxTick:
+		return fmt.Errorf("watchdog: %s is outside 0..%s", g.Watchdog, maxTick)
 	}
 	return nil
 }
@@ -311,7 +318,7 @@ func (d *Driver) newVM(spec driver.VMSpec, state driver.State) (*vm, error) {
 		return nil, err
 	}
 	return &vm{
-		spec: spec, period: guest.Tick, now: d.now,
+		spec: spec, period: guest.Tick, watchdog: guest.Watchdog, now: d.now,
 		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
 		state: state, mem: mem,
 		dirt: newDirtier(rand.Uint64(), mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick)),
@@ -397,6 +404,26 @@ func (d *Driver) Crash(id driver.VMID, reason string) error {
 	v.halt(driver.StateCrashed, reason)
 	v.mu.Unlock()
 	<-v.done
+	return nil
+}
+
+// Hang implements driver.FaultInjector: the guest stops executing and
+// feeding its watchdog while its VM stays up, as a guest kernel that
+// locked up.
+func (d *Driver) Hang(id driver.VMID) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("hang %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.state != driver.StateRunning {
+		return fmt.Errorf("hang %s: %w: it is %s", id, driver.ErrInvalidState, v.state)
+	}
+	if !v.hung {
+		v.hung, v.fed = true, v.now()
+		v.log.Info("guest hung (injected)", "watchdog", v.watchdog)
+	}
 	return nil
 }
 

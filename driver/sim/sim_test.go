@@ -804,3 +804,44 @@ func TestConcurrentCommands(t *testing.T) {
 		}
 	}
 }
+
+// A hung guest stops counting at once; its watchdog, fed by every tick,
+// crashes the VM once it has gone unfed for its timeout, and not before.
+// Without a watchdog it hangs on, still "running" to the driver.
+func TestHungGuest(t *testing.T) {
+	dir, clk := t.TempDir(), newClock()
+	guest := testGuest
+	guest.Watchdog = time.Second
+	d := newGuestDriver(t, "n1", dir, clk, guest)
+	start(t, d, testSpec(web, 1), clk.Now().Add(time.Hour))
+	waitCounter(t, d, web, 2)
+	if err := d.Hang(web); err != nil {
+		t.Fatal(err)
+	}
+	hung := status(t, d, web).Counter
+	clk.Advance(999 * time.Millisecond)
+	waitWakeups(t, d, web, 5)
+	if st := status(t, d, web); st.State != driver.StateRunning || st.Counter != hung {
+		t.Fatalf("before the watchdog's timeout: %s at %d, want running at %d", st.State, st.Counter, hung)
+	}
+	clk.Advance(time.Millisecond)
+	waitFor(t, "the watchdog to crash the VM", func() bool { return status(t, d, web).State == driver.StateCrashed })
+	if st := status(t, d, web); !strings.Contains(st.Reason, "watchdog") || st.Counter != hung {
+		t.Errorf("after the watchdog: %+v, want crashed by the watchdog at counter %d", st, hung)
+	}
+	if err := d.Hang(web); !errors.Is(err, driver.ErrInvalidState) {
+		t.Errorf("Hang of a crashed VM: %v, want ErrInvalidState", err)
+	}
+
+	other := driver.VMID{Group: "other", Resource: "vm"}
+	d2 := newDriver(t, "n2", t.TempDir(), clk) // testGuest: no watchdog
+	start(t, d2, testSpec(other, 1), clk.Now().Add(time.Hour))
+	if err := d2.Hang(other); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(10 * time.Minute)
+	waitWakeups(t, d2, other, 5)
+	if st := status(t, d2, other); st.State != driver.StateRunning {
+		t.Errorf("a hung guest without a watchdog: %s, want still running", st.State)
+	}
+}

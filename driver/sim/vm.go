@@ -41,6 +41,11 @@ type vm struct {
 	exec     *os.File
 	hdr      [HeaderSize]byte // scratch for the disk header check
 	wakeups  uint64           // guest loop iterations, for tests to wait on
+	// hung: the guest stopped executing (Hang) at fed, its watchdog's
+	// last feed; watchdog is its timeout, zero for none.
+	hung     bool
+	fed      time.Time
+	watchdog time.Duration
 
 	// moving: a MigrateOut or SaveState of this VM runs; it alone may end
 	// the pause it makes, so Resume and a second move are refused.
@@ -102,7 +107,15 @@ func (v *vm) step() bool {
 	if !v.holds() {
 		return false
 	}
-	if v.gate() && !v.throttled() {
+	switch {
+	case !v.gate() || v.throttled():
+	case v.hung:
+		// The watchdog runs on the host's clock, frozen time included,
+		// as QEMU's does when its whole process was stopped.
+		if v.watchdog > 0 && v.now().Sub(v.fed) >= v.watchdog {
+			v.halt(driver.StateCrashed, fmt.Sprintf("the guest's watchdog expired (not fed for %s)", v.watchdog))
+		}
+	default:
 		v.tick()
 	}
 	return v.holds()

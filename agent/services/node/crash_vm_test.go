@@ -22,7 +22,7 @@ func TestCrashVM(t *testing.T) {
 	}
 }
 
-// The test hands that act on a VM (CrashVM, FillVM) take the setting and
+// The test hands that act on a VM (CrashVM, HangVM, FillVM) take the setting and
 // a driver that can, both, and do nothing otherwise.
 func TestVMHandsDenied(t *testing.T) {
 	for _, h := range vmHands {
@@ -39,8 +39,8 @@ func TestVMHandsDenied(t *testing.T) {
 			f := newFixture(t, c.drv, c.enabled)
 			wantStatus(t, h.call(f.svc), codes.PermissionDenied, "fault injection is disabled")
 		}
-		if len(able.crashed) != 0 || len(able.filled) != 0 {
-			t.Errorf("%s: crashed %v, filled %v with fault injection off", h.name, able.crashed, able.filled)
+		if len(able.crashed) != 0 || len(able.hung) != 0 || len(able.filled) != 0 {
+			t.Errorf("%s: crashed %v, hung %v, filled %v with fault injection off", h.name, able.crashed, able.hung, able.filled)
 		}
 	}
 }
@@ -69,6 +69,10 @@ var vmHands = []struct {
 }{
 	{"CrashVM", func(s *Service) error {
 		_, err := s.CrashVM(context.Background(), &havenv1.CrashVMRequest{Group: "web", Vm: "vm0"})
+		return err
+	}},
+	{"HangVM", func(s *Service) error {
+		_, err := s.HangVM(context.Background(), &havenv1.HangVMRequest{Group: "web", Vm: "vm0"})
 		return err
 	}},
 	{"FillVM", func(s *Service) error {

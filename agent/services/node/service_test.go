@@ -77,6 +77,12 @@ type crashDriver struct {
 	err     error
 	crashed []driver.VMID
 	reasons []string
+	hung    []driver.VMID
+}
+
+func (d *crashDriver) Hang(id driver.VMID) error {
+	d.hung = append(d.hung, id)
+	return d.err
 }
 
 func (d *crashDriver) Crash(id driver.VMID, reason string) error {

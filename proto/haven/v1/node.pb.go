@@ -567,6 +567,94 @@ func (*CrashVMResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
+type HangVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Vm            string                 `protobuf:"bytes,2,opt,name=vm,proto3" json:"vm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HangVMRequest) Reset() {
+	*x = HangVMRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HangVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HangVMRequest) ProtoMessage() {}
+
+func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HangVMRequest.ProtoReflect.Descriptor instead.
+func (*HangVMRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HangVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *HangVMRequest) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+type HangVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HangVMResponse) Reset() {
+	*x = HangVMResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HangVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HangVMResponse) ProtoMessage() {}
+
+func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HangVMResponse.ProtoReflect.Descriptor instead.
+func (*HangVMResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
 type MoveOutRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Operation string                 `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
@@ -581,7 +669,7 @@ type MoveOutRequest struct {
 
 func (x *MoveOutRequest) Reset() {
 	*x = MoveOutRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +681,7 @@ func (x *MoveOutRequest) String() string {
 func (*MoveOutRequest) ProtoMessage() {}
 
 func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +694,7 @@ func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutRequest.ProtoReflect.Descriptor instead.
 func (*MoveOutRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MoveOutRequest) GetOperation() string {
@@ -644,7 +732,7 @@ type MoveOutResponse struct {
 
 func (x *MoveOutResponse) Reset() {
 	*x = MoveOutResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +744,7 @@ func (x *MoveOutResponse) String() string {
 func (*MoveOutResponse) ProtoMessage() {}
 
 func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +757,7 @@ func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutResponse.ProtoReflect.Descriptor instead.
 func (*MoveOutResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MoveOutResponse) GetPhase() OperationPhase {
@@ -714,7 +802,7 @@ type MoveInRequest struct {
 
 func (x *MoveInRequest) Reset() {
 	*x = MoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +814,7 @@ func (x *MoveInRequest) String() string {
 func (*MoveInRequest) ProtoMessage() {}
 
 func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +827,7 @@ func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
 func (*MoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MoveInRequest) GetOperation() string {
@@ -779,7 +867,7 @@ type MoveInResponse struct {
 
 func (x *MoveInResponse) Reset() {
 	*x = MoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +879,7 @@ func (x *MoveInResponse) String() string {
 func (*MoveInResponse) ProtoMessage() {}
 
 func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +892,7 @@ func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
 func (*MoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MoveInResponse) GetData() []byte {
@@ -824,7 +912,7 @@ type RestoreMoveRequest struct {
 
 func (x *RestoreMoveRequest) Reset() {
 	*x = RestoreMoveRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +924,7 @@ func (x *RestoreMoveRequest) String() string {
 func (*RestoreMoveRequest) ProtoMessage() {}
 
 func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +937,7 @@ func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveRequest.ProtoReflect.Descriptor instead.
 func (*RestoreMoveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RestoreMoveRequest) GetOperation() string {
@@ -874,7 +962,7 @@ type RestoreMoveResponse struct {
 
 func (x *RestoreMoveResponse) Reset() {
 	*x = RestoreMoveResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +974,7 @@ func (x *RestoreMoveResponse) String() string {
 func (*RestoreMoveResponse) ProtoMessage() {}
 
 func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +987,7 @@ func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveResponse.ProtoReflect.Descriptor instead.
 func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 type ConfirmMoveInRequest struct {
@@ -912,7 +1000,7 @@ type ConfirmMoveInRequest struct {
 
 func (x *ConfirmMoveInRequest) Reset() {
 	*x = ConfirmMoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1012,7 @@ func (x *ConfirmMoveInRequest) String() string {
 func (*ConfirmMoveInRequest) ProtoMessage() {}
 
 func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1025,7 @@ func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConfirmMoveInRequest) GetOperation() string {
@@ -962,7 +1050,7 @@ type ConfirmMoveInResponse struct {
 
 func (x *ConfirmMoveInResponse) Reset() {
 	*x = ConfirmMoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1062,7 @@ func (x *ConfirmMoveInResponse) String() string {
 func (*ConfirmMoveInResponse) ProtoMessage() {}
 
 func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1075,7 @@ func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 type HoldMovesRequest struct {
@@ -999,7 +1087,7 @@ type HoldMovesRequest struct {
 
 func (x *HoldMovesRequest) Reset() {
 	*x = HoldMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1099,7 @@ func (x *HoldMovesRequest) String() string {
 func (*HoldMovesRequest) ProtoMessage() {}
 
 func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1112,7 @@ func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
 func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
@@ -1044,7 +1132,7 @@ type HoldMovesResponse struct {
 
 func (x *HoldMovesResponse) Reset() {
 	*x = HoldMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1144,7 @@ func (x *HoldMovesResponse) String() string {
 func (*HoldMovesResponse) ProtoMessage() {}
 
 func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1157,7 @@ func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
 func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HoldMovesResponse) GetHolds() []*MoveHold {
@@ -1091,7 +1179,7 @@ type MoveHold struct {
 
 func (x *MoveHold) Reset() {
 	*x = MoveHold{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1191,7 @@ func (x *MoveHold) String() string {
 func (*MoveHold) ProtoMessage() {}
 
 func (x *MoveHold) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1204,7 @@ func (x *MoveHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
 func (*MoveHold) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MoveHold) GetPhase() MoveHoldPhase {
@@ -1141,7 +1229,7 @@ type GetMoveHoldsRequest struct {
 
 func (x *GetMoveHoldsRequest) Reset() {
 	*x = GetMoveHoldsRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1241,7 @@ func (x *GetMoveHoldsRequest) String() string {
 func (*GetMoveHoldsRequest) ProtoMessage() {}
 
 func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1254,7 @@ func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 type GetMoveHoldsResponse struct {
@@ -1178,7 +1266,7 @@ type GetMoveHoldsResponse struct {
 
 func (x *GetMoveHoldsResponse) Reset() {
 	*x = GetMoveHoldsResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1278,7 @@ func (x *GetMoveHoldsResponse) String() string {
 func (*GetMoveHoldsResponse) ProtoMessage() {}
 
 func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1291,7 @@ func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
@@ -1223,7 +1311,7 @@ type ReleaseMovesRequest struct {
 
 func (x *ReleaseMovesRequest) Reset() {
 	*x = ReleaseMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1323,7 @@ func (x *ReleaseMovesRequest) String() string {
 func (*ReleaseMovesRequest) ProtoMessage() {}
 
 func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1336,7 @@ func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
@@ -1268,7 +1356,7 @@ type ReleaseMovesResponse struct {
 
 func (x *ReleaseMovesResponse) Reset() {
 	*x = ReleaseMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1368,7 @@ func (x *ReleaseMovesResponse) String() string {
 func (*ReleaseMovesResponse) ProtoMessage() {}
 
 func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1381,7 @@ func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
@@ -1313,7 +1401,7 @@ type InspectVMRequest struct {
 
 func (x *InspectVMRequest) Reset() {
 	*x = InspectVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1413,7 @@ func (x *InspectVMRequest) String() string {
 func (*InspectVMRequest) ProtoMessage() {}
 
 func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1426,7 @@ func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
 func (*InspectVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InspectVMRequest) GetGroup() string {
@@ -1374,7 +1462,7 @@ type InspectVMResponse struct {
 
 func (x *InspectVMResponse) Reset() {
 	*x = InspectVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1474,7 @@ func (x *InspectVMResponse) String() string {
 func (*InspectVMResponse) ProtoMessage() {}
 
 func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1487,7 @@ func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
 func (*InspectVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *InspectVMResponse) GetState() string {
@@ -1440,7 +1528,7 @@ type FillVMRequest struct {
 
 func (x *FillVMRequest) Reset() {
 	*x = FillVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1540,7 @@ func (x *FillVMRequest) String() string {
 func (*FillVMRequest) ProtoMessage() {}
 
 func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1553,7 @@ func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
 func (*FillVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FillVMRequest) GetGroup() string {
@@ -1492,7 +1580,7 @@ type FillVMResponse struct {
 
 func (x *FillVMResponse) Reset() {
 	*x = FillVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1592,7 @@ func (x *FillVMResponse) String() string {
 func (*FillVMResponse) ProtoMessage() {}
 
 func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1605,7 @@ func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
 func (*FillVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FillVMResponse) GetBytes() int64 {
@@ -1540,7 +1628,7 @@ type ProbeLinkRequest struct {
 
 func (x *ProbeLinkRequest) Reset() {
 	*x = ProbeLinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1640,7 @@ func (x *ProbeLinkRequest) String() string {
 func (*ProbeLinkRequest) ProtoMessage() {}
 
 func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1653,7 @@ func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProbeLinkRequest) GetTarget() string {
@@ -1594,7 +1682,7 @@ type ProbeLinkResponse struct {
 
 func (x *ProbeLinkResponse) Reset() {
 	*x = ProbeLinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1694,7 @@ func (x *ProbeLinkResponse) String() string {
 func (*ProbeLinkResponse) ProtoMessage() {}
 
 func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1707,7 @@ func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProbeLinkResponse) GetBytes() int64 {
@@ -1648,7 +1736,7 @@ type ProbeSinkRequest struct {
 
 func (x *ProbeSinkRequest) Reset() {
 	*x = ProbeSinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1748,7 @@ func (x *ProbeSinkRequest) String() string {
 func (*ProbeSinkRequest) ProtoMessage() {}
 
 func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1761,7 @@ func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProbeSinkRequest) GetNode() string {
@@ -1700,7 +1788,7 @@ type ProbeSinkResponse struct {
 
 func (x *ProbeSinkResponse) Reset() {
 	*x = ProbeSinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1800,7 @@ func (x *ProbeSinkResponse) String() string {
 func (*ProbeSinkResponse) ProtoMessage() {}
 
 func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1813,7 @@ func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProbeSinkResponse) GetBytes() int64 {
@@ -1767,7 +1855,11 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x0eCrashVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x11\n" +
-	"\x0fCrashVMResponse\"e\n" +
+	"\x0fCrashVMResponse\"5\n" +
+	"\rHangVMRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x10\n" +
+	"\x0eHangVMResponse\"e\n" +
 	"\x0eMoveOutRequest\x12\x1c\n" +
 	"\toperation\x18\x01 \x01(\tR\toperation\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x1f\n" +
@@ -1840,13 +1932,14 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
 	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
 	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
-	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xca\b\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\x87\t\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
 	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
 	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12>\n" +
-	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12@\n" +
+	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12;\n" +
+	"\x06HangVM\x12\x17.haven.v1.HangVMRequest\x1a\x18.haven.v1.HangVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
 	"\x06MoveIn\x12\x17.haven.v1.MoveInRequest\x1a\x18.haven.v1.MoveInResponse(\x010\x01\x12J\n" +
 	"\vRestoreMove\x12\x1c.haven.v1.RestoreMoveRequest\x1a\x1d.haven.v1.RestoreMoveResponse\x12P\n" +
@@ -1872,7 +1965,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_haven_v1_node_proto_goTypes = []any{
 	(MoveHoldPhase)(0),            // 0: haven.v1.MoveHoldPhase
 	(*GetRaftStatusRequest)(nil),  // 1: haven.v1.GetRaftStatusRequest
@@ -1884,78 +1977,82 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*ReportGroupResponse)(nil),   // 7: haven.v1.ReportGroupResponse
 	(*CrashVMRequest)(nil),        // 8: haven.v1.CrashVMRequest
 	(*CrashVMResponse)(nil),       // 9: haven.v1.CrashVMResponse
-	(*MoveOutRequest)(nil),        // 10: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),       // 11: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),         // 12: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),        // 13: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),    // 14: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),   // 15: haven.v1.RestoreMoveResponse
-	(*ConfirmMoveInRequest)(nil),  // 16: haven.v1.ConfirmMoveInRequest
-	(*ConfirmMoveInResponse)(nil), // 17: haven.v1.ConfirmMoveInResponse
-	(*HoldMovesRequest)(nil),      // 18: haven.v1.HoldMovesRequest
-	(*HoldMovesResponse)(nil),     // 19: haven.v1.HoldMovesResponse
-	(*MoveHold)(nil),              // 20: haven.v1.MoveHold
-	(*GetMoveHoldsRequest)(nil),   // 21: haven.v1.GetMoveHoldsRequest
-	(*GetMoveHoldsResponse)(nil),  // 22: haven.v1.GetMoveHoldsResponse
-	(*ReleaseMovesRequest)(nil),   // 23: haven.v1.ReleaseMovesRequest
-	(*ReleaseMovesResponse)(nil),  // 24: haven.v1.ReleaseMovesResponse
-	(*InspectVMRequest)(nil),      // 25: haven.v1.InspectVMRequest
-	(*InspectVMResponse)(nil),     // 26: haven.v1.InspectVMResponse
-	(*FillVMRequest)(nil),         // 27: haven.v1.FillVMRequest
-	(*FillVMResponse)(nil),        // 28: haven.v1.FillVMResponse
-	(*ProbeLinkRequest)(nil),      // 29: haven.v1.ProbeLinkRequest
-	(*ProbeLinkResponse)(nil),     // 30: haven.v1.ProbeLinkResponse
-	(*ProbeSinkRequest)(nil),      // 31: haven.v1.ProbeSinkRequest
-	(*ProbeSinkResponse)(nil),     // 32: haven.v1.ProbeSinkResponse
-	(GroupState)(0),               // 33: haven.v1.GroupState
-	(OperationPhase)(0),           // 34: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 35: haven.v1.MoveProgress
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*HangVMRequest)(nil),         // 10: haven.v1.HangVMRequest
+	(*HangVMResponse)(nil),        // 11: haven.v1.HangVMResponse
+	(*MoveOutRequest)(nil),        // 12: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),       // 13: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),         // 14: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),        // 15: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),    // 16: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),   // 17: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),  // 18: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil), // 19: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),      // 20: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),     // 21: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),              // 22: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),   // 23: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),  // 24: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),   // 25: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),  // 26: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),      // 27: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),     // 28: haven.v1.InspectVMResponse
+	(*FillVMRequest)(nil),         // 29: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),        // 30: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),      // 31: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),     // 32: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),      // 33: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),     // 34: haven.v1.ProbeSinkResponse
+	(GroupState)(0),               // 35: haven.v1.GroupState
+	(OperationPhase)(0),           // 36: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 37: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	33, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	34, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	35, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	35, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	36, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	37, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
 	0,  // 4: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	20, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	22, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
 	0,  // 6: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
-	20, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	22, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
 	0,  // 8: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	20, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
-	36, // 10: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	22, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	38, // 10: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
 	1,  // 11: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
 	3,  // 12: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
 	6,  // 13: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
 	8,  // 14: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	10, // 15: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	12, // 16: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	14, // 17: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	16, // 18: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
-	18, // 19: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
-	21, // 20: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
-	23, // 21: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
-	25, // 22: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
-	27, // 23: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
-	29, // 24: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
-	31, // 25: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
-	2,  // 26: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	5,  // 27: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	7,  // 28: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	9,  // 29: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	11, // 30: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	13, // 31: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	15, // 32: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	17, // 33: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
-	19, // 34: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
-	22, // 35: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
-	24, // 36: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
-	26, // 37: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
-	28, // 38: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
-	30, // 39: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
-	32, // 40: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
-	26, // [26:41] is the sub-list for method output_type
-	11, // [11:26] is the sub-list for method input_type
+	10, // 15: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
+	12, // 16: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	14, // 17: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	16, // 18: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	18, // 19: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	20, // 20: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	23, // 21: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	25, // 22: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	27, // 23: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	29, // 24: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	31, // 25: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	33, // 26: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	2,  // 27: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 28: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 29: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 30: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	11, // 31: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
+	13, // 32: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	15, // 33: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	17, // 34: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	19, // 35: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	21, // 36: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	24, // 37: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	26, // 38: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	28, // 39: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	30, // 40: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	32, // 41: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	34, // 42: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	27, // [27:43] is the sub-list for method output_type
+	11, // [11:27] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -1967,14 +2064,14 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
-	file_haven_v1_node_proto_msgTypes[25].OneofWrappers = []any{}
+	file_haven_v1_node_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	NodeService_RenewLease_FullMethodName    = "/haven.v1.NodeService/RenewLease"
 	NodeService_ReportGroup_FullMethodName   = "/haven.v1.NodeService/ReportGroup"
 	NodeService_CrashVM_FullMethodName       = "/haven.v1.NodeService/CrashVM"
+	NodeService_HangVM_FullMethodName        = "/haven.v1.NodeService/HangVM"
 	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
 	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
 	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
@@ -55,6 +56,10 @@ type NodeServiceClient interface {
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error)
+	// HangVM makes a simulated guest on this node lock up: it stops
+	// executing and feeding its watchdog while its VM lives on. For tests
+	// of guest health: refused unless sim.fault_injection is set.
+	HangVM(ctx context.Context, in *HangVMRequest, opts ...grpc.CallOption) (*HangVMResponse, error)
 	// MoveOut is the leader's order to a move's source: send the group's VMs
 	// (live: to the target's MoveIn; quick: to state files on shared storage)
 	// and report progress. The last message, ready, says the source is
@@ -159,6 +164,16 @@ func (c *nodeServiceClient) CrashVM(ctx context.Context, in *CrashVMRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CrashVMResponse)
 	err := c.cc.Invoke(ctx, NodeService_CrashVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) HangVM(ctx context.Context, in *HangVMRequest, opts ...grpc.CallOption) (*HangVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HangVMResponse)
+	err := c.cc.Invoke(ctx, NodeService_HangVM_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +324,10 @@ type NodeServiceServer interface {
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error)
+	// HangVM makes a simulated guest on this node lock up: it stops
+	// executing and feeding its watchdog while its VM lives on. For tests
+	// of guest health: refused unless sim.fault_injection is set.
+	HangVM(context.Context, *HangVMRequest) (*HangVMResponse, error)
 	// MoveOut is the leader's order to a move's source: send the group's VMs
 	// (live: to the target's MoveIn; quick: to state files on shared storage)
 	// and report progress. The last message, ready, says the source is
@@ -390,6 +409,9 @@ func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupR
 }
 func (UnimplementedNodeServiceServer) CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CrashVM not implemented")
+}
+func (UnimplementedNodeServiceServer) HangVM(context.Context, *HangVMRequest) (*HangVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HangVM not implemented")
 }
 func (UnimplementedNodeServiceServer) MoveOut(*MoveOutRequest, grpc.ServerStreamingServer[MoveOutResponse]) error {
 	return status.Error(codes.Unimplemented, "method MoveOut not implemented")
@@ -513,6 +535,24 @@ func _NodeService_CrashVM_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(NodeServiceServer).CrashVM(ctx, req.(*CrashVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_HangVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HangVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).HangVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_HangVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).HangVM(ctx, req.(*HangVMRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -708,6 +748,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CrashVM",
 			Handler:    _NodeService_CrashVM_Handler,
+		},
+		{
+			MethodName: "HangVM",
+			Handler:    _NodeService_HangVM_Handler,
 		},
 		{
 			MethodName: "RestoreMove",
