@@ -150,6 +150,13 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	e.poke()
 }
 
+// everGranted reports whether a grant has come since the executor began.
+func (e *Executor) everGranted() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.leaseEnd.IsZero()
+}
+
 func (e *Executor) confirmedEpoch(group string) (uint64, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -191,10 +198,19 @@ func (e *Executor) reconcile(ctx context.Context) {
 	defer e.flush(ctx)
 	p := planFor(e.node, e.state.Groups(), e.state.Operation)
 	// A VM the plan does not keep goes: at another epoch, the group runs
-	// (or is about to) elsewhere.
+	// (or is about to) elsewhere. But not on the local state alone while
+	// it may lag the leader's: an agent that restarts under VMs it left
+	// running (qemu) replays its log from a snapshot, and for a while
+	// does not know of the groups it got since. Until the first grant
+	// since the start it kills nothing, and it never kills a VM the last
+	// grant confirms: the lease gates every VM meanwhile, so waiting is
+	// safe, and killing a VM the leader says is ours would be an outage.
 	vms := map[string][]driver.Status{}
 	for _, st := range e.drv.List() {
 		if !p.keeps(st) {
+			if ep, ok := e.confirmedEpoch(st.ID.Group); !e.everGranted() || (ok && ep == st.Epoch) {
+				continue
+			}
 			if holdsGuest(st.State) {
 				e.log.Info("killing vm the node no longer owns", "vm", st.ID.String(), "epoch", st.Epoch)
 				if err := e.drv.Kill(st.ID, st.Epoch); err != nil && !errors.Is(err, driver.ErrNotFound) {

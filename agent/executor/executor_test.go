@@ -248,6 +248,35 @@ func TestExecutorKillsWhatThePlanDoesNotKeep(t *testing.T) {
 	}
 }
 
+// An agent restarted under running VMs (qemu's outlive it) may replay an
+// older state than the leader's: it kills none before its first grant,
+// and never one the last grant confirms at its epoch; once a grant leaves
+// a VM out, it goes.
+func TestExecutorKeepsWhatTheGrantConfirms(t *testing.T) {
+	l := fsmtest.New(t)
+	l.StartOn("db", "n2") // the local state says n2 runs db
+	d := &fakeDriver{vms: map[driver.VMID]driver.Status{}}
+	db := driver.VMID{Group: "db", Resource: "vm"}
+	d.vms[db] = driver.Status{ID: db, Epoch: 7, State: driver.StateRunning}
+	e, _ := testExecutor(l, d)
+	ctx := context.Background()
+
+	e.reconcile(ctx)
+	if len(d.stopped) != 0 {
+		t.Fatalf("before any grant: stopped %v, want nothing", d.stopped)
+	}
+	e.Granted(time.Now().Add(time.Minute), []*havenv1.GroupEpoch{{Name: "db", Epoch: 7}})
+	e.reconcile(ctx)
+	if len(d.stopped) != 0 {
+		t.Fatalf("with db@7 confirmed by the grant: stopped %v, want nothing", d.stopped)
+	}
+	e.Granted(time.Now().Add(time.Minute), nil)
+	e.reconcile(ctx)
+	if !slices.Equal(d.stopped, []string{"vm"}) || len(d.vms) != 0 {
+		t.Fatalf("once the grant leaves db out: stopped %v, left %v; want db killed and forgotten", d.stopped, d.vms)
+	}
+}
+
 // The reports of one reconcile are in flight together, so the leader
 // commits them together: here each report waits until all three are sent.
 // One after another, the first would wait for the others in vain.
