@@ -146,8 +146,8 @@ func Dial(ctx context.Context, socketPath string, log *slog.Logger) (*Client, er
 	}
 	conn := nc.(*net.UnixConn)
 
-	// The greeting is read here, before the reader starts, under a read
-	// deadline that ctx's end brings forward.
+	// The greeting is read here, before the reader starts, by a read that
+	// ctx's end cuts short.
 	dec := json.NewDecoder(conn)
 	var g message
 	err = withDeadline(ctx, conn.SetReadDeadline, func() error { return dec.Decode(&g) })
@@ -193,8 +193,9 @@ func (c *Client) Version() Version { return c.version }
 func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Err is nil while the connection is up; once Done is closed it is the
-// error every call returns, wrapping ErrClosed and the cause (io.EOF when
-// QEMU closed the socket, as it does when it exits).
+// error every call returns, wrapping ErrClosed and the cause: io.EOF when
+// QEMU closed the socket, as it does when it exits, or ECONNRESET when it
+// closed it with a command still unread.
 func (c *Client) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -246,6 +247,9 @@ func (c *Client) ExecuteFD(ctx context.Context, command string, args, result any
 }
 
 func (c *Client) execute(ctx context.Context, command string, args, result any, f *os.File) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -300,9 +304,10 @@ func (c *Client) execute(ctx context.Context, command string, args, result any, 
 }
 
 // send writes one command, with f's descriptor if f is not nil. A write
-// that ctx cuts off before its first byte leaves the stream intact; one
-// cut off in the middle leaves half a command on the socket, which QEMU
-// would join to the next, so it ends the connection.
+// that ctx cuts off before its first byte leaves the stream intact. Any
+// other failed write ends the connection: a command cut off in the middle
+// would be joined by QEMU to the next one, and a socket that fails a
+// write is broken anyway. The error is then the connection's.
 func (c *Client) send(ctx context.Context, b []byte, f *os.File) error {
 	select {
 	case c.sendSlot <- struct{}{}:
@@ -321,17 +326,20 @@ func (c *Client) send(ctx context.Context, b []byte, f *os.File) error {
 		n, err = c.writeWithFD(b, f)
 		return err
 	})
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if ctx.Err() != nil {
+	case n == 0 && ctx.Err() != nil:
+		return ctx.Err()
+	case ctx.Err() != nil:
 		err = fmt.Errorf("%w: %w", ctx.Err(), err)
 	}
 	if n > 0 {
 		err = fmt.Errorf("command cut off after %d of %d bytes: %w", n, len(b), err)
-		c.abort(err)
 	}
-	return err
+	c.abort(err)
+	<-c.done
+	return c.Err()
 }
 
 // writeWithFD sends b with f's descriptor attached to its first byte.

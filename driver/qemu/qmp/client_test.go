@@ -333,12 +333,20 @@ func TestCancelledCallDropsItsLateReply(t *testing.T) {
 		t.Fatalf("cancelled call: %v, want Canceled", err)
 	}
 
+	// A call whose ctx has already ended sends nothing.
+	if err := c.Execute(slowCtx, "never", nil, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("call with an ended ctx: %v, want Canceled", err)
+	}
+
 	fast := async(func() (who, error) {
 		var w who
 		err := c.Execute(ctx, "fast", nil, &w)
 		return w, err
 	})
 	r2 := f.next()
+	if r2.Execute != "fast" {
+		t.Fatalf("fake received %s, want fast", r2.Execute)
+	}
 	f.reply(r1, who{"slow"})
 	f.reply(r2, who{"fast"})
 	w, err := await(t, fast)

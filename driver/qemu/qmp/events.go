@@ -104,9 +104,10 @@ type Subscription struct {
 
 // Subscribe starts a subscription to the events with the given names, or
 // to every event if none is given. Subscribe before sending the command
-// whose events you wait for, so none can come in between. On a
-// connection that has ended it returns a subscription that is already
-// over.
+// whose events you wait for, so none can come in between. Close it when
+// done with it: until then it keeps a goroutine and every event it was
+// sent. On a connection that has ended it returns a subscription that is
+// already over.
 func (c *Client) Subscribe(names ...string) *Subscription {
 	s := &Subscription{
 		c:    c,

@@ -226,7 +226,10 @@ type SocketAddress struct {
 }
 
 // QueryMigrate reports the state of the current or last migration, in or
-// out.
+// out. On the source, QEMU 7.2 reports the status completed (here and in
+// the MIGRATION event) a moment before it computes TotalTime, Downtime
+// and Mbps: they read 0 until the run state (QueryStatus) is
+// StatusPostMigrate, which QEMU sets together with them.
 func (c *Client) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
 	var m MigrationInfo
 	err := c.Execute(ctx, "query-migrate", nil, &m)

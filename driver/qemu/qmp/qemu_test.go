@@ -403,6 +403,7 @@ func TestQEMULiveMigration(t *testing.T) {
 		t.Error("no MIGRATION_PASS event")
 	}
 
+	waitPostMigrate(t, ctx, src)
 	info, err := src.qmp.QueryMigrate(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -436,7 +437,21 @@ func TestQEMULiveMigration(t *testing.T) {
 	}
 	t.Logf("target's events: %v", dstSeen)
 	mustStatus(t, ctx, dst, StatusRunning, true)
-	mustStatus(t, ctx, src, StatusPostMigrate, false)
+}
+
+// waitPostMigrate waits for the source of a completed migration to reach
+// the run state postmigrate. QEMU 7.2 reports the status completed (event
+// and query-migrate) before it computes total-time, downtime and mbps and
+// sets that run state, both at once: until then they read 0.
+func waitPostMigrate(t *testing.T, ctx context.Context, src *testVM) {
+	t.Helper()
+	waitfor.Cond(t, testTimeout, src.name+"'s run state postmigrate", func() bool {
+		s, err := src.qmp.QueryStatus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Status == StatusPostMigrate
+	})
 }
 
 // checkRAMStats checks the RAM figures of a completed migration of an
@@ -462,16 +477,18 @@ func checkRAMStats(t *testing.T, ram *MigrationStats, live bool) {
 	if ram.Normal <= 0 || ram.NormalBytes != ram.Normal*ram.PageSize {
 		t.Errorf("normal %d pages, %d bytes", ram.Normal, ram.NormalBytes)
 	}
-	if ram.DirtySyncCount < 1 || ram.DowntimeBytes <= 0 {
-		t.Errorf("dirty-sync-count %d, downtime-bytes %d", ram.DirtySyncCount, ram.DowntimeBytes)
+	if ram.DirtySyncCount < 1 {
+		t.Errorf("dirty-sync-count %d", ram.DirtySyncCount)
 	}
-	// A stopped guest's whole state counts as sent in its downtime, and
-	// its migration may be too quick for a rate (mbps 0).
-	if live && (ram.PrecopyBytes <= 0 || ram.Mbps <= 0) {
-		t.Errorf("live migration: precopy-bytes %d, mbps %v", ram.PrecopyBytes, ram.Mbps)
+	// Live, RAM goes before the pause (and what the guest dirtied last,
+	// often nothing when idle, during it); a stopped guest's RAM all goes
+	// in its downtime. (Not checked: mbps, which QEMU 7.2 leaves 0 now
+	// and then after a migration this short.)
+	if live && ram.PrecopyBytes <= 0 {
+		t.Errorf("live migration: precopy-bytes %d", ram.PrecopyBytes)
 	}
-	if !live && ram.PrecopyBytes != 0 {
-		t.Errorf("precopy-bytes %d of a stopped guest", ram.PrecopyBytes)
+	if !live && (ram.PrecopyBytes != 0 || ram.DowntimeBytes <= 0) {
+		t.Errorf("migration of a stopped guest: precopy-bytes %d, downtime-bytes %d", ram.PrecopyBytes, ram.DowntimeBytes)
 	}
 	if ram.PrecopyBytes+ram.DowntimeBytes+ram.PostcopyBytes > ram.Transferred {
 		t.Errorf("precopy %d + downtime %d + postcopy %d bytes exceed the %d transferred",
@@ -508,7 +525,7 @@ func TestQEMUMigrationPauseBeforeSwitchoverAndCancel(t *testing.T) {
 	if info.Status != MigrationPreSwitchover || info.RAM == nil || info.RAM.Transferred <= 0 {
 		t.Fatalf("paused migration: %+v", info)
 	}
-	mustStatus(t, ctx, src, "finish-migrate", false)
+	mustStatus(t, ctx, src, StatusFinishMigrate, false)
 
 	// Without postcopy-ram QEMU refuses post-copy, which proves the
 	// command's name.
@@ -520,7 +537,11 @@ func TestQEMUMigrationPauseBeforeSwitchoverAndCancel(t *testing.T) {
 	if _, err := events.Wait(ctx, MigrationStatus(MigrationCancelled)); err != nil {
 		t.Fatal(err)
 	}
-	mustStatus(t, ctx, src, StatusRunning, true)
+	// QEMU restarts the vCPUs after it reports cancelled.
+	waitfor.Cond(t, testTimeout, "the source to run again", func() bool {
+		s, err := src.qmp.QueryStatus(ctx)
+		return err == nil && s.Running
+	})
 	if code := dst.waitExit(t); code == 0 {
 		t.Errorf("target exited with 0 after a cancelled incoming migration")
 	}
@@ -598,6 +619,7 @@ func TestQEMUQuickMigrationThroughFile(t *testing.T) {
 	if _, err := events.Wait(ctx, MigrationStatus(MigrationCompleted)); err != nil {
 		t.Fatal(err)
 	}
+	waitPostMigrate(t, ctx, src)
 	info, err := src.qmp.QueryMigrate(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -605,7 +627,6 @@ func TestQEMUQuickMigrationThroughFile(t *testing.T) {
 	checkRAMStats(t, info.RAM, false)
 	// migrate took the descriptor over: the name is gone.
 	wantQMPError(t, src.qmp.Closefd(ctx, "save"), "GenericError")
-	mustStatus(t, ctx, src, StatusPostMigrate, false)
 	if err := src.qmp.Quit(ctx); err != nil {
 		t.Fatal(err)
 	}
