@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -274,8 +275,11 @@ func TestBootstrapExpectMismatch(t *testing.T) {
 			t.Fatalf("%s bootstrapped", n.name)
 		}
 	}
-	// Writes are refused with Unavailable, not accepted into a void.
-	_, err := a.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: vmGroup("nowhere")})
+	// Writes are refused with Unavailable, not accepted into a void
+	// (the client retries it until its deadline, in vain).
+	wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := a.api().CreateGroup(wctx, &havenv1.CreateGroupRequest{Spec: vmGroup("nowhere")})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("write without a cluster: %v, want Unavailable", err)
 	}

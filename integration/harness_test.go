@@ -25,6 +25,7 @@ import (
 	"github.com/haven-ha/haven/check"
 	"github.com/haven-ha/haven/integration/lab"
 	"github.com/haven-ha/haven/internal/devcluster"
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -222,7 +223,10 @@ func (c *cluster) add(expect int) *node {
 	}
 	c.tune(&cfg)
 	n := &node{c: c, host: host, name: name, cfg: cfg}
-	var opts []grpc.DialOption
+	// The test's calls retry a leader change as the CLI does: a test
+	// that creates a group just after the election must not fail because
+	// a loaded machine made the cluster elect again.
+	opts := []grpc.DialOption{rpcclient.WithRetry()}
 	if c.lab != nil {
 		// The test stays in the root namespace and reaches the hosts
 		// through the lab's router namespace.
