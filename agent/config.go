@@ -47,6 +47,7 @@ type Config struct {
 	SharedDir string      `yaml:"shared_dir"`
 	Lease     LeaseConfig `yaml:"lease"`
 	Sim       SimConfig   `yaml:"sim"`
+	Qemu      QemuConfig  `yaml:"qemu"`
 	// Placement is read by the leader: give every node the same values,
 	// since any node may lead.
 	Placement PlacementConfig `yaml:"placement"`
@@ -183,6 +184,23 @@ type SimConfig struct {
 	FaultInjection bool `yaml:"fault_injection"`
 }
 
+// QemuConfig is the qemu driver's (driver: qemu); see driver/qemu.Config.
+// Its VMs' sockets, logs and supervisors live in data_dir/qemu, which must
+// stay short enough for unix socket paths.
+type QemuConfig struct {
+	// Binary is the QEMU system emulator.
+	Binary string `yaml:"binary"`
+	// Accel is QEMU's accelerator: kvm on a hypervisor host, tcg where
+	// there is no usable KVM (nested test machines).
+	Accel string `yaml:"accel"`
+	// CPU is every VM's CPU model: one all nodes provide, so VMs can move.
+	CPU string `yaml:"cpu"`
+	// Machine is the machine type of a VM whose spec names none.
+	Machine string `yaml:"machine"`
+	// StopTimeout bounds a guest's graceful shutdown before it is killed.
+	StopTimeout time.Duration `yaml:"stop_timeout"`
+}
+
 type Ports struct {
 	Gossip    int `yaml:"gossip"`     // LAN pool: nodes of the same site
 	GossipWAN int `yaml:"gossip_wan"` // WAN pool: every node; -join addresses use this port
@@ -258,6 +276,7 @@ func Default() Config {
 		SharedDir: "/var/lib/haven/shared",
 		Lease:     LeaseConfig{LeaseTiming: LeaseTiming{Duration: 5 * time.Second, Margin: 500 * time.Millisecond, FailoverAfter: 10 * time.Second}},
 		Sim:       SimConfig{Tick: 100 * time.Millisecond, DirtyRate: 1 << 20, WorkingSetBytes: 4 << 20, Watchdog: 10 * time.Second},
+		Qemu:      QemuConfig{Binary: "qemu-system-x86_64", Accel: "kvm", CPU: "qemu64", Machine: "q35", StopTimeout: 30 * time.Second},
 		// Reserve 1: "can the cluster sustain one node failure?" is the
 		// question every HA cluster must answer yes to (vSphere HA's
 		// default admission control, WSFC's N+1), and an HA group admitted

@@ -1,24 +1,46 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/qemu"
 	"github.com/haven-ha/haven/driver/sim"
 	"github.com/haven-ha/haven/placement"
 )
 
 // newDriver opens the node's hypervisor driver. Simulated VMs live in
 // this process: they die with it, so none can outlive the lease of an
-// agent that was killed.
+// agent that was killed. QEMU's live in processes of their own, each
+// under a supervisor that freezes it at its lease end (this binary's
+// hidden qemu-supervise command), and outlive the agent for a restarted
+// one to take back.
 func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 	switch cfg.Driver {
 	case "sim":
 		return sim.New(sim.Config{Node: cfg.Name, SharedDir: cfg.SharedDir, Logger: log, Guest: cfg.Sim.guest()}), nil
+	case "qemu":
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("driver qemu: the supervisor is this binary: %w", err)
+		}
+		q := cfg.Qemu
+		return qemu.New(context.Background(), qemu.Config{
+			Node: cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
+			Binary: q.Binary, Accel: q.Accel, CPU: q.CPU, Machine: q.Machine, StopTimeout: q.StopTimeout,
+			Supervisor: []string{exe, SuperviseCommand}, Logger: log,
+		})
 	}
-	return nil, fmt.Errorf("driver: %q is not a known driver (sim)", cfg.Driver)
+	return nil, fmt.Errorf("driver: %q is not a known driver (sim, qemu)", cfg.Driver)
 }
+
+// SuperviseCommand is the haven binary's hidden subcommand that runs a
+// QEMU supervisor (supervise.Main).
+const SuperviseCommand = "qemu-supervise"
 
 func balancerMode(m string) placement.Mode {
 	switch m {

@@ -58,8 +58,8 @@ func (c *Config) Validate() error {
 	if c.BootstrapExpect < 0 || c.BootstrapExpect > 64 {
 		return fmt.Errorf("bootstrap_expect: %d must be between 0 and 64", c.BootstrapExpect)
 	}
-	if c.Driver != "sim" {
-		return fmt.Errorf("driver: %q is not a known driver (sim)", c.Driver)
+	if c.Driver != "sim" && c.Driver != "qemu" {
+		return fmt.Errorf("driver: %q is not a known driver (sim, qemu)", c.Driver)
 	}
 	if c.Capacity.CPUMillis < 0 || c.Capacity.MemoryBytes < 0 {
 		return errors.New("capacity: must not be negative")
@@ -108,6 +108,9 @@ func (c *Config) Validate() error {
 		if err := c.Sim.guest().Validate(); err != nil {
 			return fmt.Errorf("sim: %w", err)
 		}
+	}
+	if c.Driver == "qemu" && c.Qemu.StopTimeout < 0 {
+		return fmt.Errorf("qemu.stop_timeout: %s must not be negative", c.Qemu.StopTimeout)
 	}
 	if err := checkLabels(c.Labels); err != nil {
 		return err

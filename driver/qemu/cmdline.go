@@ -1,0 +1,239 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+)
+
+// Files of one VM in its run directory. Unix socket paths are bounded
+// (108 bytes on Linux), so the directory's name is short (vmDir) and so
+// are these.
+const (
+	qmpSocket     = "qmp.sock"
+	consoleSocket = "console.sock"
+	consoleLog    = "console.log"
+	pidFile       = "qemu.pid"
+	// The supervisor's: its control socket, its log (with QEMU's stdout
+	// and stderr), its pid.
+	supervisorSocket = "sup.sock"
+	supervisorLog    = "qemu.log"
+	supervisorPID    = "sup.pid"
+)
+
+// maxSocketPath is sun_path's size less its terminating NUL.
+const maxSocketPath = 107
+
+// machines is what a QEMU binary can emulate: its machine types, with
+// the aliases (q35) resolved to the versioned type they stand for. A VM
+// runs on a versioned type, so that both ends of a move (or two releases
+// of QEMU in one cluster) build the same machine.
+type machines struct {
+	known   map[string]bool
+	aliases map[string]string // alias -> versioned type
+}
+
+var aliasRE = regexp.MustCompile(`\(alias of ([^)]+)\)`)
+
+// probeMachines asks binary for its machine types (`-machine help`), which
+// also proves the binary runs.
+func probeMachines(ctx context.Context, binary string) (machines, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, "-machine", "help").Output()
+	if err != nil {
+		return machines{}, fmt.Errorf("%s -machine help: %w", binary, err)
+	}
+	return parseMachines(out), nil
+}
+
+func parseMachines(out []byte) machines {
+	m := machines{known: map[string]bool{}, aliases: map[string]string{}}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || strings.HasSuffix(sc.Text(), ":") {
+			continue // "Supported machines are:"
+		}
+		m.known[f[0]] = true
+		if a := aliasRE.FindStringSubmatch(sc.Text()); a != nil {
+			m.aliases[f[0]] = a[1]
+		}
+	}
+	return m
+}
+
+// resolve names the versioned machine type for name ("" is the driver's
+// default), or says that this QEMU cannot build it.
+func (m machines) resolve(name string) (string, error) {
+	if v, ok := m.aliases[name]; ok {
+		return v, nil
+	}
+	if !m.known[name] {
+		return "", fmt.Errorf("machine %q: this node's QEMU does not emulate it", name)
+	}
+	return name, nil
+}
+
+// vmDir is where a VM's sockets, console log and supervisor live: a short
+// name derived from the VM's id (vm.json inside names it in full).
+func vmDir(runDir string, id driver.VMID) string {
+	return filepath.Join(runDir, shortName(id))
+}
+
+// command builds the QEMU command line of spec, started paused (-S, or
+// waiting for an incoming migration): the driver connects to its QMP
+// socket first and then runs it. Every part of the machine that a move
+// must rebuild identically on the target (machine type, CPU model, RAM,
+// devices with their ids and buses, the kernel) comes from spec and the
+// driver's configuration alone.
+func command(cfg Config, spec driver.VMSpec, machine, dir string, incoming bool) []string {
+	args := []string{cfg.Binary,
+		"-name", "guest=" + spec.ID.String() + ",debug-threads=on",
+		"-machine", machine,
+		"-accel", cfg.Accel,
+		"-cpu", cfg.CPU,
+		"-m", strconv.FormatInt(spec.MemoryBytes>>20, 10),
+		"-smp", strconv.Itoa(max(spec.VCPUs, 1)),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest that powers off leaves QEMU alive in state shutdown,
+		// so the driver learns why it stopped.
+		"-no-shutdown",
+		// The console: a socket an operator (or a test) can attach to,
+		// logged to a file that survives the VM.
+		"-chardev", "socket,id=console,path=" + filepath.Join(dir, consoleSocket) + ",server=on,wait=off,logfile=" + filepath.Join(dir, consoleLog) + ",logappend=on",
+		"-serial", "chardev:console",
+		"-qmp", "unix:" + filepath.Join(dir, qmpSocket) + ",server=on,wait=off",
+		"-pidfile", filepath.Join(dir, pidFile),
+		// A hung guest stops feeding its watchdog; QEMU then pauses it
+		// (state watchdog) and the driver reports it crashed, so the
+		// group restarts under its policy.
+		"-device", "i6300esb,id=watchdog0",
+		"-action", "watchdog=pause",
+		"-device", "virtio-scsi-pci,id=scsi0",
+	}
+	if strings.Contains(machine, "q35") {
+		// Native PCIe hot-plug rather than ACPI's, which needs a guest
+		// that answers (QEMU.md).
+		args = append(args, "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off")
+	}
+	for i, d := range spec.Disks {
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		node := "drive-" + strconv.Itoa(i)
+		args = append(args,
+			"-blockdev", jsonArg(map[string]any{
+				"driver": format, "node-name": node,
+				"file": map[string]any{"driver": "file", "filename": filepath.Join(cfg.SharedDir, d.Path)},
+			}),
+			"-device", jsonArg(map[string]any{
+				"driver": "scsi-hd", "id": "disk-" + strconv.Itoa(i), "drive": node,
+				"bus": "scsi0.0", "channel": 0, "scsi-id": 0, "lun": i,
+			}))
+	}
+	if b := spec.Boot; b.Kernel != "" {
+		args = append(args, "-kernel", b.Kernel)
+		if b.Initrd != "" {
+			args = append(args, "-initrd", b.Initrd)
+		}
+		if b.Cmdline != "" {
+			args = append(args, "-append", b.Cmdline)
+		}
+	}
+	if incoming {
+		args = append(args, "-incoming", "defer")
+	} else {
+		args = append(args, "-S")
+	}
+	return args
+}
+
+func jsonArg(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // maps of strings and ints always marshal
+	}
+	return string(b)
+}
+
+// check refuses, before any process starts, what QEMU would refuse or
+// this node cannot run, and says which field.
+func (d *Driver) check(spec driver.VMSpec) (machine string, err error) {
+	if err := spec.Validate(); err != nil {
+		return "", err
+	}
+	switch {
+	case spec.Node != "" && spec.Node != d.cfg.Node:
+		return "", fmt.Errorf("node %q: this driver runs node %q", spec.Node, d.cfg.Node)
+	case spec.MemoryBytes%(1<<20) != 0:
+		return "", fmt.Errorf("memory_bytes: %d is not a whole number of MiB", spec.MemoryBytes)
+	}
+	name := spec.Machine
+	if name == "" {
+		name = d.cfg.Machine
+	}
+	if machine, err = d.machines.resolve(name); err != nil {
+		return "", err
+	}
+	for _, f := range []struct{ name, path string }{{"kernel", spec.Boot.Kernel}, {"initrd", spec.Boot.Initrd}} {
+		if f.path == "" {
+			continue
+		}
+		if strings.Contains(f.path, ",") {
+			return "", fmt.Errorf("boot.%s %q: QEMU's option syntax cannot take a comma", f.name, f.path)
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return "", fmt.Errorf("boot.%s: %w", f.name, err)
+		}
+	}
+	for i, dk := range spec.Disks {
+		if _, err := os.Stat(filepath.Join(d.cfg.SharedDir, dk.Path)); err != nil {
+			return "", fmt.Errorf("disks[%d]: %w", i, err)
+		}
+	}
+	return machine, nil
+}
+
+// errRunDir says why a run directory cannot hold a VM's sockets.
+func checkRunDir(runDir string) error {
+	if !filepath.IsAbs(runDir) {
+		return fmt.Errorf("run_dir %q: must be absolute", runDir)
+	}
+	if strings.Contains(runDir, ",") {
+		return fmt.Errorf("run_dir %q: QEMU's option syntax cannot take a comma", runDir)
+	}
+	longest := filepath.Join(vmDir(runDir, driver.VMID{Group: "g", Resource: "r"}), consoleSocket)
+	if len(longest) > maxSocketPath {
+		return fmt.Errorf("run_dir %q: too long for a unix socket path (%d bytes of %d with a VM's socket)", runDir, len(longest), maxSocketPath)
+	}
+	return nil
+}
+
+var errClosed = errors.New("qemu driver closed")
+
+// lastWords is the end of a log: what QEMU said before it exited.
+func lastWords(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	const keep = 600
+	if len(b) > keep {
+		b = b[len(b)-keep:]
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,763 @@
+// Package qemu is the driver of real VMs: one qemu-system-x86_64 process per
+// VM, run through QMP (driver/qemu/qmp) and fenced by a supervisor process
+// beside it (driver/qemu/supervise).
+//
+// The supervisor is what keeps the fencing contract (driver's package
+// documentation) when the agent cannot: it starts QEMU as its child, holds
+// the VM's lease end, and stops every thread of QEMU with SIGSTOP when the
+// lease ends, whatever the agent is doing, SIGKILLed, SIGSTOPped or
+// busy. A thaw (SIGCONT) comes only from an Extend the supervisor checks
+// against its own clock, under the same lock as the freeze, so a late
+// renewal cannot resume a VM. The supervisor runs in a session of its own,
+// so a signal to the agent's process group does not reach it, and QEMU
+// dies with it (PR_SET_PDEATHSIG), so no QEMU runs unsupervised. QMP's
+// `stop` is not the fence: it needs a QEMU that answers.
+//
+// A VM's files (its QMP and console sockets, console log, QEMU's pid file,
+// the supervisor's socket, vm.json naming the VM and its epoch) live in a
+// directory of its own under the run directory. An agent that restarts
+// finds its VMs there and takes them back (New), and the executor then
+// keeps those it still owns at that epoch and kills the others. Close
+// leaves the VMs to their supervisors for that reason: a VM that no agent
+// takes back freezes at its lease end.
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/qemu/qmp"
+	"github.com/haven-ha/haven/driver/qemu/supervise"
+)
+
+// Config is a node's QEMU driver.
+type Config struct {
+	// Node is this node's name.
+	Node string
+	// SharedDir is the shared storage root: disk paths are relative to it.
+	SharedDir string
+	// RunDir holds the VMs' sockets, logs and supervisors: node-local,
+	// kept across agent restarts (the agent's data directory), and short
+	// enough for unix socket paths.
+	RunDir string
+	// Binary is the QEMU system emulator; default qemu-system-x86_64.
+	Binary string
+	// Accel is QEMU's accelerator; default kvm.
+	Accel string
+	// CPU is the CPU model every VM gets: one that every node of the
+	// cluster can provide, so that a VM can move between them. Default
+	// qemu64.
+	CPU string
+	// Machine is the machine type of a VM whose spec names none; default
+	// q35, resolved to the versioned type this QEMU builds for it.
+	Machine string
+	// StopTimeout bounds a graceful stop (ACPI power button) before the
+	// driver quits QEMU; default 30s.
+	StopTimeout time.Duration
+	// Supervisor is the command that runs a supervisor process, to which
+	// the driver appends the supervisor's own arguments: the agent's own
+	// binary and its hidden subcommand (see supervise.Main).
+	Supervisor []string
+	// Logger receives VM lifecycle events; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Binary == "" {
+		c.Binary = "qemu-system-x86_64"
+	}
+	if c.Accel == "" {
+		c.Accel = "kvm"
+	}
+	if c.CPU == "" {
+		c.CPU = "qemu64"
+	}
+	if c.Machine == "" {
+		c.Machine = "q35"
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Driver is the QEMU driver.Hypervisor of one node.
+type Driver struct {
+	cfg      Config
+	log      *slog.Logger
+	machines machines
+
+	mu     sync.Mutex
+	vms    map[driver.VMID]*vm
+	closed bool
+}
+
+// vm is one VM the driver knows: running, or ended and not yet forgotten.
+//
+// Two locks, so that nothing slow ever holds the one that Status, List
+// and lease renewals need: cmd orders the commands that take time (start,
+// stop, kill, forget: QEMU booting, a guest shutting down), mu guards the
+// fields and is never held across a call to QEMU or the supervisor. A
+// renewal thus never waits behind a slow stop, of this VM or another.
+type vm struct {
+	id  driver.VMID
+	dir string
+
+	cmd sync.Mutex
+
+	mu       sync.Mutex
+	epoch    uint64
+	sup      *supervise.Client // nil until the supervisor runs
+	mon      *qmp.Client       // nil once the driver let go of QEMU
+	leaseEnd time.Time
+	state    driver.State // StateUnknown while it boots
+	reason   string
+	// stopping: the driver itself is ending the VM, so QEMU's exit and
+	// shutdown events are a stop, not a crash.
+	stopping bool
+}
+
+func (v *vm) snapshot() (sup *supervise.Client, mon *qmp.Client, epoch uint64, state driver.State) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.sup, v.mon, v.epoch, v.stateLocked()
+}
+
+// record is vm.json: what an agent restarted while its VMs run needs to
+// take them back.
+type record struct {
+	Spec driver.VMSpec `json:"spec"`
+}
+
+// New opens the driver for cfg.Node: it checks that QEMU runs and takes
+// back the VMs a previous agent left running under their supervisors.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	cfg.defaults()
+	if len(cfg.Supervisor) == 0 {
+		return nil, errors.New("qemu driver: no supervisor command")
+	}
+	if err := checkRunDir(cfg.RunDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		return nil, err
+	}
+	m, err := probeMachines(ctx, cfg.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.resolve(cfg.Machine); err != nil {
+		return nil, err
+	}
+	d := &Driver{cfg: cfg, log: cfg.Logger, machines: m, vms: map[driver.VMID]*vm{}}
+	d.adopt(ctx)
+	return d, nil
+}
+
+// Capabilities implements driver.Hypervisor. Moves and disk hot-plug come
+// with their interfaces.
+func (d *Driver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+
+func shortName(id driver.VMID) string {
+	h := sha256.Sum256([]byte(id.String()))
+	return "vm-" + hex.EncodeToString(h[:6])
+}
+
+func (d *Driver) lookup(id driver.VMID) *vm {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.vms[id]
+}
+
+// Start implements driver.Hypervisor.
+func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Time) error {
+	machine, err := d.check(spec)
+	if err != nil {
+		return fmt.Errorf("start %s: %w: %v", spec.ID, driver.ErrInvalidSpec, err)
+	}
+	spec.Node = d.cfg.Node
+	if !time.Now().Before(leaseEnd) {
+		return fmt.Errorf("start %s at epoch %d: %w", spec.ID, spec.Epoch, driver.ErrLeaseExpired)
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return errClosed
+	}
+	old := d.vms[spec.ID]
+	if old != nil {
+		_, _, ep, st := old.snapshot()
+		switch {
+		case ep > spec.Epoch:
+			d.mu.Unlock()
+			return fmt.Errorf("start %s at epoch %d: %w: known at epoch %d", spec.ID, spec.Epoch, driver.ErrStaleEpoch, ep)
+		case ep == spec.Epoch && (st == driver.StateRunning || st == driver.StateFrozen || st == driver.StateUnknown):
+			d.mu.Unlock()
+			return nil // running, or booting for another Start
+		case ep == spec.Epoch && (st == driver.StatePaused || st == driver.StateIncoming):
+			d.mu.Unlock()
+			return fmt.Errorf("start %s at epoch %d: %w: the VM is %s", spec.ID, spec.Epoch, driver.ErrInvalidState, st)
+		}
+	}
+	// The new VM takes the id's place at once, booting (StateUnknown),
+	// so that a concurrent Start at the same epoch sees it.
+	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), epoch: spec.Epoch}
+	v.cmd.Lock()
+	defer v.cmd.Unlock()
+	d.vms[spec.ID] = v
+	d.mu.Unlock()
+	if old != nil {
+		old.cmd.Lock()
+		err := old.kill()
+		old.cmd.Unlock()
+		if err != nil {
+			v.crashed("the older incarnation could not be killed: " + err.Error())
+			return fmt.Errorf("start %s: %w", spec.ID, err)
+		}
+	}
+	if err := d.boot(ctx, v, spec, machine, leaseEnd); err != nil {
+		_ = v.kill()
+		v.crashed(err.Error())
+		return fmt.Errorf("start %s at epoch %d: %w", spec.ID, spec.Epoch, err)
+	}
+	d.log.Info("vm started", "vm", spec.ID.String(), "epoch", spec.Epoch, "dir", v.dir)
+	return nil
+}
+
+// crashed records that the VM is gone, and why.
+func (v *vm) crashed(reason string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.state, v.reason = driver.StateCrashed, reason
+}
+
+// boot starts QEMU paused under its supervisor, connects to it and runs
+// it. v.cmd is held.
+func (d *Driver) boot(ctx context.Context, v *vm, spec driver.VMSpec, machine string, leaseEnd time.Time) error {
+	if err := os.RemoveAll(v.dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(v.dir, 0o700); err != nil {
+		return err
+	}
+	rec, err := json.Marshal(record{Spec: spec})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(v.dir, "vm.json"), rec, 0o600); err != nil {
+		return err
+	}
+	sup, err := supervise.Start(ctx, supervise.StartConfig{
+		Command:  d.cfg.Supervisor,
+		Socket:   filepath.Join(v.dir, supervisorSocket),
+		LogFile:  filepath.Join(v.dir, supervisorLog),
+		PIDFile:  filepath.Join(v.dir, supervisorPID),
+		Epoch:    spec.Epoch,
+		LeaseEnd: leaseEnd,
+		Child:    command(d.cfg, spec, machine, v.dir, false),
+	})
+	if err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	v.mu.Lock()
+	v.sup, v.leaseEnd = sup, leaseEnd
+	v.mu.Unlock()
+	mon, err := d.connect(ctx, v.dir, sup)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.mon = mon
+	v.mu.Unlock()
+	d.watch(v, mon)
+	if err := mon.Cont(ctx); err != nil {
+		return fmt.Errorf("qmp cont: %w", err)
+	}
+	v.mu.Lock()
+	v.state = driver.StateRunning
+	v.mu.Unlock()
+	return nil
+}
+
+// connect waits for QEMU's QMP socket and connects to it; a QEMU that
+// exits first (it refused its command line) fails with its last words.
+func (d *Driver) connect(ctx context.Context, dir string, sup *supervise.Client) (*qmp.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	path := filepath.Join(dir, qmpSocket)
+	for {
+		mon, err := qmp.Dial(ctx, path, d.log.With("qmp", path))
+		if err == nil {
+			return mon, nil
+		}
+		if st, serr := sup.Status(ctx); serr == nil && st.Exit != nil {
+			return nil, fmt.Errorf("qemu exited (%s): %s", st.Exit, lastWords(filepath.Join(dir, supervisorLog)))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stateLocked is the VM's state now: the supervisor freezes it at its
+// lease end, so a running VM past its lease end is frozen whether or not
+// the driver has heard. v.mu is held.
+func (v *vm) stateLocked() driver.State {
+	if v.state == driver.StateRunning && !time.Now().Before(v.leaseEnd) {
+		return driver.StateFrozen
+	}
+	return v.state
+}
+
+// release lets go of QEMU and the supervisor (the processes go on unless
+// they were ended). v.mu is held.
+func (v *vm) releaseLocked() {
+	if v.mon != nil {
+		v.mon.Close()
+		v.mon = nil
+	}
+	if v.sup != nil {
+		v.sup.Close()
+		v.sup = nil
+	}
+}
+
+// kill ends the VM at once: SIGKILL from its supervisor, which then
+// exits. A VM that is already gone stays as it is (stopped or crashed).
+// v.cmd is held.
+func (v *vm) kill() error {
+	v.mu.Lock()
+	if v.state == driver.StateStopped || v.state == driver.StateCrashed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.stopping = true
+	sup := v.sup
+	v.mu.Unlock()
+	if sup != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := sup.Kill(ctx); err != nil && !errors.Is(err, supervise.ErrExited) {
+			return fmt.Errorf("kill %s: %w", v.id, err)
+		}
+		_, _ = sup.Release(ctx)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.releaseLocked()
+	if v.state != driver.StateCrashed {
+		v.state = driver.StateStopped
+	}
+	return nil
+}
+
+// epochCheck refuses a command from an older epoch than the VM's.
+func epochCheck(op string, id driver.VMID, epoch, vmEpoch uint64) error {
+	if epoch < vmEpoch {
+		return fmt.Errorf("%s %s at epoch %d: %w: the VM is at epoch %d", op, id, epoch, driver.ErrStaleEpoch, vmEpoch)
+	}
+	return nil
+}
+
+// Stop implements driver.Hypervisor: the ACPI power button, then SIGKILL.
+// A frozen VM, or one whose lease ends meanwhile, is killed: thawing it to
+// shut down would run it past its lease.
+func (d *Driver) Stop(ctx context.Context, id driver.VMID, epoch uint64) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("stop %s: %w", id, driver.ErrNotFound)
+	}
+	v.cmd.Lock()
+	defer v.cmd.Unlock()
+	v.mu.Lock()
+	if err := epochCheck("stop", id, epoch, v.epoch); err != nil {
+		v.mu.Unlock()
+		return err
+	}
+	running, mon, end := v.stateLocked() == driver.StateRunning, v.mon, v.leaseEnd
+	v.stopping = true
+	v.mu.Unlock()
+	if running && mon != nil {
+		if err := d.powerdown(ctx, mon, end); err != nil {
+			d.log.Warn("graceful stop failed; killing", "vm", id.String(), "error", err)
+		}
+	}
+	if err := v.kill(); err != nil {
+		return err
+	}
+	d.log.Info("vm stopped", "vm", id.String(), "epoch", epoch)
+	return nil
+}
+
+// powerdown asks the guest to power off and waits, within StopTimeout and
+// the lease, for QEMU to report it (-no-shutdown keeps QEMU alive).
+func (d *Driver) powerdown(ctx context.Context, mon *qmp.Client, leaseEnd time.Time) error {
+	ctx, cancel := context.WithDeadline(ctx, earliest(time.Now().Add(d.cfg.StopTimeout), leaseEnd))
+	defer cancel()
+	sub := mon.Subscribe(qmp.EventShutdown)
+	defer sub.Close()
+	if err := mon.SystemPowerdown(ctx); err != nil {
+		return err
+	}
+	if _, err := sub.Next(ctx); err != nil {
+		return fmt.Errorf("the guest did not power off: %w", err)
+	}
+	return nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Kill implements driver.Hypervisor.
+func (d *Driver) Kill(id driver.VMID, epoch uint64) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("kill %s: %w", id, driver.ErrNotFound)
+	}
+	v.cmd.Lock()
+	defer v.cmd.Unlock()
+	_, _, ep, _ := v.snapshot()
+	if err := epochCheck("kill", id, epoch, ep); err != nil {
+		return err
+	}
+	return v.kill()
+}
+
+// ExtendLease implements driver.Hypervisor. The supervisor decides, on its
+// own clock and under its own lock, whether the new end is still in the
+// future; only then does it thaw a frozen QEMU. It takes no command lock:
+// a renewal never waits for a slow stop.
+func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("extend lease of %s: %w", id, driver.ErrNotFound)
+	}
+	v.mu.Lock()
+	sup, end, st := v.sup, v.leaseEnd, v.state
+	v.mu.Unlock()
+	switch {
+	case epoch != v.epochNow():
+		return fmt.Errorf("extend lease of %s at epoch %d: %w: the VM is at epoch %d", id, epoch, driver.ErrStaleEpoch, v.epochNow())
+	case (st != driver.StateRunning && st != driver.StatePaused) || sup == nil:
+		return fmt.Errorf("extend lease of %s: %w: the VM is %s", id, driver.ErrInvalidState, st)
+	case !until.After(end):
+		if !time.Now().Before(until) {
+			return fmt.Errorf("extend lease of %s: %w", id, driver.ErrLeaseExpired)
+		}
+		return nil // never shortened
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The supervisor's refusals are the driver's own errors.
+	if _, err := sup.Extend(ctx, epoch, until); err != nil {
+		return fmt.Errorf("extend lease of %s: %w", id, err)
+	}
+	v.mu.Lock()
+	if until.After(v.leaseEnd) {
+		v.leaseEnd = until
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+func (v *vm) epochNow() uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.epoch
+}
+
+// Status implements driver.Hypervisor.
+func (d *Driver) Status(id driver.VMID) (driver.Status, error) {
+	v := d.lookup(id)
+	if v == nil {
+		return driver.Status{}, fmt.Errorf("status of %s: %w", id, driver.ErrNotFound)
+	}
+	return v.status(), nil
+}
+
+func (v *vm) status() driver.Status {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return driver.Status{ID: v.id, Epoch: v.epoch, State: v.stateLocked(), Reason: v.reason, LeaseEnd: v.leaseEnd}
+}
+
+// List implements driver.Hypervisor.
+func (d *Driver) List() []driver.Status {
+	d.mu.Lock()
+	vms := make([]*vm, 0, len(d.vms))
+	for _, v := range d.vms {
+		vms = append(vms, v)
+	}
+	d.mu.Unlock()
+	out := make([]driver.Status, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, v.status())
+	}
+	slices.SortFunc(out, func(a, b driver.Status) int { return strings.Compare(a.ID.String(), b.ID.String()) })
+	return out
+}
+
+// Forget implements driver.Hypervisor.
+func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
+	v := d.lookup(id)
+	if v == nil {
+		return fmt.Errorf("forget %s: %w", id, driver.ErrNotFound)
+	}
+	v.cmd.Lock()
+	defer v.cmd.Unlock()
+	_, _, ep, st := v.snapshot()
+	switch {
+	case epoch != ep:
+		return fmt.Errorf("forget %s at epoch %d: %w: the VM is at epoch %d", id, epoch, driver.ErrStaleEpoch, ep)
+	case st == driver.StateIncoming:
+		if err := v.kill(); err != nil {
+			return err
+		}
+	case st != driver.StateStopped && st != driver.StateCrashed:
+		return fmt.Errorf("forget %s: %w: the VM is %s", id, driver.ErrInvalidState, st)
+	}
+	d.mu.Lock()
+	if d.vms[id] == v {
+		delete(d.vms, id)
+	}
+	d.mu.Unlock()
+	return os.RemoveAll(v.dir)
+}
+
+// Close implements driver.Hypervisor: it lets go of the VMs, which run
+// on under their supervisors until their lease ends, for a restarted agent
+// to take back.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	for id, v := range d.vms {
+		v.mu.Lock()
+		v.releaseLocked()
+		v.mu.Unlock()
+		delete(d.vms, id)
+	}
+	return nil
+}
+
+// adopt takes back the VMs whose supervisors outlived the previous agent.
+// A VM whose supervisor is gone died with it (QEMU dies with its
+// supervisor): it is listed as crashed, so that the executor forgets it
+// and the group's owner learns of it.
+func (d *Driver) adopt(ctx context.Context) {
+	entries, err := os.ReadDir(d.cfg.RunDir)
+	if err != nil {
+		d.log.Warn("cannot read the run directory; no VM taken back", "dir", d.cfg.RunDir, "error", err)
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(d.cfg.RunDir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "vm.json"))
+		var rec record
+		if err == nil {
+			err = json.Unmarshal(b, &rec)
+		}
+		if err != nil || vmDir(d.cfg.RunDir, rec.Spec.ID) != dir {
+			d.log.Warn("not a VM's directory; left alone", "dir", dir, "error", err)
+			continue
+		}
+		v := &vm{id: rec.Spec.ID, epoch: rec.Spec.Epoch, dir: dir}
+		if err := d.readopt(ctx, v); err != nil {
+			// Listed crashed, it must be gone for real: a QEMU the
+			// driver cannot drive must not run on beside its group's
+			// restart.
+			if v.sup != nil {
+				kctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				if _, kerr := v.sup.Kill(kctx); kerr == nil || errors.Is(kerr, supervise.ErrExited) {
+					_, _ = v.sup.Release(kctx)
+				}
+				cancel()
+			}
+			v.releaseLocked()
+			v.state, v.reason = driver.StateCrashed, "lost while the agent was down: "+err.Error()
+			d.log.Warn("vm not taken back", "vm", v.id.String(), "epoch", v.epoch, "error", err)
+		} else {
+			d.log.Info("vm taken back", "vm", v.id.String(), "epoch", v.epoch, "state", v.state.String())
+		}
+		d.vms[v.id] = v
+	}
+}
+
+func (d *Driver) readopt(ctx context.Context, v *vm) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var err error
+	if v.sup, err = supervise.Dial(ctx, filepath.Join(v.dir, supervisorSocket)); err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	st, err := v.sup.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	if st.Exit != nil {
+		_, _ = v.sup.Release(ctx)
+		return fmt.Errorf("qemu exited (%s)", st.Exit)
+	}
+	if st.Epoch != v.epoch {
+		return fmt.Errorf("the supervisor holds epoch %d, vm.json %d", st.Epoch, v.epoch)
+	}
+	v.leaseEnd = st.LeaseEnd
+	if st.State == supervise.StateFrozen {
+		// A frozen QEMU cannot answer until a renewal thaws it: the
+		// driver connects once it does.
+		v.state = driver.StateRunning
+		go d.reconnect(v)
+		return nil
+	}
+	if v.mon, err = qmp.Dial(ctx, filepath.Join(v.dir, qmpSocket), d.log.With("vm", v.id.String())); err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	d.watch(v, v.mon)
+	qs, err := v.mon.QueryStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	v.state, v.reason = runState(qs.Status)
+	return nil
+}
+
+// reconnect connects to the QMP socket of a VM taken back frozen, once a
+// renewal has thawed it, and watches it from then on. It gives up when the
+// VM ends or the driver closes.
+func (d *Driver) reconnect(v *vm) {
+	for {
+		v.mu.Lock()
+		gone := v.sup == nil || v.stopping || v.state != driver.StateRunning
+		v.mu.Unlock()
+		if gone {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		mon, err := qmp.Dial(ctx, filepath.Join(v.dir, qmpSocket), d.log.With("vm", v.id.String()))
+		cancel()
+		if err != nil {
+			continue // frozen still: the greeting waits for the thaw
+		}
+		v.mu.Lock()
+		if v.sup == nil || v.stopping || v.mon != nil {
+			v.mu.Unlock()
+			mon.Close()
+			return
+		}
+		v.mon = mon
+		v.mu.Unlock()
+		d.watch(v, mon)
+		return
+	}
+}
+
+// guestGone are the events by which QEMU says the guest is dead though
+// QEMU lives: its watchdog fired (QEMU paused it), it panicked, it
+// powered itself off (-no-shutdown keeps QEMU up).
+var guestGone = []string{qmp.EventWatchdog, "GUEST_PANICKED", qmp.EventShutdown}
+
+// watch makes a guest's death a crash: QEMU saying the guest is gone, or
+// QEMU itself exiting, when the driver did not end it. The VM is killed and
+// reported crashed with why, and its owner restarts it under the group's
+// policy. The subscription is taken before watch returns, so that no
+// event after it is missed.
+func (d *Driver) watch(v *vm, mon *qmp.Client) {
+	sub := mon.Subscribe(guestGone...)
+	go func() {
+		defer sub.Close()
+		var reason string
+		for reason == "" {
+			ev, err := sub.Next(context.Background())
+			if err != nil {
+				reason = "qemu exited"
+				break
+			}
+			v.mu.Lock()
+			mine := v.mon == mon && !v.stopping && v.state == driver.StateRunning
+			v.mu.Unlock()
+			if mine {
+				reason = guestGoneReason(ev)
+			}
+		}
+		v.mu.Lock()
+		sup, mine := v.sup, v.mon == mon && !v.stopping
+		v.mu.Unlock()
+		if !mine {
+			return // the driver let go of QEMU, or is ending it itself
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if sup != nil {
+			if st, err := sup.Kill(ctx); err == nil && st.Exit != nil && reason == "qemu exited" {
+				reason = fmt.Sprintf("qemu exited (%s): %s", st.Exit, lastWords(filepath.Join(v.dir, supervisorLog)))
+			}
+			_, _ = sup.Release(ctx)
+		}
+		v.mu.Lock()
+		if v.mon == mon && !v.stopping {
+			v.releaseLocked()
+			v.state, v.reason = driver.StateCrashed, reason
+		}
+		v.mu.Unlock()
+		d.log.Warn("vm crashed", "vm", v.id.String(), "reason", reason)
+	}()
+}
+
+func guestGoneReason(ev qmp.Event) string {
+	switch ev.Name {
+	case qmp.EventWatchdog:
+		return "the guest's watchdog expired"
+	case qmp.EventShutdown:
+		var sd qmp.ShutdownData
+		_ = ev.Decode(&sd)
+		return "the guest powered off (" + sd.Reason + ")"
+	}
+	return "the guest panicked"
+}
+
+// runState maps QEMU's run state (query-status) to the driver's.
+func runState(s string) (driver.State, string) {
+	switch s {
+	case "running":
+		return driver.StateRunning, ""
+	case "paused", "postmigrate", "finish-migrate", "save-vm":
+		return driver.StatePaused, ""
+	case "inmigrate", "prelaunch", "restore-vm":
+		return driver.StateIncoming, ""
+	case "shutdown":
+		return driver.StateCrashed, "the guest powered off"
+	case "watchdog":
+		return driver.StateCrashed, "the guest's watchdog expired"
+	case "guest-panicked":
+		return driver.StateCrashed, "the guest panicked"
+	case "internal-error", "io-error":
+		return driver.StateCrashed, "qemu stopped the guest: " + s
+	}
+	return driver.StateCrashed, "qemu reports state " + s
+}
