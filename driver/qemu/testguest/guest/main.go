@@ -6,7 +6,7 @@
 // can see from outside: it prints a counter on the serial console (ttyS0),
 // feeds the i6300esb watchdog, dirties memory at a set rate for live
 // migrations to chase, and takes commands on a second serial port (ttyS1)
-// that make it misbehave on demand.
+// or on the console that make it misbehave on demand.
 //
 // Everything it prints is one line starting with "haven-":
 //
@@ -19,7 +19,7 @@
 //	haven-exit <status>             (from /init) this program ended; the
 //	                                guest powers off
 //
-// The commands, one per line on ttyS1:
+// The commands, one per line on ttyS1 or the console (ttyS0):
 //
 //	hang                 stop ticking, feeding the watchdog, dirtying,
 //	                     watching disks and reading commands, as a hung
@@ -66,17 +66,24 @@ func main() {
 		g.printf("haven-error watchdog: %v", err)
 	}
 	p.watchdogSec = timeout // what haven-ready reports: 0 without a watchdog
-	ctl, err := openControl("/dev/ttyS1")
-	if err != nil {
-		g.printf("haven-note no control serial: %v", err)
+	// Commands come on the console too: the haven qemu driver gives a
+	// VM one serial port, its console, as a socket.
+	var ctls []*os.File
+	for _, tty := range []string{"/dev/ttyS1", "/dev/ttyS0"} {
+		ctl, err := openControl(tty)
+		if err != nil {
+			g.printf("haven-note no control on %s: %v", tty, err)
+			continue
+		}
+		ctls = append(ctls, ctl)
 	}
 
 	g.printf("haven-ready %v", p)
 	go g.mem.run(g.stop)
 	go g.watchDisks()
 	go g.tick(time.Duration(p.tickMs)*time.Millisecond, wd)
-	if ctl != nil {
-		g.serve(ctl)
+	for _, ctl := range ctls {
+		go g.serve(ctl)
 	}
 	select {} // PID 1's child: exiting would power the guest off
 }
@@ -130,20 +137,23 @@ func (g *guest) tick(every time.Duration, wd *os.File) {
 // serve carries out the commands read from the control serial port.
 func (g *guest) serve(ctl *os.File) {
 	sc := bufio.NewScanner(ctl)
-	hung := false
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		g.mu.Lock()
+		hung := g.hung
+		g.mu.Unlock()
 		switch {
 		case hung || len(f) == 0:
 			// A hung guest takes no more commands. It still reads them,
 			// which keeps a goroutine in a system call: with all of them
 			// blocked, Go would end the program as deadlocked.
 		case f[0] == "hang" && len(f) == 1:
-			hung = true
 			g.mu.Lock()
-			g.hung = true
-			close(g.stop)
-			g.printLocked("haven-cmd hang")
+			if !g.hung { // the other control port may have hung it
+				g.hung = true
+				close(g.stop)
+				g.printLocked("haven-cmd hang")
+			}
 			g.mu.Unlock()
 		case f[0] == "dirty" && len(f) == 2:
 			rate, err := strconv.Atoi(f[1])
