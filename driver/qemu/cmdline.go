@@ -93,6 +93,24 @@ func vmDir(runDir string, id driver.VMID) string {
 	return filepath.Join(runDir, shortName(id))
 }
 
+// ConsolePath is the log of a VM's console under a driver's run
+// directory: everything the guest wrote on its serial port, kept after
+// the VM stops (until the driver forgets it). ConsoleSocket is the
+// console itself, for an operator to attach to (socat, nc -U).
+func ConsolePath(runDir string, id driver.VMID) string {
+	return filepath.Join(vmDir(runDir, id), consoleLog)
+}
+
+// ConsoleSocket is the socket of a VM's console (see ConsolePath).
+func ConsoleSocket(runDir string, id driver.VMID) string {
+	return filepath.Join(vmDir(runDir, id), consoleSocket)
+}
+
+// PIDPath is where QEMU writes its pid.
+func PIDPath(runDir string, id driver.VMID) string {
+	return filepath.Join(vmDir(runDir, id), pidFile)
+}
+
 // command builds the QEMU command line of spec, started paused (-S, or
 // waiting for an incoming migration): the driver connects to its QMP
 // socket first and then runs it. Every part of the machine that a move

@@ -761,3 +761,26 @@ func runState(s string) (driver.State, string) {
 	}
 	return driver.StateCrashed, "qemu reports state " + s
 }
+
+// Reap ends every VM under runDir through its supervisor, whether or not
+// an agent runs: for tests that must leave no QEMU behind, and for a node
+// taken out of service. It returns the first error.
+func Reap(ctx context.Context, runDir string) error {
+	socks, err := filepath.Glob(filepath.Join(runDir, "*", supervisorSocket))
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, s := range socks {
+		c, err := supervise.Dial(ctx, s)
+		if err != nil {
+			continue // no supervisor: its QEMU died with it
+		}
+		if _, err := c.Kill(ctx); err != nil && !errors.Is(err, supervise.ErrExited) && first == nil {
+			first = fmt.Errorf("reap %s: %w", s, err)
+		}
+		_, _ = c.Release(ctx)
+		c.Close()
+	}
+	return first
+}

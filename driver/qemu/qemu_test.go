@@ -65,19 +65,12 @@ func newTestDriver(t *testing.T, node, run, shared string) *Driver {
 	return d
 }
 
-// reap kills every VM under run through its supervisor.
+// reap kills every VM under run.
 func reap(t *testing.T, run string) {
-	socks, _ := filepath.Glob(filepath.Join(run, "*", supervisorSocket))
-	for _, s := range socks {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if c, err := supervise.Dial(ctx, s); err == nil {
-			if _, err := c.Kill(ctx); err != nil && !errors.Is(err, supervise.ErrExited) {
-				t.Errorf("reaping %s: %v", s, err)
-			}
-			_, _ = c.Release(ctx)
-			c.Close()
-		}
-		cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := Reap(ctx, run); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -1,0 +1,351 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/qemu"
+	"github.com/haven-ha/haven/driver/qemu/testguest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// qemuCluster is a cluster whose agents run real VMs: QEMU under TCG,
+// booting the test guest, which counts on its console.
+type qemuCluster struct {
+	*cluster
+	guest testguest.Guest
+	// data is the agents' data directories' parent: short, for the
+	// VMs' unix sockets.
+	data string
+}
+
+func newQemuCluster(t *testing.T, n int) *qemuCluster {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		testguest.Unavailable(t, "qemu-system-x86_64 is not installed")
+	}
+	guest := testguest.Build(t)
+	data, err := os.MkdirTemp("", "hq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered before the cluster's own cleanup, so it runs after the
+	// agents are dead: the VMs outlive their agents, by design.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		runs, _ := filepath.Glob(filepath.Join(data, "*", "qemu"))
+		for _, run := range runs {
+			if err := qemu.Reap(ctx, run); err != nil {
+				t.Error(err)
+			}
+		}
+		os.RemoveAll(data)
+	})
+	c := newCluster(t, func(cfg *agent.Config) {
+		cfg.Driver = "qemu"
+		cfg.DataDir = filepath.Join(data, cfg.Name)
+		cfg.Qemu.Accel = "tcg"
+		cfg.Qemu.StopTimeout = 2 * time.Second
+	})
+	c.startN(n)
+	return &qemuCluster{cluster: c, guest: guest, data: data}
+}
+
+// group creates and starts a group of one VM booting the test guest, and
+// returns it once it runs and its guest counts.
+func (qc *qemuCluster) group(name string, opts testguest.Options) *havenv1.Group {
+	t := qc.t
+	t.Helper()
+	leader := qc.leader(30 * time.Second)
+	spec := &havenv1.GroupSpec{
+		Name: name,
+		Resources: []*havenv1.Resource{{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{
+			Vcpus: 1, MemoryBytes: 160 << 20,
+			Kernel: qc.guest.Kernel, Initrd: qc.guest.Initrd, Cmdline: qc.guest.Append(opts),
+		}}},
+		Restart: &havenv1.RestartPolicy{MaxRestarts: 3, Period: durationpb.New(time.Minute)},
+	}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	g := qc.allOnline(leader, []string{name}, 60*time.Second, anyOwner)[name]
+	qc.console(g.GetOwner(), name).Wait(t, 90*time.Second, name+"'s guest counting", func(s *testguest.Serial) bool { return s.Last().N > 0 })
+	return g
+}
+
+func (qc *qemuCluster) runDir(node string) string { return filepath.Join(qc.data, node, "qemu") }
+
+func vmID(group string) driver.VMID { return driver.VMID{Group: group, Resource: "vm"} }
+
+// console reads the console log of group's VM on node.
+func (qc *qemuCluster) console(node, group string) *testguest.Serial {
+	s := testguest.NewSerial(qemu.ConsolePath(qc.runDir(node), vmID(group)))
+	qc.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// qemuPID is the pid of group's QEMU on node.
+func (qc *qemuCluster) qemuPID(node, group string) int {
+	qc.t.Helper()
+	b, err := os.ReadFile(qemu.PIDPath(qc.runDir(node), vmID(group)))
+	if err != nil {
+		qc.t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		qc.t.Fatal(err)
+	}
+	return pid
+}
+
+// procState is a process's state letter (R, S, T, Z...), "" if it is gone.
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
+
+// runners watches every QEMU on the machine that runs group's VM, every
+// 10 ms, and remembers the most found executing (not stopped, not a
+// zombie) at once: the invariant that a group never runs twice, seen from
+// the processes themselves.
+type runners struct {
+	mu   sync.Mutex
+	most int
+	when time.Time
+	pids []int
+	stop chan struct{}
+	done chan struct{}
+}
+
+func watchRunners(t *testing.T, group string) *runners {
+	r := &runners{stop: make(chan struct{}), done: make(chan struct{})}
+	name := []byte("guest=" + group + "/vm,")
+	go func() {
+		defer close(r.done)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case <-tick.C:
+			}
+			var live []int
+			procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+			for _, p := range procs {
+				b, err := os.ReadFile(p)
+				// QEMU itself, not its supervisor, whose arguments end
+				// with QEMU's.
+				argv0, _, _ := strings.Cut(string(b), "\x00")
+				if err != nil || !strings.Contains(filepath.Base(argv0), "qemu-system") || !strings.Contains(string(b), string(name)) {
+					continue
+				}
+				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+				if s := procState(pid); s != "" && s != "T" && s != "t" && s != "Z" {
+					live = append(live, pid)
+				}
+			}
+			r.mu.Lock()
+			if len(live) > r.most {
+				r.most, r.when, r.pids = len(live), time.Now(), live
+			}
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(r.end)
+	return r
+}
+
+func (r *runners) end() {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+}
+
+// check fails t if two QEMUs of the group ever executed at once.
+func (r *runners) check(t *testing.T) {
+	t.Helper()
+	r.end()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.most > 1 {
+		t.Errorf("%d QEMUs of the group executing at once at %s: pids %v", r.most, r.when.Format(time.StampMilli), r.pids)
+	}
+}
+
+// TestQemuFailover: the owner's agent is SIGKILLed with its VM running.
+// Its QEMU, which outlives it under its supervisor, is frozen at the lease
+// end, before the group starts on another node; the processes never show
+// two QEMUs of the group executing. When the agent comes back it kills its
+// old QEMU: the group runs elsewhere at a newer epoch.
+func TestQemuFailover(t *testing.T) {
+	qc := newQemuCluster(t, 3)
+	g0 := qc.group("web", testguest.Options{MemMiB: 16, DirtyMiBPerSec: 4, TickMs: 20})
+	owner := qc.node(g0.GetOwner())
+	old := qc.qemuPID(owner.name, "web")
+	watch := watchRunners(t, "web")
+
+	owner.kill()
+	killed := time.Now()
+	leader := qc.leader(30 * time.Second)
+	g := qc.allOnline(leader, []string{"web"}, 60*time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != owner.name })["web"]
+	if g.GetEpoch() <= g0.GetEpoch() {
+		t.Fatalf("failed over at epoch %d, was %d", g.GetEpoch(), g0.GetEpoch())
+	}
+	if s := procState(old); s != "T" && s != "t" {
+		t.Errorf("the old QEMU (pid %d) is in state %q after the failover, want stopped", old, s)
+	}
+	qc.console(g.GetOwner(), "web").Wait(t, 90*time.Second, "the guest counting on "+g.GetOwner(), func(s *testguest.Serial) bool { return s.Last().N > 0 })
+	t.Logf("SIGKILL to the guest counting on %s: %s", g.GetOwner(), time.Since(killed).Round(time.Millisecond))
+
+	owner.start()
+	waitFor(t, 30*time.Second, "the old QEMU killed by its restarted agent", func() error {
+		if s := procState(old); s != "" && s != "Z" {
+			return fmt.Errorf("pid %d in state %s", old, s)
+		}
+		return nil
+	})
+	watch.check(t)
+}
+
+// TestQemuAgentPaused: the owner's agent is SIGSTOPped past its lease.
+// Its QEMU stops at the lease end, with no console output after it, and
+// thaws when the agent wakes in time to renew: the same QEMU, its counter
+// going on.
+func TestQemuAgentPaused(t *testing.T) {
+	qc := newQemuCluster(t, 3)
+	g0 := qc.group("web", testguest.Options{MemMiB: 16, TickMs: 20})
+	owner := qc.node(g0.GetOwner())
+	pid := qc.qemuPID(owner.name, "web")
+	con := qc.console(owner.name, "web")
+
+	owner.pause()
+	paused := time.Now()
+	// The lease ends at most one lease after the last renewal, which was
+	// before the pause.
+	lease := owner.cfg.Lease.Duration
+	waitFor(t, lease+time.Second, "QEMU stopped by its supervisor", func() error {
+		if s := procState(pid); s != "T" {
+			return fmt.Errorf("state %q", s)
+		}
+		return nil
+	})
+	if d := time.Since(paused); d > lease+200*time.Millisecond {
+		t.Errorf("QEMU stopped %s after the agent, past its lease of %s", d, lease)
+	}
+	if err := con.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := con.Last()
+	// Well under failover_after: the group stays, and must thaw.
+	time.Sleep(time.Second) // the outage: the agent stays paused this long
+	if err := con.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if last := con.Last(); last.N != frozenAt.N {
+		t.Errorf("the guest counted from %d to %d while its agent was paused past the lease", frozenAt.N, last.N)
+	}
+	owner.resume()
+	con.Wait(t, 20*time.Second, "the guest counting again", func(s *testguest.Serial) bool { return s.Last().N > frozenAt.N })
+	if err := con.Increasing(); err != nil {
+		t.Errorf("the counter went back (the guest restarted): %v", err)
+	}
+	if qc.qemuPID(owner.name, "web") != pid {
+		t.Error("a new QEMU runs: the VM was restarted, not thawed")
+	}
+}
+
+// TestQemuAgentRestart: an agent killed and started again takes its VMs
+// back: the same QEMU, the same epoch, the counter never reset.
+func TestQemuAgentRestart(t *testing.T) {
+	qc := newQemuCluster(t, 3)
+	g0 := qc.group("web", testguest.Options{MemMiB: 16, TickMs: 20})
+	owner := qc.node(g0.GetOwner())
+	pid := qc.qemuPID(owner.name, "web")
+	con := qc.console(owner.name, "web")
+
+	owner.kill()
+	owner.start()
+	if err := con.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	before := con.Last().N
+	con.Wait(t, 30*time.Second, "the guest counting on", func(s *testguest.Serial) bool { return s.Last().N > before+50 })
+	if err := con.Increasing(); err != nil {
+		t.Errorf("the counter went back (the guest restarted): %v", err)
+	}
+	if got := qc.qemuPID(owner.name, "web"); got != pid {
+		t.Errorf("QEMU pid %d after the restart, was %d: the VM was restarted, not taken back", got, pid)
+	}
+	g := qc.allOnline(qc.leader(30*time.Second), []string{"web"}, 30*time.Second, anyOwner)["web"]
+	if g.GetOwner() != owner.name || g.GetEpoch() != g0.GetEpoch() {
+		t.Errorf("after the restart: %s@%d, want %s@%d", g.GetOwner(), g.GetEpoch(), owner.name, g0.GetEpoch())
+	}
+	if !logContains(owner, "vm taken back") {
+		t.Errorf("%s's log does not say it took the VM back", owner.name)
+	}
+}
+
+// TestQemuWatchdog: a guest that hangs while QEMU lives is caught by its
+// i6300esb watchdog alone; the owner restarts it in place under the
+// group's restart policy: a new QEMU, the guest counting from 1 again.
+func TestQemuWatchdog(t *testing.T) {
+	qc := newQemuCluster(t, 3)
+	g0 := qc.group("web", testguest.Options{MemMiB: 16, TickMs: 20, WatchdogSec: 3})
+	owner := qc.node(g0.GetOwner())
+	pid := qc.qemuPID(owner.name, "web")
+	if err := testguest.Send(qemu.ConsoleSocket(qc.runDir(owner.name), vmID("web")), "hang"); err != nil {
+		t.Fatal(err)
+	}
+	hung := time.Now()
+	waitFor(t, 60*time.Second, "a new QEMU for the group", func() error {
+		b, err := os.ReadFile(qemu.PIDPath(qc.runDir(owner.name), vmID("web")))
+		if err != nil {
+			return err
+		}
+		if p, _ := strconv.Atoi(strings.TrimSpace(string(b))); p == pid || p == 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	if d := time.Since(hung); d < 3*time.Second {
+		t.Errorf("restarted %s after the hang, before the watchdog's 3 s", d)
+	}
+	qc.console(owner.name, "web").Wait(t, 90*time.Second, "the restarted guest counting", func(s *testguest.Serial) bool { return s.Last().N > 0 })
+	if procState(pid) != "" {
+		t.Errorf("the hung guest's QEMU (pid %d) is still there", pid)
+	}
+	if !logContains(owner, "the guest's watchdog expired") {
+		t.Errorf("%s's log does not name the watchdog", owner.name)
+	}
+	g := qc.allOnline(qc.leader(30*time.Second), []string{"web"}, 30*time.Second, anyOwner)["web"]
+	if g.GetOwner() != owner.name || g.GetEpoch() != g0.GetEpoch() {
+		t.Errorf("after the hang: %s@%d, want a restart in place on %s@%d", g.GetOwner(), g.GetEpoch(), owner.name, g0.GetEpoch())
+	}
+}
