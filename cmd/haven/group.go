@@ -24,7 +24,7 @@ func newGroupCmd(g *globalOptions) *cobra.Command {
 
 // vmFlags are the flags that build the standard group; they make no sense
 // together with -f, which gives the whole spec.
-var vmFlags = []string{"vcpus", "memory", "disk-size", "priority", "preferred-owner", "possible-owner", "anti-affinity", "preferred-site", "label"}
+var vmFlags = []string{"vcpus", "memory", "disk-size", "priority", "preferred-owner", "possible-owner", "anti-affinity", "preferred-site", "label", "kernel", "initrd", "cmdline", "machine"}
 
 func newGroupCreateCmd(g *globalOptions) *cobra.Command {
 	var (
@@ -34,6 +34,7 @@ func newGroupCreateCmd(g *globalOptions) *cobra.Command {
 		site                     string
 		preferred, possible, aac []string
 		labels                   []string
+		boot                     vmOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "create (NAME [flags] | -f FILE [NAME])",
@@ -59,6 +60,7 @@ the API's field names, e.g.
 Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 		Example: `  haven group create web --vcpus 2 --memory 4G --priority high --label tier=web
   haven group create sql1 --vcpus 4 --memory 16G --anti-affinity sql:hard:sites
+  haven group create tiny --memory 256M --disk-size 0 --kernel /srv/vmlinuz --initrd /srv/initrd.gz --cmdline console=ttyS0
   haven group create -f web.yaml`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var spec *havenv1.GroupSpec
@@ -110,6 +112,7 @@ Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 					return usagef(cmd, "--anti-affinity: %v", err)
 				}
 				o.preferred, o.possible, o.site = preferred, possible, site
+				o.kernel, o.initrd, o.cmdline, o.machine = boot.kernel, boot.initrd, boot.cmdline, boot.machine
 				spec = standardGroupSpec(args[0], o)
 			}
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
@@ -132,6 +135,10 @@ Sizes are powers of 1024 whatever the spelling: 512M = 512MiB = 536870912.`,
 	f.StringArrayVar(&aac, "anti-affinity", nil, "CLASS[:hard][:sites]: groups sharing a class are kept on different nodes; hard never shares a node, sites also spreads over sites (repeatable)")
 	f.StringVar(&site, "preferred-site", "", "site the group should run in when it can")
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
+	f.StringVar(&boot.kernel, "kernel", "", "qemu: boot this kernel (an absolute path on every node that may run the group) instead of the disks")
+	f.StringVar(&boot.initrd, "initrd", "", "qemu: the initrd for --kernel")
+	f.StringVar(&boot.cmdline, "cmdline", "", "qemu: the kernel command line for --kernel")
+	f.StringVar(&boot.machine, "machine", "", "qemu: the machine type (default: the node's, q35)")
 	f.StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd
 }

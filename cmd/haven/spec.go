@@ -29,6 +29,8 @@ type vmOptions struct {
 	antiAffinity []*havenv1.AntiAffinity
 	site         string
 	labels       map[string]string
+	// boot is a direct kernel boot and machine type, for the qemu driver.
+	kernel, initrd, cmdline, machine string
 }
 
 func defaultVMOptions() vmOptions {
@@ -63,7 +65,8 @@ func standardGroupSpec(name string, o vmOptions) *havenv1.GroupSpec {
 		Name:      "vm",
 		Kind:      havenv1.ResourceKind_RESOURCE_KIND_VM,
 		DependsOn: vmDeps,
-		Vm:        &havenv1.VmSpec{Vcpus: o.vcpus, MemoryBytes: o.memoryBytes},
+		Vm: &havenv1.VmSpec{Vcpus: o.vcpus, MemoryBytes: o.memoryBytes,
+			Kernel: o.kernel, Initrd: o.initrd, Cmdline: o.cmdline, Machine: o.machine},
 	})
 	return &havenv1.GroupSpec{
 		Name:            name,

@@ -22,13 +22,15 @@ func TestStandardGroupSpec(t *testing.T) {
 	o.antiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true}}
 	o.site = "room-a"
 	o.labels = map[string]string{"tier": "db"}
+	o.kernel, o.initrd, o.cmdline, o.machine = "/srv/vmlinuz", "/srv/initrd.gz", "console=ttyS0", "pc-q35-7.2"
 	got := standardGroupSpec("web", o)
 	want := &havenv1.GroupSpec{
 		Name: "web",
 		Resources: []*havenv1.Resource{
 			{Name: "config", Kind: havenv1.ResourceKind_RESOURCE_KIND_CONFIG, Config: &havenv1.ConfigSpec{}},
 			{Name: "disk0", Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: &havenv1.DiskSpec{Path: "web/disk0.img", SizeBytes: 20 << 30}},
-			{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, DependsOn: []string{"config", "disk0"}, Vm: &havenv1.VmSpec{Vcpus: 2, MemoryBytes: 4 << 30}},
+			{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, DependsOn: []string{"config", "disk0"}, Vm: &havenv1.VmSpec{
+				Vcpus: 2, MemoryBytes: 4 << 30, Kernel: "/srv/vmlinuz", Initrd: "/srv/initrd.gz", Cmdline: "console=ttyS0", Machine: "pc-q35-7.2"}},
 		},
 		Priority:        havenv1.Priority_PRIORITY_HIGH,
 		PreferredOwners: []string{"a1", "a2"},
