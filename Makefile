@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves wan-steady bench-timing bench-fast-lan chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
 
 all: build
 
@@ -73,7 +73,7 @@ concurrency:
 # Whole-cluster figures for the README's performance section (slow). The
 # figures of moves are bench-moves', which this leaves out.
 scenario:
-	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' -skip 'TestScenarioMove|TestScenarioDrain' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenario' -skip 'TestScenarioMove|TestScenarioDrain|TestScenarioQemu' ./integration/ -args -scenario -runs=5 | grep -E '^(scenario|---|ok|FAIL)'
 
 # Figures of moves for the README (integration/scenario_move_test.go): live
 # moves of a 1 GiB simulated VM between two agents at guest dirty rates of
@@ -102,6 +102,11 @@ bench-timing:
 
 bench-fast-lan:
 	$(GO) test -count=1 -v -timeout 30m -run 'TestScenarioFastLAN' ./integration/ -args -scenario -runs=5 -fastlan.duration=10m | grep -E '^(\s+\S+_test.go:[0-9]+: (scenario|kill)|---|ok|FAIL)'
+
+# Figures of real VMs for the README (integration/scenario_qemu_test.go):
+# QEMU under TCG booting the test guest.
+bench-qemu:
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenarioQemu' ./integration/ -args -scenario -runs=5 | grep -E '^(\s+\S+_test.go:[0-9]+: run|scenario|---|ok|FAIL)'
 
 # The SPIN model of fencing across a live-migration switchover
 # (migrate/model/README.md): the full check, the end-state check, every

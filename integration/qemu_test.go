@@ -30,7 +30,7 @@ type qemuCluster struct {
 	data string
 }
 
-func newQemuCluster(t *testing.T, n int) *qemuCluster {
+func newQemuCluster(t *testing.T, n int, opts ...option) *qemuCluster {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		testguest.Unavailable(t, "qemu-system-x86_64 is not installed")
@@ -53,12 +53,12 @@ func newQemuCluster(t *testing.T, n int) *qemuCluster {
 		}
 		os.RemoveAll(data)
 	})
-	c := newCluster(t, func(cfg *agent.Config) {
+	c := newCluster(t, append(opts, func(cfg *agent.Config) {
 		cfg.Driver = "qemu"
 		cfg.DataDir = filepath.Join(data, cfg.Name)
 		cfg.Qemu.Accel = "tcg"
 		cfg.Qemu.StopTimeout = 2 * time.Second
-	})
+	})...)
 	c.startN(n)
 	return &qemuCluster{cluster: c, guest: guest, data: data}
 }
