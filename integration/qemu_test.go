@@ -349,3 +349,39 @@ func TestQemuWatchdog(t *testing.T) {
 		t.Errorf("after the hang: %s@%d, want a restart in place on %s@%d", g.GetOwner(), g.GetEpoch(), owner.name, g0.GetEpoch())
 	}
 }
+
+// TestQemuBadSpec: a VM that QEMU or the nodes cannot run (here its
+// kernel is on no node) ends failed with the reason, on every node it
+// was tried on, and no QEMU was started.
+func TestQemuBadSpec(t *testing.T) {
+	qc := newQemuCluster(t, 3)
+	leader := qc.leader(30 * time.Second)
+	spec := &havenv1.GroupSpec{
+		Name: "nokernel",
+		Resources: []*havenv1.Resource{{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{
+			Vcpus: 1, MemoryBytes: 128 << 20, Kernel: "/nonexistent/vmlinuz",
+		}}},
+	}
+	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "nokernel"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the group failed, saying why", func() error {
+		resp, err := leader.api().GetGroup(ctx(t), &havenv1.GetGroupRequest{Name: "nokernel"})
+		if err != nil {
+			return err
+		}
+		g := resp.GetGroup()
+		if g.GetState() != havenv1.GroupState_GROUP_STATE_FAILED || !strings.Contains(g.GetStateReason(), "boot.kernel") {
+			return fmt.Errorf("%s: %q", g.GetState(), g.GetStateReason())
+		}
+		return nil
+	})
+	for _, n := range qc.nodes {
+		if runs, _ := filepath.Glob(filepath.Join(qc.runDir(n.name), "*", "qemu.pid")); len(runs) != 0 {
+			t.Errorf("%s started a QEMU for a VM it cannot run: %v", n.name, runs)
+		}
+	}
+}
