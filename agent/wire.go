@@ -58,6 +58,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			Labels:      heartbeat.FormatLabels(a.cfg.Labels),
 			Live:        a.drv.Capabilities().LiveMigration,
 			Quick:       a.drv.Capabilities().QuickMigration,
+			HotPlug:     a.drv.Capabilities().HotPlugDisks,
 		},
 		Logger: logging.Named(a.log, "gossip"),
 		Events: a.gossipEvents,
