@@ -111,4 +111,3 @@ func TestAttachDiskLeaderErrors(t *testing.T) {
 		wantStatus(t, err, c.code, c.err.Error())
 	}
 }
-
