@@ -183,7 +183,10 @@ func (e *Executor) endDiskChange(ctx context.Context, g *havenv1.Group, specs []
 		}
 	case allMatch:
 		req.Outcome = havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED
-		req.Reason = fmt.Sprintf("%s applied to %d vm(s) on %s at epoch %d", fsm.DescribeDiskChange(dc), len(specs), e.node, g.GetEpoch())
+		req.Reason = fmt.Sprintf("hot-plugged into %d vm(s)", len(specs))
+		if dc.GetKind() == havenv1.DiskChangeKind_DISK_CHANGE_KIND_DETACH {
+			req.Reason = fmt.Sprintf("released by %d vm(s)", len(specs))
+		}
 	default:
 		return
 	}

@@ -190,7 +190,7 @@ func TestExecutorHotPlugsPendingChanges(t *testing.T) {
 	if got := r.d.diskNames(webVM); !slices.Equal(got, []string{"disk0", "data"}) {
 		t.Fatalf("vm disks %v, want disk0, data", got)
 	}
-	if dc := r.change(); dc.GetOutcome() != havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED || !strings.Contains(dc.GetReason(), "applied to 1 vm(s) on n1") {
+	if dc := r.change(); dc.GetOutcome() != havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED || dc.GetReason() != "hot-plugged into 1 vm(s)" {
 		t.Fatalf("change %v, want applied", dc)
 	}
 	// Nothing more to do, and nothing reported twice.
