@@ -58,6 +58,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			Labels:      heartbeat.FormatLabels(a.cfg.Labels),
 			Live:        a.drv.Capabilities().LiveMigration,
 			Quick:       a.drv.Capabilities().QuickMigration,
+			HotPlug:     a.drv.Capabilities().HotPlugDisks,
 		},
 		Logger: logging.Named(a.log, "gossip"),
 		Events: a.gossipEvents,
@@ -79,7 +80,7 @@ func (a *Agent) wireDuties() {
 		ElectionTimeout: r.ElectionTimeout, ReconcileInterval: r.ReconcileInterval,
 	})
 	a.exec = executor.New(executor.Config{
-		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, SharedDir: a.cfg.SharedDir,
+		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, ReportDisk: a.sendDiskReport, SharedDir: a.cfg.SharedDir,
 		Logger: logging.Named(a.log, "executor"),
 	})
 	a.observed.OnApply(a.exec.Wake)
@@ -203,6 +204,23 @@ func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, req)
+	return err
+}
+
+// sendDiskReport sends an executor's report on a disk change to the
+// leader.
+func (a *Agent) sendDiskReport(ctx context.Context, req *havenv1.ReportDiskChangeRequest) error {
+	_, addr, err := a.locate()
+	if err != nil {
+		return err
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = havenv1.NewNodeServiceClient(conn).ReportDiskChange(ctx, req)
 	return err
 }
 

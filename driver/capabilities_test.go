@@ -23,11 +23,9 @@ var optional = []struct {
 		func(h driver.Hypervisor) bool { _, ok := h.(driver.LiveMigrator); return ok }},
 	{"QuickMigration", func(c driver.Capabilities) bool { return c.QuickMigration },
 		func(h driver.Hypervisor) bool { _, ok := h.(driver.QuickMigrator); return ok }},
-	// No interface yet, so no driver may report it.
-	{"HotPlugDisks", func(c driver.Capabilities) bool { return c.HotPlugDisks }, none},
+	{"HotPlugDisks", func(c driver.Capabilities) bool { return c.HotPlugDisks },
+		func(h driver.Hypervisor) bool { _, ok := h.(driver.DiskHotPlugger); return ok }},
 }
-
-func none(driver.Hypervisor) bool { return false }
 
 // mismatches lists the flags h reports without implementing their
 // interface, or implements without reporting.
@@ -68,8 +66,9 @@ func TestCapabilitiesCheckCatchesLies(t *testing.T) {
 		h    driver.Hypervisor
 		want []string
 	}{
-		{"claims hot-plug", overclaims{d}, []string{"HotPlugDisks"}},
-		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation", "LiveMigration", "QuickMigration"}},
+		{"claims hot-plug", overclaims{hides{d}}, []string{"HotPlugDisks"}},
+		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation", "LiveMigration", "QuickMigration", "HotPlugDisks"}},
+		{"drops hot-plug", drops{d}, []string{"HotPlugDisks"}},
 	} {
 		if got := mismatches(tc.h); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: mismatches %v, want %v", tc.name, got, tc.want)
@@ -77,11 +76,20 @@ func TestCapabilitiesCheckCatchesLies(t *testing.T) {
 	}
 }
 
-type overclaims struct{ *sim.Driver }
+// overclaims reports hot-plug, and nothing else, over a driver that
+// hides every optional interface.
+type overclaims struct{ hides }
 
-func (o overclaims) Capabilities() driver.Capabilities {
-	c := o.Driver.Capabilities()
-	c.HotPlugDisks = true
+func (overclaims) Capabilities() driver.Capabilities {
+	return driver.Capabilities{HotPlugDisks: true}
+}
+
+// drops has every method of the sim but reports no hot-plug.
+type drops struct{ *sim.Driver }
+
+func (d drops) Capabilities() driver.Capabilities {
+	c := d.Driver.Capabilities()
+	c.HotPlugDisks = false
 	return c
 }
 

@@ -73,10 +73,10 @@
 // (StateIncoming) once the move is committed, and its disk claims at the
 // new epoch fence the source; Resume runs the source (StatePaused) again if
 // the move rolled back. Both check the lease and the epoch atomically with
-// the state change, as ExtendLease does. Disk hot-plug will come the same
-// way, its interface added with the first driver that implements it; until
-// then no driver reports its flag. Keeping these out of Hypervisor spares a
-// driver that cannot migrate a set of methods that only fail.
+// the state change, as ExtendLease does. DiskHotPlugger (HotPlugDisks)
+// adds a disk to a running VM and takes one away, at the VM's own epoch
+// and only while it runs. Keeping these out of Hypervisor spares a driver
+// that cannot migrate a set of methods that only fail.
 //
 // Callers check the flag first and type-assert only then. The flag is what
 // a node can tell the leader, which has no driver value to assert on, and a

@@ -143,8 +143,7 @@ type Capabilities struct {
 	LiveMigration bool
 	// QuickMigration: the driver is a QuickMigrator.
 	QuickMigration bool
-	// No driver reports this yet: its interface comes with the first
-	// implementation.
+	// HotPlugDisks: the driver is a DiskHotPlugger.
 	HotPlugDisks bool
 	// FaultInjection: the driver is a FaultInjector.
 	FaultInjection bool
@@ -180,6 +179,57 @@ type FaultInjector interface {
 	// pages never written. It refuses an unknown VM (ErrNotFound) and one
 	// that is not running (ErrInvalidState).
 	FillMemory(id VMID) (int64, error)
+}
+
+// DiskHotPlugger is a driver that can add a disk to a running VM and take
+// one away while the guest runs (QEMU: blockdev-add and device_add; then
+// device_del, the guest's DEVICE_DELETED, and blockdev-del). The agent
+// records the change in the group's spec first, so the VM a later
+// failover or move starts has the same disks; it hot-plugs only the VM
+// that runs now.
+//
+// Both calls act on the VM at its own epoch only: a hot-plug for an older
+// incarnation must not touch the newer one, and one for a newer epoch is
+// for a VM this node has not started yet. Both check the epoch and the
+// VM's state under the lock its gate takes, and change nothing when they
+// refuse:
+//
+//   - ErrNotFound: the driver has no VM of that ID;
+//   - ErrStaleEpoch: epoch is not the VM's, or (AttachDisk) a newer epoch
+//     has claimed the disk;
+//   - ErrInvalidState: the VM is not running: frozen at its lease end (the
+//     gate forbids it I/O, and claiming or releasing a disk is I/O),
+//     paused or incoming for a migration, stopped or crashed; or a
+//     migration of it is under way (its target was prepared with the
+//     disks it had);
+//   - ErrInvalidSpec (AttachDisk): the disk fails DiskSpec.Validate, or
+//     another disk is attached under its name, or its file is attached
+//     under another name, or the driver cannot use the file (not an image
+//     of the format given, say).
+//
+// Attaching a disk that is attached under the same name with the same
+// file and format does nothing and returns nil, as Start of a running VM
+// does; detaching a name that is not attached does nothing and returns
+// nil, as Stop of a stopped VM does. So a caller that lost an answer (a
+// timeout, an agent restart) may simply ask again; Disks tells it what
+// the VM has.
+type DiskHotPlugger interface {
+	// AttachDisk claims disk for the VM's epoch, as Start claims a VM's
+	// disks, and gives it to the running guest: from its return on the
+	// guest may write it (the sim's guest writes it a record from its next
+	// tick). ctx bounds the call; a cancelled attach leaves the disk
+	// attached or not, which Disks tells.
+	AttachDisk(ctx context.Context, id VMID, epoch uint64, disk DiskSpec) error
+	// DetachDisk takes the disk named name away from the running VM at
+	// epoch. Once it returns nil the VM does no more I/O to the disk (the
+	// sim closes it; QEMU's guest has released the device and its block
+	// node is gone), so another VM may claim it. A guest that does not
+	// release the device before ctx ends keeps it, and the call fails.
+	DetachDisk(ctx context.Context, id VMID, epoch uint64, name string) error
+	// Disks lists the disks the VM has now, in order: those it started
+	// with, less those detached, then those attached since. It refuses an
+	// unknown VM (ErrNotFound).
+	Disks(id VMID) ([]DiskSpec, error)
 }
 
 // DirtyRateEstimator is a driver that can tell how fast its guests dirty

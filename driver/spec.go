@@ -24,8 +24,8 @@ func (s VMSpec) Validate() error {
 	}
 	seen := map[string]bool{}
 	for i, dk := range s.Disks {
-		if !filepath.IsLocal(dk.Path) {
-			return fmt.Errorf("disks[%d].path %q: must be relative and inside the shared directory", i, dk.Path)
+		if err := dk.validateFile(); err != nil {
+			return fmt.Errorf("disks[%d].%w", i, err)
 		}
 		// Two entries for one file: two writers of one disk.
 		p := filepath.Clean(dk.Path)
@@ -33,9 +33,6 @@ func (s VMSpec) Validate() error {
 			return fmt.Errorf("disks[%d].path %q: listed twice", i, dk.Path)
 		}
 		seen[p] = true
-		if dk.Format != "" && dk.Format != "raw" && dk.Format != "qcow2" {
-			return fmt.Errorf("disks[%d].format %q: must be raw or qcow2", i, dk.Format)
-		}
 	}
 	for _, f := range []struct{ name, path string }{{"kernel", s.Boot.Kernel}, {"initrd", s.Boot.Initrd}} {
 		if f.path != "" && (!filepath.IsAbs(f.path) || filepath.Clean(f.path) != f.path) {
@@ -50,4 +47,28 @@ func (s VMSpec) Validate() error {
 
 func validName(s string) bool {
 	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\\\x00")
+}
+
+// Validate says what is wrong with a disk given on its own, as to a
+// hot-plug (DiskHotPlugger.AttachDisk): it needs a name, which is how a
+// later DetachDisk names it, and the checks VMSpec.Validate makes of
+// every disk: a path inside the shared storage, a known format.
+func (d DiskSpec) Validate() error {
+	if !validName(d.Name) {
+		return fmt.Errorf("name %q: must be a non-empty name without path separators", d.Name)
+	}
+	return d.validateFile()
+}
+
+// SameFile reports whether d and o name the same file.
+func (d DiskSpec) SameFile(o DiskSpec) bool { return filepath.Clean(d.Path) == filepath.Clean(o.Path) }
+
+func (d DiskSpec) validateFile() error {
+	if !filepath.IsLocal(d.Path) {
+		return fmt.Errorf("path %q: must be relative and inside the shared directory", d.Path)
+	}
+	if d.Format != "" && d.Format != "raw" && d.Format != "qcow2" {
+		return fmt.Errorf("format %q: must be raw or qcow2", d.Format)
+	}
+	return nil
 }

@@ -176,6 +176,12 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.commitMove(index, cmd.CommitMove, now)
 	case *havenv1.Command_EndMove:
 		err = s.endMove(index, cmd.EndMove, now)
+	case *havenv1.Command_AttachDisk:
+		err = s.attachDisk(index, cmd.AttachDisk, now)
+	case *havenv1.Command_DetachDisk:
+		err = s.detachDisk(index, cmd.DetachDisk, now)
+	case *havenv1.Command_EndDiskChange:
+		err = s.endDiskChange(index, cmd.EndDiskChange, now)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -315,6 +321,15 @@ func sorted[T any](m map[string]T, key func(T) string) []T {
 	}
 	sort.Slice(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
 	return out
+}
+
+// Request is the outcome of the command that carried request id, while
+// it is remembered (RequestRetention): a write retried after a leader
+// change learns from it that its first try was applied, and how.
+func (f *FSM) Request(id string) *havenv1.AppliedRequest {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.requests[id]
 }
 
 // Snapshot captures the maps; records are immutable, so Persist can encode

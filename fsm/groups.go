@@ -139,8 +139,9 @@ func stale(g *havenv1.Group, epoch, desiredIndex uint64) *Error {
 }
 
 // store records g as changed at index; state_time follows the observed
-// state.
+// state, and a pending disk change whose VMs are gone is settled.
 func (s *state) store(index uint64, old, g *havenv1.Group, now time.Time) {
+	s.settleDiskChange(g, now)
 	if g.GetState() != old.GetState() {
 		g.StateTime = timestamppb.New(now)
 	}

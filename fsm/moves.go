@@ -79,6 +79,8 @@ func (s *state) beginMove(index uint64, c *havenv1.BeginMoveCommand, now time.Ti
 	switch {
 	case old.GetOperation() != "":
 		return errorf(CodeFailedPrecondition, "group %q: move %s is in flight", name, old.GetOperation())
+	case PendingDiskChange(old) != nil:
+		return errorf(CodeFailedPrecondition, "group %q: the %s is pending on its owner: move it once that has ended", name, DescribeDiskChange(old.GetDiskChange()))
 	case old.GetMoveTo() != "":
 		return errorf(CodeFailedPrecondition, "group %q: a planned restart on %s is in flight", name, old.GetMoveTo())
 	case !WantsRun(old) || old.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE:

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -219,6 +221,32 @@ func validateGroup(spec *havenv1.GroupSpec) error {
 		if len(v) > maxLabelValue {
 			return fmt.Errorf("labels[%s]: value is longer than %d bytes", k, maxLabelValue)
 		}
+	}
+	return nil
+}
+
+// ValidateDiskResource checks a disk resource given on its own, as to
+// AttachDisk: a name, kind disk (left out, it is taken as disk) and a disk
+// as ValidateGroupSpec checks one; it depends on nothing. Whether it fits
+// its group (a free name, the limits) is ValidateGroupSpec's question on
+// the group with it (WithDisk).
+func ValidateDiskResource(r *havenv1.Resource) error {
+	if r == nil {
+		return fmt.Errorf("disk: is missing")
+	}
+	if err := checkName("disk.name", r.GetName()); err != nil {
+		return err
+	}
+	if k := r.GetKind(); k != havenv1.ResourceKind_RESOURCE_KIND_DISK && k != havenv1.ResourceKind_RESOURCE_KIND_UNSPECIFIED {
+		return fmt.Errorf("disk.kind: %s, want disk", kindWord(k))
+	}
+	if len(r.GetDependsOn()) > 0 {
+		return fmt.Errorf("disk.depends_on: a disk attached to a group depends on nothing (its VMs come to depend on it)")
+	}
+	d := proto.Clone(r).(*havenv1.Resource)
+	d.Kind = havenv1.ResourceKind_RESOURCE_KIND_DISK
+	if err := validateResource(d, nil); err != nil {
+		return fmt.Errorf("disk %q: %w", r.GetName(), err)
 	}
 	return nil
 }

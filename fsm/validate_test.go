@@ -124,3 +124,41 @@ func TestNormalizeDerivesDemand(t *testing.T) {
 		t.Fatal("an explicit demand was overwritten")
 	}
 }
+
+func TestValidateDiskResource(t *testing.T) {
+	disk := func(mutate func(*havenv1.Resource)) *havenv1.Resource {
+		r := &havenv1.Resource{Name: "data", Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: &havenv1.DiskSpec{Path: "web/data.img", SizeBytes: 1 << 30}}
+		mutate(r)
+		return r
+	}
+	for _, c := range []struct {
+		name string
+		r    *havenv1.Resource
+		want string
+	}{
+		{"valid", disk(func(*havenv1.Resource) {}), ""},
+		{"kind left out", disk(func(r *havenv1.Resource) { r.Kind = 0 }), ""},
+		{"qcow2", disk(func(r *havenv1.Resource) { r.Disk.Format = "qcow2" }), ""},
+		{"missing", nil, "disk: is missing"},
+		{"no name", disk(func(r *havenv1.Resource) { r.Name = "" }), "disk.name: is empty"},
+		{"bad name", disk(func(r *havenv1.Resource) { r.Name = "Data" }), `disk.name: "Data" must be`},
+		{"another kind", disk(func(r *havenv1.Resource) { r.Kind = havenv1.ResourceKind_RESOURCE_KIND_VM }), "disk.kind: vm, want disk"},
+		{"dependencies", disk(func(r *havenv1.Resource) { r.DependsOn = []string{"config"} }), "depends on nothing"},
+		{"no disk", disk(func(r *havenv1.Resource) { r.Disk = nil }), "needs a path and size_bytes"},
+		{"absolute path", disk(func(r *havenv1.Resource) { r.Disk.Path = "/etc/passwd" }), `disk.path: "/etc/passwd" must be a clean relative path`},
+		{"escaping path", disk(func(r *havenv1.Resource) { r.Disk.Path = "../x.img" }), "clean relative path"},
+		{"unclean path", disk(func(r *havenv1.Resource) { r.Disk.Path = "web/./x.img" }), "clean relative path"},
+		{"execution logs", disk(func(r *havenv1.Resource) { r.Disk.Path = ".exec/web/vm.log" }), "execution logs"},
+		{"no size", disk(func(r *havenv1.Resource) { r.Disk.SizeBytes = 0 }), "disk.size_bytes: 0 is outside"},
+		{"a vm spec", disk(func(r *havenv1.Resource) { r.Vm = &havenv1.VmSpec{Vcpus: 1} }), "vm: set on a resource of kind disk"},
+		{"bad format", disk(func(r *havenv1.Resource) { r.Disk.Format = "vmdk" }), `disk.format: "vmdk" must be raw or qcow2`},
+	} {
+		err := ValidateDiskResource(c.r)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
+		}
+	}
+}

@@ -33,6 +33,9 @@ type Meta struct {
 	// restore, a running VM.
 	Live  bool `json:"lm,omitempty"`
 	Quick bool `json:"qm,omitempty"`
+	// HotPlug: the node's driver can add disks to a running VM and take
+	// them away.
+	HotPlug bool `json:"hp,omitempty"`
 }
 
 // wireMeta adds what only this package needs to the advertised Meta.

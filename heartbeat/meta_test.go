@@ -58,6 +58,7 @@ func TestMetaWorstCaseFits(t *testing.T) {
 		Expect:      99,
 		CPUMillis:   1 << 40,
 		MemoryBytes: 1 << 62,
+		HotPlug:     true,
 	}
 	b, err := encodeMeta(worst, true)
 	if err != nil {

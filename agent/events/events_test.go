@@ -217,3 +217,43 @@ func TestMoveEvents(t *testing.T) {
 		}
 	}
 }
+
+// A disk change shows as attach-disk (or detach-disk) and the owner's
+// end-disk-change, with its outcome.
+func TestDiskChangeEvents(t *testing.T) {
+	b := NewBroker()
+	_, sub, _ := b.Watch(0, 16, func(e Event) bool { return e.Group == "web" })
+	defer sub.Close()
+	l := fsmtest.New(t)
+	g := l.StartOn("web", "n1")
+	obs := Observe(l.FSM, b, nil)
+	apply := func(c *havenv1.Command) {
+		t.Helper()
+		data, err := encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Apply(raftLog(l.FSM.Index()+1, data))
+	}
+	apply(&havenv1.Command{Cmd: &havenv1.Command_AttachDisk{AttachDisk: &havenv1.AttachDiskCommand{Group: "web", ExpectEpoch: g.GetEpoch(),
+		Disk: &havenv1.Resource{Name: "data", Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: &havenv1.DiskSpec{Path: "web/data.img", SizeBytes: 1}}}}})
+	index := l.FSM.Index()
+	apply(&havenv1.Command{Cmd: &havenv1.Command_EndDiskChange{EndDiskChange: &havenv1.EndDiskChangeCommand{Group: "web", Index: index, Node: "n1", Epoch: g.GetEpoch(),
+		Outcome: havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED, Reason: "attached"}}})
+	apply(&havenv1.Command{Cmd: &havenv1.Command_DetachDisk{DetachDisk: &havenv1.DetachDiskCommand{Group: "web", Disk: "vm", ExpectEpoch: g.GetEpoch()}}})
+	want := []Event{
+		{Kind: "attach-disk", Epoch: g.GetEpoch(), Reason: "attach disk data (web/data.img)"},
+		{Kind: "end-disk-change", Node: "n1", Epoch: g.GetEpoch(), State: "APPLIED", Reason: "attached"},
+		{Kind: "detach-disk", Epoch: g.GetEpoch(), Reason: "detach disk vm", Refused: `resource "vm" of group "web" is no disk (vm)`},
+	}
+	for i, w := range want {
+		select {
+		case e := <-sub.C():
+			if e.Kind != w.Kind || e.Node != w.Node || e.Epoch != w.Epoch || e.State != w.State || e.Reason != w.Reason || e.Refused != w.Refused {
+				t.Errorf("event %d: %+v, want %+v", i, e, w)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("event %d (%s) not delivered", i, w.Kind)
+		}
+	}
+}

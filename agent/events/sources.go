@@ -112,6 +112,17 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 	case *havenv1.Command_EndMove:
 		moveEvent(&e, operation(x.EndMove.GetId()))
 		e.State, e.Reason = strings.TrimPrefix(x.EndMove.GetOutcome().String(), "OPERATION_OUTCOME_"), x.EndMove.GetReason()
+	case *havenv1.Command_AttachDisk:
+		d := x.AttachDisk.GetDisk()
+		e.Group, e.Epoch = x.AttachDisk.GetGroup(), x.AttachDisk.GetExpectEpoch()
+		e.Reason = fmt.Sprintf("attach disk %s (%s)", d.GetName(), d.GetDisk().GetPath())
+	case *havenv1.Command_DetachDisk:
+		e.Group, e.Epoch = x.DetachDisk.GetGroup(), x.DetachDisk.GetExpectEpoch()
+		e.Reason = "detach disk " + x.DetachDisk.GetDisk()
+	case *havenv1.Command_EndDiskChange:
+		c := x.EndDiskChange
+		e.Group, e.Node, e.Epoch, e.Reason = c.GetGroup(), c.GetNode(), c.GetEpoch(), c.GetReason()
+		e.State = strings.TrimPrefix(c.GetOutcome().String(), "DISK_CHANGE_OUTCOME_")
 	}
 	if r.Err != nil {
 		e.Refused = r.Err.Msg

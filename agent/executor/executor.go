@@ -1,8 +1,10 @@
 // Package executor makes this node's hypervisor match the FSM: it runs
 // what the FSM says this node should run (plan.go), each VM at its group's
 // epoch and only while a lease grant confirms that epoch, stops what it
-// should stop, kills everything else, and reports what happened to the
-// leader. It knows a driver only as driver.Hypervisor.
+// should stop, kills everything else, hot-plugs the disks a running VM
+// lacks or no longer has in its spec (disks.go), and reports what happened
+// to the leader. It knows a driver only as driver.Hypervisor and the
+// optional interfaces the driver reports.
 package executor
 
 import (
@@ -35,7 +37,10 @@ type Config struct {
 	Driver driver.Hypervisor
 	// Report delivers a report to the leader.
 	Report func(context.Context, *havenv1.ReportGroupRequest) error
-	Logger *slog.Logger
+	// ReportDisk delivers a report on a pending disk change to the
+	// leader (disks.go); nil sends none.
+	ReportDisk func(context.Context, *havenv1.ReportDiskChangeRequest) error
+	Logger     *slog.Logger
 	// SharedDir is the shared storage root, where quick moves keep their
 	// state files; empty leaves them for the operator.
 	SharedDir string
@@ -48,6 +53,10 @@ type Executor struct {
 	drv   driver.Hypervisor
 	send  func(context.Context, *havenv1.ReportGroupRequest) error
 	log   *slog.Logger
+	// hotPlug is the driver as a DiskHotPlugger, nil when it reports
+	// none; reportDisk is Config.ReportDisk.
+	hotPlug    driver.DiskHotPlugger
+	reportDisk func(context.Context, *havenv1.ReportDiskChangeRequest) error
 	// sharedDir is Config.SharedDir.
 	sharedDir string
 
@@ -67,7 +76,12 @@ type Executor struct {
 	// startFails counts failed starts per group at one epoch and desired
 	// index, for the bounded retry with backoff.
 	startFails map[string]*startFail
-	wake       chan struct{}
+	// diskFails holds the retry state of hot-plugs per group, and
+	// diskReported the index of the last disk change reported per group
+	// (disks.go); only the reconciling goroutine touches them.
+	diskFails    map[string]*diskFail
+	diskReported map[string]uint64
+	wake         chan struct{}
 	// renewNow asks the lease loop for a renewal at once: a group was just
 	// assigned here and waits for a grant that confirms its epoch.
 	renewNow chan struct{}
@@ -110,9 +124,17 @@ func New(cfg Config) *Executor {
 	if log == nil {
 		log = logging.Discard()
 	}
-	return &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log, sharedDir: cfg.SharedDir,
-		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
-		startFails: map[string]*startFail{}, wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+	e := &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log, sharedDir: cfg.SharedDir,
+		reportDisk: cfg.ReportDisk,
+		confirmed:  map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
+		startFails: map[string]*startFail{}, diskFails: map[string]*diskFail{}, diskReported: map[string]uint64{},
+		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+	// The flag first, as with every optional interface: a wrapper may
+	// have the methods without the ability.
+	if hp, ok := cfg.Driver.(driver.DiskHotPlugger); ok && cfg.Driver.Capabilities().HotPlugDisks {
+		e.hotPlug = hp
+	}
+	return e
 }
 
 // RenewNow delivers a request for a lease renewal at once: a group was
@@ -254,7 +276,8 @@ func (e *Executor) stop(ctx context.Context, g *havenv1.Group, vms []driver.Stat
 			return
 		}
 	}
-	// VMs the spec no longer names (none today: specs do not change).
+	// VMs the spec no longer names (none today: a spec's disks change,
+	// its VMs do not).
 	for _, st := range byRes {
 		if !e.stopVM(ctx, st) {
 			return
@@ -291,13 +314,19 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 	for _, st := range vms {
 		have[st.ID.Resource] = st
 	}
-	allUp := true
+	allUp, disksMatch := true, true
+	var diskFailure error
 	for _, spec := range specs {
 		st, ok := have[spec.ID.Resource]
 		switch {
-		case ok && (st.State == driver.StateRunning || st.State == driver.StateFrozen):
-			if st.State == driver.StateFrozen {
-				allUp = false
+		case ok && st.State == driver.StateFrozen:
+			allUp = false
+			continue
+		case ok && st.State == driver.StateRunning:
+			match, err := e.syncDisks(ctx, g, spec)
+			disksMatch = disksMatch && match
+			if diskFailure == nil {
+				diskFailure = err
 			}
 			continue
 		case ok && (st.State == driver.StatePaused || st.State == driver.StateIncoming):
@@ -365,6 +394,7 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 			e.report(g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 		}
 	}
+	e.endDiskChange(ctx, g, specs, allUp && disksMatch, diskFailure)
 }
 
 // switchover ends a pause or an incoming VM of an owned group: the target
@@ -530,11 +560,12 @@ func (e *Executor) flush(ctx context.Context) {
 }
 
 // vmSpecs turns a group's VM resources into driver specs; every VM of the
-// group gets every disk of the group.
+// group gets every disk of the group but one a pending detach takes away.
 func vmSpecs(g *havenv1.Group, node string) []driver.VMSpec {
 	var disks []driver.DiskSpec
+	gone := detaching(g)
 	for _, r := range g.GetSpec().GetResources() {
-		if d := r.GetDisk(); d != nil {
+		if d := r.GetDisk(); d != nil && r.GetName() != gone {
 			disks = append(disks, driver.DiskSpec{Name: r.GetName(), Path: d.GetPath(), SizeBytes: d.GetSizeBytes(), Format: d.GetFormat()})
 		}
 	}

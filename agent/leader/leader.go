@@ -39,6 +39,9 @@ type State interface {
 	Groups() []*havenv1.Group
 	Operation(id string) *havenv1.Operation
 	Operations() []*havenv1.Operation
+	// Request is the outcome of the command with request id, while the
+	// FSM remembers it.
+	Request(id string) *havenv1.AppliedRequest
 }
 
 // Committer commits a command and returns what the FSM made of it.

@@ -170,6 +170,8 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 		return nil, nil, refuse(ErrNotFound, "group %q not found", req.Group)
 	case g.GetOperation() != "":
 		return nil, nil, refuse(ErrConflict, "group %q: move %s is in flight", req.Group, g.GetOperation())
+	case fsm.PendingDiskChange(g) != nil:
+		return nil, nil, refuse(ErrConflict, "group %q: the %s is pending on %s: move it once that has ended", req.Group, fsm.DescribeDiskChange(g.GetDiskChange()), g.GetOwner())
 	case g.GetMoveTo() != "":
 		return nil, nil, refuse(ErrConflict, "group %q: a planned restart on %s is in flight", req.Group, g.GetMoveTo())
 	case !fsm.WantsRun(g) || g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetOwner() == "":

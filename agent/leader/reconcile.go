@@ -64,6 +64,7 @@ func memberNode(m heartbeat.Member) *havenv1.Node {
 		Labels:         heartbeat.ParseLabels(m.Meta.Labels),
 		LiveMigration:  m.Meta.Live,
 		QuickMigration: m.Meta.Quick,
+		HotPlugDisks:   m.Meta.HotPlug,
 	}
 }
 

@@ -289,6 +289,9 @@ func TestNewReply(t *testing.T) {
 		"GetOperation":    &havenv1.GetOperationResponse{},
 		"ListOperations":  &havenv1.ListOperationsResponse{},
 		"CancelOperation": &havenv1.CancelOperationResponse{},
+
+		"AttachDisk": &havenv1.AttachDiskResponse{},
+		"DetachDisk": &havenv1.DetachDiskResponse{},
 	}
 	desc := havenv1.ClusterService_ServiceDesc
 	if len(desc.Methods) != len(want) {

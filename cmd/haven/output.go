@@ -198,6 +198,9 @@ func writeGroupDetail(w io.Writer, g *havenv1.Group) error {
 	}
 	kv("Owner", dash(g.GetOwner()))
 	kv("Epoch", fmt.Sprint(g.GetEpoch()))
+	if dc := g.GetDiskChange(); dc != nil {
+		kv("Disk change", diskChangeWord(dc))
+	}
 	kv("Priority", priorityWord(s.GetPriority()))
 	kv("CPU", formatCPU(cpu))
 	kv("Memory", formatSize(mem))

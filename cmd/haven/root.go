@@ -143,6 +143,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newEventsCmd(g),
 		newMoveCmd(g),
 		newOpsCmd(g),
+		newDiskCmd(g),
 	)
 	root.AddCommand(platformCmds()...)
 	return root

@@ -35,6 +35,11 @@ type Harness struct {
 	// Settle is how long after a freeze the suite watches for progress
 	// that should not come: a few of the guest's ticks.
 	Settle time.Duration
+	// Disk makes a disk image on the shared storage that a VM of Spec can
+	// take while it runs, named name, and returns it. Without it, or if
+	// the driver does not report HotPlugDisks, the hot-plug contract is
+	// skipped.
+	Disk func(t *testing.T, name string) driver.DiskSpec
 }
 
 // Run runs the contract suite.
@@ -50,6 +55,7 @@ func Run(t *testing.T, h Harness) {
 		{"StopKillForget", s.stopKillForget},
 		{"ExtendLeaseNeverShortens", s.neverShortens},
 		{"List", s.list},
+		{"HotPlugDisks", s.hotPlug},
 	} {
 		t.Run(tc.name, tc.test)
 	}
@@ -323,5 +329,97 @@ func (s suite) list(t *testing.T) {
 	want := []driver.VMID{ids[2], ids[1], ids[0]}
 	if !slices.Equal(got, want) {
 		t.Errorf("List: %v, want %v (sorted by ID)", got, want)
+	}
+}
+
+// The hot-plug contract (driver.DiskHotPlugger): at the VM's own epoch,
+// only while it runs; a repeat is a no-op; Disks tells what is attached.
+func (s suite) hotPlug(t *testing.T) {
+	d := s.open(t, "n1")
+	if !d.Capabilities().HotPlugDisks {
+		t.Skip("the driver does not report HotPlugDisks")
+	}
+	if s.h.Disk == nil {
+		t.Skip("the harness makes no disks (Harness.Disk)")
+	}
+	hp, ok := d.(driver.DiskHotPlugger)
+	if !ok {
+		t.Fatal("the driver reports HotPlugDisks but is no driver.DiskHotPlugger")
+	}
+	ctx := context.Background()
+	disk := s.h.Disk(t, "hot")
+	names := func() []string {
+		t.Helper()
+		disks, err := hp.Disks(web)
+		if err != nil {
+			t.Fatalf("Disks: %v", err)
+		}
+		var out []string
+		for _, dk := range disks {
+			out = append(out, dk.Name)
+		}
+		return out
+	}
+	stop := s.running(t, d, web, "n1", 2)
+	before := names()
+	if err := hp.AttachDisk(ctx, web, 1, disk); !errors.Is(err, driver.ErrStaleEpoch) {
+		t.Errorf("AttachDisk at an older epoch: %v, want ErrStaleEpoch", err)
+	}
+	if err := hp.AttachDisk(ctx, web, 3, disk); !errors.Is(err, driver.ErrStaleEpoch) {
+		t.Errorf("AttachDisk at a newer epoch: %v, want ErrStaleEpoch", err)
+	}
+	if err := hp.AttachDisk(ctx, driver.VMID{Group: "none", Resource: "vm"}, 2, disk); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("AttachDisk to an unknown VM: %v, want ErrNotFound", err)
+	}
+	bad := disk
+	bad.Path = "../" + disk.Path
+	if err := hp.AttachDisk(ctx, web, 2, bad); !errors.Is(err, driver.ErrInvalidSpec) {
+		t.Errorf("AttachDisk of a path outside the shared storage: %v, want ErrInvalidSpec", err)
+	}
+	if got := names(); !slices.Equal(got, before) {
+		t.Fatalf("after refused attaches the VM has disks %v, had %v", got, before)
+	}
+	if err := hp.AttachDisk(ctx, web, 2, disk); err != nil {
+		t.Fatalf("AttachDisk: %v", err)
+	}
+	if err := hp.AttachDisk(ctx, web, 2, disk); err != nil {
+		t.Errorf("the same AttachDisk again: %v, want a no-op", err)
+	}
+	if got, want := names(), append(slices.Clone(before), disk.Name); !slices.Equal(got, want) {
+		t.Errorf("after the attach the VM has disks %v, want %v", got, want)
+	}
+	if st := s.state(t, d, web); st != driver.StateRunning {
+		t.Fatalf("after the attach the VM is %s", st)
+	}
+	if err := hp.DetachDisk(ctx, web, 1, disk.Name); !errors.Is(err, driver.ErrStaleEpoch) {
+		t.Errorf("DetachDisk at an older epoch: %v, want ErrStaleEpoch", err)
+	}
+	if err := hp.DetachDisk(ctx, web, 2, disk.Name); err != nil {
+		t.Fatalf("DetachDisk: %v", err)
+	}
+	if err := hp.DetachDisk(ctx, web, 2, disk.Name); err != nil {
+		t.Errorf("the same DetachDisk again: %v, want a no-op", err)
+	}
+	if got := names(); !slices.Equal(got, before) {
+		t.Errorf("after the detach the VM has disks %v, want %v", got, before)
+	}
+	p := s.h.Progress(t, d, web)
+	s.waitFor(t, s.h.Boot, "the guest to go on after the detach", func() bool { return s.h.Progress(t, d, web) > p })
+
+	// Frozen at its lease end, the VM takes no disk: the gate forbids
+	// it I/O.
+	stop()
+	s.waitFor(t, s.h.Lease+2*time.Second, "the freeze at the lease end", func() bool { return s.state(t, d, web) == driver.StateFrozen })
+	if err := hp.AttachDisk(ctx, web, 2, disk); !errors.Is(err, driver.ErrInvalidState) {
+		t.Errorf("AttachDisk to a frozen VM: %v, want ErrInvalidState", err)
+	}
+	if err := d.Kill(web, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := hp.AttachDisk(ctx, web, 2, disk); !errors.Is(err, driver.ErrInvalidState) {
+		t.Errorf("AttachDisk to a stopped VM: %v, want ErrInvalidState", err)
+	}
+	if got := names(); !slices.Equal(got, before) {
+		t.Errorf("after refused attaches the VM has disks %v, want %v", got, before)
 	}
 }

@@ -30,6 +30,10 @@ func TestContract(t *testing.T) {
 		Lease:  300 * time.Millisecond,
 		Boot:   5 * time.Second,
 		Settle: 50 * time.Millisecond,
+		// A sim disk is made by its first claim.
+		Disk: func(t *testing.T, name string) driver.DiskSpec {
+			return driver.DiskSpec{Name: name, Path: "disks/" + name + ".img", SizeBytes: 1 << 20}
+		},
 	})
 }
 

@@ -7,7 +7,8 @@
 // that dirties pages of its working set at the rate Config.Guest sets and
 // keeps a counter in the buffer's first 8 bytes, and disks on shared
 // storage that receive one record per tick (see ClaimDisk for the format;
-// DiskSpec.SizeBytes is advisory, a sim disk grows with its records). A
+// DiskSpec.SizeBytes is advisory, a sim disk grows with its records).
+// Disks can be added to a running VM and taken away (hotplug.go). A
 // booting guest continues its counter from its last record on its first
 // disk, so the counter never goes back across restarts and failovers. The
 // guest loop passes the lease gate of the driver package's fencing
@@ -170,11 +171,11 @@ var (
 )
 
 // Capabilities reports the optional interfaces the sim implements: all
-// but hot-plug.
+// of them.
 func (d *Driver) Capabilities() driver.Capabilities {
 	return driver.Capabilities{
 		FaultInjection: true, DirtyRateEstimation: true,
-		LiveMigration: true, QuickMigration: true,
+		LiveMigration: true, QuickMigration: true, HotPlugDisks: true,
 	}
 }
 

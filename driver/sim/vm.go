@@ -24,13 +24,15 @@ import (
 // A migration's source is paused at its switchover and its target is
 // incoming until Activate; both hold memory but never tick (switch.go).
 type vm struct {
-	spec   driver.VMSpec // immutable after boot
+	// spec is immutable after boot but for spec.Disks, which only
+	// AttachDisk and DetachDisk change, under mu, with paths and disks.
+	spec   driver.VMSpec
 	period time.Duration // of the guest loop; immutable after boot
-	paths  []string      // absolute disk paths, as spec.Disks
 	now    func() time.Time
 	log    *slog.Logger
 
 	mu       sync.Mutex
+	paths    []string // absolute disk paths, as spec.Disks
 	state    driver.State
 	reason   string
 	leaseEnd time.Time

@@ -6,6 +6,8 @@
 package cluster
 
 import (
+	"context"
+
 	"github.com/haven-ha/haven/agent/consensus"
 	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/leader"
@@ -40,6 +42,8 @@ type Leader interface {
 	Balance(power, dryRun bool) (leader.BalanceReport, error)
 	MoveGroup(req leader.MoveRequest) (*havenv1.Operation, error)
 	CancelOperation(id, requestID string) (*havenv1.Operation, error)
+	AttachDisk(ctx context.Context, group string, disk *havenv1.Resource, requestID string) (*havenv1.Group, *havenv1.DiskChange, error)
+	DetachDisk(ctx context.Context, group, disk, requestID string) (*havenv1.Group, *havenv1.DiskChange, error)
 }
 
 // Raft is what the status and the reads need of this node's Raft.
@@ -98,6 +102,8 @@ var leaderOnly = map[string]bool{
 	havenv1.ClusterService_Balance_FullMethodName:         true,
 	havenv1.ClusterService_MoveGroup_FullMethodName:       true,
 	havenv1.ClusterService_CancelOperation_FullMethodName: true,
+	havenv1.ClusterService_AttachDisk_FullMethodName:      true,
+	havenv1.ClusterService_DetachDisk_FullMethodName:      true,
 }
 
 // LeaderOnly reports whether a call must be answered by the leader: a

@@ -1,10 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/haven-ha/haven/agent/events"
 
@@ -86,6 +88,13 @@ type fakeLeader struct {
 	draining   bool
 	k          int
 	power, dry bool
+	// Disk changes: what was asked, the change answered, and the
+	// deadline the leader was given to wait for it.
+	disk            *havenv1.Resource
+	diskName        string
+	change          *havenv1.DiskChange
+	waitDeadline    time.Time
+	waitHasDeadline bool
 }
 
 func (l *fakeLeader) CreateGroup(spec *havenv1.GroupSpec, requestID string) (*havenv1.Group, error) {
@@ -104,6 +113,20 @@ func (l *fakeLeader) CancelOperation(id, requestID string) (*havenv1.Operation, 
 	l.calls = append(l.calls, "CancelOperation")
 	l.name, l.requestID = id, requestID
 	return l.op, l.err
+}
+
+func (l *fakeLeader) AttachDisk(ctx context.Context, group string, disk *havenv1.Resource, requestID string) (*havenv1.Group, *havenv1.DiskChange, error) {
+	l.calls = append(l.calls, "AttachDisk")
+	l.name, l.disk, l.requestID = group, disk, requestID
+	l.waitDeadline, l.waitHasDeadline = ctx.Deadline()
+	return l.group, l.change, l.err
+}
+
+func (l *fakeLeader) DetachDisk(ctx context.Context, group, disk, requestID string) (*havenv1.Group, *havenv1.DiskChange, error) {
+	l.calls = append(l.calls, "DetachDisk")
+	l.name, l.diskName, l.requestID = group, disk, requestID
+	l.waitDeadline, l.waitHasDeadline = ctx.Deadline()
+	return l.group, l.change, l.err
 }
 
 func (l *fakeLeader) DeleteGroup(name, requestID string) error {

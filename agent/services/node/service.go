@@ -40,9 +40,10 @@ type Leases interface {
 	Renew(ctx context.Context, node string) (*havenv1.RenewLeaseResponse, error)
 }
 
-// Reports takes an owner's report (the leader).
+// Reports takes an owner's reports (the leader).
 type Reports interface {
 	Report(req *havenv1.ReportGroupRequest) error
+	ReportDiskChange(req *havenv1.ReportDiskChangeRequest) error
 }
 
 // Members is gossip's view of the cluster.

@@ -54,12 +54,18 @@ func (l *fakeLeases) Renew(_ context.Context, node string) (*havenv1.RenewLeaseR
 }
 
 type fakeReports struct {
-	err error
-	got []*havenv1.ReportGroupRequest
+	err   error
+	got   []*havenv1.ReportGroupRequest
+	disks []*havenv1.ReportDiskChangeRequest
 }
 
 func (r *fakeReports) Report(req *havenv1.ReportGroupRequest) error {
 	r.got = append(r.got, req)
+	return r.err
+}
+
+func (r *fakeReports) ReportDiskChange(req *havenv1.ReportDiskChangeRequest) error {
+	r.disks = append(r.disks, req)
 	return r.err
 }
 

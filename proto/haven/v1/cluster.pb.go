@@ -239,6 +239,237 @@ func (BalancerMode) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
+type AttachDiskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// A resource of kind RESOURCE_KIND_DISK (the kind may be left out) with
+	// its name and disk: path under the shared storage root, size_bytes and
+	// format. It depends on nothing; the group's VMs come to depend on it.
+	Disk          *Resource `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	RequestId     string    `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachDiskRequest) Reset() {
+	*x = AttachDiskRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachDiskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachDiskRequest) ProtoMessage() {}
+
+func (x *AttachDiskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachDiskRequest.ProtoReflect.Descriptor instead.
+func (*AttachDiskRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AttachDiskRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *AttachDiskRequest) GetDisk() *Resource {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+func (x *AttachDiskRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type AttachDiskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// The change as it stands: APPLIED, RECORDED, or pending (outcome
+	// unspecified) when the owner had not applied it by the deadline.
+	Change        *DiskChange `protobuf:"bytes,2,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachDiskResponse) Reset() {
+	*x = AttachDiskResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachDiskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachDiskResponse) ProtoMessage() {}
+
+func (x *AttachDiskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachDiskResponse.ProtoReflect.Descriptor instead.
+func (*AttachDiskResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AttachDiskResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *AttachDiskResponse) GetChange() *DiskChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+type DetachDiskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// The disk resource's name.
+	Disk          string `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachDiskRequest) Reset() {
+	*x = DetachDiskRequest{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachDiskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachDiskRequest) ProtoMessage() {}
+
+func (x *DetachDiskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachDiskRequest.ProtoReflect.Descriptor instead.
+func (*DetachDiskRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DetachDiskRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *DetachDiskRequest) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *DetachDiskRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type DetachDiskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group *Group                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// As in AttachDiskResponse.
+	Change        *DiskChange `protobuf:"bytes,2,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachDiskResponse) Reset() {
+	*x = DetachDiskResponse{}
+	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachDiskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachDiskResponse) ProtoMessage() {}
+
+func (x *DetachDiskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachDiskResponse.ProtoReflect.Descriptor instead.
+func (*DetachDiskResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DetachDiskResponse) GetGroup() *Group {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *DetachDiskResponse) GetChange() *DiskChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
 type MoveGroupRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -257,7 +488,7 @@ type MoveGroupRequest struct {
 
 func (x *MoveGroupRequest) Reset() {
 	*x = MoveGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	mi := &file_haven_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +500,7 @@ func (x *MoveGroupRequest) String() string {
 func (*MoveGroupRequest) ProtoMessage() {}
 
 func (x *MoveGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[0]
+	mi := &file_haven_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +513,7 @@ func (x *MoveGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveGroupRequest.ProtoReflect.Descriptor instead.
 func (*MoveGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MoveGroupRequest) GetName() string {
@@ -336,7 +567,7 @@ type MoveGroupResponse struct {
 
 func (x *MoveGroupResponse) Reset() {
 	*x = MoveGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	mi := &file_haven_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +579,7 @@ func (x *MoveGroupResponse) String() string {
 func (*MoveGroupResponse) ProtoMessage() {}
 
 func (x *MoveGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[1]
+	mi := &file_haven_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +592,7 @@ func (x *MoveGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveGroupResponse.ProtoReflect.Descriptor instead.
 func (*MoveGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MoveGroupResponse) GetOperation() *Operation {
@@ -382,7 +613,7 @@ type GetOperationRequest struct {
 
 func (x *GetOperationRequest) Reset() {
 	*x = GetOperationRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	mi := &file_haven_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +625,7 @@ func (x *GetOperationRequest) String() string {
 func (*GetOperationRequest) ProtoMessage() {}
 
 func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[2]
+	mi := &file_haven_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +638,7 @@ func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
 func (*GetOperationRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetOperationRequest) GetId() string {
@@ -434,7 +665,7 @@ type GetOperationResponse struct {
 
 func (x *GetOperationResponse) Reset() {
 	*x = GetOperationResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +677,7 @@ func (x *GetOperationResponse) String() string {
 func (*GetOperationResponse) ProtoMessage() {}
 
 func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[3]
+	mi := &file_haven_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +690,7 @@ func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
 func (*GetOperationResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetOperationResponse) GetOperation() *Operation {
@@ -488,7 +719,7 @@ type ListOperationsRequest struct {
 
 func (x *ListOperationsRequest) Reset() {
 	*x = ListOperationsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +731,7 @@ func (x *ListOperationsRequest) String() string {
 func (*ListOperationsRequest) ProtoMessage() {}
 
 func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[4]
+	mi := &file_haven_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +744,7 @@ func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListOperationsRequest) GetConsistent() bool {
@@ -540,7 +771,7 @@ type ListOperationsResponse struct {
 
 func (x *ListOperationsResponse) Reset() {
 	*x = ListOperationsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +783,7 @@ func (x *ListOperationsResponse) String() string {
 func (*ListOperationsResponse) ProtoMessage() {}
 
 func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[5]
+	mi := &file_haven_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +796,7 @@ func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListOperationsResponse) GetOperations() []*Operation {
@@ -592,7 +823,7 @@ type CancelOperationRequest struct {
 
 func (x *CancelOperationRequest) Reset() {
 	*x = CancelOperationRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +835,7 @@ func (x *CancelOperationRequest) String() string {
 func (*CancelOperationRequest) ProtoMessage() {}
 
 func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[6]
+	mi := &file_haven_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +848,7 @@ func (x *CancelOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationRequest.ProtoReflect.Descriptor instead.
 func (*CancelOperationRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelOperationRequest) GetId() string {
@@ -643,7 +874,7 @@ type CancelOperationResponse struct {
 
 func (x *CancelOperationResponse) Reset() {
 	*x = CancelOperationResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +886,7 @@ func (x *CancelOperationResponse) String() string {
 func (*CancelOperationResponse) ProtoMessage() {}
 
 func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[7]
+	mi := &file_haven_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +899,7 @@ func (x *CancelOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperationResponse.ProtoReflect.Descriptor instead.
 func (*CancelOperationResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelOperationResponse) GetOperation() *Operation {
@@ -686,7 +917,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +929,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[8]
+	mi := &file_haven_v1_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +942,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 type GetStatusResponse struct {
@@ -757,7 +988,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +1000,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[9]
+	mi := &file_haven_v1_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1013,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetStatusResponse) GetNode() string {
@@ -959,7 +1190,7 @@ type SiteSummary struct {
 
 func (x *SiteSummary) Reset() {
 	*x = SiteSummary{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1202,7 @@ func (x *SiteSummary) String() string {
 func (*SiteSummary) ProtoMessage() {}
 
 func (x *SiteSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[10]
+	mi := &file_haven_v1_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1215,7 @@ func (x *SiteSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteSummary.ProtoReflect.Descriptor instead.
 func (*SiteSummary) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SiteSummary) GetName() string {
@@ -1060,7 +1291,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1303,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[11]
+	mi := &file_haven_v1_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1316,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListNodesRequest) GetConsistent() bool {
@@ -1106,7 +1337,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1349,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[12]
+	mi := &file_haven_v1_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1362,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeInfo) GetNode() *Node {
@@ -1165,7 +1396,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1408,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[13]
+	mi := &file_haven_v1_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1421,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeInfo {
@@ -1219,7 +1450,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1462,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[14]
+	mi := &file_haven_v1_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1475,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateGroupRequest) GetSpec() *GroupSpec {
@@ -1270,7 +1501,7 @@ type CreateGroupResponse struct {
 
 func (x *CreateGroupResponse) Reset() {
 	*x = CreateGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1513,7 @@ func (x *CreateGroupResponse) String() string {
 func (*CreateGroupResponse) ProtoMessage() {}
 
 func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[15]
+	mi := &file_haven_v1_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1526,7 @@ func (x *CreateGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupResponse.ProtoReflect.Descriptor instead.
 func (*CreateGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateGroupResponse) GetGroup() *Group {
@@ -1326,7 +1557,7 @@ type ReadMeta struct {
 
 func (x *ReadMeta) Reset() {
 	*x = ReadMeta{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1569,7 @@ func (x *ReadMeta) String() string {
 func (*ReadMeta) ProtoMessage() {}
 
 func (x *ReadMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[16]
+	mi := &file_haven_v1_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1582,7 @@ func (x *ReadMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMeta.ProtoReflect.Descriptor instead.
 func (*ReadMeta) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadMeta) GetIndex() uint64 {
@@ -1401,7 +1632,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1644,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[17]
+	mi := &file_haven_v1_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1657,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -1453,7 +1684,7 @@ type GetGroupResponse struct {
 
 func (x *GetGroupResponse) Reset() {
 	*x = GetGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1696,7 @@ func (x *GetGroupResponse) String() string {
 func (*GetGroupResponse) ProtoMessage() {}
 
 func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[18]
+	mi := &file_haven_v1_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1709,7 @@ func (x *GetGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetGroupResponse) GetGroup() *Group {
@@ -1505,7 +1736,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1748,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[19]
+	mi := &file_haven_v1_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1761,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListGroupsRequest) GetConsistent() bool {
@@ -1550,7 +1781,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1793,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[20]
+	mi := &file_haven_v1_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1806,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*Group {
@@ -1602,7 +1833,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1845,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[21]
+	mi := &file_haven_v1_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1858,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -1652,7 +1883,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1895,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[22]
+	mi := &file_haven_v1_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1908,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 type StartGroupRequest struct {
@@ -1692,7 +1923,7 @@ type StartGroupRequest struct {
 
 func (x *StartGroupRequest) Reset() {
 	*x = StartGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1935,7 @@ func (x *StartGroupRequest) String() string {
 func (*StartGroupRequest) ProtoMessage() {}
 
 func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[23]
+	mi := &file_haven_v1_cluster_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1948,7 @@ func (x *StartGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupRequest.ProtoReflect.Descriptor instead.
 func (*StartGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StartGroupRequest) GetName() string {
@@ -1750,7 +1981,7 @@ type StartGroupResponse struct {
 
 func (x *StartGroupResponse) Reset() {
 	*x = StartGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1993,7 @@ func (x *StartGroupResponse) String() string {
 func (*StartGroupResponse) ProtoMessage() {}
 
 func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[24]
+	mi := &file_haven_v1_cluster_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +2006,7 @@ func (x *StartGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartGroupResponse.ProtoReflect.Descriptor instead.
 func (*StartGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StartGroupResponse) GetGroup() *Group {
@@ -1795,7 +2026,7 @@ type StopGroupRequest struct {
 
 func (x *StopGroupRequest) Reset() {
 	*x = StopGroupRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +2038,7 @@ func (x *StopGroupRequest) String() string {
 func (*StopGroupRequest) ProtoMessage() {}
 
 func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[25]
+	mi := &file_haven_v1_cluster_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +2051,7 @@ func (x *StopGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupRequest.ProtoReflect.Descriptor instead.
 func (*StopGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StopGroupRequest) GetName() string {
@@ -1846,7 +2077,7 @@ type StopGroupResponse struct {
 
 func (x *StopGroupResponse) Reset() {
 	*x = StopGroupResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2089,7 @@ func (x *StopGroupResponse) String() string {
 func (*StopGroupResponse) ProtoMessage() {}
 
 func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[26]
+	mi := &file_haven_v1_cluster_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2102,7 @@ func (x *StopGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupResponse.ProtoReflect.Descriptor instead.
 func (*StopGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StopGroupResponse) GetGroup() *Group {
@@ -1891,7 +2122,7 @@ type GetReserveRequest struct {
 
 func (x *GetReserveRequest) Reset() {
 	*x = GetReserveRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +2134,7 @@ func (x *GetReserveRequest) String() string {
 func (*GetReserveRequest) ProtoMessage() {}
 
 func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[27]
+	mi := &file_haven_v1_cluster_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +2147,7 @@ func (x *GetReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveRequest.ProtoReflect.Descriptor instead.
 func (*GetReserveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetReserveRequest) GetK() uint32 {
@@ -1945,7 +2176,7 @@ type ReserveBreach struct {
 
 func (x *ReserveBreach) Reset() {
 	*x = ReserveBreach{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2188,7 @@ func (x *ReserveBreach) String() string {
 func (*ReserveBreach) ProtoMessage() {}
 
 func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[28]
+	mi := &file_haven_v1_cluster_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2201,7 @@ func (x *ReserveBreach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveBreach.ProtoReflect.Descriptor instead.
 func (*ReserveBreach) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReserveBreach) GetFailedNodes() []string {
@@ -2048,7 +2279,7 @@ type GetReserveResponse struct {
 
 func (x *GetReserveResponse) Reset() {
 	*x = GetReserveResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2291,7 @@ func (x *GetReserveResponse) String() string {
 func (*GetReserveResponse) ProtoMessage() {}
 
 func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[29]
+	mi := &file_haven_v1_cluster_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2304,7 @@ func (x *GetReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReserveResponse.ProtoReflect.Descriptor instead.
 func (*GetReserveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetReserveResponse) GetK() uint32 {
@@ -2208,7 +2439,7 @@ type RankNodesRequest struct {
 
 func (x *RankNodesRequest) Reset() {
 	*x = RankNodesRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2451,7 @@ func (x *RankNodesRequest) String() string {
 func (*RankNodesRequest) ProtoMessage() {}
 
 func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[30]
+	mi := &file_haven_v1_cluster_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2464,7 @@ func (x *RankNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesRequest.ProtoReflect.Descriptor instead.
 func (*RankNodesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RankNodesRequest) GetCpuMillis() int64 {
@@ -2313,7 +2544,7 @@ type RankedNode struct {
 
 func (x *RankedNode) Reset() {
 	*x = RankedNode{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2325,7 +2556,7 @@ func (x *RankedNode) String() string {
 func (*RankedNode) ProtoMessage() {}
 
 func (x *RankedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[31]
+	mi := &file_haven_v1_cluster_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +2569,7 @@ func (x *RankedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankedNode.ProtoReflect.Descriptor instead.
 func (*RankedNode) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RankedNode) GetNode() string {
@@ -2397,7 +2628,7 @@ type RankNodesResponse struct {
 
 func (x *RankNodesResponse) Reset() {
 	*x = RankNodesResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2640,7 @@ func (x *RankNodesResponse) String() string {
 func (*RankNodesResponse) ProtoMessage() {}
 
 func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[32]
+	mi := &file_haven_v1_cluster_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2653,7 @@ func (x *RankNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankNodesResponse.ProtoReflect.Descriptor instead.
 func (*RankNodesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RankNodesResponse) GetNodes() []*RankedNode {
@@ -2454,7 +2685,7 @@ type BalanceRequest struct {
 
 func (x *BalanceRequest) Reset() {
 	*x = BalanceRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2697,7 @@ func (x *BalanceRequest) String() string {
 func (*BalanceRequest) ProtoMessage() {}
 
 func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[33]
+	mi := &file_haven_v1_cluster_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2710,7 @@ func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
 func (*BalanceRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *BalanceRequest) GetDryRun() bool {
@@ -2518,7 +2749,7 @@ type BalanceMove struct {
 
 func (x *BalanceMove) Reset() {
 	*x = BalanceMove{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[34]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2761,7 @@ func (x *BalanceMove) String() string {
 func (*BalanceMove) ProtoMessage() {}
 
 func (x *BalanceMove) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[34]
+	mi := &file_haven_v1_cluster_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2774,7 @@ func (x *BalanceMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceMove.ProtoReflect.Descriptor instead.
 func (*BalanceMove) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{34}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BalanceMove) GetGroup() string {
@@ -2629,7 +2860,7 @@ type BalanceResponse struct {
 
 func (x *BalanceResponse) Reset() {
 	*x = BalanceResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[35]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2641,7 +2872,7 @@ func (x *BalanceResponse) String() string {
 func (*BalanceResponse) ProtoMessage() {}
 
 func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[35]
+	mi := &file_haven_v1_cluster_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2654,7 +2885,7 @@ func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
 func (*BalanceResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{35}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BalanceResponse) GetMode() BalancerMode {
@@ -2737,7 +2968,7 @@ type DrainNodeRequest struct {
 
 func (x *DrainNodeRequest) Reset() {
 	*x = DrainNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[36]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2980,7 @@ func (x *DrainNodeRequest) String() string {
 func (*DrainNodeRequest) ProtoMessage() {}
 
 func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[36]
+	mi := &file_haven_v1_cluster_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2993,7 @@ func (x *DrainNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeRequest.ProtoReflect.Descriptor instead.
 func (*DrainNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{36}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DrainNodeRequest) GetNode() string {
@@ -2790,7 +3021,7 @@ type DrainNodeResponse struct {
 
 func (x *DrainNodeResponse) Reset() {
 	*x = DrainNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[37]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +3033,7 @@ func (x *DrainNodeResponse) String() string {
 func (*DrainNodeResponse) ProtoMessage() {}
 
 func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[37]
+	mi := &file_haven_v1_cluster_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +3046,7 @@ func (x *DrainNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNodeResponse.ProtoReflect.Descriptor instead.
 func (*DrainNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{37}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DrainNodeResponse) GetNode() *Node {
@@ -2842,7 +3073,7 @@ type ResumeNodeRequest struct {
 
 func (x *ResumeNodeRequest) Reset() {
 	*x = ResumeNodeRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[38]
+	mi := &file_haven_v1_cluster_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +3085,7 @@ func (x *ResumeNodeRequest) String() string {
 func (*ResumeNodeRequest) ProtoMessage() {}
 
 func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[38]
+	mi := &file_haven_v1_cluster_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +3098,7 @@ func (x *ResumeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{38}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResumeNodeRequest) GetNode() string {
@@ -2893,7 +3124,7 @@ type ResumeNodeResponse struct {
 
 func (x *ResumeNodeResponse) Reset() {
 	*x = ResumeNodeResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[39]
+	mi := &file_haven_v1_cluster_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2905,7 +3136,7 @@ func (x *ResumeNodeResponse) String() string {
 func (*ResumeNodeResponse) ProtoMessage() {}
 
 func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[39]
+	mi := &file_haven_v1_cluster_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3149,7 @@ func (x *ResumeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeNodeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{39}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResumeNodeResponse) GetNode() *Node {
@@ -2945,7 +3176,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[40]
+	mi := &file_haven_v1_cluster_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3188,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[40]
+	mi := &file_haven_v1_cluster_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3201,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{40}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchEventsRequest) GetFromIndex() uint64 {
@@ -3017,7 +3248,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[41]
+	mi := &file_haven_v1_cluster_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3029,7 +3260,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[41]
+	mi := &file_haven_v1_cluster_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3042,7 +3273,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{41}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -3074,7 +3305,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_haven_v1_cluster_proto_msgTypes[42]
+	mi := &file_haven_v1_cluster_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3086,7 +3317,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_cluster_proto_msgTypes[42]
+	mi := &file_haven_v1_cluster_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3099,7 +3330,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{42}
+	return file_haven_v1_cluster_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Event) GetIndex() uint64 {
@@ -3169,7 +3400,23 @@ var File_haven_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xf2\x01\n" +
+	"\x16haven/v1/cluster.proto\x12\bhaven.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"p\n" +
+	"\x11AttachDiskRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12&\n" +
+	"\x04disk\x18\x02 \x01(\v2\x12.haven.v1.ResourceR\x04disk\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"i\n" +
+	"\x12AttachDiskResponse\x12%\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\x12,\n" +
+	"\x06change\x18\x02 \x01(\v2\x14.haven.v1.DiskChangeR\x06change\"\\\n" +
+	"\x11DetachDiskRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"i\n" +
+	"\x12DetachDiskResponse\x12%\n" +
+	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\x12,\n" +
+	"\x06change\x18\x02 \x01(\v2\x14.haven.v1.DiskChangeR\x06change\"\xf2\x01\n" +
 	"\x10MoveGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12&\n" +
@@ -3431,8 +3678,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x19BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11BALANCER_MODE_OFF\x10\x01\x12\x1b\n" +
 	"\x17BALANCER_MODE_RECOMMEND\x10\x02\x12\x1b\n" +
-	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xbd\n" +
-	"\n" +
+	"\x17BALANCER_MODE_AUTOMATIC\x10\x032\xcf\v\n" +
 	"\x0eClusterService\x12D\n" +
 	"\tGetStatus\x12\x1a.haven.v1.GetStatusRequest\x1a\x1b.haven.v1.GetStatusResponse\x12D\n" +
 	"\tListNodes\x12\x1a.haven.v1.ListNodesRequest\x1a\x1b.haven.v1.ListNodesResponse\x12J\n" +
@@ -3455,7 +3701,11 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\tMoveGroup\x12\x1a.haven.v1.MoveGroupRequest\x1a\x1b.haven.v1.MoveGroupResponse\x12M\n" +
 	"\fGetOperation\x12\x1d.haven.v1.GetOperationRequest\x1a\x1e.haven.v1.GetOperationResponse\x12S\n" +
 	"\x0eListOperations\x12\x1f.haven.v1.ListOperationsRequest\x1a .haven.v1.ListOperationsResponse\x12V\n" +
-	"\x0fCancelOperation\x12 .haven.v1.CancelOperationRequest\x1a!.haven.v1.CancelOperationResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
+	"\x0fCancelOperation\x12 .haven.v1.CancelOperationRequest\x1a!.haven.v1.CancelOperationResponse\x12G\n" +
+	"\n" +
+	"AttachDisk\x12\x1b.haven.v1.AttachDiskRequest\x1a\x1c.haven.v1.AttachDiskResponse\x12G\n" +
+	"\n" +
+	"DetachDisk\x12\x1b.haven.v1.DetachDiskRequest\x1a\x1c.haven.v1.DetachDiskResponseB2Z0github.com/haven-ha/haven/proto/haven/v1;havenv1b\x06proto3"
 
 var (
 	file_haven_v1_cluster_proto_rawDescOnce sync.Once
@@ -3470,144 +3720,159 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(SiteReserveState)(0),           // 0: haven.v1.SiteReserveState
 	(RaftRole)(0),                   // 1: haven.v1.RaftRole
 	(ReserveMethod)(0),              // 2: haven.v1.ReserveMethod
 	(BalancerMode)(0),               // 3: haven.v1.BalancerMode
-	(*MoveGroupRequest)(nil),        // 4: haven.v1.MoveGroupRequest
-	(*MoveGroupResponse)(nil),       // 5: haven.v1.MoveGroupResponse
-	(*GetOperationRequest)(nil),     // 6: haven.v1.GetOperationRequest
-	(*GetOperationResponse)(nil),    // 7: haven.v1.GetOperationResponse
-	(*ListOperationsRequest)(nil),   // 8: haven.v1.ListOperationsRequest
-	(*ListOperationsResponse)(nil),  // 9: haven.v1.ListOperationsResponse
-	(*CancelOperationRequest)(nil),  // 10: haven.v1.CancelOperationRequest
-	(*CancelOperationResponse)(nil), // 11: haven.v1.CancelOperationResponse
-	(*GetStatusRequest)(nil),        // 12: haven.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),       // 13: haven.v1.GetStatusResponse
-	(*SiteSummary)(nil),             // 14: haven.v1.SiteSummary
-	(*ListNodesRequest)(nil),        // 15: haven.v1.ListNodesRequest
-	(*NodeInfo)(nil),                // 16: haven.v1.NodeInfo
-	(*ListNodesResponse)(nil),       // 17: haven.v1.ListNodesResponse
-	(*CreateGroupRequest)(nil),      // 18: haven.v1.CreateGroupRequest
-	(*CreateGroupResponse)(nil),     // 19: haven.v1.CreateGroupResponse
-	(*ReadMeta)(nil),                // 20: haven.v1.ReadMeta
-	(*GetGroupRequest)(nil),         // 21: haven.v1.GetGroupRequest
-	(*GetGroupResponse)(nil),        // 22: haven.v1.GetGroupResponse
-	(*ListGroupsRequest)(nil),       // 23: haven.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),      // 24: haven.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),      // 25: haven.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),     // 26: haven.v1.DeleteGroupResponse
-	(*StartGroupRequest)(nil),       // 27: haven.v1.StartGroupRequest
-	(*StartGroupResponse)(nil),      // 28: haven.v1.StartGroupResponse
-	(*StopGroupRequest)(nil),        // 29: haven.v1.StopGroupRequest
-	(*StopGroupResponse)(nil),       // 30: haven.v1.StopGroupResponse
-	(*GetReserveRequest)(nil),       // 31: haven.v1.GetReserveRequest
-	(*ReserveBreach)(nil),           // 32: haven.v1.ReserveBreach
-	(*GetReserveResponse)(nil),      // 33: haven.v1.GetReserveResponse
-	(*RankNodesRequest)(nil),        // 34: haven.v1.RankNodesRequest
-	(*RankedNode)(nil),              // 35: haven.v1.RankedNode
-	(*RankNodesResponse)(nil),       // 36: haven.v1.RankNodesResponse
-	(*BalanceRequest)(nil),          // 37: haven.v1.BalanceRequest
-	(*BalanceMove)(nil),             // 38: haven.v1.BalanceMove
-	(*BalanceResponse)(nil),         // 39: haven.v1.BalanceResponse
-	(*DrainNodeRequest)(nil),        // 40: haven.v1.DrainNodeRequest
-	(*DrainNodeResponse)(nil),       // 41: haven.v1.DrainNodeResponse
-	(*ResumeNodeRequest)(nil),       // 42: haven.v1.ResumeNodeRequest
-	(*ResumeNodeResponse)(nil),      // 43: haven.v1.ResumeNodeResponse
-	(*WatchEventsRequest)(nil),      // 44: haven.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 45: haven.v1.WatchEventsResponse
-	(*Event)(nil),                   // 46: haven.v1.Event
-	nil,                             // 47: haven.v1.RankNodesRequest.NodeSelectorEntry
-	(MoveKind)(0),                   // 48: haven.v1.MoveKind
-	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
-	(*Operation)(nil),               // 50: haven.v1.Operation
-	(*Node)(nil),                    // 51: haven.v1.Node
-	(*GroupSpec)(nil),               // 52: haven.v1.GroupSpec
+	(*AttachDiskRequest)(nil),       // 4: haven.v1.AttachDiskRequest
+	(*AttachDiskResponse)(nil),      // 5: haven.v1.AttachDiskResponse
+	(*DetachDiskRequest)(nil),       // 6: haven.v1.DetachDiskRequest
+	(*DetachDiskResponse)(nil),      // 7: haven.v1.DetachDiskResponse
+	(*MoveGroupRequest)(nil),        // 8: haven.v1.MoveGroupRequest
+	(*MoveGroupResponse)(nil),       // 9: haven.v1.MoveGroupResponse
+	(*GetOperationRequest)(nil),     // 10: haven.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),    // 11: haven.v1.GetOperationResponse
+	(*ListOperationsRequest)(nil),   // 12: haven.v1.ListOperationsRequest
+	(*ListOperationsResponse)(nil),  // 13: haven.v1.ListOperationsResponse
+	(*CancelOperationRequest)(nil),  // 14: haven.v1.CancelOperationRequest
+	(*CancelOperationResponse)(nil), // 15: haven.v1.CancelOperationResponse
+	(*GetStatusRequest)(nil),        // 16: haven.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),       // 17: haven.v1.GetStatusResponse
+	(*SiteSummary)(nil),             // 18: haven.v1.SiteSummary
+	(*ListNodesRequest)(nil),        // 19: haven.v1.ListNodesRequest
+	(*NodeInfo)(nil),                // 20: haven.v1.NodeInfo
+	(*ListNodesResponse)(nil),       // 21: haven.v1.ListNodesResponse
+	(*CreateGroupRequest)(nil),      // 22: haven.v1.CreateGroupRequest
+	(*CreateGroupResponse)(nil),     // 23: haven.v1.CreateGroupResponse
+	(*ReadMeta)(nil),                // 24: haven.v1.ReadMeta
+	(*GetGroupRequest)(nil),         // 25: haven.v1.GetGroupRequest
+	(*GetGroupResponse)(nil),        // 26: haven.v1.GetGroupResponse
+	(*ListGroupsRequest)(nil),       // 27: haven.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 28: haven.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 29: haven.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 30: haven.v1.DeleteGroupResponse
+	(*StartGroupRequest)(nil),       // 31: haven.v1.StartGroupRequest
+	(*StartGroupResponse)(nil),      // 32: haven.v1.StartGroupResponse
+	(*StopGroupRequest)(nil),        // 33: haven.v1.StopGroupRequest
+	(*StopGroupResponse)(nil),       // 34: haven.v1.StopGroupResponse
+	(*GetReserveRequest)(nil),       // 35: haven.v1.GetReserveRequest
+	(*ReserveBreach)(nil),           // 36: haven.v1.ReserveBreach
+	(*GetReserveResponse)(nil),      // 37: haven.v1.GetReserveResponse
+	(*RankNodesRequest)(nil),        // 38: haven.v1.RankNodesRequest
+	(*RankedNode)(nil),              // 39: haven.v1.RankedNode
+	(*RankNodesResponse)(nil),       // 40: haven.v1.RankNodesResponse
+	(*BalanceRequest)(nil),          // 41: haven.v1.BalanceRequest
+	(*BalanceMove)(nil),             // 42: haven.v1.BalanceMove
+	(*BalanceResponse)(nil),         // 43: haven.v1.BalanceResponse
+	(*DrainNodeRequest)(nil),        // 44: haven.v1.DrainNodeRequest
+	(*DrainNodeResponse)(nil),       // 45: haven.v1.DrainNodeResponse
+	(*ResumeNodeRequest)(nil),       // 46: haven.v1.ResumeNodeRequest
+	(*ResumeNodeResponse)(nil),      // 47: haven.v1.ResumeNodeResponse
+	(*WatchEventsRequest)(nil),      // 48: haven.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 49: haven.v1.WatchEventsResponse
+	(*Event)(nil),                   // 50: haven.v1.Event
+	nil,                             // 51: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(*Resource)(nil),                // 52: haven.v1.Resource
 	(*Group)(nil),                   // 53: haven.v1.Group
-	(*Capacity)(nil),                // 54: haven.v1.Capacity
-	(*AntiAffinity)(nil),            // 55: haven.v1.AntiAffinity
-	(Priority)(0),                   // 56: haven.v1.Priority
-	(*timestamppb.Timestamp)(nil),   // 57: google.protobuf.Timestamp
+	(*DiskChange)(nil),              // 54: haven.v1.DiskChange
+	(MoveKind)(0),                   // 55: haven.v1.MoveKind
+	(*durationpb.Duration)(nil),     // 56: google.protobuf.Duration
+	(*Operation)(nil),               // 57: haven.v1.Operation
+	(*Node)(nil),                    // 58: haven.v1.Node
+	(*GroupSpec)(nil),               // 59: haven.v1.GroupSpec
+	(*Capacity)(nil),                // 60: haven.v1.Capacity
+	(*AntiAffinity)(nil),            // 61: haven.v1.AntiAffinity
+	(Priority)(0),                   // 62: haven.v1.Priority
+	(*timestamppb.Timestamp)(nil),   // 63: google.protobuf.Timestamp
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	48, // 0: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
-	49, // 1: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
-	50, // 2: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
-	50, // 3: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
-	20, // 4: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
-	50, // 5: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
-	20, // 6: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
-	50, // 7: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
-	14, // 8: haven.v1.GetStatusResponse.site_summaries:type_name -> haven.v1.SiteSummary
-	0,  // 9: haven.v1.SiteSummary.reserve:type_name -> haven.v1.SiteReserveState
-	51, // 10: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
-	1,  // 11: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
-	16, // 12: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	20, // 13: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
-	52, // 14: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	53, // 15: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	53, // 16: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	20, // 17: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
-	53, // 18: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	20, // 19: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
-	53, // 20: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	53, // 21: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	2,  // 22: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
-	32, // 23: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	54, // 24: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	55, // 25: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	56, // 26: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	47, // 27: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
-	35, // 28: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
-	3,  // 29: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
-	38, // 30: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	51, // 31: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	51, // 32: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	46, // 33: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
-	57, // 34: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
-	12, // 35: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	15, // 36: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	18, // 37: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	21, // 38: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	23, // 39: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	25, // 40: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	27, // 41: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	29, // 42: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	31, // 43: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	34, // 44: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	37, // 45: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	40, // 46: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	42, // 47: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	44, // 48: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
-	4,  // 49: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
-	6,  // 50: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
-	8,  // 51: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
-	10, // 52: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
-	13, // 53: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	17, // 54: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	19, // 55: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	22, // 56: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	24, // 57: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	26, // 58: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	28, // 59: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	30, // 60: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	33, // 61: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	36, // 62: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	39, // 63: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	41, // 64: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	43, // 65: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	45, // 66: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
-	5,  // 67: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
-	7,  // 68: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
-	9,  // 69: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
-	11, // 70: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
-	53, // [53:71] is the sub-list for method output_type
-	35, // [35:53] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	52, // 0: haven.v1.AttachDiskRequest.disk:type_name -> haven.v1.Resource
+	53, // 1: haven.v1.AttachDiskResponse.group:type_name -> haven.v1.Group
+	54, // 2: haven.v1.AttachDiskResponse.change:type_name -> haven.v1.DiskChange
+	53, // 3: haven.v1.DetachDiskResponse.group:type_name -> haven.v1.Group
+	54, // 4: haven.v1.DetachDiskResponse.change:type_name -> haven.v1.DiskChange
+	55, // 5: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
+	56, // 6: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
+	57, // 7: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
+	57, // 8: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
+	24, // 9: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
+	57, // 10: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
+	24, // 11: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
+	57, // 12: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
+	18, // 13: haven.v1.GetStatusResponse.site_summaries:type_name -> haven.v1.SiteSummary
+	0,  // 14: haven.v1.SiteSummary.reserve:type_name -> haven.v1.SiteReserveState
+	58, // 15: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	1,  // 16: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
+	20, // 17: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
+	24, // 18: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
+	59, // 19: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	53, // 20: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	53, // 21: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	24, // 22: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
+	53, // 23: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	24, // 24: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
+	53, // 25: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	53, // 26: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	2,  // 27: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	36, // 28: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	60, // 29: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	61, // 30: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	62, // 31: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	51, // 32: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	39, // 33: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	3,  // 34: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	42, // 35: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	58, // 36: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	58, // 37: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	50, // 38: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
+	63, // 39: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 40: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	19, // 41: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	22, // 42: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	25, // 43: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	27, // 44: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	29, // 45: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	31, // 46: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	33, // 47: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	35, // 48: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	38, // 49: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	41, // 50: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	44, // 51: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	46, // 52: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	48, // 53: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
+	8,  // 54: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
+	10, // 55: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
+	12, // 56: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
+	14, // 57: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
+	4,  // 58: haven.v1.ClusterService.AttachDisk:input_type -> haven.v1.AttachDiskRequest
+	6,  // 59: haven.v1.ClusterService.DetachDisk:input_type -> haven.v1.DetachDiskRequest
+	17, // 60: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	21, // 61: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	23, // 62: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	26, // 63: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	28, // 64: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	30, // 65: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	32, // 66: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	34, // 67: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	37, // 68: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	40, // 69: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	43, // 70: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	45, // 71: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	47, // 72: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	49, // 73: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
+	9,  // 74: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
+	11, // 75: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
+	13, // 76: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
+	15, // 77: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
+	5,  // 78: haven.v1.ClusterService.AttachDisk:output_type -> haven.v1.AttachDiskResponse
+	7,  // 79: haven.v1.ClusterService.DetachDisk:output_type -> haven.v1.DetachDiskResponse
+	60, // [60:80] is the sub-list for method output_type
+	40, // [40:60] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -3622,7 +3887,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   44,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,8 @@ const (
 	ClusterService_GetOperation_FullMethodName    = "/haven.v1.ClusterService/GetOperation"
 	ClusterService_ListOperations_FullMethodName  = "/haven.v1.ClusterService/ListOperations"
 	ClusterService_CancelOperation_FullMethodName = "/haven.v1.ClusterService/CancelOperation"
+	ClusterService_AttachDisk_FullMethodName      = "/haven.v1.ClusterService/AttachDisk"
+	ClusterService_DetachDisk_FullMethodName      = "/haven.v1.ClusterService/DetachDisk"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -100,6 +102,24 @@ type ClusterServiceClient interface {
 	// CancelOperation rolls back a move that has not committed: the group
 	// stays on its source. A committed move cannot be cancelled.
 	CancelOperation(ctx context.Context, in *CancelOperationRequest, opts ...grpc.CallOption) (*CancelOperationResponse, error)
+	// AttachDisk adds a disk to a group, recorded in its spec so that every
+	// later start, failover or move brings it along. A group that runs gets
+	// it hot-plugged into its VMs by its owner, and the call answers once the
+	// owner has done so (change APPLIED), or failed (an error, and the
+	// change undone), or at the call's deadline (at most 30 s) with the
+	// change still pending: GetGroup shows how it ends. A group that does
+	// not run only records it (RECORDED): its VMs start with it. Refused,
+	// changing nothing, for a bad disk (InvalidArgument), a name the group
+	// uses or a path any group holds (AlreadyExists), a running group whose
+	// owner's driver cannot hot-plug, while a move or another disk change of
+	// the group is in flight (FailedPrecondition).
+	AttachDisk(ctx context.Context, in *AttachDiskRequest, opts ...grpc.CallOption) (*AttachDiskResponse, error)
+	// DetachDisk takes a disk out of a group, as AttachDisk adds one: from
+	// the running VMs by their owner, who must have released it before it
+	// leaves the spec and its path is free for another group. Refused for
+	// the group's first disk, which its VMs boot from (FailedPrecondition),
+	// and as AttachDisk is.
+	DetachDisk(ctx context.Context, in *DetachDiskRequest, opts ...grpc.CallOption) (*DetachDiskResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -299,6 +319,26 @@ func (c *clusterServiceClient) CancelOperation(ctx context.Context, in *CancelOp
 	return out, nil
 }
 
+func (c *clusterServiceClient) AttachDisk(ctx context.Context, in *AttachDiskRequest, opts ...grpc.CallOption) (*AttachDiskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttachDiskResponse)
+	err := c.cc.Invoke(ctx, ClusterService_AttachDisk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) DetachDisk(ctx context.Context, in *DetachDiskRequest, opts ...grpc.CallOption) (*DetachDiskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DetachDiskResponse)
+	err := c.cc.Invoke(ctx, ClusterService_DetachDisk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -360,6 +400,24 @@ type ClusterServiceServer interface {
 	// CancelOperation rolls back a move that has not committed: the group
 	// stays on its source. A committed move cannot be cancelled.
 	CancelOperation(context.Context, *CancelOperationRequest) (*CancelOperationResponse, error)
+	// AttachDisk adds a disk to a group, recorded in its spec so that every
+	// later start, failover or move brings it along. A group that runs gets
+	// it hot-plugged into its VMs by its owner, and the call answers once the
+	// owner has done so (change APPLIED), or failed (an error, and the
+	// change undone), or at the call's deadline (at most 30 s) with the
+	// change still pending: GetGroup shows how it ends. A group that does
+	// not run only records it (RECORDED): its VMs start with it. Refused,
+	// changing nothing, for a bad disk (InvalidArgument), a name the group
+	// uses or a path any group holds (AlreadyExists), a running group whose
+	// owner's driver cannot hot-plug, while a move or another disk change of
+	// the group is in flight (FailedPrecondition).
+	AttachDisk(context.Context, *AttachDiskRequest) (*AttachDiskResponse, error)
+	// DetachDisk takes a disk out of a group, as AttachDisk adds one: from
+	// the running VMs by their owner, who must have released it before it
+	// leaves the spec and its path is free for another group. Refused for
+	// the group's first disk, which its VMs boot from (FailedPrecondition),
+	// and as AttachDisk is.
+	DetachDisk(context.Context, *DetachDiskRequest) (*DetachDiskResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -423,6 +481,12 @@ func (UnimplementedClusterServiceServer) ListOperations(context.Context, *ListOp
 }
 func (UnimplementedClusterServiceServer) CancelOperation(context.Context, *CancelOperationRequest) (*CancelOperationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelOperation not implemented")
+}
+func (UnimplementedClusterServiceServer) AttachDisk(context.Context, *AttachDiskRequest) (*AttachDiskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttachDisk not implemented")
+}
+func (UnimplementedClusterServiceServer) DetachDisk(context.Context, *DetachDiskRequest) (*DetachDiskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DetachDisk not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -762,6 +826,42 @@ func _ClusterService_CancelOperation_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_AttachDisk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachDiskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).AttachDisk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_AttachDisk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).AttachDisk(ctx, req.(*AttachDiskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_DetachDisk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DetachDiskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).DetachDisk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_DetachDisk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).DetachDisk(ctx, req.(*DetachDiskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -836,6 +936,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelOperation",
 			Handler:    _ClusterService_CancelOperation_Handler,
+		},
+		{
+			MethodName: "AttachDisk",
+			Handler:    _ClusterService_AttachDisk_Handler,
+		},
+		{
+			MethodName: "DetachDisk",
+			Handler:    _ClusterService_DetachDisk_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

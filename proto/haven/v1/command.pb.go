@@ -107,6 +107,9 @@ type Command struct {
 	//	*Command_MoveProgress
 	//	*Command_CommitMove
 	//	*Command_EndMove
+	//	*Command_AttachDisk
+	//	*Command_DetachDisk
+	//	*Command_EndDiskChange
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -289,6 +292,33 @@ func (x *Command) GetEndMove() *EndMoveCommand {
 	return nil
 }
 
+func (x *Command) GetAttachDisk() *AttachDiskCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AttachDisk); ok {
+			return x.AttachDisk
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDetachDisk() *DetachDiskCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DetachDisk); ok {
+			return x.DetachDisk
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetEndDiskChange() *EndDiskChangeCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_EndDiskChange); ok {
+			return x.EndDiskChange
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -349,6 +379,18 @@ type Command_EndMove struct {
 	EndMove *EndMoveCommand `protobuf:"bytes,23,opt,name=end_move,json=endMove,proto3,oneof"`
 }
 
+type Command_AttachDisk struct {
+	AttachDisk *AttachDiskCommand `protobuf:"bytes,24,opt,name=attach_disk,json=attachDisk,proto3,oneof"`
+}
+
+type Command_DetachDisk struct {
+	DetachDisk *DetachDiskCommand `protobuf:"bytes,25,opt,name=detach_disk,json=detachDisk,proto3,oneof"`
+}
+
+type Command_EndDiskChange struct {
+	EndDiskChange *EndDiskChangeCommand `protobuf:"bytes,26,opt,name=end_disk_change,json=endDiskChange,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -376,6 +418,12 @@ func (*Command_MoveProgress) isCommand_Cmd() {}
 func (*Command_CommitMove) isCommand_Cmd() {}
 
 func (*Command_EndMove) isCommand_Cmd() {}
+
+func (*Command_AttachDisk) isCommand_Cmd() {}
+
+func (*Command_DetachDisk) isCommand_Cmd() {}
+
+func (*Command_EndDiskChange) isCommand_Cmd() {}
 
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1265,6 +1313,226 @@ func (x *EndMoveCommand) GetReason() string {
 	return ""
 }
 
+// AttachDiskCommand adds a disk resource to a group (AttachDisk), while
+// the group is still at expect_epoch: the leader decided on that view
+// whether the group runs and whether its owner's driver can hot-plug.
+// The disk's path must belong to no group. A running group (starting or
+// online on its owner) records the change as pending (Group.disk_change)
+// for its owner to apply; any other records it only.
+type AttachDiskCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Disk          *Resource              `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	ExpectEpoch   uint64                 `protobuf:"varint,3,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachDiskCommand) Reset() {
+	*x = AttachDiskCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachDiskCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachDiskCommand) ProtoMessage() {}
+
+func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachDiskCommand.ProtoReflect.Descriptor instead.
+func (*AttachDiskCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AttachDiskCommand) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *AttachDiskCommand) GetDisk() *Resource {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+func (x *AttachDiskCommand) GetExpectEpoch() uint64 {
+	if x != nil {
+		return x.ExpectEpoch
+	}
+	return 0
+}
+
+// DetachDiskCommand takes a disk resource out of a group (DetachDisk),
+// while the group is still at expect_epoch. Not the group's first disk,
+// which its VMs boot from. While a VM of the group may hold the disk (the
+// group has an owner that starts, runs or stops it) the change is pending
+// and the disk stays in the spec, its path the group's, until the owner
+// has detached it or the VM is gone; otherwise it goes at once.
+type DetachDiskCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Disk          string                 `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	ExpectEpoch   uint64                 `protobuf:"varint,3,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachDiskCommand) Reset() {
+	*x = DetachDiskCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachDiskCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachDiskCommand) ProtoMessage() {}
+
+func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachDiskCommand.ProtoReflect.Descriptor instead.
+func (*DetachDiskCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DetachDiskCommand) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *DetachDiskCommand) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *DetachDiskCommand) GetExpectEpoch() uint64 {
+	if x != nil {
+		return x.ExpectEpoch
+	}
+	return 0
+}
+
+// EndDiskChangeCommand is the owner's word on a pending disk change:
+// APPLIED to every VM of the group, or FAILED with the reason, which
+// undoes the change. It applies only while the change of that index is
+// pending and the group still on node at epoch.
+type EndDiskChangeCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Outcome       DiskChangeOutcome      `protobuf:"varint,5,opt,name=outcome,proto3,enum=haven.v1.DiskChangeOutcome" json:"outcome,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndDiskChangeCommand) Reset() {
+	*x = EndDiskChangeCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndDiskChangeCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndDiskChangeCommand) ProtoMessage() {}
+
+func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndDiskChangeCommand.ProtoReflect.Descriptor instead.
+func (*EndDiskChangeCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EndDiskChangeCommand) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *EndDiskChangeCommand) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *EndDiskChangeCommand) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *EndDiskChangeCommand) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *EndDiskChangeCommand) GetOutcome() DiskChangeOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return DiskChangeOutcome_DISK_CHANGE_OUTCOME_UNSPECIFIED
+}
+
+func (x *EndDiskChangeCommand) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // AppliedRequest remembers the outcome of a command with a request id.
 type AppliedRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1282,7 +1550,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1562,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1575,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1363,7 +1631,7 @@ type AppliedItem struct {
 
 func (x *AppliedItem) Reset() {
 	*x = AppliedItem{}
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1643,7 @@ func (x *AppliedItem) String() string {
 func (*AppliedItem) ProtoMessage() {}
 
 func (x *AppliedItem) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1656,7 @@ func (x *AppliedItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
 func (*AppliedItem) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AppliedItem) GetErrorCode() ErrorCode {
@@ -1416,7 +1684,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1696,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1709,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1474,7 +1742,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1754,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1767,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1577,7 +1845,7 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x83\b\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xcd\t\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1600,7 +1868,12 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\rmove_progress\x18\x15 \x01(\v2\x1d.haven.v1.MoveProgressCommandH\x00R\fmoveProgress\x12>\n" +
 	"\vcommit_move\x18\x16 \x01(\v2\x1b.haven.v1.CommitMoveCommandH\x00R\n" +
 	"commitMove\x125\n" +
-	"\bend_move\x18\x17 \x01(\v2\x18.haven.v1.EndMoveCommandH\x00R\aendMoveB\x05\n" +
+	"\bend_move\x18\x17 \x01(\v2\x18.haven.v1.EndMoveCommandH\x00R\aendMove\x12>\n" +
+	"\vattach_disk\x18\x18 \x01(\v2\x1b.haven.v1.AttachDiskCommandH\x00R\n" +
+	"attachDisk\x12>\n" +
+	"\vdetach_disk\x18\x19 \x01(\v2\x1b.haven.v1.DetachDiskCommandH\x00R\n" +
+	"detachDisk\x12H\n" +
+	"\x0fend_disk_change\x18\x1a \x01(\v2\x1e.haven.v1.EndDiskChangeCommandH\x00R\rendDiskChangeB\x05\n" +
 	"\x03cmd\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
@@ -1658,7 +1931,22 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x0eEndMoveCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x124\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x1a.haven.v1.OperationOutcomeR\aoutcome\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xfb\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"t\n" +
+	"\x11AttachDiskCommand\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12&\n" +
+	"\x04disk\x18\x02 \x01(\v2\x12.haven.v1.ResourceR\x04disk\x12!\n" +
+	"\fexpect_epoch\x18\x03 \x01(\x04R\vexpectEpoch\"`\n" +
+	"\x11DetachDiskCommand\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04disk\x18\x02 \x01(\tR\x04disk\x12!\n" +
+	"\fexpect_epoch\x18\x03 \x01(\x04R\vexpectEpoch\"\xbb\x01\n" +
+	"\x14EndDiskChangeCommand\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x125\n" +
+	"\aoutcome\x18\x05 \x01(\x0e2\x1b.haven.v1.DiskChangeOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\xfb\x01\n" +
 	"\x0eAppliedRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1701,7 +1989,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
@@ -1719,25 +2007,30 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*MoveProgressCommand)(nil),   // 13: haven.v1.MoveProgressCommand
 	(*CommitMoveCommand)(nil),     // 14: haven.v1.CommitMoveCommand
 	(*EndMoveCommand)(nil),        // 15: haven.v1.EndMoveCommand
-	(*AppliedRequest)(nil),        // 16: haven.v1.AppliedRequest
-	(*AppliedItem)(nil),           // 17: haven.v1.AppliedItem
-	(*SnapshotHeader)(nil),        // 18: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 19: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*Node)(nil),                  // 21: haven.v1.Node
-	(NodeStatus)(0),               // 22: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 23: haven.v1.GroupSpec
-	(GroupState)(0),               // 24: haven.v1.GroupState
-	(DesiredState)(0),             // 25: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 26: haven.v1.GroupFailure
-	(*Operation)(nil),             // 27: haven.v1.Operation
-	(OperationPhase)(0),           // 28: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 29: haven.v1.MoveProgress
-	(OperationOutcome)(0),         // 30: haven.v1.OperationOutcome
-	(*Group)(nil),                 // 31: haven.v1.Group
+	(*AttachDiskCommand)(nil),     // 16: haven.v1.AttachDiskCommand
+	(*DetachDiskCommand)(nil),     // 17: haven.v1.DetachDiskCommand
+	(*EndDiskChangeCommand)(nil),  // 18: haven.v1.EndDiskChangeCommand
+	(*AppliedRequest)(nil),        // 19: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 20: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 21: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 22: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*Node)(nil),                  // 24: haven.v1.Node
+	(NodeStatus)(0),               // 25: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 26: haven.v1.GroupSpec
+	(GroupState)(0),               // 27: haven.v1.GroupState
+	(DesiredState)(0),             // 28: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 29: haven.v1.GroupFailure
+	(*Operation)(nil),             // 30: haven.v1.Operation
+	(OperationPhase)(0),           // 31: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 32: haven.v1.MoveProgress
+	(OperationOutcome)(0),         // 33: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 34: haven.v1.Resource
+	(DiskChangeOutcome)(0),        // 35: haven.v1.DiskChangeOutcome
+	(*Group)(nil),                 // 36: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	20, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	23, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
@@ -1752,33 +2045,38 @@ var file_haven_v1_command_proto_depIdxs = []int32{
 	13, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
 	14, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
 	15, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
-	21, // 15: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	22, // 16: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	23, // 17: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	24, // 18: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	25, // 19: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	26, // 20: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	6,  // 21: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
-	24, // 22: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	24, // 23: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	27, // 24: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
-	28, // 25: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
-	29, // 26: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
-	29, // 27: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
-	30, // 28: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
-	20, // 29: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 30: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	17, // 31: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
-	0,  // 32: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
-	21, // 33: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	31, // 34: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	16, // 35: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	27, // 36: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	16, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
+	17, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
+	18, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
+	24, // 18: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	25, // 19: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	26, // 20: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	27, // 21: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	28, // 22: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	29, // 23: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	6,  // 24: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	27, // 25: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	27, // 26: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	30, // 27: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
+	31, // 28: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
+	32, // 29: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
+	32, // 30: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
+	33, // 31: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
+	34, // 32: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
+	35, // 33: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
+	23, // 34: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 35: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	20, // 36: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 37: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	24, // 38: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	36, // 39: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	19, // 40: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	30, // 41: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -1802,8 +2100,11 @@ func file_haven_v1_command_proto_init() {
 		(*Command_MoveProgress)(nil),
 		(*Command_CommitMove)(nil),
 		(*Command_EndMove)(nil),
+		(*Command_AttachDisk)(nil),
+		(*Command_DetachDisk)(nil),
+		(*Command_EndDiskChange)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[18].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[21].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -1815,7 +2116,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

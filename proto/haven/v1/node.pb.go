@@ -479,6 +479,129 @@ func (*ReportGroupResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
+type ReportDiskChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Group string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// The group's epoch the executor acted at.
+	Epoch uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The change's index (DiskChange.index).
+	Index uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	// APPLIED or FAILED.
+	Outcome       DiskChangeOutcome `protobuf:"varint,5,opt,name=outcome,proto3,enum=haven.v1.DiskChangeOutcome" json:"outcome,omitempty"`
+	Reason        string            `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportDiskChangeRequest) Reset() {
+	*x = ReportDiskChangeRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportDiskChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportDiskChangeRequest) ProtoMessage() {}
+
+func (x *ReportDiskChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportDiskChangeRequest.ProtoReflect.Descriptor instead.
+func (*ReportDiskChangeRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReportDiskChangeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportDiskChangeRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ReportDiskChangeRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReportDiskChangeRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReportDiskChangeRequest) GetOutcome() DiskChangeOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return DiskChangeOutcome_DISK_CHANGE_OUTCOME_UNSPECIFIED
+}
+
+func (x *ReportDiskChangeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ReportDiskChangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportDiskChangeResponse) Reset() {
+	*x = ReportDiskChangeResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportDiskChangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportDiskChangeResponse) ProtoMessage() {}
+
+func (x *ReportDiskChangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportDiskChangeResponse.ProtoReflect.Descriptor instead.
+func (*ReportDiskChangeResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
+}
+
 type CrashVMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -489,7 +612,7 @@ type CrashVMRequest struct {
 
 func (x *CrashVMRequest) Reset() {
 	*x = CrashVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[7]
+	mi := &file_haven_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +624,7 @@ func (x *CrashVMRequest) String() string {
 func (*CrashVMRequest) ProtoMessage() {}
 
 func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[7]
+	mi := &file_haven_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +637,7 @@ func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMRequest.ProtoReflect.Descriptor instead.
 func (*CrashVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CrashVMRequest) GetGroup() string {
@@ -539,7 +662,7 @@ type CrashVMResponse struct {
 
 func (x *CrashVMResponse) Reset() {
 	*x = CrashVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[8]
+	mi := &file_haven_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +674,7 @@ func (x *CrashVMResponse) String() string {
 func (*CrashVMResponse) ProtoMessage() {}
 
 func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[8]
+	mi := &file_haven_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +687,7 @@ func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMResponse.ProtoReflect.Descriptor instead.
 func (*CrashVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 type HangVMRequest struct {
@@ -577,7 +700,7 @@ type HangVMRequest struct {
 
 func (x *HangVMRequest) Reset() {
 	*x = HangVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +712,7 @@ func (x *HangVMRequest) String() string {
 func (*HangVMRequest) ProtoMessage() {}
 
 func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +725,7 @@ func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMRequest.ProtoReflect.Descriptor instead.
 func (*HangVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HangVMRequest) GetGroup() string {
@@ -627,7 +750,7 @@ type HangVMResponse struct {
 
 func (x *HangVMResponse) Reset() {
 	*x = HangVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +762,7 @@ func (x *HangVMResponse) String() string {
 func (*HangVMResponse) ProtoMessage() {}
 
 func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +775,7 @@ func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMResponse.ProtoReflect.Descriptor instead.
 func (*HangVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 type MoveOutRequest struct {
@@ -669,7 +792,7 @@ type MoveOutRequest struct {
 
 func (x *MoveOutRequest) Reset() {
 	*x = MoveOutRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +804,7 @@ func (x *MoveOutRequest) String() string {
 func (*MoveOutRequest) ProtoMessage() {}
 
 func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +817,7 @@ func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutRequest.ProtoReflect.Descriptor instead.
 func (*MoveOutRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MoveOutRequest) GetOperation() string {
@@ -732,7 +855,7 @@ type MoveOutResponse struct {
 
 func (x *MoveOutResponse) Reset() {
 	*x = MoveOutResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +867,7 @@ func (x *MoveOutResponse) String() string {
 func (*MoveOutResponse) ProtoMessage() {}
 
 func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +880,7 @@ func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutResponse.ProtoReflect.Descriptor instead.
 func (*MoveOutResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MoveOutResponse) GetPhase() OperationPhase {
@@ -802,7 +925,7 @@ type MoveInRequest struct {
 
 func (x *MoveInRequest) Reset() {
 	*x = MoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +937,7 @@ func (x *MoveInRequest) String() string {
 func (*MoveInRequest) ProtoMessage() {}
 
 func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +950,7 @@ func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
 func (*MoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MoveInRequest) GetOperation() string {
@@ -867,7 +990,7 @@ type MoveInResponse struct {
 
 func (x *MoveInResponse) Reset() {
 	*x = MoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1002,7 @@ func (x *MoveInResponse) String() string {
 func (*MoveInResponse) ProtoMessage() {}
 
 func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1015,7 @@ func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
 func (*MoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MoveInResponse) GetData() []byte {
@@ -912,7 +1035,7 @@ type RestoreMoveRequest struct {
 
 func (x *RestoreMoveRequest) Reset() {
 	*x = RestoreMoveRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1047,7 @@ func (x *RestoreMoveRequest) String() string {
 func (*RestoreMoveRequest) ProtoMessage() {}
 
 func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1060,7 @@ func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveRequest.ProtoReflect.Descriptor instead.
 func (*RestoreMoveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestoreMoveRequest) GetOperation() string {
@@ -962,7 +1085,7 @@ type RestoreMoveResponse struct {
 
 func (x *RestoreMoveResponse) Reset() {
 	*x = RestoreMoveResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1097,7 @@ func (x *RestoreMoveResponse) String() string {
 func (*RestoreMoveResponse) ProtoMessage() {}
 
 func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1110,7 @@ func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveResponse.ProtoReflect.Descriptor instead.
 func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 type ConfirmMoveInRequest struct {
@@ -1000,7 +1123,7 @@ type ConfirmMoveInRequest struct {
 
 func (x *ConfirmMoveInRequest) Reset() {
 	*x = ConfirmMoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1135,7 @@ func (x *ConfirmMoveInRequest) String() string {
 func (*ConfirmMoveInRequest) ProtoMessage() {}
 
 func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1148,7 @@ func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConfirmMoveInRequest) GetOperation() string {
@@ -1050,7 +1173,7 @@ type ConfirmMoveInResponse struct {
 
 func (x *ConfirmMoveInResponse) Reset() {
 	*x = ConfirmMoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1185,7 @@ func (x *ConfirmMoveInResponse) String() string {
 func (*ConfirmMoveInResponse) ProtoMessage() {}
 
 func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1198,7 @@ func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 type HoldMovesRequest struct {
@@ -1087,7 +1210,7 @@ type HoldMovesRequest struct {
 
 func (x *HoldMovesRequest) Reset() {
 	*x = HoldMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1222,7 @@ func (x *HoldMovesRequest) String() string {
 func (*HoldMovesRequest) ProtoMessage() {}
 
 func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1235,7 @@ func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
 func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
@@ -1132,7 +1255,7 @@ type HoldMovesResponse struct {
 
 func (x *HoldMovesResponse) Reset() {
 	*x = HoldMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1267,7 @@ func (x *HoldMovesResponse) String() string {
 func (*HoldMovesResponse) ProtoMessage() {}
 
 func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1280,7 @@ func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
 func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HoldMovesResponse) GetHolds() []*MoveHold {
@@ -1179,7 +1302,7 @@ type MoveHold struct {
 
 func (x *MoveHold) Reset() {
 	*x = MoveHold{}
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1314,7 @@ func (x *MoveHold) String() string {
 func (*MoveHold) ProtoMessage() {}
 
 func (x *MoveHold) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1327,7 @@ func (x *MoveHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
 func (*MoveHold) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MoveHold) GetPhase() MoveHoldPhase {
@@ -1229,7 +1352,7 @@ type GetMoveHoldsRequest struct {
 
 func (x *GetMoveHoldsRequest) Reset() {
 	*x = GetMoveHoldsRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1364,7 @@ func (x *GetMoveHoldsRequest) String() string {
 func (*GetMoveHoldsRequest) ProtoMessage() {}
 
 func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1377,7 @@ func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 type GetMoveHoldsResponse struct {
@@ -1266,7 +1389,7 @@ type GetMoveHoldsResponse struct {
 
 func (x *GetMoveHoldsResponse) Reset() {
 	*x = GetMoveHoldsResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1401,7 @@ func (x *GetMoveHoldsResponse) String() string {
 func (*GetMoveHoldsResponse) ProtoMessage() {}
 
 func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1414,7 @@ func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
@@ -1311,7 +1434,7 @@ type ReleaseMovesRequest struct {
 
 func (x *ReleaseMovesRequest) Reset() {
 	*x = ReleaseMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1446,7 @@ func (x *ReleaseMovesRequest) String() string {
 func (*ReleaseMovesRequest) ProtoMessage() {}
 
 func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1459,7 @@ func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
@@ -1356,7 +1479,7 @@ type ReleaseMovesResponse struct {
 
 func (x *ReleaseMovesResponse) Reset() {
 	*x = ReleaseMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1491,7 @@ func (x *ReleaseMovesResponse) String() string {
 func (*ReleaseMovesResponse) ProtoMessage() {}
 
 func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1504,7 @@ func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
@@ -1401,7 +1524,7 @@ type InspectVMRequest struct {
 
 func (x *InspectVMRequest) Reset() {
 	*x = InspectVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1536,7 @@ func (x *InspectVMRequest) String() string {
 func (*InspectVMRequest) ProtoMessage() {}
 
 func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1549,7 @@ func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
 func (*InspectVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *InspectVMRequest) GetGroup() string {
@@ -1462,7 +1585,7 @@ type InspectVMResponse struct {
 
 func (x *InspectVMResponse) Reset() {
 	*x = InspectVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1597,7 @@ func (x *InspectVMResponse) String() string {
 func (*InspectVMResponse) ProtoMessage() {}
 
 func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1610,7 @@ func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
 func (*InspectVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *InspectVMResponse) GetState() string {
@@ -1528,7 +1651,7 @@ type FillVMRequest struct {
 
 func (x *FillVMRequest) Reset() {
 	*x = FillVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1663,7 @@ func (x *FillVMRequest) String() string {
 func (*FillVMRequest) ProtoMessage() {}
 
 func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1676,7 @@ func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
 func (*FillVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FillVMRequest) GetGroup() string {
@@ -1580,7 +1703,7 @@ type FillVMResponse struct {
 
 func (x *FillVMResponse) Reset() {
 	*x = FillVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1715,7 @@ func (x *FillVMResponse) String() string {
 func (*FillVMResponse) ProtoMessage() {}
 
 func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1728,7 @@ func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
 func (*FillVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FillVMResponse) GetBytes() int64 {
@@ -1628,7 +1751,7 @@ type ProbeLinkRequest struct {
 
 func (x *ProbeLinkRequest) Reset() {
 	*x = ProbeLinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1763,7 @@ func (x *ProbeLinkRequest) String() string {
 func (*ProbeLinkRequest) ProtoMessage() {}
 
 func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1776,7 @@ func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProbeLinkRequest) GetTarget() string {
@@ -1682,7 +1805,7 @@ type ProbeLinkResponse struct {
 
 func (x *ProbeLinkResponse) Reset() {
 	*x = ProbeLinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1817,7 @@ func (x *ProbeLinkResponse) String() string {
 func (*ProbeLinkResponse) ProtoMessage() {}
 
 func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1830,7 @@ func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ProbeLinkResponse) GetBytes() int64 {
@@ -1736,7 +1859,7 @@ type ProbeSinkRequest struct {
 
 func (x *ProbeSinkRequest) Reset() {
 	*x = ProbeSinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1871,7 @@ func (x *ProbeSinkRequest) String() string {
 func (*ProbeSinkRequest) ProtoMessage() {}
 
 func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1884,7 @@ func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProbeSinkRequest) GetNode() string {
@@ -1788,7 +1911,7 @@ type ProbeSinkResponse struct {
 
 func (x *ProbeSinkResponse) Reset() {
 	*x = ProbeSinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1923,7 @@ func (x *ProbeSinkResponse) String() string {
 func (*ProbeSinkResponse) ProtoMessage() {}
 
 func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +1936,7 @@ func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProbeSinkResponse) GetBytes() int64 {
@@ -1851,7 +1974,15 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12#\n" +
 	"\rdesired_index\x18\x06 \x01(\x04R\fdesiredIndex\"\x15\n" +
-	"\x13ReportGroupResponse\"6\n" +
+	"\x13ReportGroupResponse\"\xbe\x01\n" +
+	"\x17ReportDiskChangeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\x125\n" +
+	"\aoutcome\x18\x05 \x01(\x0e2\x1b.haven.v1.DiskChangeOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x1a\n" +
+	"\x18ReportDiskChangeResponse\"6\n" +
 	"\x0eCrashVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x11\n" +
@@ -1932,12 +2063,13 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
 	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
 	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
-	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\x87\t\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xe2\t\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
 	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
-	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12>\n" +
+	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12Y\n" +
+	"\x10ReportDiskChange\x12!.haven.v1.ReportDiskChangeRequest\x1a\".haven.v1.ReportDiskChangeResponse\x12>\n" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12;\n" +
 	"\x06HangVM\x12\x17.haven.v1.HangVMRequest\x1a\x18.haven.v1.HangVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
@@ -1965,97 +2097,103 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_haven_v1_node_proto_goTypes = []any{
-	(MoveHoldPhase)(0),            // 0: haven.v1.MoveHoldPhase
-	(*GetRaftStatusRequest)(nil),  // 1: haven.v1.GetRaftStatusRequest
-	(*GetRaftStatusResponse)(nil), // 2: haven.v1.GetRaftStatusResponse
-	(*RenewLeaseRequest)(nil),     // 3: haven.v1.RenewLeaseRequest
-	(*GroupEpoch)(nil),            // 4: haven.v1.GroupEpoch
-	(*RenewLeaseResponse)(nil),    // 5: haven.v1.RenewLeaseResponse
-	(*ReportGroupRequest)(nil),    // 6: haven.v1.ReportGroupRequest
-	(*ReportGroupResponse)(nil),   // 7: haven.v1.ReportGroupResponse
-	(*CrashVMRequest)(nil),        // 8: haven.v1.CrashVMRequest
-	(*CrashVMResponse)(nil),       // 9: haven.v1.CrashVMResponse
-	(*HangVMRequest)(nil),         // 10: haven.v1.HangVMRequest
-	(*HangVMResponse)(nil),        // 11: haven.v1.HangVMResponse
-	(*MoveOutRequest)(nil),        // 12: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),       // 13: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),         // 14: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),        // 15: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),    // 16: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),   // 17: haven.v1.RestoreMoveResponse
-	(*ConfirmMoveInRequest)(nil),  // 18: haven.v1.ConfirmMoveInRequest
-	(*ConfirmMoveInResponse)(nil), // 19: haven.v1.ConfirmMoveInResponse
-	(*HoldMovesRequest)(nil),      // 20: haven.v1.HoldMovesRequest
-	(*HoldMovesResponse)(nil),     // 21: haven.v1.HoldMovesResponse
-	(*MoveHold)(nil),              // 22: haven.v1.MoveHold
-	(*GetMoveHoldsRequest)(nil),   // 23: haven.v1.GetMoveHoldsRequest
-	(*GetMoveHoldsResponse)(nil),  // 24: haven.v1.GetMoveHoldsResponse
-	(*ReleaseMovesRequest)(nil),   // 25: haven.v1.ReleaseMovesRequest
-	(*ReleaseMovesResponse)(nil),  // 26: haven.v1.ReleaseMovesResponse
-	(*InspectVMRequest)(nil),      // 27: haven.v1.InspectVMRequest
-	(*InspectVMResponse)(nil),     // 28: haven.v1.InspectVMResponse
-	(*FillVMRequest)(nil),         // 29: haven.v1.FillVMRequest
-	(*FillVMResponse)(nil),        // 30: haven.v1.FillVMResponse
-	(*ProbeLinkRequest)(nil),      // 31: haven.v1.ProbeLinkRequest
-	(*ProbeLinkResponse)(nil),     // 32: haven.v1.ProbeLinkResponse
-	(*ProbeSinkRequest)(nil),      // 33: haven.v1.ProbeSinkRequest
-	(*ProbeSinkResponse)(nil),     // 34: haven.v1.ProbeSinkResponse
-	(GroupState)(0),               // 35: haven.v1.GroupState
-	(OperationPhase)(0),           // 36: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 37: haven.v1.MoveProgress
-	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
+	(MoveHoldPhase)(0),               // 0: haven.v1.MoveHoldPhase
+	(*GetRaftStatusRequest)(nil),     // 1: haven.v1.GetRaftStatusRequest
+	(*GetRaftStatusResponse)(nil),    // 2: haven.v1.GetRaftStatusResponse
+	(*RenewLeaseRequest)(nil),        // 3: haven.v1.RenewLeaseRequest
+	(*GroupEpoch)(nil),               // 4: haven.v1.GroupEpoch
+	(*RenewLeaseResponse)(nil),       // 5: haven.v1.RenewLeaseResponse
+	(*ReportGroupRequest)(nil),       // 6: haven.v1.ReportGroupRequest
+	(*ReportGroupResponse)(nil),      // 7: haven.v1.ReportGroupResponse
+	(*ReportDiskChangeRequest)(nil),  // 8: haven.v1.ReportDiskChangeRequest
+	(*ReportDiskChangeResponse)(nil), // 9: haven.v1.ReportDiskChangeResponse
+	(*CrashVMRequest)(nil),           // 10: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),          // 11: haven.v1.CrashVMResponse
+	(*HangVMRequest)(nil),            // 12: haven.v1.HangVMRequest
+	(*HangVMResponse)(nil),           // 13: haven.v1.HangVMResponse
+	(*MoveOutRequest)(nil),           // 14: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),          // 15: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),            // 16: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),           // 17: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),       // 18: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),      // 19: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),     // 20: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil),    // 21: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),         // 22: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),        // 23: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),                 // 24: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),      // 25: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),     // 26: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),      // 27: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),     // 28: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),         // 29: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),        // 30: haven.v1.InspectVMResponse
+	(*FillVMRequest)(nil),            // 31: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),           // 32: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),         // 33: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),        // 34: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),         // 35: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),        // 36: haven.v1.ProbeSinkResponse
+	(GroupState)(0),                  // 37: haven.v1.GroupState
+	(DiskChangeOutcome)(0),           // 38: haven.v1.DiskChangeOutcome
+	(OperationPhase)(0),              // 39: haven.v1.OperationPhase
+	(*MoveProgress)(nil),             // 40: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	35, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	36, // 2: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	37, // 3: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	0,  // 4: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	22, // 5: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 6: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
-	22, // 7: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 8: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	22, // 9: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
-	38, // 10: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
-	1,  // 11: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	3,  // 12: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	6,  // 13: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	8,  // 14: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	10, // 15: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
-	12, // 16: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	14, // 17: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	16, // 18: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	18, // 19: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
-	20, // 20: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
-	23, // 21: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
-	25, // 22: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
-	27, // 23: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
-	29, // 24: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
-	31, // 25: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
-	33, // 26: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
-	2,  // 27: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	5,  // 28: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	7,  // 29: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	9,  // 30: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	11, // 31: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
-	13, // 32: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	15, // 33: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	17, // 34: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	19, // 35: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
-	21, // 36: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
-	24, // 37: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
-	26, // 38: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
-	28, // 39: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
-	30, // 40: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
-	32, // 41: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
-	34, // 42: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
-	27, // [27:43] is the sub-list for method output_type
-	11, // [11:27] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	37, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	38, // 2: haven.v1.ReportDiskChangeRequest.outcome:type_name -> haven.v1.DiskChangeOutcome
+	39, // 3: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	40, // 4: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 5: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	24, // 6: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 7: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
+	24, // 8: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 9: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	24, // 10: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	41, // 11: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	1,  // 12: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	3,  // 13: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	6,  // 14: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	8,  // 15: haven.v1.NodeService.ReportDiskChange:input_type -> haven.v1.ReportDiskChangeRequest
+	10, // 16: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	12, // 17: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
+	14, // 18: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	16, // 19: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	18, // 20: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	20, // 21: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	22, // 22: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	25, // 23: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	27, // 24: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	29, // 25: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	31, // 26: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	33, // 27: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	35, // 28: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	2,  // 29: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 30: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 31: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 32: haven.v1.NodeService.ReportDiskChange:output_type -> haven.v1.ReportDiskChangeResponse
+	11, // 33: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	13, // 34: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
+	15, // 35: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	17, // 36: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	19, // 37: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	21, // 38: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	23, // 39: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	26, // 40: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	28, // 41: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	30, // 42: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	32, // 43: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	34, // 44: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	36, // 45: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	29, // [29:46] is the sub-list for method output_type
+	12, // [12:29] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -2064,14 +2202,14 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
-	file_haven_v1_node_proto_msgTypes[27].OneofWrappers = []any{}
+	file_haven_v1_node_proto_msgTypes[29].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

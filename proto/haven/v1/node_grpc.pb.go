@@ -19,22 +19,23 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_GetRaftStatus_FullMethodName = "/haven.v1.NodeService/GetRaftStatus"
-	NodeService_RenewLease_FullMethodName    = "/haven.v1.NodeService/RenewLease"
-	NodeService_ReportGroup_FullMethodName   = "/haven.v1.NodeService/ReportGroup"
-	NodeService_CrashVM_FullMethodName       = "/haven.v1.NodeService/CrashVM"
-	NodeService_HangVM_FullMethodName        = "/haven.v1.NodeService/HangVM"
-	NodeService_MoveOut_FullMethodName       = "/haven.v1.NodeService/MoveOut"
-	NodeService_MoveIn_FullMethodName        = "/haven.v1.NodeService/MoveIn"
-	NodeService_RestoreMove_FullMethodName   = "/haven.v1.NodeService/RestoreMove"
-	NodeService_ConfirmMoveIn_FullMethodName = "/haven.v1.NodeService/ConfirmMoveIn"
-	NodeService_HoldMoves_FullMethodName     = "/haven.v1.NodeService/HoldMoves"
-	NodeService_GetMoveHolds_FullMethodName  = "/haven.v1.NodeService/GetMoveHolds"
-	NodeService_ReleaseMoves_FullMethodName  = "/haven.v1.NodeService/ReleaseMoves"
-	NodeService_InspectVM_FullMethodName     = "/haven.v1.NodeService/InspectVM"
-	NodeService_FillVM_FullMethodName        = "/haven.v1.NodeService/FillVM"
-	NodeService_ProbeLink_FullMethodName     = "/haven.v1.NodeService/ProbeLink"
-	NodeService_ProbeSink_FullMethodName     = "/haven.v1.NodeService/ProbeSink"
+	NodeService_GetRaftStatus_FullMethodName    = "/haven.v1.NodeService/GetRaftStatus"
+	NodeService_RenewLease_FullMethodName       = "/haven.v1.NodeService/RenewLease"
+	NodeService_ReportGroup_FullMethodName      = "/haven.v1.NodeService/ReportGroup"
+	NodeService_ReportDiskChange_FullMethodName = "/haven.v1.NodeService/ReportDiskChange"
+	NodeService_CrashVM_FullMethodName          = "/haven.v1.NodeService/CrashVM"
+	NodeService_HangVM_FullMethodName           = "/haven.v1.NodeService/HangVM"
+	NodeService_MoveOut_FullMethodName          = "/haven.v1.NodeService/MoveOut"
+	NodeService_MoveIn_FullMethodName           = "/haven.v1.NodeService/MoveIn"
+	NodeService_RestoreMove_FullMethodName      = "/haven.v1.NodeService/RestoreMove"
+	NodeService_ConfirmMoveIn_FullMethodName    = "/haven.v1.NodeService/ConfirmMoveIn"
+	NodeService_HoldMoves_FullMethodName        = "/haven.v1.NodeService/HoldMoves"
+	NodeService_GetMoveHolds_FullMethodName     = "/haven.v1.NodeService/GetMoveHolds"
+	NodeService_ReleaseMoves_FullMethodName     = "/haven.v1.NodeService/ReleaseMoves"
+	NodeService_InspectVM_FullMethodName        = "/haven.v1.NodeService/InspectVM"
+	NodeService_FillVM_FullMethodName           = "/haven.v1.NodeService/FillVM"
+	NodeService_ProbeLink_FullMethodName        = "/haven.v1.NodeService/ProbeLink"
+	NodeService_ProbeSink_FullMethodName        = "/haven.v1.NodeService/ProbeSink"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -53,6 +54,10 @@ type NodeServiceClient interface {
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error)
+	// ReportDiskChange tells the leader that the owner's executor applied a
+	// group's pending disk change to its running VMs, or could not (and
+	// why).
+	ReportDiskChange(ctx context.Context, in *ReportDiskChangeRequest, opts ...grpc.CallOption) (*ReportDiskChangeResponse, error)
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error)
@@ -154,6 +159,16 @@ func (c *nodeServiceClient) ReportGroup(ctx context.Context, in *ReportGroupRequ
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReportGroupResponse)
 	err := c.cc.Invoke(ctx, NodeService_ReportGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ReportDiskChange(ctx context.Context, in *ReportDiskChangeRequest, opts ...grpc.CallOption) (*ReportDiskChangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportDiskChangeResponse)
+	err := c.cc.Invoke(ctx, NodeService_ReportDiskChange_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +336,10 @@ type NodeServiceServer interface {
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error)
+	// ReportDiskChange tells the leader that the owner's executor applied a
+	// group's pending disk change to its running VMs, or could not (and
+	// why).
+	ReportDiskChange(context.Context, *ReportDiskChangeRequest) (*ReportDiskChangeResponse, error)
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error)
@@ -406,6 +425,9 @@ func (UnimplementedNodeServiceServer) RenewLease(context.Context, *RenewLeaseReq
 }
 func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportGroup not implemented")
+}
+func (UnimplementedNodeServiceServer) ReportDiskChange(context.Context, *ReportDiskChangeRequest) (*ReportDiskChangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportDiskChange not implemented")
 }
 func (UnimplementedNodeServiceServer) CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CrashVM not implemented")
@@ -517,6 +539,24 @@ func _NodeService_ReportGroup_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(NodeServiceServer).ReportGroup(ctx, req.(*ReportGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ReportDiskChange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportDiskChangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ReportDiskChange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ReportDiskChange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ReportDiskChange(ctx, req.(*ReportDiskChangeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -744,6 +784,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportGroup",
 			Handler:    _NodeService_ReportGroup_Handler,
+		},
+		{
+			MethodName: "ReportDiskChange",
+			Handler:    _NodeService_ReportDiskChange_Handler,
 		},
 		{
 			MethodName: "CrashVM",

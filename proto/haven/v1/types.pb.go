@@ -304,6 +304,121 @@ func (GroupState) EnumDescriptor() ([]byte, []int) {
 	return file_haven_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
+// DiskChangeKind is what a disk change does to a group.
+type DiskChangeKind int32
+
+const (
+	DiskChangeKind_DISK_CHANGE_KIND_UNSPECIFIED DiskChangeKind = 0
+	// A disk resource is added to the group.
+	DiskChangeKind_DISK_CHANGE_KIND_ATTACH DiskChangeKind = 1
+	// A disk resource is taken out of the group.
+	DiskChangeKind_DISK_CHANGE_KIND_DETACH DiskChangeKind = 2
+)
+
+// Enum value maps for DiskChangeKind.
+var (
+	DiskChangeKind_name = map[int32]string{
+		0: "DISK_CHANGE_KIND_UNSPECIFIED",
+		1: "DISK_CHANGE_KIND_ATTACH",
+		2: "DISK_CHANGE_KIND_DETACH",
+	}
+	DiskChangeKind_value = map[string]int32{
+		"DISK_CHANGE_KIND_UNSPECIFIED": 0,
+		"DISK_CHANGE_KIND_ATTACH":      1,
+		"DISK_CHANGE_KIND_DETACH":      2,
+	}
+)
+
+func (x DiskChangeKind) Enum() *DiskChangeKind {
+	p := new(DiskChangeKind)
+	*p = x
+	return p
+}
+
+func (x DiskChangeKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DiskChangeKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[5].Descriptor()
+}
+
+func (DiskChangeKind) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[5]
+}
+
+func (x DiskChangeKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DiskChangeKind.Descriptor instead.
+func (DiskChangeKind) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+// DiskChangeOutcome is how a disk change ended.
+type DiskChangeOutcome int32
+
+const (
+	// Pending: the group runs, and its owner has not yet applied the change
+	// to its VMs. The spec already holds an attached disk; a detached one
+	// stays in it (and its path the group's) until no VM holds it.
+	DiskChangeOutcome_DISK_CHANGE_OUTCOME_UNSPECIFIED DiskChangeOutcome = 0
+	// The owner hot-plugged the disk into (or out of) every VM of the group
+	// while they ran, at the change's epoch.
+	DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED DiskChangeOutcome = 1
+	// The group was not running, or stopped or moved to another owner before
+	// its owner applied the change: the spec holds it, and the group's VMs
+	// start with it (or without the detached disk) next time.
+	DiskChangeOutcome_DISK_CHANGE_OUTCOME_RECORDED DiskChangeOutcome = 2
+	// The owner could not apply it (reason): the change was undone, and the
+	// spec is as it was before it.
+	DiskChangeOutcome_DISK_CHANGE_OUTCOME_FAILED DiskChangeOutcome = 3
+)
+
+// Enum value maps for DiskChangeOutcome.
+var (
+	DiskChangeOutcome_name = map[int32]string{
+		0: "DISK_CHANGE_OUTCOME_UNSPECIFIED",
+		1: "DISK_CHANGE_OUTCOME_APPLIED",
+		2: "DISK_CHANGE_OUTCOME_RECORDED",
+		3: "DISK_CHANGE_OUTCOME_FAILED",
+	}
+	DiskChangeOutcome_value = map[string]int32{
+		"DISK_CHANGE_OUTCOME_UNSPECIFIED": 0,
+		"DISK_CHANGE_OUTCOME_APPLIED":     1,
+		"DISK_CHANGE_OUTCOME_RECORDED":    2,
+		"DISK_CHANGE_OUTCOME_FAILED":      3,
+	}
+)
+
+func (x DiskChangeOutcome) Enum() *DiskChangeOutcome {
+	p := new(DiskChangeOutcome)
+	*p = x
+	return p
+}
+
+func (x DiskChangeOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DiskChangeOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_haven_v1_types_proto_enumTypes[6].Descriptor()
+}
+
+func (DiskChangeOutcome) Type() protoreflect.EnumType {
+	return &file_haven_v1_types_proto_enumTypes[6]
+}
+
+func (x DiskChangeOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DiskChangeOutcome.Descriptor instead.
+func (DiskChangeOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
 type NodeStatus int32
 
 const (
@@ -340,11 +455,11 @@ func (x NodeStatus) String() string {
 }
 
 func (NodeStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[5].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[7].Descriptor()
 }
 
 func (NodeStatus) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[5]
+	return &file_haven_v1_types_proto_enumTypes[7]
 }
 
 func (x NodeStatus) Number() protoreflect.EnumNumber {
@@ -353,7 +468,7 @@ func (x NodeStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeStatus.Descriptor instead.
 func (NodeStatus) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 // MoveKind is how a running group moves.
@@ -398,11 +513,11 @@ func (x MoveKind) String() string {
 }
 
 func (MoveKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[6].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[8].Descriptor()
 }
 
 func (MoveKind) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[6]
+	return &file_haven_v1_types_proto_enumTypes[8]
 }
 
 func (x MoveKind) Number() protoreflect.EnumNumber {
@@ -411,7 +526,7 @@ func (x MoveKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MoveKind.Descriptor instead.
 func (MoveKind) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 // OperationPhase is where a move stands. It only goes forward.
@@ -463,11 +578,11 @@ func (x OperationPhase) String() string {
 }
 
 func (OperationPhase) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[7].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[9].Descriptor()
 }
 
 func (OperationPhase) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[7]
+	return &file_haven_v1_types_proto_enumTypes[9]
 }
 
 func (x OperationPhase) Number() protoreflect.EnumNumber {
@@ -476,7 +591,7 @@ func (x OperationPhase) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OperationPhase.Descriptor instead.
 func (OperationPhase) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 // OperationOutcome is how a finished move ended.
@@ -521,11 +636,11 @@ func (x OperationOutcome) String() string {
 }
 
 func (OperationOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_haven_v1_types_proto_enumTypes[8].Descriptor()
+	return file_haven_v1_types_proto_enumTypes[10].Descriptor()
 }
 
 func (OperationOutcome) Type() protoreflect.EnumType {
-	return &file_haven_v1_types_proto_enumTypes[8]
+	return &file_haven_v1_types_proto_enumTypes[10]
 }
 
 func (x OperationOutcome) Number() protoreflect.EnumNumber {
@@ -534,7 +649,7 @@ func (x OperationOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OperationOutcome.Descriptor instead.
 func (OperationOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 // Resource is one manageable thing inside a group. Resources start in
@@ -1297,7 +1412,11 @@ type Group struct {
 	Failures []*GroupFailure `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
 	// The id of the move in flight (an Operation), empty when none: at most
 	// one move of a group runs at a time.
-	Operation     string `protobuf:"bytes,15,opt,name=operation,proto3" json:"operation,omitempty"`
+	Operation string `protobuf:"bytes,15,opt,name=operation,proto3" json:"operation,omitempty"`
+	// The group's last disk change (AttachDisk, DetachDisk): pending while
+	// its owner has yet to apply it to the running VMs, then how it ended.
+	// At most one is pending at a time, and none while a move is in flight.
+	DiskChange    *DiskChange `protobuf:"bytes,16,opt,name=disk_change,json=diskChange,proto3" json:"disk_change,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1437,6 +1556,127 @@ func (x *Group) GetOperation() string {
 	return ""
 }
 
+func (x *Group) GetDiskChange() *DiskChange {
+	if x != nil {
+		return x.DiskChange
+	}
+	return nil
+}
+
+// DiskChange is a disk attached to or detached from a group.
+type DiskChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The log index that recorded the change: its name.
+	Index uint64         `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Kind  DiskChangeKind `protobuf:"varint,2,opt,name=kind,proto3,enum=haven.v1.DiskChangeKind" json:"kind,omitempty"`
+	// The disk resource attached or detached.
+	Disk *Resource `protobuf:"bytes,3,opt,name=disk,proto3" json:"disk,omitempty"`
+	// The owner that applies the change to its running VMs and the epoch it
+	// applies at; empty and 0 when the group was not running.
+	Node    string            `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	Epoch   uint64            `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Outcome DiskChangeOutcome `protobuf:"varint,6,opt,name=outcome,proto3,enum=haven.v1.DiskChangeOutcome" json:"outcome,omitempty"`
+	// Why it ended as it did.
+	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	FinishTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=finish_time,json=finishTime,proto3" json:"finish_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskChange) Reset() {
+	*x = DiskChange{}
+	mi := &file_haven_v1_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskChange) ProtoMessage() {}
+
+func (x *DiskChange) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskChange.ProtoReflect.Descriptor instead.
+func (*DiskChange) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DiskChange) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *DiskChange) GetKind() DiskChangeKind {
+	if x != nil {
+		return x.Kind
+	}
+	return DiskChangeKind_DISK_CHANGE_KIND_UNSPECIFIED
+}
+
+func (x *DiskChange) GetDisk() *Resource {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+func (x *DiskChange) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DiskChange) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *DiskChange) GetOutcome() DiskChangeOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return DiskChangeOutcome_DISK_CHANGE_OUTCOME_UNSPECIFIED
+}
+
+func (x *DiskChange) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DiskChange) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *DiskChange) GetFinishTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishTime
+	}
+	return nil
+}
+
 type Capacity struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CpuMillis     int64                  `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
@@ -1447,7 +1687,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_haven_v1_types_proto_msgTypes[11]
+	mi := &file_haven_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1699,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[11]
+	mi := &file_haven_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1712,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Capacity) GetCpuMillis() int64 {
@@ -1515,13 +1755,15 @@ type Node struct {
 	// What the node's driver can do to move a running VM.
 	LiveMigration  bool `protobuf:"varint,15,opt,name=live_migration,json=liveMigration,proto3" json:"live_migration,omitempty"`
 	QuickMigration bool `protobuf:"varint,16,opt,name=quick_migration,json=quickMigration,proto3" json:"quick_migration,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The node's driver can add disks to a running VM and take them away.
+	HotPlugDisks  bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_haven_v1_types_proto_msgTypes[12]
+	mi := &file_haven_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1775,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[12]
+	mi := &file_haven_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1788,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetName() string {
@@ -1661,6 +1903,13 @@ func (x *Node) GetQuickMigration() bool {
 	return false
 }
 
+func (x *Node) GetHotPlugDisks() bool {
+	if x != nil {
+		return x.HotPlugDisks
+	}
+	return false
+}
+
 // MoveOptions are a move's knobs.
 type MoveOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1674,7 +1923,7 @@ type MoveOptions struct {
 
 func (x *MoveOptions) Reset() {
 	*x = MoveOptions{}
-	mi := &file_haven_v1_types_proto_msgTypes[13]
+	mi := &file_haven_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1935,7 @@ func (x *MoveOptions) String() string {
 func (*MoveOptions) ProtoMessage() {}
 
 func (x *MoveOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[13]
+	mi := &file_haven_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1948,7 @@ func (x *MoveOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOptions.ProtoReflect.Descriptor instead.
 func (*MoveOptions) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MoveOptions) GetDowntimeTarget() *durationpb.Duration {
@@ -1733,7 +1982,7 @@ type MoveProgress struct {
 
 func (x *MoveProgress) Reset() {
 	*x = MoveProgress{}
-	mi := &file_haven_v1_types_proto_msgTypes[14]
+	mi := &file_haven_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1994,7 @@ func (x *MoveProgress) String() string {
 func (*MoveProgress) ProtoMessage() {}
 
 func (x *MoveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[14]
+	mi := &file_haven_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +2007,7 @@ func (x *MoveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
 func (*MoveProgress) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MoveProgress) GetRound() uint32 {
@@ -1846,7 +2095,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_haven_v1_types_proto_msgTypes[15]
+	mi := &file_haven_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2107,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[15]
+	mi := &file_haven_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2120,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Operation) GetId() string {
@@ -2077,7 +2326,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\fGroupFailure\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xea\x04\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa1\x05\n" +
 	"\x05Group\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12!\n" +
@@ -2096,11 +2345,26 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"state_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\x122\n" +
 	"\bfailures\x18\x0e \x03(\v2\x16.haven.v1.GroupFailureR\bfailures\x12\x1c\n" +
-	"\toperation\x18\x0f \x01(\tR\toperation\"L\n" +
+	"\toperation\x18\x0f \x01(\tR\toperation\x125\n" +
+	"\vdisk_change\x18\x10 \x01(\v2\x14.haven.v1.DiskChangeR\n" +
+	"diskChange\"\xeb\x02\n" +
+	"\n" +
+	"DiskChange\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.haven.v1.DiskChangeKindR\x04kind\x12&\n" +
+	"\x04disk\x18\x03 \x01(\v2\x12.haven.v1.ResourceR\x04disk\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x125\n" +
+	"\aoutcome\x18\x06 \x01(\x0e2\x1b.haven.v1.DiskChangeOutcomeR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vfinish_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishTime\"L\n" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xf9\x04\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\x9f\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -2120,7 +2384,8 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bdraining\x18\r \x01(\bR\bdraining\x122\n" +
 	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x12%\n" +
 	"\x0elive_migration\x18\x0f \x01(\bR\rliveMigration\x12'\n" +
-	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x1a9\n" +
+	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x12$\n" +
+	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
@@ -2188,7 +2453,16 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x14GROUP_STATE_STARTING\x10\x02\x12\x16\n" +
 	"\x12GROUP_STATE_ONLINE\x10\x03\x12\x18\n" +
 	"\x14GROUP_STATE_STOPPING\x10\x04\x12\x16\n" +
-	"\x12GROUP_STATE_FAILED\x10\x05*n\n" +
+	"\x12GROUP_STATE_FAILED\x10\x05*l\n" +
+	"\x0eDiskChangeKind\x12 \n" +
+	"\x1cDISK_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17DISK_CHANGE_KIND_ATTACH\x10\x01\x12\x1b\n" +
+	"\x17DISK_CHANGE_KIND_DETACH\x10\x02*\x9b\x01\n" +
+	"\x11DiskChangeOutcome\x12#\n" +
+	"\x1fDISK_CHANGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bDISK_CHANGE_OUTCOME_APPLIED\x10\x01\x12 \n" +
+	"\x1cDISK_CHANGE_OUTCOME_RECORDED\x10\x02\x12\x1e\n" +
+	"\x1aDISK_CHANGE_OUTCOME_FAILED\x10\x03*n\n" +
 	"\n" +
 	"NodeStatus\x12\x1b\n" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2225,84 +2499,93 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 	return file_haven_v1_types_proto_rawDescData
 }
 
-var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
 	(FailbackMode)(0),             // 2: haven.v1.FailbackMode
 	(DesiredState)(0),             // 3: haven.v1.DesiredState
 	(GroupState)(0),               // 4: haven.v1.GroupState
-	(NodeStatus)(0),               // 5: haven.v1.NodeStatus
-	(MoveKind)(0),                 // 6: haven.v1.MoveKind
-	(OperationPhase)(0),           // 7: haven.v1.OperationPhase
-	(OperationOutcome)(0),         // 8: haven.v1.OperationOutcome
-	(*Resource)(nil),              // 9: haven.v1.Resource
-	(*ConfigSpec)(nil),            // 10: haven.v1.ConfigSpec
-	(*DiskSpec)(nil),              // 11: haven.v1.DiskSpec
-	(*VmSpec)(nil),                // 12: haven.v1.VmSpec
-	(*IpSpec)(nil),                // 13: haven.v1.IpSpec
-	(*FailbackPolicy)(nil),        // 14: haven.v1.FailbackPolicy
-	(*RestartPolicy)(nil),         // 15: haven.v1.RestartPolicy
-	(*GroupSpec)(nil),             // 16: haven.v1.GroupSpec
-	(*AntiAffinity)(nil),          // 17: haven.v1.AntiAffinity
-	(*GroupFailure)(nil),          // 18: haven.v1.GroupFailure
-	(*Group)(nil),                 // 19: haven.v1.Group
-	(*Capacity)(nil),              // 20: haven.v1.Capacity
-	(*Node)(nil),                  // 21: haven.v1.Node
-	(*MoveOptions)(nil),           // 22: haven.v1.MoveOptions
-	(*MoveProgress)(nil),          // 23: haven.v1.MoveProgress
-	(*Operation)(nil),             // 24: haven.v1.Operation
-	nil,                           // 25: haven.v1.ConfigSpec.SettingsEntry
-	nil,                           // 26: haven.v1.GroupSpec.LabelsEntry
-	nil,                           // 27: haven.v1.GroupSpec.NodeSelectorEntry
-	nil,                           // 28: haven.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(DiskChangeKind)(0),           // 5: haven.v1.DiskChangeKind
+	(DiskChangeOutcome)(0),        // 6: haven.v1.DiskChangeOutcome
+	(NodeStatus)(0),               // 7: haven.v1.NodeStatus
+	(MoveKind)(0),                 // 8: haven.v1.MoveKind
+	(OperationPhase)(0),           // 9: haven.v1.OperationPhase
+	(OperationOutcome)(0),         // 10: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 11: haven.v1.Resource
+	(*ConfigSpec)(nil),            // 12: haven.v1.ConfigSpec
+	(*DiskSpec)(nil),              // 13: haven.v1.DiskSpec
+	(*VmSpec)(nil),                // 14: haven.v1.VmSpec
+	(*IpSpec)(nil),                // 15: haven.v1.IpSpec
+	(*FailbackPolicy)(nil),        // 16: haven.v1.FailbackPolicy
+	(*RestartPolicy)(nil),         // 17: haven.v1.RestartPolicy
+	(*GroupSpec)(nil),             // 18: haven.v1.GroupSpec
+	(*AntiAffinity)(nil),          // 19: haven.v1.AntiAffinity
+	(*GroupFailure)(nil),          // 20: haven.v1.GroupFailure
+	(*Group)(nil),                 // 21: haven.v1.Group
+	(*DiskChange)(nil),            // 22: haven.v1.DiskChange
+	(*Capacity)(nil),              // 23: haven.v1.Capacity
+	(*Node)(nil),                  // 24: haven.v1.Node
+	(*MoveOptions)(nil),           // 25: haven.v1.MoveOptions
+	(*MoveProgress)(nil),          // 26: haven.v1.MoveProgress
+	(*Operation)(nil),             // 27: haven.v1.Operation
+	nil,                           // 28: haven.v1.ConfigSpec.SettingsEntry
+	nil,                           // 29: haven.v1.GroupSpec.LabelsEntry
+	nil,                           // 30: haven.v1.GroupSpec.NodeSelectorEntry
+	nil,                           // 31: haven.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
-	10, // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
-	11, // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
-	12, // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
-	13, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
-	25, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
+	12, // 1: haven.v1.Resource.config:type_name -> haven.v1.ConfigSpec
+	13, // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
+	14, // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
+	15, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
+	28, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	29, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
-	9,  // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
+	32, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	11, // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
-	14, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
-	15, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
-	26, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
-	17, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
-	27, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
-	30, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
-	16, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
+	16, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
+	17, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
+	29, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
+	19, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
+	30, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
+	33, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
+	18, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
 	4,  // 17: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	30, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	33, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 19: haven.v1.Group.desired:type_name -> haven.v1.DesiredState
-	30, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
-	30, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
-	18, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
-	20, // 23: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
-	5,  // 24: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	30, // 25: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	28, // 26: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
-	29, // 27: haven.v1.MoveOptions.downtime_target:type_name -> google.protobuf.Duration
-	29, // 28: haven.v1.MoveProgress.expected_downtime:type_name -> google.protobuf.Duration
-	6,  // 29: haven.v1.Operation.kind:type_name -> haven.v1.MoveKind
-	7,  // 30: haven.v1.Operation.phase:type_name -> haven.v1.OperationPhase
-	23, // 31: haven.v1.Operation.progress:type_name -> haven.v1.MoveProgress
-	8,  // 32: haven.v1.Operation.outcome:type_name -> haven.v1.OperationOutcome
-	22, // 33: haven.v1.Operation.options:type_name -> haven.v1.MoveOptions
-	30, // 34: haven.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	30, // 35: haven.v1.Operation.phase_time:type_name -> google.protobuf.Timestamp
-	30, // 36: haven.v1.Operation.finish_time:type_name -> google.protobuf.Timestamp
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	33, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
+	33, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
+	20, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
+	22, // 23: haven.v1.Group.disk_change:type_name -> haven.v1.DiskChange
+	5,  // 24: haven.v1.DiskChange.kind:type_name -> haven.v1.DiskChangeKind
+	11, // 25: haven.v1.DiskChange.disk:type_name -> haven.v1.Resource
+	6,  // 26: haven.v1.DiskChange.outcome:type_name -> haven.v1.DiskChangeOutcome
+	33, // 27: haven.v1.DiskChange.create_time:type_name -> google.protobuf.Timestamp
+	33, // 28: haven.v1.DiskChange.finish_time:type_name -> google.protobuf.Timestamp
+	23, // 29: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
+	7,  // 30: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
+	33, // 31: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	31, // 32: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
+	32, // 33: haven.v1.MoveOptions.downtime_target:type_name -> google.protobuf.Duration
+	32, // 34: haven.v1.MoveProgress.expected_downtime:type_name -> google.protobuf.Duration
+	8,  // 35: haven.v1.Operation.kind:type_name -> haven.v1.MoveKind
+	9,  // 36: haven.v1.Operation.phase:type_name -> haven.v1.OperationPhase
+	26, // 37: haven.v1.Operation.progress:type_name -> haven.v1.MoveProgress
+	10, // 38: haven.v1.Operation.outcome:type_name -> haven.v1.OperationOutcome
+	25, // 39: haven.v1.Operation.options:type_name -> haven.v1.MoveOptions
+	33, // 40: haven.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	33, // 41: haven.v1.Operation.phase_time:type_name -> google.protobuf.Timestamp
+	33, // 42: haven.v1.Operation.finish_time:type_name -> google.protobuf.Timestamp
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -2315,8 +2598,8 @@ func file_haven_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   20,
+			NumEnums:      11,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
