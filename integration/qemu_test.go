@@ -127,7 +127,7 @@ func procState(pid int) string {
 	return f[0]
 }
 
-// runners watches every QEMU on the machine that runs group's VM, every
+// runners watches every QEMU of the cluster that runs group's VM, every
 // 10 ms, and remembers the most found executing (not stopped, not a
 // zombie) at once: the invariant that a group never runs twice, seen from
 // the processes themselves.
@@ -140,9 +140,12 @@ type runners struct {
 	done chan struct{}
 }
 
-func watchRunners(t *testing.T, group string) *runners {
+func (qc *qemuCluster) watchRunners(group string) *runners {
 	r := &runners{stop: make(chan struct{}), done: make(chan struct{})}
 	name := []byte("guest=" + group + "/vm,")
+	// This cluster's QEMUs only: their sockets are under its data
+	// directory (other tests on the machine may run a "web" too).
+	mine := qc.data + "/"
 	go func() {
 		defer close(r.done)
 		tick := time.NewTicker(10 * time.Millisecond)
@@ -160,7 +163,7 @@ func watchRunners(t *testing.T, group string) *runners {
 				// QEMU itself, not its supervisor, whose arguments end
 				// with QEMU's.
 				argv0, _, _ := strings.Cut(string(b), "\x00")
-				if err != nil || !strings.Contains(filepath.Base(argv0), "qemu-system") || !strings.Contains(string(b), string(name)) {
+				if err != nil || !strings.Contains(filepath.Base(argv0), "qemu-system") || !strings.Contains(string(b), string(name)) || !strings.Contains(string(b), mine) {
 					continue
 				}
 				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
@@ -175,7 +178,7 @@ func watchRunners(t *testing.T, group string) *runners {
 			r.mu.Unlock()
 		}
 	}()
-	t.Cleanup(r.end)
+	qc.t.Cleanup(r.end)
 	return r
 }
 
@@ -209,7 +212,7 @@ func TestQemuFailover(t *testing.T) {
 	g0 := qc.group("web", testguest.Options{MemMiB: 16, DirtyMiBPerSec: 4, TickMs: 20})
 	owner := qc.node(g0.GetOwner())
 	old := qc.qemuPID(owner.name, "web")
-	watch := watchRunners(t, "web")
+	watch := qc.watchRunners("web")
 
 	owner.kill()
 	killed := time.Now()
