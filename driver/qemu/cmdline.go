@@ -111,9 +111,9 @@ func PIDPath(runDir string, id driver.VMID) string {
 	return filepath.Join(vmDir(runDir, id), pidFile)
 }
 
-// command builds the QEMU command line of spec, started paused (-S, or
-// waiting for an incoming migration): the driver connects to its QMP
-// socket first and then runs it. Every part of the machine that a move
+// command builds the QEMU command line of spec, started paused (-S, and
+// for a move's target waiting for the incoming migration): the driver
+// connects to its QMP socket first and then runs it. Every part of the machine that a move
 // must rebuild identically on the target (machine type, CPU model, RAM,
 // devices with their ids and buses, the kernel) comes from spec and the
 // driver's configuration alone.
@@ -172,10 +172,13 @@ func command(cfg Config, spec driver.VMSpec, machine, dir string, incoming bool)
 			args = append(args, "-append", b.Cmdline)
 		}
 	}
+	// -S always: a migration's target without it starts the guest by
+	// itself once the state has arrived, before the move is committed,
+	// which would make it a second runner beside the paused source. The
+	// driver runs it with cont, from Activate, once its lease is armed.
+	args = append(args, "-S")
 	if incoming {
 		args = append(args, "-incoming", "defer")
-	} else {
-		args = append(args, "-S")
 	}
 	return args
 }

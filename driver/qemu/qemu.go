@@ -20,9 +20,19 @@
 // keeps those it still owns at that epoch and kills the others. Close
 // leaves the VMs to their supervisors for that reason: a VM that no agent
 // takes back freezes at its lease end.
+//
+// Moves are QEMU's own migration: live, from QEMU to QEMU over TCP, the
+// two drivers agreeing over the executor's stream in a few control
+// messages (control.go, migrate.go, incoming.go); quick, through a state
+// file on shared storage (save.go). A move's target is a QEMU started
+// with -incoming defer and -S under an unarmed supervisor: it answers QMP
+// but runs no guest code and takes no disk lock (late-block-activate)
+// until Activate arms its lease and continues it (switch.go). The source
+// stays under its lease throughout, paused once the state has gone.
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -70,6 +80,11 @@ type Config struct {
 	// the driver appends the supervisor's own arguments: the agent's own
 	// binary and its hidden subcommand (see supervise.Main).
 	Supervisor []string
+	// MigrationAddr is the address on which a live migration's target
+	// QEMU listens for the source's QEMU, on a port of its choice: one
+	// the other nodes reach (the agent's bind address). Default
+	// 127.0.0.1.
+	MigrationAddr string
 	// Logger receives VM lifecycle events; nil discards them.
 	Logger *slog.Logger
 }
@@ -89,6 +104,9 @@ func (c *Config) defaults() {
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 30 * time.Second
+	}
+	if c.MigrationAddr == "" {
+		c.MigrationAddr = "127.0.0.1"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -116,6 +134,11 @@ type Driver struct {
 type vm struct {
 	id  driver.VMID
 	dir string
+	// spec is the VM as it was started or received, and machine the
+	// versioned machine type QEMU builds for it: what the other end of a
+	// move checks before it takes the VM's state.
+	spec    driver.VMSpec
+	machine string
 
 	cmd sync.Mutex
 
@@ -129,6 +152,11 @@ type vm struct {
 	// stopping: the driver itself is ending the VM, so QEMU's exit and
 	// shutdown events are a stop, not a crash.
 	stopping bool
+	// moving: a MigrateOut or SaveState of the VM runs; Resume waits for
+	// it to return, and a second move is refused.
+	moving bool
+	// complete: an incoming VM's QEMU has loaded all of the state.
+	complete bool
 }
 
 func (v *vm) snapshot() (sup *supervise.Client, mon *qmp.Client, epoch uint64, state driver.State) {
@@ -141,6 +169,8 @@ func (v *vm) snapshot() (sup *supervise.Client, mon *qmp.Client, epoch uint64, s
 // take them back.
 type record struct {
 	Spec driver.VMSpec `json:"spec"`
+	// Machine is the versioned machine type QEMU was started with.
+	Machine string `json:"machine,omitempty"`
 }
 
 // New opens the driver for cfg.Node: it checks that QEMU runs and takes
@@ -168,9 +198,16 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// Capabilities implements driver.Hypervisor. Moves and disk hot-plug come
-// with their interfaces.
-func (d *Driver) Capabilities() driver.Capabilities { return driver.Capabilities{} }
+// Capabilities implements driver.Hypervisor. Disk hot-plug comes with its
+// interface.
+func (d *Driver) Capabilities() driver.Capabilities {
+	return driver.Capabilities{LiveMigration: true, QuickMigration: true}
+}
+
+var (
+	_ driver.LiveMigrator  = (*Driver)(nil)
+	_ driver.QuickMigrator = (*Driver)(nil)
+)
 
 func shortName(id driver.VMID) string {
 	h := sha256.Sum256([]byte(id.String()))
@@ -215,7 +252,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	}
 	// The new VM takes the id's place at once, booting (StateUnknown),
 	// so that a concurrent Start at the same epoch sees it.
-	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), epoch: spec.Epoch}
+	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), spec: spec, machine: machine, epoch: spec.Epoch}
 	v.cmd.Lock()
 	defer v.cmd.Unlock()
 	d.vms[spec.ID] = v
@@ -248,41 +285,10 @@ func (v *vm) crashed(reason string) {
 // boot starts QEMU paused under its supervisor, connects to it and runs
 // it. v.cmd is held.
 func (d *Driver) boot(ctx context.Context, v *vm, spec driver.VMSpec, machine string, leaseEnd time.Time) error {
-	if err := os.RemoveAll(v.dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(v.dir, 0o700); err != nil {
-		return err
-	}
-	rec, err := json.Marshal(record{Spec: spec})
+	mon, err := d.launch(ctx, v, spec, machine, leaseEnd, false)
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(v.dir, "vm.json"), rec, 0o600); err != nil {
-		return err
-	}
-	sup, err := supervise.Start(ctx, supervise.StartConfig{
-		Command:  d.cfg.Supervisor,
-		Socket:   filepath.Join(v.dir, supervisorSocket),
-		LogFile:  filepath.Join(v.dir, supervisorLog),
-		PIDFile:  filepath.Join(v.dir, supervisorPID),
-		Epoch:    spec.Epoch,
-		LeaseEnd: leaseEnd,
-		Child:    command(d.cfg, spec, machine, v.dir, false),
-	})
-	if err != nil {
-		return fmt.Errorf("supervisor: %w", err)
-	}
-	v.mu.Lock()
-	v.sup, v.leaseEnd = sup, leaseEnd
-	v.mu.Unlock()
-	mon, err := d.connect(ctx, v.dir, sup)
-	if err != nil {
-		return err
-	}
-	v.mu.Lock()
-	v.mon = mon
-	v.mu.Unlock()
 	d.watch(v, mon)
 	if err := mon.Cont(ctx); err != nil {
 		return fmt.Errorf("qmp cont: %w", err)
@@ -291,6 +297,49 @@ func (d *Driver) boot(ctx context.Context, v *vm, spec driver.VMSpec, machine st
 	v.state = driver.StateRunning
 	v.mu.Unlock()
 	return nil
+}
+
+// launch starts QEMU paused under its supervisor, in a fresh directory
+// with the VM's record, and connects to it. A zero leaseEnd leaves the
+// supervisor unarmed: a move's target, which must answer QMP but never
+// runs before Activate. v.cmd is held.
+func (d *Driver) launch(ctx context.Context, v *vm, spec driver.VMSpec, machine string, leaseEnd time.Time, incoming bool) (*qmp.Client, error) {
+	if err := os.RemoveAll(v.dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(v.dir, 0o700); err != nil {
+		return nil, err
+	}
+	rec, err := json.Marshal(record{Spec: spec, Machine: machine})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(v.dir, "vm.json"), rec, 0o600); err != nil {
+		return nil, err
+	}
+	sup, err := supervise.Start(ctx, supervise.StartConfig{
+		Command:  d.cfg.Supervisor,
+		Socket:   filepath.Join(v.dir, supervisorSocket),
+		LogFile:  filepath.Join(v.dir, supervisorLog),
+		PIDFile:  filepath.Join(v.dir, supervisorPID),
+		Epoch:    spec.Epoch,
+		LeaseEnd: leaseEnd,
+		Child:    command(d.cfg, spec, machine, v.dir, incoming),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	v.mu.Lock()
+	v.sup, v.leaseEnd = sup, leaseEnd
+	v.mu.Unlock()
+	mon, err := d.connect(ctx, v.dir, sup)
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	v.mon = mon
+	v.mu.Unlock()
+	return mon, nil
 }
 
 // connect waits for QEMU's QMP socket and connects to it; a QEMU that
@@ -498,7 +547,11 @@ func (d *Driver) Status(id driver.VMID) (driver.Status, error) {
 func (v *vm) status() driver.Status {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return driver.Status{ID: v.id, Epoch: v.epoch, State: v.stateLocked(), Reason: v.reason, LeaseEnd: v.leaseEnd}
+	st := v.stateLocked()
+	return driver.Status{
+		ID: v.id, Epoch: v.epoch, State: st, Reason: v.reason, LeaseEnd: v.leaseEnd,
+		Complete: st == driver.StateIncoming && v.complete,
+	}
 }
 
 // List implements driver.Hypervisor.
@@ -587,7 +640,12 @@ func (d *Driver) adopt(ctx context.Context) {
 			d.log.Warn("not a VM's directory; left alone", "dir", dir, "error", err)
 			continue
 		}
-		v := &vm{id: rec.Spec.ID, epoch: rec.Spec.Epoch, dir: dir}
+		v := &vm{id: rec.Spec.ID, epoch: rec.Spec.Epoch, dir: dir, spec: rec.Spec, machine: rec.Machine}
+		if v.machine == "" {
+			// A record from before the field: the type this QEMU
+			// builds for the spec now is the best guess.
+			v.machine, _ = d.machines.resolve(cmp.Or(rec.Spec.Machine, d.cfg.Machine))
+		}
 		if err := d.readopt(ctx, v); err != nil {
 			// Listed crashed, it must be gone for real: a QEMU the
 			// driver cannot drive must not run on beside its group's
@@ -641,6 +699,31 @@ func (d *Driver) readopt(ctx context.Context, v *vm) error {
 	d.watch(v, v.mon)
 	qs, err := v.mon.QueryStatus(ctx)
 	if err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	if st.State == supervise.StateUnarmed {
+		// A move's target, which only Activate arms: it never ran.
+		// Whether it holds all of the state, QEMU says; a target whose
+		// stream broke off with the agent is incomplete for good, for
+		// the executor to forget.
+		mi, err := v.mon.QueryMigrate(ctx)
+		if err != nil {
+			return fmt.Errorf("qmp: %w", err)
+		}
+		if qs.Running {
+			return errors.New("a move's target runs unarmed")
+		}
+		v.state, v.complete = driver.StateIncoming, mi.Status == qmp.MigrationCompleted
+		return nil
+	}
+	// An outgoing migration that the previous agent left running has no
+	// driver to finish it, and cannot have been committed: the source
+	// says ready only after MigrateOut returned. A completed one is left
+	// as it is, its source paused, for the executor to resume or kill.
+	if err := cancelMove(ctx, qmpTimeout, v.mon); err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	if qs, err = settled(ctx, qmpTimeout, v.mon); err != nil {
 		return fmt.Errorf("qmp: %w", err)
 	}
 	v.state, v.reason = runState(qs.Status)

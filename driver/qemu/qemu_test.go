@@ -61,7 +61,13 @@ func newTestDriver(t *testing.T, node, run, shared string) *Driver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { reap(t, run) })
+	t.Cleanup(func() {
+		// Let go first: a driver still watching would take its QEMU's
+		// death under the reaping for a crash, and end the supervisor
+		// under Reap's feet.
+		d.Close()
+		reap(t, run)
+	})
 	return d
 }
 

@@ -20,6 +20,10 @@ const (
 	CapPauseBeforeSwitchover = "pause-before-switchover"
 	CapMultifd               = "multifd"
 	CapZeroCopySend          = "zero-copy-send"
+	// CapLateBlockActivate: an incoming migration that does not start
+	// the guest by itself (-S) leaves the disk images inactive, their
+	// locks untaken, until cont.
+	CapLateBlockActivate = "late-block-activate"
 )
 
 // Migration statuses (MigrationInfo.Status and the MIGRATION event).
