@@ -29,8 +29,16 @@ func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 			return nil, fmt.Errorf("driver qemu: the supervisor is this binary: %w", err)
 		}
 		q := cfg.Qemu
+		// A move's target QEMU listens on the node's own address, the one
+		// other nodes reach it at (never a wildcard: it is also what the
+		// source is told to dial).
+		addr := cfg.AdvertiseAddr
+		if addr == "" {
+			addr = cfg.BindAddr
+		}
 		return qemu.New(context.Background(), qemu.Config{
-			Node: cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
+			MigrationAddr: addr,
+			Node:          cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
 			Binary: q.Binary, Accel: q.Accel, CPU: q.CPU, Machine: q.Machine, StopTimeout: q.StopTimeout,
 			Supervisor: []string{exe, SuperviseCommand}, Logger: log,
 		})
