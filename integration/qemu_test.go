@@ -391,7 +391,7 @@ func TestQemuBadSpec(t *testing.T) {
 
 // TestQemuMoves: a running VM moves live, then quick, between agents,
 // through the same operations as the sim's: its guest's counter goes on on
-// the target from exactly where the source stopped (one guest, never two:
+// the target from where the source stopped (one guest, never two:
 // a second runner would repeat numbers, a reboot would start again at 1),
 // and the old QEMU is gone. (The process watcher of the failover test does
 // not apply: a move's target QEMU exists, paused, beside the source.)
@@ -430,7 +430,10 @@ func TestQemuMoves(t *testing.T) {
 		last := src.Last().N
 		dst := qc.console(to, "web")
 		dst.Wait(t, 30*time.Second, "the guest counting on "+to, func(s *testguest.Serial) bool { return s.First().N > 0 && s.Last().N > s.First().N })
-		if first := dst.First().N; first != last+1 {
+		// The next one, or the one after: a line the guest was writing
+		// at the pause is cut in two, its halves on each console, and the
+		// reader skips both.
+		if first := dst.First().N; first <= last || first > last+2 {
 			t.Errorf("%s move: the source's last tick %d, the target's first %d: want the next one", kind, last, first)
 		}
 		waitFor(t, 30*time.Second, "the source's QEMU gone", func() error {

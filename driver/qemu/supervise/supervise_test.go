@@ -141,11 +141,14 @@ func TestLateExtendRace(t *testing.T) {
 		var until int64
 		if w.State == StateFrozen {
 			// Around now, so that the check against the clock is the race.
-			until = MonoNow() + jitter(-500*time.Microsecond, 2*time.Millisecond)
+			// (StopAhead later: a lease end closer than that is as good
+			// as passed.)
+			until = MonoNow() + int64(StopAhead) + jitter(-500*time.Microsecond, 2*time.Millisecond)
 		} else {
-			// Around the lease end, racing the timer; never before it, so
-			// a refusal always means the lease has ended.
-			sleepUntil(w.LeaseEnd + jitter(-time.Millisecond, time.Millisecond))
+			// Around the freeze (StopAhead before the lease end), racing
+			// the timer; never before the lease end, so a refusal always
+			// means the lease has ended.
+			sleepUntil(w.LeaseEnd - int64(StopAhead) + jitter(-time.Millisecond, time.Millisecond))
 			until = w.LeaseEnd + jitter(0, 1500*time.Microsecond)
 		}
 		sent := MonoNow()
@@ -155,7 +158,7 @@ func TestLateExtendRace(t *testing.T) {
 			accepted++
 			// Running until the new end, or already frozen at it: a lease
 			// end microseconds after the check may pass before the reply.
-			atNewEnd := got.State == StateFrozen && got.FrozenAt >= got.LeaseEnd
+			atNewEnd := got.State == StateFrozen && got.FrozenAt >= got.LeaseEnd-int64(StopAhead)
 			if got.LeaseEnd != until || got.State != StateRunning && !atNewEnd {
 				t.Fatalf("accepted extend to %d: %s until %d", until, got.State, got.LeaseEnd)
 			}

@@ -21,6 +21,13 @@ import (
 )
 
 // Exit statuses of Main.
+// StopAhead is how long before its lease end the supervisor stops the
+// child: the contract is that a VM executes nothing from its lease end on,
+// and the stop itself takes time (this process being scheduled, the
+// signal reaching every thread; about half a millisecond on an idle host).
+// Stopping early is always safe; a renewal in time never lets it happen.
+const StopAhead = 10 * time.Millisecond
+
 const (
 	exitOK    = 0
 	exitError = 1
@@ -41,7 +48,7 @@ const (
 	maxLine = 4096
 	// writeTimeout bounds a reply to a client that does not read.
 	writeTimeout = 10 * time.Second
-	// timerEarly is how long before the lease end the timer fires, to
+	// timerEarly is how long before the freeze the timer fires, to
 	// sleep the last stretch precisely (onTimer): the runtime's timers can
 	// be up to a millisecond late.
 	timerEarly = 2 * time.Millisecond
@@ -285,7 +292,7 @@ func (s *supervisor) reaped(ps *os.ProcessState) {
 // between, and none can come late. SIGSTOP cannot be caught or ignored and
 // stops every thread of the child; the kernel does it, it cannot hang.
 func (s *supervisor) gate(now int64) {
-	if s.state != StateRunning || now < s.leaseEnd {
+	if s.state != StateRunning || now < s.leaseEnd-int64(StopAhead) {
 		return
 	}
 	err := s.proc.Signal(syscall.SIGSTOP)
@@ -362,7 +369,7 @@ func (s *supervisor) schedule(now int64) {
 	if s.state != StateRunning {
 		return
 	}
-	d := time.Duration(s.leaseEnd-now) - timerEarly
+	d := time.Duration(s.leaseEnd-now) - StopAhead - timerEarly
 	if s.timer == nil {
 		s.timer = time.AfterFunc(d, s.onTimer)
 		return
@@ -370,7 +377,7 @@ func (s *supervisor) schedule(now int64) {
 	s.timer.Reset(d)
 }
 
-// onTimer runs timerEarly before the lease end and sleeps the rest of the
+// onTimer runs timerEarly before the freeze (StopAhead before the lease end) and sleeps the rest of the
 // way on the lease's own clock (sleepUntil), without mu, so that an Extend
 // meanwhile is not held up. A firing for a lease end that an Extend has
 // since moved finds the lease valid and sets the timer again (Extend did
@@ -380,7 +387,7 @@ func (s *supervisor) onTimer() {
 	end, running := s.leaseEnd, s.state == StateRunning
 	s.mu.Unlock()
 	if running {
-		sleepUntil(end)
+		sleepUntil(end - int64(StopAhead))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -401,8 +408,10 @@ func (s *supervisor) extend(epoch uint64, until int64) (wireStatus, error) {
 		return s.statusLocked(), refuse(codeStaleEpoch, "extend at epoch %d: the child is at epoch %d", epoch, s.epoch)
 	case s.state == StateExited:
 		return s.statusLocked(), refuse(codeExited, "extend: the child is gone (%s)", s.exit)
-	case until <= now:
-		return s.statusLocked(), refuse(codeLeaseExpired, "extend to a lease end %s ago", time.Duration(now-until))
+	case until-int64(StopAhead) <= now:
+		// A lease end this close would be stopped at once (StopAhead):
+		// as good as passed.
+		return s.statusLocked(), refuse(codeLeaseExpired, "extend to a lease end %s from now, within the stop's %s", time.Duration(until-now), StopAhead)
 	}
 	switch {
 	case s.state == StateUnarmed:
