@@ -502,11 +502,11 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 		return fmt.Errorf("extend lease of %s: %w", id, driver.ErrNotFound)
 	}
 	v.mu.Lock()
-	sup, end, st := v.sup, v.leaseEnd, v.state
+	sup, end, st, vmEpoch := v.sup, v.leaseEnd, v.state, v.epoch
 	v.mu.Unlock()
 	switch {
-	case epoch != v.epochNow():
-		return fmt.Errorf("extend lease of %s at epoch %d: %w: the VM is at epoch %d", id, epoch, driver.ErrStaleEpoch, v.epochNow())
+	case epoch != vmEpoch:
+		return fmt.Errorf("extend lease of %s at epoch %d: %w: the VM is at epoch %d", id, epoch, driver.ErrStaleEpoch, vmEpoch)
 	case (st != driver.StateRunning && st != driver.StatePaused) || sup == nil:
 		return fmt.Errorf("extend lease of %s: %w: the VM is %s", id, driver.ErrInvalidState, st)
 	case !until.After(end):
