@@ -44,6 +44,11 @@ type DiskSpec struct {
 	// Format is the image format for drivers that read one: "raw" (also
 	// when empty) or "qcow2".
 	Format string
+	// Slot is where the disk sits on the VM's bus (QEMU: the SCSI LUN),
+	// distinct among a VM's disks and kept for the disk's life in the
+	// group, so that both ends of a live move, and every restart, have it
+	// in the same place. Drivers without a bus (the sim) ignore it.
+	Slot int
 }
 
 // Boot is a direct kernel boot: absolute paths on this node. A driver

@@ -98,6 +98,50 @@ func withoutDisk(spec *havenv1.GroupSpec, name string) *havenv1.GroupSpec {
 	return out
 }
 
+// placeDisks gives every disk of spec without one a slot on its VMs' bus
+// (DiskSpec.slot), the lowest free first, in the order of the spec, and
+// keeps the slots of the others. Only disks entering a group lack one: a
+// created group's, or an attached disk. A group recorded before slots
+// existed has them all at zero; it gets its disks' places in the spec,
+// which is where its VMs had them (the index was the slot then).
+func placeDisks(spec *havenv1.GroupSpec, entering ...string) {
+	var disks []*havenv1.DiskSpec
+	var names []string
+	for _, r := range spec.GetResources() {
+		if d := r.GetDisk(); d != nil {
+			disks, names = append(disks, d), append(names, r.GetName())
+		}
+	}
+	taken := map[uint32]bool{}
+	distinct := true
+	for i, d := range disks {
+		if slices.Contains(entering, names[i]) {
+			continue
+		}
+		distinct = distinct && !taken[d.GetSlot()]
+		taken[d.GetSlot()] = true
+	}
+	if !distinct { // recorded before slots
+		clear(taken)
+		for i, d := range disks {
+			if !slices.Contains(entering, names[i]) {
+				d.Slot = uint32(i)
+				taken[d.Slot] = true
+			}
+		}
+	}
+	next := uint32(0)
+	for i, d := range disks {
+		if !slices.Contains(entering, names[i]) {
+			continue
+		}
+		for taken[next] {
+			next++
+		}
+		d.Slot, taken[next] = next, true
+	}
+}
+
 func resourceNamed(spec *havenv1.GroupSpec, name string) *havenv1.Resource {
 	for _, r := range spec.GetResources() {
 		if r.GetName() == name {
@@ -154,6 +198,8 @@ func (s *state) attachDisk(index uint64, c *havenv1.AttachDiskCommand, now time.
 	}
 	g := proto.Clone(old).(*havenv1.Group)
 	g.Spec = WithDisk(old.GetSpec(), r)
+	placeDisks(g.Spec, r.GetName())
+	r = resourceNamed(g.Spec, r.GetName())
 	dc := &havenv1.DiskChange{Index: index, Kind: diskAttach, Disk: proto.Clone(r).(*havenv1.Resource), CreateTime: timestamppb.New(now)}
 	if NeedsOwner(diskAttach, old) {
 		dc.Node, dc.Epoch = old.GetOwner(), old.GetEpoch()

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -279,4 +280,61 @@ func TestDiskChangeSnapshotRoundTrip(t *testing.T) {
 	if _, held := f2.st.disks["web/data.img"]; held {
 		t.Fatal("the detached path is held after restore and apply")
 	}
+}
+
+// slots is each disk of the group with its slot, in the spec's order.
+func (o *groupOps) slots() map[string]uint32 {
+	out := map[string]uint32{}
+	for _, r := range o.g().GetSpec().GetResources() {
+		if d := r.GetDisk(); d != nil {
+			out[r.GetName()] = d.GetSlot()
+		}
+	}
+	return out
+}
+
+// Every disk of a group has its own slot on its VMs' bus, kept as long as
+// it stays: a disk that enters takes the lowest free slot, whatever the
+// request said; a group recorded before slots gets its disks' places in
+// the spec, where its VMs had them.
+func TestDiskSlots(t *testing.T) {
+	o := newGroupOps(t)
+	a, b := diskRes("a", "web/a.img"), diskRes("b", "web/b.img")
+	b.Disk.Slot = 9 // ignored on input
+	ok(t, "attach a", o.attach(a))
+	ok(t, "attach b", o.attach(b))
+	if got, want := o.slots(), map[string]uint32{"disk0": 0, "a": 1, "b": 2}; !maps.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+	if s := o.g().GetDiskChange().GetDisk().GetDisk().GetSlot(); s != 2 {
+		t.Errorf("the change records slot %d for b, want 2", s)
+	}
+	ok(t, "detach a", o.detach("a"))
+	ok(t, "attach c", o.attach(diskRes("c", "web/c.img")))
+	if got, want := o.slots(), map[string]uint32{"disk0": 0, "b": 2, "c": 1}; !maps.Equal(got, want) {
+		t.Fatalf("slots after a left and c came %v, want %v", got, want)
+	}
+	if got, want := o.slots(), roundTripOps(t, o).slots(); !maps.Equal(got, want) {
+		t.Errorf("slots after a snapshot's restore %v, want %v", want, got)
+	}
+
+	// Before slots, every disk read slot 0, and its VMs had it at its
+	// index among the spec's disks.
+	for _, r := range o.f.st.groups["web"].GetSpec().GetResources() {
+		if d := r.GetDisk(); d != nil {
+			d.Slot = 0
+		}
+	}
+	old := roundTripOps(t, o)
+	if got, want := old.slots(), map[string]uint32{"disk0": 0, "b": 1, "c": 2}; !maps.Equal(got, want) {
+		t.Fatalf("slots of a group recorded before slots, after restore: %v, want %v", got, want)
+	}
+	ok(t, "attach d", old.attach(diskRes("d", "web/d.img")))
+	if got, want := old.slots(), map[string]uint32{"disk0": 0, "b": 1, "c": 2, "d": 3}; !maps.Equal(got, want) {
+		t.Fatalf("slots %v, want %v", got, want)
+	}
+}
+
+func roundTripOps(t *testing.T, o *groupOps) *groupOps {
+	return &groupOps{applier: &applier{t: t, f: roundTrip(t, o.f), index: o.index}, name: o.name}
 }

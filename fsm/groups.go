@@ -83,8 +83,17 @@ func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now tim
 		}
 	}
 	ts := timestamppb.New(now)
+	spec := proto.Clone(c.GetSpec()).(*havenv1.GroupSpec)
+	var entering []string
+	for _, r := range spec.GetResources() {
+		if d := r.GetDisk(); d != nil {
+			d.Slot = 0 // ignored on input
+			entering = append(entering, r.GetName())
+		}
+	}
+	placeDisks(spec, entering...)
 	s.groups[name] = &havenv1.Group{
-		Spec:  proto.Clone(c.GetSpec()).(*havenv1.GroupSpec),
+		Spec:  spec,
 		State: havenv1.GroupState_GROUP_STATE_OFFLINE,
 		// Epochs continue across a delete and a create under the same
 		// name: a disk or a driver remembers the highest epoch that

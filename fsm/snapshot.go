@@ -103,6 +103,7 @@ func readSnapshot(r io.Reader) (*state, error) {
 		case *havenv1.SnapshotRecord_Node:
 			st.nodes[r.Node.GetName()] = r.Node
 		case *havenv1.SnapshotRecord_Group:
+			placeDisks(r.Group.GetSpec())
 			st.groups[r.Group.GetSpec().GetName()] = r.Group
 			for _, d := range DiskPaths(r.Group.GetSpec()) {
 				st.disks[d] = r.Group.GetSpec().GetName()

@@ -65,18 +65,23 @@ func newQemuCluster(t *testing.T, n int, opts ...option) *qemuCluster {
 
 // group creates and starts a group of one VM booting the test guest, and
 // returns it once it runs and its guest counts.
-func (qc *qemuCluster) group(name string, opts testguest.Options) *havenv1.Group {
+func (qc *qemuCluster) group(name string, opts testguest.Options, disks ...string) *havenv1.Group {
 	t := qc.t
 	t.Helper()
 	leader := qc.leader(30 * time.Second)
+	vm := &havenv1.Resource{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{
+		Vcpus: 1, MemoryBytes: 160 << 20,
+		Kernel: qc.guest.Kernel, Initrd: qc.guest.Initrd, Cmdline: qc.guest.Append(opts),
+	}}
 	spec := &havenv1.GroupSpec{
-		Name: name,
-		Resources: []*havenv1.Resource{{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{
-			Vcpus: 1, MemoryBytes: 160 << 20,
-			Kernel: qc.guest.Kernel, Initrd: qc.guest.Initrd, Cmdline: qc.guest.Append(opts),
-		}}},
+		Name:    name,
 		Restart: &havenv1.RestartPolicy{MaxRestarts: 3, Period: durationpb.New(time.Minute)},
 	}
+	for _, d := range disks {
+		spec.Resources = append(spec.Resources, qc.disk(name, d))
+		vm.DependsOn = append(vm.DependsOn, d)
+	}
+	spec.Resources = append(spec.Resources, vm)
 	if _, err := leader.api().CreateGroup(ctx(t), &havenv1.CreateGroupRequest{Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +91,30 @@ func (qc *qemuCluster) group(name string, opts testguest.Options) *havenv1.Group
 	g := qc.allOnline(leader, []string{name}, 60*time.Second, anyOwner)[name]
 	qc.console(g.GetOwner(), name).Wait(t, 90*time.Second, name+"'s guest counting", func(s *testguest.Serial) bool { return s.Last().N > 0 })
 	return g
+}
+
+// disk makes a raw image of 1 MiB on the shared storage, group/name.img,
+// and is the disk resource that names it.
+func (qc *qemuCluster) disk(group, name string) *havenv1.Resource {
+	p := filepath.Join(group, name+".img")
+	full := filepath.Join(qc.dir, "shared", p)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		qc.t.Fatal(err)
+	}
+	if err := os.WriteFile(full, make([]byte, 1<<20), 0o600); err != nil {
+		qc.t.Fatal(err)
+	}
+	return &havenv1.Resource{Name: name, Kind: havenv1.ResourceKind_RESOURCE_KIND_DISK, Disk: &havenv1.DiskSpec{Path: p, SizeBytes: 1 << 20}}
+}
+
+// locked reports whether a QEMU holds the image's write lock: qemu-io
+// opens it for writing, which the lock refuses.
+func (qc *qemuCluster) locked(r *havenv1.Resource) bool {
+	qc.t.Helper()
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		testguest.Unavailable(qc.t, "qemu-io is not installed (qemu-utils)")
+	}
+	return exec.Command("qemu-io", "-f", "raw", "-c", "read 0 512", filepath.Join(qc.dir, "shared", r.GetDisk().GetPath())).Run() != nil
 }
 
 func (qc *qemuCluster) runDir(node string) string { return filepath.Join(qc.data, node, "qemu") }
@@ -445,4 +474,75 @@ func TestQemuMoves(t *testing.T) {
 		t.Logf("%s move %s -> %s: epoch %d -> %d, source's last tick %d, target's first %d", kind, from, to, g.GetEpoch(), after.GetEpoch(), last, dst.First().N)
 		g = after
 	}
+}
+
+// A disk hot-added to a running VM goes with it on a live move, at the
+// same place on its bus, and a detach on the new node lets go of the
+// image: QEMU's image lock follows the disk, and the guest counts on.
+func TestQemuDisks(t *testing.T) {
+	qc := newQemuCluster(t, 2)
+	g := qc.group("web", testguest.Options{MemMiB: 16, TickMs: 20}, "root")
+	leader := qc.leader(30 * time.Second)
+	data := qc.disk("web", "data")
+	if qc.locked(data) {
+		t.Fatal("the data image is locked before its attach: the lock proves nothing")
+	}
+	resp, err := leader.api().AttachDisk(ctx(t), &havenv1.AttachDiskRequest{Group: "web", Disk: data})
+	if err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	if dc := resp.GetChange(); dc.GetOutcome() != havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED || dc.GetNode() != g.GetOwner() {
+		t.Fatalf("attach answered %v, want applied on %s", dc, g.GetOwner())
+	}
+	if !qc.locked(data) {
+		t.Fatal("the data image is not locked once attached: QEMU did not open it")
+	}
+
+	var to string
+	for _, n := range qc.nodes {
+		if n.name != g.GetOwner() {
+			to = n.name
+		}
+	}
+	src := qc.console(g.GetOwner(), "web")
+	if err := src.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	mv, err := leader.api().MoveGroup(ctx(t), &havenv1.MoveGroupRequest{Name: "web", Target: to, Kind: havenv1.MoveKind_MOVE_KIND_LIVE})
+	if err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if op := qc.waitMove(leader, mv.GetOperation().GetId(), 120*time.Second); op.GetOutcome() != havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED {
+		t.Fatalf("the move with the hot-added disk ended %s (%s)", op.GetOutcome(), op.GetReason())
+	}
+	g = qc.allOnline(leader, []string{"web"}, 30*time.Second, func(x *havenv1.Group) bool { return x.GetOwner() == to })["web"]
+	for _, r := range g.GetSpec().GetResources() {
+		if want := map[string]uint32{"root": 0, "data": 1}; r.GetDisk() != nil && r.GetDisk().GetSlot() != want[r.GetName()] {
+			t.Errorf("disk %s at slot %d, want %d", r.GetName(), r.GetDisk().GetSlot(), want[r.GetName()])
+		}
+	}
+	if err := src.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	dst := qc.console(to, "web")
+	dst.Wait(t, 30*time.Second, "the guest counting on "+to, func(s *testguest.Serial) bool { return s.First().N > 0 && s.Last().N > s.First().N })
+	if first, last := dst.First().N, src.Last().N; first <= last || first > last+2 {
+		t.Errorf("the source's last tick %d, the target's first %d: want the next one", last, first)
+	}
+	if !qc.locked(data) {
+		t.Error("the data image is not locked after the move: the target's QEMU did not take it")
+	}
+
+	dresp, err := leader.api().DetachDisk(ctx(t), &havenv1.DetachDiskRequest{Group: "web", Disk: "data"})
+	if err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	if dc := dresp.GetChange(); dc.GetOutcome() != havenv1.DiskChangeOutcome_DISK_CHANGE_OUTCOME_APPLIED || dc.GetNode() != to {
+		t.Fatalf("detach answered %v, want applied on %s", dc, to)
+	}
+	if qc.locked(data) {
+		t.Error("the data image is still locked after the detach was answered")
+	}
+	n := dst.Last().N
+	dst.Wait(t, 10*time.Second, "the guest counting on after the detach", func(s *testguest.Serial) bool { return s.Last().N > n+10 })
 }

@@ -566,7 +566,7 @@ func vmSpecs(g *havenv1.Group, node string) []driver.VMSpec {
 	gone := detaching(g)
 	for _, r := range g.GetSpec().GetResources() {
 		if d := r.GetDisk(); d != nil && r.GetName() != gone {
-			disks = append(disks, driver.DiskSpec{Name: r.GetName(), Path: d.GetPath(), SizeBytes: d.GetSizeBytes(), Format: d.GetFormat()})
+			disks = append(disks, driver.DiskSpec{Name: r.GetName(), Path: d.GetPath(), SizeBytes: d.GetSizeBytes(), Format: d.GetFormat(), Slot: int(d.GetSlot())})
 		}
 	}
 	var out []driver.VMSpec

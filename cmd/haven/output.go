@@ -252,7 +252,7 @@ func resourceDetails(r *havenv1.Resource) string {
 	case r.GetVm() != nil:
 		return fmt.Sprintf("vcpus=%d memory=%s", r.GetVm().GetVcpus(), formatSize(r.GetVm().GetMemoryBytes()))
 	case r.GetDisk() != nil:
-		return fmt.Sprintf("path=%s size=%s", r.GetDisk().GetPath(), formatSize(r.GetDisk().GetSizeBytes()))
+		return fmt.Sprintf("path=%s size=%s slot=%d", r.GetDisk().GetPath(), formatSize(r.GetDisk().GetSizeBytes()), r.GetDisk().GetSlot())
 	case r.GetIp() != nil:
 		return "address=" + r.GetIp().GetAddress()
 	case len(r.GetConfig().GetSettings()) > 0:

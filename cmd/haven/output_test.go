@@ -164,7 +164,7 @@ Created:           2026-11-25T08:00:00Z
 
 RESOURCE  KIND    DEPENDS ON    DETAILS
 config    config  -             -
-disk0     disk    -             path=web/disk0.img size=1GiB
+disk0     disk    -             path=web/disk0.img size=1GiB slot=0
 vm        vm      config,disk0  vcpus=2 memory=1GiB
 `
 	if got := b.String(); got != want {

@@ -147,21 +147,8 @@ func command(cfg Config, spec driver.VMSpec, machine, dir string, incoming bool)
 		// that answers (QEMU.md).
 		args = append(args, "-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off")
 	}
-	for i, d := range spec.Disks {
-		format := d.Format
-		if format == "" {
-			format = "raw"
-		}
-		node := "drive-" + strconv.Itoa(i)
-		args = append(args,
-			"-blockdev", jsonArg(map[string]any{
-				"driver": format, "node-name": node,
-				"file": map[string]any{"driver": "file", "filename": filepath.Join(cfg.SharedDir, d.Path)},
-			}),
-			"-device", jsonArg(map[string]any{
-				"driver": "scsi-hd", "id": "disk-" + strconv.Itoa(i), "drive": node,
-				"bus": "scsi0.0", "channel": 0, "scsi-id": 0, "lun": i,
-			}))
+	for _, d := range spec.Disks {
+		args = append(args, "-blockdev", jsonArg(blockdevArgs(cfg.SharedDir, d)), "-device", jsonArg(deviceArgs(d)))
 	}
 	if b := spec.Boot; b.Kernel != "" {
 		args = append(args, "-kernel", b.Kernel)
@@ -221,10 +208,8 @@ func (d *Driver) check(spec driver.VMSpec) (machine string, err error) {
 			return "", fmt.Errorf("boot.%s: %w", f.name, err)
 		}
 	}
-	for i, dk := range spec.Disks {
-		if _, err := os.Stat(filepath.Join(d.cfg.SharedDir, dk.Path)); err != nil {
-			return "", fmt.Errorf("disks[%d]: %w", i, err)
-		}
+	if err := d.checkDisks(spec.Disks); err != nil {
+		return "", err
 	}
 	return machine, nil
 }

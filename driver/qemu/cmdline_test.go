@@ -44,7 +44,7 @@ func TestCommand(t *testing.T) {
 	cfg := Config{Binary: "qemu-system-x86_64", Accel: "tcg", CPU: "qemu64", SharedDir: "/shared"}
 	spec := driver.VMSpec{
 		ID: driver.VMID{Group: "web", Resource: "vm"}, Epoch: 3, VCPUs: 2, MemoryBytes: 256 << 20,
-		Disks: []driver.DiskSpec{{Name: "d0", Path: "web/d0.qcow2", Format: "qcow2"}, {Name: "d1", Path: "web/d1.img"}},
+		Disks: []driver.DiskSpec{{Name: "d0", Path: "web/d0.qcow2", Format: "qcow2"}, {Name: "d1", Path: "web/d1.img", Slot: 1}},
 		Boot:  driver.Boot{Kernel: "/boot/vmlinuz", Initrd: "/boot/initrd.gz", Cmdline: "console=ttyS0 quiet"},
 	}
 	args := command(cfg, spec, "pc-q35-7.2", "/run/haven/vm-1", false)

@@ -1,6 +1,8 @@
 package qemu
 
 import (
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +45,17 @@ func TestContract(t *testing.T) {
 		Progress: func(t *testing.T, _ driver.Hypervisor, id driver.VMID) uint64 {
 			run, _ := env(t)
 			return consoleTick(t, run, id)
+		},
+		Disk: func(t *testing.T, name string) driver.DiskSpec {
+			_, shared := env(t)
+			if err := os.MkdirAll(filepath.Join(shared, "disks"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join("disks", name+".img")
+			if err := os.WriteFile(filepath.Join(shared, p), make([]byte, 1<<20), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return driver.DiskSpec{Name: name, Path: p, SizeBytes: 1 << 20}
 		},
 		Lease:  3 * time.Second,
 		Boot:   90 * time.Second,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -55,7 +56,10 @@ type shape struct {
 	Disks       []diskShape `json:"disks,omitempty"`
 }
 
+// diskShape is a disk as the guest's devices have it: at its slot (the
+// device's LUN), the file and its format.
 type diskShape struct {
+	Slot   int    `json:"slot"`
 	Path   string `json:"path"`
 	Format string `json:"format"`
 }
@@ -63,19 +67,20 @@ type diskShape struct {
 func shapeOf(spec driver.VMSpec, machine string) shape {
 	s := shape{ID: spec.ID, Epoch: spec.Epoch, Machine: machine, MemoryBytes: spec.MemoryBytes, VCPUs: max(spec.VCPUs, 1)}
 	for _, d := range spec.Disks {
-		format := d.Format
-		if format == "" {
-			format = "raw"
-		}
-		s.Disks = append(s.Disks, diskShape{Path: d.Path, Format: format})
+		s.Disks = append(s.Disks, diskShape{Slot: d.Slot, Path: filepath.Clean(d.Path), Format: diskFormat(d)})
 	}
+	// In the order of the bus: a VM's list is in the order its disks
+	// came, a spec's in the order of its resources.
+	slices.SortFunc(s.Disks, func(a, b diskShape) int { return a.Slot - b.Slot })
 	return s
 }
 
 // shape is the VM's, at its epoch now.
 func (v *vm) shape() shape {
+	v.mu.Lock()
 	s := shapeOf(v.spec, v.machine)
-	s.Epoch = v.epochNow()
+	s.Epoch = v.epoch
+	v.mu.Unlock()
 	return s
 }
 

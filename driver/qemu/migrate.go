@@ -65,6 +65,8 @@ func (d *Driver) beginMove(op string, id driver.VMID, epoch uint64) (*vm, *qmp.C
 		return nil, nil, fmt.Errorf("%s %s at epoch %d: %w: the VM is at epoch %d", op, id, epoch, driver.ErrStaleEpoch, v.epoch)
 	case v.moving:
 		return nil, nil, fmt.Errorf("%s %s: %w: a move of it is already running", op, id, driver.ErrInvalidState)
+	case v.plugging:
+		return nil, nil, fmt.Errorf("%s %s: %w: a disk hot-plug of it is running", op, id, driver.ErrInvalidState)
 	case st != driver.StateRunning || v.mon == nil:
 		// A frozen VM's node has lost its lease: the group is the
 		// leader's to restart, not this node's to move.

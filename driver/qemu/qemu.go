@@ -157,6 +157,9 @@ type vm struct {
 	moving bool
 	// complete: an incoming VM's QEMU has loaded all of the state.
 	complete bool
+	// plugging: a disk hot-plug runs; no move may begin, since its
+	// target is prepared with the disks the VM has.
+	plugging bool
 }
 
 func (v *vm) snapshot() (sup *supervise.Client, mon *qmp.Client, epoch uint64, state driver.State) {
@@ -201,7 +204,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 // Capabilities implements driver.Hypervisor. Disk hot-plug comes with its
 // interface.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{LiveMigration: true, QuickMigration: true}
+	return driver.Capabilities{LiveMigration: true, QuickMigration: true, HotPlugDisks: true}
 }
 
 var (
@@ -310,11 +313,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, spec driver.VMSpec, machine 
 	if err := os.MkdirAll(v.dir, 0o700); err != nil {
 		return nil, err
 	}
-	rec, err := json.Marshal(record{Spec: spec, Machine: machine})
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(v.dir, "vm.json"), rec, 0o600); err != nil {
+	if err := writeRecord(v.dir, record{Spec: spec, Machine: machine}); err != nil {
 		return nil, err
 	}
 	sup, err := supervise.Start(ctx, supervise.StartConfig{
@@ -529,12 +528,6 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 	return nil
 }
 
-func (v *vm) epochNow() uint64 {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.epoch
-}
-
 // Status implements driver.Hypervisor.
 func (d *Driver) Status(id driver.VMID) (driver.Status, error) {
 	v := d.lookup(id)
@@ -727,7 +720,7 @@ func (d *Driver) readopt(ctx context.Context, v *vm) error {
 		return fmt.Errorf("qmp: %w", err)
 	}
 	v.state, v.reason = runState(qs.Status)
-	return nil
+	return d.adoptDisks(ctx, v, v.mon)
 }
 
 // reconnect connects to the QMP socket of a VM taken back frozen, once a

@@ -800,7 +800,13 @@ type DiskSpec struct {
 	// The image's format for drivers that read one: "raw" or "qcow2"; empty
 	// is raw. Never probed: a raw image whose guest wrote a qcow2 header
 	// would otherwise be read as one.
-	Format        string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
+	Format string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
+	// Where the disk sits on its VMs' bus (QEMU: the SCSI LUN). The cluster
+	// assigns it when the disk enters the group, the lowest free place
+	// first, and keeps it for as long as the disk stays: a VM restarted or
+	// moved finds its disks where they were, as a live move's two ends must.
+	// Ignored on input.
+	Slot          uint32 `protobuf:"varint,4,opt,name=slot,proto3" json:"slot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -854,6 +860,13 @@ func (x *DiskSpec) GetFormat() string {
 		return x.Format
 	}
 	return ""
+}
+
+func (x *DiskSpec) GetSlot() uint32 {
+	if x != nil {
+		return x.Slot
+	}
+	return 0
 }
 
 type VmSpec struct {
@@ -2275,12 +2288,13 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bsettings\x18\x01 \x03(\v2\".haven.v1.ConfigSpec.SettingsEntryR\bsettings\x1a;\n" +
 	"\rSettingsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
 	"\bDiskSpec\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x16\n" +
-	"\x06format\x18\x03 \x01(\tR\x06format\"\xa5\x01\n" +
+	"\x06format\x18\x03 \x01(\tR\x06format\x12\x12\n" +
+	"\x04slot\x18\x04 \x01(\rR\x04slot\"\xa5\x01\n" +
 	"\x06VmSpec\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x05R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x16\n" +
