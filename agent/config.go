@@ -199,6 +199,23 @@ type QemuConfig struct {
 	Machine string `yaml:"machine"`
 	// StopTimeout bounds a guest's graceful shutdown before it is killed.
 	StopTimeout time.Duration `yaml:"stop_timeout"`
+	// KillFrozenAfter is how long a QEMU stays frozen past its lease end,
+	// with no renewal, before its supervisor kills it: frozen, it still
+	// holds its disk images' locks, which the group's restart on another
+	// node needs. Zero: half the shortest time from a lease end to a
+	// failover over the lease profiles (failover_after less the lease),
+	// so that a short outage still costs only a pause.
+	KillFrozenAfter time.Duration `yaml:"kill_frozen_after"`
+}
+
+// killFrozenAfter is qemu.kill_frozen_after, or its default.
+func (c Config) killFrozenAfter() time.Duration {
+	if c.Qemu.KillFrozenAfter > 0 {
+		return c.Qemu.KillFrozenAfter
+	}
+	same, cross := c.Lease.LeaseTiming, c.Lease.crossSite()
+	gap := min(same.FailoverAfter-same.Duration, cross.FailoverAfter-cross.Duration)
+	return max(gap/2, same.Margin)
 }
 
 type Ports struct {

@@ -149,3 +149,24 @@ func TestLeaseProfilesFromFile(t *testing.T) {
 		t.Errorf("cross-site %+v, want the same-site lease and margin, failover after 12s", p.CrossSite)
 	}
 }
+
+// A frozen QEMU is killed at half the shortest gap between a lease end
+// and a failover, over both profiles, unless the file says otherwise.
+func TestKillFrozenAfter(t *testing.T) {
+	c := Default()
+	if got := c.killFrozenAfter(); got != 2500*time.Millisecond {
+		t.Errorf("default: %s, want 2.5s (failover after 10s less a 5s lease, halved)", got)
+	}
+	c.Lease.CrossSite = LeaseTiming{Duration: 8 * time.Second, FailoverAfter: 10 * time.Second}
+	if got := c.killFrozenAfter(); got != time.Second {
+		t.Errorf("with a cross-site gap of 2s: %s, want 1s", got)
+	}
+	c.Lease.CrossSite = LeaseTiming{Duration: 10 * time.Second, FailoverAfter: 10 * time.Second}
+	if got := c.killFrozenAfter(); got != c.Lease.Margin {
+		t.Errorf("with no gap: %s, want the margin %s", got, c.Lease.Margin)
+	}
+	c.Qemu.KillFrozenAfter = 7 * time.Second
+	if got := c.killFrozenAfter(); got != 7*time.Second {
+		t.Errorf("set: %s, want 7s", got)
+	}
+}

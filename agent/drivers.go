@@ -40,7 +40,8 @@ func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 			MigrationAddr: addr,
 			Node:          cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
 			Binary: q.Binary, Accel: q.Accel, CPU: q.CPU, Machine: q.Machine, StopTimeout: q.StopTimeout,
-			Supervisor: []string{exe, SuperviseCommand}, Logger: log,
+			KillFrozenAfter: cfg.killFrozenAfter(),
+			Supervisor:      []string{exe, SuperviseCommand}, Logger: log,
 		})
 	}
 	return nil, fmt.Errorf("driver: %q is not a known driver (sim, qemu)", cfg.Driver)

@@ -112,6 +112,9 @@ func (c *Config) Validate() error {
 	if c.Driver == "qemu" && c.Qemu.StopTimeout < 0 {
 		return fmt.Errorf("qemu.stop_timeout: %s must not be negative", c.Qemu.StopTimeout)
 	}
+	if c.Driver == "qemu" && c.Qemu.KillFrozenAfter < 0 {
+		return fmt.Errorf("qemu.kill_frozen_after: %s must not be negative", c.Qemu.KillFrozenAfter)
+	}
 	if err := checkLabels(c.Labels); err != nil {
 		return err
 	}

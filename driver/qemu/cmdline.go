@@ -231,15 +231,39 @@ func checkRunDir(runDir string) error {
 
 var errClosed = errors.New("qemu driver closed")
 
-// lastWords is the end of a log: what QEMU said before it exited.
+// lastWords is what QEMU said before it exited: the end of the
+// supervisor's log without the supervisor's own lines (slog's, which
+// begin "time="), which QEMU's stderr shares.
 func lastWords(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}
-	const keep = 600
-	if len(b) > keep {
-		b = b[len(b)-keep:]
+	var said []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "time=") {
+			said = append(said, l)
+		}
 	}
-	return strings.TrimSpace(string(b))
+	out := strings.Join(said, "\n")
+	const keep = 600
+	if len(out) > keep {
+		out = out[len(out)-keep:]
+	}
+	if out == "" {
+		return "(nothing on its stderr)"
+	}
+	return out
 }
+
+// exitError is a QEMU's exit as an error, with its last words; one that
+// could not lock a disk image says so first.
+func exitError(exit fmt.Stringer, words string) error {
+	err := fmt.Errorf("qemu exited (%s): %s", exit, words)
+	if m := heldRE.FindStringSubmatch(words); m != nil {
+		return imageHeld(m[1], err)
+	}
+	return err
+}
+
+var heldRE = regexp.MustCompile(`Failed to get "write" lock\s+Is another process using the image \[([^\]]+)\]`)

@@ -198,13 +198,7 @@ func (d *Driver) plugIn(ctx context.Context, mon *qmp.Client, disk driver.DiskSp
 	dev, node := diskIDs(disk.Slot)
 	_ = mon.BlockdevDel(ctx, node)
 	if err := mon.BlockdevAdd(ctx, blockdevArgs(d.cfg.SharedDir, disk)); err != nil {
-		var qe *qmp.Error
-		if errors.As(err, &qe) && strings.Contains(qe.Desc, "lock") {
-			// Another process holds the image: the last line of defence
-			// against two runners, or a disk of another VM.
-			return fmt.Errorf("%w: %s is in use by another process: %v", driver.ErrInvalidSpec, disk.Path, err)
-		}
-		return fmt.Errorf("blockdev-add %s: %w", node, err)
+		return fmt.Errorf("blockdev-add %s: %w", node, imageHeld(disk.Path, err))
 	}
 	if err := mon.DeviceAdd(ctx, deviceArgs(disk)); err != nil {
 		// The image goes back: nothing uses the node.
@@ -335,6 +329,17 @@ func (d *Driver) adoptDisks(ctx context.Context, v *vm, mon *qmp.Client) error {
 		return nil
 	}
 	return v.setDisks(keep)
+}
+
+// imageHeld names the image in QEMU's refusal to lock it: another process
+// holds it (a VM started by hand, or the frozen QEMU of the group's last
+// owner, which its supervisor kills after KillFrozenAfter), so a later
+// try may succeed.
+func imageHeld(path string, err error) error {
+	if err != nil && strings.Contains(err.Error(), `Failed to get "write" lock`) {
+		return fmt.Errorf("disk image %s is in use by another process (QEMU's image lock): %w", path, err)
+	}
+	return err
 }
 
 func diskFormat(d driver.DiskSpec) string {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/driver/qemu/supervise"
 	"github.com/haven-ha/haven/driver/qemu/testguest"
 )
 
@@ -156,7 +157,8 @@ func TestHotPlugThenMove(t *testing.T) {
 	dst := n2.console(t, web)
 	first := tickAfter(t, dst, 0, 10*time.Second)
 	if first.N <= last.N || first.N > last.N+100 {
-		t.Errorf("the target's first tick is %d, the source's last %d: the guest did not carry on", first.N, last.N)
+		b, _ := os.ReadFile(dst.Path())
+		t.Errorf("the target's first tick is %d, the source's last %d: the guest did not carry on; the target's console:\n%s", first.N, last.N, b)
 	}
 	if err := n1.d.Kill(web, 1); err != nil {
 		t.Fatal(err)
@@ -222,5 +224,30 @@ func TestTakeBackDisks(t *testing.T) {
 	// The attach, asked again, goes through.
 	if err := d2.AttachDisk(t.Context(), web, 3, c); err != nil {
 		t.Errorf("the attach asked again: %v", err)
+	}
+}
+
+// A QEMU that could not lock a disk image at its start says which image,
+// in words an operator reads in the group's reason, without the
+// supervisor's own log lines around QEMU's.
+func TestExitNamesAHeldImage(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "qemu.log")
+	if err := os.WriteFile(log, []byte(`time=2026-12-01T02:55:29.300Z level=INFO msg="child started" sub=supervise pid=27672
+qemu-system-x86_64: -device {"drive":"drive-0","driver":"scsi-hd","id":"disk-0","lun":0}: Failed to get "write" lock
+Is another process using the image [/shared/held/root.img]?
+time=2026-12-01T02:55:29.384Z level=INFO msg="child exited" sub=supervise pid=27672 how="exit status 1"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	words := lastWords(log)
+	if strings.Contains(words, "time=") || !strings.HasPrefix(words, "qemu-system-x86_64: -device") {
+		t.Errorf("last words %q: want QEMU's lines only", words)
+	}
+	err := exitError(supervise.Exit{Code: 1}, words)
+	if want := "disk image /shared/held/root.img is in use by another process"; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("exit error %q, want it to begin %q", err, want)
+	}
+	if err := exitError(supervise.Exit{Code: 1}, "qemu-system-x86_64: -machine foo: unsupported machine type"); strings.Contains(err.Error(), "in use") {
+		t.Errorf("another exit reads as a held image: %q", err)
 	}
 }

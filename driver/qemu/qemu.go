@@ -80,6 +80,11 @@ type Config struct {
 	// the driver appends the supervisor's own arguments: the agent's own
 	// binary and its hidden subcommand (see supervise.Main).
 	Supervisor []string
+	// KillFrozenAfter, if positive, is how long a VM's supervisor lets
+	// its QEMU stay frozen past the lease end, with no renewal, before it
+	// kills it (supervise.StartConfig.KillAfter): a frozen QEMU holds its
+	// images' locks, which the group's restart on another node needs.
+	KillFrozenAfter time.Duration
 	// MigrationAddr is the address on which a live migration's target
 	// QEMU listens for the source's QEMU, on a port of its choice: one
 	// the other nodes reach (the agent's bind address). Default
@@ -317,13 +322,14 @@ func (d *Driver) launch(ctx context.Context, v *vm, spec driver.VMSpec, machine 
 		return nil, err
 	}
 	sup, err := supervise.Start(ctx, supervise.StartConfig{
-		Command:  d.cfg.Supervisor,
-		Socket:   filepath.Join(v.dir, supervisorSocket),
-		LogFile:  filepath.Join(v.dir, supervisorLog),
-		PIDFile:  filepath.Join(v.dir, supervisorPID),
-		Epoch:    spec.Epoch,
-		LeaseEnd: leaseEnd,
-		Child:    command(d.cfg, spec, machine, v.dir, incoming),
+		Command:   d.cfg.Supervisor,
+		Socket:    filepath.Join(v.dir, supervisorSocket),
+		LogFile:   filepath.Join(v.dir, supervisorLog),
+		PIDFile:   filepath.Join(v.dir, supervisorPID),
+		Epoch:     spec.Epoch,
+		LeaseEnd:  leaseEnd,
+		Child:     command(d.cfg, spec, machine, v.dir, incoming),
+		KillAfter: d.cfg.KillFrozenAfter,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)
@@ -353,7 +359,7 @@ func (d *Driver) connect(ctx context.Context, dir string, sup *supervise.Client)
 			return mon, nil
 		}
 		if st, serr := sup.Status(ctx); serr == nil && st.Exit != nil {
-			return nil, fmt.Errorf("qemu exited (%s): %s", st.Exit, lastWords(filepath.Join(dir, supervisorLog)))
+			return nil, exitError(st.Exit, lastWords(filepath.Join(dir, supervisorLog)))
 		}
 		select {
 		case <-ctx.Done():
@@ -791,7 +797,7 @@ func (d *Driver) watch(v *vm, mon *qmp.Client) {
 		defer cancel()
 		if sup != nil {
 			if st, err := sup.Kill(ctx); err == nil && st.Exit != nil && reason == "qemu exited" {
-				reason = fmt.Sprintf("qemu exited (%s): %s", st.Exit, lastWords(filepath.Join(v.dir, supervisorLog)))
+				reason = exitError(st.Exit, lastWords(filepath.Join(v.dir, supervisorLog))).Error()
 			}
 			_, _ = sup.Release(ctx)
 		}

@@ -53,6 +53,10 @@ type StartConfig struct {
 	LeaseEnd time.Time
 	// Child is the child's argv; the supervisor looks Child[0] up in PATH.
 	Child []string
+	// KillAfter, if positive, is how long the child may stay frozen past
+	// its lease end before the supervisor kills it: a frozen QEMU holds
+	// its images' locks, which the group's restart on another node needs.
+	KillAfter time.Duration
 }
 
 func (cfg StartConfig) check() error {
@@ -100,6 +104,9 @@ func Start(ctx context.Context, cfg StartConfig) (*Client, error) {
 		"-lease-end", strconv.FormatInt(leaseEnd, 10), "-ready-fd", "3")
 	if cfg.LogFile != "" {
 		args = append(args, "-log", cfg.LogFile)
+	}
+	if cfg.KillAfter > 0 {
+		args = append(args, "-kill-after", cfg.KillAfter.String())
 	}
 	if cfg.PIDFile != "" {
 		args = append(args, "-pidfile", cfg.PIDFile)

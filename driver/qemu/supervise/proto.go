@@ -163,10 +163,16 @@ type Exit struct {
 	Code int `json:"code"`
 	// Signal is the signal that killed it, or 0.
 	Signal syscall.Signal `json:"signal,omitempty"`
+	// Fenced: the supervisor killed the child itself, frozen KillAfter
+	// past its lease end with no renewal.
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 func (e Exit) String() string {
-	if e.Signal != 0 {
+	switch {
+	case e.Fenced:
+		return "killed by its supervisor, frozen past its lease with no renewal"
+	case e.Signal != 0:
 		return "killed by signal " + e.Signal.String()
 	}
 	return fmt.Sprintf("exit status %d", e.Code)

@@ -579,3 +579,42 @@ func TestMonoRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// With KillAfter, a child frozen that long past its lease end with no
+// renewal is killed, and its exit says so; a renewal before then thaws it
+// and cancels the kill, which a later freeze arms again.
+func TestKillAfter(t *testing.T) {
+	fx := newFixture(t)
+	cfg := fx.config(1, time.Now().Add(300*time.Millisecond))
+	cfg.KillAfter = 400 * time.Millisecond
+	c := fx.start(t, cfg)
+	ctx := testCtx(t)
+
+	// Thawed 200 ms into the freeze: not killed, not at the old kill time
+	// either.
+	st := waitState(t, c, StateFrozen)
+	frozen := time.Now()
+	time.Sleep(200 * time.Millisecond) // a deliberate part of the kill delay
+	if _, err := c.Extend(ctx, 1, time.Now().Add(time.Second)); err != nil {
+		t.Fatalf("extend of a frozen child within the kill delay: %v", err)
+	}
+	waitLines(t, fx, MonoFromTime(frozen)+int64(500*time.Millisecond), "a line past the first kill time")
+	if st, err := c.Status(ctx); err != nil || st.State != StateRunning {
+		t.Fatalf("after a thaw within the kill delay: %s, %v; want running", st.State, err)
+	}
+
+	// Frozen again, with no renewal: killed, and only after the delay.
+	waitState(t, c, StateFrozen)
+	w := wire(t, c)
+	st = waitState(t, c, StateExited)
+	killed := MonoNow()
+	if st.Exit == nil || !st.Exit.Fenced || st.Exit.Signal != syscall.SIGKILL {
+		t.Fatalf("exit %+v, want killed by the supervisor", st.Exit)
+	}
+	if d := time.Duration(killed - w.LeaseEnd); d < cfg.KillAfter {
+		t.Errorf("killed %s past the lease end, before the kill delay %s", d, cfg.KillAfter)
+	}
+	if !strings.Contains(st.Exit.String(), "frozen past its lease") {
+		t.Errorf("the exit reads %q", st.Exit)
+	}
+}

@@ -118,6 +118,7 @@ type config struct {
 	socket, pidFile, logFile string
 	epoch                    uint64
 	leaseEnd                 int64
+	killAfter                time.Duration
 	readyFD                  int
 	child                    []string
 }
@@ -131,6 +132,7 @@ func parseArgs(args []string) (config, error) {
 	fs.StringVar(&c.logFile, "log", "", "append the log and the child's output to this `path` (default stderr)")
 	fs.StringVar(&c.pidFile, "pidfile", "", "write the supervisor's pid to this `path`")
 	fs.IntVar(&c.readyFD, "ready-fd", -1, "report readiness on this inherited `fd`")
+	fs.DurationVar(&c.killAfter, "kill-after", 0, "kill the child once frozen this `long` past its lease end with no renewal (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -140,6 +142,8 @@ func parseArgs(args []string) (config, error) {
 		return c, errors.New("-socket is required")
 	case c.leaseEnd < 0:
 		return c, fmt.Errorf("-lease-end %d is negative", c.leaseEnd)
+	case c.killAfter < 0:
+		return c, fmt.Errorf("-kill-after %s is negative", c.killAfter)
 	case len(c.child) == 0:
 		return c, errors.New("no child command (after --)")
 	}
@@ -183,6 +187,10 @@ type supervisor struct {
 	freezes  uint64
 	exit     *Exit
 	timer    *time.Timer // fires at leaseEnd; nil until the first lease
+	// killTimer fires killAfter past the lease end of a frozen child;
+	// nil while none is due. fenced: it killed the child.
+	killTimer *time.Timer
+	fenced    bool
 }
 
 func newSupervisor(cfg config, log *slog.Logger) *supervisor {
@@ -276,10 +284,12 @@ func (s *supervisor) reaped(ps *os.ProcessState) {
 		}
 	}
 	s.mu.Lock()
+	e.Fenced = s.fenced
 	s.state, s.exit, s.frozenAt = StateExited, &e, 0
 	if s.timer != nil {
 		s.timer.Stop()
 	}
+	s.stopKillTimer()
 	s.mu.Unlock()
 	close(s.exited)
 	s.log.Info("child exited", "pid", s.proc.Pid, "how", e.String())
@@ -312,6 +322,39 @@ func (s *supervisor) gate(now int64) {
 	// partition, a stalled or dead agent), and the VM is fenced now.
 	s.log.Warn("child frozen at its lease end", "epoch", s.epoch, "confirmed", confirmed,
 		"signal_lag", time.Duration(signalled-s.leaseEnd), "stopped_lag", time.Duration(s.frozenAt-s.leaseEnd))
+	if s.cfg.killAfter > 0 {
+		s.killTimer = time.AfterFunc(time.Duration(s.leaseEnd-s.frozenAt)+s.cfg.killAfter, s.onKillTimer)
+	}
+}
+
+// onKillTimer kills a child still frozen killAfter past its lease end. A
+// frozen child runs no more, but it still holds what it opened: QEMU's
+// image locks keep the group's restart on another node from opening the
+// disks, and a node cut off from the cluster may never come back to
+// kill it. The cluster restarts a group only failover_after past its
+// owner's last grant, later than this (the agent sets killAfter below
+// that gap), so a renewal that could still thaw the child comes first.
+func (s *supervisor) onKillTimer() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := MonoNow()
+	if s.state != StateFrozen || now < s.leaseEnd+int64(s.cfg.killAfter) {
+		return // thawed meanwhile, or gone
+	}
+	if err := s.proc.Signal(syscall.SIGKILL); err != nil {
+		s.log.Warn("killing the frozen child", "err", err)
+		return
+	}
+	s.fenced = true
+	s.log.Warn("frozen child killed: no renewal came", "epoch", s.epoch, "past_lease_end", time.Duration(now-s.leaseEnd))
+}
+
+// stopKillTimer, with mu held, cancels a due kill.
+func (s *supervisor) stopKillTimer() {
+	if s.killTimer != nil {
+		s.killTimer.Stop()
+		s.killTimer = nil
+	}
 }
 
 // waitStopped waits, within stopConfirm, until no thread of the child can
@@ -344,6 +387,7 @@ func (s *supervisor) thaw() {
 	if s.state != StateFrozen {
 		return
 	}
+	s.stopKillTimer()
 	if err := s.proc.Signal(syscall.SIGCONT); err != nil {
 		s.log.Warn("continuing the child", "err", err)
 	}
