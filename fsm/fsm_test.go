@@ -213,9 +213,6 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		Name: "n1", Site: "a", Witness: true, GossipAddr: "127.0.0.1:1", RaftAddr: "127.0.0.1:2", GrpcAddr: "127.0.0.1:3",
 		Capacity: &havenv1.Capacity{CpuMillis: 4000, MemoryBytes: 8 << 30}, Version: "v", Status: havenv1.NodeStatus_NODE_STATUS_ALIVE,
 	}}}})
-	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
-		Name: "n1", CheckedIndex: 1, CannotRun: []*havenv1.GroupRefusal{{Group: "web", CreateIndex: 1, Reason: "boot.kernel: no such file"}},
-	}}})
 	spec := testSpec("web")
 	spec.Labels = map[string]string{"tier": "front"}
 	spec.AntiAffinity = []*havenv1.AntiAffinity{{Class: "sql", Hard: true, AcrossSites: true}, {Class: "web"}}
@@ -228,6 +225,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		Failure: &havenv1.GroupFailure{Node: "n2", Time: timestamppb.New(t0), Reason: "start failed"}}}})
 	if g := a.f.Group("web"); g.GetOwner() != "n1" || len(g.GetFailures()) != 1 {
 		t.Fatalf("assign not applied: %v", g)
+	}
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+		Name: "n1", CheckedIndex: 3, CannotRun: []*havenv1.GroupRefusal{{Group: "db", CreateIndex: 1, Reason: "boot.kernel: no such file"}},
+	}}})
+	if len(a.f.Node("n1").GetCannotRun()) != 1 {
+		t.Fatal("checks not applied")
 	}
 
 	b := roundTrip(t, a.f)
