@@ -1,6 +1,7 @@
 package leader
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,16 @@ func TestStartSkipsNodesThatCannotRun(t *testing.T) {
 	tl.check(t, "n1", map[string]string{"web": noKernel, "db": noKernel})
 	tl.check(t, "n2", map[string]string{"web": noKernel, "db": noKernel})
 	tl.check(t, "n3", map[string]string{"db": `vm: machine "pc-q35-9.0": this node's QEMU does not emulate it`})
+	// `haven place web` gives the reasons.
+	ranked, _, err := tl.Rank(tl.state.Group("web").GetSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range ranked {
+		if r.Feasible != (r.Node == "n3") || r.Node != "n3" && !strings.Contains(fmt.Sprint(r.Why), noKernel) {
+			t.Errorf("rank of web: %s feasible=%v why %v; want only n3, the others for %q", r.Node, r.Feasible, r.Why, noKernel)
+		}
+	}
 	g, err := tl.StartGroup("web", "", "r1")
 	if err != nil {
 		t.Fatal(err)
