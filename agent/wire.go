@@ -82,7 +82,7 @@ func (a *Agent) wireDuties() {
 	a.exec = executor.New(executor.Config{
 		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, ReportDisk: a.sendDiskReport, SharedDir: a.cfg.SharedDir,
 		ReportChecks: a.sendChecks,
-		Logger: logging.Named(a.log, "executor"),
+		Logger:       logging.Named(a.log, "executor"),
 	})
 	a.observed.OnApply(a.exec.Wake)
 }

@@ -140,7 +140,7 @@ func New(cfg Config) *Executor {
 	}
 	e := &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log, sharedDir: cfg.SharedDir,
 		reportDisk: cfg.ReportDisk, reportChecks: cfg.ReportChecks, checkEvery: cfg.CheckEvery, checkWake: make(chan struct{}, 1),
-		confirmed:  map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
+		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
 		startFails: map[string]*startFail{}, diskFails: map[string]*diskFail{}, diskReported: map[string]uint64{},
 		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
 	if e.checkEvery <= 0 {

@@ -54,8 +54,8 @@ func (l *fakeLeases) Renew(_ context.Context, node string) (*havenv1.RenewLeaseR
 }
 
 type fakeReports struct {
-	err   error
-	got   []*havenv1.ReportGroupRequest
+	err    error
+	got    []*havenv1.ReportGroupRequest
 	disks  []*havenv1.ReportDiskChangeRequest
 	checks []*havenv1.ReportChecksRequest
 }
