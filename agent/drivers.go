@@ -36,13 +36,25 @@ func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 		if addr == "" {
 			addr = cfg.BindAddr
 		}
-		return qemu.New(context.Background(), qemu.Config{
+		// A QEMU that does not run (not installed, the wrong path) stops
+		// the agent here, with the command that failed: a node that could
+		// run nothing would vote, but hosting is what it is for, and an
+		// agent that exits is what an operator's service manager shows
+		// (running and refusing every group would only show in placement
+		// explanations). What a working QEMU cannot run (a machine type,
+		// a file missing on this node) the node reports per group
+		// instead (executor/checks.go).
+		d, err := qemu.New(context.Background(), qemu.Config{
 			MigrationAddr: addr,
 			Node:          cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
 			Binary: q.Binary, Accel: q.Accel, CPU: q.CPU, Machine: q.Machine, StopTimeout: q.StopTimeout,
 			KillFrozenAfter: cfg.killFrozenAfter(),
 			Supervisor:      []string{exe, SuperviseCommand}, Logger: log,
 		})
+		if err != nil {
+			return nil, fmt.Errorf("driver qemu: %w", err)
+		}
+		return d, nil
 	}
 	return nil, fmt.Errorf("driver: %q is not a known driver (sim, qemu)", cfg.Driver)
 }

@@ -81,7 +81,8 @@ func (a *Agent) wireDuties() {
 	})
 	a.exec = executor.New(executor.Config{
 		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, ReportDisk: a.sendDiskReport, SharedDir: a.cfg.SharedDir,
-		Logger: logging.Named(a.log, "executor"),
+		ReportChecks: a.sendChecks,
+		Logger:       logging.Named(a.log, "executor"),
 	})
 	a.observed.OnApply(a.exec.Wake)
 }
@@ -221,6 +222,20 @@ func (a *Agent) sendDiskReport(ctx context.Context, req *havenv1.ReportDiskChang
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	_, err = havenv1.NewNodeServiceClient(conn).ReportDiskChange(ctx, req)
+	return err
+}
+
+// sendChecks sends the executor's checks to the leader.
+func (a *Agent) sendChecks(ctx context.Context, req *havenv1.ReportChecksRequest) error {
+	_, addr, err := a.locate()
+	if err != nil {
+		return err
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return err
+	}
+	_, err = havenv1.NewNodeServiceClient(conn).ReportChecks(ctx, req)
 	return err
 }
 

@@ -237,6 +237,23 @@ type DiskHotPlugger interface {
 	Disks(id VMID) ([]DiskSpec, error)
 }
 
+// Checker is a driver that can tell, without starting anything, whether
+// it could run a VM on this node now: the machine type, the files the
+// spec names (kernel, initrd, disk images), whatever its own configuration
+// needs. The agent asks it of every group's VMs and reports the refusals
+// to the leader, so that placement does not send a group to a node that
+// would only fail to start it. It needs no Capabilities flag: a driver
+// without it is taken to run every valid spec, and a start it cannot make
+// fails and is reported as before.
+type Checker interface {
+	// CanRun returns nil when Start of spec could succeed here, else an
+	// error wrapping ErrInvalidSpec that names the field and why (a file
+	// that is missing on this node, a machine type this node's hypervisor
+	// lacks). spec.Epoch must be valid; spec.Node is ignored. The answer
+	// holds for the moment of the call: a file may appear or go later.
+	CanRun(spec VMSpec) error
+}
+
 // DirtyRateEstimator is a driver that can tell how fast its guests dirty
 // memory. Placement prices a live migration by it: the copy must outrun
 // the guest's writes, so a fast-dirtying guest is expensive to move.

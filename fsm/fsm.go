@@ -182,6 +182,8 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.detachDisk(index, cmd.DetachDisk, now)
 	case *havenv1.Command_EndDiskChange:
 		err = s.endDiskChange(index, cmd.EndDiskChange, now)
+	case *havenv1.Command_SetNodeChecks:
+		err = s.setNodeChecks(index, cmd.SetNodeChecks)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -234,6 +236,8 @@ func (s *state) upsertNode(index uint64, c *havenv1.UpsertNodeCommand, now time.
 		// Draining is an operator's decision, changed only by its own
 		// command, never by the leader's gossip bookkeeping.
 		n.Draining = old.GetDraining()
+		// So are the node's own reports of what it cannot run.
+		n.CannotRun, n.CheckedIndex = old.GetCannotRun(), old.GetCheckedIndex()
 		n.CreateIndex = old.GetCreateIndex()
 		if old.GetStatus() == n.GetStatus() {
 			n.StatusTime = old.GetStatusTime()
@@ -275,6 +279,28 @@ func (s *state) setNodeDrain(index uint64, c *havenv1.SetNodeDrainCommand) *Erro
 	}
 	n := proto.Clone(old).(*havenv1.Node)
 	n.Draining = c.GetDraining()
+	n.ModifyIndex = index
+	s.nodes[n.GetName()] = n
+	return nil
+}
+
+// setNodeChecks replaces what a node reported its driver cannot run. A
+// report checked against older specs than the one recorded changes
+// nothing: reports may overtake each other on their way.
+func (s *state) setNodeChecks(index uint64, c *havenv1.SetNodeChecksCommand) *Error {
+	old, ok := s.nodes[c.GetName()]
+	if !ok {
+		return errorf(CodeNotFound, "node %q not found", c.GetName())
+	}
+	if c.GetCheckedIndex() < old.GetCheckedIndex() {
+		return errorf(CodeFailedPrecondition, "node %q: checks at index %d are older than those recorded (%d)", c.GetName(), c.GetCheckedIndex(), old.GetCheckedIndex())
+	}
+	n := proto.Clone(old).(*havenv1.Node)
+	n.CheckedIndex = c.GetCheckedIndex()
+	n.CannotRun = nil
+	for _, r := range c.GetCannotRun() {
+		n.CannotRun = append(n.CannotRun, proto.Clone(r).(*havenv1.GroupRefusal))
+	}
 	n.ModifyIndex = index
 	s.nodes[n.GetName()] = n
 	return nil

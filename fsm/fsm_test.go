@@ -131,6 +131,38 @@ func TestNodes(t *testing.T) {
 	}
 }
 
+// A node's checks replace the ones before; an older report changes
+// nothing; the leader's gossip bookkeeping keeps them.
+func TestNodeChecks(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	checks := func(node string, index uint64, refused ...string) *havenv1.Command {
+		c := &havenv1.SetNodeChecksCommand{Name: node, CheckedIndex: index}
+		for _, g := range refused {
+			c.CannotRun = append(c.CannotRun, &havenv1.GroupRefusal{Group: g, CreateIndex: 1, Reason: "boot.kernel: no such file"})
+		}
+		return &havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: c}}
+	}
+	if r := a.apply(t0, checks("n1", 1, "web")); r.Err == nil || r.Err.Code != CodeNotFound {
+		t.Fatalf("checks of an unknown node: %+v", r)
+	}
+	up := &havenv1.Command{Cmd: &havenv1.Command_UpsertNode{UpsertNode: &havenv1.UpsertNodeCommand{Node: &havenv1.Node{Name: "n1", Status: havenv1.NodeStatus_NODE_STATUS_ALIVE}}}}
+	a.apply(t0, up)
+	if r := a.apply(t0, checks("n1", 5, "web", "db")); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := a.apply(t0, checks("n1", 4)); r.Err == nil || r.Err.Code != CodeFailedPrecondition {
+		t.Fatalf("older checks: %+v", r)
+	}
+	a.apply(t0, up)
+	if n := a.f.Node("n1"); n.GetCheckedIndex() != 5 || len(n.GetCannotRun()) != 2 || n.GetCannotRun()[1].GetGroup() != "db" {
+		t.Fatalf("after an upsert: %v", n)
+	}
+	a.apply(t0, checks("n1", 6, "db"))
+	if n := a.f.Node("n1"); n.GetCheckedIndex() != 6 || len(n.GetCannotRun()) != 1 || n.GetCannotRun()[0].GetGroup() != "db" {
+		t.Fatalf("replaced: %v", n)
+	}
+}
+
 func TestUndecodableCommandPanics(t *testing.T) {
 	defer func() {
 		if recover() == nil {
@@ -193,6 +225,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		Failure: &havenv1.GroupFailure{Node: "n2", Time: timestamppb.New(t0), Reason: "start failed"}}}})
 	if g := a.f.Group("web"); g.GetOwner() != "n1" || len(g.GetFailures()) != 1 {
 		t.Fatalf("assign not applied: %v", g)
+	}
+	a.apply(t0, &havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+		Name: "n1", CheckedIndex: 3, CannotRun: []*havenv1.GroupRefusal{{Group: "db", CreateIndex: 1, Reason: "boot.kernel: no such file"}},
+	}}})
+	if len(a.f.Node("n1").GetCannotRun()) != 1 {
+		t.Fatal("checks not applied")
 	}
 
 	b := roundTrip(t, a.f)

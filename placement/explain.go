@@ -28,7 +28,9 @@ func (e *engine) exclusion(g, n int32) (Exclusion, bool) {
 			x.Detail = "powering off"
 		}
 	case !gg.anyOwner && gg.ownerSet[n/64]&(1<<(n%64)) == 0:
-		if contains(gg.src.AvoidNodes, nd.name) {
+		if why, ok := gg.src.CannotRun[nd.name]; ok {
+			x.Constraint, x.Detail = ConstraintCannotRun, why
+		} else if contains(gg.src.AvoidNodes, nd.name) {
 			x.Constraint, x.Detail = ConstraintFailedThere, "failed there lately"
 		} else if len(gg.src.PossibleOwners) > 0 && !contains(gg.src.PossibleOwners, nd.name) {
 			x.Constraint, x.Detail = ConstraintPossibleOwners, "not a possible owner"
@@ -142,6 +144,17 @@ func (e *engine) explain(g int32) Unplaced {
 			ds = append(ds, x.Node+" "+x.Detail)
 		}
 		parts = append(parts, fmt.Sprintf("hard anti-affinity: %s", capList(ds, 6, "; ")))
+	}
+	if xs := byC[ConstraintCannotRun]; len(xs) > 0 {
+		var ds []string
+		for _, x := range xs {
+			ds = append(ds, x.Node+": "+x.Detail)
+		}
+		lead := "cannot run it: "
+		if len(xs) == len(e.c.nodes) {
+			lead = "no node can run it: "
+		}
+		parts = append(parts, lead+capList(ds, 6, "; "))
 	}
 	if xs := byC[ConstraintPossibleOwners]; len(xs) > 0 {
 		parts = append(parts, fmt.Sprintf("%s excluded by possible owners", nodeList(xs)))

@@ -74,8 +74,8 @@ func violations(st State, assign map[string]string, placed map[string]bool, excl
 		if placed[gn] && slices.Contains(g.AvoidNodes, nn) {
 			out = append(out, fmt.Sprintf("%s placed on %s, where it failed lately", gn, nn))
 		}
-		if placed[gn] && slices.Contains(g.AvoidNodes, nn) {
-			out = append(out, fmt.Sprintf("%s placed on %s, where it failed lately", gn, nn))
+		if _, ok := g.CannotRun[nn]; placed[gn] && ok {
+			out = append(out, fmt.Sprintf("%s placed on %s, whose driver cannot run it", gn, nn))
 		}
 		if len(g.PossibleOwners) > 0 && !slices.Contains(g.PossibleOwners, nn) {
 			out = append(out, fmt.Sprintf("%s on %s: not a possible owner", gn, nn))
@@ -185,6 +185,9 @@ func exhaustiveRestart(st State, failed map[string]bool) bool {
 		for _, nn := range targets {
 			n := nodes[nn]
 			if len(g.PossibleOwners) > 0 && !slices.Contains(g.PossibleOwners, nn) || slices.Contains(g.AvoidNodes, nn) {
+				continue
+			}
+			if _, ok := g.CannotRun[nn]; ok {
 				continue
 			}
 			if !labelsOK(n.Labels, g.RequireLabels) {

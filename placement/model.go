@@ -146,7 +146,7 @@ func (c *compiled) cgroupOf(g Group, siteIdx map[string]int32) cgroup {
 		name: g.Name, cpu: max(g.CPUMillis, 0), mem: max(g.MemoryBytes, 0),
 		prio: g.Priority, ha: g.HA, dirty: max(g.DirtyRateBytesPerSec, 0), prefSite: -1, homeSite: -1, src: g,
 	}
-	cg.anyOwner = len(g.PossibleOwners) == 0 && len(g.RequireLabels) == 0 && len(g.AvoidNodes) == 0
+	cg.anyOwner = len(g.PossibleOwners) == 0 && len(g.RequireLabels) == 0 && len(g.AvoidNodes) == 0 && len(g.CannotRun) == 0
 	if !cg.anyOwner {
 		allowed := make([]bool, len(c.nodes))
 		if len(g.PossibleOwners) == 0 {
@@ -160,6 +160,11 @@ func (c *compiled) cgroupOf(g Group, siteIdx map[string]int32) cgroup {
 			}
 		}
 		for _, o := range g.AvoidNodes {
+			if n, ok := c.nodeIdx[o]; ok {
+				allowed[n] = false
+			}
+		}
+		for o := range g.CannotRun {
 			if n, ok := c.nodeIdx[o]; ok {
 				allowed[n] = false
 			}

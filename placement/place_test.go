@@ -109,6 +109,20 @@ func TestPlace(t *testing.T) {
 			unplaced: map[string]string{"b": "n1,n2 excluded: the group failed there lately"},
 		},
 		{
+			name:  "a node whose driver cannot run the group is passed over, and says why",
+			nodes: []Node{node("n1", "A", 8000, 16), node("n2", "A", 8000, 16), node("n3", "A", 8000, 16)},
+			place: []Group{
+				with(grp("a", 1000, 1), func(g *Group) {
+					g.CannotRun = map[string]string{"n1": "boot.kernel: no such file", "n2": "boot.kernel: no such file"}
+				}),
+				with(grp("b", 1000, 1), func(g *Group) {
+					g.CannotRun = map[string]string{"n1": "boot.kernel: no such file", "n2": "machine \"pc-q35-9.0\": not emulated", "n3": "disks[0]: no such file"}
+				}),
+			},
+			want:     map[string]string{"a": "n3"},
+			unplaced: map[string]string{"b": `no node can run it: n1: boot.kernel: no such file; n2: machine "pc-q35-9.0": not emulated; n3: disks[0]: no such file`},
+		},
+		{
 			name:  "hard anti-affinity: a guest cluster never shares a node",
 			nodes: []Node{node("n1", "A", 8000, 16), node("n2", "A", 8000, 16)},
 			place: []Group{

@@ -56,7 +56,11 @@ type Group struct {
 	RequireLabels map[string]string
 	// AvoidNodes are nodes the group failed on lately (its start failed,
 	// its disk fenced it): it is not placed there again for now.
-	AvoidNodes    []string
+	AvoidNodes []string
+	// CannotRun maps a node to why its driver cannot run the group (a
+	// kernel missing there, a machine type its hypervisor lacks), as the
+	// node reported it: the group is not placed there while it says so.
+	CannotRun     map[string]string
 	AntiAffinity  []Class
 	PreferredSite string
 	// DirtyRateBytesPerSec is how fast the guest dirties memory; it makes a
@@ -89,6 +93,7 @@ type Constraint string
 // that fails is the one reported for that node.
 const (
 	ConstraintNodeState      Constraint = "node state"
+	ConstraintCannotRun      Constraint = "cannot run"
 	ConstraintPossibleOwners Constraint = "possible owners"
 	ConstraintFailedThere    Constraint = "failed there"
 	ConstraintLabels         Constraint = "labels"

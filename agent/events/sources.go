@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,16 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 	case *havenv1.Command_DetachDisk:
 		e.Group, e.Epoch = x.DetachDisk.GetGroup(), x.DetachDisk.GetExpectEpoch()
 		e.Reason = "detach disk " + x.DetachDisk.GetDisk()
+	case *havenv1.Command_SetNodeChecks:
+		e.Node = x.SetNodeChecks.GetName()
+		var ds []string
+		for _, r := range x.SetNodeChecks.GetCannotRun() {
+			ds = append(ds, r.GetGroup()+": "+r.GetReason())
+		}
+		e.Reason = "cannot run " + strconv.Itoa(len(ds)) + " group(s)"
+		if len(ds) > 0 {
+			e.Reason += ": " + strings.Join(ds, "; ")
+		}
 	case *havenv1.Command_EndDiskChange:
 		c := x.EndDiskChange
 		e.Group, e.Node, e.Epoch, e.Reason = c.GetGroup(), c.GetNode(), c.GetEpoch(), c.GetReason()

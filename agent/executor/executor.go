@@ -27,6 +27,8 @@ type State interface {
 	Groups() []*havenv1.Group
 	Group(name string) *havenv1.Group
 	Operation(id string) *havenv1.Operation
+	// Node is this node's record, with what it reported it cannot run.
+	Node(name string) *havenv1.Node
 }
 
 // Config is what an Executor needs.
@@ -44,6 +46,12 @@ type Config struct {
 	// SharedDir is the shared storage root, where quick moves keep their
 	// state files; empty leaves them for the operator.
 	SharedDir string
+	// ReportChecks delivers the node's checks, the groups its driver
+	// cannot run, to the leader (checks.go); nil checks nothing.
+	ReportChecks func(context.Context, *havenv1.ReportChecksRequest) error
+	// CheckEvery is how often every group is checked again, for files
+	// that appeared or went; zero is DefaultCheckEvery.
+	CheckEvery time.Duration
 }
 
 // Executor is this node's executor.
@@ -59,6 +67,12 @@ type Executor struct {
 	reportDisk func(context.Context, *havenv1.ReportDiskChangeRequest) error
 	// sharedDir is Config.SharedDir.
 	sharedDir string
+	// checker is the driver as a Checker, nil when it is none;
+	// reportChecks, checkEvery and checkWake are the checks' (checks.go).
+	checker      driver.Checker
+	reportChecks func(context.Context, *havenv1.ReportChecksRequest) error
+	checkEvery   time.Duration
+	checkWake    chan struct{}
 
 	mu sync.Mutex
 	// leaseEnd and confirmed are from the last grant: the node may run a
@@ -125,10 +139,16 @@ func New(cfg Config) *Executor {
 		log = logging.Discard()
 	}
 	e := &Executor{node: cfg.Node, state: cfg.State, drv: cfg.Driver, send: cfg.Report, log: log, sharedDir: cfg.SharedDir,
-		reportDisk: cfg.ReportDisk,
-		confirmed:  map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
+		reportDisk: cfg.ReportDisk, reportChecks: cfg.ReportChecks, checkEvery: cfg.CheckEvery, checkWake: make(chan struct{}, 1),
+		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
 		startFails: map[string]*startFail{}, diskFails: map[string]*diskFail{}, diskReported: map[string]uint64{},
 		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+	if e.checkEvery <= 0 {
+		e.checkEvery = DefaultCheckEvery
+	}
+	// A Checker needs no flag: a driver either can tell or is asked
+	// nothing.
+	e.checker, _ = cfg.Driver.(driver.Checker)
 	// The flag first, as with every optional interface: a wrapper may
 	// have the methods without the ability.
 	if hp, ok := cfg.Driver.(driver.DiskHotPlugger); ok && cfg.Driver.Capabilities().HotPlugDisks {
@@ -147,6 +167,10 @@ func (e *Executor) Wake() { e.poke() }
 func (e *Executor) poke() {
 	select {
 	case e.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case e.checkWake <- struct{}{}:
 	default:
 	}
 }
@@ -198,6 +222,14 @@ func (e *Executor) mayRun(group string, epoch uint64, now time.Time, fresh bool)
 }
 
 func (e *Executor) Run(ctx context.Context) {
+	// Checks run beside the reconcile, so that a slow report to the
+	// leader never delays a start or a stop.
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
+		e.runChecks(ctx)
+	}()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var swept time.Time

@@ -71,6 +71,7 @@ func memberNode(m heartbeat.Member) *havenv1.Node {
 func sameNode(have, want *havenv1.Node) bool {
 	h := proto.Clone(have).(*havenv1.Node)
 	h.StatusTime, h.CreateIndex, h.ModifyIndex, h.Draining = nil, 0, 0, false
+	h.CannotRun, h.CheckedIndex = nil, 0
 	return proto.Equal(h, want)
 }
 

@@ -64,7 +64,8 @@ func placementGroup(spec *havenv1.GroupSpec, dirty DirtyRate) placement.Group {
 // on a node that may be dying only to fail it over again helps nobody.
 // A group runs (is in Assign) while its owner may run it: starting, online
 // or stopping. A group avoids the nodes it failed on within
-// failureHoldOff of now.
+// failureHoldOff of now, and those whose driver reported it cannot run
+// it.
 func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[string]bool, overcommit float64, dirty DirtyRate, now time.Time) placement.State {
 	st := placement.State{Assign: map[string]string{}}
 	for _, n := range nodes {
@@ -80,9 +81,11 @@ func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[
 			Labels:        n.GetLabels(),
 		})
 	}
+	refused := nodeRefusals(nodes, groups)
 	for _, g := range groups {
 		pg := placementGroup(g.GetSpec(), dirty)
 		pg.AvoidNodes = recentFailures(g, now)
+		pg.CannotRun = refused[g.GetSpec().GetName()]
 		st.Groups = append(st.Groups, pg)
 		if g.GetOwner() != "" && fsm.Active(g.GetState()) {
 			st.Assign[g.GetSpec().GetName()] = g.GetOwner()
@@ -146,9 +149,13 @@ func holdIncoming(st placement.State, groups []*havenv1.Group, operation func(st
 	}
 }
 
-// placementGroup is spec as this leader's placement sees it.
+// placementGroup is spec as this leader's placement sees it, kept off the
+// nodes that cannot run it (an operator's start does not change what a
+// node's driver can run).
 func (l *Leader) placementGroup(spec *havenv1.GroupSpec) placement.Group {
-	return placementGroup(spec, l.cfg.DirtyRate)
+	pg := placementGroup(spec, l.cfg.DirtyRate)
+	pg.CannotRun = l.cannotRun(spec.GetName())
+	return pg
 }
 
 // withGroup returns st with g in place of the group of the same name, or
@@ -272,6 +279,7 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 		str(g.PreferredSite)
 		labels(g.RequireLabels)
 		strs(g.AvoidNodes)
+		labels(g.CannotRun)
 		num(g.DirtyRateBytesPerSec)
 		num(int64(len(g.AntiAffinity)))
 		for _, c := range g.AntiAffinity {

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -108,6 +109,30 @@ func TestCheck(t *testing.T) {
 		if _, err := d.check(spec); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// CanRun refuses what Start would refuse before a process starts, as an
+// ErrInvalidSpec naming the field, and sees a file appear.
+func TestCanRun(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz")
+	d := &Driver{cfg: Config{Node: "n1", SharedDir: dir, Machine: "q35"}, machines: parseMachines([]byte(machineHelp))}
+	// Another node's name is not the question: where to run is.
+	spec := driver.VMSpec{ID: driver.VMID{Group: "web", Resource: "vm"}, Node: "n2", Epoch: 1, VCPUs: 1, MemoryBytes: 128 << 20, Boot: driver.Boot{Kernel: kernel}}
+	err := d.CanRun(spec)
+	if !errors.Is(err, driver.ErrInvalidSpec) || !strings.Contains(err.Error(), "boot.kernel") {
+		t.Fatalf("CanRun without the kernel = %v, want ErrInvalidSpec naming boot.kernel", err)
+	}
+	if err := os.WriteFile(kernel, []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CanRun(spec); err != nil {
+		t.Fatalf("CanRun with the kernel = %v", err)
+	}
+	spec.Machine = "pc-q35-1.0"
+	if err := d.CanRun(spec); !errors.Is(err, driver.ErrInvalidSpec) || !strings.Contains(err.Error(), "does not emulate") {
+		t.Fatalf("CanRun of an unknown machine = %v", err)
 	}
 }
 

@@ -215,7 +215,19 @@ func (d *Driver) Capabilities() driver.Capabilities {
 var (
 	_ driver.LiveMigrator  = (*Driver)(nil)
 	_ driver.QuickMigrator = (*Driver)(nil)
+	_ driver.Checker       = (*Driver)(nil)
 )
+
+// CanRun implements driver.Checker with the checks Start makes before
+// any process starts: the machine type this node's QEMU emulates, the
+// kernel, initrd and disk files as this node sees them.
+func (d *Driver) CanRun(spec driver.VMSpec) error {
+	spec.Node = ""
+	if _, err := d.check(spec); err != nil {
+		return fmt.Errorf("%w: %v", driver.ErrInvalidSpec, err)
+	}
+	return nil
+}
 
 func shortName(id driver.VMID) string {
 	h := sha256.Sum256([]byte(id.String()))

@@ -168,6 +168,7 @@ var (
 	_ driver.DirtyRateEstimator = (*Driver)(nil)
 	_ driver.LiveMigrator       = (*Driver)(nil)
 	_ driver.QuickMigrator      = (*Driver)(nil)
+	_ driver.Checker            = (*Driver)(nil)
 )
 
 // Capabilities reports the optional interfaces the sim implements: all
@@ -254,6 +255,16 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	d.vms[spec.ID] = v
 	d.mu.Unlock()
 	go v.run()
+	return nil
+}
+
+// CanRun implements driver.Checker: a simulated VM needs no file and no
+// machine type, so what Start would refuse of the spec itself is all.
+func (d *Driver) CanRun(spec driver.VMSpec) error {
+	spec.Node = ""
+	if _, err := d.normalize(spec); err != nil {
+		return fmt.Errorf("%w: %v", driver.ErrInvalidSpec, err)
+	}
 	return nil
 }
 

@@ -845,3 +845,18 @@ func TestHungGuest(t *testing.T) {
 		t.Errorf("a hung guest without a watchdog: %s, want still running", st.State)
 	}
 }
+
+// The sim runs any spec Start accepts, on any node's behalf (the kernel
+// is not its concern), and refuses the rest as Start would.
+func TestCanRun(t *testing.T) {
+	d := New(Config{Node: "n1", SharedDir: t.TempDir()})
+	defer d.Close()
+	spec := driver.VMSpec{ID: driver.VMID{Group: "g", Resource: "vm"}, Node: "n2", Epoch: 1, MemoryBytes: 1 << 20, Boot: driver.Boot{Kernel: "/nonexistent/vmlinuz"}}
+	if err := d.CanRun(spec); err != nil {
+		t.Fatalf("CanRun = %v", err)
+	}
+	spec.MemoryBytes = 0
+	if err := d.CanRun(spec); !errors.Is(err, driver.ErrInvalidSpec) || !strings.Contains(err.Error(), "memory_bytes") {
+		t.Fatalf("CanRun without memory = %v, want ErrInvalidSpec naming memory_bytes", err)
+	}
+}

@@ -44,6 +44,7 @@ type Leases interface {
 type Reports interface {
 	Report(req *havenv1.ReportGroupRequest) error
 	ReportDiskChange(req *havenv1.ReportDiskChangeRequest) error
+	ReportChecks(req *havenv1.ReportChecksRequest) error
 }
 
 // Members is gossip's view of the cluster.

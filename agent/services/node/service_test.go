@@ -54,9 +54,10 @@ func (l *fakeLeases) Renew(_ context.Context, node string) (*havenv1.RenewLeaseR
 }
 
 type fakeReports struct {
-	err   error
-	got   []*havenv1.ReportGroupRequest
-	disks []*havenv1.ReportDiskChangeRequest
+	err    error
+	got    []*havenv1.ReportGroupRequest
+	disks  []*havenv1.ReportDiskChangeRequest
+	checks []*havenv1.ReportChecksRequest
 }
 
 func (r *fakeReports) Report(req *havenv1.ReportGroupRequest) error {
@@ -66,6 +67,11 @@ func (r *fakeReports) Report(req *havenv1.ReportGroupRequest) error {
 
 func (r *fakeReports) ReportDiskChange(req *havenv1.ReportDiskChangeRequest) error {
 	r.disks = append(r.disks, req)
+	return r.err
+}
+
+func (r *fakeReports) ReportChecks(req *havenv1.ReportChecksRequest) error {
+	r.checks = append(r.checks, req)
 	return r.err
 }
 

@@ -110,6 +110,7 @@ type Command struct {
 	//	*Command_AttachDisk
 	//	*Command_DetachDisk
 	//	*Command_EndDiskChange
+	//	*Command_SetNodeChecks
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -319,6 +320,15 @@ func (x *Command) GetEndDiskChange() *EndDiskChangeCommand {
 	return nil
 }
 
+func (x *Command) GetSetNodeChecks() *SetNodeChecksCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetNodeChecks); ok {
+			return x.SetNodeChecks
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -391,6 +401,10 @@ type Command_EndDiskChange struct {
 	EndDiskChange *EndDiskChangeCommand `protobuf:"bytes,26,opt,name=end_disk_change,json=endDiskChange,proto3,oneof"`
 }
 
+type Command_SetNodeChecks struct {
+	SetNodeChecks *SetNodeChecksCommand `protobuf:"bytes,27,opt,name=set_node_checks,json=setNodeChecks,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -425,6 +439,71 @@ func (*Command_DetachDisk) isCommand_Cmd() {}
 
 func (*Command_EndDiskChange) isCommand_Cmd() {}
 
+func (*Command_SetNodeChecks) isCommand_Cmd() {}
+
+// SetNodeChecksCommand records what a node's driver cannot run, replacing
+// what the node reported before, as checked against the group specs at
+// checked_index.
+type SetNodeChecksCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CheckedIndex  uint64                 `protobuf:"varint,2,opt,name=checked_index,json=checkedIndex,proto3" json:"checked_index,omitempty"`
+	CannotRun     []*GroupRefusal        `protobuf:"bytes,3,rep,name=cannot_run,json=cannotRun,proto3" json:"cannot_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeChecksCommand) Reset() {
+	*x = SetNodeChecksCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeChecksCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeChecksCommand) ProtoMessage() {}
+
+func (x *SetNodeChecksCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeChecksCommand.ProtoReflect.Descriptor instead.
+func (*SetNodeChecksCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetNodeChecksCommand) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetNodeChecksCommand) GetCheckedIndex() uint64 {
+	if x != nil {
+		return x.CheckedIndex
+	}
+	return 0
+}
+
+func (x *SetNodeChecksCommand) GetCannotRun() []*GroupRefusal {
+	if x != nil {
+		return x.CannotRun
+	}
+	return nil
+}
+
 type UpsertNodeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -434,7 +513,7 @@ type UpsertNodeCommand struct {
 
 func (x *UpsertNodeCommand) Reset() {
 	*x = UpsertNodeCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[1]
+	mi := &file_haven_v1_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +525,7 @@ func (x *UpsertNodeCommand) String() string {
 func (*UpsertNodeCommand) ProtoMessage() {}
 
 func (x *UpsertNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[1]
+	mi := &file_haven_v1_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +538,7 @@ func (x *UpsertNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertNodeCommand.ProtoReflect.Descriptor instead.
 func (*UpsertNodeCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UpsertNodeCommand) GetNode() *Node {
@@ -479,7 +558,7 @@ type SetNodeStatusCommand struct {
 
 func (x *SetNodeStatusCommand) Reset() {
 	*x = SetNodeStatusCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[2]
+	mi := &file_haven_v1_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +570,7 @@ func (x *SetNodeStatusCommand) String() string {
 func (*SetNodeStatusCommand) ProtoMessage() {}
 
 func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[2]
+	mi := &file_haven_v1_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +583,7 @@ func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SetNodeStatusCommand) GetName() string {
@@ -530,7 +609,7 @@ type CreateGroupCommand struct {
 
 func (x *CreateGroupCommand) Reset() {
 	*x = CreateGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[3]
+	mi := &file_haven_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +621,7 @@ func (x *CreateGroupCommand) String() string {
 func (*CreateGroupCommand) ProtoMessage() {}
 
 func (x *CreateGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[3]
+	mi := &file_haven_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +634,7 @@ func (x *CreateGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupCommand.ProtoReflect.Descriptor instead.
 func (*CreateGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateGroupCommand) GetSpec() *GroupSpec {
@@ -574,7 +653,7 @@ type DeleteGroupCommand struct {
 
 func (x *DeleteGroupCommand) Reset() {
 	*x = DeleteGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[4]
+	mi := &file_haven_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +665,7 @@ func (x *DeleteGroupCommand) String() string {
 func (*DeleteGroupCommand) ProtoMessage() {}
 
 func (x *DeleteGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[4]
+	mi := &file_haven_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +678,7 @@ func (x *DeleteGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupCommand.ProtoReflect.Descriptor instead.
 func (*DeleteGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteGroupCommand) GetName() string {
@@ -637,7 +716,7 @@ type AssignGroupCommand struct {
 
 func (x *AssignGroupCommand) Reset() {
 	*x = AssignGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +728,7 @@ func (x *AssignGroupCommand) String() string {
 func (*AssignGroupCommand) ProtoMessage() {}
 
 func (x *AssignGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +741,7 @@ func (x *AssignGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGroupCommand.ProtoReflect.Descriptor instead.
 func (*AssignGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AssignGroupCommand) GetName() string {
@@ -743,7 +822,7 @@ type AssignGroupsCommand struct {
 
 func (x *AssignGroupsCommand) Reset() {
 	*x = AssignGroupsCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +834,7 @@ func (x *AssignGroupsCommand) String() string {
 func (*AssignGroupsCommand) ProtoMessage() {}
 
 func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +847,7 @@ func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGroupsCommand.ProtoReflect.Descriptor instead.
 func (*AssignGroupsCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AssignGroupsCommand) GetAssignments() []*AssignGroupCommand {
@@ -795,7 +874,7 @@ type SetGroupStateCommand struct {
 
 func (x *SetGroupStateCommand) Reset() {
 	*x = SetGroupStateCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +886,7 @@ func (x *SetGroupStateCommand) String() string {
 func (*SetGroupStateCommand) ProtoMessage() {}
 
 func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +899,7 @@ func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
 func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetGroupStateCommand) GetName() string {
@@ -878,7 +957,7 @@ type StopGroupCommand struct {
 
 func (x *StopGroupCommand) Reset() {
 	*x = StopGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +969,7 @@ func (x *StopGroupCommand) String() string {
 func (*StopGroupCommand) ProtoMessage() {}
 
 func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +982,7 @@ func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
 func (*StopGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StopGroupCommand) GetName() string {
@@ -938,7 +1017,7 @@ type ReportGroupCommand struct {
 
 func (x *ReportGroupCommand) Reset() {
 	*x = ReportGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1029,7 @@ func (x *ReportGroupCommand) String() string {
 func (*ReportGroupCommand) ProtoMessage() {}
 
 func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1042,7 @@ func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
 func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportGroupCommand) GetName() string {
@@ -1019,7 +1098,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1110,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1123,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -1076,7 +1155,7 @@ type BeginMoveCommand struct {
 
 func (x *BeginMoveCommand) Reset() {
 	*x = BeginMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1167,7 @@ func (x *BeginMoveCommand) String() string {
 func (*BeginMoveCommand) ProtoMessage() {}
 
 func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1180,7 @@ func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginMoveCommand.ProtoReflect.Descriptor instead.
 func (*BeginMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BeginMoveCommand) GetOperation() *Operation {
@@ -1138,7 +1217,7 @@ type MoveProgressCommand struct {
 
 func (x *MoveProgressCommand) Reset() {
 	*x = MoveProgressCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1229,7 @@ func (x *MoveProgressCommand) String() string {
 func (*MoveProgressCommand) ProtoMessage() {}
 
 func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1242,7 @@ func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgressCommand.ProtoReflect.Descriptor instead.
 func (*MoveProgressCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MoveProgressCommand) GetId() string {
@@ -1202,7 +1281,7 @@ type CommitMoveCommand struct {
 
 func (x *CommitMoveCommand) Reset() {
 	*x = CommitMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1293,7 @@ func (x *CommitMoveCommand) String() string {
 func (*CommitMoveCommand) ProtoMessage() {}
 
 func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1306,7 @@ func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitMoveCommand.ProtoReflect.Descriptor instead.
 func (*CommitMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CommitMoveCommand) GetId() string {
@@ -1264,7 +1343,7 @@ type EndMoveCommand struct {
 
 func (x *EndMoveCommand) Reset() {
 	*x = EndMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1355,7 @@ func (x *EndMoveCommand) String() string {
 func (*EndMoveCommand) ProtoMessage() {}
 
 func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1368,7 @@ func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndMoveCommand.ProtoReflect.Descriptor instead.
 func (*EndMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EndMoveCommand) GetId() string {
@@ -1330,7 +1409,7 @@ type AttachDiskCommand struct {
 
 func (x *AttachDiskCommand) Reset() {
 	*x = AttachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1421,7 @@ func (x *AttachDiskCommand) String() string {
 func (*AttachDiskCommand) ProtoMessage() {}
 
 func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1434,7 @@ func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskCommand.ProtoReflect.Descriptor instead.
 func (*AttachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AttachDiskCommand) GetGroup() string {
@@ -1396,7 +1475,7 @@ type DetachDiskCommand struct {
 
 func (x *DetachDiskCommand) Reset() {
 	*x = DetachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1487,7 @@ func (x *DetachDiskCommand) String() string {
 func (*DetachDiskCommand) ProtoMessage() {}
 
 func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1500,7 @@ func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskCommand.ProtoReflect.Descriptor instead.
 func (*DetachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DetachDiskCommand) GetGroup() string {
@@ -1463,7 +1542,7 @@ type EndDiskChangeCommand struct {
 
 func (x *EndDiskChangeCommand) Reset() {
 	*x = EndDiskChangeCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1554,7 @@ func (x *EndDiskChangeCommand) String() string {
 func (*EndDiskChangeCommand) ProtoMessage() {}
 
 func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1567,7 @@ func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndDiskChangeCommand.ProtoReflect.Descriptor instead.
 func (*EndDiskChangeCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EndDiskChangeCommand) GetGroup() string {
@@ -1550,7 +1629,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1641,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1654,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1631,7 +1710,7 @@ type AppliedItem struct {
 
 func (x *AppliedItem) Reset() {
 	*x = AppliedItem{}
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1722,7 @@ func (x *AppliedItem) String() string {
 func (*AppliedItem) ProtoMessage() {}
 
 func (x *AppliedItem) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1735,7 @@ func (x *AppliedItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
 func (*AppliedItem) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AppliedItem) GetErrorCode() ErrorCode {
@@ -1684,7 +1763,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1775,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1788,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1742,7 +1821,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1833,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1846,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1845,7 +1924,8 @@ var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\xcd\t\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x97\n" +
+	"\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -1873,8 +1953,14 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"attachDisk\x12>\n" +
 	"\vdetach_disk\x18\x19 \x01(\v2\x1b.haven.v1.DetachDiskCommandH\x00R\n" +
 	"detachDisk\x12H\n" +
-	"\x0fend_disk_change\x18\x1a \x01(\v2\x1e.haven.v1.EndDiskChangeCommandH\x00R\rendDiskChangeB\x05\n" +
-	"\x03cmd\"7\n" +
+	"\x0fend_disk_change\x18\x1a \x01(\v2\x1e.haven.v1.EndDiskChangeCommandH\x00R\rendDiskChange\x12H\n" +
+	"\x0fset_node_checks\x18\x1b \x01(\v2\x1e.haven.v1.SetNodeChecksCommandH\x00R\rsetNodeChecksB\x05\n" +
+	"\x03cmd\"\x86\x01\n" +
+	"\x14SetNodeChecksCommand\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rchecked_index\x18\x02 \x01(\x04R\fcheckedIndex\x125\n" +
+	"\n" +
+	"cannot_run\x18\x03 \x03(\v2\x16.haven.v1.GroupRefusalR\tcannotRun\"7\n" +
 	"\x11UpsertNodeCommand\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\"X\n" +
 	"\x14SetNodeStatusCommand\x12\x12\n" +
@@ -1989,94 +2075,98 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
-	(*UpsertNodeCommand)(nil),     // 2: haven.v1.UpsertNodeCommand
-	(*SetNodeStatusCommand)(nil),  // 3: haven.v1.SetNodeStatusCommand
-	(*CreateGroupCommand)(nil),    // 4: haven.v1.CreateGroupCommand
-	(*DeleteGroupCommand)(nil),    // 5: haven.v1.DeleteGroupCommand
-	(*AssignGroupCommand)(nil),    // 6: haven.v1.AssignGroupCommand
-	(*AssignGroupsCommand)(nil),   // 7: haven.v1.AssignGroupsCommand
-	(*SetGroupStateCommand)(nil),  // 8: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 9: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 10: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 11: haven.v1.SetNodeDrainCommand
-	(*BeginMoveCommand)(nil),      // 12: haven.v1.BeginMoveCommand
-	(*MoveProgressCommand)(nil),   // 13: haven.v1.MoveProgressCommand
-	(*CommitMoveCommand)(nil),     // 14: haven.v1.CommitMoveCommand
-	(*EndMoveCommand)(nil),        // 15: haven.v1.EndMoveCommand
-	(*AttachDiskCommand)(nil),     // 16: haven.v1.AttachDiskCommand
-	(*DetachDiskCommand)(nil),     // 17: haven.v1.DetachDiskCommand
-	(*EndDiskChangeCommand)(nil),  // 18: haven.v1.EndDiskChangeCommand
-	(*AppliedRequest)(nil),        // 19: haven.v1.AppliedRequest
-	(*AppliedItem)(nil),           // 20: haven.v1.AppliedItem
-	(*SnapshotHeader)(nil),        // 21: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 22: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*Node)(nil),                  // 24: haven.v1.Node
-	(NodeStatus)(0),               // 25: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 26: haven.v1.GroupSpec
-	(GroupState)(0),               // 27: haven.v1.GroupState
-	(DesiredState)(0),             // 28: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 29: haven.v1.GroupFailure
-	(*Operation)(nil),             // 30: haven.v1.Operation
-	(OperationPhase)(0),           // 31: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 32: haven.v1.MoveProgress
-	(OperationOutcome)(0),         // 33: haven.v1.OperationOutcome
-	(*Resource)(nil),              // 34: haven.v1.Resource
-	(DiskChangeOutcome)(0),        // 35: haven.v1.DiskChangeOutcome
-	(*Group)(nil),                 // 36: haven.v1.Group
+	(*SetNodeChecksCommand)(nil),  // 2: haven.v1.SetNodeChecksCommand
+	(*UpsertNodeCommand)(nil),     // 3: haven.v1.UpsertNodeCommand
+	(*SetNodeStatusCommand)(nil),  // 4: haven.v1.SetNodeStatusCommand
+	(*CreateGroupCommand)(nil),    // 5: haven.v1.CreateGroupCommand
+	(*DeleteGroupCommand)(nil),    // 6: haven.v1.DeleteGroupCommand
+	(*AssignGroupCommand)(nil),    // 7: haven.v1.AssignGroupCommand
+	(*AssignGroupsCommand)(nil),   // 8: haven.v1.AssignGroupsCommand
+	(*SetGroupStateCommand)(nil),  // 9: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 10: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 11: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 12: haven.v1.SetNodeDrainCommand
+	(*BeginMoveCommand)(nil),      // 13: haven.v1.BeginMoveCommand
+	(*MoveProgressCommand)(nil),   // 14: haven.v1.MoveProgressCommand
+	(*CommitMoveCommand)(nil),     // 15: haven.v1.CommitMoveCommand
+	(*EndMoveCommand)(nil),        // 16: haven.v1.EndMoveCommand
+	(*AttachDiskCommand)(nil),     // 17: haven.v1.AttachDiskCommand
+	(*DetachDiskCommand)(nil),     // 18: haven.v1.DetachDiskCommand
+	(*EndDiskChangeCommand)(nil),  // 19: haven.v1.EndDiskChangeCommand
+	(*AppliedRequest)(nil),        // 20: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 21: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 22: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 23: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*GroupRefusal)(nil),          // 25: haven.v1.GroupRefusal
+	(*Node)(nil),                  // 26: haven.v1.Node
+	(NodeStatus)(0),               // 27: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 28: haven.v1.GroupSpec
+	(GroupState)(0),               // 29: haven.v1.GroupState
+	(DesiredState)(0),             // 30: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 31: haven.v1.GroupFailure
+	(*Operation)(nil),             // 32: haven.v1.Operation
+	(OperationPhase)(0),           // 33: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 34: haven.v1.MoveProgress
+	(OperationOutcome)(0),         // 35: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 36: haven.v1.Resource
+	(DiskChangeOutcome)(0),        // 37: haven.v1.DiskChangeOutcome
+	(*Group)(nil),                 // 38: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	23, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
-	2,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
-	3,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
-	4,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
-	5,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
-	6,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	8,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	11, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	9,  // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	10, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
-	7,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
-	12, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
-	13, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
-	14, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
-	15, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
-	16, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
-	17, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
-	18, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
-	24, // 18: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	25, // 19: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	26, // 20: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	27, // 21: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	28, // 22: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	29, // 23: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	6,  // 24: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
-	27, // 25: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	27, // 26: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	30, // 27: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
-	31, // 28: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
-	32, // 29: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
-	32, // 30: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
-	33, // 31: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
-	34, // 32: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
-	35, // 33: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
-	23, // 34: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 35: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	20, // 36: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
-	0,  // 37: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
-	24, // 38: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	36, // 39: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	19, // 40: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	30, // 41: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	24, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	3,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
+	4,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
+	5,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
+	6,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
+	7,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
+	9,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	12, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	10, // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	11, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	8,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
+	13, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
+	14, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
+	15, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
+	16, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
+	17, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
+	18, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
+	19, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
+	2,  // 18: haven.v1.Command.set_node_checks:type_name -> haven.v1.SetNodeChecksCommand
+	25, // 19: haven.v1.SetNodeChecksCommand.cannot_run:type_name -> haven.v1.GroupRefusal
+	26, // 20: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	27, // 21: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	28, // 22: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	29, // 23: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	30, // 24: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	31, // 25: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	7,  // 26: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	29, // 27: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	29, // 28: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	32, // 29: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
+	33, // 30: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
+	34, // 31: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
+	34, // 32: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
+	35, // 33: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
+	36, // 34: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
+	37, // 35: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
+	24, // 36: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 37: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	21, // 38: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 39: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	26, // 40: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	38, // 41: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	20, // 42: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	32, // 43: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -2103,8 +2193,9 @@ func file_haven_v1_command_proto_init() {
 		(*Command_AttachDisk)(nil),
 		(*Command_DetachDisk)(nil),
 		(*Command_EndDiskChange)(nil),
+		(*Command_SetNodeChecks)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[21].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[22].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -2116,7 +2207,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -602,6 +602,102 @@ func (*ReportDiskChangeResponse) Descriptor() ([]byte, []int) {
 	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
+type ReportChecksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	CheckedIndex  uint64                 `protobuf:"varint,2,opt,name=checked_index,json=checkedIndex,proto3" json:"checked_index,omitempty"`
+	CannotRun     []*GroupRefusal        `protobuf:"bytes,3,rep,name=cannot_run,json=cannotRun,proto3" json:"cannot_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportChecksRequest) Reset() {
+	*x = ReportChecksRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportChecksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportChecksRequest) ProtoMessage() {}
+
+func (x *ReportChecksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportChecksRequest.ProtoReflect.Descriptor instead.
+func (*ReportChecksRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReportChecksRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportChecksRequest) GetCheckedIndex() uint64 {
+	if x != nil {
+		return x.CheckedIndex
+	}
+	return 0
+}
+
+func (x *ReportChecksRequest) GetCannotRun() []*GroupRefusal {
+	if x != nil {
+		return x.CannotRun
+	}
+	return nil
+}
+
+type ReportChecksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportChecksResponse) Reset() {
+	*x = ReportChecksResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportChecksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportChecksResponse) ProtoMessage() {}
+
+func (x *ReportChecksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportChecksResponse.ProtoReflect.Descriptor instead.
+func (*ReportChecksResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
 type CrashVMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -612,7 +708,7 @@ type CrashVMRequest struct {
 
 func (x *CrashVMRequest) Reset() {
 	*x = CrashVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +720,7 @@ func (x *CrashVMRequest) String() string {
 func (*CrashVMRequest) ProtoMessage() {}
 
 func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +733,7 @@ func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMRequest.ProtoReflect.Descriptor instead.
 func (*CrashVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CrashVMRequest) GetGroup() string {
@@ -662,7 +758,7 @@ type CrashVMResponse struct {
 
 func (x *CrashVMResponse) Reset() {
 	*x = CrashVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +770,7 @@ func (x *CrashVMResponse) String() string {
 func (*CrashVMResponse) ProtoMessage() {}
 
 func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +783,7 @@ func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMResponse.ProtoReflect.Descriptor instead.
 func (*CrashVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 type HangVMRequest struct {
@@ -700,7 +796,7 @@ type HangVMRequest struct {
 
 func (x *HangVMRequest) Reset() {
 	*x = HangVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +808,7 @@ func (x *HangVMRequest) String() string {
 func (*HangVMRequest) ProtoMessage() {}
 
 func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +821,7 @@ func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMRequest.ProtoReflect.Descriptor instead.
 func (*HangVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HangVMRequest) GetGroup() string {
@@ -750,7 +846,7 @@ type HangVMResponse struct {
 
 func (x *HangVMResponse) Reset() {
 	*x = HangVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +858,7 @@ func (x *HangVMResponse) String() string {
 func (*HangVMResponse) ProtoMessage() {}
 
 func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +871,7 @@ func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMResponse.ProtoReflect.Descriptor instead.
 func (*HangVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 type MoveOutRequest struct {
@@ -792,7 +888,7 @@ type MoveOutRequest struct {
 
 func (x *MoveOutRequest) Reset() {
 	*x = MoveOutRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +900,7 @@ func (x *MoveOutRequest) String() string {
 func (*MoveOutRequest) ProtoMessage() {}
 
 func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +913,7 @@ func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutRequest.ProtoReflect.Descriptor instead.
 func (*MoveOutRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MoveOutRequest) GetOperation() string {
@@ -855,7 +951,7 @@ type MoveOutResponse struct {
 
 func (x *MoveOutResponse) Reset() {
 	*x = MoveOutResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +963,7 @@ func (x *MoveOutResponse) String() string {
 func (*MoveOutResponse) ProtoMessage() {}
 
 func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +976,7 @@ func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutResponse.ProtoReflect.Descriptor instead.
 func (*MoveOutResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MoveOutResponse) GetPhase() OperationPhase {
@@ -925,7 +1021,7 @@ type MoveInRequest struct {
 
 func (x *MoveInRequest) Reset() {
 	*x = MoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1033,7 @@ func (x *MoveInRequest) String() string {
 func (*MoveInRequest) ProtoMessage() {}
 
 func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1046,7 @@ func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
 func (*MoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MoveInRequest) GetOperation() string {
@@ -990,7 +1086,7 @@ type MoveInResponse struct {
 
 func (x *MoveInResponse) Reset() {
 	*x = MoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1098,7 @@ func (x *MoveInResponse) String() string {
 func (*MoveInResponse) ProtoMessage() {}
 
 func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1111,7 @@ func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
 func (*MoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MoveInResponse) GetData() []byte {
@@ -1035,7 +1131,7 @@ type RestoreMoveRequest struct {
 
 func (x *RestoreMoveRequest) Reset() {
 	*x = RestoreMoveRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1143,7 @@ func (x *RestoreMoveRequest) String() string {
 func (*RestoreMoveRequest) ProtoMessage() {}
 
 func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1156,7 @@ func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveRequest.ProtoReflect.Descriptor instead.
 func (*RestoreMoveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestoreMoveRequest) GetOperation() string {
@@ -1085,7 +1181,7 @@ type RestoreMoveResponse struct {
 
 func (x *RestoreMoveResponse) Reset() {
 	*x = RestoreMoveResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1193,7 @@ func (x *RestoreMoveResponse) String() string {
 func (*RestoreMoveResponse) ProtoMessage() {}
 
 func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1206,7 @@ func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveResponse.ProtoReflect.Descriptor instead.
 func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 type ConfirmMoveInRequest struct {
@@ -1123,7 +1219,7 @@ type ConfirmMoveInRequest struct {
 
 func (x *ConfirmMoveInRequest) Reset() {
 	*x = ConfirmMoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1231,7 @@ func (x *ConfirmMoveInRequest) String() string {
 func (*ConfirmMoveInRequest) ProtoMessage() {}
 
 func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1244,7 @@ func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConfirmMoveInRequest) GetOperation() string {
@@ -1173,7 +1269,7 @@ type ConfirmMoveInResponse struct {
 
 func (x *ConfirmMoveInResponse) Reset() {
 	*x = ConfirmMoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1281,7 @@ func (x *ConfirmMoveInResponse) String() string {
 func (*ConfirmMoveInResponse) ProtoMessage() {}
 
 func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1294,7 @@ func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 type HoldMovesRequest struct {
@@ -1210,7 +1306,7 @@ type HoldMovesRequest struct {
 
 func (x *HoldMovesRequest) Reset() {
 	*x = HoldMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1318,7 @@ func (x *HoldMovesRequest) String() string {
 func (*HoldMovesRequest) ProtoMessage() {}
 
 func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1331,7 @@ func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
 func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
@@ -1255,7 +1351,7 @@ type HoldMovesResponse struct {
 
 func (x *HoldMovesResponse) Reset() {
 	*x = HoldMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1363,7 @@ func (x *HoldMovesResponse) String() string {
 func (*HoldMovesResponse) ProtoMessage() {}
 
 func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1376,7 @@ func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
 func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HoldMovesResponse) GetHolds() []*MoveHold {
@@ -1302,7 +1398,7 @@ type MoveHold struct {
 
 func (x *MoveHold) Reset() {
 	*x = MoveHold{}
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1410,7 @@ func (x *MoveHold) String() string {
 func (*MoveHold) ProtoMessage() {}
 
 func (x *MoveHold) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1423,7 @@ func (x *MoveHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
 func (*MoveHold) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MoveHold) GetPhase() MoveHoldPhase {
@@ -1352,7 +1448,7 @@ type GetMoveHoldsRequest struct {
 
 func (x *GetMoveHoldsRequest) Reset() {
 	*x = GetMoveHoldsRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1460,7 @@ func (x *GetMoveHoldsRequest) String() string {
 func (*GetMoveHoldsRequest) ProtoMessage() {}
 
 func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1473,7 @@ func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
 }
 
 type GetMoveHoldsResponse struct {
@@ -1389,7 +1485,7 @@ type GetMoveHoldsResponse struct {
 
 func (x *GetMoveHoldsResponse) Reset() {
 	*x = GetMoveHoldsResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1497,7 @@ func (x *GetMoveHoldsResponse) String() string {
 func (*GetMoveHoldsResponse) ProtoMessage() {}
 
 func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1510,7 @@ func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
@@ -1434,7 +1530,7 @@ type ReleaseMovesRequest struct {
 
 func (x *ReleaseMovesRequest) Reset() {
 	*x = ReleaseMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1542,7 @@ func (x *ReleaseMovesRequest) String() string {
 func (*ReleaseMovesRequest) ProtoMessage() {}
 
 func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1555,7 @@ func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
@@ -1479,7 +1575,7 @@ type ReleaseMovesResponse struct {
 
 func (x *ReleaseMovesResponse) Reset() {
 	*x = ReleaseMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1587,7 @@ func (x *ReleaseMovesResponse) String() string {
 func (*ReleaseMovesResponse) ProtoMessage() {}
 
 func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1600,7 @@ func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
@@ -1524,7 +1620,7 @@ type InspectVMRequest struct {
 
 func (x *InspectVMRequest) Reset() {
 	*x = InspectVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1632,7 @@ func (x *InspectVMRequest) String() string {
 func (*InspectVMRequest) ProtoMessage() {}
 
 func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1645,7 @@ func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
 func (*InspectVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *InspectVMRequest) GetGroup() string {
@@ -1585,7 +1681,7 @@ type InspectVMResponse struct {
 
 func (x *InspectVMResponse) Reset() {
 	*x = InspectVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1693,7 @@ func (x *InspectVMResponse) String() string {
 func (*InspectVMResponse) ProtoMessage() {}
 
 func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1706,7 @@ func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
 func (*InspectVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *InspectVMResponse) GetState() string {
@@ -1651,7 +1747,7 @@ type FillVMRequest struct {
 
 func (x *FillVMRequest) Reset() {
 	*x = FillVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1759,7 @@ func (x *FillVMRequest) String() string {
 func (*FillVMRequest) ProtoMessage() {}
 
 func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1772,7 @@ func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
 func (*FillVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FillVMRequest) GetGroup() string {
@@ -1703,7 +1799,7 @@ type FillVMResponse struct {
 
 func (x *FillVMResponse) Reset() {
 	*x = FillVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1811,7 @@ func (x *FillVMResponse) String() string {
 func (*FillVMResponse) ProtoMessage() {}
 
 func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1824,7 @@ func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
 func (*FillVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FillVMResponse) GetBytes() int64 {
@@ -1751,7 +1847,7 @@ type ProbeLinkRequest struct {
 
 func (x *ProbeLinkRequest) Reset() {
 	*x = ProbeLinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1859,7 @@ func (x *ProbeLinkRequest) String() string {
 func (*ProbeLinkRequest) ProtoMessage() {}
 
 func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1872,7 @@ func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProbeLinkRequest) GetTarget() string {
@@ -1805,7 +1901,7 @@ type ProbeLinkResponse struct {
 
 func (x *ProbeLinkResponse) Reset() {
 	*x = ProbeLinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1913,7 @@ func (x *ProbeLinkResponse) String() string {
 func (*ProbeLinkResponse) ProtoMessage() {}
 
 func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1926,7 @@ func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProbeLinkResponse) GetBytes() int64 {
@@ -1859,7 +1955,7 @@ type ProbeSinkRequest struct {
 
 func (x *ProbeSinkRequest) Reset() {
 	*x = ProbeSinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[34]
+	mi := &file_haven_v1_node_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +1967,7 @@ func (x *ProbeSinkRequest) String() string {
 func (*ProbeSinkRequest) ProtoMessage() {}
 
 func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[34]
+	mi := &file_haven_v1_node_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +1980,7 @@ func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{34}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ProbeSinkRequest) GetNode() string {
@@ -1911,7 +2007,7 @@ type ProbeSinkResponse struct {
 
 func (x *ProbeSinkResponse) Reset() {
 	*x = ProbeSinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[35]
+	mi := &file_haven_v1_node_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2019,7 @@ func (x *ProbeSinkResponse) String() string {
 func (*ProbeSinkResponse) ProtoMessage() {}
 
 func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[35]
+	mi := &file_haven_v1_node_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2032,7 @@ func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{35}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ProbeSinkResponse) GetBytes() int64 {
@@ -1982,7 +2078,13 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x05index\x18\x04 \x01(\x04R\x05index\x125\n" +
 	"\aoutcome\x18\x05 \x01(\x0e2\x1b.haven.v1.DiskChangeOutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x1a\n" +
-	"\x18ReportDiskChangeResponse\"6\n" +
+	"\x18ReportDiskChangeResponse\"\x85\x01\n" +
+	"\x13ReportChecksRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12#\n" +
+	"\rchecked_index\x18\x02 \x01(\x04R\fcheckedIndex\x125\n" +
+	"\n" +
+	"cannot_run\x18\x03 \x03(\v2\x16.haven.v1.GroupRefusalR\tcannotRun\"\x16\n" +
+	"\x14ReportChecksResponse\"6\n" +
 	"\x0eCrashVMRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\"\x11\n" +
@@ -2063,13 +2165,15 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
 	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
 	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
-	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xe2\t\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xb1\n" +
+	"\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
 	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
 	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12Y\n" +
-	"\x10ReportDiskChange\x12!.haven.v1.ReportDiskChangeRequest\x1a\".haven.v1.ReportDiskChangeResponse\x12>\n" +
+	"\x10ReportDiskChange\x12!.haven.v1.ReportDiskChangeRequest\x1a\".haven.v1.ReportDiskChangeResponse\x12M\n" +
+	"\fReportChecks\x12\x1d.haven.v1.ReportChecksRequest\x1a\x1e.haven.v1.ReportChecksResponse\x12>\n" +
 	"\aCrashVM\x12\x18.haven.v1.CrashVMRequest\x1a\x19.haven.v1.CrashVMResponse\x12;\n" +
 	"\x06HangVM\x12\x17.haven.v1.HangVMRequest\x1a\x18.haven.v1.HangVMResponse\x12@\n" +
 	"\aMoveOut\x12\x18.haven.v1.MoveOutRequest\x1a\x19.haven.v1.MoveOutResponse0\x01\x12?\n" +
@@ -2097,7 +2201,7 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_haven_v1_node_proto_goTypes = []any{
 	(MoveHoldPhase)(0),               // 0: haven.v1.MoveHoldPhase
 	(*GetRaftStatusRequest)(nil),     // 1: haven.v1.GetRaftStatusRequest
@@ -2109,91 +2213,97 @@ var file_haven_v1_node_proto_goTypes = []any{
 	(*ReportGroupResponse)(nil),      // 7: haven.v1.ReportGroupResponse
 	(*ReportDiskChangeRequest)(nil),  // 8: haven.v1.ReportDiskChangeRequest
 	(*ReportDiskChangeResponse)(nil), // 9: haven.v1.ReportDiskChangeResponse
-	(*CrashVMRequest)(nil),           // 10: haven.v1.CrashVMRequest
-	(*CrashVMResponse)(nil),          // 11: haven.v1.CrashVMResponse
-	(*HangVMRequest)(nil),            // 12: haven.v1.HangVMRequest
-	(*HangVMResponse)(nil),           // 13: haven.v1.HangVMResponse
-	(*MoveOutRequest)(nil),           // 14: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),          // 15: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),            // 16: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),           // 17: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),       // 18: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),      // 19: haven.v1.RestoreMoveResponse
-	(*ConfirmMoveInRequest)(nil),     // 20: haven.v1.ConfirmMoveInRequest
-	(*ConfirmMoveInResponse)(nil),    // 21: haven.v1.ConfirmMoveInResponse
-	(*HoldMovesRequest)(nil),         // 22: haven.v1.HoldMovesRequest
-	(*HoldMovesResponse)(nil),        // 23: haven.v1.HoldMovesResponse
-	(*MoveHold)(nil),                 // 24: haven.v1.MoveHold
-	(*GetMoveHoldsRequest)(nil),      // 25: haven.v1.GetMoveHoldsRequest
-	(*GetMoveHoldsResponse)(nil),     // 26: haven.v1.GetMoveHoldsResponse
-	(*ReleaseMovesRequest)(nil),      // 27: haven.v1.ReleaseMovesRequest
-	(*ReleaseMovesResponse)(nil),     // 28: haven.v1.ReleaseMovesResponse
-	(*InspectVMRequest)(nil),         // 29: haven.v1.InspectVMRequest
-	(*InspectVMResponse)(nil),        // 30: haven.v1.InspectVMResponse
-	(*FillVMRequest)(nil),            // 31: haven.v1.FillVMRequest
-	(*FillVMResponse)(nil),           // 32: haven.v1.FillVMResponse
-	(*ProbeLinkRequest)(nil),         // 33: haven.v1.ProbeLinkRequest
-	(*ProbeLinkResponse)(nil),        // 34: haven.v1.ProbeLinkResponse
-	(*ProbeSinkRequest)(nil),         // 35: haven.v1.ProbeSinkRequest
-	(*ProbeSinkResponse)(nil),        // 36: haven.v1.ProbeSinkResponse
-	(GroupState)(0),                  // 37: haven.v1.GroupState
-	(DiskChangeOutcome)(0),           // 38: haven.v1.DiskChangeOutcome
-	(OperationPhase)(0),              // 39: haven.v1.OperationPhase
-	(*MoveProgress)(nil),             // 40: haven.v1.MoveProgress
-	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
+	(*ReportChecksRequest)(nil),      // 10: haven.v1.ReportChecksRequest
+	(*ReportChecksResponse)(nil),     // 11: haven.v1.ReportChecksResponse
+	(*CrashVMRequest)(nil),           // 12: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),          // 13: haven.v1.CrashVMResponse
+	(*HangVMRequest)(nil),            // 14: haven.v1.HangVMRequest
+	(*HangVMResponse)(nil),           // 15: haven.v1.HangVMResponse
+	(*MoveOutRequest)(nil),           // 16: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),          // 17: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),            // 18: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),           // 19: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),       // 20: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),      // 21: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),     // 22: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil),    // 23: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),         // 24: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),        // 25: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),                 // 26: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),      // 27: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),     // 28: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),      // 29: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),     // 30: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),         // 31: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),        // 32: haven.v1.InspectVMResponse
+	(*FillVMRequest)(nil),            // 33: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),           // 34: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),         // 35: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),        // 36: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),         // 37: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),        // 38: haven.v1.ProbeSinkResponse
+	(GroupState)(0),                  // 39: haven.v1.GroupState
+	(DiskChangeOutcome)(0),           // 40: haven.v1.DiskChangeOutcome
+	(*GroupRefusal)(nil),             // 41: haven.v1.GroupRefusal
+	(OperationPhase)(0),              // 42: haven.v1.OperationPhase
+	(*MoveProgress)(nil),             // 43: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),      // 44: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
 	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	37, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	38, // 2: haven.v1.ReportDiskChangeRequest.outcome:type_name -> haven.v1.DiskChangeOutcome
-	39, // 3: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	40, // 4: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	0,  // 5: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	24, // 6: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 7: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
-	24, // 8: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 9: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	24, // 10: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
-	41, // 11: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
-	1,  // 12: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	3,  // 13: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	6,  // 14: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	8,  // 15: haven.v1.NodeService.ReportDiskChange:input_type -> haven.v1.ReportDiskChangeRequest
-	10, // 16: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	12, // 17: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
-	14, // 18: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	16, // 19: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	18, // 20: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	20, // 21: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
-	22, // 22: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
-	25, // 23: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
-	27, // 24: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
-	29, // 25: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
-	31, // 26: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
-	33, // 27: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
-	35, // 28: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
-	2,  // 29: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	5,  // 30: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	7,  // 31: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	9,  // 32: haven.v1.NodeService.ReportDiskChange:output_type -> haven.v1.ReportDiskChangeResponse
-	11, // 33: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	13, // 34: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
-	15, // 35: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	17, // 36: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	19, // 37: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	21, // 38: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
-	23, // 39: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
-	26, // 40: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
-	28, // 41: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
-	30, // 42: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
-	32, // 43: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
-	34, // 44: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
-	36, // 45: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
-	29, // [29:46] is the sub-list for method output_type
-	12, // [12:29] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	39, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	40, // 2: haven.v1.ReportDiskChangeRequest.outcome:type_name -> haven.v1.DiskChangeOutcome
+	41, // 3: haven.v1.ReportChecksRequest.cannot_run:type_name -> haven.v1.GroupRefusal
+	42, // 4: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	43, // 5: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 6: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	26, // 7: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 8: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
+	26, // 9: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 10: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	26, // 11: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	44, // 12: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	1,  // 13: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	3,  // 14: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	6,  // 15: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	8,  // 16: haven.v1.NodeService.ReportDiskChange:input_type -> haven.v1.ReportDiskChangeRequest
+	10, // 17: haven.v1.NodeService.ReportChecks:input_type -> haven.v1.ReportChecksRequest
+	12, // 18: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	14, // 19: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
+	16, // 20: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	18, // 21: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	20, // 22: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	22, // 23: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	24, // 24: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	27, // 25: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	29, // 26: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	31, // 27: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	33, // 28: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	35, // 29: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	37, // 30: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	2,  // 31: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	5,  // 32: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	7,  // 33: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	9,  // 34: haven.v1.NodeService.ReportDiskChange:output_type -> haven.v1.ReportDiskChangeResponse
+	11, // 35: haven.v1.NodeService.ReportChecks:output_type -> haven.v1.ReportChecksResponse
+	13, // 36: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	15, // 37: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
+	17, // 38: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	19, // 39: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	21, // 40: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	23, // 41: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	25, // 42: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	28, // 43: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	30, // 44: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	32, // 45: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	34, // 46: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	36, // 47: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	38, // 48: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	31, // [31:49] is the sub-list for method output_type
+	13, // [13:31] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -2202,14 +2312,14 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
-	file_haven_v1_node_proto_msgTypes[29].OneofWrappers = []any{}
+	file_haven_v1_node_proto_msgTypes[31].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

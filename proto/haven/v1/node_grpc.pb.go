@@ -23,6 +23,7 @@ const (
 	NodeService_RenewLease_FullMethodName       = "/haven.v1.NodeService/RenewLease"
 	NodeService_ReportGroup_FullMethodName      = "/haven.v1.NodeService/ReportGroup"
 	NodeService_ReportDiskChange_FullMethodName = "/haven.v1.NodeService/ReportDiskChange"
+	NodeService_ReportChecks_FullMethodName     = "/haven.v1.NodeService/ReportChecks"
 	NodeService_CrashVM_FullMethodName          = "/haven.v1.NodeService/CrashVM"
 	NodeService_HangVM_FullMethodName           = "/haven.v1.NodeService/HangVM"
 	NodeService_MoveOut_FullMethodName          = "/haven.v1.NodeService/MoveOut"
@@ -58,6 +59,9 @@ type NodeServiceClient interface {
 	// group's pending disk change to its running VMs, or could not (and
 	// why).
 	ReportDiskChange(ctx context.Context, in *ReportDiskChangeRequest, opts ...grpc.CallOption) (*ReportDiskChangeResponse, error)
+	// ReportChecks tells the leader which groups this node's driver cannot
+	// run and why, checked against the group specs at checked_index.
+	ReportChecks(ctx context.Context, in *ReportChecksRequest, opts ...grpc.CallOption) (*ReportChecksResponse, error)
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(ctx context.Context, in *CrashVMRequest, opts ...grpc.CallOption) (*CrashVMResponse, error)
@@ -169,6 +173,16 @@ func (c *nodeServiceClient) ReportDiskChange(ctx context.Context, in *ReportDisk
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReportDiskChangeResponse)
 	err := c.cc.Invoke(ctx, NodeService_ReportDiskChange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ReportChecks(ctx context.Context, in *ReportChecksRequest, opts ...grpc.CallOption) (*ReportChecksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportChecksResponse)
+	err := c.cc.Invoke(ctx, NodeService_ReportChecks_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -340,6 +354,9 @@ type NodeServiceServer interface {
 	// group's pending disk change to its running VMs, or could not (and
 	// why).
 	ReportDiskChange(context.Context, *ReportDiskChangeRequest) (*ReportDiskChangeResponse, error)
+	// ReportChecks tells the leader which groups this node's driver cannot
+	// run and why, checked against the group specs at checked_index.
+	ReportChecks(context.Context, *ReportChecksRequest) (*ReportChecksResponse, error)
 	// CrashVM makes a simulated VM on this node die as a guest crash would.
 	// For fault-injection tests: refused unless sim.fault_injection is set.
 	CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error)
@@ -428,6 +445,9 @@ func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupR
 }
 func (UnimplementedNodeServiceServer) ReportDiskChange(context.Context, *ReportDiskChangeRequest) (*ReportDiskChangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportDiskChange not implemented")
+}
+func (UnimplementedNodeServiceServer) ReportChecks(context.Context, *ReportChecksRequest) (*ReportChecksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportChecks not implemented")
 }
 func (UnimplementedNodeServiceServer) CrashVM(context.Context, *CrashVMRequest) (*CrashVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CrashVM not implemented")
@@ -557,6 +577,24 @@ func _NodeService_ReportDiskChange_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(NodeServiceServer).ReportDiskChange(ctx, req.(*ReportDiskChangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ReportChecks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportChecksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ReportChecks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ReportChecks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ReportChecks(ctx, req.(*ReportChecksRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -788,6 +826,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportDiskChange",
 			Handler:    _NodeService_ReportDiskChange_Handler,
+		},
+		{
+			MethodName: "ReportChecks",
+			Handler:    _NodeService_ReportChecks_Handler,
 		},
 		{
 			MethodName: "CrashVM",

@@ -1769,7 +1769,15 @@ type Node struct {
 	LiveMigration  bool `protobuf:"varint,15,opt,name=live_migration,json=liveMigration,proto3" json:"live_migration,omitempty"`
 	QuickMigration bool `protobuf:"varint,16,opt,name=quick_migration,json=quickMigration,proto3" json:"quick_migration,omitempty"`
 	// The node's driver can add disks to a running VM and take them away.
-	HotPlugDisks  bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
+	HotPlugDisks bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
+	// The groups this node's driver cannot run, and why (a kernel missing
+	// on this node, a machine type its QEMU lacks), as the node last
+	// reported them: placement keeps those groups off the node.
+	CannotRun []*GroupRefusal `protobuf:"bytes,18,rep,name=cannot_run,json=cannotRun,proto3" json:"cannot_run,omitempty"`
+	// The log index of the group specs the node had checked when it
+	// reported cannot_run: a group created after it is not checked there
+	// yet.
+	CheckedIndex  uint64 `protobuf:"varint,19,opt,name=checked_index,json=checkedIndex,proto3" json:"checked_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1923,6 +1931,83 @@ func (x *Node) GetHotPlugDisks() bool {
 	return false
 }
 
+func (x *Node) GetCannotRun() []*GroupRefusal {
+	if x != nil {
+		return x.CannotRun
+	}
+	return nil
+}
+
+func (x *Node) GetCheckedIndex() uint64 {
+	if x != nil {
+		return x.CheckedIndex
+	}
+	return 0
+}
+
+// GroupRefusal is a node's driver saying it cannot run a group.
+type GroupRefusal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// The group's create_index, so that a refusal of a deleted group does
+	// not stick to a new group of the same name.
+	CreateIndex   uint64 `protobuf:"varint,2,opt,name=create_index,json=createIndex,proto3" json:"create_index,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupRefusal) Reset() {
+	*x = GroupRefusal{}
+	mi := &file_haven_v1_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupRefusal) ProtoMessage() {}
+
+func (x *GroupRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupRefusal.ProtoReflect.Descriptor instead.
+func (*GroupRefusal) Descriptor() ([]byte, []int) {
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GroupRefusal) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *GroupRefusal) GetCreateIndex() uint64 {
+	if x != nil {
+		return x.CreateIndex
+	}
+	return 0
+}
+
+func (x *GroupRefusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // MoveOptions are a move's knobs.
 type MoveOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1936,7 +2021,7 @@ type MoveOptions struct {
 
 func (x *MoveOptions) Reset() {
 	*x = MoveOptions{}
-	mi := &file_haven_v1_types_proto_msgTypes[14]
+	mi := &file_haven_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2033,7 @@ func (x *MoveOptions) String() string {
 func (*MoveOptions) ProtoMessage() {}
 
 func (x *MoveOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[14]
+	mi := &file_haven_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2046,7 @@ func (x *MoveOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOptions.ProtoReflect.Descriptor instead.
 func (*MoveOptions) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MoveOptions) GetDowntimeTarget() *durationpb.Duration {
@@ -1995,7 +2080,7 @@ type MoveProgress struct {
 
 func (x *MoveProgress) Reset() {
 	*x = MoveProgress{}
-	mi := &file_haven_v1_types_proto_msgTypes[15]
+	mi := &file_haven_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2092,7 @@ func (x *MoveProgress) String() string {
 func (*MoveProgress) ProtoMessage() {}
 
 func (x *MoveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[15]
+	mi := &file_haven_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2105,7 @@ func (x *MoveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgress.ProtoReflect.Descriptor instead.
 func (*MoveProgress) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MoveProgress) GetRound() uint32 {
@@ -2108,7 +2193,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_haven_v1_types_proto_msgTypes[16]
+	mi := &file_haven_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2205,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_types_proto_msgTypes[16]
+	mi := &file_haven_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2218,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_haven_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Operation) GetId() string {
@@ -2378,7 +2463,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\x9f\x05\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xfb\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -2399,10 +2484,17 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x12%\n" +
 	"\x0elive_migration\x18\x0f \x01(\bR\rliveMigration\x12'\n" +
 	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x12$\n" +
-	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x1a9\n" +
+	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x125\n" +
+	"\n" +
+	"cannot_run\x18\x12 \x03(\v2\x16.haven.v1.GroupRefusalR\tcannotRun\x12#\n" +
+	"\rchecked_index\x18\x13 \x01(\x04R\fcheckedIndex\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
+	"\fGroupRefusal\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
+	"\fcreate_index\x18\x02 \x01(\x04R\vcreateIndex\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"z\n" +
 	"\vMoveOptions\x12B\n" +
 	"\x0fdowntime_target\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
 	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\"\xaf\x02\n" +
@@ -2514,7 +2606,7 @@ func file_haven_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_haven_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_haven_v1_types_proto_goTypes = []any{
 	(ResourceKind)(0),             // 0: haven.v1.ResourceKind
 	(Priority)(0),                 // 1: haven.v1.Priority
@@ -2541,15 +2633,16 @@ var file_haven_v1_types_proto_goTypes = []any{
 	(*DiskChange)(nil),            // 22: haven.v1.DiskChange
 	(*Capacity)(nil),              // 23: haven.v1.Capacity
 	(*Node)(nil),                  // 24: haven.v1.Node
-	(*MoveOptions)(nil),           // 25: haven.v1.MoveOptions
-	(*MoveProgress)(nil),          // 26: haven.v1.MoveProgress
-	(*Operation)(nil),             // 27: haven.v1.Operation
-	nil,                           // 28: haven.v1.ConfigSpec.SettingsEntry
-	nil,                           // 29: haven.v1.GroupSpec.LabelsEntry
-	nil,                           // 30: haven.v1.GroupSpec.NodeSelectorEntry
-	nil,                           // 31: haven.v1.Node.LabelsEntry
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*GroupRefusal)(nil),          // 25: haven.v1.GroupRefusal
+	(*MoveOptions)(nil),           // 26: haven.v1.MoveOptions
+	(*MoveProgress)(nil),          // 27: haven.v1.MoveProgress
+	(*Operation)(nil),             // 28: haven.v1.Operation
+	nil,                           // 29: haven.v1.ConfigSpec.SettingsEntry
+	nil,                           // 30: haven.v1.GroupSpec.LabelsEntry
+	nil,                           // 31: haven.v1.GroupSpec.NodeSelectorEntry
+	nil,                           // 32: haven.v1.Node.LabelsEntry
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
 }
 var file_haven_v1_types_proto_depIdxs = []int32{
 	0,  // 0: haven.v1.Resource.kind:type_name -> haven.v1.ResourceKind
@@ -2557,49 +2650,50 @@ var file_haven_v1_types_proto_depIdxs = []int32{
 	13, // 2: haven.v1.Resource.disk:type_name -> haven.v1.DiskSpec
 	14, // 3: haven.v1.Resource.vm:type_name -> haven.v1.VmSpec
 	15, // 4: haven.v1.Resource.ip:type_name -> haven.v1.IpSpec
-	28, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
+	29, // 5: haven.v1.ConfigSpec.settings:type_name -> haven.v1.ConfigSpec.SettingsEntry
 	2,  // 6: haven.v1.FailbackPolicy.mode:type_name -> haven.v1.FailbackMode
-	32, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
+	33, // 7: haven.v1.RestartPolicy.period:type_name -> google.protobuf.Duration
 	11, // 8: haven.v1.GroupSpec.resources:type_name -> haven.v1.Resource
 	1,  // 9: haven.v1.GroupSpec.priority:type_name -> haven.v1.Priority
 	16, // 10: haven.v1.GroupSpec.failback:type_name -> haven.v1.FailbackPolicy
 	17, // 11: haven.v1.GroupSpec.restart:type_name -> haven.v1.RestartPolicy
-	29, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
+	30, // 12: haven.v1.GroupSpec.labels:type_name -> haven.v1.GroupSpec.LabelsEntry
 	19, // 13: haven.v1.GroupSpec.anti_affinity:type_name -> haven.v1.AntiAffinity
-	30, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
-	33, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
+	31, // 14: haven.v1.GroupSpec.node_selector:type_name -> haven.v1.GroupSpec.NodeSelectorEntry
+	34, // 15: haven.v1.GroupFailure.time:type_name -> google.protobuf.Timestamp
 	18, // 16: haven.v1.Group.spec:type_name -> haven.v1.GroupSpec
 	4,  // 17: haven.v1.Group.state:type_name -> haven.v1.GroupState
-	33, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
+	34, // 18: haven.v1.Group.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 19: haven.v1.Group.desired:type_name -> haven.v1.DesiredState
-	33, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
-	33, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
+	34, // 20: haven.v1.Group.desired_time:type_name -> google.protobuf.Timestamp
+	34, // 21: haven.v1.Group.state_time:type_name -> google.protobuf.Timestamp
 	20, // 22: haven.v1.Group.failures:type_name -> haven.v1.GroupFailure
 	22, // 23: haven.v1.Group.disk_change:type_name -> haven.v1.DiskChange
 	5,  // 24: haven.v1.DiskChange.kind:type_name -> haven.v1.DiskChangeKind
 	11, // 25: haven.v1.DiskChange.disk:type_name -> haven.v1.Resource
 	6,  // 26: haven.v1.DiskChange.outcome:type_name -> haven.v1.DiskChangeOutcome
-	33, // 27: haven.v1.DiskChange.create_time:type_name -> google.protobuf.Timestamp
-	33, // 28: haven.v1.DiskChange.finish_time:type_name -> google.protobuf.Timestamp
+	34, // 27: haven.v1.DiskChange.create_time:type_name -> google.protobuf.Timestamp
+	34, // 28: haven.v1.DiskChange.finish_time:type_name -> google.protobuf.Timestamp
 	23, // 29: haven.v1.Node.capacity:type_name -> haven.v1.Capacity
 	7,  // 30: haven.v1.Node.status:type_name -> haven.v1.NodeStatus
-	33, // 31: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
-	31, // 32: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
-	32, // 33: haven.v1.MoveOptions.downtime_target:type_name -> google.protobuf.Duration
-	32, // 34: haven.v1.MoveProgress.expected_downtime:type_name -> google.protobuf.Duration
-	8,  // 35: haven.v1.Operation.kind:type_name -> haven.v1.MoveKind
-	9,  // 36: haven.v1.Operation.phase:type_name -> haven.v1.OperationPhase
-	26, // 37: haven.v1.Operation.progress:type_name -> haven.v1.MoveProgress
-	10, // 38: haven.v1.Operation.outcome:type_name -> haven.v1.OperationOutcome
-	25, // 39: haven.v1.Operation.options:type_name -> haven.v1.MoveOptions
-	33, // 40: haven.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
-	33, // 41: haven.v1.Operation.phase_time:type_name -> google.protobuf.Timestamp
-	33, // 42: haven.v1.Operation.finish_time:type_name -> google.protobuf.Timestamp
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	34, // 31: haven.v1.Node.status_time:type_name -> google.protobuf.Timestamp
+	32, // 32: haven.v1.Node.labels:type_name -> haven.v1.Node.LabelsEntry
+	25, // 33: haven.v1.Node.cannot_run:type_name -> haven.v1.GroupRefusal
+	33, // 34: haven.v1.MoveOptions.downtime_target:type_name -> google.protobuf.Duration
+	33, // 35: haven.v1.MoveProgress.expected_downtime:type_name -> google.protobuf.Duration
+	8,  // 36: haven.v1.Operation.kind:type_name -> haven.v1.MoveKind
+	9,  // 37: haven.v1.Operation.phase:type_name -> haven.v1.OperationPhase
+	27, // 38: haven.v1.Operation.progress:type_name -> haven.v1.MoveProgress
+	10, // 39: haven.v1.Operation.outcome:type_name -> haven.v1.OperationOutcome
+	26, // 40: haven.v1.Operation.options:type_name -> haven.v1.MoveOptions
+	34, // 41: haven.v1.Operation.create_time:type_name -> google.protobuf.Timestamp
+	34, // 42: haven.v1.Operation.phase_time:type_name -> google.protobuf.Timestamp
+	34, // 43: haven.v1.Operation.finish_time:type_name -> google.protobuf.Timestamp
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_types_proto_init() }
@@ -2613,7 +2707,7 @@ func file_haven_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_types_proto_rawDesc), len(file_haven_v1_types_proto_rawDesc)),
 			NumEnums:      11,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,133 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/logging/logtest"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// checkDriver is a fakeDriver that can tell which kernels this node has.
+type checkDriver struct {
+	*fakeDriver
+	mu      sync.Mutex
+	kernels map[string]bool
+	asked   int
+}
+
+func (d *checkDriver) CanRun(spec driver.VMSpec) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.asked++
+	if k := spec.Boot.Kernel; k != "" && !d.kernels[k] {
+		return fmt.Errorf("%w: boot.kernel: stat %s: no such file or directory", driver.ErrInvalidSpec, k)
+	}
+	return nil
+}
+
+func (d *checkDriver) add(kernel string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.kernels[kernel] = true
+}
+
+func kernelGroup(name, kernel string) *havenv1.GroupSpec {
+	spec := fsmtest.VMGroup(name)
+	spec.Resources[1].Vm.Kernel = kernel
+	return spec
+}
+
+// The node reports what its driver cannot run, once, as the leader
+// records it; again when a new group appears (so that a start can wait for
+// the check) or a file appears (within CheckEvery); never for a group
+// another node must run.
+func TestChecksReported(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	d := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
+	var sent []*havenv1.ReportChecksRequest
+	const every = time.Minute
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t), CheckEvery: every,
+		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+			sent = append(sent, r)
+			// As the leader does.
+			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			return nil
+		}})
+	web := l.Create(kernelGroup("web", "/boot/a"))
+	db := l.Create(kernelGroup("db", "/boot/b"))
+	other := kernelGroup("pinned", "/boot/c")
+	other.PossibleOwners = []string{"n2"}
+	l.Create(other)
+	var cs checkState
+	now := time.Now()
+	e.checkPass(context.Background(), &cs, now)
+	if len(sent) != 1 {
+		t.Fatalf("sent %d reports, want 1", len(sent))
+	}
+	want := "vm: boot.kernel: stat /boot/b: no such file or directory"
+	if r := sent[0].GetCannotRun(); len(r) != 1 || r[0].GetGroup() != "db" || r[0].GetCreateIndex() != db.GetCreateIndex() || r[0].GetReason() != want {
+		t.Fatalf("reported %v, want db: %q", r, want)
+	}
+	if got := l.FSM.Node("n1").GetCheckedIndex(); got < web.GetCreateIndex() || got < db.GetCreateIndex() {
+		t.Fatalf("checked index %d is before the groups' creation", got)
+	}
+	// Nothing changed but the record: no report, no driver asked.
+	asked := d.asked
+	e.checkPass(context.Background(), &cs, now.Add(time.Second))
+	if len(sent) != 1 || d.asked != asked {
+		t.Fatalf("an unchanged state sent %d reports and asked the driver %d times", len(sent)-1, d.asked-asked)
+	}
+	// A new group: checked, and reported although it runs here, so that a
+	// start of it knows this node has looked.
+	fresh := l.Create(kernelGroup("app", "/boot/a"))
+	e.checkPass(context.Background(), &cs, now.Add(2*time.Second))
+	if len(sent) != 2 || sent[1].GetCheckedIndex() < fresh.GetCreateIndex() || len(sent[1].GetCannotRun()) != 1 {
+		t.Fatalf("after a new group: %v", sent)
+	}
+	// The kernel appears: seen on the next full check, not before.
+	d.add("/boot/b")
+	e.checkPass(context.Background(), &cs, now.Add(3*time.Second))
+	if len(sent) != 2 {
+		t.Fatalf("the file was looked for again before CheckEvery: %v", sent[2:])
+	}
+	e.checkPass(context.Background(), &cs, now.Add(every+time.Second))
+	if len(sent) != 3 || len(sent[2].GetCannotRun()) != 0 || len(l.FSM.Node("n1").GetCannotRun()) != 0 {
+		t.Fatalf("after the kernel appeared: %v", sent[2:])
+	}
+}
+
+// A report the leader did not take is sent again on the next pass.
+func TestChecksRetried(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	d := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{}}
+	fail := true
+	var sent int
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t),
+		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+			sent++
+			if fail {
+				return fmt.Errorf("no leader")
+			}
+			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			return nil
+		}})
+	l.Create(kernelGroup("web", "/boot/a"))
+	var cs checkState
+	now := time.Now()
+	e.checkPass(context.Background(), &cs, now)
+	fail = false
+	e.checkPass(context.Background(), &cs, now.Add(time.Second))
+	if sent != 2 || len(l.FSM.Node("n1").GetCannotRun()) != 1 {
+		t.Fatalf("sent %d, recorded %v", sent, l.FSM.Node("n1").GetCannotRun())
+	}
+}

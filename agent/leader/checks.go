@@ -1,0 +1,95 @@
+package leader
+
+import (
+	"time"
+
+	"github.com/haven-ha/haven/heartbeat"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+// What nodes report their drivers cannot run (a kernel missing there, a
+// machine type their QEMU lacks): every node checks every group's VMs
+// with its driver (executor/checks.go) and reports the refusals, which the
+// FSM keeps in the node's record. Placement keeps a group off the nodes
+// that refused it, with their reasons, instead of trying a start there,
+// waiting for it to fail and holding the node off for an hour.
+
+// ReportChecks records a node's report of the groups its driver cannot
+// run, checked against the group specs at req's index.
+func (l *Leader) ReportChecks(req *havenv1.ReportChecksRequest) error {
+	if l.current() == nil {
+		return ErrNotLeader
+	}
+	if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+		Name: req.GetNode(), CheckedIndex: req.GetCheckedIndex(), CannotRun: req.GetCannotRun(),
+	}}}); err != nil {
+		return err
+	}
+	l.log.Debug("node checks recorded", "node", req.GetNode(), "checked_index", req.GetCheckedIndex(), "cannot_run", len(req.GetCannotRun()))
+	return nil
+}
+
+// nodeRefusals indexes the nodes' refusals by group, then node. A refusal of
+// a group deleted since, whose name a new group took, is not the new
+// group's: its create index differs.
+func nodeRefusals(nodes []*havenv1.Node, groups []*havenv1.Group) map[string]map[string]string {
+	created := make(map[string]uint64, len(groups))
+	for _, g := range groups {
+		created[g.GetSpec().GetName()] = g.GetCreateIndex()
+	}
+	out := map[string]map[string]string{}
+	for _, n := range nodes {
+		for _, r := range n.GetCannotRun() {
+			if ci, ok := created[r.GetGroup()]; !ok || ci != r.GetCreateIndex() {
+				continue
+			}
+			if out[r.GetGroup()] == nil {
+				out[r.GetGroup()] = map[string]string{}
+			}
+			out[r.GetGroup()][n.GetName()] = r.GetReason()
+		}
+	}
+	return out
+}
+
+// cannotRun is what the nodes refused of the group named name.
+func (l *Leader) cannotRun(name string) map[string]string {
+	g := l.state.Group(name)
+	if g == nil {
+		return nil
+	}
+	return nodeRefusals(l.state.Nodes(), []*havenv1.Group{g})[name]
+}
+
+// checksWait bounds how long a start waits for the nodes to check a group
+// they have not seen yet (one created just before, say): a node reports
+// within milliseconds of applying the group, and a node that cannot run it
+// is better left out now than tried and held off for an hour. A node that
+// has not reported by then is tried as before: its start fails and
+// reports why.
+const checksWait = 2 * time.Second
+
+// awaitChecks waits, up to checksWait, until every node that is alive and
+// hosts groups has checked g (its checks are at or past g's creation).
+func (l *Leader) awaitChecks(g *havenv1.Group) {
+	deadline := time.Now().Add(checksWait)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !l.checked(g.GetCreateIndex()) && time.Now().Before(deadline) {
+		<-tick.C
+	}
+}
+
+// checked reports whether every alive node that may host groups has
+// checked the specs up to index.
+func (l *Leader) checked(index uint64) bool {
+	for _, m := range l.cfg.Members.Members() {
+		if m.Meta.Witness || m.State != heartbeat.StateAlive {
+			continue
+		}
+		if n := l.state.Node(m.Name); n == nil || n.GetCheckedIndex() < index {
+			return false
+		}
+	}
+	return true
+}
