@@ -577,6 +577,7 @@ func TestQemuDisks(t *testing.T) {
 	if !qc.locked(data) {
 		t.Fatal("the data image is not locked once attached: QEMU did not open it")
 	}
+	guestSees(t, qc.console(g.GetOwner(), "web"), 2)
 
 	var to string
 	for _, n := range qc.nodes {
@@ -623,6 +624,7 @@ func TestQemuDisks(t *testing.T) {
 	if qc.locked(data) {
 		t.Error("the data image is still locked after the detach was answered")
 	}
+	guestSees(t, dst, 1)
 	n := dst.Last().N
 	dst.Wait(t, 10*time.Second, "the guest counting on after the detach", func(s *testguest.Serial) bool { return s.Last().N > n+10 })
 }
@@ -675,4 +677,13 @@ func TestQemuHeldImage(t *testing.T) {
 	}
 	g := qc.allOnline(leader, []string{"held"}, 60*time.Second, anyOwner)["held"]
 	qc.console(g.GetOwner(), "held").Wait(t, 90*time.Second, "the guest counting", func(s *testguest.Serial) bool { return s.Last().N > 0 })
+}
+
+// guestSees waits until the guest's last list of its disks has n of them.
+func guestSees(t *testing.T, s *testguest.Serial, n int) {
+	t.Helper()
+	s.Wait(t, 30*time.Second, fmt.Sprintf("the guest to see %d disks", n), func(s *testguest.Serial) bool {
+		m, ok := s.LastMessage("haven-disks")
+		return ok && len(strings.Fields(m.Text))-1 == n
+	})
 }

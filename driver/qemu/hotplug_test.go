@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"os"
 	"os/exec"
@@ -84,6 +85,15 @@ func devices(t *testing.T, n node, id driver.VMID) map[string]string {
 	return out
 }
 
+// guestSees waits until the guest's last list of its disks has n of them.
+func guestSees(t *testing.T, s *testguest.Serial, n int) {
+	t.Helper()
+	s.Wait(t, 30*time.Second, fmt.Sprintf("the guest to see %d disks", n), func(s *testguest.Serial) bool {
+		m, ok := s.LastMessage("haven-disks")
+		return ok && len(strings.Fields(m.Text))-1 == n
+	})
+}
+
 func diskNames(t *testing.T, n node, id driver.VMID) []string {
 	t.Helper()
 	disks, err := n.d.Disks(id)
@@ -112,6 +122,7 @@ func TestHotPlugThenMove(t *testing.T) {
 	if got, want := devices(t, n1, web), map[string]string{"disk-0": "a", "disk-1": "b", "disk-2": "c"}; !maps.Equal(got, want) {
 		t.Fatalf("QEMU has disks %v, want %v", got, want)
 	}
+	guestSees(t, src, 3)
 
 	ctx := t.Context()
 	if err := n1.d.DetachDisk(ctx, web, 1, "b"); err != nil {
@@ -123,6 +134,7 @@ func TestHotPlugThenMove(t *testing.T) {
 	if locked(t, shared, "b") {
 		t.Error("b's image is still locked after its detach: its block node stayed")
 	}
+	guestSees(t, src, 2)
 	if !locked(t, shared, "a") {
 		t.Fatal("a's image is not locked while the VM runs: the lock test proves nothing")
 	}
@@ -140,6 +152,7 @@ func TestHotPlugThenMove(t *testing.T) {
 	if !locked(t, shared, "d") {
 		t.Error("d's image is not locked once attached")
 	}
+	guestSees(t, src, 3)
 	if got, want := diskNames(t, n1, web), []string{"a", "c", "d"}; !slices.Equal(got, want) {
 		t.Errorf("Disks: %v, want %v", got, want)
 	}
@@ -172,6 +185,7 @@ func TestHotPlugThenMove(t *testing.T) {
 	if locked(t, shared, "d") {
 		t.Error("d's image is still locked after its detach on the target")
 	}
+	guestSees(t, dst, 2)
 	n := dst.Last().N
 	dst.Wait(t, 10*time.Second, "the guest to tick on after the detach", func(s *testguest.Serial) bool { return s.Last().N > n+10 })
 }
