@@ -1756,9 +1756,11 @@ type Node struct {
 	LiveMigration  bool `protobuf:"varint,15,opt,name=live_migration,json=liveMigration,proto3" json:"live_migration,omitempty"`
 	QuickMigration bool `protobuf:"varint,16,opt,name=quick_migration,json=quickMigration,proto3" json:"quick_migration,omitempty"`
 	// The node's driver can add disks to a running VM and take them away.
-	HotPlugDisks  bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HotPlugDisks bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
+	// The node's driver can end a live move in post-copy (MoveOptions.postcopy).
+	PostcopyMigration bool `protobuf:"varint,18,opt,name=postcopy_migration,json=postcopyMigration,proto3" json:"postcopy_migration,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1910,6 +1912,13 @@ func (x *Node) GetHotPlugDisks() bool {
 	return false
 }
 
+func (x *Node) GetPostcopyMigration() bool {
+	if x != nil {
+		return x.PostcopyMigration
+	}
+	return false
+}
+
 // MoveOptions are a move's knobs.
 type MoveOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1917,8 +1926,12 @@ type MoveOptions struct {
 	DowntimeTarget *durationpb.Duration `protobuf:"bytes,1,opt,name=downtime_target,json=downtimeTarget,proto3" json:"downtime_target,omitempty"`
 	// A cap on the copy, bytes per second; 0 is none.
 	BandwidthLimit int64 `protobuf:"varint,2,opt,name=bandwidth_limit,json=bandwidthLimit,proto3" json:"bandwidth_limit,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Parallel streams for the copy; 0 and 1 mean one.
+	Channels uint32 `protobuf:"varint,3,opt,name=channels,proto3" json:"channels,omitempty"`
+	// Post-copy allowed as the fallback of a pre-copy that cannot converge.
+	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MoveOptions) Reset() {
@@ -1963,6 +1976,20 @@ func (x *MoveOptions) GetBandwidthLimit() int64 {
 		return x.BandwidthLimit
 	}
 	return 0
+}
+
+func (x *MoveOptions) GetChannels() uint32 {
+	if x != nil {
+		return x.Channels
+	}
+	return 0
+}
+
+func (x *MoveOptions) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
 }
 
 // MoveProgress is what the source last reported.
@@ -2364,7 +2391,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\x9f\x05\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xce\x05\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -2385,13 +2412,16 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2\x1a.haven.v1.Node.LabelsEntryR\x06labels\x12%\n" +
 	"\x0elive_migration\x18\x0f \x01(\bR\rliveMigration\x12'\n" +
 	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x12$\n" +
-	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x1a9\n" +
+	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x12-\n" +
+	"\x12postcopy_migration\x18\x12 \x01(\bR\x11postcopyMigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +
 	"\vMoveOptions\x12B\n" +
 	"\x0fdowntime_target\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
-	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\"\xaf\x02\n" +
+	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\x12\x1a\n" +
+	"\bchannels\x18\x03 \x01(\rR\bchannels\x12\x1a\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"\xaf\x02\n" +
 	"\fMoveProgress\x12\x14\n" +
 	"\x05round\x18\x01 \x01(\rR\x05round\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
