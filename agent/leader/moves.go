@@ -299,7 +299,7 @@ func postcopyAllowed(postcopy bool, kind havenv1.MoveKind, from, to *havenv1.Nod
 	case kind != havenv1.MoveKind_MOVE_KIND_LIVE:
 		return refuse(ErrInvalid, "postcopy is a way to end a live move; %s and %s can only move it %s", from.GetName(), to.GetName(), kind)
 	case !from.GetPostcopyMigration() || !to.GetPostcopyMigration():
-		return refuse(ErrConflict, "%s and %s cannot post-copy (a driver without it, such as sim); move without postcopy", from.GetName(), to.GetName())
+		return refuse(ErrConflict, "%s and %s cannot post-copy (their drivers do not report it: sim never does, qemu not yet); move without postcopy", from.GetName(), to.GetName())
 	}
 	return nil
 }
