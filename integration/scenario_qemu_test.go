@@ -85,7 +85,10 @@ func TestScenarioQemuMoves(t *testing.T) {
 	qc := newQemuCluster(t, 3)
 	g := qc.groupSized("web", 256<<20, testguest.Options{MemMiB: 64, DirtyMiBPerSec: 20, TickMs: 10, WatchdogSec: 60})
 	leader := qc.leader(30 * time.Second)
-	type figures struct{ total, gap, qemu []time.Duration }
+	type figures struct {
+		total, gap, qemu []time.Duration
+		lost             int // moves after which the guest rebooted
+	}
 	settings := []struct {
 		name string
 		req  *havenv1.MoveGroupRequest
@@ -120,10 +123,16 @@ func TestScenarioQemuMoves(t *testing.T) {
 				t.Fatalf("%s move ended %s (%s)", s.name, op.GetOutcome(), op.GetReason())
 			}
 			last, first := w.end(t)
-			if first.N <= last.N || first.N > last.N+2 {
-				t.Fatalf("%s move: the source's last tick %d, the target's first %d: the guest did not carry on", s.name, last.N, first.N)
-			}
 			total := op.GetFinishTime().AsTime().Sub(op.GetCreateTime().AsTime())
+			if first.N <= last.N || first.N > last.N+2 {
+				// Counted, not fatal: the figure is how often it happens.
+				got[i].lost++
+				t.Logf("run %d %s %s->%s: total %s; the guest did not carry on: the source's last tick %d, the target's first %d (console %s)",
+					run, s.name, from, to, total.Round(time.Millisecond), last.N, first.N, w.dst.Path())
+				g = qc.allOnline(leader, []string{"web"}, 30*time.Second, func(x *havenv1.Group) bool { return x.GetOwner() == to })["web"]
+				waitGone(t, qc, from, oldPID)
+				continue
+			}
 			gap := first.Seen.Sub(last.Seen)
 			got[i].total, got[i].gap = append(got[i].total, total), append(got[i].gap, gap)
 			line := fmt.Sprintf("run %d %s %s->%s: total %s, guest-seen downtime %s", run, s.name, from, to, total.Round(time.Millisecond), gap.Round(time.Millisecond))
@@ -137,23 +146,13 @@ func TestScenarioQemuMoves(t *testing.T) {
 			}
 			t.Log(line)
 			g = qc.allOnline(leader, []string{"web"}, 30*time.Second, func(x *havenv1.Group) bool { return x.GetOwner() == to })["web"]
-			// Its directory too, so that the next move's console there
-			// is the new VM's.
-			waitFor(t, 30*time.Second, "the source's QEMU and directory gone", func() error {
-				if st := procState(oldPID); st != "" && st != "Z" {
-					return fmt.Errorf("pid %d in state %s", oldPID, st)
-				}
-				if _, err := os.Stat(qemu.ConsolePath(qc.runDir(from), vmID("web"))); !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("its console log is still there (%v)", err)
-				}
-				return nil
-			})
+			waitGone(t, qc, from, oldPID)
 		}
 	}
 	for i, s := range settings {
 		f := got[i]
-		line := fmt.Sprintf("scenario qemu-move setting=%s runs=%d total_median=%s (all %v) guest_downtime_median=%s (all %v)",
-			s.name, *scenarioRuns, median(f.total).Round(time.Millisecond), roundMs(f.total), median(f.gap).Round(time.Millisecond), roundMs(f.gap))
+		line := fmt.Sprintf("scenario qemu-move setting=%s runs=%d guest_lost=%d total_median=%s (all %v) guest_downtime_median=%s (all %v)",
+			s.name, *scenarioRuns, f.lost, median(f.total).Round(time.Millisecond), roundMs(f.total), median(f.gap).Round(time.Millisecond), roundMs(f.gap))
 		if len(f.qemu) > 0 {
 			line += fmt.Sprintf(" qemu_downtime_median=%s (all %v)", median(f.qemu), f.qemu)
 		}
@@ -162,6 +161,21 @@ func TestScenarioQemuMoves(t *testing.T) {
 }
 
 // roundMs is ds in the order measured, each to the millisecond.
+// waitGone waits until the source's QEMU and its directory are gone,
+// so that the next move's console there is the new VM's.
+func waitGone(t *testing.T, qc *qemuCluster, from string, pid int) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "the source's QEMU and directory gone", func() error {
+		if st := procState(pid); st != "" && st != "Z" {
+			return fmt.Errorf("pid %d in state %s", pid, st)
+		}
+		if _, err := os.Stat(qemu.ConsolePath(qc.runDir(from), vmID("web"))); !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("its console log is still there (%v)", err)
+		}
+		return nil
+	})
+}
+
 func roundMs(ds []time.Duration) []time.Duration {
 	out := make([]time.Duration, len(ds))
 	for i, d := range ds {

@@ -1758,7 +1758,7 @@ type Node struct {
 	// The node's driver can add disks to a running VM and take them away.
 	HotPlugDisks bool `protobuf:"varint,17,opt,name=hot_plug_disks,json=hotPlugDisks,proto3" json:"hot_plug_disks,omitempty"`
 	// The node's driver can end a live move in post-copy (MoveOptions.postcopy).
-	PostcopyMigration bool `protobuf:"varint,18,opt,name=postcopy_migration,json=postcopyMigration,proto3" json:"postcopy_migration,omitempty"`
+	PostcopyMigration bool `protobuf:"varint,20,opt,name=postcopy_migration,json=postcopyMigration,proto3" json:"postcopy_migration,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -2413,7 +2413,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x0elive_migration\x18\x0f \x01(\bR\rliveMigration\x12'\n" +
 	"\x0fquick_migration\x18\x10 \x01(\bR\x0equickMigration\x12$\n" +
 	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x12-\n" +
-	"\x12postcopy_migration\x18\x12 \x01(\bR\x11postcopyMigration\x1a9\n" +
+	"\x12postcopy_migration\x18\x14 \x01(\bR\x11postcopyMigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x01\n" +
