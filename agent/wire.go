@@ -59,6 +59,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			Live:        a.drv.Capabilities().LiveMigration,
 			Quick:       a.drv.Capabilities().QuickMigration,
 			HotPlug:     a.drv.Capabilities().HotPlugDisks,
+			Postcopy:    a.drv.Capabilities().Postcopy,
 		},
 		Logger: logging.Named(a.log, "gossip"),
 		Events: a.gossipEvents,

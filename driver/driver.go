@@ -26,6 +26,9 @@ var (
 	// ErrInvalidSpec: the VMSpec is malformed, or the driver's own
 	// configuration cannot run it; nothing was started.
 	ErrInvalidSpec = errors.New("invalid vm spec")
+	// ErrUnsupported: the driver cannot do what the call's options ask
+	// (a post-copy move of a driver without post-copy); nothing changed.
+	ErrUnsupported = errors.New("not supported by this driver")
 )
 
 // VMID names one VM resource: group name and resource name.
@@ -154,6 +157,9 @@ type Capabilities struct {
 	FaultInjection bool
 	// DirtyRateEstimation: the driver is a DirtyRateEstimator.
 	DirtyRateEstimation bool
+	// Postcopy: the driver's LiveMigrator honours MigrateOptions.Postcopy;
+	// a driver without it refuses a move that asks for it.
+	Postcopy bool
 }
 
 // FaultInjector is a driver that can make its guests fail on purpose, for
@@ -275,6 +281,17 @@ type MigrateOptions struct {
 	// MaxDuration bounds the pre-copy: past it the move gives up with the
 	// reason; zero means DefaultMaxDuration.
 	MaxDuration time.Duration
+	// Channels is how many parallel streams carry a live move's copy
+	// (QEMU's multifd); 0 and 1 mean one. A driver without parallel
+	// streams ignores it.
+	Channels int
+	// Postcopy allows a live move whose pre-copy does not converge to end
+	// in post-copy: the source pauses, the move is committed, and the
+	// target then runs while the pages it lacks still come from the
+	// source. From that commit on a failure of either side loses the
+	// guest. Only a driver that reports Capabilities.Postcopy takes it;
+	// any other refuses the move with ErrUnsupported.
+	Postcopy bool
 }
 
 // Defaults of MigrateOptions.

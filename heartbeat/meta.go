@@ -36,6 +36,8 @@ type Meta struct {
 	// HotPlug: the node's driver can add disks to a running VM and take
 	// them away.
 	HotPlug bool `json:"hp,omitempty"`
+	// Postcopy: the node's driver can end a live move in post-copy.
+	Postcopy bool `json:"pc,omitempty"`
 }
 
 // wireMeta adds what only this package needs to the advertised Meta.

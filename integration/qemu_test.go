@@ -68,11 +68,17 @@ func newQemuCluster(t *testing.T, n int, opts ...option) *qemuCluster {
 // group creates and starts a group of one VM booting the test guest, and
 // returns it once it runs and its guest counts.
 func (qc *qemuCluster) group(name string, opts testguest.Options, disks ...string) *havenv1.Group {
+	qc.t.Helper()
+	return qc.groupSized(name, 160<<20, opts, disks...)
+}
+
+// groupSized is group with a VM of memory bytes.
+func (qc *qemuCluster) groupSized(name string, memory int64, opts testguest.Options, disks ...string) *havenv1.Group {
 	t := qc.t
 	t.Helper()
 	leader := qc.leader(30 * time.Second)
 	vm := &havenv1.Resource{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, Vm: &havenv1.VmSpec{
-		Vcpus: 1, MemoryBytes: 160 << 20,
+		Vcpus: 1, MemoryBytes: memory,
 		Kernel: qc.guest.Kernel, Initrd: qc.guest.Initrd, Cmdline: qc.guest.Append(opts),
 	}}
 	spec := &havenv1.GroupSpec{

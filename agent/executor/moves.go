@@ -56,7 +56,11 @@ func (e *Executor) awaitMove(ctx context.Context, id string, index uint64) (*hav
 }
 
 func moveOptions(op *havenv1.Operation) driver.MigrateOptions {
-	o := driver.MigrateOptions{BandwidthLimit: op.GetOptions().GetBandwidthLimit()}
+	o := driver.MigrateOptions{
+		BandwidthLimit: op.GetOptions().GetBandwidthLimit(),
+		Channels:       int(op.GetOptions().GetChannels()),
+		Postcopy:       op.GetOptions().GetPostcopy(),
+	}
 	if d := op.GetOptions().GetDowntimeTarget(); d != nil {
 		o.DowntimeTarget = d.AsDuration()
 	}

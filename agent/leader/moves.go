@@ -49,6 +49,9 @@ type MoveRequest struct {
 	Kind           havenv1.MoveKind
 	DowntimeTarget time.Duration
 	BandwidthLimit int64
+	// Channels and Postcopy are MoveOptions's, for a live move.
+	Channels uint32
+	Postcopy bool
 	// Cause says who asked: "operator", "drain", "failback", "balancer".
 	Cause     string
 	RequestID string
@@ -178,6 +181,13 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 		return nil, nil, refuse(ErrConflict, "group %q is %s: only a running group moves", req.Group, g.GetState())
 	case req.DowntimeTarget < 0 || req.BandwidthLimit < 0:
 		return nil, nil, refuse(ErrInvalid, "downtime target and bandwidth limit must not be negative")
+	case req.Channels > MaxChannels:
+		return nil, nil, refuse(ErrInvalid, "channels: %d is more than %d", req.Channels, MaxChannels)
+	case req.Postcopy && req.Channels > 1:
+		// QEMU (7.2) refuses multifd with postcopy-ram.
+		return nil, nil, refuse(ErrInvalid, "postcopy takes one channel, not %d", req.Channels)
+	case req.Postcopy && req.Kind == havenv1.MoveKind_MOVE_KIND_QUICK:
+		return nil, nil, refuse(ErrInvalid, "postcopy is a way to end a live move, not a quick one")
 	}
 	source := l.state.Node(g.GetOwner())
 	st := l.placementState()
@@ -215,9 +225,12 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := postcopyAllowed(req.Postcopy, kind, source, l.state.Node(target)); err != nil {
+		return nil, nil, err
+	}
 	op := &havenv1.Operation{
 		Id: id, Group: req.Group, Kind: kind, Source: g.GetOwner(), Target: target, Cause: req.Cause,
-		Options: &havenv1.MoveOptions{BandwidthLimit: req.BandwidthLimit},
+		Options: &havenv1.MoveOptions{BandwidthLimit: req.BandwidthLimit, Channels: req.Channels, Postcopy: req.Postcopy},
 		Reason:  fmt.Sprintf("%s asked to move %s from %s to %s", req.Cause, req.Group, g.GetOwner(), target),
 	}
 	if req.DowntimeTarget > 0 {
@@ -270,6 +283,25 @@ func moveKind(asked havenv1.MoveKind, from, to *havenv1.Node) (havenv1.MoveKind,
 		return 0, refuse(ErrConflict, "%s and %s cannot move a running group (no migration in their drivers)", from.GetName(), to.GetName())
 	}
 	return 0, refuse(ErrInvalid, "kind %s is not a kind of move", asked)
+}
+
+// MaxChannels bounds MoveOptions.channels: QEMU takes up to 255, and
+// more streams than cores gain nothing.
+const MaxChannels = 64
+
+// postcopyAllowed refuses a post-copy move unless it is live and both
+// nodes' drivers can end one in post-copy: the leader never asks a driver
+// for what it does not report.
+func postcopyAllowed(postcopy bool, kind havenv1.MoveKind, from, to *havenv1.Node) error {
+	switch {
+	case !postcopy:
+		return nil
+	case kind != havenv1.MoveKind_MOVE_KIND_LIVE:
+		return refuse(ErrInvalid, "postcopy is a way to end a live move; %s and %s can only move it %s", from.GetName(), to.GetName(), kind)
+	case !from.GetPostcopyMigration() || !to.GetPostcopyMigration():
+		return refuse(ErrConflict, "%s and %s cannot post-copy (their drivers do not report it: sim never does, qemu not yet); move without postcopy", from.GetName(), to.GetName())
+	}
+	return nil
 }
 
 // excluding narrows g's possible owners to the nodes of st but node.

@@ -52,19 +52,20 @@ func (l *Leader) reconcileMembers(t *term) error {
 // memberNode is the node record gossip's view of a member makes.
 func memberNode(m heartbeat.Member) *havenv1.Node {
 	return &havenv1.Node{
-		Name:           m.Name,
-		Site:           m.Meta.Site,
-		Witness:        m.Meta.Witness,
-		GossipAddr:     m.Addr,
-		RaftAddr:       m.Meta.RaftAddr,
-		GrpcAddr:       m.Meta.GRPCAddr,
-		Capacity:       &havenv1.Capacity{CpuMillis: m.Meta.CPUMillis, MemoryBytes: m.Meta.MemoryBytes},
-		Version:        m.Meta.Version,
-		Status:         nodeStatus(m.State),
-		Labels:         heartbeat.ParseLabels(m.Meta.Labels),
-		LiveMigration:  m.Meta.Live,
-		QuickMigration: m.Meta.Quick,
-		HotPlugDisks:   m.Meta.HotPlug,
+		Name:              m.Name,
+		Site:              m.Meta.Site,
+		Witness:           m.Meta.Witness,
+		GossipAddr:        m.Addr,
+		RaftAddr:          m.Meta.RaftAddr,
+		GrpcAddr:          m.Meta.GRPCAddr,
+		Capacity:          &havenv1.Capacity{CpuMillis: m.Meta.CPUMillis, MemoryBytes: m.Meta.MemoryBytes},
+		Version:           m.Meta.Version,
+		Status:            nodeStatus(m.State),
+		Labels:            heartbeat.ParseLabels(m.Meta.Labels),
+		LiveMigration:     m.Meta.Live,
+		QuickMigration:    m.Meta.Quick,
+		HotPlugDisks:      m.Meta.HotPlug,
+		PostcopyMigration: m.Meta.Postcopy,
 	}
 }
 

@@ -19,6 +19,8 @@ func newMoveCmd(g *globalOptions) *cobra.Command {
 	var (
 		to, requestID, bandwidth string
 		live, quick, noWait      bool
+		postcopy                 bool
+		channels                 uint32
 		downtime                 time.Duration
 	)
 	cmd := &cobra.Command{
@@ -31,6 +33,14 @@ pauses it for the last pages (the downtime) and resumes it on the target. A
 quick move pauses it, saves its state to shared storage and restores it on the
 target. Without --live or --quick the move is live where both nodes' drivers
 can, else quick. Without --to placement picks the node, keeping the reserve.
+
+--channels N carries a live move's copy over N streams (QEMU's multifd).
+--postcopy lets a live move whose pre-copy cannot converge (the guest dirties
+memory faster than the link carries it, even slowed) end in post-copy: the
+source pauses, the move commits, and the guest runs on the target while the
+pages it lacks still come from the source. Its pause is short whatever the
+guest does, but from the commit until the last page arrived the guest lives on
+both nodes at once: a failure of either loses it (it restarts from its disks).
 
 The command follows the move with a progress bar until it ends; --no-wait
 returns its operation id at once ('haven ops ID' follows it later). A move
@@ -57,6 +67,7 @@ that has not committed can be cancelled: 'haven ops cancel ID'.`,
 				}
 				req.BandwidthLimit = b
 			}
+			req.Channels, req.Postcopy = channels, postcopy
 			var op *havenv1.Operation
 			err := g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
 				resp, err := c.MoveGroup(ctx, req)
@@ -88,6 +99,8 @@ that has not committed can be cancelled: 'haven ops cancel ID'.`,
 	f.BoolVar(&quick, "quick", false, "quick migration (save and restore through shared storage)")
 	f.DurationVar(&downtime, "downtime", 0, "the longest pause the guest should see (default 300ms)")
 	f.StringVar(&bandwidth, "bandwidth", "", "cap the copy at this many bytes per second, e.g. 500M (default: no cap)")
+	f.Uint32Var(&channels, "channels", 0, "parallel streams for a live move's copy (QEMU's multifd; default one)")
+	f.BoolVar(&postcopy, "postcopy", false, "if the pre-copy cannot converge, end in post-copy: the guest runs on the target while its\nlast pages arrive; a failure of either node before they all did loses the guest")
 	f.BoolVar(&noWait, "no-wait", false, "return the operation at once instead of following it")
 	f.StringVar(&requestID, "request-id", "", requestIDUsage)
 	return cmd

@@ -17,10 +17,14 @@ import (
 // stream. The two drivers only agree on it over conn, in a few JSON
 // lines:
 //
-//	source → target  hello     {vm}: the VM as the source runs it, at its epoch
+//	source → target  hello     {vm, channels, postcopy}: the VM as the source runs it,
+//	                           at its epoch, and the capabilities both QEMUs need
 //	target → source  listen    {host, port}: where the target's QEMU waits for the stream
 //	                 refuse    {code, error}: MigrateIn's refusal; no QEMU was left
-//	target → source  verified  the target's QEMU loaded all of the state and has not run
+//	source → target  postcopy  the source is paused before its switchover to post-copy,
+//	                           which goes on only once the move is committed
+//	target → source  verified  the target's QEMU loaded all of the state (or, after
+//	                           postcopy, holds what it got and waits) and has not run
 //	either way       failed    {error}: this end gave up; the other resumes or discards
 //
 // Nothing else crosses conn, so it needs no more bandwidth than a gRPC
@@ -30,17 +34,22 @@ const (
 	msgListen   = "listen"
 	msgRefuse   = "refuse"
 	msgVerified = "verified"
+	msgPostcopy = "postcopy"
 	msgFailed   = "failed"
 )
 
 // message is one control message; Type says which fields it carries.
 type message struct {
-	Type  string `json:"type"`
-	VM    *shape `json:"vm,omitempty"`
-	Host  string `json:"host,omitempty"`
-	Port  string `json:"port,omitempty"`
-	Code  string `json:"code,omitempty"`
-	Error string `json:"error,omitempty"`
+	Type string `json:"type"`
+	VM   *shape `json:"vm,omitempty"`
+	// Channels (multifd) and Postcopy are the move's options that the
+	// target's QEMU must match before it listens.
+	Channels int    `json:"channels,omitempty"`
+	Postcopy bool   `json:"postcopy,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Port     string `json:"port,omitempty"`
+	Code     string `json:"code,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // shape is what the two ends of a move must agree on, with the source's

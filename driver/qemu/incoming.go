@@ -48,7 +48,7 @@ func (d *Driver) migrateIn(ctx context.Context, spec driver.VMSpec, ctl *control
 		ctl.tell(message{Type: msgRefuse, Code: refusalCode(err), Error: err.Error()})
 		return err
 	}
-	if err := d.receiveLive(ctx, v, ctl); err != nil {
+	if err := d.receiveLive(ctx, v, ctl, m); err != nil {
 		ctl.tell(message{Type: msgFailed, Error: err.Error()})
 		d.discard(v)
 		return err
@@ -56,12 +56,21 @@ func (d *Driver) migrateIn(ctx context.Context, spec driver.VMSpec, ctl *control
 	return nil
 }
 
-// receiveLive has the incoming VM's QEMU listen, tells the source where,
-// and waits for the state. v.cmd is held and released.
-func (d *Driver) receiveLive(ctx context.Context, v *vm, ctl *control) error {
+// receiveLive has the incoming VM's QEMU listen, with the stream's
+// capabilities that hello asks for, tells the source where, and waits
+// for the state. v.cmd is held and released.
+func (d *Driver) receiveLive(ctx context.Context, v *vm, ctl *control, hello message) error {
 	mon, err := d.launchIncoming(ctx, v, true)
 	if err != nil {
 		return err
+	}
+	if err := mon.MigrateSetCapabilities(ctx, streamCaps(true, hello.Channels, hello.Postcopy)); err != nil {
+		return err
+	}
+	if p := streamParams(hello.Channels); p.MultifdChannels != nil {
+		if err := mon.MigrateSetParameters(ctx, p); err != nil {
+			return err
+		}
 	}
 	sub := mon.Subscribe(qmp.EventMigration)
 	defer sub.Close()
@@ -168,8 +177,11 @@ func (d *Driver) launchIncoming(ctx context.Context, v *vm, live bool) (*qmp.Cli
 // awaitIncoming waits for the incoming QEMU to load all of the state,
 // checks that the guest has not run, and that check, if given, passes,
 // and completes the VM. peer, if not nil, is the source's control
-// messages: one now is a failure.
+// messages: one now is a failure, but for postcopy, which completes the
+// VM with what it holds (the source paused for the commit before its
+// switchover to post-copy).
 func (d *Driver) awaitIncoming(ctx context.Context, v *vm, mon *qmp.Client, sub *qmp.Subscription, peer <-chan received, check func() error) error {
+	var postcopy bool
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
@@ -180,6 +192,12 @@ func (d *Driver) awaitIncoming(ctx context.Context, v *vm, mon *qmp.Client, sub 
 				return fmt.Errorf("the source went away: %w", r.err)
 			case r.m.Type == msgFailed:
 				return fmt.Errorf("the source gave up: %s", r.m.Error)
+			case r.m.Type == msgPostcopy:
+				// The source waits, paused, for the commit before it
+				// switches to post-copy: this QEMU has what came so far
+				// and takes the rest once Activate runs it.
+				done, postcopy = true, true
+				continue
 			}
 			return unexpected(r.m, "nothing")
 		case ev, ok := <-sub.C():
@@ -216,7 +234,7 @@ func (d *Driver) awaitIncoming(ctx context.Context, v *vm, mon *qmp.Client, sub 
 	v.mu.Lock()
 	st, mine := v.state, v.mon == mon
 	if st == driver.StateIncoming && mine {
-		v.complete = true
+		v.complete, v.postcopy = true, postcopy
 	}
 	v.mu.Unlock()
 	if st != driver.StateIncoming || !mine {

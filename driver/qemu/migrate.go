@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"time"
 
@@ -40,15 +41,41 @@ const (
 // runs, so this is how auto-converge stays off until the guest outruns
 // the link.
 //
+// multifd and postcopy-ram come from the move's options (streamCaps),
+// and the target's QEMU sets them too.
+//
 // A save to a file has no return path to wait for and stops the guest
 // itself.
-func moveCaps(live bool) map[string]bool {
-	return map[string]bool{
+func moveCaps(live bool, opts driver.MigrateOptions) map[string]bool {
+	caps := map[string]bool{
 		qmp.CapEvents:                true,
 		qmp.CapReturnPath:            live,
 		qmp.CapPauseBeforeSwitchover: live,
 		qmp.CapAutoConverge:          live,
 	}
+	for c, on := range streamCaps(live, opts.Channels, opts.Postcopy) {
+		caps[c] = on
+	}
+	return caps
+}
+
+// streamCaps are the capabilities both ends of a live move must agree
+// on: multifd for more than one channel, postcopy-ram when the move may
+// end in post-copy. QEMU 7.2 refuses the two together; the leader refuses
+// such a move first.
+func streamCaps(live bool, channels int, postcopy bool) map[string]bool {
+	return map[string]bool{
+		qmp.CapMultifd:     live && channels > 1,
+		qmp.CapPostcopyRAM: live && postcopy,
+	}
+}
+
+// streamParams are the parameters both ends of a live move must agree on.
+func streamParams(channels int) qmp.MigrationParameters {
+	if channels <= 1 {
+		return qmp.MigrationParameters{}
+	}
+	return qmp.MigrationParameters{MultifdChannels: new(int64(channels))}
 }
 
 // beginMove starts an outgoing move (MigrateOut, SaveState) of the VM at
@@ -173,6 +200,9 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 	if err := ctx.Err(); err != nil {
 		return driver.MigrateResult{}, err
 	}
+	if opts.Postcopy && !postcopySupported {
+		return driver.MigrateResult{}, fmt.Errorf("migrate %s: post-copy: %w", id, driver.ErrUnsupported)
+	}
 	v, mon, err := d.beginMove("migrate", id, epoch)
 	if err != nil {
 		return driver.MigrateResult{}, err
@@ -180,6 +210,7 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 	stop := unblockOnCancel(ctx, conn)
 	ctl := newControl(conn)
 	o := newOutgoing(v, mon, ctl, conn, opts, progress)
+	o.log = d.log
 	res, err := o.run(ctx)
 	stop()
 	if err != nil {
@@ -205,9 +236,44 @@ type outgoing struct {
 	conn     io.ReadWriter
 	opts     driver.MigrateOptions
 	progress func(driver.Progress)
+	log      *slog.Logger
 	start    time.Time
 	mem      int64
 	throttle int // the most the guest was slowed
+	// Post-copy: stall watches the pre-copy's passes; postcopy says that
+	// migrate-start-postcopy went, so that the next pause is the
+	// switchover to post-copy, and handover that the move stopped there,
+	// its source paused, for the commit.
+	stall              stall
+	postcopy, handover bool
+}
+
+// stall tells a pre-copy that no longer converges: once QEMU throttles
+// the guest (auto-converge: it dirtied more in a pass than the link
+// carried, twice over), stallPasses passes over memory that leave no
+// less to send than the best pass before them (less by a sixteenth: a
+// guest rewriting its working set leaves about the same each pass).
+type stall struct {
+	pass, bestPass int64
+	best           int64
+}
+
+// stallPasses is how many passes without progress, once throttled, make
+// a pre-copy stalled: auto-converge gets that many to help first.
+const stallPasses = 2
+
+// sample takes the remaining bytes at the first poll of each pass, just
+// after QEMU synced the dirty bitmap, and says whether the pre-copy has
+// stalled.
+func (s *stall) sample(pass, remaining int64, throttled bool) bool {
+	if pass == s.pass {
+		return false
+	}
+	s.pass = pass
+	if s.bestPass == 0 || remaining < s.best-s.best/16 {
+		s.best, s.bestPass = remaining, pass
+	}
+	return throttled && pass-s.bestPass >= stallPasses
 }
 
 func newOutgoing(v *vm, mon *qmp.Client, ctl *control, conn io.ReadWriter, opts driver.MigrateOptions, progress func(driver.Progress)) *outgoing {
@@ -225,7 +291,7 @@ func newOutgoing(v *vm, mon *qmp.Client, ctl *control, conn io.ReadWriter, opts 
 
 func (o *outgoing) run(ctx context.Context) (driver.MigrateResult, error) {
 	sh := o.v.shape()
-	if err := o.ctl.send(message{Type: msgHello, VM: &sh}); err != nil {
+	if err := o.ctl.send(message{Type: msgHello, VM: &sh, Channels: o.opts.Channels, Postcopy: o.opts.Postcopy}); err != nil {
 		return driver.MigrateResult{}, err
 	}
 	m, err := o.ctl.next(ctx)
@@ -257,7 +323,7 @@ func (o *outgoing) run(ctx context.Context) (driver.MigrateResult, error) {
 
 // begin sets the migration's capabilities and parameters, and starts it.
 func (o *outgoing) begin(ctx context.Context, uri string) error {
-	if err := o.mon.MigrateSetCapabilities(ctx, moveCaps(true)); err != nil {
+	if err := o.mon.MigrateSetCapabilities(ctx, moveCaps(true, o.opts)); err != nil {
 		return err
 	}
 	if err := o.mon.MigrateSetParameters(ctx, o.params()); err != nil {
@@ -286,22 +352,25 @@ func (o *outgoing) params() qmp.MigrationParameters {
 	if bw <= 0 {
 		bw = unlimited
 	}
-	return qmp.MigrationParameters{
-		DowntimeLimit:            new(max(o.opts.DowntimeTarget.Milliseconds(), 1)),
-		MaxBandwidth:             new(bw),
-		ThrottleTriggerThreshold: new(int64(100)),
-	}
+	p := streamParams(o.opts.Channels)
+	p.DowntimeLimit = new(max(o.opts.DowntimeTarget.Milliseconds(), 1))
+	p.MaxBandwidth = new(bw)
+	p.ThrottleTriggerThreshold = new(int64(100))
+	// The operator's cap holds in post-copy too; QEMU's 0 is none.
+	p.MaxPostcopyBandwidth = new(max(o.opts.BandwidthLimit, 0))
+	return p
 }
 
 // follow waits until QEMU has completed the migration and the target has
 // verified its copy, reporting progress on the way, and gives up past
-// MaxDuration.
+// MaxDuration. A move that switches to post-copy ends at the pause
+// before it, once the target confirmed that it waits for the rest.
 func (o *outgoing) follow(ctx context.Context, sub *qmp.Subscription) error {
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	var completed, verified, paused bool
 	peer := o.ctl.in
-	for !completed || !verified {
+	for (!completed || !verified) && (!o.handover || !verified) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -328,6 +397,12 @@ func (o *outgoing) follow(ctx context.Context, sub *qmp.Subscription) error {
 			switch data.Status {
 			case qmp.MigrationPreSwitchover:
 				paused = true
+				if o.postcopy {
+					if err := o.pauseForPostcopy(ctx); err != nil {
+						return err
+					}
+					continue
+				}
 				if err := o.switchover(ctx); err != nil {
 					return err
 				}
@@ -358,6 +433,16 @@ func (o *outgoing) poll(ctx context.Context) error {
 		o.report("precopy", int(info.RAM.DirtySyncCount), info)
 		if err := ctx.Err(); err != nil {
 			return err // a report that blocked past the cancellation
+		}
+		if o.opts.Postcopy && !o.postcopy && o.stall.sample(info.RAM.DirtySyncCount, info.RAM.Remaining, o.throttle > 0) {
+			// QEMU stops the guest at its next pass, in the pause
+			// before the switchover (pauseForPostcopy).
+			if err := bounded(ctx, qmpTimeout, o.mon.MigrateStartPostcopy); err != nil {
+				return err
+			}
+			o.postcopy = true
+			o.log.Info("the pre-copy does not converge: switching to post-copy", "vm", o.v.id.String(),
+				"pass", info.RAM.DirtySyncCount, "remaining_mib", info.RAM.Remaining>>20, "throttle", o.throttle)
 		}
 	}
 	if time.Since(o.start) <= o.opts.MaxDuration {
@@ -397,6 +482,37 @@ func (o *outgoing) switchover(ctx context.Context) error {
 	return bounded(ctx, qmpTimeout, o.mon.MigrateContinue)
 }
 
+// pauseForPostcopy runs while QEMU holds the guest stopped before its
+// switchover to post-copy. Post-copy runs the target before all of the
+// state has arrived, so the move cannot wait for a verified copy before
+// its commit, as a pre-copy does: it stops here instead, paused, tells
+// the target, and returns once the target confirms that it waits. The
+// commit follows, and only then does Kill (the executor ending the
+// source, which the commit made another node's) let QEMU go on
+// (handOver). Until the commit the move can still roll back: the
+// source holds all of the guest. From it on, a failure of either side
+// loses the guest.
+func (o *outgoing) pauseForPostcopy(ctx context.Context) error {
+	o.v.paused(o.mon)
+	info, err := within(ctx, qmpTimeout, o.mon.QueryMigrate)
+	if err != nil {
+		return err
+	}
+	round := 1
+	if info.RAM != nil {
+		round = int(info.RAM.DirtySyncCount) + 1
+	}
+	o.report("switchover", round, info)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := o.ctl.send(message{Type: msgPostcopy}); err != nil {
+		return err
+	}
+	o.handover = true
+	return nil
+}
+
 // failed says why QEMU's migration failed.
 func (o *outgoing) failed(ctx context.Context, status string) error {
 	info, err := within(ctx, qmpTimeout, o.mon.QueryMigrate)
@@ -411,6 +527,9 @@ func (o *outgoing) failed(ctx context.Context, status string) error {
 // completed.
 func (o *outgoing) result(ctx context.Context) (driver.MigrateResult, error) {
 	o.v.paused(o.mon)
+	if o.handover {
+		return o.handoverResult(ctx)
+	}
 	if err := waitRunState(ctx, o.mon, qmp.StatusPostMigrate); err != nil {
 		return driver.MigrateResult{}, err
 	}
@@ -437,6 +556,23 @@ func (o *outgoing) result(ctx context.Context) (driver.MigrateResult, error) {
 	// Counted sent: the last report's bytes are the move's.
 	info.RAM.Remaining, info.ExpectedDowntime = 0, nil
 	o.report("switchover", res.Rounds, info)
+	return res, nil
+}
+
+// handoverResult is the figures of a move stopped before its switchover
+// to post-copy: what went so far; the pause has not ended.
+func (o *outgoing) handoverResult(ctx context.Context) (driver.MigrateResult, error) {
+	info, err := within(ctx, qmpTimeout, o.mon.QueryMigrate)
+	if err != nil {
+		return driver.MigrateResult{}, err
+	}
+	res := driver.MigrateResult{ThrottlePercent: o.throttle}
+	if info.RAM != nil {
+		res.Rounds, res.BytesSent = int(info.RAM.DirtySyncCount)+1, info.RAM.Transferred
+	}
+	o.v.mu.Lock()
+	o.v.handover = o.mon
+	o.v.mu.Unlock()
 	return res, nil
 }
 

@@ -160,11 +160,20 @@ type vm struct {
 	// moving: a MigrateOut or SaveState of the VM runs; Resume waits for
 	// it to return, and a second move is refused.
 	moving bool
-	// complete: an incoming VM's QEMU has loaded all of the state.
+	// complete: an incoming VM's QEMU has loaded all of the state, or,
+	// with postcopy, holds what came before the source paused for its
+	// switchover to post-copy and waits for the rest.
 	complete bool
 	// plugging: a disk hot-plug runs; no move may begin, since its
 	// target is prepared with the disks the VM has.
 	plugging bool
+	// handover is the QEMU of a source that a move left paused before
+	// its switchover to post-copy (MigrateOut returned): Kill lets it go
+	// on, Resume cancels it (postcopy.go).
+	handover *qmp.Client
+	// postcopy: an incoming VM that Activate runs while its pages still
+	// come from the source.
+	postcopy bool
 }
 
 func (v *vm) snapshot() (sup *supervise.Client, mon *qmp.Client, epoch uint64, state driver.State) {
@@ -209,7 +218,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 // Capabilities implements driver.Hypervisor. Disk hot-plug comes with its
 // interface.
 func (d *Driver) Capabilities() driver.Capabilities {
-	return driver.Capabilities{LiveMigration: true, QuickMigration: true, HotPlugDisks: true}
+	return driver.Capabilities{LiveMigration: true, QuickMigration: true, HotPlugDisks: true, Postcopy: postcopySupported}
 }
 
 var (
@@ -464,6 +473,7 @@ func (d *Driver) Stop(ctx context.Context, id driver.VMID, epoch uint64) error {
 			d.log.Warn("graceful stop failed; killing", "vm", id.String(), "error", err)
 		}
 	}
+	d.handOver(v)
 	if err := v.kill(); err != nil {
 		return err
 	}
@@ -506,6 +516,7 @@ func (d *Driver) Kill(id driver.VMID, epoch uint64) error {
 	if err := epochCheck("kill", id, epoch, ep); err != nil {
 		return err
 	}
+	d.handOver(v)
 	return v.kill()
 }
 

@@ -164,7 +164,7 @@ func (d *Driver) save(ctx context.Context, v *vm, mon *qmp.Client, path string, 
 	sub := mon.Subscribe(qmp.EventMigration)
 	defer sub.Close()
 	err = bounded(ctx, qmpTimeout, func(ctx context.Context) error {
-		if err := mon.MigrateSetCapabilities(ctx, moveCaps(false)); err != nil {
+		if err := mon.MigrateSetCapabilities(ctx, moveCaps(false, driver.MigrateOptions{})); err != nil {
 			return err
 		}
 		if err := mon.MigrateSetParameters(ctx, qmp.MigrationParameters{MaxBandwidth: new(unlimited)}); err != nil {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"github.com/haven-ha/haven/driver/qemu/qmp"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -26,7 +27,7 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 	v.cmd.Lock()
 	defer v.cmd.Unlock()
 	v.mu.Lock()
-	st, complete, sup, mon, ep := v.state, v.complete, v.sup, v.mon, v.epoch
+	st, complete, sup, mon, ep, postcopy := v.state, v.complete, v.sup, v.mon, v.epoch, v.postcopy
 	v.mu.Unlock()
 	switch {
 	case epoch != ep:
@@ -38,6 +39,14 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 	case !time.Now().Before(leaseEnd):
 		return fmt.Errorf("activate %s at epoch %d: %w", id, epoch, driver.ErrLeaseExpired)
 	}
+	if postcopy {
+		// The source goes on once it learns of the commit (Kill), and
+		// sends the device state first: QEMU runs the guest only from
+		// there (its run state leaves inmigrate for paused).
+		if err := awaitPostcopyRun(mon); err != nil {
+			return fmt.Errorf("activate %s at epoch %d: %w", id, epoch, err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), qmpTimeout)
 	defer cancel()
 	if _, err := sup.Arm(ctx, epoch, leaseEnd); err != nil {
@@ -46,6 +55,11 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 	v.mu.Lock()
 	v.state, v.complete, v.leaseEnd = driver.StateRunning, false, leaseEnd
 	v.mu.Unlock()
+	if postcopy {
+		// Watched before cont: from it on, the guest needs every page
+		// the source has yet to send.
+		d.followPostcopy(v, mon)
+	}
 	if err := d.cont(ctx, v, leaseEnd); err != nil {
 		// Armed and not running: a QEMU that refuses to run the state
 		// it loaded (an image another process locks, say) is of no
@@ -56,6 +70,27 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 	}
 	d.log.Info("vm activated", "vm", id.String(), "epoch", epoch, "lease_left", time.Until(leaseEnd).Round(time.Millisecond))
 	return nil
+}
+
+// awaitPostcopyRun waits, up to postcopyStart, until an incoming QEMU in
+// post-copy holds the device state: its run state leaves inmigrate.
+func awaitPostcopyRun(mon *qmp.Client) error {
+	ctx, cancel := context.WithTimeout(context.Background(), postcopyStart)
+	defer cancel()
+	for {
+		qs, err := within(ctx, qmpTimeout, mon.QueryStatus)
+		switch {
+		case err != nil:
+			return err
+		case qs.Status != "inmigrate":
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the source has not switched over to post-copy yet", driver.ErrInvalidState)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // Resume implements driver.Switcher: the supervisor renews the lease
@@ -92,7 +127,19 @@ func (d *Driver) Resume(id driver.VMID, epoch uint64, leaseEnd time.Time) error 
 	if leaseEnd.After(v.leaseEnd) {
 		v.leaseEnd = leaseEnd
 	}
+	handover := v.handover
+	v.handover = nil
 	v.mu.Unlock()
+	if handover != nil {
+		// Paused before its switchover to post-copy, uncommitted: the
+		// migration is cancelled, and the guest, all of it here, goes on.
+		if err := cancelMove(ctx, qmpTimeout, handover); err != nil {
+			return fmt.Errorf("resume %s at epoch %d: cancelling its move: %w", id, epoch, err)
+		}
+		if _, err := settled(ctx, qmpTimeout, handover); err != nil {
+			return fmt.Errorf("resume %s at epoch %d: %w", id, epoch, err)
+		}
+	}
 	if err := d.cont(ctx, v, leaseEnd); err != nil {
 		return fmt.Errorf("resume %s at epoch %d: %w", id, epoch, err)
 	}

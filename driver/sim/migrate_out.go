@@ -19,10 +19,16 @@ var errVMGone = errors.New("vm stopped during the migration")
 // dirty log (dirtylog.go), the convergence rule of converge.go, and a
 // switchover that pauses the guest, sends the last pages and its device
 // state while hashing its memory, and waits for the target's verdict. The
-// stream is wire.go's.
+// stream is wire.go's. It has one stream, so opts.Channels changes
+// nothing, and no post-copy: a move that asks for it is refused
+// (driver.ErrUnsupported), as the leader does for a node that does not
+// report Capabilities.Postcopy.
 func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, conn io.ReadWriter, opts driver.MigrateOptions, progress func(driver.Progress)) (driver.MigrateResult, error) {
 	if err := ctx.Err(); err != nil {
 		return driver.MigrateResult{}, err
+	}
+	if opts.Postcopy {
+		return driver.MigrateResult{}, fmt.Errorf("migrate %s: post-copy: %w", id, driver.ErrUnsupported)
 	}
 	v, m, err := d.beginMove("migrate", id, epoch, true)
 	if err != nil {

@@ -12,6 +12,28 @@ import (
 	"github.com/haven-ha/haven/driver"
 )
 
+// A post-copy move is refused before anything is sent: the sim has no
+// post-copy (it does not report it), and the VM runs on at the source.
+func TestMigrationPostcopyUnsupported(t *testing.T) {
+	dir, clk := t.TempDir(), newClock()
+	n1, n2 := newDriver(t, "n1", dir, clk), newDriver(t, "n2", dir, clk)
+	if n1.Capabilities().Postcopy {
+		t.Fatal("the sim reports post-copy")
+	}
+	start(t, n1, bigSpec(web, 1), clk.Now().Add(time.Minute))
+	a, b := connPair(t, "pipe")
+	mig := migrate(context.Background(), t, n1, n2, 1, bigSpec(web, 2), a, b, driver.MigrateOptions{Postcopy: true}, nil)
+	if !errors.Is(mig.outErr, driver.ErrUnsupported) || mig.inErr == nil {
+		t.Fatalf("MigrateOut: %v, want ErrUnsupported; MigrateIn: %v, want an error", mig.outErr, mig.inErr)
+	}
+	if st := status(t, n1, web); st.State != driver.StateRunning || st.Epoch != 1 {
+		t.Errorf("the source after the refusal: %+v, want running at epoch 1", st)
+	}
+	if _, err := n2.Status(web); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("the target after the refusal: %v, want no vm", err)
+	}
+}
+
 // busyGuest dirties a quarter of bigSpec's memory fast enough that a
 // pre-copy needs several rounds.
 var busyGuest = Guest{WorkingSetBytes: 4 << 20, DirtyRateBytesPerSec: 64 << 20, Tick: 2 * time.Millisecond}
@@ -36,6 +58,8 @@ func TestLiveMigration(t *testing.T) {
 		}{
 			{"idle guest", Guest{Tick: 2 * time.Millisecond}, driver.MigrateOptions{}},
 			{"dirtying guest", busyGuest, driver.MigrateOptions{DowntimeTarget: time.Millisecond}},
+			// One stream whatever is asked: the option changes nothing.
+			{"channels ignored", busyGuest, driver.MigrateOptions{DowntimeTarget: time.Millisecond, Channels: 4}},
 		} {
 			t.Run(kind+"/"+tc.name, func(t *testing.T) {
 				testLiveMigration(t, kind, tc.guest, tc.opts)

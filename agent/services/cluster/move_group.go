@@ -21,6 +21,8 @@ func (s *Service) MoveGroup(_ context.Context, req *havenv1.MoveGroupRequest) (*
 		return nil, services.Invalid("downtime_target: must be a positive duration")
 	case req.GetBandwidthLimit() < 0:
 		return nil, services.Invalid("bandwidth_limit: %d must not be negative", req.GetBandwidthLimit())
+	case req.GetChannels() > leader.MaxChannels:
+		return nil, services.Invalid("channels: %d is more than %d", req.GetChannels(), leader.MaxChannels)
 	}
 	if _, ok := havenv1.MoveKind_name[int32(req.GetKind())]; !ok {
 		return nil, services.Invalid("kind: %d is not a kind of move", req.GetKind())
@@ -32,6 +34,7 @@ func (s *Service) MoveGroup(_ context.Context, req *havenv1.MoveGroupRequest) (*
 	op, err := s.cfg.Leader.MoveGroup(leader.MoveRequest{
 		Group: req.GetName(), Target: req.GetTarget(), Kind: req.GetKind(),
 		DowntimeTarget: req.GetDowntimeTarget().AsDuration(), BandwidthLimit: req.GetBandwidthLimit(),
+		Channels: req.GetChannels(), Postcopy: req.GetPostcopy(),
 		Cause: "operator", RequestID: id,
 	})
 	if err != nil {

@@ -32,6 +32,9 @@ const (
 	MigrationSetup          = "setup"
 	MigrationActive         = "active"
 	MigrationPostcopyActive = "postcopy-active"
+	// MigrationPostcopyPaused: the stream of a post-copy broke; QEMU
+	// waits for a recovery that haven does not attempt.
+	MigrationPostcopyPaused = "postcopy-paused"
 	MigrationPreSwitchover  = "pre-switchover"
 	MigrationDevice         = "device"
 	MigrationCompleted      = "completed"

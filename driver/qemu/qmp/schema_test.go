@@ -111,7 +111,7 @@ func TestQEMUSchemaMatchesTypes(t *testing.T) {
 	for _, v := range []string{
 		MigrationNone, MigrationSetup, MigrationActive, MigrationPostcopyActive,
 		MigrationPreSwitchover, MigrationDevice, MigrationCompleted, MigrationFailed,
-		MigrationCancelling, MigrationCancelled,
+		MigrationCancelling, MigrationCancelled, MigrationPostcopyPaused,
 	} {
 		s.checkValue(t, "migration status", migrationStatus, v)
 	}

@@ -482,8 +482,16 @@ type MoveGroupRequest struct {
 	// Bytes per second; 0 is no cap.
 	BandwidthLimit int64  `protobuf:"varint,5,opt,name=bandwidth_limit,json=bandwidthLimit,proto3" json:"bandwidth_limit,omitempty"`
 	RequestId      string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Parallel streams for a live move's copy (QEMU's multifd); 0 and 1
+	// mean one stream. Drivers without parallel streams ignore it.
+	Channels uint32 `protobuf:"varint,7,opt,name=channels,proto3" json:"channels,omitempty"`
+	// Opt in to post-copy when pre-copy cannot converge: the guest then
+	// runs on the target while the pages it lacks still come from the
+	// source, and a failure of either node before the last page arrived
+	// loses the guest. Only nodes whose driver can post-copy take it.
+	Postcopy      bool `protobuf:"varint,8,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MoveGroupRequest) Reset() {
@@ -556,6 +564,20 @@ func (x *MoveGroupRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *MoveGroupRequest) GetChannels() uint32 {
+	if x != nil {
+		return x.Channels
+	}
+	return 0
+}
+
+func (x *MoveGroupRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
 }
 
 type MoveGroupResponse struct {
@@ -3416,7 +3438,7 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"i\n" +
 	"\x12DetachDiskResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\x12,\n" +
-	"\x06change\x18\x02 \x01(\v2\x14.haven.v1.DiskChangeR\x06change\"\xf2\x01\n" +
+	"\x06change\x18\x02 \x01(\v2\x14.haven.v1.DiskChangeR\x06change\"\xaa\x02\n" +
 	"\x10MoveGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12&\n" +
@@ -3424,7 +3446,9 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\x0fdowntime_target\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
 	"\x0fbandwidth_limit\x18\x05 \x01(\x03R\x0ebandwidthLimit\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x06 \x01(\tR\trequestId\"F\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\x12\x1a\n" +
+	"\bchannels\x18\a \x01(\rR\bchannels\x12\x1a\n" +
+	"\bpostcopy\x18\b \x01(\bR\bpostcopy\"F\n" +
 	"\x11MoveGroupResponse\x121\n" +
 	"\toperation\x18\x01 \x01(\v2\x13.haven.v1.OperationR\toperation\"E\n" +
 	"\x13GetOperationRequest\x12\x0e\n" +

@@ -1777,9 +1777,11 @@ type Node struct {
 	// The log index of the group specs the node had checked when it
 	// reported cannot_run: a group created after it is not checked there
 	// yet.
-	CheckedIndex  uint64 `protobuf:"varint,19,opt,name=checked_index,json=checkedIndex,proto3" json:"checked_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CheckedIndex uint64 `protobuf:"varint,19,opt,name=checked_index,json=checkedIndex,proto3" json:"checked_index,omitempty"`
+	// The node's driver can end a live move in post-copy (MoveOptions.postcopy).
+	PostcopyMigration bool `protobuf:"varint,20,opt,name=postcopy_migration,json=postcopyMigration,proto3" json:"postcopy_migration,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1945,6 +1947,13 @@ func (x *Node) GetCheckedIndex() uint64 {
 	return 0
 }
 
+func (x *Node) GetPostcopyMigration() bool {
+	if x != nil {
+		return x.PostcopyMigration
+	}
+	return false
+}
+
 // GroupRefusal is a node's driver saying it cannot run a group.
 type GroupRefusal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2015,8 +2024,12 @@ type MoveOptions struct {
 	DowntimeTarget *durationpb.Duration `protobuf:"bytes,1,opt,name=downtime_target,json=downtimeTarget,proto3" json:"downtime_target,omitempty"`
 	// A cap on the copy, bytes per second; 0 is none.
 	BandwidthLimit int64 `protobuf:"varint,2,opt,name=bandwidth_limit,json=bandwidthLimit,proto3" json:"bandwidth_limit,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Parallel streams for the copy; 0 and 1 mean one.
+	Channels uint32 `protobuf:"varint,3,opt,name=channels,proto3" json:"channels,omitempty"`
+	// Post-copy allowed as the fallback of a pre-copy that cannot converge.
+	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MoveOptions) Reset() {
@@ -2061,6 +2074,20 @@ func (x *MoveOptions) GetBandwidthLimit() int64 {
 		return x.BandwidthLimit
 	}
 	return 0
+}
+
+func (x *MoveOptions) GetChannels() uint32 {
+	if x != nil {
+		return x.Channels
+	}
+	return 0
+}
+
+func (x *MoveOptions) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
 }
 
 // MoveProgress is what the source last reported.
@@ -2463,7 +2490,7 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\bCapacity\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x01 \x01(\x03R\tcpuMillis\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xfb\x05\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xaa\x06\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -2487,17 +2514,20 @@ const file_haven_v1_types_proto_rawDesc = "" +
 	"\x0ehot_plug_disks\x18\x11 \x01(\bR\fhotPlugDisks\x125\n" +
 	"\n" +
 	"cannot_run\x18\x12 \x03(\v2\x16.haven.v1.GroupRefusalR\tcannotRun\x12#\n" +
-	"\rchecked_index\x18\x13 \x01(\x04R\fcheckedIndex\x1a9\n" +
+	"\rchecked_index\x18\x13 \x01(\x04R\fcheckedIndex\x12-\n" +
+	"\x12postcopy_migration\x18\x14 \x01(\bR\x11postcopyMigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
 	"\fGroupRefusal\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fcreate_index\x18\x02 \x01(\x04R\vcreateIndex\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"z\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xb2\x01\n" +
 	"\vMoveOptions\x12B\n" +
 	"\x0fdowntime_target\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0edowntimeTarget\x12'\n" +
-	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\"\xaf\x02\n" +
+	"\x0fbandwidth_limit\x18\x02 \x01(\x03R\x0ebandwidthLimit\x12\x1a\n" +
+	"\bchannels\x18\x03 \x01(\rR\bchannels\x12\x1a\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"\xaf\x02\n" +
 	"\fMoveProgress\x12\x14\n" +
 	"\x05round\x18\x01 \x01(\rR\x05round\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
