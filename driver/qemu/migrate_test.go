@@ -208,7 +208,8 @@ func TestLiveMigration(t *testing.T) {
 	first := tickAfter(t, dst, 0, 10*time.Second)
 	gap := first.Seen.Sub(last.Seen)
 	if first.N <= last.N || first.N > last.N+20 {
-		t.Errorf("the target's first tick is %d, the source's last %d: the guest did not carry on", first.N, last.N)
+		b, _ := os.ReadFile(dst.Path())
+		t.Errorf("the target's first tick is %d, the source's last %d: the guest did not carry on; the target's console:\n%s", first.N, last.N, b)
 	}
 	mustStatus(t, n2, web, driver.StateRunning, false)
 	dst.Wait(t, 10*time.Second, "the target to tick on", func(s *testguest.Serial) bool { return s.Last().N >= first.N+20 })
