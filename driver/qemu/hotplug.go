@@ -142,12 +142,9 @@ func (v *vm) disksNow() []driver.DiskSpec {
 	return slices.Clone(v.spec.Disks)
 }
 
-// AttachDisk implements driver.DiskHotPlugger.
-func (d *Driver) AttachDisk(ctx context.Context, id driver.VMID, epoch uint64, disk driver.DiskSpec) error {
-	op := "attach disk " + disk.Name + " to"
-	if err := disk.Validate(); err != nil {
-		return fmt.Errorf("%s %s: %w: %v", op, id, driver.ErrInvalidSpec, err)
-	}
+// hotPlug runs plug on the VM at epoch, with its slow-command lock held
+// and no move able to begin meanwhile.
+func (d *Driver) hotPlug(op string, id driver.VMID, epoch uint64, plug func(v *vm, mon *qmp.Client) error) error {
 	v := d.lookup(id)
 	if v == nil {
 		return fmt.Errorf("%s %s: %w", op, id, driver.ErrNotFound)
@@ -159,36 +156,47 @@ func (d *Driver) AttachDisk(ctx context.Context, id driver.VMID, epoch uint64, d
 		return err
 	}
 	defer v.endHotPlug()
-	have := v.disksNow()
-	for _, dk := range have {
-		switch {
-		case dk.Name == disk.Name && dk.SameFile(disk) && diskFormat(dk) == diskFormat(disk) && dk.Slot == disk.Slot:
-			return nil // attached already: the caller repeats itself
-		case dk.Name == disk.Name:
-			return fmt.Errorf("%s %s: %w: a disk of that name is attached (%s, %s, slot %d)", op, id, driver.ErrInvalidSpec, dk.Path, diskFormat(dk), dk.Slot)
-		case dk.SameFile(disk):
-			return fmt.Errorf("%s %s: %w: %s is attached already, as disk %s", op, id, driver.ErrInvalidSpec, disk.Path, dk.Name)
-		}
-	}
-	if err := d.checkDisks(append(slices.Clone(have), disk)); err != nil {
+	return plug(v, mon)
+}
+
+// AttachDisk implements driver.DiskHotPlugger.
+func (d *Driver) AttachDisk(ctx context.Context, id driver.VMID, epoch uint64, disk driver.DiskSpec) error {
+	op := "attach disk " + disk.Name + " to"
+	if err := disk.Validate(); err != nil {
 		return fmt.Errorf("%s %s: %w: %v", op, id, driver.ErrInvalidSpec, err)
 	}
-	if strings.Contains(disk.Path, ",") {
-		return fmt.Errorf("%s %s: %w: path %q: QEMU's option syntax cannot take a comma", op, id, driver.ErrInvalidSpec, disk.Path)
-	}
-	// Recorded first: an agent that dies from here on finds QEMU with the
-	// disk or without it, and keeps what QEMU has.
-	if err := v.setDisks(append(slices.Clone(have), disk)); err != nil {
-		return fmt.Errorf("%s %s: %w", op, id, err)
-	}
-	if err := d.plugIn(ctx, mon, disk); err != nil {
-		if rerr := v.setDisks(have); rerr != nil {
-			d.log.Warn("cannot record a failed attach", "vm", id.String(), "disk", disk.Name, "error", rerr)
+	return d.hotPlug(op, id, epoch, func(v *vm, mon *qmp.Client) error {
+		have := v.disksNow()
+		for _, dk := range have {
+			switch {
+			case dk.Name == disk.Name && dk.SameFile(disk) && diskFormat(dk) == diskFormat(disk) && dk.Slot == disk.Slot:
+				return nil // attached already: the caller repeats itself
+			case dk.Name == disk.Name:
+				return fmt.Errorf("%s %s: %w: a disk of that name is attached (%s, %s, slot %d)", op, id, driver.ErrInvalidSpec, dk.Path, diskFormat(dk), dk.Slot)
+			case dk.SameFile(disk):
+				return fmt.Errorf("%s %s: %w: %s is attached already, as disk %s", op, id, driver.ErrInvalidSpec, disk.Path, dk.Name)
+			}
 		}
-		return fmt.Errorf("%s %s at epoch %d: %w", op, id, epoch, err)
-	}
-	d.log.Info("disk attached", "vm", id.String(), "epoch", epoch, "disk", disk.Name, "path", disk.Path, "slot", disk.Slot)
-	return nil
+		if err := d.checkDisks(append(slices.Clone(have), disk)); err != nil {
+			return fmt.Errorf("%s %s: %w: %v", op, id, driver.ErrInvalidSpec, err)
+		}
+		if strings.Contains(disk.Path, ",") {
+			return fmt.Errorf("%s %s: %w: path %q: QEMU's option syntax cannot take a comma", op, id, driver.ErrInvalidSpec, disk.Path)
+		}
+		// Recorded first: an agent that dies from here on finds QEMU
+		// with the disk or without it, and keeps what QEMU has.
+		if err := v.setDisks(append(slices.Clone(have), disk)); err != nil {
+			return fmt.Errorf("%s %s: %w", op, id, err)
+		}
+		if err := d.plugIn(ctx, mon, disk); err != nil {
+			if rerr := v.setDisks(have); rerr != nil {
+				d.log.Warn("cannot record a failed attach", "vm", id.String(), "disk", disk.Name, "error", rerr)
+			}
+			return fmt.Errorf("%s %s at epoch %d: %w", op, id, epoch, err)
+		}
+		d.log.Info("disk attached", "vm", id.String(), "epoch", epoch, "disk", disk.Name, "path", disk.Path, "slot", disk.Slot)
+		return nil
+	})
 }
 
 // plugIn gives QEMU the disk's image and the guest its device. A block
@@ -213,30 +221,21 @@ func (d *Driver) plugIn(ctx context.Context, mon *qmp.Client, disk driver.DiskSp
 // DetachDisk implements driver.DiskHotPlugger.
 func (d *Driver) DetachDisk(ctx context.Context, id driver.VMID, epoch uint64, name string) error {
 	op := "detach disk " + name + " from"
-	v := d.lookup(id)
-	if v == nil {
-		return fmt.Errorf("%s %s: %w", op, id, driver.ErrNotFound)
-	}
-	v.cmd.Lock()
-	defer v.cmd.Unlock()
-	mon, err := v.beginHotPlug(op, epoch)
-	if err != nil {
-		return err
-	}
-	defer v.endHotPlug()
-	have := v.disksNow()
-	i := slices.IndexFunc(have, func(dk driver.DiskSpec) bool { return dk.Name == name })
-	if i < 0 {
-		return nil // not attached: the caller repeats itself
-	}
-	if err := unplug(ctx, mon, have[i].Slot); err != nil {
-		return fmt.Errorf("%s %s at epoch %d: %w", op, id, epoch, err)
-	}
-	if err := v.setDisks(slices.Delete(slices.Clone(have), i, i+1)); err != nil {
-		return fmt.Errorf("%s %s: %w", op, id, err)
-	}
-	d.log.Info("disk detached", "vm", id.String(), "epoch", epoch, "disk", name, "slot", have[i].Slot)
-	return nil
+	return d.hotPlug(op, id, epoch, func(v *vm, mon *qmp.Client) error {
+		have := v.disksNow()
+		i := slices.IndexFunc(have, func(dk driver.DiskSpec) bool { return dk.Name == name })
+		if i < 0 {
+			return nil // not attached: the caller repeats itself
+		}
+		if err := unplug(ctx, mon, have[i].Slot); err != nil {
+			return fmt.Errorf("%s %s at epoch %d: %w", op, id, epoch, err)
+		}
+		if err := v.setDisks(slices.Delete(slices.Clone(have), i, i+1)); err != nil {
+			return fmt.Errorf("%s %s: %w", op, id, err)
+		}
+		d.log.Info("disk detached", "vm", id.String(), "epoch", epoch, "disk", name, "slot", have[i].Slot)
+		return nil
+	})
 }
 
 // unplug takes the device at slot from the guest and, once QEMU says it

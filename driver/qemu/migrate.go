@@ -466,6 +466,16 @@ func (o *outgoing) poll(ctx context.Context) error {
 // pass (pause-before-switchover): the pause is reported, and the move
 // goes on only if it is still wanted.
 func (o *outgoing) switchover(ctx context.Context) error {
+	if err := o.reportPause(ctx); err != nil {
+		return err
+	}
+	return bounded(ctx, qmpTimeout, o.mon.MigrateContinue)
+}
+
+// reportPause records that QEMU stopped the guest for a switchover and
+// reports it, with the last pass (made in the pause) as its round; an
+// error if the move is no longer wanted.
+func (o *outgoing) reportPause(ctx context.Context) error {
 	o.v.paused(o.mon)
 	info, err := within(ctx, qmpTimeout, o.mon.QueryMigrate)
 	if err != nil {
@@ -473,13 +483,10 @@ func (o *outgoing) switchover(ctx context.Context) error {
 	}
 	round := 1
 	if info.RAM != nil {
-		round = int(info.RAM.DirtySyncCount) + 1 // the last pass, in the pause
+		round = int(info.RAM.DirtySyncCount) + 1
 	}
 	o.report("switchover", round, info)
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return bounded(ctx, qmpTimeout, o.mon.MigrateContinue)
+	return ctx.Err()
 }
 
 // pauseForPostcopy runs while QEMU holds the guest stopped before its
@@ -493,17 +500,7 @@ func (o *outgoing) switchover(ctx context.Context) error {
 // source holds all of the guest. From it on, a failure of either side
 // loses the guest.
 func (o *outgoing) pauseForPostcopy(ctx context.Context) error {
-	o.v.paused(o.mon)
-	info, err := within(ctx, qmpTimeout, o.mon.QueryMigrate)
-	if err != nil {
-		return err
-	}
-	round := 1
-	if info.RAM != nil {
-		round = int(info.RAM.DirtySyncCount) + 1
-	}
-	o.report("switchover", round, info)
-	if err := ctx.Err(); err != nil {
+	if err := o.reportPause(ctx); err != nil {
 		return err
 	}
 	if err := o.ctl.send(message{Type: msgPostcopy}); err != nil {
