@@ -193,8 +193,9 @@ func (a *Agent) renewOnce(ctx context.Context) (*havenv1.RenewLeaseResponse, err
 	return resp, err
 }
 
-// sendReport sends an executor's report to the leader.
-func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest) error {
+// toLeader calls the leader's node service with call, bounded to 2 s: a
+// report that cannot go now goes with the executor's next pass.
+func (a *Agent) toLeader(ctx context.Context, call func(context.Context, havenv1.NodeServiceClient) error) error {
 	_, addr, err := a.locate()
 	if err != nil {
 		return err
@@ -205,39 +206,32 @@ func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err = havenv1.NewNodeServiceClient(conn).ReportGroup(ctx, req)
-	return err
+	return call(ctx, havenv1.NewNodeServiceClient(conn))
+}
+
+// sendReport sends an executor's report to the leader.
+func (a *Agent) sendReport(ctx context.Context, req *havenv1.ReportGroupRequest) error {
+	return a.toLeader(ctx, func(ctx context.Context, c havenv1.NodeServiceClient) error {
+		_, err := c.ReportGroup(ctx, req)
+		return err
+	})
 }
 
 // sendDiskReport sends an executor's report on a disk change to the
 // leader.
 func (a *Agent) sendDiskReport(ctx context.Context, req *havenv1.ReportDiskChangeRequest) error {
-	_, addr, err := a.locate()
-	if err != nil {
+	return a.toLeader(ctx, func(ctx context.Context, c havenv1.NodeServiceClient) error {
+		_, err := c.ReportDiskChange(ctx, req)
 		return err
-	}
-	conn, err := a.pool.Conn(addr)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	_, err = havenv1.NewNodeServiceClient(conn).ReportDiskChange(ctx, req)
-	return err
+	})
 }
 
 // sendChecks sends the executor's checks to the leader.
 func (a *Agent) sendChecks(ctx context.Context, req *havenv1.ReportChecksRequest) error {
-	_, addr, err := a.locate()
-	if err != nil {
+	return a.toLeader(ctx, func(ctx context.Context, c havenv1.NodeServiceClient) error {
+		_, err := c.ReportChecks(ctx, req)
 		return err
-	}
-	conn, err := a.pool.Conn(addr)
-	if err != nil {
-		return err
-	}
-	_, err = havenv1.NewNodeServiceClient(conn).ReportChecks(ctx, req)
-	return err
+	})
 }
 
 // dirtyRate asks the driver what a guest dirties per second, for the
