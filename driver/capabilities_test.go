@@ -30,14 +30,32 @@ var optional = []struct {
 		func(h driver.Hypervisor) bool { _, ok := h.(driver.DiskHotPlugger); return ok }},
 }
 
+// qualifiers are the flags that say how a driver does what another flag
+// reports, and have no interface of their own: each needs its base flag.
+var qualifiers = []struct {
+	flag     string
+	reported func(driver.Capabilities) bool
+	base     string
+	needs    func(driver.Capabilities) bool
+}{
+	{"Postcopy", func(c driver.Capabilities) bool { return c.Postcopy },
+		"LiveMigration", func(c driver.Capabilities) bool { return c.LiveMigration }},
+}
+
 // mismatches lists the flags h reports without implementing their
-// interface, or implements without reporting.
+// interface, or implements without reporting, and the qualifiers it
+// reports without their base flag.
 func mismatches(h driver.Hypervisor) []string {
 	var out []string
 	caps := h.Capabilities()
 	for _, o := range optional {
 		if o.reported(caps) != o.implemented(h) {
 			out = append(out, o.flag)
+		}
+	}
+	for _, q := range qualifiers {
+		if q.reported(caps) && !q.needs(caps) {
+			out = append(out, q.flag)
 		}
 	}
 	return out
@@ -88,6 +106,7 @@ func TestCapabilitiesCheckCatchesLies(t *testing.T) {
 		{"claims hot-plug", overclaims{hides{d}}, []string{"HotPlugDisks"}},
 		{"hides its optional methods", hides{d}, []string{"FaultInjection", "DirtyRateEstimation", "LiveMigration", "QuickMigration", "HotPlugDisks"}},
 		{"drops hot-plug", drops{d}, []string{"HotPlugDisks"}},
+		{"claims post-copy without live moves", postcopyAlone{hides{d}}, []string{"Postcopy"}},
 	} {
 		if got := mismatches(tc.h); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: mismatches %v, want %v", tc.name, got, tc.want)
@@ -103,6 +122,13 @@ func (overclaims) Capabilities() driver.Capabilities {
 	return driver.Capabilities{HotPlugDisks: true}
 }
 
+// postcopyAlone reports post-copy and no live migration.
+type postcopyAlone struct{ hides }
+
+func (postcopyAlone) Capabilities() driver.Capabilities {
+	return driver.Capabilities{Postcopy: true}
+}
+
 // drops has every method of the sim but reports no hot-plug.
 type drops struct{ *sim.Driver }
 
@@ -114,8 +140,8 @@ func (d drops) Capabilities() driver.Capabilities {
 
 type hides struct{ driver.Hypervisor }
 
-// A flag added to Capabilities without a row in optional would go
-// unchecked.
+// A flag added to Capabilities without a row in optional or qualifiers
+// would go unchecked.
 func TestEveryCapabilityChecked(t *testing.T) {
 	var flags, rows []string
 	for f := range reflect.TypeFor[driver.Capabilities]().Fields() {
@@ -123,6 +149,9 @@ func TestEveryCapabilityChecked(t *testing.T) {
 	}
 	for _, o := range optional {
 		rows = append(rows, o.flag)
+	}
+	for _, q := range qualifiers {
+		rows = append(rows, q.flag)
 	}
 	slices.Sort(flags)
 	slices.Sort(rows)
