@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -51,7 +52,7 @@ func TestCommand(t *testing.T) {
 	args := command(cfg, spec, "pc-q35-7.2", "/run/haven/vm-1", false)
 	line := strings.Join(args, " ")
 	for _, want := range []string{
-		"-machine pc-q35-7.2", "-accel tcg", "-cpu qemu64", "-m 256", "-smp 2", "-nodefaults", "-no-shutdown",
+		"-machine pc-q35-7.2", "-accel tcg", "-cpu qemu64", "-m 262152k", "-smp 2", "-nodefaults", "-no-shutdown",
 		"-qmp unix:/run/haven/vm-1/qmp.sock,server=on,wait=off",
 		"-chardev socket,id=console,path=/run/haven/vm-1/console.sock,server=on,wait=off,logfile=/run/haven/vm-1/console.log,logappend=on",
 		"-device i6300esb,id=watchdog0", "-action watchdog=pause",
@@ -159,5 +160,29 @@ func TestRunState(t *testing.T) {
 	}
 	if _, why := runState("watchdog"); !strings.Contains(why, "watchdog") {
 		t.Errorf("runState(watchdog) says %q", why)
+	}
+}
+
+// Under TCG the RAM is off QEMU's 64-page grid (tcgRAMPad says why);
+// under KVM it is what the spec asks.
+func TestMemArg(t *testing.T) {
+	for _, tc := range []struct {
+		accel string
+		want  string
+	}{
+		{"tcg", "262152k"},
+		{"tcg,tb-size=32", "262152k"},
+		{"kvm", "256"},
+	} {
+		got := memArg(tc.accel, 256<<20)
+		if got != tc.want {
+			t.Errorf("memArg(%q, 256 MiB) = %s, want %s", tc.accel, got, tc.want)
+		}
+		if k, ok := strings.CutSuffix(got, "k"); ok {
+			n, _ := strconv.ParseInt(k, 10, 64)
+			if n<<10%(64*4096) == 0 || n<<10%8192 != 0 {
+				t.Errorf("memArg(%q) = %s: on the 256 KiB grid, or off QEMU's 8 KiB rounding", tc.accel, got)
+			}
+		}
 	}
 }

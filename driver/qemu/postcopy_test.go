@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -43,11 +44,13 @@ func TestStall(t *testing.T) {
 	}
 }
 
-// Post-copy is not enabled (postcopy.go says why): the driver does not
+// Where post-copy is not enabled (postcopySupported) the driver does not
 // report it and refuses a move that asks for it, before anything is sent;
 // the VM runs on.
 func TestLiveMigrationPostcopyRefused(t *testing.T) {
 	needQEMU(t)
+	postcopySupported = false
+	t.Cleanup(func() { postcopySupported = true })
 	n1, n2 := twoNodes(t)
 	if n1.d.Capabilities().Postcopy {
 		t.Fatal("the driver reports post-copy")
@@ -79,8 +82,6 @@ func TestLiveMigrationPostcopyRollback(t *testing.T) {
 		Kernel: g.Kernel, Initrd: g.Initrd,
 		Cmdline: g.Append(testguest.Options{MemMiB: 16, DirtyMiBPerSec: 24, TickMs: 10, WatchdogSec: 60}),
 	}}
-	postcopySupported = true
-	t.Cleanup(func() { postcopySupported = false })
 	src := bootGuest(t, n1, spec)
 	target := spec
 	target.Epoch = 2
@@ -108,6 +109,66 @@ func TestLiveMigrationPostcopyRollback(t *testing.T) {
 		t.Error(err)
 	}
 	mustStatus(t, n1, web, driver.StateRunning, false)
+}
+
+// A committed move that switched to post-copy completes: Kill on the
+// source lets QEMU send the rest, Activate runs the guest on the target,
+// which counts on from where the source stopped and keeps counting once
+// every page has arrived (a page lost on the way shows as an oops and a
+// count from 1 again).
+func TestLiveMigrationPostcopy(t *testing.T) {
+	needQEMU(t)
+	n1, n2 := twoNodes(t)
+	g := testguest.Build(t)
+	spec := driver.VMSpec{ID: web, Epoch: 1, VCPUs: 1, MemoryBytes: 160 << 20, Boot: driver.Boot{
+		Kernel: g.Kernel, Initrd: g.Initrd,
+		Cmdline: g.Append(testguest.Options{MemMiB: 16, DirtyMiBPerSec: 24, TickMs: 10, WatchdogSec: 60}),
+	}}
+	src := bootGuest(t, n1, spec)
+	dst := n2.console(t, web)
+	target := spec
+	target.Epoch = 2
+	_, err, inErr := move(t, n1, n2, target, 1, driver.MigrateOptions{BandwidthLimit: 4 << 20, Postcopy: true}, nil)
+	if err != nil || inErr != nil {
+		t.Fatalf("MigrateOut: %v; MigrateIn: %v", err, inErr)
+	}
+	if v := n1.d.lookup(web); v.handover == nil {
+		t.Fatal("the source is not paused before a switchover to post-copy")
+	}
+	if err := src.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	last := src.Last()
+	// The commit: the source's executor kills its VM, which hands over.
+	killed := make(chan error, 1)
+	go func() { killed <- n1.d.Kill(web, 1) }()
+	if err := n2.d.Activate(web, 2, lease()); err != nil {
+		t.Fatal(err)
+	}
+	first := tickAfter(t, dst, 0, 30*time.Second)
+	if first.N <= last.N || first.N > last.N+20 {
+		b, _ := os.ReadFile(dst.Path())
+		t.Fatalf("the target's first tick is %d, the source's last %d: the guest did not carry on; the target's console:\n%s", first.N, last.N, b)
+	}
+	// Kill returns once the source has sent every page.
+	select {
+	case err := <-killed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(postcopyDrain):
+		t.Fatal("the post-copy did not complete")
+	}
+	if err := dst.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	done := dst.Last().N
+	dst.Wait(t, 30*time.Second, "the target to tick on with all of its memory", func(s *testguest.Serial) bool { return s.Last().N >= done+500 })
+	if err := dst.Increasing(); err != nil {
+		b, _ := os.ReadFile(dst.Path())
+		t.Errorf("%v; the target's console:\n%s", err, b)
+	}
+	mustStatus(t, n2, web, driver.StateRunning, false)
 }
 
 // A move over two channels (multifd, set on both QEMUs) completes, and
