@@ -33,32 +33,44 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 			return time.Since(last).Seconds()
 		}},
 	}, []metrics.GaugeVec{
-		{Name: "haven_members", Help: "Cluster members as this agent's gossip sees them, by state.", Label: "state",
-			Known: []string{"alive", "suspect", "dead", "left"},
-			Values: func() map[string]float64 {
-				out := map[string]float64{}
+		{Name: "haven_members", Help: "Cluster members as this agent's gossip sees them, by state and site.", Labels: []string{"state", "site"},
+			Values: func() []metrics.Sample {
+				count := map[[2]string]float64{}
+				sites := map[string]bool{a.cfg.Site: true}
 				for _, m := range a.gossip.Members() {
-					out[m.State.String()]++
+					count[[2]string{m.State.String(), m.Meta.Site}]++
+					sites[m.Meta.Site] = true
+				}
+				// Every state of every site shows, 0 when empty, so that
+				// a site's dead members can be alerted on before any died.
+				for site := range sites {
+					for _, st := range []string{"alive", "suspect", "dead", "left"} {
+						if _, ok := count[[2]string{st, site}]; !ok {
+							count[[2]string{st, site}] = 0
+						}
+					}
+				}
+				out := make([]metrics.Sample, 0, len(count))
+				for k, v := range count {
+					out = append(out, metrics.Sample{Labels: k[:], Value: v})
 				}
 				return out
 			}},
-		{Name: "haven_nodes", Help: "Nodes in the cluster state, by status.", Label: "status",
-			Known: []string{"alive", "failed", "left"},
-			Values: func() map[string]float64 {
+		{Name: "haven_nodes", Help: "Nodes in the cluster state, by status.", Labels: []string{"status"},
+			Values: func() []metrics.Sample {
 				out := map[string]float64{}
 				for _, n := range a.fsm.Nodes() {
 					out[enumName(n.GetStatus().String(), "NODE_STATUS_")]++
 				}
-				return out
+				return metrics.Counts(out, "alive", "failed", "left")
 			}},
-		{Name: "haven_groups", Help: "Groups in the cluster state, by observed state.", Label: "state",
-			Known: []string{"offline", "starting", "online", "stopping", "failed"},
-			Values: func() map[string]float64 {
+		{Name: "haven_groups", Help: "Groups in the cluster state, by observed state.", Labels: []string{"state"},
+			Values: func() []metrics.Sample {
 				out := map[string]float64{}
 				for _, g := range a.fsm.Groups() {
 					out[enumName(g.GetState().String(), "GROUP_STATE_")]++
 				}
-				return out
+				return metrics.Counts(out, "offline", "starting", "online", "stopping", "failed")
 			}},
 	}, []metrics.Gauge{
 		{Name: "haven_events_dropped_total", Help: "Events a watcher lost because it fell behind.", Value: func() float64 { return float64(a.events.Dropped()) }},

@@ -151,6 +151,11 @@ func (g *Grants) since(node string) time.Time {
 	return g.floor
 }
 
+// SilentSince is when the node's silence started as far as this leader
+// can tell: its last grant, or the leader taking office (or the end of its
+// own last stall) if that was later.
+func (g *Grants) SilentSince(node string) time.Time { return g.since(node) }
+
 // LeaseEnd is the latest a lease this leader granted to node can end:
 // before it, the node may be running its groups.
 func (g *Grants) LeaseEnd(node string) time.Time { return g.end[node] }

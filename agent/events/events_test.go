@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -254,6 +256,61 @@ func TestDiskChangeEvents(t *testing.T) {
 			}
 		case <-time.After(time.Second):
 			t.Fatalf("event %d (%s) not delivered", i, w.Kind)
+		}
+	}
+}
+
+// A failover's batch shows the fence of the failed node first, then each
+// group taken off it as a failover, all at the batch's index; a batch
+// without fences stays a set of assignments.
+func TestFailoverEvents(t *testing.T) {
+	b := NewBroker()
+	_, sub, _ := b.Watch(0, 16, nil)
+	defer sub.Close()
+	l := fsmtest.New(t)
+	obs := Observe(l.FSM, b, nil)
+	apply := func(c *havenv1.Command) {
+		t.Helper()
+		c.Time = timestamppb.New(time.Unix(100, 0))
+		data, err := encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Apply(raftLog(l.FSM.Index()+1, data))
+	}
+	for _, name := range []string{"a", "b"} {
+		apply(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup(name)}}})
+		g := l.FSM.Group(name)
+		apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+			Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n3",
+			State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}}})
+	}
+	for range 4 {
+		<-sub.C()
+	}
+	ga, gb := l.FSM.Group("a"), l.FSM.Group("b")
+	apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroups{AssignGroups: &havenv1.AssignGroupsCommand{
+		Assignments: []*havenv1.AssignGroupCommand{
+			{Name: "a", ExpectEpoch: ga.GetEpoch(), ExpectDesiredIndex: ga.GetDesiredIndex(), Owner: "n1", State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "failed over from n3"},
+			{Name: "b", ExpectEpoch: gb.GetEpoch(), ExpectDesiredIndex: gb.GetDesiredIndex(), State: havenv1.GroupState_GROUP_STATE_FAILED, Reason: "owner n3 failed and no node can host it"},
+		},
+		Fences: []*havenv1.NodeFence{{Node: "n3", LastGrant: timestamppb.New(time.Unix(96, 0)), FencedAt: timestamppb.New(time.Unix(97, 800e6)), Groups: []string{"a", "b"}}},
+	}}})
+	want := []struct {
+		kind        Kind
+		group, node string
+	}{{NodeFenced, "", "n3"}, {Failover, "a", "n1"}, {Failover, "b", ""}}
+	for i, w := range want {
+		select {
+		case e := <-sub.C():
+			if e.Kind != w.kind || e.Group != w.group || e.Node != w.node || e.Index != 5 || e.Refused != "" {
+				t.Errorf("event %d: %+v, want %s of group %q node %q at index 5", i, e, w.kind, w.group, w.node)
+			}
+			if e.Kind == NodeFenced && e.Reason != "no lease since 00:01:36.000, fenced from 00:01:37.800: 2 group(s) taken off (a, b)" {
+				t.Errorf("fence reason %q", e.Reason)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("event %d (%s) not delivered", i, w.kind)
 		}
 	}
 }

@@ -20,6 +20,24 @@ import (
 // "member-leave", after heartbeat's event types.
 const MemberFailed Kind = "member-failed"
 
+// Kinds that are not named after a command.
+const (
+	// NodeFenced: the leader found a node's lease run out unrenewed and
+	// takes its groups off it; the failover's own events follow, at the
+	// same index.
+	NodeFenced Kind = "node-fenced"
+	// Failover: a group taken off a fenced node, to its new owner (or to
+	// no owner, with the reason).
+	Failover Kind = "failover"
+	// AdmissionRefused: the leader refused a create, start or move to keep
+	// the reserve or for want of room. The leader's own: not in the log.
+	AdmissionRefused Kind = "admission-refused"
+	// VMFrozen and VMThawed: a VM of this node froze at its lease end and
+	// ran again on a later grant. The node's own: not in the log.
+	VMFrozen Kind = "vm-frozen"
+	VMThawed Kind = "vm-thawed"
+)
+
 // FromMembership is the event of a gossip membership change.
 func FromMembership(e heartbeat.Event) Event {
 	return Event{Kind: Kind("member-" + e.Type.String()), Time: time.Now(), Node: e.Member.Name, State: e.Member.State.String()}
@@ -70,8 +88,16 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 	c := r.Command
 	if b := c.GetAssignGroups(); b != nil {
 		var out []Event
+		for _, f := range b.GetFences() {
+			out = append(out, Event{Index: index, Time: c.GetTime().AsTime(), Kind: NodeFenced, Node: f.GetNode(),
+				Reason: fmt.Sprintf("no lease since %s, fenced from %s: %d group(s) taken off (%s)",
+					stamp(f.GetLastGrant()), stamp(f.GetFencedAt()), len(f.GetGroups()), strings.Join(f.GetGroups(), ", "))})
+		}
 		for i, a := range b.GetAssignments() {
 			e := assignEvent(index, c, a)
+			if len(b.GetFences()) > 0 {
+				e.Kind = Failover
+			}
 			if i < len(r.Items) && r.Items[i] != nil {
 				e.Refused = r.Items[i].Msg
 			}
@@ -144,6 +170,11 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 func assignEvent(index uint64, c *havenv1.Command, a *havenv1.AssignGroupCommand) Event {
 	return Event{Index: index, Time: c.GetTime().AsTime(), Kind: "assign-group", Group: a.GetName(), Node: a.GetOwner(),
 		State: a.GetState().String(), Reason: a.GetReason(), Epoch: a.GetExpectEpoch() + 1}
+}
+
+// stamp is a time in an event's reason: UTC, to the millisecond.
+func stamp(t interface{ AsTime() time.Time }) string {
+	return t.AsTime().UTC().Format("15:04:05.000")
 }
 
 // kindOf names a command's event after its oneof field: assign_group ->

@@ -86,7 +86,7 @@ func TestFailoverLosesToOperatorStop(t *testing.T) {
 	web, db := tl.state.Group("web"), tl.state.Group("db")
 	cmds := []*havenv1.AssignGroupCommand{failoverCommand(web, map[string]string{"web": "n3"}, nil), failoverCommand(db, map[string]string{"db": "n3"}, nil)}
 	tl.raft.Stop("web")
-	errs := tl.assignAll(cmds)
+	errs := tl.assignAll(cmds, nil)
 	if errs[0] == nil || !strings.Contains(errs[0].Error(), "stale view") || errs[1] != nil {
 		t.Fatalf("outcomes %v, want web refused (stopped meanwhile) and db applied", errs)
 	}

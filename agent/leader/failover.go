@@ -5,6 +5,8 @@ import (
 	"sort"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -39,12 +41,16 @@ func (l *Leader) failover(t *term, now time.Time) {
 	l.placeMu.Lock()
 	defer l.placeMu.Unlock()
 	var restart, failed []string
-	seenOwner := map[string]bool{}
+	fences, silent := map[string]*havenv1.NodeFence{}, map[string]time.Time{}
 	for _, g := range moving {
-		if o := g.GetOwner(); !seenOwner[o] {
-			seenOwner[o] = true
+		o := g.GetOwner()
+		if fences[o] == nil {
+			since, fenced := l.leases.Silence(o)
+			silent[o] = since
+			fences[o] = &havenv1.NodeFence{Node: o, LastGrant: timestamppb.New(since), FencedAt: timestamppb.New(fenced)}
 			failed = append(failed, o)
 		}
+		fences[o].Groups = append(fences[o].Groups, g.GetSpec().GetName())
 		if fsm.WantsRun(g) && g.GetSpec().GetPriority() != havenv1.Priority_PRIORITY_NO_AUTO_START {
 			restart = append(restart, g.GetSpec().GetName())
 		}
@@ -59,7 +65,13 @@ func (l *Leader) failover(t *term, now time.Time) {
 	for _, g := range moving {
 		cmds = append(cmds, failoverCommand(g, targets, why))
 	}
-	errs := l.assignAll(cmds)
+	fenced := make([]*havenv1.NodeFence, 0, len(failed))
+	for _, o := range failed {
+		fenced = append(fenced, fences[o])
+	}
+	errs := l.assignAll(cmds, fenced)
+	committed := time.Now()
+	took := map[string]bool{}
 	for i, cmd := range cmds {
 		from := moving[i].GetOwner()
 		if errs[i] != nil {
@@ -70,8 +82,14 @@ func (l *Leader) failover(t *term, now time.Time) {
 			l.leases.Assigned(cmd.Name, now)
 			t.moves.record(cmd.Name, from, cmd.Owner, now)
 		}
-		l.cfg.Metrics.Failover(failoverOutcome(cmd))
+		took[from] = true
+		l.cfg.Metrics.Failover(failoverOutcome(cmd), committed.Sub(silent[from]))
 		l.log.Info("group failed over", "group", cmd.Name, "from", from, "to", cmd.Owner, "epoch", moving[i].GetEpoch()+1, "state", cmd.State)
+	}
+	for _, o := range failed {
+		if took[o] {
+			l.cfg.Metrics.Fenced()
+		}
 	}
 }
 
@@ -108,10 +126,11 @@ func failoverCommand(g *havenv1.Group, targets, why map[string]string) *havenv1.
 
 // assignAll commits assignments in one command, so a node's failover is
 // one Raft commit however many groups it held, and returns each
-// assignment's outcome (each is its own compare-and-set).
-func (l *Leader) assignAll(cmds []*havenv1.AssignGroupCommand) []error {
+// assignment's outcome (each is its own compare-and-set). fences names the
+// failed nodes, for the events.
+func (l *Leader) assignAll(cmds []*havenv1.AssignGroupCommand, fences []*havenv1.NodeFence) []error {
 	errs := make([]error, len(cmds))
-	res, err := l.cfg.Raft.Commit(&havenv1.Command{Cmd: &havenv1.Command_AssignGroups{AssignGroups: &havenv1.AssignGroupsCommand{Assignments: cmds}}})
+	res, err := l.cfg.Raft.Commit(&havenv1.Command{Cmd: &havenv1.Command_AssignGroups{AssignGroups: &havenv1.AssignGroupsCommand{Assignments: cmds, Fences: fences}}})
 	switch {
 	case err != nil:
 	case res.Err != nil:

@@ -353,7 +353,7 @@ func (l *Leader) endMove(id string, outcome havenv1.OperationOutcome, reason str
 	case err != nil:
 		l.log.Warn("move end not committed", "operation", id, "error", err)
 	default:
-		l.cfg.Metrics.MoveEnded(outcome.String())
+		l.moveEnded(id, outcome)
 		l.log.Info("move ended", "operation", id, "outcome", outcome, "reason", reason)
 	}
 }
@@ -419,7 +419,7 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	// barrier is that append, now, so the target sees its commit while
 	// the guest is stopped. Only a nudge: an error changes nothing.
 	_ = l.cfg.Raft.Barrier(l.cfg.ElectionTimeout)
-	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED.String())
+	l.moveEnded(op.GetId(), havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED)
 	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()))
 	return nil
 }
@@ -475,6 +475,17 @@ func (l *Leader) CancelOperation(id, requestID string) (*havenv1.Operation, erro
 	// The source's stream ends with its driver: a source not yet ready
 	// resumes at once, a ready one by the end just committed.
 	l.termMoves(t).done(id)
-	l.cfg.Metrics.MoveEnded(havenv1.OperationOutcome_OPERATION_OUTCOME_CANCELLED.String())
+	l.moveEnded(id, havenv1.OperationOutcome_OPERATION_OUTCOME_CANCELLED)
 	return l.state.Operation(id), nil
+}
+
+// moveEnded counts a move that committed or ended with outcome, timed from
+// its start as the log recorded it.
+func (l *Leader) moveEnded(id string, outcome havenv1.OperationOutcome) {
+	op := l.state.Operation(id)
+	var took time.Duration
+	if t := op.GetCreateTime(); t != nil {
+		took = time.Since(t.AsTime())
+	}
+	l.cfg.Metrics.MoveEnded(op.GetKind().String(), outcome.String(), took)
 }

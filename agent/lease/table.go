@@ -203,6 +203,18 @@ func (t *Table) Holds(node string, now time.Time) bool {
 	return t.grants != nil && now.Before(t.grants.LeaseEnd(node))
 }
 
+// Silence tells when node's silence started (its last grant, or this
+// term's start if later) and from when it surely holds no lease, as the
+// failover of its groups was decided on; zero times outside a term.
+func (t *Table) Silence(node string) (since, fencedAt time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants == nil {
+		return time.Time{}, time.Time{}
+	}
+	return t.grants.SilentSince(node), t.grants.FencedAt(node)
+}
+
 // Stalled restarts every node's silence at now: this process could not
 // run (SIGSTOP, starvation), so nodes could not renew with it either.
 func (t *Table) Stalled(now time.Time) {

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +41,15 @@ type Metrics struct {
 	renewRTT      prometheus.Histogram
 	headroom      prometheus.Histogram
 	expiries      prometheus.Counter
+
+	failoverDuration *prometheus.HistogramVec
+	moveDuration     *prometheus.HistogramVec
+	fences           prometheus.Counter
+	freezes          *prometheus.CounterVec
+	thaws            prometheus.Counter
+
+	raftOnce sync.Once
+	raft     *raftMetrics
 }
 
 // New returns the metrics of one agent, with Go's and the process's own.
@@ -65,11 +76,32 @@ func New() *Metrics {
 		Name: "haven_leadership_changes_total", Help: "Times this agent took or lost the leadership.",
 	}, []string{"change"})
 	m.moves = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "haven_moves_total", Help: "Moves of running groups this agent, as leader, ended, by outcome (completed counts at the commit).",
+		Name: "haven_moves_total", Help: "Moves of running groups this agent, as leader, ended, by outcome (completed, rolled_back, cancelled; completed counts at the commit).",
 	}, []string{"outcome"})
+	m.moveDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "haven_move_duration_seconds", Help: "Time from a move's start to its commit (completed) or its end, by kind (live, quick) and outcome.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200},
+	}, []string{"kind", "outcome"})
 	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_failovers_total", Help: "Groups this agent, as leader, took off a failed node, by outcome (restarted, stopped, failed: nowhere to go).",
 	}, []string{"outcome"})
+	// From the failed node's last lease grant, not from when the leader
+	// decided: the leader acts on the lease's silence, so the decision
+	// comes a commit before the restart, and the wait an operator feels
+	// is the failover time the lease makes it wait.
+	m.failoverDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "haven_failover_duration_seconds", Help: "Time from a failed node's last lease grant (or this leader taking office, if later) to the commit that took its group off it, by outcome.",
+		Buckets: []float64{0.5, 1, 2, 3, 4, 5, 7.5, 10, 12.5, 15, 20, 30, 45, 60, 90, 120},
+	}, []string{"outcome"})
+	m.fences = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haven_fences_total", Help: "Nodes this agent, as leader, found fenced (their lease ran out unrenewed) and took groups off.",
+	})
+	m.freezes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "haven_vm_freezes_total", Help: "VMs of this node frozen at their lease end, by cause (lease_expired: no grant came in time; withheld: grants went on without the VM's group at its epoch).",
+	}, []string{"cause"})
+	m.thaws = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "haven_vm_thaws_total", Help: "Frozen VMs of this node that a later grant let run again.",
+	})
 	m.admissions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_admission_refusals_total", Help: "Creates and starts this agent, as leader, refused to keep the reserve or for want of room.",
 	}, []string{"call"})
@@ -92,6 +124,7 @@ func New() *Metrics {
 	})
 	m.reg.MustRegister(m.grpcRequests, m.grpcDuration, m.commits, m.commitLatency, m.applied, m.leadership,
 		m.failovers, m.moves, m.admissions, m.renewals, m.renewRTT, m.headroom, m.expiries,
+		m.failoverDuration, m.moveDuration, m.fences, m.freezes, m.thaws,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -102,13 +135,35 @@ type Gauge struct {
 	Value      func() float64
 }
 
-// GaugeVec is a set of values read at scrape time, one per label value.
+// GaugeVec is a set of values read at scrape time, one per combination
+// of label values.
 type GaugeVec struct {
-	Name, Help, Label string
-	// Values lists every label value that has one; values it leaves out
-	// are reported as 0 if they are in Known.
-	Values func() map[string]float64
-	Known  []string
+	Name, Help string
+	Labels     []string
+	// Values lists every series that has a value.
+	Values func() []Sample
+}
+
+// Sample is one series of a GaugeVec: its label values, in the order of
+// the vector's Labels, and its value.
+type Sample struct {
+	Labels []string
+	Value  float64
+}
+
+// Counts makes samples of one label's counts, reporting 0 for each value
+// of known that counts leaves out: a state nothing is in still shows.
+func Counts(counts map[string]float64, known ...string) []Sample {
+	out := make([]Sample, 0, len(counts)+len(known))
+	for _, k := range known {
+		if _, ok := counts[k]; !ok {
+			out = append(out, Sample{Labels: []string{k}})
+		}
+	}
+	for k, v := range counts {
+		out = append(out, Sample{Labels: []string{k}, Value: v})
+	}
+	return out
 }
 
 // Observe registers gauges that mirror state, and counters kept elsewhere
@@ -124,7 +179,7 @@ func (m *Metrics) Observe(gauges []Gauge, vecs []GaugeVec, counters []Gauge) {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.Name, Help: c.Help}, c.Value))
 	}
 	for _, v := range vecs {
-		m.reg.MustRegister(&vecCollector{v: v, desc: prometheus.NewDesc(v.Name, v.Help, []string{v.Label}, nil)})
+		m.reg.MustRegister(&vecCollector{v: v, desc: prometheus.NewDesc(v.Name, v.Help, v.Labels, nil)})
 	}
 }
 
@@ -136,14 +191,8 @@ type vecCollector struct {
 func (c *vecCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *vecCollector) Collect(ch chan<- prometheus.Metric) {
-	vals := c.v.Values()
-	for _, k := range c.v.Known {
-		if _, ok := vals[k]; !ok {
-			vals[k] = 0
-		}
-	}
-	for k, v := range vals {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, k)
+	for _, s := range c.v.Values() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, s.Value, s.Labels...)
 	}
 }
 
@@ -183,17 +232,47 @@ func (m *Metrics) Leadership(leads bool) {
 	}
 }
 
-// Failover counts a group taken off a failed node.
-func (m *Metrics) Failover(outcome string) {
+// Failover counts a group taken off a failed node, took after the node's
+// last grant.
+func (m *Metrics) Failover(outcome string, took time.Duration) {
 	if m != nil {
 		m.failovers.WithLabelValues(outcome).Inc()
+		m.failoverDuration.WithLabelValues(outcome).Observe(took.Seconds())
 	}
 }
 
-// MoveEnded counts a move that ended (or committed) with outcome.
-func (m *Metrics) MoveEnded(outcome string) {
+// Fenced counts a node whose groups the leader took off once its lease
+// had run out.
+func (m *Metrics) Fenced() {
 	if m != nil {
-		m.moves.WithLabelValues(outcome).Inc()
+		m.fences.Inc()
+	}
+}
+
+// MoveEnded counts a move of kind (live, quick) that ended (or committed)
+// with outcome, took after its start. Both are protobuf enum names or
+// plain words; they are reported in lower case without their prefix.
+func (m *Metrics) MoveEnded(kind, outcome string, took time.Duration) {
+	if m == nil {
+		return
+	}
+	kind = strings.ToLower(strings.TrimPrefix(kind, "MOVE_KIND_"))
+	outcome = strings.ToLower(strings.TrimPrefix(outcome, "OPERATION_OUTCOME_"))
+	m.moves.WithLabelValues(outcome).Inc()
+	m.moveDuration.WithLabelValues(kind, outcome).Observe(max(took, 0).Seconds())
+}
+
+// VMFrozen counts a VM of this node frozen at its lease end, for cause.
+func (m *Metrics) VMFrozen(cause string) {
+	if m != nil {
+		m.freezes.WithLabelValues(cause).Inc()
+	}
+}
+
+// VMThawed counts a frozen VM of this node let run again.
+func (m *Metrics) VMThawed() {
+	if m != nil {
+		m.thaws.Inc()
 	}
 }
 
@@ -281,3 +360,6 @@ func (m *Metrics) Serve(ctx context.Context, addr string, debug bool, log *slog.
 	}()
 	return lis.Addr().String(), nil
 }
+
+// Gatherer is the registry, for tests that read it whole.
+func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }

@@ -814,8 +814,12 @@ func (x *AssignGroupCommand) GetClearFailures() bool {
 // An agent older than this command refuses it as unknown, so its state
 // would part from the others': propose it only once every server knows it.
 type AssignGroupsCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Assignments   []*AssignGroupCommand  `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Assignments []*AssignGroupCommand  `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
+	// A failover's: the nodes whose groups it takes off, each found fenced
+	// (its lease ran out unrenewed) when the leader decided. Only the
+	// events read it; the state does not change with it.
+	Fences        []*NodeFence `protobuf:"bytes,2,rep,name=fences,proto3" json:"fences,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,6 +861,85 @@ func (x *AssignGroupsCommand) GetAssignments() []*AssignGroupCommand {
 	return nil
 }
 
+func (x *AssignGroupsCommand) GetFences() []*NodeFence {
+	if x != nil {
+		return x.Fences
+	}
+	return nil
+}
+
+// NodeFence is a node a leader found fenced: silent since last_grant (its
+// last lease grant from this leader, or the leader taking office if that
+// was later), surely holding no lease from fenced_at on.
+type NodeFence struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Node      string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	LastGrant *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_grant,json=lastGrant,proto3" json:"last_grant,omitempty"`
+	FencedAt  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=fenced_at,json=fencedAt,proto3" json:"fenced_at,omitempty"`
+	// The groups the failover takes off it.
+	Groups        []string `protobuf:"bytes,4,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeFence) Reset() {
+	*x = NodeFence{}
+	mi := &file_haven_v1_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeFence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeFence) ProtoMessage() {}
+
+func (x *NodeFence) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeFence.ProtoReflect.Descriptor instead.
+func (*NodeFence) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *NodeFence) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeFence) GetLastGrant() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastGrant
+	}
+	return nil
+}
+
+func (x *NodeFence) GetFencedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FencedAt
+	}
+	return nil
+}
+
+func (x *NodeFence) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 // SetGroupStateCommand is the leader's planned move: the group, online at
 // epoch and still meant to run (expect_desired_index), stops on its owner
 // and restarts on move_to once offline.
@@ -874,7 +957,7 @@ type SetGroupStateCommand struct {
 
 func (x *SetGroupStateCommand) Reset() {
 	*x = SetGroupStateCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +969,7 @@ func (x *SetGroupStateCommand) String() string {
 func (*SetGroupStateCommand) ProtoMessage() {}
 
 func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +982,7 @@ func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
 func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetGroupStateCommand) GetName() string {
@@ -957,7 +1040,7 @@ type StopGroupCommand struct {
 
 func (x *StopGroupCommand) Reset() {
 	*x = StopGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1052,7 @@ func (x *StopGroupCommand) String() string {
 func (*StopGroupCommand) ProtoMessage() {}
 
 func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1065,7 @@ func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
 func (*StopGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StopGroupCommand) GetName() string {
@@ -1017,7 +1100,7 @@ type ReportGroupCommand struct {
 
 func (x *ReportGroupCommand) Reset() {
 	*x = ReportGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1112,7 @@ func (x *ReportGroupCommand) String() string {
 func (*ReportGroupCommand) ProtoMessage() {}
 
 func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1125,7 @@ func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
 func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportGroupCommand) GetName() string {
@@ -1098,7 +1181,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1193,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1206,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -1155,7 +1238,7 @@ type BeginMoveCommand struct {
 
 func (x *BeginMoveCommand) Reset() {
 	*x = BeginMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1250,7 @@ func (x *BeginMoveCommand) String() string {
 func (*BeginMoveCommand) ProtoMessage() {}
 
 func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1263,7 @@ func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginMoveCommand.ProtoReflect.Descriptor instead.
 func (*BeginMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BeginMoveCommand) GetOperation() *Operation {
@@ -1217,7 +1300,7 @@ type MoveProgressCommand struct {
 
 func (x *MoveProgressCommand) Reset() {
 	*x = MoveProgressCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1312,7 @@ func (x *MoveProgressCommand) String() string {
 func (*MoveProgressCommand) ProtoMessage() {}
 
 func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1325,7 @@ func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgressCommand.ProtoReflect.Descriptor instead.
 func (*MoveProgressCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MoveProgressCommand) GetId() string {
@@ -1281,7 +1364,7 @@ type CommitMoveCommand struct {
 
 func (x *CommitMoveCommand) Reset() {
 	*x = CommitMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1376,7 @@ func (x *CommitMoveCommand) String() string {
 func (*CommitMoveCommand) ProtoMessage() {}
 
 func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1389,7 @@ func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitMoveCommand.ProtoReflect.Descriptor instead.
 func (*CommitMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommitMoveCommand) GetId() string {
@@ -1343,7 +1426,7 @@ type EndMoveCommand struct {
 
 func (x *EndMoveCommand) Reset() {
 	*x = EndMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1438,7 @@ func (x *EndMoveCommand) String() string {
 func (*EndMoveCommand) ProtoMessage() {}
 
 func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1451,7 @@ func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndMoveCommand.ProtoReflect.Descriptor instead.
 func (*EndMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EndMoveCommand) GetId() string {
@@ -1409,7 +1492,7 @@ type AttachDiskCommand struct {
 
 func (x *AttachDiskCommand) Reset() {
 	*x = AttachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1504,7 @@ func (x *AttachDiskCommand) String() string {
 func (*AttachDiskCommand) ProtoMessage() {}
 
 func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1517,7 @@ func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskCommand.ProtoReflect.Descriptor instead.
 func (*AttachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AttachDiskCommand) GetGroup() string {
@@ -1475,7 +1558,7 @@ type DetachDiskCommand struct {
 
 func (x *DetachDiskCommand) Reset() {
 	*x = DetachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1570,7 @@ func (x *DetachDiskCommand) String() string {
 func (*DetachDiskCommand) ProtoMessage() {}
 
 func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1583,7 @@ func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskCommand.ProtoReflect.Descriptor instead.
 func (*DetachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DetachDiskCommand) GetGroup() string {
@@ -1542,7 +1625,7 @@ type EndDiskChangeCommand struct {
 
 func (x *EndDiskChangeCommand) Reset() {
 	*x = EndDiskChangeCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1637,7 @@ func (x *EndDiskChangeCommand) String() string {
 func (*EndDiskChangeCommand) ProtoMessage() {}
 
 func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1650,7 @@ func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndDiskChangeCommand.ProtoReflect.Descriptor instead.
 func (*EndDiskChangeCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EndDiskChangeCommand) GetGroup() string {
@@ -1629,7 +1712,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1724,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1737,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1710,7 +1793,7 @@ type AppliedItem struct {
 
 func (x *AppliedItem) Reset() {
 	*x = AppliedItem{}
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1805,7 @@ func (x *AppliedItem) String() string {
 func (*AppliedItem) ProtoMessage() {}
 
 func (x *AppliedItem) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1818,7 @@ func (x *AppliedItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
 func (*AppliedItem) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AppliedItem) GetErrorCode() ErrorCode {
@@ -1763,7 +1846,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1858,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1871,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1821,7 +1904,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[22]
+	mi := &file_haven_v1_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1916,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[22]
+	mi := &file_haven_v1_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1929,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1979,9 +2062,16 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\x14expect_desired_index\x18\x06 \x01(\x04R\x12expectDesiredIndex\x120\n" +
 	"\adesired\x18\a \x01(\x0e2\x16.haven.v1.DesiredStateR\adesired\x120\n" +
 	"\afailure\x18\b \x01(\v2\x16.haven.v1.GroupFailureR\afailure\x12%\n" +
-	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"U\n" +
+	"\x0eclear_failures\x18\t \x01(\bR\rclearFailures\"\x82\x01\n" +
 	"\x13AssignGroupsCommand\x12>\n" +
-	"\vassignments\x18\x01 \x03(\v2\x1c.haven.v1.AssignGroupCommandR\vassignments\"\xcf\x01\n" +
+	"\vassignments\x18\x01 \x03(\v2\x1c.haven.v1.AssignGroupCommandR\vassignments\x12+\n" +
+	"\x06fences\x18\x02 \x03(\v2\x13.haven.v1.NodeFenceR\x06fences\"\xab\x01\n" +
+	"\tNodeFence\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x129\n" +
+	"\n" +
+	"last_grant\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tlastGrant\x127\n" +
+	"\tfenced_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bfencedAt\x12\x16\n" +
+	"\x06groups\x18\x04 \x03(\tR\x06groups\"\xcf\x01\n" +
 	"\x14SetGroupStateCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
@@ -2075,7 +2165,7 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
@@ -2086,87 +2176,91 @@ var file_haven_v1_command_proto_goTypes = []any{
 	(*DeleteGroupCommand)(nil),    // 6: haven.v1.DeleteGroupCommand
 	(*AssignGroupCommand)(nil),    // 7: haven.v1.AssignGroupCommand
 	(*AssignGroupsCommand)(nil),   // 8: haven.v1.AssignGroupsCommand
-	(*SetGroupStateCommand)(nil),  // 9: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 10: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 11: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 12: haven.v1.SetNodeDrainCommand
-	(*BeginMoveCommand)(nil),      // 13: haven.v1.BeginMoveCommand
-	(*MoveProgressCommand)(nil),   // 14: haven.v1.MoveProgressCommand
-	(*CommitMoveCommand)(nil),     // 15: haven.v1.CommitMoveCommand
-	(*EndMoveCommand)(nil),        // 16: haven.v1.EndMoveCommand
-	(*AttachDiskCommand)(nil),     // 17: haven.v1.AttachDiskCommand
-	(*DetachDiskCommand)(nil),     // 18: haven.v1.DetachDiskCommand
-	(*EndDiskChangeCommand)(nil),  // 19: haven.v1.EndDiskChangeCommand
-	(*AppliedRequest)(nil),        // 20: haven.v1.AppliedRequest
-	(*AppliedItem)(nil),           // 21: haven.v1.AppliedItem
-	(*SnapshotHeader)(nil),        // 22: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 23: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*GroupRefusal)(nil),          // 25: haven.v1.GroupRefusal
-	(*Node)(nil),                  // 26: haven.v1.Node
-	(NodeStatus)(0),               // 27: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 28: haven.v1.GroupSpec
-	(GroupState)(0),               // 29: haven.v1.GroupState
-	(DesiredState)(0),             // 30: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 31: haven.v1.GroupFailure
-	(*Operation)(nil),             // 32: haven.v1.Operation
-	(OperationPhase)(0),           // 33: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 34: haven.v1.MoveProgress
-	(OperationOutcome)(0),         // 35: haven.v1.OperationOutcome
-	(*Resource)(nil),              // 36: haven.v1.Resource
-	(DiskChangeOutcome)(0),        // 37: haven.v1.DiskChangeOutcome
-	(*Group)(nil),                 // 38: haven.v1.Group
+	(*NodeFence)(nil),             // 9: haven.v1.NodeFence
+	(*SetGroupStateCommand)(nil),  // 10: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 11: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 12: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 13: haven.v1.SetNodeDrainCommand
+	(*BeginMoveCommand)(nil),      // 14: haven.v1.BeginMoveCommand
+	(*MoveProgressCommand)(nil),   // 15: haven.v1.MoveProgressCommand
+	(*CommitMoveCommand)(nil),     // 16: haven.v1.CommitMoveCommand
+	(*EndMoveCommand)(nil),        // 17: haven.v1.EndMoveCommand
+	(*AttachDiskCommand)(nil),     // 18: haven.v1.AttachDiskCommand
+	(*DetachDiskCommand)(nil),     // 19: haven.v1.DetachDiskCommand
+	(*EndDiskChangeCommand)(nil),  // 20: haven.v1.EndDiskChangeCommand
+	(*AppliedRequest)(nil),        // 21: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 22: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 23: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 24: haven.v1.SnapshotRecord
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*GroupRefusal)(nil),          // 26: haven.v1.GroupRefusal
+	(*Node)(nil),                  // 27: haven.v1.Node
+	(NodeStatus)(0),               // 28: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 29: haven.v1.GroupSpec
+	(GroupState)(0),               // 30: haven.v1.GroupState
+	(DesiredState)(0),             // 31: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 32: haven.v1.GroupFailure
+	(*Operation)(nil),             // 33: haven.v1.Operation
+	(OperationPhase)(0),           // 34: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 35: haven.v1.MoveProgress
+	(OperationOutcome)(0),         // 36: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 37: haven.v1.Resource
+	(DiskChangeOutcome)(0),        // 38: haven.v1.DiskChangeOutcome
+	(*Group)(nil),                 // 39: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	24, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	25, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
 	4,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
 	5,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
 	6,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
 	7,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	9,  // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	12, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	10, // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	11, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	10, // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	13, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	11, // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	12, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
 	8,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
-	13, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
-	14, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
-	15, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
-	16, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
-	17, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
-	18, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
-	19, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
+	14, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
+	15, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
+	16, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
+	17, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
+	18, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
+	19, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
+	20, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
 	2,  // 18: haven.v1.Command.set_node_checks:type_name -> haven.v1.SetNodeChecksCommand
-	25, // 19: haven.v1.SetNodeChecksCommand.cannot_run:type_name -> haven.v1.GroupRefusal
-	26, // 20: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	27, // 21: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	28, // 22: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	29, // 23: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	30, // 24: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	31, // 25: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	26, // 19: haven.v1.SetNodeChecksCommand.cannot_run:type_name -> haven.v1.GroupRefusal
+	27, // 20: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	28, // 21: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	29, // 22: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	30, // 23: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	31, // 24: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	32, // 25: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
 	7,  // 26: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
-	29, // 27: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	29, // 28: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	32, // 29: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
-	33, // 30: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
-	34, // 31: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
-	34, // 32: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
-	35, // 33: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
-	36, // 34: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
-	37, // 35: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
-	24, // 36: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 37: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	21, // 38: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
-	0,  // 39: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
-	26, // 40: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	38, // 41: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	20, // 42: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	32, // 43: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	9,  // 27: haven.v1.AssignGroupsCommand.fences:type_name -> haven.v1.NodeFence
+	25, // 28: haven.v1.NodeFence.last_grant:type_name -> google.protobuf.Timestamp
+	25, // 29: haven.v1.NodeFence.fenced_at:type_name -> google.protobuf.Timestamp
+	30, // 30: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	30, // 31: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	33, // 32: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
+	34, // 33: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
+	35, // 34: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
+	35, // 35: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
+	36, // 36: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
+	37, // 37: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
+	38, // 38: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
+	25, // 39: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 40: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	22, // 41: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 42: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	27, // 43: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	39, // 44: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	21, // 45: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	33, // 46: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -2195,7 +2289,7 @@ func file_haven_v1_command_proto_init() {
 		(*Command_EndDiskChange)(nil),
 		(*Command_SetNodeChecks)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[22].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[23].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
@@ -2207,7 +2301,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
