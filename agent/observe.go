@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haven-ha/haven/agent/events"
+	"github.com/haven-ha/haven/agent/executor"
 	"github.com/haven-ha/haven/agent/metrics"
 )
 
@@ -75,10 +77,32 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 	}, []metrics.Gauge{
 		{Name: "haven_events_dropped_total", Help: "Events a watcher lost because it fell behind.", Value: func() float64 { return float64(a.events.Dropped()) }},
 	})
+	context.AfterFunc(ctx, a.metrics.BridgeRaft())
 	if _, err := a.metrics.Serve(ctx, a.bind(a.cfg.Ports.Metrics), a.cfg.EnableDebug, a.log); err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	return nil
+}
+
+// admissionRefused publishes the leader's refusal of a create, start or
+// move. No log entry records it: only this agent's watchers see it.
+func (a *Agent) admissionRefused(call, group, reason string) {
+	a.events.Publish(events.Event{Kind: events.AdmissionRefused, Time: time.Now(), Group: group, Node: a.cfg.Name,
+		State: call, Reason: reason})
+}
+
+// vmFreeze counts and publishes a VM of this node freezing at its lease
+// end, or thawing.
+func (a *Agent) vmFreeze(f executor.Freeze) {
+	e := events.Event{Kind: events.VMFrozen, Time: time.Now(), Group: f.VM.Group, Node: a.cfg.Name, Epoch: f.Epoch,
+		State: f.Cause, Reason: "vm " + f.VM.Resource}
+	if f.Thawed {
+		e.Kind, e.State = events.VMThawed, ""
+		a.metrics.VMThawed()
+	} else {
+		a.metrics.VMFrozen(f.Cause)
+	}
+	a.events.Publish(e)
 }
 
 // enumName is a protobuf enum value's name without its prefix, in lower

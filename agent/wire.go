@@ -73,7 +73,7 @@ func (a *Agent) wireDuties() {
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},
-		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics,
+		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics, Refused: a.admissionRefused,
 		Reserve: p.Reserve, ReserveSites: p.ReserveSites, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		BalanceInterval: p.BalancerInterval, BalanceHoldOff: p.BalancerHoldOff, MaxParallelMoves: p.MaxParallelMoves,
 		DirtyRate: dirtyRate(a.drv),
@@ -82,8 +82,8 @@ func (a *Agent) wireDuties() {
 	})
 	a.exec = executor.New(executor.Config{
 		Node: a.cfg.Name, State: a.fsm, Driver: a.drv, Report: a.sendReport, ReportDisk: a.sendDiskReport, SharedDir: a.cfg.SharedDir,
-		ReportChecks: a.sendChecks,
-		Logger:       logging.Named(a.log, "executor"),
+		ReportChecks: a.sendChecks, Freezes: a.vmFreeze,
+		Logger: logging.Named(a.log, "executor"),
 	})
 	a.observed.OnApply(a.exec.Wake)
 }

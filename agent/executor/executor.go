@@ -52,6 +52,9 @@ type Config struct {
 	// CheckEvery is how often every group is checked again, for files
 	// that appeared or went; zero is DefaultCheckEvery.
 	CheckEvery time.Duration
+	// Freezes is told of every VM of this node that froze at its lease
+	// end or thawed (freezes.go); it must not block. Nil tells nothing.
+	Freezes func(Freeze)
 }
 
 // Executor is this node's executor.
@@ -73,8 +76,12 @@ type Executor struct {
 	reportChecks func(context.Context, *havenv1.ReportChecksRequest) error
 	checkEvery   time.Duration
 	checkWake    chan struct{}
+	// freezes is Config.Freezes.
+	freezes func(Freeze)
 
 	mu sync.Mutex
+	// frozen holds the VMs last seen frozen, at their epoch.
+	frozen map[driver.VMID]uint64
 	// leaseEnd and confirmed are from the last grant: the node may run a
 	// group at an epoch only while a grant lists it at that epoch and the
 	// grant's lease has not ended.
@@ -142,7 +149,7 @@ func New(cfg Config) *Executor {
 		reportDisk: cfg.ReportDisk, reportChecks: cfg.ReportChecks, checkEvery: cfg.CheckEvery, checkWake: make(chan struct{}, 1),
 		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
 		startFails: map[string]*startFail{}, diskFails: map[string]*diskFail{}, diskReported: map[string]uint64{},
-		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1)}
+		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1), freezes: cfg.Freezes, frozen: map[driver.VMID]uint64{}}
 	if e.checkEvery <= 0 {
 		e.checkEvery = DefaultCheckEvery
 	}
@@ -179,6 +186,9 @@ func (e *Executor) poke() {
 // frozen one thaws, if the driver's gate still allows it); VMs the grant
 // leaves out keep their old end and freeze when it passes.
 func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
+	// A freeze this grant ends is noted before the grant, under the lease
+	// it froze under.
+	e.noteStates(e.drv.List(), time.Now())
 	e.mu.Lock()
 	e.leaseEnd = end
 	e.confirmed = make(map[string]*havenv1.GroupEpoch, len(groups))
@@ -193,6 +203,7 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 			}
 		}
 	}
+	e.noteStates(e.drv.List(), time.Now())
 	e.poke()
 }
 
@@ -260,7 +271,9 @@ func (e *Executor) reconcile(ctx context.Context) {
 	// grant confirms: the lease gates every VM meanwhile, so waiting is
 	// safe, and killing a VM the leader says is ours would be an outage.
 	vms := map[string][]driver.Status{}
-	for _, st := range e.drv.List() {
+	all := e.drv.List()
+	e.noteStates(all, time.Now())
+	for _, st := range all {
 		if !p.keeps(st) {
 			if ep, ok := e.confirmedEpoch(st.ID.Group); !e.everGranted() || (ok && ep == st.Epoch) {
 				continue

@@ -26,10 +26,18 @@ func (l *Leader) admitCreate(spec *havenv1.GroupSpec) error {
 	}
 	if _, err := l.reserveFor(st, want).Admit(l.placementGroup(spec)); err != nil {
 		l.log.Info("group refused", "group", spec.GetName(), "reason", err)
-		l.cfg.Metrics.AdmissionRefused("create")
+		l.refused("create", spec.GetName(), err)
 		return err
 	}
 	return nil
+}
+
+// refused counts and reports a refusal by admission.
+func (l *Leader) refused(call, group string, err error) {
+	l.cfg.Metrics.AdmissionRefused(call)
+	if l.cfg.Refused != nil {
+		l.cfg.Refused(call, group, err.Error())
+	}
 }
 
 // startGroup places a group that is not running (on node, when given) so
@@ -68,7 +76,7 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	}
 	if err != nil {
 		l.log.Info("start refused", "group", pg.Name, "reason", err)
-		l.cfg.Metrics.AdmissionRefused("start")
+		l.refused("start", pg.Name, err)
 		return err
 	}
 	// The operator's intent (run, at this command's index) and the

@@ -55,6 +55,10 @@ func sized(name string, memGiB int64) *havenv1.GroupSpec {
 // site; the same group is admitted under placement.reserve alone.
 func TestAdmissionKeepsTheSiteLossReserve(t *testing.T) {
 	tl := stretchLeader(t, 1, 1)
+	var refused []string
+	tl.cfg.Refused = func(call, group, reason string) {
+		refused = append(refused, call+" "+group+": "+reason)
+	}
 	rep := tl.KeptReserve()
 	if rep.Reserve == nil || !rep.OK || rep.KeptSites != 1 || len(rep.Sites) != 2 {
 		t.Fatalf("setup: %+v", rep)
@@ -98,6 +102,11 @@ func TestAdmissionKeepsTheSiteLossReserve(t *testing.T) {
 	tl.cfg.ReserveSites = 0
 	if g, err := tl.StartGroup("web", "", "req-5"); err != nil || g.GetOwner() == "" {
 		t.Fatalf("start with reserve_sites 0: %v", err)
+	}
+	// Each refusal was reported, for the events, with its reason.
+	if len(refused) != 3 || !strings.HasPrefix(refused[0], "create web: ") || !strings.HasPrefix(refused[1], "start web: ") ||
+		!strings.HasPrefix(refused[2], "start web: ") || !strings.Contains(refused[2], "if site a fails") {
+		t.Errorf("refusals reported: %q", refused)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/waitfor"
 	"github.com/haven-ha/haven/placement"
@@ -42,12 +43,49 @@ func TestFailoverIsOneCommit(t *testing.T) {
 		before[g.GetSpec().GetName()] = g.GetEpoch()
 	}
 	tl.raft.reset()
+	m := metrics.New()
+	tl.cfg.Metrics = m
 	// n2 has not renewed since the office began; n1 and n3 have.
-	now := time.Now().Add(testLease.FailoverAfter + testLease.Lease + time.Second)
+	office := time.Now()
+	tl.leases.Begin(office, 2)
+	tl.leases.Ready()
+	now := office.Add(testLease.FailoverAfter + testLease.Lease + time.Second)
 	tl.failover(tl.term, now)
 
 	if len(tl.raft.commits) != 1 || tl.raft.commits[0] != "*havenv1.Command_AssignGroups" {
 		t.Fatalf("failover committed %v, want one AssignGroups", tl.raft.commits)
+	}
+	// The batch names the fenced node, silent since the office began,
+	// fenced a lease and its margin later, and the groups it loses.
+	fences := tl.raft.last.GetAssignGroups().GetFences()
+	if len(fences) != 1 || fences[0].GetNode() != "n2" || len(fences[0].GetGroups()) != len(want)+2 ||
+		!fences[0].GetLastGrant().AsTime().Equal(office) || fences[0].GetFencedAt().AsTime().Before(office.Add(testLease.Lease+testLease.Margin)) {
+		t.Errorf("fences %v, want n2 silent since %s with its %d groups", fences, office, len(want)+2)
+	}
+	// Each group's failover is timed from the silence's start; a test
+	// leader commits at once, so the time is the clock's since office.
+	mfs, err := m.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	durations := map[string]uint64{}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "haven_failover_duration_seconds":
+			for _, s := range mf.GetMetric() {
+				durations[s.GetLabel()[0].GetValue()] = s.GetHistogram().GetSampleCount()
+				if sum := s.GetHistogram().GetSampleSum(); sum <= 0 || sum > float64(s.GetHistogram().GetSampleCount())*time.Since(office).Seconds() {
+					t.Errorf("failover durations sum to %vs over %d, since office %s", sum, s.GetHistogram().GetSampleCount(), time.Since(office))
+				}
+			}
+		case "haven_fences_total":
+			if v := mf.GetMetric()[0].GetCounter().GetValue(); v != 1 {
+				t.Errorf("haven_fences_total = %v, want 1", v)
+			}
+		}
+	}
+	if durations["restarted"] != uint64(len(want)) || durations["stopped"] != 2 {
+		t.Errorf("failover durations counted %v, want %d restarted and 2 stopped", durations, len(want))
 	}
 	if len(tl.raft.unlocked) > 0 {
 		t.Errorf("failover committed %v without placeMu", tl.raft.unlocked)

@@ -29,12 +29,13 @@ type fakeRaft struct {
 	mu       sync.Mutex
 	commits  []string // command types, in order
 	unlocked []string // commands committed without placeMu
+	last     *havenv1.Command
 }
 
 func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
 	kind := fmt.Sprintf("%T", c.GetCmd())
 	r.mu.Lock()
-	r.commits = append(r.commits, kind)
+	r.commits, r.last = append(r.commits, kind), c
 	if r.l != nil && r.l.placeMu.TryLock() {
 		r.l.placeMu.Unlock()
 		r.unlocked = append(r.unlocked, kind)

@@ -84,6 +84,9 @@ type Config struct {
 	// Metrics counts failovers, refusals and leadership changes; nil
 	// counts nothing.
 	Metrics *metrics.Metrics
+	// Refused, when set, is told of every create, start or move that
+	// admission refused (no log entry records them); it must not block.
+	Refused func(call, group, reason string)
 
 	// Placement settings (see placement/). ReserveSites is 0 or 1: also
 	// keep the site-loss reserve (see reserveSpec).

@@ -218,7 +218,7 @@ func (l *Leader) planMove(req MoveRequest, id string) (*havenv1.Operation, *have
 		}
 	}
 	if err != nil {
-		l.cfg.Metrics.AdmissionRefused("move")
+		l.refused("move", req.Group, err)
 		return nil, nil, err
 	}
 	kind, err := moveKind(req.Kind, source, l.state.Node(target))
