@@ -48,7 +48,7 @@ func TestWatchEvents(t *testing.T) {
 	// Follow from there: the failover of the victim's groups arrives.
 	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	follow, err := watcher.api().WatchEvents(wctx, &havenv1.WatchEventsRequest{FromIndex: last, Follow: true, Kinds: []string{"assign-group", "member-failed"}})
+	follow, err := watcher.api().WatchEvents(wctx, &havenv1.WatchEventsRequest{FromIndex: last, Follow: true, Kinds: []string{"failover", "member-failed"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestWatchEvents(t *testing.T) {
 			t.Fatalf("following: %v (still to fail over %v, member failed seen %v)", err, mine, memberFailed)
 		}
 		switch e := resp.GetEvent(); e.GetKind() {
-		case "assign-group":
+		case "failover":
 			if mine[e.GetGroup()] && e.GetNode() != victim.name && e.GetRefused() == "" && e.GetEpoch() == before[e.GetGroup()].GetEpoch()+1 {
 				delete(mine, e.GetGroup())
 			}

@@ -82,7 +82,8 @@ func (o *Observed) Apply(l *raft.Log) any {
 
 // fromCommand is the events of a command the FSM applied (or refused),
 // named after the command: "create-group", "assign-group", ... A batch of
-// assignments is one "assign-group" event per assignment, at the batch's
+// assignments is one "assign-group" event per assignment (a "failover"
+// event, after a "node-fenced" per node, when the batch is a failover's), at the batch's
 // index, each with its own outcome.
 func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1.Operation) []Event {
 	c := r.Command

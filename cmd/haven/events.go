@@ -36,7 +36,7 @@ With -o json every event is one JSON object on a line of its own.`,
 	f := cmd.Flags()
 	f.BoolVarP(&req.Follow, "follow", "f", false, "keep watching for new events until interrupted")
 	f.Uint64Var(&req.FromIndex, "from", 0, "only events of log indexes after this one")
-	f.StringSliceVar(&kind, "kind", nil, "only events of these kinds (assign-group, member-failed, ...); repeatable")
+	f.StringSliceVar(&kind, "kind", nil, "only events of these kinds (failover, node-fenced, member-failed, assign-group, ...); repeatable")
 	f.StringVar(&req.Node, "node", "", "only events about this node")
 	f.StringVar(&req.Group, "group", "", "only events about this group")
 	return cmd
