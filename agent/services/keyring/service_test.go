@@ -260,7 +260,10 @@ func TestRefusals(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		{"not base64", func() error { _, err := c.svcs["n1"].InstallKey(ctx, &havenv1.InstallKeyRequest{Key: "%%%"}); return err }, codes.InvalidArgument, "not base64"},
+		{"not base64", func() error {
+			_, err := c.svcs["n1"].InstallKey(ctx, &havenv1.InstallKeyRequest{Key: "%%%"})
+			return err
+		}, codes.InvalidArgument, "not base64"},
 		{"short key", func() error {
 			_, err := c.svcs["n1"].UseKey(ctx, &havenv1.UseKeyRequest{Key: b64([]byte("short"))})
 			return err
