@@ -48,6 +48,7 @@ func TestGossipKeyRotation(t *testing.T) {
 
 	phase("groups running")
 	var wg sync.WaitGroup
+	defer wg.Wait() // a Fatal in watchSteady must not leave it logging after the test
 	wg.Go(func() {
 		// Gossip runs a while between the steps: each node's view is
 		// probed across the change before the next one.
