@@ -54,6 +54,7 @@ type Agent struct {
 	observed *events.Observed
 
 	gossipEvents chan heartbeat.Event
+	gossipKeys   [][]byte // nil: plaintext
 	cancel       context.CancelFunc
 	wg           sync.WaitGroup
 	stop         sync.Once
@@ -81,6 +82,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = logging.Discard()
 	}
+	keys, err := cfg.gossipKeys(logging.Named(log, "gossip"))
+	if err != nil {
+		return nil, err
+	}
 	drv, err := newDriver(cfg, logging.Named(log, "driver"))
 	if err != nil {
 		return nil, err
@@ -93,6 +98,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		metrics:      metrics.New(),
 		drv:          drv,
 		gossipEvents: make(chan heartbeat.Event, 256),
+		gossipKeys:   keys,
 		pool:         rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration)...),
 	}, nil
 }

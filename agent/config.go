@@ -263,6 +263,22 @@ type Profile struct {
 type GossipConfig struct {
 	SameSite  Profile `yaml:"same_site"`
 	CrossSite Profile `yaml:"cross_site"`
+	// Encrypt is the first gossip key, base64 of 32 bytes (`haven keyring
+	// generate`), as Consul's encrypt: give every node the same one. Once
+	// the agent has run, the keyring it keeps in data_dir/gossip/keyring
+	// wins, so a node restarted after a rotation still has the keys in use.
+	Encrypt string `yaml:"encrypt,omitempty"`
+	// Plaintext runs gossip unencrypted and unauthenticated: anyone who
+	// reaches the gossip ports can join the cluster or spoof membership.
+	// An agent with neither a key nor this set refuses to start.
+	Plaintext bool `yaml:"plaintext,omitempty"`
+	// Label is the cluster's gossip label: nodes drop every gossip packet
+	// whose label is not theirs, so clusters that can reach each other
+	// (a test cluster beside production, two clusters sharing a network)
+	// never merge through a wrong join address or a reused IP. Give every
+	// node of a cluster the same one; changing it is a restart of every
+	// node. Empty: no label of the cluster's own.
+	Label string `yaml:"label,omitempty"`
 }
 
 // Default is a configuration that works for one node on this host.
@@ -365,6 +381,7 @@ func (c *Config) LoadEnv(getenv func(string) string) error {
 	str("HAVEN_ADVERTISE", &c.AdvertiseAddr)
 	str("HAVEN_DRIVER", &c.Driver)
 	str("HAVEN_LOG_LEVEL", &c.LogLevel)
+	str("HAVEN_GOSSIP_ENCRYPT", &c.Gossip.Encrypt)
 	num("HAVEN_GOSSIP_PORT", &c.Ports.Gossip)
 	num("HAVEN_GOSSIP_WAN_PORT", &c.Ports.GossipWAN)
 	num("HAVEN_RAFT_PORT", &c.Ports.Raft)

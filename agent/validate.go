@@ -95,6 +95,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.gossip_interval: must be positive", name)
 		}
 	}
+	if err := c.Gossip.validateKeys(); err != nil {
+		return err
+	}
 	if c.SharedDir == "" {
 		return errors.New("shared_dir: must be set")
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/agent/server"
 	"github.com/haven-ha/haven/agent/services/cluster"
+	"github.com/haven-ha/haven/agent/services/keyring"
 	"github.com/haven-ha/haven/agent/services/node"
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/heartbeat"
@@ -36,7 +37,7 @@ func (a *Agent) consensusConfig() consensus.Config {
 
 func (a *Agent) gossipConfig() heartbeat.Config {
 	capacity := a.cfg.capacity()
-	return heartbeat.Config{
+	c := heartbeat.Config{
 		Name:          a.cfg.Name,
 		Site:          a.cfg.Site,
 		BindAddr:      a.cfg.BindAddr,
@@ -61,9 +62,15 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			HotPlug:     a.drv.Capabilities().HotPlugDisks,
 			Postcopy:    a.drv.Capabilities().Postcopy,
 		},
+		Keys:   a.gossipKeys,
+		Label:  a.cfg.Gossip.Label,
 		Logger: logging.Named(a.log, "gossip"),
 		Events: a.gossipEvents,
 	}
+	if len(a.gossipKeys) > 0 {
+		c.KeyringFile = a.cfg.keyringFile()
+	}
+	return c
 }
 
 // wireDuties builds the leader, its lease table and the executor.
@@ -108,6 +115,16 @@ func (a *Agent) serve() error {
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,
 		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Holds: a.exec, Mover: a.exec, DialNode: a.dialMove,
 		Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
+	}))
+	havenv1.RegisterKeyringServiceServer(srv, keyring.New(keyring.Config{
+		Name: a.cfg.Name, Keyring: a.gossip, Members: a.gossip, Logger: logging.Named(a.log, "grpc"),
+		Peer: func(addr string) (havenv1.KeyringServiceClient, error) {
+			conn, err := a.pool.Conn(addr)
+			if err != nil {
+				return nil, err
+			}
+			return havenv1.NewKeyringServiceClient(conn), nil
+		},
 	}))
 	a.goRun(srv.Serve)
 	return nil

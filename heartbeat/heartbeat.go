@@ -13,7 +13,11 @@
 // Operators only give WAN addresses to Join; whenever a node of this site
 // shows up in the WAN pool the agent joins it in the LAN pool too, at the
 // LAN address the node advertises in its Meta. Pools carry distinct
-// memberlist labels ("haven-wan", "haven-site-<site>") so they never merge.
+// memberlist labels ("haven-wan", "haven-site-<site>", after the cluster's
+// own label if it has one) so they never merge.
+//
+// Both pools share one keyring (keyring.go): gossip is encrypted and
+// authenticated with its primary key, and keys rotate without downtime.
 //
 // The state of a peer is the LAN pool's view once the peer is in the LAN
 // pool, and the WAN pool's view otherwise; Members and Events follow that
@@ -122,6 +126,20 @@ type Config struct {
 	// Meta is advertised by this node. Site defaults to Config.Site and
 	// must match it; LANAddr is filled in by the package.
 	Meta Meta
+
+	// Keys is the gossip keyring, primary first: AES keys of 16, 24 or 32
+	// bytes, shared by both pools. Empty: the pools gossip in plaintext,
+	// and refuse encrypted peers.
+	Keys [][]byte
+	// KeyringFile, if set, is where the keyring is written at start and
+	// after every change, for the next start to load.
+	KeyringFile string
+	// Label, if set, is the cluster's gossip label: both pools prefix
+	// their own label with it, and memberlist drops every packet and
+	// stream whose label differs, so two clusters whose nodes can reach
+	// each other never merge, even by a wrong join address. With
+	// encryption the label is also authenticated data of every message.
+	Label string
 
 	// Logger is the parent logger; memberlist's own logs go through it too.
 	// Nil discards logs.

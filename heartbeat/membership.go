@@ -26,6 +26,19 @@ const (
 	siteLabelPrefix = "haven-site-"
 )
 
+// MaxLabel bounds Config.Label, leaving room in memberlist's 255 bytes for
+// the pool's own label.
+const MaxLabel = 128
+
+// poolLabel is a pool's memberlist label: the cluster's, if any, then the
+// pool's own.
+func poolLabel(cluster, pool string) string {
+	if cluster == "" {
+		return pool
+	}
+	return cluster + "/" + pool
+}
+
 // Membership is this agent's place in the two gossip pools.
 type Membership struct {
 	name, site string
@@ -37,6 +50,12 @@ type Membership struct {
 	wanAddr    string
 
 	meta atomic.Pointer[[]byte] // encoded, what NodeMeta advertises
+
+	// keyring is both pools' keys, nil in plaintext; keyMu orders its
+	// changes with the writes of keyringFile.
+	keyring     *memberlist.Keyring
+	keyMu       sync.Mutex
+	keyringFile string
 
 	mu    sync.Mutex // guards peers; taken inside memberlist callbacks
 	peers map[string]*peer
@@ -60,17 +79,30 @@ func New(cfg Config) (*Membership, error) {
 		return nil, err
 	}
 	m := &Membership{
-		name:      cfg.Name,
-		site:      cfg.Site,
-		log:       cfg.Logger,
-		sameSite:  cfg.SameSite,
-		crossSite: cfg.CrossSite,
-		peers:     make(map[string]*peer),
-		kick:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
+		name:        cfg.Name,
+		site:        cfg.Site,
+		log:         cfg.Logger,
+		sameSite:    cfg.SameSite,
+		crossSite:   cfg.CrossSite,
+		peers:       make(map[string]*peer),
+		keyringFile: cfg.KeyringFile,
+		kick:        make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	if cfg.Events != nil {
 		m.queue = newEventQueue(cfg.Logger)
+	}
+
+	if len(cfg.Keys) > 0 {
+		var err error
+		if m.keyring, err = memberlist.NewKeyring(cfg.Keys[1:], cfg.Keys[0]); err != nil {
+			return nil, fmt.Errorf("heartbeat: keyring: %w", err)
+		}
+		if cfg.KeyringFile != "" {
+			if err := SaveKeyring(cfg.KeyringFile, m.keyring.GetKeys()); err != nil {
+				return nil, fmt.Errorf("heartbeat: %w", err)
+			}
+		}
 	}
 
 	// Both transports are opened before either pool exists: with port 0 the
@@ -99,13 +131,15 @@ func New(cfg Config) (*Membership, error) {
 		return nil, err
 	}
 
-	lanConf := poolConfig(memberlist.DefaultLANConfig(), cfg, cfg.SameSite, lanT, siteLabelPrefix+cfg.Site, lanLog)
+	lanConf := poolConfig(memberlist.DefaultLANConfig(), cfg, cfg.SameSite, lanT, poolLabel(cfg.Label, siteLabelPrefix+cfg.Site), lanLog)
+	lanConf.Keyring = m.keyring
 	lanConf.Delegate, lanConf.Events = &poolDelegate{m, lanPool}, &poolDelegate{m, lanPool}
 	if m.lan, err = memberlist.Create(lanConf); err != nil {
 		_, _ = lanT.Shutdown(), wanT.Shutdown()
 		return nil, fmt.Errorf("heartbeat: LAN pool: %w", err)
 	}
-	wanConf := poolConfig(memberlist.DefaultWANConfig(), cfg, cfg.CrossSite, wanT, wanLabel, wanLog)
+	wanConf := poolConfig(memberlist.DefaultWANConfig(), cfg, cfg.CrossSite, wanT, poolLabel(cfg.Label, wanLabel), wanLog)
+	wanConf.Keyring = m.keyring
 	wanConf.Delegate, wanConf.Events = &poolDelegate{m, wanPool}, &poolDelegate{m, wanPool}
 	if m.wan, err = memberlist.Create(wanConf); err != nil {
 		_, _ = m.lan.Shutdown(), wanT.Shutdown()
@@ -116,7 +150,8 @@ func New(cfg Config) (*Membership, error) {
 		m.wg.Go(func() { m.queue.run(cfg.Events, m.done) })
 	}
 	m.wg.Go(m.joinLAN)
-	m.log.Info("gossip pools started", "lan", m.lanAddr, "wan", m.wanAddr, "site", m.site)
+	m.log.Info("gossip pools started", "lan", m.lanAddr, "wan", m.wanAddr, "site", m.site,
+		"encrypted", m.keyring != nil, "label", cfg.Label)
 	return m, nil
 }
 
@@ -127,8 +162,19 @@ func (c *Config) setDefaults() error {
 	if c.Site == "" {
 		return errors.New("heartbeat: Config.Site is required")
 	}
-	if len(siteLabelPrefix+c.Site) > memberlist.LabelMaxSize {
-		return fmt.Errorf("heartbeat: Config.Site is longer than %d bytes", memberlist.LabelMaxSize-len(siteLabelPrefix))
+	if len(c.Label) > MaxLabel {
+		return fmt.Errorf("heartbeat: Config.Label is longer than %d bytes", MaxLabel)
+	}
+	if len(poolLabel(c.Label, siteLabelPrefix+c.Site)) > memberlist.LabelMaxSize {
+		return fmt.Errorf("heartbeat: Config.Site is longer than %d bytes", memberlist.LabelMaxSize-len(poolLabel(c.Label, siteLabelPrefix)))
+	}
+	for i, k := range c.Keys {
+		if err := ValidateKey(k); err != nil {
+			return fmt.Errorf("heartbeat: Config.Keys[%d]: %w", i, err)
+		}
+	}
+	if c.KeyringFile != "" && len(c.Keys) == 0 {
+		return errors.New("heartbeat: Config.KeyringFile without Config.Keys")
 	}
 	if net.ParseIP(c.BindAddr) == nil {
 		return fmt.Errorf("heartbeat: Config.BindAddr %q is not an IP address", c.BindAddr)

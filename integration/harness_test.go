@@ -112,6 +112,11 @@ func withDefaultTimings() option {
 	}
 }
 
+// withGossipKey encrypts gossip with key (base64), the nodes' first key.
+func withGossipKey(key string) option {
+	return func(c *agent.Config) { c.Gossip.Encrypt, c.Gossip.Plaintext = key, false }
+}
+
 func withReapAfter(d time.Duration) option { return func(c *agent.Config) { c.Raft.ReapAfter = d } }
 
 func withFailoverAfter(d time.Duration) option {
@@ -221,6 +226,9 @@ func (c *cluster) add(expect int) *node {
 			cfg.Join = append(cfg.Join, fmt.Sprintf("%s.%d:%d", c.subnet, j, cfg.Ports.GossipWAN))
 		}
 	}
+	// The insecure side by default, as haven dev; withGossipKey turns
+	// encryption on.
+	cfg.Gossip.Plaintext = true
 	c.tune(&cfg)
 	n := &node{c: c, host: host, name: name, cfg: cfg}
 	// The test's calls retry a leader change as the CLI does: a test

@@ -18,6 +18,7 @@ import (
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/migrate"
 	"github.com/haven-ha/haven/placement"
 )
@@ -58,6 +59,12 @@ func Status(err error, locate Locate) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, migrate.ErrRefused), errors.As(err, new(*driver.GiveUpError)):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, heartbeat.ErrInvalidKey):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, heartbeat.ErrNotEncrypted), errors.Is(err, heartbeat.ErrKeyNotInstalled), errors.Is(err, heartbeat.ErrRemovePrimary):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, heartbeat.ErrShutdown), errors.Is(err, heartbeat.ErrLeft):
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}

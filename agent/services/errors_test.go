@@ -15,6 +15,7 @@ import (
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/placement"
 )
 
@@ -46,6 +47,11 @@ func TestStatus(t *testing.T) {
 		{"outcome unknown", &consensus.OutcomeUnknownError{RequestID: "req-7", Err: raft.ErrLeadershipLost}, locateN2, codes.Unavailable, `retry with request_id "req-7"`},
 		{"outcome unknown wrapped", fmt.Errorf("create: %w", &consensus.OutcomeUnknownError{RequestID: "req-8", Err: raft.ErrEnqueueTimeout}), locateN2, codes.Unavailable, `"req-8"`},
 		{"shutdown", consensus.ErrShutdown, locateN2, codes.Unavailable, "agent is shutting down"},
+		{"gossip key invalid", fmt.Errorf("%w, got 5", heartbeat.ErrInvalidKey), locateN2, codes.InvalidArgument, "got 5"},
+		{"gossip plaintext", heartbeat.ErrNotEncrypted, locateN2, codes.FailedPrecondition, "encryption is off"},
+		{"gossip key missing", heartbeat.ErrKeyNotInstalled, locateN2, codes.FailedPrecondition, "not installed"},
+		{"gossip primary", heartbeat.ErrRemovePrimary, locateN2, codes.FailedPrecondition, "primary key cannot be removed"},
+		{"gossip shut down", heartbeat.ErrShutdown, locateN2, codes.Unavailable, "shut down"},
 		{"reads not ready", consensus.ErrReadsNotReady, locateN2, codes.Unavailable, "not yet applied"},
 		{"lease not ready", lease.ErrNotReady, locateN2, codes.Unavailable, "not a leader ready to grant leases"},
 		{"lease unverified", fmt.Errorf("renew: %w", lease.ErrUnverified), locateN2, codes.Unavailable, "renew: leadership could not be verified"},

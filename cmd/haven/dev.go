@@ -163,6 +163,9 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	// Simulated hosts: sized for the groups people create, not by this
 	// machine's cores.
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
+	// A dev cluster lives on one machine for a while: no gossip key to
+	// hand out, and the hints say it is plaintext.
+	cfg.Gossip.Plaintext = true
 	return cfg
 }
 
@@ -604,7 +607,8 @@ func (c *devCluster) hints() string {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
+	fmt.Fprintf(&b, "The cluster is running, insecure: gossip is not encrypted (gossip.plaintext: true).\n")
+	fmt.Fprintf(&b, "From the repository root, try:\n\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group create web --vcpus 2 --memory 1G\n", a1)

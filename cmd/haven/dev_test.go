@@ -26,8 +26,11 @@ func TestDevConfig(t *testing.T) {
 	if cfg.BootstrapExpect != 3 || cfg.LogLevel != "info" {
 		t.Errorf("bootstrap_expect %d, log_level %q", cfg.BootstrapExpect, cfg.LogLevel)
 	}
-	if tight := agent.Default().Tightened(); cfg.Raft != tight.Raft || cfg.Gossip != tight.Gossip {
+	if tight := agent.Default().Tightened(); cfg.Raft != tight.Raft || cfg.Gossip.SameSite != tight.Gossip.SameSite || cfg.Gossip.CrossSite != tight.Gossip.CrossSite {
 		t.Errorf("dev timings are not the tightened ones")
+	}
+	if !cfg.Gossip.Plaintext {
+		t.Errorf("dev gossip is not plaintext: the agents would refuse to start without a key")
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate: %v", err)

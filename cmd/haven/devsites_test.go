@@ -153,8 +153,11 @@ func TestDevSiteConfig(t *testing.T) {
 		if cfg.Ports != agent.Default().Ports || cfg.SharedDir != "/d/shared" {
 			t.Errorf("%s: ports %+v, shared %s", h.name, cfg.Ports, cfg.SharedDir)
 		}
-		if cfg.Raft != tight.Raft || cfg.Gossip != tight.Gossip || cfg.Lease != tight.Lease {
+		if cfg.Raft != tight.Raft || cfg.Gossip.SameSite != tight.Gossip.SameSite || cfg.Gossip.CrossSite != tight.Gossip.CrossSite || cfg.Lease != tight.Lease {
 			t.Errorf("%s: timings are not the dev cluster's tightened ones", h.name)
+		}
+		if !cfg.Gossip.Plaintext {
+			t.Errorf("%s: gossip is not plaintext: a dev agent would refuse to start without a key", h.name)
 		}
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("%s: Validate: %v", h.name, err)

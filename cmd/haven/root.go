@@ -144,6 +144,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newMoveCmd(g),
 		newOpsCmd(g),
 		newDiskCmd(g),
+		newKeyringCmd(g),
 	)
 	root.AddCommand(platformCmds()...)
 	return root
