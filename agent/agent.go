@@ -29,6 +29,7 @@ import (
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/logging"
 	"github.com/haven-ha/haven/internal/rpcclient"
+	"github.com/haven-ha/haven/internal/tlsutil"
 )
 
 // Version is reported in gossip metadata and the API.
@@ -47,6 +48,8 @@ type Agent struct {
 	grpc   *server.Server
 	gossip *heartbeat.Membership
 	pool   *rpcclient.Pool
+	// tls is the node's certificates, nil with tls.plaintext.
+	tls    *tlsutil.Reloader
 	leases *lease.Table
 	leader *leader.Leader
 	exec   *executor.Executor
@@ -81,11 +84,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = logging.Discard()
 	}
+	tlsFiles, err := newTLS(cfg, logging.Named(log, "tls"))
+	if err != nil {
+		return nil, err
+	}
 	drv, err := newDriver(cfg, logging.Named(log, "driver"))
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:          cfg,
 		log:          log,
 		fsm:          fsm.New(),
@@ -93,8 +100,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		metrics:      metrics.New(),
 		drv:          drv,
 		gossipEvents: make(chan heartbeat.Event, 256),
-		pool:         rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration)...),
-	}, nil
+		tls:          tlsFiles,
+	}
+	a.pool = rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration, a.clientTLS())...)
+	return a, nil
 }
 
 func (a *Agent) addr(port int) string {
@@ -136,6 +145,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.raft.Close()
 		return err
 	}
+	a.goRun(func() { a.watchTLS(ctx) })
 	a.goRun(func() { a.pumpEvents(ctx) })
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })

@@ -163,8 +163,15 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	// Simulated hosts: sized for the groups people create, not by this
 	// machine's cores.
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
+	// A cluster on loopback for trying haven out: no certificates to
+	// make first. The banner says so (devInsecure).
+	cfg.TLS.Plaintext = true
 	return cfg
 }
+
+// devInsecure is the first line of the dev cluster's banner: it runs with
+// the protections a real cluster must have turned off.
+const devInsecure = "INSECURE: haven dev runs without TLS (tls.plaintext: true); never expose its ports.\n"
 
 // devNode is one agent of the dev cluster: the supervisor's node (files,
 // process, API client) and the config dev wrote for it.
@@ -604,6 +611,7 @@ func (c *devCluster) hints() string {
 		}
 	}
 	var b strings.Builder
+	b.WriteString(devInsecure)
 	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)

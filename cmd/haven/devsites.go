@@ -141,6 +141,7 @@ func devSiteConfig(dir string, hosts []devAgent, i int) agent.Config {
 	cfg.LogLevel = "info"
 	cfg.SharedDir = filepath.Join(dir, "shared")
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
+	cfg.TLS.Plaintext = true // see devInsecure
 	return cfg
 }
 
