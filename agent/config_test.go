@@ -53,7 +53,9 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"unknown balancer", func(c *Config) { c.Placement.Balancer = "manual" }, `placement.balancer: "manual"`},
 		{"no tls", func(c *Config) {}, "tls.ca_file: must be set"},
 		{"tls without key", func(c *Config) { c.TLS = TLSConfig{CAFile: "/dev/null", CertFile: "/dev/null"} }, "tls.key_file: must be set"},
-		{"tls file missing", func(c *Config) { c.TLS = TLSConfig{CAFile: "/dev/null", CertFile: "/nonexistent/n1.pem", KeyFile: "/dev/null"} }, "tls.cert_file: stat /nonexistent/n1.pem: no such file"},
+		{"tls file missing", func(c *Config) {
+			c.TLS = TLSConfig{CAFile: "/dev/null", CertFile: "/nonexistent/n1.pem", KeyFile: "/dev/null"}
+		}, "tls.cert_file: stat /nonexistent/n1.pem: no such file"},
 		{"plaintext with files", func(c *Config) { c.TLS = TLSConfig{CAFile: "/dev/null", Plaintext: true} }, "tls.ca_file: set while tls.plaintext is true"},
 	}
 	for _, tt := range tests {
