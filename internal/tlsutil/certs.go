@@ -211,6 +211,11 @@ func WriteCert(dir, name string, certPEM, keyPEM []byte) (certFile, keyFile stri
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
 	}
+	for _, p := range []string{certFile, keyFile} {
+		if _, err := os.Stat(p); err == nil {
+			return "", "", fmt.Errorf("%s: exists; remove it first to replace it", p)
+		}
+	}
 	if err := writeNew(certFile, certPEM, 0o644); err != nil {
 		return "", "", err
 	}
