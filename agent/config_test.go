@@ -129,6 +129,7 @@ func TestPlacementConfig(t *testing.T) {
 	}
 	c := Default()
 	c.Name = "n1"
+	c.TLS.Plaintext = true
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
 	}
