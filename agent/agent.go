@@ -29,6 +29,7 @@ import (
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/logging"
 	"github.com/haven-ha/haven/internal/rpcclient"
+	"github.com/haven-ha/haven/internal/tlsutil"
 )
 
 // Version is reported in gossip metadata and the API.
@@ -47,6 +48,8 @@ type Agent struct {
 	grpc   *server.Server
 	gossip *heartbeat.Membership
 	pool   *rpcclient.Pool
+	// tls is the node's certificates, nil with tls.plaintext.
+	tls    *tlsutil.Reloader
 	leases *lease.Table
 	leader *leader.Leader
 	exec   *executor.Executor
@@ -86,11 +89,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsFiles, err := newTLS(cfg, logging.Named(log, "tls"))
+	if err != nil {
+		return nil, err
+	}
 	drv, err := newDriver(cfg, logging.Named(log, "driver"))
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:          cfg,
 		log:          log,
 		fsm:          fsm.New(),
@@ -99,8 +106,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		drv:          drv,
 		gossipEvents: make(chan heartbeat.Event, 256),
 		gossipKeys:   keys,
-		pool:         rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration)...),
-	}, nil
+		tls:          tlsFiles,
+	}
+	a.pool = rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration, a.clientTLS())...)
+	return a, nil
 }
 
 func (a *Agent) addr(port int) string {
@@ -142,6 +151,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.raft.Close()
 		return err
 	}
+	a.goRun(func() { a.watchTLS(ctx) })
 	a.goRun(func() { a.pumpEvents(ctx) })
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })

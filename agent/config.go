@@ -64,6 +64,8 @@ type Config struct {
 	// as Consul's enable_debug does: for finding where an agent's CPU or
 	// memory goes. It exposes internals, so it is off by default.
 	EnableDebug bool `yaml:"enable_debug"`
+	// TLS is required unless tls.plaintext is set (see TLSConfig).
+	TLS TLSConfig `yaml:"tls"`
 }
 
 // PlacementConfig tunes where the leader puts groups (see placement/).

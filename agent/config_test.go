@@ -11,6 +11,10 @@ import (
 func TestDefaultIsValid(t *testing.T) {
 	for name, c := range map[string]Config{"default": Default(), "tightened": Default().Tightened()} {
 		c.Name = "n1"
+		if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "tls.ca_file: must be set") {
+			t.Errorf("%s config without TLS files: Validate() = %v, want tls.ca_file refused", name, err)
+		}
+		c.TLS.Plaintext = true
 		if err := c.Validate(); err != nil {
 			t.Errorf("%s config invalid: %v", name, err)
 		}
@@ -47,6 +51,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"negative site reserve", func(c *Config) { c.Placement.ReserveSites = -1 }, "placement.reserve_sites: -1 must be 0 (off) or 1"},
 		{"no overcommit set", func(c *Config) { c.Placement.CPUOvercommit = 0 }, "placement.cpu_overcommit: 0"},
 		{"unknown balancer", func(c *Config) { c.Placement.Balancer = "manual" }, `placement.balancer: "manual"`},
+		{"no tls", func(c *Config) {}, "tls.ca_file: must be set"},
+		{"tls without key", func(c *Config) { c.TLS = TLSConfig{CAFile: "/dev/null", CertFile: "/dev/null"} }, "tls.key_file: must be set"},
+		{"tls file missing", func(c *Config) {
+			c.TLS = TLSConfig{CAFile: "/dev/null", CertFile: "/nonexistent/n1.pem", KeyFile: "/dev/null"}
+		}, "tls.cert_file: stat /nonexistent/n1.pem: no such file"},
+		{"plaintext with files", func(c *Config) { c.TLS = TLSConfig{CAFile: "/dev/null", Plaintext: true} }, "tls.ca_file: set while tls.plaintext is true"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +129,7 @@ func TestPlacementConfig(t *testing.T) {
 	}
 	c := Default()
 	c.Name = "n1"
+	c.TLS.Plaintext = true
 	if err := c.LoadFile(path); err != nil {
 		t.Fatal(err)
 	}

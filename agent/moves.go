@@ -76,7 +76,7 @@ const moveWindow = 16 << 20
 
 // dialMove opens a connection of its own for a move's stream.
 func (a *Agent) dialMove(addr string) (havenv1.NodeServiceClient, func(), error) {
-	opts := append(rpcclient.AgentOptions(a.cfg.Lease.Duration),
+	opts := append(rpcclient.AgentOptions(a.cfg.Lease.Duration, a.clientTLS()),
 		grpc.WithInitialWindowSize(moveWindow), grpc.WithInitialConnWindowSize(moveWindow))
 	conn, err := rpcclient.Dial(addr, opts...)
 	if err != nil {

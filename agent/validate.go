@@ -150,6 +150,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
+	if err := c.TLS.validate(); err != nil {
+		return err
+	}
 	return nil
 }
 

@@ -31,7 +31,7 @@ func (a *Agent) consensusConfig() consensus.Config {
 		BindAddr: a.bind(a.cfg.Ports.Raft), AdvertiseAddr: a.addr(a.cfg.Ports.Raft),
 		HeartbeatTimeout: r.HeartbeatTimeout, ElectionTimeout: r.ElectionTimeout, LeaderLeaseTimeout: r.LeaderLeaseTimeout,
 		SnapshotThreshold: r.SnapshotThreshold, SnapshotInterval: r.SnapshotInterval,
-		Logger: logging.Named(a.log, "raft"), Metrics: a.metrics,
+		Logger: logging.Named(a.log, "raft"), Metrics: a.metrics, TLS: a.raftTLS(),
 	}
 }
 
@@ -99,7 +99,7 @@ func (a *Agent) wireDuties() {
 func (a *Agent) serve() error {
 	srv, err := server.New(server.Config{
 		Addr:   a.bind(a.cfg.Ports.GRPC),
-		Logger: logging.Named(a.log, "grpc"), Metrics: a.metrics,
+		Logger: logging.Named(a.log, "grpc"), Metrics: a.metrics, TLS: a.serverTLS(),
 		Forward: &server.Forwarder{
 			Self: a.cfg.Name, LeaderOnly: cluster.LeaderOnly, IsLeader: a.raft.IsLeader, Locate: a.locate, Pool: a.pool,
 		},

@@ -216,6 +216,8 @@ func (c *cluster) add(expect int) *node {
 	cfg.EnableDebug = true
 	// Simulated hosts: what placement sees, not what this machine has.
 	cfg.Capacity = agent.Capacity{CPUMillis: 64000, MemoryBytes: 256 << 30}
+	// Tests that want TLS turn it on (withTLS, tls_test.go).
+	cfg.TLS.Plaintext = true
 	if c.lab != nil {
 		cfg.Site = host.Site().Name()
 		for _, h := range c.hosts {
@@ -235,6 +237,9 @@ func (c *cluster) add(expect int) *node {
 	// that creates a group just after the election must not fail because
 	// a loaded machine made the cluster elect again.
 	opts := []grpc.DialOption{rpcclient.WithRetry()}
+	if !cfg.TLS.Plaintext {
+		opts = append(opts, testClientTLS(c.t, cfg.TLS))
+	}
 	if c.lab != nil {
 		// The test stays in the root namespace and reaches the hosts
 		// through the lab's router namespace.

@@ -54,11 +54,11 @@ type moveBench struct {
 	g      *havenv1.Group
 }
 
-func newMoveBench(t *testing.T, dirty, mem int64) *moveBench {
+func newMoveBench(t *testing.T, dirty, mem int64, opts ...option) *moveBench {
 	t.Helper()
-	c := newCluster(t, func(cfg *agent.Config) {
+	c := newCluster(t, append([]option{func(cfg *agent.Config) {
 		cfg.Sim.DirtyRate, cfg.Sim.WorkingSetBytes, cfg.Sim.Tick = dirty, mem, benchTick
-	})
+	}}, opts...)...)
 	c.startN(3)
 	b := &moveBench{c: c, leader: c.leader(60 * time.Second), name: "bench", mem: mem}
 	i := 0

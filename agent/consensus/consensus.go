@@ -39,6 +39,9 @@ type Config struct {
 	SnapshotThreshold                                     uint64
 	SnapshotInterval                                      time.Duration
 
+	// TLS, when set, runs the transport over mutual TLS.
+	TLS *TLS
+
 	Logger *slog.Logger
 	// Metrics counts and times commits; nil counts nothing.
 	Metrics *metrics.Metrics
@@ -114,7 +117,7 @@ func Open(cfg Config, f StateMachine) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft advertise address: %w", err)
 	}
-	trans, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 3, 10*time.Second, hl.Named("raft-net"))
+	trans, err := newTransport(cfg, adv, hl.Named("raft-net"))
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: %w", err)
 	}

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -39,7 +41,10 @@ type Config struct {
 	Forward *Forwarder
 	// Metrics counts and times every call; nil counts nothing.
 	Metrics *metrics.Metrics
-	Logger  *slog.Logger
+	// TLS, when set, serves over mutual TLS (see internal/tlsutil); nil
+	// serves plaintext.
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // Server is the agent's gRPC server.
@@ -66,7 +71,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Forward != nil {
 		unary = append(unary, cfg.Forward.Unary)
 	}
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	g := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(g, hs)

@@ -116,6 +116,18 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	// SIGHUP reads the TLS files again at once, as Consul's reload does;
+	// they are also read when they change.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := a.ReloadTLS(); err != nil {
+				log.Warn("SIGHUP: TLS not reloaded", "error", err)
+			}
+		}
+	}()
 	select {
 	case <-ctx.Done():
 	case s := <-sig:

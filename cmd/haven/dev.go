@@ -163,11 +163,16 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	// Simulated hosts: sized for the groups people create, not by this
 	// machine's cores.
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
-	// A dev cluster lives on one machine for a while: no gossip key to
-	// hand out, and the hints say it is plaintext.
+	// A cluster on loopback for trying haven out: no certificates or
+	// gossip key to make first. The banner says so (devInsecure).
+	cfg.TLS.Plaintext = true
 	cfg.Gossip.Plaintext = true
 	return cfg
 }
+
+// devInsecure is the first line of the dev cluster's banner: it runs with
+// the protections a real cluster must have turned off.
+const devInsecure = "INSECURE: haven dev runs without TLS and gossips unencrypted (tls.plaintext, gossip.plaintext); never expose its ports.\n"
 
 // devNode is one agent of the dev cluster: the supervisor's node (files,
 // process, API client) and the config dev wrote for it.
@@ -607,8 +612,8 @@ func (c *devCluster) hints() string {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "The cluster is running, insecure: gossip is not encrypted (gossip.plaintext: true).\n")
-	fmt.Fprintf(&b, "From the repository root, try:\n\n")
+	b.WriteString(devInsecure)
+	fmt.Fprintf(&b, "The cluster is running. From the repository root, try:\n\n")
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s members\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group list\n", a1)
 	fmt.Fprintf(&b, "  go run ./cmd/haven --addr %s group create web --vcpus 2 --memory 1G\n", a1)

@@ -105,6 +105,7 @@ func TestDevHints(t *testing.T) {
 		"curl -s http://127.0.0.1:17014/metrics | grep ^haven_\n",
 		"go tool grpcurl -plaintext -d '{}' 127.0.0.1:17013 haven.v1.ClusterService/ListNodes\n",
 		"removed on exit",
+		"INSECURE: haven dev runs without TLS",
 		"Ctrl-C",
 	} {
 		if !strings.Contains(h, want) {

@@ -141,8 +141,8 @@ func devSiteConfig(dir string, hosts []devAgent, i int) agent.Config {
 	cfg.LogLevel = "info"
 	cfg.SharedDir = filepath.Join(dir, "shared")
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
-	// A dev cluster lives on one machine for a while: no gossip key to
-	// hand out, and the hints say it is plaintext.
+	// See devInsecure.
+	cfg.TLS.Plaintext = true
 	cfg.Gossip.Plaintext = true
 	return cfg
 }

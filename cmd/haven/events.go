@@ -46,7 +46,7 @@ With -o json every event is one JSON object on a line of its own.`,
 // deadline, and a stream the agent ended because this client fell behind
 // is watched again from the last index printed.
 func (g *globalOptions) watch(ctx context.Context, out, errOut io.Writer, req *havenv1.WatchEventsRequest) error {
-	conn, err := dial(g.addr)
+	conn, err := g.dial()
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func keyChangeCmd(g *globalOptions, use, short string, call func(context.Context
 
 // callKeyring is call for KeyringService.
 func (g *globalOptions) callKeyring(ctx context.Context, fn func(context.Context, havenv1.KeyringServiceClient) error) error {
-	conn, err := dial(g.addr)
+	conn, err := g.dial()
 	if err != nil {
 		return err
 	}

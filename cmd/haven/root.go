@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/haven-ha/haven/internal/rpcclient"
+	"github.com/haven-ha/haven/internal/tlsutil"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -90,6 +92,9 @@ type globalOptions struct {
 	addr    string
 	output  string
 	timeout time.Duration
+	// tls are the CLI's TLS files: with a CA it dials with TLS,
+	// presenting the certificate when one is given.
+	tls tlsutil.Files
 }
 
 func newRootCmd(getenv func(string) string) *cobra.Command {
@@ -123,6 +128,9 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 	pf.StringVar(&g.addr, "addr", addr, "gRPC address of any agent (env HAVEN_ADDR)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for the agent to answer")
+	pf.StringVar(&g.tls.CA, "ca-file", getenv("HAVEN_CACERT"), "CA certificate to verify agents with; TLS is used when set (env HAVEN_CACERT)")
+	pf.StringVar(&g.tls.Cert, "cert-file", getenv("HAVEN_CLIENT_CERT"), "client certificate, from 'haven tls cert create --client' (env HAVEN_CLIENT_CERT)")
+	pf.StringVar(&g.tls.Key, "key-file", getenv("HAVEN_CLIENT_KEY"), "client certificate's key (env HAVEN_CLIENT_KEY)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmdPath: cmd.CommandPath(), err: err}
 	})
@@ -145,6 +153,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newOpsCmd(g),
 		newDiskCmd(g),
 		newKeyringCmd(g),
+		newTLSCmd(),
 	)
 	root.AddCommand(platformCmds()...)
 	return root
@@ -165,7 +174,7 @@ func argsExactly(n int, names string) cobra.PositionalArgs {
 // connection. Dialing is lazy in gRPC, so an unreachable agent shows up as
 // the Unavailable status of fn's call, which names the address.
 func (g *globalOptions) call(ctx context.Context, fn func(context.Context, havenv1.ClusterServiceClient) error) error {
-	conn, err := dial(g.addr)
+	conn, err := g.dial()
 	if err != nil {
 		return err
 	}
@@ -178,11 +187,22 @@ func (g *globalOptions) call(ctx context.Context, fn func(context.Context, haven
 // requestIDUsage is the help of every write's --request-id.
 const requestIDUsage = "idempotency key: a retry with the same id is applied once (default: a new id, kept across this command's own retries)"
 
-// dial opens the CLI's connection to an agent. A call that meets no leader
-// (an election, a leader change) is retried within --timeout, a write with
-// the same request id every time, so it is applied once.
-func dial(addr string) (*grpc.ClientConn, error) {
-	return rpcclient.Dial(addr, rpcclient.WithRetry())
+// dial opens the CLI's connection to an agent: with TLS when a CA is
+// given, else plaintext. A call that meets no leader (an election, a
+// leader change) is retried within --timeout, a write with the same
+// request id every time, so it is applied once.
+func (g *globalOptions) dial() (*grpc.ClientConn, error) {
+	var tlsCfg *tls.Config
+	if g.tls.CA != "" {
+		r, err := tlsutil.NewReloader(g.tls, nil)
+		if err != nil {
+			return nil, err
+		}
+		tlsCfg = r.ClientConfig()
+	} else if g.tls.Cert != "" || g.tls.Key != "" {
+		return nil, errors.New("--cert-file and --key-file need --ca-file (HAVEN_CACERT) to verify the agent with")
+	}
+	return rpcclient.Dial(g.addr, rpcclient.Credentials(tlsCfg), rpcclient.WithRetry())
 }
 
 // render prints m as JSON with -o json, or through table otherwise.

@@ -4,17 +4,21 @@
 package rpcclient
 
 import (
+	"crypto/tls"
 	"fmt"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Dial opens a client connection to an agent's gRPC address. It is
-// plaintext: the API has no TLS yet. opts are added after haven's own.
+// plaintext unless opts carry Credentials (or other transport
+// credentials): opts are added after haven's own, and the last transport
+// credentials win.
 func Dial(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	all := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
 	conn, err := grpc.NewClient(addr, all...)
@@ -24,11 +28,24 @@ func Dial(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// AgentOptions make agent-to-agent connections reconnect within a fraction
-// of a lease after a partition heals: gRPC's default backoff grows to two
-// minutes, which would turn a short blip into a failover.
-func AgentOptions(lease time.Duration) []grpc.DialOption {
+// Credentials dials with TLS configured by cfg (a tlsutil client
+// configuration: mutual TLS, the server verified as a node), or plaintext
+// when cfg is nil.
+func Credentials(cfg *tls.Config) grpc.DialOption {
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+}
+
+// AgentOptions are the options of an agent's connections to other agents,
+// with its TLS client configuration (nil: plaintext). They reconnect
+// within a fraction of a lease after a partition heals: gRPC's default
+// backoff grows to two minutes, which would turn a short blip into a
+// failover.
+func AgentOptions(lease time.Duration, tlsCfg *tls.Config) []grpc.DialOption {
 	return []grpc.DialOption{
+		Credentials(tlsCfg),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: lease / 8},
 			MinConnectTimeout: lease / 4,
