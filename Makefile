@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves bench-moves-tls wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves bench-moves-tls wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency load model model-if-available
 
 all: build
 
@@ -67,6 +67,13 @@ chaos:
 
 # The linearizability test of the group API, with more client load than
 # the default suite gives it.
+# The load test (integration/scenario_load_test.go): fifty clients for a
+# minute against three agents whose leader is SIGKILLed once, plaintext and
+# with mutual TLS and tokens, alternating; prints throughput, latency and
+# errors by code, and the secure runs' cost as ratios.
+load:
+	$(GO) test -count=1 -v -timeout 60m -run 'TestScenarioLoad' ./integration/ -args -scenario -runs=$(or $(RUNS),3) | grep -E '^(\s+\S+_test.go:[0-9]+: (scenario|history)|---|ok|FAIL)'
+
 concurrency:
 	$(GO) test -count=1 -v -timeout 30m -run 'TestConcurrentClientsLinearizable' ./integration/ -args -concurrency.duration=3m
 

@@ -17,7 +17,7 @@ func TestQemuDriverWithoutQemu(t *testing.T) {
 	cfg := Default()
 	cfg.Name, cfg.Driver, cfg.DataDir, cfg.SharedDir = "n1", "qemu", dir, dir
 	cfg.Qemu.Binary = "/nonexistent/qemu-system-x86_64"
-	cfg.TLS.Plaintext = true
+	cfg.TLS.Plaintext, cfg.Gossip.Plaintext = true, true
 	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "driver qemu: /nonexistent/qemu-system-x86_64 -machine help") {
 		t.Fatalf("New = %v, want the driver's error naming the binary", err)
 	}

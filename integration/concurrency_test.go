@@ -26,21 +26,20 @@ import (
 var (
 	concurrencySeed     = flag.Int64("concurrency.seed", 0, "seed of the concurrent-clients test (0: from the clock; the test prints it)")
 	concurrencyDuration = flag.Duration("concurrency.duration", 25*time.Second, "how long the concurrent clients send requests (make concurrency runs it longer)")
+	concurrencyClients  = flag.Int("concurrency.clients", 20, "how many concurrent clients send requests")
 )
 
 const (
-	concClients = 20
 	// A request is tried this many times, always with the same request id,
 	// before its outcome is given up as unknown.
 	concAttempts    = 8
 	concAttemptTime = 3 * time.Second
 	concBackoff     = 50 * time.Millisecond
 	concMaxBackoff  = time.Second
-	// The client that makes the final reads, in the history.
-	concFinalClient = concClients
 )
 
-// TestConcurrentClientsLinearizable: twenty clients create, start, stop,
+// TestConcurrentClientsLinearizable: concurrent clients (twenty unless
+// -concurrency.clients says otherwise) create, start, stop,
 // delete and read groups of their own through random agents of a
 // three-node cluster whose leader is SIGKILLed and restarted half way. The
 // history of requests and answers must be linearizable against a model of
@@ -55,19 +54,26 @@ const (
 // or never. The client schedule and the crash are reproducible from the
 // printed seed (the timing of a real cluster is not).
 func TestConcurrentClientsLinearizable(t *testing.T) {
+	runConcurrency(t, *concurrencyClients, *concurrencyDuration)
+}
+
+// runConcurrency is one run of clients against a new three-node cluster
+// built with opts, checked as TestConcurrentClientsLinearizable says; it
+// returns the run, whose stats hold what the clients measured.
+func runConcurrency(t *testing.T, clientCount int, duration time.Duration, opts ...option) *concRun {
 	seed := *concurrencySeed
 	if seed == 0 {
 		seed = time.Now().UnixNano()
 	}
 	t.Logf("concurrency seed %d (rerun with -args -concurrency.seed=%d)", seed, seed)
-	c := newCluster(t)
+	c := newCluster(t, opts...)
 	c.startN(3)
 	c.leader(30 * time.Second)
 
-	r := &concRun{t: t, c: c, seed: seed, t0: time.Now()}
+	r := &concRun{t: t, c: c, seed: seed, t0: time.Now(), finalClient: clientCount, stats: newLoadStats()}
 	r.down.Store(-1)
-	end := time.Now().Add(*concurrencyDuration)
-	clients := make([]*concClient, concClients)
+	end := time.Now().Add(duration)
+	clients := make([]*concClient, clientCount)
 	var wg sync.WaitGroup
 	// Should the test end early, the clients stop before the cluster does.
 	t.Cleanup(func() {
@@ -81,7 +87,7 @@ func TestConcurrentClientsLinearizable(t *testing.T) {
 
 	// Half way: SIGKILL the leader; once the others have elected one, start
 	// it again.
-	time.Sleep(*concurrencyDuration / 2)
+	time.Sleep(duration / 2)
 	victim := c.leader(30 * time.Second)
 	r.victim = victim.name
 	r.down.Store(int32(slices.Index(c.nodes, victim)))
@@ -97,6 +103,7 @@ func TestConcurrentClientsLinearizable(t *testing.T) {
 	r.down.Store(-1)
 	t.Logf("+%s: %s started again", ms(r.restartedAt), victim.name)
 	wg.Wait()
+	r.stats.elapsed = time.Since(r.t0)
 	t.Logf("+%s: clients done", ms(r.now()))
 
 	if len(r.unexpected) > 0 {
@@ -116,6 +123,7 @@ func TestConcurrentClientsLinearizable(t *testing.T) {
 	r.agents(30 * time.Second)
 	running := r.settled(leader, 45*time.Second)
 	c.checkInvariants(running)
+	return r
 }
 
 // The model: per group, whether it exists, whether it should run
@@ -434,6 +442,9 @@ type concRun struct {
 	// The server left desired unset in some answer (derived from state).
 	derived atomic.Bool
 	quit    atomic.Bool
+	// finalClient is the client id of the final reads, after the others'.
+	finalClient int
+	stats       *loadStats
 }
 
 func (r *concRun) now() int64 { return time.Since(r.t0).Nanoseconds() }
@@ -452,6 +463,9 @@ func (r *concRun) do(in groupIn, info *opInfo, pick func() *node, call rpc) grou
 		g, meta, err := call(ctx, n.api())
 		cancel()
 		info.attempts, info.via, info.code, info.msg = attempt, n.name, status.Code(err), status.Convert(err).Message()
+		if !info.final {
+			r.stats.attempt(info.code)
+		}
 		switch info.code {
 		case codes.OK:
 			if g == nil && in.op != opDelete {
@@ -621,6 +635,9 @@ func (cl *concClient) exec(op concOp, name string) concResult {
 	call := cl.r.now()
 	out := cl.r.do(in, info, cl.pick, callFor(in, info.reqID))
 	ret := cl.r.now()
+	if out.res != resUnknown {
+		cl.r.stats.answered(op == opGet, time.Duration(ret-call))
+	}
 	cl.learn(in, out)
 	if out.res == resUnknown {
 		if op == opGet {
@@ -663,14 +680,14 @@ func (r *concRun) finalReads(leader *node, names []string) []porcupine.Operation
 	var ops []porcupine.Operation
 	for _, name := range names {
 		in := groupIn{op: opGet, name: name}
-		info := &opInfo{client: concFinalClient, final: true}
+		info := &opInfo{client: r.finalClient, final: true}
 		call := r.now()
 		out := r.do(in, info, func() *node { return leader }, callFor(in, ""))
 		ret := r.now()
 		if out.res == resUnknown {
 			r.t.Fatalf("final read of %s through the leader %s: no answer after %d attempts: %s %s", name, leader.name, info.attempts, info.code, info.msg)
 		}
-		ops = append(ops, porcupine.Operation{ClientId: concFinalClient, Input: in, Call: call, Output: out, Return: ret, Metadata: info})
+		ops = append(ops, porcupine.Operation{ClientId: r.finalClient, Input: in, Call: call, Output: out, Return: ret, Metadata: info})
 	}
 	return ops
 }
