@@ -113,27 +113,15 @@ func TestScenarioLoad(t *testing.T) {
 	}
 	for _, v := range variants {
 		t.Logf("scenario load %s: median of %d runs: %.0f requests/s, writes p50 %s p99 %s", v.name, len(rates[v.name]),
-			medianFloat(rates[v.name]), median(p50s[v.name]).Round(time.Millisecond), median(p99s[v.name]).Round(time.Millisecond))
+			medianF(rates[v.name]), median(p50s[v.name]).Round(time.Millisecond), median(p99s[v.name]).Round(time.Millisecond))
 	}
 	plain, secure := variants[0].name, variants[1].name
 	if len(rates[plain]) > 0 && len(rates[secure]) > 0 {
 		t.Logf("scenario load cost of %s: throughput %.2fx of plaintext, write p50 %.2fx, write p99 %.2fx", secure,
-			medianFloat(rates[secure])/medianFloat(rates[plain]),
+			medianF(rates[secure])/medianF(rates[plain]),
 			float64(median(p50s[secure]))/float64(median(p50s[plain])),
 			float64(median(p99s[secure]))/float64(median(p99s[plain])))
 	}
-}
-
-func medianFloat(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // securedCluster is how a real cluster runs: mutual TLS on every port,
