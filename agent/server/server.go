@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/haven-ha/haven/agent/metrics"
 	"github.com/haven-ha/haven/internal/rpcclient"
+	"github.com/haven-ha/haven/internal/tlsutil"
 )
 
 // MaxMessageBytes bounds every request: a group spec is a few KiB, so
@@ -73,7 +73,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...)}
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.Creds(tlsutil.Credentials(cfg.TLS)))
 	}
 	g := grpc.NewServer(opts...)
 	hs := health.NewServer()

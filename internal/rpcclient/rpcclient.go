@@ -11,8 +11,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/haven-ha/haven/internal/tlsutil"
 )
 
 // Dial opens a client connection to an agent's gRPC address. It is
@@ -35,7 +36,7 @@ func Credentials(cfg *tls.Config) grpc.DialOption {
 	if cfg == nil {
 		return grpc.WithTransportCredentials(insecure.NewCredentials())
 	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+	return grpc.WithTransportCredentials(tlsutil.Credentials(cfg))
 }
 
 // AgentOptions are the options of an agent's connections to other agents,
