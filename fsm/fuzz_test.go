@@ -213,6 +213,7 @@ func restoreSeeds(tb testing.TB) [][]byte {
 func TestFuzzCorpus(t *testing.T) {
 	fuzzcorpus.Check(t, "FuzzApply", fuzzSeeds(t))
 	fuzzcorpus.Check(t, "FuzzRestore", restoreSeeds(t))
+	fuzzcorpus.Check(t, "FuzzValidateGroupSpec", specSeeds(t))
 }
 
 // FuzzRestore restores arbitrary bytes: a clear error or a state that
