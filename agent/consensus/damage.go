@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -198,6 +199,9 @@ func SetAside(dir string, now time.Time) (string, error) {
 	if len(keep) == 0 {
 		return "", fmt.Errorf("%s holds no Raft state (no %s, no %s)", dir, logFile, snapshotDir)
 	}
+	if err := notInUse(old); err != nil {
+		return "", err
+	}
 	// The term and vote first, while the file is where it was; any
 	// failure to read them leaves them out.
 	stable := map[string][]byte{}
@@ -237,4 +241,21 @@ func SetAside(dir string, now time.Time) (string, error) {
 		}
 	}
 	return aside, nil
+}
+
+// notInUse fails when a process holds the log open: bbolt takes an
+// exclusive flock on a log it writes, as the agent's is.
+func notInUse(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("%s is in use (%v): stop the agent first", path, err)
+	}
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }

@@ -146,6 +146,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newDiskCmd(g),
 	)
 	root.AddCommand(platformCmds()...)
+	root.AddCommand(newRecoverCmd())
 	return root
 }
 
