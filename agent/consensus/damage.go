@@ -71,7 +71,7 @@ func guarded(f func() error) (err error) {
 		debug.SetPanicOnFault(true)
 		defer func() {
 			if p := recover(); p != nil {
-				err = fmt.Errorf("unreadable: %v", p)
+				err = fmt.Errorf("cannot be read (%v)", p)
 			}
 		}()
 		err = f()
@@ -219,8 +219,15 @@ func SetAside(dir string, now time.Time) (string, error) {
 		return nil
 	})
 	aside := filepath.Join(dir, "damaged-"+now.UTC().Format("20060102T150405Z"))
-	if err := os.Mkdir(aside, 0o700); err != nil {
-		return "", err
+	for i := 2; ; i++ {
+		err := os.Mkdir(aside, 0o700)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) || i > 100 {
+			return "", err
+		}
+		aside = filepath.Join(dir, fmt.Sprintf("damaged-%s-%d", now.UTC().Format("20060102T150405Z"), i))
 	}
 	for _, name := range keep {
 		if err := os.Rename(filepath.Join(dir, name), filepath.Join(aside, name)); err != nil {
