@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit fuzz fuzz-short integration scenario bench-moves wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
 
 all: build
 
@@ -57,6 +57,24 @@ tidy-check:
 # pure delayer package (internal/netlab/wan) with the unit tests.
 unit:
 	$(GO) test -race $$($(GO) list ./... | grep -v -e /integration -e '/internal/netlab$$')
+
+# The fuzz targets (go test -fuzz), each for FUZZTIME: the FSM's apply
+# of raw log entries and its snapshot restore, the group spec checks, the
+# config file. Their corpora are committed in testdata/fuzz; a crash the
+# fuzzer finds is written there too, and stays once it is fixed. go test
+# runs one fuzz target at a time. The minimization of each new input is
+# bounded too, or a short run spends its time there.
+FUZZTIME ?= 10s
+FUZZ_TARGETS = ./fsm:FuzzApply ./fsm:FuzzRestore ./fsm:FuzzValidateGroupSpec ./agent:FuzzConfig
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
+	done
+
+# What make test runs: a few seconds per target.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 integration:
 	$(GO) test -count=1 -timeout 15m ./internal/netlab/ ./integration/...
@@ -125,4 +143,4 @@ model-if-available:
 	elif [ -n "$$HAVEN_REQUIRE_LAB" ]; then echo "make model: spin and gcc are required (HAVEN_REQUIRE_LAB is set)"; exit 1; \
 	else echo "make model: SKIPPED: spin or gcc is not installed (apt-get install -y spin gcc)"; fi
 
-test: check unit model-if-available integration
+test: check unit fuzz-short model-if-available integration
