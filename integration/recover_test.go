@@ -112,7 +112,7 @@ func TestDamagedRaftStateRebuilt(t *testing.T) {
 			t.Fatalf("%s started with %s", n.name, what)
 		}
 		hint := "haven recover --data-dir " + n.cfg.DataDir
-		if !logContains(n, "is damaged") || !logContains(n, hint) {
+		if run := thisRun(n); !strings.Contains(run, "is damaged") || !strings.Contains(run, hint) {
 			c.dumpLog(n)
 			t.Fatalf("%s exited without saying its Raft state is damaged and %q", n.name, hint)
 		}
@@ -182,15 +182,23 @@ func TestDamagedRaftStateRebuilt(t *testing.T) {
 	}
 	create("while-snapshot-damaged", false)
 	w.start()
-	select {
-	case <-w.proc.Process().Done():
+	waitFor(t, 30*time.Second, w.name+" to refuse or start", func() error {
+		if !w.running() || strings.Contains(thisRun(w), "agent started") {
+			return nil
+		}
+		return errNotYet
+	})
+	if !w.running() {
 		t.Logf("%s refused its damaged snapshot: %s", w.name, lastLine(w, "is damaged"))
-		if !logContains(w, "is damaged") {
+		if !strings.Contains(thisRun(w), "is damaged") {
 			t.Fatalf("%s exited without saying its snapshot is damaged", w.name)
 		}
 		recoverNode(w)
-	case <-time.After(3 * time.Second):
-		t.Logf("%s started from an older snapshot", w.name)
+	} else {
+		if !strings.Contains(thisRun(w), "the newest snapshot is damaged; starting from an older one") {
+			t.Fatalf("%s started on a damaged snapshot without a word", w.name)
+		}
+		t.Logf("%s started from an older snapshot and the log after it", w.name)
 		servesAcked(w)
 	}
 
@@ -242,4 +250,13 @@ func lastLine(n *node, s string) string {
 		}
 	}
 	return ""
+}
+
+// thisRun is n's log since its last start.
+func thisRun(n *node) string {
+	data, _ := os.ReadFile(n.proc.LogPath)
+	if i := bytes.LastIndex(data, []byte("==== start ")); i >= 0 {
+		data = data[i:]
+	}
+	return string(data)
 }

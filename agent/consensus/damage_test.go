@@ -288,3 +288,31 @@ func TestLogIsFsynced(t *testing.T) {
 		t.Fatal("the open Raft log's bolt handle has NoSync set")
 	}
 }
+
+// An entry that does not decode, committed through Raft, halts the FSM
+// (no panic in Raft's apply loop) and nothing after it is applied; the
+// agent watches Halted and stops.
+func TestUndecodableEntryHaltsTheFSM(t *testing.T) {
+	n, f, err := openAt(t, t.TempDir(), freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	fut := n.raft.Apply([]byte{0xff, 0xff, 0xff}, time.Second)
+	if err := fut.Error(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.Halted():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the FSM did not halt")
+	}
+	res, err := n.Commit(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("after")}}})
+	if err != nil || res.Err == nil || f.Group("after") != nil {
+		t.Fatalf("a command after the halt: %v %+v", err, res)
+	}
+	var he *fsm.HaltError
+	if !errors.As(f.Err(), &he) {
+		t.Fatalf("Err = %v", f.Err())
+	}
+}
