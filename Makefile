@@ -1,6 +1,6 @@
 GO ?= go
 
-.PHONY: all build test check proto lint breaking tidy-check proto-check unit fuzz fuzz-short integration scenario bench-moves wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
+.PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency model model-if-available
 
 all: build
 
@@ -66,6 +66,7 @@ unit:
 # bounded too, or a short run spends its time there.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./fsm:FuzzApply ./fsm:FuzzRestore ./fsm:FuzzValidateGroupSpec ./agent:FuzzConfig
+.PHONY: fuzz fuzz-short
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
