@@ -85,6 +85,11 @@ func guarded(f func() error) (err error) {
 // damaged newest snapshot is only logged when an older one is intact and
 // the log still holds every entry after it: Raft falls back on it.
 func CheckState(dir string, log *slog.Logger) error {
+	// Not a damage: bbolt would wait for the lock, the check would time
+	// out and call it one.
+	if err := notInUse(filepath.Join(dir, logFile)); err != nil {
+		return fmt.Errorf("%w: is another agent running on this data directory?", err)
+	}
 	first, last, err := checkLog(filepath.Join(dir, logFile))
 	if err != nil {
 		return &DamageError{Path: filepath.Join(dir, logFile), Err: err}
@@ -200,7 +205,7 @@ func SetAside(dir string, now time.Time) (string, error) {
 		return "", fmt.Errorf("%s holds no Raft state (no %s, no %s)", dir, logFile, snapshotDir)
 	}
 	if err := notInUse(old); err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: stop the agent first", err)
 	}
 	// The term and vote first, while the file is where it was; any
 	// failure to read them leaves them out.
@@ -262,7 +267,7 @@ func notInUse(path string) error {
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return fmt.Errorf("%s is in use (%v): stop the agent first", path, err)
+		return fmt.Errorf("%s is held by another process (%v)", path, err)
 	}
 	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }

@@ -316,3 +316,19 @@ func TestUndecodableEntryHaltsTheFSM(t *testing.T) {
 		t.Fatalf("Err = %v", f.Err())
 	}
 }
+
+// A log another agent holds is no damage: the node says so rather than
+// wait on the lock or call it damaged.
+func TestLogInUseIsNotDamage(t *testing.T) {
+	dir := t.TempDir()
+	n, _, err := openAt(t, dir, freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	_, _, err = openAt(t, dir, freeAddr(t))
+	var de *DamageError
+	if err == nil || errors.As(err, &de) || !strings.Contains(err.Error(), "another agent") {
+		t.Fatalf("second open of a log in use: %v", err)
+	}
+}
