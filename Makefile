@@ -58,6 +58,25 @@ tidy-check:
 unit:
 	$(GO) test -race $$($(GO) list ./... | grep -v -e /integration -e '/internal/netlab$$')
 
+# The fuzz targets (go test -fuzz), each for FUZZTIME: the FSM's apply
+# of raw log entries and its snapshot restore, the group spec checks, the
+# config file. Their corpora are committed in testdata/fuzz; a crash the
+# fuzzer finds is written there too, and stays once it is fixed. go test
+# runs one fuzz target at a time. The minimization of each new input is
+# bounded too, or a short run spends its time there.
+FUZZTIME ?= 10s
+FUZZ_TARGETS = ./fsm:FuzzApply ./fsm:FuzzRestore ./fsm:FuzzValidateGroupSpec ./agent:FuzzConfig
+.PHONY: fuzz fuzz-short
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
+	done
+
+# What make test runs: a few seconds per target.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
 integration:
 	$(GO) test -count=1 -timeout 15m ./internal/netlab/ ./integration/...
 
@@ -139,4 +158,4 @@ model-if-available:
 	elif [ -n "$$HAVEN_REQUIRE_LAB" ]; then echo "make model: spin and gcc are required (HAVEN_REQUIRE_LAB is set)"; exit 1; \
 	else echo "make model: SKIPPED: spin or gcc is not installed (apt-get install -y spin gcc)"; fi
 
-test: check unit model-if-available integration
+test: check unit fuzz-short model-if-available integration

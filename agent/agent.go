@@ -129,6 +129,10 @@ func (a *Agent) Start(ctx context.Context) error {
 	ctx, a.cancel = context.WithCancel(ctx)
 	a.observed = events.Observe(a.fsm, a.events, a.metrics)
 	node, err := consensus.Open(a.consensusConfig(), a.observed)
+	var damage *consensus.DamageError
+	if errors.As(err, &damage) {
+		return fmt.Errorf("%w. %s", err, a.rebuildHint())
+	}
 	if err != nil {
 		return err
 	}
@@ -208,6 +212,28 @@ func (a *Agent) Stop() {
 		}
 		a.log.Info("agent stopped")
 	})
+}
+
+// Halted is closed when this node's FSM stops on a log entry it cannot
+// decode (fsm.HaltError): the agent must stop, and HaltError says why
+// and what to do.
+func (a *Agent) Halted() <-chan struct{} { return a.fsm.Halted() }
+
+// HaltError is why the FSM halted, with the way to rebuild the node.
+func (a *Agent) HaltError() error {
+	return fmt.Errorf("%w. %s", a.fsm.Err(), a.rebuildHint())
+}
+
+// rebuildHint tells the operator how to rebuild a node whose Raft state
+// is damaged: the one documented command, then a start.
+func (a *Agent) rebuildHint() string {
+	return fmt.Sprintf("This node cannot trust its copy of the cluster state; rebuild it from its peers: with the agent stopped, run `haven recover --data-dir %s` (it moves the damaged Raft state aside, deleting nothing), then start the agent again: it rejoins under its name and receives the leader's snapshot", a.cfg.DataDir)
+}
+
+// Recover sets aside the Raft state of the agent whose data directory is
+// dataDir (see consensus.SetAside) and returns where it went.
+func Recover(dataDir string, now time.Time) (string, error) {
+	return consensus.SetAside(filepath.Join(dataDir, "raft"), now)
 }
 
 // shutdownWait bounds each wait of a clean stop. A stop must end: the

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -350,10 +351,17 @@ func (c *Config) LoadFile(path string) error {
 		return err
 	}
 	defer f.Close()
-	dec := yaml.NewDecoder(f)
+	return c.load(f, path)
+}
+
+// load overlays the YAML read from r; name says where it came from. A
+// file with no document (empty, or only comments) changes nothing. A
+// malformed one is refused with the line yaml names.
+func (c *Config) load(r io.Reader, name string) error {
+	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config file %s: %w", name, err)
 	}
 	return nil
 }

@@ -74,7 +74,26 @@ type Result struct {
 type FSM struct {
 	mu sync.RWMutex
 	st *state
+	// halt is set by the first log entry that does not decode; from then
+	// on nothing is applied (see Apply). halted is closed at that moment.
+	halt   *HaltError
+	halted chan struct{}
 }
+
+// HaltError is a committed log entry this node cannot decode: its copy of
+// the log is damaged, or was written by a newer agent. Applying on past it
+// would leave this replica different from the others, so the FSM stops
+// where it is and the agent must stop too (see Halted).
+type HaltError struct {
+	Index uint64
+	Err   error
+}
+
+func (e *HaltError) Error() string {
+	return fmt.Sprintf("fsm: the committed log entry at index %d does not decode (%v): this node's Raft log is damaged or was written by a newer agent; its state stops at index %d", e.Index, e.Err, e.Index-1)
+}
+
+func (e *HaltError) Unwrap() error { return e.Err }
 
 type state struct {
 	index    uint64
@@ -102,24 +121,49 @@ func newState() *state {
 	}
 }
 
-func New() *FSM { return &FSM{st: newState()} }
+func New() *FSM { return &FSM{st: newState(), halted: make(chan struct{})} }
+
+// Halted is closed when the FSM stops applying on an undecodable entry;
+// Err then says which.
+func (f *FSM) Halted() <-chan struct{} { return f.halted }
+
+// Err is why the FSM stopped applying, nil while it applies.
+func (f *FSM) Err() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.halt == nil {
+		return nil
+	}
+	return f.halt
+}
 
 // Encode marshals a command for raft.Apply.
 func Encode(c *havenv1.Command) ([]byte, error) { return proto.Marshal(c) }
 
 // Apply applies one committed log entry and returns a *Result.
+//
+// An entry that does not decode halts the FSM rather than panic: the log
+// is corrupt or written by an incompatible version, and skipping the entry
+// would diverge from the other replicas, but a panic inside Raft's apply
+// loop gives the operator a stack instead of a reason. Halted, the FSM
+// refuses every later entry without applying it (FailedPrecondition), its
+// reads stay at the last entry it applied, and the agent, watching Halted,
+// stops with HaltError's message.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
 	var c havenv1.Command
-	if err := proto.Unmarshal(l.Data, &c); err != nil {
-		// The log is corrupt or written by an incompatible version;
-		// continuing would diverge from the other replicas.
-		panic(fmt.Sprintf("fsm: undecodable command at index %d: %v", l.Index, err))
-	}
+	err := proto.Unmarshal(l.Data, &c)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err != nil && f.halt == nil {
+		f.halt = &HaltError{Index: l.Index, Err: err}
+		close(f.halted)
+	}
+	if f.halt != nil {
+		return &Result{Index: l.Index, Err: errorf(CodeFailedPrecondition, "%v", f.halt)}
+	}
 	r := f.st.apply(l.Index, &c)
 	r.Command = &c
 	return r

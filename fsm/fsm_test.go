@@ -2,7 +2,9 @@ package fsm
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,13 +165,31 @@ func TestNodeChecks(t *testing.T) {
 	}
 }
 
-func TestUndecodableCommandPanics(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Fatal("a corrupt log entry must stop the agent, not be skipped")
-		}
-	}()
-	New().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{0xff, 0xff, 0xff}})
+// A corrupt log entry must stop the FSM where it is, not be skipped, and
+// say so without a panic.
+func TestUndecodableCommandHalts(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(t0, createCmd("r1", "web"))
+	r := a.f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: []byte{0xff, 0xff, 0xff}}).(*Result)
+	if r.Err == nil || r.Err.Code != CodeFailedPrecondition {
+		t.Fatalf("undecodable entry: %+v", r)
+	}
+	select {
+	case <-a.f.Halted():
+	default:
+		t.Fatal("Halted not closed")
+	}
+	var he *HaltError
+	if err := a.f.Err(); !errors.As(err, &he) || he.Index != 2 || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("Err = %v", err)
+	}
+	a.index = 2
+	if r := a.apply(t0, createCmd("r2", "db")); r.Err == nil || a.f.Group("db") != nil {
+		t.Fatalf("applied after the halt: %+v", r)
+	}
+	if a.f.Index() != 1 || a.f.Group("web") == nil {
+		t.Fatalf("state moved: index %d", a.f.Index())
+	}
 }
 
 func TestUnknownCommandRefusedEverywhere(t *testing.T) {

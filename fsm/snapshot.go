@@ -99,25 +99,51 @@ func readSnapshot(r io.Reader) (*state, error) {
 		if err != nil {
 			return nil, fmt.Errorf("snapshot record: %w", err)
 		}
+		// A record twice, or a disk of two groups, is something Persist
+		// never writes: the snapshot is damaged, and a state built from it
+		// would not be the one its replicas hold.
 		switch r := rec.Record.(type) {
 		case *havenv1.SnapshotRecord_Node:
+			if _, dup := st.nodes[r.Node.GetName()]; dup {
+				return nil, fmt.Errorf("snapshot record: node %q twice", r.Node.GetName())
+			}
 			st.nodes[r.Node.GetName()] = r.Node
 		case *havenv1.SnapshotRecord_Group:
+			name := r.Group.GetSpec().GetName()
+			if _, dup := st.groups[name]; dup {
+				return nil, fmt.Errorf("snapshot record: group %q twice", name)
+			}
 			placeDisks(r.Group.GetSpec())
-			st.groups[r.Group.GetSpec().GetName()] = r.Group
+			st.groups[name] = r.Group
 			for _, d := range DiskPaths(r.Group.GetSpec()) {
-				st.disks[d] = r.Group.GetSpec().GetName()
+				if other, dup := st.disks[d]; dup && other != name {
+					return nil, fmt.Errorf("snapshot record: disk %q belongs to groups %q and %q", d, other, name)
+				}
+				st.disks[d] = name
 			}
 		case *havenv1.SnapshotRecord_Operation:
+			if _, dup := st.ops[r.Operation.GetId()]; dup {
+				return nil, fmt.Errorf("snapshot record: operation %q twice", r.Operation.GetId())
+			}
 			st.ops[r.Operation.GetId()] = r.Operation
 			if !InFlight(r.Operation) {
 				st.finished = append(st.finished, r.Operation.GetId())
 			}
 		case *havenv1.SnapshotRecord_AppliedRequest:
+			if _, dup := st.requests[r.AppliedRequest.GetRequestId()]; dup {
+				return nil, fmt.Errorf("snapshot record: request %q twice", r.AppliedRequest.GetRequestId())
+			}
 			st.requests[r.AppliedRequest.GetRequestId()] = r.AppliedRequest
 			st.order = append(st.order, r.AppliedRequest.GetRequestId())
 		default:
 			return nil, fmt.Errorf("snapshot record of unknown type %T: written by a newer agent", rec.Record)
+		}
+	}
+	for name, g := range st.groups {
+		if id := g.GetOperation(); id != "" {
+			if op := st.ops[id]; op == nil || !InFlight(op) || op.GetGroup() != name {
+				return nil, fmt.Errorf("snapshot: group %q is moving by operation %q, which is not its move in flight", name, id)
+			}
 		}
 	}
 	return st, nil

@@ -132,6 +132,11 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	case <-ctx.Done():
 	case s := <-sig:
 		log.Info("shutting down", "signal", s.String())
+	case <-a.Halted():
+		err := a.HaltError()
+		log.Error("stopping: the Raft log is damaged", "error", err)
+		a.Stop()
+		return err
 	}
 	if cfg.DrainOnShutdown && ctx.Err() == nil {
 		dctx, cancel := context.WithCancel(ctx)

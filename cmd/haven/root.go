@@ -156,6 +156,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newTLSCmd(),
 	)
 	root.AddCommand(platformCmds()...)
+	root.AddCommand(newRecoverCmd())
 	return root
 }
 
