@@ -109,6 +109,7 @@ type state struct {
 	// ones, whose ids finished lists in the order they finished.
 	ops      map[string]*havenv1.Operation
 	finished []string
+	acl      aclState
 }
 
 func newState() *state {
@@ -118,6 +119,7 @@ func newState() *state {
 		requests: map[string]*havenv1.AppliedRequest{},
 		disks:    map[string]string{},
 		ops:      map[string]*havenv1.Operation{},
+		acl:      newACLState(),
 	}
 }
 
@@ -228,6 +230,12 @@ func (s *state) apply(index uint64, c *havenv1.Command) *Result {
 		err = s.endDiskChange(index, cmd.EndDiskChange, now)
 	case *havenv1.Command_SetNodeChecks:
 		err = s.setNodeChecks(index, cmd.SetNodeChecks)
+	case *havenv1.Command_BootstrapAcl:
+		err = s.bootstrapACL(index, cmd.BootstrapAcl, now)
+	case *havenv1.Command_CreateAclToken:
+		err = s.createACLToken(index, cmd.CreateAclToken, now)
+	case *havenv1.Command_RevokeAclToken:
+		err = s.revokeACLToken(cmd.RevokeAclToken)
 	default:
 		// A newer agent wrote a command this one does not know. Refusing
 		// it on every replica keeps them identical; the operator upgrades.
@@ -420,6 +428,7 @@ func (s *state) clone() *state {
 		disks:    make(map[string]string, len(s.disks)),
 		ops:      make(map[string]*havenv1.Operation, len(s.ops)),
 		finished: append([]string(nil), s.finished...),
+		acl:      s.acl.clone(),
 	}
 	for k, v := range s.ops {
 		c.ops[k] = v

@@ -22,7 +22,8 @@ const maxRecordSize = 16 << 20
 type snapshot struct{ st *state }
 
 // Persist writes a header and then one length-delimited record per node,
-// group, kept operation and remembered request, in a deterministic order.
+// group, kept operation, ACL token (and the bootstrap) and remembered
+// request, in a deterministic order.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	if err := s.write(sink); err != nil {
 		_ = sink.Cancel()
@@ -64,6 +65,16 @@ func (s *snapshot) write(w io.Writer) error {
 	}
 	for _, op := range ops {
 		if err := put(&havenv1.SnapshotRecord{Record: &havenv1.SnapshotRecord_Operation{Operation: op}}); err != nil {
+			return err
+		}
+	}
+	if s.st.acl.bootstrapIndex != 0 {
+		if err := put(&havenv1.SnapshotRecord{Record: &havenv1.SnapshotRecord_AclState{AclState: &havenv1.AclState{BootstrapIndex: s.st.acl.bootstrapIndex}}}); err != nil {
+			return err
+		}
+	}
+	for _, t := range sorted(s.st.acl.tokens, func(t *havenv1.AclToken) string { return t.GetAccessorId() }) {
+		if err := put(&havenv1.SnapshotRecord{Record: &havenv1.SnapshotRecord_AclToken{AclToken: t}}); err != nil {
 			return err
 		}
 	}
@@ -135,6 +146,10 @@ func readSnapshot(r io.Reader) (*state, error) {
 			}
 			st.requests[r.AppliedRequest.GetRequestId()] = r.AppliedRequest
 			st.order = append(st.order, r.AppliedRequest.GetRequestId())
+		case *havenv1.SnapshotRecord_AclState:
+			st.acl.bootstrapIndex = r.AclState.GetBootstrapIndex()
+		case *havenv1.SnapshotRecord_AclToken:
+			st.acl.put(r.AclToken)
 		default:
 			return nil, fmt.Errorf("snapshot record of unknown type %T: written by a newer agent", rec.Record)
 		}

@@ -111,6 +111,9 @@ type Command struct {
 	//	*Command_DetachDisk
 	//	*Command_EndDiskChange
 	//	*Command_SetNodeChecks
+	//	*Command_BootstrapAcl
+	//	*Command_CreateAclToken
+	//	*Command_RevokeAclToken
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -329,6 +332,33 @@ func (x *Command) GetSetNodeChecks() *SetNodeChecksCommand {
 	return nil
 }
 
+func (x *Command) GetBootstrapAcl() *BootstrapAclCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_BootstrapAcl); ok {
+			return x.BootstrapAcl
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateAclToken() *CreateAclTokenCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateAclToken); ok {
+			return x.CreateAclToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeAclToken() *RevokeAclTokenCommand {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RevokeAclToken); ok {
+			return x.RevokeAclToken
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -405,6 +435,18 @@ type Command_SetNodeChecks struct {
 	SetNodeChecks *SetNodeChecksCommand `protobuf:"bytes,27,opt,name=set_node_checks,json=setNodeChecks,proto3,oneof"`
 }
 
+type Command_BootstrapAcl struct {
+	BootstrapAcl *BootstrapAclCommand `protobuf:"bytes,28,opt,name=bootstrap_acl,json=bootstrapAcl,proto3,oneof"`
+}
+
+type Command_CreateAclToken struct {
+	CreateAclToken *CreateAclTokenCommand `protobuf:"bytes,29,opt,name=create_acl_token,json=createAclToken,proto3,oneof"`
+}
+
+type Command_RevokeAclToken struct {
+	RevokeAclToken *RevokeAclTokenCommand `protobuf:"bytes,30,opt,name=revoke_acl_token,json=revokeAclToken,proto3,oneof"`
+}
+
 func (*Command_UpsertNode) isCommand_Cmd() {}
 
 func (*Command_SetNodeStatus) isCommand_Cmd() {}
@@ -441,6 +483,151 @@ func (*Command_EndDiskChange) isCommand_Cmd() {}
 
 func (*Command_SetNodeChecks) isCommand_Cmd() {}
 
+func (*Command_BootstrapAcl) isCommand_Cmd() {}
+
+func (*Command_CreateAclToken) isCommand_Cmd() {}
+
+func (*Command_RevokeAclToken) isCommand_Cmd() {}
+
+// BootstrapAclCommand stores the first admin token. It applies once: after
+// a bootstrap every further one is refused. The leader made the token's
+// secret and put only its hash here, so the log never holds a secret.
+type BootstrapAclCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *AclToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootstrapAclCommand) Reset() {
+	*x = BootstrapAclCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootstrapAclCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootstrapAclCommand) ProtoMessage() {}
+
+func (x *BootstrapAclCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootstrapAclCommand.ProtoReflect.Descriptor instead.
+func (*BootstrapAclCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BootstrapAclCommand) GetToken() *AclToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// CreateAclTokenCommand stores a token (its secret's hash only). Names and
+// accessor ids are unique.
+type CreateAclTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *AclToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAclTokenCommand) Reset() {
+	*x = CreateAclTokenCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAclTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAclTokenCommand) ProtoMessage() {}
+
+func (x *CreateAclTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAclTokenCommand.ProtoReflect.Descriptor instead.
+func (*CreateAclTokenCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateAclTokenCommand) GetToken() *AclToken {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+// RevokeAclTokenCommand deletes a token. The last admin token stays, so the
+// cluster can always be administered.
+type RevokeAclTokenCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccessorId    string                 `protobuf:"bytes,1,opt,name=accessor_id,json=accessorId,proto3" json:"accessor_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAclTokenCommand) Reset() {
+	*x = RevokeAclTokenCommand{}
+	mi := &file_haven_v1_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAclTokenCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAclTokenCommand) ProtoMessage() {}
+
+func (x *RevokeAclTokenCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAclTokenCommand.ProtoReflect.Descriptor instead.
+func (*RevokeAclTokenCommand) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RevokeAclTokenCommand) GetAccessorId() string {
+	if x != nil {
+		return x.AccessorId
+	}
+	return ""
+}
+
 // SetNodeChecksCommand records what a node's driver cannot run, replacing
 // what the node reported before, as checked against the group specs at
 // checked_index.
@@ -455,7 +642,7 @@ type SetNodeChecksCommand struct {
 
 func (x *SetNodeChecksCommand) Reset() {
 	*x = SetNodeChecksCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[1]
+	mi := &file_haven_v1_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +654,7 @@ func (x *SetNodeChecksCommand) String() string {
 func (*SetNodeChecksCommand) ProtoMessage() {}
 
 func (x *SetNodeChecksCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[1]
+	mi := &file_haven_v1_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +667,7 @@ func (x *SetNodeChecksCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeChecksCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeChecksCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{1}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetNodeChecksCommand) GetName() string {
@@ -513,7 +700,7 @@ type UpsertNodeCommand struct {
 
 func (x *UpsertNodeCommand) Reset() {
 	*x = UpsertNodeCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[2]
+	mi := &file_haven_v1_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +712,7 @@ func (x *UpsertNodeCommand) String() string {
 func (*UpsertNodeCommand) ProtoMessage() {}
 
 func (x *UpsertNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[2]
+	mi := &file_haven_v1_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +725,7 @@ func (x *UpsertNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertNodeCommand.ProtoReflect.Descriptor instead.
 func (*UpsertNodeCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UpsertNodeCommand) GetNode() *Node {
@@ -558,7 +745,7 @@ type SetNodeStatusCommand struct {
 
 func (x *SetNodeStatusCommand) Reset() {
 	*x = SetNodeStatusCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[3]
+	mi := &file_haven_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +757,7 @@ func (x *SetNodeStatusCommand) String() string {
 func (*SetNodeStatusCommand) ProtoMessage() {}
 
 func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[3]
+	mi := &file_haven_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +770,7 @@ func (x *SetNodeStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStatusCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeStatusCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetNodeStatusCommand) GetName() string {
@@ -609,7 +796,7 @@ type CreateGroupCommand struct {
 
 func (x *CreateGroupCommand) Reset() {
 	*x = CreateGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[4]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +808,7 @@ func (x *CreateGroupCommand) String() string {
 func (*CreateGroupCommand) ProtoMessage() {}
 
 func (x *CreateGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[4]
+	mi := &file_haven_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +821,7 @@ func (x *CreateGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupCommand.ProtoReflect.Descriptor instead.
 func (*CreateGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateGroupCommand) GetSpec() *GroupSpec {
@@ -653,7 +840,7 @@ type DeleteGroupCommand struct {
 
 func (x *DeleteGroupCommand) Reset() {
 	*x = DeleteGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +852,7 @@ func (x *DeleteGroupCommand) String() string {
 func (*DeleteGroupCommand) ProtoMessage() {}
 
 func (x *DeleteGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[5]
+	mi := &file_haven_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +865,7 @@ func (x *DeleteGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupCommand.ProtoReflect.Descriptor instead.
 func (*DeleteGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteGroupCommand) GetName() string {
@@ -716,7 +903,7 @@ type AssignGroupCommand struct {
 
 func (x *AssignGroupCommand) Reset() {
 	*x = AssignGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +915,7 @@ func (x *AssignGroupCommand) String() string {
 func (*AssignGroupCommand) ProtoMessage() {}
 
 func (x *AssignGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[6]
+	mi := &file_haven_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +928,7 @@ func (x *AssignGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGroupCommand.ProtoReflect.Descriptor instead.
 func (*AssignGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AssignGroupCommand) GetName() string {
@@ -826,7 +1013,7 @@ type AssignGroupsCommand struct {
 
 func (x *AssignGroupsCommand) Reset() {
 	*x = AssignGroupsCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1025,7 @@ func (x *AssignGroupsCommand) String() string {
 func (*AssignGroupsCommand) ProtoMessage() {}
 
 func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[7]
+	mi := &file_haven_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1038,7 @@ func (x *AssignGroupsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGroupsCommand.ProtoReflect.Descriptor instead.
 func (*AssignGroupsCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AssignGroupsCommand) GetAssignments() []*AssignGroupCommand {
@@ -884,7 +1071,7 @@ type NodeFence struct {
 
 func (x *NodeFence) Reset() {
 	*x = NodeFence{}
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1083,7 @@ func (x *NodeFence) String() string {
 func (*NodeFence) ProtoMessage() {}
 
 func (x *NodeFence) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[8]
+	mi := &file_haven_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1096,7 @@ func (x *NodeFence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeFence.ProtoReflect.Descriptor instead.
 func (*NodeFence) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeFence) GetNode() string {
@@ -957,7 +1144,7 @@ type SetGroupStateCommand struct {
 
 func (x *SetGroupStateCommand) Reset() {
 	*x = SetGroupStateCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1156,7 @@ func (x *SetGroupStateCommand) String() string {
 func (*SetGroupStateCommand) ProtoMessage() {}
 
 func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[9]
+	mi := &file_haven_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1169,7 @@ func (x *SetGroupStateCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGroupStateCommand.ProtoReflect.Descriptor instead.
 func (*SetGroupStateCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetGroupStateCommand) GetName() string {
@@ -1040,7 +1227,7 @@ type StopGroupCommand struct {
 
 func (x *StopGroupCommand) Reset() {
 	*x = StopGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1239,7 @@ func (x *StopGroupCommand) String() string {
 func (*StopGroupCommand) ProtoMessage() {}
 
 func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[10]
+	mi := &file_haven_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1252,7 @@ func (x *StopGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopGroupCommand.ProtoReflect.Descriptor instead.
 func (*StopGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopGroupCommand) GetName() string {
@@ -1100,7 +1287,7 @@ type ReportGroupCommand struct {
 
 func (x *ReportGroupCommand) Reset() {
 	*x = ReportGroupCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1299,7 @@ func (x *ReportGroupCommand) String() string {
 func (*ReportGroupCommand) ProtoMessage() {}
 
 func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[11]
+	mi := &file_haven_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1312,7 @@ func (x *ReportGroupCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupCommand.ProtoReflect.Descriptor instead.
 func (*ReportGroupCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReportGroupCommand) GetName() string {
@@ -1181,7 +1368,7 @@ type SetNodeDrainCommand struct {
 
 func (x *SetNodeDrainCommand) Reset() {
 	*x = SetNodeDrainCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1380,7 @@ func (x *SetNodeDrainCommand) String() string {
 func (*SetNodeDrainCommand) ProtoMessage() {}
 
 func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[12]
+	mi := &file_haven_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1393,7 @@ func (x *SetNodeDrainCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeDrainCommand.ProtoReflect.Descriptor instead.
 func (*SetNodeDrainCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetNodeDrainCommand) GetName() string {
@@ -1238,7 +1425,7 @@ type BeginMoveCommand struct {
 
 func (x *BeginMoveCommand) Reset() {
 	*x = BeginMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1437,7 @@ func (x *BeginMoveCommand) String() string {
 func (*BeginMoveCommand) ProtoMessage() {}
 
 func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[13]
+	mi := &file_haven_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1450,7 @@ func (x *BeginMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginMoveCommand.ProtoReflect.Descriptor instead.
 func (*BeginMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BeginMoveCommand) GetOperation() *Operation {
@@ -1300,7 +1487,7 @@ type MoveProgressCommand struct {
 
 func (x *MoveProgressCommand) Reset() {
 	*x = MoveProgressCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1499,7 @@ func (x *MoveProgressCommand) String() string {
 func (*MoveProgressCommand) ProtoMessage() {}
 
 func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[14]
+	mi := &file_haven_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1512,7 @@ func (x *MoveProgressCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveProgressCommand.ProtoReflect.Descriptor instead.
 func (*MoveProgressCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MoveProgressCommand) GetId() string {
@@ -1364,7 +1551,7 @@ type CommitMoveCommand struct {
 
 func (x *CommitMoveCommand) Reset() {
 	*x = CommitMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1563,7 @@ func (x *CommitMoveCommand) String() string {
 func (*CommitMoveCommand) ProtoMessage() {}
 
 func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[15]
+	mi := &file_haven_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1576,7 @@ func (x *CommitMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitMoveCommand.ProtoReflect.Descriptor instead.
 func (*CommitMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommitMoveCommand) GetId() string {
@@ -1426,7 +1613,7 @@ type EndMoveCommand struct {
 
 func (x *EndMoveCommand) Reset() {
 	*x = EndMoveCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1625,7 @@ func (x *EndMoveCommand) String() string {
 func (*EndMoveCommand) ProtoMessage() {}
 
 func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[16]
+	mi := &file_haven_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1638,7 @@ func (x *EndMoveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndMoveCommand.ProtoReflect.Descriptor instead.
 func (*EndMoveCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EndMoveCommand) GetId() string {
@@ -1492,7 +1679,7 @@ type AttachDiskCommand struct {
 
 func (x *AttachDiskCommand) Reset() {
 	*x = AttachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1691,7 @@ func (x *AttachDiskCommand) String() string {
 func (*AttachDiskCommand) ProtoMessage() {}
 
 func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[17]
+	mi := &file_haven_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1704,7 @@ func (x *AttachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskCommand.ProtoReflect.Descriptor instead.
 func (*AttachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AttachDiskCommand) GetGroup() string {
@@ -1558,7 +1745,7 @@ type DetachDiskCommand struct {
 
 func (x *DetachDiskCommand) Reset() {
 	*x = DetachDiskCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1757,7 @@ func (x *DetachDiskCommand) String() string {
 func (*DetachDiskCommand) ProtoMessage() {}
 
 func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[18]
+	mi := &file_haven_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1770,7 @@ func (x *DetachDiskCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskCommand.ProtoReflect.Descriptor instead.
 func (*DetachDiskCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DetachDiskCommand) GetGroup() string {
@@ -1625,7 +1812,7 @@ type EndDiskChangeCommand struct {
 
 func (x *EndDiskChangeCommand) Reset() {
 	*x = EndDiskChangeCommand{}
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1824,7 @@ func (x *EndDiskChangeCommand) String() string {
 func (*EndDiskChangeCommand) ProtoMessage() {}
 
 func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[19]
+	mi := &file_haven_v1_command_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1837,7 @@ func (x *EndDiskChangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndDiskChangeCommand.ProtoReflect.Descriptor instead.
 func (*EndDiskChangeCommand) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EndDiskChangeCommand) GetGroup() string {
@@ -1712,7 +1899,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1911,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[20]
+	mi := &file_haven_v1_command_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1924,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AppliedRequest) GetRequestId() string {
@@ -1793,7 +1980,7 @@ type AppliedItem struct {
 
 func (x *AppliedItem) Reset() {
 	*x = AppliedItem{}
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1992,7 @@ func (x *AppliedItem) String() string {
 func (*AppliedItem) ProtoMessage() {}
 
 func (x *AppliedItem) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[21]
+	mi := &file_haven_v1_command_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +2005,7 @@ func (x *AppliedItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedItem.ProtoReflect.Descriptor instead.
 func (*AppliedItem) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AppliedItem) GetErrorCode() ErrorCode {
@@ -1846,7 +2033,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_haven_v1_command_proto_msgTypes[22]
+	mi := &file_haven_v1_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2045,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[22]
+	mi := &file_haven_v1_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2058,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1897,6 +2084,8 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Group
 	//	*SnapshotRecord_AppliedRequest
 	//	*SnapshotRecord_Operation
+	//	*SnapshotRecord_AclToken
+	//	*SnapshotRecord_AclState
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1904,7 +2093,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_haven_v1_command_proto_msgTypes[23]
+	mi := &file_haven_v1_command_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2105,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_command_proto_msgTypes[23]
+	mi := &file_haven_v1_command_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2118,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_haven_v1_command_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1975,6 +2164,24 @@ func (x *SnapshotRecord) GetOperation() *Operation {
 	return nil
 }
 
+func (x *SnapshotRecord) GetAclToken() *AclToken {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_AclToken); ok {
+			return x.AclToken
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetAclState() *AclState {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_AclState); ok {
+			return x.AclState
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1995,6 +2202,14 @@ type SnapshotRecord_Operation struct {
 	Operation *Operation `protobuf:"bytes,4,opt,name=operation,proto3,oneof"`
 }
 
+type SnapshotRecord_AclToken struct {
+	AclToken *AclToken `protobuf:"bytes,5,opt,name=acl_token,json=aclToken,proto3,oneof"`
+}
+
+type SnapshotRecord_AclState struct {
+	AclState *AclState `protobuf:"bytes,6,opt,name=acl_state,json=aclState,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Group) isSnapshotRecord_Record() {}
@@ -2003,12 +2218,61 @@ func (*SnapshotRecord_AppliedRequest) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Operation) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_AclToken) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_AclState) isSnapshotRecord_Record() {}
+
+// AclState is what the ACL system keeps besides its tokens.
+type AclState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The index of the bootstrap; 0 before it.
+	BootstrapIndex uint64 `protobuf:"varint,1,opt,name=bootstrap_index,json=bootstrapIndex,proto3" json:"bootstrap_index,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AclState) Reset() {
+	*x = AclState{}
+	mi := &file_haven_v1_command_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AclState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AclState) ProtoMessage() {}
+
+func (x *AclState) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_command_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AclState.ProtoReflect.Descriptor instead.
+func (*AclState) Descriptor() ([]byte, []int) {
+	return file_haven_v1_command_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AclState) GetBootstrapIndex() uint64 {
+	if x != nil {
+		return x.BootstrapIndex
+	}
+	return 0
+}
+
 var File_haven_v1_command_proto protoreflect.FileDescriptor
 
 const file_haven_v1_command_proto_rawDesc = "" +
 	"\n" +
-	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14haven/v1/types.proto\"\x97\n" +
-	"\n" +
+	"\x16haven/v1/command.proto\x12\bhaven.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12haven/v1/acl.proto\x1a\x14haven/v1/types.proto\"\xf7\v\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12.\n" +
@@ -2037,8 +2301,18 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\vdetach_disk\x18\x19 \x01(\v2\x1b.haven.v1.DetachDiskCommandH\x00R\n" +
 	"detachDisk\x12H\n" +
 	"\x0fend_disk_change\x18\x1a \x01(\v2\x1e.haven.v1.EndDiskChangeCommandH\x00R\rendDiskChange\x12H\n" +
-	"\x0fset_node_checks\x18\x1b \x01(\v2\x1e.haven.v1.SetNodeChecksCommandH\x00R\rsetNodeChecksB\x05\n" +
-	"\x03cmd\"\x86\x01\n" +
+	"\x0fset_node_checks\x18\x1b \x01(\v2\x1e.haven.v1.SetNodeChecksCommandH\x00R\rsetNodeChecks\x12D\n" +
+	"\rbootstrap_acl\x18\x1c \x01(\v2\x1d.haven.v1.BootstrapAclCommandH\x00R\fbootstrapAcl\x12K\n" +
+	"\x10create_acl_token\x18\x1d \x01(\v2\x1f.haven.v1.CreateAclTokenCommandH\x00R\x0ecreateAclToken\x12K\n" +
+	"\x10revoke_acl_token\x18\x1e \x01(\v2\x1f.haven.v1.RevokeAclTokenCommandH\x00R\x0erevokeAclTokenB\x05\n" +
+	"\x03cmd\"?\n" +
+	"\x13BootstrapAclCommand\x12(\n" +
+	"\x05token\x18\x01 \x01(\v2\x12.haven.v1.AclTokenR\x05token\"A\n" +
+	"\x15CreateAclTokenCommand\x12(\n" +
+	"\x05token\x18\x01 \x01(\v2\x12.haven.v1.AclTokenR\x05token\"8\n" +
+	"\x15RevokeAclTokenCommand\x12\x1f\n" +
+	"\vaccessor_id\x18\x01 \x01(\tR\n" +
+	"accessorId\"\x86\x01\n" +
 	"\x14SetNodeChecksCommand\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rchecked_index\x18\x02 \x01(\x04R\fcheckedIndex\x125\n" +
@@ -2138,13 +2412,17 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\"@\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index\"\xe3\x01\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xc9\x02\n" +
 	"\x0eSnapshotRecord\x12$\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeH\x00R\x04node\x12'\n" +
 	"\x05group\x18\x02 \x01(\v2\x0f.haven.v1.GroupH\x00R\x05group\x12C\n" +
 	"\x0fapplied_request\x18\x03 \x01(\v2\x18.haven.v1.AppliedRequestH\x00R\x0eappliedRequest\x123\n" +
-	"\toperation\x18\x04 \x01(\v2\x13.haven.v1.OperationH\x00R\toperationB\b\n" +
-	"\x06record*\xa5\x01\n" +
+	"\toperation\x18\x04 \x01(\v2\x13.haven.v1.OperationH\x00R\toperation\x121\n" +
+	"\tacl_token\x18\x05 \x01(\v2\x12.haven.v1.AclTokenH\x00R\baclToken\x121\n" +
+	"\tacl_state\x18\x06 \x01(\v2\x12.haven.v1.AclStateH\x00R\baclStateB\b\n" +
+	"\x06record\"3\n" +
+	"\bAclState\x12'\n" +
+	"\x0fbootstrap_index\x18\x01 \x01(\x04R\x0ebootstrapIndex*\xa5\x01\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n" +
@@ -2165,102 +2443,114 @@ func file_haven_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_haven_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_haven_v1_command_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: haven.v1.ErrorCode
 	(*Command)(nil),               // 1: haven.v1.Command
-	(*SetNodeChecksCommand)(nil),  // 2: haven.v1.SetNodeChecksCommand
-	(*UpsertNodeCommand)(nil),     // 3: haven.v1.UpsertNodeCommand
-	(*SetNodeStatusCommand)(nil),  // 4: haven.v1.SetNodeStatusCommand
-	(*CreateGroupCommand)(nil),    // 5: haven.v1.CreateGroupCommand
-	(*DeleteGroupCommand)(nil),    // 6: haven.v1.DeleteGroupCommand
-	(*AssignGroupCommand)(nil),    // 7: haven.v1.AssignGroupCommand
-	(*AssignGroupsCommand)(nil),   // 8: haven.v1.AssignGroupsCommand
-	(*NodeFence)(nil),             // 9: haven.v1.NodeFence
-	(*SetGroupStateCommand)(nil),  // 10: haven.v1.SetGroupStateCommand
-	(*StopGroupCommand)(nil),      // 11: haven.v1.StopGroupCommand
-	(*ReportGroupCommand)(nil),    // 12: haven.v1.ReportGroupCommand
-	(*SetNodeDrainCommand)(nil),   // 13: haven.v1.SetNodeDrainCommand
-	(*BeginMoveCommand)(nil),      // 14: haven.v1.BeginMoveCommand
-	(*MoveProgressCommand)(nil),   // 15: haven.v1.MoveProgressCommand
-	(*CommitMoveCommand)(nil),     // 16: haven.v1.CommitMoveCommand
-	(*EndMoveCommand)(nil),        // 17: haven.v1.EndMoveCommand
-	(*AttachDiskCommand)(nil),     // 18: haven.v1.AttachDiskCommand
-	(*DetachDiskCommand)(nil),     // 19: haven.v1.DetachDiskCommand
-	(*EndDiskChangeCommand)(nil),  // 20: haven.v1.EndDiskChangeCommand
-	(*AppliedRequest)(nil),        // 21: haven.v1.AppliedRequest
-	(*AppliedItem)(nil),           // 22: haven.v1.AppliedItem
-	(*SnapshotHeader)(nil),        // 23: haven.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 24: haven.v1.SnapshotRecord
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*GroupRefusal)(nil),          // 26: haven.v1.GroupRefusal
-	(*Node)(nil),                  // 27: haven.v1.Node
-	(NodeStatus)(0),               // 28: haven.v1.NodeStatus
-	(*GroupSpec)(nil),             // 29: haven.v1.GroupSpec
-	(GroupState)(0),               // 30: haven.v1.GroupState
-	(DesiredState)(0),             // 31: haven.v1.DesiredState
-	(*GroupFailure)(nil),          // 32: haven.v1.GroupFailure
-	(*Operation)(nil),             // 33: haven.v1.Operation
-	(OperationPhase)(0),           // 34: haven.v1.OperationPhase
-	(*MoveProgress)(nil),          // 35: haven.v1.MoveProgress
-	(OperationOutcome)(0),         // 36: haven.v1.OperationOutcome
-	(*Resource)(nil),              // 37: haven.v1.Resource
-	(DiskChangeOutcome)(0),        // 38: haven.v1.DiskChangeOutcome
-	(*Group)(nil),                 // 39: haven.v1.Group
+	(*BootstrapAclCommand)(nil),   // 2: haven.v1.BootstrapAclCommand
+	(*CreateAclTokenCommand)(nil), // 3: haven.v1.CreateAclTokenCommand
+	(*RevokeAclTokenCommand)(nil), // 4: haven.v1.RevokeAclTokenCommand
+	(*SetNodeChecksCommand)(nil),  // 5: haven.v1.SetNodeChecksCommand
+	(*UpsertNodeCommand)(nil),     // 6: haven.v1.UpsertNodeCommand
+	(*SetNodeStatusCommand)(nil),  // 7: haven.v1.SetNodeStatusCommand
+	(*CreateGroupCommand)(nil),    // 8: haven.v1.CreateGroupCommand
+	(*DeleteGroupCommand)(nil),    // 9: haven.v1.DeleteGroupCommand
+	(*AssignGroupCommand)(nil),    // 10: haven.v1.AssignGroupCommand
+	(*AssignGroupsCommand)(nil),   // 11: haven.v1.AssignGroupsCommand
+	(*NodeFence)(nil),             // 12: haven.v1.NodeFence
+	(*SetGroupStateCommand)(nil),  // 13: haven.v1.SetGroupStateCommand
+	(*StopGroupCommand)(nil),      // 14: haven.v1.StopGroupCommand
+	(*ReportGroupCommand)(nil),    // 15: haven.v1.ReportGroupCommand
+	(*SetNodeDrainCommand)(nil),   // 16: haven.v1.SetNodeDrainCommand
+	(*BeginMoveCommand)(nil),      // 17: haven.v1.BeginMoveCommand
+	(*MoveProgressCommand)(nil),   // 18: haven.v1.MoveProgressCommand
+	(*CommitMoveCommand)(nil),     // 19: haven.v1.CommitMoveCommand
+	(*EndMoveCommand)(nil),        // 20: haven.v1.EndMoveCommand
+	(*AttachDiskCommand)(nil),     // 21: haven.v1.AttachDiskCommand
+	(*DetachDiskCommand)(nil),     // 22: haven.v1.DetachDiskCommand
+	(*EndDiskChangeCommand)(nil),  // 23: haven.v1.EndDiskChangeCommand
+	(*AppliedRequest)(nil),        // 24: haven.v1.AppliedRequest
+	(*AppliedItem)(nil),           // 25: haven.v1.AppliedItem
+	(*SnapshotHeader)(nil),        // 26: haven.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 27: haven.v1.SnapshotRecord
+	(*AclState)(nil),              // 28: haven.v1.AclState
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*AclToken)(nil),              // 30: haven.v1.AclToken
+	(*GroupRefusal)(nil),          // 31: haven.v1.GroupRefusal
+	(*Node)(nil),                  // 32: haven.v1.Node
+	(NodeStatus)(0),               // 33: haven.v1.NodeStatus
+	(*GroupSpec)(nil),             // 34: haven.v1.GroupSpec
+	(GroupState)(0),               // 35: haven.v1.GroupState
+	(DesiredState)(0),             // 36: haven.v1.DesiredState
+	(*GroupFailure)(nil),          // 37: haven.v1.GroupFailure
+	(*Operation)(nil),             // 38: haven.v1.Operation
+	(OperationPhase)(0),           // 39: haven.v1.OperationPhase
+	(*MoveProgress)(nil),          // 40: haven.v1.MoveProgress
+	(OperationOutcome)(0),         // 41: haven.v1.OperationOutcome
+	(*Resource)(nil),              // 42: haven.v1.Resource
+	(DiskChangeOutcome)(0),        // 43: haven.v1.DiskChangeOutcome
+	(*Group)(nil),                 // 44: haven.v1.Group
 }
 var file_haven_v1_command_proto_depIdxs = []int32{
-	25, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
-	3,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
-	4,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
-	5,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
-	6,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
-	7,  // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
-	10, // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
-	13, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
-	11, // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
-	12, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
-	8,  // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
-	14, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
-	15, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
-	16, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
-	17, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
-	18, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
-	19, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
-	20, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
-	2,  // 18: haven.v1.Command.set_node_checks:type_name -> haven.v1.SetNodeChecksCommand
-	26, // 19: haven.v1.SetNodeChecksCommand.cannot_run:type_name -> haven.v1.GroupRefusal
-	27, // 20: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
-	28, // 21: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
-	29, // 22: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
-	30, // 23: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
-	31, // 24: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
-	32, // 25: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
-	7,  // 26: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
-	9,  // 27: haven.v1.AssignGroupsCommand.fences:type_name -> haven.v1.NodeFence
-	25, // 28: haven.v1.NodeFence.last_grant:type_name -> google.protobuf.Timestamp
-	25, // 29: haven.v1.NodeFence.fenced_at:type_name -> google.protobuf.Timestamp
-	30, // 30: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
-	30, // 31: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
-	33, // 32: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
-	34, // 33: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
-	35, // 34: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
-	35, // 35: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
-	36, // 36: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
-	37, // 37: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
-	38, // 38: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
-	25, // 39: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
-	0,  // 40: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
-	22, // 41: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
-	0,  // 42: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
-	27, // 43: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
-	39, // 44: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
-	21, // 45: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
-	33, // 46: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	29, // 0: haven.v1.Command.time:type_name -> google.protobuf.Timestamp
+	6,  // 1: haven.v1.Command.upsert_node:type_name -> haven.v1.UpsertNodeCommand
+	7,  // 2: haven.v1.Command.set_node_status:type_name -> haven.v1.SetNodeStatusCommand
+	8,  // 3: haven.v1.Command.create_group:type_name -> haven.v1.CreateGroupCommand
+	9,  // 4: haven.v1.Command.delete_group:type_name -> haven.v1.DeleteGroupCommand
+	10, // 5: haven.v1.Command.assign_group:type_name -> haven.v1.AssignGroupCommand
+	13, // 6: haven.v1.Command.set_group_state:type_name -> haven.v1.SetGroupStateCommand
+	16, // 7: haven.v1.Command.set_node_drain:type_name -> haven.v1.SetNodeDrainCommand
+	14, // 8: haven.v1.Command.stop_group:type_name -> haven.v1.StopGroupCommand
+	15, // 9: haven.v1.Command.report_group:type_name -> haven.v1.ReportGroupCommand
+	11, // 10: haven.v1.Command.assign_groups:type_name -> haven.v1.AssignGroupsCommand
+	17, // 11: haven.v1.Command.begin_move:type_name -> haven.v1.BeginMoveCommand
+	18, // 12: haven.v1.Command.move_progress:type_name -> haven.v1.MoveProgressCommand
+	19, // 13: haven.v1.Command.commit_move:type_name -> haven.v1.CommitMoveCommand
+	20, // 14: haven.v1.Command.end_move:type_name -> haven.v1.EndMoveCommand
+	21, // 15: haven.v1.Command.attach_disk:type_name -> haven.v1.AttachDiskCommand
+	22, // 16: haven.v1.Command.detach_disk:type_name -> haven.v1.DetachDiskCommand
+	23, // 17: haven.v1.Command.end_disk_change:type_name -> haven.v1.EndDiskChangeCommand
+	5,  // 18: haven.v1.Command.set_node_checks:type_name -> haven.v1.SetNodeChecksCommand
+	2,  // 19: haven.v1.Command.bootstrap_acl:type_name -> haven.v1.BootstrapAclCommand
+	3,  // 20: haven.v1.Command.create_acl_token:type_name -> haven.v1.CreateAclTokenCommand
+	4,  // 21: haven.v1.Command.revoke_acl_token:type_name -> haven.v1.RevokeAclTokenCommand
+	30, // 22: haven.v1.BootstrapAclCommand.token:type_name -> haven.v1.AclToken
+	30, // 23: haven.v1.CreateAclTokenCommand.token:type_name -> haven.v1.AclToken
+	31, // 24: haven.v1.SetNodeChecksCommand.cannot_run:type_name -> haven.v1.GroupRefusal
+	32, // 25: haven.v1.UpsertNodeCommand.node:type_name -> haven.v1.Node
+	33, // 26: haven.v1.SetNodeStatusCommand.status:type_name -> haven.v1.NodeStatus
+	34, // 27: haven.v1.CreateGroupCommand.spec:type_name -> haven.v1.GroupSpec
+	35, // 28: haven.v1.AssignGroupCommand.state:type_name -> haven.v1.GroupState
+	36, // 29: haven.v1.AssignGroupCommand.desired:type_name -> haven.v1.DesiredState
+	37, // 30: haven.v1.AssignGroupCommand.failure:type_name -> haven.v1.GroupFailure
+	10, // 31: haven.v1.AssignGroupsCommand.assignments:type_name -> haven.v1.AssignGroupCommand
+	12, // 32: haven.v1.AssignGroupsCommand.fences:type_name -> haven.v1.NodeFence
+	29, // 33: haven.v1.NodeFence.last_grant:type_name -> google.protobuf.Timestamp
+	29, // 34: haven.v1.NodeFence.fenced_at:type_name -> google.protobuf.Timestamp
+	35, // 35: haven.v1.SetGroupStateCommand.state:type_name -> haven.v1.GroupState
+	35, // 36: haven.v1.ReportGroupCommand.state:type_name -> haven.v1.GroupState
+	38, // 37: haven.v1.BeginMoveCommand.operation:type_name -> haven.v1.Operation
+	39, // 38: haven.v1.MoveProgressCommand.phase:type_name -> haven.v1.OperationPhase
+	40, // 39: haven.v1.MoveProgressCommand.progress:type_name -> haven.v1.MoveProgress
+	40, // 40: haven.v1.CommitMoveCommand.progress:type_name -> haven.v1.MoveProgress
+	41, // 41: haven.v1.EndMoveCommand.outcome:type_name -> haven.v1.OperationOutcome
+	42, // 42: haven.v1.AttachDiskCommand.disk:type_name -> haven.v1.Resource
+	43, // 43: haven.v1.EndDiskChangeCommand.outcome:type_name -> haven.v1.DiskChangeOutcome
+	29, // 44: haven.v1.AppliedRequest.time:type_name -> google.protobuf.Timestamp
+	0,  // 45: haven.v1.AppliedRequest.error_code:type_name -> haven.v1.ErrorCode
+	25, // 46: haven.v1.AppliedRequest.items:type_name -> haven.v1.AppliedItem
+	0,  // 47: haven.v1.AppliedItem.error_code:type_name -> haven.v1.ErrorCode
+	32, // 48: haven.v1.SnapshotRecord.node:type_name -> haven.v1.Node
+	44, // 49: haven.v1.SnapshotRecord.group:type_name -> haven.v1.Group
+	24, // 50: haven.v1.SnapshotRecord.applied_request:type_name -> haven.v1.AppliedRequest
+	38, // 51: haven.v1.SnapshotRecord.operation:type_name -> haven.v1.Operation
+	30, // 52: haven.v1.SnapshotRecord.acl_token:type_name -> haven.v1.AclToken
+	28, // 53: haven.v1.SnapshotRecord.acl_state:type_name -> haven.v1.AclState
+	54, // [54:54] is the sub-list for method output_type
+	54, // [54:54] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_command_proto_init() }
@@ -2268,6 +2558,7 @@ func file_haven_v1_command_proto_init() {
 	if File_haven_v1_command_proto != nil {
 		return
 	}
+	file_haven_v1_acl_proto_init()
 	file_haven_v1_types_proto_init()
 	file_haven_v1_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_UpsertNode)(nil),
@@ -2288,12 +2579,17 @@ func file_haven_v1_command_proto_init() {
 		(*Command_DetachDisk)(nil),
 		(*Command_EndDiskChange)(nil),
 		(*Command_SetNodeChecks)(nil),
+		(*Command_BootstrapAcl)(nil),
+		(*Command_CreateAclToken)(nil),
+		(*Command_RevokeAclToken)(nil),
 	}
-	file_haven_v1_command_proto_msgTypes[23].OneofWrappers = []any{
+	file_haven_v1_command_proto_msgTypes[26].OneofWrappers = []any{
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Group)(nil),
 		(*SnapshotRecord_AppliedRequest)(nil),
 		(*SnapshotRecord_Operation)(nil),
+		(*SnapshotRecord_AclToken)(nil),
+		(*SnapshotRecord_AclState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2301,7 +2597,7 @@ func file_haven_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_command_proto_rawDesc), len(file_haven_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
