@@ -1,6 +1,6 @@
 // Package server is the agent's gRPC server: the listener, the limits,
-// the interceptor chain (forwarding to the leader now; authentication and
-// metrics plug in beside it), health and reflection. The services it
+// the interceptor chain (metrics, access control, forwarding to the
+// leader), health and reflection. The services it
 // serves are built elsewhere and registered by the caller.
 package server
 
@@ -43,7 +43,10 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// TLS, when set, serves over mutual TLS (see internal/tlsutil); nil
 	// serves plaintext.
-	TLS    *tls.Config
+	TLS *tls.Config
+	// Auth checks every call's token or node; nil lets every call in
+	// (acl.enabled false).
+	Auth   *Auth
 	Logger *slog.Logger
 }
 
@@ -67,6 +70,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics != nil {
 		unary = append(unary, cfg.Metrics.UnaryInterceptor)
 		stream = append(stream, cfg.Metrics.StreamInterceptor)
+	}
+	// Auth before forwarding: a follower refuses what the caller may not
+	// do, and the leader checks again what was forwarded.
+	if cfg.Auth != nil {
+		unary = append(unary, cfg.Auth.Unary)
+		stream = append(stream, cfg.Auth.Stream)
 	}
 	if cfg.Forward != nil {
 		unary = append(unary, cfg.Forward.Unary)
@@ -148,6 +157,13 @@ func (f *Forwarder) Unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	// The agent that first receives a write names it, as the API promises.
 	req = rpcclient.WithRequestID(req)
 	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, f.Self)
+	// The caller's token goes on, for the leader to check against its own
+	// state (this node's may lag a revoke).
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("authorization"); len(v) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", v[0])
+		}
+	}
 	if err := conn.Invoke(ctx, info.FullMethod, req, reply); err != nil {
 		return nil, err
 	}
