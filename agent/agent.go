@@ -46,6 +46,7 @@ type Agent struct {
 
 	raft   *consensus.Node
 	grpc   *server.Server
+	audit  *server.Audit
 	gossip *heartbeat.Membership
 	pool   *rpcclient.Pool
 	// tls is the node's certificates, nil with tls.plaintext.
@@ -206,6 +207,7 @@ func (a *Agent) Stop() {
 			a.raft.Close()
 		}
 		_ = a.drv.Close()
+		_ = a.audit.Close()
 		a.pool.Close()
 		if !consensus.WaitAtMost(a.wg.Wait, shutdownWait) {
 			a.log.Warn("background loops did not end in time; exiting without them", "waited", shutdownWait)

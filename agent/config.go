@@ -67,6 +67,19 @@ type Config struct {
 	EnableDebug bool `yaml:"enable_debug"`
 	// TLS is required unless tls.plaintext is set (see TLSConfig).
 	TLS TLSConfig `yaml:"tls"`
+	// ACL is access control: every API call needs a token whose role
+	// allows it.
+	ACL ACLConfig `yaml:"acl"`
+}
+
+// ACLConfig is access control (tokens and roles, see agent/acl).
+type ACLConfig struct {
+	// Enabled has every API call checked; off, anyone who reaches the
+	// gRPC port may do anything. On by default; haven dev turns it off.
+	Enabled bool `yaml:"enabled"`
+	// AuditFile, when set, gets every mutating call (who, what, the
+	// result) as a JSON line, besides the "audit" logger.
+	AuditFile string `yaml:"audit_file"`
 }
 
 // PlacementConfig tunes where the leader puts groups (see placement/).
@@ -324,6 +337,9 @@ func Default() Config {
 		Placement: PlacementConfig{Reserve: 1, CPUOvercommit: 4, Balancer: BalancerRecommend, FailbackAfter: time.Minute,
 			BalancerInterval: time.Minute, BalancerHoldOff: time.Hour, MaxParallelMoves: leader.DefaultMaxParallelMoves},
 		DrainTimeout: 5 * time.Minute,
+		// Secure by default: a cluster anyone on the network can command
+		// is not deployable.
+		ACL: ACLConfig{Enabled: true},
 	}
 }
 

@@ -117,6 +117,15 @@ func withGossipKey(key string) option {
 	return func(c *agent.Config) { c.Gossip.Encrypt, c.Gossip.Plaintext = key, false }
 }
 
+// withACL turns access control on, with the audit log in each node's
+// directory.
+func withACL() option {
+	return func(c *agent.Config) {
+		c.ACL.Enabled = true
+		c.ACL.AuditFile = filepath.Join(filepath.Dir(c.DataDir), "audit.jsonl")
+	}
+}
+
 func withReapAfter(d time.Duration) option { return func(c *agent.Config) { c.Raft.ReapAfter = d } }
 
 func withFailoverAfter(d time.Duration) option {
@@ -218,6 +227,8 @@ func (c *cluster) add(expect int) *node {
 	cfg.Capacity = agent.Capacity{CPUMillis: 64000, MemoryBytes: 256 << 30}
 	// Tests that want TLS turn it on (withTLS, tls_test.go).
 	cfg.TLS.Plaintext = true
+	// The insecure side by default; withACL turns it on.
+	cfg.ACL.Enabled = false
 	if c.lab != nil {
 		cfg.Site = host.Site().Name()
 		for _, h := range c.hosts {

@@ -63,6 +63,9 @@ type Rule struct {
 	Node bool
 	// Role is the least role of a token that may call the method.
 	Role havenv1.AclRole
+	// OrNode lets a node call the method without a token: an agent
+	// drains itself on its way down through its own API.
+	OrNode bool
 	// Audit marks a call that changes something (or could: a bootstrap),
 	// recorded in the audit log.
 	Audit bool
@@ -88,8 +91,8 @@ var methods = map[string]Rule{
 	havenv1.ClusterService_StopGroup_FullMethodName:       role(Operate),
 	havenv1.ClusterService_MoveGroup_FullMethodName:       role(Operate),
 	havenv1.ClusterService_CancelOperation_FullMethodName: role(Operate),
-	havenv1.ClusterService_DrainNode_FullMethodName:       role(Operate),
-	havenv1.ClusterService_ResumeNode_FullMethodName:      role(Operate),
+	havenv1.ClusterService_DrainNode_FullMethodName:       {Role: Operate, OrNode: true, Audit: true},
+	havenv1.ClusterService_ResumeNode_FullMethodName:      {Role: Operate, OrNode: true, Audit: true},
 	havenv1.ClusterService_AttachDisk_FullMethodName:      role(Operate),
 	havenv1.ClusterService_DetachDisk_FullMethodName:      role(Operate),
 	// Even a dry run: it costs the leader a placement pass.

@@ -77,7 +77,7 @@ func TestRules(t *testing.T) {
 		{havenv1.ClusterService_ListGroups_FullMethodName, Rule{Role: Read}},
 		{havenv1.ClusterService_WatchEvents_FullMethodName, Rule{Role: Read}},
 		{havenv1.ClusterService_StopGroup_FullMethodName, Rule{Role: Operate, Audit: true}},
-		{havenv1.ClusterService_DrainNode_FullMethodName, Rule{Role: Operate, Audit: true}},
+		{havenv1.ClusterService_DrainNode_FullMethodName, Rule{Role: Operate, OrNode: true, Audit: true}},
 		{havenv1.ClusterService_AttachDisk_FullMethodName, Rule{Role: Operate, Audit: true}},
 		{havenv1.ClusterService_DeleteGroup_FullMethodName, Rule{Role: Admin, Audit: true}},
 		{havenv1.AclService_CreateToken_FullMethodName, Rule{Role: Admin, Audit: true}},

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,6 +216,8 @@ type aclAgent struct {
 type aclWorld struct {
 	logs      *syncBuffer
 	auditFile string
+	// isNode is what the IsNode hook says of every caller.
+	isNode atomic.Bool
 }
 
 func newACLWorld(t *testing.T) *aclWorld {
@@ -237,7 +240,7 @@ func (w *aclWorld) start(t *testing.T, self string, log *fsmtest.Log, leaderAddr
 	srv, err := New(Config{
 		Addr:   "127.0.0.1:0",
 		Logger: logger,
-		Auth:   &Auth{Tokens: log.FSM, IsNode: func(context.Context) bool { return false }, Audit: audit, Logger: logger.With("sub", "grpc")},
+		Auth:   &Auth{Tokens: log.FSM, IsNode: func(context.Context) bool { return w.isNode.Load() }, Audit: audit, Logger: logger.With("sub", "grpc")},
 		Forward: &Forwarder{
 			Self: self, LeaderOnly: leaderOnly, IsLeader: func() bool { return leaderAddr == nil }, Pool: pool,
 			Locate: func() (string, string, error) {
@@ -638,4 +641,24 @@ func TestACLNodeMethods(t *testing.T) {
 func healthRequest() proto.Message {
 	mt, _ := protoregistry.GlobalTypes.FindMessageByName("grpc.health.v1.HealthCheckRequest")
 	return mt.New().Interface()
+}
+
+// TestACLNodeDrainsItself: a node may drain and resume without a token
+// (an agent draining itself on shutdown), but a token it sends decides,
+// and other operate calls still need one.
+func TestACLNodeDrainsItself(t *testing.T) {
+	f := newACLFixture(t)
+	f.w.isNode.Store(true)
+	c := havenv1.NewClusterServiceClient(f.agent.conn)
+	ctx := callCtx(t)
+	if _, err := c.DrainNode(ctx, &havenv1.DrainNodeRequest{Node: "n1"}); err != nil {
+		t.Fatalf("a node's drain without a token: %v", err)
+	}
+	if !f.log.FSM.Node("n1").GetDraining() {
+		t.Fatal("drain not applied")
+	}
+	_, err := c.ResumeNode(withToken(ctx, f.read), &havenv1.ResumeNodeRequest{Node: "n1"})
+	wantDenied(t, err, "needs role operate")
+	_, err = c.StopGroup(ctx, &havenv1.StopGroupRequest{Name: "web"})
+	wantDenied(t, err, "none given")
 }

@@ -19,6 +19,8 @@ type AuditEntry struct {
 	Token    string    `json:"token,omitempty"`
 	Accessor string    `json:"accessor,omitempty"`
 	Peer     string    `json:"peer"`
+	// Node: a node called without a token (an agent draining itself).
+	Node bool `json:"node,omitempty"`
 	// Subject is what the request names: group, node, target, ...
 	Subject map[string]string `json:"subject,omitempty"`
 	// Code is the gRPC status code the call ended with (OK, or why not).
@@ -59,6 +61,9 @@ func (a *Audit) Record(e AuditEntry) {
 	}
 	if e.Error != "" {
 		attrs = append(attrs, "error", e.Error)
+	}
+	if e.Node {
+		attrs = append(attrs, "node", true)
 	}
 	if e.ForwardedBy != "" {
 		attrs = append(attrs, "forwarded_by", e.ForwardedBy)

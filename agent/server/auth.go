@@ -44,10 +44,15 @@ type Auth struct {
 type caller struct {
 	token *havenv1.AclToken
 	peer  string
+	// node: a node called without a token, as the rule allows.
+	node bool
 }
 
 func (c caller) attrs() []any {
 	a := []any{"peer", c.peer}
+	if c.node {
+		a = append(a, "node", true)
+	}
 	if c.token != nil {
 		a = append(a, "token", c.token.GetName(), "accessor", c.token.GetAccessorId())
 	}
@@ -75,6 +80,10 @@ func (a *Auth) check(ctx context.Context, method string) (caller, acl.Rule, erro
 		if v := md.Get("authorization"); len(v) > 0 {
 			secret, ok = acl.Bearer(v[0])
 		}
+	}
+	if !ok && rule.OrNode && a.IsNode(ctx) {
+		c.node = true
+		return c, rule, nil
 	}
 	if !ok {
 		hint := ""
@@ -132,6 +141,7 @@ func (a *Auth) record(ctx context.Context, c caller, rule acl.Rule, method strin
 	if c.token != nil {
 		e.Token, e.Accessor = c.token.GetName(), c.token.GetAccessorId()
 	}
+	e.Node = c.node
 	if err != nil {
 		e.Error = status.Convert(err).Message()
 	}

@@ -164,15 +164,17 @@ func devConfig(dir string, base, n, i int) agent.Config {
 	// machine's cores.
 	cfg.Capacity = agent.Capacity{CPUMillis: 16000, MemoryBytes: 64 << 30}
 	// A cluster on loopback for trying haven out: no certificates or
-	// gossip key to make first. The banner says so (devInsecure).
+	// gossip key to make first, no token to pass. The banner says so
+	// (devInsecure).
 	cfg.TLS.Plaintext = true
 	cfg.Gossip.Plaintext = true
+	cfg.ACL.Enabled = false
 	return cfg
 }
 
 // devInsecure is the first line of the dev cluster's banner: it runs with
 // the protections a real cluster must have turned off.
-const devInsecure = "INSECURE: haven dev runs without TLS and gossips unencrypted (tls.plaintext, gossip.plaintext); never expose its ports.\n"
+const devInsecure = "INSECURE: haven dev runs without TLS, gossips unencrypted and asks no token (tls.plaintext, gossip.plaintext, acl.enabled: false); never expose its ports.\n"
 
 // devNode is one agent of the dev cluster: the supervisor's node (files,
 // process, API client) and the config dev wrote for it.

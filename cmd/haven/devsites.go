@@ -144,6 +144,7 @@ func devSiteConfig(dir string, hosts []devAgent, i int) agent.Config {
 	// See devInsecure.
 	cfg.TLS.Plaintext = true
 	cfg.Gossip.Plaintext = true
+	cfg.ACL.Enabled = false
 	return cfg
 }
 
