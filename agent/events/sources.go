@@ -157,6 +157,12 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 		if len(ds) > 0 {
 			e.Reason += ": " + strings.Join(ds, "; ")
 		}
+	case *havenv1.Command_BootstrapAcl:
+		e.Reason = tokenReason(x.BootstrapAcl.GetToken())
+	case *havenv1.Command_CreateAclToken:
+		e.Reason = tokenReason(x.CreateAclToken.GetToken())
+	case *havenv1.Command_RevokeAclToken:
+		e.Reason = "token " + x.RevokeAclToken.GetAccessorId()
 	case *havenv1.Command_EndDiskChange:
 		c := x.EndDiskChange
 		e.Group, e.Node, e.Epoch, e.Reason = c.GetGroup(), c.GetNode(), c.GetEpoch(), c.GetReason()
@@ -166,6 +172,12 @@ func fromCommand(index uint64, r *fsm.Result, operation func(id string) *havenv1
 		e.Refused = r.Err.Msg
 	}
 	return []Event{e}
+}
+
+// tokenReason names a token by its name, accessor and role, never its
+// hash.
+func tokenReason(t *havenv1.AclToken) string {
+	return fmt.Sprintf("token %s (%s), role %s", t.GetName(), t.GetAccessorId(), strings.ToLower(strings.TrimPrefix(t.GetRole().String(), "ACL_ROLE_")))
 }
 
 func assignEvent(index uint64, c *havenv1.Command, a *havenv1.AssignGroupCommand) Event {

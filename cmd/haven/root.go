@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -95,10 +96,15 @@ type globalOptions struct {
 	// tls are the CLI's TLS files: with a CA it dials with TLS,
 	// presenting the certificate when one is given.
 	tls tlsutil.Files
+	// token and tokenFile are the flags; getenv supplies HAVEN_TOKEN and
+	// HAVEN_TOKEN_FILE behind them (read when dialing, so that a secret
+	// never shows as a flag's default in --help).
+	token, tokenFile string
+	getenv           func(string) string
 }
 
 func newRootCmd(getenv func(string) string) *cobra.Command {
-	g := &globalOptions{}
+	g := &globalOptions{getenv: getenv}
 	addr := getenv("HAVEN_ADDR")
 	if addr == "" {
 		addr = defaultAddr
@@ -131,6 +137,8 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 	pf.StringVar(&g.tls.CA, "ca-file", getenv("HAVEN_CACERT"), "CA certificate to verify agents with; TLS is used when set (env HAVEN_CACERT)")
 	pf.StringVar(&g.tls.Cert, "cert-file", getenv("HAVEN_CLIENT_CERT"), "client certificate, from 'haven tls cert create --client' (env HAVEN_CLIENT_CERT)")
 	pf.StringVar(&g.tls.Key, "key-file", getenv("HAVEN_CLIENT_KEY"), "client certificate's key (env HAVEN_CLIENT_KEY)")
+	pf.StringVar(&g.token, "token", "", "ACL token's secret (env HAVEN_TOKEN; prefer a file: a flag shows in ps)")
+	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the ACL token's secret (env HAVEN_TOKEN_FILE)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{cmdPath: cmd.CommandPath(), err: err}
 	})
@@ -154,6 +162,7 @@ Every host runs 'haven agent'; the other commands talk to any agent's gRPC API
 		newDiskCmd(g),
 		newKeyringCmd(g),
 		newTLSCmd(),
+		newACLCmd(g),
 	)
 	root.AddCommand(platformCmds()...)
 	root.AddCommand(newRecoverCmd())
@@ -189,10 +198,14 @@ func (g *globalOptions) call(ctx context.Context, fn func(context.Context, haven
 const requestIDUsage = "idempotency key: a retry with the same id is applied once (default: a new id, kept across this command's own retries)"
 
 // dial opens the CLI's connection to an agent: with TLS when a CA is
-// given, else plaintext. A call that meets no leader (an election, a
+// given, else plaintext, and with the token when one is given. A call that meets no leader (an election, a
 // leader change) is retried within --timeout, a write with the same
 // request id every time, so it is applied once.
 func (g *globalOptions) dial() (*grpc.ClientConn, error) {
+	secret, err := g.secret()
+	if err != nil {
+		return nil, err
+	}
 	var tlsCfg *tls.Config
 	if g.tls.CA != "" {
 		r, err := tlsutil.NewReloader(g.tls, nil)
@@ -203,7 +216,34 @@ func (g *globalOptions) dial() (*grpc.ClientConn, error) {
 	} else if g.tls.Cert != "" || g.tls.Key != "" {
 		return nil, errors.New("--cert-file and --key-file need --ca-file (HAVEN_CACERT) to verify the agent with")
 	}
-	return rpcclient.Dial(g.addr, rpcclient.Credentials(tlsCfg), rpcclient.WithRetry())
+	return rpcclient.Dial(g.addr, rpcclient.Credentials(tlsCfg), rpcclient.WithRetry(), rpcclient.WithToken(secret))
+}
+
+// secret is the ACL token: --token, else HAVEN_TOKEN, else the file in
+// --token-file, else the one in HAVEN_TOKEN_FILE; none is no token.
+func (g *globalOptions) secret() (string, error) {
+	if g.token != "" {
+		return g.token, nil
+	}
+	if v := g.getenv("HAVEN_TOKEN"); v != "" {
+		return v, nil
+	}
+	path := g.tokenFile
+	if path == "" {
+		path = g.getenv("HAVEN_TOKEN_FILE")
+	}
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	secret := strings.TrimSpace(string(b))
+	if secret == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return secret, nil
 }
 
 // render prints m as JSON with -o json, or through table otherwise.

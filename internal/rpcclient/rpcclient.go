@@ -4,6 +4,7 @@
 package rpcclient
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"sync"
@@ -103,3 +104,24 @@ func (p *Pool) Close() {
 	}
 	p.conns = map[string]*grpc.ClientConn{}
 }
+
+// WithToken sends secret with every call as "authorization: Bearer
+// <secret>", the ACL token the agent checks; empty sends nothing. Over a
+// connection without TLS the token travels in the clear, as everything
+// else does then.
+func WithToken(secret string) grpc.DialOption {
+	if secret == "" {
+		return grpc.EmptyDialOption{}
+	}
+	return grpc.WithPerRPCCredentials(bearer(secret))
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity is false: a cluster without TLS (haven dev,
+// tls.plaintext) still takes tokens.
+func (bearer) RequireTransportSecurity() bool { return false }
