@@ -82,7 +82,11 @@ func TestACLTokens(t *testing.T) {
 	}{
 		{"same name", testToken("o2", "ops", op), CodeAlreadyExists},
 		{"same accessor", testToken("o1", "ops2", op), CodeAlreadyExists},
-		{"same secret", func() *havenv1.AclToken { t := testToken("o3", "ops3", op); t.SecretHash = testToken("", "ops", op).SecretHash; return t }(), CodeAlreadyExists},
+		{"same secret", func() *havenv1.AclToken {
+			t := testToken("o3", "ops3", op)
+			t.SecretHash = testToken("", "ops", op).SecretHash
+			return t
+		}(), CodeAlreadyExists},
 		{"bad name", testToken("o4", "Ops!", op), CodeInvalidArgument},
 		{"no role", testToken("o5", "ops5", havenv1.AclRole_ACL_ROLE_UNSPECIFIED), CodeInvalidArgument},
 		{"no accessor", testToken("", "ops6", op), CodeInvalidArgument},
