@@ -181,3 +181,21 @@ func TestKillFrozenAfter(t *testing.T) {
 		t.Errorf("set: %s, want 7s", got)
 	}
 }
+
+// TestACLConfig: access control is on unless a file turns it off.
+func TestACLConfig(t *testing.T) {
+	if !Default().ACL.Enabled {
+		t.Fatal("acl.enabled is off by default")
+	}
+	path := filepath.Join(t.TempDir(), "haven.yaml")
+	if err := os.WriteFile(path, []byte("acl:\n  enabled: false\n  audit_file: /var/log/haven/audit.jsonl\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if c.ACL.Enabled || c.ACL.AuditFile != "/var/log/haven/audit.jsonl" {
+		t.Errorf("acl from the file: %+v", c.ACL)
+	}
+}
