@@ -93,6 +93,7 @@ var rules = []rule{
 	{"agent/metrics", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/events", "agent/server", "agent/services", "fsm", "driver", "heartbeat"}, "metrics only count what others tell them"},
 	{"agent/events", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/server", "agent/services"}, "events only observe"},
 	{"agent/leader", []string{"agent/executor", "agent/events", "agent/server", "agent/services", "driver", "google.golang.org/grpc"}, "the leader decides and returns domain errors; the service layer speaks gRPC"},
+	{"agent/acl", []string{"net", "os", "os/exec", "math/rand", "math/rand/v2", "crypto/rand", "google.golang.org/grpc", "agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/events", "agent/server", "agent/services", "fsm", "driver", "heartbeat"}, "access control's rules are pure: randomness comes in as a reader"},
 	{"agent/server", []string{"agent/leader", "agent/lease", "agent/executor", "agent/consensus", "agent/services", "driver", "fsm"}, "the server is transport only"},
 	{"agent/services", []string{"agent/executor", "agent/server", "driver/sim"}, "services call the leader and read the state"},
 }
@@ -170,7 +171,7 @@ func impurities(p *pkg) []string {
 	return out
 }
 
-var pure = []string{"fsm", "quorum", "placement"}
+var pure = []string{"fsm", "quorum", "placement", "agent/acl"}
 
 // TestImportBoundaries keeps the layering: nothing below agent/ imports
 // the wiring package, only the main package and the integration tests
@@ -183,7 +184,7 @@ func TestImportBoundaries(t *testing.T) {
 	}
 }
 
-// TestPurePackagesHaveNoClockOrGoroutine keeps fsm, quorum and placement
+// TestPurePackagesHaveNoClockOrGoroutine keeps fsm, quorum, placement and agent/acl
 // deterministic: they take time as a parameter and start no goroutine.
 func TestPurePackagesHaveNoClockOrGoroutine(t *testing.T) {
 	pkgs := load(t)
