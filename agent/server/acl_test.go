@@ -491,6 +491,13 @@ func TestACLReads(t *testing.T) {
 		_, err = st.Recv()
 	}
 	wantDenied(t, err, "WatchEvents")
+	st, err = c.WatchEvents(withToken(ctx, f.read), &havenv1.WatchEventsRequest{})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) == codes.PermissionDenied {
+		t.Errorf("WatchEvents with read: %v", err)
+	}
 	// Tokens are admin's to list, and are listed without hashes.
 	a := havenv1.NewAclServiceClient(f.agent.conn)
 	_, err = a.ListTokens(withToken(ctx, f.operate), &havenv1.ListTokensRequest{})
