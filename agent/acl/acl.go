@@ -107,6 +107,12 @@ var methods = map[string]Rule{
 	havenv1.AclService_CreateToken_FullMethodName: role(Admin),
 	havenv1.AclService_ListTokens_FullMethodName:  role(Admin),
 	havenv1.AclService_RevokeToken_FullMethodName: role(Admin),
+
+	// Gossip keys: a call to any agent fans out to every node (see Leg).
+	havenv1.KeyringService_ListKeys_FullMethodName:   role(Read),
+	havenv1.KeyringService_InstallKey_FullMethodName: role(Admin),
+	havenv1.KeyringService_UseKey_FullMethodName:     role(Admin),
+	havenv1.KeyringService_RemoveKey_FullMethodName:  role(Admin),
 }
 
 // services are whole services with one rule.
@@ -130,6 +136,29 @@ func Lookup(fullMethod string) (r Rule, known bool) {
 		return r, true
 	}
 	return Rule{Role: Admin, Audit: true}, false
+}
+
+// Leg reports whether req is one leg of a fan-out among agents (its
+// local_only is set: the agent answers for itself alone), which only a
+// node may call; the call that fanned out was checked against its token.
+func Leg(req any) bool {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return false
+	}
+	r := m.ProtoReflect()
+	fd := r.Descriptor().Fields().ByName("local_only")
+	return fd != nil && fd.Kind() == protoreflect.BoolKind && r.Get(fd).Bool()
+}
+
+// RuleFor is the rule of a call to method with req: a fan-out's leg
+// needs a node, any other call what Lookup says.
+func RuleFor(method string, req any) Rule {
+	r, _ := Lookup(method)
+	if Leg(req) && !r.Open {
+		return Rule{Node: true, Audit: r.Audit}
+	}
+	return r
 }
 
 // SecretBytes is the entropy of a secret: 256 bits.
@@ -178,10 +207,13 @@ func Bearer(v string) (string, bool) {
 	return secret, secret != ""
 }
 
-// Subject is what a request names, for the audit log: its top-level
-// string fields (name, group, node, target, id, disk, token) and the name
-// of each message field that has one (spec.name, disk.name). Requests
-// carry no secrets; a field called secret is skipped all the same.
+// subjectFields are the request fields the audit log records: names of
+// things, never a key or a secret (a keyring request's key is a secret).
+var subjectFields = map[string]bool{"name": true, "group": true, "node": true, "target": true, "id": true, "disk": true, "token": true}
+
+// Subject is what a request names, for the audit log: the string fields
+// of subjectFields and the name of a message field that has one
+// (spec.name, disk.name).
 func Subject(req any) map[string]string {
 	m, ok := req.(proto.Message)
 	if !ok {
@@ -191,8 +223,8 @@ func Subject(req any) map[string]string {
 	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		name := string(fd.Name())
 		switch {
-		case name == "request_id" || name == "secret" || fd.IsList() || fd.IsMap():
-		case fd.Kind() == protoreflect.StringKind:
+		case fd.IsList() || fd.IsMap():
+		case fd.Kind() == protoreflect.StringKind && subjectFields[name]:
 			out[name] = v.String()
 		case fd.Kind() == protoreflect.MessageKind:
 			if nf := fd.Message().Fields().ByName("name"); nf != nil && nf.Kind() == protoreflect.StringKind {

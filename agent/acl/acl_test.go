@@ -151,4 +151,29 @@ func TestSubject(t *testing.T) {
 	if len(got) != 1 || got["spec.name"] != "db" {
 		t.Errorf("create: %v", got)
 	}
+	// A gossip key is a secret: never audited.
+	if got := Subject(&havenv1.InstallKeyRequest{Key: "c2VjcmV0"}); len(got) != 0 {
+		t.Errorf("install key: %v", got)
+	}
+}
+
+// TestLegs: a keyring call fans out to every agent with local_only set;
+// those legs need a node, whatever token they carry.
+func TestLegs(t *testing.T) {
+	m := havenv1.KeyringService_InstallKey_FullMethodName
+	if r := RuleFor(m, &havenv1.InstallKeyRequest{Key: "k"}); r != (Rule{Role: Admin, Audit: true}) {
+		t.Errorf("install: %+v", r)
+	}
+	if r := RuleFor(m, &havenv1.InstallKeyRequest{Key: "k", LocalOnly: true}); r != (Rule{Node: true, Audit: true}) {
+		t.Errorf("install leg: %+v", r)
+	}
+	if r := RuleFor(havenv1.KeyringService_ListKeys_FullMethodName, &havenv1.ListKeysRequest{LocalOnly: true}); r != (Rule{Node: true}) {
+		t.Errorf("list leg: %+v", r)
+	}
+	if r := RuleFor(havenv1.ClusterService_StopGroup_FullMethodName, &havenv1.StopGroupRequest{Name: "web"}); r != (Rule{Role: Operate, Audit: true}) {
+		t.Errorf("stop: %+v", r)
+	}
+	if Leg(nil) || Leg(&havenv1.ListKeysRequest{}) {
+		t.Error("not legs")
+	}
 }

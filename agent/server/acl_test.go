@@ -261,6 +261,7 @@ func (w *aclWorld) start(t *testing.T, self string, log *fsmtest.Log, leaderAddr
 	}))
 	havenv1.RegisterAclServiceServer(srv, aclsvc.New(aclsvc.Config{State: log.FSM, Leader: ll, Locate: locate}))
 	havenv1.RegisterNodeServiceServer(srv, havenv1.UnimplementedNodeServiceServer{})
+	havenv1.RegisterKeyringServiceServer(srv, havenv1.UnimplementedKeyringServiceServer{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -316,6 +317,9 @@ func (*memSink) Close() error  { return nil }
 
 var _ raft.SnapshotSink = (*memSink)(nil)
 
+// gossipKey is the key the keyring requests carry: a secret too.
+const gossipKey = "c2VjcmV0LWdvc3NpcC1rZXktZm9yLXRlc3Rz"
+
 // mutating is a request for every method access control audits, each one
 // that the handler takes (a valid request), so that a call that got past
 // the interceptor would reach the leader. A method missing here fails the
@@ -338,13 +342,18 @@ func mutating() map[string]proto.Message {
 		havenv1.AclService_RevokeToken_FullMethodName:    &havenv1.RevokeTokenRequest{Token: "ops"},
 		// Not a write, but admin's and audited: who read the tokens.
 		havenv1.AclService_ListTokens_FullMethodName: &havenv1.ListTokensRequest{},
+		// The keyring is served unimplemented here: a call that got past
+		// the interceptor would answer Unimplemented, not PermissionDenied.
+		havenv1.KeyringService_InstallKey_FullMethodName: &havenv1.InstallKeyRequest{Key: gossipKey},
+		havenv1.KeyringService_UseKey_FullMethodName:     &havenv1.UseKeyRequest{Key: gossipKey},
+		havenv1.KeyringService_RemoveKey_FullMethodName:  &havenv1.RemoveKeyRequest{Key: gossipKey},
 	}
 }
 
 // auditedMethods lists every method the rules audit, from the registry.
 func auditedMethods(t *testing.T) []string {
 	var out []string
-	for _, svc := range []string{"haven.v1.ClusterService", "haven.v1.AclService"} {
+	for _, svc := range []string{"haven.v1.ClusterService", "haven.v1.AclService", "haven.v1.KeyringService"} {
 		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
 		if err != nil {
 			t.Fatal(err)
@@ -468,7 +477,7 @@ func TestACLMutatingRefused(t *testing.T) {
 	if len(f.agent.leader.seen()) == calls {
 		t.Error("allowed calls reached no leader")
 	}
-	f.noSecrets(t)
+	f.noSecrets(t, gossipKey)
 }
 
 // TestACLReads: read may read, and reads need a token too.
@@ -640,6 +649,18 @@ func TestACLNodeMethods(t *testing.T) {
 	f := newACLFixture(t)
 	_, err := havenv1.NewNodeServiceClient(f.agent.conn).RenewLease(withToken(callCtx(t), f.admin), &havenv1.RenewLeaseRequest{Node: "n1"})
 	wantDenied(t, err, "only a haven node may call it")
+	// A fan-out's leg too, though the method takes a token otherwise.
+	_, err = havenv1.NewKeyringServiceClient(f.agent.conn).InstallKey(withToken(callCtx(t), f.admin), &havenv1.InstallKeyRequest{Key: gossipKey, LocalOnly: true})
+	wantDenied(t, err, "leg of a fan-out")
+	_, err = havenv1.NewKeyringServiceClient(f.agent.conn).ListKeys(withToken(callCtx(t), f.read), &havenv1.ListKeysRequest{})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("ListKeys with read: %v, want past the interceptor", err)
+	}
+	f.w.isNode.Store(true)
+	_, err = havenv1.NewKeyringServiceClient(f.agent.conn).InstallKey(callCtx(t), &havenv1.InstallKeyRequest{Key: gossipKey, LocalOnly: true})
+	if status.Code(err) != codes.Unimplemented {
+		t.Errorf("a node's leg: %v, want past the interceptor", err)
+	}
 	if _, err := f.agent.invoke(callCtx(t), "/grpc.health.v1.Health/Check", healthRequest()); err != nil {
 		t.Errorf("health: %v", err)
 	}

@@ -60,12 +60,12 @@ func (c caller) attrs() []any {
 }
 
 // check decides a call; the error is the status to answer with.
-func (a *Auth) check(ctx context.Context, method string) (caller, acl.Rule, error) {
+func (a *Auth) check(ctx context.Context, method string, req any) (caller, acl.Rule, error) {
 	c := caller{peer: "unknown"}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		c.peer = p.Addr.String()
 	}
-	rule, _ := acl.Lookup(method)
+	rule := acl.RuleFor(method, req)
 	switch {
 	case rule.Open:
 		return c, rule, nil
@@ -73,7 +73,7 @@ func (a *Auth) check(ctx context.Context, method string) (caller, acl.Rule, erro
 		if a.IsNode(ctx) {
 			return c, rule, nil
 		}
-		return c, rule, a.deny(c, method, "%s is agent to agent: only a haven node may call it", method)
+		return c, rule, a.deny(c, method, "%s is agent to agent (or a leg of a fan-out among agents): only a haven node may call it", method)
 	}
 	secret, ok := "", false
 	if md, found := metadata.FromIncomingContext(ctx); found {
@@ -110,7 +110,7 @@ func (a *Auth) deny(c caller, method, format string, args ...any) error {
 
 // Unary is the interceptor of unary calls.
 func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	c, rule, err := a.check(ctx, info.FullMethod)
+	c, rule, err := a.check(ctx, info.FullMethod, req)
 	if err == nil {
 		var resp any
 		resp, err = handler(ctx, req)
@@ -122,10 +122,10 @@ func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 }
 
 // Stream is the interceptor of streaming calls. A stream is checked when
-// it opens: a WatchEvents that was allowed goes on after its token is
+// it opens, before its first message (so no fan-out leg is a stream): a WatchEvents that was allowed goes on after its token is
 // revoked, until it ends.
 func (a *Auth) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	c, rule, err := a.check(ss.Context(), info.FullMethod)
+	c, rule, err := a.check(ss.Context(), info.FullMethod, nil)
 	if err != nil {
 		a.record(ss.Context(), c, rule, info.FullMethod, nil, err)
 		return err
