@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -19,6 +22,7 @@ import (
 	"github.com/haven-ha/haven/agent/services/keyring"
 	"github.com/haven-ha/haven/agent/services/node"
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/logging"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -81,7 +85,7 @@ func (a *Agent) wireDuties() {
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},
-		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics, Refused: a.admissionRefused,
+		Logger: logging.Named(a.log, "leader"), Metrics: a.metrics, ACLBootstrapReset: a.aclBootstrapReset, Refused: a.admissionRefused,
 		Reserve: p.Reserve, ReserveSites: p.ReserveSites, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		BalanceInterval: p.BalancerInterval, BalanceHoldOff: p.BalancerHoldOff, MaxParallelMoves: p.MaxParallelMoves,
 		DirtyRate: dirtyRate(a.drv),
@@ -161,6 +165,23 @@ func (a *Agent) auth() (*server.Auth, error) {
 		// mode that TLS off is.
 		IsNode: func(context.Context) bool { return true },
 	}, nil
+}
+
+// aclBootstrapReset reads the index an operator wrote into
+// data_dir/acl-bootstrap-reset to bootstrap the ACL again; 0 when there is
+// none or it is not a number (said in the log).
+func (a *Agent) aclBootstrapReset() uint64 {
+	path := filepath.Join(a.cfg.DataDir, fsm.ACLBootstrapResetFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		a.log.Warn("ACL bootstrap reset file ignored: not an index", "path", path, "error", err)
+		return 0
+	}
+	return n
 }
 
 // pumpEvents consumes gossip events: it publishes them, wakes the

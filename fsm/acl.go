@@ -10,6 +10,12 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
+// ACLBootstrapResetFile, in the leader's data directory, holding the index
+// of the last bootstrap, allows one more bootstrap: the way back in for an
+// operator who lost the bootstrap secret (as Consul's acl-bootstrap-reset).
+// Whoever may write there owns the node anyway.
+const ACLBootstrapResetFile = "acl-bootstrap-reset"
+
 // aclState is the ACL part of the state: the tokens by accessor id, an
 // index of them by secret hash (derived, never stored) and the bootstrap.
 type aclState struct {
@@ -72,8 +78,8 @@ func (s *state) storeToken(index uint64, t *havenv1.AclToken, now time.Time) {
 }
 
 func (s *state) bootstrapACL(index uint64, c *havenv1.BootstrapAclCommand, now time.Time) *Error {
-	if s.acl.bootstrapIndex != 0 {
-		return errorf(CodeFailedPrecondition, "ACL already bootstrapped at index %d", s.acl.bootstrapIndex)
+	if s.acl.bootstrapIndex != 0 && c.GetResetIndex() != s.acl.bootstrapIndex {
+		return errorf(CodeFailedPrecondition, "ACL already bootstrapped at index %d (to bootstrap again, write %d into the leader's data_dir/%s)", s.acl.bootstrapIndex, s.acl.bootstrapIndex, ACLBootstrapResetFile)
 	}
 	if c.GetToken().GetRole() != havenv1.AclRole_ACL_ROLE_ADMIN {
 		return errorf(CodeInvalidArgument, "bootstrap token: role %v, want admin", c.GetToken().GetRole())

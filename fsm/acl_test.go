@@ -59,11 +59,23 @@ func TestACLBootstrapOnce(t *testing.T) {
 	if a.f.ACLToken("a2") != nil {
 		t.Error("a refused bootstrap stored its token")
 	}
-	// Even with every token gone the bootstrap stays done: revoking
-	// must not reopen it (the last admin cannot be revoked anyway).
 	b := roundTrip(t, a.f)
 	ba := &applier{t: t, f: b, index: a.index}
 	wantCode(t, "bootstrap after restore", ba.apply(t0, bootstrapCmd(testToken("a3", "boot3", admin))), CodeFailedPrecondition)
+
+	// A reset names the last bootstrap's index: one more bootstrap, the
+	// old tokens kept; a stale or wrong index changes nothing.
+	reset := func(id, name string, index uint64) *havenv1.Command {
+		c := bootstrapCmd(testToken(id, name, admin))
+		c.GetBootstrapAcl().ResetIndex = index
+		return c
+	}
+	wantCode(t, "reset at a wrong index", ba.apply(t0, reset("a4", "boot4", 7)), CodeFailedPrecondition)
+	wantCode(t, "reset", ba.apply(t0, reset("a5", "boot5", 2)), CodeOK)
+	if b.ACLBootstrapIndex() != ba.index || b.ACLToken("a1") == nil || b.ACLToken("a5") == nil {
+		t.Fatalf("after the reset: bootstrap index %d (want %d), tokens %v", b.ACLBootstrapIndex(), ba.index, b.ACLTokens())
+	}
+	wantCode(t, "the same reset again", ba.apply(t0, reset("a6", "boot6", 2)), CodeFailedPrecondition)
 }
 
 func TestACLTokens(t *testing.T) {

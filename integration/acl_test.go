@@ -108,6 +108,33 @@ func TestACL(t *testing.T) {
 		return nil
 	})
 
+	// A lost bootstrap secret: the index of the bootstrap, written into
+	// the leader's data directory (every node's here: any may lead),
+	// allows one more bootstrap.
+	var list struct {
+		Tokens []struct {
+			Name        string
+			CreateIndex string
+		}
+	}
+	if err := json.Unmarshal([]byte(must(0, admin, "-o", "json", "acl", "token", "list")), &list); err != nil || len(list.Tokens) != 1 {
+		t.Fatalf("token list: %v %+v", err, list)
+	}
+	for _, n := range c.nodes {
+		if err := os.WriteFile(filepath.Join(n.cfg.DataDir, "acl-bootstrap-reset"), []byte(list.Tokens[0].CreateIndex+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin2 := secretOf(must(1, "", "-o", "json", "acl", "bootstrap"))
+	// Node 2 knows the new token once the bootstrap has replicated there.
+	waitFor(t, 5*time.Second, "the reset's token listed on node 2", func() error {
+		out, err := haven(2, admin2, "acl", "token", "list")
+		if err != nil || !strings.Contains(out, "bootstrap-reset-"+list.Tokens[0].CreateIndex) {
+			return fmt.Errorf("%v:\n%s", err, out)
+		}
+		return nil
+	})
+
 	// The audit: node 1 received the stop (whoever led), the leader
 	// recorded it too; no secret in any log or audit file.
 	var stop map[string]any

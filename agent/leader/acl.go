@@ -2,6 +2,7 @@ package leader
 
 import (
 	"crypto/rand"
+	"fmt"
 
 	"github.com/haven-ha/haven/agent/acl"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -9,13 +10,23 @@ import (
 
 // BootstrapACL makes the first admin token, named "bootstrap". Its secret
 // is made here, before the command is proposed, and only its hash enters
-// the log; the FSM refuses every bootstrap after the first.
+// the log; the FSM refuses every bootstrap after the first, unless the
+// operator asked for a reset (Config.ACLBootstrapReset), whose token is
+// named after the bootstrap it replaces.
 func (l *Leader) BootstrapACL(requestID string) (*havenv1.AclToken, string, error) {
-	tok, secret, err := acl.NewToken(rand.Reader, "bootstrap", acl.Admin)
+	var reset uint64
+	if l.cfg.ACLBootstrapReset != nil {
+		reset = l.cfg.ACLBootstrapReset()
+	}
+	name := "bootstrap"
+	if reset != 0 {
+		name = fmt.Sprintf("bootstrap-reset-%d", reset)
+	}
+	tok, secret, err := acl.NewToken(rand.Reader, name, acl.Admin)
 	if err != nil {
 		return nil, "", err
 	}
-	return l.storeToken(&havenv1.Command{RequestId: requestID, Cmd: &havenv1.Command_BootstrapAcl{BootstrapAcl: &havenv1.BootstrapAclCommand{Token: tok}}}, tok, secret)
+	return l.storeToken(&havenv1.Command{RequestId: requestID, Cmd: &havenv1.Command_BootstrapAcl{BootstrapAcl: &havenv1.BootstrapAclCommand{Token: tok, ResetIndex: reset}}}, tok, secret)
 }
 
 // CreateACLToken makes a token of name and role.

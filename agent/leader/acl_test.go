@@ -3,6 +3,7 @@ package leader
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/haven-ha/haven/agent/acl"
@@ -52,5 +53,27 @@ func TestACLTokensOnLeader(t *testing.T) {
 	}
 	if l.raft.FSM.ACLTokenByHash(acl.Hash(secret)) != nil {
 		t.Error("revoked token still found")
+	}
+}
+
+// TestBootstrapACLReset: with the operator's reset naming the last
+// bootstrap, one more bootstrap goes through, under its own name.
+func TestBootstrapACLReset(t *testing.T) {
+	l := newTestLeader(t, nil)
+	first, _, err := l.BootstrapACL("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.cfg.ACLBootstrapReset = func() uint64 { return first.GetCreateIndex() }
+	tok, secret, err := l.BootstrapACL("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.GetName() != fmt.Sprintf("bootstrap-reset-%d", first.GetCreateIndex()) || l.raft.FSM.ACLTokenByHash(acl.Hash(secret)) == nil {
+		t.Errorf("reset token %v: want it stored, named after the bootstrap it replaces", tok)
+	}
+	// The file still names the old index: no third bootstrap.
+	if _, _, err := l.BootstrapACL(""); err == nil {
+		t.Error("a stale reset bootstrapped again")
 	}
 }

@@ -87,6 +87,10 @@ type Config struct {
 	// Refused, when set, is told of every create, start or move that
 	// admission refused (no log entry records them); it must not block.
 	Refused func(call, group, reason string)
+	// ACLBootstrapReset is the index of the ACL bootstrap the operator
+	// allowed to be done again (fsm.ACLBootstrapResetFile), 0 for none;
+	// nil for none.
+	ACLBootstrapReset func() uint64
 
 	// Placement settings (see placement/). ReserveSites is 0 or 1: also
 	// keep the site-loss reserve (see reserveSpec).

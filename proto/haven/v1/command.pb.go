@@ -490,11 +490,14 @@ func (*Command_CreateAclToken) isCommand_Cmd() {}
 func (*Command_RevokeAclToken) isCommand_Cmd() {}
 
 // BootstrapAclCommand stores the first admin token. It applies once: after
-// a bootstrap every further one is refused. The leader made the token's
-// secret and put only its hash here, so the log never holds a secret.
+// a bootstrap every further one is refused, unless reset_index names the
+// last bootstrap's index (an operator who lost its secret wrote that index
+// into the leader's data directory). The leader made the token's secret
+// and put only its hash here, so the log never holds a secret.
 type BootstrapAclCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         *AclToken              `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ResetIndex    uint64                 `protobuf:"varint,2,opt,name=reset_index,json=resetIndex,proto3" json:"reset_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -534,6 +537,13 @@ func (x *BootstrapAclCommand) GetToken() *AclToken {
 		return x.Token
 	}
 	return nil
+}
+
+func (x *BootstrapAclCommand) GetResetIndex() uint64 {
+	if x != nil {
+		return x.ResetIndex
+	}
+	return 0
 }
 
 // CreateAclTokenCommand stores a token (its secret's hash only). Names and
@@ -2305,9 +2315,11 @@ const file_haven_v1_command_proto_rawDesc = "" +
 	"\rbootstrap_acl\x18\x1c \x01(\v2\x1d.haven.v1.BootstrapAclCommandH\x00R\fbootstrapAcl\x12K\n" +
 	"\x10create_acl_token\x18\x1d \x01(\v2\x1f.haven.v1.CreateAclTokenCommandH\x00R\x0ecreateAclToken\x12K\n" +
 	"\x10revoke_acl_token\x18\x1e \x01(\v2\x1f.haven.v1.RevokeAclTokenCommandH\x00R\x0erevokeAclTokenB\x05\n" +
-	"\x03cmd\"?\n" +
+	"\x03cmd\"`\n" +
 	"\x13BootstrapAclCommand\x12(\n" +
-	"\x05token\x18\x01 \x01(\v2\x12.haven.v1.AclTokenR\x05token\"A\n" +
+	"\x05token\x18\x01 \x01(\v2\x12.haven.v1.AclTokenR\x05token\x12\x1f\n" +
+	"\vreset_index\x18\x02 \x01(\x04R\n" +
+	"resetIndex\"A\n" +
 	"\x15CreateAclTokenCommand\x12(\n" +
 	"\x05token\x18\x01 \x01(\v2\x12.haven.v1.AclTokenR\x05token\"8\n" +
 	"\x15RevokeAclTokenCommand\x12\x1f\n" +
