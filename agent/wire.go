@@ -25,6 +25,7 @@ import (
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/logging"
+	"github.com/haven-ha/haven/internal/tlsutil"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
 )
@@ -159,12 +160,16 @@ func (a *Agent) auth() (*server.Auth, error) {
 	a.audit = audit
 	return &server.Auth{
 		Tokens: a.fsm, Audit: audit, Logger: logging.Named(a.log, "grpc"),
-		// TODO(tls): the tls branch's hook (the caller's verified
-		// certificate names node.haven) replaces this one at the merge.
-		// Until then no caller can be told from a node, as in the insecure
-		// mode that TLS off is.
-		IsNode: func(context.Context) bool { return true },
+		IsNode: a.isNode,
 	}, nil
+}
+
+// isNode reports whether a call's caller is a node: its verified
+// certificate names node.haven. With tls.plaintext no caller can be told
+// from a node, so every caller counts as one (the insecure mode, which the
+// agent warns about when it starts).
+func (a *Agent) isNode(ctx context.Context) bool {
+	return a.tls == nil || tlsutil.PeerIsNode(ctx)
 }
 
 // aclBootstrapReset reads the index an operator wrote into
