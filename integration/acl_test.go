@@ -8,11 +8,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/tlsutil"
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
 // TestACL runs access control as an operator meets it, with the CLI
@@ -20,14 +28,21 @@ import (
 // group but not delete it, its revoke, and the audit of it all. Each call
 // goes to another node, so the writes are forwarded to the leader, which
 // checks the token again.
+//
+// TLS is on, so the agents know each other by their certificates: the
+// forwarded writes and the agent-to-agent calls go node to node, and a
+// client's certificate, whatever its token, does not make it a node.
 func TestACL(t *testing.T) {
-	c := newCluster(t, withACL())
+	pki := newTestPKI(t, filepath.Join(t.TempDir(), "pki"), "cluster CA")
+	c := newCluster(t, withACL(), withTLS(pki), func(cfg *agent.Config) { cfg.DrainOnShutdown, cfg.DrainTimeout = true, 10*time.Second })
 	c.startN(3)
 	bin := binary(t, "haven")
+	cert, key := tlsutil.CertFiles(pki.dir, "test")
 	var secrets []string
 	// haven runs the CLI against node i with the token (none when empty).
 	haven := func(i int, token string, args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"--addr", c.nodes[i%3].grpcAddr(), "--timeout", "30s"}, args...)...)
+		cmd := exec.Command(bin, append([]string{"--addr", c.nodes[i%3].grpcAddr(), "--timeout", "30s",
+			"--ca-file", pki.caFile, "--cert-file", cert, "--key-file", key}, args...)...)
 		cmd.Env = append(os.Environ(), "HAVEN_TOKEN="+token)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
@@ -82,6 +97,13 @@ func TestACL(t *testing.T) {
 	ops := secretOf(must(1, admin, "-o", "json", "acl", "token", "create", "--name", "ops", "--role", "operate"))
 	must(2, admin, "group", "create", "web", "--vcpus", "1", "--memory", "256M")
 	must(0, admin, "group", "start", "web")
+
+	// A client is no node, even with the admin token.
+	_, err = havenv1.NewNodeServiceClient(c.nodes[0].conn).RenewLease(metadata.AppendToOutgoingContext(ctx(t), "authorization", "Bearer "+admin),
+		&havenv1.RenewLeaseRequest{Node: "n1"})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "only a haven node") {
+		t.Fatalf("a client's RenewLease: %v, want PermissionDenied", err)
+	}
 
 	must(1, ops, "group", "stop", "web")
 	refused(2, ops, "needs role admin", "group", "delete", "web")
@@ -170,6 +192,24 @@ func TestACL(t *testing.T) {
 		}
 		if !bytes.Contains(logs, []byte(`msg="call refused"`)) && n == c.nodes[2] {
 			t.Errorf("%s logged no refusal", n.name)
+		}
+	}
+
+	// An agent drains itself on its way down, and ends that drain when it
+	// is back, through its own API with no token: it is a node.
+	n3 := c.nodes[2]
+	n3.stop()
+	n3.start()
+	waitFor(t, 20*time.Second, "n3 ended its own drain", func() error {
+		if !logContains(n3, "ended the drain this agent started at its last shutdown") {
+			return errNotYet
+		}
+		return nil
+	})
+	audit, _ := os.ReadFile(filepath.Join(filepath.Dir(n3.cfg.DataDir), "audit.jsonl"))
+	for _, m := range []string{"DrainNode", "ResumeNode"} {
+		if !regexp.MustCompile(`"method":"/haven.v1.ClusterService/` + m + `","peer":"[^"]*","node":true,"subject":\{"node":"n3"\},"code":"OK"`).Match(audit) {
+			t.Errorf("no audit of n3's own %s by a node:\n%s", m, audit)
 		}
 	}
 }
