@@ -122,7 +122,8 @@ func (a *Auth) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 }
 
 // Stream is the interceptor of streaming calls. A stream is checked when
-// it opens, before its first message (so no fan-out leg is a stream): a WatchEvents that was allowed goes on after its token is
+// it opens, before its first message is read (no fan-out leg is a
+// stream): a WatchEvents that was allowed goes on after its token is
 // revoked, until it ends.
 func (a *Auth) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	c, rule, err := a.check(ss.Context(), info.FullMethod, nil)
