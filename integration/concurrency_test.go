@@ -68,6 +68,9 @@ func runConcurrency(t *testing.T, clientCount int, duration time.Duration, opts 
 	t.Logf("concurrency seed %d (rerun with -args -concurrency.seed=%d)", seed, seed)
 	c := newCluster(t, opts...)
 	c.startN(3)
+	if c.nodes[0].cfg.ACL.Enabled {
+		c.bootstrapACL(30 * time.Second)
+	}
 	c.leader(30 * time.Second)
 
 	r := &concRun{t: t, c: c, seed: seed, t0: time.Now(), finalClient: clientCount, stats: newLoadStats()}

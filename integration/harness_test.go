@@ -87,6 +87,40 @@ type cluster struct {
 	// lab, when set, runs every node in its own network namespace.
 	lab   *lab.Lab
 	hosts []*lab.Host
+	// token is the ACL secret every connection of the harness sends, once
+	// bootstrapACL has made it.
+	token atomic.Pointer[string]
+}
+
+// harnessToken sends the cluster's token, when it has one.
+type harnessToken struct{ c *cluster }
+
+func (h harnessToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	if s := h.c.token.Load(); s != nil {
+		return map[string]string{"authorization": "Bearer " + *s}, nil
+	}
+	return nil, nil
+}
+
+func (harnessToken) RequireTransportSecurity() bool { return false }
+
+// bootstrapACL makes the admin token of a cluster with access control on
+// (withACL), once a leader takes it, and has every connection of the
+// harness send it from then on.
+func (c *cluster) bootstrapACL(timeout time.Duration) {
+	c.t.Helper()
+	id := fmt.Sprintf("harness-bootstrap-%d", time.Now().UnixNano())
+	waitFor(c.t, timeout, "ACL bootstrap", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := havenv1.NewAclServiceClient(c.nodes[0].conn).Bootstrap(ctx, &havenv1.BootstrapRequest{RequestId: id})
+		if err != nil {
+			return err
+		}
+		secret := resp.GetSecret()
+		c.token.Store(&secret)
+		return nil
+	})
 }
 
 type node struct {
@@ -247,7 +281,7 @@ func (c *cluster) add(expect int) *node {
 	// The test's calls retry a leader change as the CLI does: a test
 	// that creates a group just after the election must not fail because
 	// a loaded machine made the cluster elect again.
-	opts := []grpc.DialOption{rpcclient.WithRetry()}
+	opts := []grpc.DialOption{rpcclient.WithRetry(), grpc.WithPerRPCCredentials(harnessToken{c})}
 	if !cfg.TLS.Plaintext {
 		opts = append(opts, testClientTLS(c.t, cfg.TLS))
 	}

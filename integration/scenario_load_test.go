@@ -125,8 +125,9 @@ func TestScenarioLoad(t *testing.T) {
 }
 
 // securedCluster is how a real cluster runs: mutual TLS on every port,
-// gossip encrypted, and tokens.
+// gossip encrypted, and access control (every client call carries the
+// admin token, checked by the interceptor and audited).
 func securedCluster(t *testing.T) []option {
 	pki := newTestPKI(t, filepath.Join(t.TempDir(), "tls"), "load")
-	return []option{withTLS(pki), withGossipKey(gossipKey(t))}
+	return []option{withTLS(pki), withGossipKey(gossipKey(t)), withACL()}
 }
