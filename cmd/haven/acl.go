@@ -30,18 +30,6 @@ goes with --token, HAVEN_TOKEN, --token-file or HAVEN_TOKEN_FILE.
 	return cmd
 }
 
-// callACL is call for the ACL service.
-func (g *globalOptions) callACL(ctx context.Context, fn func(context.Context, havenv1.AclServiceClient) error) error {
-	conn, err := g.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	return fn(ctx, havenv1.NewAclServiceClient(conn))
-}
-
 // writeSecret shows a new token's secret, the one time it can be seen.
 func writeSecret(w io.Writer, tok *havenv1.AclToken, secret string) error {
 	_, err := fmt.Fprintf(w, "token %s (role %s, accessor %s)\nsecret: %s\n\nThe secret is shown only now: keep it (e.g. in a file for --token-file).\n",
@@ -56,7 +44,7 @@ func newACLBootstrapCmd(g *globalOptions) *cobra.Command {
 		Short: "Make the first admin token (works once)",
 		Args:  argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.callACL(cmd.Context(), func(ctx context.Context, c havenv1.AclServiceClient) error {
+			return callService(cmd.Context(), g, havenv1.NewAclServiceClient, func(ctx context.Context, c havenv1.AclServiceClient) error {
 				resp, err := c.Bootstrap(ctx, &havenv1.BootstrapRequest{RequestId: requestID})
 				if err != nil {
 					return err
@@ -83,7 +71,7 @@ func newACLTokenCreateCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return usagef(cmd, "--role: %v", err)
 			}
-			return g.callACL(cmd.Context(), func(ctx context.Context, c havenv1.AclServiceClient) error {
+			return callService(cmd.Context(), g, havenv1.NewAclServiceClient, func(ctx context.Context, c havenv1.AclServiceClient) error {
 				resp, err := c.CreateToken(ctx, &havenv1.CreateTokenRequest{Name: name, Role: r, RequestId: requestID})
 				if err != nil {
 					return err
@@ -104,7 +92,7 @@ func newACLTokenListCmd(g *globalOptions) *cobra.Command {
 		Short: "List the tokens (never their secrets)",
 		Args:  argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.callACL(cmd.Context(), func(ctx context.Context, c havenv1.AclServiceClient) error {
+			return callService(cmd.Context(), g, havenv1.NewAclServiceClient, func(ctx context.Context, c havenv1.AclServiceClient) error {
 				resp, err := c.ListTokens(ctx, &havenv1.ListTokensRequest{})
 				if err != nil {
 					return err
@@ -130,7 +118,7 @@ func newACLTokenRevokeCmd(g *globalOptions) *cobra.Command {
 		Short: "Revoke a token: calls with its secret are refused from now on",
 		Args:  argsExactly(1, "ACCESSOR|NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.callACL(cmd.Context(), func(ctx context.Context, c havenv1.AclServiceClient) error {
+			return callService(cmd.Context(), g, havenv1.NewAclServiceClient, func(ctx context.Context, c havenv1.AclServiceClient) error {
 				resp, err := c.RevokeToken(ctx, &havenv1.RevokeTokenRequest{Token: args[0], RequestId: requestID})
 				if err != nil {
 					return err

@@ -41,7 +41,7 @@ file removed.`,
 			Short: "List the keys on the live nodes: how many hold each, and which nodes encrypt with it",
 			Args:  argsExactly(0, "no arguments"),
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return g.callKeyring(cmd.Context(), func(ctx context.Context, c havenv1.KeyringServiceClient) error {
+				return callService(cmd.Context(), g, havenv1.NewKeyringServiceClient, func(ctx context.Context, c havenv1.KeyringServiceClient) error {
 					resp, err := c.ListKeys(ctx, &havenv1.ListKeysRequest{})
 					if err != nil {
 						return err
@@ -101,7 +101,7 @@ func keyChangeCmd(g *globalOptions, use, short string, call func(context.Context
 		Short: short,
 		Args:  argsExactly(1, "a key (base64)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.callKeyring(cmd.Context(), func(ctx context.Context, c havenv1.KeyringServiceClient) error {
+			return callService(cmd.Context(), g, havenv1.NewKeyringServiceClient, func(ctx context.Context, c havenv1.KeyringServiceClient) error {
 				resp, err := call(ctx, c, strings.TrimSpace(args[0]))
 				if err != nil {
 					return err
@@ -110,18 +110,6 @@ func keyChangeCmd(g *globalOptions, use, short string, call func(context.Context
 			})
 		},
 	}
-}
-
-// callKeyring is call for KeyringService.
-func (g *globalOptions) callKeyring(ctx context.Context, fn func(context.Context, havenv1.KeyringServiceClient) error) error {
-	conn, err := g.dial()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	return fn(ctx, havenv1.NewKeyringServiceClient(conn))
 }
 
 // keyringResult prints a fanned-out answer; some node that failed makes

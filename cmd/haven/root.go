@@ -184,6 +184,12 @@ func argsExactly(n int, names string) cobra.PositionalArgs {
 // connection. Dialing is lazy in gRPC, so an unreachable agent shows up as
 // the Unavailable status of fn's call, which names the address.
 func (g *globalOptions) call(ctx context.Context, fn func(context.Context, havenv1.ClusterServiceClient) error) error {
+	return callService(ctx, g, havenv1.NewClusterServiceClient, fn)
+}
+
+// callService is call for any of the API's services, whose client
+// newClient makes.
+func callService[C any](ctx context.Context, g *globalOptions, newClient func(grpc.ClientConnInterface) C, fn func(context.Context, C) error) error {
 	conn, err := g.dial()
 	if err != nil {
 		return err
@@ -191,7 +197,7 @@ func (g *globalOptions) call(ctx context.Context, fn func(context.Context, haven
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	return fn(ctx, havenv1.NewClusterServiceClient(conn))
+	return fn(ctx, newClient(conn))
 }
 
 // requestIDUsage is the help of every write's --request-id.
