@@ -167,4 +167,4 @@ test: check unit fuzz-short model-if-available integration
 # -cpuprofile cpu.out.
 LEADERSIM_SCALE ?= 100x10000,1000x100000
 bench-leader-sim:
-	$(GO) test -count=1 -timeout 30m -run '^TestLeaderSim$$' $(LEADERSIM_FLAGS) ./agent/leader/ -leadersim -leadersim.scale=$(LEADERSIM_SCALE)
+	$(GO) test -v -count=1 -timeout 30m -run '^TestLeaderSim$$' $(LEADERSIM_FLAGS) ./agent/leader/ -leadersim -leadersim.scale=$(LEADERSIM_SCALE)
