@@ -97,9 +97,9 @@ func (e *HaltError) Error() string {
 func (e *HaltError) Unwrap() error { return e.Err }
 
 type state struct {
-	index    uint64
-	nodes    map[string]*havenv1.Node
-	groups   map[string]*havenv1.Group
+	index  uint64
+	nodes  map[string]*havenv1.Node
+	groups map[string]*havenv1.Group
 	// names holds the groups' names in order, so that a read of a page
 	// (GroupsAfter) visits only what it returns instead of sorting every
 	// group. Derived from groups, never stored; changed only when a group
@@ -447,9 +447,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 
 func (s *state) clone() *state {
 	c := &state{
-		index:    s.index,
-		nodes:    make(map[string]*havenv1.Node, len(s.nodes)),
-		groups:   make(map[string]*havenv1.Group, len(s.groups)),
+		index:  s.index,
+		nodes:  make(map[string]*havenv1.Node, len(s.nodes)),
+		groups: make(map[string]*havenv1.Group, len(s.groups)),
 		// names stays nil: a clone is a snapshot, which is only written
 		// out (Persist), never read a page at a time.
 		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
