@@ -1,5 +1,6 @@
 GO ?= go
 
+.PHONY: bench-leader-sim
 .PHONY: all build test check proto lint breaking tidy-check proto-check unit integration scenario bench-moves bench-moves-tls wan-steady bench-timing bench-fast-lan bench-qemu chaos concurrency load model model-if-available
 
 all: build
@@ -159,3 +160,11 @@ model-if-available:
 	else echo "make model: SKIPPED: spin or gcc is not installed (apt-get install -y spin gcc)"; fi
 
 test: check unit fuzz-short model-if-available integration
+
+# The leader's duties at scale, without processes (agent/leader's
+# TestLeaderSim): one line per figure at each NODESxGROUPS of
+# LEADERSIM_SCALE. LEADERSIM_FLAGS adds go test flags, e.g.
+# -cpuprofile cpu.out.
+LEADERSIM_SCALE ?= 100x10000,1000x100000
+bench-leader-sim:
+	$(GO) test -v -count=1 -timeout 30m -run '^TestLeaderSim$$' $(LEADERSIM_FLAGS) ./agent/leader/ -leadersim -leadersim.scale=$(LEADERSIM_SCALE)

@@ -56,6 +56,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -228,7 +229,7 @@ func Cluster(ctx context.Context, c havenv1.ClusterServiceClient, sharedDir stri
 	if err != nil {
 		return Report{}, err
 	}
-	resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+	resp, err := rpcclient.AllGroups(ctx, c, &havenv1.ListGroupsRequest{})
 	if err != nil {
 		// As the API said it: a gRPC status a caller can act on.
 		return Report{}, err

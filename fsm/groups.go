@@ -92,6 +92,7 @@ func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now tim
 		}
 	}
 	placeDisks(spec, entering...)
+	s.names.ReplaceOrInsert(name)
 	s.groups[name] = &havenv1.Group{
 		Spec:  spec,
 		State: havenv1.GroupState_GROUP_STATE_OFFLINE,
@@ -127,6 +128,7 @@ func (s *state) deleteGroup(c *havenv1.DeleteGroupCommand) *Error {
 		return errorf(CodeFailedPrecondition, "group %q is meant to run (%s): stop it first", c.GetName(), g.GetState())
 	}
 	delete(s.groups, c.GetName())
+	s.names.Delete(c.GetName())
 	for _, p := range DiskPaths(g.GetSpec()) {
 		if s.disks[p] == c.GetName() {
 			delete(s.disks, p)

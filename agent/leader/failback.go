@@ -114,6 +114,28 @@ func (l *Leader) finishMove(g *havenv1.Group) {
 	l.log.Info("moved", "group", name, "from", from, "to", owner)
 }
 
+// drainable is what a drain of node moves: its online groups that are
+// meant to run and not already moving, by name, and their names most
+// important first.
+func (l *Leader) drainable(node string) ([]string, map[string]*havenv1.Group) {
+	var names []string
+	groups := map[string]*havenv1.Group{}
+	for _, g := range l.state.Groups() {
+		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && g.GetOperation() == "" && fsm.WantsRun(g) {
+			names = append(names, g.GetSpec().GetName())
+			groups[g.GetSpec().GetName()] = g
+		}
+	}
+	sort.Slice(names, func(i, j int) bool {
+		pi, pj := placementPriority(groups[names[i]].GetSpec().GetPriority()), placementPriority(groups[names[j]].GetSpec().GetPriority())
+		if pi != pj {
+			return pi < pj
+		}
+		return names[i] < names[j]
+	})
+	return names, groups
+}
+
 // drain moves every online group off a draining node, most important
 // first, to where placement puts it with the node left out (planned.go
 // says how and how many at once). A group no other node can take stays
@@ -130,24 +152,10 @@ func (l *Leader) drain(t *term, now time.Time) {
 // drainNode starts the planned moves off one draining node; placement and
 // commits hold placeMu together, as in finishMove.
 func (l *Leader) drainNode(t *term, node string, now time.Time) {
-	var names []string
-	groups := map[string]*havenv1.Group{}
-	for _, g := range l.state.Groups() {
-		if g.GetOwner() == node && g.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE && g.GetMoveTo() == "" && g.GetOperation() == "" && fsm.WantsRun(g) {
-			names = append(names, g.GetSpec().GetName())
-			groups[g.GetSpec().GetName()] = g
-		}
-	}
+	names, groups := l.drainable(node)
 	if len(names) == 0 {
 		return
 	}
-	sort.Slice(names, func(i, j int) bool {
-		pi, pj := placementPriority(groups[names[i]].GetSpec().GetPriority()), placementPriority(groups[names[j]].GetSpec().GetPriority())
-		if pi != pj {
-			return pi < pj
-		}
-		return names[i] < names[j]
-	})
 	l.placeMu.Lock()
 	defer l.placeMu.Unlock()
 	st := l.placementState()

@@ -26,6 +26,7 @@ import (
 	"github.com/haven-ha/haven/agent"
 	"github.com/haven-ha/haven/internal/devcluster"
 	"github.com/haven-ha/haven/internal/netlab"
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -531,7 +532,7 @@ func (c *devCluster) show(ctx context.Context, demo bool) {
 	var groups *havenv1.ListGroupsResponse
 	var nodesErr, groupsErr error
 	waitFor(ctx, devSettle, func(ctx context.Context) bool {
-		nodes, nodesErr = first.Client().ListNodes(ctx, &havenv1.ListNodesRequest{})
+		nodes, nodesErr = rpcclient.AllNodes(ctx, first.Client(), &havenv1.ListNodesRequest{})
 		alive := 0
 		for _, n := range nodes.GetNodes() {
 			if n.GetNode().GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE {
@@ -541,7 +542,7 @@ func (c *devCluster) show(ctx context.Context, demo bool) {
 		return alive >= len(c.nodes)
 	}, func() { fmt.Fprintf(c.out, "waiting up to %s for every member to be listed alive\n", devSettle) })
 	listGroups := func(ctx context.Context) *havenv1.Group {
-		groups, groupsErr = first.Client().ListGroups(ctx, &havenv1.ListGroupsRequest{})
+		groups, groupsErr = rpcclient.AllGroups(ctx, first.Client(), &havenv1.ListGroupsRequest{})
 		for _, g := range groups.GetGroups() {
 			if g.GetSpec().GetName() == "demo" {
 				return g

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -66,7 +67,7 @@ func (g *globalOptions) waitDrained(ctx context.Context, node string, w io.Write
 		var groups []*havenv1.Group
 		ops := map[string]*havenv1.Operation{}
 		err := g.call(ctx, func(ctx context.Context, c havenv1.ClusterServiceClient) error {
-			resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{})
+			resp, err := rpcclient.AllGroups(ctx, c, &havenv1.ListGroupsRequest{})
 			if err != nil {
 				return err
 			}

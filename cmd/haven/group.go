@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -185,15 +187,39 @@ func newGroupGetCmd(g *globalOptions) *cobra.Command {
 }
 
 func newGroupListCmd(g *globalOptions) *cobra.Command {
-	var consistent bool
+	var (
+		consistent       bool
+		state, node, sit string
+		labels           []string
+		pageSize         int32
+	)
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List groups with their state and owner",
-		Args:    argsExactly(0, "no arguments"),
+		Long: `List groups with their state and owner, sorted by name. The agent answers
+a page at a time; the list follows every page. Filters are ANDed.`,
+		Example: `  haven group list --state failed
+  haven group list --site a --label tier=gold --label app=db`,
+		Args: argsExactly(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &havenv1.ListGroupsRequest{Consistent: consistent, Node: node, Site: sit, PageSize: pageSize}
+			if state != "" {
+				v, ok := havenv1.GroupState_value["GROUP_STATE_"+strings.ToUpper(state)]
+				if !ok || v == 0 {
+					return usagef(cmd, "--state %q: want offline, starting, online, stopping or failed", state)
+				}
+				req.State = havenv1.GroupState(v)
+			}
+			var err error
+			if req.Labels, err = parseLabels(labels); err != nil {
+				return usagef(cmd, "--label: %v", err)
+			}
+			if pageSize < 0 {
+				return usagef(cmd, "--page-size %d: must not be negative", pageSize)
+			}
 			return g.call(cmd.Context(), func(ctx context.Context, c havenv1.ClusterServiceClient) error {
-				resp, err := c.ListGroups(ctx, &havenv1.ListGroupsRequest{Consistent: consistent})
+				resp, err := rpcclient.AllGroups(ctx, c, req)
 				if err != nil {
 					return err
 				}
@@ -201,7 +227,13 @@ func newGroupListCmd(g *globalOptions) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&consistent, "consistent", false, consistentHelp)
+	f := cmd.Flags()
+	f.BoolVar(&consistent, "consistent", false, consistentHelp)
+	f.StringVar(&state, "state", "", "only groups in this state (offline, starting, online, stopping, failed)")
+	f.StringVar(&node, "node", "", "only groups owned by this node")
+	f.StringVar(&sit, "site", "", "only groups owned by a node of this site")
+	f.StringArrayVar(&labels, "label", nil, "only groups with label key=value (repeatable, ANDed)")
+	f.Int32Var(&pageSize, "page-size", 0, "groups per call to the agent (0: the agent's default)")
 	return cmd
 }
 

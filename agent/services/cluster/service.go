@@ -25,6 +25,9 @@ type State interface {
 	Nodes() []*havenv1.Node
 	Group(name string) *havenv1.Group
 	Groups() []*havenv1.Group
+	// GroupsAfter hands out the groups named after after, in name order,
+	// until fn returns false; fn must not call the State.
+	GroupsAfter(after string, fn func(*havenv1.Group) bool)
 	Operation(id string) *havenv1.Operation
 	Operations() []*havenv1.Operation
 }

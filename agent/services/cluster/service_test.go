@@ -67,6 +67,16 @@ func (s *fakeState) Group(name string) *havenv1.Group {
 
 func (s *fakeState) Groups() []*havenv1.Group { return s.groups }
 
+// GroupsAfter is the FSM's, over groups as the test put them (in name
+// order, as the FSM keeps them).
+func (s *fakeState) GroupsAfter(after string, fn func(*havenv1.Group) bool) {
+	for _, g := range s.groups {
+		if g.GetSpec().GetName() > after && !fn(g) {
+			return
+		}
+	}
+}
+
 type fakeLeader struct {
 	// err is every method's answer when set.
 	err error

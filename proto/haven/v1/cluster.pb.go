@@ -1306,7 +1306,15 @@ func (x *SiteSummary) GetReserveBreach() string {
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// As in GetGroupRequest.
-	Consistent    bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	Consistent bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// As in ListGroupsRequest: nodes come in pages, sorted by name.
+	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Filters, ANDed: only nodes of this status, of this site, carrying
+	// every one of these labels.
+	Status        NodeStatus        `protobuf:"varint,4,opt,name=status,proto3,enum=haven.v1.NodeStatus" json:"status,omitempty"`
+	Site          string            `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1346,6 +1354,41 @@ func (x *ListNodesRequest) GetConsistent() bool {
 		return x.Consistent
 	}
 	return false
+}
+
+func (x *ListNodesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNodesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListNodesRequest) GetStatus() NodeStatus {
+	if x != nil {
+		return x.Status
+	}
+	return NodeStatus_NODE_STATUS_UNSPECIFIED
+}
+
+func (x *ListNodesRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *ListNodesRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
 }
 
 type NodeInfo struct {
@@ -1409,9 +1452,11 @@ func (x *NodeInfo) GetLeader() bool {
 }
 
 type ListNodesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Meta  *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	// As in ListGroupsResponse.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1458,6 +1503,13 @@ func (x *ListNodesResponse) GetMeta() *ReadMeta {
 		return x.Meta
 	}
 	return nil
+}
+
+func (x *ListNodesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type CreateGroupRequest struct {
@@ -1751,7 +1803,22 @@ func (x *GetGroupResponse) GetMeta() *ReadMeta {
 type ListGroupsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// As in GetGroupRequest.
-	Consistent    bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	Consistent bool `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// Groups come in pages, sorted by name. At most this many in one answer:
+	// 0 means 500, more than 5000 means 5000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Empty for the first page, else the previous answer's next_page_token.
+	// A page starts after the last name of the one before, so a group
+	// created or deleted between two pages neither repeats nor hides the
+	// others; a page may be read from a different agent or state than the
+	// one before it.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Filters, ANDed: only groups in this state, owned by this node, owned
+	// by a node of this site, carrying every one of these labels.
+	State         GroupState        `protobuf:"varint,4,opt,name=state,proto3,enum=haven.v1.GroupState" json:"state,omitempty"`
+	Node          string            `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
+	Site          string            `protobuf:"bytes,6,opt,name=site,proto3" json:"site,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1793,10 +1860,54 @@ func (x *ListGroupsRequest) GetConsistent() bool {
 	return false
 }
 
+func (x *ListGroupsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGroupsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetState() GroupState {
+	if x != nil {
+		return x.State
+	}
+	return GroupState_GROUP_STATE_UNSPECIFIED
+}
+
+func (x *ListGroupsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 type ListGroupsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Groups        []*Group               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
-	Meta          *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Groups []*Group               `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	Meta   *ReadMeta              `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	// Empty on the last page; else the page_token of the next page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1843,6 +1954,13 @@ func (x *ListGroupsResponse) GetMeta() *ReadMeta {
 		return x.Meta
 	}
 	return nil
+}
+
+func (x *ListGroupsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type DeleteGroupRequest struct {
@@ -3517,18 +3635,28 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"\fwitness_only\x18\x06 \x01(\bR\vwitnessOnly\x12%\n" +
 	"\x0egroups_running\x18\a \x01(\rR\rgroupsRunning\x124\n" +
 	"\areserve\x18\b \x01(\x0e2\x1a.haven.v1.SiteReserveStateR\areserve\x12%\n" +
-	"\x0ereserve_breach\x18\t \x01(\tR\rreserveBreach\"2\n" +
+	"\x0ereserve_breach\x18\t \x01(\tR\rreserveBreach\"\xab\x02\n" +
 	"\x10ListNodesRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
-	"consistent\"w\n" +
+	"consistent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12,\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x14.haven.v1.NodeStatusR\x06status\x12\x12\n" +
+	"\x04site\x18\x05 \x01(\tR\x04site\x12>\n" +
+	"\x06labels\x18\x06 \x03(\v2&.haven.v1.ListNodesRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
 	"\bNodeInfo\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.haven.v1.NodeR\x04node\x12/\n" +
 	"\traft_role\x18\x02 \x01(\x0e2\x12.haven.v1.RaftRoleR\braftRole\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"e\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"\x8d\x01\n" +
 	"\x11ListNodesResponse\x12(\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x12.haven.v1.NodeInfoR\x05nodes\x12&\n" +
-	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"\\\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\\\n" +
 	"\x12CreateGroupRequest\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.haven.v1.GroupSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -3551,14 +3679,25 @@ const file_haven_v1_cluster_proto_rawDesc = "" +
 	"consistent\"a\n" +
 	"\x10GetGroupResponse\x12%\n" +
 	"\x05group\x18\x01 \x01(\v2\x0f.haven.v1.GroupR\x05group\x12&\n" +
-	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"3\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"\xbf\x02\n" +
 	"\x11ListGroupsRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
-	"consistent\"e\n" +
+	"consistent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12*\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x14.haven.v1.GroupStateR\x05state\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
+	"\x04site\x18\x06 \x01(\tR\x04site\x12?\n" +
+	"\x06labels\x18\a \x03(\v2'.haven.v1.ListGroupsRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +
 	"\x12ListGroupsResponse\x12'\n" +
 	"\x06groups\x18\x01 \x03(\v2\x0f.haven.v1.GroupR\x06groups\x12&\n" +
-	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\"G\n" +
+	"\x04meta\x18\x02 \x01(\v2\x12.haven.v1.ReadMetaR\x04meta\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"G\n" +
 	"\x12DeleteGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -3744,7 +3883,7 @@ func file_haven_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_haven_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_haven_v1_cluster_proto_goTypes = []any{
 	(SiteReserveState)(0),           // 0: haven.v1.SiteReserveState
 	(RaftRole)(0),                   // 1: haven.v1.RaftRole
@@ -3797,106 +3936,114 @@ var file_haven_v1_cluster_proto_goTypes = []any{
 	(*WatchEventsRequest)(nil),      // 48: haven.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),     // 49: haven.v1.WatchEventsResponse
 	(*Event)(nil),                   // 50: haven.v1.Event
-	nil,                             // 51: haven.v1.RankNodesRequest.NodeSelectorEntry
-	(*Resource)(nil),                // 52: haven.v1.Resource
-	(*Group)(nil),                   // 53: haven.v1.Group
-	(*DiskChange)(nil),              // 54: haven.v1.DiskChange
-	(MoveKind)(0),                   // 55: haven.v1.MoveKind
-	(*durationpb.Duration)(nil),     // 56: google.protobuf.Duration
-	(*Operation)(nil),               // 57: haven.v1.Operation
-	(*Node)(nil),                    // 58: haven.v1.Node
-	(*GroupSpec)(nil),               // 59: haven.v1.GroupSpec
-	(*Capacity)(nil),                // 60: haven.v1.Capacity
-	(*AntiAffinity)(nil),            // 61: haven.v1.AntiAffinity
-	(Priority)(0),                   // 62: haven.v1.Priority
-	(*timestamppb.Timestamp)(nil),   // 63: google.protobuf.Timestamp
+	nil,                             // 51: haven.v1.ListNodesRequest.LabelsEntry
+	nil,                             // 52: haven.v1.ListGroupsRequest.LabelsEntry
+	nil,                             // 53: haven.v1.RankNodesRequest.NodeSelectorEntry
+	(*Resource)(nil),                // 54: haven.v1.Resource
+	(*Group)(nil),                   // 55: haven.v1.Group
+	(*DiskChange)(nil),              // 56: haven.v1.DiskChange
+	(MoveKind)(0),                   // 57: haven.v1.MoveKind
+	(*durationpb.Duration)(nil),     // 58: google.protobuf.Duration
+	(*Operation)(nil),               // 59: haven.v1.Operation
+	(NodeStatus)(0),                 // 60: haven.v1.NodeStatus
+	(*Node)(nil),                    // 61: haven.v1.Node
+	(*GroupSpec)(nil),               // 62: haven.v1.GroupSpec
+	(GroupState)(0),                 // 63: haven.v1.GroupState
+	(*Capacity)(nil),                // 64: haven.v1.Capacity
+	(*AntiAffinity)(nil),            // 65: haven.v1.AntiAffinity
+	(Priority)(0),                   // 66: haven.v1.Priority
+	(*timestamppb.Timestamp)(nil),   // 67: google.protobuf.Timestamp
 }
 var file_haven_v1_cluster_proto_depIdxs = []int32{
-	52, // 0: haven.v1.AttachDiskRequest.disk:type_name -> haven.v1.Resource
-	53, // 1: haven.v1.AttachDiskResponse.group:type_name -> haven.v1.Group
-	54, // 2: haven.v1.AttachDiskResponse.change:type_name -> haven.v1.DiskChange
-	53, // 3: haven.v1.DetachDiskResponse.group:type_name -> haven.v1.Group
-	54, // 4: haven.v1.DetachDiskResponse.change:type_name -> haven.v1.DiskChange
-	55, // 5: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
-	56, // 6: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
-	57, // 7: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
-	57, // 8: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
+	54, // 0: haven.v1.AttachDiskRequest.disk:type_name -> haven.v1.Resource
+	55, // 1: haven.v1.AttachDiskResponse.group:type_name -> haven.v1.Group
+	56, // 2: haven.v1.AttachDiskResponse.change:type_name -> haven.v1.DiskChange
+	55, // 3: haven.v1.DetachDiskResponse.group:type_name -> haven.v1.Group
+	56, // 4: haven.v1.DetachDiskResponse.change:type_name -> haven.v1.DiskChange
+	57, // 5: haven.v1.MoveGroupRequest.kind:type_name -> haven.v1.MoveKind
+	58, // 6: haven.v1.MoveGroupRequest.downtime_target:type_name -> google.protobuf.Duration
+	59, // 7: haven.v1.MoveGroupResponse.operation:type_name -> haven.v1.Operation
+	59, // 8: haven.v1.GetOperationResponse.operation:type_name -> haven.v1.Operation
 	24, // 9: haven.v1.GetOperationResponse.meta:type_name -> haven.v1.ReadMeta
-	57, // 10: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
+	59, // 10: haven.v1.ListOperationsResponse.operations:type_name -> haven.v1.Operation
 	24, // 11: haven.v1.ListOperationsResponse.meta:type_name -> haven.v1.ReadMeta
-	57, // 12: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
+	59, // 12: haven.v1.CancelOperationResponse.operation:type_name -> haven.v1.Operation
 	18, // 13: haven.v1.GetStatusResponse.site_summaries:type_name -> haven.v1.SiteSummary
 	0,  // 14: haven.v1.SiteSummary.reserve:type_name -> haven.v1.SiteReserveState
-	58, // 15: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
-	1,  // 16: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
-	20, // 17: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
-	24, // 18: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
-	59, // 19: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
-	53, // 20: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
-	53, // 21: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
-	24, // 22: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
-	53, // 23: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
-	24, // 24: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
-	53, // 25: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
-	53, // 26: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
-	2,  // 27: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
-	36, // 28: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
-	60, // 29: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
-	61, // 30: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
-	62, // 31: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
-	51, // 32: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
-	39, // 33: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
-	3,  // 34: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
-	42, // 35: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
-	58, // 36: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
-	58, // 37: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
-	50, // 38: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
-	63, // 39: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
-	16, // 40: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
-	19, // 41: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
-	22, // 42: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
-	25, // 43: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
-	27, // 44: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
-	29, // 45: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
-	31, // 46: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
-	33, // 47: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
-	35, // 48: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
-	38, // 49: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
-	41, // 50: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
-	44, // 51: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
-	46, // 52: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
-	48, // 53: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
-	8,  // 54: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
-	10, // 55: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
-	12, // 56: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
-	14, // 57: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
-	4,  // 58: haven.v1.ClusterService.AttachDisk:input_type -> haven.v1.AttachDiskRequest
-	6,  // 59: haven.v1.ClusterService.DetachDisk:input_type -> haven.v1.DetachDiskRequest
-	17, // 60: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
-	21, // 61: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
-	23, // 62: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
-	26, // 63: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
-	28, // 64: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
-	30, // 65: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
-	32, // 66: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
-	34, // 67: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
-	37, // 68: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
-	40, // 69: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
-	43, // 70: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
-	45, // 71: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
-	47, // 72: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
-	49, // 73: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
-	9,  // 74: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
-	11, // 75: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
-	13, // 76: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
-	15, // 77: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
-	5,  // 78: haven.v1.ClusterService.AttachDisk:output_type -> haven.v1.AttachDiskResponse
-	7,  // 79: haven.v1.ClusterService.DetachDisk:output_type -> haven.v1.DetachDiskResponse
-	60, // [60:80] is the sub-list for method output_type
-	40, // [40:60] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	60, // 15: haven.v1.ListNodesRequest.status:type_name -> haven.v1.NodeStatus
+	51, // 16: haven.v1.ListNodesRequest.labels:type_name -> haven.v1.ListNodesRequest.LabelsEntry
+	61, // 17: haven.v1.NodeInfo.node:type_name -> haven.v1.Node
+	1,  // 18: haven.v1.NodeInfo.raft_role:type_name -> haven.v1.RaftRole
+	20, // 19: haven.v1.ListNodesResponse.nodes:type_name -> haven.v1.NodeInfo
+	24, // 20: haven.v1.ListNodesResponse.meta:type_name -> haven.v1.ReadMeta
+	62, // 21: haven.v1.CreateGroupRequest.spec:type_name -> haven.v1.GroupSpec
+	55, // 22: haven.v1.CreateGroupResponse.group:type_name -> haven.v1.Group
+	55, // 23: haven.v1.GetGroupResponse.group:type_name -> haven.v1.Group
+	24, // 24: haven.v1.GetGroupResponse.meta:type_name -> haven.v1.ReadMeta
+	63, // 25: haven.v1.ListGroupsRequest.state:type_name -> haven.v1.GroupState
+	52, // 26: haven.v1.ListGroupsRequest.labels:type_name -> haven.v1.ListGroupsRequest.LabelsEntry
+	55, // 27: haven.v1.ListGroupsResponse.groups:type_name -> haven.v1.Group
+	24, // 28: haven.v1.ListGroupsResponse.meta:type_name -> haven.v1.ReadMeta
+	55, // 29: haven.v1.StartGroupResponse.group:type_name -> haven.v1.Group
+	55, // 30: haven.v1.StopGroupResponse.group:type_name -> haven.v1.Group
+	2,  // 31: haven.v1.GetReserveResponse.method:type_name -> haven.v1.ReserveMethod
+	36, // 32: haven.v1.GetReserveResponse.breach:type_name -> haven.v1.ReserveBreach
+	64, // 33: haven.v1.GetReserveResponse.headroom:type_name -> haven.v1.Capacity
+	65, // 34: haven.v1.RankNodesRequest.anti_affinity:type_name -> haven.v1.AntiAffinity
+	66, // 35: haven.v1.RankNodesRequest.priority:type_name -> haven.v1.Priority
+	53, // 36: haven.v1.RankNodesRequest.node_selector:type_name -> haven.v1.RankNodesRequest.NodeSelectorEntry
+	39, // 37: haven.v1.RankNodesResponse.nodes:type_name -> haven.v1.RankedNode
+	3,  // 38: haven.v1.BalanceResponse.mode:type_name -> haven.v1.BalancerMode
+	42, // 39: haven.v1.BalanceResponse.moves:type_name -> haven.v1.BalanceMove
+	61, // 40: haven.v1.DrainNodeResponse.node:type_name -> haven.v1.Node
+	61, // 41: haven.v1.ResumeNodeResponse.node:type_name -> haven.v1.Node
+	50, // 42: haven.v1.WatchEventsResponse.event:type_name -> haven.v1.Event
+	67, // 43: haven.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 44: haven.v1.ClusterService.GetStatus:input_type -> haven.v1.GetStatusRequest
+	19, // 45: haven.v1.ClusterService.ListNodes:input_type -> haven.v1.ListNodesRequest
+	22, // 46: haven.v1.ClusterService.CreateGroup:input_type -> haven.v1.CreateGroupRequest
+	25, // 47: haven.v1.ClusterService.GetGroup:input_type -> haven.v1.GetGroupRequest
+	27, // 48: haven.v1.ClusterService.ListGroups:input_type -> haven.v1.ListGroupsRequest
+	29, // 49: haven.v1.ClusterService.DeleteGroup:input_type -> haven.v1.DeleteGroupRequest
+	31, // 50: haven.v1.ClusterService.StartGroup:input_type -> haven.v1.StartGroupRequest
+	33, // 51: haven.v1.ClusterService.StopGroup:input_type -> haven.v1.StopGroupRequest
+	35, // 52: haven.v1.ClusterService.GetReserve:input_type -> haven.v1.GetReserveRequest
+	38, // 53: haven.v1.ClusterService.RankNodes:input_type -> haven.v1.RankNodesRequest
+	41, // 54: haven.v1.ClusterService.Balance:input_type -> haven.v1.BalanceRequest
+	44, // 55: haven.v1.ClusterService.DrainNode:input_type -> haven.v1.DrainNodeRequest
+	46, // 56: haven.v1.ClusterService.ResumeNode:input_type -> haven.v1.ResumeNodeRequest
+	48, // 57: haven.v1.ClusterService.WatchEvents:input_type -> haven.v1.WatchEventsRequest
+	8,  // 58: haven.v1.ClusterService.MoveGroup:input_type -> haven.v1.MoveGroupRequest
+	10, // 59: haven.v1.ClusterService.GetOperation:input_type -> haven.v1.GetOperationRequest
+	12, // 60: haven.v1.ClusterService.ListOperations:input_type -> haven.v1.ListOperationsRequest
+	14, // 61: haven.v1.ClusterService.CancelOperation:input_type -> haven.v1.CancelOperationRequest
+	4,  // 62: haven.v1.ClusterService.AttachDisk:input_type -> haven.v1.AttachDiskRequest
+	6,  // 63: haven.v1.ClusterService.DetachDisk:input_type -> haven.v1.DetachDiskRequest
+	17, // 64: haven.v1.ClusterService.GetStatus:output_type -> haven.v1.GetStatusResponse
+	21, // 65: haven.v1.ClusterService.ListNodes:output_type -> haven.v1.ListNodesResponse
+	23, // 66: haven.v1.ClusterService.CreateGroup:output_type -> haven.v1.CreateGroupResponse
+	26, // 67: haven.v1.ClusterService.GetGroup:output_type -> haven.v1.GetGroupResponse
+	28, // 68: haven.v1.ClusterService.ListGroups:output_type -> haven.v1.ListGroupsResponse
+	30, // 69: haven.v1.ClusterService.DeleteGroup:output_type -> haven.v1.DeleteGroupResponse
+	32, // 70: haven.v1.ClusterService.StartGroup:output_type -> haven.v1.StartGroupResponse
+	34, // 71: haven.v1.ClusterService.StopGroup:output_type -> haven.v1.StopGroupResponse
+	37, // 72: haven.v1.ClusterService.GetReserve:output_type -> haven.v1.GetReserveResponse
+	40, // 73: haven.v1.ClusterService.RankNodes:output_type -> haven.v1.RankNodesResponse
+	43, // 74: haven.v1.ClusterService.Balance:output_type -> haven.v1.BalanceResponse
+	45, // 75: haven.v1.ClusterService.DrainNode:output_type -> haven.v1.DrainNodeResponse
+	47, // 76: haven.v1.ClusterService.ResumeNode:output_type -> haven.v1.ResumeNodeResponse
+	49, // 77: haven.v1.ClusterService.WatchEvents:output_type -> haven.v1.WatchEventsResponse
+	9,  // 78: haven.v1.ClusterService.MoveGroup:output_type -> haven.v1.MoveGroupResponse
+	11, // 79: haven.v1.ClusterService.GetOperation:output_type -> haven.v1.GetOperationResponse
+	13, // 80: haven.v1.ClusterService.ListOperations:output_type -> haven.v1.ListOperationsResponse
+	15, // 81: haven.v1.ClusterService.CancelOperation:output_type -> haven.v1.CancelOperationResponse
+	5,  // 82: haven.v1.ClusterService.AttachDisk:output_type -> haven.v1.AttachDiskResponse
+	7,  // 83: haven.v1.ClusterService.DetachDisk:output_type -> haven.v1.DetachDiskResponse
+	64, // [64:84] is the sub-list for method output_type
+	44, // [44:64] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_cluster_proto_init() }
@@ -3911,7 +4058,7 @@ func file_haven_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_cluster_proto_rawDesc), len(file_haven_v1_cluster_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   48,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,63 @@
+package fsm
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
+)
+
+func namesAfter(f *FSM, after string, limit int) []string {
+	var out []string
+	f.GroupsAfter(after, func(g *havenv1.Group) bool {
+		out = append(out, g.GetSpec().GetName())
+		return len(out) < limit
+	})
+	return out
+}
+
+// TestGroupsAfter checks the name index against Groups, the sorted copy,
+// after creates and deletes in random order and after a snapshot's
+// restore, which rebuilds the index.
+func TestGroupsAfter(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	rng := rand.New(rand.NewPCG(1, 2))
+	live := map[string]bool{}
+	for i := range 400 {
+		name := fmt.Sprintf("g%03d", rng.IntN(150))
+		c := createCmd(fmt.Sprint("r", i), name)
+		if live[name] {
+			c = deleteCmd(fmt.Sprint("r", i), name)
+		}
+		if r := a.apply(t0, c); r.Err != nil {
+			t.Fatalf("%v: %v", name, r.Err)
+		}
+		live[name] = !live[name]
+	}
+	for _, f := range []*FSM{a.f, roundTrip(t, a.f)} {
+		var want []string
+		for _, g := range f.Groups() {
+			want = append(want, g.GetSpec().GetName())
+		}
+		if len(want) == 0 {
+			t.Fatal("no group left to list")
+		}
+		if got := namesAfter(f, "", len(want)+1); !slices.Equal(got, want) {
+			t.Fatalf("GroupsAfter(\"\") = %v, want %v", got, want)
+		}
+		for i, name := range want {
+			// After a name that exists and after a prefix that is no group's
+			// name: either way the page starts at the next name.
+			if got := namesAfter(f, name, 3); !slices.Equal(got, want[i+1:min(i+4, len(want))]) {
+				t.Errorf("GroupsAfter(%q) = %v, want %v", name, got, want[i+1:min(i+4, len(want))])
+			}
+			prefix := name[:len(name)-1]
+			first, _ := slices.BinarySearch(want, prefix)
+			if got := namesAfter(f, prefix, 1); !slices.Equal(got, want[first:first+1]) {
+				t.Errorf("GroupsAfter(%q) = %v, want %v", prefix, got, want[first:first+1])
+			}
+		}
+	}
+}
