@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -83,9 +84,28 @@ func formatError(err error) string {
 // that report a failure and carry on.
 func describeError(err error) string {
 	if st, ok := status.FromError(err); ok && st != nil {
-		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+		return fmt.Sprintf("%s: %s", st.Code(), st.Message()) + tlsHint(st)
 	}
 	return err.Error()
+}
+
+// tlsHints name what a connection's failure says about TLS on the two
+// ends: gRPC reports a mismatch only in the transport's own words.
+var tlsHints = []struct{ in, hint string }{
+	{"error reading server preface", "the agent may require TLS: give the CLI the cluster's CA and a client certificate (--ca-file, --cert-file, --key-file or HAVEN_CACERT, HAVEN_CLIENT_CERT, HAVEN_CLIENT_KEY)"},
+	{"does not look like a TLS handshake", "the agent runs without TLS (tls.plaintext): drop --ca-file (HAVEN_CACERT)"},
+}
+
+func tlsHint(st *status.Status) string {
+	if st.Code() != codes.Unavailable {
+		return ""
+	}
+	for _, h := range tlsHints {
+		if strings.Contains(st.Message(), h.in) {
+			return " (" + h.hint + ")"
+		}
+	}
+	return ""
 }
 
 // globalOptions are the root command's persistent flags.
@@ -214,6 +234,11 @@ func (g *globalOptions) dial() (*grpc.ClientConn, error) {
 	}
 	var tlsCfg *tls.Config
 	if g.tls.CA != "" {
+		if g.tls.Cert == "" || g.tls.Key == "" {
+			// Agents require a client certificate; without one the
+			// handshake fails in words that depend on timing.
+			return nil, errors.New("--ca-file needs --cert-file and --key-file (HAVEN_CLIENT_CERT, HAVEN_CLIENT_KEY): agents accept only clients with a certificate of their CA")
+		}
 		r, err := tlsutil.NewReloader(g.tls, nil)
 		if err != nil {
 			return nil, err
