@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -11,33 +10,15 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/haven-ha/haven/integration/lab"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
-
-// syncBuffer is a bytes.Buffer that a process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var labPrefixRE = regexp.MustCompile(`(?m)^network lab (` + lab.GlobalPrefix + `[a-z0-9]{5}): `)
 
@@ -51,10 +32,13 @@ func TestDevSites(t *testing.T) {
 	lab.RequireRoot(t)
 	bin := binary(t, "haven")
 	dir := t.TempDir()
-	base := 20000 + 10*rand.IntN(2000)
+	// Below Linux's ephemeral range (32768 and up): a port in it may be
+	// the local end of any test's outgoing connection, which made dev
+	// find a forwarded port taken (CI, "bind: address already in use").
+	base := 20000 + 10*rand.IntN(1200)
 	dev := exec.Command(bin, "dev", "--sites", "a:1,b:1", "--witness", "--wan", "20ms±5ms,1%",
 		"--data", filepath.Join(dir, "dev"), "--base-port", strconv.Itoa(base))
-	var out syncBuffer
+	var out logtest.Buffer
 	dev.Stdout, dev.Stderr = &out, &out
 	// Should the test binary die, dev gets SIGINT and cleans up as on a
 	// Ctrl-C.

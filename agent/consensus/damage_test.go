@@ -18,6 +18,7 @@ import (
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/logging/logtest"
+	"github.com/haven-ha/haven/internal/waitfor"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"github.com/haven-ha/haven/quorum"
 )
@@ -38,18 +39,17 @@ func openAt(t *testing.T, dir, addr string) (*Node, *fsm.FSM, error) {
 	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}, func(context.Context, quorum.Peer) (bool, error) {
 		return false, errors.New("nobody else to ask")
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !n.IsLeader() {
-		if time.Now().After(deadline) {
+	led := false
+	defer func() {
+		if !led { // t.Fatal below: the caller gets no node to close
 			n.Close()
-			t.Fatal("the single node never led")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}()
+	waitfor.Cond(t, 10*time.Second, "the single node to lead", n.IsLeader)
 	if err := n.Barrier(5 * time.Second); err != nil {
-		n.Close()
 		t.Fatal(err)
 	}
+	led = true
 	return n, f, nil
 }
 

@@ -36,6 +36,7 @@ import (
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/fsmtest"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 	"github.com/haven-ha/haven/internal/rpcclient"
 	"github.com/haven-ha/haven/placement"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -187,24 +188,6 @@ func (noEvents) Watch(uint64, int, func(events.Event) bool) ([]events.Event, *ev
 	return nil, nil, errNotModelled
 }
 
-// syncBuffer collects every log line of the test's servers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // aclAgent is one agent's server with access control on, serving the
 // real cluster and ACL services over its own FSM.
 type aclAgent struct {
@@ -214,14 +197,14 @@ type aclAgent struct {
 }
 
 type aclWorld struct {
-	logs      *syncBuffer
+	logs      *logtest.Buffer
 	auditFile string
 	// isNode is what the IsNode hook says of every caller.
 	isNode atomic.Bool
 }
 
 func newACLWorld(t *testing.T) *aclWorld {
-	return &aclWorld{logs: &syncBuffer{}, auditFile: filepath.Join(t.TempDir(), "audit.jsonl")}
+	return &aclWorld{logs: &logtest.Buffer{}, auditFile: filepath.Join(t.TempDir(), "audit.jsonl")}
 }
 
 // start serves an agent named self over log; with isLeader false its

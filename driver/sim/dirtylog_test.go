@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 )
 
 func TestBitmap(t *testing.T) {
@@ -87,7 +88,7 @@ func TestDirtyLog(t *testing.T) {
 // A move logs its switchover and its end either way at Info, with the
 // checksum and the guest's count, so an operator can match both sides.
 func TestMigrationLogs(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	dir, clk := t.TempDir(), newClock()
 	logger := slog.New(slog.NewJSONHandler(&buf, nil))
 	n1 := New(Config{Node: "n1", SharedDir: dir, Now: clk.Now, Guest: busyGuest, Logger: logger.With("node", "n1")})

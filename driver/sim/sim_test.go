@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/internal/logging/logtest"
 )
 
 // frozenVM starts web at epoch 1 with a lease of 10 s on a fake clock, lets
@@ -595,7 +596,7 @@ func TestEstimatedDirtyRate(t *testing.T) {
 // line with the VM and its epoch as fields, at Info, and what the fence
 // does (a freeze at the lease end, a crash) stands out at Warn.
 func TestLifecycleLogs(t *testing.T) {
-	var buf syncBuffer
+	var buf logtest.Buffer
 	dir, clk := t.TempDir(), newClock()
 	d := New(Config{
 		Node: "n1", SharedDir: dir, Now: clk.Now, Guest: testGuest,
@@ -648,25 +649,6 @@ func TestLifecycleLogs(t *testing.T) {
 			}
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer the guest loop and the test may write and
-// read at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestClose(t *testing.T) {
