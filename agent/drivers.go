@@ -10,6 +10,7 @@ import (
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/qemu"
 	"github.com/haven-ha/haven/driver/sim"
+	"github.com/haven-ha/haven/internal/tlsutil"
 	"github.com/haven-ha/haven/placement"
 )
 
@@ -44,9 +45,13 @@ func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 		// explanations). What a working QEMU cannot run (a machine type,
 		// a file missing on this node) the node reports per group
 		// instead (executor/checks.go).
+		tlsDir, err := qemuTLSDir(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("driver qemu: %w", err)
+		}
 		d, err := qemu.New(context.Background(), qemu.Config{
-			MigrationAddr: addr,
-			Node:          cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
+			MigrationAddr: addr, TLSDir: tlsDir, TLSHostname: tlsutil.NodeName,
+			Node: cfg.Name, SharedDir: cfg.SharedDir, RunDir: filepath.Join(cfg.DataDir, "qemu"),
 			Binary: q.Binary, Accel: q.Accel, CPU: q.CPU, Machine: q.Machine, StopTimeout: q.StopTimeout,
 			KillFrozenAfter: cfg.killFrozenAfter(),
 			Supervisor:      []string{exe, SuperviseCommand}, Logger: log,
@@ -57,6 +62,39 @@ func newDriver(cfg Config, log *slog.Logger) (driver.Hypervisor, error) {
 		return d, nil
 	}
 	return nil, fmt.Errorf("driver: %q is not a known driver (sim, qemu)", cfg.Driver)
+}
+
+// qemuTLSDir gives QEMU the node's TLS files for the stream of a live
+// move, under the names QEMU's tls-creds-x509 wants, as links to the
+// configured files: QEMU reads them at each move, so a certificate or CA
+// rotated in place (a new file renamed over the old) is the one used.
+// The node's certificate serves both ends, as it does for gRPC. Without
+// TLS there is no directory, and moves are plaintext.
+func qemuTLSDir(cfg Config) (string, error) {
+	if cfg.TLS.Plaintext {
+		return "", nil
+	}
+	dir := filepath.Join(cfg.DataDir, "qemu-tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	for name, target := range map[string]string{
+		"ca-cert.pem": cfg.TLS.CAFile, "server-cert.pem": cfg.TLS.CertFile, "server-key.pem": cfg.TLS.KeyFile,
+		"client-cert.pem": cfg.TLS.CertFile, "client-key.pem": cfg.TLS.KeyFile,
+	} {
+		abs, err := filepath.Abs(target)
+		if err != nil {
+			return "", err
+		}
+		link := filepath.Join(dir, name)
+		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+			return "", err
+		}
+		if err := os.Symlink(abs, link); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
 }
 
 // SuperviseCommand is the haven binary's hidden subcommand that runs a

@@ -510,8 +510,11 @@ func TestQemuKernelOnSomeNodes(t *testing.T) {
 // a second runner would repeat numbers, a reboot would start again at 1),
 // and the old QEMU is gone. (The process watcher of the failover test does
 // not apply: a move's target QEMU exists, paused, beside the source.)
+// The cluster runs with TLS, so the live move's stream between the QEMUs
+// is mutual TLS, and the quick move after it (from the QEMU that was the
+// live move's target) writes its state file in the clear.
 func TestQemuMoves(t *testing.T) {
-	qc := newQemuCluster(t, 3)
+	qc := newQemuCluster(t, 3, withTLS(newTestPKI(t, filepath.Join(t.TempDir(), "tls"), "qemu moves")))
 	g := qc.group("web", testguest.Options{MemMiB: 32, DirtyMiBPerSec: 8, TickMs: 20})
 	leader := qc.leader(30 * time.Second)
 	for _, kind := range []havenv1.MoveKind{havenv1.MoveKind_MOVE_KIND_LIVE, havenv1.MoveKind_MOVE_KIND_QUICK} {

@@ -67,7 +67,12 @@ func (d *Driver) receiveLive(ctx context.Context, v *vm, ctl *control, hello mes
 	if err := mon.MigrateSetCapabilities(ctx, streamCaps(true, hello.Channels, hello.Postcopy)); err != nil {
 		return err
 	}
-	if p := streamParams(hello.Channels); p.MultifdChannels != nil {
+	p, err := d.armTLS(ctx, mon, "server")
+	if err != nil {
+		return err
+	}
+	p.MultifdChannels = streamParams(hello.Channels).MultifdChannels
+	if p != (qmp.MigrationParameters{}) {
 		if err := mon.MigrateSetParameters(ctx, p); err != nil {
 			return err
 		}

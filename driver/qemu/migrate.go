@@ -211,6 +211,7 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 	ctl := newControl(conn)
 	o := newOutgoing(v, mon, ctl, conn, opts, progress)
 	o.log = d.log
+	o.tls = func(ctx context.Context) (qmp.MigrationParameters, error) { return d.armTLS(ctx, mon, "client") }
 	res, err := o.run(ctx)
 	stop()
 	if err != nil {
@@ -220,7 +221,7 @@ func (d *Driver) MigrateOut(ctx context.Context, id driver.VMID, epoch uint64, c
 		err = fmt.Errorf("migrate %s at epoch %d: %w", id, epoch, err)
 		d.log.Warn("migration failed; the vm runs on here", "vm", id.String(), "error", err)
 	} else {
-		d.log.Info("vm migrated out, paused", "vm", id.String(), "epoch", epoch, "rounds", res.Rounds,
+		d.log.Info("vm migrated out, paused", "vm", id.String(), "epoch", epoch, "tls", d.cfg.TLSDir != "", "rounds", res.Rounds,
 			"bytes", res.BytesSent, "downtime", res.Paused, "throttle", res.ThrottlePercent)
 	}
 	ctl.close()
@@ -237,6 +238,8 @@ type outgoing struct {
 	opts     driver.MigrateOptions
 	progress func(driver.Progress)
 	log      *slog.Logger
+	// tls arms the stream's TLS and returns its parameters; nil: none.
+	tls      func(context.Context) (qmp.MigrationParameters, error)
 	start    time.Time
 	mem      int64
 	throttle int // the most the guest was slowed
@@ -326,7 +329,15 @@ func (o *outgoing) begin(ctx context.Context, uri string) error {
 	if err := o.mon.MigrateSetCapabilities(ctx, moveCaps(true, o.opts)); err != nil {
 		return err
 	}
-	if err := o.mon.MigrateSetParameters(ctx, o.params()); err != nil {
+	var p qmp.MigrationParameters
+	if o.tls != nil {
+		var err error
+		if p, err = o.tls(ctx); err != nil {
+			return err
+		}
+	}
+	p = o.params(p)
+	if err := o.mon.MigrateSetParameters(ctx, p); err != nil {
 		return err
 	}
 	return o.mon.Migrate(ctx, uri)
@@ -347,12 +358,12 @@ func (o *outgoing) targetHost(host string) string {
 	return host
 }
 
-func (o *outgoing) params() qmp.MigrationParameters {
+func (o *outgoing) params(p qmp.MigrationParameters) qmp.MigrationParameters {
 	bw := o.opts.BandwidthLimit
 	if bw <= 0 {
 		bw = unlimited
 	}
-	p := streamParams(o.opts.Channels)
+	p.MultifdChannels = streamParams(o.opts.Channels).MultifdChannels
 	p.DowntimeLimit = new(max(o.opts.DowntimeTarget.Milliseconds(), 1))
 	p.MaxBandwidth = new(bw)
 	p.ThrottleTriggerThreshold = new(int64(100))

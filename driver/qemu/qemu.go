@@ -90,6 +90,15 @@ type Config struct {
 	// the other nodes reach (the agent's bind address). Default
 	// 127.0.0.1.
 	MigrationAddr string
+	// TLSDir, if set, is a directory in QEMU's x509 layout (ca-cert.pem,
+	// server-cert.pem, server-key.pem, client-cert.pem, client-key.pem):
+	// every live move's stream between the QEMUs is then mutual TLS,
+	// each end verifying the other against the CA, the target as
+	// TLSHostname. Empty: plaintext.
+	TLSDir string
+	// TLSHostname is the name in every node's certificate that a move's
+	// source verifies the target by.
+	TLSHostname string
 	// Logger receives VM lifecycle events; nil discards them.
 	Logger *slog.Logger
 }

@@ -52,12 +52,16 @@ func runDir(t *testing.T) string {
 
 // newTestDriver opens a driver on runDir and shared, and kills whatever
 // VMs it left behind when the test ends, passed or failed.
-func newTestDriver(t *testing.T, node, run, shared string) *Driver {
+func newTestDriver(t *testing.T, node, run, shared string, mods ...func(*Config)) *Driver {
 	t.Helper()
-	d, err := New(context.Background(), Config{
+	cfg := Config{
 		Node: node, SharedDir: shared, RunDir: run, Accel: "tcg", StopTimeout: time.Second,
 		Supervisor: []string{os.Args[0], "qemu-supervise"}, Logger: logtest.New(t),
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	d, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -167,7 +167,7 @@ func (d *Driver) save(ctx context.Context, v *vm, mon *qmp.Client, path string, 
 		if err := mon.MigrateSetCapabilities(ctx, moveCaps(false, driver.MigrateOptions{})); err != nil {
 			return err
 		}
-		if err := mon.MigrateSetParameters(ctx, qmp.MigrationParameters{MaxBandwidth: new(unlimited)}); err != nil {
+		if err := mon.MigrateSetParameters(ctx, d.plainStream(qmp.MigrationParameters{MaxBandwidth: new(unlimited)})); err != nil {
 			return err
 		}
 		return mon.Stop(ctx)

@@ -38,6 +38,19 @@ func (c *Client) DeviceDel(ctx context.Context, id string) error {
 	}{id}, nil)
 }
 
+// ObjectAdd creates a QOM object: args holds "qom-type", "id" and the
+// type's properties.
+func (c *Client) ObjectAdd(ctx context.Context, args map[string]any) error {
+	return c.Execute(ctx, "object-add", args, nil)
+}
+
+// ObjectDel deletes the QOM object id.
+func (c *Client) ObjectDel(ctx context.Context, id string) error {
+	return c.Execute(ctx, "object-del", struct {
+		ID string `json:"id"`
+	}{id}, nil)
+}
+
 // ObjectProperty is one entry of qom-list.
 type ObjectProperty struct {
 	Name string `json:"name"`

@@ -110,6 +110,12 @@ type MigrationParameters struct {
 	XBZRLECacheSize *int64 `json:"xbzrle-cache-size,omitempty"`
 	// MultifdCompression: "none", "zlib" or "zstd".
 	MultifdCompression *string `json:"multifd-compression,omitempty"`
+	// TLSCreds is the id of a tls-creds object (ObjectAdd) the stream is
+	// encrypted with; "" turns TLS off again.
+	TLSCreds *string `json:"tls-creds,omitempty"`
+	// TLSHostname is the name the source checks the target's
+	// certificate against.
+	TLSHostname *string `json:"tls-hostname,omitempty"`
 }
 
 // MigrateSetParameters sets the parameters that p does not leave nil.
