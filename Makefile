@@ -168,3 +168,13 @@ test: check unit fuzz-short model-if-available integration
 LEADERSIM_SCALE ?= 100x10000,1000x100000
 bench-leader-sim:
 	$(GO) test -v -count=1 -timeout 30m -run '^TestLeaderSim$$' $(LEADERSIM_FLAGS) ./agent/leader/ -leadersim -leadersim.scale=$(LEADERSIM_SCALE)
+
+# The scale scenario (integration/scenario_scale_test.go): for each N of
+# SCALE_N, N agents on loopback with 100 light groups each (at most
+# 10,000), a steady window (the last N's 10 minutes), a node and the leader
+# SIGKILLed; prints the README's table. About an hour on two cores.
+SCALE_N ?= 3,10,32,64,100
+SCALE_FLAGS ?=
+.PHONY: bench-scale
+bench-scale:
+	$(GO) test -count=1 -v -timeout 180m -run 'TestScenarioScale' ./integration/ -args -scenario -scale.n=$(SCALE_N) $(SCALE_FLAGS) | tee bench-scale.log | grep -E '^(\s+\S+_test.go:[0-9]+: scenario|\||---|ok|FAIL)'

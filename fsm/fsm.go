@@ -11,6 +11,7 @@ package fsm
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -104,7 +105,12 @@ type state struct {
 	// (GroupsAfter) visits only what it returns instead of sorting every
 	// group. Derived from groups, never stored; changed only when a group
 	// is created or deleted.
-	names    *btree.BTreeG[string]
+	names *btree.BTreeG[string]
+	// owned indexes the groups by owner, so that what one node runs
+	// (its lease answer, its executor's plan) costs its own groups, not
+	// every group of the cluster. Derived from groups, never stored;
+	// kept by setGroup and deleteGroup.
+	owned    map[string]map[string]struct{}
 	requests map[string]*havenv1.AppliedRequest
 	// order lists request ids by apply order, for pruning by age.
 	order []string
@@ -123,6 +129,7 @@ func newState() *state {
 		nodes:    map[string]*havenv1.Node{},
 		groups:   map[string]*havenv1.Group{},
 		names:    newNames(),
+		owned:    map[string]map[string]struct{}{},
 		requests: map[string]*havenv1.AppliedRequest{},
 		disks:    map[string]string{},
 		ops:      map[string]*havenv1.Operation{},
@@ -369,6 +376,12 @@ func (s *state) setNodeChecks(index uint64, c *havenv1.SetNodeChecksCommand) *Er
 	return nil
 }
 
+// SameRefusals reports whether two lists of refusals are the same, in
+// order: a node's report that would not change its record.
+func SameRefusals(a, b []*havenv1.GroupRefusal) bool {
+	return slices.EqualFunc(a, b, func(x, y *havenv1.GroupRefusal) bool { return proto.Equal(x, y) })
+}
+
 // Reads. Returned records are shared and must not be modified.
 
 func (f *FSM) Index() uint64 {
@@ -396,11 +409,37 @@ func (f *FSM) Group(name string) *havenv1.Group {
 	return f.st.groups[name]
 }
 
-// Groups returns every group sorted by name.
+// Groups returns every group sorted by name. It copies every pointer;
+// a reader that needs one node's groups or one page asks for those
+// (GroupsOwnedBy, GroupsAfter).
 func (f *FSM) Groups() []*havenv1.Group {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return sorted(f.st.groups, func(g *havenv1.Group) string { return g.GetSpec().GetName() })
+	out := make([]*havenv1.Group, 0, len(f.st.groups))
+	f.st.names.Ascend(func(name string) bool {
+		out = append(out, f.st.groups[name])
+		return true
+	})
+	return out
+}
+
+// GroupsFor returns the groups node has to do with, sorted by name: those
+// it owns and those a move in flight brings to it. It costs those groups
+// and the kept moves, not every group of the cluster.
+func (f *FSM) GroupsFor(node string) []*havenv1.Group {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*havenv1.Group, 0, len(f.st.owned[node]))
+	for name := range f.st.owned[node] {
+		out = append(out, f.st.groups[name])
+	}
+	for _, op := range f.st.ops {
+		if g := f.st.groups[op.GetGroup()]; InFlight(op) && op.GetTarget() == node && g != nil && g.GetOwner() != node {
+			out = append(out, g)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetSpec().GetName() < out[j].GetSpec().GetName() })
+	return out
 }
 
 // GroupsAfter calls fn with each group whose name sorts after after (every
@@ -450,8 +489,8 @@ func (s *state) clone() *state {
 		index:  s.index,
 		nodes:  make(map[string]*havenv1.Node, len(s.nodes)),
 		groups: make(map[string]*havenv1.Group, len(s.groups)),
-		// names stays nil: a clone is a snapshot, which is only written
-		// out (Persist), never read a page at a time.
+		// names and owned stay nil: a clone is a snapshot, which is only
+		// written out (Persist), never read a page or a node at a time.
 		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
 		order:    append([]string(nil), s.order...),
 		disks:    make(map[string]string, len(s.disks)),

@@ -329,6 +329,29 @@ func checkState(s *state, index uint64) error {
 			}
 		}
 	}
+	owned := 0
+	for o, names := range s.owned {
+		for name := range names {
+			if g := s.groups[name]; g == nil || g.GetOwner() != o {
+				return fmt.Errorf("owner index files %q under %q, the group says %q", name, o, g.GetOwner())
+			}
+			owned++
+		}
+	}
+	for k, g := range s.groups {
+		if g.GetOwner() != "" {
+			owned--
+		}
+		if !s.names.Has(k) {
+			return fmt.Errorf("group %q is not in the name index", k)
+		}
+	}
+	if owned != 0 {
+		return fmt.Errorf("owner index has %d entries more than the groups with an owner", owned)
+	}
+	if s.names.Len() != len(s.groups) {
+		return fmt.Errorf("name index has %d names, %d groups", s.names.Len(), len(s.groups))
+	}
 	if len(disks) != len(s.disks) {
 		return fmt.Errorf("disk index has %d paths, the groups name %d", len(s.disks), len(disks))
 	}

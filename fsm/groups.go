@@ -92,8 +92,7 @@ func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now tim
 		}
 	}
 	placeDisks(spec, entering...)
-	s.names.ReplaceOrInsert(name)
-	s.groups[name] = &havenv1.Group{
+	s.setGroup(&havenv1.Group{
 		Spec:  spec,
 		State: havenv1.GroupState_GROUP_STATE_OFFLINE,
 		// Epochs continue across a delete and a create under the same
@@ -108,7 +107,7 @@ func (s *state) createGroup(index uint64, c *havenv1.CreateGroupCommand, now tim
 		DesiredIndex: index,
 		DesiredTime:  ts,
 		StateTime:    ts,
-	}
+	})
 	for _, p := range disks {
 		s.disks[p] = name
 	}
@@ -127,8 +126,7 @@ func (s *state) deleteGroup(c *havenv1.DeleteGroupCommand) *Error {
 		// Failed and waiting for a node: the leader would place it.
 		return errorf(CodeFailedPrecondition, "group %q is meant to run (%s): stop it first", c.GetName(), g.GetState())
 	}
-	delete(s.groups, c.GetName())
-	s.names.Delete(c.GetName())
+	s.removeGroup(g)
 	for _, p := range DiskPaths(g.GetSpec()) {
 		if s.disks[p] == c.GetName() {
 			delete(s.disks, p)
@@ -157,7 +155,44 @@ func (s *state) store(index uint64, old, g *havenv1.Group, now time.Time) {
 		g.StateTime = timestamppb.New(now)
 	}
 	g.ModifyIndex = index
-	s.groups[g.GetSpec().GetName()] = g
+	s.setGroup(g)
+}
+
+// setGroup files g under its name, in place of the record there, and
+// keeps the name and owner indexes.
+func (s *state) setGroup(g *havenv1.Group) {
+	name := g.GetSpec().GetName()
+	if old, ok := s.groups[name]; ok {
+		s.unown(old)
+	} else {
+		s.names.ReplaceOrInsert(name)
+	}
+	s.groups[name] = g
+	if o := g.GetOwner(); o != "" {
+		if s.owned[o] == nil {
+			s.owned[o] = map[string]struct{}{}
+		}
+		s.owned[o][name] = struct{}{}
+	}
+}
+
+// removeGroup forgets g and its place in the indexes (not its disks).
+func (s *state) removeGroup(g *havenv1.Group) {
+	name := g.GetSpec().GetName()
+	s.unown(g)
+	delete(s.groups, name)
+	s.names.Delete(name)
+}
+
+func (s *state) unown(g *havenv1.Group) {
+	o := g.GetOwner()
+	if o == "" {
+		return
+	}
+	delete(s.owned[o], g.GetSpec().GetName())
+	if len(s.owned[o]) == 0 {
+		delete(s.owned, o)
+	}
 }
 
 func (s *state) assignGroup(index uint64, c *havenv1.AssignGroupCommand, now time.Time) *Error {

@@ -125,8 +125,7 @@ func readSnapshot(r io.Reader) (*state, error) {
 				return nil, fmt.Errorf("snapshot record: group %q twice", name)
 			}
 			placeDisks(r.Group.GetSpec())
-			st.groups[name] = r.Group
-			st.names.ReplaceOrInsert(name)
+			st.setGroup(r.Group)
 			for _, d := range DiskPaths(r.Group.GetSpec()) {
 				if other, dup := st.disks[d]; dup && other != name {
 					return nil, fmt.Errorf("snapshot record: disk %q belongs to groups %q and %q", d, other, name)

@@ -14,15 +14,16 @@ import (
 
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/sim"
+	"github.com/haven-ha/haven/internal/rpcclient"
 
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// groupStates returns every group as the given node sees it.
+// groupStates returns every group as the given node sees it, all pages.
 func groupStates(n *node) (map[string]*havenv1.Group, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := n.api().ListGroups(ctx, &havenv1.ListGroupsRequest{})
+	resp, err := rpcclient.AllGroups(ctx, n.api(), &havenv1.ListGroupsRequest{})
 	if err != nil {
 		return nil, err
 	}

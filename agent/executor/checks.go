@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/fsm"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -17,13 +18,20 @@ import (
 // reported to the leader, whose placement then keeps those groups off this
 // node. A group's spec is checked when it is new or changed, and all of
 // them again every CheckEvery, because a file may appear or go without any
-// change to the FSM. The report goes only when it would change the node's
-// record in the FSM: the refusals differ, or a group was created since the
-// index the record was checked at (a start waits for that, see
-// leader.awaitChecks).
+// change to the FSM. The report goes only when it says something new: the
+// refusals differ from the node's record, or a group was created since the
+// last report (a start waits for that, see leader.awaitChecks). The leader
+// commits only the first kind.
 
 // DefaultCheckEvery is how often every spec is checked again.
 const DefaultCheckEvery = 30 * time.Second
+
+// checkGap is the least time between two passes. A pass reads every
+// group, and groups are created hundreds a second when a cluster is
+// provisioned: one pass per commit would cost every node O(groups) per
+// commit. A start waits for the pass that follows its group's creation
+// (leader.awaitChecks), at most this much longer.
+const checkGap = 200 * time.Millisecond
 
 // maxReason bounds one refusal's reason: the record of a node holds one
 // per group it cannot run.
@@ -44,6 +52,10 @@ type checkState struct {
 	// again on the next pass).
 	full  time.Time
 	index uint64
+	// reported is the newest creation the last delivered report covered:
+	// the leader keeps a report that changes no refusal in its memory
+	// only, so the node's record does not show it.
+	reported uint64
 }
 
 func (e *Executor) runChecks(ctx context.Context) {
@@ -54,12 +66,18 @@ func (e *Executor) runChecks(ctx context.Context) {
 	defer tick.Stop()
 	var cs checkState
 	for {
-		e.checkPass(ctx, &cs, time.Now())
+		passed := time.Now()
+		e.checkPass(ctx, &cs, passed)
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-e.checkWake:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(passed.Add(checkGap))):
 		}
 	}
 }
@@ -103,7 +121,7 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 		cs.index = index
 		return
 	}
-	if rec.GetCheckedIndex() >= newest && sameRefusals(rec.GetCannotRun(), refusals) {
+	if max(rec.GetCheckedIndex(), cs.reported) >= newest && fsm.SameRefusals(rec.GetCannotRun(), refusals) {
 		cs.index = index
 		return
 	}
@@ -116,7 +134,7 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 		cs.index = 0
 		return
 	}
-	cs.index = index
+	cs.index, cs.reported = index, newest
 	for _, r := range refusals {
 		e.log.Info("the driver cannot run a group here", "group", r.GetGroup(), "reason", r.GetReason())
 	}
@@ -145,18 +163,6 @@ func (e *Executor) cannotRun(g *havenv1.Group) string {
 		}
 	}
 	return ""
-}
-
-func sameRefusals(a, b []*havenv1.GroupRefusal) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !proto.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 func containsString(ss []string, s string) bool {

@@ -25,6 +25,8 @@ import (
 type State interface {
 	Index() uint64
 	Groups() []*havenv1.Group
+	// GroupsFor is what node owns and what moves to it.
+	GroupsFor(node string) []*havenv1.Group
 	Group(name string) *havenv1.Group
 	Operation(id string) *havenv1.Operation
 	// Node is this node's record, with what it reported it cannot run.
@@ -261,7 +263,7 @@ func (e *Executor) Run(ctx context.Context) {
 
 func (e *Executor) reconcile(ctx context.Context) {
 	defer e.flush(ctx)
-	p := planFor(e.node, e.state.Groups(), e.state.Operation)
+	p := planFor(e.node, e.state.GroupsFor(e.node), e.state.Operation)
 	// A VM the plan does not keep goes: at another epoch, the group runs
 	// (or is about to) elsewhere. But not on the local state alone while
 	// it may lag the leader's: an agent that restarts under VMs it left

@@ -1,8 +1,10 @@
 package leader
 
 import (
+	"sync"
 	"time"
 
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
@@ -14,12 +16,45 @@ import (
 // that refused it, with their reasons, instead of trying a start there,
 // waiting for it to fail and holding the node off for an hour.
 
+// checkedIndexes is how far each node has checked the specs, as it last
+// reported to this leader. A report that changes nothing but the index
+// goes here and not to the log: with every node reporting after every
+// group created, logging them would make one creation N commits. The
+// index only tells a start whether to wait for the nodes' checks
+// (awaitChecks); a new leader that has not heard a node yet falls back to
+// the index in the node's record, and at worst waits checksWait once.
+type checkedIndexes struct {
+	mu sync.Mutex
+	at map[string]uint64
+}
+
+func (c *checkedIndexes) note(node string, index uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at == nil {
+		c.at = map[string]uint64{}
+	}
+	c.at[node] = max(c.at[node], index)
+}
+
+func (c *checkedIndexes) get(node string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at[node]
+}
+
 // ReportChecks records a node's report of the groups its driver cannot
-// run, checked against the group specs at req's index.
+// run, checked against the group specs at req's index. Only a change of
+// the refusals is committed.
 func (l *Leader) ReportChecks(req *havenv1.ReportChecksRequest) error {
 	if l.current() == nil {
 		return ErrNotLeader
 	}
+	if n := l.state.Node(req.GetNode()); n != nil && fsm.SameRefusals(n.GetCannotRun(), req.GetCannotRun()) {
+		l.checks.note(req.GetNode(), req.GetCheckedIndex())
+		return nil
+	}
+	defer l.checks.note(req.GetNode(), req.GetCheckedIndex())
 	if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
 		Name: req.GetNode(), CheckedIndex: req.GetCheckedIndex(), CannotRun: req.GetCannotRun(),
 	}}}); err != nil {
@@ -87,7 +122,7 @@ func (l *Leader) checked(index uint64) bool {
 		if m.Meta.Witness || m.State != heartbeat.StateAlive {
 			continue
 		}
-		if n := l.state.Node(m.Name); n == nil || n.GetCheckedIndex() < index {
+		if n := l.state.Node(m.Name); n == nil || max(n.GetCheckedIndex(), l.checks.get(m.Name)) < index {
 			return false
 		}
 	}

@@ -131,6 +131,7 @@ type Leader struct {
 	// together although each alone keeps it.
 	placeMu sync.Mutex
 	reserve reserveKeeper
+	checks  checkedIndexes
 
 	// reconcile wakes the loop on membership changes.
 	reconcile chan struct{}

@@ -69,6 +69,7 @@ type reserveKeeper struct {
 // reserveFor returns the reserve of st for spec, computing it if the kept
 // one is for another state.
 func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.Reserve {
+	st = reserveView(st)
 	key := stateKey(st, spec)
 	rk := &l.reserve
 	rk.mu.Lock()
@@ -91,13 +92,30 @@ func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.
 	return r
 }
 
+// reserveView is st with only the groups that run (or are lost with
+// their node): a group with no node takes no room and needs no restart,
+// so the reserve is the same without it. Leaving the others out keeps the
+// reserve's key from changing at every group created and at the start of
+// a group not yet placed, each of which would otherwise cost a check of
+// every failure set (groups × nodes) instead of one Admit.
+func reserveView(st placement.State) placement.State {
+	out := st
+	out.Groups = make([]placement.Group, 0, len(st.Assign))
+	for _, g := range st.Groups {
+		if _, ok := st.Assign[g.Name]; ok {
+			out.Groups = append(out.Groups, g)
+		}
+	}
+	return out
+}
+
 // keepReserve stores a reserve computed elsewhere (an admission's, for the state
 // with the admitted group on its node), saving the next check.
 func (l *Leader) keepReserve(st placement.State, spec placement.Spec, r *placement.Reserve) {
 	if r == nil {
 		return
 	}
-	key := stateKey(st, spec)
+	key := stateKey(reserveView(st), spec)
 	l.reserve.mu.Lock()
 	l.reserve.key, l.reserve.r = key, r
 	l.reserve.mu.Unlock()

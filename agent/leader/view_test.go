@@ -311,3 +311,30 @@ func TestRestartPlan(t *testing.T) {
 		t.Fatalf("with only n3 holding a lease: %v, want both on n3", got)
 	}
 }
+
+// TestReserveIgnoresGroupsWithNoNode: a group created, or started but not
+// yet placed, leaves the kept reserve as it is (no check of every failure
+// set at each one); the group's placement is a new reserve.
+func TestReserveIgnoresGroupsWithNoNode(t *testing.T) {
+	l := New(Config{})
+	one := placement.Spec{K: 1}
+	st := testState()
+	r := l.reserveFor(st, one)
+	st.Groups = append(st.Groups, placement.Group{Name: "zz", CPUMillis: 1000, MemoryBytes: gib, HA: true})
+	if l.reserveFor(st, one) != r {
+		t.Error("a group with no node made the reserve be checked again")
+	}
+	st.Assign["zz"] = "n3"
+	r2 := l.reserveFor(st, one)
+	if r2 == r {
+		t.Fatal("a group placed left the reserve as it was")
+	}
+	// The reserve with the group on n3 counts it: n3's loss displaces it.
+	plan, err := r2.PlanFor([]string{"n3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Moves) != 1 || plan.Moves[0].Group != "zz" {
+		t.Errorf("plan for n3's loss: %+v, want zz restarted", plan.Moves)
+	}
+}

@@ -20,7 +20,8 @@ import (
 // Groups is the state the table reads to list a node's groups and to
 // find its site.
 type Groups interface {
-	Groups() []*havenv1.Group
+	// GroupsFor lists the groups a node owns (and those moving to it).
+	GroupsFor(node string) []*havenv1.Group
 	Operation(id string) *havenv1.Operation
 	Node(name string) *havenv1.Node
 }
@@ -186,7 +187,7 @@ func (t *Table) Serve(stop <-chan struct{}) {
 // their epochs, leaving out pending moves. Called with t.mu held.
 func (t *Table) answer(node string, lease time.Duration) *havenv1.RenewLeaseResponse {
 	resp := &havenv1.RenewLeaseResponse{LeaseMillis: uint64(lease.Milliseconds()), Term: t.term}
-	for _, g := range t.state.Groups() {
+	for _, g := range t.state.GroupsFor(node) {
 		if g.GetOwner() == node && fsm.Active(g.GetState()) && !t.pending[g.GetSpec().GetName()] {
 			resp.Groups = append(resp.Groups, &havenv1.GroupEpoch{Name: g.GetSpec().GetName(), Epoch: g.GetEpoch(),
 				Moving: fsm.MovingFrom(t.state.Operation(g.GetOperation()), node)})
