@@ -295,7 +295,7 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 			for _, p := range []struct {
 				who string
 				n   *node
-			}{{"leader", leader}, {"follower", follower}} {
+			}{{"leader", leader}, {"follower", c.quietFollower(leader, follower)}} {
 				profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s.pprof", row.n, p.who)))
 			}
 		}()
@@ -359,6 +359,17 @@ func appliedByKind(t *testing.T, n *node) map[string]float64 {
 		out[kind], _ = strconv.ParseFloat(v, 64)
 	}
 	return out
+}
+
+// quietFollower is a follower other than busy (which serves the
+// scenario's lists): what a follower costs on its own.
+func (c *cluster) quietFollower(leader, busy *node) *node {
+	for _, nd := range c.nodes {
+		if nd != leader && nd != busy {
+			return nd
+		}
+	}
+	return busy
 }
 
 // snapshotFigures is the size of the leader's newest snapshot and the mean

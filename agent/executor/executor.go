@@ -78,6 +78,11 @@ type Executor struct {
 	reportChecks func(context.Context, *havenv1.ReportChecksRequest) error
 	checkEvery   time.Duration
 	checkWake    chan struct{}
+
+	// plan is the reconcile's, of the state at planIndex (currentPlan).
+	plan      plan
+	planIndex uint64
+	planned   bool
 	// freezes is Config.Freezes.
 	freezes func(Freeze)
 
@@ -263,7 +268,7 @@ func (e *Executor) Run(ctx context.Context) {
 
 func (e *Executor) reconcile(ctx context.Context) {
 	defer e.flush(ctx)
-	p := planFor(e.node, e.state.GroupsFor(e.node), e.state.Operation)
+	p := e.currentPlan()
 	// A VM the plan does not keep goes: at another epoch, the group runs
 	// (or is about to) elsewhere. But not on the local state alone while
 	// it may lag the leader's: an agent that restarts under VMs it left
@@ -303,6 +308,20 @@ func (e *Executor) reconcile(ctx context.Context) {
 			e.ensureRunning(ctx, t.group, vms[t.name()])
 		}
 	}
+}
+
+// currentPlan is the plan of the FSM's state now. The plan is a function
+// of the state alone, so it is made again only when the index moved: the
+// reconcile runs ten times a second, and at steady state nothing changes.
+// The index is read first, so a plan that saw a newer state is made again
+// on the next pass, never kept past a change.
+func (e *Executor) currentPlan() plan {
+	index := e.state.Index()
+	if !e.planned || e.planIndex != index {
+		e.plan = planFor(e.node, e.state.GroupsFor(e.node), e.state.Operation)
+		e.planIndex, e.planned = index, true
+	}
+	return e.plan
 }
 
 // stop stops a group's VMs in reverse dependency order (a VM before one

@@ -527,13 +527,22 @@ func (d *Driver) List() []driver.Status {
 		vms = append(vms, v)
 	}
 	d.mu.RUnlock()
-	out := make([]driver.Status, len(vms))
-	for i, v := range vms {
-		out[i] = v.status()
+	// Each ID's string once, not at every comparison: the executor lists
+	// ten times a second.
+	type keyed struct {
+		key string
+		st  driver.Status
 	}
-	slices.SortFunc(out, func(a, b driver.Status) int {
-		return strings.Compare(a.ID.String(), b.ID.String())
-	})
+	ks := make([]keyed, len(vms))
+	for i, v := range vms {
+		st := v.status()
+		ks[i] = keyed{st.ID.String(), st}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	out := make([]driver.Status, len(ks))
+	for i, k := range ks {
+		out[i] = k.st
+	}
 	return out
 }
 
