@@ -159,3 +159,26 @@ func TestFailedStartSkipsNodesThatCannotRun(t *testing.T) {
 		}
 	}
 }
+
+// A report that changes no refusal is not committed: with every node
+// reporting after each group created, committing them would make one
+// creation N commits. The leader still knows the node checked.
+func TestUnchangedChecksNotCommitted(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.Create(fsmtest.VMGroup("web"))
+	created := tl.state.Group("web").GetCreateIndex()
+	before := tl.state.Index()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		tl.check(t, n, nil)
+	}
+	if tl.state.Index() != before {
+		t.Errorf("reports of no refusal committed: index %d -> %d", before, tl.state.Index())
+	}
+	if !tl.checked(created) {
+		t.Error("the leader does not know the nodes checked web")
+	}
+	tl.check(t, "n2", map[string]string{"web": "vm: boot.kernel: no such file"})
+	if tl.state.Index() == before || len(tl.state.Node("n2").GetCannotRun()) != 1 {
+		t.Errorf("a new refusal was not committed: index %d, n2's record %v", tl.state.Index(), tl.state.Node("n2").GetCannotRun())
+	}
+}
