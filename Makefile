@@ -171,8 +171,11 @@ bench-leader-sim:
 
 # The scale scenario (integration/scenario_scale_test.go): for each N of
 # SCALE_N, N agents on loopback with 100 light groups each (at most
-# 10,000), a steady window (the last N's 10 minutes), a node and the leader
-# SIGKILLed; prints the README's table. About an hour on two cores.
+# 10,000), a steady window (the last N's 10 minutes unless SCALE_FLAGS
+# says -scale.steady-last), a node and the leader SIGKILLed; prints the
+# README's table. 3, 10 and 32 take about 25 minutes on two cores; on
+# such a machine 100 agents do not form a cluster yet (README, "Many
+# agents").
 SCALE_N ?= 3,10,32,64,100
 SCALE_FLAGS ?=
 .PHONY: bench-scale

@@ -116,10 +116,13 @@ func scaleTable(rows []scaleRow) string {
 	b.WriteString("| agents | groups | formed | groups online | CPU cluster / leader (cores) | RSS median / leader (MiB) | Raft log /h | snapshot | ListGroups p50 / p99 | kill a node: groups, all running | kill the leader: grants, longest freeze | false failovers / freezes |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %d | %d | %s | %s | %.2f / %.2f | %d / %d | %.0f entries | %.1f MiB, %s | %s / %s | %d, %s | %s, %s | %d / %d |\n",
+		snap := "none in the run"
+		if r.snapBytes > 0 {
+			snap = fmt.Sprintf("%.1f MiB, %s", float64(r.snapBytes)/(1<<20), r.snapTime.Round(time.Millisecond))
+		}
+		fmt.Fprintf(&b, "| %d | %d | %s | %s | %.2f / %.2f | %d / %d | %.0f entries | %s | %s / %s | %d, %s | %s, %s | %d / %d |\n",
 			r.n, r.groups, r.formed.Round(100*time.Millisecond), r.online.Round(100*time.Millisecond),
-			r.cpuCluster, r.cpuLeader, r.rssMedian>>20, r.rssLeader>>20, r.logPerHour,
-			float64(r.snapBytes)/(1<<20), r.snapTime.Round(time.Millisecond),
+			r.cpuCluster, r.cpuLeader, r.rssMedian>>20, r.rssLeader>>20, r.logPerHour, snap,
 			r.listP50.Round(time.Millisecond), r.listP99.Round(time.Millisecond),
 			r.killDisplaced, r.killRunning.Round(100*time.Millisecond),
 			r.leaderGrants.Round(100*time.Millisecond), r.leaderMaxGap.Round(100*time.Millisecond),

@@ -41,62 +41,93 @@ func (l *Leader) refused(call, group string, err error) {
 }
 
 // startGroup places a group that is not running (on node, when given) so
-// that the reserve still holds, and commits it.
+// that the reserve still holds, and commits it. The decision is made under
+// placeMu, the commit after it: until the assignment is applied it is a
+// pending start, which every later decision's state includes
+// (placementState). Commits of starts so overlap, and Raft writes them
+// together, instead of each start waiting for the one before to commit.
 func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
+	name := g.GetSpec().GetName()
 	l.placeMu.Lock()
-	defer l.placeMu.Unlock()
-	// Another decision may have been committed while this one waited for
-	// the lock: a concurrent start of the same group has started it.
-	cur := l.state.Group(g.GetSpec().GetName())
-	switch {
-	case cur == nil:
-		return refuse(ErrNotFound, "group %q not found", g.GetSpec().GetName())
-	case cur.GetEpoch() != g.GetEpoch() || cur.GetDesiredIndex() != g.GetDesiredIndex():
-		// Changed while this start waited: decide again on what is now.
-		if err := startable(cur, node); err != nil || alreadyStarted(cur, node) {
-			return err
-		}
+	// A start of the same group decided and not yet applied: its outcome
+	// decides what this one does.
+	for wait := l.pending.wait(name); wait != nil; wait = l.pending.wait(name) {
+		l.placeMu.Unlock()
+		<-wait
+		l.placeMu.Lock()
 	}
-	g = cur
-	now := time.Now()
-	st := l.placementState()
-	spec := l.reserveSpec(st)
-	pg := l.placementGroup(g.GetSpec())
-	// An operator's start may go where the group failed before: it
-	// clears the record.
-	pg.AvoidNodes = nil
-	st = withGroup(st, pg)
-	var owner string
-	var kept *placement.Reserve
-	var err error
-	if node != "" {
-		owner, err = admitOn(st, pg, node, spec)
-	} else {
-		owner, kept, err = l.admit(st, pg, spec, l.leaseHolders(st, now))
-	}
-	if err != nil {
-		l.log.Info("start refused", "group", pg.Name, "reason", err)
-		l.refused("start", pg.Name, err)
+	d, err := l.decideStart(g, node)
+	if err != nil || d.owner == "" {
+		l.placeMu.Unlock()
 		return err
 	}
+	done := l.pending.add(name, d.owner)
+	if node == "" {
+		// The admission's reserve is the reserve of the state with this
+		// start (unless something else changed meanwhile, which the key
+		// tells): keeping it spares the next decision a full check.
+		l.keepReserve(withAssign(d.st, map[string]string{name: d.owner}), d.spec, d.kept)
+	}
+	l.placeMu.Unlock()
+	defer done()
 	// The operator's intent (run, at this command's index) and the
 	// placement go in one command; an operator's start also forgets where
 	// the group failed before.
 	if err := l.apply(&havenv1.Command{RequestId: requestID, Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
-		Name: pg.Name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: owner,
+		Name: name, ExpectEpoch: d.g.GetEpoch(), ExpectDesiredIndex: d.g.GetDesiredIndex(), Owner: d.owner,
 		State: havenv1.GroupState_GROUP_STATE_STARTING, Reason: "started on request",
 		Desired: havenv1.DesiredState_DESIRED_STATE_RUN, ClearFailures: true,
 	}}}); err != nil {
 		return err
 	}
-	l.leases.Assigned(pg.Name, now)
-	if node == "" {
-		// The admission's reserve is the reserve of the state just
-		// committed (unless something else changed meanwhile, which the
-		// key tells): keeping it spares the next check.
-		l.keepReserve(withAssign(st, map[string]string{pg.Name: owner}), spec, kept)
-	}
+	l.leases.Assigned(name, d.at)
 	return nil
+}
+
+// startDecision is where a start goes and what it was decided on.
+type startDecision struct {
+	g     *havenv1.Group // as decided on
+	owner string         // "": nothing to do, the group started meanwhile
+	at    time.Time
+	st    placement.State
+	spec  placement.Spec
+	kept  *placement.Reserve
+}
+
+// decideStart is startGroup's decision, made under placeMu.
+func (l *Leader) decideStart(g *havenv1.Group, node string) (startDecision, error) {
+	// Another decision may have been committed while this one waited for
+	// the lock: a concurrent start of the same group has started it.
+	cur := l.state.Group(g.GetSpec().GetName())
+	switch {
+	case cur == nil:
+		return startDecision{}, refuse(ErrNotFound, "group %q not found", g.GetSpec().GetName())
+	case cur.GetEpoch() != g.GetEpoch() || cur.GetDesiredIndex() != g.GetDesiredIndex():
+		// Changed while this start waited: decide again on what is now.
+		if err := startable(cur, node); err != nil || alreadyStarted(cur, node) {
+			return startDecision{}, err
+		}
+	}
+	d := startDecision{g: cur, at: time.Now()}
+	d.st = l.placementState()
+	d.spec = l.reserveSpec(d.st)
+	pg := l.placementGroup(cur.GetSpec())
+	// An operator's start may go where the group failed before: it
+	// clears the record.
+	pg.AvoidNodes = nil
+	d.st = withGroup(d.st, pg)
+	var err error
+	if node != "" {
+		d.owner, err = admitOn(d.st, pg, node, d.spec)
+	} else {
+		d.owner, d.kept, err = l.admit(d.st, pg, d.spec, l.leaseHolders(d.st, d.at))
+	}
+	if err != nil {
+		l.log.Info("start refused", "group", pg.Name, "reason", err)
+		l.refused("start", pg.Name, err)
+		return startDecision{}, err
+	}
+	return d, nil
 }
 
 // admitOn admits a group on the node an operator chose: the node must take

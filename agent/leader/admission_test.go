@@ -2,8 +2,11 @@ package leader
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
@@ -150,5 +153,77 @@ func TestSiteLossReserveNeedsTwoSites(t *testing.T) {
 	rep := tl.KeptReserve()
 	if rep.Reserve == nil || rep.SiteLoss || rep.KeptSites != 0 || rep.ConfiguredSites != 1 || rep.Kept != 1 {
 		t.Fatalf("kept %+v: want K 1 only, with reserve_sites 1 configured", rep)
+	}
+}
+
+// Starts decided while earlier ones are still committing see them: a
+// dozen concurrent starts admit no more groups than reserve 1 leaves room
+// for, and concurrent starts of one group start it once, all of them
+// answered without error.
+func TestConcurrentStartsSeePendingOnes(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.cfg.Reserve = 1
+	var names []string
+	for i := range 12 {
+		name := fmt.Sprintf("g%02d", i)
+		tl.raft.Create(sized(name, 4))
+		names = append(names, name)
+	}
+	tl.raft.Create(sized("once", 1))
+	tl.raft.delay = 20 * time.Millisecond
+	var wg sync.WaitGroup
+	errs := make(chan error, len(names)+4)
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := tl.StartGroup(name, "", "start-"+name); err != nil && !errors.Is(err, placement.ErrResourceExhausted) {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := tl.StartGroup("once", "", fmt.Sprintf("once-%d", i)); err != nil {
+				errs <- fmt.Errorf("once, start %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Three 16 GiB nodes; after any one fails the other two hold 32 GiB:
+	// seven 4 GiB groups beside the 1 GiB one, at most.
+	perNode := map[string]int64{}
+	started := 0
+	for _, name := range append(names, "once") {
+		g := tl.state.Group(name)
+		if g.GetOwner() == "" {
+			continue
+		}
+		if name != "once" {
+			started++
+		}
+		for _, r := range g.GetSpec().GetResources() {
+			perNode[g.GetOwner()] += r.GetVm().GetMemoryBytes()
+		}
+	}
+	if started == 0 || started > 7 {
+		t.Errorf("%d groups of 4 GiB started; reserve 1 leaves room for 1 to 7", started)
+	}
+	for n, b := range perNode {
+		if b > 16<<30 {
+			t.Errorf("%s holds %d GiB, more than its 16", n, b>>30)
+		}
+	}
+	if r := tl.KeptReserve(); r.Reserve == nil || !r.Reserve.OK {
+		t.Errorf("the reserve does not hold after the starts: %+v", r.Reserve)
+	}
+	if g := tl.state.Group("once"); g.GetOwner() == "" {
+		t.Errorf("once was not started: %v", g)
 	}
 }

@@ -29,6 +29,7 @@ type fakeRaft struct {
 	mu       sync.Mutex
 	commits  []string // command types, in order
 	unlocked []string // commands committed without placeMu
+	delay    time.Duration
 	last     *havenv1.Command
 }
 
@@ -40,7 +41,11 @@ func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
 		r.l.placeMu.Unlock()
 		r.unlocked = append(r.unlocked, kind)
 	}
+	delay := r.delay
 	r.mu.Unlock()
+	// A real commit takes a disk write and a round trip: decisions made
+	// meanwhile must see the ones on their way.
+	time.Sleep(delay)
 	return r.Log.Commit(c)
 }
 

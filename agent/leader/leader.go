@@ -126,10 +126,13 @@ type Leader struct {
 	state  State
 	leases *lease.Table
 
-	// placeMu serializes the placement decisions with their commits: two
-	// starts admitted against the same state could break the reserve
-	// together although each alone keeps it.
+	// placeMu serializes the placement decisions: two starts admitted
+	// against the same state could break the reserve together although
+	// each alone keeps it. A start commits after it lets go, its
+	// assignment held in pending until applied; the other decisions commit
+	// under it.
 	placeMu sync.Mutex
+	pending pendingStarts
 	reserve reserveKeeper
 	checks  checkedIndexes
 

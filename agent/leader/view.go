@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"math"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/haven-ha/haven/fsm"
@@ -15,9 +16,10 @@ import (
 
 // The leader's side of placement/: it turns its view of the cluster (the
 // FSM plus gossip) into a placement.State, asks the pure package, and
-// commits what it decided. Every decision that places a group, together
-// with its commit, runs under placeMu, so each sees the one before it:
-// two StartGroups admitted against the same state could break the reserve
+// commits what it decided. Every decision that places a group runs under
+// placeMu and sees the ones before it: their commits, made under placeMu
+// too, or a start's assignment decided and not yet applied (pendingStarts).
+// Two StartGroups admitted against the same state could break the reserve
 // together although each alone keeps it.
 
 // placementPriority maps haven.v1.Priority onto placement's order, lower
@@ -115,7 +117,60 @@ func (l *Leader) placementState() placement.State {
 	groups := l.state.Groups()
 	st := buildState(nodes, groups, alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())
 	holdIncoming(st, groups, l.state.Operation)
+	if p := l.pending.assignments(); len(p) > 0 {
+		st = withAssign(st, p)
+	}
 	return st
+}
+
+// pendingStarts are the starts decided and not yet applied: group ->
+// owner, and a channel closed when the start's commit has returned.
+type pendingStarts struct {
+	mu    sync.Mutex
+	owner map[string]string
+	done  map[string]chan struct{}
+}
+
+// add records a start decided; the func it returns ends it, once its
+// commit returned (applied or not).
+func (p *pendingStarts) add(group, owner string) func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.owner == nil {
+		p.owner, p.done = map[string]string{}, map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	p.owner[group], p.done[group] = owner, ch
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		delete(p.owner, group)
+		delete(p.done, group)
+		close(ch)
+	}
+}
+
+// wait is closed when the pending start of group ends; nil when none is.
+func (p *pendingStarts) wait(group string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ch, ok := p.done[group]; ok {
+		return ch
+	}
+	return nil
+}
+
+func (p *pendingStarts) assignments() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.owner) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(p.owner))
+	for g, n := range p.owner {
+		out[g] = n
+	}
+	return out
 }
 
 // holdIncoming takes the room of every move in flight off its target: until

@@ -5,6 +5,7 @@
 package fsmtest
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,9 @@ type Log struct {
 	FSM *fsm.FSM
 	// Now stamps the commands; the FSM never reads a clock.
 	Now func() time.Time
+	// mu makes each commit's index and apply one step, as Raft's single
+	// log does, for callers that commit from several goroutines.
+	mu sync.Mutex
 }
 
 // New returns a Log over an empty FSM, stamping commands with time.Now.
@@ -30,6 +34,8 @@ func New(t testing.TB) *Log {
 
 // Commit applies c at the next index, as Raft would commit it.
 func (l *Log) Commit(c *havenv1.Command) (*fsm.Result, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	c.Time = timestamppb.New(l.Now())
 	data, err := fsm.Encode(c)
 	if err != nil {
