@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/haven-ha/haven/agent"
+	"github.com/haven-ha/haven/internal/rpcclient"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -21,9 +22,9 @@ import (
 func (c *cluster) nodesAlive(via *node, want int, timeout time.Duration) {
 	c.t.Helper()
 	waitFor(c.t, timeout, fmt.Sprintf("%d nodes alive", want), func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		resp, err := via.api().ListNodes(ctx, &havenv1.ListNodesRequest{})
+		resp, err := rpcclient.AllNodes(ctx, via.api(), &havenv1.ListNodesRequest{})
 		if err != nil {
 			return err
 		}

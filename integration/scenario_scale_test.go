@@ -142,24 +142,7 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 		nd.start()
 	}
 	leader := c.leader(5 * time.Minute)
-	waitFor(t, 5*time.Minute, "every agent a node of the cluster", func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		resp, err := rpcclient.AllNodes(ctx, leader.api(), &havenv1.ListNodesRequest{})
-		if err != nil {
-			return err
-		}
-		alive := 0
-		for _, nd := range resp.GetNodes() {
-			if nd.GetNode().GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE {
-				alive++
-			}
-		}
-		if alive < n {
-			return fmt.Errorf("%d of %d nodes alive", alive, n)
-		}
-		return nil
-	})
+	c.nodesAlive(leader, n, 5*time.Minute)
 	row.formed = time.Since(t0)
 	t.Logf("scenario scale N=%d: %d agents formed one cluster in %s (leader %s)", n, n, row.formed.Round(time.Millisecond), leader.name)
 

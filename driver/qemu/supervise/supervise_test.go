@@ -126,7 +126,9 @@ func TestExtend(t *testing.T) {
 // than its lease allowed.
 func TestLateExtendRace(t *testing.T) {
 	fx := newFixture(t)
-	c := fx.start(t, fx.config(1, time.Now().Add(100*time.Millisecond)))
+	// A lease that ends soon, but not before the supervisor has started:
+	// under -race beside the other packages a start took over 100 ms.
+	c := fx.start(t, fx.config(1, time.Now().Add(time.Second)))
 	ctx := testCtx(t)
 	// The supervisor's own CLOCK_MONOTONIC values throughout, exactly.
 	w := wire(t, c)
@@ -447,7 +449,9 @@ func TestKillAndRelease(t *testing.T) {
 			fx := newFixture(t)
 			lease := 10 * time.Second
 			if frozen {
-				lease = 100 * time.Millisecond
+				// Frozen soon, but not before the start is done: under
+				// load a start took over 100 ms.
+				lease = time.Second
 			}
 			c := fx.start(t, fx.config(1, time.Now().Add(lease)))
 			ctx := testCtx(t)
@@ -585,7 +589,7 @@ func TestMonoRoundTrip(t *testing.T) {
 // and cancels the kill, which a later freeze arms again.
 func TestKillAfter(t *testing.T) {
 	fx := newFixture(t)
-	cfg := fx.config(1, time.Now().Add(300*time.Millisecond))
+	cfg := fx.config(1, time.Now().Add(time.Second))
 	cfg.KillAfter = 400 * time.Millisecond
 	c := fx.start(t, cfg)
 	ctx := testCtx(t)
