@@ -150,7 +150,7 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 	t1 := time.Now()
 	if *scaleProfiles != "" {
 		go func() {
-			time.Sleep(5 * time.Second)
+			time.Sleep(5 * time.Second) // deliberate: well into the creation
 			profile(t, leader, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-leader-create.pprof", n)))
 		}()
 	}
@@ -277,7 +277,7 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 	}()
 	if *scaleProfiles != "" {
 		go func() {
-			time.Sleep(d / 3)
+			time.Sleep(d / 3) // deliberate: a third into the steady window
 			for _, p := range []struct {
 				who string
 				n   *node
@@ -455,7 +455,21 @@ func (c *cluster) killLeaderScale(row *scaleRow, names []string) {
 	// Every group runs again (the old leader's own by failover), then the
 	// execution logs show how long the others stood still.
 	c.allOnline(next, names, 2*time.Minute, func(g *havenv1.Group) bool { return g.GetOwner() != leader.name })
-	time.Sleep(3 * time.Second) // a tick or so past the last restart
+	// A gap ends with a tick: wait until every other group ticked after
+	// all were online, so that no gap is still open when it is measured.
+	online := time.Now()
+	waitFor(t, time.Minute, "a tick of every group after the leader change", func() error {
+		for _, name := range names {
+			if groups[name].GetOwner() == leader.name {
+				continue
+			}
+			recs := c.execRecords(name)
+			if len(recs) == 0 || !recs[len(recs)-1].Wall.After(online) {
+				return fmt.Errorf("%s has not ticked since %s", name, online.Format(time.StampMilli))
+			}
+		}
+		return nil
+	})
 	for _, name := range names {
 		if groups[name].GetOwner() == leader.name {
 			continue

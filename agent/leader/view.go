@@ -123,12 +123,16 @@ func (l *Leader) placementState() placement.State {
 	return st
 }
 
-// pendingStarts are the starts decided and not yet applied: group ->
-// owner, and a channel closed when the start's commit has returned.
+// pendingStarts are the starts decided and not yet applied: group -> its
+// owner and a channel closed when the start's commit has returned.
 type pendingStarts struct {
-	mu    sync.Mutex
-	owner map[string]string
-	done  map[string]chan struct{}
+	mu sync.Mutex
+	m  map[string]pendingStart
+}
+
+type pendingStart struct {
+	owner string
+	done  chan struct{}
 }
 
 // add records a start decided; the func it returns ends it, once its
@@ -136,17 +140,16 @@ type pendingStarts struct {
 func (p *pendingStarts) add(group, owner string) func() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.owner == nil {
-		p.owner, p.done = map[string]string{}, map[string]chan struct{}{}
+	if p.m == nil {
+		p.m = map[string]pendingStart{}
 	}
-	ch := make(chan struct{})
-	p.owner[group], p.done[group] = owner, ch
+	ps := pendingStart{owner: owner, done: make(chan struct{})}
+	p.m[group] = ps
 	return func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		delete(p.owner, group)
-		delete(p.done, group)
-		close(ch)
+		delete(p.m, group)
+		close(ps.done)
 	}
 }
 
@@ -154,8 +157,8 @@ func (p *pendingStarts) add(group, owner string) func() {
 func (p *pendingStarts) wait(group string) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if ch, ok := p.done[group]; ok {
-		return ch
+	if ps, ok := p.m[group]; ok {
+		return ps.done
 	}
 	return nil
 }
@@ -163,12 +166,12 @@ func (p *pendingStarts) wait(group string) <-chan struct{} {
 func (p *pendingStarts) assignments() map[string]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.owner) == 0 {
+	if len(p.m) == 0 {
 		return nil
 	}
-	out := make(map[string]string, len(p.owner))
-	for g, n := range p.owner {
-		out[g] = n
+	out := make(map[string]string, len(p.m))
+	for g, ps := range p.m {
+		out[g] = ps.owner
 	}
 	return out
 }
