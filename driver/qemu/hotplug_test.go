@@ -163,6 +163,11 @@ func TestHotPlugThenMove(t *testing.T) {
 	if _, err, inErr := move(t, n1, n2, target, 1, driver.MigrateOptions{}, nil); err != nil || inErr != nil {
 		t.Fatalf("MigrateOut: %v; MigrateIn: %v", err, inErr)
 	}
+	// The source is paused now; its console was last read before the
+	// move, which ticked on for as long as the move took.
+	if err := src.Poll(); err != nil {
+		t.Fatal(err)
+	}
 	last := src.Last()
 	if err := n2.d.Activate(web, 2, lease()); err != nil {
 		t.Fatal(err)
