@@ -20,6 +20,7 @@ import (
 	"github.com/haven-ha/haven/agent/consensus"
 	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/executor"
+	"github.com/haven-ha/haven/agent/follow"
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/agent/metrics"
@@ -54,6 +55,9 @@ type Agent struct {
 	leases *lease.Table
 	leader *leader.Leader
 	exec   *executor.Executor
+	// logServer serves the committed log to the agents outside the Raft
+	// configuration.
+	logServer *follow.Server
 	// observed is the FSM as Raft applies to it, publishing every apply.
 	observed *events.Observed
 
@@ -161,6 +165,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })
 	a.goRun(func() { a.exec.Run(ctx) })
+	a.goRun(func() { a.follower().Run(ctx) })
 	a.goRun(func() { a.endOwnDrain(ctx) })
 	if len(a.cfg.Join) > 0 {
 		a.goRun(func() { a.gossip.RetryJoin(ctx, a.cfg.Join, time.Second) })

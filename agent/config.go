@@ -252,6 +252,12 @@ type Capacity struct {
 type RaftConfig struct {
 	// MaxVoters caps the voters; the rest are non-voters. Must be odd.
 	MaxVoters int `yaml:"max_voters"`
+	// MaxMembers caps the live nodes in the Raft configuration (voters and
+	// the non-voters ready to replace one); 0 is no cap. Every member
+	// costs the leader a heartbeat stream and a copy of every entry; the
+	// nodes beyond it follow the committed log by a stream from a member
+	// (agent/follow) and are added when a member dies.
+	MaxMembers int `yaml:"max_members"`
 	// ReapAfter removes a node from Raft once gossip has reported it failed
 	// or gone for this long.
 	ReapAfter time.Duration `yaml:"reap_after"`
@@ -310,6 +316,7 @@ func Default() Config {
 		NodeWeight: 1,
 		Raft: RaftConfig{
 			MaxVoters:          5,
+			MaxMembers:         9,
 			ReapAfter:          10 * time.Minute,
 			Stabilization:      5 * time.Second,
 			HeartbeatTimeout:   1000 * time.Millisecond,

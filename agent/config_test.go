@@ -38,6 +38,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"negative expect", func(c *Config) { c.BootstrapExpect = -1 }, "bootstrap_expect:"},
 		{"unknown driver", func(c *Config) { c.Driver = "xen" }, `driver: "xen"`},
 		{"even voters", func(c *Config) { c.Raft.MaxVoters = 4 }, "raft.max_voters: 4 must be odd"},
+		{"members fewer than voters", func(c *Config) { c.Raft.MaxMembers = 3 }, "raft.max_members: 3 must be 0 (no cap) or at least max_voters (5)"},
 		{"weight 2", func(c *Config) { c.NodeWeight = 2 }, "node_weight: 2 must be 0 (never votes) or 1"},
 		{"witness of weight 0", func(c *Config) { c.Witness, c.NodeWeight = true, 0 }, "node_weight: 0 on a witness"},
 		{"lease above heartbeat", func(c *Config) { c.Raft.LeaderLeaseTimeout = 2 * time.Second }, "raft.leader_lease_timeout:"},

@@ -68,6 +68,8 @@ func (c *Config) Validate() error {
 	switch {
 	case r.MaxVoters < 1 || r.MaxVoters%2 == 0 || r.MaxVoters > 9:
 		return fmt.Errorf("raft.max_voters: %d must be odd, between 1 and 9", r.MaxVoters)
+	case r.MaxMembers != 0 && r.MaxMembers < r.MaxVoters:
+		return fmt.Errorf("raft.max_members: %d must be 0 (no cap) or at least max_voters (%d)", r.MaxMembers, r.MaxVoters)
 	case r.ReapAfter <= 0:
 		return fmt.Errorf("raft.reap_after: %s must be positive", r.ReapAfter)
 	case r.Stabilization < 0:

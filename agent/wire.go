@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/haven-ha/haven/agent/consensus"
 	"github.com/haven-ha/haven/agent/events"
 	"github.com/haven-ha/haven/agent/executor"
+	"github.com/haven-ha/haven/agent/follow"
 	"github.com/haven-ha/haven/agent/leader"
 	"github.com/haven-ha/haven/agent/lease"
 	"github.com/haven-ha/haven/agent/server"
@@ -90,7 +92,7 @@ func (a *Agent) wireDuties() {
 		Reserve: p.Reserve, ReserveSites: p.ReserveSites, CPUOvercommit: p.CPUOvercommit, Balancer: balancerMode(p.Balancer), FailbackAfter: p.FailbackAfter,
 		BalanceInterval: p.BalancerInterval, BalanceHoldOff: p.BalancerHoldOff, MaxParallelMoves: p.MaxParallelMoves,
 		DirtyRate: dirtyRate(a.drv),
-		MaxVoters: r.MaxVoters, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
+		MaxVoters: r.MaxVoters, MaxMembers: r.MaxMembers, Stabilization: r.Stabilization, ReapAfter: r.ReapAfter,
 		ElectionTimeout: r.ElectionTimeout, ReconcileInterval: r.ReconcileInterval,
 	})
 	a.exec = executor.New(executor.Config{
@@ -98,7 +100,48 @@ func (a *Agent) wireDuties() {
 		ReportChecks: a.sendChecks, Freezes: a.vmFreeze,
 		Logger: logging.Named(a.log, "executor"),
 	})
-	a.observed.OnApply(a.exec.Wake)
+	a.logServer = &follow.Server{Log: a.raft, FSM: a.fsm, Compacted: consensus.ErrCompacted}
+	a.observed.OnApply(func() {
+		a.exec.Wake()
+		a.logServer.Applied()
+	})
+}
+
+// follower follows the committed log by stream while this node's Raft is
+// silent: outside the configuration (raft.max_members), or cut off from
+// its leader.
+func (a *Agent) follower() *follow.Follower {
+	return &follow.Follower{
+		Self: a.cfg.Name, Raft: a.raft, FSM: a.observed, Logger: logging.Named(a.log, "follow"),
+		Open: a.openLog,
+		Peers: func() []string {
+			var out []string
+			for _, m := range a.gossip.Members() {
+				if m.State == heartbeat.StateAlive && !m.Meta.Witness {
+					out = append(out, m.Name)
+				}
+			}
+			return out
+		},
+	}
+}
+
+// openLog opens a FollowLog stream on the member named.
+func (a *Agent) openLog(ctx context.Context, member string, after uint64) (follow.Stream, error) {
+	addr := ""
+	for _, m := range a.gossip.Members() {
+		if m.Name == member {
+			addr = m.Meta.GRPCAddr
+		}
+	}
+	if addr == "" {
+		return nil, fmt.Errorf("member %s has no known gRPC address", member)
+	}
+	conn, err := a.pool.Conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return havenv1.NewNodeServiceClient(conn).FollowLog(ctx, &havenv1.FollowLogRequest{AfterIndex: after, Node: a.cfg.Name})
 }
 
 // serve builds the gRPC server and its services, and starts serving.
@@ -124,7 +167,7 @@ func (a *Agent) serve() error {
 	}))
 	havenv1.RegisterAclServiceServer(srv, aclsvc.New(aclsvc.Config{State: a.fsm, Leader: a.leader, Locate: a.locate}))
 	havenv1.RegisterNodeServiceServer(srv, node.New(node.Config{
-		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip,
+		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Leases: a.leases, Reports: a.leader, Members: a.gossip, Log: a.logServer,
 		Driver: a.drv, FaultInjection: a.cfg.Sim.FaultInjection, Holds: a.exec, Mover: a.exec, DialNode: a.dialMove,
 		Locate: a.locate, Logger: logging.Named(a.log, "grpc"),
 	}))

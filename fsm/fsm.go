@@ -169,6 +169,12 @@ func Encode(c *havenv1.Command) ([]byte, error) { return proto.Marshal(c) }
 // refuses every later entry without applying it (FailedPrecondition), its
 // reads stay at the last entry it applied, and the agent, watching Halted,
 // stops with HaltError's message.
+//
+// An entry at or below the index already applied is skipped: an agent
+// outside the Raft configuration follows the committed log from a member
+// (agent/follow), and when it joins the configuration Raft replays what
+// the stream already applied. Every index names one committed entry, so
+// the state at the higher index already holds it.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -177,6 +183,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	err := proto.Unmarshal(l.Data, &c)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if l.Index <= f.st.index {
+		return &Result{Index: l.Index}
+	}
 	if err != nil && f.halt == nil {
 		f.halt = &HaltError{Index: l.Index, Err: err}
 		close(f.halted)
@@ -516,7 +525,10 @@ func (s *state) clone() *state {
 	return c
 }
 
-// Restore replaces all state with the snapshot's.
+// Restore replaces all state with the snapshot's, unless the state is
+// already past the snapshot's index (a follower by stream that joined the
+// Raft configuration and is sent a snapshot it is ahead of): both are
+// prefixes of the same committed log, so the later one holds the other.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	st, err := readSnapshot(rc)
@@ -524,7 +536,19 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.mu.Lock()
-	f.st = st
+	if st.index >= f.st.index {
+		f.st = st
+	}
 	f.mu.Unlock()
 	return nil
+}
+
+// WriteSnapshot writes a snapshot of the state to w, as Persist would,
+// and returns its index: a member sends it to an agent that follows the
+// log by stream and is too far behind for the entries alone.
+func (f *FSM) WriteSnapshot(w io.Writer) (uint64, error) {
+	f.mu.RLock()
+	st := f.st.clone()
+	f.mu.RUnlock()
+	return st.index, (&snapshot{st: st}).write(w)
 }

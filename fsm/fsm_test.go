@@ -325,3 +325,45 @@ func mustDelim(t *testing.T, m proto.Message) []byte {
 	b.Write(data)
 	return b.Bytes()
 }
+
+// An agent that followed the log by stream and then joins the Raft
+// configuration is fed what it has again: entries at or below its index
+// change nothing, and neither does a snapshot it is ahead of. A snapshot
+// ahead of it replaces its state.
+func TestAppliedEntriesAndOlderSnapshotsSkipped(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(t0, createCmd("r1", "web"))
+	var old bytes.Buffer
+	if _, err := a.f.WriteSnapshot(&old); err != nil {
+		t.Fatal(err)
+	}
+	a.apply(t0, createCmd("r2", "db"))
+	at := a.f.Index()
+
+	// Index 2 again, carrying another command: Raft's replay of an entry
+	// the stream applied is the same entry, so this one must be ignored.
+	data, err := Encode(createCmd("r3", "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := a.f.Apply(&raft.Log{Index: at, Type: raft.LogCommand, Data: data}).(*Result); r.Err != nil || r.Command != nil {
+		t.Errorf("re-applied entry %d: %+v", at, r)
+	}
+	if a.f.Group("other") != nil || a.f.Index() != at {
+		t.Fatalf("an entry at an applied index changed the state (index %d)", a.f.Index())
+	}
+	if err := a.f.Restore(io.NopCloser(bytes.NewReader(old.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if a.f.Group("db") == nil || a.f.Index() != at {
+		t.Fatalf("an older snapshot took the state back to index %d", a.f.Index())
+	}
+
+	ahead := New()
+	if err := ahead.Restore(io.NopCloser(bytes.NewReader(old.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if ahead.Group("web") == nil || ahead.Index() != 1 {
+		t.Fatalf("a fresh FSM did not take the snapshot: index %d", ahead.Index())
+	}
+}

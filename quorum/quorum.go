@@ -66,6 +66,11 @@ type Options struct {
 	Stabilization time.Duration
 	// ReapAfter: a node failed or gone this long leaves the configuration.
 	ReapAfter time.Duration
+	// MaxMembers caps the live nodes in the configuration; 0 is no cap.
+	// Every member costs the leader a stream of heartbeats and a copy of
+	// every entry; the nodes left out follow the log by stream instead
+	// (agent/follow). It is at least MaxVoters.
+	MaxMembers int
 }
 
 // Plan returns the configuration changes that move the cluster towards its
@@ -97,12 +102,12 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 	stable := func(s Server) bool { return !now.Before(s.Since.Add(opt.Stabilization)) }
 
 	var adds, promotes, demotes, removes []Change
-	var voters, candidates, dead []Server
-	live := 0
+	var voters, candidates, dead, outside []Server
+	live, members := 0, 0
 	for _, s := range srv {
 		switch {
 		case s.Alive && !s.InConfig:
-			adds = append(adds, Change{Add, s.ID, "alive and not in the Raft configuration"})
+			outside = append(outside, s)
 		case s.Alive && s.Voter && s.NoVote && s.ID != leader:
 			demotes = append(demotes, Change{Demote, s.ID, "its weight is 0: it never votes"})
 		case s.Alive && s.Voter:
@@ -115,7 +120,11 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 		if s.Alive && s.InConfig && (!s.NoVote || s.ID == leader) {
 			live++
 		}
+		if s.Alive && s.InConfig {
+			members++
+		}
 	}
+	adds = addsWithin(outside, srv, members, opt.MaxMembers)
 	// Reap first in the decision, last in the order: a reaped node drops
 	// out of every other rule. A voter dead for less than the stabilization
 	// time keeps its vote (gossip may be wrong); one dead for longer loses
@@ -278,3 +287,51 @@ func canBeSafe(voters, candidates []Server, n int) bool {
 
 // QuorumSize is the number of votes a majority of n voters needs.
 func QuorumSize(voters int) int { return voters/2 + 1 }
+
+// addsWithin adds the live nodes outside the configuration while the live
+// members stay within max (0: all of them). A witness is always added (it
+// exists to vote); nodes of weight 0 come last (they never vote), and
+// otherwise the site with the fewest members, so that voters can be
+// spread; then by ID.
+func addsWithin(outside, all []Server, members, max int) []Change {
+	var adds []Change
+	rest := outside[:0:0]
+	for _, s := range outside {
+		if s.Witness {
+			adds = append(adds, Change{Add, s.ID, "a witness, alive and not in the Raft configuration"})
+			members++
+		} else {
+			rest = append(rest, s)
+		}
+	}
+	outside = rest
+	room := len(outside)
+	if max > 0 {
+		room = min(room, max-members)
+	}
+	perSite := map[string]int{}
+	for _, s := range all {
+		if s.Alive && s.InConfig {
+			perSite[s.Site]++
+		}
+	}
+	for ; room > 0; room-- {
+		best := 0
+		for i := 1; i < len(outside); i++ {
+			a, b := outside[i], outside[best]
+			switch {
+			case a.NoVote != b.NoVote:
+				if !a.NoVote {
+					best = i
+				}
+			case perSite[a.Site] < perSite[b.Site]:
+				best = i
+			}
+		}
+		s := outside[best]
+		outside = append(outside[:best], outside[best+1:]...)
+		perSite[s.Site]++
+		adds = append(adds, Change{Add, s.ID, "alive and not in the Raft configuration"})
+	}
+	return adds
+}

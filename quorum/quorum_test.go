@@ -373,3 +373,36 @@ func ids(servers []Server) []string {
 	}
 	return out
 }
+
+// MaxMembers keeps the nodes beyond it out of the configuration, adds one
+// when a member dies (a replacement catches up before the dead one is
+// reaped, so the standby for the next promotion is never missing), spreads
+// its adds over sites and always takes a witness.
+func TestPlanMaxMembers(t *testing.T) {
+	capped := opts
+	capped.MaxMembers = 5
+	out := func(id, site string) Server {
+		return Server{ID: id, Site: site, Alive: true, Since: now.Add(-time.Minute)}
+	}
+	at := func(s Server, site string) Server { s.Site = site; return s }
+	five := []Server{live("n1", true), live("n2", true), live("n3", true), live("n4", true), live("n5", true)}
+	tests := []struct {
+		name    string
+		servers []Server
+		want    string
+	}{
+		{"full: the sixth stays out", append(five[:5:5], out("n6", "a")), ""},
+		{"room for two of three", []Server{live("n1", true), live("n2", true), live("n3", true), out("n4", "a"), out("n5", "a"), out("n6", "a")}, "add n4, add n5"},
+		{"a dead member makes room", []Server{live("n1", true), live("n2", true), live("n3", true), live("n4", false), deadFor("n5", false, time.Minute), out("n6", "a"), out("n7", "a")}, "add n6"},
+		{"the emptier site first", []Server{at(live("n1", true), "a"), at(live("n2", true), "a"), at(live("n3", true), "b"), at(live("n4", false), "a"), out("n5", "a"), out("n6", "b")}, "add n6"},
+		{"a witness even when full", append(five[:5:5], Server{ID: "w", Site: "c", Witness: true, Alive: true, Since: now.Add(-time.Minute)}), "add w"},
+		{"weight 0 last", []Server{live("n1", true), live("n2", true), live("n3", true), live("n4", false), {ID: "n5", Site: "a", NoVote: true, Alive: true, Since: now.Add(-time.Minute)}, out("n6", "a")}, "add n6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := render(Plan(tt.servers, "n1", capped, now)); got != tt.want {
+				t.Fatalf("plan = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

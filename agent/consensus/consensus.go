@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,11 @@ type Node struct {
 	// it may answer consistent reads.
 	readsReady atomic.Bool
 
+	// heartbeat is Raft's heartbeat timeout, which Silent measures by;
+	// followed is the leader a stream from a member last named (follow.go).
+	heartbeat time.Duration
+	followed  atomic.Pointer[Followed]
+
 	// bootstrapped is set once this node has Raft state; it never
 	// bootstraps again.
 	bootMu       sync.Mutex
@@ -80,7 +86,7 @@ const applyTimeout = 10 * time.Second
 
 // Open opens the log in cfg.Dir and starts Raft over f.
 func Open(cfg Config, f StateMachine) (*Node, error) {
-	n := &Node{name: cfg.Name, log: cfg.Logger, fsm: f, metrics: cfg.Metrics}
+	n := &Node{name: cfg.Name, log: cfg.Logger, fsm: f, metrics: cfg.Metrics, heartbeat: cfg.HeartbeatTimeout}
 	if n.log == nil {
 		n.log = logging.Discard()
 	}
@@ -219,10 +225,17 @@ func (n *Node) LeaderCh() <-chan bool { return n.leaderCh }
 // IsLeader reports whether Raft calls this node the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
-// LeaderID is the leader's name as far as this node knows, "" if none.
+// LeaderID is the leader's name as far as this node knows, "" if none:
+// Raft's, or while Raft is silent the one the member this node follows
+// by stream named.
 func (n *Node) LeaderID() string {
-	_, id := n.raft.LeaderWithID()
-	return string(id)
+	if _, id := n.raft.LeaderWithID(); id != "" {
+		return string(id)
+	}
+	if f := n.followedNow(); f != nil {
+		return f.Leader
+	}
+	return ""
 }
 
 // LastContact is when this node last heard from a leader (zero if never;
@@ -331,6 +344,17 @@ func (n *Node) Status() Status {
 	s := Status{State: n.raft.State().String(), Term: u("term"), CommitIndex: u("commit_index"), AppliedIndex: n.raft.AppliedIndex(), Leader: n.LeaderID()}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		s.Servers = f.Configuration().Servers
+	}
+	if f := n.followedNow(); f != nil {
+		// Outside the configuration: the one the followed member has.
+		s.Servers = nil
+		for _, m := range f.Members {
+			sv := raft.Server{ID: raft.ServerID(m), Suffrage: raft.Nonvoter}
+			if slices.Contains(f.Voters, m) {
+				sv.Suffrage = raft.Voter
+			}
+			s.Servers = append(s.Servers, sv)
+		}
 	}
 	return s
 }

@@ -113,6 +113,7 @@ type Config struct {
 
 	// Voter management (quorum.Plan) and the reconcile timer.
 	MaxVoters         int
+	MaxMembers        int
 	Stabilization     time.Duration
 	ReapAfter         time.Duration
 	ElectionTimeout   time.Duration

@@ -102,7 +102,7 @@ func (l *Leader) reconcileRaft(t *term, members map[string]heartbeat.Member, now
 		}
 	}
 	plan := quorum.Plan(servers, l.cfg.Name, quorum.Options{
-		MaxVoters: l.cfg.MaxVoters, Stabilization: l.cfg.Stabilization, ReapAfter: l.cfg.ReapAfter,
+		MaxVoters: l.cfg.MaxVoters, MaxMembers: l.cfg.MaxMembers, Stabilization: l.cfg.Stabilization, ReapAfter: l.cfg.ReapAfter,
 	}, now)
 	for _, c := range plan {
 		// Each change is checked against the configuration it was planned

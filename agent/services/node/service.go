@@ -47,6 +47,11 @@ type Reports interface {
 	ReportChecks(req *havenv1.ReportChecksRequest) error
 }
 
+// LogServer serves FollowLog (follow.Server).
+type LogServer interface {
+	Serve(ctx context.Context, after uint64, send func(*havenv1.FollowLogResponse) error) error
+}
+
 // Members is gossip's view of the cluster.
 type Members interface {
 	Members() []heartbeat.Member
@@ -60,6 +65,9 @@ type Config struct {
 	Leases  Leases
 	Reports Reports
 	Members Members
+	// Log serves the committed log to members outside the Raft
+	// configuration; nil serves none.
+	Log LogServer
 	// Driver is this node's hypervisor; CrashVM and InspectVM need it to
 	// implement driver.FaultInjector, and FaultInjection to be set.
 	Driver         driver.Hypervisor

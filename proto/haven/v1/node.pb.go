@@ -189,6 +189,211 @@ func (x *GetRaftStatusResponse) GetLeader() string {
 	return ""
 }
 
+type FollowLogRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last index the follower applied; 0 for none.
+	AfterIndex uint64 `protobuf:"varint,1,opt,name=after_index,json=afterIndex,proto3" json:"after_index,omitempty"`
+	// The follower, which must be a member of the cluster.
+	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowLogRequest) Reset() {
+	*x = FollowLogRequest{}
+	mi := &file_haven_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowLogRequest) ProtoMessage() {}
+
+func (x *FollowLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowLogRequest.ProtoReflect.Descriptor instead.
+func (*FollowLogRequest) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FollowLogRequest) GetAfterIndex() uint64 {
+	if x != nil {
+		return x.AfterIndex
+	}
+	return 0
+}
+
+func (x *FollowLogRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type FollowLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader this member knows ("" for none) and its Raft
+	// configuration's servers, the members a follower may ask, with the
+	// voters among them.
+	Leader  string   `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	Members []string `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	Voters  []string `protobuf:"bytes,6,rep,name=voters,proto3" json:"voters,omitempty"`
+	// A piece of a snapshot (fsm's format); the follower restores it once
+	// snapshot_done, and the entries that follow come after its index.
+	Snapshot     []byte `protobuf:"bytes,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	SnapshotDone bool   `protobuf:"varint,4,opt,name=snapshot_done,json=snapshotDone,proto3" json:"snapshot_done,omitempty"`
+	// Committed commands in log order.
+	Entries       []*LogEntry `protobuf:"bytes,5,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowLogResponse) Reset() {
+	*x = FollowLogResponse{}
+	mi := &file_haven_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowLogResponse) ProtoMessage() {}
+
+func (x *FollowLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowLogResponse.ProtoReflect.Descriptor instead.
+func (*FollowLogResponse) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FollowLogResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *FollowLogResponse) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *FollowLogResponse) GetVoters() []string {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *FollowLogResponse) GetSnapshot() []byte {
+	if x != nil {
+		return x.Snapshot
+	}
+	return nil
+}
+
+func (x *FollowLogResponse) GetSnapshotDone() bool {
+	if x != nil {
+		return x.SnapshotDone
+	}
+	return false
+}
+
+func (x *FollowLogResponse) GetEntries() []*LogEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type LogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Term  uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	// The command as Raft's log holds it (an encoded Command).
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogEntry) Reset() {
+	*x = LogEntry{}
+	mi := &file_haven_v1_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogEntry) ProtoMessage() {}
+
+func (x *LogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_haven_v1_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
+func (*LogEntry) Descriptor() ([]byte, []int) {
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LogEntry) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LogEntry) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *LogEntry) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type RenewLeaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -198,7 +403,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[2]
+	mi := &file_haven_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +415,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[2]
+	mi := &file_haven_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +428,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewLeaseRequest) GetNode() string {
@@ -247,7 +452,7 @@ type GroupEpoch struct {
 
 func (x *GroupEpoch) Reset() {
 	*x = GroupEpoch{}
-	mi := &file_haven_v1_node_proto_msgTypes[3]
+	mi := &file_haven_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +464,7 @@ func (x *GroupEpoch) String() string {
 func (*GroupEpoch) ProtoMessage() {}
 
 func (x *GroupEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[3]
+	mi := &file_haven_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +477,7 @@ func (x *GroupEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupEpoch.ProtoReflect.Descriptor instead.
 func (*GroupEpoch) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GroupEpoch) GetName() string {
@@ -309,7 +514,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[4]
+	mi := &file_haven_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +526,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[4]
+	mi := &file_haven_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +539,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RenewLeaseResponse) GetLeaseMillis() uint64 {
@@ -373,7 +578,7 @@ type ReportGroupRequest struct {
 
 func (x *ReportGroupRequest) Reset() {
 	*x = ReportGroupRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[5]
+	mi := &file_haven_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +590,7 @@ func (x *ReportGroupRequest) String() string {
 func (*ReportGroupRequest) ProtoMessage() {}
 
 func (x *ReportGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[5]
+	mi := &file_haven_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +603,7 @@ func (x *ReportGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupRequest.ProtoReflect.Descriptor instead.
 func (*ReportGroupRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportGroupRequest) GetNode() string {
@@ -451,7 +656,7 @@ type ReportGroupResponse struct {
 
 func (x *ReportGroupResponse) Reset() {
 	*x = ReportGroupResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[6]
+	mi := &file_haven_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +668,7 @@ func (x *ReportGroupResponse) String() string {
 func (*ReportGroupResponse) ProtoMessage() {}
 
 func (x *ReportGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[6]
+	mi := &file_haven_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +681,7 @@ func (x *ReportGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportGroupResponse.ProtoReflect.Descriptor instead.
 func (*ReportGroupResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 type ReportDiskChangeRequest struct {
@@ -496,7 +701,7 @@ type ReportDiskChangeRequest struct {
 
 func (x *ReportDiskChangeRequest) Reset() {
 	*x = ReportDiskChangeRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[7]
+	mi := &file_haven_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +713,7 @@ func (x *ReportDiskChangeRequest) String() string {
 func (*ReportDiskChangeRequest) ProtoMessage() {}
 
 func (x *ReportDiskChangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[7]
+	mi := &file_haven_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +726,7 @@ func (x *ReportDiskChangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportDiskChangeRequest.ProtoReflect.Descriptor instead.
 func (*ReportDiskChangeRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportDiskChangeRequest) GetNode() string {
@@ -574,7 +779,7 @@ type ReportDiskChangeResponse struct {
 
 func (x *ReportDiskChangeResponse) Reset() {
 	*x = ReportDiskChangeResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[8]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +791,7 @@ func (x *ReportDiskChangeResponse) String() string {
 func (*ReportDiskChangeResponse) ProtoMessage() {}
 
 func (x *ReportDiskChangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[8]
+	mi := &file_haven_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +804,7 @@ func (x *ReportDiskChangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportDiskChangeResponse.ProtoReflect.Descriptor instead.
 func (*ReportDiskChangeResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 type ReportChecksRequest struct {
@@ -613,7 +818,7 @@ type ReportChecksRequest struct {
 
 func (x *ReportChecksRequest) Reset() {
 	*x = ReportChecksRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +830,7 @@ func (x *ReportChecksRequest) String() string {
 func (*ReportChecksRequest) ProtoMessage() {}
 
 func (x *ReportChecksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[9]
+	mi := &file_haven_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +843,7 @@ func (x *ReportChecksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportChecksRequest.ProtoReflect.Descriptor instead.
 func (*ReportChecksRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportChecksRequest) GetNode() string {
@@ -670,7 +875,7 @@ type ReportChecksResponse struct {
 
 func (x *ReportChecksResponse) Reset() {
 	*x = ReportChecksResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +887,7 @@ func (x *ReportChecksResponse) String() string {
 func (*ReportChecksResponse) ProtoMessage() {}
 
 func (x *ReportChecksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[10]
+	mi := &file_haven_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +900,7 @@ func (x *ReportChecksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportChecksResponse.ProtoReflect.Descriptor instead.
 func (*ReportChecksResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 type CrashVMRequest struct {
@@ -708,7 +913,7 @@ type CrashVMRequest struct {
 
 func (x *CrashVMRequest) Reset() {
 	*x = CrashVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +925,7 @@ func (x *CrashVMRequest) String() string {
 func (*CrashVMRequest) ProtoMessage() {}
 
 func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[11]
+	mi := &file_haven_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +938,7 @@ func (x *CrashVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMRequest.ProtoReflect.Descriptor instead.
 func (*CrashVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CrashVMRequest) GetGroup() string {
@@ -758,7 +963,7 @@ type CrashVMResponse struct {
 
 func (x *CrashVMResponse) Reset() {
 	*x = CrashVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +975,7 @@ func (x *CrashVMResponse) String() string {
 func (*CrashVMResponse) ProtoMessage() {}
 
 func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[12]
+	mi := &file_haven_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +988,7 @@ func (x *CrashVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrashVMResponse.ProtoReflect.Descriptor instead.
 func (*CrashVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 type HangVMRequest struct {
@@ -796,7 +1001,7 @@ type HangVMRequest struct {
 
 func (x *HangVMRequest) Reset() {
 	*x = HangVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +1013,7 @@ func (x *HangVMRequest) String() string {
 func (*HangVMRequest) ProtoMessage() {}
 
 func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[13]
+	mi := &file_haven_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +1026,7 @@ func (x *HangVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMRequest.ProtoReflect.Descriptor instead.
 func (*HangVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HangVMRequest) GetGroup() string {
@@ -846,7 +1051,7 @@ type HangVMResponse struct {
 
 func (x *HangVMResponse) Reset() {
 	*x = HangVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1063,7 @@ func (x *HangVMResponse) String() string {
 func (*HangVMResponse) ProtoMessage() {}
 
 func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[14]
+	mi := &file_haven_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1076,7 @@ func (x *HangVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HangVMResponse.ProtoReflect.Descriptor instead.
 func (*HangVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 type MoveOutRequest struct {
@@ -888,7 +1093,7 @@ type MoveOutRequest struct {
 
 func (x *MoveOutRequest) Reset() {
 	*x = MoveOutRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1105,7 @@ func (x *MoveOutRequest) String() string {
 func (*MoveOutRequest) ProtoMessage() {}
 
 func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[15]
+	mi := &file_haven_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1118,7 @@ func (x *MoveOutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutRequest.ProtoReflect.Descriptor instead.
 func (*MoveOutRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MoveOutRequest) GetOperation() string {
@@ -951,7 +1156,7 @@ type MoveOutResponse struct {
 
 func (x *MoveOutResponse) Reset() {
 	*x = MoveOutResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1168,7 @@ func (x *MoveOutResponse) String() string {
 func (*MoveOutResponse) ProtoMessage() {}
 
 func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[16]
+	mi := &file_haven_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1181,7 @@ func (x *MoveOutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOutResponse.ProtoReflect.Descriptor instead.
 func (*MoveOutResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MoveOutResponse) GetPhase() OperationPhase {
@@ -1021,7 +1226,7 @@ type MoveInRequest struct {
 
 func (x *MoveInRequest) Reset() {
 	*x = MoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1238,7 @@ func (x *MoveInRequest) String() string {
 func (*MoveInRequest) ProtoMessage() {}
 
 func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[17]
+	mi := &file_haven_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1251,7 @@ func (x *MoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInRequest.ProtoReflect.Descriptor instead.
 func (*MoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MoveInRequest) GetOperation() string {
@@ -1086,7 +1291,7 @@ type MoveInResponse struct {
 
 func (x *MoveInResponse) Reset() {
 	*x = MoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1303,7 @@ func (x *MoveInResponse) String() string {
 func (*MoveInResponse) ProtoMessage() {}
 
 func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[18]
+	mi := &file_haven_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1316,7 @@ func (x *MoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveInResponse.ProtoReflect.Descriptor instead.
 func (*MoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MoveInResponse) GetData() []byte {
@@ -1131,7 +1336,7 @@ type RestoreMoveRequest struct {
 
 func (x *RestoreMoveRequest) Reset() {
 	*x = RestoreMoveRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1348,7 @@ func (x *RestoreMoveRequest) String() string {
 func (*RestoreMoveRequest) ProtoMessage() {}
 
 func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[19]
+	mi := &file_haven_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1361,7 @@ func (x *RestoreMoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveRequest.ProtoReflect.Descriptor instead.
 func (*RestoreMoveRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RestoreMoveRequest) GetOperation() string {
@@ -1181,7 +1386,7 @@ type RestoreMoveResponse struct {
 
 func (x *RestoreMoveResponse) Reset() {
 	*x = RestoreMoveResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1398,7 @@ func (x *RestoreMoveResponse) String() string {
 func (*RestoreMoveResponse) ProtoMessage() {}
 
 func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[20]
+	mi := &file_haven_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1411,7 @@ func (x *RestoreMoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreMoveResponse.ProtoReflect.Descriptor instead.
 func (*RestoreMoveResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 type ConfirmMoveInRequest struct {
@@ -1219,7 +1424,7 @@ type ConfirmMoveInRequest struct {
 
 func (x *ConfirmMoveInRequest) Reset() {
 	*x = ConfirmMoveInRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1436,7 @@ func (x *ConfirmMoveInRequest) String() string {
 func (*ConfirmMoveInRequest) ProtoMessage() {}
 
 func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[21]
+	mi := &file_haven_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1449,7 @@ func (x *ConfirmMoveInRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfirmMoveInRequest) GetOperation() string {
@@ -1269,7 +1474,7 @@ type ConfirmMoveInResponse struct {
 
 func (x *ConfirmMoveInResponse) Reset() {
 	*x = ConfirmMoveInResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1486,7 @@ func (x *ConfirmMoveInResponse) String() string {
 func (*ConfirmMoveInResponse) ProtoMessage() {}
 
 func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[22]
+	mi := &file_haven_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1499,7 @@ func (x *ConfirmMoveInResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmMoveInResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmMoveInResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 type HoldMovesRequest struct {
@@ -1306,7 +1511,7 @@ type HoldMovesRequest struct {
 
 func (x *HoldMovesRequest) Reset() {
 	*x = HoldMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1523,7 @@ func (x *HoldMovesRequest) String() string {
 func (*HoldMovesRequest) ProtoMessage() {}
 
 func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[23]
+	mi := &file_haven_v1_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1536,7 @@ func (x *HoldMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesRequest.ProtoReflect.Descriptor instead.
 func (*HoldMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HoldMovesRequest) GetPhase() MoveHoldPhase {
@@ -1351,7 +1556,7 @@ type HoldMovesResponse struct {
 
 func (x *HoldMovesResponse) Reset() {
 	*x = HoldMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1568,7 @@ func (x *HoldMovesResponse) String() string {
 func (*HoldMovesResponse) ProtoMessage() {}
 
 func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[24]
+	mi := &file_haven_v1_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1581,7 @@ func (x *HoldMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldMovesResponse.ProtoReflect.Descriptor instead.
 func (*HoldMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{24}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HoldMovesResponse) GetHolds() []*MoveHold {
@@ -1398,7 +1603,7 @@ type MoveHold struct {
 
 func (x *MoveHold) Reset() {
 	*x = MoveHold{}
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1615,7 @@ func (x *MoveHold) String() string {
 func (*MoveHold) ProtoMessage() {}
 
 func (x *MoveHold) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[25]
+	mi := &file_haven_v1_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1628,7 @@ func (x *MoveHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveHold.ProtoReflect.Descriptor instead.
 func (*MoveHold) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{25}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MoveHold) GetPhase() MoveHoldPhase {
@@ -1448,7 +1653,7 @@ type GetMoveHoldsRequest struct {
 
 func (x *GetMoveHoldsRequest) Reset() {
 	*x = GetMoveHoldsRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1665,7 @@ func (x *GetMoveHoldsRequest) String() string {
 func (*GetMoveHoldsRequest) ProtoMessage() {}
 
 func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[26]
+	mi := &file_haven_v1_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1678,7 @@ func (x *GetMoveHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsRequest.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{26}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
 }
 
 type GetMoveHoldsResponse struct {
@@ -1485,7 +1690,7 @@ type GetMoveHoldsResponse struct {
 
 func (x *GetMoveHoldsResponse) Reset() {
 	*x = GetMoveHoldsResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1702,7 @@ func (x *GetMoveHoldsResponse) String() string {
 func (*GetMoveHoldsResponse) ProtoMessage() {}
 
 func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[27]
+	mi := &file_haven_v1_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1715,7 @@ func (x *GetMoveHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMoveHoldsResponse.ProtoReflect.Descriptor instead.
 func (*GetMoveHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{27}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetMoveHoldsResponse) GetHolds() []*MoveHold {
@@ -1530,7 +1735,7 @@ type ReleaseMovesRequest struct {
 
 func (x *ReleaseMovesRequest) Reset() {
 	*x = ReleaseMovesRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1747,7 @@ func (x *ReleaseMovesRequest) String() string {
 func (*ReleaseMovesRequest) ProtoMessage() {}
 
 func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[28]
+	mi := &file_haven_v1_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1760,7 @@ func (x *ReleaseMovesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{28}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseMovesRequest) GetPhase() MoveHoldPhase {
@@ -1575,7 +1780,7 @@ type ReleaseMovesResponse struct {
 
 func (x *ReleaseMovesResponse) Reset() {
 	*x = ReleaseMovesResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1792,7 @@ func (x *ReleaseMovesResponse) String() string {
 func (*ReleaseMovesResponse) ProtoMessage() {}
 
 func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[29]
+	mi := &file_haven_v1_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1805,7 @@ func (x *ReleaseMovesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseMovesResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseMovesResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{29}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseMovesResponse) GetReleased() []*MoveHold {
@@ -1620,7 +1825,7 @@ type InspectVMRequest struct {
 
 func (x *InspectVMRequest) Reset() {
 	*x = InspectVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1837,7 @@ func (x *InspectVMRequest) String() string {
 func (*InspectVMRequest) ProtoMessage() {}
 
 func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[30]
+	mi := &file_haven_v1_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1850,7 @@ func (x *InspectVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMRequest.ProtoReflect.Descriptor instead.
 func (*InspectVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{30}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *InspectVMRequest) GetGroup() string {
@@ -1681,7 +1886,7 @@ type InspectVMResponse struct {
 
 func (x *InspectVMResponse) Reset() {
 	*x = InspectVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1898,7 @@ func (x *InspectVMResponse) String() string {
 func (*InspectVMResponse) ProtoMessage() {}
 
 func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[31]
+	mi := &file_haven_v1_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1911,7 @@ func (x *InspectVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectVMResponse.ProtoReflect.Descriptor instead.
 func (*InspectVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{31}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InspectVMResponse) GetState() string {
@@ -1747,7 +1952,7 @@ type FillVMRequest struct {
 
 func (x *FillVMRequest) Reset() {
 	*x = FillVMRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1964,7 @@ func (x *FillVMRequest) String() string {
 func (*FillVMRequest) ProtoMessage() {}
 
 func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[32]
+	mi := &file_haven_v1_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1977,7 @@ func (x *FillVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMRequest.ProtoReflect.Descriptor instead.
 func (*FillVMRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{32}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FillVMRequest) GetGroup() string {
@@ -1799,7 +2004,7 @@ type FillVMResponse struct {
 
 func (x *FillVMResponse) Reset() {
 	*x = FillVMResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +2016,7 @@ func (x *FillVMResponse) String() string {
 func (*FillVMResponse) ProtoMessage() {}
 
 func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[33]
+	mi := &file_haven_v1_node_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +2029,7 @@ func (x *FillVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FillVMResponse.ProtoReflect.Descriptor instead.
 func (*FillVMResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{33}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FillVMResponse) GetBytes() int64 {
@@ -1847,7 +2052,7 @@ type ProbeLinkRequest struct {
 
 func (x *ProbeLinkRequest) Reset() {
 	*x = ProbeLinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[34]
+	mi := &file_haven_v1_node_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2064,7 @@ func (x *ProbeLinkRequest) String() string {
 func (*ProbeLinkRequest) ProtoMessage() {}
 
 func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[34]
+	mi := &file_haven_v1_node_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2077,7 @@ func (x *ProbeLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeLinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{34}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ProbeLinkRequest) GetTarget() string {
@@ -1901,7 +2106,7 @@ type ProbeLinkResponse struct {
 
 func (x *ProbeLinkResponse) Reset() {
 	*x = ProbeLinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[35]
+	mi := &file_haven_v1_node_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2118,7 @@ func (x *ProbeLinkResponse) String() string {
 func (*ProbeLinkResponse) ProtoMessage() {}
 
 func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[35]
+	mi := &file_haven_v1_node_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2131,7 @@ func (x *ProbeLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeLinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeLinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{35}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ProbeLinkResponse) GetBytes() int64 {
@@ -1955,7 +2160,7 @@ type ProbeSinkRequest struct {
 
 func (x *ProbeSinkRequest) Reset() {
 	*x = ProbeSinkRequest{}
-	mi := &file_haven_v1_node_proto_msgTypes[36]
+	mi := &file_haven_v1_node_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2172,7 @@ func (x *ProbeSinkRequest) String() string {
 func (*ProbeSinkRequest) ProtoMessage() {}
 
 func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[36]
+	mi := &file_haven_v1_node_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2185,7 @@ func (x *ProbeSinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSinkRequest) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{36}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ProbeSinkRequest) GetNode() string {
@@ -2007,7 +2212,7 @@ type ProbeSinkResponse struct {
 
 func (x *ProbeSinkResponse) Reset() {
 	*x = ProbeSinkResponse{}
-	mi := &file_haven_v1_node_proto_msgTypes[37]
+	mi := &file_haven_v1_node_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2224,7 @@ func (x *ProbeSinkResponse) String() string {
 func (*ProbeSinkResponse) ProtoMessage() {}
 
 func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_haven_v1_node_proto_msgTypes[37]
+	mi := &file_haven_v1_node_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2237,7 @@ func (x *ProbeSinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSinkResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSinkResponse) Descriptor() ([]byte, []int) {
-	return file_haven_v1_node_proto_rawDescGZIP(), []int{37}
+	return file_haven_v1_node_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ProbeSinkResponse) GetBytes() int64 {
@@ -2051,7 +2256,22 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x15GetRaftStatusResponse\x12\x1b\n" +
 	"\thas_state\x18\x01 \x01(\bR\bhasState\x12\x14\n" +
 	"\x05peers\x18\x02 \x01(\rR\x05peers\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"'\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"G\n" +
+	"\x10FollowLogRequest\x12\x1f\n" +
+	"\vafter_index\x18\x01 \x01(\x04R\n" +
+	"afterIndex\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"\xcc\x01\n" +
+	"\x11FollowLogResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\x12\x16\n" +
+	"\x06voters\x18\x06 \x03(\tR\x06voters\x12\x1a\n" +
+	"\bsnapshot\x18\x03 \x01(\fR\bsnapshot\x12#\n" +
+	"\rsnapshot_done\x18\x04 \x01(\bR\fsnapshotDone\x12,\n" +
+	"\aentries\x18\x05 \x03(\v2\x12.haven.v1.LogEntryR\aentries\"H\n" +
+	"\bLogEntry\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"'\n" +
 	"\x11RenewLeaseRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"N\n" +
 	"\n" +
@@ -2165,12 +2385,13 @@ const file_haven_v1_node_proto_rawDesc = "" +
 	"\x17MOVE_HOLD_PHASE_PRECOPY\x10\x02\x12\x1a\n" +
 	"\x16MOVE_HOLD_PHASE_FROZEN\x10\x03\x12\x1d\n" +
 	"\x19MOVE_HOLD_PHASE_COMMITTED\x10\x04\x12\x1b\n" +
-	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xb1\n" +
+	"\x17MOVE_HOLD_PHASE_RESUMED\x10\x052\xf9\n" +
 	"\n" +
 	"\vNodeService\x12P\n" +
 	"\rGetRaftStatus\x12\x1e.haven.v1.GetRaftStatusRequest\x1a\x1f.haven.v1.GetRaftStatusResponse\x12G\n" +
 	"\n" +
-	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12J\n" +
+	"RenewLease\x12\x1b.haven.v1.RenewLeaseRequest\x1a\x1c.haven.v1.RenewLeaseResponse\x12F\n" +
+	"\tFollowLog\x12\x1a.haven.v1.FollowLogRequest\x1a\x1b.haven.v1.FollowLogResponse0\x01\x12J\n" +
 	"\vReportGroup\x12\x1c.haven.v1.ReportGroupRequest\x1a\x1d.haven.v1.ReportGroupResponse\x12Y\n" +
 	"\x10ReportDiskChange\x12!.haven.v1.ReportDiskChangeRequest\x1a\".haven.v1.ReportDiskChangeResponse\x12M\n" +
 	"\fReportChecks\x12\x1d.haven.v1.ReportChecksRequest\x1a\x1e.haven.v1.ReportChecksResponse\x12>\n" +
@@ -2201,109 +2422,115 @@ func file_haven_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_haven_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_haven_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_haven_v1_node_proto_goTypes = []any{
 	(MoveHoldPhase)(0),               // 0: haven.v1.MoveHoldPhase
 	(*GetRaftStatusRequest)(nil),     // 1: haven.v1.GetRaftStatusRequest
 	(*GetRaftStatusResponse)(nil),    // 2: haven.v1.GetRaftStatusResponse
-	(*RenewLeaseRequest)(nil),        // 3: haven.v1.RenewLeaseRequest
-	(*GroupEpoch)(nil),               // 4: haven.v1.GroupEpoch
-	(*RenewLeaseResponse)(nil),       // 5: haven.v1.RenewLeaseResponse
-	(*ReportGroupRequest)(nil),       // 6: haven.v1.ReportGroupRequest
-	(*ReportGroupResponse)(nil),      // 7: haven.v1.ReportGroupResponse
-	(*ReportDiskChangeRequest)(nil),  // 8: haven.v1.ReportDiskChangeRequest
-	(*ReportDiskChangeResponse)(nil), // 9: haven.v1.ReportDiskChangeResponse
-	(*ReportChecksRequest)(nil),      // 10: haven.v1.ReportChecksRequest
-	(*ReportChecksResponse)(nil),     // 11: haven.v1.ReportChecksResponse
-	(*CrashVMRequest)(nil),           // 12: haven.v1.CrashVMRequest
-	(*CrashVMResponse)(nil),          // 13: haven.v1.CrashVMResponse
-	(*HangVMRequest)(nil),            // 14: haven.v1.HangVMRequest
-	(*HangVMResponse)(nil),           // 15: haven.v1.HangVMResponse
-	(*MoveOutRequest)(nil),           // 16: haven.v1.MoveOutRequest
-	(*MoveOutResponse)(nil),          // 17: haven.v1.MoveOutResponse
-	(*MoveInRequest)(nil),            // 18: haven.v1.MoveInRequest
-	(*MoveInResponse)(nil),           // 19: haven.v1.MoveInResponse
-	(*RestoreMoveRequest)(nil),       // 20: haven.v1.RestoreMoveRequest
-	(*RestoreMoveResponse)(nil),      // 21: haven.v1.RestoreMoveResponse
-	(*ConfirmMoveInRequest)(nil),     // 22: haven.v1.ConfirmMoveInRequest
-	(*ConfirmMoveInResponse)(nil),    // 23: haven.v1.ConfirmMoveInResponse
-	(*HoldMovesRequest)(nil),         // 24: haven.v1.HoldMovesRequest
-	(*HoldMovesResponse)(nil),        // 25: haven.v1.HoldMovesResponse
-	(*MoveHold)(nil),                 // 26: haven.v1.MoveHold
-	(*GetMoveHoldsRequest)(nil),      // 27: haven.v1.GetMoveHoldsRequest
-	(*GetMoveHoldsResponse)(nil),     // 28: haven.v1.GetMoveHoldsResponse
-	(*ReleaseMovesRequest)(nil),      // 29: haven.v1.ReleaseMovesRequest
-	(*ReleaseMovesResponse)(nil),     // 30: haven.v1.ReleaseMovesResponse
-	(*InspectVMRequest)(nil),         // 31: haven.v1.InspectVMRequest
-	(*InspectVMResponse)(nil),        // 32: haven.v1.InspectVMResponse
-	(*FillVMRequest)(nil),            // 33: haven.v1.FillVMRequest
-	(*FillVMResponse)(nil),           // 34: haven.v1.FillVMResponse
-	(*ProbeLinkRequest)(nil),         // 35: haven.v1.ProbeLinkRequest
-	(*ProbeLinkResponse)(nil),        // 36: haven.v1.ProbeLinkResponse
-	(*ProbeSinkRequest)(nil),         // 37: haven.v1.ProbeSinkRequest
-	(*ProbeSinkResponse)(nil),        // 38: haven.v1.ProbeSinkResponse
-	(GroupState)(0),                  // 39: haven.v1.GroupState
-	(DiskChangeOutcome)(0),           // 40: haven.v1.DiskChangeOutcome
-	(*GroupRefusal)(nil),             // 41: haven.v1.GroupRefusal
-	(OperationPhase)(0),              // 42: haven.v1.OperationPhase
-	(*MoveProgress)(nil),             // 43: haven.v1.MoveProgress
-	(*durationpb.Duration)(nil),      // 44: google.protobuf.Duration
+	(*FollowLogRequest)(nil),         // 3: haven.v1.FollowLogRequest
+	(*FollowLogResponse)(nil),        // 4: haven.v1.FollowLogResponse
+	(*LogEntry)(nil),                 // 5: haven.v1.LogEntry
+	(*RenewLeaseRequest)(nil),        // 6: haven.v1.RenewLeaseRequest
+	(*GroupEpoch)(nil),               // 7: haven.v1.GroupEpoch
+	(*RenewLeaseResponse)(nil),       // 8: haven.v1.RenewLeaseResponse
+	(*ReportGroupRequest)(nil),       // 9: haven.v1.ReportGroupRequest
+	(*ReportGroupResponse)(nil),      // 10: haven.v1.ReportGroupResponse
+	(*ReportDiskChangeRequest)(nil),  // 11: haven.v1.ReportDiskChangeRequest
+	(*ReportDiskChangeResponse)(nil), // 12: haven.v1.ReportDiskChangeResponse
+	(*ReportChecksRequest)(nil),      // 13: haven.v1.ReportChecksRequest
+	(*ReportChecksResponse)(nil),     // 14: haven.v1.ReportChecksResponse
+	(*CrashVMRequest)(nil),           // 15: haven.v1.CrashVMRequest
+	(*CrashVMResponse)(nil),          // 16: haven.v1.CrashVMResponse
+	(*HangVMRequest)(nil),            // 17: haven.v1.HangVMRequest
+	(*HangVMResponse)(nil),           // 18: haven.v1.HangVMResponse
+	(*MoveOutRequest)(nil),           // 19: haven.v1.MoveOutRequest
+	(*MoveOutResponse)(nil),          // 20: haven.v1.MoveOutResponse
+	(*MoveInRequest)(nil),            // 21: haven.v1.MoveInRequest
+	(*MoveInResponse)(nil),           // 22: haven.v1.MoveInResponse
+	(*RestoreMoveRequest)(nil),       // 23: haven.v1.RestoreMoveRequest
+	(*RestoreMoveResponse)(nil),      // 24: haven.v1.RestoreMoveResponse
+	(*ConfirmMoveInRequest)(nil),     // 25: haven.v1.ConfirmMoveInRequest
+	(*ConfirmMoveInResponse)(nil),    // 26: haven.v1.ConfirmMoveInResponse
+	(*HoldMovesRequest)(nil),         // 27: haven.v1.HoldMovesRequest
+	(*HoldMovesResponse)(nil),        // 28: haven.v1.HoldMovesResponse
+	(*MoveHold)(nil),                 // 29: haven.v1.MoveHold
+	(*GetMoveHoldsRequest)(nil),      // 30: haven.v1.GetMoveHoldsRequest
+	(*GetMoveHoldsResponse)(nil),     // 31: haven.v1.GetMoveHoldsResponse
+	(*ReleaseMovesRequest)(nil),      // 32: haven.v1.ReleaseMovesRequest
+	(*ReleaseMovesResponse)(nil),     // 33: haven.v1.ReleaseMovesResponse
+	(*InspectVMRequest)(nil),         // 34: haven.v1.InspectVMRequest
+	(*InspectVMResponse)(nil),        // 35: haven.v1.InspectVMResponse
+	(*FillVMRequest)(nil),            // 36: haven.v1.FillVMRequest
+	(*FillVMResponse)(nil),           // 37: haven.v1.FillVMResponse
+	(*ProbeLinkRequest)(nil),         // 38: haven.v1.ProbeLinkRequest
+	(*ProbeLinkResponse)(nil),        // 39: haven.v1.ProbeLinkResponse
+	(*ProbeSinkRequest)(nil),         // 40: haven.v1.ProbeSinkRequest
+	(*ProbeSinkResponse)(nil),        // 41: haven.v1.ProbeSinkResponse
+	(GroupState)(0),                  // 42: haven.v1.GroupState
+	(DiskChangeOutcome)(0),           // 43: haven.v1.DiskChangeOutcome
+	(*GroupRefusal)(nil),             // 44: haven.v1.GroupRefusal
+	(OperationPhase)(0),              // 45: haven.v1.OperationPhase
+	(*MoveProgress)(nil),             // 46: haven.v1.MoveProgress
+	(*durationpb.Duration)(nil),      // 47: google.protobuf.Duration
 }
 var file_haven_v1_node_proto_depIdxs = []int32{
-	4,  // 0: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
-	39, // 1: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
-	40, // 2: haven.v1.ReportDiskChangeRequest.outcome:type_name -> haven.v1.DiskChangeOutcome
-	41, // 3: haven.v1.ReportChecksRequest.cannot_run:type_name -> haven.v1.GroupRefusal
-	42, // 4: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
-	43, // 5: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
-	0,  // 6: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	26, // 7: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 8: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
-	26, // 9: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
-	0,  // 10: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
-	26, // 11: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
-	44, // 12: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
-	1,  // 13: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
-	3,  // 14: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
-	6,  // 15: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
-	8,  // 16: haven.v1.NodeService.ReportDiskChange:input_type -> haven.v1.ReportDiskChangeRequest
-	10, // 17: haven.v1.NodeService.ReportChecks:input_type -> haven.v1.ReportChecksRequest
-	12, // 18: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
-	14, // 19: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
-	16, // 20: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
-	18, // 21: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
-	20, // 22: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
-	22, // 23: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
-	24, // 24: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
-	27, // 25: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
-	29, // 26: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
-	31, // 27: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
-	33, // 28: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
-	35, // 29: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
-	37, // 30: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
-	2,  // 31: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
-	5,  // 32: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
-	7,  // 33: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
-	9,  // 34: haven.v1.NodeService.ReportDiskChange:output_type -> haven.v1.ReportDiskChangeResponse
-	11, // 35: haven.v1.NodeService.ReportChecks:output_type -> haven.v1.ReportChecksResponse
-	13, // 36: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
-	15, // 37: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
-	17, // 38: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
-	19, // 39: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
-	21, // 40: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
-	23, // 41: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
-	25, // 42: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
-	28, // 43: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
-	30, // 44: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
-	32, // 45: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
-	34, // 46: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
-	36, // 47: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
-	38, // 48: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
-	31, // [31:49] is the sub-list for method output_type
-	13, // [13:31] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	5,  // 0: haven.v1.FollowLogResponse.entries:type_name -> haven.v1.LogEntry
+	7,  // 1: haven.v1.RenewLeaseResponse.groups:type_name -> haven.v1.GroupEpoch
+	42, // 2: haven.v1.ReportGroupRequest.state:type_name -> haven.v1.GroupState
+	43, // 3: haven.v1.ReportDiskChangeRequest.outcome:type_name -> haven.v1.DiskChangeOutcome
+	44, // 4: haven.v1.ReportChecksRequest.cannot_run:type_name -> haven.v1.GroupRefusal
+	45, // 5: haven.v1.MoveOutResponse.phase:type_name -> haven.v1.OperationPhase
+	46, // 6: haven.v1.MoveOutResponse.progress:type_name -> haven.v1.MoveProgress
+	0,  // 7: haven.v1.HoldMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	29, // 8: haven.v1.HoldMovesResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 9: haven.v1.MoveHold.phase:type_name -> haven.v1.MoveHoldPhase
+	29, // 10: haven.v1.GetMoveHoldsResponse.holds:type_name -> haven.v1.MoveHold
+	0,  // 11: haven.v1.ReleaseMovesRequest.phase:type_name -> haven.v1.MoveHoldPhase
+	29, // 12: haven.v1.ReleaseMovesResponse.released:type_name -> haven.v1.MoveHold
+	47, // 13: haven.v1.ProbeLinkResponse.duration:type_name -> google.protobuf.Duration
+	1,  // 14: haven.v1.NodeService.GetRaftStatus:input_type -> haven.v1.GetRaftStatusRequest
+	6,  // 15: haven.v1.NodeService.RenewLease:input_type -> haven.v1.RenewLeaseRequest
+	3,  // 16: haven.v1.NodeService.FollowLog:input_type -> haven.v1.FollowLogRequest
+	9,  // 17: haven.v1.NodeService.ReportGroup:input_type -> haven.v1.ReportGroupRequest
+	11, // 18: haven.v1.NodeService.ReportDiskChange:input_type -> haven.v1.ReportDiskChangeRequest
+	13, // 19: haven.v1.NodeService.ReportChecks:input_type -> haven.v1.ReportChecksRequest
+	15, // 20: haven.v1.NodeService.CrashVM:input_type -> haven.v1.CrashVMRequest
+	17, // 21: haven.v1.NodeService.HangVM:input_type -> haven.v1.HangVMRequest
+	19, // 22: haven.v1.NodeService.MoveOut:input_type -> haven.v1.MoveOutRequest
+	21, // 23: haven.v1.NodeService.MoveIn:input_type -> haven.v1.MoveInRequest
+	23, // 24: haven.v1.NodeService.RestoreMove:input_type -> haven.v1.RestoreMoveRequest
+	25, // 25: haven.v1.NodeService.ConfirmMoveIn:input_type -> haven.v1.ConfirmMoveInRequest
+	27, // 26: haven.v1.NodeService.HoldMoves:input_type -> haven.v1.HoldMovesRequest
+	30, // 27: haven.v1.NodeService.GetMoveHolds:input_type -> haven.v1.GetMoveHoldsRequest
+	32, // 28: haven.v1.NodeService.ReleaseMoves:input_type -> haven.v1.ReleaseMovesRequest
+	34, // 29: haven.v1.NodeService.InspectVM:input_type -> haven.v1.InspectVMRequest
+	36, // 30: haven.v1.NodeService.FillVM:input_type -> haven.v1.FillVMRequest
+	38, // 31: haven.v1.NodeService.ProbeLink:input_type -> haven.v1.ProbeLinkRequest
+	40, // 32: haven.v1.NodeService.ProbeSink:input_type -> haven.v1.ProbeSinkRequest
+	2,  // 33: haven.v1.NodeService.GetRaftStatus:output_type -> haven.v1.GetRaftStatusResponse
+	8,  // 34: haven.v1.NodeService.RenewLease:output_type -> haven.v1.RenewLeaseResponse
+	4,  // 35: haven.v1.NodeService.FollowLog:output_type -> haven.v1.FollowLogResponse
+	10, // 36: haven.v1.NodeService.ReportGroup:output_type -> haven.v1.ReportGroupResponse
+	12, // 37: haven.v1.NodeService.ReportDiskChange:output_type -> haven.v1.ReportDiskChangeResponse
+	14, // 38: haven.v1.NodeService.ReportChecks:output_type -> haven.v1.ReportChecksResponse
+	16, // 39: haven.v1.NodeService.CrashVM:output_type -> haven.v1.CrashVMResponse
+	18, // 40: haven.v1.NodeService.HangVM:output_type -> haven.v1.HangVMResponse
+	20, // 41: haven.v1.NodeService.MoveOut:output_type -> haven.v1.MoveOutResponse
+	22, // 42: haven.v1.NodeService.MoveIn:output_type -> haven.v1.MoveInResponse
+	24, // 43: haven.v1.NodeService.RestoreMove:output_type -> haven.v1.RestoreMoveResponse
+	26, // 44: haven.v1.NodeService.ConfirmMoveIn:output_type -> haven.v1.ConfirmMoveInResponse
+	28, // 45: haven.v1.NodeService.HoldMoves:output_type -> haven.v1.HoldMovesResponse
+	31, // 46: haven.v1.NodeService.GetMoveHolds:output_type -> haven.v1.GetMoveHoldsResponse
+	33, // 47: haven.v1.NodeService.ReleaseMoves:output_type -> haven.v1.ReleaseMovesResponse
+	35, // 48: haven.v1.NodeService.InspectVM:output_type -> haven.v1.InspectVMResponse
+	37, // 49: haven.v1.NodeService.FillVM:output_type -> haven.v1.FillVMResponse
+	39, // 50: haven.v1.NodeService.ProbeLink:output_type -> haven.v1.ProbeLinkResponse
+	41, // 51: haven.v1.NodeService.ProbeSink:output_type -> haven.v1.ProbeSinkResponse
+	33, // [33:52] is the sub-list for method output_type
+	14, // [14:33] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_haven_v1_node_proto_init() }
@@ -2312,14 +2539,14 @@ func file_haven_v1_node_proto_init() {
 		return
 	}
 	file_haven_v1_types_proto_init()
-	file_haven_v1_node_proto_msgTypes[31].OneofWrappers = []any{}
+	file_haven_v1_node_proto_msgTypes[34].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_haven_v1_node_proto_rawDesc), len(file_haven_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

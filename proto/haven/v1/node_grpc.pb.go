@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	NodeService_GetRaftStatus_FullMethodName    = "/haven.v1.NodeService/GetRaftStatus"
 	NodeService_RenewLease_FullMethodName       = "/haven.v1.NodeService/RenewLease"
+	NodeService_FollowLog_FullMethodName        = "/haven.v1.NodeService/FollowLog"
 	NodeService_ReportGroup_FullMethodName      = "/haven.v1.NodeService/ReportGroup"
 	NodeService_ReportDiskChange_FullMethodName = "/haven.v1.NodeService/ReportDiskChange"
 	NodeService_ReportChecks_FullMethodName     = "/haven.v1.NodeService/ReportChecks"
@@ -52,6 +53,13 @@ type NodeServiceClient interface {
 	// run the listed groups, at the listed epochs, until its own clock reaches
 	// the time it sent the request plus lease_millis.
 	RenewLease(ctx context.Context, in *RenewLeaseRequest, opts ...grpc.CallOption) (*RenewLeaseResponse, error)
+	// FollowLog streams the committed log to an agent outside the Raft
+	// configuration (the leader keeps at most raft.max_members in it): a
+	// snapshot first when the follower is too far behind, then every command
+	// this member applies after after_index, and the leader it knows. A
+	// member that hears no leader refuses (Unavailable): the follower asks
+	// another.
+	FollowLog(ctx context.Context, in *FollowLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowLogResponse], error)
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error)
@@ -159,6 +167,25 @@ func (c *nodeServiceClient) RenewLease(ctx context.Context, in *RenewLeaseReques
 	return out, nil
 }
 
+func (c *nodeServiceClient) FollowLog(ctx context.Context, in *FollowLogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowLogResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_FollowLog_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FollowLogRequest, FollowLogResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_FollowLogClient = grpc.ServerStreamingClient[FollowLogResponse]
+
 func (c *nodeServiceClient) ReportGroup(ctx context.Context, in *ReportGroupRequest, opts ...grpc.CallOption) (*ReportGroupResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReportGroupResponse)
@@ -211,7 +238,7 @@ func (c *nodeServiceClient) HangVM(ctx context.Context, in *HangVMRequest, opts 
 
 func (c *nodeServiceClient) MoveOut(ctx context.Context, in *MoveOutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MoveOutResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_MoveOut_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[1], NodeService_MoveOut_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +257,7 @@ type NodeService_MoveOutClient = grpc.ServerStreamingClient[MoveOutResponse]
 
 func (c *nodeServiceClient) MoveIn(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MoveInRequest, MoveInResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[1], NodeService_MoveIn_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[2], NodeService_MoveIn_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +350,7 @@ func (c *nodeServiceClient) ProbeLink(ctx context.Context, in *ProbeLinkRequest,
 
 func (c *nodeServiceClient) ProbeSink(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ProbeSinkRequest, ProbeSinkResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[2], NodeService_ProbeSink_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[3], NodeService_ProbeSink_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -347,6 +374,13 @@ type NodeServiceServer interface {
 	// run the listed groups, at the listed epochs, until its own clock reaches
 	// the time it sent the request plus lease_millis.
 	RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error)
+	// FollowLog streams the committed log to an agent outside the Raft
+	// configuration (the leader keeps at most raft.max_members in it): a
+	// snapshot first when the follower is too far behind, then every command
+	// this member applies after after_index, and the leader it knows. A
+	// member that hears no leader refuses (Unavailable): the follower asks
+	// another.
+	FollowLog(*FollowLogRequest, grpc.ServerStreamingServer[FollowLogResponse]) error
 	// ReportGroup tells the leader what the owner's executor did with a
 	// group: online, offline after a stop, or failed.
 	ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error)
@@ -439,6 +473,9 @@ func (UnimplementedNodeServiceServer) GetRaftStatus(context.Context, *GetRaftSta
 }
 func (UnimplementedNodeServiceServer) RenewLease(context.Context, *RenewLeaseRequest) (*RenewLeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenewLease not implemented")
+}
+func (UnimplementedNodeServiceServer) FollowLog(*FollowLogRequest, grpc.ServerStreamingServer[FollowLogResponse]) error {
+	return status.Error(codes.Unimplemented, "method FollowLog not implemented")
 }
 func (UnimplementedNodeServiceServer) ReportGroup(context.Context, *ReportGroupRequest) (*ReportGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportGroup not implemented")
@@ -544,6 +581,17 @@ func _NodeService_RenewLease_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _NodeService_FollowLog_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FollowLogRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(NodeServiceServer).FollowLog(m, &grpc.GenericServerStream[FollowLogRequest, FollowLogResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_FollowLogServer = grpc.ServerStreamingServer[FollowLogResponse]
 
 func _NodeService_ReportGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReportGroupRequest)
@@ -873,6 +921,11 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "FollowLog",
+			Handler:       _NodeService_FollowLog_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "MoveOut",
 			Handler:       _NodeService_MoveOut_Handler,
