@@ -98,6 +98,11 @@ func TestScenarioScale(t *testing.T) {
 		}
 		ns = append(ns, n)
 	}
+	if *scaleProfiles != "" {
+		if err := os.MkdirAll(*scaleProfiles, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var rows []scaleRow
 	for i, n := range ns {
 		steady := *scaleSteady
