@@ -110,6 +110,10 @@ type Executor struct {
 	diskFails    map[string]*diskFail
 	diskReported map[string]uint64
 	wake         chan struct{}
+	// applied is Wake's: a command was applied. planInputs are the
+	// records the plan was made of (sameInputs).
+	applied    chan struct{}
+	planInputs []any
 	// renewNow asks the lease loop for a renewal at once: a group was just
 	// assigned here and waits for a grant that confirms its epoch.
 	renewNow chan struct{}
@@ -156,7 +160,7 @@ func New(cfg Config) *Executor {
 		reportDisk: cfg.ReportDisk, reportChecks: cfg.ReportChecks, checkEvery: cfg.CheckEvery, checkWake: make(chan struct{}, 1),
 		confirmed: map[string]*havenv1.GroupEpoch{}, reported: map[string]report{}, restarts: map[string][]time.Time{},
 		startFails: map[string]*startFail{}, diskFails: map[string]*diskFail{}, diskReported: map[string]uint64{},
-		wake: make(chan struct{}, 1), renewNow: make(chan struct{}, 1), freezes: cfg.Freezes, frozen: map[driver.VMID]uint64{}}
+		wake: make(chan struct{}, 1), applied: make(chan struct{}, 1), renewNow: make(chan struct{}, 1), freezes: cfg.Freezes, frozen: map[driver.VMID]uint64{}}
 	if e.checkEvery <= 0 {
 		e.checkEvery = DefaultCheckEvery
 	}
@@ -175,8 +179,22 @@ func New(cfg Config) *Executor {
 // assigned here and waits for a grant that confirms its epoch.
 func (e *Executor) RenewNow() <-chan struct{} { return e.renewNow }
 
-// Wake has the executor look again at once: the state changed.
-func (e *Executor) Wake() { e.poke() }
+// Wake tells the executor that the FSM applied a command. It looks
+// again at once when what this node runs may have changed (sameInputs),
+// and otherwise at its next tick: in a cluster of many nodes most
+// commands are about other nodes' groups, and a pass per command on
+// every node was most of a large cluster's cost while groups were
+// created.
+func (e *Executor) Wake() {
+	select {
+	case e.applied <- struct{}{}:
+	default:
+	}
+	select {
+	case e.checkWake <- struct{}{}:
+	default:
+	}
+}
 
 func (e *Executor) poke() {
 	select {
@@ -257,11 +275,17 @@ func (e *Executor) Run(ctx context.Context) {
 			swept = now
 			e.sweepStateFiles(now)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-e.wake:
+		for waiting := true; waiting; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				waiting = false
+			case <-e.wake:
+				waiting = false
+			case <-e.applied:
+				waiting = e.sameInputs()
+			}
 		}
 	}
 }
@@ -318,10 +342,48 @@ func (e *Executor) reconcile(ctx context.Context) {
 func (e *Executor) currentPlan() plan {
 	index := e.state.Index()
 	if !e.planned || e.planIndex != index {
-		e.plan = planFor(e.node, e.state.GroupsFor(e.node), e.state.Operation)
+		groups := e.state.GroupsFor(e.node)
+		e.plan = planFor(e.node, groups, e.state.Operation)
 		e.planIndex, e.planned = index, true
+		e.planInputs = e.inputs(groups)
 	}
 	return e.plan
+}
+
+// inputs are the records a plan of groups reads: the groups and their
+// operations. The FSM replaces a record to change it, never writes into
+// one (its snapshots share them), so the same pointers are the same
+// records.
+func (e *Executor) inputs(groups []*havenv1.Group) []any {
+	out := make([]any, 0, 2*len(groups))
+	for _, g := range groups {
+		out = append(out, g, e.state.Operation(g.GetOperation()))
+	}
+	return out
+}
+
+// sameInputs reports whether the records the plan was made of are still
+// the FSM's: then a command applied since changed nothing this node runs.
+func (e *Executor) sameInputs() bool {
+	if !e.planned {
+		return false
+	}
+	index := e.state.Index()
+	if index == e.planIndex {
+		return true
+	}
+	now := e.inputs(e.state.GroupsFor(e.node))
+	if len(now) != len(e.planInputs) {
+		return false
+	}
+	for i := range now {
+		if now[i] != e.planInputs[i] {
+			return false
+		}
+	}
+	// The plan holds at this index too.
+	e.planIndex = index
+	return true
 }
 
 // stop stops a group's VMs in reverse dependency order (a VM before one

@@ -315,3 +315,33 @@ func TestExecutorReportsAtOnce(t *testing.T) {
 		t.Fatalf("%d groups reported online, want %d", online, len(grant))
 	}
 }
+
+// A command about another node's group leaves this node's plan as it is:
+// the executor does not look again for it. One that changes a group of
+// this node, or assigns one to it, does.
+func TestAppliedCommandsOfOtherNodesSkipped(t *testing.T) {
+	l := fsmtest.New(t)
+	for _, n := range []string{"n1", "n2"} {
+		l.AddNode(fsmtest.Node(n, "a", 64000, 256<<30, nil))
+	}
+	l.StartOn("mine", "n1")
+	e, _ := testExecutor(l, &fakeDriver{vms: map[driver.VMID]driver.Status{}})
+	e.currentPlan()
+	if !e.sameInputs() {
+		t.Fatal("nothing applied, yet the inputs differ")
+	}
+	l.StartOn("theirs", "n2")
+	if !e.sameInputs() {
+		t.Error("a group started on n2 counts as a change for n1")
+	}
+	l.Stop("mine")
+	if e.sameInputs() {
+		t.Error("mine's stop is not a change for its owner")
+	}
+	e.currentPlan()
+	l.Create(fsmtest.VMGroup("next"))
+	l.Assign("next", "n1")
+	if e.sameInputs() {
+		t.Error("a group assigned to n1 is not a change for n1")
+	}
+}
