@@ -50,6 +50,10 @@ type Agent struct {
 	audit  *server.Audit
 	gossip *heartbeat.Membership
 	pool   *rpcclient.Pool
+	// leasePool holds the renewals' connections, which a renewal that
+	// times out resets (renewOnce): resetting a shared one would cut the
+	// moves and log streams on it.
+	leasePool *rpcclient.Pool
 	// tls is the node's certificates, nil with tls.plaintext.
 	tls    *tlsutil.Reloader
 	leases *lease.Table
@@ -114,6 +118,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		tls:          tlsFiles,
 	}
 	a.pool = rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration, a.clientTLS())...)
+	a.leasePool = rpcclient.NewPool(rpcclient.AgentOptions(cfg.Lease.Duration, a.clientTLS())...)
 	return a, nil
 }
 
@@ -214,6 +219,7 @@ func (a *Agent) Stop() {
 		_ = a.drv.Close()
 		_ = a.audit.Close()
 		a.pool.Close()
+		a.leasePool.Close()
 		if !consensus.WaitAtMost(a.wg.Wait, shutdownWait) {
 			a.log.Warn("background loops did not end in time; exiting without them", "waited", shutdownWait)
 		}

@@ -301,13 +301,13 @@ func (a *Agent) renewOnce(ctx context.Context) (*havenv1.RenewLeaseResponse, err
 	if err != nil {
 		return nil, err
 	}
-	conn, err := a.pool.Conn(addr)
+	conn, err := a.leasePool.Conn(addr)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := havenv1.NewNodeServiceClient(conn).RenewLease(ctx, &havenv1.RenewLeaseRequest{Node: a.cfg.Name})
 	if status.Code(err) == codes.DeadlineExceeded {
-		a.pool.Reset(addr)
+		a.leasePool.Reset(addr)
 	}
 	return resp, err
 }
