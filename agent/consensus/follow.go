@@ -59,38 +59,43 @@ func (n *Node) followedNow() *Followed {
 }
 
 // Committed returns up to max commands after index after that this
-// node's Raft has applied, oldest first. Only entries Raft applied from
-// its own log are served: those are committed, where the log's tail past
-// them may be an old term's entries a new leader will overwrite.
-func (n *Node) Committed(after uint64, max int) ([]*raft.Log, error) {
+// node's Raft has applied, oldest first, and the last index it read
+// (Raft's own entries between commands, barriers and configurations, are
+// read and left out: the next call starts past them). Only entries Raft
+// applied from its own log are served: those are committed, where the
+// log's tail past them may be an old term's entries a new leader will
+// overwrite.
+func (n *Node) Committed(after uint64, max int) ([]*raft.Log, uint64, error) {
 	if n.Silent() {
-		return nil, ErrSilent
+		return nil, after, ErrSilent
 	}
 	last := n.raft.AppliedIndex()
 	if after >= last {
-		return nil, nil
+		return nil, after, nil
 	}
 	first, err := n.store.FirstIndex()
 	if err != nil {
-		return nil, err
+		return nil, after, err
 	}
 	if after+1 < first {
-		return nil, ErrCompacted
+		return nil, after, ErrCompacted
 	}
 	var out []*raft.Log
+	through := after
 	for i := after + 1; i <= last && len(out) < max; i++ {
 		l := new(raft.Log)
 		if err := n.store.GetLog(i, l); errors.Is(err, raft.ErrLogNotFound) {
 			// Compacted while we read.
-			return nil, ErrCompacted
+			return nil, after, ErrCompacted
 		} else if err != nil {
-			return nil, fmt.Errorf("raft log %d: %w", i, err)
+			return nil, after, fmt.Errorf("raft log %d: %w", i, err)
 		}
 		if l.Type == raft.LogCommand {
 			out = append(out, l)
 		}
+		through = i
 	}
-	return out, nil
+	return out, through, nil
 }
 
 // Servers names the servers of this node's Raft configuration, the

@@ -68,17 +68,17 @@ func (m *member) groups(t *testing.T, names ...string) {
 	}
 }
 
-func (m *member) Committed(after uint64, max int) ([]*raft.Log, error) {
+func (m *member) Committed(after uint64, max int) ([]*raft.Log, uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.silent {
-		return nil, consensus.ErrSilent
+		return nil, after, consensus.ErrSilent
 	}
 	if n := len(m.logs); n == 0 || after >= m.logs[n-1].Index {
-		return nil, nil
+		return nil, after, nil
 	}
 	if after+1 < m.first {
-		return nil, errCompacted
+		return nil, after, errCompacted
 	}
 	var out []*raft.Log
 	for _, l := range m.logs {
@@ -86,7 +86,7 @@ func (m *member) Committed(after uint64, max int) ([]*raft.Log, error) {
 			out = append(out, l)
 		}
 	}
-	return out, nil
+	return out, out[len(out)-1].Index, nil
 }
 
 func (m *member) LeaderID() string                    { return "m1" }

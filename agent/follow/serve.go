@@ -27,9 +27,10 @@ import (
 
 // Log is the member's Raft node (consensus.Node).
 type Log interface {
-	// Committed returns up to max commands after index after, or
-	// ErrCompacted (then a snapshot must go first) or ErrSilent.
-	Committed(after uint64, max int) ([]*raft.Log, error)
+	// Committed returns up to max commands after index after and the
+	// last index it read, or ErrCompacted (then a snapshot must go
+	// first) or ErrSilent.
+	Committed(after uint64, max int) ([]*raft.Log, uint64, error)
 	LeaderID() string
 	// Servers names the configuration's servers and its voters.
 	Servers() (members, voters []string)
@@ -82,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, after uint64, send func(*havenv1.Fol
 	)
 	for {
 		wake := s.applied.wait()
-		entries, err := s.Log.Committed(after, Batch)
+		entries, through, err := s.Log.Committed(after, Batch)
 		if errors.Is(err, s.Compacted) {
 			if snapped && after == snapAt {
 				// The log starts past the FSM's own state: no snapshot
@@ -109,11 +110,9 @@ func (s *Server) Serve(ctx context.Context, after uint64, send func(*havenv1.Fol
 			if err := send(resp); err != nil {
 				return err
 			}
-			if len(entries) > 0 {
-				after = entries[len(entries)-1].Index
-			}
 			leader, lastSend, first = l, now, false
 		}
+		after = through
 		if len(entries) == Batch {
 			continue
 		}
