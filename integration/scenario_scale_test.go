@@ -139,8 +139,16 @@ func scaleTable(rows []scaleRow) string {
 func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 	row := scaleRow{n: n, groups: groups, steady: steady}
 	c := newCluster(t, withScale(n))
-	for range n {
-		c.add(min(n, 3))
+	// Three servers bootstrap, as an operator's would; the rest only
+	// join (bootstrap_expect 0). Every agent with bootstrap_expect 3,
+	// started at once, let an agent that saw some three peers first
+	// bootstrap a second Raft cluster beside the first.
+	for i := range n {
+		if i < 3 {
+			c.add(min(n, 3))
+		} else {
+			c.add(0)
+		}
 	}
 	t0 := time.Now()
 	for _, nd := range c.nodes {
