@@ -265,13 +265,23 @@ func (a *Agent) locate() (name, grpcAddr string, err error) {
 	if name == a.cfg.Name {
 		return name, a.addr(a.cfg.Ports.GRPC), nil
 	}
+	addr, err := a.grpcAddrOf(name)
+	if err != nil {
+		return name, "", fmt.Errorf("leader %w", err)
+	}
+	return name, addr, nil
+}
+
+// grpcAddrOf is the gRPC address of the named node: gossip's, or the FSM's
+// record of it.
+func (a *Agent) grpcAddrOf(name string) (string, error) {
 	for _, m := range a.gossip.Members() {
 		if m.Name == name && m.Meta.GRPCAddr != "" {
-			return name, m.Meta.GRPCAddr, nil
+			return m.Meta.GRPCAddr, nil
 		}
 	}
 	if n := a.fsm.Node(name); n != nil && n.GetGrpcAddr() != "" {
-		return name, n.GetGrpcAddr(), nil
+		return n.GetGrpcAddr(), nil
 	}
-	return name, "", fmt.Errorf("leader %s has no known gRPC address", name)
+	return "", fmt.Errorf("%s has no known gRPC address", name)
 }

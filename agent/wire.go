@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -100,7 +99,7 @@ func (a *Agent) wireDuties() {
 		ReportChecks: a.sendChecks, Freezes: a.vmFreeze,
 		Logger: logging.Named(a.log, "executor"),
 	})
-	a.logServer = &follow.Server{Log: a.raft, FSM: a.fsm, Compacted: consensus.ErrCompacted}
+	a.logServer = &follow.Server{Log: a.raft, FSM: a.fsm}
 	a.observed.OnApply(func() {
 		a.exec.Wake()
 		a.logServer.Applied()
@@ -128,14 +127,9 @@ func (a *Agent) follower() *follow.Follower {
 
 // openLog opens a FollowLog stream on the member named.
 func (a *Agent) openLog(ctx context.Context, member string, after uint64) (follow.Stream, error) {
-	addr := ""
-	for _, m := range a.gossip.Members() {
-		if m.Name == member {
-			addr = m.Meta.GRPCAddr
-		}
-	}
-	if addr == "" {
-		return nil, fmt.Errorf("member %s has no known gRPC address", member)
+	addr, err := a.grpcAddrOf(member)
+	if err != nil {
+		return nil, err
 	}
 	conn, err := a.pool.Conn(addr)
 	if err != nil {
@@ -269,11 +263,9 @@ func (a *Agent) maybeBootstrap(ctx context.Context) {
 
 // askHasState asks a peer whether it already belongs to a cluster.
 func (a *Agent) askHasState(ctx context.Context, p quorum.Peer) (bool, error) {
-	var addr string
-	for _, m := range a.gossip.Members() {
-		if m.Name == p.ID {
-			addr = m.Meta.GRPCAddr
-		}
+	addr, err := a.grpcAddrOf(p.ID)
+	if err != nil {
+		return false, err
 	}
 	conn, err := a.pool.Conn(addr)
 	if err != nil {

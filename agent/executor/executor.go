@@ -186,23 +186,20 @@ func (e *Executor) RenewNow() <-chan struct{} { return e.renewNow }
 // every node was most of a large cluster's cost while groups were
 // created.
 func (e *Executor) Wake() {
-	select {
-	case e.applied <- struct{}{}:
-	default:
-	}
-	select {
-	case e.checkWake <- struct{}{}:
-	default:
-	}
+	signal(e.applied)
+	signal(e.checkWake)
 }
 
 func (e *Executor) poke() {
+	signal(e.wake)
+	signal(e.checkWake)
+}
+
+// signal sends on a channel of one slot without blocking: a signal
+// already waiting covers this one.
+func signal(ch chan struct{}) {
 	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
-	select {
-	case e.checkWake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }

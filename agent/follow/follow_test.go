@@ -3,7 +3,6 @@ package follow
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -21,8 +20,6 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-var errCompacted = errors.New("compacted")
-
 // member is a member's Raft log and FSM: commands at increasing indexes
 // with gaps where Raft's own entries (barriers, configurations) sit.
 type member struct {
@@ -37,7 +34,7 @@ type member struct {
 
 func newMember() *member {
 	m := &member{fsm: fsm.New(), first: 1}
-	m.srv = &Server{Log: m, FSM: m.fsm, Compacted: errCompacted, KeepAlive: 100 * time.Millisecond}
+	m.srv = &Server{Log: m, FSM: m.fsm, KeepAlive: 100 * time.Millisecond}
 	return m
 }
 
@@ -78,7 +75,7 @@ func (m *member) Committed(after uint64, max int) ([]*raft.Log, uint64, error) {
 		return nil, after, nil
 	}
 	if after+1 < m.first {
-		return nil, after, errCompacted
+		return nil, after, consensus.ErrCompacted
 	}
 	var out []*raft.Log
 	for _, l := range m.logs {
@@ -107,13 +104,17 @@ func (s *stream) Recv() (*havenv1.FollowLogResponse, error) {
 	}
 }
 
-// silence is the follower's Raft.
+// silence is the follower's Raft; asked counts the follower's looks.
 type silence struct {
 	quiet    atomic.Bool
+	asked    atomic.Int64
 	followed atomic.Pointer[consensus.Followed]
 }
 
-func (s *silence) Silent() bool                     { return s.quiet.Load() }
+func (s *silence) Silent() bool {
+	s.asked.Add(1)
+	return s.quiet.Load()
+}
 func (s *silence) SetFollowed(f consensus.Followed) { s.followed.Store(&f) }
 
 // follower runs a Follower of the members into a fresh FSM until the
@@ -134,8 +135,8 @@ func follower(t *testing.T, members map[string]*member) (*fsm.FSM, *silence) {
 				return nil, fmt.Errorf("no member %s", name)
 			}
 			s := &stream{msgs: make(chan *havenv1.FollowLogResponse), done: make(chan error, 1)}
+			m.streams.Add(1) // here, not in the goroutine: counted before Open returns
 			go func() {
-				m.streams.Add(1)
 				defer m.streams.Add(-1)
 				s.done <- m.srv.Serve(ctx, after, func(r *havenv1.FollowLogResponse) error {
 					select {
@@ -222,7 +223,13 @@ func TestFollowerSkipsSilentMemberAndStopsWhenRaftSpeaks(t *testing.T) {
 	waitfor.Cond(t, 5*time.Second, "the stream to end", func() bool { return m2.streams.Load() == 0 })
 	at := f.Index()
 	m2.groups(t, "d")
-	time.Sleep(100 * time.Millisecond) // a follower still following would have applied d by now
+	// Once the follower has looked at Raft twice more it has decided,
+	// twice, whether to follow again; Raft speaking, it must not have.
+	looks := r.asked.Load()
+	waitfor.Cond(t, 5*time.Second, "the follower to look at Raft again", func() bool { return r.asked.Load() >= looks+2 })
+	if n := m1.streams.Load() + m2.streams.Load(); n != 0 {
+		t.Fatalf("%d streams open after Raft spoke", n)
+	}
 	if f.Index() != at || f.Group("d") != nil {
 		t.Fatalf("the follower applied d after Raft spoke (index %d, was %d)", f.Index(), at)
 	}

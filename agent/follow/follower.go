@@ -84,7 +84,7 @@ func (f *Follower) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, errRaftSpeaks) {
 			failed[member] = true
 			f.Logger.Debug("following the log stopped", "member", member, "error", err)
 			sleep(ctx, check/4)

@@ -22,14 +22,15 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/haven-ha/haven/agent/consensus"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
 // Log is the member's Raft node (consensus.Node).
 type Log interface {
 	// Committed returns up to max commands after index after and the
-	// last index it read, or ErrCompacted (then a snapshot must go
-	// first) or ErrSilent.
+	// last index it read, or consensus.ErrCompacted (then a snapshot must
+	// go first) or consensus.ErrSilent.
 	Committed(after uint64, max int) ([]*raft.Log, uint64, error)
 	LeaderID() string
 	// Servers names the configuration's servers and its voters.
@@ -45,8 +46,6 @@ type Snapshotter interface {
 type Server struct {
 	Log Log
 	FSM Snapshotter
-	// Compacted is the Log's error for entries no longer in the log.
-	Compacted error
 	// KeepAlive is the longest a stream stays quiet: a follower that hears
 	// nothing for three of them asks another member. Zero is 2 s.
 	KeepAlive time.Duration
@@ -84,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, after uint64, send func(*havenv1.Fol
 	for {
 		wake := s.applied.wait()
 		entries, through, err := s.Log.Committed(after, Batch)
-		if errors.Is(err, s.Compacted) {
+		if errors.Is(err, consensus.ErrCompacted) {
 			if snapped && after == snapAt {
 				// The log starts past the FSM's own state: no snapshot
 				// and entries this member has would make a whole.
