@@ -348,6 +348,15 @@ type GiveUpError struct{ Reason string }
 
 func (e *GiveUpError) Error() string { return "migration gave up: " + e.Reason }
 
+// Watched is a driver that counts the changes of its VMs: one added or
+// removed, or one whose state changed, by a call or on its own (a crash,
+// a freeze at its lease end). Changes's value moves before any such
+// change shows in List, so a caller that reads the same value before a
+// List and again later knows that the states that List gave still hold.
+type Watched interface {
+	Changes() uint64
+}
+
 // Switcher ends the two sides of a migration's switchover. Both checks are
 // atomic with the state change, under the lock the guest loop takes, like
 // ExtendLease: a late call cannot run a VM past its lease.

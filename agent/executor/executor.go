@@ -119,6 +119,15 @@ type Executor struct {
 	renewNow chan struct{}
 	// holds are the fault-injection holds of moves (holds.go).
 	holds holds
+	// watched is the driver as a Watched, nil when it counts no changes.
+	// busy: the reconcile under way left something to do (a VM not
+	// running as planned, a report to send); only the Run goroutine
+	// touches it.
+	watched driver.Watched
+	busy    bool
+	// steadyEvery is the constant but in tests that show what wakes a
+	// steady executor.
+	steadyEvery time.Duration
 }
 
 type report struct {
@@ -150,6 +159,17 @@ const (
 	startBackoff  = 500 * time.Millisecond
 )
 
+// The reconcile runs every passEvery. On a node whose last reconcile
+// found every VM running as planned, with nothing to report, it runs
+// only every steadyEvery, unless the FSM, a grant or the driver brings a
+// change: the driver must count its changes for that (driver.Watched),
+// or the executor would learn of a crash late. Listing the VMs was most
+// of an idle agent's reconcile, ten times a second.
+const (
+	passEvery   = 100 * time.Millisecond
+	steadyEvery = time.Second
+)
+
 // New returns an executor; Run drives it.
 func New(cfg Config) *Executor {
 	log := cfg.Logger
@@ -167,6 +187,8 @@ func New(cfg Config) *Executor {
 	// A Checker needs no flag: a driver either can tell or is asked
 	// nothing.
 	e.checker, _ = cfg.Driver.(driver.Checker)
+	e.watched, _ = cfg.Driver.(driver.Watched)
+	e.steadyEvery = steadyEvery
 	// The flag first, as with every optional interface: a wrapper may
 	// have the methods without the ability.
 	if hp, ok := cfg.Driver.(driver.DiskHotPlugger); ok && cfg.Driver.Capabilities().HotPlugDisks {
@@ -212,11 +234,18 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	// it froze under.
 	e.noteStates(e.drv.List(), time.Now())
 	e.mu.Lock()
+	// A first grant, or one after the last ran out, lets VMs start that
+	// could not.
+	first := e.leaseEnd.IsZero() || !time.Now().Before(e.leaseEnd)
+	same := len(groups) == len(e.confirmed)
 	e.leaseEnd = end
-	e.confirmed = make(map[string]*havenv1.GroupEpoch, len(groups))
+	confirmed := make(map[string]*havenv1.GroupEpoch, len(groups))
 	for _, g := range groups {
-		e.confirmed[g.GetName()] = g
+		confirmed[g.GetName()] = g
+		was, ok := e.confirmed[g.GetName()]
+		same = same && ok && was.GetEpoch() == g.GetEpoch() && was.GetMoving() == g.GetMoving()
 	}
+	e.confirmed = confirmed
 	e.mu.Unlock()
 	for _, st := range e.drv.List() {
 		if ep, ok := e.confirmedEpoch(st.ID.Group); ok && ep == st.Epoch && (st.State == driver.StateRunning || st.State == driver.StateFrozen) {
@@ -226,7 +255,12 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 		}
 	}
 	e.noteStates(e.drv.List(), time.Now())
-	e.poke()
+	// A grant in time that confirms what the last one did changes no
+	// plan: a VM it thawed is a change of the driver's, which wakes a
+	// steady executor (driver.Watched) or shows at the next pass.
+	if first || !same {
+		e.poke()
+	}
 }
 
 // everGranted reports whether a grant has come since the executor began.
@@ -263,21 +297,30 @@ func (e *Executor) Run(ctx context.Context) {
 		defer close(done)
 		e.runChecks(ctx)
 	}()
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(passEvery)
 	defer tick.Stop()
 	var swept time.Time
 	for {
+		// Read before the reconcile lists the VMs: a change after the
+		// list moves the count past it.
+		var changes uint64
+		if e.watched != nil {
+			changes = e.watched.Changes()
+		}
+		e.busy = false
 		e.reconcile(ctx)
-		if now := time.Now(); now.Sub(swept) >= sweepEvery {
-			swept = now
-			e.sweepStateFiles(now)
+		passed := time.Now()
+		steady := e.watched != nil && !e.busy
+		if passed.Sub(swept) >= sweepEvery {
+			swept = passed
+			e.sweepStateFiles(passed)
 		}
 		for waiting := true; waiting; {
 			select {
 			case <-ctx.Done():
 				return
-			case <-tick.C:
-				waiting = false
+			case now := <-tick.C:
+				waiting = steady && now.Sub(passed) < e.steadyEvery && e.watched.Changes() == changes && e.sameInputs()
 			case <-e.wake:
 				waiting = false
 			case <-e.applied:
@@ -303,6 +346,7 @@ func (e *Executor) reconcile(ctx context.Context) {
 	e.noteStates(all, time.Now())
 	for _, st := range all {
 		if !p.keeps(st) {
+			e.busy = true
 			if ep, ok := e.confirmedEpoch(st.ID.Group); !e.everGranted() || (ok && ep == st.Epoch) {
 				continue
 			}
@@ -324,6 +368,9 @@ func (e *Executor) reconcile(ctx context.Context) {
 		}
 		switch t.action {
 		case actionStop:
+			if len(vms[t.name()]) > 0 {
+				e.busy = true
+			}
 			e.stop(ctx, t.group, vms[t.name()])
 		case actionRun:
 			e.ensureRunning(ctx, t.group, vms[t.name()])
@@ -443,6 +490,9 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 	var diskFailure error
 	for _, spec := range specs {
 		st, ok := have[spec.ID.Resource]
+		if !ok || st.State != driver.StateRunning {
+			e.busy = true
+		}
 		switch {
 		case ok && st.State == driver.StateFrozen:
 			allUp = false
@@ -514,10 +564,14 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 		if g.GetState() == havenv1.GroupState_GROUP_STATE_STARTING {
 			if op := e.state.Operation(g.GetOperation()); fsm.InFlight(op) && fsm.Committed(op) && op.GetTarget() == e.node &&
 				e.held(havenv1.MoveHoldPhase_MOVE_HOLD_PHASE_RESUMED, op.GetId()) {
+				e.busy = true
 				return
 			}
 			e.report(g, havenv1.GroupState_GROUP_STATE_ONLINE, "")
 		}
+	}
+	if !disksMatch || diskFailure != nil {
+		e.busy = true
 	}
 	e.endDiskChange(ctx, g, specs, allUp && disksMatch, diskFailure)
 }
@@ -665,6 +719,9 @@ func (e *Executor) report(g *havenv1.Group, st havenv1.GroupState, reason string
 func (e *Executor) flush(ctx context.Context) {
 	out := e.outbox
 	e.outbox = nil
+	if len(out) > 0 {
+		e.busy = true
+	}
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, maxReports)
 	for _, o := range out {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,4 +345,89 @@ func TestAppliedCommandsOfOtherNodesSkipped(t *testing.T) {
 	if e.sameInputs() {
 		t.Error("a group assigned to n1 is not a change for n1")
 	}
+}
+
+// watchedDriver is a fakeDriver that counts its changes, as driver.Watched
+// asks, and the executor's List calls.
+type watchedDriver struct {
+	*fakeDriver
+	changes, lists atomic.Uint64
+}
+
+func (d *watchedDriver) Changes() uint64 { return d.changes.Load() }
+func (d *watchedDriver) List() []driver.Status {
+	d.lists.Add(1)
+	return d.fakeDriver.List()
+}
+
+// crash makes a VM crash on its own, as a guest would, and counts it as
+// a change only if counted.
+func (d *watchedDriver) crash(id driver.VMID, counted bool) {
+	d.mu.Lock()
+	st := d.vms[id]
+	st.State, st.Reason = driver.StateCrashed, "test"
+	d.vms[id] = st
+	d.mu.Unlock()
+	if counted {
+		d.changes.Add(1)
+	}
+}
+
+// An executor whose node runs everything as planned stops listing the
+// driver's VMs ten times a second, and a change the driver counts wakes it
+// at once: the crashed VM is restarted without waiting for the steady
+// pass (an hour here).
+func TestSteadyExecutorWakesOnDriverChanges(t *testing.T) {
+	l := fsmtest.New(t)
+	l.Create(fsmtest.VMGroup("web"))
+	g := l.Assign("web", "n1")
+	d := &watchedDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}}
+	var mu sync.Mutex
+	online := 0
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t), Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE {
+			online++
+		}
+		return nil
+	}})
+	e.steadyEvery = time.Hour
+	e.Granted(time.Now().Add(time.Hour), []*havenv1.GroupEpoch{{Name: "web", Epoch: g.GetEpoch()}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitfor.Cond(t, 5*time.Second, "web reported online", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return online == 1
+	})
+
+	// Deliberate sleep: the steady executor must do nothing in it. The
+	// pass that sent the report was busy; the next one, a tick later,
+	// finds all running and is the last.
+	time.Sleep(300 * time.Millisecond)
+	lists := d.lists.Load()
+	time.Sleep(500 * time.Millisecond) // five ticks
+	if n := d.lists.Load() - lists; n != 0 {
+		t.Fatalf("a steady executor listed the VMs %d times in five ticks", n)
+	}
+
+	// A crash the driver does not count goes unseen until the steady
+	// pass; one it counts is seen at the next tick.
+	id := driver.VMID{Group: "web", Resource: "vm"}
+	if _, err := d.Status(id); err != nil {
+		t.Fatalf("the VM of web: %v (have %v)", err, d.List())
+	}
+	d.crash(id, false)
+	time.Sleep(300 * time.Millisecond) // deliberate: three ticks
+	if st, _ := d.Status(id); st.State != driver.StateCrashed {
+		t.Fatalf("an uncounted crash was seen: web's VM is %s", st.State)
+	}
+	d.crash(id, true)
+	waitfor.Cond(t, 5*time.Second, "the crashed VM restarted", func() bool {
+		st, err := d.Status(id)
+		return err == nil && st.State == driver.StateRunning
+	})
 }

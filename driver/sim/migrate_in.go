@@ -97,6 +97,7 @@ func (d *Driver) admit(spec driver.VMSpec) (*vm, *memory, error) {
 	m := v.pin() // v is not shared yet: no lock to hold
 	d.mu.Lock()
 	d.vms[spec.ID] = v
+	d.changes.Add(1)
 	d.mu.Unlock()
 	go v.run()
 	return v, m, nil
@@ -121,6 +122,7 @@ func (d *Driver) discard(v *vm, err error) {
 	d.mu.Lock()
 	if d.vms[v.spec.ID] == v {
 		delete(d.vms, v.spec.ID)
+		d.changes.Add(1)
 	}
 	d.mu.Unlock()
 }

@@ -42,6 +42,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -144,9 +145,18 @@ type Driver struct {
 	mu     sync.RWMutex
 	vms    map[driver.VMID]*vm
 	closed bool
+	// changes counts the changes of the table and of any VM's state
+	// (driver.Watched).
+	changes atomic.Uint64
 }
 
-var _ driver.Hypervisor = (*Driver)(nil)
+var (
+	_ driver.Hypervisor = (*Driver)(nil)
+	_ driver.Watched    = (*Driver)(nil)
+)
+
+// Changes implements driver.Watched.
+func (d *Driver) Changes() uint64 { return d.changes.Load() }
 
 var errClosed = errors.New("sim: driver closed")
 
@@ -253,6 +263,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	v.log.Info("vm starting", "counter", v.counter, "lease_end", v.leaseEnd)
 	d.mu.Lock()
 	d.vms[spec.ID] = v
+	d.changes.Add(1)
 	d.mu.Unlock()
 	go v.run()
 	return nil
@@ -330,7 +341,7 @@ func (d *Driver) newVM(spec driver.VMSpec, state driver.State) (*vm, error) {
 		return nil, err
 	}
 	return &vm{
-		spec: spec, period: guest.Tick, watchdog: guest.Watchdog, now: d.now,
+		spec: spec, period: guest.Tick, watchdog: guest.Watchdog, now: d.now, changes: &d.changes,
 		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
 		state: state, mem: mem,
 		dirt: newDirtier(rand.Uint64(), mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick)),
@@ -504,7 +515,7 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 	// A paused VM stays paused: only Resume runs it.
 	if v.state == driver.StateFrozen {
 		// leaseEnd >= until > now: the gate is open again.
-		v.state = driver.StateRunning
+		v.setState(driver.StateRunning)
 		v.log.Info("vm thawed", "lease_end", v.leaseEnd)
 	}
 	return nil
@@ -571,6 +582,7 @@ func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
 	<-v.done
 	d.mu.Lock()
 	delete(d.vms, id)
+	d.changes.Add(1)
 	d.mu.Unlock()
 	return nil
 }

@@ -842,3 +842,42 @@ func TestCanRun(t *testing.T) {
 		t.Fatalf("CanRun without memory = %v, want ErrInvalidSpec naming memory_bytes", err)
 	}
 }
+
+// Changes moves at every change of the table or of a VM's state, whether
+// a call made it or the VM did on its own (the freeze at its lease end, a
+// crash), and not at the guest's ticks: the executor sleeps on it.
+func TestChangesCountsStatesNotTicks(t *testing.T) {
+	dir, clk := t.TempDir(), newClock()
+	d := newDriver(t, "n1", dir, clk)
+	moved := func(what string, from uint64) uint64 {
+		t.Helper()
+		now := d.Changes()
+		if now == from {
+			t.Fatalf("%s: Changes stayed at %d", what, now)
+		}
+		return now
+	}
+	c := d.Changes()
+	leaseEnd := clk.Now().Add(10 * time.Second)
+	start(t, d, testSpec(web, 1), leaseEnd)
+	c = moved("start", c)
+	waitWakeups(t, d, web, 5)
+	if now := d.Changes(); now != c {
+		t.Fatalf("ticks moved Changes from %d to %d", c, now)
+	}
+	clk.Set(leaseEnd)
+	waitWakeups(t, d, web, 2) // the guest loop's gate freezes it
+	c = moved("freeze at lease end", c)
+	if err := d.ExtendLease(web, 1, clk.Now().Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	c = moved("thaw", c)
+	if err := d.Crash(web, "test"); err != nil {
+		t.Fatal(err)
+	}
+	c = moved("crash", c)
+	if err := d.Forget(web, 1); err != nil {
+		t.Fatal(err)
+	}
+	moved("forget", c)
+}

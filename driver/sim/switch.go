@@ -37,7 +37,7 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 		return fmt.Errorf("activate %s at epoch %d: %w", id, epoch, err)
 	}
 	v.leaseEnd = anchor(now, leaseEnd)
-	v.state = driver.StateRunning
+	v.setState(driver.StateRunning)
 	v.log.Info("vm activated", "checksum", v.sum, "counter", v.counter, "lease_end", v.leaseEnd)
 	close(v.activated)
 	return nil
@@ -74,7 +74,7 @@ func (d *Driver) Resume(id driver.VMID, epoch uint64, leaseEnd time.Time) error 
 // unpause runs a paused VM again on its lease, with mu held; the gate
 // freezes it at once if the lease has ended meanwhile.
 func (v *vm) unpause(why string) {
-	v.state = driver.StateRunning
+	v.setState(driver.StateRunning)
 	v.log.Info("vm resumed", "counter", v.counter, "lease_end", v.leaseEnd, "reason", why)
 	v.gate()
 }
@@ -136,7 +136,7 @@ func (v *vm) pause() error {
 	if !v.live() {
 		return fmt.Errorf("%w: it is %s", driver.ErrInvalidState, v.state)
 	}
-	v.state = driver.StatePaused
+	v.setState(driver.StatePaused)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -30,6 +31,9 @@ type vm struct {
 	period time.Duration // of the guest loop; immutable after boot
 	now    func() time.Time
 	log    *slog.Logger
+	// changes is the driver's count of changes, which every change of
+	// state moves (setState).
+	changes *atomic.Uint64
 
 	mu       sync.Mutex
 	paths    []string // absolute disk paths, as spec.Disks
@@ -155,7 +159,7 @@ func (v *vm) holds() bool {
 // sets a frozen VM running again, and ExtendLease holds mu too.
 func (v *vm) gate() bool {
 	if v.state == driver.StateRunning && !v.now().Before(v.leaseEnd) {
-		v.state = driver.StateFrozen
+		v.setState(driver.StateFrozen)
 		// Warn: a lease that runs out means the renewals stopped (a
 		// partition, a stalled agent), and the gate has just fenced the VM.
 		v.log.Warn("vm frozen at lease end", "lease_end", v.leaseEnd, "counter", v.counter)
@@ -222,7 +226,8 @@ func (v *vm) halt(state driver.State, reason string) {
 	if !v.holds() {
 		return
 	}
-	v.state, v.reason = state, reason
+	v.reason = reason
+	v.setState(state)
 	for _, f := range v.disks {
 		f.Close()
 	}
@@ -252,6 +257,13 @@ func (v *vm) stop(final bool, state driver.State, reason string) {
 	v.halt(state, reason)
 	v.mu.Unlock()
 	<-v.done
+}
+
+// setState changes the VM's state, with mu held, and counts the change
+// first, so that a List that shows the new state comes after it.
+func (v *vm) setState(s driver.State) {
+	v.changes.Add(1)
+	v.state = s
 }
 
 func (v *vm) status() driver.Status {
