@@ -380,7 +380,8 @@ func (e *Executor) reconcile(ctx context.Context) {
 
 // currentPlan is the plan of the FSM's state now. The plan is a function
 // of the state alone, so it is made again only when the index moved: the
-// reconcile runs ten times a second, and at steady state nothing changes.
+// reconcile runs up to ten times a second, and at steady state nothing
+// changes.
 // The index is read first, so a plan that saw a newer state is made again
 // on the next pass, never kept past a change.
 func (e *Executor) currentPlan() plan {

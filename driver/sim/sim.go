@@ -539,7 +539,7 @@ func (d *Driver) List() []driver.Status {
 	}
 	d.mu.RUnlock()
 	// Each ID's string once, not at every comparison: the executor lists
-	// ten times a second.
+	// up to ten times a second.
 	type keyed struct {
 		key string
 		st  driver.Status
