@@ -234,9 +234,9 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	// it froze under.
 	e.noteStates(e.drv.List(), time.Now())
 	e.mu.Lock()
-	// A first grant, or one after the last ran out, lets VMs start that
-	// could not.
-	first := e.leaseEnd.IsZero() || !time.Now().Before(e.leaseEnd)
+	// Without a lease in force before this grant (the first, or the last
+	// ran out) no VM could start: now they can.
+	unleased := e.leaseEnd.IsZero() || !time.Now().Before(e.leaseEnd)
 	same := len(groups) == len(e.confirmed)
 	e.leaseEnd = end
 	confirmed := make(map[string]*havenv1.GroupEpoch, len(groups))
@@ -258,7 +258,7 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	// A grant in time that confirms what the last one did changes no
 	// plan: a VM it thawed is a change of the driver's, which wakes a
 	// steady executor (driver.Watched) or shows at the next pass.
-	if first || !same {
+	if unleased || !same {
 		e.poke()
 	}
 }

@@ -384,11 +384,13 @@ func TestSteadyExecutorWakesOnDriverChanges(t *testing.T) {
 	d := &watchedDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}}
 	var mu sync.Mutex
 	online := 0
+	var listedAtReport uint64 // the reporting pass's list, and any before
 	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t), Report: func(_ context.Context, r *havenv1.ReportGroupRequest) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if r.GetState() == havenv1.GroupState_GROUP_STATE_ONLINE {
 			online++
+			listedAtReport = d.lists.Load()
 		}
 		return nil
 	}})
@@ -404,15 +406,13 @@ func TestSteadyExecutorWakesOnDriverChanges(t *testing.T) {
 		return online == 1
 	})
 
-	// Deliberate sleep: the steady executor must do nothing in it. The
-	// pass that sent the report was busy; the next one, a tick later,
-	// finds all running and is the last.
-	time.Sleep(300 * time.Millisecond)
-	lists := d.lists.Load()
-	time.Sleep(500 * time.Millisecond) // five ticks
-	if n := d.lists.Load() - lists; n != 0 {
-		t.Fatalf("a steady executor listed the VMs %d times in five ticks", n)
-	}
+	// The pass that sent the report was busy; the next one finds all
+	// running and reported, and is the last until the steady pass.
+	waitfor.Cond(t, 5*time.Second, "the pass after the report", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return d.lists.Load() > listedAtReport
+	})
 
 	// A crash the driver does not count goes unseen until the steady
 	// pass; one it counts is seen at the next tick.
@@ -420,8 +420,13 @@ func TestSteadyExecutorWakesOnDriverChanges(t *testing.T) {
 	if _, err := d.Status(id); err != nil {
 		t.Fatalf("the VM of web: %v (have %v)", err, d.List())
 	}
+	lists := d.lists.Load()
 	d.crash(id, false)
-	time.Sleep(300 * time.Millisecond) // deliberate: three ticks
+	// Deliberate: five ticks in which the steady executor must do nothing.
+	time.Sleep(5 * passEvery)
+	if n := d.lists.Load() - lists; n != 0 {
+		t.Fatalf("a steady executor listed the VMs %d times in five ticks", n)
+	}
 	if st, _ := d.Status(id); st.State != driver.StateCrashed {
 		t.Fatalf("an uncounted crash was seen: web's VM is %s", st.State)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,6 +150,11 @@ func (v *vm) send(command string) {
 	}
 }
 
+// crashMarks begin the report of a crash on the guest's console: the
+// kernel's oops ("BUG: kernel NULL pointer dereference", "Oops: ...") and
+// the Go runtime's ("fatal error: ...", "panic: ...").
+var crashMarks = []string{"BUG: ", "Oops: ", "fatal error: ", "panic: "}
+
 // dump logs the end of the serial log and QEMU's output.
 func (v *vm) dump() {
 	for _, name := range []string{"serial", "qemu.log"} {
@@ -158,10 +164,11 @@ func (v *vm) dump() {
 			continue
 		}
 		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		// A Go crash in the guest puts its reason first and a long
-		// goroutine dump after it: the reason is what the end would hide.
+		// A crash in the guest, of its kernel (an oops) or of the Go
+		// program (a goroutine dump), puts its reason first and a long
+		// trace after it: the reason is what the end would hide.
 		for i, l := range lines {
-			if strings.HasPrefix(l, "fatal error:") || strings.HasPrefix(l, "panic:") || strings.HasPrefix(l, "unexpected fault") || strings.HasPrefix(l, "SIGSEGV") {
+			if slices.ContainsFunc(crashMarks, func(m string) bool { return strings.Contains(l, m) }) {
 				v.t.Logf("crash in %s:\n%s", name, strings.Join(lines[max(0, i-5):min(len(lines), i+25)], "\n"))
 				break
 			}
