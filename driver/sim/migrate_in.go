@@ -93,13 +93,11 @@ func (d *Driver) admit(spec driver.VMSpec) (*vm, *memory, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	v.activated = make(chan struct{})
 	m := v.pin() // v is not shared yet: no lock to hold
 	d.mu.Lock()
 	d.vms[spec.ID] = v
 	d.changes.Add(1)
 	d.mu.Unlock()
-	go v.run()
 	return v, m, nil
 }
 
@@ -118,7 +116,6 @@ func (d *Driver) discard(v *vm, err error) {
 	if !incoming {
 		return
 	}
-	<-v.done
 	d.mu.Lock()
 	if d.vms[v.spec.ID] == v {
 		delete(d.vms, v.spec.ID)

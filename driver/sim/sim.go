@@ -148,6 +148,7 @@ type Driver struct {
 	// changes counts the changes of the table and of any VM's state
 	// (driver.Watched).
 	changes atomic.Uint64
+	clock   *guestClock
 }
 
 var (
@@ -163,7 +164,10 @@ var errClosed = errors.New("sim: driver closed")
 // New returns a driver for cfg.Node with no VMs. If cfg.Guest is invalid
 // (see Guest.Validate), every Start fails with driver.ErrInvalidSpec.
 func New(cfg Config) *Driver {
-	d := &Driver{cfg: cfg, log: cfg.Logger, now: cfg.Now, guestErr: cfg.Guest.Validate(), vms: make(map[driver.VMID]*vm)}
+	d := &Driver{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, guestErr: cfg.Guest.Validate(), vms: make(map[driver.VMID]*vm),
+		clock: newGuestClock(cfg.Guest.forVM(0).Tick),
+	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -265,7 +269,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	d.vms[spec.ID] = v
 	d.changes.Add(1)
 	d.mu.Unlock()
-	go v.run()
+	d.clock.add(v, false)
 	return nil
 }
 
@@ -345,7 +349,6 @@ func (d *Driver) newVM(spec driver.VMSpec, state driver.State) (*vm, error) {
 		log:   d.log.With("vm", spec.ID.String(), "epoch", spec.Epoch),
 		state: state, mem: mem,
 		dirt: newDirtier(rand.Uint64(), mem, guest.DirtyRateBytesPerSec, guest.WorkingSetBytes, int64(guest.Tick)),
-		quit: make(chan struct{}), done: make(chan struct{}),
 	}, nil
 }
 
@@ -426,7 +429,6 @@ func (d *Driver) Crash(id driver.VMID, reason string) error {
 	}
 	v.halt(driver.StateCrashed, reason)
 	v.mu.Unlock()
-	<-v.done
 	return nil
 }
 
@@ -579,7 +581,6 @@ func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
 	// discards the copy.
 	v.halt(driver.StateStopped, "forgotten while incoming")
 	v.mu.Unlock()
-	<-v.done
 	d.mu.Lock()
 	delete(d.vms, id)
 	d.changes.Add(1)
@@ -587,8 +588,8 @@ func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
 	return nil
 }
 
-// Close kills every VM and waits for their loops to return. Later Starts
-// fail; Status and List keep working.
+// Close kills every VM; the clock lets go of them at its next tick. Later
+// Starts fail; Status and List keep working.
 func (d *Driver) Close() error {
 	d.life.Lock()
 	defer d.life.Unlock()

@@ -39,7 +39,7 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 	v.leaseEnd = anchor(now, leaseEnd)
 	v.setState(driver.StateRunning)
 	v.log.Info("vm activated", "checksum", v.sum, "counter", v.counter, "lease_end", v.leaseEnd)
-	close(v.activated)
+	d.clock.add(v, true)
 	return nil
 }
 

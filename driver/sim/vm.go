@@ -13,8 +13,8 @@ import (
 	"github.com/haven-ha/haven/driver"
 )
 
-// vm is one simulated VM: a goroutine of the agent process running a guest
-// loop over a memory buffer, two kinds of files, and a lease gate.
+// vm is one simulated VM: a guest loop over a memory buffer, stepped by
+// the driver's clock, two kinds of files, and a lease gate.
 //
 // Everything the guest does happens under mu, in step or in the final tick
 // of Stop. ExtendLease, Stop, Kill, Crash, Resume and Activate take the
@@ -46,7 +46,7 @@ type vm struct {
 	disks    []*os.File
 	exec     *os.File
 	hdr      [HeaderSize]byte // scratch for the disk header check
-	wakeups  uint64           // guest loop iterations, for tests to wait on
+	wakeups  uint64           // guest loop steps, for tests to wait on
 	// hung: the guest stopped executing (Hang) at fed, its watchdog's
 	// last feed; watchdog is its timeout, zero for none.
 	hung     bool
@@ -65,47 +65,10 @@ type vm struct {
 	// complete: an incoming VM has all its state, verified against sum.
 	complete bool
 	sum      uint64
-	// activated is closed by Activate; nil for a VM that Start booted.
-	activated chan struct{}
-
-	quit chan struct{} // closed when the VM stops running, wakes the loop
-	done chan struct{} // closed when the loop has returned
 }
 
-// run is the guest loop. A ticker, not a sleep, so SIGSTOP/SIGCONT of the
-// agent or a slow tick cannot make ticks pile up: after a pause it wakes
-// once, and step checks the gate before doing anything else.
-//
-// An incoming VM's loop waits for Activate and then steps at once: the
-// guest was paused at the source since its last tick, and one more period
-// of waiting would only add to the downtime it sees.
-func (v *vm) run() {
-	defer close(v.done)
-	if v.activated != nil {
-		select {
-		case <-v.quit:
-			return
-		case <-v.activated:
-		}
-		if !v.step() {
-			return
-		}
-	}
-	t := time.NewTicker(v.period)
-	defer t.Stop()
-	for {
-		select {
-		case <-v.quit:
-			return
-		case <-t.C:
-		}
-		if !v.step() {
-			return
-		}
-	}
-}
-
-// step is one iteration of the guest loop; false means the VM is gone.
+// step is one iteration of the guest loop, called by the driver's clock;
+// false means the VM holds no guest any more and leaves the clock.
 func (v *vm) step() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -219,8 +182,8 @@ func (v *vm) tick() {
 
 // halt ends a VM that holds a guest in state (stopped or crashed), with mu
 // held: it closes its files and unmaps its memory at once (a stopped VM
-// holds no RAM; a move still using it unmaps it when done) and wakes the
-// loop so it returns. Halting a VM that holds nothing does nothing, so a
+// holds no RAM; a move still using it unmaps it when done). The clock's
+// next step finds it gone; being under mu, no write follows halt. Halting a VM that holds nothing does nothing, so a
 // crash found during Stop's final tick is kept.
 func (v *vm) halt(state driver.State, reason string) {
 	if !v.holds() {
@@ -238,7 +201,6 @@ func (v *vm) halt(state driver.State, reason string) {
 		v.mem.free()
 	}
 	v.disks, v.exec, v.mem, v.dirt = nil, nil, nil, nil
-	close(v.quit)
 	if state == driver.StateCrashed {
 		v.log.Warn("vm crashed", "reason", reason, "counter", v.counter)
 	} else {
@@ -246,9 +208,8 @@ func (v *vm) halt(state driver.State, reason string) {
 	}
 }
 
-// stop halts the VM and waits for its loop to return. With final, a VM
-// whose gate is open first runs one last tick (the graceful shutdown's
-// final record).
+// stop halts the VM. With final, a VM whose gate is open first runs one
+// last tick (the graceful shutdown's final record).
 func (v *vm) stop(final bool, state driver.State, reason string) {
 	v.mu.Lock()
 	if final && v.gate() {
@@ -256,7 +217,6 @@ func (v *vm) stop(final bool, state driver.State, reason string) {
 	}
 	v.halt(state, reason)
 	v.mu.Unlock()
-	<-v.done
 }
 
 // setState changes the VM's state, with mu held, and counts the change
