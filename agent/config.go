@@ -29,8 +29,10 @@ type Config struct {
 	AdvertiseAddr string   `yaml:"advertise_addr"`
 	Ports         Ports    `yaml:"ports"`
 	Join          []string `yaml:"join"`
-	// BootstrapExpect is the number of nodes that must see each other before
-	// the first Raft cluster forms. Zero: never bootstrap, only join.
+	// BootstrapExpect is the number of nodes, each started with this same
+	// value, that must see each other before the first Raft cluster forms
+	// with them as its voters. Zero: never bootstrap, only join; such a
+	// node does not count towards another's expect.
 	BootstrapExpect int    `yaml:"bootstrap_expect"`
 	Driver          string `yaml:"driver"`
 	// Witness nodes vote in Raft but host no workload.

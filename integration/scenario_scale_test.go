@@ -140,9 +140,10 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 	row := scaleRow{n: n, groups: groups, steady: steady}
 	c := newCluster(t, withScale(n))
 	// Three servers bootstrap, as an operator's would; the rest only
-	// join (bootstrap_expect 0). Every agent with bootstrap_expect 3,
-	// started at once, let an agent that saw some three peers first
-	// bootstrap a second Raft cluster beside the first.
+	// join (bootstrap_expect 0) and do not count towards the servers'
+	// expect. Every agent with bootstrap_expect 3, started at once, let an
+	// agent that saw some three peers first bootstrap a second Raft
+	// cluster beside the first; so did counting the joiners.
 	for i := range n {
 		if i < 3 {
 			c.add(min(n, 3))

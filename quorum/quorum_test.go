@@ -215,14 +215,16 @@ func TestBootstrap(t *testing.T) {
 		wantErr string
 	}{
 		{"expect zero never bootstraps", p("a", 0, false), 0, []Peer{p("a", 0, false), p("b", 0, false)}, nil, "joining only", ""},
-		{"waits for expect", p("a", 3, false), 3, []Peer{p("a", 3, false), p("b", 3, false)}, nil, "waiting for 3 nodes, 2 seen", ""},
+		{"waits for expect", p("a", 3, false), 3, []Peer{p("a", 3, false), p("b", 3, false)}, nil, "waiting for 3 nodes started with bootstrap_expect 3, 2 seen", ""},
 		{"bootstraps with all", p("b", 3, false), 3, []Peer{p("c", 3, false), p("a", 3, false), p("b", 3, false)}, []string{"a", "b", "c"}, "", ""},
 		{"own state: never twice", p("a", 3, true), 3, []Peer{p("a", 3, true), p("b", 3, false), p("c", 3, false)}, nil, "already has Raft state", ""},
 		{"peer in a cluster: wait to be added", p("d", 3, false), 3, []Peer{p("a", 3, true), p("b", 3, true), p("d", 3, false)}, nil, "already belongs to a cluster", ""},
 		{"mismatched expect refuses", p("a", 3, false), 3, []Peer{p("a", 3, false), p("b", 5, false), p("c", 3, false)}, nil, "", "node b was started with bootstrap_expect 5"},
 		{"mismatch refuses even before enough nodes", p("a", 2, false), 2, []Peer{p("a", 2, false)}, nil, "waiting", ""},
 		{"two nodes, different expect", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 3, false)}, nil, "", "bootstrap_expect 3"},
-		{"join-only peers count", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 0, false)}, []string{"a", "b"}, "", ""},
+		{"join-only peers do not count", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 0, false), p("c", 0, false)}, nil, "waiting for 2 nodes started with bootstrap_expect 2, 1 seen", ""},
+		{"servers among joiners", p("c", 3, false), 3, []Peer{p("a", 0, false), p("c", 3, false), p("b", 0, false), p("e", 3, false), p("d", 3, false)}, []string{"c", "d", "e"}, "", ""},
+		{"a joiner in a cluster: wait to be added", p("a", 2, false), 2, []Peer{p("a", 2, false), p("b", 2, false), p("c", 0, true)}, nil, "node c already belongs to a cluster", ""},
 		{"more than expect: the lowest names", p("b", 3, false), 3, []Peer{p("d", 3, false), p("c", 3, false), p("a", 3, false), p("b", 3, false)}, []string{"a", "b", "c"}, "", ""},
 		{"more than expect: not among them waits", p("d", 3, false), 3, []Peer{p("d", 3, false), p("c", 3, false), p("a", 3, false), p("b", 3, false)}, nil, "not among the first 3", ""},
 	}
@@ -404,5 +406,53 @@ func TestPlanMaxMembers(t *testing.T) {
 				t.Fatalf("plan = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// However the servers' views of the nodes started at once differ, no two
+// of them bootstrap different configurations: three servers with
+// bootstrap_expect 3 among five joiners, every view a server may have of
+// them (any subset that includes itself) tried.
+func TestBootstrapOneClusterAmongJoiners(t *testing.T) {
+	var all []Peer
+	for i := range 8 {
+		expect := 0
+		if i%3 == 1 { // n1, n4, n7: the servers, not the lowest names
+			expect = 3
+		}
+		all = append(all, Peer{ID: fmt.Sprintf("n%d", i), RaftAddr: fmt.Sprintf("n%d:1", i), Expect: expect})
+	}
+	var formed []string
+	for _, self := range all {
+		if self.Expect == 0 {
+			continue
+		}
+		for mask := range 1 << len(all) {
+			var view []Peer
+			for i, p := range all {
+				if mask&(1<<i) != 0 || p.ID == self.ID {
+					view = append(view, p)
+				}
+			}
+			servers, _, err := Bootstrap(self, 3, view)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if servers == nil {
+				continue
+			}
+			var ids []string
+			for _, s := range servers {
+				ids = append(ids, s.ID)
+			}
+			if formed == nil {
+				formed = ids
+			} else if !reflect.DeepEqual(ids, formed) {
+				t.Fatalf("%s seeing %d nodes bootstraps %v; another view bootstrapped %v", self.ID, len(view), ids, formed)
+			}
+		}
+	}
+	if !reflect.DeepEqual(formed, []string{"n1", "n4", "n7"}) {
+		t.Fatalf("bootstrapped %v, want the three servers", formed)
 	}
 }

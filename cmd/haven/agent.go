@@ -59,7 +59,7 @@ HAVEN_* environment variables, then flags; a later source wins.`,
 	f.IntVar(&flg.Ports.GRPC, "grpc-port", 0, "gRPC API port (default 7949)")
 	f.IntVar(&flg.Ports.Metrics, "metrics-port", 0, "Prometheus /metrics port (default 7950)")
 	f.StringSliceVar(&flg.Join, "join", nil, "gossip address (host:port of the cluster-wide pool) of any node; repeatable")
-	f.IntVar(&flg.BootstrapExpect, "bootstrap-expect", 0, "form the first cluster once this many nodes see each other (0: only join)")
+	f.IntVar(&flg.BootstrapExpect, "bootstrap-expect", 0, "form the first cluster once this many nodes started with the same value see each other (0: only join)")
 	f.StringVar(&flg.Driver, "driver", "", "hypervisor driver: sim or qemu (default sim)")
 	f.BoolVar(&flg.Witness, "witness", false, "vote in Raft but host no workload")
 	f.IntVar(&flg.NodeWeight, "node-weight", 1, "1: may vote in Raft; 0: never votes (still hosts groups)")
