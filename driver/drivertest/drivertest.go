@@ -56,6 +56,7 @@ func Run(t *testing.T, h Harness) {
 		{"ExtendLeaseNeverShortens", s.neverShortens},
 		{"List", s.list},
 		{"HotPlugDisks", s.hotPlug},
+		{"Watched", s.watched},
 	} {
 		t.Run(tc.name, tc.test)
 	}
@@ -172,6 +173,70 @@ func (s suite) gateFreezes(t *testing.T) {
 	s.waitFor(t, s.h.Boot, "the thawed guest to go on", func() bool { return s.h.Progress(t, d, web) > p })
 	if st := s.state(t, d, web); st != driver.StateRunning {
 		t.Errorf("after the thaw: %s, want running", st)
+	}
+}
+
+// A driver that counts its changes (driver.Watched) has moved the count
+// by the time Status shows one: the start, the freeze at the lease end,
+// which no call made, the thaw, a kill and a forget. The guest's progress
+// and a renewal of a running VM change nothing and leave it.
+func (s suite) watched(t *testing.T) {
+	d := s.open(t, "n1")
+	w, ok := d.(driver.Watched)
+	if !ok {
+		t.Skip("the driver does not count its changes")
+	}
+	c := w.Changes()
+	stop := s.running(t, d, web, "n1", 1)
+	if w.Changes() == c {
+		t.Errorf("the start left the count at %d", c)
+	}
+	stop()
+	c = w.Changes()
+	if err := d.ExtendLease(web, 1, time.Now().Add(s.h.Lease)); err != nil {
+		t.Fatalf("a renewal: %v", err)
+	}
+	p := s.h.Progress(t, d, web)
+	s.waitFor(t, s.h.Boot, "two more steps of the guest", func() bool { return s.h.Progress(t, d, web) >= p+2 })
+	if got := w.Changes(); got != c {
+		t.Errorf("a renewal and the guest's progress moved the count from %d to %d", c, got)
+	}
+
+	// No renewal from here: the VM freezes on its own.
+	s.waitFor(t, s.h.Lease+2*time.Second, "the freeze at the lease end", func() bool {
+		before := w.Changes()
+		if s.state(t, d, web) != driver.StateFrozen {
+			c = before
+			return false
+		}
+		return true
+	})
+	if got := w.Changes(); got == c {
+		t.Errorf("the freeze left the count at %d, where it was while the VM ran", c)
+	}
+	c = w.Changes()
+	if err := d.ExtendLease(web, 1, time.Now().Add(s.h.Lease)); err != nil {
+		t.Fatalf("a renewal in time: %v", err)
+	}
+	if st := s.state(t, d, web); st != driver.StateRunning {
+		t.Fatalf("after the thaw: %s, want running", st)
+	}
+	if got := w.Changes(); got == c {
+		t.Errorf("the thaw left the count at %d", c)
+	}
+	c = w.Changes()
+	if err := d.Kill(web, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Changes(); got == c {
+		t.Errorf("the kill left the count at %d", c)
+	}
+	c = w.Changes()
+	if err := d.Forget(web, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Changes(); got == c {
+		t.Errorf("the forget left the count at %d", c)
 	}
 }
 

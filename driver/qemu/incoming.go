@@ -143,9 +143,10 @@ func (d *Driver) admitIncoming(spec driver.VMSpec, src shape, verify func() erro
 			return nil, fmt.Errorf("%w: it is %s here at the same epoch", driver.ErrInvalidState, st)
 		}
 	}
-	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), spec: spec, machine: machine, epoch: spec.Epoch, state: driver.StateIncoming}
+	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), spec: spec, machine: machine, epoch: spec.Epoch, state: driver.StateIncoming, changes: &d.changes}
 	v.cmd.Lock()
 	d.vms[spec.ID] = v
+	d.changes.Add(1)
 	d.mu.Unlock()
 	if old != nil {
 		old.cmd.Lock()
@@ -240,6 +241,7 @@ func (d *Driver) awaitIncoming(ctx context.Context, v *vm, mon *qmp.Client, sub 
 	st, mine := v.state, v.mon == mon
 	if st == driver.StateIncoming && mine {
 		v.complete, v.postcopy = true, postcopy
+		v.changes.Add(1) // Status's Complete
 	}
 	v.mu.Unlock()
 	if st != driver.StateIncoming || !mine {
@@ -281,6 +283,7 @@ func (d *Driver) discard(v *vm) {
 		return
 	}
 	delete(d.vms, v.id)
+	d.changes.Add(1)
 	// Under d.mu, so that a Start of the same id cannot make its files
 	// in the directory while it goes.
 	if err := os.RemoveAll(v.dir); err != nil {

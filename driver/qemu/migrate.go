@@ -108,7 +108,7 @@ func (v *vm) paused(mon *qmp.Client) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.mon == mon && v.state == driver.StateRunning {
-		v.state = driver.StatePaused
+		v.setStateLocked(driver.StatePaused)
 	}
 }
 
@@ -120,7 +120,7 @@ func (v *vm) endMove(failed bool) {
 	defer v.mu.Unlock()
 	v.moving = false
 	if failed && v.state == driver.StatePaused {
-		v.state = driver.StateRunning
+		v.setStateLocked(driver.StateRunning)
 	}
 }
 

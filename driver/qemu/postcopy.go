@@ -192,7 +192,8 @@ func (d *Driver) lose(v *vm, mon *qmp.Client, reason string) {
 	v.mu.Lock()
 	if v.mon == mon && !v.stopping {
 		v.releaseLocked()
-		v.state, v.reason = driver.StateCrashed, reason
+		v.setStateLocked(driver.StateCrashed)
+		v.reason = reason
 	}
 	v.mu.Unlock()
 	d.log.Warn("vm crashed", "vm", v.id.String(), "reason", reason)

@@ -45,6 +45,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -136,6 +137,9 @@ type Driver struct {
 	mu     sync.Mutex
 	vms    map[driver.VMID]*vm
 	closed bool
+	// changes counts the changes of the table and of any VM's state
+	// (driver.Watched).
+	changes atomic.Uint64
 }
 
 // vm is one VM the driver knows: running, or ended and not yet forgotten.
@@ -161,8 +165,13 @@ type vm struct {
 	sup      *supervise.Client // nil until the supervisor runs
 	mon      *qmp.Client       // nil once the driver let go of QEMU
 	leaseEnd time.Time
-	state    driver.State // StateUnknown while it boots
+	state    driver.State // StateUnknown while it boots; set by setStateLocked
 	reason   string
+	// changes is the driver's count, which every change of state moves;
+	// frozenSeen: the freeze at the lease end, which the supervisor makes
+	// on its own, has been counted (stateLocked).
+	changes    *atomic.Uint64
+	frozenSeen bool
 	// stopping: the driver itself is ending the VM, so QEMU's exit and
 	// shutdown events are a stop, not a crash.
 	stopping bool
@@ -234,6 +243,7 @@ var (
 	_ driver.LiveMigrator  = (*Driver)(nil)
 	_ driver.QuickMigrator = (*Driver)(nil)
 	_ driver.Checker       = (*Driver)(nil)
+	_ driver.Watched       = (*Driver)(nil)
 )
 
 // CanRun implements driver.Checker with the checks Start makes before
@@ -290,10 +300,11 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 	}
 	// The new VM takes the id's place at once, booting (StateUnknown),
 	// so that a concurrent Start at the same epoch sees it.
-	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), spec: spec, machine: machine, epoch: spec.Epoch}
+	v := &vm{id: spec.ID, dir: vmDir(d.cfg.RunDir, spec.ID), spec: spec, machine: machine, epoch: spec.Epoch, changes: &d.changes}
 	v.cmd.Lock()
 	defer v.cmd.Unlock()
 	d.vms[spec.ID] = v
+	d.changes.Add(1)
 	d.mu.Unlock()
 	if old != nil {
 		old.cmd.Lock()
@@ -317,7 +328,8 @@ func (d *Driver) Start(ctx context.Context, spec driver.VMSpec, leaseEnd time.Ti
 func (v *vm) crashed(reason string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.state, v.reason = driver.StateCrashed, reason
+	v.setStateLocked(driver.StateCrashed)
+	v.reason = reason
 }
 
 // boot starts QEMU paused under its supervisor, connects to it and runs
@@ -332,7 +344,7 @@ func (d *Driver) boot(ctx context.Context, v *vm, spec driver.VMSpec, machine st
 		return fmt.Errorf("qmp cont: %w", err)
 	}
 	v.mu.Lock()
-	v.state = driver.StateRunning
+	v.setStateLocked(driver.StateRunning)
 	v.mu.Unlock()
 	return nil
 }
@@ -401,12 +413,38 @@ func (d *Driver) connect(ctx context.Context, dir string, sup *supervise.Client)
 
 // stateLocked is the VM's state now: the supervisor freezes it at its
 // lease end, so a running VM past its lease end is frozen whether or not
-// the driver has heard. v.mu is held.
+// the driver has heard. The first to see the freeze counts it, before any
+// Status or List can show it. v.mu is held.
 func (v *vm) stateLocked() driver.State {
 	if v.state == driver.StateRunning && !time.Now().Before(v.leaseEnd) {
+		if !v.frozenSeen {
+			v.frozenSeen = true
+			v.changes.Add(1)
+		}
 		return driver.StateFrozen
 	}
 	return v.state
+}
+
+// setStateLocked changes the VM's state and counts the change first.
+// v.mu is held, or v is not in the table yet.
+func (v *vm) setStateLocked(s driver.State) {
+	v.changes.Add(1)
+	v.state, v.frozenSeen = s, false
+}
+
+// extendLocked moves the lease end later, never earlier; a freeze that
+// was counted and that the new end thaws (the supervisor did, before the
+// caller got here) is a change too. v.mu is held.
+func (v *vm) extendLocked(until time.Time) {
+	if !until.After(v.leaseEnd) {
+		return
+	}
+	v.leaseEnd = until
+	if v.frozenSeen && time.Now().Before(until) {
+		v.frozenSeen = false
+		v.changes.Add(1)
+	}
 }
 
 // release lets go of QEMU and the supervisor (the processes go on unless
@@ -446,7 +484,7 @@ func (v *vm) kill() error {
 	defer v.mu.Unlock()
 	v.releaseLocked()
 	if v.state != driver.StateCrashed {
-		v.state = driver.StateStopped
+		v.setStateLocked(driver.StateStopped)
 	}
 	return nil
 }
@@ -559,11 +597,28 @@ func (d *Driver) ExtendLease(id driver.VMID, epoch uint64, until time.Time) erro
 		return fmt.Errorf("extend lease of %s: %w", id, err)
 	}
 	v.mu.Lock()
-	if until.After(v.leaseEnd) {
-		v.leaseEnd = until
-	}
+	v.extendLocked(until)
 	v.mu.Unlock()
 	return nil
+}
+
+// Changes implements driver.Watched. The supervisor freezes a VM at its
+// lease end without telling the driver, so Changes looks at each VM's
+// lease first: a freeze it finds is counted, as the first Status or List
+// that shows it would.
+func (d *Driver) Changes() uint64 {
+	d.mu.Lock()
+	vms := make([]*vm, 0, len(d.vms))
+	for _, v := range d.vms {
+		vms = append(vms, v)
+	}
+	d.mu.Unlock()
+	for _, v := range vms {
+		v.mu.Lock()
+		v.stateLocked()
+		v.mu.Unlock()
+	}
+	return d.changes.Load()
 }
 
 // Status implements driver.Hypervisor.
@@ -623,6 +678,7 @@ func (d *Driver) Forget(id driver.VMID, epoch uint64) error {
 	d.mu.Lock()
 	if d.vms[id] == v {
 		delete(d.vms, id)
+		d.changes.Add(1)
 	}
 	d.mu.Unlock()
 	return os.RemoveAll(v.dir)
@@ -643,6 +699,7 @@ func (d *Driver) Close() error {
 		v.releaseLocked()
 		v.mu.Unlock()
 		delete(d.vms, id)
+		d.changes.Add(1)
 	}
 	return nil
 }
@@ -671,7 +728,7 @@ func (d *Driver) adopt(ctx context.Context) {
 			d.log.Warn("not a VM's directory; left alone", "dir", dir, "error", err)
 			continue
 		}
-		v := &vm{id: rec.Spec.ID, epoch: rec.Spec.Epoch, dir: dir, spec: rec.Spec, machine: rec.Machine}
+		v := &vm{id: rec.Spec.ID, epoch: rec.Spec.Epoch, dir: dir, spec: rec.Spec, machine: rec.Machine, changes: &d.changes}
 		if v.machine == "" {
 			// A record from before the field: the type this QEMU
 			// builds for the spec now is the best guess.
@@ -689,12 +746,14 @@ func (d *Driver) adopt(ctx context.Context) {
 				cancel()
 			}
 			v.releaseLocked()
-			v.state, v.reason = driver.StateCrashed, "lost while the agent was down: "+err.Error()
+			v.setStateLocked(driver.StateCrashed)
+			v.reason = "lost while the agent was down: " + err.Error()
 			d.log.Warn("vm not taken back", "vm", v.id.String(), "epoch", v.epoch, "error", err)
 		} else {
 			d.log.Info("vm taken back", "vm", v.id.String(), "epoch", v.epoch, "state", v.state.String())
 		}
 		d.vms[v.id] = v
+		d.changes.Add(1)
 	}
 }
 
@@ -720,7 +779,7 @@ func (d *Driver) readopt(ctx context.Context, v *vm) error {
 	if st.State == supervise.StateFrozen {
 		// A frozen QEMU cannot answer until a renewal thaws it: the
 		// driver connects once it does.
-		v.state = driver.StateRunning
+		v.setStateLocked(driver.StateRunning)
 		go d.reconnect(v)
 		return nil
 	}
@@ -744,7 +803,8 @@ func (d *Driver) readopt(ctx context.Context, v *vm) error {
 		if qs.Running {
 			return errors.New("a move's target runs unarmed")
 		}
-		v.state, v.complete = driver.StateIncoming, mi.Status == qmp.MigrationCompleted
+		v.setStateLocked(driver.StateIncoming)
+		v.complete = mi.Status == qmp.MigrationCompleted
 		return nil
 	}
 	// An outgoing migration that the previous agent left running has no
@@ -757,7 +817,9 @@ func (d *Driver) readopt(ctx context.Context, v *vm) error {
 	if qs, err = settled(ctx, qmpTimeout, v.mon); err != nil {
 		return fmt.Errorf("qmp: %w", err)
 	}
-	v.state, v.reason = runState(qs.Status)
+	state, why := runState(qs.Status)
+	v.setStateLocked(state)
+	v.reason = why
 	return d.adoptDisks(ctx, v, v.mon)
 }
 
@@ -836,7 +898,8 @@ func (d *Driver) watch(v *vm, mon *qmp.Client) {
 		v.mu.Lock()
 		if v.mon == mon && !v.stopping {
 			v.releaseLocked()
-			v.state, v.reason = driver.StateCrashed, reason
+			v.setStateLocked(driver.StateCrashed)
+			v.reason = reason
 		}
 		v.mu.Unlock()
 		d.log.Warn("vm crashed", "vm", v.id.String(), "reason", reason)

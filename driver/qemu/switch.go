@@ -53,7 +53,8 @@ func (d *Driver) Activate(id driver.VMID, epoch uint64, leaseEnd time.Time) erro
 		return fmt.Errorf("activate %s at epoch %d: %w", id, epoch, err)
 	}
 	v.mu.Lock()
-	v.state, v.complete, v.leaseEnd = driver.StateRunning, false, leaseEnd
+	v.setStateLocked(driver.StateRunning)
+	v.complete, v.leaseEnd = false, leaseEnd
 	v.mu.Unlock()
 	if postcopy {
 		// Watched before cont: from it on, the guest needs every page
@@ -124,9 +125,7 @@ func (d *Driver) Resume(id driver.VMID, epoch uint64, leaseEnd time.Time) error 
 		return fmt.Errorf("resume %s at epoch %d: %w", id, epoch, err)
 	}
 	v.mu.Lock()
-	if leaseEnd.After(v.leaseEnd) {
-		v.leaseEnd = leaseEnd
-	}
+	v.extendLocked(leaseEnd)
 	handover := v.handover
 	v.handover = nil
 	v.mu.Unlock()
@@ -145,7 +144,7 @@ func (d *Driver) Resume(id driver.VMID, epoch uint64, leaseEnd time.Time) error 
 	}
 	v.mu.Lock()
 	if v.state == driver.StatePaused {
-		v.state = driver.StateRunning
+		v.setStateLocked(driver.StateRunning)
 	}
 	v.mu.Unlock()
 	d.log.Info("vm resumed", "vm", id.String(), "epoch", epoch)
