@@ -66,6 +66,7 @@ type scaleRow struct {
 	n, groups                                int
 	formed, online                           time.Duration
 	cpuCluster, cpuLeader                    float64 // cores
+	cpuAgent                                 float64 // cores, the median agent's
 	rssMedian, rssLeader                     int64   // bytes
 	logPerHour                               float64 // entries
 	snapBytes                                int64
@@ -289,29 +290,41 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 			}
 		}
 	}()
+	// The profiles run side by side, so that all three fall inside the
+	// steady window.
+	var profiled sync.WaitGroup
 	if *scaleProfiles != "" {
-		go func() {
-			time.Sleep(d / 3) // deliberate: a third into the steady window
+		profiled.Add(1)
+		time.AfterFunc(d/3, func() { // a third into the steady window
+			defer profiled.Done()
+			var each sync.WaitGroup
 			for _, p := range []struct {
 				who string
 				n   *node
-			}{{"leader", leader}, {"follower", c.quietFollower(leader, follower)}} {
-				profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s.pprof", row.n, p.who)))
+			}{{"leader", leader}, {"follower", c.quietFollower(leader, follower)}, {"outsider", c.outsider(leader, follower)}} {
+				if p.n != nil {
+					each.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s.pprof", row.n, p.who))) })
+				}
 			}
-		}()
+			each.Wait()
+		})
 	}
 	w := c.watchSteady(leader, names, before, d)
+	profiled.Wait()
 	close(stopList)
 	<-listDone
 	var total time.Duration
+	var each []time.Duration
 	for _, nd := range c.nodes {
 		used := procCPU(nd.proc.Process().Pid()) - cpu0[nd]
 		total += used
+		each = append(each, used)
 		if nd == leader {
 			row.cpuLeader = used.Seconds() / w.ran.Seconds()
 		}
 	}
 	row.cpuCluster = total.Seconds() / w.ran.Seconds()
+	row.cpuAgent = percentile(each, .5).Seconds() / w.ran.Seconds()
 	var rss []time.Duration // sorted as durations: bytes
 	for _, nd := range c.nodes {
 		r := procRSS(nd.proc.Process().Pid())
@@ -341,8 +354,8 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 		v, _ := metric(t, nd, "haven_lease_expiries_total")
 		row.expired += int(v)
 	}
-	t.Logf("scenario scale N=%d steady %s: CPU %.3f cores in all, leader %.3f; RSS median %d MiB, leader %d MiB; Raft log %.0f entries/h; snapshot %d bytes in %s; ListGroups (%d groups, all pages) p50 %s p99 %s over %d calls; false failovers %d, freezes %d, false deaths %d, lease expiries %d",
-		row.n, w.ran.Round(time.Second), row.cpuCluster, row.cpuLeader, row.rssMedian>>20, row.rssLeader>>20, row.logPerHour,
+	t.Logf("scenario scale N=%d steady %s: CPU %.3f cores in all, leader %.3f, median agent %.1f ms/s; RSS median %d MiB, leader %d MiB; Raft log %.0f entries/h; snapshot %d bytes in %s; ListGroups (%d groups, all pages) p50 %s p99 %s over %d calls; false failovers %d, freezes %d, false deaths %d, lease expiries %d",
+		row.n, w.ran.Round(time.Second), row.cpuCluster, row.cpuLeader, row.cpuAgent*1000, row.rssMedian>>20, row.rssLeader>>20, row.logPerHour,
 		row.snapBytes, row.snapTime.Round(time.Millisecond), len(names), row.listP50.Round(time.Millisecond), row.listP99.Round(time.Millisecond), len(lists),
 		row.falseFailovers, row.freezes, row.deaths, row.expired)
 }
@@ -370,6 +383,17 @@ func (c *cluster) quietFollower(leader, busy *node) *node {
 		}
 	}
 	return busy
+}
+
+// outsider is the last agent started, which at more agents than
+// raft.max_members (9) is outside the Raft configuration and follows the
+// log by stream; nil below that, or if it is leader or busy.
+func (c *cluster) outsider(leader, busy *node) *node {
+	nd := c.nodes[len(c.nodes)-1]
+	if len(c.nodes) <= 9 || nd == leader || nd == busy {
+		return nil
+	}
+	return nd
 }
 
 // snapshotFigures is the size of the leader's newest snapshot and the mean
