@@ -106,6 +106,11 @@ type state struct {
 	// group. Derived from groups, never stored; changed only when a group
 	// is created or deleted.
 	names *btree.BTreeG[string]
+	// changed holds the groups by the index of their last change, so
+	// that a reader that keeps up (a node's checks, GroupsChangedAfter)
+	// visits what changed since it last looked, not every group. Derived
+	// from groups, never stored; kept by setGroup and removeGroup.
+	changed *btree.BTreeG[change]
 	// owned indexes the groups by owner, so that what one node runs
 	// (its lease answer, its executor's plan) costs its own groups, not
 	// every group of the cluster. Derived from groups, never stored;
@@ -129,6 +134,7 @@ func newState() *state {
 		nodes:    map[string]*havenv1.Node{},
 		groups:   map[string]*havenv1.Group{},
 		names:    newNames(),
+		changed:  btree.NewG(32, changeLess),
 		owned:    map[string]map[string]struct{}{},
 		requests: map[string]*havenv1.AppliedRequest{},
 		disks:    map[string]string{},
@@ -140,6 +146,17 @@ func newState() *state {
 // newNames is an empty index of group names. Degree 32 keeps a node's
 // names in a few cache lines; the figure is not critical.
 func newNames() *btree.BTreeG[string] { return btree.NewOrderedG[string](32) }
+
+// change is a group's place in state.changed: its modify index, then its
+// name.
+type change struct {
+	index uint64
+	name  string
+}
+
+func changeLess(a, b change) bool {
+	return a.index < b.index || (a.index == b.index && a.name < b.name)
+}
 
 func New() *FSM { return &FSM{st: newState(), halted: make(chan struct{})} }
 
@@ -467,6 +484,18 @@ func (f *FSM) GroupsAfter(after string, fn func(*havenv1.Group) bool) {
 	})
 }
 
+// GroupsChangedAfter calls fn with each group created or changed at an
+// index after index, oldest change first, until fn returns false. A
+// deleted group is not visited. It costs what it visits, and holds the
+// FSM's read lock throughout as GroupsAfter does.
+func (f *FSM) GroupsChangedAfter(index uint64, fn func(*havenv1.Group) bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.st.changed.AscendGreaterOrEqual(change{index: index + 1}, func(c change) bool {
+		return fn(f.st.groups[c.name])
+	})
+}
+
 func sorted[T any](m map[string]T, key func(T) string) []T {
 	out := make([]T, 0, len(m))
 	for _, v := range m {
@@ -498,7 +527,7 @@ func (s *state) clone() *state {
 		index:  s.index,
 		nodes:  make(map[string]*havenv1.Node, len(s.nodes)),
 		groups: make(map[string]*havenv1.Group, len(s.groups)),
-		// names and owned stay nil: a clone is a snapshot, which is only
+		// names, changed and owned stay nil: a clone is a snapshot, which is only
 		// written out (Persist), never read a page or a node at a time.
 		requests: make(map[string]*havenv1.AppliedRequest, len(s.requests)),
 		order:    append([]string(nil), s.order...),

@@ -159,14 +159,16 @@ func (s *state) store(index uint64, old, g *havenv1.Group, now time.Time) {
 }
 
 // setGroup files g under its name, in place of the record there, and
-// keeps the name and owner indexes.
+// keeps the name, change and owner indexes.
 func (s *state) setGroup(g *havenv1.Group) {
 	name := g.GetSpec().GetName()
 	if old, ok := s.groups[name]; ok {
 		s.unown(old)
+		s.changed.Delete(change{old.GetModifyIndex(), name})
 	} else {
 		s.names.ReplaceOrInsert(name)
 	}
+	s.changed.ReplaceOrInsert(change{g.GetModifyIndex(), name})
 	s.groups[name] = g
 	if o := g.GetOwner(); o != "" {
 		if s.owned[o] == nil {
@@ -182,6 +184,7 @@ func (s *state) removeGroup(g *havenv1.Group) {
 	s.unown(g)
 	delete(s.groups, name)
 	s.names.Delete(name)
+	s.changed.Delete(change{g.GetModifyIndex(), name})
 }
 
 func (s *state) unown(g *havenv1.Group) {

@@ -2,6 +2,8 @@ package executor
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,11 +28,12 @@ import (
 // DefaultCheckEvery is how often every spec is checked again.
 const DefaultCheckEvery = 30 * time.Second
 
-// checkGap is the least time between two passes. A pass reads every
-// group, and groups are created hundreds a second when a cluster is
-// provisioned: one pass per commit would cost every node O(groups) per
-// commit. A start waits for the pass that follows its group's creation
-// (leader.awaitChecks), at most this much longer.
+// checkGap is the least time between two passes. A pass reads the groups
+// changed since the last one, and every group once CheckEvery has
+// passed; groups are created hundreds a second when a cluster is
+// provisioned, and a pass per commit would cost every node a report to
+// the leader per commit. A start waits for the pass that follows its
+// group's creation (leader.awaitChecks), at most this much longer.
 const checkGap = 200 * time.Millisecond
 
 // maxReason bounds one refusal's reason: the record of a node holds one
@@ -46,7 +49,17 @@ type checked struct {
 
 // checkState is the checking goroutine's own.
 type checkState struct {
+	// byGroup holds the verdict on every group this node may be given, as
+	// of the FSM index seen; refused names those the driver cannot run;
+	// newest is the newest creation among them. A pass between two full
+	// ones reads only the groups changed after seen (GroupsChangedAfter):
+	// reading every group on every commit was, at 64 nodes, most of what
+	// a node did while groups were created. A deleted group is dropped
+	// from refused at once and from byGroup at the next full pass.
 	byGroup map[string]checked
+	refused map[string]bool
+	seen    uint64
+	newest  uint64
 	// full is when every spec was last checked afresh; index the FSM
 	// index of the last pass that reported what it had to (0: report
 	// again on the next pass).
@@ -87,33 +100,39 @@ func (e *Executor) runChecks(ctx context.Context) {
 // record of them is not what they are.
 func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time) {
 	index := e.state.Index()
-	full := now.Sub(cs.full) >= e.checkEvery
+	full := cs.byGroup == nil || now.Sub(cs.full) >= e.checkEvery
 	if !full && index == cs.index {
 		return
 	}
 	if full {
 		cs.full = now
+		cs.byGroup, cs.refused, cs.newest = make(map[string]checked, len(cs.byGroup)), map[string]bool{}, 0
+		for _, g := range e.state.Groups() {
+			e.checkGroup(cs, g, true)
+		}
+	} else {
+		var changed []*havenv1.Group
+		e.state.GroupsChangedAfter(cs.seen, func(g *havenv1.Group) bool {
+			changed = append(changed, g)
+			return true
+		})
+		for _, g := range changed {
+			e.checkGroup(cs, g, false)
+		}
+		for name := range cs.refused {
+			if g := e.state.Group(name); g == nil || g.GetCreateIndex() != cs.byGroup[name].createIndex {
+				delete(cs.refused, name)
+				delete(cs.byGroup, name)
+			}
+		}
 	}
-	next := map[string]checked{}
-	var refusals []*havenv1.GroupRefusal
-	var newest uint64
-	for _, g := range e.state.Groups() {
-		spec := g.GetSpec()
-		if owners := spec.GetPossibleOwners(); len(owners) > 0 && !containsString(owners, e.node) {
-			continue // placement keeps it off this node anyway
-		}
-		name := spec.GetName()
-		c, ok := cs.byGroup[name]
-		if full || !ok || c.createIndex != g.GetCreateIndex() || (c.spec != spec && !proto.Equal(c.spec, spec)) {
-			c = checked{spec: spec, createIndex: g.GetCreateIndex(), reason: e.cannotRun(g)}
-		}
-		next[name] = c
-		newest = max(newest, g.GetCreateIndex())
-		if c.reason != "" {
-			refusals = append(refusals, &havenv1.GroupRefusal{Group: name, CreateIndex: c.createIndex, Reason: c.reason})
-		}
+	cs.seen = index
+	refusals := make([]*havenv1.GroupRefusal, 0, len(cs.refused))
+	for _, name := range slices.Sorted(maps.Keys(cs.refused)) {
+		c := cs.byGroup[name]
+		refusals = append(refusals, &havenv1.GroupRefusal{Group: name, CreateIndex: c.createIndex, Reason: c.reason})
 	}
-	cs.byGroup = next
+	newest := cs.newest
 	rec := e.state.Node(e.node)
 	if rec == nil {
 		// The leader has not recorded this node yet; its record comes as
@@ -137,6 +156,30 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 	cs.index, cs.reported = index, newest
 	for _, r := range refusals {
 		e.log.Info("the driver cannot run a group here", "group", r.GetGroup(), "reason", r.GetReason())
+	}
+}
+
+// checkGroup files the verdict on g, checking its spec again when full,
+// new or changed.
+func (e *Executor) checkGroup(cs *checkState, g *havenv1.Group, full bool) {
+	spec := g.GetSpec()
+	name := spec.GetName()
+	if owners := spec.GetPossibleOwners(); len(owners) > 0 && !containsString(owners, e.node) {
+		// Placement keeps it off this node anyway.
+		delete(cs.byGroup, name)
+		delete(cs.refused, name)
+		return
+	}
+	c, ok := cs.byGroup[name]
+	if full || !ok || c.createIndex != g.GetCreateIndex() || (c.spec != spec && !proto.Equal(c.spec, spec)) {
+		c = checked{spec: spec, createIndex: g.GetCreateIndex(), reason: e.cannotRun(g)}
+	}
+	cs.byGroup[name] = c
+	cs.newest = max(cs.newest, g.GetCreateIndex())
+	if c.reason != "" {
+		cs.refused[name] = true
+	} else {
+		delete(cs.refused, name)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/driver"
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	"github.com/haven-ha/haven/internal/logging/logtest"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -129,5 +130,65 @@ func TestChecksRetried(t *testing.T) {
 	e.checkPass(context.Background(), &cs, now.Add(time.Second))
 	if sent != 2 || len(l.FSM.Node("n1").GetCannotRun()) != 1 {
 		t.Fatalf("sent %d, recorded %v", sent, l.FSM.Node("n1").GetCannotRun())
+	}
+}
+
+// everyGroup counts the reads of every group of the cluster.
+type everyGroup struct {
+	*fsm.FSM
+	reads int
+}
+
+func (s *everyGroup) Groups() []*havenv1.Group {
+	s.reads++
+	return s.FSM.Groups()
+}
+
+// Between full passes a pass reads the groups changed since the last one
+// only, not every group, yet a new group is reported and a refused group
+// that was deleted leaves the report at once.
+func TestChecksBetweenFullPassesReadChangesOnly(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	d := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
+	var sent []*havenv1.ReportChecksRequest
+	st := &everyGroup{FSM: l.FSM}
+	e := New(Config{Node: "n1", State: st, Driver: d, Logger: logtest.New(t), CheckEvery: time.Minute,
+		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+			sent = append(sent, r)
+			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			return nil
+		}})
+	const n = 50
+	for i := range n {
+		l.Create(kernelGroup(fmt.Sprintf("g%02d", i), "/boot/a"))
+	}
+	l.Create(kernelGroup("db", "/boot/b"))
+	var cs checkState
+	now := time.Now()
+	e.checkPass(context.Background(), &cs, now)
+	if d.asked != n+1 || len(sent) != 1 || len(sent[0].GetCannotRun()) != 1 {
+		t.Fatalf("first pass: asked %d, sent %v", d.asked, sent)
+	}
+
+	fresh := l.Create(kernelGroup("app", "/boot/a"))
+	l.Stop("g07") // a change, though not of its spec
+	asked := d.asked
+	e.checkPass(context.Background(), &cs, now.Add(time.Second))
+	if d.asked-asked > 1 || st.reads != 1 {
+		t.Errorf("a pass after one new group asked the driver %d times and read every group %d times", d.asked-asked, st.reads-1)
+	}
+	if len(sent) != 2 || sent[1].GetCheckedIndex() < fresh.GetCreateIndex() || len(sent[1].GetCannotRun()) != 1 {
+		t.Fatalf("after a new group: %v", sent)
+	}
+
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_DeleteGroup{DeleteGroup: &havenv1.DeleteGroupCommand{Name: "db"}}})
+	e.checkPass(context.Background(), &cs, now.Add(2*time.Second))
+	if len(sent) != 3 || len(sent[2].GetCannotRun()) != 0 || len(l.FSM.Node("n1").GetCannotRun()) != 0 {
+		t.Fatalf("after the refused group was deleted: %v", sent[2:])
+	}
+	if st.reads != 1 {
+		t.Errorf("passes between full ones read every group %d times", st.reads-1)
 	}
 }

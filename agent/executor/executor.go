@@ -25,6 +25,9 @@ import (
 type State interface {
 	Index() uint64
 	Groups() []*havenv1.Group
+	// GroupsChangedAfter visits the groups created or changed after an
+	// index (fsm.FSM); fn must be quick and must not call the State.
+	GroupsChangedAfter(index uint64, fn func(*havenv1.Group) bool)
 	// GroupsFor is what node owns and what moves to it.
 	GroupsFor(node string) []*havenv1.Group
 	Group(name string) *havenv1.Group
