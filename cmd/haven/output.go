@@ -69,7 +69,12 @@ func nodeStatusLabel(n *havenv1.Node) string {
 
 func roleWord(n *havenv1.NodeInfo) string {
 	role := "-"
-	if n.GetRaftRole() != havenv1.RaftRole_RAFT_ROLE_UNSPECIFIED {
+	switch {
+	case n.GetRaftRole() == havenv1.RaftRole_RAFT_ROLE_NONE && n.GetNode().GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE:
+		// Outside the configuration (raft.max_members), it follows the
+		// committed log by stream from a member.
+		role = "log follower"
+	case n.GetRaftRole() != havenv1.RaftRole_RAFT_ROLE_UNSPECIFIED:
 		role = enumWord(n.GetRaftRole().String(), "RAFT_ROLE_")
 	}
 	var marks []string

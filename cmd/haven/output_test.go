@@ -27,6 +27,7 @@ func testNodes() *havenv1.ListNodesResponse {
 		{Node: node("a1", "site1", 1, havenv1.NodeStatus_NODE_STATUS_ALIVE, 8000, 32<<30), RaftRole: havenv1.RaftRole_RAFT_ROLE_VOTER, Leader: true},
 		{Node: &havenv1.Node{Name: "w1", Site: "site3", Witness: true, Status: havenv1.NodeStatus_NODE_STATUS_ALIVE}, RaftRole: havenv1.RaftRole_RAFT_ROLE_VOTER},
 		{Node: &havenv1.Node{Name: "new", Site: "site3"}, RaftRole: havenv1.RaftRole_RAFT_ROLE_NONE},
+		{Node: node("a3", "site1", 3, havenv1.NodeStatus_NODE_STATUS_ALIVE, 8000, 32<<30), RaftRole: havenv1.RaftRole_RAFT_ROLE_NONE},
 	}}
 }
 
@@ -38,6 +39,7 @@ func TestWriteNodesTable(t *testing.T) {
 	want := `NAME  SITE   STATUS   ROLE             GOSSIP         RAFT           GRPC           CPU    MEMORY
 a1    site1  alive    voter (leader)   10.0.1.1:7947  10.0.1.1:7948  10.0.1.1:7949  8      32GiB
 a2    site1  alive    nonvoter         10.0.1.2:7947  10.0.1.2:7948  10.0.1.2:7949  2500m  7.8GiB
+a3    site1  alive    log follower     10.0.1.3:7947  10.0.1.3:7948  10.0.1.3:7949  8      32GiB
 b1    site2  failed   voter            10.0.2.1:7947  10.0.2.1:7948  10.0.2.1:7949  16     64GiB
 new   site3  unknown  none             -              -              -              0      0B
 w1    site3  alive    voter (witness)  -              -              -              0      0B
