@@ -297,11 +297,13 @@ func (s suite) epochs(t *testing.T) {
 	}
 	stop()
 	// A newer epoch replaces it.
-	s.running(t, d, web, "n1", 3)
+	stop = s.running(t, d, web, "n1", 3)
 	if st, err := d.Status(web); err != nil || st.State != driver.StateRunning || st.Epoch != 3 {
 		t.Errorf("after Start at a newer epoch: %+v, %v; want running at epoch 3", st, err)
 	}
-	// A newer owner may stop an older incarnation.
+	// A newer owner may stop an older incarnation. The renewals end
+	// first: one racing the kill meets a supervisor that is gone.
+	stop()
 	if err := d.Kill(web, 4); err != nil {
 		t.Errorf("Kill at a newer epoch: %v", err)
 	}
