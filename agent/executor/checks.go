@@ -132,7 +132,6 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 		c := cs.byGroup[name]
 		refusals = append(refusals, &havenv1.GroupRefusal{Group: name, CreateIndex: c.createIndex, Reason: c.reason})
 	}
-	newest := cs.newest
 	rec := e.state.Node(e.node)
 	if rec == nil {
 		// The leader has not recorded this node yet; its record comes as
@@ -140,7 +139,7 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 		cs.index = index
 		return
 	}
-	if max(rec.GetCheckedIndex(), cs.reported) >= newest && fsm.SameRefusals(rec.GetCannotRun(), refusals) {
+	if max(rec.GetCheckedIndex(), cs.reported) >= cs.newest && fsm.SameRefusals(rec.GetCannotRun(), refusals) {
 		cs.index = index
 		return
 	}
@@ -153,7 +152,7 @@ func (e *Executor) checkPass(ctx context.Context, cs *checkState, now time.Time)
 		cs.index = 0
 		return
 	}
-	cs.index, cs.reported = index, newest
+	cs.index, cs.reported = index, cs.newest
 	for _, r := range refusals {
 		e.log.Info("the driver cannot run a group here", "group", r.GetGroup(), "reason", r.GetReason())
 	}
