@@ -227,3 +227,26 @@ func TestConcurrentStartsSeePendingOnes(t *testing.T) {
 		t.Errorf("once was not started: %v", g)
 	}
 }
+
+// A start on a node gossip knows and the FSM does not yet (a new leader
+// records the members after its barrier) goes there; one on a node
+// nobody knows is refused as not found.
+func TestStartOnNodeNotYetRecorded(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.members.mu.Lock()
+	tl.members.m = append(tl.members.m, heartbeat.Member{Name: "n4", State: heartbeat.StateAlive,
+		Meta: heartbeat.Meta{Site: "a", CPUMillis: 8000, MemoryBytes: 16 << 30}})
+	tl.members.mu.Unlock()
+	if _, err := tl.CreateGroup(sized("web", 1), "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tl.StartGroup("web", "n9", "req-2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("start on an unknown node: %v, want not found", err)
+	}
+	if _, err := tl.StartGroup("web", "n4", "req-3"); err != nil {
+		t.Fatal(err)
+	}
+	if g := tl.raft.FSM.Group("web"); g.GetOwner() != "n4" {
+		t.Fatalf("owner %q, want n4", g.GetOwner())
+	}
+}

@@ -64,7 +64,7 @@ func (l *Leader) StartGroup(name, node, requestID string) (*havenv1.Group, error
 	if alreadyStarted(g, node) {
 		return g, nil
 	}
-	if node != "" && l.state.Node(node) == nil {
+	if node != "" && l.state.Node(node) == nil && !l.member(node) {
 		return nil, refuse(ErrNotFound, "node %q not found", node)
 	}
 	if possible := g.GetSpec().GetPossibleOwners(); node != "" && len(possible) > 0 && !slices.Contains(possible, node) {

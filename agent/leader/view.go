@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/fnv"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -121,6 +122,14 @@ func (l *Leader) placementState() placement.State {
 		st = withAssign(st, p)
 	}
 	return st
+}
+
+// member reports whether gossip knows node. A new leader records the
+// members only after its barrier, and placement already takes one it has
+// not recorded as gossip describes it (placementState): an operator's
+// start on a node that is up must not be refused as unknown meanwhile.
+func (l *Leader) member(node string) bool {
+	return slices.ContainsFunc(l.cfg.Members.Members(), func(m heartbeat.Member) bool { return m.Name == node })
 }
 
 // pendingStarts are the starts decided and not yet applied: group -> its
