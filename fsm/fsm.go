@@ -468,6 +468,19 @@ func (f *FSM) GroupsFor(node string) []*havenv1.Group {
 	return out
 }
 
+// Owners returns the nodes that own a group, sorted: it costs the nodes,
+// not the groups.
+func (f *FSM) Owners() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]string, 0, len(f.st.owned))
+	for o := range f.st.owned {
+		out = append(out, o)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // GroupsAfter calls fn with each group whose name sorts after after (every
 // group when after is empty), in name order, until fn returns false. It
 // costs what it visits, not a copy and a sort of every group as Groups

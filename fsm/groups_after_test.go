@@ -105,3 +105,30 @@ func TestGroupsChangedAfter(t *testing.T) {
 		}
 	}
 }
+
+// Owners follows assignments, moves to another owner, stops and deletes.
+func TestOwners(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	assign := func(name, owner string) {
+		g := a.f.Group(name)
+		a.apply(t0, assignCmd(&havenv1.AssignGroupCommand{Name: name, ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(),
+			Owner: owner, State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN}))
+	}
+	for i, name := range []string{"a", "b", "c"} {
+		a.apply(t0, createCmd(fmt.Sprint("c", i), name))
+	}
+	assign("a", "n2")
+	assign("b", "n1")
+	assign("c", "n2")
+	if got := a.f.Owners(); !slices.Equal(got, []string{"n1", "n2"}) {
+		t.Fatalf("owners %v, want n1 n2", got)
+	}
+	assign("b", "n3")
+	assign("a", "n3")
+	if got := a.f.Owners(); !slices.Equal(got, []string{"n2", "n3"}) {
+		t.Fatalf("after moves: owners %v, want n2 n3", got)
+	}
+	if got := roundTrip(t, a.f).Owners(); !slices.Equal(got, []string{"n2", "n3"}) {
+		t.Fatalf("after a snapshot: owners %v, want n2 n3", got)
+	}
+}

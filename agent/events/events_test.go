@@ -1,12 +1,16 @@
 package events
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/internal/fsmtest"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
@@ -314,3 +318,34 @@ func TestFailoverEvents(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot restored calls OnApply's f, as a command applied does: what
+// the node runs may have changed.
+func TestRestoreCallsOnApply(t *testing.T) {
+	l := fsmtest.New(t)
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_CreateGroup{CreateGroup: &havenv1.CreateGroupCommand{Spec: fsmtest.VMGroup("web")}}})
+	snap, err := l.FSM.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	obs := Observe(fsm.New(), NewBroker(), nil)
+	var calls atomic.Int32
+	f := func() { calls.Add(1) }
+	obs.OnApply(f)
+	if err := obs.Restore(io.NopCloser(&sink.Buffer)); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 || obs.Group("web") == nil {
+		t.Fatalf("after the restore: %d calls, group %v", calls.Load(), obs.Group("web"))
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (*memSink) ID() string    { return "mem" }
+func (*memSink) Cancel() error { return nil }
+func (*memSink) Close() error  { return nil }

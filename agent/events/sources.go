@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -78,6 +79,18 @@ func (o *Observed) Apply(l *raft.Log) any {
 		(*f)()
 	}
 	return res
+}
+
+// Restore implements raft.FSM. A snapshot installed (a follower that fell
+// behind the leader's log) changes what this node runs as much as the
+// commands it stands for, so it calls OnApply's f too: a steady executor
+// would otherwise see the change only at its safety pass.
+func (o *Observed) Restore(rc io.ReadCloser) error {
+	err := o.FSM.Restore(rc)
+	if f := o.applied.Load(); f != nil {
+		(*f)()
+	}
+	return err
 }
 
 // fromCommand is the events of a command the FSM applied (or refused),

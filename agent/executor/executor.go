@@ -107,6 +107,8 @@ type Executor struct {
 	// startFails counts failed starts per group at one epoch and desired
 	// index, for the bounded retry with backoff.
 	startFails map[string]*startFail
+	// asked is the last group@epoch that waited for a grant, logged once.
+	asked string
 	// diskFails holds the retry state of hot-plugs per group, and
 	// diskReported the index of the last disk change reported per group
 	// (disks.go); only the reconciling goroutine touches them.
@@ -265,6 +267,7 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	// plan: a VM it thawed is a change of the driver's, which wakes a
 	// steady executor (driver.Watched) or shows at the next pass.
 	if unleased || !same {
+		e.log.Debug("grant changes what may run", "groups", len(groups), "lease_end", end, "unleased", unleased)
 		e.poke()
 	}
 }
@@ -534,6 +537,10 @@ func (e *Executor) ensureRunning(ctx context.Context, g *havenv1.Group, vms []dr
 		if !ok {
 			// No grant confirms this epoch yet: ask for one now rather
 			// than at the next renewal, a quarter lease away.
+			if key := fmt.Sprintf("%s@%d", name, epoch); key != e.asked {
+				e.asked = key
+				e.log.Debug("waiting for a grant of the group's epoch", "group", name, "epoch", epoch)
+			}
 			select {
 			case e.renewNow <- struct{}{}:
 			default:

@@ -338,3 +338,58 @@ func TestTermStateStartsEmpty(t *testing.T) {
 		t.Errorf("the new term starts with memos of the last one: %v %+v", second.drainMemo, second.waitMemo)
 	}
 }
+
+// countingState counts the leader's reads of every group.
+type countingState struct {
+	State
+	groups, groupsFor int
+}
+
+func (c *countingState) Groups() []*havenv1.Group { c.groups++; return c.State.Groups() }
+func (c *countingState) GroupsFor(node string) []*havenv1.Group {
+	c.groupsFor++
+	return c.State.GroupsFor(node)
+}
+
+// The failover look, ten times a second, reads the groups of the nodes
+// silent past their failover time only: while every node renews it
+// reads none, and a silent node's groups still fail over.
+func TestFailoverLookReadsSilentNodesOnly(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	for _, name := range []string{"web", "db"} {
+		tl.raft.Log.StartOn(name, "n2")
+	}
+	tl.raft.Log.StartOn("cache", "n3")
+	cs := &countingState{State: tl.state}
+	tl.state = cs
+	// The office began long enough ago for a node silent since to be
+	// due now.
+	office := time.Now().Add(-(testLease.FailoverAfter + testLease.Lease + time.Second))
+	tl.leases.Begin(office, 2)
+	tl.leases.Ready()
+	tl.raft.reset()
+	tl.failover(tl.term, office.Add(time.Second))
+	if cs.groups != 0 || cs.groupsFor != 0 || len(tl.raft.commits) != 0 {
+		t.Fatalf("with no node silent: %d reads of every group, %d of a node's, commits %v", cs.groups, cs.groupsFor, tl.raft.commits)
+	}
+	// n3 renews now; n2 stays silent past its failover time.
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { tl.leases.Serve(stop); close(done) }()
+	_, err := tl.leases.Renew(context.Background(), "n3")
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl.failover(tl.term, time.Now())
+	// The restart plan reads every group once (placement); the look
+	// itself read n2's.
+	if cs.groups != 1 || cs.groupsFor != 1 {
+		t.Errorf("with n2 silent: %d reads of every group, %d of a node's, want 1 (the restart plan's) and 1", cs.groups, cs.groupsFor)
+	}
+	for name, want := range map[string]bool{"web": true, "db": true, "cache": false} {
+		if moved := tl.state.Group(name).GetOwner() != map[bool]string{true: "n2", false: "n3"}[want]; moved != want {
+			t.Errorf("%s on %s: moved %v, want %v", name, tl.state.Group(name).GetOwner(), moved, want)
+		}
+	}
+}

@@ -23,9 +23,14 @@ import (
 // stop committed meanwhile wins.
 func (l *Leader) failover(t *term, now time.Time) {
 	var owned []*havenv1.Group
-	for _, g := range l.state.Groups() {
-		if o := g.GetOwner(); o != "" && o != l.cfg.Name && fsm.Active(g.GetState()) {
-			owned = append(owned, g)
+	for _, o := range l.leases.Overdue(l.state.Owners(), now) {
+		if o == l.cfg.Name {
+			continue
+		}
+		for _, g := range l.state.GroupsFor(o) {
+			if g.GetOwner() == o && fsm.Active(g.GetState()) {
+				owned = append(owned, g)
+			}
 		}
 	}
 	moving := l.leases.ClaimDue(owned, now)

@@ -37,6 +37,10 @@ type State interface {
 	Nodes() []*havenv1.Node
 	Group(name string) *havenv1.Group
 	Groups() []*havenv1.Group
+	// GroupsFor lists the groups node owns (and those moving to it).
+	GroupsFor(node string) []*havenv1.Group
+	// Owners lists the nodes that own a group.
+	Owners() []string
 	Operation(id string) *havenv1.Operation
 	Operations() []*havenv1.Operation
 	// Request is the outcome of the command with request id, while the

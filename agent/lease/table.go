@@ -226,6 +226,26 @@ func (t *Table) Stalled(now time.Time) {
 	}
 }
 
+// Overdue returns the nodes, of those given, silent past their failover
+// time at now: only their groups can be due (a group's failover time is
+// never before its owner's), so the leader's look ten times a second
+// costs the nodes, not every group of the cluster. None outside a term or
+// before the barrier.
+func (t *Table) Overdue(nodes []string, now time.Time) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants == nil || !t.grants.CanGrant() {
+		return nil
+	}
+	var out []string
+	for _, n := range nodes {
+		if !now.Before(t.grants.FailoverAt(n)) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // ClaimDue returns the groups, of those given, whose owner has been silent
 // past their failover time at now, and marks them pending: from this call
 // on no grant lists them, until Release. Nothing is due before the
