@@ -353,8 +353,16 @@ func (e *GiveUpError) Error() string { return "migration gave up: " + e.Reason }
 // a freeze at its lease end). Changes's value moves before any such
 // change shows in List, so a caller that reads the same value before a
 // List and again later knows that the states that List gave still hold.
+//
+// Changed receives after the count moved (once for any number of
+// changes since the last receive; one receiver), so a caller need not
+// poll Changes. A change the driver learns of only when it looks (QEMU's
+// supervisor freezes a VM at its lease end on its own) is counted, and
+// signalled, by the first Changes, Status or List after it: a caller that
+// waits on Changed looks again when a lease it extended runs out.
 type Watched interface {
 	Changes() uint64
+	Changed() <-chan struct{}
 }
 
 // Switcher ends the two sides of a migration's switchover. Both checks are

@@ -166,9 +166,10 @@ const (
 
 // The reconcile runs every passEvery. On a node whose last reconcile
 // found every VM running as planned, with nothing to report, it runs
-// only every steadyEvery, unless the FSM, a grant or the driver brings a
-// change: the driver must count its changes for that (driver.Watched),
-// or the executor would learn of a crash late. Listing the VMs was most
+// only every steadyEvery, unless the FSM, a grant, the driver or the end
+// of the lease brings a change: the driver must count and signal its
+// changes for that (driver.Watched), or the executor would learn of a
+// crash late. Listing the VMs was most
 // of an idle agent's reconcile, ten times a second. The steady pass is
 // only a safety net under that contract (a change the driver failed to
 // count): once a second it was still a fifth of a quiet agent's CPU in
@@ -306,8 +307,15 @@ func (e *Executor) Run(ctx context.Context) {
 		defer close(done)
 		e.runChecks(ctx)
 	}()
-	tick := time.NewTicker(passEvery)
-	defer tick.Stop()
+	// A node with something left to do looks again after passEvery. A
+	// steady one waits for a change (the driver's signal, the FSM, a
+	// grant that confirms something new), for its lease to end unrenewed,
+	// or for the safety pass. Polling the driver's count every passEvery
+	// instead woke every agent ten times a second for nothing.
+	next := time.NewTimer(passEvery)
+	defer next.Stop()
+	leaseEnd := time.NewTimer(time.Hour)
+	defer leaseEnd.Stop()
 	var swept time.Time
 	for {
 		// Read before the reconcile lists the VMs: a change after the
@@ -319,17 +327,40 @@ func (e *Executor) Run(ctx context.Context) {
 		e.busy = false
 		e.reconcile(ctx)
 		passed := time.Now()
-		steady := e.watched != nil && !e.busy
 		if passed.Sub(swept) >= sweepEvery {
 			swept = passed
 			e.sweepStateFiles(passed)
+		}
+		var changed <-chan struct{}
+		leaseEnd.Stop()
+		if e.watched != nil && !e.busy {
+			next.Reset(e.steadyEvery)
+			changed = e.watched.Changed()
+			// At the end of the lease this pass ran under, the VMs
+			// freeze unless a grant came; a driver that learns of such
+			// a freeze only when it looks (QEMU's) is looked at then.
+			if end := e.currentLeaseEnd(); passed.Before(end) {
+				leaseEnd.Reset(end.Sub(passed))
+			}
+		} else {
+			next.Reset(passEvery)
 		}
 		for waiting := true; waiting; {
 			select {
 			case <-ctx.Done():
 				return
-			case now := <-tick.C:
-				waiting = steady && now.Sub(passed) < e.steadyEvery && e.watched.Changes() == changes && e.sameInputs()
+			case <-next.C:
+				waiting = false
+			case <-changed:
+				// A signal of a change the count already had before
+				// this pass is stale.
+				waiting = e.watched.Changes() == changes
+			case now := <-leaseEnd.C:
+				if end := e.currentLeaseEnd(); now.Before(end) {
+					leaseEnd.Reset(end.Sub(now))
+				} else {
+					waiting = false
+				}
 			case <-e.wake:
 				waiting = false
 			case <-e.applied:
@@ -337,6 +368,13 @@ func (e *Executor) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// currentLeaseEnd is the end of the lease the last grant gave.
+func (e *Executor) currentLeaseEnd() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.leaseEnd
 }
 
 func (e *Executor) reconcile(ctx context.Context) {

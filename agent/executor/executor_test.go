@@ -351,10 +351,12 @@ func TestAppliedCommandsOfOtherNodesSkipped(t *testing.T) {
 // asks, and the executor's List calls.
 type watchedDriver struct {
 	*fakeDriver
-	changes, lists atomic.Uint64
+	changes driver.ChangeCount
+	lists   atomic.Uint64
 }
 
-func (d *watchedDriver) Changes() uint64 { return d.changes.Load() }
+func (d *watchedDriver) Changes() uint64         { return d.changes.Load() }
+func (d *watchedDriver) Changed() <-chan struct{} { return d.changes.Changed() }
 func (d *watchedDriver) List() []driver.Status {
 	d.lists.Add(1)
 	return d.fakeDriver.List()
@@ -435,4 +437,60 @@ func TestSteadyExecutorWakesOnDriverChanges(t *testing.T) {
 		st, err := d.Status(id)
 		return err == nil && st.State == driver.StateRunning
 	})
+}
+
+// lookDriver freezes a VM past its lease end only when it looks (List),
+// and counts the freeze then, as QEMU's driver learns of its supervisor's
+// freeze.
+type lookDriver struct{ *watchedDriver }
+
+func (d *lookDriver) ExtendLease(id driver.VMID, _ uint64, end time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.vms[id]
+	st.LeaseEnd = end
+	d.vms[id] = st
+	return nil
+}
+
+func (d *lookDriver) List() []driver.Status {
+	d.mu.Lock()
+	for id, st := range d.vms {
+		if st.State == driver.StateRunning && !time.Now().Before(st.LeaseEnd) {
+			st.State = driver.StateFrozen
+			d.vms[id] = st
+			d.changes.Add(1)
+		}
+	}
+	d.mu.Unlock()
+	return d.watchedDriver.List()
+}
+
+// A steady executor looks at its VMs when the lease it ran under ends
+// unrenewed: a freeze that the driver learns of only when it looks is
+// seen then, not at the steady pass (an hour here).
+func TestSteadyExecutorLooksAtLeaseEnd(t *testing.T) {
+	l := fsmtest.New(t)
+	l.Create(fsmtest.VMGroup("web"))
+	g := l.Assign("web", "n1")
+	d := &lookDriver{&watchedDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}}}
+	freezes := make(chan Freeze, 4)
+	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t),
+		Report:  func(context.Context, *havenv1.ReportGroupRequest) error { return nil },
+		Freezes: func(f Freeze) { freezes <- f }})
+	e.steadyEvery = time.Hour
+	granted := time.Now()
+	e.Granted(granted.Add(time.Second), []*havenv1.GroupEpoch{{Name: "web", Epoch: g.GetEpoch()}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case f := <-freezes:
+		if f.Thawed || f.Cause != CauseLeaseExpired || time.Since(granted) < time.Second {
+			t.Errorf("freeze %+v %s after the grant", f, time.Since(granted))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the freeze at the lease end was not seen")
+	}
 }

@@ -176,30 +176,42 @@ func (s suite) gateFreezes(t *testing.T) {
 	}
 }
 
-// A driver that counts its changes (driver.Watched) has moved the count
-// by the time Status shows one: the start, the freeze at the lease end,
-// which no call made, the thaw, a kill and a forget. The guest's progress
-// and a renewal of a running VM change nothing and leave it.
+// A driver that counts its changes (driver.Watched) has moved the count,
+// and signalled it on Changed, by the time Status shows one: the start,
+// the freeze at the lease end, which no call made, the thaw, a kill and a
+// forget. The guest's progress and a renewal of a running VM change
+// nothing and leave both.
 func (s suite) watched(t *testing.T) {
 	d := s.open(t, "n1")
 	w, ok := d.(driver.Watched)
 	if !ok {
 		t.Skip("the driver does not count its changes")
 	}
+	// signalled reports whether Changed has a signal waiting, and takes it.
+	signalled := func() bool {
+		select {
+		case <-w.Changed():
+			return true
+		default:
+			return false
+		}
+	}
 	c := w.Changes()
+	signalled()
 	stop := s.running(t, d, web, "n1", 1)
-	if w.Changes() == c {
-		t.Errorf("the start left the count at %d", c)
+	if w.Changes() == c || !signalled() {
+		t.Errorf("the start left the count at %d, or sent no signal", c)
 	}
 	stop()
 	c = w.Changes()
+	signalled()
 	if err := d.ExtendLease(web, 1, time.Now().Add(s.h.Lease)); err != nil {
 		t.Fatalf("a renewal: %v", err)
 	}
 	p := s.h.Progress(t, d, web)
 	s.waitFor(t, s.h.Boot, "two more steps of the guest", func() bool { return s.h.Progress(t, d, web) >= p+2 })
-	if got := w.Changes(); got != c {
-		t.Errorf("a renewal and the guest's progress moved the count from %d to %d", c, got)
+	if got := w.Changes(); got != c || signalled() {
+		t.Errorf("a renewal and the guest's progress moved the count from %d to %d, or signalled", c, got)
 	}
 
 	// No renewal from here: the VM freezes on its own.
@@ -211,8 +223,8 @@ func (s suite) watched(t *testing.T) {
 		}
 		return true
 	})
-	if got := w.Changes(); got == c {
-		t.Errorf("the freeze left the count at %d, where it was while the VM ran", c)
+	if got := w.Changes(); got == c || !signalled() {
+		t.Errorf("the freeze left the count at %d, where it was while the VM ran, or sent no signal", c)
 	}
 	c = w.Changes()
 	if err := d.ExtendLease(web, 1, time.Now().Add(s.h.Lease)); err != nil {
@@ -221,22 +233,22 @@ func (s suite) watched(t *testing.T) {
 	if st := s.state(t, d, web); st != driver.StateRunning {
 		t.Fatalf("after the thaw: %s, want running", st)
 	}
-	if got := w.Changes(); got == c {
-		t.Errorf("the thaw left the count at %d", c)
+	if got := w.Changes(); got == c || !signalled() {
+		t.Errorf("the thaw left the count at %d, or sent no signal", c)
 	}
 	c = w.Changes()
 	if err := d.Kill(web, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := w.Changes(); got == c {
-		t.Errorf("the kill left the count at %d", c)
+	if got := w.Changes(); got == c || !signalled() {
+		t.Errorf("the kill left the count at %d, or sent no signal", c)
 	}
 	c = w.Changes()
 	if err := d.Forget(web, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := w.Changes(); got == c {
-		t.Errorf("the forget left the count at %d", c)
+	if got := w.Changes(); got == c || !signalled() {
+		t.Errorf("the forget left the count at %d, or sent no signal", c)
 	}
 }
 

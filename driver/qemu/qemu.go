@@ -45,7 +45,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -139,7 +138,7 @@ type Driver struct {
 	closed bool
 	// changes counts the changes of the table and of any VM's state
 	// (driver.Watched).
-	changes atomic.Uint64
+	changes driver.ChangeCount
 }
 
 // vm is one VM the driver knows: running, or ended and not yet forgotten.
@@ -170,7 +169,7 @@ type vm struct {
 	// changes is the driver's count, which every change of state moves;
 	// frozenSeen: the freeze at the lease end, which the supervisor makes
 	// on its own, has been counted (stateLocked).
-	changes    *atomic.Uint64
+	changes    *driver.ChangeCount
 	frozenSeen bool
 	// stopping: the driver itself is ending the VM, so QEMU's exit and
 	// shutdown events are a stop, not a crash.
@@ -620,6 +619,9 @@ func (d *Driver) Changes() uint64 {
 	}
 	return d.changes.Load()
 }
+
+// Changed implements driver.Watched.
+func (d *Driver) Changed() <-chan struct{} { return d.changes.Changed() }
 
 // Status implements driver.Hypervisor.
 func (d *Driver) Status(id driver.VMID) (driver.Status, error) {

@@ -42,7 +42,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -147,7 +146,7 @@ type Driver struct {
 	closed bool
 	// changes counts the changes of the table and of any VM's state
 	// (driver.Watched).
-	changes atomic.Uint64
+	changes driver.ChangeCount
 	clock   *guestClock
 }
 
@@ -158,6 +157,9 @@ var (
 
 // Changes implements driver.Watched.
 func (d *Driver) Changes() uint64 { return d.changes.Load() }
+
+// Changed implements driver.Watched.
+func (d *Driver) Changed() <-chan struct{} { return d.changes.Changed() }
 
 var errClosed = errors.New("sim: driver closed")
 

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -33,7 +32,7 @@ type vm struct {
 	log    *slog.Logger
 	// changes is the driver's count of changes, which every change of
 	// state moves (setState).
-	changes *atomic.Uint64
+	changes *driver.ChangeCount
 
 	mu       sync.Mutex
 	paths    []string // absolute disk paths, as spec.Disks
