@@ -355,7 +355,7 @@ type watchedDriver struct {
 	lists   atomic.Uint64
 }
 
-func (d *watchedDriver) Changes() uint64         { return d.changes.Load() }
+func (d *watchedDriver) Changes() uint64          { return d.changes.Load() }
 func (d *watchedDriver) Changed() <-chan struct{} { return d.changes.Changed() }
 func (d *watchedDriver) List() []driver.Status {
 	d.lists.Add(1)
