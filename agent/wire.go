@@ -122,6 +122,10 @@ func (a *Agent) follower() *follow.Follower {
 			}
 			return out
 		},
+		Preferred: func() []string {
+			members, _ := a.raft.Servers()
+			return members
+		},
 	}
 }
 

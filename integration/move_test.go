@@ -83,10 +83,17 @@ func TestMoveLiveAndQuick(t *testing.T) {
 				break
 			}
 			t.Logf("%s move %s rolled back (%s): moving again", kind, op.GetId(), op.GetReason())
+			rolledBack := time.Now()
 			leader = c.leader(30 * time.Second)
 			// The group as the rollback left it, at the epoch the next
-			// move starts from.
+			// move starts from, and its guest running again on the
+			// source: the source resumes its paused VM once it sees the
+			// move ended, and a move of a VM still paused is refused
+			// ("not running here").
 			g = c.allOnline(leader, names, 30*time.Second, func(x *havenv1.Group) bool { return x.GetOwner() == g.GetOwner() })[names[0]]
+			waitFor(t, 10*time.Second, "the guest running again on the source", func() error {
+				return c.execRunning(g.GetOwner(), names[0], g.GetEpoch(), rolledBack)
+			})
 		}
 		if op.GetOutcome() != havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED || op.GetChecksum() == 0 {
 			t.Fatalf("%s move ended %s (%s), checksum %x", kind, op.GetOutcome(), op.GetReason(), op.GetChecksum())

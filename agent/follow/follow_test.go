@@ -237,3 +237,29 @@ func TestFollowerSkipsSilentMemberAndStopsWhenRaftSpeaks(t *testing.T) {
 		t.Errorf("followed %+v after the stream ended, want the zero Followed", got)
 	}
 }
+
+// Before a stream names the members, a follower tries the live peers of
+// its own last configuration, then, once each has failed, the others.
+func TestPickPrefersOwnConfiguration(t *testing.T) {
+	f := &Follower{Self: "n1",
+		Peers:     func() []string { return []string{"n1", "n2", "n3", "n4", "n5", "n6", "n7"} },
+		Preferred: func() []string { return []string{"n1", "n3", "n7", "n99"} }}
+	failed := map[string]bool{}
+	for range 50 {
+		if m := f.pick(failed); m != "n3" && m != "n7" {
+			t.Fatalf("picked %q before the configured n3 and n7", m)
+		}
+	}
+	failed["n3"], failed["n7"] = true, true
+	seen := map[string]bool{}
+	for range 200 {
+		seen[f.pick(failed)] = true
+	}
+	if len(seen) != 4 || seen["n1"] || seen["n3"] || seen["n7"] {
+		t.Fatalf("once n3 and n7 failed, picked %v, want n2, n4, n5 and n6", seen)
+	}
+	f.members = []string{"n5"}
+	if m := f.pick(map[string]bool{}); m != "n5" {
+		t.Fatalf("with the members named, picked %q, want n5", m)
+	}
+}
