@@ -229,7 +229,7 @@ func (c *cluster) dumpLog(n *node) {
 // (Raft's heartbeat to it, gossip's probes): a failed test's dump keeps
 // the last lines of a log, and a leader's last 80 were once all Raft's
 // "failed to contact", hiding what its executor did.
-var noise = []string{`msg="failed to contact"`, `msg="memberlist: Failed UDP ping`, `msg="memberlist: Failed TCP fallback ping`}
+var noise = []string{`msg="failed to contact"`, `msg="memberlist: Failed UDP ping`, `msg="memberlist: Failed fallback TCP ping`}
 
 // withoutNoise drops the noise lines and says how many it dropped.
 func withoutNoise(lines []string) []string {

@@ -169,11 +169,11 @@ const (
 // only every steadyEvery, unless the FSM, a grant, the driver or the end
 // of the lease brings a change: the driver must count and signal its
 // changes for that (driver.Watched), or the executor would learn of a
-// crash late. Listing the VMs was most
-// of an idle agent's reconcile, ten times a second. The steady pass is
-// only a safety net under that contract (a change the driver failed to
-// count): once a second it was still a fifth of a quiet agent's CPU in
-// the 64-agent scale scenario (100 VMs listed and matched with the plan).
+// crash late. Listing the VMs was most of an idle agent's reconcile, ten
+// times a second. The steady pass is only a safety net under that
+// contract (a change the driver failed to count): once a second it was
+// still a fifth of a quiet agent's CPU in the 64-agent scale scenario
+// (100 VMs listed and matched with the plan).
 const (
 	passEvery   = 100 * time.Millisecond
 	steadyEvery = 5 * time.Second
