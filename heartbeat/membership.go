@@ -62,8 +62,11 @@ type Membership struct {
 
 	queue *eventQueue
 	kick  chan struct{} // wakes the LAN joiner
-	done  chan struct{} // closed by Shutdown
-	wg    sync.WaitGroup
+	// lanJoins counts the LAN joins attempted, each a push/pull of the
+	// whole pool's state.
+	lanJoins atomic.Int64
+	done     chan struct{} // closed by Shutdown
+	wg       sync.WaitGroup
 
 	// lifeMu orders UpdateMeta, Leave and Shutdown. Never taken in a
 	// memberlist callback, so it may be held while calling memberlist.
@@ -338,10 +341,18 @@ func (m *Membership) usable() error {
 
 // joinLAN joins same-site nodes in the LAN pool once the WAN pool has them.
 // It runs beside memberlist because a join is network I/O, which must not
-// happen in a memberlist callback. The ticker retries joins that failed,
-// every few LAN probe intervals: soon enough for a LAN pool to form quickly,
-// rarely enough not to hammer a crashed node that the slower WAN pool still
-// counts as alive.
+// happen in a memberlist callback.
+//
+// One join is a push/pull of the whole pool's state, so a node alone in
+// its LAN pool joins at once, one target at a time, until a join brought
+// in the rest. A node already in a LAN pool leaves a newcomer to join
+// itself and to be gossiped, and only looks again on the ticker, every few
+// LAN probe intervals: at 100 agents every peer joining a restarted node
+// the moment its WAN alive arrived, and the node joining each of them,
+// were some hundred push/pulls of the whole state at once ("Too many
+// pending push/pull requests"), which kept the node from answering for a
+// minute. The ticker also retries joins that failed, rarely enough not to
+// hammer a crashed node that the slower WAN pool still counts as alive.
 func (m *Membership) joinLAN() {
 	t := time.NewTicker(5 * m.sameSite.ProbeInterval)
 	defer t.Stop()
@@ -351,12 +362,19 @@ func (m *Membership) joinLAN() {
 		case <-m.done:
 			return
 		case <-m.kick:
+			if m.lan.NumMembers() > 1 {
+				continue
+			}
 		case <-t.C:
 		}
 		for name, addr := range m.lanJoinTargets() {
 			if m.shut.Load() || m.left.Load() {
 				return
 			}
+			if !m.stillNeedsLANJoin(name) {
+				continue // an earlier join of this round brought it in
+			}
+			m.lanJoins.Add(1)
 			if _, err := m.lan.Join([]string{addr}); err != nil {
 				level := slog.LevelDebug
 				if !failing[name] {
@@ -381,6 +399,13 @@ func (m *Membership) lanJoinTargets() map[string]string {
 		}
 	}
 	return targets
+}
+
+func (m *Membership) stillNeedsLANJoin(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[name]
+	return p != nil && m.needsLANJoin(p)
 }
 
 // Members returns every member known to this agent, itself included, with

@@ -591,3 +591,56 @@ func TestJoiningOnlyItselfIsNotJoined(t *testing.T) {
 	start(t, "b", "s1", func(c *Config) { c.WANPort = port })
 	waitFor(t, "a and b see each other", func() error { return a.sees("a", "b") })
 }
+
+// TestNewcomerJoinsLANOnce: one LAN join is a push/pull of the whole
+// pool's state, so a node joining a formed site must need one, and the
+// site's members must not each join it as well. At 100 agents they did
+// both, some hundred exchanges of the whole state at once.
+func TestNewcomerJoinsLANOnce(t *testing.T) {
+	const size = 8
+	// The fast profile declares false deaths among this many nodes under
+	// the race detector on a busy machine.
+	calm := func(c *Config) { c.SameSite, c.CrossSite = slow(), slow() }
+	var nodes []*node
+	var names []string
+	for i := range size {
+		n := start(t, fmt.Sprintf("a%d", i), "A", calm)
+		if i > 0 {
+			n.join(t, nodes[0])
+		}
+		nodes, names = append(nodes, n), append(names, n.name)
+	}
+	converged := func(nodes []*node, names []string) func() error {
+		return func() error {
+			var errs []error
+			for _, n := range nodes {
+				errs = append(errs, n.sees(names...), n.poolSizes(len(nodes), len(nodes)))
+			}
+			return errors.Join(errs...)
+		}
+	}
+	waitFor(t, "a formed site", converged(nodes, names))
+	before := make([]int64, size)
+	for i, n := range nodes {
+		before[i] = n.lanJoins.Load()
+	}
+
+	late := start(t, "late", "A", calm)
+	late.join(t, nodes[size/2])
+	waitFor(t, "the newcomer in both pools everywhere", converged(append(nodes, late), append(names, "late")))
+	// Let every member's ticker fire at least once more after that.
+	time.Sleep(6 * late.cfg.SameSite.ProbeInterval) // deliberate: the retry ticker's period is 5 probe intervals
+	// None when a member's ticker joined it first.
+	if got := late.lanJoins.Load(); got > 1 {
+		t.Errorf("the newcomer made %d LAN joins, want at most 1", got)
+	}
+	var others int64
+	for i, n := range nodes {
+		d := n.lanJoins.Load() - before[i]
+		if d > 1 {
+			t.Errorf("%s joined the newcomer's LAN %d times", n.name, d)
+		}
+		others += d
+	}
+	t.Logf("LAN joins for one newcomer: its own %d, the %d members' %d", late.lanJoins.Load(), size, others)
+}
