@@ -167,6 +167,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.goRun(func() { a.watchTLS(ctx) })
 	a.goRun(func() { a.pumpEvents(ctx) })
+	a.goRun(func() { a.advertiseState(ctx) })
 	a.goRun(func() { a.leader.Run(ctx) })
 	a.goRun(func() { a.renewer().Run(ctx) })
 	a.goRun(func() { a.exec.Run(ctx) })

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,6 +62,7 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 			GRPCAddr:    a.addr(a.cfg.Ports.GRPC),
 			Version:     Version,
 			Expect:      a.cfg.BootstrapExpect,
+			RaftState:   a.raft.HasState(),
 			CPUMillis:   capacity.CPUMillis,
 			MemoryBytes: capacity.MemoryBytes,
 			Labels:      heartbeat.FormatLabels(a.cfg.Labels),
@@ -259,10 +261,37 @@ func (a *Agent) maybeBootstrap(ctx context.Context) {
 	var peers []quorum.Peer
 	for _, m := range a.gossip.Members() {
 		if m.State == heartbeat.StateAlive {
-			peers = append(peers, quorum.Peer{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Expect: m.Meta.Expect})
+			peers = append(peers, quorum.Peer{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Expect: m.Meta.Expect, HasState: m.Meta.RaftState})
 		}
 	}
 	a.raft.MaybeBootstrap(ctx, a.cfg.BootstrapExpect, peers, a.askHasState)
+}
+
+// advertiseState re-advertises this node's gossip metadata once it holds
+// Raft state (bootstrapped or added by a leader): fresh nodes that would
+// bootstrap read it there rather than ask every node (quorum.Peer).
+func (a *Agent) advertiseState(ctx context.Context) {
+	if a.raft.HasState() {
+		return // advertised from the first message
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.raft.HasState() {
+			continue
+		}
+		meta := a.gossip.LocalMember().Meta
+		meta.RaftState = true
+		if err := a.gossip.UpdateMeta(meta); err != nil && !errors.Is(err, heartbeat.ErrLeft) && !errors.Is(err, heartbeat.ErrShutdown) {
+			a.log.Warn("cannot advertise this node's Raft state in gossip", "error", err)
+		}
+		return
+	}
 }
 
 // askHasState asks a peer whether it already belongs to a cluster.

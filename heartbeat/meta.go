@@ -18,14 +18,18 @@ type Meta struct {
 	Site    string `json:"s,omitempty"`
 	Witness bool   `json:"w,omitempty"`
 	// NoVote: the node's weight is 0, it never votes in Raft.
-	NoVote      bool   `json:"nv,omitempty"`
-	RaftAddr    string `json:"r,omitempty"` // host:port
-	GRPCAddr    string `json:"g,omitempty"` // host:port
-	LANAddr     string `json:"l,omitempty"` // host:port of the LAN gossip pool, filled in by this package
-	Version     string `json:"v,omitempty"`
-	Expect      int    `json:"e,omitempty"` // the node's -bootstrap-expect value
-	CPUMillis   int64  `json:"c,omitempty"`
-	MemoryBytes int64  `json:"m,omitempty"`
+	NoVote   bool   `json:"nv,omitempty"`
+	RaftAddr string `json:"r,omitempty"` // host:port
+	GRPCAddr string `json:"g,omitempty"` // host:port
+	LANAddr  string `json:"l,omitempty"` // host:port of the LAN gossip pool, filled in by this package
+	Version  string `json:"v,omitempty"`
+	Expect   int    `json:"e,omitempty"` // the node's -bootstrap-expect value
+	// RaftState: the node holds Raft state, so it belongs to a cluster.
+	// A fresh node that would bootstrap reads it here for the nodes started
+	// without expect instead of asking each of them.
+	RaftState   bool  `json:"rs,omitempty"`
+	CPUMillis   int64 `json:"c,omitempty"`
+	MemoryBytes int64 `json:"m,omitempty"`
 	// Labels are the node's placement labels in their canonical form,
 	// sorted "k=v" pairs joined by commas: a string keeps Meta comparable.
 	Labels string `json:"b,omitempty"`

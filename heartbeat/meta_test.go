@@ -56,6 +56,7 @@ func TestMetaWorstCaseFits(t *testing.T) {
 		LANAddr:     v6,
 		Version:     "v10.20.30-rc.12+g0123456789abcdef0123456789abcdef01234567", // semver with a full git hash
 		Expect:      99,
+		RaftState:   true,
 		CPUMillis:   1 << 40,
 		MemoryBytes: 1 << 62,
 		HotPlug:     true,

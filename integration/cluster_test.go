@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -173,6 +174,56 @@ func TestLateJoinersAreNonVoters(t *testing.T) {
 		if logContains(n, "bootstrapping the cluster") {
 			t.Fatalf("%s bootstrapped although the cluster existed", n.name)
 		}
+	}
+}
+
+// TestFreshServerSeesAJoinerWithState: a node started with bootstrap-expect
+// asks only its fellow servers whether they hold Raft state; a node started
+// without it says so in its gossip metadata once a leader added it. A fresh
+// server beside such a node must wait to be added, not bootstrap a second
+// cluster.
+func TestFreshServerSeesAJoinerWithState(t *testing.T) {
+	c := newCluster(t)
+	n1 := c.add(1)
+	n1.start()
+	leader := c.leader(30 * time.Second)
+	n2 := c.add(0)
+	n2.start()
+	waitFor(t, 30*time.Second, "n2 in the configuration, and its metadata updated", func() error {
+		roles, err := raftRoles(leader)
+		if err != nil {
+			return err
+		}
+		if r := roles["n2"]; r != havenv1.RaftRole_RAFT_ROLE_NONVOTER && r != havenv1.RaftRole_RAFT_ROLE_VOTER {
+			return fmt.Errorf("n2 is %v", r)
+		}
+		if !logContains(n1, "event=update node=n2") {
+			return errors.New("n1 has seen no update of n2's metadata")
+		}
+		return nil
+	})
+	// n1, the only server, is gone: n2 is all of its cluster that the new
+	// servers see. n3 sees n2 before n4 exists, so it has n2's metadata
+	// when it first counts two servers.
+	n1.kill()
+	n3 := c.add(2)
+	n3.start()
+	waitFor(t, 30*time.Second, "n3 to see n2", func() error {
+		if !logContains(n3, "event=join node=n2") {
+			return errNotYet
+		}
+		return nil
+	})
+	c.add(2).start()
+	waitFor(t, 30*time.Second, "n3 to see that n2 belongs to a cluster", func() error {
+		if !logContains(n3, "node n2 already belongs to a cluster") {
+			return errNotYet
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // deliberate: three more bootstrap checks (one a second)
+	if logContains(n3, "bootstrapping the cluster") {
+		t.Fatal("n3 bootstrapped a second cluster beside n2")
 	}
 }
 

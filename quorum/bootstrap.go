@@ -6,8 +6,11 @@ import (
 )
 
 // Peer is a node a fresh agent sees by gossip while deciding whether to
-// bootstrap. HasState comes from asking the peer, not from gossip metadata,
-// which can lag.
+// bootstrap. For a peer started with expect, HasState comes from asking
+// it, not from gossip metadata, which can lag: it may bootstrap at any
+// moment. A peer started without expect gains state only from its disk,
+// which it advertises from its first gossip message, or from the leader of
+// a cluster whose members advertise theirs, so its metadata is enough.
 type Peer struct {
 	ID       string
 	RaftAddr string

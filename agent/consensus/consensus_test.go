@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -130,5 +131,54 @@ func TestRaftErrorsBecomeDomainErrors(t *testing.T) {
 				t.Errorf("commitError(%v) = %v, want %v", err, got, want)
 			}
 		}
+	}
+}
+
+// fresh opens a node with no Raft state.
+func fresh(t *testing.T) *Node {
+	t.Helper()
+	addr := freeAddr(t)
+	n, err := Open(Config{
+		Name: "n1", Dir: t.TempDir(), BindAddr: addr, AdvertiseAddr: addr,
+		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond,
+		SnapshotThreshold: 8192, SnapshotInterval: time.Minute, Logger: logtest.New(t),
+	}, fsm.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// A bootstrap asks only the peers started with expect, which may bootstrap
+// at the same moment; a joiner's state is what its gossip metadata says.
+// Asking every peer, any failure starting over, never finished at 100
+// agents.
+func TestBootstrapAsksOnlyPeersStartedWithExpect(t *testing.T) {
+	var asked []string
+	ask := func(_ context.Context, p quorum.Peer) (bool, error) {
+		asked = append(asked, p.ID)
+		if p.Expect == 0 {
+			return false, errors.New("a joiner is too busy to answer")
+		}
+		return false, nil
+	}
+
+	n := fresh(t)
+	n.MaybeBootstrap(context.Background(), 2, []quorum.Peer{
+		{ID: "n1", RaftAddr: "127.0.0.1:1", Expect: 2}, {ID: "n2", RaftAddr: "127.0.0.1:2", Expect: 2},
+		{ID: "j1", Expect: 0}, {ID: "j2", Expect: 0},
+	}, ask)
+	if !n.HasState() || !slices.Equal(asked, []string{"n2"}) {
+		t.Fatalf("bootstrapped %v after asking %v; want bootstrapped after asking n2 only", n.HasState(), asked)
+	}
+
+	asked = nil
+	n = fresh(t)
+	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{
+		{ID: "n1", RaftAddr: "127.0.0.1:1", Expect: 1}, {ID: "j1", Expect: 0, HasState: true},
+	}, ask)
+	if n.HasState() || len(asked) != 0 {
+		t.Fatalf("bootstrapped %v after asking %v beside a joiner that advertises state; want neither", n.HasState(), asked)
 	}
 }
