@@ -152,6 +152,10 @@ type Config struct {
 	// the queue only grows with membership changes, which are few; a
 	// backlog is logged. Events still queued at Shutdown are dropped.
 	Events chan<- Event
+
+	// compress turns on memberlist's compression, off in both pools (see
+	// poolConfig); only TestIdleGossipCost sets it, to weigh it.
+	compress bool
 }
 
 // defaultRetryInterval is RetryJoin's pause when given none; Consul uses 30s, but

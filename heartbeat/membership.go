@@ -238,6 +238,12 @@ func poolConfig(c *memberlist.Config, cfg Config, p Profile, t *memberlist.NetTr
 	c.ProbeTimeout = p.ProbeTimeout
 	c.SuspicionMult = p.SuspicionMult
 	c.GossipInterval = p.GossipInterval
+	// memberlist compresses every packet it sends with a fresh LZW writer
+	// (a 64 KiB table, cleared each time) and keeps the result only if it
+	// is smaller: for pings, acks and gossip of a few hundred bytes, half
+	// of an idle pool's garbage and CPU (TestIdleGossipCost), for bytes
+	// no link here is short of. A peer decodes either form.
+	c.EnableCompression = cfg.compress
 	c.Logger = l
 	return c
 }
