@@ -385,15 +385,24 @@ func (c *cluster) quietFollower(leader, busy *node) *node {
 	return busy
 }
 
-// outsider is the last agent started, which at more agents than
-// raft.max_members (9) is outside the Raft configuration and follows the
-// log by stream; nil below that, or if it is leader or busy.
+// outsider is the last agent by name outside the Raft configuration
+// (raft.max_members is 9), which follows the log by stream; nil if there
+// is none or the leader cannot say. The last one started need not be
+// outside: at 100 agents n100 was a member, its profile full of Raft's
+// heartbeats.
 func (c *cluster) outsider(leader, busy *node) *node {
-	nd := c.nodes[len(c.nodes)-1]
-	if len(c.nodes) <= 9 || nd == leader || nd == busy {
+	roles, err := raftRoles(leader)
+	if err != nil {
+		c.t.Logf("no outsider to profile: %v", err)
 		return nil
 	}
-	return nd
+	for i := len(c.nodes) - 1; i >= 0; i-- {
+		nd := c.nodes[i]
+		if nd != leader && nd != busy && roles[nd.name] == havenv1.RaftRole_RAFT_ROLE_NONE {
+			return nd
+		}
+	}
+	return nil
 }
 
 // snapshotFigures is the size of the leader's newest snapshot and the mean
