@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,12 +343,12 @@ func TestTermStateStartsEmpty(t *testing.T) {
 // countingState counts the leader's reads of every group.
 type countingState struct {
 	State
-	groups, groupsFor int
+	groups, groupsFor atomic.Int64
 }
 
-func (c *countingState) Groups() []*havenv1.Group { c.groups++; return c.State.Groups() }
+func (c *countingState) Groups() []*havenv1.Group { c.groups.Add(1); return c.State.Groups() }
 func (c *countingState) GroupsFor(node string) []*havenv1.Group {
-	c.groupsFor++
+	c.groupsFor.Add(1)
 	return c.State.GroupsFor(node)
 }
 
@@ -369,8 +370,8 @@ func TestFailoverLookReadsSilentNodesOnly(t *testing.T) {
 	tl.leases.Ready()
 	tl.raft.reset()
 	tl.failover(tl.term, office.Add(time.Second))
-	if cs.groups != 0 || cs.groupsFor != 0 || len(tl.raft.commits) != 0 {
-		t.Fatalf("with no node silent: %d reads of every group, %d of a node's, commits %v", cs.groups, cs.groupsFor, tl.raft.commits)
+	if cs.groups.Load() != 0 || cs.groupsFor.Load() != 0 || len(tl.raft.commits) != 0 {
+		t.Fatalf("with no node silent: %d reads of every group, %d of a node's, commits %v", cs.groups.Load(), cs.groupsFor.Load(), tl.raft.commits)
 	}
 	// n3 renews now; n2 stays silent past its failover time.
 	stop, done := make(chan struct{}), make(chan struct{})
@@ -384,8 +385,8 @@ func TestFailoverLookReadsSilentNodesOnly(t *testing.T) {
 	tl.failover(tl.term, time.Now())
 	// The restart plan reads every group once (placement); the look
 	// itself read n2's.
-	if cs.groups != 1 || cs.groupsFor != 1 {
-		t.Errorf("with n2 silent: %d reads of every group, %d of a node's, want 1 (the restart plan's) and 1", cs.groups, cs.groupsFor)
+	if cs.groups.Load() != 1 || cs.groupsFor.Load() != 1 {
+		t.Errorf("with n2 silent: %d reads of every group, %d of a node's, want 1 (the restart plan's) and 1", cs.groups.Load(), cs.groupsFor.Load())
 	}
 	// n2's groups moved off it; n3's stayed.
 	for name, from := range map[string]string{"web": "n2", "db": "n2", "cache": "n3"} {
@@ -394,4 +395,29 @@ func TestFailoverLookReadsSilentNodesOnly(t *testing.T) {
 			t.Errorf("%s on %s (was on %s): moved %v, want %v", name, owner, from, moved, want)
 		}
 	}
+}
+
+// The passes of the leader's loop that read every group run when the FSM
+// has changed, and once a second otherwise, not on each of its ten ticks a
+// second; a change still gets its pass at the next tick.
+func TestSteadyLeaderReadsEveryGroupOnceASecond(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.Log.StartOn("web", "n2")
+	cs := &countingState{State: tl.state}
+	tl.state = cs
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { tl.groupsLoop(context.Background(), tl.term, stop); close(done) }()
+	defer func() { close(stop); <-done }()
+
+	// Within the failover time (3.5 s from the office's start): nothing
+	// commits, so the loop makes its first pass and then one a second.
+	time.Sleep(1500 * time.Millisecond) // deliberate: 15 ticks of a steady loop
+	steady := cs.groups.Load()
+	perPass := int64(3) // finishMoves, failback's candidates, placeWaiting
+	if steady == 0 || steady > 2*perPass {
+		t.Fatalf("%d reads of every group in 1.5 s of a steady loop, want 1 to %d (one or two passes)", steady, 2*perPass)
+	}
+	// A committed change gets its pass at the next tick, not a second later.
+	tl.raft.Log.StartOn("db", "n3")
+	waitfor.Cond(t, 500*time.Millisecond, "a pass after the FSM changed", func() bool { return cs.groups.Load() > steady })
 }
