@@ -35,10 +35,10 @@ func refused(t *testing.T, n, to *node) {
 	// The failed join must leave no trace on either side, even once
 	// gossip had time to carry one.
 	time.Sleep(5 * fast().GossipInterval)
-	if _, ok := to.member(n.name); ok {
+	if _, ok := to.Member(n.name); ok {
 		t.Errorf("%s lists %s", to.name, n.name)
 	}
-	if _, ok := n.member(to.name); ok {
+	if _, ok := n.Member(to.name); ok {
 		t.Errorf("%s lists %s", n.name, to.name)
 	}
 }
@@ -115,7 +115,7 @@ func TestRotationKeepsGossiping(t *testing.T) {
 	}
 	waitFor(t, "b1's new meta on a1 and a2", func() error {
 		for _, n := range []*node{a1, a2} {
-			if m, _ := n.member("b1"); m.Meta.Version != "2" {
+			if m, _ := n.Member("b1"); m.Meta.Version != "2" {
 				return errors.New(n.name + " still sees b1's old meta")
 			}
 		}

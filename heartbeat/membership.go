@@ -428,6 +428,19 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// Member returns one member as Members lists it: a renewal checks its
+// caller with it, and listing every member for that made renewals
+// quadratic in the cluster's size.
+func (m *Membership) Member(name string) (Member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[name]
+	if p == nil {
+		return Member{}, false
+	}
+	return p.member(m.site), true
+}
+
 // LocalMember returns this agent as the others should see it.
 func (m *Membership) LocalMember() Member {
 	m.mu.Lock()

@@ -212,15 +212,6 @@ func (n *Membership) sees(want ...string) error {
 	return nil
 }
 
-func (n *Membership) member(name string) (Member, bool) {
-	for _, m := range n.Members() {
-		if m.Name == name {
-			return m, true
-		}
-	}
-	return Member{}, false
-}
-
 func (n *Membership) poolSizes(lan, wan int) error {
 	if l, w := n.lan.NumMembers(), n.wan.NumMembers(); l != lan || w != wan {
 		return fmt.Errorf("%s: LAN pool %d alive, WAN pool %d; want %d and %d", n.name, l, w, lan, wan)
@@ -264,7 +255,7 @@ func TestOneSiteJoinThroughOneAddress(t *testing.T) {
 				t.Errorf("%s's events about %s: %v, want one join", n.name, other.name, got)
 			}
 		}
-		if m, _ := a1.member(n.name); m.Addr != n.WANAddr() || m.Meta.LANAddr != n.LANAddr() || m.Meta.Site != "A" {
+		if m, _ := a1.Member(n.name); m.Addr != n.WANAddr() || m.Meta.LANAddr != n.LANAddr() || m.Meta.Site != "A" {
 			t.Errorf("a1 sees %+v, want Addr %s, LANAddr %s, site A", m, n.WANAddr(), n.LANAddr())
 		}
 	}
@@ -275,7 +266,7 @@ func TestOneSiteJoinThroughOneAddress(t *testing.T) {
 
 func TestTwoSitesHaveSeparateLANPools(t *testing.T) {
 	a1, _, b1 := twoSites(t)
-	if m, _ := a1.member("b1"); m.Meta.Site != "B" {
+	if m, _ := a1.Member("b1"); m.Meta.Site != "B" {
 		t.Errorf("a1 sees b1 in site %q, want B", m.Meta.Site)
 	}
 	// Labels keep the pools apart even if someone joins across them.
@@ -315,7 +306,7 @@ func TestFailureSameSiteBeforeCrossSite(t *testing.T) {
 		if got := n.rec.types("a2"); !slices.Equal(got, []EventType{EventJoin, EventFailed}) {
 			t.Errorf("%s's events about a2: %v, want join, failed", n.name, got)
 		}
-		if m, _ := n.member("a2"); m.State != StateDead {
+		if m, _ := n.Member("a2"); m.State != StateDead {
 			t.Errorf("%s sees a2 %v, want dead", n.name, m.State)
 		}
 	}
@@ -338,7 +329,7 @@ func TestLeaveIsNotFailure(t *testing.T) {
 		if got := n.rec.types("a2"); !slices.Equal(got, []EventType{EventJoin, EventLeave}) {
 			t.Errorf("%s's events about a2: %v, want join, leave", n.name, got)
 		}
-		if m, _ := n.member("a2"); m.State != StateLeft {
+		if m, _ := n.Member("a2"); m.State != StateLeft {
 			t.Errorf("%s sees a2 %v, want left", n.name, m.State)
 		}
 	}
@@ -551,7 +542,7 @@ func TestQuickRestart(t *testing.T) {
 		var errs []error
 		for _, n := range []*node{a1, again, b1} {
 			errs = append(errs, n.sees("a1", "a2", "b1"))
-			if m, _ := n.member("a2"); m.Meta.Version != "2" {
+			if m, _ := n.Member("a2"); m.Meta.Version != "2" {
 				errs = append(errs, fmt.Errorf("%s sees a2 version %q", n.name, m.Meta.Version))
 			}
 		}

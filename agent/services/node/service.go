@@ -54,7 +54,7 @@ type LogServer interface {
 
 // Members is gossip's view of the cluster.
 type Members interface {
-	Members() []heartbeat.Member
+	Member(name string) (heartbeat.Member, bool)
 }
 
 // Config is what the service needs.
@@ -103,10 +103,8 @@ func (s *Service) status(err error) error { return services.Status(err, s.cfg.Lo
 // report from one, a lie or a misconfiguration. Refusals are logged at
 // most once a minute per name.
 func (s *Service) checkMember(node, what string) error {
-	for _, m := range s.cfg.Members.Members() {
-		if m.Name == node && m.State != heartbeat.StateLeft {
-			return nil
-		}
+	if m, ok := s.cfg.Members.Member(node); ok && m.State != heartbeat.StateLeft {
+		return nil
 	}
 	if n := s.cfg.State.Node(node); n != nil && n.GetStatus() == havenv1.NodeStatus_NODE_STATUS_ALIVE {
 		return nil

@@ -77,7 +77,14 @@ func (r *fakeReports) ReportChecks(req *havenv1.ReportChecksRequest) error {
 
 type fakeMembers struct{ m []heartbeat.Member }
 
-func (f *fakeMembers) Members() []heartbeat.Member { return f.m }
+func (f *fakeMembers) Member(name string) (heartbeat.Member, bool) {
+	for _, m := range f.m {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return heartbeat.Member{}, false
+}
 
 // plainDriver is a hypervisor that cannot inject faults; it is never
 // called.
