@@ -236,10 +236,17 @@ func (a *Agent) aclBootstrapReset() uint64 {
 // leader's reconcile, and tries to bootstrap until this node has Raft
 // state.
 func (a *Agent) pumpEvents(ctx context.Context) {
-	// Retry the bootstrap check on a timer too: a peer that was asked
-	// during its own start-up may have had no gRPC server yet.
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	// Retry the bootstrap check on a timer too, while it may still be
+	// needed: a peer that was asked during its own start-up may have had
+	// no gRPC server yet. Only then: a timer for nothing is one more
+	// wakeup a second of every agent.
+	booting := a.cfg.BootstrapExpect > 0 && !a.raft.HasState()
+	var retry <-chan time.Time
+	if booting {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		retry = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -248,9 +255,14 @@ func (a *Agent) pumpEvents(ctx context.Context) {
 			a.log.Debug("membership", "event", e.Type, "node", e.Member.Name, "state", e.Member.State)
 			a.events.Publish(events.FromMembership(e))
 			a.leader.MembershipChanged()
-		case <-tick.C:
+		case <-retry:
 		}
-		a.maybeBootstrap(ctx)
+		if booting {
+			a.maybeBootstrap(ctx)
+			if a.raft.HasState() {
+				booting, retry = false, nil
+			}
+		}
 	}
 }
 
@@ -269,19 +281,24 @@ func (a *Agent) maybeBootstrap(ctx context.Context) {
 
 // advertiseState re-advertises this node's gossip metadata once it holds
 // Raft state (bootstrapped or added by a leader): fresh nodes that would
-// bootstrap read it there rather than ask every node (quorum.Peer).
+// bootstrap read it there rather than ask every node (quorum.Peer). It
+// looks every second at first, then less often up to every 30 s: an agent
+// outside the configuration may never hold state, and while the members
+// that added a node are alive their own metadata says the same.
 func (a *Agent) advertiseState(ctx context.Context) {
 	if a.raft.HasState() {
 		return // advertised from the first message
 	}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
+	wait := time.Second
 	for {
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		}
+		wait = min(2*wait, 30*time.Second)
 		if !a.raft.HasState() {
 			continue
 		}
