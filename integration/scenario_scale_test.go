@@ -28,6 +28,7 @@ var (
 	scaleSteady   = flag.Duration("scale.steady", 2*time.Minute, "steady window of each scale cluster but the largest")
 	scaleLast     = flag.Duration("scale.steady-last", 10*time.Minute, "steady window of the largest scale cluster")
 	scaleProfiles = flag.String("scale.profile", "", "directory for CPU profiles (30 s, in the steady window) of each cluster's leader and one follower")
+	scaleProcs    = flag.Int("scale.gomaxprocs", 0, "GOMAXPROCS of every agent (0: Go's default, one per core)")
 )
 
 // The light simulated VM of the scale scenario: 16 MiB of guest memory,
@@ -103,6 +104,10 @@ func TestScenarioScale(t *testing.T) {
 		if err := os.MkdirAll(*scaleProfiles, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if *scaleProcs > 0 {
+		// The agents inherit it; this process read its own at start.
+		t.Setenv("GOMAXPROCS", strconv.Itoa(*scaleProcs))
 	}
 	var rows []scaleRow
 	for i, n := range ns {
