@@ -270,13 +270,16 @@ func (a *Agent) maybeBootstrap(ctx context.Context) {
 	if a.cfg.BootstrapExpect == 0 {
 		return
 	}
-	var peers []quorum.Peer
-	for _, m := range a.gossip.Members() {
-		if m.State == heartbeat.StateAlive {
-			peers = append(peers, quorum.Peer{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Expect: m.Meta.Expect, HasState: m.Meta.RaftState})
+	view := func() []quorum.Peer {
+		var peers []quorum.Peer
+		for _, m := range a.gossip.Members() {
+			if m.State == heartbeat.StateAlive {
+				peers = append(peers, quorum.Peer{ID: m.Name, RaftAddr: m.Meta.RaftAddr, Expect: m.Meta.Expect, HasState: m.Meta.RaftState})
+			}
 		}
+		return peers
 	}
-	a.raft.MaybeBootstrap(ctx, a.cfg.BootstrapExpect, peers, a.askHasState)
+	a.raft.MaybeBootstrap(ctx, a.cfg.BootstrapExpect, view, a.askHasState)
 }
 
 // advertiseState re-advertises this node's gossip metadata once it holds

@@ -206,6 +206,14 @@ func TestFreshServerSeesAJoinerWithState(t *testing.T) {
 	// servers see. n3 sees n2 before n4 exists, so it has n2's metadata
 	// when it first counts two servers.
 	n1.kill()
+	// Once n2 has declared n1 dead, the servers that join through n2 do
+	// not see n1, with its other bootstrap_expect, alive.
+	waitFor(t, 30*time.Second, "n2 to see n1 dead", func() error {
+		if !logContains(n2, "event=failed node=n1") {
+			return errNotYet
+		}
+		return nil
+	})
 	n3 := c.add(2)
 	n3.start()
 	waitFor(t, 30*time.Second, "n3 to see n2", func() error {

@@ -45,7 +45,7 @@ func single(t *testing.T) (*Node, *fsm.FSM) {
 	if n.HasState() {
 		t.Fatal("a fresh node has state")
 	}
-	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}, func(context.Context, quorum.Peer) (bool, error) {
+	n.MaybeBootstrap(context.Background(), 1, fixed([]quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}), func(context.Context, quorum.Peer) (bool, error) {
 		return false, errors.New("nobody else to ask")
 	})
 	select {
@@ -165,20 +165,45 @@ func TestBootstrapAsksOnlyPeersStartedWithExpect(t *testing.T) {
 	}
 
 	n := fresh(t)
-	n.MaybeBootstrap(context.Background(), 2, []quorum.Peer{
+	n.MaybeBootstrap(context.Background(), 2, fixed([]quorum.Peer{
 		{ID: "n1", RaftAddr: "127.0.0.1:1", Expect: 2}, {ID: "n2", RaftAddr: "127.0.0.1:2", Expect: 2},
 		{ID: "j1", Expect: 0}, {ID: "j2", Expect: 0},
-	}, ask)
+	}), ask)
 	if !n.HasState() || !slices.Equal(asked, []string{"n2"}) {
 		t.Fatalf("bootstrapped %v after asking %v; want bootstrapped after asking n2 only", n.HasState(), asked)
 	}
 
 	asked = nil
 	n = fresh(t)
-	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{
+	n.MaybeBootstrap(context.Background(), 1, fixed([]quorum.Peer{
 		{ID: "n1", RaftAddr: "127.0.0.1:1", Expect: 1}, {ID: "j1", Expect: 0, HasState: true},
-	}, ask)
+	}), ask)
 	if n.HasState() || len(asked) != 0 {
 		t.Fatalf("bootstrapped %v after asking %v beside a joiner that advertises state; want neither", n.HasState(), asked)
+	}
+}
+
+// fixed is a gossip view that does not change.
+func fixed(peers []quorum.Peer) func() []quorum.Peer {
+	return func() []quorum.Peer { return slices.Clone(peers) }
+}
+
+// The decision is made again on the view read after the asks: gossip may
+// have been merging a peer's state when the view was first read, with the
+// servers in it and the joiner that belongs to a cluster not yet.
+func TestBootstrapDecidesOnTheViewAfterAsking(t *testing.T) {
+	servers := []quorum.Peer{{ID: "n1", RaftAddr: "127.0.0.1:1", Expect: 2}, {ID: "n2", RaftAddr: "127.0.0.1:2", Expect: 2}}
+	reads := 0
+	view := func() []quorum.Peer {
+		reads++
+		if reads == 1 {
+			return slices.Clone(servers)
+		}
+		return append(slices.Clone(servers), quorum.Peer{ID: "j1", HasState: true})
+	}
+	n := fresh(t)
+	n.MaybeBootstrap(context.Background(), 2, view, func(context.Context, quorum.Peer) (bool, error) { return false, nil })
+	if n.HasState() || reads != 2 {
+		t.Fatalf("bootstrapped %v after %d reads of the view; want no bootstrap after 2", n.HasState(), reads)
 	}
 }

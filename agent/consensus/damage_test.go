@@ -36,7 +36,7 @@ func openAt(t *testing.T, dir, addr string) (*Node, *fsm.FSM, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	n.MaybeBootstrap(context.Background(), 1, []quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}, func(context.Context, quorum.Peer) (bool, error) {
+	n.MaybeBootstrap(context.Background(), 1, fixed([]quorum.Peer{{ID: "n1", RaftAddr: addr, Expect: 1}}), func(context.Context, quorum.Peer) (bool, error) {
 		return false, errors.New("nobody else to ask")
 	})
 	led := false

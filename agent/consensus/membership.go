@@ -63,7 +63,12 @@ func (n *Node) HasState() bool {
 // that may bootstrap at the same moment (see quorum.Peer). Asking every
 // peer, one at a time with any failure starting over, never finished at
 // 100 agents on a loaded machine.
-func (n *Node) MaybeBootstrap(ctx context.Context, expect int, peers []quorum.Peer, ask func(context.Context, quorum.Peer) (bool, error)) {
+//
+// peers is read again after the asks, and the decision made again on that
+// view: a view read while gossip merges a peer's state can hold the
+// servers and not yet the joiner whose state forbids the bootstrap (a
+// fresh server formed a second cluster so in TestFreshServerSeesAJoinerWithState).
+func (n *Node) MaybeBootstrap(ctx context.Context, expect int, view func() []quorum.Peer, ask func(context.Context, quorum.Peer) (bool, error)) {
 	n.bootMu.Lock()
 	done := n.bootstrapped
 	n.bootMu.Unlock()
@@ -75,6 +80,7 @@ func (n *Node) MaybeBootstrap(ctx context.Context, expect int, peers []quorum.Pe
 		return
 	}
 	self := quorum.Peer{ID: n.name, Expect: expect}
+	peers := view()
 	if servers, why, err := quorum.Bootstrap(self, expect, peers); err != nil {
 		n.log.Error("not bootstrapping", "reason", err)
 		return
@@ -82,13 +88,26 @@ func (n *Node) MaybeBootstrap(ctx context.Context, expect int, peers []quorum.Pe
 		n.log.Debug("not bootstrapping", "reason", why)
 		return
 	}
-	for i := range peers {
-		if peers[i].ID == n.name || peers[i].Expect == 0 || peers[i].HasState {
+	answers := map[string]bool{}
+	for _, p := range peers {
+		if p.ID == n.name || p.Expect == 0 || p.HasState {
 			continue
 		}
-		has, err := ask(ctx, peers[i])
+		has, err := ask(ctx, p)
 		if err != nil {
-			n.log.Info("not bootstrapping yet: cannot ask peer", "peer", peers[i].ID, "error", err)
+			n.log.Info("not bootstrapping yet: cannot ask peer", "peer", p.ID, "error", err)
+			return
+		}
+		answers[p.ID] = has
+	}
+	peers = view()
+	for i, p := range peers {
+		if p.ID == n.name || p.Expect == 0 || p.HasState {
+			continue
+		}
+		has, asked := answers[p.ID]
+		if !asked {
+			n.log.Debug("not bootstrapping yet: a server appeared while the others were asked", "peer", p.ID)
 			return
 		}
 		peers[i].HasState = has
