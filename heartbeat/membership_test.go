@@ -627,11 +627,12 @@ func TestNewcomerJoinsLANOnce(t *testing.T) {
 	}
 	var others int64
 	for i, n := range nodes {
-		d := n.lanJoins.Load() - before[i]
-		if d > 1 {
-			t.Errorf("%s joined the newcomer's LAN %d times", n.name, d)
-		}
-		others += d
+		others += n.lanJoins.Load() - before[i]
+	}
+	// A member joins it only if its retry ticker fired between the
+	// newcomer's WAN and LAN alive reaching it.
+	if total := late.lanJoins.Load() + others; total > 2 {
+		t.Errorf("%d LAN joins in all for one newcomer (its own %d), want at most 2", total, late.lanJoins.Load())
 	}
 	t.Logf("LAN joins for one newcomer: its own %d, the %d members' %d", late.lanJoins.Load(), size, others)
 }
