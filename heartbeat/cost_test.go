@@ -48,7 +48,14 @@ func TestIdleGossipCost(t *testing.T) {
 					}
 				}
 			}
-			time.Sleep(5 * time.Second) // deliberate: past the joins' gossip
+			waitFor(t, "every member seeing all in both pools", func() error {
+				for _, m := range nodes {
+					if err := m.poolSizes(members, members); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 			var m0, m1 runtime.MemStats
 			runtime.ReadMemStats(&m0)
 			c0 := processCPU(t)

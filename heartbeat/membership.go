@@ -356,7 +356,7 @@ func (m *Membership) usable() error {
 // LAN probe intervals: at 100 agents every peer joining a restarted node
 // the moment its WAN alive arrived, and the node joining each of them,
 // were some hundred push/pulls of the whole state at once ("Too many
-// pending push/pull requests"), which kept the node from answering for a
+// pending push/pull requests"), while the node answered nothing for a
 // minute. The ticker also retries joins that failed, rarely enough not to
 // hammer a crashed node that the slower WAN pool still counts as alive.
 func (m *Membership) joinLAN() {

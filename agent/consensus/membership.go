@@ -89,8 +89,10 @@ func (n *Node) MaybeBootstrap(ctx context.Context, expect int, view func() []quo
 		return
 	}
 	answers := map[string]bool{}
+	// Only a server without advertised state may bootstrap beside this one.
+	mustAsk := func(p quorum.Peer) bool { return p.ID != n.name && p.Expect != 0 && !p.HasState }
 	for _, p := range peers {
-		if p.ID == n.name || p.Expect == 0 || p.HasState {
+		if !mustAsk(p) {
 			continue
 		}
 		has, err := ask(ctx, p)
@@ -102,7 +104,7 @@ func (n *Node) MaybeBootstrap(ctx context.Context, expect int, view func() []quo
 	}
 	peers = view()
 	for i, p := range peers {
-		if p.ID == n.name || p.Expect == 0 || p.HasState {
+		if !mustAsk(p) {
 			continue
 		}
 		has, asked := answers[p.ID]
