@@ -58,6 +58,9 @@ func TestMoveCommitsThenCompletes(t *testing.T) {
 		t.Fatalf("committed: %v", g)
 	}
 	ok(t, "commit again", o.commit("op1"))
+	// The leader commits progress beside the move's stream: a report
+	// that reaches the log after the commit is refused.
+	refused(t, "progress after commit", o.progress("op1", phaseSwitchover))
 	refused(t, "rollback after commit", o.end("op1", outcomeRolledBack))
 	refused(t, "cancel after commit", o.end("op1", outcomeCancelled))
 	refused(t, "source report", o.report("a", e, g.GetDesiredIndex(), havenv1.GroupState_GROUP_STATE_ONLINE))

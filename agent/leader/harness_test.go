@@ -31,6 +31,9 @@ type fakeRaft struct {
 	unlocked []string // commands committed without placeMu
 	delay    time.Duration
 	last     *havenv1.Command
+	// hold, if set, runs before each commit: a test's way to keep one
+	// commit waiting.
+	hold func(*havenv1.Command)
 }
 
 func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
@@ -41,8 +44,11 @@ func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
 		r.l.placeMu.Unlock()
 		r.unlocked = append(r.unlocked, kind)
 	}
-	delay := r.delay
+	delay, hold := r.delay, r.hold
 	r.mu.Unlock()
+	if hold != nil {
+		hold(c)
+	}
 	// A real commit takes a disk write and a round trip: decisions made
 	// meanwhile must see the ones on their way.
 	time.Sleep(delay)

@@ -364,6 +364,7 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	req := &havenv1.MoveOutRequest{Operation: op.GetId(), Index: op.GetCreateIndex(), TargetAddr: target.GetGrpcAddr()}
 	var ready *havenv1.MoveOutResponse
 	phase, committed := op.GetPhase(), time.Time{}
+	progress := l.progressCommits(op.GetId())
 	err := l.cfg.Movers.MoveOut(ctx, op.GetSource(), req, func(r *havenv1.MoveOutResponse) {
 		if r.GetReady() {
 			ready = r
@@ -375,17 +376,16 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 			return
 		}
 		phase, committed = r.GetPhase(), time.Now()
-		if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_MoveProgress{MoveProgress: &havenv1.MoveProgressCommand{
-			Id: op.GetId(), Phase: r.GetPhase(), Progress: r.GetProgress()}}}); err != nil {
-			l.log.Debug("move progress not committed", "operation", op.GetId(), "error", err)
-		}
+		progress.offer(&havenv1.MoveProgressCommand{Id: op.GetId(), Phase: r.GetPhase(), Progress: r.GetProgress()})
 	})
+	progress.stop()
 	switch {
 	case err != nil:
 		return fmt.Errorf("source %s: %w", op.GetSource(), err)
 	case ready == nil:
 		return fmt.Errorf("source %s ended the move without being ready", op.GetSource())
 	}
+	readyAt := time.Now()
 	// The target must still hold its copy: "ready" says it verified one,
 	// not that it has it now. A commit to a target that died or lost it
 	// since would restart the group from its disks, while a rollback
@@ -398,8 +398,10 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	} else if err := l.confirmMoveIn(ctx, op); err != nil {
 		return fmt.Errorf("target %s could not confirm its copy: %w", op.GetTarget(), err)
 	}
+	confirmed := time.Now()
 	err = l.apply(&havenv1.Command{Cmd: &havenv1.Command_CommitMove{CommitMove: &havenv1.CommitMoveCommand{
 		Id: op.GetId(), Checksum: ready.GetChecksum(), Progress: ready.GetProgress()}}})
+	commitTook := time.Since(confirmed)
 	var fe *fsm.Error
 	switch {
 	case errors.As(err, &fe):
@@ -420,9 +422,54 @@ func (l *Leader) switchover(ctx context.Context, op *havenv1.Operation) error {
 	// the guest is stopped. Only a nudge: an error changes nothing.
 	_ = l.cfg.Raft.Barrier(l.cfg.ElectionTimeout)
 	l.moveEnded(op.GetId(), havenv1.OperationOutcome_OPERATION_OUTCOME_COMPLETED)
-	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()))
+	l.log.Info("move committed", "operation", op.GetId(), "group", op.GetGroup(), "to", op.GetTarget(), "checksum", fmt.Sprintf("%016x", ready.GetChecksum()),
+		"confirm", confirmed.Sub(readyAt), "commit", commitTook)
 	return nil
 }
+
+// progressCommits commits a move's progress beside its stream rather than
+// in it: the report at the pause is followed by the source's "ready", and
+// the guest, paused, must not wait a Raft round for its predecessor to
+// commit. Only the newest report waits; one that commits after the move's
+// commit or end is refused by the FSM, as progress of a move that is over.
+type progressCommits struct {
+	next chan *havenv1.MoveProgressCommand // holds at most the newest
+	done chan struct{}
+}
+
+func (l *Leader) progressCommits(id string) *progressCommits {
+	p := &progressCommits{next: make(chan *havenv1.MoveProgressCommand, 1), done: make(chan struct{})}
+	go func() {
+		for {
+			select {
+			case <-p.done:
+				return
+			case c := <-p.next:
+				select {
+				case <-p.done:
+					return // stopped meanwhile: drop it
+				default:
+				}
+				if err := l.apply(&havenv1.Command{Cmd: &havenv1.Command_MoveProgress{MoveProgress: c}}); err != nil {
+					l.log.Debug("move progress not committed", "operation", id, "error", err)
+				}
+			}
+		}
+	}()
+	return p
+}
+
+// offer queues c in place of any report not yet committed.
+func (p *progressCommits) offer(c *havenv1.MoveProgressCommand) {
+	select {
+	case <-p.next:
+	default:
+	}
+	p.next <- c
+}
+
+// stop drops the report not yet committed; one committing goes on.
+func (p *progressCommits) stop() { close(p.done) }
 
 // confirmMoveIn asks a live move's target whether it still holds its
 // copy. The source is paused meanwhile, so a target that does not answer

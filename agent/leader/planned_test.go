@@ -23,6 +23,8 @@ import (
 type fakeMovers struct {
 	mu      sync.Mutex
 	pending map[string]chan error // by operation
+	// paused, if set, is reported as the source's pause before its ready.
+	paused bool
 }
 
 func (f *fakeMovers) MoveOut(ctx context.Context, _ string, req *havenv1.MoveOutRequest, progress func(*havenv1.MoveOutResponse)) error {
@@ -34,6 +36,9 @@ func (f *fakeMovers) MoveOut(ctx context.Context, _ string, req *havenv1.MoveOut
 	case <-ctx.Done():
 		return ctx.Err()
 	case err := <-ch:
+		if err == nil && f.paused {
+			progress(&havenv1.MoveOutResponse{Phase: havenv1.OperationPhase_OPERATION_PHASE_SWITCHOVER, Progress: &havenv1.MoveProgress{Round: 3}})
+		}
 		if err == nil {
 			progress(&havenv1.MoveOutResponse{Ready: true, Checksum: 1})
 		}
@@ -160,6 +165,39 @@ func TestDrainMoveCommits(t *testing.T) {
 	if g.GetOwner() != op.GetTarget() || g.GetEpoch() != before.GetEpoch()+1 {
 		t.Fatalf("after the commit: %v", g)
 	}
+}
+
+// The source's ready is acted on at once, while the report of its pause
+// before it still waits to commit: the guest is paused, and a commit of
+// progress is a Raft round it need not wait for.
+func TestReadyDoesNotWaitForProgress(t *testing.T) {
+	tl, fm := migratingLeader(t)
+	fm.paused = true
+	release := make(chan struct{})
+	tl.raft.mu.Lock()
+	tl.raft.hold = func(c *havenv1.Command) {
+		if p := c.GetMoveProgress(); p != nil && p.GetPhase() == havenv1.OperationPhase_OPERATION_PHASE_SWITCHOVER {
+			<-release
+		}
+	}
+	tl.raft.mu.Unlock()
+	tl.raft.StartOn("a", "n3")
+	tl.raft.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeDrain{SetNodeDrain: &havenv1.SetNodeDrainCommand{Name: "n3", Draining: true}}})
+	tl.drain(tl.term, time.Now())
+	op := inFlight(tl)["a"]
+	if op == nil {
+		t.Fatal("no move of a")
+	}
+	waitfor.Cond(t, 5*time.Second, "the source's stream", func() bool {
+		fm.mu.Lock()
+		defer fm.mu.Unlock()
+		return len(fm.pending) == 1
+	})
+	fm.answer(nil)
+	waitfor.Cond(t, 5*time.Second, "the commit while the pause's report waits", func() bool { return fsm.Committed(tl.state.Operation(op.GetId())) })
+	// The report, when it commits, is refused as progress of a move that
+	// is over (fsm's TestMoveCommitsThenCompletes).
+	close(release)
 }
 
 // The room of a move in flight is taken on its target until the commit.

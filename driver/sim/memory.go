@@ -27,6 +27,10 @@ type memory struct {
 	// dirtylog.go. Every guest write goes through writePage or
 	// putUint64At, which mark it.
 	dirty bitmap
+	// untrack lifts the write tracking that a migration which ended
+	// ready left on (see MigrateOut), nil if none did; the VM's mu
+	// guards the field, and the func runs once, however often called.
+	untrack func()
 }
 
 func newMemory(size int64) (*memory, error) {
@@ -49,6 +53,11 @@ func (m *memory) free() {
 	if m.buf != nil {
 		_ = syscall.Munmap(m.buf)
 		m.buf = nil
+	}
+	// Unmapped first, the tracking has no protection left to lift.
+	if m.untrack != nil {
+		m.untrack()
+		m.untrack = nil
 	}
 }
 

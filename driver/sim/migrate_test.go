@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -390,4 +391,63 @@ func TestChecksumCatchesAMissedWrite(t *testing.T) {
 			waitCounter(t, n1, web, status(t, n1, web).Counter+3) // the source runs on
 		})
 	}
+}
+
+// A move that ended ready leaves the source's write tracking on, since
+// lifting it stalls the whole process while the paused guest waits for
+// the commit; the guest's end lifts it: the resume of a rollback, beside
+// the running guest, or the kill after a commit. Either way none is left
+// open, and a move after a rollback tracks writes again.
+func TestTrackingLiftedAtTheGuestsEnd(t *testing.T) {
+	probe, err := newSourceSums(&memory{buf: make([]byte, PageSize)})
+	if err != nil {
+		noTracking(t, err)
+	}
+	probe.close()
+	dir, clk := t.TempDir(), newClock()
+	n1, n2 := newGuestDriver(t, "n1", dir, clk, busyGuest), newGuestDriver(t, "n2", dir, clk, busyGuest)
+	lease := clk.Now().Add(time.Minute)
+	start(t, n1, bigSpec(web, 1), lease)
+	waitCounter(t, n1, web, 3)
+	moveOut := func(epoch uint64) {
+		t.Helper()
+		a, b := connPair(t, "tcp")
+		if mig := migrate(context.Background(), t, n1, n2, 1, bigSpec(web, epoch), a, b, driver.MigrateOptions{}, nil); mig.outErr != nil || mig.inErr != nil {
+			t.Fatalf("MigrateOut: %v; MigrateIn: %v", mig.outErr, mig.inErr)
+		}
+		if n := userfaultfds(t); n != 1 {
+			t.Fatalf("%d write trackers open after a move that ended ready, want its 1 kept", n)
+		}
+	}
+	moveOut(2)
+	if err := n2.Kill(web, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Resume(web, 1, lease); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	waitFor(t, "the resume to lift the tracking", func() bool { return userfaultfds(t) == 0 })
+	moveOut(3)
+	if err := n1.Kill(web, 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := userfaultfds(t); n != 0 {
+		t.Fatalf("%d write trackers open after the source's kill", n)
+	}
+}
+
+// userfaultfds counts this process's open userfaultfd descriptors.
+func userfaultfds(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, _ := os.Readlink("/proc/self/fd/" + fd.Name()); l == "anon_inode:[userfaultfd]" {
+			n++
+		}
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/haven-ha/haven/driver"
@@ -74,9 +75,32 @@ func (d *Driver) Resume(id driver.VMID, epoch uint64, leaseEnd time.Time) error 
 // unpause runs a paused VM again on its lease, with mu held; the gate
 // freezes it at once if the lease has ended meanwhile.
 func (v *vm) unpause(why string) {
+	if v.mem != nil && v.mem.untrack != nil {
+		go v.mem.untrack()
+	}
 	v.setState(driver.StateRunning)
 	v.log.Info("vm resumed", "counter", v.counter, "lease_end", v.leaseEnd, "reason", why)
 	v.gate()
+}
+
+// keepTracking hands the write tracking of a migration that ended ready
+// to m, to be lifted when the guest runs here again or m is unmapped.
+func (v *vm) keepTracking(m *memory, sums *sourceSums) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m.untrack = sync.OnceFunc(sums.close)
+}
+
+// untrack lifts the tracking an earlier move left on m, waiting for a
+// lift under way.
+func (v *vm) untrack(m *memory) {
+	v.mu.Lock()
+	u := m.untrack
+	m.untrack = nil
+	v.mu.Unlock()
+	if u != nil {
+		u()
+	}
 }
 
 // pin lets a move use v's memory without mu, with mu held: the pause (or,
