@@ -2,12 +2,14 @@ package leader
 
 import (
 	"encoding/binary"
-	"hash/fnv"
+	"maps"
 	"math"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/haven-ha/haven/fsm"
 	"github.com/haven-ha/haven/heartbeat"
@@ -70,7 +72,7 @@ func placementGroup(spec *havenv1.GroupSpec, dirty DirtyRate) placement.Group {
 // failureHoldOff of now, and those whose driver reported it cannot run
 // it.
 func buildState(nodes []*havenv1.Node, groups []*havenv1.Group, gossipAlive map[string]bool, overcommit float64, dirty DirtyRate, now time.Time) placement.State {
-	st := placement.State{Assign: map[string]string{}}
+	st := placement.State{Assign: make(map[string]string, len(groups)), Nodes: make([]placement.Node, 0, len(nodes)), Groups: make([]placement.Group, 0, len(groups))}
 	for _, n := range nodes {
 		st.Nodes = append(st.Nodes, placement.Node{
 			Name:          n.GetName(),
@@ -283,23 +285,22 @@ func withAssign(st placement.State, moves map[string]string) placement.State {
 }
 
 // stateKey fingerprints everything a reserve check reads, so a kept
-// reserve is reused exactly while the state it was computed on holds.
+// reserve is reused exactly while the state it was computed on holds. It
+// runs at every decision that consults the reserve, over every group, so
+// it appends to one buffer and hashes that once: hashing field by field
+// (fnv) was an eighth of a start's cost at 10,000 groups.
 func stateKey(st placement.State, spec placement.Spec) uint64 {
-	h := fnv.New64a()
-	var buf [8]byte
-	num := func(v int64) {
-		binary.LittleEndian.PutUint64(buf[:], uint64(v))
-		h.Write(buf[:])
-	}
+	b := make([]byte, 0, 64*(len(st.Nodes)+len(st.Groups)))
+	num := func(v int64) { b = binary.LittleEndian.AppendUint64(b, uint64(v)) }
 	str := func(s string) {
 		num(int64(len(s)))
-		h.Write([]byte(s))
+		b = append(b, s...)
 	}
-	flag := func(b bool) {
-		if b {
-			num(1)
+	flag := func(v bool) {
+		if v {
+			b = append(b, 1)
 		} else {
-			num(0)
+			b = append(b, 0)
 		}
 	}
 	strs := func(ss []string) {
@@ -309,12 +310,11 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 		}
 	}
 	labels := func(m map[string]string) {
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
+		num(int64(len(m)))
+		if len(m) == 0 {
+			return
 		}
-		sort.Strings(keys)
-		num(int64(len(keys)))
+		keys := slices.Sorted(maps.Keys(m))
 		for _, k := range keys {
 			str(k)
 			str(m[k])
@@ -335,6 +335,7 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 		labels(n.Labels)
 	}
 	num(int64(len(st.Groups)))
+	assigned := 0
 	for _, g := range st.Groups {
 		str(g.Name)
 		num(g.CPUMillis)
@@ -354,24 +355,30 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 			flag(c.Hard)
 			flag(c.AcrossSites)
 		}
-		str(st.Assign[g.Name])
+		node, ok := st.Assign[g.Name]
+		if ok {
+			assigned++
+		}
+		str(node)
 	}
 	// Assignments of groups the state does not list (it never builds
 	// such, but they would change the answer).
-	var extra []string
-	known := make(map[string]bool, len(st.Groups))
-	for _, g := range st.Groups {
-		known[g.Name] = true
-	}
-	for g := range st.Assign {
-		if !known[g] {
-			extra = append(extra, g)
+	if assigned < len(st.Assign) {
+		known := make(map[string]bool, len(st.Groups))
+		for _, g := range st.Groups {
+			known[g.Name] = true
+		}
+		var extra []string
+		for g := range st.Assign {
+			if !known[g] {
+				extra = append(extra, g)
+			}
+		}
+		sort.Strings(extra)
+		for _, g := range extra {
+			str(g)
+			str(st.Assign[g])
 		}
 	}
-	sort.Strings(extra)
-	for _, g := range extra {
-		str(g)
-		str(st.Assign[g])
-	}
-	return h.Sum64()
+	return xxhash.Sum64(b)
 }
