@@ -59,27 +59,45 @@ func (l *Leader) refused(call, group string, err error) {
 // pending start, which every later decision's state includes
 // (placementState). Commits of starts so overlap, and Raft writes them
 // together, instead of each start waiting for the one before to commit.
+//
+// The node chosen must have checked the group's spec (checks.go): if it
+// has not yet, the start waits for its check, outside placeMu, and
+// decides again, so that a node whose driver cannot run the group is left
+// out.
 func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	name := g.GetSpec().GetName()
+	checks := time.Now().Add(checksWait)
 	l.placeMu.Lock()
-	// A start of the same group decided and not yet applied: its outcome
-	// decides what this one does.
-	for wait := l.pending.wait(name); wait != nil; wait = l.pending.wait(name) {
+	var d startDecision
+	for {
+		// A start of the same group decided and not yet applied: its
+		// outcome decides what this one does.
+		for wait := l.pending.wait(name); wait != nil; wait = l.pending.wait(name) {
+			l.placeMu.Unlock()
+			<-wait
+			l.placeMu.Lock()
+		}
+		var err error
+		d, err = l.decideStart(g, node)
+		if err != nil || d.owner == "" {
+			l.placeMu.Unlock()
+			return err
+		}
+		index := d.g.GetCreateIndex()
+		if l.checkedBy(d.owner, index) || !time.Now().Before(checks) {
+			break
+		}
 		l.placeMu.Unlock()
-		<-wait
+		l.awaitCheck(d.owner, index, checks)
 		l.placeMu.Lock()
-	}
-	d, err := l.decideStart(g, node)
-	if err != nil || d.owner == "" {
-		l.placeMu.Unlock()
-		return err
+		g = d.g
 	}
 	done := l.pending.add(name, d.owner)
 	if node == "" {
 		// The admission's reserve is the reserve of the state with this
 		// start (unless something else changed meanwhile, which the key
 		// tells): keeping it spares the next decision a full check.
-		l.keepReserve(withAssign(d.st, map[string]string{name: d.owner}), d.spec, d.kept)
+		l.keepReserve(d.st, map[string]string{name: d.owner}, d.spec, d.kept)
 	}
 	l.placeMu.Unlock()
 	defer done()
@@ -128,7 +146,7 @@ func (l *Leader) decideStart(g *havenv1.Group, node string) (startDecision, erro
 	// An operator's start may go where the group failed before: it
 	// clears the record.
 	pg.AvoidNodes = nil
-	d.st = withGroup(d.st, pg)
+	d.st = withGroupIn(d.st, pg)
 	var err error
 	if node != "" {
 		d.owner, err = admitOn(d.st, pg, node, d.spec)

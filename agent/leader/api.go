@@ -70,7 +70,6 @@ func (l *Leader) StartGroup(name, node, requestID string) (*havenv1.Group, error
 	if possible := g.GetSpec().GetPossibleOwners(); node != "" && len(possible) > 0 && !slices.Contains(possible, node) {
 		return nil, refuse(ErrConflict, "group %q may only run on %s, not on %s (possible_owners)", name, strings.Join(possible, ","), node)
 	}
-	l.awaitChecks(g)
 	if err := l.startGroup(g, node, requestID); err != nil {
 		return nil, err
 	}

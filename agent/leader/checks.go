@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/fsm"
-	"github.com/haven-ha/haven/heartbeat"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -96,35 +95,30 @@ func (l *Leader) cannotRun(name string) map[string]string {
 	return nodeRefusals(l.state.Nodes(), []*havenv1.Group{g})[name]
 }
 
-// checksWait bounds how long a start waits for the nodes to check a group
-// they have not seen yet (one created just before, say): a node reports
-// within milliseconds of applying the group, and a node that cannot run it
-// is better left out now than tried and held off for an hour. A node that
-// has not reported by then is tried as before: its start fails and
-// reports why.
+// checksWait bounds how long a start waits for the node it chose to check
+// a group that node has not seen yet (one created just before, say): a
+// node reports within a check pass of applying the group, and a node that
+// cannot run it is better left out now than tried and held off for an
+// hour. A node that has not reported by then is tried as before: its
+// start fails and reports why.
 const checksWait = 2 * time.Second
 
-// awaitChecks waits, up to checksWait, until every node that is alive and
-// hosts groups has checked g (its checks are at or past g's creation).
-func (l *Leader) awaitChecks(g *havenv1.Group) {
-	deadline := time.Now().Add(checksWait)
+// awaitCheck waits, until deadline at the latest, for node to have checked
+// the specs up to index.
+func (l *Leader) awaitCheck(node string, index uint64, deadline time.Time) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for !l.checked(g.GetCreateIndex()) && time.Now().Before(deadline) {
+	for !l.checkedBy(node, index) && time.Now().Before(deadline) {
 		<-tick.C
 	}
 }
 
-// checked reports whether every alive node that may host groups has
-// checked the specs up to index.
-func (l *Leader) checked(index uint64) bool {
-	for _, m := range l.cfg.Members.Members() {
-		if m.Meta.Witness || m.State != heartbeat.StateAlive {
-			continue
-		}
-		if n := l.state.Node(m.Name); n == nil || max(n.GetCheckedIndex(), l.checks.get(m.Name)) < index {
-			return false
-		}
-	}
-	return true
+// checkedBy reports whether node has checked the specs up to index. A
+// start waits for the node it chose only, not for every node: the slowest
+// of a hundred agents, each reporting after its own check pass, held
+// every start for most of checksWait while groups were created by the
+// thousand. A node that refuses the group is left out of the decision
+// made again once its report is in.
+func (l *Leader) checkedBy(node string, index uint64) bool {
+	return max(l.state.Node(node).GetCheckedIndex(), l.checks.get(node)) >= index
 }

@@ -72,8 +72,8 @@ func TestStartSkipsNodesThatCannotRun(t *testing.T) {
 }
 
 // A start of a group the nodes have not checked yet (created a moment
-// ago) waits for their checks, so it does not try a node that is about to
-// say it cannot run it.
+// ago) waits for the check of the node it chose, so it does not try a
+// node that is about to say it cannot run it.
 func TestStartWaitsForChecks(t *testing.T) {
 	tl := newTestLeader(t, nil)
 	for _, n := range []string{"n1", "n2", "n3"} {
@@ -102,6 +102,27 @@ func TestStartWaitsForChecks(t *testing.T) {
 	}
 	if d := time.Since(begin); d >= checksWait {
 		t.Errorf("the start waited %v, the whole bound, though every node checked", d)
+	}
+}
+
+// A start waits for the check of the node it chose only: a node that has
+// not checked the group yet, and that the group may not run on anyway,
+// holds nothing up. (Waiting for every node held each start for the
+// slowest of a hundred.)
+func TestStartWaitsForTheChosenNodeOnly(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	spec := fsmtest.VMGroup("web")
+	spec.PossibleOwners = []string{"n1", "n2"}
+	tl.raft.Create(spec)
+	tl.check(t, "n1", nil)
+	tl.check(t, "n2", nil)
+	begin := time.Now()
+	g, err := tl.StartGroup("web", "", "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d >= checksWait/2 || (g.GetOwner() != "n1" && g.GetOwner() != "n2") {
+		t.Fatalf("started on %q after %v, though n1 and n2 had checked it and n3 may not run it", g.GetOwner(), d)
 	}
 }
 
@@ -174,8 +195,10 @@ func TestUnchangedChecksNotCommitted(t *testing.T) {
 	if tl.state.Index() != before {
 		t.Errorf("reports of no refusal committed: index %d -> %d", before, tl.state.Index())
 	}
-	if !tl.checked(created) {
-		t.Error("the leader does not know the nodes checked web")
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if !tl.checkedBy(n, created) {
+			t.Errorf("the leader does not know %s checked web", n)
+		}
 	}
 	tl.check(t, "n2", map[string]string{"web": "vm: boot.kernel: no such file"})
 	if tl.state.Index() == before || len(tl.state.Node("n2").GetCannotRun()) != 1 {

@@ -69,8 +69,7 @@ type reserveKeeper struct {
 // reserveFor returns the reserve of st for spec, computing it if the kept
 // one is for another state.
 func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.Reserve {
-	st = reserveView(st)
-	key := stateKey(st, spec)
+	key := reserveKey(st, spec, nil)
 	rk := &l.reserve
 	rk.mu.Lock()
 	defer rk.mu.Unlock()
@@ -78,7 +77,7 @@ func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.
 		return rk.r
 	}
 	t0 := time.Now()
-	r := placement.CheckReserveSpec(st, spec)
+	r := placement.CheckReserveSpec(reserveView(st), spec)
 	took := time.Since(t0)
 	switch {
 	case (rk.r == nil || rk.r.OK) && !r.OK:
@@ -109,13 +108,14 @@ func reserveView(st placement.State) placement.State {
 	return out
 }
 
-// keepReserve stores a reserve computed elsewhere (an admission's, for the state
-// with the admitted group on its node), saving the next check.
-func (l *Leader) keepReserve(st placement.State, spec placement.Spec, r *placement.Reserve) {
+// keepReserve stores a reserve computed elsewhere (an admission's, for st
+// with the admitted group on its node: the assignments in admitted),
+// saving the next check.
+func (l *Leader) keepReserve(st placement.State, admitted map[string]string, spec placement.Spec, r *placement.Reserve) {
 	if r == nil {
 		return
 	}
-	key := stateKey(reserveView(st), spec)
+	key := reserveKey(st, spec, admitted)
 	l.reserve.mu.Lock()
 	l.reserve.key, l.reserve.r = key, r
 	l.reserve.mu.Unlock()

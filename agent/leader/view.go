@@ -120,8 +120,10 @@ func (l *Leader) placementState() placement.State {
 	groups := l.state.Groups()
 	st := buildState(nodes, groups, alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())
 	holdIncoming(st, groups, l.state.Operation)
-	if p := l.pending.assignments(); len(p) > 0 {
-		st = withAssign(st, p)
+	// st is this call's own: the pending starts go into its map as they
+	// are, not into a copy of it.
+	for g, n := range l.pending.assignments() {
+		st.Assign[g] = n
 	}
 	return st
 }
@@ -233,6 +235,20 @@ func withGroup(st placement.State, g placement.Group) placement.State {
 	return withGroups(st, map[string]placement.Group{g.Name: g})
 }
 
+// withGroupIn is withGroup on a state the caller owns (one
+// placementState built for it): g replaces its namesake in place, with no
+// copy of every group.
+func withGroupIn(st placement.State, g placement.Group) placement.State {
+	for i := range st.Groups {
+		if st.Groups[i].Name == g.Name {
+			st.Groups[i] = g
+			return st
+		}
+	}
+	st.Groups = append(st.Groups, g)
+	return st
+}
+
 // withGroups returns st with each group of repl in place of the group of
 // the same name, or added (in name order); st itself is not changed.
 func withGroups(st placement.State, repl map[string]placement.Group) placement.State {
@@ -284,12 +300,26 @@ func withAssign(st placement.State, moves map[string]string) placement.State {
 	return out
 }
 
-// stateKey fingerprints everything a reserve check reads, so a kept
-// reserve is reused exactly while the state it was computed on holds. It
-// runs at every decision that consults the reserve, over every group, so
-// it appends to one buffer and hashes that once: hashing field by field
-// (fnv) was an eighth of a start's cost at 10,000 groups.
+// stateKey fingerprints everything a decision on st reads (a balance, a
+// failback, a failover memo), so what was decided is reused exactly while
+// the state it was decided on holds.
 func stateKey(st placement.State, spec placement.Spec) uint64 {
+	return fingerprint(st, spec, nil, false)
+}
+
+// reserveKey is stateKey(reserveView(withAssign(st, extra)), spec), the key
+// a reserve is kept under, computed without building either state: it
+// runs at every start, and at 10,000 groups the two copies and the hash
+// were a third of a start's decision, which holds placeMu.
+func reserveKey(st placement.State, spec placement.Spec, extra map[string]string) uint64 {
+	return fingerprint(st, spec, extra, true)
+}
+
+// fingerprint appends everything to one buffer and hashes that once
+// (hashing field by field was an eighth of a start's cost). With
+// assignedOnly it leaves out the groups that run nowhere; extra
+// assignments take precedence over st's.
+func fingerprint(st placement.State, spec placement.Spec, extra map[string]string, assignedOnly bool) uint64 {
 	b := make([]byte, 0, 64*(len(st.Nodes)+len(st.Groups)))
 	num := func(v int64) { b = binary.LittleEndian.AppendUint64(b, uint64(v)) }
 	str := func(s string) {
@@ -314,11 +344,17 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 		if len(m) == 0 {
 			return
 		}
-		keys := slices.Sorted(maps.Keys(m))
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			str(k)
 			str(m[k])
 		}
+	}
+	assigned := func(group string) (string, bool) {
+		if n, ok := extra[group]; ok {
+			return n, true
+		}
+		n, ok := st.Assign[group]
+		return n, ok
 	}
 	num(int64(spec.K))
 	flag(spec.SiteLoss)
@@ -334,9 +370,18 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 		flag(n.Witness)
 		labels(n.Labels)
 	}
-	num(int64(len(st.Groups)))
-	assigned := 0
+	// The count of groups hashed goes before them, written once known.
+	at := len(b)
+	num(0)
+	listed, listedAssigned := 0, 0
 	for _, g := range st.Groups {
+		node, ok := assigned(g.Name)
+		if ok {
+			listedAssigned++
+		} else if assignedOnly {
+			continue
+		}
+		listed++
 		str(g.Name)
 		num(g.CPUMillis)
 		num(g.MemoryBytes)
@@ -355,29 +400,38 @@ func stateKey(st placement.State, spec placement.Spec) uint64 {
 			flag(c.Hard)
 			flag(c.AcrossSites)
 		}
-		node, ok := st.Assign[g.Name]
-		if ok {
-			assigned++
-		}
 		str(node)
 	}
+	binary.LittleEndian.PutUint64(b[at:], uint64(listed))
 	// Assignments of groups the state does not list (it never builds
 	// such, but they would change the answer).
-	if assigned < len(st.Assign) {
+	all := len(st.Assign)
+	for g := range extra {
+		if _, ok := st.Assign[g]; !ok {
+			all++
+		}
+	}
+	if listedAssigned < all {
 		known := make(map[string]bool, len(st.Groups))
 		for _, g := range st.Groups {
 			known[g.Name] = true
 		}
-		var extra []string
+		var unlisted []string
 		for g := range st.Assign {
 			if !known[g] {
-				extra = append(extra, g)
+				unlisted = append(unlisted, g)
 			}
 		}
-		sort.Strings(extra)
-		for _, g := range extra {
+		for g := range extra {
+			if _, ok := st.Assign[g]; !ok && !known[g] {
+				unlisted = append(unlisted, g)
+			}
+		}
+		sort.Strings(unlisted)
+		for _, g := range unlisted {
+			node, _ := assigned(g)
 			str(g)
-			str(st.Assign[g])
+			str(node)
 		}
 	}
 	return xxhash.Sum64(b)

@@ -176,6 +176,35 @@ func TestStateKey(t *testing.T) {
 	}
 }
 
+// The key a reserve is kept under, computed on the state as built, is the
+// key of the state the reserve is checked on: only the groups that run,
+// with the admitted assignments added. A start keeps its admission's
+// reserve under it without building that state.
+func TestReserveKeyIsTheKeyOfTheReserveView(t *testing.T) {
+	one := placement.Spec{K: 1}
+	for name, extra := range map[string]map[string]string{
+		"none":            nil,
+		"a start":         {"new": "n3"},
+		"a move":          {"c": "n3"},
+		"unlisted":        {"ghost": "n2"},
+		"start and ghost": {"new": "n2", "ghost": "n1"},
+	} {
+		st := testState()
+		want := stateKey(reserveView(withAssign(st, extra)), one)
+		if got := reserveKey(st, one, extra); got != want {
+			t.Errorf("%s: reserveKey %x, the reserve view's key %x", name, got, want)
+		}
+	}
+	st := testState()
+	if reserveKey(st, one, nil) == reserveKey(st, one, map[string]string{"new": "n3"}) {
+		t.Error("a start does not change the reserve's key")
+	}
+	st.Groups = append(st.Groups, placement.Group{Name: "idle", HA: true})
+	if reserveKey(st, one, nil) != reserveKey(testState(), one, nil) {
+		t.Error("a group that runs nowhere changes the reserve's key")
+	}
+}
+
 func TestPlaceGroupsPrefersLeaseHolders(t *testing.T) {
 	st := testState()
 	// Alone, "new" goes to the emptiest node, n3.
