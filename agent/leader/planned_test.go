@@ -148,6 +148,18 @@ func TestDrainMoveCommits(t *testing.T) {
 	tl, fm := migratingLeader(t)
 	tl.raft.StartOn("a", "n3")
 	before := tl.state.Group("a")
+	op := drainAndAnswer(t, tl, fm)
+	waitfor.Cond(t, 5*time.Second, "the commit", func() bool { return fsm.Committed(tl.state.Operation(op.GetId())) })
+	g := tl.state.Group("a")
+	if g.GetOwner() != op.GetTarget() || g.GetEpoch() != before.GetEpoch()+1 {
+		t.Fatalf("after the commit: %v", g)
+	}
+}
+
+// drainAndAnswer drains n3, which runs group a alone, and has the source
+// of a's move answer ready; it returns the move.
+func drainAndAnswer(t *testing.T, tl *testLeader, fm *fakeMovers) *havenv1.Operation {
+	t.Helper()
 	tl.raft.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeDrain{SetNodeDrain: &havenv1.SetNodeDrainCommand{Name: "n3", Draining: true}}})
 	tl.drain(tl.term, time.Now())
 	op := inFlight(tl)["a"]
@@ -160,11 +172,7 @@ func TestDrainMoveCommits(t *testing.T) {
 		return len(fm.pending) == 1
 	})
 	fm.answer(nil)
-	waitfor.Cond(t, 5*time.Second, "the commit", func() bool { return fsm.Committed(tl.state.Operation(op.GetId())) })
-	g := tl.state.Group("a")
-	if g.GetOwner() != op.GetTarget() || g.GetEpoch() != before.GetEpoch()+1 {
-		t.Fatalf("after the commit: %v", g)
-	}
+	return op
 }
 
 // The source's ready is acted on at once, while the report of its pause
@@ -182,18 +190,7 @@ func TestReadyDoesNotWaitForProgress(t *testing.T) {
 	}
 	tl.raft.mu.Unlock()
 	tl.raft.StartOn("a", "n3")
-	tl.raft.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeDrain{SetNodeDrain: &havenv1.SetNodeDrainCommand{Name: "n3", Draining: true}}})
-	tl.drain(tl.term, time.Now())
-	op := inFlight(tl)["a"]
-	if op == nil {
-		t.Fatal("no move of a")
-	}
-	waitfor.Cond(t, 5*time.Second, "the source's stream", func() bool {
-		fm.mu.Lock()
-		defer fm.mu.Unlock()
-		return len(fm.pending) == 1
-	})
-	fm.answer(nil)
+	op := drainAndAnswer(t, tl, fm)
 	waitfor.Cond(t, 5*time.Second, "the commit while the pause's report waits", func() bool { return fsm.Committed(tl.state.Operation(op.GetId())) })
 	// The report, when it commits, is refused as progress of a move that
 	// is over (fsm's TestMoveCommitsThenCompletes).
