@@ -1,6 +1,7 @@
 package leader
 
 import (
+	"errors"
 	"slices"
 	"time"
 
@@ -63,7 +64,9 @@ func (l *Leader) refused(call, group string, err error) {
 // The node chosen must have checked the group's spec (checks.go): if it
 // has not yet, the start waits for its check, outside placeMu, and
 // decides again, so that a node whose driver cannot run the group is left
-// out.
+// out. A refusal waits for every node's check before it is final: it may
+// rest on a node that is about to say it cannot run the group, which
+// changes the answer (no node can run it, or a restart plan elsewhere).
 func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 	name := g.GetSpec().GetName()
 	checks := time.Now().Add(checksWait)
@@ -79,6 +82,19 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 		}
 		var err error
 		d, err = l.decideStart(g, node)
+		var refusal *startRefusal
+		if errors.As(err, &refusal) {
+			if index := d.g.GetCreateIndex(); time.Now().Before(checks) && !l.checkedByAll(index) {
+				l.placeMu.Unlock()
+				l.awaitChecks(index, checks)
+				l.placeMu.Lock()
+				continue
+			}
+			l.placeMu.Unlock()
+			l.log.Info("start refused", "group", name, "reason", refusal.err)
+			l.refused("start", name, refusal.err)
+			return refusal.err
+		}
 		if err != nil || d.owner == "" {
 			l.placeMu.Unlock()
 			return err
@@ -154,12 +170,17 @@ func (l *Leader) decideStart(g *havenv1.Group, node string) (startDecision, erro
 		d.owner, d.kept, err = l.admit(d.st, pg, d.spec, l.leaseHolders(d.st, d.at))
 	}
 	if err != nil {
-		l.log.Info("start refused", "group", pg.Name, "reason", err)
-		l.refused("start", pg.Name, err)
-		return startDecision{}, err
+		return startDecision{g: cur}, &startRefusal{err: err}
 	}
 	return d, nil
 }
+
+// startRefusal is an admission's refusal of a start, as against a start
+// with nothing to decide (a group gone, or started meanwhile).
+type startRefusal struct{ err error }
+
+func (r *startRefusal) Error() string { return r.err.Error() }
+func (r *startRefusal) Unwrap() error { return r.err }
 
 // admitOn admits a group on the node an operator chose: the node must take
 // it, and with it there every failure set of spec (k nodes, a site) must

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/haven-ha/haven/fsm"
+	"github.com/haven-ha/haven/heartbeat"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
@@ -111,6 +112,28 @@ func (l *Leader) awaitCheck(node string, index uint64, deadline time.Time) {
 	for !l.checkedBy(node, index) && time.Now().Before(deadline) {
 		<-tick.C
 	}
+}
+
+// awaitChecks waits, until deadline at the latest, for every node that is
+// alive and hosts groups to have checked the specs up to index: what a
+// refusal waits for before it is final.
+func (l *Leader) awaitChecks(index uint64, deadline time.Time) {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !l.checkedByAll(index) && time.Now().Before(deadline) {
+		<-tick.C
+	}
+}
+
+// checkedByAll reports whether every alive node that may host groups has
+// checked the specs up to index.
+func (l *Leader) checkedByAll(index uint64) bool {
+	for _, m := range l.cfg.Members.Members() {
+		if !m.Meta.Witness && m.State == heartbeat.StateAlive && !l.checkedBy(m.Name, index) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkedBy reports whether node has checked the specs up to index. A

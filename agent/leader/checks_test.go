@@ -126,6 +126,32 @@ func TestStartWaitsForTheChosenNodeOnly(t *testing.T) {
 	}
 }
 
+// A start that would be refused waits for every node's check first: the
+// refusal may rest on a node about to say it cannot run the group either,
+// and the answer is then that no node can, with each node's reason.
+func TestRefusalWaitsForEveryCheck(t *testing.T) {
+	for _, reserve := range []int{0, 1} {
+		tl := newTestLeader(t, nil)
+		tl.cfg.Reserve = reserve
+		tl.raft.Create(fsmtest.VMGroup("web"))
+		cannot := map[string]string{"web": "vm: boot.kernel: no such file"}
+		tl.check(t, "n1", cannot)
+		tl.check(t, "n2", cannot)
+		go func() {
+			time.Sleep(100 * time.Millisecond) // n3's check on its way
+			if err := tl.reportChecks("n3", cannot); err != nil {
+				t.Error(err)
+			}
+		}()
+		_, err := tl.StartGroup("web", "", "r1")
+		for _, want := range []string{"no node can run it", "n1: vm: boot.kernel", "n2: vm: boot.kernel", "n3: vm: boot.kernel"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("reserve %d: start: %v, want an error with %q", reserve, err, want)
+			}
+		}
+	}
+}
+
 // A refusal of a deleted group does not hold off a new group of its name,
 // and refusals change the state key (a kept reserve, the wait memo).
 func TestRefusalsOfTheGroupAsCreated(t *testing.T) {
