@@ -106,9 +106,9 @@ func BenchmarkTrackingLift(b *testing.B) {
 					m.free()
 					b.Skipf("no write tracking here: %v", err)
 				}
-				stop, worst := make(chan struct{}), make(chan time.Duration)
-				go allocLatency(stop, worst)
-				time.Sleep(20 * time.Millisecond)
+				started, stop, worst := make(chan struct{}), make(chan struct{}), make(chan time.Duration)
+				go allocLatency(started, stop, worst)
+				<-started
 				b.StartTimer()
 				t0 := time.Now()
 				if unmapFirst {
@@ -117,7 +117,7 @@ func BenchmarkTrackingLift(b *testing.B) {
 				w.close()
 				lift += time.Since(t0)
 				b.StopTimer()
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // a stall that outlasts the lift counts too
 				close(stop)
 				stall += <-worst
 				m.free()
@@ -129,11 +129,11 @@ func BenchmarkTrackingLift(b *testing.B) {
 }
 
 // allocLatency takes a fresh 64 KiB every millisecond until stop, and
-// sends the longest step.
-func allocLatency(stop chan struct{}, worst chan<- time.Duration) {
+// sends the longest step; started is closed after the first.
+func allocLatency(started, stop chan struct{}, worst chan<- time.Duration) {
 	var w time.Duration
 	var keep [][]byte
-	for {
+	for first := true; ; first = false {
 		select {
 		case <-stop:
 			worst <- w
@@ -148,5 +148,8 @@ func allocLatency(stop chan struct{}, worst chan<- time.Duration) {
 		}
 		time.Sleep(time.Millisecond)
 		w = max(w, time.Since(t0)-time.Millisecond)
+		if first {
+			close(started)
+		}
 	}
 }
