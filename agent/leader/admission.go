@@ -80,13 +80,23 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 			<-wait
 			l.placeMu.Lock()
 		}
+		// What the nodes had checked is read before the decision, whose
+		// state then holds at least their refusals.
+		index := g.GetCreateIndex()
+		seen := l.checksAt(index)
 		var err error
 		d, err = l.decideStart(g, node)
+		if d.g != nil && d.g.GetCreateIndex() != index {
+			// Deleted and created again meanwhile: the checks read were
+			// of the group before.
+			g = d.g
+			continue
+		}
 		var refusal *startRefusal
 		if errors.As(err, &refusal) {
-			if index := d.g.GetCreateIndex(); time.Now().Before(checks) && !l.checkedByAll(index) {
+			if time.Now().Before(checks) && !seen.all {
 				l.placeMu.Unlock()
-				l.awaitChecks(index, checks)
+				awaitChecks(func() bool { return l.checksAt(index).all }, checks)
 				l.placeMu.Lock()
 				continue
 			}
@@ -99,12 +109,12 @@ func (l *Leader) startGroup(g *havenv1.Group, node, requestID string) error {
 			l.placeMu.Unlock()
 			return err
 		}
-		index := d.g.GetCreateIndex()
-		if l.checkedBy(d.owner, index) || !time.Now().Before(checks) {
+		if seen.checked[d.owner] || !time.Now().Before(checks) {
 			break
 		}
 		l.placeMu.Unlock()
-		l.awaitCheck(d.owner, index, checks)
+		owner := d.owner
+		awaitChecks(func() bool { return l.checkedBy(owner, index) }, checks)
 		l.placeMu.Lock()
 		g = d.g
 	}

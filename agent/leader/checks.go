@@ -104,36 +104,36 @@ func (l *Leader) cannotRun(name string) map[string]string {
 // start fails and reports why.
 const checksWait = 2 * time.Second
 
-// awaitCheck waits, until deadline at the latest, for node to have checked
-// the specs up to index.
-func (l *Leader) awaitCheck(node string, index uint64, deadline time.Time) {
+// awaitChecks waits, until deadline at the latest, for checked to hold.
+func awaitChecks(checked func() bool, deadline time.Time) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for !l.checkedBy(node, index) && time.Now().Before(deadline) {
+	for !checked() && time.Now().Before(deadline) {
 		<-tick.C
 	}
 }
 
-// awaitChecks waits, until deadline at the latest, for every node that is
-// alive and hosts groups to have checked the specs up to index: what a
-// refusal waits for before it is final.
-func (l *Leader) awaitChecks(index uint64, deadline time.Time) {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !l.checkedByAll(index) && time.Now().Before(deadline) {
-		<-tick.C
-	}
+// checksSeen is which nodes had checked the specs up to a group's index
+// when a decision on it began. A decision is judged by what it saw: a
+// report that lands while it decides is not in the state it decided on,
+// and counting it would make a refusal final, or send a start to a node,
+// on a stale reading of that node's refusals.
+type checksSeen struct {
+	checked map[string]bool
+	all     bool // every alive node that may host groups had
 }
 
-// checkedByAll reports whether every alive node that may host groups has
-// checked the specs up to index.
-func (l *Leader) checkedByAll(index uint64) bool {
+// checksAt is which nodes have checked the specs up to index now.
+func (l *Leader) checksAt(index uint64) checksSeen {
+	s := checksSeen{checked: map[string]bool{}, all: true}
 	for _, m := range l.cfg.Members.Members() {
-		if !m.Meta.Witness && m.State == heartbeat.StateAlive && !l.checkedBy(m.Name, index) {
-			return false
+		ok := l.checkedBy(m.Name, index)
+		s.checked[m.Name] = ok
+		if !ok && !m.Meta.Witness && m.State == heartbeat.StateAlive {
+			s.all = false
 		}
 	}
-	return true
+	return s
 }
 
 // checkedBy reports whether node has checked the specs up to index. A

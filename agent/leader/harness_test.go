@@ -72,14 +72,22 @@ func (r *fakeRaft) TransferLeadershipTo(string, string) error            { retur
 
 // fakeMembers is gossip's view.
 type fakeMembers struct {
-	mu sync.Mutex
-	m  []heartbeat.Member
+	mu     sync.Mutex
+	m      []heartbeat.Member
+	lists  int
+	onList func(n int) // called, unlocked, with the count of listings so far
 }
 
 func (f *fakeMembers) Members() []heartbeat.Member {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]heartbeat.Member(nil), f.m...)
+	f.lists++
+	n, on := f.lists, f.onList
+	m := append([]heartbeat.Member(nil), f.m...)
+	f.mu.Unlock()
+	if on != nil {
+		on(n)
+	}
+	return m
 }
 
 var testLease = quorum.LeaseConfig{Lease: 1500 * time.Millisecond, Margin: 300 * time.Millisecond, FailoverAfter: 3500 * time.Millisecond}
