@@ -116,7 +116,7 @@ func (r *Reserve) Admit(g Group) (Admission, error) {
 // stopped group of that name), not yet running.
 func (r *Reserve) extend(g Group) (*engine, int32, error) {
 	c := r.snap.c
-	if gi, ok := c.groupIdx[g.Name]; ok && (r.snap.assign[gi] >= 0 || r.snap.lost[gi]) {
+	if gi, ok := c.groupIdx.get(g.Name); ok && (r.snap.assign[gi] >= 0 || r.snap.lost[gi]) {
 		return nil, 0, fmt.Errorf("%w: %q", ErrAlreadyRunning, g.Name)
 	}
 	nc, gi := c.withGroup(g)

@@ -214,7 +214,7 @@ type balancer struct {
 
 // movable reports whether g may be moved now, noting why not.
 func (b *balancer) movable(g int32) bool {
-	gg := &b.e.c.groups[g]
+	gg := b.e.c.groups[g]
 	if b.moved[g] {
 		return false
 	}
@@ -233,7 +233,7 @@ func (b *balancer) movable(g int32) bool {
 // was dirtied meanwhile, and so on: mem × (1 + r + r² + …) = mem / (1−r)
 // with r = dirty rate / bandwidth.
 func (b *balancer) cost(g int32) (bytes int64, secs float64) {
-	gg := &b.e.c.groups[g]
+	gg := b.e.c.groups[g]
 	bw := float64(b.opts.BandwidthBytesPerSec)
 	r := float64(gg.dirty) / bw
 	by := float64(gg.mem) / (1 - r)
@@ -356,7 +356,7 @@ func (b *balancer) keepsReserve(dirtyNodes []int32, change func()) (*Reserve, bo
 
 func (b *balancer) commit(p *Proposal, cd candidate, before float64, nr *Reserve) {
 	e := b.e
-	gg := &e.c.groups[cd.g]
+	gg := e.c.groups[cd.g]
 	from, to := &e.c.nodes[cd.from], &e.c.nodes[cd.to]
 	// The engine already has the move; the utilisation view follows.
 	b.util.refresh()
@@ -490,7 +490,7 @@ func (b *balancer) consolidate(p *Proposal) {
 		}
 		// Record the moves against the utilisation view and explain them.
 		for _, m := range moves {
-			gg := &e.c.groups[m.g]
+			gg := e.c.groups[m.g]
 			to := &e.c.nodes[m.to]
 			by, secs := b.cost(m.g)
 			p.Moves = append(p.Moves, ProposedMove{
@@ -552,7 +552,7 @@ func (u *util) spread() float64 { return sqDev(u.sc, u.sc2, u.n) + sqDev(u.sm, u
 // moved it yet), in O(1).
 func (u *util) spreadAfter(g, a, b int32) float64 {
 	e := u.e
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	na, nb := &e.c.nodes[a], &e.c.nodes[b]
 	sc, sc2, sm, sm2 := u.sc, u.sc2, u.sm, u.sm2
 	upd := func(s, s2 *float64, old, nw float64) {

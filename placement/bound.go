@@ -95,7 +95,7 @@ func (e *engine) bound(r *Reserve, u []int32, haOn [][]int32, base []int32) {
 	// margin: never round towards "yes".
 	const need = 2 + 1e-9
 	check := func(g int32, hg int) (float64, bool) {
-		gg := &e.c.groups[g]
+		gg := e.c.groups[g]
 		var vals []float64
 		if gg.anyOwner {
 			for n := range e.c.nodes {
@@ -122,7 +122,7 @@ func (e *engine) bound(r *Reserve, u []int32, haOn [][]int32, base []int32) {
 	cache := map[int]bool{}
 	for _, g := range cands {
 		hg := e.hardPartners(g)
-		gg := &e.c.groups[g]
+		gg := e.c.groups[g]
 		if gg.anyOwner {
 			if ok, done := cache[hg]; done && ok {
 				continue

@@ -10,7 +10,7 @@ import (
 // must have run. The order of the checks is the order of the Constraint
 // constants: the first failure is the reason given.
 func (e *engine) exclusion(g, n int32) (Exclusion, bool) {
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	nd := &e.c.nodes[n]
 	x := Exclusion{Node: nd.name}
 	switch {
@@ -89,7 +89,7 @@ func sharedClass(c *compiled, a, b int32) string {
 // constraint.
 func (e *engine) explain(g int32) Unplaced {
 	e.prepare(g)
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	u := Unplaced{Group: gg.name}
 	byC := map[Constraint][]Exclusion{}
 	for n := range e.c.nodes {

@@ -1,8 +1,11 @@
 package placement
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"sort"
+	"strings"
 )
 
 // compiled is the indexed, read-only form of a State. Nodes are sorted by
@@ -12,11 +15,11 @@ import (
 type compiled struct {
 	st       State
 	nodes    []cnode
-	groups   []cgroup
+	groups   []*cgroup // shared with the states extended from this one: read-only
 	classes  []cclass
 	sites    []string
 	nodeIdx  map[string]int32
-	groupIdx map[string]int32
+	groupIdx groupIndex
 	assign0  []int32 // initial assignment, -1 = not running
 	lost0    []bool  // assigned to a node the state does not know
 	rank     []int32 // position of each group in placement order
@@ -69,7 +72,7 @@ type cclass struct {
 }
 
 func compile(st State) *compiled {
-	c := &compiled{st: st, nodeIdx: map[string]int32{}, groupIdx: map[string]int32{}}
+	c := &compiled{st: st, nodeIdx: map[string]int32{}, groupIdx: groupIndex{base: make(map[string]int32, len(st.Groups))}}
 	ns := make([]Node, 0, len(st.Nodes))
 	seen := map[string]bool{}
 	for _, n := range st.Nodes {
@@ -110,15 +113,22 @@ func compile(st State) *compiled {
 			c.totMem += cn.memCap
 		}
 	}
+	// One array holds the groups compiled here, for locality; the
+	// pointers let an extension share them instead of copying them.
+	cgs := make([]cgroup, 0, len(st.Groups))
 	for _, g := range st.Groups {
 		if g.Name == "" {
 			continue
 		}
-		if _, dup := c.groupIdx[g.Name]; dup {
+		if _, dup := c.groupIdx.base[g.Name]; dup {
 			continue
 		}
-		c.groupIdx[g.Name] = int32(len(c.groups))
-		c.groups = append(c.groups, c.cgroupOf(g, siteIdx))
+		c.groupIdx.base[g.Name] = int32(len(cgs))
+		cgs = append(cgs, c.cgroupOf(g, siteIdx))
+	}
+	c.groups = make([]*cgroup, len(cgs))
+	for i := range cgs {
+		c.groups[i] = &cgs[i]
 	}
 	c.assign0 = make([]int32, len(c.groups))
 	c.lost0 = make([]bool, len(c.groups))
@@ -207,7 +217,7 @@ func (c *compiled) index() {
 	classIdx := map[string]int32{}
 	c.classes = c.classes[:0]
 	for gi := range c.groups {
-		g := &c.groups[gi]
+		g := c.groups[gi]
 		g.classes = g.classes[:0:0]
 		for _, cl := range g.src.AntiAffinity {
 			if cl.Name == "" {
@@ -238,14 +248,7 @@ func (c *compiled) index() {
 		size[i] = c.size(int32(i))
 	}
 	sort.Slice(order, func(i, j int) bool {
-		a, b := &c.groups[order[i]], &c.groups[order[j]]
-		if a.prio != b.prio {
-			return a.prio < b.prio
-		}
-		if sa, sb := size[order[i]], size[order[j]]; sa != sb {
-			return sa > sb
-		}
-		return a.name < b.name
+		return orderLess(c.groups[order[i]], c.groups[order[j]], size[order[i]], size[order[j]])
 	})
 	c.rank = make([]int32, len(c.groups))
 	for r, g := range order {
@@ -253,10 +256,27 @@ func (c *compiled) index() {
 	}
 }
 
+// orderLess is the placement order: priority first (the lower first),
+// then the larger first, then by name. sa and sb are a's and b's sizes.
+func orderLess(a, b *cgroup, sa, sb float64) bool {
+	if a.prio != b.prio {
+		return a.prio < b.prio
+	}
+	if sa != sb {
+		return sa > sb
+	}
+	return a.name < b.name
+}
+
+// before reports whether group a comes before b in the placement order.
+func (c *compiled) before(a, b int32) bool {
+	return orderLess(c.groups[a], c.groups[b], c.size(a), c.size(b))
+}
+
 // size is a group's demand as a fraction of the cluster, in its larger
 // dimension: the measure first-fit decreasing sorts by.
 func (c *compiled) size(g int32) float64 {
-	gg := &c.groups[g]
+	gg := c.groups[g]
 	var a, b float64
 	if c.totCPU > 0 {
 		a = float64(gg.cpu) / float64(c.totCPU)
@@ -270,34 +290,119 @@ func (c *compiled) size(g int32) float64 {
 // withGroup returns a compiled state in which g replaces the group of the
 // same name (which must not be running) or is appended. Existing group
 // indices do not change, so plans computed on c remain meaningful.
+//
+// An appended group, the leader's case for every start, shares c's
+// groups and index and adds to them: copying 10,000 groups for each
+// admission was half of its cost (BenchmarkAdmitChain).
 func (c *compiled) withGroup(g Group) (*compiled, int32) {
 	siteIdx := map[string]int32{}
 	for i, s := range c.sites {
 		siteIdx[s] = int32(i)
 	}
 	nc := *c
-	nc.groups = append(make([]cgroup, 0, len(c.groups)+1), c.groups...)
-	nc.groupIdx = make(map[string]int32, len(c.groupIdx)+1)
-	for k, v := range c.groupIdx {
-		nc.groupIdx[k] = v
-	}
-	nc.assign0 = append([]int32(nil), c.assign0...)
-	nc.lost0 = append([]bool(nil), c.lost0...)
-	gi, ok := nc.groupIdx[g.Name]
 	cg := c.cgroupOf(g, siteIdx)
-	if ok {
+	if gi, ok := c.groupIdx.get(g.Name); ok {
+		// A stopped group of the name: its spec may differ in anything
+		// the index reads, so the index is built again, over copies,
+		// since index writes each group's classes.
+		cgs := make([]cgroup, len(c.groups))
+		nc.groups = make([]*cgroup, len(c.groups))
+		for i, og := range c.groups {
+			cgs[i] = *og
+			nc.groups[i] = &cgs[i]
+		}
 		cg.homeSite = c.groups[gi].homeSite
-		nc.groups[gi] = cg
-	} else {
-		gi = int32(len(nc.groups))
-		nc.groupIdx[g.Name] = gi
-		nc.groups = append(nc.groups, cg)
-		nc.assign0 = append(nc.assign0, -1)
-		nc.lost0 = append(nc.lost0, false)
+		cgs[gi] = cg
+		nc.classes = nil
+		nc.index()
+		return &nc, gi
 	}
-	nc.classes = nil
-	nc.index()
+	gi := int32(len(c.groups))
+	nc.groups = append(c.groups[:gi:gi], &cg)
+	nc.groupIdx = c.groupIdx.with(g.Name, gi)
+	nc.assign0 = append(c.assign0[:gi:gi], -1)
+	nc.lost0 = append(c.lost0[:gi:gi], false)
+	nc.indexLast()
 	return &nc, gi
+}
+
+// indexLast is index for a state that differs from the one it was
+// extended from by its last group, appended: the new group joins its
+// classes, and takes its place in the order.
+func (c *compiled) indexLast() {
+	gi := int32(len(c.groups) - 1)
+	g := c.groups[gi]
+	if len(g.src.AntiAffinity) > 0 {
+		c.classes = append([]cclass(nil), c.classes...)
+		for _, cl := range g.src.AntiAffinity {
+			if cl.Name == "" {
+				continue
+			}
+			ci := int32(slices.IndexFunc(c.classes, func(cc cclass) bool { return cc.name == cl.Name }))
+			if ci < 0 {
+				ci = int32(len(c.classes))
+				c.classes = append(c.classes, cclass{name: cl.Name})
+			}
+			g.classes = append(g.classes, cref{c: ci, hard: cl.Hard, across: cl.AcrossSites})
+			// Members by name, as index orders them; a copy, as the
+			// list is shared with the state extended from.
+			ms := c.classes[ci].members
+			at, _ := slices.BinarySearchFunc(ms, g.name, func(m member, name string) int { return strings.Compare(c.groups[m.g].name, name) })
+			c.classes[ci].members = slices.Insert(slices.Clip(ms), at, member{g: gi, hard: cl.Hard, across: cl.AcrossSites})
+		}
+	}
+	// Its position is the count of groups before it in the order; those
+	// at or after that position move down one.
+	var at int32
+	for o := range gi {
+		if c.before(o, gi) {
+			at++
+		}
+	}
+	rank := make([]int32, len(c.groups))
+	for o, r := range c.rank[:gi] {
+		if r >= at {
+			r++
+		}
+		rank[o] = r
+	}
+	rank[gi] = at
+	c.rank = rank
+}
+
+// groupIndex finds a group by name: base, shared with the states
+// extended from this one, and the names appended since, few, in added.
+// Copying a map of 10,000 names for each admission cost more than the
+// admission's search.
+type groupIndex struct {
+	base  map[string]int32
+	added map[string]int32
+}
+
+func (x groupIndex) get(name string) (int32, bool) {
+	if i, ok := x.added[name]; ok {
+		return i, true
+	}
+	i, ok := x.base[name]
+	return i, ok
+}
+
+// with is x with name at i. The added names are merged into a new base
+// once they are many, so that a copy stays small and a base is copied
+// once per maxAdded extensions.
+func (x groupIndex) with(name string, i int32) groupIndex {
+	const maxAdded = 64
+	if len(x.added) >= maxAdded {
+		base := make(map[string]int32, len(x.base)+len(x.added)+1)
+		maps.Copy(base, x.base)
+		maps.Copy(base, x.added)
+		base[name] = i
+		return groupIndex{base: base}
+	}
+	added := make(map[string]int32, len(x.added)+1)
+	maps.Copy(added, x.added)
+	added[name] = i
+	return groupIndex{base: x.base, added: added}
 }
 
 // engine is a mutable placement state over a compiled snapshot: who runs
@@ -413,7 +518,7 @@ func (e *engine) withGroup(nc *compiled) *engine {
 func (e *engine) move(g, to int32) {
 	from := e.assign[g]
 	e.log = append(e.log, undo{g: g, from: from, lost: e.lost[g]})
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	if from >= 0 {
 		e.cpuUsed[from] -= gg.cpu
 		e.memUsed[from] -= gg.mem
@@ -429,7 +534,7 @@ func (e *engine) move(g, to int32) {
 func (e *engine) rollback(mark int) {
 	for i := len(e.log) - 1; i >= mark; i-- {
 		u := e.log[i]
-		gg := &e.c.groups[u.g]
+		gg := e.c.groups[u.g]
 		if to := e.assign[u.g]; to >= 0 {
 			e.cpuUsed[to] -= gg.cpu
 			e.memUsed[to] -= gg.mem
@@ -478,7 +583,7 @@ func (e *engine) prepare(g int32) {
 		e.stamp = 1
 	}
 	s := e.stamp
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	for _, cr := range gg.classes {
 		for _, m := range e.c.classes[cr.c].members {
 			if m.g == g || !e.running(m.g) {
@@ -576,7 +681,7 @@ func (p scoreParts) prefScore() int64 { return p.total() - p.load - p.homeSite }
 // parts scores g on n; prepare(g) must have run. When g already runs on
 // n its own demand is not added twice.
 func (e *engine) parts(g, n int32, strat Strategy) scoreParts {
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	nd := &e.c.nodes[n]
 	p := e.prefParts(g, n)
 	cpu, mem := e.cpuUsed[n], e.memUsed[n]
@@ -592,7 +697,7 @@ func (e *engine) parts(g, n int32, strat Strategy) scoreParts {
 // wHomeSite, which is larger than any load: a node whose prefParts total
 // is lower than another's can never score higher, whatever its load.
 func (e *engine) prefParts(g, n int32) scoreParts {
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	nd := &e.c.nodes[n]
 	s := e.stamp
 	var p scoreParts
@@ -643,7 +748,7 @@ func scaled(used, cap int64, scale float64) int64 {
 
 // fits is the hard check of g on n; prepare(g) must have run.
 func (e *engine) fits(g, n int32) bool {
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	if !e.eligible[n] || e.failed[n] || e.forbidStamp[n] == e.stamp {
 		return false
 	}
@@ -661,7 +766,7 @@ func (e *engine) fits(g, n int32) bool {
 // owners when it has them, and does O(1) work per node.
 func (e *engine) best(g int32, strat Strategy) int32 {
 	e.prepare(g)
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	bestN, bestS, bestPref := int32(-1), int64(math.MinInt64), int64(math.MinInt64)
 	try := func(n int32) {
 		if !e.eligible[n] || e.failed[n] || e.forbidStamp[n] == e.stamp {

@@ -51,7 +51,7 @@ func Place(st State, groups []string, opts Options) Result {
 	seen := map[int32]bool{}
 	from := map[int32]string{}
 	for _, name := range groups {
-		g, ok := c.groupIdx[name]
+		g, ok := c.groupIdx.get(name)
 		if !ok {
 			res.Unplaced = append(res.Unplaced, Unplaced{Group: name, Reason: "unknown group", Exclusions: []Exclusion{{Constraint: ConstraintUnknownGroup}}})
 			continue
@@ -112,7 +112,7 @@ func Failback(st State) []Move {
 	e.sortByRank(gs)
 	var out []Move
 	for _, g := range gs {
-		gg := &c.groups[g]
+		gg := c.groups[g]
 		cur := e.assign[g]
 		e.prepare(g)
 		for _, p := range gg.pref {

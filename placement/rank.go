@@ -41,7 +41,7 @@ func Rank(st State, g Group) []Ranked {
 
 func (e *engine) rank(g int32, strat Strategy) []Ranked {
 	e.prepare(g)
-	gg := &e.c.groups[g]
+	gg := e.c.groups[g]
 	out := make([]Ranked, 0, len(e.c.nodes))
 	for n := range e.c.nodes {
 		ni := int32(n)
