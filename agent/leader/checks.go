@@ -68,9 +68,22 @@ func (l *Leader) ReportChecks(req *havenv1.ReportChecksRequest) error {
 // a group deleted since, whose name a new group took, is not the new
 // group's: its create index differs.
 func nodeRefusals(nodes []*havenv1.Node, groups []*havenv1.Group) map[string]map[string]string {
-	created := make(map[string]uint64, len(groups))
+	// The create indexes of the groups refused only: this runs at every
+	// placement decision, over every group, and refusals are few.
+	refused := map[string]bool{}
+	for _, n := range nodes {
+		for _, r := range n.GetCannotRun() {
+			refused[r.GetGroup()] = true
+		}
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	created := make(map[string]uint64, len(refused))
 	for _, g := range groups {
-		created[g.GetSpec().GetName()] = g.GetCreateIndex()
+		if refused[g.GetSpec().GetName()] {
+			created[g.GetSpec().GetName()] = g.GetCreateIndex()
+		}
 	}
 	out := map[string]map[string]string{}
 	for _, n := range nodes {
