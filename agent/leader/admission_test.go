@@ -285,3 +285,46 @@ func TestCreateAdmittedByTheKeptReserve(t *testing.T) {
 		t.Fatal("the refusal was not checked against the state as it is")
 	}
 }
+
+// A status call's reserve is read again only when the state may have
+// changed: a commit, a member's change, a start pending, or time. While
+// none happens it is the answer found last, without reading the groups.
+func TestKeptReserveReadsTheStateOnlyWhenItMayHaveChanged(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.cfg.Reserve = 1
+	tl.raft.StartOn("web", "n2")
+	cs := &countingState{State: tl.state}
+	tl.state = cs
+	reads := func(what string, want int64) {
+		t.Helper()
+		cs.groups.Store(0)
+		rep := tl.KeptReserve()
+		if got := cs.groups.Load(); got != want {
+			t.Errorf("%s: %d reads of every group, want %d", what, got, want)
+		}
+		if rep.Reserve == nil || rep.Kept != 1 {
+			t.Errorf("%s: kept %+v, want reserve 1", what, rep)
+		}
+	}
+	reads("first call", 1)
+	reads("nothing changed", 0)
+	tl.raft.StartOn("db", "n3")
+	reads("after a commit", 1)
+	if plan, err := tl.KeptReserve().PlanFor([]string{"n3"}); err != nil || len(plan.Moves) != 1 || plan.Moves[0].Group != "db" {
+		t.Errorf("after a commit: plan for n3 %+v %v, want db moved", plan, err)
+	}
+	reads("nothing changed since", 0)
+	tl.members.mu.Lock()
+	tl.members.m[2].State = heartbeat.StateSuspect
+	tl.members.mu.Unlock()
+	reads("n3 suspect", 1)
+	done := tl.pending.add("cache", "n1")
+	reads("a start pending", 1)
+	done()
+	reads("the start ended uncommitted", 1)
+	reads("nothing changed since", 0)
+	now := reserveSeen{index: tl.state.Index(), members: tl.members.Members(), at: time.Now().Add(reserveSeenFor)}
+	if _, ok := tl.reserve.seenAt(now); ok {
+		t.Errorf("a reserve seen %s ago is still the answer", reserveSeenFor)
+	}
+}

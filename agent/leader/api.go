@@ -182,13 +182,29 @@ func (l *Leader) report(r *placement.Reserve, kept placement.Spec) ReserveReport
 // when none is kept (K = 0 and no site-loss reserve). Any node may ask:
 // it is computed from its own copy of the state, with this node's
 // placement settings.
+//
+// A status call asks every second or so. While the FSM's index and
+// gossip's members stand still, and no start is pending, the answer is
+// the one found last: at 10,000 groups building the state and its key
+// was a seventh of a steady leader's CPU (leader profile at 48 agents).
 func (l *Leader) KeptReserve() ReserveReport {
+	// Read before the state: what the state is built from is then at
+	// least this, and a change after it shows in the next call's.
+	now := reserveSeen{index: l.state.Index(), members: l.cfg.Members.Members(), at: time.Now()}
+	quiet := !l.pending.any()
+	if seen, ok := l.reserve.seenAt(now); ok && quiet {
+		return l.report(seen.r, seen.spec)
+	}
 	st := l.placementState()
 	spec := l.reserveSpec(st)
-	if !spec.On() {
-		return l.report(nil, spec)
+	var r *placement.Reserve
+	if spec.On() {
+		r = l.reserveFor(st, spec)
 	}
-	return l.report(l.reserveFor(st, spec), spec)
+	if quiet && !l.pending.any() {
+		l.reserve.see(now, r, spec)
+	}
+	return l.report(r, spec)
 }
 
 // Rank rates every node for a group of the given spec, keeping the

@@ -1,10 +1,12 @@
 package leader
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/haven-ha/haven/heartbeat"
 	"github.com/haven-ha/haven/placement"
 )
 
@@ -64,6 +66,48 @@ type reserveKeeper struct {
 	mu  sync.Mutex
 	key uint64
 	r   *placement.Reserve
+	// seen is where KeptReserve last found r to be the reserve of the
+	// state: a status call that finds the same spares building the state.
+	seen reserveSeen
+}
+
+// reserveSeen is what a state was read from, short of reading it: the
+// FSM's index and gossip's members, with no start pending, at a time;
+// and the reserve kept on it (nil: none, with spec off).
+type reserveSeen struct {
+	index   uint64
+	members []heartbeat.Member
+	at      time.Time
+	r       *placement.Reserve
+	spec    placement.Spec
+}
+
+// reserveSeenFor bounds how long a reserve seen stays the answer while
+// the index and the members stand still: a failure's hold-off ends with
+// time alone, which changes the state (recentFailures).
+const reserveSeenFor = 5 * time.Second
+
+// seenAt returns the reserve seen where the state is read from now, if
+// it is still the one kept.
+func (rk *reserveKeeper) seenAt(now reserveSeen) (reserveSeen, bool) {
+	rk.mu.Lock()
+	defer rk.mu.Unlock()
+	s := rk.seen
+	ok := s.members != nil && s.index == now.index && now.at.Sub(s.at) < reserveSeenFor &&
+		slices.Equal(s.members, now.members) && (!s.spec.On() || s.r == rk.r)
+	return s, ok
+}
+
+// see records that r (for spec) is the reserve of the state read from
+// where; a reserve kept meanwhile for another state is not recorded.
+func (rk *reserveKeeper) see(where reserveSeen, r *placement.Reserve, spec placement.Spec) {
+	rk.mu.Lock()
+	defer rk.mu.Unlock()
+	if spec.On() && r != rk.r {
+		return
+	}
+	where.r, where.spec = r, spec
+	rk.seen = where
 }
 
 // reserveFor returns the reserve of st for spec, computing it if the kept

@@ -167,6 +167,13 @@ func (p *pendingStarts) add(group, owner string) func() {
 }
 
 // wait is closed when the pending start of group ends; nil when none is.
+// any reports whether a start is pending.
+func (p *pendingStarts) any() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m) > 0
+}
+
 func (p *pendingStarts) wait(group string) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()

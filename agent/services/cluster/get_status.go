@@ -71,13 +71,15 @@ func (s *Service) GetStatus(context.Context, *havenv1.GetStatusRequest) (*havenv
 	if ss := sites[siteOf[resp.Leader]]; ss != nil && resp.Leader != "" {
 		ss.Leader = true
 	}
-	groups := s.cfg.State.Groups()
-	resp.GroupCount = uint32(len(groups))
-	for _, g := range groups {
+	// Counted in the FSM's order, without the sorted copy of every group
+	// that Groups makes.
+	s.cfg.State.GroupsAfter("", func(g *havenv1.Group) bool {
+		resp.GroupCount++
 		if ss := sites[siteOf[g.GetOwner()]]; ss != nil && g.GetOwner() != "" && fsm.Active(g.GetState()) {
 			ss.GroupsRunning++
 		}
-	}
+		return true
+	})
 	rep := s.cfg.Leader.KeptReserve()
 	resp.ConfiguredReserveSites = uint32(rep.ConfiguredSites)
 	if r := rep.Reserve; r != nil {
