@@ -289,6 +289,8 @@ func TestCreateAdmittedByTheKeptReserve(t *testing.T) {
 // A status call's reserve is read again only when the state may have
 // changed: a commit, a member's change, a start pending, or time. While
 // none happens it is the answer found last, without reading the groups.
+// After a change the call answers at once with the reserve before it,
+// and the new state's is checked in the background.
 func TestKeptReserveReadsTheStateOnlyWhenItMayHaveChanged(t *testing.T) {
 	tl := newTestLeader(t, nil)
 	tl.cfg.Reserve = 1
@@ -306,22 +308,49 @@ func TestKeptReserveReadsTheStateOnlyWhenItMayHaveChanged(t *testing.T) {
 			t.Errorf("%s: kept %+v, want reserve 1", what, rep)
 		}
 	}
+	// checked waits for the background check a call may have started.
+	checked := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			tl.reserve.mu.Lock()
+			busy := tl.reserve.checking
+			tl.reserve.mu.Unlock()
+			if !busy {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the background check did not end")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	reads("first call", 1)
 	reads("nothing changed", 0)
+	before := tl.KeptReserve().Reserve
 	tl.raft.StartOn("db", "n3")
-	reads("after a commit", 1)
+	if r := tl.KeptReserve().Reserve; r != before {
+		t.Error("a status call after a commit waited for the new state's check")
+	}
+	checked()
 	if plan, err := tl.KeptReserve().PlanFor([]string{"n3"}); err != nil || len(plan.Moves) != 1 || plan.Moves[0].Group != "db" {
-		t.Errorf("after a commit: plan for n3 %+v %v, want db moved", plan, err)
+		t.Errorf("after the check: plan for n3 %+v %v, want db moved", plan, err)
 	}
 	reads("nothing changed since", 0)
 	tl.members.mu.Lock()
 	tl.members.m[2].State = heartbeat.StateSuspect
 	tl.members.mu.Unlock()
 	reads("n3 suspect", 1)
+	checked()
+	reads("checked since", 1)
+	reads("nothing changed since", 0)
 	done := tl.pending.add("cache", "n1")
 	reads("a start pending", 1)
+	checked()
 	done()
 	reads("the start ended uncommitted", 1)
+	checked()
+	reads("checked since", 1)
 	reads("nothing changed since", 0)
 	now := reserveSeen{index: tl.state.Index(), members: tl.members.Members(), at: time.Now().Add(reserveSeenFor)}
 	if _, ok := tl.reserve.seenAt(now); ok {

@@ -187,6 +187,8 @@ func (l *Leader) report(r *placement.Reserve, kept placement.Spec) ReserveReport
 // gossip's members stand still, and no start is pending, the answer is
 // the one found last: at 10,000 groups building the state and its key
 // was a seventh of a steady leader's CPU (leader profile at 48 agents).
+// When the state changed, the answer may be the reserve before the
+// change while the new state is checked (reserveSoon).
 func (l *Leader) KeptReserve() ReserveReport {
 	// Read before the state: what the state is built from is then at
 	// least this, and a change after it shows in the next call's.
@@ -198,10 +200,11 @@ func (l *Leader) KeptReserve() ReserveReport {
 	st := l.placementState()
 	spec := l.reserveSpec(st)
 	var r *placement.Reserve
+	exact := true
 	if spec.On() {
-		r = l.reserveFor(st, spec)
+		r, exact = l.reserveSoon(st, spec)
 	}
-	if quiet && !l.pending.any() {
+	if exact && quiet && !l.pending.any() {
 		l.reserve.see(now, r, spec)
 	}
 	return l.report(r, spec)
