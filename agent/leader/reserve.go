@@ -69,8 +69,9 @@ type reserveKeeper struct {
 	// seen is where KeptReserve last found r to be the reserve of the
 	// state: a status call that finds the same spares building the state.
 	seen reserveSeen
-	// checking: reserveSoon has a check running in the background.
-	checking bool
+	// checking is held by reserveSoon's check in the background: one at
+	// a time.
+	checking sync.Mutex
 }
 
 // reserveSeen is what a state was read from, short of reading it: the
@@ -115,7 +116,11 @@ func (rk *reserveKeeper) see(where reserveSeen, r *placement.Reserve, spec place
 // reserveFor returns the reserve of st for spec, computing it if the kept
 // one is for another state.
 func (l *Leader) reserveFor(st placement.State, spec placement.Spec) *placement.Reserve {
-	key := reserveKey(st, spec, nil)
+	return l.reserveAt(st, spec, reserveKey(st, spec, nil))
+}
+
+// reserveAt is reserveFor with st's key computed.
+func (l *Leader) reserveAt(st placement.State, spec placement.Spec, key uint64) *placement.Reserve {
 	rk := &l.reserve
 	rk.mu.Lock()
 	defer rk.mu.Unlock()
@@ -155,17 +160,14 @@ func (l *Leader) reserveSoon(st placement.State, spec placement.Spec) (r *placem
 	}
 	if rk.r == nil || rk.r.Spec() != spec {
 		rk.mu.Unlock()
-		return l.reserveFor(st, spec), true
+		return l.reserveAt(st, spec, key), true
 	}
-	stale, start := rk.r, !rk.checking
-	rk.checking = true
+	stale := rk.r
 	rk.mu.Unlock()
-	if start {
+	if rk.checking.TryLock() {
 		go func() {
-			l.reserveFor(st, spec)
-			rk.mu.Lock()
-			rk.checking = false
-			rk.mu.Unlock()
+			defer rk.checking.Unlock()
+			l.reserveAt(st, spec, key)
 		}()
 	}
 	return stale, false

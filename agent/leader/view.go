@@ -166,7 +166,6 @@ func (p *pendingStarts) add(group, owner string) func() {
 	}
 }
 
-// wait is closed when the pending start of group ends; nil when none is.
 // any reports whether a start is pending.
 func (p *pendingStarts) any() bool {
 	p.mu.Lock()
@@ -174,6 +173,7 @@ func (p *pendingStarts) any() bool {
 	return len(p.m) > 0
 }
 
+// wait is closed when the pending start of group ends; nil when none is.
 func (p *pendingStarts) wait(group string) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
