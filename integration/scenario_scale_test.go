@@ -461,12 +461,44 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 			row.killDisplaced++
 		}
 	}
+	// The leader's failover counters split the time in two: until it
+	// committed the last displaced group's failover, and from there until
+	// every one of them ran and reported it.
+	failovers := func() (count, seconds float64) {
+		for _, line := range strings.Split(scrape(t, leader), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 2 {
+				continue
+			}
+			v, _ := strconv.ParseFloat(f[1], 64)
+			switch {
+			case strings.HasPrefix(f[0], "haven_failover_duration_seconds_count{"):
+				count += v
+			case strings.HasPrefix(f[0], "haven_failover_duration_seconds_sum{"):
+				seconds += v
+			}
+		}
+		return count, seconds
+	}
+	count0, sum0 := failovers()
 	t0 := time.Now()
 	victim.kill()
+	decided := "not seen (the leader changed?)"
+	waitFor(t, 2*time.Minute, "the failovers committed", func() error {
+		if count, sum := failovers(); count-count0 >= float64(row.killDisplaced) {
+			decided = fmt.Sprintf("%s after, %.2f s after the victim's last grant on the mean",
+				time.Since(t0).Round(time.Millisecond), (sum-sum0)/(count-count0))
+			return nil
+		}
+		if st, err := leader.status(); err != nil || st.GetLeader() != leader.name {
+			return nil // no longer the leader: its counters tell nothing more
+		}
+		return errNotYet
+	})
 	c.allOnline(leader, names, 2*time.Minute, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
 	row.killRunning = time.Since(t0)
-	t.Logf("scenario scale N=%d: SIGKILL of %s, which held %d groups (%.1f %%): all running elsewhere %s after (failover_after %s)",
-		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), row.killRunning.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
+	t.Logf("scenario scale N=%d: SIGKILL of %s, which held %d groups (%.1f %%): failovers committed %s; all running elsewhere %s after (failover_after %s)",
+		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), decided, row.killRunning.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
 	victim.start()
 }
 
