@@ -456,11 +456,13 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 		t.Fatal(err)
 	}
 	victim := c.ownerOfSome(groups, leader)
+	var displaced []string
 	for _, g := range groups {
 		if g.GetOwner() == victim.name {
-			row.killDisplaced++
+			displaced = append(displaced, g.GetSpec().GetName())
 		}
 	}
+	row.killDisplaced = len(displaced)
 	// The leader's failover counters split the time in two: until it
 	// committed the last displaced group's failover, and from there until
 	// every one of them ran and reported it.
@@ -490,16 +492,50 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 				time.Since(t0).Round(time.Millisecond), (sum-sum0)/(count-count0))
 			return nil
 		}
-		if st, err := leader.status(); err != nil || st.GetLeader() != leader.name {
+		if st, err := leader.status(); err == nil && st.GetLeader() != leader.name {
 			return nil // no longer the leader: its counters tell nothing more
 		}
 		return errNotYet
 	})
-	c.allOnline(leader, names, 2*time.Minute, func(g *havenv1.Group) bool { return g.GetOwner() != victim.name })
+	c.displacedOnline(leader, displaced, victim.name, 2*time.Minute)
 	row.killRunning = time.Since(t0)
 	t.Logf("scenario scale N=%d: SIGKILL of %s, which held %d groups (%.1f %%): failovers committed %s; all running elsewhere %s after (failover_after %s)",
 		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), decided, row.killRunning.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
 	victim.start()
+}
+
+// displacedOnline waits until each of names is online on another node
+// than from, asking via for the groups not yet so, one by one. A complete
+// paged ListGroups of 10,000 groups every 50 ms (allOnline) kept the
+// leader busy listing while it failed the groups over, and its answer
+// came up to a second late.
+func (c *cluster) displacedOnline(via *node, names []string, from string, timeout time.Duration) {
+	t := c.t
+	left := names
+	waitFor(t, timeout, "displaced groups online elsewhere", func() error {
+		var still []string
+		var last error
+		for _, name := range left {
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := via.api().GetGroup(cctx, &havenv1.GetGroupRequest{Name: name})
+			cancel()
+			g := resp.GetGroup()
+			switch {
+			case err != nil:
+				last = err
+			case g.GetState() != havenv1.GroupState_GROUP_STATE_ONLINE || g.GetOwner() == from:
+				last = fmt.Errorf("group %s: %v owner %q epoch %d (%s)", name, g.GetState(), g.GetOwner(), g.GetEpoch(), g.GetStateReason())
+			default:
+				continue
+			}
+			still = append(still, name)
+		}
+		left = still
+		if len(left) > 0 {
+			return fmt.Errorf("%d groups not yet online elsewhere, as %w", len(left), last)
+		}
+		return nil
+	})
 }
 
 // killLeaderScale SIGKILLs the leader and times until a new leader grants

@@ -140,7 +140,7 @@ func Open(cfg Config, f StateMachine) (*Node, error) {
 		return nil, fmt.Errorf("raft state: %w", err)
 	}
 	n.bootstrapped = has
-	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	r, err := raft.NewRaft(rc, f, store, store, snaps, serialTransport{trans})
 	if err != nil {
 		return nil, fmt.Errorf("raft: %w", err)
 	}

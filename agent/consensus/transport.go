@@ -34,6 +34,27 @@ func newTransport(cfg Config, adv *net.TCPAddr, log hclog.Logger) (*raft.Network
 	}), nil
 }
 
+// serialTransport is Raft's network transport with the heartbeat fast
+// path off: a heartbeat goes to Raft's main goroutine like every other
+// RPC instead of being handled on the connection's goroutine. That path
+// runs appendEntries beside the main goroutine without a lock: a
+// heartbeat that checks the node's state just before the main goroutine
+// turns it candidate sets the old leader after the turn, and a candidate
+// that believes it has a leader refuses every (pre-)vote and keeps the
+// belief through each new campaign (nothing but a switch of state clears
+// it). With two of the five voters stuck so, the 100-agent scale scenario
+// had no leader for minutes and every guest froze at its lease end. The
+// same unsynchronized path is what hashicorp/raft#695 reports losing
+// committed entries through. The cost: a heartbeat waits while the main
+// goroutine writes the log or restores a snapshot.
+type serialTransport struct {
+	*raft.NetworkTransport
+}
+
+// SetHeartbeatHandler keeps the fast path off: without a handler the
+// transport hands heartbeats to Consumer.
+func (serialTransport) SetHeartbeatHandler(func(raft.RPC)) {}
+
 // TLS is the transport's mutual TLS: Server for the listener, Client for
 // the dialer (see internal/tlsutil).
 type TLS struct {
