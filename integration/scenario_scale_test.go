@@ -431,8 +431,13 @@ func snapshotFigures(t *testing.T, leader *node) (int64, time.Duration) {
 
 // profile saves a 30 s CPU profile of n's agent to path.
 func profile(t *testing.T, n *node, path string) {
+	pprofGet(t, n, "profile?seconds=30", path)
+}
+
+// pprofGet saves n's /debug/pprof/what to path.
+func pprofGet(t *testing.T, n *node, what, path string) {
 	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Get(fmt.Sprintf("http://%s:%d/debug/pprof/profile?seconds=30", n.cfg.BindAddr, n.cfg.Ports.Metrics))
+	resp, err := client.Get(fmt.Sprintf("http://%s:%d/debug/pprof/%s", n.cfg.BindAddr, n.cfg.Ports.Metrics, what))
 	if err != nil {
 		t.Logf("profile of %s: %v", n.name, err)
 		return
@@ -482,9 +487,36 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 		}
 		return count, seconds
 	}
+	// What every agent does in the minute after a node kill (at 100
+	// agents the load went past 100 and the leader stepped down): CPU
+	// profiles from the kill on, heaps at the end.
+	var profiled sync.WaitGroup
+	var watched []struct {
+		who string
+		n   *node
+	}
+	if *scaleProfiles != "" {
+		for _, p := range []struct {
+			who string
+			n   *node
+		}{{"leader", leader}, {"follower", c.quietFollower(leader, victim)}, {"outsider", c.outsider(leader, victim)}} {
+			if p.n != nil && p.n != victim {
+				watched = append(watched, p)
+			}
+		}
+	}
 	count0, sum0 := failovers()
 	t0 := time.Now()
 	victim.kill()
+	for _, p := range watched {
+		profiled.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-kill-%s.pprof", row.n, p.who))) })
+	}
+	defer func() {
+		profiled.Wait()
+		for _, p := range watched {
+			pprofGet(t, p.n, "heap", filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-kill-%s.heap", row.n, p.who)))
+		}
+	}()
 	decided := "not seen (the leader changed?)"
 	waitFor(t, 2*time.Minute, "the failovers committed", func() error {
 		if count, sum := failovers(); count-count0 >= float64(row.killDisplaced) {
