@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,6 +31,28 @@ func metric(t *testing.T, n *node, series string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// metricSums reads, from one scrape of an agent's /metrics, the sum of
+// each name's samples whatever their labels.
+func metricSums(t *testing.T, n *node, names ...string) []float64 {
+	t.Helper()
+	sums := make([]float64, len(names))
+	for _, line := range strings.Split(scrape(t, n), "\n") {
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, _, _ := strings.Cut(line[:sp], "{")
+		if i := slices.Index(names, name); i >= 0 {
+			f, err := strconv.ParseFloat(line[sp+1:], 64)
+			if err != nil {
+				t.Fatalf("%s: %q", name, line)
+			}
+			sums[i] += f
+		}
+	}
+	return sums
 }
 
 // TestMetrics: the leader's /metrics shows that it leads, the groups by

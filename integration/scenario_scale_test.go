@@ -303,13 +303,8 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 		time.AfterFunc(d/3, func() { // a third into the steady window
 			defer profiled.Done()
 			var each sync.WaitGroup
-			for _, p := range []struct {
-				who string
-				n   *node
-			}{{"leader", leader}, {"follower", c.quietFollower(leader, follower)}, {"outsider", c.outsider(leader, follower)}} {
-				if p.n != nil {
-					each.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s.pprof", row.n, p.who))) })
-				}
+			for _, p := range c.profiled(leader, follower) {
+				each.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s.pprof", row.n, p.who))) })
 			}
 			each.Wait()
 		})
@@ -375,6 +370,22 @@ func appliedByKind(t *testing.T, n *node) map[string]float64 {
 		}
 		kind, v, _ := strings.Cut(rest, `"} `)
 		out[kind], _ = strconv.ParseFloat(v, 64)
+	}
+	return out
+}
+
+// profiledNode is an agent the scenario profiles, named by its role.
+type profiledNode struct {
+	who string
+	n   *node
+}
+
+// profiled is the leader, a follower other than busy and an outsider,
+// those there are.
+func (c *cluster) profiled(leader, busy *node) []profiledNode {
+	out := []profiledNode{{"leader", leader}, {"follower", c.quietFollower(leader, busy)}}
+	if o := c.outsider(leader, busy); o != nil {
+		out = append(out, profiledNode{"outsider", o})
 	}
 	return out
 }
@@ -472,38 +483,16 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 	// committed the last displaced group's failover, and from there until
 	// every one of them ran and reported it.
 	failovers := func() (count, seconds float64) {
-		for _, line := range strings.Split(scrape(t, leader), "\n") {
-			f := strings.Fields(line)
-			if len(f) != 2 {
-				continue
-			}
-			v, _ := strconv.ParseFloat(f[1], 64)
-			switch {
-			case strings.HasPrefix(f[0], "haven_failover_duration_seconds_count{"):
-				count += v
-			case strings.HasPrefix(f[0], "haven_failover_duration_seconds_sum{"):
-				seconds += v
-			}
-		}
-		return count, seconds
+		v := metricSums(t, leader, "haven_failover_duration_seconds_count", "haven_failover_duration_seconds_sum")
+		return v[0], v[1]
 	}
 	// What every agent does in the minute after a node kill (at 100
 	// agents the load went past 100 and the leader stepped down): CPU
 	// profiles from the kill on, heaps at the end.
 	var profiled sync.WaitGroup
-	var watched []struct {
-		who string
-		n   *node
-	}
+	var watched []profiledNode
 	if *scaleProfiles != "" {
-		for _, p := range []struct {
-			who string
-			n   *node
-		}{{"leader", leader}, {"follower", c.quietFollower(leader, victim)}, {"outsider", c.outsider(leader, victim)}} {
-			if p.n != nil && p.n != victim {
-				watched = append(watched, p)
-			}
-		}
+		watched = slices.DeleteFunc(c.profiled(leader, victim), func(p profiledNode) bool { return p.n == victim })
 	}
 	count0, sum0 := failovers()
 	t0 := time.Now()

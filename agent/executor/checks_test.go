@@ -38,6 +38,12 @@ func (d *checkDriver) add(kernel string) {
 	d.kernels[kernel] = true
 }
 
+// record commits a node's report as the leader does.
+func record(l *fsmtest.Log, r *havenv1.ReportChecksRequest) {
+	l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
+		Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+}
+
 func kernelGroup(name, kernel string) *havenv1.GroupSpec {
 	spec := fsmtest.VMGroup(name)
 	spec.Resources[1].Vm.Kernel = kernel
@@ -57,9 +63,7 @@ func TestChecksReported(t *testing.T) {
 	e := New(Config{Node: "n1", State: l.FSM, Driver: d, Logger: logtest.New(t), CheckEvery: every,
 		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
 			sent = append(sent, r)
-			// As the leader does.
-			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
-				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			record(l, r)
 			return nil
 		}})
 	web := l.Create(kernelGroup("web", "/boot/a"))
@@ -118,8 +122,7 @@ func TestChecksRetried(t *testing.T) {
 			if fail {
 				return fmt.Errorf("no leader")
 			}
-			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
-				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			record(l, r)
 			return nil
 		}})
 	l.Create(kernelGroup("web", "/boot/a"))
@@ -156,8 +159,7 @@ func TestChecksBetweenFullPassesReadChangesOnly(t *testing.T) {
 	e := New(Config{Node: "n1", State: st, Driver: d, Logger: logtest.New(t), CheckEvery: time.Minute,
 		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
 			sent = append(sent, r)
-			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
-				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			record(l, r)
 			return nil
 		}})
 	const n = 50
@@ -204,8 +206,7 @@ func BenchmarkFullCheckPass(b *testing.B) {
 	}
 	e := New(Config{Node: "n1", State: l.FSM, Driver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, Logger: logtest.New(b), CheckEvery: time.Minute,
 		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
-			l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
-				Name: r.GetNode(), CheckedIndex: r.GetCheckedIndex(), CannotRun: r.GetCannotRun()}}})
+			record(l, r)
 			return nil
 		}})
 	var cs checkState
