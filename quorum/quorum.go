@@ -74,7 +74,13 @@ type Options struct {
 }
 
 // Plan returns the configuration changes that move the cluster towards its
-// target, in the order to apply them: adds, promotions, demotions, removals.
+// target, in the order to apply them: adds; the dead voters' demotions and
+// the removals; promotions; the live voters' demotions. A dead vote goes
+// before a promotion because Raft commits each change, and elects, by the
+// newest configuration, and gossip may call a node alive that has just
+// died: voters n1..n3 with n2 dead, promoting n4 first needs 3 of 4 votes,
+// and with n4 dead too that configuration never commits and no leader is
+// ever elected again; demoting n2 first needs 2 of 2, then 2 of 3.
 //
 // The target: every live node is in the configuration; the voters are all
 // live voters (a live voter is never demoted unless there are more than
@@ -125,7 +131,7 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 		}
 	}
 	adds = addsWithin(outside, srv, members, opt.MaxMembers)
-	// Reap first in the decision, last in the order: a reaped node drops
+	// Reap first in the decision: a reaped node drops
 	// out of every other rule. A voter dead for less than the stabilization
 	// time keeps its vote (gossip may be wrong); one dead for longer loses
 	// it unless keeping it makes the count odd.
@@ -157,6 +163,14 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 	// and only as many as leave an odd count: with one candidate stable and
 	// another still stabilizing, 3 voters stay 3 rather than become 4.
 	k := min(target-len(voters), len(candidates), opt.MaxVoters-len(voters)-len(freshDead))
+	if len(voters) >= 2 {
+		// Gossip may call a node alive that has just died: promote no
+		// more than the live voters can outvote should every promoted
+		// node be dead, so that the configuration still commits (2 live
+		// voters promote one, 3 promote two). A lone voter has no such
+		// choice; its first promotion needs the promoted node's vote.
+		k = min(k, len(voters)-1-len(freshDead))
+	}
 	if k > 0 && (len(voters)+len(freshDead)+k)%2 == 0 {
 		k--
 	}
@@ -171,19 +185,21 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 	if n := len(voters) + len(freshDead); n%2 == 0 && len(staleDead) > 0 && n < opt.MaxVoters {
 		keep = 1
 	}
+	var drops []Change
 	for _, s := range staleDead[keep:] {
-		demotes = append(demotes, Change{Demote, s.ID, "failed; its vote would count against the majority"})
+		drops = append(drops, Change{Demote, s.ID, "failed; its vote would count against the majority"})
 	}
-	if len(promotes)+len(demotes) == 0 && len(freshDead) == 0 {
+	if len(promotes)+len(demotes)+len(drops) == 0 && len(freshDead) == 0 {
 		if c, v, ok := spreadSwap(voters, candidates, leader); ok {
 			why := fmt.Sprintf("losing site %q would take a majority of the votes with it", v.Site)
 			promotes = append(promotes, Change{Promote, c.ID, why})
 			demotes = append(demotes, Change{Demote, v.ID, why})
 		}
 	}
-	out := append(adds, promotes...)
-	out = append(out, demotes...)
-	return append(out, removes...)
+	out := append(adds, drops...)
+	out = append(out, removes...)
+	out = append(out, promotes...)
+	return append(out, demotes...)
 }
 
 // pickSpread picks the candidate that best spreads voters over sites: from

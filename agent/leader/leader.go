@@ -331,7 +331,8 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 	const every = 100 * time.Millisecond
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	last := time.Now()
+	stalls := newStallWatch(every, time.Now())
+	go stalls.run(ctx, stop)
 	// The passes after the failover look read every group. They run when
 	// the FSM has changed, and once a second anyway for what changes
 	// without it: a node renewing again, a failback window opening, a
@@ -350,13 +351,12 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		case <-tick.C:
 		}
 		now := time.Now()
-		if now.Sub(last) > 5*every {
+		if gap, ok := stalls.take(now); ok {
 			// This process could not run (SIGSTOP, starvation): nodes
 			// could not renew with it either.
-			l.log.Warn("leader stalled; restarting every node's silence", "stalled", now.Sub(last).Round(time.Millisecond))
+			l.log.Warn("leader stalled; restarting every node's silence", "stalled", gap.Round(time.Millisecond))
 			l.leases.Stalled(now)
 		}
-		last = now
 		l.failover(t, now)
 		idx := l.state.Index()
 		if idx == passedAt && now.Sub(passed) < passesAnyway {
