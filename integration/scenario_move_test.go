@@ -252,12 +252,18 @@ func logTime(t *testing.T, n *node, msg string, fields ...string) time.Time {
 		if !allIn(padded, fields) {
 			continue
 		}
-		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
-		if x, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+		if x, ok := lineTime(line); ok {
 			at = x
 		}
 	}
 	return at
+}
+
+// lineTime reads the time of a line of an agent's log (log/slog's text).
+func lineTime(line string) (time.Time, bool) {
+	ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	return at, err == nil
 }
 
 func allIn(line string, fields []string) bool {
