@@ -80,27 +80,18 @@ func (l *Leader) balanceLoop(ctx context.Context, t *term, stop <-chan struct{})
 	if every <= 0 {
 		every = defaultBalanceInterval
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	var last uint64
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	tickUntil(ctx, stop, every, func() {
 		st := l.placementState()
 		key := stateKey(st, l.reserveSpec(st))
 		if key == last {
-			continue
+			return
 		}
 		p, _ := l.proposal(t, mode, false, false, time.Now())
 		if len(p.Moves) == 0 {
 			last = key
 			log.Debug("nothing to move", "imbalance", fmt.Sprintf("%.4f", p.Before), "why", p.Stopped)
-			continue
+			return
 		}
 		if !p.Execute {
 			last = key
@@ -108,12 +99,12 @@ func (l *Leader) balanceLoop(ctx context.Context, t *term, stop <-chan struct{})
 			for _, m := range p.Moves {
 				log.Info("recommended move", "group", m.Group, "from", m.From, "to", m.To, "why", m.Why)
 			}
-			continue
+			return
 		}
 		// Automatic: looked at again next tick, whether or not moves
 		// were in flight this time.
 		if n := l.execute(t, p); n > 0 {
 			log.Info("balancer moves groups", "started", n, "proposed", len(p.Moves), "imbalance_before", fmt.Sprintf("%.4f", p.Before), "imbalance_after", fmt.Sprintf("%.4f", p.After))
 		}
-	}
+	})
 }

@@ -329,8 +329,6 @@ func (l *Leader) lead(ctx context.Context, t *term, stop chan struct{}) {
 // is applied.
 func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) {
 	const every = 100 * time.Millisecond
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	stalls := newStallWatch(every, time.Now())
 	go stalls.run(ctx, stop)
 	// The passes after the failover look read every group. They run when
@@ -342,14 +340,7 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 	const passesAnyway = time.Second
 	var passedAt uint64
 	var passed time.Time
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	tickUntil(ctx, stop, every, func() {
 		now := time.Now()
 		if gap, ok := stalls.take(now); ok {
 			// This process could not run (SIGSTOP, starvation): nodes
@@ -360,7 +351,7 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		l.failover(t, now)
 		idx := l.state.Index()
 		if idx == passedAt && now.Sub(passed) < passesAnyway {
-			continue
+			return
 		}
 		passedAt, passed = idx, now
 		if mv := l.termMoves(t); mv != nil {
@@ -369,7 +360,7 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		l.failback(t, now)
 		l.drain(t, now)
 		l.placeWaiting(t)
-	}
+	})
 }
 
 // apply commits c and returns the FSM's refusal as an error.

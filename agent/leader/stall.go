@@ -28,7 +28,13 @@ func newStallWatch(every time.Duration, now time.Time) *stallWatch {
 
 // run ticks until stop or ctx ends.
 func (w *stallWatch) run(ctx context.Context, stop <-chan struct{}) {
-	tick := time.NewTicker(w.every)
+	tickUntil(ctx, stop, w.every, func() { w.tick(time.Now()) })
+}
+
+// tickUntil calls f at each tick of every, one call at a time, until stop
+// closes or ctx ends: the shape of the leader's duty loops.
+func tickUntil(ctx context.Context, stop <-chan struct{}, every time.Duration, f func()) {
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -37,8 +43,8 @@ func (w *stallWatch) run(ctx context.Context, stop <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			w.tick(time.Now())
 		}
+		f()
 	}
 }
 
