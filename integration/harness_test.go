@@ -449,7 +449,8 @@ func waitEvery(t *testing.T, timeout, every time.Duration, what string, cond fun
 //
 // A poll asks every node at once, so it pauses 10 ms per node between
 // polls: at 100 agents a status call to each of them every 50 ms (each
-// counting 10,000 groups) was load enough to take the leader's quorum.
+// counting 10,000 groups) kept about 100 processes runnable on 2 cores,
+// and the leader lost its quorum soon after it began.
 func (c *cluster) leader(timeout time.Duration) *node {
 	c.t.Helper()
 	var leader *node

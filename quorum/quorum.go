@@ -131,10 +131,10 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 		}
 	}
 	adds = addsWithin(outside, srv, members, opt.MaxMembers)
-	// Reap first in the decision: a reaped node drops
-	// out of every other rule. A voter dead for less than the stabilization
-	// time keeps its vote (gossip may be wrong); one dead for longer loses
-	// it unless keeping it makes the count odd.
+	// Reap first in the decision: a reaped node drops out of every other
+	// rule. A voter dead for less than the stabilization time keeps its
+	// vote (gossip may be wrong); one dead for longer loses it unless
+	// keeping it makes the count odd.
 	var freshDead, staleDead []Server
 	for _, s := range dead {
 		switch {
