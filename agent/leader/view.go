@@ -121,8 +121,8 @@ func (l *Leader) placementState() placement.State {
 	// is applied and whose pending entry ends between the two reads would
 	// otherwise be in neither, and a concurrent start admitted beside it
 	// (TestConcurrentStartsSeePendingOnes saw 8 groups where the reserve
-	// left room for 7, once in CI). Read in this order, it is in one or
-	// both.
+	// left room for 7, once in CI; TestPlacementStateSeesAStartEndingAsItReads).
+	// Read in this order, it is in one or both.
 	pending := l.pending.assignments()
 	groups := l.state.Groups()
 	st := buildState(nodes, groups, alive, l.cfg.CPUOvercommit, l.cfg.DirtyRate, time.Now())

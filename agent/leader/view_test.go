@@ -367,3 +367,44 @@ func TestReserveIgnoresGroupsWithNoNode(t *testing.T) {
 		t.Errorf("plan for n3's loss: %+v, want zz restarted", plan.Moves)
 	}
 }
+
+// groupsRead runs after once, right after the first read of the groups.
+type groupsRead struct {
+	State
+	after func()
+}
+
+func (r *groupsRead) Groups() []*havenv1.Group {
+	gs := r.State.Groups()
+	if f := r.after; f != nil {
+		r.after = nil
+		f()
+	}
+	return gs
+}
+
+// TestPlacementStateSeesAStartEndingAsItReads: a start whose commit is
+// applied, and whose pending entry ends, just after the placement state
+// read the groups is still in that state, as pending; read the other way
+// round it was in neither, and a concurrent start was admitted beside it.
+func TestPlacementStateSeesAStartEndingAsItReads(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.Create(sized("g", 4))
+	g := tl.state.Group("g")
+	done := tl.pending.add("g", "n2")
+	tl.state = &groupsRead{State: tl.state, after: func() {
+		if err := tl.apply(&havenv1.Command{Cmd: &havenv1.Command_AssignGroup{AssignGroup: &havenv1.AssignGroupCommand{
+			Name: "g", ExpectEpoch: g.GetEpoch(), ExpectDesiredIndex: g.GetDesiredIndex(), Owner: "n2",
+			State: havenv1.GroupState_GROUP_STATE_STARTING, Desired: havenv1.DesiredState_DESIRED_STATE_RUN,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		done()
+	}}
+	if got := tl.placementState().Assign["g"]; got != "n2" {
+		t.Fatalf("g is assigned to %q in the placement state, want n2", got)
+	}
+	if got := tl.state.Group("g").GetOwner(); got != "n2" {
+		t.Fatalf("g's start was not applied (owner %q)", got)
+	}
+}
