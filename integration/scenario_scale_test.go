@@ -522,8 +522,7 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 	polled := time.Since(t0)
 	// The answers above come late on a loaded machine (the metrics page
 	// and the GetGroups queue behind everything else): the figures are
-	// read where they happened, in the leader's log and the groups'
-	// execution logs.
+	// read where they happened, in the leader's log and the new owners'.
 	committed := "not in its log"
 	if at := logTime(t, leader, "group failed over", "from="+victim.name); !at.IsZero() {
 		committed = at.Sub(t0).Round(time.Millisecond).String()

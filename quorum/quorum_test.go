@@ -218,23 +218,25 @@ func checkRound(t *testing.T, seed int64, servers []Server) ([]Server, bool) {
 // is the exception: its first promotion needs the promoted node's vote,
 // whatever the order.
 func committable(servers []Server, plan []Change) (string, bool) {
+	trusted := map[string]bool{}
+	voters := 0
+	for _, s := range servers {
+		trusted[s.ID] = s.Alive && s.Voter
+		if s.Voter {
+			voters++
+		}
+	}
 	ok := func(ss []Server) bool {
 		voters, live := 0, 0
 		for _, s := range ss {
 			if s.Voter {
 				voters++
-				if s.Alive && s.InConfig && wasLiveVoter(servers, s.ID) {
+				if trusted[s.ID] {
 					live++
 				}
 			}
 		}
 		return 2*live > voters
-	}
-	voters := 0
-	for _, s := range servers {
-		if s.Voter {
-			voters++
-		}
 	}
 	if voters < 2 || !ok(servers) {
 		return "", true
@@ -245,15 +247,6 @@ func committable(servers []Server, plan []Change) (string, bool) {
 		}
 	}
 	return "", true
-}
-
-func wasLiveVoter(servers []Server, id string) bool {
-	for _, s := range servers {
-		if s.ID == id {
-			return s.Alive && s.Voter
-		}
-	}
-	return false
 }
 
 func TestBootstrap(t *testing.T) {
