@@ -239,24 +239,25 @@ func (b *moveBench) ticksAround(from, to string, fromEpoch, toEpoch uint64) (las
 // every field (key=value, as slog writes it); zero if there is none.
 func logTime(t *testing.T, n *node, msg string, fields ...string) time.Time {
 	t.Helper()
+	at, _ := lineTime(logLine(t, n, msg, fields...))
+	return at
+}
+
+// logLine is the last line of n's log with message msg and every one of
+// fields ("key=value"), or "" when there is none.
+func logLine(t *testing.T, n *node, msg string, fields ...string) string {
+	t.Helper()
 	data, err := os.ReadFile(n.proc.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var at time.Time
+	var last string
 	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, ` msg="`+msg+`"`) {
-			continue
-		}
-		padded := line + " "
-		if !allIn(padded, fields) {
-			continue
-		}
-		if x, ok := lineTime(line); ok {
-			at = x
+		if strings.Contains(line, ` msg="`+msg+`"`) && allIn(line+" ", fields) {
+			last = line
 		}
 	}
-	return at
+	return last
 }
 
 // lineTime reads the time of a line of an agent's log (log/slog's text).

@@ -527,6 +527,14 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 	if at := logTime(t, leader, "group failed over", "from="+victim.name); !at.IsZero() {
 		committed = at.Sub(t0).Round(time.Millisecond).String()
 	}
+	// The leader's own account of the time from the victim's last grant
+	// to the commit: how late its look began, then the lock, the
+	// decision and the commit.
+	took := "not in its log"
+	if line := logLine(t, leader, "node's groups failed over", "node="+victim.name); line != "" {
+		took = strings.Join([]string{logField(line, "silent_for"), logField(line, "lock_wait"), logField(line, "decide"), logField(line, "commit")}, " / ")
+	}
+	t.Logf("scenario scale N=%d: the leader's failover of %s: silent for / lock wait / decision / commit: %s", row.n, victim.name, took)
 	row.killRunning = c.ranElsewhere(displaced, victim.name, t0).Sub(t0)
 	t.Logf("scenario scale N=%d: SIGKILL of %s, which held %d groups (%.1f %%): failovers committed %s after by the leader's log (its metrics: %s); all running elsewhere %s after by the agents' logs, %s by the API (failover_after %s)",
 		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), committed, decided,

@@ -45,6 +45,7 @@ func (l *Leader) failover(t *term, now time.Time) {
 	sortByPriority(moving)
 	l.placeMu.Lock()
 	defer l.placeMu.Unlock()
+	locked := time.Now()
 	var restart, failed []string
 	fences, silent := map[string]*havenv1.NodeFence{}, map[string]time.Time{}
 	for _, g := range moving {
@@ -74,6 +75,7 @@ func (l *Leader) failover(t *term, now time.Time) {
 	for _, o := range failed {
 		fenced = append(fenced, fences[o])
 	}
+	planned := time.Now()
 	errs := l.assignAll(cmds, fenced)
 	committed := time.Now()
 	took := map[string]bool{}
@@ -94,6 +96,13 @@ func (l *Leader) failover(t *term, now time.Time) {
 	for _, o := range failed {
 		if took[o] {
 			l.cfg.Metrics.Fenced()
+			// Where the time from the node's last grant went: silent_for
+			// is the silence when this look began (failover_after plus
+			// how late the look was), then the wait for the other
+			// placement decisions, this one's, and its commit.
+			l.log.Info("node's groups failed over", "node", o, "groups", len(fences[o].Groups),
+				"silent_for", now.Sub(silent[o]).Round(time.Millisecond), "lock_wait", locked.Sub(now).Round(time.Millisecond),
+				"decide", planned.Sub(locked).Round(time.Millisecond), "commit", committed.Sub(planned).Round(time.Millisecond))
 		}
 	}
 }
