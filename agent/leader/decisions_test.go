@@ -2,7 +2,11 @@ package leader
 
 import (
 	"context"
+	"fmt"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -420,4 +424,97 @@ func TestSteadyLeaderReadsEveryGroupOnceASecond(t *testing.T) {
 	// A committed change gets its pass at the next tick, not a second later.
 	tl.raft.Log.StartOn("db", "n3")
 	waitfor.Cond(t, 500*time.Millisecond, "a pass after the FSM changed", func() bool { return cs.groups.Load() > steady })
+}
+
+// dutyReads records which of the leader's duties read every group, in
+// order, with whether web had left n2 by then; the first read after arm
+// lasts until slowUntil, a slow duty.
+type dutyReads struct {
+	State
+	mu        sync.Mutex
+	armed     bool
+	slowUntil time.Time
+	reads     []string
+}
+
+func (d *dutyReads) arm(until time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.armed, d.slowUntil = true, until
+}
+
+func (d *dutyReads) Groups() []*havenv1.Group {
+	duty := callingDuty()
+	d.mu.Lock()
+	slow := d.armed
+	d.armed = false
+	d.reads = append(d.reads, fmt.Sprintf("%s (web on %s)", duty, d.State.Group("web").GetOwner()))
+	until := d.slowUntil
+	d.mu.Unlock()
+	if slow {
+		time.Sleep(time.Until(until)) // the slow duty itself
+	}
+	return d.State.Groups()
+}
+
+func (d *dutyReads) seen() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.reads)
+}
+
+// callingDuty names the duty of the leader's loop on the stack.
+func callingDuty() string {
+	pcs := make([]uintptr, 32)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	for {
+		f, more := frames.Next()
+		for _, duty := range []string{"failover", "resolveMoves", "failback", "drain", "placeWaiting"} {
+			if strings.HasSuffix(f.Function, ".(*Leader)."+duty) {
+				return duty
+			}
+		}
+		if !more {
+			return "?"
+		}
+	}
+}
+
+// A failover that falls due while a duty of the leader's pass is slow (a
+// pass over 10,000 groups takes up to a second) is decided as soon as that
+// duty ends, before the next duty, not after the whole pass.
+func TestFailoverDueDuringASlowDutyGoesBeforeTheNext(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.raft.Log.StartOn("web", "n2")
+	// n2 has been silent since the office began; it falls due in 400 ms.
+	office := time.Now().Add(-(testLease.FailoverAfter - 400*time.Millisecond))
+	tl.leases.Begin(office, 2)
+	tl.leases.Ready()
+	due := office.Add(testLease.FailoverAfter)
+	reads := &dutyReads{State: tl.state}
+	tl.state = reads
+	// The first pass's first read of every group lasts until 200 ms
+	// past the failover time.
+	reads.arm(due.Add(200 * time.Millisecond))
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { tl.groupsLoop(context.Background(), tl.term, stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	waitfor.Cond(t, 10*time.Second, "web failed over and a duty after", func() bool {
+		seen := reads.seen()
+		return len(seen) > 0 && !strings.HasSuffix(seen[len(seen)-1], "(web on n2)")
+	})
+	// After the slow read (and the slow duty's own other reads), the
+	// next read is the failover's (its restart plan), then the other
+	// duties go on with web moved.
+	seen := reads.seen()
+	slowDuty, _, _ := strings.Cut(seen[0], " ")
+	for i, r := range seen[1:] {
+		if strings.HasPrefix(r, "failover ") || strings.HasPrefix(r, slowDuty+" ") {
+			continue
+		}
+		if strings.HasSuffix(r, "(web on n2)") {
+			t.Fatalf("read %d, after the slow one, was %q: a duty ran before the failover due during the slow one (reads: %q)", i+2, r, seen)
+		}
+		break
+	}
 }

@@ -340,7 +340,11 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 	const passesAnyway = time.Second
 	var passedAt uint64
 	var passed time.Time
-	tickUntil(ctx, stop, every, func() {
+	// The failover look runs before each duty of the pass, not only
+	// between passes: at 10,000 groups a pass can take a second, and a
+	// failover due meanwhile would wait for all of it. Each duty still
+	// sees the failovers decided before it, as at the start of a tick.
+	look := func() {
 		now := time.Now()
 		if gap, ok := stalls.take(now); ok {
 			// This process could not run (SIGSTOP, starvation): nodes
@@ -349,6 +353,10 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 			l.leases.Stalled(now)
 		}
 		l.failover(t, now)
+	}
+	tickUntil(ctx, stop, every, func() {
+		look()
+		now := time.Now()
 		idx := l.state.Index()
 		if idx == passedAt && now.Sub(passed) < passesAnyway {
 			return
@@ -356,9 +364,12 @@ func (l *Leader) groupsLoop(ctx context.Context, t *term, stop <-chan struct{}) 
 		passedAt, passed = idx, now
 		if mv := l.termMoves(t); mv != nil {
 			l.resolveMoves(mv)
+			look()
 		}
-		l.failback(t, now)
-		l.drain(t, now)
+		l.failback(t, time.Now())
+		look()
+		l.drain(t, time.Now())
+		look()
 		l.placeWaiting(t)
 	})
 }
