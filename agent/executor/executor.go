@@ -241,7 +241,8 @@ func signal(ch chan struct{}) {
 func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	// A freeze this grant ends is noted before the grant, under the lease
 	// it froze under.
-	e.noteStates(e.drv.List(), time.Now())
+	vms := e.drv.List()
+	e.noteStates(vms, time.Now())
 	e.mu.Lock()
 	// Without a lease in force before this grant (the first, or the last
 	// ran out) no VM could start: now they can.
@@ -256,14 +257,21 @@ func (e *Executor) Granted(end time.Time, groups []*havenv1.GroupEpoch) {
 	}
 	e.confirmed = confirmed
 	e.mu.Unlock()
-	for _, st := range e.drv.List() {
+	thawing := false
+	for _, st := range vms {
 		if ep, ok := e.confirmedEpoch(st.ID.Group); ok && ep == st.Epoch && (st.State == driver.StateRunning || st.State == driver.StateFrozen) {
 			if err := e.drv.ExtendLease(st.ID, st.Epoch, end); err != nil && !errors.Is(err, driver.ErrLeaseExpired) {
 				e.log.Warn("lease extension refused", "vm", st.ID.String(), "epoch", st.Epoch, "error", err)
 			}
+			thawing = thawing || st.State == driver.StateFrozen
 		}
 	}
-	e.noteStates(e.drv.List(), time.Now())
+	// Only a VM frozen before the extension can have thawed: a grant that
+	// found none frozen (every grant of a steady node) lists the VMs once,
+	// not three times (a twentieth of an idle agent's CPU at 64 agents).
+	if thawing {
+		e.noteStates(e.drv.List(), time.Now())
+	}
 	// A grant in time that confirms what the last one did changes no
 	// plan: a VM it thawed is a change of the driver's, which wakes a
 	// steady executor (driver.Watched) or shows at the next pass.
