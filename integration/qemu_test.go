@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -649,11 +650,26 @@ func TestQemuHeldImage(t *testing.T) {
 	holder := exec.Command("qemu-system-x86_64", "-nodefaults", "-display", "none", "-S", "-accel", "tcg",
 		"-blockdev", `{"driver":"raw","node-name":"d","file":{"driver":"file","filename":"`+filepath.Join(qc.dir, "shared", root.GetDisk().GetPath())+`"}}`,
 		"-device", "virtio-scsi-pci,id=s", "-device", "scsi-hd,drive=d,bus=s.0")
+	var holderOut bytes.Buffer
+	holder.Stdout, holder.Stderr = &holderOut, &holderOut
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	held := make(chan error, 1)
+	go func() { held <- holder.Wait() }()
+	t.Cleanup(func() {
+		holder.Process.Kill()
+		<-held
+	})
+	// A holder that exits never locks: say why at once (CI once waited
+	// the 30 s out with nothing to show), not after the wait.
 	waitFor(t, 30*time.Second, "the holder to lock the image", func() error {
+		select {
+		case err := <-held:
+			held <- err // for the cleanup's receive
+			t.Fatalf("the holder exited before it locked the image: %v: %s", err, holderOut.String())
+		default:
+		}
 		if !qc.locked(root) {
 			return fmt.Errorf("not locked yet")
 		}
