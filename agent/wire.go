@@ -86,6 +86,8 @@ func (a *Agent) gossipConfig() heartbeat.Config {
 func (a *Agent) wireDuties() {
 	a.leases = lease.NewTable(a.cfg.Lease.profiles(), a.cfg.Site, a.fsm, a.raft.VerifyLeader)
 	a.leases.Metrics = a.metrics
+	// Raft heartbeats every member each tenth of its heartbeat timeout.
+	a.leases.VerifyEvery = a.cfg.Raft.HeartbeatTimeout / 10
 	p, r := a.cfg.Placement, a.cfg.Raft
 	a.leader = leader.New(leader.Config{
 		Name: a.cfg.Name, State: a.fsm, Raft: a.raft, Members: a.gossip, Leases: a.leases, Movers: movers{a},

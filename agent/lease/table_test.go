@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,5 +205,44 @@ func TestGrantByPath(t *testing.T) {
 		if got := time.Duration(resp.GetLeaseMillis()) * time.Millisecond; got != want {
 			t.Errorf("%s granted %s, want %s", node, got, want)
 		}
+	}
+}
+
+// Renewals that arrive within VerifyEvery of a verification share the
+// next one: forty renewals over 400 ms cost a handful of verifications,
+// not forty (each one makes Raft heartbeat every member), and every one
+// of them is granted.
+func TestVerificationsAreSpaced(t *testing.T) {
+	var verified atomic.Int32
+	tb := NewTable(testConfig, "a", fsmtest.New(t).FSM, func() error { verified.Add(1); return nil })
+	const every = 100 * time.Millisecond
+	tb.VerifyEvery = every
+	tb.Begin(time.Now(), 1)
+	tb.Ready()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { tb.Serve(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+
+	const n = 40
+	errs := make(chan error, n)
+	start := time.Now()
+	for i := range n {
+		time.Sleep(10 * time.Millisecond) // deliberate: renewals spread over 400 ms
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := tb.Renew(ctx, fmt.Sprintf("n%d", i))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("renewal: %v", err)
+		}
+	}
+	// One verification per started VerifyEvery, and the first at once.
+	if most := int32(time.Since(start)/every) + 2; verified.Load() > most {
+		t.Fatalf("%d verifications for %d renewals in %s, want at most %d", verified.Load(), n, time.Since(start).Round(time.Millisecond), most)
 	}
 }
