@@ -460,7 +460,13 @@ func (f *FSM) GroupsFor(node string) []*havenv1.Group {
 		out = append(out, f.st.groups[name])
 	}
 	for _, op := range f.st.ops {
-		if g := f.st.groups[op.GetGroup()]; InFlight(op) && op.GetTarget() == node && g != nil && g.GetOwner() != node {
+		// The kept finished moves outnumber those in flight: rule them
+		// out before the lookup (every renewal asks, 80 a second at 100
+		// agents).
+		if !InFlight(op) || op.GetTarget() != node {
+			continue
+		}
+		if g := f.st.groups[op.GetGroup()]; g != nil && g.GetOwner() != node {
 			out = append(out, g)
 		}
 	}
