@@ -263,3 +263,19 @@ func TestPickPrefersOwnConfiguration(t *testing.T) {
 		t.Fatalf("with the members named, picked %q, want n5", m)
 	}
 }
+
+// A follower picks the leader only when no other member is left to try:
+// the leader has the cluster's renewals and decisions to serve.
+func TestPickLeavesTheLeaderLast(t *testing.T) {
+	f := &Follower{Self: "n9", members: []string{"n1", "n2", "n3"}, leader: "n2"}
+	failed := map[string]bool{}
+	for range 100 {
+		if m := f.pick(failed); m == "n2" {
+			t.Fatal("picked the leader n2 while n1 and n3 were untried")
+		}
+	}
+	failed["n1"], failed["n3"] = true, true
+	if m := f.pick(failed); m != "n2" {
+		t.Fatalf("with n1 and n3 failed, picked %q, want the leader n2", m)
+	}
+}

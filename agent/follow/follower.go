@@ -66,6 +66,7 @@ type Follower struct {
 	Logger *slog.Logger
 
 	members []string
+	leader  string // as the last member heard named it
 }
 
 // Run follows the log whenever Raft is silent, until ctx ends.
@@ -133,6 +134,7 @@ func (f *Follower) follow(ctx context.Context, member string) error {
 		if len(resp.GetMembers()) > 0 {
 			f.members = resp.GetMembers()
 		}
+		f.leader = resp.GetLeader()
 		f.Raft.SetFollowed(consensus.Followed{Leader: resp.GetLeader(), Members: resp.GetMembers(), Voters: resp.GetVoters()})
 		if len(resp.GetSnapshot()) > 0 || resp.GetSnapshotDone() {
 			snap.Write(resp.GetSnapshot())
@@ -154,13 +156,19 @@ func (f *Follower) follow(ctx context.Context, member string) error {
 }
 
 // pick chooses a member to follow at random, so followers spread over
-// the members; before any member named the configuration, a peer, of the
+// the members, the leader last: it answers every renewal and commits
+// every decision, and at 100 agents the dozen streams it served were
+// what it could least afford when a member died and their followers came
+// over. Before any member named the configuration, a peer, of the
 // Preferred ones while any of them is untried.
 func (f *Follower) pick(failed map[string]bool) string {
 	untried := func(from []string) []string {
 		return slices.DeleteFunc(slices.Clone(from), func(m string) bool { return m == f.Self || failed[m] })
 	}
 	from := untried(f.members)
+	if others := slices.DeleteFunc(slices.Clone(from), func(m string) bool { return m == f.leader }); len(others) > 0 {
+		from = others
+	}
 	if len(f.members) == 0 && f.Peers != nil {
 		from = untried(f.Peers())
 		if f.Preferred != nil {
