@@ -18,6 +18,16 @@ import (
 // scrape returns an agent's /metrics text.
 func scrape(t *testing.T, n *node) string {
 	t.Helper()
+	text, err := tryScrape(n)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", n.name, err)
+	}
+	return text
+}
+
+// tryScrape is scrape for a caller that can go on without the page: an
+// agent on a loaded machine may answer late.
+func tryScrape(n *node) (string, error) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	if n.c.lab != nil {
 		// The agent listens inside its host's namespace.
@@ -27,14 +37,11 @@ func scrape(t *testing.T, n *node) string {
 	}
 	resp, err := c.Get(fmt.Sprintf("http://%s:%d/metrics", n.cfg.BindAddr, n.cfg.Ports.Metrics))
 	if err != nil {
-		t.Fatalf("scrape %s: %v", n.name, err)
+		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(b), err
 }
 
 // histogram is a Prometheus histogram's cumulative buckets, summed over

@@ -33,12 +33,12 @@ func metric(t *testing.T, n *node, series string) (float64, bool) {
 	return 0, false
 }
 
-// metricSums reads, from one scrape of an agent's /metrics, the sum of
-// each name's samples whatever their labels.
-func metricSums(t *testing.T, n *node, names ...string) []float64 {
+// sumMetrics sums, in a scraped /metrics page, each name's samples
+// whatever their labels.
+func sumMetrics(t *testing.T, page string, names []string) []float64 {
 	t.Helper()
 	sums := make([]float64, len(names))
-	for _, line := range strings.Split(scrape(t, n), "\n") {
+	for _, line := range strings.Split(page, "\n") {
 		sp := strings.LastIndexByte(line, ' ')
 		if sp < 0 || strings.HasPrefix(line, "#") {
 			continue

@@ -182,8 +182,8 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 		n, groups, created.Round(time.Millisecond), row.online.Round(time.Millisecond), float64(groups)/row.online.Seconds())
 
 	c.measureSteady(&row, leader, names, before, steady)
-	c.killNodeScale(&row, leader, names)
-	c.killLeaderScale(&row, names)
+	stopWatch := c.killNodeScale(&row, leader, names)
+	c.killLeaderScale(&row, names, stopWatch)
 	c.checkInvariants(names)
 	t.Logf("scenario scale row: %s", strings.Split(scaleTable([]scaleRow{row}), "\n")[2])
 	return row
@@ -465,7 +465,7 @@ func pprofGet(t *testing.T, n *node, what, path string) {
 
 // killNodeScale SIGKILLs a follower holding groups and times until every
 // group it held runs elsewhere; then restarts it.
-func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
+func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (stopWatch func()) {
 	t := c.t
 	groups, err := groupStates(leader)
 	if err != nil {
@@ -482,9 +482,15 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 	// The leader's failover counters split the time in two: until it
 	// committed the last displaced group's failover, and from there until
 	// every one of them ran and reported it.
-	failovers := func() (count, seconds float64) {
-		v := metricSums(t, leader, "haven_failover_duration_seconds_count", "haven_failover_duration_seconds_sum")
-		return v[0], v[1]
+	// A scrape that fails is a poll that tells nothing: at 100 agents
+	// the leader's page came later than the scrape's 5 s after the kill.
+	failovers := func() (count, seconds float64, err error) {
+		page, err := tryScrape(leader)
+		if err != nil {
+			return 0, 0, err
+		}
+		v := sumMetrics(t, page, []string{"haven_failover_duration_seconds_count", "haven_failover_duration_seconds_sum"})
+		return v[0], v[1], nil
 	}
 	// What every agent does in the minute after a node kill (at 100
 	// agents the load went past 100 and the leader stepped down): CPU
@@ -494,7 +500,15 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 	if *scaleProfiles != "" {
 		watched = slices.DeleteFunc(c.profiled(leader, victim), func(p profiledNode) bool { return p.n == victim })
 	}
-	count0, sum0 := failovers()
+	count0, sum0, err := failovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both watches go on past the victim's restart: at 100 agents the
+	// leader lost its lease after that, not during the failover.
+	watch := c.watchLeadership(leader, fmt.Sprintf("N%d-kill", row.n))
+	t.Cleanup(watch)
+	t.Cleanup(c.sampleCPU(fmt.Sprintf("N%d kill", row.n), 120))
 	t0 := time.Now()
 	victim.kill()
 	for _, p := range watched {
@@ -507,8 +521,14 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 		}
 	}()
 	decided := "not seen (the leader changed?)"
-	waitFor(t, 2*time.Minute, "the failovers committed", func() error {
-		if count, sum := failovers(); count-count0 >= float64(row.killDisplaced) {
+	// Every 500 ms: a scrape of the leader every 50 ms was load on the
+	// one process the failover waits for; the figures come from the logs.
+	waitEvery(t, 2*time.Minute, 500*time.Millisecond, "the failovers committed", func() error {
+		count, sum, err := failovers()
+		if err != nil {
+			return err
+		}
+		if count-count0 >= float64(row.killDisplaced) {
 			decided = fmt.Sprintf("%s after, %.2f s after the victim's last grant on the mean",
 				time.Since(t0).Round(time.Millisecond), (sum-sum0)/(count-count0))
 			return nil
@@ -540,6 +560,127 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) {
 		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), committed, decided,
 		row.killRunning.Round(time.Millisecond), polled.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
 	victim.start()
+	return watch
+}
+
+// watchLeadership polls the leader's status every second until stop and
+// logs when it stops answering as the leader. When it does, and
+// -scale.profile is set, it saves the goroutines of every Raft member
+// then and 20 s later (tag-member-when.goroutines): at 100 agents the
+// leader lost its lease after a node kill and no leader was elected for
+// minutes, and the logs could not say what the members were doing.
+func (c *cluster) watchLeadership(leader *node, tag string) (stop func()) {
+	t := c.t
+	roles, err := raftRoles(leader)
+	if err != nil {
+		t.Logf("watch of the leadership: %v", err)
+		return func() {}
+	}
+	var members []*node
+	for _, nd := range c.nodes {
+		if r := roles[nd.name]; r != havenv1.RaftRole_RAFT_ROLE_NONE && r != havenv1.RaftRole_RAFT_ROLE_UNSPECIFIED {
+			members = append(members, nd)
+		}
+	}
+	dump := func(when string) {
+		if *scaleProfiles == "" {
+			return
+		}
+		var wg sync.WaitGroup
+		for _, nd := range members {
+			if nd.running() {
+				wg.Go(func() {
+					pprofGet(t, nd, "goroutine?debug=2", filepath.Join(*scaleProfiles, fmt.Sprintf("%s-%s-%s.goroutines", tag, nd.name, when)))
+				})
+			}
+		}
+		wg.Wait()
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		var lost time.Time
+		later := false
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			if !lost.IsZero() {
+				if !later && time.Since(lost) > 20*time.Second {
+					later = true
+					dump("later")
+				}
+				continue
+			}
+			if st, err := leader.status(); err != nil || st.GetRaftState() != "Leader" {
+				lost = time.Now()
+				t.Logf("%s: %s no longer answers as the leader at %s (%v, state %q, leader %q)",
+					tag, leader.name, lost.Format(time.StampMilli), err, st.GetRaftState(), st.GetLeader())
+				dump("lost")
+			}
+		}
+	})
+	return sync.OnceFunc(func() { close(done); wg.Wait() })
+}
+
+// sampleCPU logs, for each of the next seconds (at most seconds of them,
+// or until stop), the CPU the agents used in all, the load average and
+// the three busiest agents: what the machine did in the seconds after a
+// fault, where the logs show only what each agent did.
+func (c *cluster) sampleCPU(tag string, seconds int) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		last := map[*node]time.Duration{}
+		for _, nd := range c.nodes {
+			if nd.running() {
+				last[nd] = procCPU(nd.proc.Process().Pid())
+			}
+		}
+		t0 := time.Now()
+		prev := t0
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for i := 1; i <= seconds; i++ {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			now := time.Now()
+			type use struct {
+				name string
+				d    time.Duration
+			}
+			var uses []use
+			var sum time.Duration
+			for _, nd := range c.nodes {
+				if !nd.running() {
+					continue
+				}
+				cur := procCPU(nd.proc.Process().Pid())
+				if was, ok := last[nd]; ok {
+					uses = append(uses, use{nd.name, cur - was})
+					sum += cur - was
+				}
+				last[nd] = cur
+			}
+			slices.SortFunc(uses, func(a, b use) int { return int(b.d - a.d) })
+			var top []string
+			for _, u := range uses[:min(3, len(uses))] {
+				top = append(top, fmt.Sprintf("%s %.2f", u.name, u.d.Seconds()/now.Sub(prev).Seconds()))
+			}
+			load, _ := os.ReadFile("/proc/loadavg")
+			c.t.Logf("%s +%2ds: %.2f cores, load %s, busiest %s", tag, i, sum.Seconds()/now.Sub(prev).Seconds(),
+				strings.Fields(string(load))[0], strings.Join(top, ", "))
+			prev = now
+		}
+	})
+	return sync.OnceFunc(func() { close(done); wg.Wait() })
 }
 
 // ranElsewhere returns when the last of names started on another node
@@ -604,7 +745,7 @@ func logField(line, key string) string {
 func (c *cluster) displacedOnline(via *node, names []string, from string, timeout time.Duration) {
 	t := c.t
 	left := names
-	waitFor(t, timeout, "displaced groups online elsewhere", func() error {
+	waitEvery(t, timeout, 500*time.Millisecond, "displaced groups online elsewhere", func() error {
 		var still []string
 		var last error
 		for _, name := range left {
@@ -633,9 +774,10 @@ func (c *cluster) displacedOnline(via *node, names []string, from string, timeou
 // killLeaderScale SIGKILLs the leader and times until a new leader grants
 // leases; it then finds the longest gap in the execution of every group
 // that did not need a failover (those of the other nodes).
-func (c *cluster) killLeaderScale(row *scaleRow, names []string) {
+func (c *cluster) killLeaderScale(row *scaleRow, names []string, stopWatch func()) {
 	t := c.t
 	leader := c.leader(time.Minute)
+	stopWatch() // the leader about to be killed is the one it watches
 	groups, err := groupStates(leader)
 	if err != nil {
 		t.Fatal(err)
