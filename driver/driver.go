@@ -260,6 +260,16 @@ type Checker interface {
 	CanRun(spec VMSpec) error
 }
 
+// SpecOnlyChecker is a Checker whose verdict depends on the spec alone,
+// never on the node's files or hardware (the sim driver's): a spec gets
+// the same answer until it changes, so the node asks again only then,
+// not on its periodic pass over every group of the cluster.
+type SpecOnlyChecker interface {
+	Checker
+	// ChecksSpecOnly reports whether CanRun reads nothing but the spec.
+	ChecksSpecOnly() bool
+}
+
 // DirtyRateEstimator is a driver that can tell how fast its guests dirty
 // memory. Placement prices a live migration by it: the copy must outrun
 // the guest's writes, so a fast-dirtying guest is expensive to move.

@@ -641,8 +641,8 @@ func (c *cluster) sampleCPU(tag string, seconds int) (stop func()) {
 				last[nd] = procCPU(nd.proc.Process().Pid())
 			}
 		}
-		t0 := time.Now()
-		prev := t0
+		selfLast := procCPU(os.Getpid())
+		prev := time.Now()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for i := 1; i <= seconds; i++ {
@@ -663,7 +663,7 @@ func (c *cluster) sampleCPU(tag string, seconds int) (stop func()) {
 					continue
 				}
 				cur := procCPU(nd.proc.Process().Pid())
-				if was, ok := last[nd]; ok {
+				if was, ok := last[nd]; ok && cur >= was { // a restart is a new process
 					uses = append(uses, use{nd.name, cur - was})
 					sum += cur - was
 				}
@@ -674,9 +674,11 @@ func (c *cluster) sampleCPU(tag string, seconds int) (stop func()) {
 			for _, u := range uses[:min(3, len(uses))] {
 				top = append(top, fmt.Sprintf("%s %.2f", u.name, u.d.Seconds()/now.Sub(prev).Seconds()))
 			}
+			self := procCPU(os.Getpid())
 			load, _ := os.ReadFile("/proc/loadavg")
-			c.t.Logf("%s +%2ds: %.2f cores, load %s, busiest %s", tag, i, sum.Seconds()/now.Sub(prev).Seconds(),
-				strings.Fields(string(load))[0], strings.Join(top, ", "))
+			c.t.Logf("%s +%2ds: agents %.2f cores, this test %.2f, load %s, busiest %s", tag, i, sum.Seconds()/now.Sub(prev).Seconds(),
+				(self-selfLast).Seconds()/now.Sub(prev).Seconds(), strings.Fields(string(load))[0], strings.Join(top, ", "))
+			selfLast = self
 			prev = now
 		}
 	})

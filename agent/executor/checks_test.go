@@ -219,3 +219,49 @@ func BenchmarkFullCheckPass(b *testing.B) {
 		e.checkPass(context.Background(), &cs, now)
 	}
 }
+
+// specOnlyDriver is a checkDriver whose verdicts depend on the spec alone.
+type specOnlyDriver struct{ *checkDriver }
+
+func (specOnlyDriver) ChecksSpecOnly() bool { return true }
+
+// A driver whose verdicts depend on the spec alone is asked once per
+// spec: the full pass keeps its verdicts, refusals included, and asks
+// only of a spec that changed. A driver that reads the host is asked of
+// every spec again on each full pass.
+func TestFullPassAsksASpecOnlyDriverNothingAgain(t *testing.T) {
+	for _, specOnly := range []bool{true, false} {
+		l := fsmtest.New(t)
+		l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+		cd := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
+		var drv driver.Hypervisor = cd
+		if specOnly {
+			drv = specOnlyDriver{cd}
+		}
+		e := New(Config{Node: "n1", State: l.FSM, Driver: drv, Logger: logtest.New(t), CheckEvery: time.Minute,
+			ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+				record(l, r)
+				return nil
+			}})
+		const n = 20
+		for i := range n {
+			l.Create(kernelGroup(fmt.Sprintf("g%02d", i), "/boot/a"))
+		}
+		l.Create(kernelGroup("db", "/boot/b"))
+		var cs checkState
+		now := time.Now()
+		e.checkPass(context.Background(), &cs, now)
+		asked := cd.asked
+		e.checkPass(context.Background(), &cs, now.Add(time.Minute)) // a full pass
+		again := cd.asked - asked
+		switch {
+		case specOnly && again != 0:
+			t.Errorf("spec-only driver: the full pass asked %d times again, want 0", again)
+		case !specOnly && again != n+1:
+			t.Errorf("host-reading driver: the full pass asked %d times again, want %d", again, n+1)
+		}
+		if got := l.FSM.Node("n1").GetCannotRun(); len(got) != 1 || got[0].GetGroup() != "db" {
+			t.Errorf("spec-only %v: after the full pass the node's refusals are %v, want db's", specOnly, got)
+		}
+	}
+}

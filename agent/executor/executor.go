@@ -77,7 +77,11 @@ type Executor struct {
 	sharedDir string
 	// checker is the driver as a Checker, nil when it is none;
 	// reportChecks, checkEvery and checkWake are the checks' (checks.go).
-	checker      driver.Checker
+	checker driver.Checker
+	// specOnly: the checker's verdicts depend on the spec alone (or there
+	// is none, and Validate decides), so the periodic pass asks nothing
+	// again of a spec it has a verdict on.
+	specOnly     bool
 	reportChecks func(context.Context, *havenv1.ReportChecksRequest) error
 	checkEvery   time.Duration
 	checkWake    chan struct{}
@@ -196,6 +200,9 @@ func New(cfg Config) *Executor {
 	// A Checker needs no flag: a driver either can tell or is asked
 	// nothing.
 	e.checker, _ = cfg.Driver.(driver.Checker)
+	if so, ok := cfg.Driver.(driver.SpecOnlyChecker); e.checker == nil || ok && so.ChecksSpecOnly() {
+		e.specOnly = true
+	}
 	e.watched, _ = cfg.Driver.(driver.Watched)
 	e.steadyEvery = steadyEvery
 	// The flag first, as with every optional interface: a wrapper may

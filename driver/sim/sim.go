@@ -285,6 +285,10 @@ func (d *Driver) CanRun(spec driver.VMSpec) error {
 	return nil
 }
 
+// ChecksSpecOnly implements driver.SpecOnlyChecker: a simulated guest
+// needs nothing of the host.
+func (d *Driver) ChecksSpecOnly() bool { return true }
+
 // normalize checks a spec and fills in its defaults.
 func (d *Driver) normalize(spec driver.VMSpec) (driver.VMSpec, error) {
 	if err := spec.Validate(); err != nil {
