@@ -120,6 +120,11 @@ func (s *silence) SetFollowed(f consensus.Followed) { s.followed.Store(&f) }
 // follower runs a Follower of the members into a fresh FSM until the
 // test ends.
 func follower(t *testing.T, members map[string]*member) (*fsm.FSM, *silence) {
+	return followerPreferring(t, members, nil)
+}
+
+// followerPreferring is follower with Preferred returning preferred.
+func followerPreferring(t *testing.T, members map[string]*member, preferred []string) (*fsm.FSM, *silence) {
 	f := fsm.New()
 	r := &silence{}
 	r.quiet.Store(true)
@@ -128,7 +133,7 @@ func follower(t *testing.T, members map[string]*member) (*fsm.FSM, *silence) {
 		peers = append(peers, name)
 	}
 	fo := &Follower{Self: "c1", Raft: r, FSM: f, KeepAlive: 100 * time.Millisecond, Check: 20 * time.Millisecond,
-		Logger: logtest.New(t), Peers: func() []string { return peers },
+		Logger: logtest.New(t), Peers: func() []string { return peers }, Preferred: func() []string { return preferred },
 		Open: func(ctx context.Context, name string, after uint64) (Stream, error) {
 			m := members[name]
 			if m == nil {
@@ -278,4 +283,18 @@ func TestPickLeavesTheLeaderLast(t *testing.T) {
 	if m := f.pick(failed); m != "n2" {
 		t.Fatalf("with n1 and n3 failed, picked %q, want the leader n2", m)
 	}
+}
+
+// A follower whose first stream comes from the leader moves to another
+// member at once (both members name m1 the leader).
+func TestFollowerLeavesTheLeader(t *testing.T) {
+	m1, m2 := newMember(), newMember()
+	for _, m := range []*member{m1, m2} {
+		m.groups(t, "a", "b")
+	}
+	f, _ := followerPreferring(t, map[string]*member{"m1": m1, "m2": m2}, []string{"m1"})
+	same(t, m2, f)
+	waitfor.Cond(t, 5*time.Second, "the follower's stream from m2 only", func() bool {
+		return m1.streams.Load() == 0 && m2.streams.Load() == 1
+	})
 }
