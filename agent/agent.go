@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/haven-ha/haven/agent/consensus"
@@ -50,10 +51,12 @@ type Agent struct {
 	audit  *server.Audit
 	gossip *heartbeat.Membership
 	pool   *rpcclient.Pool
-	// leasePool holds the renewals' connections, which a renewal that
-	// times out resets (renewOnce): resetting a shared one would cut the
-	// moves and log streams on it.
-	leasePool *rpcclient.Pool
+	// leasePool holds the renewals' connections, which a second renewal
+	// in a row that times out resets (renewOnce): resetting a shared one
+	// would cut the moves and log streams on it. leaseTimeouts counts the
+	// renewals in a row that timed out.
+	leasePool     *rpcclient.Pool
+	leaseTimeouts atomic.Int32
 	// tls is the node's certificates, nil with tls.plaintext.
 	tls    *tlsutil.Reloader
 	leases *lease.Table

@@ -353,7 +353,17 @@ func (a *Agent) renewOnce(ctx context.Context) (*havenv1.RenewLeaseResponse, err
 		return nil, err
 	}
 	resp, err := havenv1.NewNodeServiceClient(conn).RenewLease(ctx, &havenv1.RenewLeaseRequest{Node: a.cfg.Name})
-	if status.Code(err) == codes.DeadlineExceeded {
+	// A fresh connection is up within one connect attempt after a
+	// partition heals, where the old one waits out TCP's retransmission
+	// backoff. But a leader that is only slow (starved) also times
+	// renewals out, and at 100 agents every node dropping its connection
+	// at the first timeout had the starved leader accept some fifty new
+	// ones at once: so the second timeout in a row resets, which a
+	// partition reaches within a quarter lease or so.
+	if status.Code(err) != codes.DeadlineExceeded {
+		a.leaseTimeouts.Store(0)
+	} else if a.leaseTimeouts.Add(1) >= 2 {
+		a.leaseTimeouts.Store(0)
 		a.leasePool.Reset(addr)
 	}
 	return resp, err
