@@ -38,8 +38,15 @@ func groupStates(n *node) (map[string]*havenv1.Group, error) {
 // ok returns true.
 func (c *cluster) allOnline(via *node, names []string, timeout time.Duration, ok func(*havenv1.Group) bool) map[string]*havenv1.Group {
 	c.t.Helper()
+	return c.allOnlineEvery(via, names, timeout, 50*time.Millisecond, ok)
+}
+
+// allOnlineEvery is allOnline polling every every: a list of 10,000
+// groups every 50 ms is load on the node that answers.
+func (c *cluster) allOnlineEvery(via *node, names []string, timeout, every time.Duration, ok func(*havenv1.Group) bool) map[string]*havenv1.Group {
+	c.t.Helper()
 	var groups map[string]*havenv1.Group
-	waitFor(c.t, timeout, "groups online", func() error {
+	waitEvery(c.t, timeout, every, "groups online", func() error {
 		var err error
 		groups, err = groupStates(via)
 		if err != nil {

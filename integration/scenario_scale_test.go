@@ -183,7 +183,7 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 
 	c.measureSteady(&row, leader, names, before, steady)
 	stopWatch := c.killNodeScale(&row, leader, names)
-	c.killLeaderScale(&row, names, stopWatch)
+	c.killLeaderScale(&row, leader, names, stopWatch)
 	c.checkInvariants(names)
 	t.Logf("scenario scale row: %s", strings.Split(scaleTable([]scaleRow{row}), "\n")[2])
 	return row
@@ -627,6 +627,32 @@ func (c *cluster) watchLeadership(leader *node, tag string) (stop func()) {
 	return sync.OnceFunc(func() { close(done); wg.Wait() })
 }
 
+// leaderFrom returns the leader as from, and then the node it names, say
+// it is: the scale scenario's way to find the leader without asking every
+// agent each second, which at 100 agents (a status call counts every
+// group) saturated the machine some 30 s after the node kill, when
+// killLeaderScale began to look for the leader that way.
+func (c *cluster) leaderFrom(from *node, timeout time.Duration) *node {
+	c.t.Helper()
+	ask := from
+	waitEvery(c.t, timeout, 500*time.Millisecond, "a node that says it leads", func() error {
+		st, err := ask.status()
+		switch {
+		case err != nil:
+			ask = from
+			return err
+		case st.GetRaftState() == "Leader":
+			return nil
+		case st.GetLeader() != "" && c.node(st.GetLeader()) != nil:
+			ask = c.node(st.GetLeader())
+		default:
+			ask = from
+		}
+		return fmt.Errorf("%s does not lead (state %q, leader %q)", st.GetNode(), st.GetRaftState(), st.GetLeader())
+	})
+	return ask
+}
+
 // sampleCPU logs, for each of the next seconds (at most seconds of them,
 // or until stop), the CPU the agents used in all, the load average and
 // the three busiest agents: what the machine did in the seconds after a
@@ -776,9 +802,9 @@ func (c *cluster) displacedOnline(via *node, names []string, from string, timeou
 // killLeaderScale SIGKILLs the leader and times until a new leader grants
 // leases; it then finds the longest gap in the execution of every group
 // that did not need a failover (those of the other nodes).
-func (c *cluster) killLeaderScale(row *scaleRow, names []string, stopWatch func()) {
+func (c *cluster) killLeaderScale(row *scaleRow, was *node, names []string, stopWatch func()) {
 	t := c.t
-	leader := c.leader(time.Minute)
+	leader := c.leaderFrom(was, time.Minute)
 	stopWatch() // the leader about to be killed is the one it watches
 	groups, err := groupStates(leader)
 	if err != nil {
@@ -787,30 +813,41 @@ func (c *cluster) killLeaderScale(row *scaleRow, names []string, stopWatch func(
 	t0 := time.Now()
 	leader.kill()
 	var next *node
-	waitFor(t, 2*time.Minute, "a new leader granting leases", func() error {
-		for _, nd := range c.nodes {
+	// One agent's status a poll, in turn: asking every agent each poll
+	// (a status call counts every group) kept 100 agents busy answering
+	// while they elected a leader.
+	asked := 0
+	waitEvery(t, 2*time.Minute, 250*time.Millisecond, "a new leader granting leases", func() error {
+		if next == nil {
+			nd := c.nodes[asked%len(c.nodes)]
+			asked++
 			if nd == leader || !nd.running() {
-				continue
+				return errNotYet
 			}
 			st, err := nd.status()
 			if err != nil || st.GetLeader() == "" || st.GetLeader() == leader.name {
-				continue
+				return errNotYet
 			}
 			next = c.node(st.GetLeader())
-			break
 		}
-		if next == nil {
-			return errNotYet
+		// A page that does not come is a poll that tells nothing.
+		page, err := tryScrape(next)
+		if err != nil {
+			return err
 		}
-		if v, ok := metric(t, next, `haven_lease_renewals_total{result="granted"}`); !ok || v == 0 {
-			return fmt.Errorf("%s leads but has granted nothing", next.name)
+		for _, line := range strings.Split(page, "\n") {
+			if v, ok := strings.CutPrefix(line, `haven_lease_renewals_total{result="granted"} `); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil && f > 0 {
+					return nil
+				}
+			}
 		}
-		return nil
+		return fmt.Errorf("%s leads but has granted nothing", next.name)
 	})
 	row.leaderGrants = time.Since(t0)
 	// Every group runs again (the old leader's own by failover), then the
 	// execution logs show how long the others stood still.
-	c.allOnline(next, names, 2*time.Minute, func(g *havenv1.Group) bool { return g.GetOwner() != leader.name })
+	c.allOnlineEvery(next, names, 2*time.Minute, time.Second, func(g *havenv1.Group) bool { return g.GetOwner() != leader.name })
 	// A gap ends with a tick: wait until every other group ticked after
 	// all were online, so that no gap is still open when it is measured.
 	online := time.Now()
