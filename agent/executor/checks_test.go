@@ -38,6 +38,28 @@ func (d *checkDriver) add(kernel string) {
 	d.kernels[kernel] = true
 }
 
+// kernelGroups creates n groups whose kernel the node has (g00 on) and
+// db, whose kernel it lacks.
+func kernelGroups(l *fsmtest.Log, n int) {
+	for i := range n {
+		l.Create(kernelGroup(fmt.Sprintf("g%02d", i), "/boot/a"))
+	}
+	l.Create(kernelGroup("db", "/boot/b"))
+}
+
+// checkingExecutor is n1's executor over st, checking every minute, whose
+// reports the leader records at once; sent, if not nil, gets each report.
+func checkingExecutor(t *testing.T, l *fsmtest.Log, st State, drv driver.Hypervisor, sent *[]*havenv1.ReportChecksRequest) *Executor {
+	return New(Config{Node: "n1", State: st, Driver: drv, Logger: logtest.New(t), CheckEvery: time.Minute,
+		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+			if sent != nil {
+				*sent = append(*sent, r)
+			}
+			record(l, r)
+			return nil
+		}})
+}
+
 // record commits a node's report as the leader does.
 func record(l *fsmtest.Log, r *havenv1.ReportChecksRequest) {
 	l.Run(&havenv1.Command{Cmd: &havenv1.Command_SetNodeChecks{SetNodeChecks: &havenv1.SetNodeChecksCommand{
@@ -156,17 +178,9 @@ func TestChecksBetweenFullPassesReadChangesOnly(t *testing.T) {
 	d := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
 	var sent []*havenv1.ReportChecksRequest
 	st := &everyGroup{FSM: l.FSM}
-	e := New(Config{Node: "n1", State: st, Driver: d, Logger: logtest.New(t), CheckEvery: time.Minute,
-		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
-			sent = append(sent, r)
-			record(l, r)
-			return nil
-		}})
+	e := checkingExecutor(t, l, st, d, &sent)
 	const n = 50
-	for i := range n {
-		l.Create(kernelGroup(fmt.Sprintf("g%02d", i), "/boot/a"))
-	}
-	l.Create(kernelGroup("db", "/boot/b"))
+	kernelGroups(l, n)
 	var cs checkState
 	now := time.Now()
 	e.checkPass(context.Background(), &cs, now)
@@ -238,16 +252,9 @@ func TestFullPassAsksASpecOnlyDriverNothingAgain(t *testing.T) {
 		if specOnly {
 			drv = specOnlyDriver{cd}
 		}
-		e := New(Config{Node: "n1", State: l.FSM, Driver: drv, Logger: logtest.New(t), CheckEvery: time.Minute,
-			ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
-				record(l, r)
-				return nil
-			}})
+		e := checkingExecutor(t, l, l.FSM, drv, nil)
 		const n = 20
-		for i := range n {
-			l.Create(kernelGroup(fmt.Sprintf("g%02d", i), "/boot/a"))
-		}
-		l.Create(kernelGroup("db", "/boot/b"))
+		kernelGroups(l, n)
 		var cs checkState
 		now := time.Now()
 		e.checkPass(context.Background(), &cs, now)
