@@ -174,7 +174,7 @@ bench-leader-sim:
 # 10,000), a steady window (the last N's 10 minutes unless SCALE_FLAGS
 # says -scale.steady-last), a node and the leader SIGKILLed; prints the
 # README's table. 3, 10 and 32 take about 15 minutes on two cores, 64
-# about 10 with -scale.steady-last=2m; 100 take 35 to 45 and on such a
+# about 10 with -scale.steady-last=2m; 100 about 25 (creation 15 min) and on such a
 # machine do not yet keep a Raft leader through creation and the node
 # kill every time (README, "Many agents").
 SCALE_N ?= 3,10,32,64,100
