@@ -272,3 +272,61 @@ func TestFullPassAsksASpecOnlyDriverNothingAgain(t *testing.T) {
 		}
 	}
 }
+
+// Each command on a group copies its record, spec included. A verdict
+// follows the copy it was last matched to, so a spec that did not change
+// is compared by pointer on the next pass, not field by field.
+func TestVerdictFollowsTheSpecsCopy(t *testing.T) {
+	l := fsmtest.New(t)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	cd := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
+	e := checkingExecutor(t, l, l.FSM, specOnlyDriver{cd}, nil)
+	kernelGroups(l, 3)
+	var cs checkState
+	now := time.Now()
+	e.checkPass(context.Background(), &cs, now)
+	first := l.FSM.Group("g00").GetSpec()
+	l.Assign("g00", "n1")
+	l.Report("g00", havenv1.GroupState_GROUP_STATE_ONLINE)
+	if l.FSM.Group("g00").GetSpec() == first {
+		t.Fatal("the FSM kept the spec's pointer across commands; this test shows nothing")
+	}
+	for i := range 2 {
+		e.checkPass(context.Background(), &cs, now.Add(time.Duration(i+1)*time.Minute))
+		if got, want := cs.byGroup["g00"].spec, l.FSM.Group("g00").GetSpec(); got != want {
+			t.Fatalf("pass %d: the verdict stands for an older copy of g00's spec", i+1)
+		}
+	}
+	if cd.asked != 4 {
+		t.Errorf("the driver was asked %d times, want once per group (4)", cd.asked)
+	}
+}
+
+// BenchmarkFullCheckPassStarted is the full pass as the sim's nodes run
+// it: 10,000 groups started (each record copied since its creation) and a
+// driver whose verdicts depend on the spec alone.
+func BenchmarkFullCheckPassStarted(b *testing.B) {
+	l := fsmtest.New(b)
+	l.AddNode(fsmtest.Node("n1", "a", 8000, 16<<30, nil))
+	cd := &checkDriver{fakeDriver: &fakeDriver{vms: map[driver.VMID]driver.Status{}}, kernels: map[string]bool{"/boot/a": true}}
+	e := New(Config{Node: "n1", State: l.FSM, Driver: specOnlyDriver{cd}, Logger: logtest.New(b), CheckEvery: time.Minute,
+		ReportChecks: func(_ context.Context, r *havenv1.ReportChecksRequest) error {
+			record(l, r)
+			return nil
+		}})
+	for i := range 10000 {
+		l.Create(kernelGroup(fmt.Sprintf("g%05d", i), "/boot/a"))
+	}
+	var cs checkState
+	now := time.Now()
+	e.checkPass(context.Background(), &cs, now)
+	for i := range 10000 {
+		l.Assign(fmt.Sprintf("g%05d", i), "n1")
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		now = now.Add(time.Minute)
+		e.checkPass(context.Background(), &cs, now)
+	}
+}
