@@ -168,14 +168,33 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 
 	names := groupNames("s", groups)
 	t1 := time.Now()
+	// Profiles early in the creation and again at four fifths, where each
+	// start's decision reads twice the groups of the middle.
+	var started atomic.Int64
 	if *scaleProfiles != "" {
 		go func() {
-			time.Sleep(5 * time.Second) // deliberate: well into the creation
-			profile(t, leader, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-leader-create.pprof", n)))
+			for _, at := range []struct {
+				tag  string
+				done int64
+			}{{"create", 1}, {"create-late", int64(groups) * 4 / 5}} {
+				for started.Load() < at.done {
+					time.Sleep(time.Second)
+				}
+				if at.done == 1 {
+					time.Sleep(5 * time.Second) // deliberate: well into the creation
+				}
+				var each sync.WaitGroup
+				for _, p := range c.profiled(leader, nil) {
+					each.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s-%s.pprof", n, p.who, at.tag))) })
+				}
+				each.Wait()
+			}
 		}()
 	}
-	c.createScale(leader, names)
+	cpu := c.cpuByRole(leader)
+	c.createScale(leader, names, &started)
 	created := time.Since(t1)
+	t.Logf("scenario scale N=%d: CPU while the groups were created: %s", n, cpu())
 	before := c.allOnline(leader, names, 15*time.Minute, anyOwner)
 	row.online = time.Since(t1)
 	t.Logf("scenario scale N=%d: %d groups created and started in %s, all online %s after the first create (%.0f groups/s)",
@@ -190,8 +209,8 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 }
 
 // createScale creates and starts the groups through via, 16 at a time, as
-// a provisioning script would.
-func (c *cluster) createScale(via *node, names []string) {
+// a provisioning script would, counting those done in started.
+func (c *cluster) createScale(via *node, names []string, started *atomic.Int64) {
 	c.t.Helper()
 	work := make(chan string)
 	var wg sync.WaitGroup
@@ -207,6 +226,7 @@ func (c *cluster) createScale(via *node, names []string) {
 					_, err = via.api().StartGroup(cctx, &havenv1.StartGroupRequest{Name: name, RequestId: "start-" + name})
 				}
 				cancel()
+				started.Add(1)
 				if err != nil {
 					err = fmt.Errorf("%s: %w", name, err)
 					failed.CompareAndSwap(nil, &err)
@@ -261,6 +281,7 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 	for _, nd := range c.nodes {
 		cpu0[nd] = procCPU(nd.proc.Process().Pid())
 	}
+	byRole := c.cpuByRole(leader)
 	st0, err := leader.status()
 	if err != nil {
 		t.Fatal(err)
@@ -324,6 +345,7 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 		}
 	}
 	row.cpuCluster = total.Seconds() / w.ran.Seconds()
+	t.Logf("scenario scale N=%d: CPU in the steady window: %s", row.n, byRole())
 	row.cpuAgent = percentile(each, .5).Seconds() / w.ran.Seconds()
 	var rss []time.Duration // sorted as durations: bytes
 	for _, nd := range c.nodes {
@@ -651,6 +673,53 @@ func (c *cluster) leaderFrom(from *node, timeout time.Duration) *node {
 		return fmt.Errorf("%s does not lead (state %q, leader %q)", st.GetNode(), st.GetRaftState(), st.GetLeader())
 	})
 	return ask
+}
+
+// cpuByRole starts counting the agents' CPU; the function it returns says
+// how many cores they used since, in all and by Raft role (the leader, the
+// other members, the agents outside the configuration that follow the log
+// by stream), with the busiest outsider: where a phase's CPU went.
+func (c *cluster) cpuByRole(leader *node) func() string {
+	roles, err := raftRoles(leader)
+	if err != nil {
+		return func() string { return "roles unknown: " + err.Error() }
+	}
+	t0 := time.Now()
+	cpu0 := map[*node]time.Duration{}
+	for _, nd := range c.nodes {
+		if nd.running() {
+			cpu0[nd] = procCPU(nd.proc.Process().Pid())
+		}
+	}
+	return func() string {
+		secs := time.Since(t0).Seconds()
+		var all, members, outsiders, lead, top time.Duration
+		var nMembers, nOutsiders int
+		var busiest string
+		for nd, was := range cpu0 {
+			d := procCPU(nd.proc.Process().Pid()) - was
+			if d < 0 {
+				continue // restarted
+			}
+			all += d
+			switch {
+			case nd == leader:
+				lead = d
+			case roles[nd.name] == havenv1.RaftRole_RAFT_ROLE_NONE:
+				outsiders += d
+				nOutsiders++
+				if d > top {
+					top, busiest = d, nd.name
+				}
+			default:
+				members += d
+				nMembers++
+			}
+		}
+		return fmt.Sprintf("%.2f cores over %s: leader %.2f, %d other members %.2f, %d outsiders %.2f (mean %.1f ms/s, busiest %s %.1f ms/s)",
+			all.Seconds()/secs, time.Since(t0).Round(time.Second), lead.Seconds()/secs, nMembers, members.Seconds()/secs,
+			nOutsiders, outsiders.Seconds()/secs, outsiders.Seconds()*1000/secs/float64(max(1, nOutsiders)), busiest, top.Seconds()*1000/secs)
+	}
 }
 
 // sampleCPU logs, for each of the next seconds (at most seconds of them,
