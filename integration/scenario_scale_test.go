@@ -282,6 +282,12 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 		cpu0[nd] = procCPU(nd.proc.Process().Pid())
 	}
 	byRole := c.cpuByRole(leader)
+	// Lease expiries count from each agent's start: those of the creation
+	// are not the steady window's.
+	expired0 := map[*node]float64{}
+	for _, nd := range c.nodes {
+		expired0[nd], _ = metric(t, nd, "haven_lease_expiries_total")
+	}
 	st0, err := leader.status()
 	if err != nil {
 		t.Fatal(err)
@@ -374,7 +380,7 @@ func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, bef
 	row.falseFailovers, row.freezes, row.deaths = w.moved, w.froze, w.deaths
 	for _, nd := range c.nodes {
 		v, _ := metric(t, nd, "haven_lease_expiries_total")
-		row.expired += int(v)
+		row.expired += int(v - expired0[nd])
 	}
 	t.Logf("scenario scale N=%d steady %s: CPU %.3f cores in all, leader %.3f, median agent %.1f ms/s; RSS median %d MiB, leader %d MiB; Raft log %.0f entries/h; snapshot %d bytes in %s; ListGroups (%d groups, all pages) p50 %s p99 %s over %d calls; false failovers %d, freezes %d, false deaths %d, lease expiries %d",
 		row.n, w.ran.Round(time.Second), row.cpuCluster, row.cpuLeader, row.cpuAgent*1000, row.rssMedian>>20, row.rssLeader>>20, row.logPerHour,

@@ -18,7 +18,7 @@ import (
 )
 
 // freeAddr is a loopback address nothing listens on now.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -29,7 +29,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // single opens and bootstraps a one-node Raft on loopback.
-func single(t *testing.T) (*Node, *fsm.FSM) {
+func single(t testing.TB) (*Node, *fsm.FSM) {
 	t.Helper()
 	addr := freeAddr(t)
 	f := fsm.New()

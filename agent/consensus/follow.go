@@ -73,7 +73,7 @@ func (n *Node) Committed(after uint64, max int) ([]*raft.Log, uint64, error) {
 	if after >= last {
 		return nil, after, nil
 	}
-	first, err := n.store.FirstIndex()
+	first, err := n.logs.FirstIndex()
 	if err != nil {
 		return nil, after, err
 	}
@@ -84,7 +84,7 @@ func (n *Node) Committed(after uint64, max int) ([]*raft.Log, uint64, error) {
 	through := after
 	for i := after + 1; i <= last && len(out) < max; i++ {
 		l := new(raft.Log)
-		if err := n.store.GetLog(i, l); errors.Is(err, raft.ErrLogNotFound) {
+		if err := n.logs.GetLog(i, l); errors.Is(err, raft.ErrLogNotFound) {
 			// Compacted while we read.
 			return nil, after, ErrCompacted
 		} else if err != nil {
