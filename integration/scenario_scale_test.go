@@ -185,7 +185,9 @@ func runScale(t *testing.T, n, groups int, steady time.Duration) scaleRow {
 				}
 				var each sync.WaitGroup
 				for _, p := range c.profiled(leader, nil) {
-					each.Go(func() { profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s-%s.pprof", n, p.who, at.tag))) })
+					each.Go(func() {
+						profile(t, p.n, filepath.Join(*scaleProfiles, fmt.Sprintf("N%d-%s-%s.pprof", n, p.who, at.tag)))
+					})
 				}
 				each.Wait()
 			}
