@@ -279,17 +279,15 @@ func procRSS(pid int) int64 {
 
 func (c *cluster) measureSteady(row *scaleRow, leader *node, names []string, before map[string]*havenv1.Group, d time.Duration) {
 	t := c.t
+	// Lease expiries, like CPU, count from each agent's start: those of
+	// the creation are not the steady window's.
 	cpu0 := map[*node]time.Duration{}
-	for _, nd := range c.nodes {
-		cpu0[nd] = procCPU(nd.proc.Process().Pid())
-	}
-	byRole := c.cpuByRole(leader)
-	// Lease expiries count from each agent's start: those of the creation
-	// are not the steady window's.
 	expired0 := map[*node]float64{}
 	for _, nd := range c.nodes {
+		cpu0[nd] = procCPU(nd.proc.Process().Pid())
 		expired0[nd], _ = metric(t, nd, "haven_lease_expiries_total")
 	}
+	byRole := c.cpuByRole(leader)
 	st0, err := leader.status()
 	if err != nil {
 		t.Fatal(err)

@@ -21,8 +21,10 @@ func commitGroups(tb testing.TB, n *Node, count int) {
 	}
 }
 
-// A stream reads the newest entries from the log cache and older ones
-// from the store, in order and each once.
+// A stream reads every command once and in order, both those the log
+// cache still holds (the newest logCacheSize) and those older, which only
+// the store has. That the cache is what serves the newest is a matter of
+// speed, shown by BenchmarkCommittedNewest.
 func TestCommittedReadsPastTheCache(t *testing.T) {
 	n, f := single(t)
 	commitGroups(t, n, logCacheSize+100)
