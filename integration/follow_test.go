@@ -51,6 +51,10 @@ func TestOutsidersFollowTheLog(t *testing.T) {
 		}
 		return nil
 	})
+	// New work goes to nodes that hold a lease (leader/reserve.go): a
+	// group created before its preferred owner's first grant lands
+	// elsewhere and, with no failback policy, stays there.
+	c.waitLeased(c.nodes[3], c.nodes[4])
 
 	names := []string{"on4", "on5", "any"}
 	prefer := map[string]string{"on4": "n4", "on5": "n5"}

@@ -174,6 +174,24 @@ func TestBalancerMovesLiveToNewNode(t *testing.T) {
 	c.checkInvariants(names)
 }
 
+// waitLeased waits until each of nodes has had a lease grant, by its own
+// metrics.
+func (c *cluster) waitLeased(nodes ...*node) {
+	c.t.Helper()
+	for _, n := range nodes {
+		waitFor(c.t, 30*time.Second, n.name+" granted a lease", func() error {
+			page, err := tryScrape(n)
+			if err != nil {
+				return err
+			}
+			if sumMetrics(c.t, page, []string{"haven_lease_renewal_duration_seconds_count"})[0] == 0 {
+				return errNotYet
+			}
+			return nil
+		})
+	}
+}
+
 // waitAlive waits until the cluster's state has node alive.
 func (c *cluster) waitAlive(via *node, name string) {
 	c.t.Helper()

@@ -13,7 +13,7 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-var wanSteady = flag.Duration("wan.steady", 2*time.Minute, "how long TestWANSteady watches the stretch cluster")
+var wanSteady = flag.Duration("wan.steady", time.Minute, "how long TestWANSteady watches the stretch cluster")
 
 // stretch is the stretch cluster: sites a and b of two nodes each
 // and a witness in site w, with 30 ± 10 ms and 2 % loss each way between
@@ -41,10 +41,10 @@ func stretch(t *testing.T, opts ...option) *cluster {
 var wanTiming = flag.String("wan.timing", "tightened", "the timings TestWANSteady runs with: tightened (the tests') or default (an operator's)")
 
 // TestWANSteady: groups in both sites of a stretch cluster run for
-// -wan.steady (2 minutes) over the WAN without a false failover, a freeze
-// or a change of leader. It prints the leases' figures by path and what
-// the WAN's delay programs cost (make wan-steady: 10 minutes with the
-// default timings).
+// -wan.steady (a minute in the suite) over the WAN without a false
+// failover, a freeze or a change of leader. It prints the leases' figures
+// by path and what the WAN's delay programs cost (make wan-steady: 10
+// minutes with the default timings).
 func TestWANSteady(t *testing.T) {
 	var opts []option
 	switch *wanTiming {
