@@ -657,10 +657,13 @@ func TestQemuHeldImage(t *testing.T) {
 	}
 	held := make(chan error, 1)
 	go func() { held <- holder.Wait() }()
-	t.Cleanup(func() {
+	// Only that goroutine waits: a second Cmd.Wait blocks for ever on the
+	// output copy the first one took (it hung the suite in CI).
+	release := sync.OnceFunc(func() {
 		holder.Process.Kill()
 		<-held
 	})
+	t.Cleanup(release)
 	// A holder that exits never locks: say why at once (CI once waited
 	// the 30 s out with nothing to show), not after the wait.
 	waitFor(t, 30*time.Second, "the holder to lock the image", func() error {
@@ -695,8 +698,7 @@ func TestQemuHeldImage(t *testing.T) {
 		}
 		return nil
 	})
-	holder.Process.Kill()
-	holder.Wait()
+	release()
 	if _, err := leader.api().StartGroup(ctx(t), &havenv1.StartGroupRequest{Name: "held"}); err != nil {
 		t.Fatal(err)
 	}
