@@ -583,7 +583,9 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (st
 		took = strings.Join([]string{logField(line, "silent_for"), logField(line, "lock_wait"), logField(line, "decide"), logField(line, "commit")}, " / ")
 	}
 	t.Logf("scenario scale N=%d: the leader's failover of %s: silent for / lock wait / decision / commit: %s", row.n, victim.name, took)
-	row.killRunning = c.ranElsewhere(displaced, victim.name, t0).Sub(t0)
+	ran, detail := c.ranElsewhere(displaced, victim.name, t0, victim.cfg.Lease.Duration)
+	row.killRunning = ran.Sub(t0)
+	t.Logf("scenario scale N=%d: after the commit: %s", row.n, detail)
 	t.Logf("scenario scale N=%d: SIGKILL of %s, which held %d groups (%.1f %%): failovers committed %s after by the leader's log (its metrics: %s); all running elsewhere %s after by the agents' logs, %s by the API (failover_after %s)",
 		row.n, victim.name, row.killDisplaced, 100*float64(row.killDisplaced)/float64(len(names)), committed, decided,
 		row.killRunning.Round(time.Millisecond), polled.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
@@ -788,13 +790,21 @@ func (c *cluster) sampleCPU(tag string, seconds int) (stop func()) {
 
 // ranElsewhere returns when the last of names started on another node
 // than from after t0, by the agents' logs ("vm started"): a guest's first
-// execution record comes only at its first tick, up to 2 s later.
-func (c *cluster) ranElsewhere(names []string, from string, t0 time.Time) time.Time {
+// execution record comes only at its first tick, up to 2 s later. It also
+// says where the time after the commit went: the driver's "vm starting"
+// line carries the end of the grant the start ran under, and that end
+// less the lease is when the renewal that confirmed the new epoch was
+// sent, which a node does at once when it applies the assignment.
+func (c *cluster) ranElsewhere(names []string, from string, t0 time.Time, lease time.Duration) (time.Time, string) {
 	want := map[string]bool{}
 	for _, name := range names {
 		want[name+"/vm"] = true
 	}
-	first := map[string]time.Time{}
+	type start struct {
+		node      string
+		sent, ran time.Time
+	}
+	first := map[string]start{}
 	for _, n := range c.nodes {
 		if n.name == from {
 			continue
@@ -803,8 +813,10 @@ func (c *cluster) ranElsewhere(names []string, from string, t0 time.Time) time.T
 		if err != nil {
 			continue
 		}
+		sent := map[string]time.Time{}
 		for line := range strings.Lines(string(data)) {
-			if !strings.Contains(line, `msg="vm started"`) {
+			starting := strings.Contains(line, `msg="vm starting"`)
+			if !starting && !strings.Contains(line, `msg="vm started"`) {
 				continue
 			}
 			at, ok := lineTime(line)
@@ -812,22 +824,41 @@ func (c *cluster) ranElsewhere(names []string, from string, t0 time.Time) time.T
 			if !ok || !want[vm] || at.Before(t0) {
 				continue
 			}
-			if f, seen := first[vm]; !seen || at.Before(f) {
-				first[vm] = at
+			if starting {
+				if end, err := time.Parse(time.RFC3339Nano, logField(line, "lease_end")); err == nil {
+					sent[vm] = end.Add(-lease)
+				}
+				continue
+			}
+			if f, seen := first[vm]; !seen || at.Before(f.ran) {
+				first[vm] = start{node: n.name, sent: sent[vm], ran: at}
 			}
 		}
 	}
-	var last time.Time
+	var last start
+	var sent, granted []time.Duration
 	for vm := range want {
 		f, ok := first[vm]
 		if !ok {
 			c.t.Fatalf("%s is online elsewhere but no agent logged its start", vm)
 		}
-		if f.After(last) {
+		if f.ran.After(last.ran) {
 			last = f
 		}
+		if !f.sent.IsZero() {
+			sent = append(sent, f.sent.Sub(t0))
+			granted = append(granted, f.ran.Sub(f.sent))
+		}
 	}
-	return last
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	detail := "no grant times in the logs"
+	if len(sent) > 0 {
+		slices.Sort(sent)
+		slices.Sort(granted)
+		detail = fmt.Sprintf("the confirming renewal sent %s after the kill (median; last %s), the start %s after it (median; longest %s); the last to start, on %s, sent it %s after the kill",
+			r(sent[len(sent)/2]), r(sent[len(sent)-1]), r(granted[len(granted)/2]), r(granted[len(granted)-1]), last.node, r(last.sent.Sub(t0)))
+	}
+	return last.ran, detail
 }
 
 // logField reads one field of a line of an agent's log (log/slog's text).
