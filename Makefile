@@ -82,11 +82,8 @@ fuzz:
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=2000x
 
-# The suite takes about 11.5 min here (12.6 min with TestWANSteady's old
-# 2-minute watch, go test -v); CI's machine ran it about 1.3 times slower
-# and went past a 15-minute bound once.
 integration:
-	$(GO) test -count=1 -timeout 20m ./internal/netlab/ ./integration/...
+	$(GO) test -count=1 -timeout 15m ./internal/netlab/ ./integration/...
 
 # The randomized fault test for longer than the default suite does.
 chaos:
