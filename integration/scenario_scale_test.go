@@ -855,8 +855,12 @@ func (c *cluster) ranElsewhere(names []string, from string, t0 time.Time, lease 
 	if len(sent) > 0 {
 		slices.Sort(sent)
 		slices.Sort(granted)
-		detail = fmt.Sprintf("the confirming renewal sent %s after the kill (median; last %s), the start %s after it (median; longest %s); the last to start, on %s, sent it %s after the kill",
-			r(sent[len(sent)/2]), r(sent[len(sent)-1]), r(granted[len(granted)/2]), r(granted[len(granted)-1]), last.node, r(last.sent.Sub(t0)))
+		lastSent := "at a time not in its log"
+		if !last.sent.IsZero() {
+			lastSent = r(last.sent.Sub(t0)).String() + " after the kill"
+		}
+		detail = fmt.Sprintf("the confirming renewal sent %s after the kill (median; last %s), the start %s after it (median; longest %s); the last to start, on %s, sent it %s",
+			r(sent[len(sent)/2]), r(sent[len(sent)-1]), r(granted[len(granted)/2]), r(granted[len(granted)-1]), last.node, lastSent)
 	}
 	return last.ran, detail
 }
