@@ -218,9 +218,6 @@ func RecordsWith(sharedDir string, opt Options) (Report, error) {
 
 // Cluster does Records plus the API checks (NotRunning, Failed), with the
 // groups of one ListGroups call, whose error, if any, it returns as is.
-// The listing is a consistent read, answered by the leader: a node's own
-// copy may be behind (an agent just restarted holds its last snapshot
-// until it catches up) and would show groups where they no longer run.
 //
 // The groups are listed before the files are read, so a tick written after
 // the listing still counts as fresh. A group that has only just been placed
@@ -232,7 +229,7 @@ func Cluster(ctx context.Context, c havenv1.ClusterServiceClient, sharedDir stri
 	if err != nil {
 		return Report{}, err
 	}
-	resp, err := rpcclient.AllGroups(ctx, c, &havenv1.ListGroupsRequest{Consistent: true})
+	resp, err := rpcclient.AllGroups(ctx, c, &havenv1.ListGroupsRequest{})
 	if err != nil {
 		// As the API said it: a gRPC status a caller can act on.
 		return Report{}, err
