@@ -530,7 +530,7 @@ func (c *cluster) checkInvariants(names []string) {
 		// they no longer ran in a 100-agent run).
 		from := via
 		if st, err := via.status(); err == nil && st.GetLeader() != "" {
-			if l := c.node(st.GetLeader()); l != nil && l.running() {
+			if l := c.node(st.GetLeader()); l.running() {
 				from = l
 			}
 		}
