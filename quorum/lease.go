@@ -156,6 +156,9 @@ func (g *Grants) since(node string) time.Time {
 // own last stall) if that was later.
 func (g *Grants) SilentSince(node string) time.Time { return g.since(node) }
 
+// LastGrant is node's latest grant this term, zero if none.
+func (g *Grants) LastGrant(node string) time.Time { return g.last[node] }
+
 // LeaseEnd is the latest a lease this leader granted to node can end:
 // before it, the node may be running its groups.
 func (g *Grants) LeaseEnd(node string) time.Time { return g.end[node] }

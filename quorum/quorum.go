@@ -22,6 +22,13 @@ type Server struct {
 	// the leader first saw the node), on the leader's clock.
 	Alive bool
 	Since time.Time
+	// Heard is when the node last renewed its lease with this leader (zero
+	// if never). Gossip can call a node failed well after it is back: after
+	// a partition heals, memberlist may take a push-pull interval to see a
+	// member it declared dead, while the node has already voted for this
+	// leader and renews with it. A node that renews is not failed, so its
+	// failure counts only from the later of Since and Heard.
+	Heard time.Time
 	// InConfig and Voter describe the node in the Raft configuration.
 	InConfig bool
 	Voter    bool
@@ -86,8 +93,9 @@ type Options struct {
 // live voters (a live voter is never demoted unless there are more than
 // MaxVoters, because a demotion costs a round of log replication and buys
 // nothing), topped up with stable live non-voters until there are
-// min(MaxVoters, live nodes) rounded down to odd; dead voters are demoted
-// once stable-dead, keeping one only when that makes the count odd. So a
+// min(MaxVoters, live nodes) rounded down to odd; dead voters (failed by
+// gossip and not renewing, see Heard) are demoted once stable-dead,
+// keeping one only when that makes the count odd. So a
 // voter that dies is replaced by a non-voter, and a cluster that loses
 // nodes one after another keeps a majority of the survivors (WSFC's dynamic
 // quorum). The leader is never demoted or removed.
@@ -134,9 +142,13 @@ func Plan(servers []Server, leader string, opt Options, now time.Time) []Change 
 	// Reap first in the decision: a reaped node drops out of every other
 	// rule. A voter dead for less than the stabilization time keeps its
 	// vote (gossip may be wrong); one dead for longer loses it unless
-	// keeping it makes the count odd.
+	// keeping it makes the count odd. Dead means silent too: both clocks
+	// run from the later of gossip's verdict and the node's last renewal.
 	var freshDead, staleDead []Server
 	for _, s := range dead {
+		if s.Heard.After(s.Since) {
+			s.Since = s.Heard
+		}
 		switch {
 		case !now.Before(s.Since.Add(opt.ReapAfter)):
 			removes = append(removes, Change{Remove, s.ID, fmt.Sprintf("failed for more than %s", opt.ReapAfter)})

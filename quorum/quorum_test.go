@@ -22,6 +22,12 @@ func deadFor(id string, voter bool, d time.Duration) Server {
 	return Server{ID: id, Site: "a", Alive: false, Since: now.Add(-d), InConfig: true, Voter: voter}
 }
 
+// renewing is s with its last lease renewal ago before now.
+func renewing(s Server, ago time.Duration) Server {
+	s.Heard = now.Add(-ago)
+	return s
+}
+
 func render(cs []Change) string {
 	var b []string
 	for _, c := range cs {
@@ -55,6 +61,14 @@ func TestPlan(t *testing.T) {
 			"demote n4, demote n5"},
 		{"freshly dead voter keeps its vote", []Server{live("n1", true), live("n2", true), live("n3", true), deadFor("n4", true, time.Second), deadFor("n5", true, time.Minute), deadFor("n6", true, time.Minute)},
 			"demote n6"},
+		// After a partition heals gossip may still call both failed; n2
+		// has voted for n1 and renews with it. Demoting both would leave
+		// one voter, and no quorum should n1 die next.
+		{"two silent voters of three demoted", []Server{live("n1", true), deadFor("n2", true, time.Minute), renewing(deadFor("n3", true, time.Minute), time.Minute)},
+			"demote n2, demote n3"},
+		{"voter gossip calls failed but still renewing keeps its vote", []Server{live("n1", true), renewing(deadFor("n2", true, time.Minute), time.Second), renewing(deadFor("n3", true, time.Minute), time.Minute)},
+			""},
+		{"renewing voter is not reaped", []Server{live("n1", true), live("n2", true), renewing(deadFor("n3", true, 2*time.Hour), time.Second)}, ""},
 		{"reaped after reap time", []Server{live("n1", true), live("n2", true), live("n3", true), deadFor("n4", false, 2*time.Hour)}, "remove n4"},
 		{"dead voter reaped", []Server{live("n1", true), live("n2", true), deadFor("n3", true, 2*time.Hour)}, "remove n3"},
 		{"leader never demoted or removed", []Server{deadFor("n1", true, 2*time.Hour), live("n2", true), live("n3", true)}, ""},

@@ -34,6 +34,10 @@ type fakeRaft struct {
 	// hold, if set, runs before each commit: a test's way to keep one
 	// commit waiting.
 	hold func(*havenv1.Command)
+	// conf is the Raft configuration; changes the ones asked of it, as
+	// "kind node", without applying them.
+	conf    []raft.Server
+	changes []string
 }
 
 func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
@@ -62,13 +66,24 @@ func (r *fakeRaft) reset() {
 	r.commits, r.unlocked = nil, nil
 }
 
-func (r *fakeRaft) LeaderCh() <-chan bool                                { return r.leaderCh }
-func (r *fakeRaft) Term() uint64                                         { return 1 }
-func (r *fakeRaft) Barrier(time.Duration) error                          { return nil }
-func (r *fakeRaft) SetReadsReady(bool)                                   {}
-func (r *fakeRaft) Configuration() ([]raft.Server, uint64, error)        { return nil, 0, nil }
-func (r *fakeRaft) Change(quorum.Change, string, uint64) (uint64, error) { return 0, nil }
-func (r *fakeRaft) TransferLeadershipTo(string, string) error            { return nil }
+func (r *fakeRaft) LeaderCh() <-chan bool                     { return r.leaderCh }
+func (r *fakeRaft) Term() uint64                              { return 1 }
+func (r *fakeRaft) Barrier(time.Duration) error               { return nil }
+func (r *fakeRaft) SetReadsReady(bool)                        {}
+func (r *fakeRaft) TransferLeadershipTo(string, string) error { return nil }
+
+func (r *fakeRaft) Configuration() ([]raft.Server, uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]raft.Server(nil), r.conf...), 0, nil
+}
+
+func (r *fakeRaft) Change(c quorum.Change, _ string, _ uint64) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.changes = append(r.changes, c.Kind.String()+" "+c.ID)
+	return 0, nil
+}
 
 // fakeMembers is gossip's view.
 type fakeMembers struct {

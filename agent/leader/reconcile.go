@@ -92,13 +92,13 @@ func (l *Leader) reconcileRaft(t *term, members map[string]heartbeat.Member, now
 		s, ok := inConf[name]
 		servers = append(servers, quorum.Server{
 			ID: name, Site: m.Meta.Site, Witness: m.Meta.Witness, NoVote: m.Meta.NoVote, Alive: alive,
-			Since: t.observe(name, alive, now), InConfig: ok, Voter: ok && s.Suffrage == raft.Voter,
+			Since: t.observe(name, alive, now), Heard: l.leases.Heard(name), InConfig: ok, Voter: ok && s.Suffrage == raft.Voter,
 		})
 		addrs[name] = m.Meta.RaftAddr
 	}
 	for name, s := range inConf {
 		if _, ok := members[name]; !ok {
-			servers = append(servers, quorum.Server{ID: name, Alive: false, Since: t.observe(name, false, now), InConfig: true, Voter: s.Suffrage == raft.Voter})
+			servers = append(servers, quorum.Server{ID: name, Alive: false, Since: t.observe(name, false, now), Heard: l.leases.Heard(name), InConfig: true, Voter: s.Suffrage == raft.Voter})
 		}
 	}
 	plan := quorum.Plan(servers, l.cfg.Name, quorum.Options{

@@ -223,6 +223,17 @@ func (t *Table) Holds(node string, now time.Time) bool {
 	return t.grants != nil && now.Before(t.grants.LeaseEnd(node))
 }
 
+// Heard is when node last renewed with this leader: its latest grant
+// this term, zero if none or outside a term.
+func (t *Table) Heard(node string) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.grants == nil {
+		return time.Time{}
+	}
+	return t.grants.LastGrant(node)
+}
+
 // Silence tells when node's silence started (its last grant, or this
 // term's start if later) and from when it surely holds no lease, as the
 // failover of its groups was decided on; zero times outside a term.

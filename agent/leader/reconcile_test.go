@@ -1,0 +1,58 @@
+package leader
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/haven-ha/haven/heartbeat"
+)
+
+// After a partition heals, gossip may go on calling a voter failed while
+// it has voted for this leader and renews with it. Demoting it with the
+// really silent one would leave the leader the only voter: its death
+// would then leave no quorum. A renewing voter keeps its vote; once it
+// falls silent too, both lose theirs.
+func TestVoterThatRenewsKeepsItsVote(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.cfg.Stabilization, tl.cfg.ReapAfter = 200*time.Millisecond, time.Hour
+	for _, n := range []string{"n1", "n2", "n3"} {
+		tl.raft.conf = append(tl.raft.conf, raft.Server{ID: raft.ServerID(n), Suffrage: raft.Voter})
+	}
+	tl.members.mu.Lock()
+	tl.members.m[1].State, tl.members.m[2].State = heartbeat.StateDead, heartbeat.StateDead
+	tl.members.mu.Unlock()
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { tl.leases.Serve(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	reconcile := func() []string {
+		t.Helper()
+		if err := tl.reconcileMembers(tl.term); err != nil {
+			t.Fatal(err)
+		}
+		tl.raft.mu.Lock()
+		defer tl.raft.mu.Unlock()
+		return slices.Clone(tl.raft.changes)
+	}
+
+	// Gossip has called n2 and n3 failed for twice the stabilization
+	// time; n2 renewed all along.
+	reconcile()
+	for end := time.Now().Add(2 * tl.cfg.Stabilization); time.Now().Before(end); time.Sleep(tl.cfg.Stabilization / 4) {
+		if _, err := tl.leases.Renew(context.Background(), "n2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := reconcile(); len(got) != 0 {
+		t.Fatalf("changes %v while n2 renews, want none: n1 would be the only voter", got)
+	}
+	time.Sleep(tl.cfg.Stabilization)
+	if got, want := reconcile(), []string{"demote n2", "demote n3"}; !slices.Equal(got, want) {
+		t.Fatalf("changes %v once n2 is silent too, want %v", got, want)
+	}
+}
