@@ -55,6 +55,22 @@ func sumMetrics(t *testing.T, page string, names []string) []float64 {
 	return sums
 }
 
+// seriesValue is the value of one series of page, named with its labels
+// as the page writes them (`x_bucket{le="1.024"}`); 0 if it is not there.
+func seriesValue(t *testing.T, page, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(page, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %q", series, line)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
 // TestMetrics: the leader's /metrics shows that it leads, the groups by
 // state, raft's own metrics and, after a node dies, the failover it made,
 // counted and timed; a follower's shows it does not lead and counts the

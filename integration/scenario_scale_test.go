@@ -532,6 +532,10 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (st
 	if err != nil {
 		t.Fatal(err)
 	}
+	checks0, err := leaseChecks(t, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Both watches go on past the victim's restart: at 100 agents the
 	// leader lost its lease after that, not during the failover.
 	watch := c.watchLeadership(leader, fmt.Sprintf("N%d-kill", row.n))
@@ -583,6 +587,11 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (st
 		took = strings.Join([]string{logField(line, "silent_for"), logField(line, "lock_wait"), logField(line, "decide"), logField(line, "commit")}, " / ")
 	}
 	t.Logf("scenario scale N=%d: the leader's failover of %s: silent for / lock wait / decision / commit: %s", row.n, victim.name, took)
+	if checks, err := leaseChecks(t, leader); err == nil {
+		d := checks.minus(checks0)
+		t.Logf("scenario scale N=%d: the leader's lease checks from the kill on: %.0f, mean %.0f ms, %.0f over 1 s; renewals refused %.0f",
+			row.n, d.count, 1000*d.sum/max(d.count, 1), d.count-d.within1s, d.refused)
+	}
 	ran, detail := c.ranElsewhere(displaced, victim.name, t0, victim.cfg.Lease.Duration)
 	row.killRunning = ran.Sub(t0)
 	t.Logf("scenario scale N=%d: after the commit: %s", row.n, detail)
@@ -591,6 +600,28 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (st
 		row.killRunning.Round(time.Millisecond), polled.Round(time.Millisecond), victim.cfg.Lease.FailoverAfter)
 	victim.start()
 	return watch
+}
+
+// leaseCheckFigures are a leader's counters of its lease checks
+// (haven_lease_verify_duration_seconds) and refused renewals: a grant
+// waits for the check, so a slow one is every node's slow renewal.
+type leaseCheckFigures struct{ count, sum, within1s, refused float64 }
+
+func (a leaseCheckFigures) minus(b leaseCheckFigures) leaseCheckFigures {
+	return leaseCheckFigures{a.count - b.count, a.sum - b.sum, a.within1s - b.within1s, a.refused - b.refused}
+}
+
+func leaseChecks(t *testing.T, n *node) (leaseCheckFigures, error) {
+	page, err := tryScrape(n)
+	if err != nil {
+		return leaseCheckFigures{}, err
+	}
+	return leaseCheckFigures{
+		count:    seriesValue(t, page, "haven_lease_verify_duration_seconds_count"),
+		sum:      seriesValue(t, page, "haven_lease_verify_duration_seconds_sum"),
+		within1s: seriesValue(t, page, `haven_lease_verify_duration_seconds_bucket{le="1.024"}`),
+		refused:  seriesValue(t, page, `haven_lease_renewals_total{result="refused"}`),
+	}, nil
 }
 
 // watchLeadership polls the leader's status every second until stop and

@@ -179,7 +179,9 @@ func (t *Table) Serve(stop <-chan struct{}) {
 		}
 		// Every request of the batch arrived before this verification
 		// started.
+		v0 := time.Now()
 		err := t.verify()
+		t.Metrics.Verified(time.Since(v0))
 		t.mu.Lock()
 		if err != nil || t.grants == nil {
 			t.mu.Unlock()

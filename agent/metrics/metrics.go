@@ -38,6 +38,7 @@ type Metrics struct {
 	moves         *prometheus.CounterVec
 	admissions    *prometheus.CounterVec
 	renewals      *prometheus.CounterVec
+	verify        prometheus.Histogram
 	renewRTT      prometheus.Histogram
 	headroom      prometheus.Histogram
 	expiries      prometheus.Counter
@@ -108,6 +109,13 @@ func New() *Metrics {
 	m.renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "haven_lease_renewals_total", Help: "Lease renewals this agent, as leader, answered, by result (granted, refused).",
 	}, []string{"result"})
+	// A grant waits for the leader to confirm with a quorum that it still
+	// leads: when that takes long, every node's renewals do, and guests
+	// freeze at their lease end although a leader is there.
+	m.verify = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "haven_lease_verify_duration_seconds", Help: "Time this agent, as leader, took to confirm its leadership with a quorum before granting a batch of renewals.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
 	// The node's own side of its lease: how long a renewal takes, how much
 	// of the lease was left when the next grant arrived, and how often
 	// none arrived in time (the node froze its groups).
@@ -123,7 +131,7 @@ func New() *Metrics {
 		Name: "haven_lease_expiries_total", Help: "Times this node's lease ran out before the next grant: its groups froze meanwhile.",
 	})
 	m.reg.MustRegister(m.grpcRequests, m.grpcDuration, m.commits, m.commitLatency, m.applied, m.leadership,
-		m.failovers, m.moves, m.admissions, m.renewals, m.renewRTT, m.headroom, m.expiries,
+		m.failovers, m.moves, m.admissions, m.renewals, m.verify, m.renewRTT, m.headroom, m.expiries,
 		m.failoverDuration, m.moveDuration, m.fences, m.freezes, m.thaws,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -310,6 +318,14 @@ func (m *Metrics) Renewals(granted bool, n int) {
 	} else {
 		m.renewals.WithLabelValues("refused").Add(float64(n))
 	}
+}
+
+// Verified times one leadership check before a batch of grants.
+func (m *Metrics) Verified(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.verify.Observe(d.Seconds())
 }
 
 // UnaryInterceptor counts and times unary calls.

@@ -90,6 +90,7 @@ func TestScrape(t *testing.T) {
 	m.VMThawed()
 	m.AdmissionRefused("start")
 	m.Renewals(true, 3)
+	m.Verified(3 * time.Millisecond)
 	m.Renewals(false, 1)
 	m.Leadership(true)
 	m.Applied("create-group")
@@ -117,6 +118,7 @@ func TestScrape(t *testing.T) {
 		`haven_members{site="a",state="alive"} 2`, `haven_members{site="b",state="dead"} 1`,
 		`haven_admission_refusals_total{call="start"} 1`,
 		`haven_lease_renewals_total{result="granted"} 3`, `haven_lease_renewals_total{result="refused"} 1`,
+		`haven_lease_verify_duration_seconds_count 1`, `haven_lease_verify_duration_seconds_bucket{le="0.002"} 0`, `haven_lease_verify_duration_seconds_bucket{le="0.004"} 1`,
 		`haven_leadership_changes_total{change="acquired"} 1`,
 		`haven_fsm_applied_total{kind="create-group"} 1`,
 		`haven_raft_leader 1`,
@@ -158,6 +160,7 @@ func TestNilCountsNothing(t *testing.T) {
 	m.BridgeRaft()()
 	m.AdmissionRefused("create")
 	m.Renewals(true, 1)
+	m.Verified(time.Second)
 	m.Leadership(false)
 	m.Applied("x")
 	m.Observe(nil, nil, nil)
@@ -260,6 +263,7 @@ func TestPromlint(t *testing.T) {
 	m.MoveEnded("live", "completed", time.Second)
 	m.AdmissionRefused("start")
 	m.Renewals(true, 1)
+	m.Verified(time.Millisecond)
 	m.Renewed(time.Millisecond, time.Second, true)
 	m.Renewed(time.Millisecond, -time.Second, true)
 	m.VMFrozen("lease_expired")
@@ -284,7 +288,7 @@ func TestPromlint(t *testing.T) {
 	}
 	// Every family above was gathered: a family left empty would escape
 	// the lint.
-	if want := 18 + len(raftTimers) + 5 + len(raftGauges); haven != want {
+	if want := 19 + len(raftTimers) + 5 + len(raftGauges); haven != want {
 		t.Errorf("%d haven_ families gathered, want %d", haven, want)
 	}
 }
