@@ -38,6 +38,9 @@ type fakeRaft struct {
 	// "kind node", without applying them.
 	conf    []raft.Server
 	changes []string
+	// barriers and confReads count the calls (a configuration read is
+	// one per reconcile).
+	barriers, confReads int
 }
 
 func (r *fakeRaft) Commit(c *havenv1.Command) (*fsm.Result, error) {
@@ -68,13 +71,20 @@ func (r *fakeRaft) reset() {
 
 func (r *fakeRaft) LeaderCh() <-chan bool                     { return r.leaderCh }
 func (r *fakeRaft) Term() uint64                              { return 1 }
-func (r *fakeRaft) Barrier(time.Duration) error               { return nil }
 func (r *fakeRaft) SetReadsReady(bool)                        {}
 func (r *fakeRaft) TransferLeadershipTo(string, string) error { return nil }
+
+func (r *fakeRaft) Barrier(time.Duration) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.barriers++
+	return nil
+}
 
 func (r *fakeRaft) Configuration() ([]raft.Server, uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.confReads++
 	return append([]raft.Server(nil), r.conf...), 0, nil
 }
 

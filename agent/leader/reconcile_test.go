@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/haven-ha/haven/heartbeat"
+	"github.com/haven-ha/haven/internal/waitfor"
 )
 
 // After a partition heals, gossip may go on calling a voter failed while
@@ -54,5 +55,35 @@ func TestVoterThatRenewsKeepsItsVote(t *testing.T) {
 	time.Sleep(tl.cfg.Stabilization)
 	if got, want := reconcile(), []string{"demote n2", "demote n3"}; !slices.Equal(got, want) {
 		t.Fatalf("changes %v once n2 is silent too, want %v", got, want)
+	}
+}
+
+// A term writes one barrier, however often it reconciles: later ones
+// would wait for nothing (every entry after it is the leader's own) and
+// only grow the log, all of a steady cluster's log growth at 100 agents.
+func TestOneBarrierPerTerm(t *testing.T) {
+	tl := newTestLeader(t, nil)
+	tl.mu.Lock()
+	tl.cur = nil
+	tl.mu.Unlock()
+	tl.cfg.ReconcileInterval = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tl.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	counts := func() (barriers, reconciles int) {
+		tl.raft.mu.Lock()
+		defer tl.raft.mu.Unlock()
+		return tl.raft.barriers, tl.raft.confReads
+	}
+	for term := 1; term <= 2; term++ {
+		_, from := counts()
+		tl.raft.leaderCh <- true
+		waitfor.Cond(t, 5*time.Second, "five reconciles", func() bool { _, r := counts(); return r >= from+5 })
+		if b, r := counts(); b != term {
+			t.Fatalf("term %d: %d barriers in all after %d reconciles, want %d", term, b, r, term)
+		}
+		tl.raft.leaderCh <- false
+		waitfor.Cond(t, 5*time.Second, "the term to end", func() bool { return tl.current() == nil })
 	}
 }
