@@ -17,15 +17,22 @@ import (
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 )
 
-// metric reads one sample from an agent's /metrics: the value of the line
-// that starts with series (name and labels as Prometheus writes them).
-func metric(t *testing.T, n *node, series string) (float64, bool) {
+// metric reads one sample from an agent's /metrics (see series).
+func metric(t *testing.T, n *node, name string) (float64, bool) {
 	t.Helper()
-	for _, line := range strings.Split(scrape(t, n), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
+	return series(t, scrape(t, n), name)
+}
+
+// series reads one sample of a scraped /metrics page: the value of the
+// line that starts with name (name and labels as Prometheus writes them,
+// `x_bucket{le="1.024"}`).
+func series(t *testing.T, page, name string) (float64, bool) {
+	t.Helper()
+	for _, line := range strings.Split(page, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
-				t.Fatalf("%s: %q", series, line)
+				t.Fatalf("%s: %q", name, line)
 			}
 			return f, true
 		}
@@ -53,22 +60,6 @@ func sumMetrics(t *testing.T, page string, names []string) []float64 {
 		}
 	}
 	return sums
-}
-
-// seriesValue is the value of one series of page, named with its labels
-// as the page writes them (`x_bucket{le="1.024"}`); 0 if it is not there.
-func seriesValue(t *testing.T, page, series string) float64 {
-	t.Helper()
-	for _, line := range strings.Split(page, "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %q", series, line)
-			}
-			return f
-		}
-	}
-	return 0
 }
 
 // TestMetrics: the leader's /metrics shows that it leads, the groups by

@@ -589,7 +589,7 @@ func (c *cluster) killNodeScale(row *scaleRow, leader *node, names []string) (st
 	t.Logf("scenario scale N=%d: the leader's failover of %s: silent for / lock wait / decision / commit: %s", row.n, victim.name, took)
 	if checks, err := leaseChecks(t, leader); err == nil {
 		d := checks.minus(checks0)
-		t.Logf("scenario scale N=%d: the leader's lease checks from the kill on: %.0f, mean %.0f ms, %.0f over 1 s; renewals refused %.0f",
+		t.Logf("scenario scale N=%d: the leader's lease checks from the kill on: %.0f, mean %.1f ms, %.0f over 1 s; renewals refused %.0f",
 			row.n, d.count, 1000*d.sum/max(d.count, 1), d.count-d.within1s, d.refused)
 	}
 	ran, detail := c.ranElsewhere(displaced, victim.name, t0, victim.cfg.Lease.Duration)
@@ -616,11 +616,13 @@ func leaseChecks(t *testing.T, n *node) (leaseCheckFigures, error) {
 	if err != nil {
 		return leaseCheckFigures{}, err
 	}
+	// A series not yet on the page (no renewal refused) is 0.
+	v := func(name string) float64 { f, _ := series(t, page, name); return f }
 	return leaseCheckFigures{
-		count:    seriesValue(t, page, "haven_lease_verify_duration_seconds_count"),
-		sum:      seriesValue(t, page, "haven_lease_verify_duration_seconds_sum"),
-		within1s: seriesValue(t, page, `haven_lease_verify_duration_seconds_bucket{le="1.024"}`),
-		refused:  seriesValue(t, page, `haven_lease_renewals_total{result="refused"}`),
+		count:    v("haven_lease_verify_duration_seconds_count"),
+		sum:      v("haven_lease_verify_duration_seconds_sum"),
+		within1s: v(`haven_lease_verify_duration_seconds_bucket{le="1.024"}`),
+		refused:  v(`haven_lease_renewals_total{result="refused"}`),
 	}, nil
 }
 
