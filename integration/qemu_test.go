@@ -18,6 +18,7 @@ import (
 	"github.com/haven-ha/haven/agent"
 	"github.com/haven-ha/haven/driver"
 	"github.com/haven-ha/haven/driver/qemu"
+	"github.com/haven-ha/haven/driver/qemu/qmp"
 	"github.com/haven-ha/haven/driver/qemu/testguest"
 	havenv1 "github.com/haven-ha/haven/proto/haven/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -647,9 +648,11 @@ func TestQemuHeldImage(t *testing.T) {
 	qc := newQemuCluster(t, 2)
 	leader := qc.leader(30 * time.Second)
 	root := qc.disk("held", "root")
+	monitor := filepath.Join(qc.dir, "holder.qmp")
 	holder := exec.Command("qemu-system-x86_64", "-nodefaults", "-display", "none", "-S", "-accel", "tcg",
 		"-blockdev", `{"driver":"raw","node-name":"d","file":{"driver":"file","filename":"`+filepath.Join(qc.dir, "shared", root.GetDisk().GetPath())+`"}}`,
-		"-device", "virtio-scsi-pci,id=s", "-device", "scsi-hd,drive=d,bus=s.0")
+		"-device", "virtio-scsi-pci,id=s", "-device", "scsi-hd,drive=d,bus=s.0",
+		"-qmp", "unix:"+monitor+",server=on,wait=off")
 	var holderOut bytes.Buffer
 	holder.Stdout, holder.Stderr = &holderOut, &holderOut
 	if err := holder.Start(); err != nil {
@@ -664,20 +667,31 @@ func TestQemuHeldImage(t *testing.T) {
 		<-held
 	})
 	t.Cleanup(release)
-	// A holder that exits never locks: say why at once (CI once waited
-	// the 30 s out with nothing to show), not after the wait.
-	waitFor(t, 30*time.Second, "the holder to lock the image", func() error {
+	// Wait for the holder's main loop, which runs only once its devices
+	// are realized and the image opened and locked, before probing the
+	// lock: the probe (qemu-io) opens the image read-write and takes the
+	// locks itself, and one that ran while the holder started made the
+	// holder's own open fail in CI. A holder that exits never locks: say
+	// why at once (CI once waited the 30 s out with nothing to show).
+	waitFor(t, 30*time.Second, "the holder to answer on its monitor", func() error {
 		select {
 		case err := <-held:
 			held <- err // for the cleanup's receive
 			t.Fatalf("the holder exited before it locked the image: %v: %s", err, holderOut.String())
 		default:
 		}
-		if !qc.locked(root) {
-			return fmt.Errorf("not locked yet")
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		mon, err := qmp.Dial(dctx, monitor, nil)
+		if err != nil {
+			return err
 		}
-		return nil
+		defer mon.Close()
+		return mon.Execute(dctx, "query-status", nil, nil)
 	})
+	if !qc.locked(root) {
+		t.Fatalf("the holder runs but does not lock the image: %s", holderOut.String())
+	}
 	vm := &havenv1.Resource{Name: "vm", Kind: havenv1.ResourceKind_RESOURCE_KIND_VM, DependsOn: []string{"root"}, Vm: &havenv1.VmSpec{
 		Vcpus: 1, MemoryBytes: 160 << 20, Kernel: qc.guest.Kernel, Initrd: qc.guest.Initrd, Cmdline: qc.guest.Append(testguest.Options{MemMiB: 16, TickMs: 20}),
 	}}
